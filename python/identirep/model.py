@@ -1,0 +1,161 @@
+"""The model type: embeddings f (N x M), unembeddings g (V x M), optional bias b (V)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import IdentirepError
+
+_FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
+
+
+def _dtype_name(a) -> str:
+    return str(getattr(a, "dtype", type(a).__name__))
+
+
+def check_array(a, name: str, ndim: int) -> None:
+    """Validate shape, dtype and finiteness of one input array (any array library)."""
+    shape = getattr(a, "shape", None)
+    if shape is None:
+        raise IdentirepError(f"{name} must be an array, got {type(a).__name__}")
+    if len(shape) != ndim:
+        want = "a 2-d array (rows x dimensions)" if ndim == 2 else "a 1-d array"
+        raise IdentirepError(f"{name} must be {want}, got shape {tuple(shape)}")
+    if any(s == 0 for s in shape):
+        raise IdentirepError(f"{name} is empty (shape {tuple(shape)})")
+    dname = _dtype_name(a).replace("torch.", "")
+    if dname not in _FLOAT_KINDS:
+        raise IdentirepError(
+            f"{name} has dtype {dname}; identirep needs floating-point arrays "
+            f"({', '.join(_FLOAT_KINDS)}). Convert with .astype(np.float32)")
+    if not _all_finite(a):
+        raise IdentirepError(f"{name} contains NaN or Inf values; clean the data first")
+
+
+def _all_finite(a) -> bool:
+    mod = type(a).__module__.split(".")[0]
+    if mod == "numpy" or isinstance(a, np.ndarray):
+        if a.dtype.name == "bfloat16":
+            return bool(np.isfinite(a.astype(np.float32)).all())
+        return bool(np.isfinite(a).all())
+    if mod == "cupy":
+        import cupy
+        return bool(cupy.isfinite(a).all())
+    if mod == "torch":
+        import torch
+        return bool(torch.isfinite(a).all())
+    return bool(np.isfinite(np.asarray(a, dtype=np.float64)).all())
+
+
+@dataclass(eq=False)
+class Model:
+    """A softmax-family model evaluated on a shared set of inputs and labels.
+
+    ``p(y|x) = softmax_y(f(x) . g(y) + b(y))``. ``f`` holds one row per input (N x M),
+    ``g`` one row per label (V x M), ``bias`` one value per label (optional).
+    Arrays may live in NumPy (CPU engine) or on a GPU (CuPy / torch CUDA tensors).
+    """
+
+    f: object
+    g: object
+    bias: Optional[object] = None
+    name: Optional[str] = None
+    labels: Optional[Sequence[str]] = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if isinstance(self.f, (list, tuple)):
+            self.f = np.asarray(self.f)
+        if isinstance(self.g, (list, tuple)):
+            self.g = np.asarray(self.g)
+        if isinstance(self.bias, (list, tuple)):
+            self.bias = np.asarray(self.bias)
+        check_array(self.f, "f (embeddings)", 2)
+        check_array(self.g, "g (unembeddings)", 2)
+        if self.f.shape[1] != self.g.shape[1]:
+            raise IdentirepError(
+                f"f has {self.f.shape[1]} dimensions but g has {self.g.shape[1]}; "
+                "f(x) and g(y) must live in the same space (M)")
+        if self.bias is not None:
+            check_array(self.bias, "bias", 1)
+            if self.bias.shape[0] != self.g.shape[0]:
+                raise IdentirepError(
+                    f"bias has {self.bias.shape[0]} entries but g has {self.g.shape[0]} labels")
+        if self.labels is not None:
+            self.labels = [str(s) for s in self.labels]
+            if len(self.labels) != self.g.shape[0]:
+                raise IdentirepError(
+                    f"{len(self.labels)} label names given for {self.g.shape[0]} labels")
+        if self.V < 2:
+            raise IdentirepError("a model needs at least 2 labels")
+
+    @property
+    def N(self) -> int:
+        return int(self.f.shape[0])
+
+    @property
+    def V(self) -> int:
+        return int(self.g.shape[0])
+
+    @property
+    def M(self) -> int:
+        return int(self.f.shape[1])
+
+    def augmented(self, dtype=np.float64):
+        """(f, g) as float NumPy arrays with the bias absorbed: f' = [f, 1], g' = [g, b]."""
+        f = to_numpy(self.f, dtype)
+        g = to_numpy(self.g, dtype)
+        if self.bias is None:
+            return f, g
+        b = to_numpy(self.bias, dtype)
+        return (np.hstack([f, np.ones((f.shape[0], 1), dtype)]), np.hstack([g, b[:, None]]))
+
+    def numpy(self, dtype=np.float64):
+        """(f, g, bias) as NumPy arrays of ``dtype`` (bias may be None)."""
+        b = None if self.bias is None else to_numpy(self.bias, dtype)
+        return to_numpy(self.f, dtype), to_numpy(self.g, dtype), b
+
+    def __repr__(self) -> str:
+        b = ", bias" if self.bias is not None else ""
+        return f"Model({self.name or 'unnamed'}: N={self.N}, V={self.V}, M={self.M}{b})"
+
+
+def to_numpy(a, dtype=None) -> np.ndarray:
+    """Copy-free where possible conversion of NumPy/CuPy/torch arrays to NumPy."""
+    mod = type(a).__module__.split(".")[0]
+    if mod == "cupy":
+        a = a.get()
+    elif mod == "torch":
+        a = a.detach().cpu()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()
+        a = a.numpy()
+    a = np.asarray(a)
+    if dtype is not None and a.dtype != dtype:
+        a = a.astype(dtype)
+    return a
+
+
+def check_pair(a: Model, b: Model, same_dim: bool = False, what: str = "") -> None:
+    """Two models must share the inputs and the labels (and M when ``same_dim``)."""
+    for m, nm in ((a, "first"), (b, "second")):
+        if not isinstance(m, Model):
+            raise IdentirepError(f"the {nm} argument must be an identirep.Model, got {type(m).__name__}")
+    if a.N != b.N:
+        raise IdentirepError(
+            f"the models were evaluated on different inputs: N={a.N} vs N={b.N}; "
+            "both f arrays must have one row per shared input, in the same order")
+    if a.V != b.V:
+        raise IdentirepError(
+            f"the models have different label sets: V={a.V} vs V={b.V}; "
+            "they must share the labels (tokenizer), in the same order")
+    if a.labels is not None and b.labels is not None and list(a.labels) != list(b.labels):
+        bad = next(i for i, (x, y) in enumerate(zip(a.labels, b.labels)) if x != y)
+        raise IdentirepError(
+            f"label order differs at index {bad}: {a.labels[bad]!r} vs {b.labels[bad]!r}; "
+            "reorder one model's g rows so the labels match")
+    if same_dim and a.M != b.M:
+        raise IdentirepError(
+            f"{what or 'this measure'} needs models of equal representation dimension, "
+            f"got M={a.M} and M={b.M}")
