@@ -1,5 +1,14 @@
 """identirep: closeness in distribution and representational similarity of softmax-family models."""
+from . import constructions, reference
 from .errors import IdentirepError
+from .measures import compare, d_llv, d_logit, d_rep, d_svd, engine, kl, mcca
 from .model import Model
+from .moments import Moments
+from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult,
+                      Report)
 
-__all__ = ["IdentirepError", "Model"]
+__all__ = [
+    "Model", "IdentirepError", "kl", "d_llv", "d_svd", "mcca", "d_logit", "d_rep", "compare",
+    "engine", "Moments", "constructions", "reference", "Report", "KLResult", "DLLVResult",
+    "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult",
+]

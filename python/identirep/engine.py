@@ -1,0 +1,345 @@
+"""The fast engine: every measure from the streaming pass and small sufficient statistics.
+
+Notation (DESIGN.md section 3): u(x) = [f1(x), f2(x), L1(x), L2(x)] with scatter C over
+inputs; per label y the pass gives n_k(y) = sum_x (centred l_k(x, y))^2 and the cross sum.
+Label side: S_k(y, y0) = n_k(y) + n_k(y0) - 2 g_k(y)' C_kk g_k(y0) = (N - 1) D_k(y, y0);
+rest^2 = A1/S1 + A2/S2 - 2 B12/sqrt(S1 S2) with A, B quadratic forms of C.
+Input side: the label covariance Sigma_kk of g_k gives D_k(x, x0) = ||Hg_k(x) - Hg_k(x0)||^2,
+Hg_k = f_k R_k with R_k R_k' = Sigma_kk; the pass gives Var_y l_k(x) and Cov_y(l1, l2)(x).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from . import sampling
+from .errors import IdentirepError
+from .model import Model, check_pair
+from .moments import Moments
+from .passes import PassStats, numpy_pass
+from .reference import TIE_RTOL, _check_input_set, _check_llv_args, _combine, _rep_sets
+from .results import DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult
+
+#: exact pivot search up to this many labels on the CPU (4 V^2 M flops), sampled beyond.
+EXACT_PIVOT_LIMIT = 4096
+DEFAULT_PIVOT_SAMPLE = 256
+PIVOT_BLOCK = 256
+
+
+def sqrt_factor(S: np.ndarray) -> np.ndarray:
+    """R with R R' = S for a symmetric positive semi-definite S (eigen square root)."""
+    w, U = np.linalg.eigh(S)
+    return U * np.sqrt(np.clip(w, 0.0, None))
+
+
+def whiten(S: np.ndarray, what: str) -> np.ndarray:
+    """W with W' S W = I on the range of S; columns of zero variance are an error."""
+    d = np.diag(S).copy()
+    scale = d.max() if d.size else 0.0
+    const = np.flatnonzero(d <= 1e-24 * max(scale, 1e-300))
+    if const.size:
+        raise IdentirepError(
+            f"{what} has constant column(s) {const[:10].tolist()}: canonical correlations are "
+            "undefined for features that do not vary; drop those columns")
+    s = 1.0 / np.sqrt(d)
+    w, U = np.linalg.eigh(S * s[:, None] * s[None, :])
+    keep = w > w.max() * 1e-13
+    return (s[:, None] * U[:, keep]) / np.sqrt(w[keep])
+
+
+def _mean_svd(K11d, K22d, K12):
+    if (K11d <= 0).any() or (K22d <= 0).any():
+        return None
+    T = K12 / np.sqrt(K11d)[:, None] / np.sqrt(K22d)[None, :]
+    return float(np.linalg.svd(T, compute_uv=False).mean())
+
+
+class PairEngine:
+    """Sufficient statistics of one model pair, computed once, shared by every measure."""
+
+    def __init__(self, a: Model, b: Model, stats: Optional[PassStats] = None,
+                 degenerate_rtol: Optional[float] = None):
+        check_pair(a, b)
+        self.a, self.b = a, b
+        self.F1, self.G1, self.b1 = a.numpy()
+        self.F2, self.G2, self.b2 = b.numpy()
+        self.N, self.V, self.M1, self.M2 = a.N, a.V, a.M, b.M
+        if stats is None:
+            f1, g1 = a.augmented()
+            f2, g2 = b.augmented()
+            stats = numpy_pass(f1, g1, f2, g2)
+        self.stats = stats
+        self.tol = degenerate_rtol if degenerate_rtol is not None else 1e-10
+        U = np.hstack([self.F1, self.F2, stats.L1[:, None], stats.L2[:, None]])
+        self.mom = Moments.from_rows(U)
+        M1, M2 = self.M1, self.M2
+        self.sF1, self.sF2 = slice(0, M1), slice(M1, M1 + M2)
+        self.iL1, self.iL2 = M1 + M2, M1 + M2 + 1
+        C = self.mom.scatter
+        self.n1, self.n2 = stats.col_m2_11, stats.col_m2_22
+        self.A1 = self.n1 - 2 * self.G1 @ C[self.sF1, self.iL1] + C[self.iL1, self.iL1]
+        self.A2 = self.n2 - 2 * self.G2 @ C[self.sF2, self.iL2] + C[self.iL2, self.iL2]
+        self.B12 = (stats.col_m2_12 - self.G1 @ C[self.sF1, self.iL2]
+                    - self.G2 @ C[self.sF2, self.iL1] + C[self.iL1, self.iL2])
+        self._label_mom = None
+
+    # ------------------------------------------------------------------ shared statistics
+    @property
+    def label_moments(self) -> Moments:
+        """Moments over labels of [g1(y), g2(y)] (un-augmented)."""
+        if self._label_mom is None:
+            self._label_mom = Moments.from_rows(np.hstack([self.G1, self.G2]))
+        return self._label_mom
+
+    # ------------------------------------------------------------------ KL, d_logit
+    def kl(self) -> KLResult:
+        s = self.stats
+        return KLResult(kl12=float(s.kl12.mean()), kl21=float(s.kl21.mean()),
+                        top1_agreement=float(s.agree.mean()), entropy1=float(s.H1.mean()),
+                        entropy2=float(s.H2.mean()), per_input_kl12=s.kl12,
+                        per_input_kl21=s.kl21)
+
+    def d_logit(self) -> DLogitResult:
+        sq = float(self.stats.row_m2_dd.mean())
+        return DLogitResult(value=math.sqrt(max(sq, 0.0)), value_sq=sq)
+
+    # ------------------------------------------------------------------ label side
+    def _label_block(self, y0s: np.ndarray):
+        """rest, piv, t3 and validity for every label y (rows) against pivots y0s (cols)."""
+        C = self.mom.scatter
+        S = []
+        for G, n, sl in ((self.G1, self.n1, self.sF1), (self.G2, self.n2, self.sF2)):
+            X = G @ (C[sl, sl] @ G[y0s].T)
+            S.append(n[:, None] + n[y0s][None, :] - 2 * X)
+        S1, S2 = S
+        deg = ((S1 <= self.tol * (self.n1[:, None] + self.n1[y0s][None, :]))
+               | (S2 <= self.tol * (self.n2[:, None] + self.n2[y0s][None, :])))
+        deg[y0s, np.arange(len(y0s))] = True
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q1, q2 = np.sqrt(np.clip(S1, 0, None)), np.sqrt(np.clip(S2, 0, None))
+            cross = 2.0 / (q1 * q2)
+            rest2 = self.A1[:, None] / S1 + self.A2[:, None] / S2 - self.B12[:, None] * cross
+            piv2 = self.A1[y0s][None, :] / S1 + self.A2[y0s][None, :] / S2 - self.B12[y0s][None, :] * cross
+        rest = np.sqrt(np.clip(np.where(deg, 0.0, rest2), 0, None))
+        piv = np.sqrt(np.clip(np.where(deg, 0.0, piv2), 0, None))
+        t3 = np.abs(q1 - q2) / math.sqrt(self.N - 1)
+        self_pair = np.zeros_like(deg)
+        self_pair[y0s, np.arange(len(y0s))] = True
+        return rest, piv, t3, ~deg, deg & ~self_pair
+
+    @staticmethod
+    def _pivot_criteria(rest, piv, valid, term):
+        """min over leave-outs of the term criterion, per pivot column."""
+        cnt = valid.sum(0)
+        if term == "max":
+            m = np.where(valid, np.maximum(rest, piv), -np.inf)
+            part = -np.partition(-m, 1, axis=0)[:2] if m.shape[0] > 1 else np.vstack([m.max(0), m.max(0)])
+            crit = np.where(cnt >= 2, part[1], np.where(cnt == 1, part[0], np.inf))
+        else:
+            s = np.where(valid, rest + piv, 0.0)
+            tot, smax = s.sum(0), np.where(valid, rest + piv, -np.inf).max(0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                crit = np.where(cnt >= 2, (tot - smax) / (2 * (cnt - 1)),
+                                np.where(cnt == 1, tot / 2, np.inf))
+        return crit
+
+    @staticmethod
+    def _leave_out_criteria(rest, piv, valid, term):
+        """criterion for every leave-out l of one pivot column (inf where l leaves nothing)."""
+        cnt = int(valid.sum())
+        if term == "max":
+            m = np.where(valid, np.maximum(rest, piv), -np.inf)
+            order = np.argsort(-m, kind="stable")
+            top1 = m[order[0]]
+            top2 = m[order[1]] if len(m) > 1 else -np.inf
+            crit = np.full(len(m), top1)
+            crit[valid & (np.arange(len(m)) == order[0])] = top2
+            crit[~np.isfinite(crit)] = np.inf
+        else:
+            s = rest + piv
+            tot = s[valid].sum()
+            crit = np.where(valid, (tot - s) / max(2 * (cnt - 1), 1), tot / max(2 * cnt, 1))
+            if cnt == 1:
+                crit[valid] = np.inf
+        if cnt == 0:
+            crit[:] = np.inf
+        return crit
+
+    def _final_label_terms(self, rest, piv, t3, keep, term):
+        if term == "max":
+            return float(max(rest[keep].max(), piv[keep].max())), float(t3[keep].max())
+        return (float(np.concatenate([rest[keep], piv[keep]]).mean()), float(t3[keep].mean()))
+
+    def label_side(self, term="max", pivot=None, leave_out=None, num_pivots=None, seed=0,
+                   progress=None):
+        V = self.V
+        if pivot is not None:
+            cands, how = np.array([pivot]), "given"
+        else:
+            P = num_pivots if num_pivots is not None else (V if V <= EXACT_PIVOT_LIMIT else DEFAULT_PIVOT_SAMPLE)
+            cands = sampling.pivot_sample(V, P, seed)
+            how = f"exact over {V} labels" if len(cands) == V else f"sampled {len(cands)} of {V}"
+        crit = np.empty(len(cands))
+        for j0 in range(0, len(cands), PIVOT_BLOCK):
+            blk = cands[j0:j0 + PIVOT_BLOCK]
+            rest, piv, t3, valid, _ = self._label_block(blk)
+            if leave_out is not None:
+                crit[j0:j0 + len(blk)] = [
+                    self._leave_out_criteria(rest[:, j], piv[:, j], valid[:, j], term)[leave_out]
+                    for j in range(len(blk))]
+            else:
+                crit[j0:j0 + len(blk)] = self._pivot_criteria(rest, piv, valid, term)
+            if progress is not None:
+                progress((j0 + len(blk)) / len(cands))
+        if not np.isfinite(crit).any():
+            raise IdentirepError(
+                "every label pair is degenerate (identical unembeddings, or constant features): "
+                "d_LLV is undefined; check that g has distinct rows and f varies across inputs")
+        mu = crit[np.isfinite(crit)].min()
+        thr = mu + TIE_RTOL * abs(mu)
+        y0 = int(cands[np.flatnonzero(crit <= thr)[0]])
+        rest, piv, t3, valid, deg = (x[:, 0] for x in self._label_block(np.array([y0])))
+        if leave_out is None:
+            lcrit = self._leave_out_criteria(rest, piv, valid, term)
+            lcrit[y0] = np.inf
+            l = int(np.flatnonzero(lcrit <= thr)[0])
+        else:
+            l = int(leave_out)
+        keep = valid.copy()
+        keep[l] = False
+        t1, t3v = self._final_label_terms(rest, piv, t3, keep, term)
+        return y0, l, t1, t3v, how, [int(i) for i in np.flatnonzero(deg)]
+
+    # ------------------------------------------------------------------ input side
+    def _input_factors(self):
+        lm = self.label_moments
+        M1 = self.M1
+        out = []
+        for F, sl in ((self.F1, slice(0, M1)), (self.F2, slice(M1, M1 + self.M2))):
+            out.append(F @ sqrt_factor(lm.cov[sl, sl]))
+        return out
+
+    def input_side(self, term="max", input_set=None, num_samples=200, seed=0,
+                   paper_compat=False, sets_per_pivot=1):
+        set_size = max(self.M1, self.M2) + 1
+        if input_set is not None:
+            cands = _check_input_set(input_set, self.N, set_size)[None, :]
+            how = "given"
+        else:
+            cands, how = sampling.input_candidates(self.N, set_size, num_samples, seed,
+                                                   paper_compat, sets_per_pivot)
+            how = f"min over {len(cands)} {how} candidates"
+        s = self.stats
+        a1, a2 = s.row_m2_11 / (self.V - 1), s.row_m2_22 / (self.V - 1)
+        c12 = s.row_m2_12 / (self.V - 1)
+        H1, H2 = self._input_factors()
+
+        def terms(x0):
+            D1 = ((H1 - H1[x0]) ** 2).sum(1)
+            D2 = ((H2 - H2[x0]) ** 2).sum(1)
+            deg = (D1 <= self.tol * (a1 + a1[x0])) | (D2 <= self.tol * (a2 + a2[x0]))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                q1, q2 = np.sqrt(D1), np.sqrt(D2)
+                cross = 2.0 / (q1 * q2)
+                rest = np.sqrt(np.clip(a1 / D1 + a2 / D2 - c12 * cross, 0, None))
+                piv = np.sqrt(np.clip(a1[x0] / D1 + a2[x0] / D2 - c12[x0] * cross, 0, None))
+            return rest, piv, np.abs(q1 - q2), deg
+
+        crits = np.empty(len(cands))
+        order = np.argsort(cands[:, 0], kind="stable")
+        cur, cache = None, None
+        for k in order:
+            x0, rows = cands[k, 0], cands[k, 1:]
+            if x0 != cur:
+                cur, cache = x0, terms(x0)
+            rest, piv, _, deg = cache
+            crits[k] = np.inf if deg[rows].any() else max(rest[rows].max(), piv[rows].max())
+        from .reference import _choose_input_set
+        k, rejected = _choose_input_set(crits, paper_compat and input_set is None)
+        rest, piv, t4, _ = terms(cands[k, 0])
+        rows = cands[k, 1:]
+        t2 = float(max(rest[rows].max(), piv[rows].max()))
+        t4v = float(t4[rows].max() if term == "max" else t4[rows].mean())
+        return [int(i) for i in cands[k]], t2, t4v, how, len(cands), rejected
+
+    def d_llv(self, lam=1e-5, combine="max", term="max", pivot=None, leave_out=None,
+              input_set=None, num_samples=200, seed=0, paper_compat=False, num_pivots=None,
+              sets_per_pivot=1, progress=None) -> DLLVResult:
+        _check_llv_args(self.a, self.b, combine, term, pivot, leave_out, lam)
+        y0, l, t1, t3, how, deg = self.label_side(term, pivot, leave_out, num_pivots, seed, progress)
+        iset, t2, t4, ihow, ncand, rejected = self.input_side(
+            term, input_set, num_samples, seed, paper_compat, sets_per_pivot)
+        return DLLVResult(
+            value=_combine(combine, lam, t1, t2, t3, t4), t1=t1, t2=t2, t3=t3, t4=t4,
+            lam=lam, combine=combine, term=term, pivot=y0, leave_out=l, input_set=iset,
+            pivot_search=how, input_search=ihow, num_input_candidates=ncand,
+            degenerate_pairs=len(deg), degenerate_labels=deg, rejected_input_sets=rejected)
+
+    # ------------------------------------------------------------------ d_SVD
+    def d_svd(self, pivot: int, leave_out: int, input_set, max_sets: int = 1000,
+              seed: int = 0) -> DSVDResult:
+        if self.M1 != self.M2:
+            check_pair(self.a, self.b, same_dim=True, what="d_SVD")
+        M = self.M1
+        C = self.mom.scatter
+        C11, C22, C12 = C[self.sF1, self.sF1], C[self.sF2, self.sF2], C[self.sF1, self.sF2]
+        rem = np.array([y for y in range(self.V) if y not in (pivot, leave_out)])
+        sets, how = sampling.label_sets(rem, M, max_sets, seed)
+        vals = np.full(len(sets), np.nan)
+        for i, s in enumerate(sets):
+            L1 = self.G1[s] - self.G1[pivot]
+            L2 = self.G2[s] - self.G2[pivot]
+            m = _mean_svd(np.einsum("ij,jk,ik->i", L1, C11, L1),
+                          np.einsum("ij,jk,ik->i", L2, C22, L2), L1 @ C12 @ L2.T)
+            if m is not None:
+                vals[i] = 1.0 - m
+        iset = _check_input_set(input_set, self.N, M + 1)
+        S = self.label_moments.scatter
+        N1 = self.F1[iset[1:]] - self.F1[iset[0]]
+        N2 = self.F2[iset[1:]] - self.F2[iset[0]]
+        S11, S22, S12 = S[:M, :M], S[M:, M:], S[:M, M:]
+        mg = _mean_svd(np.einsum("ij,jk,ik->i", N1, S11, N1),
+                       np.einsum("ij,jk,ik->i", N2, S22, N2), N1 @ S12 @ N2.T)
+        from .reference import _svd_result
+        return _svd_result(vals, mg, pivot, leave_out, iset, how)
+
+    # ------------------------------------------------------------------ mCCA, d_rep
+    def mcca_f(self, n_components=None) -> MCCAResult:
+        C = self.mom.scatter
+        return mcca_from_scatter(C[self.sF1, self.sF1], C[self.sF2, self.sF2],
+                                 C[self.sF1, self.sF2], n_components, ("f1", "f2"))
+
+    def mcca_g(self, n_components=None) -> MCCAResult:
+        S = self.label_moments.scatter
+        M1 = self.M1
+        return mcca_from_scatter(S[:M1, :M1], S[M1:, M1:], S[:M1, M1:], n_components,
+                                 ("g1", "g2"))
+
+    def d_rep(self, sets=None, num_sets: int = 100, seed: int = 0) -> DRepResult:
+        if self.M1 != self.M2:
+            check_pair(self.a, self.b, same_dim=True, what="d_rep")
+        from .reference import _rep_map, _rep_result
+        sets = _rep_sets(sets, self.V, self.M1, num_sets, seed)
+        C, mu = self.mom.scatter, self.mom.mean
+        C11, C22, C12 = C[self.sF1, self.sF1], C[self.sF2, self.sF2], C[self.sF1, self.sF2]
+        mu1, mu2 = mu[self.sF1], mu[self.sF2]
+        vals = np.full(len(sets), np.nan)
+        for i, s in enumerate(sets):
+            sol = _rep_map(self.G1, self.G2, self.b1, self.b2, s)
+            if sol is None:
+                continue
+            A, c = sol
+            e = mu1 - A @ mu2 - c
+            tr = np.trace(C11) - 2 * np.sum(A * C12) + np.sum((A @ C22) * A)
+            vals[i] = e @ e + tr / self.N
+        return _rep_result(vals, sets)
+
+
+def mcca_from_scatter(S11, S22, S12, n_components, what) -> MCCAResult:
+    from .reference import _mcca_result
+    W1 = whiten(S11, what[0])
+    W2 = whiten(S22, what[1])
+    rho = np.clip(np.linalg.svd(W1.T @ S12 @ W2, compute_uv=False), 0.0, 1.0)
+    return _mcca_result(rho, n_components, min(S11.shape[0], S22.shape[0]))

@@ -1,0 +1,83 @@
+"""The streaming pass: the only O(N V M) work. Everything else reads its O(N + V) outputs.
+
+For each input x (over labels y) and each label y (over inputs x) it returns:
+- rows: L_k(x) = logsumexp_y l_k, KL both ways, entropies, top-1 agreement, and the label
+  moments of the logits (means, centred sums of squares of l1, l2 and of l1 - l2);
+- columns: the input moments of the logits of each label (means, centred sums of squares of
+  l1, l2 and their cross sum).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+from .moments import merge_stats
+
+
+@dataclass
+class PassStats:
+    L1: np.ndarray
+    L2: np.ndarray
+    kl12: np.ndarray
+    kl21: np.ndarray
+    H1: np.ndarray
+    H2: np.ndarray
+    agree: np.ndarray
+    row_mean1: np.ndarray
+    row_mean2: np.ndarray
+    row_m2_11: np.ndarray
+    row_m2_22: np.ndarray
+    row_m2_dd: np.ndarray
+    col_mean1: np.ndarray
+    col_mean2: np.ndarray
+    col_m2_11: np.ndarray
+    col_m2_22: np.ndarray
+    col_m2_12: np.ndarray
+    backend: str = "numpy"
+
+    @property
+    def row_m2_12(self) -> np.ndarray:
+        return 0.5 * (self.row_m2_11 + self.row_m2_22 - self.row_m2_dd)
+
+
+def numpy_pass(f1, g1, f2, g2, rows: int = 256, progress=None) -> PassStats:
+    """Chunked float64 NumPy pass (materialises ``rows`` x V at a time). Bias is absorbed in
+    f/g by the caller."""
+    N, V = f1.shape[0], g1.shape[0]
+    out = {k: np.empty(N) for k in ("L1", "L2", "kl12", "kl21", "H1", "H2", "row_mean1",
+                                    "row_mean2", "row_m2_11", "row_m2_22", "row_m2_dd")}
+    agree = np.empty(N, bool)
+    cn, cmeans, cm2 = 0, (np.zeros(V), np.zeros(V)), {k: np.zeros(V) for k in ((0, 0), (1, 1), (0, 1))}
+    for i0 in range(0, N, rows):
+        sl = slice(i0, min(N, i0 + rows))
+        l1 = f1[sl] @ g1.T
+        l2 = f2[sl] @ g2.T
+        L1 = logsumexp(l1, axis=1)
+        L2 = logsumexp(l2, axis=1)
+        p1 = np.exp(l1 - L1[:, None])
+        p2 = np.exp(l2 - L2[:, None])
+        d = l1 - l2
+        out["L1"][sl], out["L2"][sl] = L1, L2
+        out["kl12"][sl] = (p1 * d).sum(1) - L1 + L2
+        out["kl21"][sl] = -(p2 * d).sum(1) - L2 + L1
+        out["H1"][sl] = L1 - (p1 * l1).sum(1)
+        out["H2"][sl] = L2 - (p2 * l2).sum(1)
+        agree[sl] = l1.argmax(1) == l2.argmax(1)
+        for k, x in (("1", l1), ("2", l2)):
+            out["row_mean" + k][sl] = x.mean(1)
+        out["row_m2_11"][sl] = ((l1 - l1.mean(1, keepdims=True)) ** 2).sum(1)
+        out["row_m2_22"][sl] = ((l2 - l2.mean(1, keepdims=True)) ** 2).sum(1)
+        out["row_m2_dd"][sl] = ((d - d.mean(1, keepdims=True)) ** 2).sum(1)
+        n = l1.shape[0]
+        m1, m2 = l1.mean(0), l2.mean(0)
+        c1, c2 = l1 - m1, l2 - m2
+        cn, cmeans, cm2 = merge_stats(cn, cmeans, cm2, n, (m1, m2),
+                                      {(0, 0): (c1 * c1).sum(0), (1, 1): (c2 * c2).sum(0),
+                                       (0, 1): (c1 * c2).sum(0)})
+        if progress is not None:
+            progress(sl.stop / N)
+    return PassStats(agree=agree, col_mean1=cmeans[0], col_mean2=cmeans[1],
+                     col_m2_11=cm2[(0, 0)], col_m2_22=cm2[(1, 1)], col_m2_12=cm2[(0, 1)],
+                     backend="numpy", **out)

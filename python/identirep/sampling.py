@@ -1,0 +1,104 @@
+"""Seeded choices shared by every engine, so that all engines evaluate the same candidates."""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Tuple
+
+import numpy as np
+
+from .errors import IdentirepError
+
+
+def input_candidates(n_inputs: int, set_size: int, num_samples: int, seed: int,
+                     paper_compat: bool = False, sets_per_pivot: int = 1) -> Tuple[np.ndarray, str]:
+    """Candidate input diversity sets, shape (K, set_size); column 0 is the pivot.
+
+    With ``sets_per_pivot == 1`` (the paper's scheme) K = num_samples sets, disjoint (all
+    indices distinct, as the paper's code draws them) whenever the inputs suffice, otherwise
+    independent. With ``sets_per_pivot = s > 1``, num_samples distinct pivots each get s
+    independent sets of the other inputs (K = num_samples * s): the engines evaluate these
+    at O(M) per extra set. ``paper_compat`` draws exactly like the paper's code run after
+    ``np.random.seed(seed)``.
+    """
+    if num_samples < 1 or sets_per_pivot < 1:
+        raise IdentirepError(
+            f"num_samples and sets_per_pivot must be >= 1, got {num_samples}, {sets_per_pivot}")
+    if n_inputs < set_size:
+        raise IdentirepError(
+            f"an input diversity set needs {set_size} distinct inputs (M + 1) but N={n_inputs}")
+    if sets_per_pivot > 1 and not paper_compat:
+        return _pivoted_candidates(n_inputs, set_size, num_samples, sets_per_pivot, seed)
+    total = set_size * num_samples
+    if paper_compat:
+        if total > n_inputs:
+            raise IdentirepError(
+                f"paper_compat draws {num_samples} disjoint sets of {set_size} inputs "
+                f"({total} inputs) but only N={n_inputs} are available; lower num_samples")
+        idx = np.random.RandomState(seed).choice(n_inputs, total, replace=False)
+        return idx.reshape(num_samples, set_size).astype(np.int64), "paper-compat disjoint"
+    rng = np.random.default_rng(seed)
+    if total <= n_inputs:
+        idx = rng.choice(n_inputs, total, replace=False)
+        return idx.reshape(num_samples, set_size).astype(np.int64), "disjoint"
+    out = np.empty((num_samples, set_size), np.int64)
+    for i in range(num_samples):
+        out[i] = rng.choice(n_inputs, set_size, replace=False)
+    return out, "independent"
+
+
+def _pivoted_candidates(n_inputs, set_size, num_pivots, per_pivot, seed):
+    if num_pivots > n_inputs:
+        raise IdentirepError(f"num_samples={num_pivots} pivots exceed the N={n_inputs} inputs")
+    rng = np.random.default_rng(seed)
+    pivots = rng.choice(n_inputs, num_pivots, replace=False)
+    out = np.empty((num_pivots * per_pivot, set_size), np.int64)
+    k = 0
+    for p in pivots:
+        for _ in range(per_pivot):
+            r = rng.choice(n_inputs - 1, set_size - 1, replace=False)
+            out[k, 0] = p
+            out[k, 1:] = r + (r >= p)
+            k += 1
+    return out, f"{num_pivots} pivots x {per_pivot}"
+
+
+def label_sets(remaining: np.ndarray, size: int, max_sets: int, seed: int) -> Tuple[np.ndarray, str]:
+    """Sets of ``size`` labels drawn from ``remaining`` (sorted label ids).
+
+    Every combination, in itertools order, when there are at most ``max_sets`` of them;
+    otherwise ``max_sets`` seeded random sets (each of distinct labels).
+    """
+    remaining = np.asarray(remaining, np.int64)
+    if remaining.size < size:
+        raise IdentirepError(
+            f"a label diversity set needs {size} labels besides the pivot and the leave-out, "
+            f"but only {remaining.size} remain (V too small for M={size})")
+    count = math.comb(remaining.size, size)
+    if count <= max_sets:
+        combos = np.array(list(itertools.combinations(range(remaining.size), size)), np.int64)
+        return remaining[combos.reshape(count, size)], f"all {count}"
+    rng = np.random.default_rng(seed)
+    out = np.empty((max_sets, size), np.int64)
+    for i in range(max_sets):
+        out[i] = np.sort(rng.choice(remaining.size, size, replace=False))
+    return remaining[out], f"sampled {max_sets} of {count}"
+
+
+def pivot_sample(n_labels: int, num_pivots: int, seed: int) -> np.ndarray:
+    """A seeded sorted sample of pivot labels (all labels when num_pivots >= n_labels)."""
+    if num_pivots >= n_labels:
+        return np.arange(n_labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_labels, num_pivots, replace=False)).astype(np.int64)
+
+
+def diversity_sets(n_labels: int, size: int, num_sets: int, seed: int) -> np.ndarray:
+    """Random (pivot, size labels) sets, shape (num_sets, size + 1); column 0 is the pivot."""
+    if n_labels < size + 1:
+        raise IdentirepError(f"a diversity set needs {size + 1} labels but V={n_labels}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((num_sets, size + 1), np.int64)
+    for i in range(num_sets):
+        out[i] = rng.choice(n_labels, size + 1, replace=False)
+    return out
