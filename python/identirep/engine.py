@@ -204,7 +204,9 @@ class PairEngine:
         if leave_out is None:
             lcrit = self._leave_out_criteria(rest, piv, valid, term)
             lcrit[y0] = np.inf
-            l = int(np.flatnonzero(lcrit <= thr)[0])
+            # the recomputed column may differ from the blocked one in the last bits
+            lmin = lcrit.min()
+            l = int(np.flatnonzero(lcrit <= max(thr, lmin + TIE_RTOL * abs(lmin)))[0])
         else:
             l = int(leave_out)
         keep = valid.copy()

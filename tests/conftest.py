@@ -1,0 +1,82 @@
+"""Shared fixtures, tolerances and every skip of the test suite."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+import identirep as ir
+
+# per-dtype relative tolerance against the float64 reference
+RTOL = {np.float64: 1e-9, np.float32: 1e-4}
+
+
+def assert_close(actual, expected, dtype=np.float64, atol=0.0, what=""):
+    rtol = RTOL[dtype]
+    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
+    err = np.abs(actual - expected)
+    bound = rtol * np.abs(expected) + atol
+    assert np.all(err <= bound), (
+        f"{what}: max abs err {err.max():.3e}, max rel {np.max(err / np.maximum(np.abs(expected), 1e-300)):.3e} "
+        f"(rtol {rtol}, atol {atol})")
+
+
+def _has(mod):
+    return importlib.util.find_spec(mod) is not None
+
+
+def _core_built():
+    try:
+        from identirep import _core  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _cuda_built():
+    if not _core_built():
+        return False
+    return bool(ir.build_info().get("cuda_compiled")) if hasattr(ir, "build_info") else False
+
+
+def _gpu_visible():
+    if _has("cupy"):
+        try:
+            import cupy
+            return cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:
+            return False
+    return False
+
+
+needs_core = pytest.mark.skipif(not _core_built(), reason="identirep._core not built")
+needs_cuda_build = pytest.mark.skipif(not _cuda_built(), reason="CUDA not built (rebuild with IDENTIREP_CUDA=ON)")
+needs_gpu = pytest.mark.skipif(not _gpu_visible(), reason="no GPU visible")
+needs_torch = pytest.mark.skipif(not (_has("torch") and _has("transformers")),
+                                 reason="torch/transformers not installed (pip install '.[hf]')")
+needs_matplotlib = pytest.mark.skipif(not _has("matplotlib"), reason="matplotlib not installed")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def random_pair(N=301, V=53, M=5, M2=None, seed=0, bias=False, scale=2.0, noise=0.5):
+    """Two related random models: b's embeddings are a's plus noise, g's are perturbed."""
+    rng = np.random.default_rng(seed)
+    M2 = M if M2 is None else M2
+    f1 = rng.standard_normal((N, M))
+    g1 = rng.standard_normal((V, M)) * scale / np.sqrt(M)
+    P = rng.standard_normal((M, M2))
+    f2 = f1 @ P + noise * rng.standard_normal((N, M2))
+    g2 = rng.standard_normal((V, M2)) * noise * scale / np.sqrt(M2) + g1 @ np.linalg.pinv(P).T
+    b1 = rng.standard_normal(V) if bias else None
+    b2 = rng.standard_normal(V) if bias else None
+    return ir.Model(f1, g1, bias=b1, name="a"), ir.Model(f2, g2, bias=b2, name="b")
+
+
+if os.environ.get("IDENTIREP_REQUIRE_GPU_TESTS"):
+    def pytest_collection_modifyitems(config, items):
+        if not (_cuda_built() and _gpu_visible()):
+            raise pytest.UsageError("GPU tests required but CUDA is not built or no GPU is visible")
