@@ -113,7 +113,7 @@ def test_compare_report_matches_reference_and_serialises():
     json.dumps(dg)
     for sec in ("kl", "d_llv", "d_logit", "mcca_f", "mcca_g", "d_svd", "d_rep"):
         for k, v in dw[sec].items():
-            if isinstance(v, float):
+            if isinstance(v, float) or (isinstance(v, list) and v and isinstance(v[0], float)):
                 assert_close(dg[sec][k], v, atol=1e-13, what=f"{sec}.{k}")
             else:
                 assert dg[sec][k] == v, (sec, k)
