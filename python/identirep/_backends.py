@@ -35,6 +35,11 @@ def resolve(backend: str, *models) -> str:
         backend = os.environ.get("IDENTIREP_BACKEND", "auto") or "auto"
     if backend not in BACKENDS + ("auto",):
         raise IdentirepError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+    from .model import Model
+    for i, m in enumerate(models):
+        if not isinstance(m, Model):
+            raise IdentirepError(
+                f"argument {i + 1} must be an identirep.Model, got {type(m).__name__}")
     arrays = [x for m in models for x in (m.f, m.g, m.bias)]
     loc = array_location(*arrays)
     if backend == "auto":

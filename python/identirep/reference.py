@@ -197,6 +197,12 @@ def _check_llv_args(a, b, combine, term, pivot, leave_out, lam):
         raise IdentirepError(
             f"d_LLV needs N >= M + 2 inputs (a diversity set of M + 1 plus variance); "
             f"N={a.N}, M={max(a.M, b.M)}")
+    for m in (a, b):
+        f = np.asarray(m.numpy()[0])
+        if f.std(0).max() <= 1e-12 * np.abs(f).max():
+            raise IdentirepError(
+                f"f of {m.name or 'a model'} is constant across inputs: every label pair is "
+                "degenerate and d_LLV is undefined; the inputs must differ")
     for nm, v in (("pivot", pivot), ("leave_out", leave_out)):
         if v is not None and not (isinstance(v, (int, np.integer)) and 0 <= v < a.V):
             raise IdentirepError(f"{nm} must be a label index in [0, {a.V}), got {v!r}")

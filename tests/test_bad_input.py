@@ -1,0 +1,117 @@
+"""Bad input gets a clear IdentirepError, never a crash or a silent NaN."""
+import numpy as np
+import pytest
+
+import identirep as ir
+from identirep import IdentirepError
+
+from conftest import random_pair
+
+
+def model(N=50, V=10, M=3, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    return ir.Model(rng.standard_normal((N, M)), rng.standard_normal((V, M)), **kw)
+
+
+@pytest.mark.parametrize("f,g,msg", [
+    (np.ones(5), np.ones((4, 2)), "2-d array"),
+    (np.ones((5, 2)), np.ones(4), "2-d array"),
+    (np.ones((5, 2), int), np.ones((4, 2)), "dtype int64"),
+    (np.zeros((0, 2)), np.ones((4, 2)), "empty"),
+    (np.ones((5, 2)), np.ones((4, 3)), "same space"),
+    (np.array([[1.0, np.nan]] * 5), np.ones((4, 2)), "NaN or Inf"),
+    (np.ones((5, 2)), np.array([[np.inf, 1.0]] * 4), "NaN or Inf"),
+    (np.ones((5, 2)), np.ones((1, 2)), "at least 2 labels"),
+    ("abc", np.ones((4, 2)), "must be an array"),
+])
+def test_model_validation(f, g, msg):
+    with pytest.raises(IdentirepError, match=msg):
+        ir.Model(f, g)
+
+
+def test_bias_validation():
+    with pytest.raises(IdentirepError, match="bias has 3 entries but g has 10 labels"):
+        model(bias=np.zeros(3))
+    with pytest.raises(IdentirepError, match="label names given"):
+        model(labels=["a", "b"])
+
+
+def test_mismatched_pairs():
+    with pytest.raises(IdentirepError, match="different inputs: N=50 vs N=40"):
+        ir.kl(model(), model(N=40))
+    with pytest.raises(IdentirepError, match="different label sets: V=10 vs V=12"):
+        ir.d_llv(model(), model(V=12))
+    names = [str(i) for i in range(10)]
+    with pytest.raises(IdentirepError, match="label order differs at index 0"):
+        ir.kl(model(labels=names), model(labels=names[::-1]))
+    with pytest.raises(IdentirepError, match="d_rep needs models of equal representation dimension"):
+        ir.d_rep(model(), model(M=4))
+    with pytest.raises(IdentirepError, match="d_SVD needs models of equal representation dimension"):
+        ir.d_svd(model(), model(M=4))
+    with pytest.raises(IdentirepError, match="identirep.Model"):
+        ir.kl(np.ones((3, 3)), model())
+
+
+def test_too_few_inputs_or_labels():
+    with pytest.raises(IdentirepError, match="N >= M \\+ 2"):
+        ir.d_llv(model(N=5, M=4), model(N=5, M=4))
+    with pytest.raises(IdentirepError, match="at least 3 labels"):
+        ir.d_llv(model(V=2), model(V=2))
+
+
+def test_all_equal_labels():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((40, 2))
+    g = np.tile([[1.0, 2.0]], (6, 1))
+    with pytest.raises(IdentirepError, match="every label pair is degenerate"):
+        ir.d_llv(ir.Model(f, g), ir.Model(f * 2, g))
+    with pytest.raises(IdentirepError, match="every label pair is degenerate"):
+        ir.d_llv(ir.Model(f, g), ir.Model(f * 2, g), backend="reference")
+
+
+def test_constant_features():
+    a, b = random_pair(N=60, V=9, M=3)
+    f = a.numpy()[0]
+    f[:, 1] = 4.0
+    with pytest.raises(IdentirepError, match="constant column"):
+        ir.compare(ir.Model(f, a.g), b, num_samples=5)
+    with pytest.raises(IdentirepError, match="constant column"):
+        ir.mcca(f, b.f)
+    with pytest.raises(IdentirepError, match="constant column"):
+        ir.mcca(f, b.f, backend="reference")
+    same = ir.Model(np.ones((60, 3)), a.g)
+    for be in ("cpu", "reference"):
+        with pytest.raises(IdentirepError, match="constant across inputs"):
+            ir.d_llv(same, same, backend=be)
+
+
+def test_bad_options():
+    a, b = random_pair(N=60, V=9, M=2)
+    for kw, msg in (({"combine": "min"}, "combine"), ({"term": "median"}, "term"),
+                    ({"lam": -1.0}, "lam"), ({"pivot": 9}, "pivot"), ({"leave_out": -1}, "leave_out"),
+                    ({"pivot": 2, "leave_out": 2}, "different"),
+                    ({"input_set": [1, 2]}, "input_set must be 3"),
+                    ({"input_set": [1, 1, 2]}, "distinct"), ({"num_samples": 0}, "num_samples"),
+                    ({"paper_compat": True, "num_samples": 50}, "lower num_samples"),
+                    ({"backend": "tpu"}, "unknown backend")):
+        with pytest.raises(IdentirepError, match=msg):
+            ir.d_llv(a, b, **kw)
+    with pytest.raises(IdentirepError, match="n_components"):
+        ir.mcca(a.f, b.f, n_components=5)
+    with pytest.raises(IdentirepError, match="same samples"):
+        ir.mcca(a.f, b.f[:10])
+    with pytest.raises(IdentirepError, match="sets must be"):
+        ir.d_rep(a, b, sets=[[0, 1]])
+
+
+def test_gpu_backend_fails_loudly_without_gpu():
+    a, b = random_pair(N=60, V=9, M=2)
+    with pytest.raises(IdentirepError, match="not available in this build"):
+        ir.kl(a, b, backend="cuda")
+
+
+def test_no_silent_nan_on_extreme_logits():
+    a, b = random_pair(N=80, V=15, M=3, scale=1e4, seed=3)
+    r = ir.compare(a, b, num_samples=10)
+    for v in (r.kl.kl12, r.kl.kl21, r.d_llv.value, r.d_logit.value, r.mcca_f.value):
+        assert np.isfinite(v)
