@@ -96,10 +96,12 @@ class PairEngine:
     # ------------------------------------------------------------------ KL, d_logit
     def kl(self) -> KLResult:
         s = self.stats
-        return KLResult(kl12=float(s.kl12.mean()), kl21=float(s.kl21.mean()),
+        # KL >= 0; clip the roundoff of (near-)identical distributions
+        kl12, kl21 = np.maximum(s.kl12, 0.0), np.maximum(s.kl21, 0.0)
+        return KLResult(kl12=float(kl12.mean()), kl21=float(kl21.mean()),
                         top1_agreement=float(s.agree.mean()), entropy1=float(s.H1.mean()),
-                        entropy2=float(s.H2.mean()), per_input_kl12=s.kl12,
-                        per_input_kl21=s.kl21)
+                        entropy2=float(s.H2.mean()), per_input_kl12=kl12,
+                        per_input_kl21=kl21)
 
     def d_logit(self) -> DLogitResult:
         sq = float(self.stats.row_m2_dd.mean())

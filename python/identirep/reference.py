@@ -38,8 +38,9 @@ def kl_reference(a: Model, b: Model) -> KLResult:
     lp1, _ = log_probs(a)
     lp2, _ = log_probs(b)
     p1, p2 = np.exp(lp1), np.exp(lp2)
-    kl12 = (p1 * (lp1 - lp2)).sum(1)
-    kl21 = (p2 * (lp2 - lp1)).sum(1)
+    # KL >= 0; clip the roundoff of (near-)identical distributions
+    kl12 = np.maximum((p1 * (lp1 - lp2)).sum(1), 0.0)
+    kl21 = np.maximum((p2 * (lp2 - lp1)).sum(1), 0.0)
     agree = np.argmax(lp1, 1) == np.argmax(lp2, 1)
     return KLResult(kl12=float(kl12.mean()), kl21=float(kl21.mean()),
                     top1_agreement=float(agree.mean()),

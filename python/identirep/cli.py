@@ -1,0 +1,112 @@
+"""Command line: ``identirep demo | compare | matrix | extract | bench``.
+
+Exit codes: 0 ok, 2 bad input (the message says what and how to fix), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from .errors import IdentirepError
+
+
+def _add_measure_options(p):
+    p.add_argument("--lam", type=float, default=1e-5, help="weight of terms t3, t4 (default 1e-5)")
+    p.add_argument("--combine", choices=("max", "sum"), default="max")
+    p.add_argument("--term", choices=("max", "mean"), default="max")
+    p.add_argument("--num-samples", type=int, default=200, help="candidate input pivots (default 200)")
+    p.add_argument("--sets-per-pivot", type=int, default=1)
+    p.add_argument("--num-pivots", type=int, default=None,
+                   help="sample this many label pivots instead of the exact search")
+    p.add_argument("--paper-compat", action="store_true",
+                   help="draw input sets exactly like the paper's code (incl. its threshold quirk)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "cupy", "reference"))
+
+
+def _measure_kwargs(args):
+    return dict(lam=args.lam, combine=args.combine, term=args.term, num_samples=args.num_samples,
+                seed=args.seed, num_pivots=args.num_pivots, sets_per_pivot=args.sets_per_pivot,
+                paper_compat=args.paper_compat, backend=args.backend)
+
+
+def _emit(payload, args, render):
+    text = json.dumps(payload, indent=2)
+    if getattr(args, "out", None):
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        render()
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    if args.json or args.out:
+        payload = run_demo(args.seed, as_json=True)
+        _emit(payload, args, lambda: run_demo(args.seed))
+    else:
+        run_demo(args.seed)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .io import load_model
+    from .measures import compare
+    from .report import render_report
+    a = load_model(args.model_a)
+    b = load_model(args.model_b)
+    r = compare(a, b, **_measure_kwargs(args))
+    _emit(r.to_dict(), args, lambda: render_report(r))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="identirep",
+        description="Closeness in distribution and representational similarity of softmax-family models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="the paper's point on built-in models, in seconds")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    d.add_argument("--out", help="also write the JSON report to this file")
+    d.set_defaults(func=cmd_demo)
+    c = sub.add_parser("compare", help="every measure for two saved models (.safetensors, .npz, .npy dir)")
+    c.add_argument("model_a")
+    c.add_argument("model_b")
+    _add_measure_options(c)
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.add_argument("--out", help="also write the JSON report to this file")
+    c.set_defaults(func=cmd_compare)
+    try:
+        from .extract import add_extract_parser
+        add_extract_parser(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except IdentirepError as e:
+        print(f"identirep: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"identirep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # noqa: BLE001 - the exit code contract needs a catch-all
+        traceback.print_exc()
+        print("identirep: internal error (exit 1); please report it with the traceback above",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
