@@ -53,3 +53,18 @@ def test_bound_with_reference_engine_small():
         d = ir.d_llv(base, other, num_samples=20, backend="reference")
         s = ir.d_svd(base, other, d.pivot, d.leave_out, d.input_set, backend="reference")
         assert s.max_d_svd <= 2 * base.M * d.value
+
+
+def test_paper_compat_reproduces_a_port_of_the_paper_code():
+    import pathlib
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import paper_port
+    from conftest import random_pair
+    for seed in (0, 1):
+        a, b = random_pair(N=400, V=30, M=3, seed=seed, noise=1.0)
+        want = paper_port.d_llv(a.f, a.g, b.f, b.g, num_samples=60, seed=seed)
+        got = ir.d_llv(a, b, num_samples=60, seed=seed, paper_compat=True)
+        assert (got.pivot, got.leave_out, got.input_set) == (want["pivot"], want["leave_out"], want["input_set"])
+        for k in ("value", "t1", "t2"):
+            assert abs(getattr(got, k) - want[k]) <= 1e-9 * abs(want[k])

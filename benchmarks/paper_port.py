@@ -1,0 +1,65 @@
+"""A faithful NumPy port of the paper's d_LLV algorithm, as a speed baseline.
+
+Same structure as the published research code: the log-likelihood matrix is built one label
+at a time, the pivot/leave-out search loops over every (pivot, leave-out) pair with a boolean
+filter, and candidate input sets are evaluated one by one. Float64 throughout (the original
+stores log-likelihoods in float32) so that results can be compared with identirep's exactly.
+"""
+import numpy as np
+from scipy.special import logsumexp
+
+
+def log_likelihoods(f, g):
+    vals = np.zeros((g.shape[0], f.shape[0]))
+    for k in range(g.shape[0]):
+        vals[k] = f @ g[k]
+    return vals - logsumexp(vals, axis=0, keepdims=True)
+
+
+def _terms_with_pivot(lp1_rest, lp1_0, lp2_rest, lp2_0, axis):
+    v1 = np.var(lp1_rest - lp1_0, axis=axis, ddof=1, keepdims=True)
+    v2 = np.var(lp2_rest - lp2_0, axis=axis, ddof=1, keepdims=True)
+    rest = np.std(lp1_rest / np.sqrt(v1) - lp2_rest / np.sqrt(v2), axis=axis, ddof=1)
+    piv = np.std(lp1_0 / np.sqrt(v1) - lp2_0 / np.sqrt(v2), axis=axis, ddof=1)
+    gap = np.abs(np.sqrt(v1) - np.sqrt(v2)).squeeze(axis)
+    return np.concatenate([rest, piv], 0), gap
+
+
+def _label_terms(lp1, lp2, pivot):
+    V = lp1.shape[0]
+    keep = np.arange(V) != pivot
+    return _terms_with_pivot(lp1[keep], lp1[pivot][None], lp2[keep], lp2[pivot][None], 1)
+
+
+def choose_pivot_and_leave_out(lp1, lp2):
+    V = lp1.shape[0]
+    table = np.zeros((V, V - 1))
+    filt = np.arange(2 * (V - 1))
+    for k in range(V):
+        t1, _ = _label_terms(lp1, lp2, k)
+        for l in range(V - 1):
+            table[k, l] = np.max(t1[~np.isin(filt, (l, l + V - 1))])
+    k, l = np.argwhere(table == table.min())[0]
+    return int(k), int(l + 1 if l >= k else l)
+
+
+def d_llv(f1, g1, f2, g2, lam=1e-5, num_samples=200, seed=0):
+    lp1, lp2 = log_likelihoods(f1, g1), log_likelihoods(f2, g2)
+    V = lp1.shape[0]
+    pivot, lo = choose_pivot_and_leave_out(lp1, lp2)
+    keep = np.arange(V) != lo
+    p = pivot - 1 if lo < pivot else pivot
+    t1, t3 = _label_terms(lp1[keep], lp2[keep], p)
+    M = f1.shape[1]
+    cands = np.random.RandomState(seed).choice(lp1.shape[1], (M + 1) * num_samples, replace=False)
+    cands = cands.reshape(num_samples, M + 1)
+    best, choice = 1.0, cands[0]
+    for c in cands:
+        t2, _ = _terms_with_pivot(lp1[:, c[1:]], lp1[:, [c[0]]], lp2[:, c[1:]], lp2[:, [c[0]]], 0)
+        if t2.max() < best:
+            best, choice = t2.max(), c
+    t2, t4 = _terms_with_pivot(lp1[:, choice[1:]], lp1[:, [choice[0]]],
+                               lp2[:, choice[1:]], lp2[:, [choice[0]]], 0)
+    value = max(t1.max(), t2.max(), lam * t3.max(), lam * t4.max())
+    return dict(value=value, t1=t1.max(), t2=t2.max(), pivot=pivot, leave_out=lo,
+                input_set=[int(i) for i in choice])
