@@ -1,0 +1,114 @@
+// Label-side d_LLV pivot search epilogue: for a block of B pivots y0 (rows) and all V labels y
+// (columns), turn the cross products X_k(y0, y) = g_k(y0)' C_k g_k(y) into the pair terms and
+// reduce each pivot row to its best-leave-out criterion.
+//
+//   S_k    = n_k(y) + n_k(y0) - 2 X_k(y0, y)             (= (N-1) Var_x[log p_k(y) - log p_k(y0)])
+//   rest^2 = A1(y)/S1 + A2(y)/S2 - 2 B12(y)/sqrt(S1 S2)
+//   piv^2  = A1(y0)/S1 + A2(y0)/S2 - 2 B12(y0)/sqrt(S1 S2)
+//   a pair is excluded when y == y0 or S_k <= tol (n_k(y) + n_k(y0)) for k = 1 or 2.
+// mode 0 ("max"): m(y) = max(rest, piv); criterion = second largest m over valid y
+//                 (largest when one is valid, +inf when none).
+// mode 1 ("mean"): s(y) = rest + piv; criterion = (sum s - max s) / (2 (count - 1))
+//                 (sum / 2 when one is valid, +inf when none).
+// Inputs: X1, X2 float64 (B x V) with row strides ld1, ld2; n1, n2, A1, A2, B12 float64 (V);
+// pivots int64 (B). Output crit float64 (B). All arithmetic in float64; rows in parallel
+// (OpenMP), each with a V-long scratch row.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace identirep {
+namespace kernels {
+
+struct PivotInputs {
+  const double* X1;
+  int64_t ld1;
+  const double* X2;
+  int64_t ld2;
+  const double* n1;
+  const double* n2;
+  const double* A1;
+  const double* A2;
+  const double* B12;
+  const int64_t* pivots;
+  int64_t B;
+  int64_t V;
+  double tol;
+  int mode;
+};
+
+inline void PivotRow(const PivotInputs& in, int64_t j, double* scratch, double* crit) {
+  const int64_t V = in.V;
+  const int64_t y0 = in.pivots[j];
+  const double* x1 = in.X1 + j * in.ld1;
+  const double* x2 = in.X2 + j * in.ld2;
+  const double n10 = in.n1[y0], n20 = in.n2[y0];
+  const double a10 = in.A1[y0], a20 = in.A2[y0], b0 = in.B12[y0];
+  const double ninf = -std::numeric_limits<double>::infinity();
+  int64_t count = 0;
+#pragma omp simd reduction(+ : count)
+  for (int64_t y = 0; y < V; ++y) {
+    const double s1 = in.n1[y] + n10 - 2.0 * x1[y];
+    const double s2 = in.n2[y] + n20 - 2.0 * x2[y];
+    const bool ok = (y != y0) & (s1 > in.tol * (in.n1[y] + n10)) & (s2 > in.tol * (in.n2[y] + n20));
+    const double i1 = 1.0 / s1, i2 = 1.0 / s2, c = 2.0 / std::sqrt(s1 * s2);
+    const double r2 = in.A1[y] * i1 + in.A2[y] * i2 - in.B12[y] * c;
+    const double p2 = a10 * i1 + a20 * i2 - b0 * c;
+    double v;
+    if (in.mode == 0) {
+      const double m2 = r2 > p2 ? r2 : p2;
+      v = std::sqrt(m2 > 0.0 ? m2 : 0.0);
+    } else {
+      v = std::sqrt(r2 > 0.0 ? r2 : 0.0) + std::sqrt(p2 > 0.0 ? p2 : 0.0);
+    }
+    scratch[y] = ok ? v : ninf;
+    count += ok ? 1 : 0;
+  }
+  if (count == 0) {
+    crit[j] = std::numeric_limits<double>::infinity();
+    return;
+  }
+  double top = ninf;
+  int64_t arg = 0;
+  for (int64_t y = 0; y < V; ++y) {
+    if (scratch[y] > top) {
+      top = scratch[y];
+      arg = y;
+    }
+  }
+  if (in.mode == 0) {
+    if (count == 1) {
+      crit[j] = top;
+      return;
+    }
+    double second = ninf;
+#pragma omp simd reduction(max : second)
+    for (int64_t y = 0; y < V; ++y) {
+      const double v = y == arg ? ninf : scratch[y];
+      second = v > second ? v : second;
+    }
+    crit[j] = second;
+  } else {
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t y = 0; y < V; ++y) sum += scratch[y] == ninf ? 0.0 : scratch[y];
+    crit[j] = count == 1 ? sum / 2.0 : (sum - top) / (2.0 * static_cast<double>(count - 1));
+  }
+}
+
+// Launcher: fills crit for all B pivots. Returns 0.
+inline int PivotCriteria(const PivotInputs& in, double* crit) {
+#pragma omp parallel
+  {
+    std::vector<double> scratch(static_cast<size_t>(in.V));
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < in.B; ++j) PivotRow(in, j, scratch.data(), crit);
+  }
+  return 0;
+}
+
+}  // namespace kernels
+}  // namespace identirep
