@@ -19,3 +19,14 @@ def transformers(torch):
 def ml_dtypes():
     """ml_dtypes (NumPy bfloat16), or skip."""
     return pytest.importorskip("ml_dtypes", reason="ml_dtypes is not installed")
+
+
+@pytest.fixture(scope="session")
+def hf_class(transformers):
+    """hf_class(name): a transformers class, or skip when this transformers version lacks it."""
+    def get(name):
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            pytest.skip(f"transformers {transformers.__version__} has no {name}")
+        return cls
+    return get

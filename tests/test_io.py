@@ -76,9 +76,10 @@ def test_bfloat16_widened_without_ml_dtypes(tmp_path, fmt, ml_dtypes, monkeypatc
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("have_ml_dtypes", [True, False])
-def test_torch_bfloat16_saved_as_bfloat16(tmp_path, fmt, have_ml_dtypes, torch, monkeypatch):
+def test_torch_bfloat16_saved_as_bfloat16(tmp_path, fmt, have_ml_dtypes, torch, monkeypatch,
+                                          request):
     if have_ml_dtypes:
-        pytest.importorskip("ml_dtypes")
+        request.getfixturevalue("ml_dtypes")
     else:
         monkeypatch.setattr(iio, "_ml_dtypes", lambda: None)
     gen = torch.Generator().manual_seed(0)

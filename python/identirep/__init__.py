@@ -4,3 +4,5 @@ from .io import load_metadata, load_model, save_model
 from .model import Model
 
 __all__ = ["IdentirepError", "Model", "load_model", "save_model", "load_metadata"]
+# Extraction from Hugging Face models: identirep.extract.extract (the module keeps its name;
+# it is not re-exported so that `identirep.extract` stays the module).
