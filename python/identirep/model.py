@@ -56,6 +56,8 @@ class Model:
     ``p(y|x) = softmax_y(f(x) . g(y) + b(y))``. ``f`` holds one row per input (N x M),
     ``g`` one row per label (V x M), ``bias`` one value per label (optional).
     Arrays may live in NumPy (CPU engine) or on a GPU (CuPy / torch CUDA tensors).
+    ``metadata`` holds free-form facts about where the arrays came from (extraction
+    settings, storage conversions); :func:`identirep.save_model` stores it with the arrays.
     """
 
     f: object
@@ -63,6 +65,7 @@ class Model:
     bias: Optional[object] = None
     name: Optional[str] = None
     labels: Optional[Sequence[str]] = field(default=None, repr=False)
+    metadata: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if isinstance(self.f, (list, tuple)):
@@ -87,6 +90,11 @@ class Model:
             if len(self.labels) != self.g.shape[0]:
                 raise IdentirepError(
                     f"{len(self.labels)} label names given for {self.g.shape[0]} labels")
+        if self.metadata is None:
+            self.metadata = {}
+        if not isinstance(self.metadata, dict):
+            raise IdentirepError(
+                f"metadata must be a dict, got {type(self.metadata).__name__}")
         if self.V < 2:
             raise IdentirepError("a model needs at least 2 labels")
 

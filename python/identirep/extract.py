@@ -1,0 +1,532 @@
+"""Extract (f, g, b) from a local Hugging Face causal language model.
+
+For a causal LM, p(y | x) = softmax_y(f(x) . g(y) + b(y)) where x is a prefix of a text,
+f(x) the input of the lm_head at the prefix's last position (the final hidden state after the
+final norm and any scaling the architecture applies before the head), g the lm_head weight and
+b its bias. f is captured with a forward pre-hook on ``model.get_output_embeddings()``, which is
+the lm_head for every architecture and the input embedding when the two are tied.
+
+Architectures that transform the lm_head output are handled explicitly:
+
+- a constant factor after the head (Cohere ``logit_scale`` multiplies, Granite
+  ``logits_scaling`` divides, Falcon-H1 ``lm_head_multiplier`` and HyperCLOVA X
+  ``logits_scaling`` multiply) is folded into f and b, so f . g + b equals the model's logits;
+- scaling before the head (MiniCPM's ``hidden_size / dim_model_base``) is already in the
+  captured input;
+- tanh soft-capping of the final logits (Gemma 2 ``final_logit_softcapping``) makes log p
+  non-linear in f . g, so such models are refused unless ``allow_softcap=True``.
+
+Every extraction is checked: at ``check_positions`` sampled positions the model is run again on
+its text alone (no padding) and f . g + b is compared with the model's own output logits.
+
+torch and transformers are optional (``pip install "identirep[hf]"``) and imported only when an
+extraction runs. Models and tokenizers are read from local files only; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import IdentirepError
+from .model import Model
+
+__all__ = ["extract", "Extraction", "ExtractionCheck", "add_extract_parser"]
+
+#: Largest relative error of the extraction check, per computation dtype.
+CHECK_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+#: Constant factors applied to the lm_head output: model_type prefix -> (attribute, operation).
+LOGIT_SCALES = (
+    ("cohere", "logit_scale", "multiplies"),
+    ("granite", "logits_scaling", "divides"),
+    ("hyperclovax", "logits_scaling", "multiplies"),
+    ("falcon_h1", "lm_head_multiplier", "multiplies"),
+)
+
+_INSTALL_HINT = 'pip install "identirep[hf]"'
+
+
+@dataclass
+class ExtractionCheck:
+    """f . g + b recomputed against the model's own logits at sampled positions.
+
+    ``max_rel_error`` is the largest, over the checked positions x, of
+    max_y |recomputed - logits| / max_y |logits|.
+    """
+
+    positions: int
+    max_abs_error: float
+    max_rel_error: float
+    tolerance: float
+
+    def as_dict(self) -> dict:
+        return {"positions": self.positions, "max_abs_error": self.max_abs_error,
+                "max_rel_error": self.max_rel_error, "tolerance": self.tolerance}
+
+
+@dataclass(eq=False)
+class Extraction:
+    """The factors of a causal LM on a set of texts.
+
+    ``f`` (N x M) has one row per non-padding token position, texts in the order given,
+    positions in order; ``token_ids`` (N) are the tokens at those positions and ``positions``
+    (N x 2) their (text index, position in text). ``g`` (V x M) and ``b`` (V or None) have one
+    row per label; ``label_ids`` (V) are the token ids of those rows and ``labels`` their
+    token strings.
+    """
+
+    f: np.ndarray
+    g: np.ndarray
+    b: Optional[np.ndarray]
+    token_ids: np.ndarray
+    label_ids: np.ndarray
+    positions: np.ndarray
+    labels: list
+    check: ExtractionCheck
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def N(self) -> int:
+        return int(self.f.shape[0])
+
+    @property
+    def V(self) -> int:
+        return int(self.g.shape[0])
+
+    @property
+    def M(self) -> int:
+        return int(self.f.shape[1])
+
+    def to_model(self, name: Optional[str] = None) -> Model:
+        return Model(self.f, self.g, self.b, name=name or self.metadata.get("name"),
+                     labels=self.labels, metadata=dict(self.metadata))
+
+    def __repr__(self) -> str:
+        b = ", bias" if self.b is not None else ""
+        return (f"Extraction({self.metadata.get('name', '?')}: N={self.N}, V={self.V}, "
+                f"M={self.M}{b}, check max rel error {self.check.max_rel_error:.2e})")
+
+
+def _require_hf():
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise IdentirepError(
+            f"extracting from Hugging Face models needs torch and transformers ({e.msg}); "
+            f"install them with: {_INSTALL_HINT}") from None
+    return torch, transformers
+
+
+def _read_texts(texts) -> list:
+    if isinstance(texts, (str, os.PathLike)):
+        p = Path(texts)
+        if not p.is_file():
+            raise IdentirepError(
+                f"texts must be a list of strings or the path of a .txt file (one text per "
+                f"line); {str(p)!r} is not a file")
+        texts = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise IdentirepError(f"{p} holds no non-empty line")
+        return texts
+    if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise IdentirepError("texts must be a list of strings or the path of a .txt file")
+    if not texts:
+        raise IdentirepError("texts is empty; give at least one text")
+    return list(texts)
+
+
+def _dtype_kwarg(transformers) -> str:
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _logit_scale(model_type: str, cfg):
+    """(factor applied to the lm_head output, description) from the config."""
+    for prefix, attr, op in LOGIT_SCALES:
+        value = getattr(cfg, attr, None)
+        if model_type.startswith(prefix) and value is not None:
+            factor = float(value) if op == "multiplies" else 1.0 / float(value)
+            return factor, f"config.{attr}={float(value)!r} ({op} the logits), folded into f and b"
+    return 1.0, None
+
+
+def _pre_head_scaling(model_type: str, cfg):
+    if model_type.startswith("minicpm") and getattr(cfg, "dim_model_base", None):
+        k = cfg.hidden_size / cfg.dim_model_base
+        return (f"hidden states divided by hidden_size/dim_model_base={k!r} before the lm_head; "
+                "captured in f")
+    return None
+
+
+_CONFIG_FACTS = ("model_type", "architectures", "hidden_size", "n_embd", "num_hidden_layers",
+                 "n_layer", "vocab_size", "tie_word_embeddings", "max_position_embeddings",
+                 "n_positions", "final_logit_softcapping", "logit_scale", "logits_scaling",
+                 "lm_head_multiplier", "dim_model_base", "scale_width")
+
+
+def _config_facts(cfg) -> dict:
+    out = {}
+    for k in _CONFIG_FACTS:
+        v = getattr(cfg, k, None)
+        if isinstance(v, (bool, int, float, str)) or (isinstance(v, list) and v):
+            out[k] = v
+    return out
+
+
+class _Captured(Exception):
+    """Raised by the lm_head pre-hook: the forward pass has produced f; stop it there."""
+
+
+def _progress_reporter(progress, total: int):
+    """(update(n), close()) for a callable, a rich bar on a terminal, or nothing."""
+    if callable(progress):
+        done = [0]
+
+        def update(n):
+            done[0] += n
+            progress(done[0], total)
+        return update, lambda: None
+    if progress is True or (progress is None and sys.stderr.isatty()):
+        from rich.console import Console
+        from rich.progress import Progress
+        bar = Progress(console=Console(stderr=True), transient=True)
+        task = bar.add_task("extracting", total=total)
+        bar.start()
+        return (lambda n: bar.advance(task, n)), bar.stop
+    return (lambda n: None), (lambda: None)
+
+
+def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: int = 8,
+            dtype: str = "float32", check_positions: int = 64, allow_softcap: bool = False,
+            seed: int = 0, progress: Union[None, bool, Callable[[int, int], None]] = None,
+            device: str = "cpu") -> Extraction:
+    """Extract f (every non-padding position), g and b from a local causal LM directory.
+
+    ``texts``: a list of strings, or the path of a .txt file with one text per non-empty line.
+    Each text is tokenized (with the tokenizer's special tokens) and truncated to
+    ``max_length`` tokens; texts are run in batches of ``batch_size`` with right padding and
+    an attention mask, in ``dtype`` (float32, float64, bfloat16, float16). Label rows beyond
+    the tokenizer (vocabulary padding) are dropped. ``check_positions`` positions, drawn with
+    ``seed``, are checked against the model's own logits; an error above
+    ``CHECK_TOLERANCE[dtype]`` raises. ``progress``: a callable ``(done, total)`` over token
+    positions, ``True`` for a progress bar on stderr, ``False`` for none, or ``None`` for a
+    bar when stderr is a terminal.
+    ``device`` is the torch device the model runs on ("cpu", "cuda", "cuda:1", ...).
+    With ``out``, the result is also written there by :func:`identirep.save_model`.
+    """
+    if dtype not in CHECK_TOLERANCE:
+        raise IdentirepError(f"dtype must be one of {', '.join(CHECK_TOLERANCE)}, got {dtype!r}")
+    for name, value in (("max_length", max_length), ("batch_size", batch_size),
+                        ("check_positions", check_positions)):
+        if not isinstance(value, int) or value < 1:
+            raise IdentirepError(f"{name} must be a positive integer, got {value!r}")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise IdentirepError(
+            f"{model_dir} is not a local model directory (no config.json); give the directory "
+            "written by save_pretrained — identirep never downloads models")
+    texts = _read_texts(texts)
+    torch, transformers = _require_hf()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise IdentirepError(f"device must be a torch device such as 'cpu' or 'cuda': {e}") from None
+
+    cfg = _load(lambda: transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True),
+                f"could not read the model config in {model_dir}")
+    tcfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    model_type = str(getattr(tcfg, "model_type", None) or getattr(cfg, "model_type", ""))
+    cap = getattr(tcfg, "final_logit_softcapping", None)
+    if cap is not None and not allow_softcap:
+        raise IdentirepError(
+            f"{model_dir} ({model_type}) soft-caps its logits: logits = c*tanh(z/c) with "
+            f"c = final_logit_softcapping = {cap}. tanh soft-capping makes log p non-linear in "
+            "f(x).g(y), so the model is outside the softmax-linear family that identirep "
+            "compares. Pass allow_softcap=True (--allow-softcap) to extract the factors of the "
+            "pre-cap logits z = f.g + b; comparisons will then ignore the cap")
+
+    tok = _load(lambda: transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True),
+                f"could not load a tokenizer from {model_dir} (it needs its tokenizer files, "
+                "e.g. tokenizer.json and tokenizer_config.json)")
+    torch_dtype = getattr(torch, dtype)
+    model = _load(lambda: transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, local_files_only=True, **{_dtype_kwarg(transformers): torch_dtype}),
+        f"could not load a causal language model from {model_dir}")
+    model.eval()
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        raise IdentirepError(f"cannot move the model to {device}: {e}") from None
+
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is None or weight.ndim != 2:
+        raise IdentirepError(
+            f"{model_dir}: the model has no linear output embedding (lm_head) module, so its "
+            "logits are not f(x).g(y)")
+    rows, M = weight.shape
+    V = min(len(tok), rows)
+    scale, scale_note = _logit_scale(model_type, tcfg)
+
+    limit = getattr(tcfg, "max_position_embeddings", None) or getattr(tcfg, "n_positions", None)
+    eff_length = min(max_length, int(limit)) if limit else max_length
+    ids = tok(texts, add_special_tokens=True, truncation=True, max_length=eff_length)["input_ids"]
+    keep = [i for i, s in enumerate(ids) if len(s) > 0]
+    if not keep:
+        raise IdentirepError("every text tokenized to zero tokens")
+    top = max(max(ids[i]) for i in keep)
+    if top >= rows:
+        raise IdentirepError(
+            f"the tokenizer produced token id {top} but the model has {rows} embedding rows; "
+            "tokenizer and model do not match")
+    lengths = np.array([len(ids[i]) for i in keep], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    N = int(offsets[-1])
+
+    np_dtype, stored = _numpy_dtype(dtype)
+    f_out = np.empty((N, M), dtype=np_dtype)
+    token_ids = np.concatenate([np.asarray(ids[i], dtype=np.int64) for i in keep])
+    positions = np.stack([np.repeat(np.asarray(keep, dtype=np.int64), lengths),
+                          np.concatenate([np.arange(n) for n in lengths])], axis=1)
+
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None and tok.pad_token_id < rows else 0
+    seqs = [ids[i] for i in keep]
+    pad_positions = _fill_f(model, torch, head, seqs, offsets, f_out, pad_id, batch_size,
+                            scale, device, progress)
+
+    with torch.inference_mode():
+        g = _as_numpy(weight[:V], np_dtype, torch)
+        bias = getattr(head, "bias", None)
+        b = None if bias is None else _as_numpy(_scaled(bias[:V], scale, torch), np_dtype, torch)
+
+    check = _check(model, torch, seqs, offsets, f_out, g, b, cap, dtype, seed, check_positions,
+                   f"{model_dir} ({model_type}, logit scale folded: {scale:g})")
+    label_ids = np.arange(V, dtype=np.int64)
+    labels = [t if t is not None else f"<id {i}>"
+              for i, t in enumerate(tok.convert_ids_to_tokens(label_ids.tolist()))]
+    digest = hashlib.sha256(token_ids.tobytes() + lengths.tobytes()).hexdigest()
+    meta = {
+        "name": model_dir.resolve().name,
+        "source": "huggingface",
+        "model_dir": str(model_dir.resolve()),
+        "model_type": model_type,
+        "config": _config_facts(tcfg),
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "dtype": dtype,
+        "device": str(device),
+        "stored_dtype": stored,
+        "n_texts": len(texts),
+        "empty_texts_skipped": len(texts) - len(keep),
+        "texts_at_max_length": int((lengths == eff_length).sum()),
+        "max_length": eff_length,
+        "batch_size": batch_size,
+        "N": N,
+        "padding_positions_skipped": pad_positions,
+        "inputs_sha256": digest,
+        "tokenizer_size": len(tok),
+        "lm_head_rows": int(rows),
+        "vocab_padding_rows_dropped": int(rows - V),
+        "bias": b is not None,
+        "logit_scale_folded": scale,
+        "check": check.as_dict(),
+        "seed": seed,
+    }
+    if rows > V:
+        meta["vocab_padding_note"] = (
+            f"lm_head rows {V}..{rows - 1} have no token in the tokenizer and were dropped; "
+            "the softmax runs over the tokenizer's tokens only")
+    if scale_note:
+        meta["logit_scaling"] = scale_note
+    pre = _pre_head_scaling(model_type, tcfg)
+    if pre:
+        meta["hidden_scaling"] = pre
+    if cap is not None:
+        meta["final_logit_softcapping"] = float(cap)
+        meta["softcap_ignored"] = (
+            "f.g + b are the pre-cap logits; comparisons of this model ignore the tanh cap")
+    ext = Extraction(f_out, g, b, token_ids, label_ids, positions, labels, check, meta)
+    if out is not None:
+        from .io import save_model
+        save_model(ext.to_model(), out)
+    return ext
+
+
+def _load(fn, message):
+    try:
+        return fn()
+    except (OSError, ValueError, KeyError) as e:
+        raise IdentirepError(f"{message}: {e}") from None
+
+
+def _numpy_dtype(dtype: str):
+    if dtype != "bfloat16":
+        return np.dtype(dtype), dtype
+    try:
+        import ml_dtypes
+    except ImportError:
+        return np.dtype(np.float32), "float32 (computed in bfloat16; install ml_dtypes to keep it)"
+    return np.dtype(ml_dtypes.bfloat16), "bfloat16"
+
+
+def _fill_f(model, torch, head, seqs, offsets, f_out, pad_id, batch_size, scale, device,
+            progress) -> int:
+    """Run the texts in right-padded batches; write the scaled lm_head inputs into f_out.
+
+    Returns the number of padding positions skipped. The pre-hook stops each forward pass at
+    the lm_head, so no batch x length x V logits are ever computed here.
+    """
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured["h"] = args[0] if args else kwargs["input"]
+        raise _Captured
+
+    lengths = np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")   # similar lengths together: less padding
+    update, close = _progress_reporter(progress, int(offsets[-1]))
+    handle = head.register_forward_pre_hook(hook, with_kwargs=True)
+    pad_positions = 0
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                input_ids = torch.full((len(batch), int(lengths[batch].max())), pad_id,
+                                       dtype=torch.long)
+                mask = torch.zeros_like(input_ids)
+                for r, j in enumerate(batch):
+                    input_ids[r, :lengths[j]] = torch.as_tensor(seqs[j])
+                    mask[r, :lengths[j]] = 1
+                pad_positions += int((mask == 0).sum())
+                h = _capture(model, captured, input_ids.to(device), mask.to(device))
+                for r, j in enumerate(batch):
+                    rows_f = _scaled(h[r, :lengths[j]], scale, torch)
+                    f_out[offsets[j]:offsets[j + 1]] = _as_numpy(rows_f, f_out.dtype, torch)
+                update(int(lengths[batch].sum()))
+    finally:
+        handle.remove()
+        close()
+    return pad_positions
+
+
+def _capture(model, captured, input_ids, mask):
+    captured.clear()
+    try:
+        model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+    except _Captured:
+        return captured["h"]
+    raise IdentirepError("the output embedding (lm_head) was not called during the forward "
+                         "pass; cannot capture its input")
+
+
+def _scaled(t, scale: float, torch):
+    if scale == 1.0:
+        return t
+    wide = t.double() if t.dtype == torch.float64 else t.float()
+    return wide * scale
+
+
+def _as_numpy(t, np_dtype, torch) -> np.ndarray:
+    t = t.detach().cpu()
+    if np_dtype.name == "bfloat16":
+        t = t.to(torch.bfloat16).contiguous()
+        return t.view(torch.int16).numpy().view(np.uint16).view(np_dtype)
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.numpy().astype(np_dtype, copy=False)
+
+
+def _check(model, torch, seqs, offsets, f, g, b, cap, dtype, seed, k, where) -> ExtractionCheck:
+    """Recompute logits at ``k`` sampled positions and compare with the model's own logits,
+    each text run alone (no padding, no batching)."""
+    N, V = f.shape[0], g.shape[0]
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(N, size=min(k, N), replace=False))
+    text_of = np.searchsorted(offsets, picked, side="right") - 1
+    g64 = g.astype(np.float64)
+    b64 = None if b is None else b.astype(np.float64)
+    worst_abs, worst_rel = 0.0, 0.0
+    fit = []
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for j in np.unique(text_of):
+            sel = picked[text_of == j]
+            pos = torch.as_tensor(sel - offsets[j], device=device)
+            input_ids = torch.as_tensor([seqs[j]], dtype=torch.long, device=device)
+            logits = model(input_ids=input_ids, use_cache=False).logits[0, pos, :V]
+            logits = logits.double().cpu().numpy()
+            raw = f[sel].astype(np.float64) @ g64.T
+            if b64 is not None:
+                raw += b64
+            recomputed = cap * np.tanh(raw / cap) if cap is not None else raw
+            err = np.abs(recomputed - logits).max(axis=1)
+            size = np.maximum(np.abs(logits).max(axis=1), np.finfo(np.float64).tiny)
+            worst_abs = max(worst_abs, float(err.max()))
+            worst_rel = max(worst_rel, float((err / size).max()))
+            fit.append((raw, logits))
+    check = ExtractionCheck(len(picked), worst_abs, worst_rel, CHECK_TOLERANCE[dtype])
+    if worst_rel > check.tolerance:
+        raw = np.concatenate([r for r, _ in fit])
+        logits = np.concatenate([lg for _, lg in fit])
+        ratio = float((raw * logits).sum() / max((raw * raw).sum(), np.finfo(float).tiny))
+        resid = np.abs(ratio * raw - logits).max() / max(np.abs(logits).max(), 1e-300)
+        hint = (f" The model's logits are {ratio:.6g} x (f.g + b) at the checked positions: "
+                "the architecture applies a logit scaling identirep does not know."
+                if resid <= check.tolerance else
+                " The architecture may transform the lm_head output non-linearly.")
+        raise IdentirepError(
+            f"extraction check failed for {where}: f.g + b differs from the model's logits "
+            f"by up to {worst_rel:.3g} relative ({worst_abs:.3g} absolute) over {len(picked)} "
+            f"positions, above the {dtype} tolerance {check.tolerance:g}.{hint}")
+    return check
+
+
+def add_extract_parser(subparsers):
+    """Register ``extract MODEL_DIR --texts FILE.txt -o OUT [...]`` on an argparse subparsers."""
+    p = subparsers.add_parser(
+        "extract", help="extract f, g, b from a local Hugging Face causal LM",
+        description="Extract f (final hidden states at every token position), g (lm_head "
+                    "weight) and b (lm_head bias) from a local causal LM directory, check them "
+                    "against the model's logits and save them.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="directory written by save_pretrained")
+    p.add_argument("--texts", required=True, metavar="FILE.txt",
+                   help="text file, one text per non-empty line")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="output: NAME.safetensors (preferred), NAME.npz or a directory")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per text (default 512)")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per batch (default 8)")
+    p.add_argument("--dtype", default="float32", choices=list(CHECK_TOLERANCE),
+                   help="computation dtype (default float32)")
+    p.add_argument("--check-positions", type=int, default=64,
+                   help="positions checked against the model's logits (default 64)")
+    p.add_argument("--allow-softcap", action="store_true",
+                   help="extract soft-capped models' pre-cap logits (the cap is ignored)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the checked positions")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.set_defaults(func=_run_extract)
+    return p
+
+
+def _run_extract(args) -> int:
+    try:
+        ext = extract(args.model_dir, args.texts, args.out, max_length=args.max_length,
+                      batch_size=args.batch_size, dtype=args.dtype,
+                      check_positions=args.check_positions, allow_softcap=args.allow_softcap,
+                      seed=args.seed, device=args.device)
+    except IdentirepError as e:
+        print(f"identirep extract: error: {e}", file=sys.stderr)
+        return 2
+    c = ext.check
+    print(f"N={ext.N} positions, V={ext.V} labels, M={ext.M} dimensions"
+          f"{', with bias' if ext.b is not None else ''}")
+    print(f"check over {c.positions} positions: max abs error {c.max_abs_error:.3g}, "
+          f"max rel error {c.max_rel_error:.3g} (tolerance {c.tolerance:g})")
+    print(f"wrote {args.out}")
+    return 0

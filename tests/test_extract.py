@@ -1,0 +1,339 @@
+"""Extraction of (f, g, b) from tiny local causal LMs built from configs with fixed seeds.
+
+Every test checks the defining identity f . g + b == the model's own logits (relative error
+below 1e-4 in float32) against logits recomputed here, text by text, independently of the
+extraction's built-in check.
+"""
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from identirep import IdentirepError, load_model
+from identirep import extract as ex
+
+WORDS = 116                     # tokenizer size: 4 special tokens + WORDS words = 120
+V_TOK = 4 + WORDS
+TOL = 1e-4
+
+
+def _texts(seed=0, n=6):
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(f"w{i}" for i in rng.integers(0, WORDS, rng.integers(2, 14)))
+             for _ in range(n)]
+    return texts + ["w1 unknownword w2"]
+
+
+TEXTS = _texts()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(transformers):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+                                       + [f"w{i}" for i in range(WORDS)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A",
+                                                       special_tokens=[("[BOS]", 2)])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
+        eos_token="[EOS]")
+
+
+SPECIAL = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)
+LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2, **SPECIAL)
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory, torch, transformers, tokenizer, hf_class):
+    """build(kind, seed=0, vocab=V_TOK, edit=None, **config) -> directory of a saved tiny LM."""
+    def _build(kind, seed=0, vocab=V_TOK, edit=None, **overrides):
+        cfg_cls = hf_class(kind)
+        cfg = cfg_cls(vocab_size=vocab, **overrides)
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+        if edit is not None:
+            edit(model)
+        d = tmp_path_factory.mktemp(kind.replace("Config", "").lower())
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        return d
+    return _build
+
+
+def _reference_logits(transformers, torch, model_dir, texts, tokenizer):
+    """The model's logits at every position of every text, each text run alone (N x V_TOK)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, **{ex._dtype_kwarg(transformers): torch.float32})
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for t in texts:
+            ids = torch.tensor([tokenizer(t)["input_ids"]])
+            out.append(model(input_ids=ids).logits[0, :, :V_TOK].double().numpy())
+    return np.concatenate(out)
+
+
+def _rel_error(recomputed, logits):
+    err = np.abs(recomputed - logits).max(axis=1)
+    return float((err / np.abs(logits).max(axis=1)).max())
+
+
+def _recompute(e):
+    z = e.f.astype(np.float64) @ e.g.astype(np.float64).T
+    return z if e.b is None else z + e.b.astype(np.float64)
+
+
+@pytest.fixture
+def identity(transformers, torch, tokenizer):
+    """identity(model_dir, extraction): relative error of f.g+b against the model's logits."""
+    def _identity(model_dir, e, transform=None):
+        logits = _reference_logits(transformers, torch, model_dir, TEXTS, tokenizer)
+        z = _recompute(e)
+        assert z.shape == logits.shape
+        return _rel_error(transform(z) if transform else z, logits)
+    return _identity
+
+
+def _extract(d, **kw):
+    kw.setdefault("progress", False)
+    return ex.extract(d, TEXTS, **kw)
+
+
+# ----------------------------------------------------------------------------- architectures
+
+def test_gpt2_tied(build, identity, tokenizer):
+    d = build("GPT2Config", n_embd=32, n_layer=2, n_head=2, n_positions=64,
+              initializer_range=0.2, **SPECIAL)
+    e = _extract(d)
+    n_tokens = sum(len(tokenizer(t)["input_ids"]) for t in TEXTS)
+    assert (e.N, e.V, e.M) == (n_tokens, V_TOK, 32) and e.b is None
+    assert e.f.dtype == np.float32 and e.g.dtype == np.float32
+    assert e.metadata["config"]["tie_word_embeddings"] is True
+    assert e.check.max_rel_error < TOL and e.check.positions == min(64, e.N)
+    assert identity(d, e) < TOL
+    assert e.token_ids[0] == 2 and e.labels[:3] == ["[PAD]", "[UNK]", "[BOS]"]
+    assert np.array_equal(e.positions[:3], [[0, 0], [0, 1], [0, 2]])
+    assert e.token_ids[e.positions[:, 0] == len(TEXTS) - 1].tolist()[:3] == [2, 5, 1]
+
+
+def test_llama_untied(build, identity, torch, transformers):
+    d = build("LlamaConfig", tie_word_embeddings=False, **LLAMA)
+    e = _extract(d)
+    assert identity(d, e) < TOL
+    m = transformers.AutoModelForCausalLM.from_pretrained(d)
+    assert np.array_equal(e.g, m.lm_head.weight.detach().numpy())
+    assert not np.allclose(e.g, m.get_input_embeddings().weight.detach().numpy())
+
+
+GEMMA2 = dict(LLAMA, head_dim=8, query_pre_attn_scalar=8, sliding_window=16,
+              final_logit_softcapping=1.0)
+
+
+def test_softcap_refused(build):
+    d = build("Gemma2Config", **GEMMA2)
+    with pytest.raises(IdentirepError) as err:
+        _extract(d)
+    msg = str(err.value)
+    for part in ("soft-caps its logits", "final_logit_softcapping = 1.0",
+                 "tanh soft-capping makes log p non-linear in f(x).g(y)",
+                 "outside the softmax-linear family", "allow_softcap=True"):
+        assert part in msg
+
+
+def test_softcap_allowed_gives_precap_factors(build, identity):
+    d = build("Gemma2Config", **GEMMA2)
+    e = _extract(d, allow_softcap=True)
+    assert identity(d, e, transform=lambda z: np.tanh(z)) < TOL   # cap c = 1
+    assert identity(d, e) > 1e-2        # the cap matters: pre-cap logits are not the logits
+    assert e.metadata["final_logit_softcapping"] == 1.0
+    assert "ignore the tanh cap" in e.metadata["softcap_ignored"]
+
+
+def test_lm_head_bias_is_absorbed(build, identity, torch):
+    def random_bias(model):
+        with torch.no_grad():
+            model.lm_head.bias.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(5))
+    d = build("PhiConfig", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2,
+              edit=random_bias, **SPECIAL)
+    e = _extract(d)
+    assert e.b is not None and e.b.shape == (V_TOK,) and np.abs(e.b).max() > 0.5
+    assert e.metadata["bias"] is True
+    assert identity(d, e) < TOL
+
+
+def test_padded_vocabulary_matches_truncated_model(build, identity, torch):
+    padded = build("LlamaConfig", vocab=V_TOK + 8, tie_word_embeddings=False, **LLAMA)
+
+    def truncate_from_padded(model):
+        from transformers import AutoModelForCausalLM
+        src = AutoModelForCausalLM.from_pretrained(padded).state_dict()
+        state = {k: v[:V_TOK] if v.shape[:1] == (V_TOK + 8,) else v for k, v in src.items()}
+        model.load_state_dict(state)
+    exact = build("LlamaConfig", tie_word_embeddings=False, edit=truncate_from_padded, **LLAMA)
+    a, b = _extract(padded), _extract(exact)
+    assert a.V == V_TOK and a.metadata["vocab_padding_rows_dropped"] == 8
+    assert a.metadata["lm_head_rows"] == V_TOK + 8 and "dropped" in a.metadata["vocab_padding_note"]
+    assert b.metadata["vocab_padding_rows_dropped"] == 0
+    np.testing.assert_array_equal(a.g, b.g)
+    np.testing.assert_allclose(a.f, b.f, rtol=0, atol=1e-6)
+    assert identity(padded, a) < TOL
+
+
+@pytest.mark.parametrize("kind, scaling, factor", [
+    ("CohereConfig", {"logit_scale": 0.25}, 0.25),
+    ("GraniteConfig", {"logits_scaling": 4.0, "embedding_multiplier": 2.0,
+                       "residual_multiplier": 0.5, "attention_multiplier": 0.125}, 0.25),
+])
+def test_logit_scaling_is_folded_into_f(build, identity, kind, scaling, factor, monkeypatch):
+    d = build(kind, **LLAMA, **scaling)
+    e = _extract(d)
+    assert e.metadata["logit_scale_folded"] == pytest.approx(factor)
+    assert "folded into f and b" in e.metadata["logit_scaling"]
+    assert identity(d, e) < TOL
+    # without the fold, the check catches the scale and names it
+    monkeypatch.setattr(ex, "LOGIT_SCALES", ())
+    with pytest.raises(IdentirepError, match=r"extraction check failed .* logits are 0\.25 x "
+                                             r"\(f\.g \+ b\) .* logit scaling identirep does not know"):
+        _extract(d)
+
+
+def test_minicpm_hidden_scaling_is_captured(build, identity):
+    d = build("MiniCPM3Config", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+              initializer_range=0.2, kv_lora_rank=8, q_lora_rank=16, qk_nope_head_dim=4,
+              qk_rope_head_dim=4, v_head_dim=8, dim_model_base=8, **SPECIAL)
+    e = _extract(d)
+    assert e.metadata["logit_scale_folded"] == 1.0
+    assert "hidden_size/dim_model_base=4.0" in e.metadata["hidden_scaling"]
+    assert identity(d, e) < TOL
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+@pytest.fixture(scope="session")
+def gpt2_pair(build):
+    kw = dict(n_embd=32, n_layer=2, n_head=2, n_positions=64, initializer_range=0.2, **SPECIAL)
+    return build("GPT2Config", seed=1, **kw), build("GPT2Config", seed=2, **kw)
+
+
+def test_two_seeds_are_ready_for_comparison(gpt2_pair):
+    a, b = (_extract(d) for d in gpt2_pair)
+    assert (a.N, a.V) == (b.N, b.V)
+    assert np.array_equal(a.token_ids, b.token_ids) and a.labels == b.labels
+    assert a.metadata["inputs_sha256"] == b.metadata["inputs_sha256"]
+    assert not np.allclose(a.f, b.f)
+    ma, mb = a.to_model(), b.to_model()
+    assert (ma.N, ma.V) == (mb.N, mb.V)
+
+
+def test_batching_and_padding_do_not_change_f(gpt2_pair):
+    one = _extract(gpt2_pair[0], batch_size=1)
+    many = _extract(gpt2_pair[0], batch_size=3)
+    assert one.metadata["padding_positions_skipped"] == 0
+    assert many.metadata["padding_positions_skipped"] > 0
+    np.testing.assert_allclose(one.f, many.f, rtol=0, atol=1e-5)
+
+
+def test_text_file_output_file_and_progress(gpt2_pair, tmp_path):
+    txt = tmp_path / "texts.txt"
+    txt.write_text("\n".join(TEXTS[:3]) + "\n\n   \n" + TEXTS[3] + "\n")
+    calls = []
+    e = ex.extract(gpt2_pair[0], txt, tmp_path / "out.safetensors",
+                   progress=lambda done, total: calls.append((done, total)))
+    assert e.metadata["n_texts"] == 4 and calls[-1] == (e.N, e.N)
+    m = load_model(tmp_path / "out.safetensors")
+    np.testing.assert_array_equal(m.f, e.f)
+    assert m.labels == e.labels and m.metadata["check"]["positions"] == e.check.positions
+    assert m.name == gpt2_pair[0].name
+
+
+def test_bfloat16_extraction(gpt2_pair, identity, ml_dtypes):
+    e = _extract(gpt2_pair[0], dtype="bfloat16")
+    assert e.f.dtype == ml_dtypes.bfloat16 and e.metadata["stored_dtype"] == "bfloat16"
+    assert e.check.tolerance == ex.CHECK_TOLERANCE["bfloat16"]
+    assert identity(gpt2_pair[0], e) < ex.CHECK_TOLERANCE["bfloat16"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_other_dtypes(gpt2_pair, identity, dtype):
+    e = _extract(gpt2_pair[0], dtype=dtype)
+    assert e.f.dtype == np.dtype(dtype) and e.g.dtype == np.dtype(dtype)
+    assert e.check.max_rel_error < ex.CHECK_TOLERANCE[dtype]
+    assert identity(gpt2_pair[0], e) < max(ex.CHECK_TOLERANCE[dtype], TOL)
+
+
+def test_max_length_truncates(gpt2_pair, tokenizer):
+    e = _extract(gpt2_pair[0], max_length=4, check_positions=3)
+    lengths = [len(tokenizer(t)["input_ids"]) for t in TEXTS]
+    assert e.N == sum(min(n, 4) for n in lengths)
+    assert e.metadata["texts_at_max_length"] == sum(n >= 4 for n in lengths)
+    assert e.check.positions == 3
+    assert _extract(gpt2_pair[0], max_length=1000).metadata["max_length"] == 64  # n_positions
+
+
+# ----------------------------------------------------------------------------- errors and CLI
+
+def test_bad_arguments(gpt2_pair, tmp_path):
+    d = gpt2_pair[0]
+    cases = [
+        (dict(model_dir=tmp_path, texts=TEXTS), "is not a local model directory .no config.json"),
+        (dict(model_dir=d, texts=[]), "texts is empty"),
+        (dict(model_dir=d, texts=[1, 2]), "texts must be a list of strings"),
+        (dict(model_dir=d, texts=str(tmp_path / "none.txt")), "is not a file"),
+        (dict(model_dir=d, texts=TEXTS, dtype="int8"), "dtype must be one of float64, float32"),
+        (dict(model_dir=d, texts=TEXTS, batch_size=0), "batch_size must be a positive integer"),
+        (dict(model_dir=d, texts=TEXTS, device="nonsense"), "device must be a torch device"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(IdentirepError, match=message):
+            ex.extract(**kwargs, progress=False)
+
+
+def test_missing_hf_dependencies_are_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(IdentirepError, match=r'needs torch and transformers .*pip install "identirep\[hf\]"'):
+        ex._require_hf()
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, identirep, identirep.extract; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="identirep")
+    ex.add_extract_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli(gpt2_pair, tmp_path, capsys):
+    txt = tmp_path / "t.txt"
+    txt.write_text("\n".join(TEXTS))
+    out = tmp_path / "m.npz"
+    assert _cli(["extract", str(gpt2_pair[1]), "--texts", str(txt), "-o", str(out),
+                 "--batch-size", "2", "--check-positions", "5", "--seed", "3"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"V={V_TOK} labels, M=32 dimensions" in stdout
+    assert "check over 5 positions: max abs error" in stdout
+    assert load_model(out).V == V_TOK
+
+    assert _cli(["extract", str(tmp_path), "--texts", str(txt), "-o", str(out)]) == 2
+    assert "identirep extract: error:" in capsys.readouterr().err
+
+
+def test_cli_refuses_softcap_unless_allowed(build, tmp_path, capsys):
+    d = build("Gemma2Config", **GEMMA2)
+    txt = tmp_path / "t.txt"
+    txt.write_text("\n".join(TEXTS))
+    argv = ["extract", str(d), "--texts", str(txt), "-o", str(tmp_path / "g.safetensors")]
+    assert _cli(argv) == 2
+    assert "soft-caps its logits" in capsys.readouterr().err
+    assert _cli(argv + ["--allow-softcap"]) == 0
+    assert load_model(tmp_path / "g.safetensors").metadata["final_logit_softcapping"] == 1.0

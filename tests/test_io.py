@@ -1,0 +1,257 @@
+"""Model files: round trips in the three layouts, bfloat16 handling, and every error message."""
+import json
+
+import numpy as np
+import pytest
+
+import identirep.io as iio
+from identirep import IdentirepError, Model, load_metadata, load_model, save_model
+
+FORMATS = {"safetensors": "m.safetensors", "npz": "m.npz", "dir": "m"}
+
+
+def _model(bias=True, labels=True, dtype=np.float32, seed=0, N=7, V=11, M=5):
+    rng = np.random.default_rng(seed)
+    return Model(
+        rng.standard_normal((N, M)).astype(dtype),
+        rng.standard_normal((V, M)).astype(dtype),
+        rng.standard_normal(V).astype(dtype) if bias else None,
+        name="toy",
+        labels=[f"tok{i}" for i in range(V)] if labels else None,
+        metadata={"source": "test", "n": 3})
+
+
+def _same_arrays(a: Model, b: Model):
+    for x, y in ((a.f, b.f), (a.g, b.g), (a.bias, b.bias)):
+        if x is None:
+            assert y is None
+            continue
+        assert y.dtype == x.dtype and y.shape == x.shape
+        assert np.array_equal(np.asarray(x).view(np.uint8), np.asarray(y).view(np.uint8))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("labels", [True, False])
+def test_round_trip(tmp_path, fmt, bias, labels):
+    m = _model(bias=bias, labels=labels)
+    path = save_model(m, tmp_path / FORMATS[fmt], metadata={"extra": [1, 2]})
+    back = load_model(path)
+    _same_arrays(m, back)
+    assert back.labels == m.labels
+    assert back.name == "toy"
+    assert back.metadata == {"source": "test", "n": 3, "extra": [1, 2], "name": "toy"}
+    assert load_metadata(path) == back.metadata
+    assert load_model(path, name="other").name == "other"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_dtype_is_kept(tmp_path, fmt, dtype):
+    m = _model(dtype=dtype)
+    _same_arrays(m, load_model(save_model(m, tmp_path / FORMATS[fmt])))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bfloat16_kept_with_ml_dtypes(tmp_path, fmt, ml_dtypes):
+    m = _model(dtype=ml_dtypes.bfloat16)
+    back = load_model(save_model(m, tmp_path / FORMATS[fmt]))
+    assert back.f.dtype == ml_dtypes.bfloat16
+    _same_arrays(m, back)
+    assert "converted" not in back.metadata and "storage" not in back.metadata
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bfloat16_widened_without_ml_dtypes(tmp_path, fmt, ml_dtypes, monkeypatch):
+    m = _model(dtype=ml_dtypes.bfloat16)
+    path = save_model(m, tmp_path / FORMATS[fmt])
+    monkeypatch.setattr(iio, "_ml_dtypes", lambda: None)
+    back = load_model(path)
+    assert back.f.dtype == np.float32 and back.bias.dtype == np.float32
+    assert np.array_equal(back.f, m.f.astype(np.float32))
+    assert np.array_equal(back.g, m.g.astype(np.float32))
+    assert set(back.metadata["converted"]) == {"f", "g", "b"}
+    assert "bfloat16 -> float32" in back.metadata["converted"]["f"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("have_ml_dtypes", [True, False])
+def test_torch_bfloat16_saved_as_bfloat16(tmp_path, fmt, have_ml_dtypes, torch, monkeypatch,
+                                          request):
+    if have_ml_dtypes:
+        request.getfixturevalue("ml_dtypes")
+    else:
+        monkeypatch.setattr(iio, "_ml_dtypes", lambda: None)
+    gen = torch.Generator().manual_seed(0)
+    f = torch.randn(6, 4, generator=gen).bfloat16()
+    g = torch.randn(9, 4, generator=gen).bfloat16()
+    path = save_model(Model(f, g), tmp_path / FORMATS[fmt])
+    back = load_model(path)
+    assert np.array_equal(np.asarray(back.f, dtype=np.float32), f.float().numpy())
+    assert np.array_equal(np.asarray(back.g, dtype=np.float32), g.float().numpy())
+    if fmt == "safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), framework="np") as fh:
+            assert fh.get_slice("f").get_dtype() == "BF16"
+
+
+def _write_raw(tmp_path, fmt, arrays, name="raw"):
+    if fmt == "safetensors":
+        import safetensors.numpy
+        p = tmp_path / f"{name}.safetensors"
+        safetensors.numpy.save_file(arrays, str(p))
+    elif fmt == "npz":
+        p = tmp_path / f"{name}.npz"
+        np.savez(p, **arrays)
+    else:
+        p = tmp_path / name
+        p.mkdir()
+        for k, a in arrays.items():
+            np.save(p / f"{k}.npy", a)
+    return p
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bias_alias_and_plain_files(tmp_path, fmt):
+    rng = np.random.default_rng(1)
+    f, g, b = (rng.standard_normal(s).astype(np.float32) for s in ((4, 3), (6, 3), (6,)))
+    m = load_model(_write_raw(tmp_path, fmt, {"f": f, "g": g, "bias": b}))
+    assert np.array_equal(m.bias, b) and m.labels is None and m.name == "raw"
+    assert m.metadata == {}
+
+
+def test_directory_overwrite_drops_stale_files(tmp_path):
+    save_model(_model(bias=True, labels=True), tmp_path / "m")
+    save_model(_model(bias=False, labels=False, seed=3), tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert back.bias is None and back.labels is None
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["f.npy", "g.npy", "meta.json"]
+
+
+def test_safetensors_layout_is_documented(tmp_path):
+    from safetensors import safe_open
+    path = save_model(_model(), tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="np") as fh:
+        assert sorted(fh.keys()) == ["b", "f", "g"]
+        strings = fh.metadata()
+    assert json.loads(strings["identirep.labels"])[:2] == ["tok0", "tok1"]
+    assert json.loads(strings["identirep.metadata"])["source"] == "test"
+
+
+def test_npz_layout_is_documented(tmp_path):
+    path = save_model(_model(), tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(z.files) == ["b", "f", "g", "labels", "meta"]
+        assert z["labels"].dtype.kind == "U"
+        assert json.loads(str(z["meta"]))["n"] == 3
+
+
+# ----------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("name", ["none.safetensors", "none.npz", "none"])
+def test_missing_file(tmp_path, name):
+    with pytest.raises(IdentirepError, match=r"none.*: no such file or directory"):
+        load_model(tmp_path / name)
+    with pytest.raises(IdentirepError, match="no such file or directory"):
+        load_metadata(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model"])
+def test_unknown_format(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\0" * 16)
+    with pytest.raises(IdentirepError) as e:
+        load_model(tmp_path / name)
+    msg = str(e.value)
+    assert "unknown model file format" in msg
+    assert ".safetensors (preferred), .npz, or a directory of .npy files" in msg
+    with pytest.raises(IdentirepError, match="unknown model file format '.h5'"):
+        save_model(_model(), tmp_path / "out.h5")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("missing", ["f", "g"])
+def test_missing_key_lists_found_keys(tmp_path, fmt, missing):
+    rng = np.random.default_rng(2)
+    arrays = {"f": rng.standard_normal((4, 3)), "g": rng.standard_normal((5, 3)),
+              "weights": rng.standard_normal(5)}
+    del arrays[missing]
+    path = _write_raw(tmp_path, fmt, arrays)
+    present = sorted(arrays)
+    with pytest.raises(IdentirepError) as e:
+        load_model(path)
+    msg = str(e.value)
+    assert f"no array '{missing}'" in msg
+    assert f"found {present}" in msg
+    assert "'f' (N x M) and 'g' (V x M)" in msg
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_both_b_and_bias(tmp_path, fmt):
+    arrays = {"f": np.ones((2, 2)), "g": np.eye(2), "b": np.zeros(2), "bias": np.zeros(2)}
+    with pytest.raises(IdentirepError, match="holds both 'b' and 'bias'; keep one"):
+        load_model(_write_raw(tmp_path, fmt, arrays))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("arrays, message", [
+    ({"f": np.ones((4, 3)), "g": np.ones((5, 2))},
+     "f has 3 dimensions but g has 2; f.x. and g.y. must live in the same space"),
+    ({"f": np.ones((4, 3)), "g": np.ones((5, 3)), "b": np.ones(4)},
+     "bias has 4 entries but g has 5 labels"),
+    ({"f": np.ones(4), "g": np.ones((5, 3))}, r"f \(embeddings\) must be a 2-d array"),
+    ({"f": np.ones((4, 3), dtype=np.int32), "g": np.ones((5, 3))}, "f .embeddings. has dtype int32"),
+])
+def test_wrong_shapes_are_reported_with_the_path(tmp_path, fmt, arrays, message):
+    path = _write_raw(tmp_path, fmt, arrays)
+    with pytest.raises(IdentirepError, match=message) as e:
+        load_model(path)
+    assert str(e.value).startswith(str(path))
+
+
+def test_wrong_label_count(tmp_path):
+    path = save_model(_model(labels=False), tmp_path / "m")
+    (path / "labels.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(IdentirepError, match="2 label names given for 11 labels"):
+        load_model(path)
+
+
+def test_corrupt_files(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(IdentirepError, match="is not a readable safetensors file"):
+        load_model(tmp_path / "bad.safetensors")
+    with pytest.raises(IdentirepError, match="is not a readable safetensors file"):
+        load_metadata(tmp_path / "bad.safetensors")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(IdentirepError, match="is not a readable .npz file"):
+        load_model(tmp_path / "bad.npz")
+    path = save_model(_model(), tmp_path / "m")
+    (path / "meta.json").write_text("{oops")
+    with pytest.raises(IdentirepError, match="meta.json is not valid JSON"):
+        load_model(path)
+
+
+def test_object_arrays_are_refused(tmp_path):
+    p = tmp_path / "obj.npz"
+    np.savez(p, f=np.ones((2, 2)), g=np.array([object(), object()], dtype=object))
+    with pytest.raises(IdentirepError, match="unreadable array"):
+        load_model(p)
+
+
+def test_save_argument_errors(tmp_path):
+    with pytest.raises(IdentirepError, match="save_model needs an identirep.Model, got dict"):
+        save_model({"f": 1}, tmp_path / "m.npz")
+    with pytest.raises(IdentirepError, match="metadata must be a dict, got list"):
+        save_model(_model(), tmp_path / "m.npz", metadata=[1])
+    with pytest.raises(IdentirepError, match="metadata must be JSON-serialisable"):
+        save_model(_model(), tmp_path / "m.safetensors", metadata={"x": object()})
+    assert not (tmp_path / "m.safetensors").exists()
+    (tmp_path / "plainfile").write_text("x")
+    with pytest.raises(IdentirepError, match="unknown model file format"):
+        save_model(_model(), tmp_path / "plainfile")
+
+
+def test_numpy_values_in_metadata_are_stored(tmp_path):
+    path = save_model(_model(), tmp_path / "m.safetensors",
+                      metadata={"err": np.float32(0.5), "ids": np.arange(3)})
+    meta = load_metadata(path)
+    assert meta["err"] == 0.5 and meta["ids"] == [0, 1, 2]
