@@ -337,3 +337,28 @@ def test_cli_refuses_softcap_unless_allowed(build, tmp_path, capsys):
     assert "soft-caps its logits" in capsys.readouterr().err
     assert _cli(argv + ["--allow-softcap"]) == 0
     assert load_model(tmp_path / "g.safetensors").metadata["final_logit_softcapping"] == 1.0
+
+
+def test_extract_two_seeds_and_compare_from_the_command_line(gpt2_pair, tmp_path, capsys):
+    """The whole user path: two checkpoints -> two files -> one JSON report == the Python API."""
+    import json
+
+    import identirep as ir
+    from identirep.cli import main
+    txt = tmp_path / "t.txt"
+    txt.write_text("\n".join(_texts(seed=5, n=30)))
+    outs = [tmp_path / f"m{i}.safetensors" for i in (1, 2)]
+    for d, out in zip(gpt2_pair, outs):
+        assert main(["extract", str(d), "--texts", str(txt), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(outs[0]), str(outs[1]), "--json", "--num-samples", "3"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = ir.compare(load_model(outs[0]), load_model(outs[1]), num_samples=3).to_dict()
+    assert got["N"] == want["N"] > 33 and got["V"] == V_TOK
+    for sec in ("kl", "d_llv", "d_logit", "mcca_f"):
+        for k, v in want[sec].items():
+            if isinstance(v, float):
+                assert got[sec][k] == pytest.approx(v, rel=1e-9, abs=1e-12), (sec, k)
+            else:
+                assert got[sec][k] == v
+    assert got["kl"]["kl12"] > 0 and got["d_llv"]["value"] > 0

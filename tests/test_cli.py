@@ -1,0 +1,72 @@
+"""The command line: demo, compare, exit codes."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import identirep as ir
+from identirep.cli import main
+
+from conftest import random_pair
+
+
+def test_demo_table_and_json(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    for s in ("tiny KL, permuted labels", "linearly equivalent", "noisy copy", "d_LLV"):
+        assert s in out
+    assert main(["demo", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    tiny, linear, noisy = data["pairs"]
+    assert tiny["kl"]["kl12"] < 1e-3 and tiny["d_llv"]["value"] > 1.0 and tiny["mcca_f"]["value"] < 0.05
+    assert linear["d_llv"]["value"] < 1e-5 and linear["mcca_f"]["value"] > 0.999
+    assert linear["d_llv"]["value"] < noisy["d_llv"]["value"] < tiny["d_llv"]["value"]
+    assert noisy["d_svd"]["max_d_svd"] <= 2 * noisy["M1"] * noisy["d_llv"]["value"]
+
+
+def test_demo_is_reproducible(capsys):
+    main(["demo", "--json", "--seed", "3"])
+    first = capsys.readouterr().out
+    main(["demo", "--json", "--seed", "3"])
+    second = json.loads(capsys.readouterr().out)
+    first = json.loads(first)
+    for p, q in zip(first["pairs"], second["pairs"]):
+        p.pop("seconds"), q.pop("seconds")
+    assert first == second
+
+
+def test_compare_files_table_json_and_out(tmp_path, capsys):
+    a, b = random_pair(N=120, V=17, M=3, bias=True)
+    pa, pb = tmp_path / "a.npz", tmp_path / "b.safetensors"
+    ir.save_model(a, pa)
+    ir.save_model(b, pb)
+    assert main(["compare", str(pa), str(pb), "--num-samples", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "d_LLV" in out and "mCCA f" in out
+    assert main(["compare", str(pa), str(pb), "--num-samples", "10", "--json",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == json.loads((tmp_path / "r.json").read_text()) | {"seconds": got["seconds"]}
+    want = ir.compare(a, b, num_samples=10).to_dict()
+    assert got["d_llv"]["value"] == pytest.approx(want["d_llv"]["value"], rel=1e-12)
+
+
+def test_exit_codes(tmp_path, capsys):
+    a, _ = random_pair(N=50, V=9, M=2)
+    b, _ = random_pair(N=40, V=9, M=2)
+    ir.save_model(a, tmp_path / "a.npz")
+    ir.save_model(b, tmp_path / "b.npz")
+    assert main(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")]) == 2
+    assert "different inputs: N=50 vs N=40" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "missing.npz"), str(tmp_path / "b.npz")]) == 2
+    np.savez(tmp_path / "bad.npz", x=np.ones(3))
+    assert main(["compare", str(tmp_path / "bad.npz"), str(tmp_path / "b.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "found ['x']" in err
+
+
+def test_console_script_is_installed():
+    r = subprocess.run([sys.executable, "-m", "identirep.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "demo" in r.stdout and "compare" in r.stdout
