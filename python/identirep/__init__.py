@@ -2,6 +2,7 @@
 from . import constructions, reference
 from .errors import IdentirepError
 from .io import load_metadata, load_model, save_model
+from .matrix import MatrixResult, matrix
 from .measures import compare, d_llv, d_logit, d_rep, d_svd, engine, kl, mcca
 from .model import Model
 from .moments import Moments
@@ -14,5 +15,5 @@ __all__ = [
     "Model", "IdentirepError", "kl", "d_llv", "d_svd", "mcca", "d_logit", "d_rep", "compare",
     "engine", "Moments", "constructions", "reference", "Report", "KLResult", "DLLVResult",
     "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult", "load_model", "save_model",
-    "load_metadata",
+    "load_metadata", "matrix", "MatrixResult",
 ]

@@ -55,12 +55,62 @@ def cmd_demo(args) -> int:
 
 def cmd_compare(args) -> int:
     from .io import load_model
-    from .measures import compare
+    from .measures import _report_from_engine, compare, engine
     from .report import render_report
     a = load_model(args.model_a)
     b = load_model(args.model_b)
-    r = compare(a, b, **_measure_kwargs(args))
+    kw = _measure_kwargs(args)
+    if args.plot:
+        from .plots import label_terms
+        backend = kw.pop("backend")
+        e = engine(a, b, backend)
+        r = _report_from_engine(e, backend=e.stats.backend, **kw)
+        label_terms(e, r.d_llv, args.plot)
+    else:
+        r = compare(a, b, **kw)
     _emit(r.to_dict(), args, lambda: render_report(r))
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    import os
+
+    import numpy as np
+
+    from .io import load_model
+    from .matrix import matrix
+    models = [load_model(p) for p in args.models]
+    res = matrix(models, **_measure_kwargs(args))
+    payload = res.to_dict()
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        for m in res.values:
+            with open(os.path.join(args.out, f"{m}.csv"), "w") as fh:
+                fh.write(res.to_csv(m))
+        with open(os.path.join(args.out, "matrix.json"), "w") as fh:
+            json.dump(payload, fh, indent=2)
+        if not args.no_plots:
+            from .plots import heatmaps, kl_vs_llv
+            heatmaps(res, args.out)
+            kl_vs_llv(res, os.path.join(args.out, "kl_vs_d_llv.png"))
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import fmt
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    for m in ("d_llv", "kl", "mcca_f"):
+        t = Table(title=f"{m} (row vs column)")
+        t.add_column("")
+        for n in res.names:
+            t.add_column(n, justify="right")
+        for n, row in zip(res.names, res.values[m]):
+            t.add_row(n, *(fmt(float(v), 3) if np.isfinite(v) else "-" for v in row))
+        console.print(t)
+    if args.out:
+        console.print(f"wrote CSV, JSON{'' if args.no_plots else ' and PNG heatmaps'} to {args.out}")
     return 0
 
 
@@ -80,7 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_options(c)
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     c.add_argument("--out", help="also write the JSON report to this file")
+    c.add_argument("--plot", help="also save the per-label term plot (PNG) here")
     c.set_defaults(func=cmd_compare)
+    m = sub.add_parser("matrix", help="K x K matrices of every measure (CSV, JSON, heatmaps)")
+    m.add_argument("models", nargs="+")
+    _add_measure_options(m)
+    m.add_argument("--out", help="directory for <measure>.csv, matrix.json and heatmap PNGs")
+    m.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    m.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    m.set_defaults(func=cmd_matrix)
     try:
         from .extract import add_extract_parser
         add_extract_parser(sub)

@@ -93,6 +93,15 @@ class PairEngine:
             self._label_mom = Moments.from_rows(np.hstack([self.G1, self.G2]))
         return self._label_mom
 
+    def swapped(self) -> "PairEngine":
+        """The engine of (b, a), from the same pass."""
+        return PairEngine(self.b, self.a, self.stats.swapped(), self.tol)
+
+    def label_terms(self, pivot: int):
+        """Per-label rest, piv, t3 and validity against one pivot (for plots and inspection)."""
+        rest, piv, t3, valid, _ = (x[:, 0] for x in self._label_block(np.array([pivot])))
+        return {"rest": rest, "piv": piv, "t3": t3, "valid": valid}
+
     # ------------------------------------------------------------------ KL, d_logit
     def kl(self) -> KLResult:
         s = self.stats

@@ -13,6 +13,7 @@ from .errors import IdentirepError
 from .model import Model, check_pair
 from .moments import Moments
 from .passes import numpy_pass
+from .progress import progress_bar
 from .results import Report
 
 
@@ -120,12 +121,7 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     llv = dict(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
                paper_compat=paper_compat, sets_per_pivot=sets_per_pivot)
     same = a.M == b.M
-    M = max(a.M, b.M)
-    if max_label_sets is None:
-        max_label_sets = 1000 if M <= 16 else 16
-    if rep_sets is None:
-        rep_sets = 100 if M <= 64 else 8
-    notes = []
+    max_label_sets, rep_sets = _budgets(max(a.M, b.M), max_label_sets, rep_sets)
     if be == "reference":
         k = ref.kl_reference(a, b)
         cands = None
@@ -139,14 +135,40 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
         sv = ref.d_svd_reference(a, b, d.pivot, d.leave_out, d.input_set, max_label_sets, seed) if same else None
         dr = ref.d_rep_reference(a, b, None, rep_sets, seed) if same else None
     else:
-        e = engine(a, b, be, progress=progress)
-        k = e.kl()
-        d = e.d_llv(num_pivots=num_pivots, **llv)
-        dl = e.d_logit()
-        mf, mg = e.mcca_f(), e.mcca_g()
-        sv = e.d_svd(d.pivot, d.leave_out, d.input_set, max_label_sets, seed) if same else None
-        dr = e.d_rep(None, rep_sets, seed) if same else None
-    if not same:
+        with progress_bar("streaming pass", 1.0, progress) as update:
+            e = engine(a, b, be, progress=update)
+        return _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
+                                   max_label_sets=max_label_sets, rep_sets=rep_sets, **llv)
+    return _finish_report(a, b, be, k, d, dl, mf, mg, sv, dr, t0)
+
+
+def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
+                        max_label_sets=None, rep_sets=None, lam=1e-5, combine="max", term="max",
+                        num_samples=200, seed=0, paper_compat=False, sets_per_pivot=1) -> Report:
+    t0 = time.perf_counter() if t0 is None else t0
+    a, b = e.a, e.b
+    same = a.M == b.M
+    max_label_sets, rep_sets = _budgets(max(a.M, b.M), max_label_sets, rep_sets)
+    d = e.d_llv(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
+                paper_compat=paper_compat, sets_per_pivot=sets_per_pivot, num_pivots=num_pivots)
+    sv = e.d_svd(d.pivot, d.leave_out, d.input_set, max_label_sets, seed) if same else None
+    dr = e.d_rep(None, rep_sets, seed) if same else None
+    return _finish_report(a, b, backend, e.kl(), d, e.d_logit(), e.mcca_f(), e.mcca_g(), sv, dr, t0)
+
+
+def _budgets(M, max_label_sets, rep_sets):
+    """Default numbers of d_SVD label sets and d_rep sets: all/100 for small M, few for large M."""
+    if max_label_sets is None:
+        max_label_sets = 1000 if M <= 16 else 16
+    if rep_sets is None:
+        rep_sets = 100 if M <= 64 else 8
+    return max_label_sets, rep_sets
+
+
+def _finish_report(a, b, be, k, d, dl, mf, mg, sv, dr, t0) -> Report:
+    notes = []
+    M = max(a.M, b.M)
+    if a.M != b.M:
         notes.append(f"d_SVD and d_rep need equal dimensions (M={a.M} vs M={b.M}): skipped")
     if sv is not None and np.isfinite(sv.max_d_svd) and sv.max_d_svd > 2 * M * d.value + 1e-9:
         notes.append("max d_SVD exceeds the bound 2 M d_LLV")

@@ -37,6 +37,15 @@ class PassStats:
     col_m2_12: np.ndarray
     backend: str = "numpy"
 
+    def swapped(self) -> "PassStats":
+        """The same pass with the roles of the two models exchanged."""
+        return PassStats(
+            L1=self.L2, L2=self.L1, kl12=self.kl21, kl21=self.kl12, H1=self.H2, H2=self.H1,
+            agree=self.agree, row_mean1=self.row_mean2, row_mean2=self.row_mean1,
+            row_m2_11=self.row_m2_22, row_m2_22=self.row_m2_11, row_m2_dd=self.row_m2_dd,
+            col_mean1=self.col_mean2, col_mean2=self.col_mean1, col_m2_11=self.col_m2_22,
+            col_m2_22=self.col_m2_11, col_m2_12=self.col_m2_12, backend=self.backend)
+
     @property
     def row_m2_12(self) -> np.ndarray:
         return 0.5 * (self.row_m2_11 + self.row_m2_22 - self.row_m2_dd)

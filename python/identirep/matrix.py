@@ -1,0 +1,72 @@
+"""K x K matrices of every measure over a list of models (one streaming pass per pair)."""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from .errors import IdentirepError
+from .model import Model, check_pair
+from .progress import progress_bar
+from .results import _Result
+
+#: measure name -> (value on the diagonal, reader of a Report)
+MEASURES = {
+    "kl": (0.0, lambda r: r.kl.kl12),
+    "d_llv": (0.0, lambda r: r.d_llv.value),
+    "d_logit": (0.0, lambda r: r.d_logit.value),
+    "mcca_f": (1.0, lambda r: r.mcca_f.value),
+    "mcca_g": (1.0, lambda r: r.mcca_g.value),
+    "max_d_svd": (0.0, lambda r: r.d_svd.max_d_svd if r.d_svd is not None else np.nan),
+    "d_rep": (0.0, lambda r: r.d_rep.value if r.d_rep is not None else np.nan),
+    "top1_agreement": (1.0, lambda r: r.kl.top1_agreement),
+}
+
+
+@dataclass
+class MatrixResult(_Result):
+    """``values[measure][i][j]`` compares model i (first) with model j (second)."""
+    names: List[str]
+    values: Dict[str, np.ndarray]
+    seconds: float = 0.0
+    pairs: List[dict] = field(default_factory=list)
+
+    def to_csv(self, measure: str) -> str:
+        rows = ["," + ",".join(self.names)]
+        for name, row in zip(self.names, self.values[measure]):
+            rows.append(name + "," + ",".join("" if not np.isfinite(v) else repr(float(v)) for v in row))
+        return "\n".join(rows) + "\n"
+
+
+def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **opts) -> MatrixResult:
+    """Compare every pair of ``models``: one pass per unordered pair gives both directions."""
+    from .measures import _report_from_engine, engine
+    t0 = time.perf_counter()
+    models = list(models)
+    if len(models) < 2:
+        raise IdentirepError("matrix needs at least two models")
+    for m in models[1:]:
+        check_pair(models[0], m)
+    names = [m.name or f"model {i}" for i, m in enumerate(models)]
+    if len(set(names)) != len(names):
+        names = [f"{n} [{i}]" for i, n in enumerate(names)]
+    K = len(models)
+    values = {k: np.full((K, K), np.nan) for k in MEASURES}
+    for k, (diag, _) in MEASURES.items():
+        np.fill_diagonal(values[k], diag)
+    pairs = list(itertools.combinations(range(K), 2))
+    out_pairs = []
+    with progress_bar(f"{len(pairs)} model pairs", len(pairs), progress) as update:
+        for done, (i, j) in enumerate(pairs):
+            e = engine(models[i], models[j], backend)
+            for (p, q), eng in (((i, j), e), ((j, i), e.swapped())):
+                r = _report_from_engine(eng, backend=e.stats.backend, **opts)
+                for k, (_, read) in MEASURES.items():
+                    values[k][p, q] = read(r)
+                out_pairs.append({"i": p, "j": q, "pivot": r.d_llv.pivot,
+                                  "leave_out": r.d_llv.leave_out, "input_set": r.d_llv.input_set})
+            update(done + 1)
+    return MatrixResult(names=names, values=values, seconds=time.perf_counter() - t0, pairs=out_pairs)
