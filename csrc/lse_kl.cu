@@ -23,7 +23,8 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
                         uintptr_t args, int64_t args_ld, const std::string& dtype,
                         uintptr_t stream) {
   const bool f32 = dtype == "float32";
-  Require(f32 || dtype == "float64", "dtype must be \"float32\" or \"float64\", got \"" + dtype + "\"");
+  Require(f32 || dtype == "float64",
+          "dtype must be \"float32\" or \"float64\", got \"" + dtype + "\"");
   Require(n >= 0 && v >= 0, "n and v must be >= 0");
   Require(col0 >= 0, "col0 must be >= 0, got " + std::to_string(col0));
   if (n == 0 || v == 0) return;

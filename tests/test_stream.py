@@ -15,7 +15,9 @@ def make_pair(seed=0, n=N, v=V, m1=M1, m2=M2, dtype=np.float64, g_scale=0.5):
     rng = np.random.default_rng(seed)
     f1 = rng.standard_normal((n, m1))
     g1 = rng.standard_normal((v, m1)) * g_scale
-    f2 = f1[:, :m2] + 0.3 * rng.standard_normal((n, m2)) if m2 <= m1 else rng.standard_normal((n, m2))
+    f2 = rng.standard_normal((n, m2))
+    if m2 <= m1:  # related models: model 2 is a noisy copy of part of model 1
+        f2 = f1[:, :m2] + 0.3 * f2
     g2 = g1[:, :m2] + 0.3 * g_scale * rng.standard_normal((v, m2))
     return tuple(a.astype(dtype) for a in (f1, g1, f2, g2))
 

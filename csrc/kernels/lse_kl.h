@@ -20,9 +20,10 @@
 // Finalisation: L = m + log s, KL12 = a12/s1 - L1 + L2, KL21 = a21/s2 - L2 + L1,
 // H = log s - e/s, top-1 agreement = (arg1 == arg2).
 //
-// Accumulation: float64 tiles in float64 with std::exp. float32 tiles use a vectorised float32
-// exp (Cody-Waite range reduction + degree-6 polynomial, ~1 ulp, arguments below -88 flush to 0)
-// and float32 partial sums over chunks of kChunk labels, added into float64 per chunk.
+// Accumulation: float64 tiles in float64 with a vectorised float64 exp (~1 ulp). float32 tiles
+// use a vectorised float32 exp (Cody-Waite range reduction + degree-6 polynomial, ~1 ulp,
+// arguments below -87.5 flush to 0) and float32 partial sums over chunks of kChunk labels, added
+// into float64 per chunk.
 // Rows run in parallel (OpenMP); each row is read twice (max pass, then sums pass) while in cache.
 #pragma once
 
@@ -58,11 +59,22 @@ inline int32_t FloatToBits(float f) {
   return i;
 }
 
-// exp(x) for float32, branch-free so that it vectorises inside `omp simd` loops.
-// Relative error ~1 ulp for x in [-87.3, 88.7]; x < -87.7 returns 0 (subnormal results flush).
-inline float ExpF32(float x) {
-  x = x < -88.0f ? -88.0f : x;
-  x = x > 88.0f ? 88.0f : x;
+inline double BitsToDouble(int64_t i) {
+  double f;
+  std::memcpy(&f, &i, sizeof i);
+  return f;
+}
+
+inline int64_t DoubleToBits(double f) {
+  int64_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
+
+// exp(x) for float32 x <= 0, branch-free so that it vectorises inside `omp simd` loops.
+// Relative error ~1 ulp down to x = -87.3; x < -87.5 returns 0 (e^x < 1e-38 there). NaN in,
+// NaN out; x > 0 is outside its domain.
+inline float ExpNonPositiveF32(float x) {
   // n = round(x / ln 2) with the 1.5 * 2^23 shifter: its low mantissa bits hold n.
   const float shifter = 12582912.0f;
   const float t = x * 1.44269504088896341f + shifter;
@@ -77,9 +89,36 @@ inline float ExpF32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float er = p * r * r + r + 1.0f;
-  // 2^n by building the exponent field; n = -127 gives the bit pattern of +0.
-  const float scale = BitsToFloat((n + 127) << 23);
-  return er * scale;
+  // 2^n by building the exponent field (n >= -127 here; -127 gives +0).
+  const float scale = BitsToFloat(static_cast<int32_t>(static_cast<uint32_t>(n + 127) << 23));
+  return x < -87.5f ? 0.0f : er * scale;
+}
+
+// exp(x) for float64 x <= 0, the same scheme: fdlibm's two-part ln 2 and the degree-13 Taylor
+// polynomial of e^r on |r| <= ln(2)/2 (truncation < 1e-17), ~1 ulp. x < -708 returns 0.
+inline double ExpNonPositiveF64(double x) {
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
+  const double t = x * 1.4426950408889634 + shifter;
+  const int64_t n = DoubleToBits(t) - DoubleToBits(shifter);
+  const double nf = t - shifter;
+  double r = x - nf * 6.93147180369123816490e-01;
+  r = r - nf * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  const double er = p * r * r + r + 1.0;
+  const double scale =
+      BitsToDouble(static_cast<int64_t>(static_cast<uint64_t>(n + 1023) << 52));
+  return x < -708.0 ? 0.0 : er * scale;
 }
 
 // Index of the first element equal to `target` in x[0..v), or -1.
@@ -126,8 +165,8 @@ inline void TileSums(const float* x1, const float* x2, int64_t v, double m1, dou
       const float d1 = x1[j] - mf1;
       const float d2 = x2[j] - mf2;
       const float diff = x1[j] - x2[j];
-      const float w1 = ExpF32(d1);
-      const float w2 = ExpF32(d2);
+      const float w1 = ExpNonPositiveF32(d1);
+      const float w2 = ExpNonPositiveF32(d2);
       s1 += w1;
       a12 += w1 * diff;
       e1 += w1 * d1;
@@ -149,8 +188,8 @@ inline void TileSums(const double* x1, const double* x2, int64_t v, double m1, d
     const double d1 = x1[j] - m1;
     const double d2 = x2[j] - m2;
     const double diff = x1[j] - x2[j];
-    const double w1 = std::exp(d1);
-    const double w2 = std::exp(d2);
+    const double w1 = ExpNonPositiveF64(d1);
+    const double w2 = ExpNonPositiveF64(d2);
     s1 += w1;
     a12 += w1 * diff;
     e1 += w1 * d1;
