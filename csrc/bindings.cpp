@@ -12,13 +12,14 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "identirep compiled core: fused streaming epilogues (CPU, and CUDA when built)";
 
   m.def("lse_kl_update", &identirep::lse_kl_update, py::arg("l1"), py::arg("l2"),
-        py::arg("state"), py::arg("args"), py::arg("col0"),
+        py::arg("state"), py::arg("args"), py::arg("col0"), py::arg("threads") = 0,
         R"doc(Fold one pair of logit tiles into the running log-sum-exp / KL state.
 
 l1, l2: (n, v) float32 or float64 arrays (same dtype and shape, contiguous rows, any row
 stride): logits of model 1 and 2 for n inputs and labels col0 .. col0+v-1.
 state: (8, n) float64, rows [m1, s1, a12, e1, m2, s2, a21, e2], updated in place.
 args: (2, n) int64, rows [arg1, arg2] (global argmax label), updated in place.
+threads: OpenMP threads for the rows (0: the OpenMP default).
 Initialise state with m = -inf and zeros, args with -1; feed the label tiles of a row in
 increasing col0 order. Releases the GIL.)doc");
 

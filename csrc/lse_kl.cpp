@@ -13,9 +13,9 @@
 namespace identirep {
 namespace kernels {
 extern template void LseKlUpdate<float>(const float*, int64_t, const float*, int64_t, int64_t,
-                                        int64_t, int64_t, LseKlState);
+                                        int64_t, int64_t, LseKlState, int);
 extern template void LseKlUpdate<double>(const double*, int64_t, const double*, int64_t,
-                                         int64_t, int64_t, int64_t, LseKlState);
+                                         int64_t, int64_t, int64_t, LseKlState, int);
 }  // namespace kernels
 
 namespace py = pybind11;
@@ -77,7 +77,7 @@ void CheckState(const py::array& a, const char* name, const py::dtype& want, con
 }  // namespace
 
 void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::handle args_h,
-                   int64_t col0) {
+                   int64_t col0, int threads) {
   const py::array l1 = AsArray(l1_h, "l1");
   const py::array l2 = AsArray(l2_h, "l2");
   const py::array state = AsArray(state_h, "state");
@@ -99,6 +99,9 @@ void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::han
                           ShapeStr(l1) + " and " + ShapeStr(l2));
   if (col0 < 0)
     throw py::value_error(std::string(kOp) + "col0 must be >= 0, got " + std::to_string(col0));
+  if (threads < 0)
+    throw py::value_error(std::string(kOp) + "threads must be >= 0 (0: OpenMP default), got " +
+                          std::to_string(threads));
   const py::ssize_t n = l1.shape(0);
   const py::ssize_t v = l1.shape(1);
   CheckState(state, "state", py::dtype::of<double>(), "float64", 8, n);
@@ -123,10 +126,10 @@ void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::han
   py::gil_scoped_release release;
   if (f32) {
     kernels::LseKlUpdate(static_cast<const float*>(p1), ld1, static_cast<const float*>(p2), ld2,
-                         n, v, col0, st);
+                         n, v, col0, st, threads);
   } else {
     kernels::LseKlUpdate(static_cast<const double*>(p1), ld1, static_cast<const double*>(p2),
-                         ld2, n, v, col0, st);
+                         ld2, n, v, col0, st, threads);
   }
 }
 

@@ -4,6 +4,6 @@
 namespace identirep {
 namespace kernels {
 template void LseKlUpdate<float>(const float*, int64_t, const float*, int64_t, int64_t, int64_t,
-                                 int64_t, LseKlState);
+                                 int64_t, LseKlState, int);
 }  // namespace kernels
 }  // namespace identirep

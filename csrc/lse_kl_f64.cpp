@@ -4,6 +4,6 @@
 namespace identirep {
 namespace kernels {
 template void LseKlUpdate<double>(const double*, int64_t, const double*, int64_t, int64_t,
-                                  int64_t, int64_t, LseKlState);
+                                  int64_t, int64_t, LseKlState, int);
 }  // namespace kernels
 }  // namespace identirep

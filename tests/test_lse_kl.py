@@ -117,11 +117,12 @@ def test_empty_tile_is_a_no_op():
     np.testing.assert_array_equal(state, init_state(3)[0])
 
 
-def _call(l1=None, l2=None, state=None, args=None, col0=0, n=4, v=6):
+def _call(l1=None, l2=None, state=None, args=None, col0=0, threads=0, n=4, v=6):
     l1 = np.zeros((n, v), np.float32) if l1 is None else l1
     l2 = np.zeros((n, v), np.float32) if l2 is None else l2
     s, a = init_state(n)
-    _core.lse_kl_update(l1, l2, s if state is None else state, a if args is None else args, col0)
+    _core.lse_kl_update(l1, l2, s if state is None else state, a if args is None else args, col0,
+                        threads)
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
@@ -140,6 +141,7 @@ def _call(l1=None, l2=None, state=None, args=None, col0=0, n=4, v=6):
     (dict(state=np.zeros((4, 8)).T), ValueError, "state must be contiguous along its last axis"),
     (dict(l1=np.zeros((6, 4), np.float32).T), ValueError, "l1 must be contiguous along its last"),
     (dict(col0=-1), ValueError, "col0 must be >= 0"),
+    (dict(threads=-2), ValueError, "threads must be >= 0"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, exc, match):
     with pytest.raises(exc, match=match):

@@ -32,6 +32,10 @@
 #include <cstring>
 #include <limits>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace identirep {
 namespace kernels {
 
@@ -252,14 +256,19 @@ inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t
 }  // namespace detail
 
 // Update the state with one pair of logit tiles (n x v, row strides ld1, ld2). Host code,
-// parallel over rows when built with OpenMP.
+// parallel over rows when built with OpenMP: `threads` > 0 caps the thread count, 0 takes the
+// OpenMP default; small tiles run on the calling thread.
 template <typename T>
 void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, int64_t v,
-                 int64_t col0, LseKlState st) {
+                 int64_t col0, LseKlState st, int threads = 0) {
   if (n <= 0 || v <= 0) return;
-  const bool parallel = n > 1 && n * v >= detail::kParallelWork;
-  (void)parallel;
-#pragma omp parallel for schedule(static) if (parallel)
+#ifdef _OPENMP
+  int nt = threads > 0 ? threads : omp_get_max_threads();
+  if (n < 2 || n * v < detail::kParallelWork) nt = 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#else
+  (void)threads;
+#endif
   for (int64_t i = 0; i < n; ++i)
     detail::UpdateRow(l1 + i * ld1, l2 + i * ld2, v, col0, i, st);
 }
