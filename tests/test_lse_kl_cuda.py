@@ -35,6 +35,7 @@ def test_matches_cpu_epilogue(cupy, dtype):
     d2 = cupy.asarray(l2)
     state, args = init_state(n)
     dstate, dargs = cupy.asarray(state), cupy.asarray(args)
+    cupy.cuda.Device().synchronize()  # the copies above ran on the default stream
     stream = cupy.cuda.Stream(non_blocking=True)
     for c0 in range(0, v, tile):
         c1 = min(v, c0 + tile)
