@@ -18,6 +18,7 @@ from .errors import IdentirepError
 # allows (all N when they fit) and label tiles a few thousand columns.
 DEFAULT_TILE_COLS = 4096
 
+
 def default_epilogue_threads() -> int:
     """OpenMP threads for the epilogue that runs right after each BLAS call.
 
@@ -30,6 +31,7 @@ def default_epilogue_threads() -> int:
     return 1 if threads <= 2 else 0
 
 
+# Rows of the (8, n) float64 state; args is (2, n) int64 [arg1, arg2].
 STATE_ROWS = ("m1", "s1", "a12", "e1", "m2", "s2", "a21", "e2")
 
 
