@@ -1,4 +1,6 @@
 """Shared fixtures, tolerances and every skip of the test suite."""
+from __future__ import annotations
+
 import importlib.util
 import os
 
@@ -25,33 +27,6 @@ def _has(mod):
     return importlib.util.find_spec(mod) is not None
 
 
-def _core_built():
-    try:
-        from identirep import _core  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def _cuda_built():
-    if not _core_built():
-        return False
-    return bool(ir.build_info().get("cuda_compiled")) if hasattr(ir, "build_info") else False
-
-
-def _gpu_visible():
-    if _has("cupy"):
-        try:
-            import cupy
-            return cupy.cuda.runtime.getDeviceCount() > 0
-        except Exception:
-            return False
-    return False
-
-
-needs_core = pytest.mark.skipif(not _core_built(), reason="identirep._core not built")
-needs_cuda_build = pytest.mark.skipif(not _cuda_built(), reason="CUDA not built (rebuild with IDENTIREP_CUDA=ON)")
-needs_gpu = pytest.mark.skipif(not _gpu_visible(), reason="no GPU visible")
 needs_torch = pytest.mark.skipif(not (_has("torch") and _has("transformers")),
                                  reason="torch/transformers not installed (pip install '.[hf]')")
 needs_matplotlib = pytest.mark.skipif(not _has("matplotlib"), reason="matplotlib not installed")
@@ -74,12 +49,6 @@ def random_pair(N=301, V=53, M=5, M2=None, seed=0, bias=False, scale=2.0, noise=
     b1 = rng.standard_normal(V) if bias else None
     b2 = rng.standard_normal(V) if bias else None
     return ir.Model(f1, g1, bias=b1, name="a"), ir.Model(f2, g2, bias=b2, name="b")
-
-
-if os.environ.get("IDENTIREP_REQUIRE_GPU_TESTS"):
-    def pytest_collection_modifyitems(config, items):
-        if not (_cuda_built() and _gpu_visible()):
-            raise pytest.UsageError("GPU tests required but CUDA is not built or no GPU is visible")
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +79,59 @@ def hf_class(transformers):
             pytest.skip(f"transformers {transformers.__version__} has no {name}")
         return cls
     return get
+
+from identirep import build_info  # noqa: E402
+
+CUDA_BUILT = build_info()["cuda_compiled"]
+
+
+def _gpu_available() -> bool:
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    import cupy
+
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except cupy.cuda.runtime.CUDARuntimeError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("IDENTIREP_REQUIRE_GPU_TESTS") and not (CUDA_BUILT and _gpu_available()):
+        raise pytest.UsageError("GPU tests required, but CUDA is not built or no GPU is visible")
+    need_cuda = pytest.mark.skip(reason="CUDA not built (rebuild with IDENTIREP_CUDA=ON)")
+    no_gpu = pytest.mark.skip(reason="no GPU (needs CuPy and a CUDA device)")
+    no_bf16 = pytest.mark.skip(reason="ml_dtypes not installed (bfloat16 NumPy arrays)")
+    gpu = None
+    for item in items:
+        if "needs_cuda_build" in item.fixturenames and not CUDA_BUILT:
+            item.add_marker(need_cuda)
+        if item.get_closest_marker("gpu") is not None:
+            if not CUDA_BUILT:
+                item.add_marker(need_cuda)
+                continue
+            if gpu is None:
+                gpu = _gpu_available()
+            if not gpu:
+                item.add_marker(no_gpu)
+        if "bfloat16" in item.fixturenames and importlib.util.find_spec("ml_dtypes") is None:
+            item.add_marker(no_bf16)
+
+
+@pytest.fixture
+def needs_cuda_build():
+    """Marks a test that needs the CUDA sources compiled in (but no GPU)."""
+
+
+@pytest.fixture
+def bfloat16():
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+@pytest.fixture
+def cupy():
+    import cupy
+
+    return cupy

@@ -1,5 +1,6 @@
 """identirep: closeness in distribution and representational similarity of softmax-family models."""
 from . import constructions, reference
+from ._build import build_info
 from .errors import IdentirepError
 from .io import load_metadata, load_model, save_model
 from .matrix import MatrixResult, matrix
@@ -15,5 +16,5 @@ __all__ = [
     "Model", "IdentirepError", "kl", "d_llv", "d_svd", "mcca", "d_logit", "d_rep", "compare",
     "engine", "Moments", "constructions", "reference", "Report", "KLResult", "DLLVResult",
     "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult", "load_model", "save_model",
-    "load_metadata", "matrix", "MatrixResult",
+    "load_metadata", "matrix", "MatrixResult", "build_info",
 ]

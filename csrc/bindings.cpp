@@ -1,0 +1,40 @@
+// Python bindings of the compiled core: exports only, no logic.
+#include <pybind11/pybind11.h>
+
+#include "ops.h"
+#ifdef IDENTIREP_WITH_CUDA
+#include "lse_kl_cuda.h"
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "identirep compiled core: fused streaming epilogues (CPU, and CUDA when built)";
+
+  m.def("lse_kl_update", &identirep::lse_kl_update, py::arg("l1"), py::arg("l2"),
+        py::arg("state"), py::arg("args"), py::arg("col0"), py::arg("threads") = 0,
+        R"doc(Fold one pair of logit tiles into the running log-sum-exp / KL state.
+
+l1, l2: (n, v) float32 or float64 arrays (same dtype and shape, contiguous rows, any row
+stride): logits of model 1 and 2 for n inputs and labels col0 .. col0+v-1.
+state: (8, n) float64, rows [m1, s1, a12, e1, m2, s2, a21, e2], updated in place.
+args: (2, n) int64, rows [arg1, arg2] (global argmax label), updated in place.
+threads: OpenMP threads for the rows (0: the OpenMP default).
+Initialise state with m = -inf and zeros, args with -1; feed the label tiles of a row in
+increasing col0 order. Releases the GIL.)doc");
+
+  m.def("build_info", &identirep::build_info, "Compile-time facts about this build.");
+
+#ifdef IDENTIREP_WITH_CUDA
+  m.def("lse_kl_update_cuda", &identirep::lse_kl_update_cuda, py::arg("l1"), py::arg("l2"),
+        py::arg("n"), py::arg("v"), py::arg("ld1"), py::arg("ld2"), py::arg("col0"),
+        py::arg("state"), py::arg("state_ld"), py::arg("args"), py::arg("args_ld"),
+        py::arg("dtype"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+        R"doc(CUDA version of lse_kl_update on device pointers passed as integers.
+
+l1, l2: device pointers to (n, v) logit tiles of dtype "float32" or "float64", row strides
+ld1, ld2 in elements. state: device pointer to float64 (8, n) with row stride state_ld;
+args: device pointer to int64 (2, n) with row stride args_ld (layouts as in lse_kl_update).
+stream: cudaStream_t as an integer (0: the legacy default stream). Asynchronous.)doc");
+#endif
+}

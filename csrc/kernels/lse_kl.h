@@ -1,0 +1,277 @@
+// Fused streaming epilogue: online log-sum-exp of two models plus the running sums that give
+// KL(p1||p2), KL(p2||p1), both entropies and top-1 agreement, one logit tile at a time.
+//
+// Inputs: two logit tiles l1, l2 (n rows = inputs x, v columns = labels col0 .. col0+v-1, taken
+// from the same rows and the same label columns), float32 or float64, row stride ld (elements),
+// unit stride along a row.
+//
+// State (float64), one column per input row i, row r at state[r*state_ld + i]:
+//   r=0 m1   running max of l1 over the labels seen        (initial -inf)
+//   r=1 s1   sum exp(l1 - m1)                              (initial 0)
+//   r=2 a12  sum exp(l1 - m1) * (l1 - l2)                  (initial 0)
+//   r=3 e1   sum exp(l1 - m1) * (l1 - m1)                  (initial 0)
+//   r=4..7   m2, s2, a21 = sum exp(l2 - m2) * (l2 - l1), e2 (same for model 2)
+// args (int64), row r at args[r*args_ld + i]: r=0 arg1, r=1 arg2, the global label index of the
+// row max of l1 / l2 (initial -1). Ties keep the first index, provided tiles of one row arrive
+// in increasing col0 order.
+//
+// When the max of a row moves from m to m', the sums are rescaled by c = exp(m - m') and the
+// entropy sum gets the shift correction: e <- c * (e + (m - m') * s).
+// Finalisation: L = m + log s, KL12 = a12/s1 - L1 + L2, KL21 = a21/s2 - L2 + L1,
+// H = log s - e/s, top-1 agreement = (arg1 == arg2).
+//
+// Accumulation: float64 tiles in float64 with a vectorised float64 exp (~1 ulp). float32 tiles
+// use a vectorised float32 exp (Cody-Waite range reduction + degree-6 polynomial, ~1 ulp,
+// arguments below -87.5 flush to 0) and float32 partial sums over chunks of kChunk labels, added
+// into float64 per chunk.
+// Rows run in parallel (OpenMP); each row is read twice (max pass, then sums pass) while in cache.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace identirep {
+namespace kernels {
+
+struct LseKlState {
+  double* state;       // 8 rows, see above
+  int64_t state_ld;    // row stride of state (elements), >= n
+  int64_t* args;       // 2 rows
+  int64_t args_ld;     // row stride of args (elements), >= n
+};
+
+namespace detail {
+
+constexpr int64_t kChunk = 512;        // float32 partial sums over at most this many labels
+constexpr int64_t kParallelWork = 1 << 15;  // below this many tile elements, stay on one thread
+
+inline float BitsToFloat(int32_t i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+
+inline int32_t FloatToBits(float f) {
+  int32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
+
+inline double BitsToDouble(int64_t i) {
+  double f;
+  std::memcpy(&f, &i, sizeof i);
+  return f;
+}
+
+inline int64_t DoubleToBits(double f) {
+  int64_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
+
+// exp(x) for float32 x <= 0, branch-free so that it vectorises inside `omp simd` loops.
+// Relative error ~1 ulp down to x = -87.3; x < -87.5 returns 0 (e^x < 1e-38 there). NaN in,
+// NaN out; x > 0 is outside its domain.
+inline float ExpNonPositiveF32(float x) {
+  // n = round(x / ln 2) with the 1.5 * 2^23 shifter: its low mantissa bits hold n.
+  const float shifter = 12582912.0f;
+  const float t = x * 1.44269504088896341f + shifter;
+  const int32_t n = FloatToBits(t) - FloatToBits(shifter);
+  const float nf = t - shifter;
+  float r = x - nf * 0.693359375f;  // Cody-Waite: ln 2 = 0.693359375 - 2.12194440e-4
+  r = r + nf * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float er = p * r * r + r + 1.0f;
+  // 2^n by building the exponent field (n >= -127 here; -127 gives +0).
+  const float scale = BitsToFloat(static_cast<int32_t>(static_cast<uint32_t>(n + 127) << 23));
+  return x < -87.5f ? 0.0f : er * scale;
+}
+
+// exp(x) for float64 x <= 0, the same scheme: fdlibm's two-part ln 2 and the degree-13 Taylor
+// polynomial of e^r on |r| <= ln(2)/2 (truncation < 1e-17), ~1 ulp. x < -708 returns 0.
+inline double ExpNonPositiveF64(double x) {
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
+  const double t = x * 1.4426950408889634 + shifter;
+  const int64_t n = DoubleToBits(t) - DoubleToBits(shifter);
+  const double nf = t - shifter;
+  double r = x - nf * 6.93147180369123816490e-01;
+  r = r - nf * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  const double er = p * r * r + r + 1.0;
+  const double scale =
+      BitsToDouble(static_cast<int64_t>(static_cast<uint64_t>(n + 1023) << 52));
+  return x < -708.0 ? 0.0 : er * scale;
+}
+
+// Index of the first element equal to `target` in x[0..v), or -1.
+template <typename T>
+inline int64_t FindFirst(const T* x, int64_t v, T target) {
+  constexpr int64_t kBlock = 64;
+  int64_t j0 = 0;
+  for (; j0 + kBlock <= v; j0 += kBlock) {
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t k = 0; k < kBlock; ++k) hit |= (x[j0 + k] == target);
+    if (hit) break;
+  }
+  for (int64_t j = j0; j < v; ++j)
+    if (x[j] == target) return j;
+  return -1;
+}
+
+template <typename T>
+inline void TileMax(const T* x1, const T* x2, int64_t v, T* mx1, T* mx2) {
+  T a = -std::numeric_limits<T>::infinity();
+  T b = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : a, b)
+  for (int64_t j = 0; j < v; ++j) {
+    a = x1[j] > a ? x1[j] : a;
+    b = x2[j] > b ? x2[j] : b;
+  }
+  *mx1 = a;
+  *mx2 = b;
+}
+
+// Sums of one tile row relative to the maxima m1, m2:
+// out = {s1, a12, e1, s2, a21, e2}.
+inline void TileSums(const float* x1, const float* x2, int64_t v, double m1, double m2,
+                     double out[6]) {
+  const float mf1 = static_cast<float>(m1);  // exact: m is always one of the float logits
+  const float mf2 = static_cast<float>(m2);
+  double acc[6] = {0, 0, 0, 0, 0, 0};
+  for (int64_t c0 = 0; c0 < v; c0 += kChunk) {
+    const int64_t c1 = c0 + kChunk < v ? c0 + kChunk : v;
+    float s1 = 0, a12 = 0, e1 = 0, s2 = 0, a21 = 0, e2 = 0;
+#pragma omp simd reduction(+ : s1, a12, e1, s2, a21, e2)
+    for (int64_t j = c0; j < c1; ++j) {
+      const float d1 = x1[j] - mf1;
+      const float d2 = x2[j] - mf2;
+      const float diff = x1[j] - x2[j];
+      const float w1 = ExpNonPositiveF32(d1);
+      const float w2 = ExpNonPositiveF32(d2);
+      s1 += w1;
+      a12 += w1 * diff;
+      e1 += w1 * d1;
+      s2 += w2;
+      a21 -= w2 * diff;
+      e2 += w2 * d2;
+    }
+    acc[0] += s1; acc[1] += a12; acc[2] += e1;
+    acc[3] += s2; acc[4] += a21; acc[5] += e2;
+  }
+  for (int k = 0; k < 6; ++k) out[k] = acc[k];
+}
+
+inline void TileSums(const double* x1, const double* x2, int64_t v, double m1, double m2,
+                     double out[6]) {
+  double s1 = 0, a12 = 0, e1 = 0, s2 = 0, a21 = 0, e2 = 0;
+#pragma omp simd reduction(+ : s1, a12, e1, s2, a21, e2)
+  for (int64_t j = 0; j < v; ++j) {
+    const double d1 = x1[j] - m1;
+    const double d2 = x2[j] - m2;
+    const double diff = x1[j] - x2[j];
+    const double w1 = ExpNonPositiveF64(d1);
+    const double w2 = ExpNonPositiveF64(d2);
+    s1 += w1;
+    a12 += w1 * diff;
+    e1 += w1 * d1;
+    s2 += w2;
+    a21 -= w2 * diff;
+    e2 += w2 * d2;
+  }
+  out[0] = s1; out[1] = a12; out[2] = e1;
+  out[3] = s2; out[4] = a21; out[5] = e2;
+}
+
+// Move one model's running sums from max m to max m_new >= m.
+inline void Rescale(double m, double m_new, double* s, double* a, double* e) {
+  if (*s == 0.0 || m == m_new) return;  // also covers m = -inf (nothing accumulated yet)
+  const double c = std::exp(m - m_new);
+  *e = c * (*e + (m - m_new) * *s);
+  *s *= c;
+  *a *= c;
+}
+
+template <typename T>
+inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t i,
+                      const LseKlState& st) {
+  double* m1 = st.state + 0 * st.state_ld + i;
+  double* s1 = st.state + 1 * st.state_ld + i;
+  double* a12 = st.state + 2 * st.state_ld + i;
+  double* e1 = st.state + 3 * st.state_ld + i;
+  double* m2 = st.state + 4 * st.state_ld + i;
+  double* s2 = st.state + 5 * st.state_ld + i;
+  double* a21 = st.state + 6 * st.state_ld + i;
+  double* e2 = st.state + 7 * st.state_ld + i;
+
+  T t1, t2;
+  TileMax(x1, x2, v, &t1, &t2);
+  const double n1 = std::fmax(*m1, static_cast<double>(t1));
+  const double n2 = std::fmax(*m2, static_cast<double>(t2));
+  // A row of -inf logits (or NaN) cannot be normalised; leave its state untouched.
+  if (!(n1 > -std::numeric_limits<double>::infinity()) ||
+      !(n2 > -std::numeric_limits<double>::infinity()))
+    return;
+  if (static_cast<double>(t1) > *m1) {
+    const int64_t j = FindFirst(x1, v, t1);
+    if (j >= 0) st.args[i] = col0 + j;
+  }
+  if (static_cast<double>(t2) > *m2) {
+    const int64_t j = FindFirst(x2, v, t2);
+    if (j >= 0) st.args[st.args_ld + i] = col0 + j;
+  }
+  Rescale(*m1, n1, s1, a12, e1);
+  Rescale(*m2, n2, s2, a21, e2);
+  *m1 = n1;
+  *m2 = n2;
+
+  double sums[6];
+  TileSums(x1, x2, v, n1, n2, sums);
+  *s1 += sums[0]; *a12 += sums[1]; *e1 += sums[2];
+  *s2 += sums[3]; *a21 += sums[4]; *e2 += sums[5];
+}
+
+}  // namespace detail
+
+// Update the state with one pair of logit tiles (n x v, row strides ld1, ld2). Host code,
+// parallel over rows when built with OpenMP: `threads` > 0 caps the thread count, 0 takes the
+// OpenMP default; small tiles run on the calling thread.
+template <typename T>
+void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, int64_t v,
+                 int64_t col0, LseKlState st, int threads = 0) {
+  if (n <= 0 || v <= 0) return;
+#ifdef _OPENMP
+  int nt = threads > 0 ? threads : omp_get_max_threads();
+  if (n < 2 || n * v < detail::kParallelWork) nt = 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#else
+  (void)threads;
+#endif
+  for (int64_t i = 0; i < n; ++i)
+    detail::UpdateRow(l1 + i * ld1, l2 + i * ld2, v, col0, i, st);
+}
+
+}  // namespace kernels
+}  // namespace identirep

@@ -1,0 +1,198 @@
+"""Pass 1 on the CPU: one streaming pass over (input tile, label tile) blocks.
+
+Each block's two logit tiles come from a BLAS GEMM into a bounded workspace; the compiled
+epilogue (``_core.lse_kl_update``) folds them into O(N) running state, so the N x V logits
+never exist in memory. See csrc/kernels/lse_kl.h for the state layout and formulas.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import _core
+from .errors import IdentirepError
+
+# Default tile shape, tuned on a 2-core AVX-512 machine with OpenBLAS (benchmarks/bench_stream.py):
+# every GEMM call re-packs its label tile, so input tiles take as many rows as the workspace
+# allows (all N when they fit) and label tiles a few thousand columns.
+DEFAULT_TILE_COLS = 4096
+
+
+def default_epilogue_threads() -> int:
+    """OpenMP threads for the epilogue that runs right after each BLAS call.
+
+    OpenBLAS's worker threads busy-wait (without yielding) for a while after a GEMM, so the
+    epilogue's extra OpenMP threads share cores with them and run at about half speed: with P
+    cores, P threads take ~2/P of the one-thread time. That only pays for P > 2; on 2 cores the
+    calling thread alone is faster (measured with benchmarks/bench_stream.py).
+    """
+    threads = _core.build_info()["openmp_max_threads"]
+    return 1 if threads <= 2 else 0
+
+
+# Rows of the (8, n) float64 state; args is (2, n) int64 [arg1, arg2].
+STATE_ROWS = ("m1", "s1", "a12", "e1", "m2", "s2", "a21", "e2")
+
+
+def init_state(n: int):
+    """Fresh epilogue state for ``n`` inputs: (8, n) float64 and (2, n) int64 arrays."""
+    state = np.zeros((8, n), dtype=np.float64)
+    state[0] = -np.inf
+    state[4] = -np.inf
+    args = np.full((2, n), -1, dtype=np.int64)
+    return state, args
+
+
+def finalize(state: np.ndarray, args: np.ndarray) -> dict:
+    """Per-input results from a filled state: log-normalisers, KL both ways, entropies, top-1.
+
+    Rows the epilogue never updated (no finite logit, e.g. NaN inputs) come out as NaN.
+    """
+    m1, s1, a12, e1, m2, s2, a21, e2 = state
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_s1 = np.log(s1)
+        log_s2 = np.log(s2)
+        L1 = m1 + log_s1
+        L2 = m2 + log_s2
+        # KL(p1||p2)(x) = sum_y p1 (l1 - l2) - L1 + L2, with sum_y p1 (l1 - l2) = a12 / s1.
+        out = {
+            "L1": L1,
+            "L2": L2,
+            "kl12": a12 / s1 - L1 + L2,
+            "kl21": a21 / s2 - L2 + L1,
+            "H1": log_s1 - e1 / s1,
+            "H2": log_s2 - e2 / s2,
+        }
+    empty = (s1 == 0) | (s2 == 0)
+    if empty.any():
+        for v in out.values():
+            v[empty] = np.nan
+    out["top1_agree"] = (args[0] == args[1]) & ~empty
+    return out
+
+
+def _check_operand(a, name: str) -> None:
+    # Shape and dtype only: a finiteness scan would cost a pass over g; NaN/Inf inputs give
+    # NaN/Inf results in the rows they touch (identirep.Model validates values).
+    if not isinstance(a, np.ndarray):
+        raise IdentirepError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.ndim != 2:
+        raise IdentirepError(f"{name} must be a 2-d array, got shape {a.shape}")
+    if a.size == 0:
+        raise IdentirepError(f"{name} is empty (shape {a.shape})")
+    if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
+        raise IdentirepError(
+            f"{name} has dtype {a.dtype}; stream_pass needs floating-point arrays "
+            "(float16, bfloat16, float32, float64)")
+
+
+def _compute_dtype(arrays, dtype) -> np.dtype:
+    if dtype is None:
+        return np.dtype(np.float64 if all(a.dtype == np.float64 for a in arrays) else np.float32)
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise IdentirepError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _as_compute(a: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """C-contiguous copy (or view, when already right) of ``a`` in the compute dtype."""
+    if a.dtype.name == "bfloat16":
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a, dtype=dt)
+
+
+def _tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes):
+    """(rows, cols) of the logit tiles: as asked, or the defaults, shrunk to the workspace."""
+    for name, t in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
+        if t is not None and int(t) < 1:
+            raise IdentirepError(f"{name} must be >= 1, got {t}")
+
+    def need(r, c):  # two logit tiles + the converted label tiles of both models
+        return itemsize * (2 * r * c + c * (m1 + m2))
+
+    tc = min(v, int(tile_cols) if tile_cols else DEFAULT_TILE_COLS)
+    if tile_rows:
+        tr = min(n, int(tile_rows))
+    else:
+        while tc > 1 and need(1, tc) > workspace_bytes:
+            tc //= 2
+        tr = min(n, max(1, (workspace_bytes - need(0, tc)) // (2 * itemsize * tc)))
+    while need(tr, tc) > workspace_bytes and (tr > 1 or tc > 1):
+        if tr >= tc or tc == 1:
+            tr = max(1, tr // 2)
+        else:
+            tc = max(1, tc // 2)
+    if need(tr, tc) > workspace_bytes:
+        raise IdentirepError(
+            f"workspace_bytes={workspace_bytes} is too small for even one 1 x 1 tile; "
+            f"need at least {need(1, 1)} bytes")
+    return tr, tc
+
+
+def stream_pass(f1, g1, f2, g2, *, tile_rows: Optional[int] = None,
+                tile_cols: Optional[int] = None, workspace_bytes: int = 256 << 20,
+                dtype=None, progress: Optional[Callable[[float], None]] = None,
+                epilogue_threads: Optional[int] = None) -> dict:
+    """Log-normalisers, KL both ways, entropies and top-1 agreement of two softmax models.
+
+    ``p_k(y|x) = softmax_y(f_k(x) . g_k(y))`` with f1 (N x M1), g1 (V x M1), f2 (N x M2),
+    g2 (V x M2) as NumPy arrays of any float dtype (float16/bfloat16 are widened), in any memory
+    order. Computes in ``dtype``: float64 when every input is float64, float32 otherwise (or as
+    given). Never holds more than ``workspace_bytes`` of logit tiles and converted label tiles.
+    Values are not scanned: NaN or Inf inputs give NaN/Inf results in the rows they reach.
+    ``epilogue_threads`` sets the OpenMP threads of the epilogue (0: all; default: see
+    ``default_epilogue_threads``).
+    ``progress``, if given, is called with the fraction done after each tile.
+
+    Returns float64 arrays of length N: ``L1``, ``L2`` (log-normalisers), ``kl12`` =
+    KL(p1||p2)(x), ``kl21`` = KL(p2||p1)(x), ``H1``, ``H2`` (entropies), and the bool array
+    ``top1_agree`` (the two models' most likely labels coincide).
+    """
+    for a, name in ((f1, "f1"), (g1, "g1"), (f2, "f2"), (g2, "g2")):
+        _check_operand(a, name)
+    if f1.shape[1] != g1.shape[1]:
+        raise IdentirepError(f"f1 has {f1.shape[1]} dimensions but g1 has {g1.shape[1]}")
+    if f2.shape[1] != g2.shape[1]:
+        raise IdentirepError(f"f2 has {f2.shape[1]} dimensions but g2 has {g2.shape[1]}")
+    if f1.shape[0] != f2.shape[0]:
+        raise IdentirepError(f"f1 and f2 must have one row per shared input: "
+                             f"N={f1.shape[0]} vs N={f2.shape[0]}")
+    if g1.shape[0] != g2.shape[0]:
+        raise IdentirepError(f"g1 and g2 must have one row per shared label: "
+                             f"V={g1.shape[0]} vs V={g2.shape[0]}")
+
+    dt = _compute_dtype((f1, g1, f2, g2), dtype)
+    if epilogue_threads is None:
+        epilogue_threads = default_epilogue_threads()
+    elif int(epilogue_threads) < 0:
+        raise IdentirepError(f"epilogue_threads must be >= 0, got {epilogue_threads}")
+    n, v = f1.shape[0], g1.shape[0]
+    tr, tc = _tile_shape(n, v, f1.shape[1], f2.shape[1], dt.itemsize, tile_rows, tile_cols,
+                         workspace_bytes)
+    f1c = _as_compute(f1, dt)
+    f2c = _as_compute(f2, dt)
+    ws1 = np.empty(tr * tc, dtype=dt)
+    ws2 = np.empty(tr * tc, dtype=dt)
+    state, args = init_state(n)
+
+    n_tiles = -(-n // tr) * -(-v // tc)
+    done = 0
+    for c0 in range(0, v, tc):
+        c1 = min(v, c0 + tc)
+        g1t = _as_compute(g1[c0:c1], dt).T
+        g2t = _as_compute(g2[c0:c1], dt).T
+        for r0 in range(0, n, tr):
+            r1 = min(n, r0 + tr)
+            size = (r1 - r0) * (c1 - c0)
+            l1 = ws1[:size].reshape(r1 - r0, c1 - c0)
+            l2 = ws2[:size].reshape(r1 - r0, c1 - c0)
+            np.matmul(f1c[r0:r1], g1t, out=l1)
+            np.matmul(f2c[r0:r1], g2t, out=l2)
+            _core.lse_kl_update(l1, l2, state[:, r0:r1], args[:, r0:r1], c0,
+                                int(epilogue_threads))
+            done += 1
+            if progress is not None:
+                progress(done / n_tiles)
+    return finalize(state, args)
