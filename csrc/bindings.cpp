@@ -13,6 +13,8 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("lse_kl_update", &identirep::lse_kl_update, py::arg("l1"), py::arg("l2"),
         py::arg("state"), py::arg("args"), py::arg("col0"), py::arg("threads") = 0,
+        py::arg("row_moments") = py::none(), py::arg("col_moments") = py::none(),
+        py::arg("row0") = 0,
         R"doc(Fold one pair of logit tiles into the running log-sum-exp / KL state.
 
 l1, l2: (n, v) float32 or float64 arrays (same dtype and shape, contiguous rows, any row
@@ -21,7 +23,19 @@ state: (8, n) float64, rows [m1, s1, a12, e1, m2, s2, a21, e2], updated in place
 args: (2, n) int64, rows [arg1, arg2] (global argmax label), updated in place.
 threads: OpenMP threads for the rows (0: the OpenMP default).
 Initialise state with m = -inf and zeros, args with -1; feed the label tiles of a row in
-increasing col0 order. Releases the GIL.)doc");
+increasing col0 order. Releases the GIL.
+row_moments: optional (5, n) float64, rows [mean l1, mean l2, ssq l1, ssq l2, ssq (l1 - l2)]
+over the labels seen (count col0); col_moments: optional (5, V) float64, rows [mean l1,
+mean l2, ssq l1, ssq l2, cross] over the inputs seen (count row0) for labels col0 .. col0+v-1;
+centred sums of squares, Chan-merged (layout in csrc/kernels/lse_kl.h).)doc");
+
+  m.def("pivot_criteria", &identirep::pivot_criteria, py::arg("X1"), py::arg("X2"), py::arg("n1"),
+        py::arg("n2"), py::arg("A1"), py::arg("A2"), py::arg("B12"), py::arg("pivots"),
+        py::arg("tol"), py::arg("mode"),
+        R"doc(Best-leave-out criterion of each pivot of a block (kernels/pivot_terms.h).
+
+X1, X2: (B, V) float64 cross products g_k(y0)' C_k g_k(y); n1, n2, A1, A2, B12: (V,) float64;
+pivots: (B,) int64; mode 'max' or 'mean'. Returns (B,) float64. Releases the GIL.)doc");
 
   m.def("build_info", &identirep::build_info, "Compile-time facts about this build.");
 

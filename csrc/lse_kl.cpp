@@ -13,9 +13,11 @@
 namespace identirep {
 namespace kernels {
 extern template void LseKlUpdate<float>(const float*, int64_t, const float*, int64_t, int64_t,
-                                        int64_t, int64_t, LseKlState, int);
+                                        int64_t, int64_t, LseKlState, int,
+                                        const LogitMoments*);
 extern template void LseKlUpdate<double>(const double*, int64_t, const double*, int64_t,
-                                         int64_t, int64_t, int64_t, LseKlState, int);
+                                         int64_t, int64_t, int64_t, LseKlState, int,
+                                         const LogitMoments*);
 }  // namespace kernels
 
 namespace py = pybind11;
@@ -77,7 +79,8 @@ void CheckState(const py::array& a, const char* name, const py::dtype& want, con
 }  // namespace
 
 void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::handle args_h,
-                   int64_t col0, int threads) {
+                   int64_t col0, int threads, py::handle row_moments_h,
+                   py::handle col_moments_h, int64_t row0) {
   const py::array l1 = AsArray(l1_h, "l1");
   const py::array l2 = AsArray(l2_h, "l2");
   const py::array state = AsArray(state_h, "state");
@@ -117,6 +120,27 @@ void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::han
                             std::to_string(ld) + " elements for " + std::to_string(n) +
                             " columns)");
   }
+  kernels::LogitMoments mom{nullptr, 0, nullptr, 0, row0};
+  py::array row_m, col_m;
+  if (!row_moments_h.is_none()) {
+    row_m = AsArray(row_moments_h, "row_moments");
+    CheckState(row_m, "row_moments", py::dtype::of<double>(), "float64", 5, n);
+    mom.row = static_cast<double*>(const_cast<void*>(row_m.data()));
+    mom.row_ld = RowStride(row_m, "row_moments");
+  }
+  if (!col_moments_h.is_none()) {
+    col_m = AsArray(col_moments_h, "col_moments");
+    if (!col_m.dtype().is(py::dtype::of<double>()) || col_m.ndim() != 2 || col_m.shape(0) != 5 ||
+        col_m.shape(1) < col0 + v || !col_m.writeable())
+      throw py::value_error(std::string(kOp) + "col_moments must be a writeable float64 (5, V) "
+                            "array with V >= col0 + v = " + std::to_string(col0 + v) +
+                            ", got " + DtypeStr(col_m) + " " + ShapeStr(col_m));
+    mom.col = static_cast<double*>(const_cast<void*>(col_m.data()));
+    mom.col_ld = RowStride(col_m, "col_moments");
+  }
+  if (row0 < 0)
+    throw py::value_error(std::string(kOp) + "row0 must be >= 0, got " + std::to_string(row0));
+  const kernels::LogitMoments* mp = (mom.row || mom.col) ? &mom : nullptr;
   if (n == 0 || v == 0) return;
 
   kernels::LseKlState st{static_cast<double*>(const_cast<void*>(state.data())), state_ld,
@@ -126,10 +150,10 @@ void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::han
   py::gil_scoped_release release;
   if (f32) {
     kernels::LseKlUpdate(static_cast<const float*>(p1), ld1, static_cast<const float*>(p2), ld2,
-                         n, v, col0, st, threads);
+                         n, v, col0, st, threads, mp);
   } else {
     kernels::LseKlUpdate(static_cast<const double*>(p1), ld1, static_cast<const double*>(p2),
-                         ld2, n, v, col0, st, threads);
+                         ld2, n, v, col0, st, threads, mp);
   }
 }
 

@@ -4,6 +4,7 @@
 namespace identirep {
 namespace kernels {
 template void LseKlUpdate<float>(const float*, int64_t, const float*, int64_t, int64_t, int64_t,
-                                 int64_t, LseKlState, int);
+                                 int64_t, LseKlState, int,
+                                 const LogitMoments*);
 }  // namespace kernels
 }  // namespace identirep

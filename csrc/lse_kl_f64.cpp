@@ -4,6 +4,7 @@
 namespace identirep {
 namespace kernels {
 template void LseKlUpdate<double>(const double*, int64_t, const double*, int64_t, int64_t,
-                                  int64_t, int64_t, LseKlState, int);
+                                  int64_t, int64_t, LseKlState, int,
+                                 const LogitMoments*);
 }  // namespace kernels
 }  // namespace identirep

@@ -2,14 +2,24 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 namespace identirep {
 
 // CPU fused epilogue (csrc/lse_kl.cpp); state layout in csrc/kernels/lse_kl.h.
 void lse_kl_update(pybind11::handle l1, pybind11::handle l2, pybind11::handle state,
-                   pybind11::handle args, int64_t col0, int threads);
+                   pybind11::handle args, int64_t col0, int threads,
+                   pybind11::handle row_moments, pybind11::handle col_moments, int64_t row0);
+
+// Label-side pivot search epilogue (csrc/pivot_terms.cpp, kernels/pivot_terms.h).
+pybind11::array_t<double> pivot_criteria(pybind11::handle X1, pybind11::handle X2,
+                                         pybind11::handle n1, pybind11::handle n2,
+                                         pybind11::handle A1, pybind11::handle A2,
+                                         pybind11::handle B12, pybind11::handle pivots,
+                                         double tol, const std::string& mode);
 
 // Compile-time facts about this build (csrc/build_info.cpp).
 pybind11::dict build_info();

@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,6 +39,23 @@
 
 namespace identirep {
 namespace kernels {
+
+// Optional logit moments, updated in the same pass (members may be null to skip):
+//   row (5 x row_ld): over the labels seen so far (count col0) of each input row i:
+//     mean l1, mean l2, sum (l1 - mean)^2, sum (l2 - mean)^2, sum (d - mean d)^2, d = l1 - l2;
+//   col (5 x col_ld), indexed by the global label col0 + j: over the inputs seen so far (count
+//     row0) of each label: mean l1, mean l2, sum (l1 - mean)^2, sum (l2 - mean)^2,
+//     sum (l1 - mean)(l2 - mean).
+// Tiles are folded in with Chan's update, so rows must arrive in increasing col0 order and
+// columns in increasing row0 order (contiguous from 0). Column sums are shifted by the tile's
+// first row and accumulated in float64 per thread.
+struct LogitMoments {
+  double* row;
+  int64_t row_ld;
+  double* col;
+  int64_t col_ld;
+  int64_t row0;
+};
 
 struct LseKlState {
   double* state;       // 8 rows, see above
@@ -253,6 +271,96 @@ inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t
   *s2 += sums[3]; *a21 += sums[4]; *e2 += sums[5];
 }
 
+// Chan's update of (count na, mean a, sum sq) with a batch (nb, mean b, sum sq).
+inline void ChanMerge(double na, double nb, double mb, double qb, double* ma, double* qa) {
+  const double n = na + nb;
+  const double delta = mb - *ma;
+  *ma += delta * (nb / n);
+  *qa += qb + delta * delta * (na * nb / n);
+}
+
+template <typename T>
+inline void RowMomentsUpdate(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t i,
+                             const LogitMoments& mom) {
+  double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t j = 0; j < v; ++j) {
+    s1 += static_cast<double>(x1[j]);
+    s2 += static_cast<double>(x2[j]);
+  }
+  const double mu1 = s1 / v, mu2 = s2 / v, mud = mu1 - mu2;
+  double q11 = 0, q22 = 0, qdd = 0;
+#pragma omp simd reduction(+ : q11, q22, qdd)
+  for (int64_t j = 0; j < v; ++j) {
+    const double c1 = static_cast<double>(x1[j]) - mu1;
+    const double c2 = static_cast<double>(x2[j]) - mu2;
+    const double cd = c1 - c2;
+    q11 += c1 * c1;
+    q22 += c2 * c2;
+    qdd += cd * cd;
+  }
+  double* r = mom.row + i;
+  const int64_t ld = mom.row_ld;
+  if (col0 == 0) {
+    r[0] = mu1; r[ld] = mu2; r[2 * ld] = q11; r[3 * ld] = q22; r[4 * ld] = qdd;
+    return;
+  }
+  const double na = static_cast<double>(col0), nb = static_cast<double>(v);
+  const double dd = mud - (r[0] - r[ld]);  // shift of the mean of d, before r[0], r[ld] move
+  ChanMerge(na, nb, mu1, q11, &r[0], &r[2 * ld]);
+  ChanMerge(na, nb, mu2, q22, &r[ld], &r[3 * ld]);
+  r[4 * ld] += qdd + dd * dd * (na * nb / (na + nb));
+}
+
+// Shifted column sums of one row: acc rows [s1, s2, q11, q22, q12] relative to k1, k2.
+template <typename T>
+inline void ColAccumulate(const T* x1, const T* x2, const T* k1, const T* k2, int64_t v,
+                          double* acc) {
+  double* a0 = acc;
+  double* a1 = acc + v;
+  double* a2 = acc + 2 * v;
+  double* a3 = acc + 3 * v;
+  double* a4 = acc + 4 * v;
+#pragma omp simd
+  for (int64_t j = 0; j < v; ++j) {
+    const double d1 = static_cast<double>(x1[j]) - static_cast<double>(k1[j]);
+    const double d2 = static_cast<double>(x2[j]) - static_cast<double>(k2[j]);
+    a0[j] += d1;
+    a1[j] += d2;
+    a2[j] += d1 * d1;
+    a3[j] += d2 * d2;
+    a4[j] += d1 * d2;
+  }
+}
+
+// Fold a tile's shifted column sums (n rows, shifts k1, k2) into the column moments.
+template <typename T>
+inline void ColMerge(const double* acc, const T* k1, const T* k2, int64_t n, int64_t v,
+                     int64_t col0, const LogitMoments& mom) {
+  const double nb = static_cast<double>(n), na = static_cast<double>(mom.row0);
+  const int64_t ld = mom.col_ld;
+  for (int64_t j = 0; j < v; ++j) {
+    const double s1 = acc[j], s2 = acc[v + j];
+    const double mb1 = static_cast<double>(k1[j]) + s1 / nb;
+    const double mb2 = static_cast<double>(k2[j]) + s2 / nb;
+    const double q11 = acc[2 * v + j] - s1 * s1 / nb;
+    const double q22 = acc[3 * v + j] - s2 * s2 / nb;
+    const double q12 = acc[4 * v + j] - s1 * s2 / nb;
+    double* c = mom.col + col0 + j;
+    if (mom.row0 == 0) {
+      c[0] = mb1; c[ld] = mb2; c[2 * ld] = q11; c[3 * ld] = q22; c[4 * ld] = q12;
+      continue;
+    }
+    const double f = na * nb / (na + nb);
+    const double d1 = mb1 - c[0], d2 = mb2 - c[ld];
+    c[0] += d1 * (nb / (na + nb));
+    c[ld] += d2 * (nb / (na + nb));
+    c[2 * ld] += q11 + d1 * d1 * f;
+    c[3 * ld] += q22 + d2 * d2 * f;
+    c[4 * ld] += q12 + d1 * d2 * f;
+  }
+}
+
 }  // namespace detail
 
 // Update the state with one pair of logit tiles (n x v, row strides ld1, ld2). Host code,
@@ -260,17 +368,41 @@ inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t
 // OpenMP default; small tiles run on the calling thread.
 template <typename T>
 void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, int64_t v,
-                 int64_t col0, LseKlState st, int threads = 0) {
+                 int64_t col0, LseKlState st, int threads = 0,
+                 const LogitMoments* mom = nullptr) {
   if (n <= 0 || v <= 0) return;
+  const bool rows = mom != nullptr && mom->row != nullptr;
+  const bool cols = mom != nullptr && mom->col != nullptr;
+  std::vector<double> total(cols ? 5 * v : 0, 0.0);
+  int nt = 1;
 #ifdef _OPENMP
-  int nt = threads > 0 ? threads : omp_get_max_threads();
+  nt = threads > 0 ? threads : omp_get_max_threads();
   if (n < 2 || n * v < detail::kParallelWork) nt = 1;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel num_threads(nt) if (nt > 1)
 #else
   (void)threads;
 #endif
-  for (int64_t i = 0; i < n; ++i)
-    detail::UpdateRow(l1 + i * ld1, l2 + i * ld2, v, col0, i, st);
+  {
+    std::vector<double> acc(cols && nt > 1 ? 5 * v : 0, 0.0);
+    double* a = cols ? (nt > 1 ? acc.data() : total.data()) : nullptr;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t i = 0; i < n; ++i) {
+      const T* x1 = l1 + i * ld1;
+      const T* x2 = l2 + i * ld2;
+      detail::UpdateRow(x1, x2, v, col0, i, st);
+      if (rows) detail::RowMomentsUpdate(x1, x2, v, col0, i, *mom);
+      if (cols) detail::ColAccumulate(x1, x2, l1, l2, v, a);
+    }
+    if (cols && nt > 1) {
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+      for (int64_t j = 0; j < 5 * v; ++j) total[j] += acc[j];
+    }
+  }
+  if (cols) detail::ColMerge(total.data(), l1, l2, n, v, col0, *mom);
 }
 
 }  // namespace kernels

@@ -134,7 +134,7 @@ def _tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes):
 def stream_pass(f1, g1, f2, g2, *, tile_rows: Optional[int] = None,
                 tile_cols: Optional[int] = None, workspace_bytes: int = 256 << 20,
                 dtype=None, progress: Optional[Callable[[float], None]] = None,
-                epilogue_threads: Optional[int] = None) -> dict:
+                epilogue_threads: Optional[int] = None, moments: bool = False) -> dict:
     """Log-normalisers, KL both ways, entropies and top-1 agreement of two softmax models.
 
     ``p_k(y|x) = softmax_y(f_k(x) . g_k(y))`` with f1 (N x M1), g1 (V x M1), f2 (N x M2),
@@ -145,6 +145,9 @@ def stream_pass(f1, g1, f2, g2, *, tile_rows: Optional[int] = None,
     ``epilogue_threads`` sets the OpenMP threads of the epilogue (0: all; default: see
     ``default_epilogue_threads``).
     ``progress``, if given, is called with the fraction done after each tile.
+    ``moments`` also returns ``row_moments`` (5, N) and ``col_moments`` (5, V): the label
+    moments of each input's logits and the input moments of each label's logits (layout in
+    csrc/kernels/lse_kl.h), from the same tiles.
 
     Returns float64 arrays of length N: ``L1``, ``L2`` (log-normalisers), ``kl12`` =
     KL(p1||p2)(x), ``kl21`` = KL(p2||p1)(x), ``H1``, ``H2`` (entropies), and the bool array
@@ -176,6 +179,8 @@ def stream_pass(f1, g1, f2, g2, *, tile_rows: Optional[int] = None,
     ws1 = np.empty(tr * tc, dtype=dt)
     ws2 = np.empty(tr * tc, dtype=dt)
     state, args = init_state(n)
+    row_m = np.zeros((5, n)) if moments else None
+    col_m = np.zeros((5, v)) if moments else None
 
     n_tiles = -(-n // tr) * -(-v // tc)
     done = 0
@@ -191,8 +196,12 @@ def stream_pass(f1, g1, f2, g2, *, tile_rows: Optional[int] = None,
             np.matmul(f1c[r0:r1], g1t, out=l1)
             np.matmul(f2c[r0:r1], g2t, out=l2)
             _core.lse_kl_update(l1, l2, state[:, r0:r1], args[:, r0:r1], c0,
-                                int(epilogue_threads))
+                                int(epilogue_threads),
+                                None if row_m is None else row_m[:, r0:r1], col_m, r0)
             done += 1
             if progress is not None:
                 progress(done / n_tiles)
-    return finalize(state, args)
+    out = finalize(state, args)
+    if moments:
+        out["row_moments"], out["col_moments"] = row_m, col_m
+    return out

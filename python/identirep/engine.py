@@ -26,6 +26,9 @@ from .results import DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult,
 EXACT_PIVOT_LIMIT = 4096
 DEFAULT_PIVOT_SAMPLE = 256
 PIVOT_BLOCK = 256
+#: relative tolerance of degenerate pairs by the dtype the logits were computed in: the label
+#: sums of squares come from the pass, the cross terms from float64 scatter matrices.
+DEGENERATE_RTOL = {"float64": 1e-10, "float32": 1e-5}
 
 
 def sqrt_factor(S: np.ndarray) -> np.ndarray:
@@ -71,7 +74,9 @@ class PairEngine:
             f2, g2 = b.augmented()
             stats = numpy_pass(f1, g1, f2, g2)
         self.stats = stats
-        self.tol = degenerate_rtol if degenerate_rtol is not None else 1e-10
+        if degenerate_rtol is None:
+            degenerate_rtol = DEGENERATE_RTOL[stats.dtype]
+        self.tol = degenerate_rtol
         U = np.hstack([self.F1, self.F2, stats.L1[:, None], stats.L2[:, None]])
         self.mom = Moments.from_rows(U)
         M1, M2 = self.M1, self.M2

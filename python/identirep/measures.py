@@ -12,7 +12,7 @@ from .engine import PairEngine, mcca_from_scatter
 from .errors import IdentirepError
 from .model import Model, check_pair
 from .moments import Moments
-from .passes import numpy_pass
+from .passes import cpu_pass
 from .progress import progress_bar
 from .results import Report
 
@@ -23,9 +23,9 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None) -> PairEngi
     backend = resolve(backend, a, b)
     if backend == "reference":
         raise IdentirepError("the reference backend has no engine; call the measures directly")
-    f1, g1 = a.augmented()
-    f2, g2 = b.augmented()
-    stats = numpy_pass(f1, g1, f2, g2, progress=progress)
+    f1, g1 = a.augmented(None)
+    f2, g2 = b.augmented(None)
+    stats = cpu_pass(f1, g1, f2, g2, progress=progress)
     return PairEngine(a, b, stats)
 
 

@@ -111,13 +111,16 @@ class Model:
         return int(self.f.shape[1])
 
     def augmented(self, dtype=np.float64):
-        """(f, g) as float NumPy arrays with the bias absorbed: f' = [f, 1], g' = [g, b]."""
+        """(f, g) as NumPy arrays with the bias absorbed: f' = [f, 1], g' = [g, b].
+
+        ``dtype=None`` keeps the stored float dtypes (no copy without a bias)."""
         f = to_numpy(self.f, dtype)
         g = to_numpy(self.g, dtype)
         if self.bias is None:
             return f, g
         b = to_numpy(self.bias, dtype)
-        return (np.hstack([f, np.ones((f.shape[0], 1), dtype)]), np.hstack([g, b[:, None]]))
+        return (np.hstack([f, np.ones((f.shape[0], 1), f.dtype)]),
+                np.hstack([g, b.astype(g.dtype)[:, None]]))
 
     def numpy(self, dtype=np.float64):
         """(f, g, bias) as NumPy arrays of ``dtype`` (bias may be None)."""

@@ -36,6 +36,7 @@ class PassStats:
     col_m2_22: np.ndarray
     col_m2_12: np.ndarray
     backend: str = "numpy"
+    dtype: str = "float64"      # the dtype the logits were computed in
 
     def swapped(self) -> "PassStats":
         """The same pass with the roles of the two models exchanged."""
@@ -90,3 +91,16 @@ def numpy_pass(f1, g1, f2, g2, rows: int = 256, progress=None) -> PassStats:
     return PassStats(agree=agree, col_mean1=cmeans[0], col_mean2=cmeans[1],
                      col_m2_11=cm2[(0, 0)], col_m2_22=cm2[(1, 1)], col_m2_12=cm2[(0, 1)],
                      backend="numpy", **out)
+
+
+def cpu_pass(f1, g1, f2, g2, progress=None, **kw) -> PassStats:
+    """The compiled CPU pass: BLAS GEMM tiles + the fused C++ epilogue (identirep._core)."""
+    from ._stream import stream_pass
+    o = stream_pass(f1, g1, f2, g2, progress=progress, moments=True, **kw)
+    r, c = o["row_moments"], o["col_moments"]
+    dt = "float64" if all(np.asarray(x).dtype == np.float64 for x in (f1, g1, f2, g2)) else "float32"
+    return PassStats(L1=o["L1"], L2=o["L2"], kl12=o["kl12"], kl21=o["kl21"], H1=o["H1"],
+                     H2=o["H2"], agree=o["top1_agree"], row_mean1=r[0], row_mean2=r[1],
+                     row_m2_11=r[2], row_m2_22=r[3], row_m2_dd=r[4], col_mean1=c[0],
+                     col_mean2=c[1], col_m2_11=c[2], col_m2_22=c[3], col_m2_12=c[4],
+                     backend="cpu", dtype=dt)
