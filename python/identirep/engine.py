@@ -145,21 +145,15 @@ class PairEngine:
         self_pair[y0s, np.arange(len(y0s))] = True
         return rest, piv, t3, ~deg, deg & ~self_pair
 
-    @staticmethod
-    def _pivot_criteria(rest, piv, valid, term):
-        """min over leave-outs of the term criterion, per pivot column."""
-        cnt = valid.sum(0)
-        if term == "max":
-            m = np.where(valid, np.maximum(rest, piv), -np.inf)
-            part = -np.partition(-m, 1, axis=0)[:2] if m.shape[0] > 1 else np.vstack([m.max(0), m.max(0)])
-            crit = np.where(cnt >= 2, part[1], np.where(cnt == 1, part[0], np.inf))
-        else:
-            s = np.where(valid, rest + piv, 0.0)
-            tot, smax = s.sum(0), np.where(valid, rest + piv, -np.inf).max(0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                crit = np.where(cnt >= 2, (tot - smax) / (2 * (cnt - 1)),
-                                np.where(cnt == 1, tot / 2, np.inf))
-        return crit
+    def _pivot_criteria(self, y0s: np.ndarray, term: str) -> np.ndarray:
+        """min over leave-outs of the term criterion for each pivot in y0s (compiled epilogue)."""
+        from . import _core
+        C = self.mom.scatter
+        dt = np.float32 if self.stats.dtype == "float32" else np.float64
+        X = [((G[y0s] @ C[sl, sl]).astype(dt) @ G.T.astype(dt)).astype(np.float64)
+             for G, sl in ((self.G1, self.sF1), (self.G2, self.sF2))]
+        return _core.pivot_criteria(X[0], X[1], self.n1, self.n2, self.A1, self.A2, self.B12,
+                                    np.ascontiguousarray(y0s, np.int64), self.tol, term)
 
     @staticmethod
     def _leave_out_criteria(rest, piv, valid, term):
@@ -200,13 +194,13 @@ class PairEngine:
         crit = np.empty(len(cands))
         for j0 in range(0, len(cands), PIVOT_BLOCK):
             blk = cands[j0:j0 + PIVOT_BLOCK]
-            rest, piv, t3, valid, _ = self._label_block(blk)
             if leave_out is not None:
+                rest, piv, t3, valid, _ = self._label_block(blk)
                 crit[j0:j0 + len(blk)] = [
                     self._leave_out_criteria(rest[:, j], piv[:, j], valid[:, j], term)[leave_out]
                     for j in range(len(blk))]
             else:
-                crit[j0:j0 + len(blk)] = self._pivot_criteria(rest, piv, valid, term)
+                crit[j0:j0 + len(blk)] = self._pivot_criteria(blk, term)
             if progress is not None:
                 progress((j0 + len(blk)) / len(cands))
         if not np.isfinite(crit).any():
@@ -265,15 +259,7 @@ class PairEngine:
                 piv = np.sqrt(np.clip(a1[x0] / D1 + a2[x0] / D2 - c12[x0] * cross, 0, None))
             return rest, piv, np.abs(q1 - q2), deg
 
-        crits = np.empty(len(cands))
-        order = np.argsort(cands[:, 0], kind="stable")
-        cur, cache = None, None
-        for k in order:
-            x0, rows = cands[k, 0], cands[k, 1:]
-            if x0 != cur:
-                cur, cache = x0, terms(x0)
-            rest, piv, _, deg = cache
-            crits[k] = np.inf if deg[rows].any() else max(rest[rows].max(), piv[rows].max())
+        crits = self._input_criteria(cands, H1, H2, a1, a2, c12)
         from .reference import _choose_input_set
         k, rejected = _choose_input_set(crits, paper_compat and input_set is None)
         rest, piv, t4, _ = terms(cands[k, 0])
@@ -281,6 +267,37 @@ class PairEngine:
         t2 = float(max(rest[rows].max(), piv[rows].max()))
         t4v = float(t4[rows].max() if term == "max" else t4[rows].mean())
         return [int(i) for i in cands[k]], t2, t4v, how, len(cands), rejected
+
+    def _input_criteria(self, cands, H1, H2, a1, a2, c12, block=64):
+        """max over each candidate set of max(rest, piv) (+inf if any pair is degenerate).
+
+        Blocks of input pivots: D_k(x, x0) for all x from one GEMM, q(x) + q(x0) - 2 H H0';
+        entries that cancel badly (D < 1e-6 (q + q0)) are recomputed as squared differences.
+        """
+        q1, q2 = (H1 * H1).sum(1), (H2 * H2).sum(1)
+        pivots, inv = np.unique(cands[:, 0], return_inverse=True)
+        crits = np.empty(len(cands))
+        for b0 in range(0, len(pivots), block):
+            P = pivots[b0:b0 + block]
+            D = []
+            for H, q in ((H1, q1), (H2, q2)):
+                Dk = q[:, None] + q[P][None, :] - 2.0 * (H @ H[P].T)
+                bad = np.argwhere(Dk < 1e-6 * (q[:, None] + q[P][None, :]))
+                if len(bad):
+                    diff = H[bad[:, 0]] - H[P[bad[:, 1]]]
+                    Dk[bad[:, 0], bad[:, 1]] = (diff * diff).sum(1)
+                D.append(Dk)
+            D1, D2 = D
+            deg = ((D1 <= self.tol * (a1[:, None] + a1[P][None, :]))
+                   | (D2 <= self.tol * (a2[:, None] + a2[P][None, :])))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cross = 2.0 / np.sqrt(D1 * D2)
+                r2 = a1[:, None] / D1 + a2[:, None] / D2 - c12[:, None] * cross
+                p2 = a1[P][None, :] / D1 + a2[P][None, :] / D2 - c12[P][None, :] * cross
+            m = np.where(deg, np.inf, np.sqrt(np.clip(np.maximum(r2, p2), 0, None)))
+            sel = np.flatnonzero((inv >= b0) & (inv < b0 + len(P)))
+            crits[sel] = m[cands[sel, 1:], (inv[sel] - b0)[:, None]].max(1)
+        return crits
 
     def d_llv(self, lam=1e-5, combine="max", term="max", pivot=None, leave_out=None,
               input_set=None, num_samples=200, seed=0, paper_compat=False, num_pivots=None,
