@@ -16,7 +16,7 @@ import numpy as np
 
 from . import sampling
 from .errors import IdentirepError
-from .model import Model, check_pair
+from .model import Model, check_pair, to_numpy
 from .moments import Moments
 from .passes import PassStats, numpy_pass
 from .reference import TIE_RTOL, _check_input_set, _check_llv_args, _combine, _rep_sets
@@ -47,9 +47,35 @@ def whiten(S: np.ndarray, what: str) -> np.ndarray:
             f"{what} has constant column(s) {const[:10].tolist()}: canonical correlations are "
             "undefined for features that do not vary; drop those columns")
     s = 1.0 / np.sqrt(d)
-    w, U = np.linalg.eigh(S * s[:, None] * s[None, :])
+    R = S * s[:, None] * s[None, :]
+    try:  # full rank: W = D^-1/2 L^-T from the Cholesky factor of the correlation matrix
+        L = np.linalg.cholesky(R)
+        if np.diag(L).min() ** 2 > 1e-12 * np.diag(L).max() ** 2:
+            from scipy.linalg import solve_triangular
+            return s[:, None] * solve_triangular(L, np.eye(len(L)), lower=True).T
+    except np.linalg.LinAlgError:
+        pass
+    w, U = np.linalg.eigh(R)
     keep = w > w.max() * 1e-13
     return (s[:, None] * U[:, keep]) / np.sqrt(w[keep])
+
+
+def _native(a) -> np.ndarray:
+    """A NumPy float32/float64 view of an array (float16/bfloat16 widened to float32)."""
+    a = to_numpy(a)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+
+
+def matmul64(A: np.ndarray, B: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """A @ B in float64 for a tall A of any float dtype, converting A chunk by chunk."""
+    if A.dtype == np.float64:
+        return A @ B
+    return np.vstack([np.asarray(A[i:i + chunk], np.float64) @ B for i in range(0, len(A), chunk)])
+
+
+def _quad_diag(L: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """diag(L C L') without forming it."""
+    return ((L @ C) * L).sum(1)
 
 
 def _mean_svd(K11d, K22d, K12):
@@ -66,8 +92,12 @@ class PairEngine:
                  degenerate_rtol: Optional[float] = None):
         check_pair(a, b)
         self.a, self.b = a, b
-        self.F1, self.G1, self.b1 = a.numpy()
-        self.F2, self.G2, self.b2 = b.numpy()
+        # f and g stay in their float32/float64 storage (no V x M float64 copies); rows that
+        # enter small dense algebra are converted when taken
+        self.F1, self.G1 = _native(a.f), _native(a.g)
+        self.F2, self.G2 = _native(b.f), _native(b.g)
+        self.b1 = None if a.bias is None else to_numpy(a.bias, np.float64)
+        self.b2 = None if b.bias is None else to_numpy(b.bias, np.float64)
         self.N, self.V, self.M1, self.M2 = a.N, a.V, a.M, b.M
         if stats is None:
             f1, g1 = a.augmented()
@@ -77,17 +107,19 @@ class PairEngine:
         if degenerate_rtol is None:
             degenerate_rtol = DEGENERATE_RTOL[stats.dtype]
         self.tol = degenerate_rtol
-        U = np.hstack([self.F1, self.F2, stats.L1[:, None], stats.L2[:, None]])
-        self.mom = Moments.from_rows(U)
+        self.cdt = np.float32 if stats.dtype == "float32" else np.float64
+        self.mom = Moments.from_blocks_blas(
+            [self.F1, self.F2, stats.L1[:, None], stats.L2[:, None]], self.cdt)
         M1, M2 = self.M1, self.M2
         self.sF1, self.sF2 = slice(0, M1), slice(M1, M1 + M2)
         self.iL1, self.iL2 = M1 + M2, M1 + M2 + 1
         C = self.mom.scatter
         self.n1, self.n2 = stats.col_m2_11, stats.col_m2_22
-        self.A1 = self.n1 - 2 * self.G1 @ C[self.sF1, self.iL1] + C[self.iL1, self.iL1]
-        self.A2 = self.n2 - 2 * self.G2 @ C[self.sF2, self.iL2] + C[self.iL2, self.iL2]
-        self.B12 = (stats.col_m2_12 - self.G1 @ C[self.sF1, self.iL2]
-                    - self.G2 @ C[self.sF2, self.iL1] + C[self.iL1, self.iL2])
+        GC1 = matmul64(self.G1, C[self.sF1][:, [self.iL1, self.iL2]])
+        GC2 = matmul64(self.G2, C[self.sF2][:, [self.iL1, self.iL2]])
+        self.A1 = self.n1 - 2 * GC1[:, 0] + C[self.iL1, self.iL1]
+        self.A2 = self.n2 - 2 * GC2[:, 1] + C[self.iL2, self.iL2]
+        self.B12 = stats.col_m2_12 - GC1[:, 1] - GC2[:, 0] + C[self.iL1, self.iL2]
         self._label_mom = None
 
     # ------------------------------------------------------------------ shared statistics
@@ -95,7 +127,7 @@ class PairEngine:
     def label_moments(self) -> Moments:
         """Moments over labels of [g1(y), g2(y)] (un-augmented)."""
         if self._label_mom is None:
-            self._label_mom = Moments.from_rows(np.hstack([self.G1, self.G2]))
+            self._label_mom = Moments.from_blocks_blas([self.G1, self.G2], self.cdt)
         return self._label_mom
 
     def swapped(self) -> "PairEngine":
@@ -127,7 +159,7 @@ class PairEngine:
         C = self.mom.scatter
         S = []
         for G, n, sl in ((self.G1, self.n1, self.sF1), (self.G2, self.n2, self.sF2)):
-            X = G @ (C[sl, sl] @ G[y0s].T)
+            X = matmul64(G, C[sl, sl] @ np.asarray(G[y0s], np.float64).T)
             S.append(n[:, None] + n[y0s][None, :] - 2 * X)
         S1, S2 = S
         deg = ((S1 <= self.tol * (self.n1[:, None] + self.n1[y0s][None, :]))
@@ -149,8 +181,8 @@ class PairEngine:
         """min over leave-outs of the term criterion for each pivot in y0s (compiled epilogue)."""
         from . import _core
         C = self.mom.scatter
-        dt = np.float32 if self.stats.dtype == "float32" else np.float64
-        X = [((G[y0s] @ C[sl, sl]).astype(dt) @ G.T.astype(dt)).astype(np.float64)
+        X = [np.asarray((np.asarray(G[y0s], np.float64) @ C[sl, sl]).astype(self.cdt)
+                        @ G.T.astype(self.cdt, copy=False), np.float64)
              for G, sl in ((self.G1, self.sF1), (self.G2, self.sF2))]
         return _core.pivot_criteria(X[0], X[1], self.n1, self.n2, self.A1, self.A2, self.B12,
                                     np.ascontiguousarray(y0s, np.int64), self.tol, term)
@@ -323,20 +355,19 @@ class PairEngine:
         rem = np.array([y for y in range(self.V) if y not in (pivot, leave_out)])
         sets, how = sampling.label_sets(rem, M, max_sets, seed)
         vals = np.full(len(sets), np.nan)
+        G1p, G2p = np.asarray(self.G1[pivot], float), np.asarray(self.G2[pivot], float)
         for i, s in enumerate(sets):
-            L1 = self.G1[s] - self.G1[pivot]
-            L2 = self.G2[s] - self.G2[pivot]
-            m = _mean_svd(np.einsum("ij,jk,ik->i", L1, C11, L1),
-                          np.einsum("ij,jk,ik->i", L2, C22, L2), L1 @ C12 @ L2.T)
+            L1 = np.asarray(self.G1[s], float) - G1p
+            L2 = np.asarray(self.G2[s], float) - G2p
+            m = _mean_svd(_quad_diag(L1, C11), _quad_diag(L2, C22), L1 @ C12 @ L2.T)
             if m is not None:
                 vals[i] = 1.0 - m
         iset = _check_input_set(input_set, self.N, M + 1)
         S = self.label_moments.scatter
-        N1 = self.F1[iset[1:]] - self.F1[iset[0]]
-        N2 = self.F2[iset[1:]] - self.F2[iset[0]]
+        N1 = np.asarray(self.F1[iset[1:]], float) - np.asarray(self.F1[iset[0]], float)
+        N2 = np.asarray(self.F2[iset[1:]], float) - np.asarray(self.F2[iset[0]], float)
         S11, S22, S12 = S[:M, :M], S[M:, M:], S[:M, M:]
-        mg = _mean_svd(np.einsum("ij,jk,ik->i", N1, S11, N1),
-                       np.einsum("ij,jk,ik->i", N2, S22, N2), N1 @ S12 @ N2.T)
+        mg = _mean_svd(_quad_diag(N1, S11), _quad_diag(N2, S22), N1 @ S12 @ N2.T)
         from .reference import _svd_result
         return _svd_result(vals, mg, pivot, leave_out, iset, how)
 

@@ -157,11 +157,11 @@ def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
 
 
 def _budgets(M, max_label_sets, rep_sets):
-    """Default numbers of d_SVD label sets and d_rep sets: all/100 for small M, few for large M."""
+    """Default numbers of d_SVD label sets and d_rep sets: each costs O(M^3)."""
     if max_label_sets is None:
-        max_label_sets = 1000 if M <= 16 else 16
+        max_label_sets = 1000 if M <= 16 else 64 if M <= 64 else 16 if M <= 256 else 2
     if rep_sets is None:
-        rep_sets = 100 if M <= 64 else 8
+        rep_sets = 100 if M <= 64 else 16 if M <= 256 else 2
     return max_label_sets, rep_sets
 
 

@@ -23,6 +23,31 @@ class Moments:
         Xc = X - mean
         return cls(len(X), mean, Xc.T @ Xc)
 
+    @classmethod
+    def from_blocks_blas(cls, blocks, dtype=np.float64, chunk: int = 8192) -> "Moments":
+        """``from_rows`` of the column-stacked ``blocks`` (same rows), for tall data: BLAS
+        syrk/gemm per block pair in ``dtype`` over row chunks, accumulated in float64
+        (float32 halves the time; relative error ~1e-6). Never copies all rows at once."""
+        from scipy.linalg import blas
+        f32 = np.dtype(dtype) == np.float32
+        syrk, gemm = (blas.ssyrk, blas.sgemm) if f32 else (blas.dsyrk, blas.dgemm)
+        n = blocks[0].shape[0]
+        means = [np.asarray(b).mean(0, dtype=np.float64) for b in blocks]
+        offs = np.cumsum([0] + [m.size for m in means])
+        S = np.zeros((offs[-1], offs[-1]))
+        for i in range(0, n, chunk):
+            # centre in each block's own precision, then narrow (large offsets stay exact);
+            # the transposes are F-ordered, so BLAS reads them without copies
+            cs = [(np.asarray(b[i:i + chunk]) - m.astype(np.asarray(b[:1]).dtype))
+                  .astype(dtype, copy=False).T for b, m in zip(blocks, means)]
+            for p, a in enumerate(cs):
+                sp = slice(offs[p], offs[p + 1])
+                S[sp, sp] += syrk(1.0, a, trans=0, lower=0)
+                for q in range(p + 1, len(cs)):
+                    S[sp, offs[q]:offs[q + 1]] += gemm(1.0, a, cs[q], trans_b=1)
+        S = np.triu(S) + np.triu(S, 1).T
+        return cls(n, np.concatenate(means), S)
+
     def merge(self, other: "Moments") -> "Moments":
         n = self.n + other.n
         delta = other.mean - self.mean

@@ -198,9 +198,12 @@ def _check_llv_args(a, b, combine, term, pivot, leave_out, lam):
         raise IdentirepError(
             f"d_LLV needs N >= M + 2 inputs (a diversity set of M + 1 plus variance); "
             f"N={a.N}, M={max(a.M, b.M)}")
+    from .model import to_numpy
     for m in (a, b):
-        f = np.asarray(m.numpy()[0])
-        if f.std(0).max() <= 1e-12 * np.abs(f).max():
+        f = to_numpy(m.f)
+        if f.dtype not in (np.float32, np.float64):
+            f = f.astype(np.float32)
+        if f.std(0, dtype=np.float64).max() <= 1e-12 * np.abs(f).max():
             raise IdentirepError(
                 f"f of {m.name or 'a model'} is constant across inputs: every label pair is "
                 "degenerate and d_LLV is undefined; the inputs must differ")
@@ -357,16 +360,22 @@ def _rep_sets(sets, V, M, num_sets, seed):
 
 
 def _rep_map(g1, g2, b1, b2, s):
-    L1 = g1[s[1:]] - g1[s[0]]
-    L2 = g2[s[1:]] - g2[s[0]]
-    if np.linalg.cond(L1) > 1e12:
+    import scipy.linalg as sla
+    L1 = np.asarray(g1[s[1:]], np.float64) - np.asarray(g1[s[0]], np.float64)
+    L2 = np.asarray(g2[s[1:]], np.float64) - np.asarray(g2[s[0]], np.float64)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sla.LinAlgWarning)   # singular: caught by rcond below
+        lu, piv = sla.lu_factor(L1, check_finite=False)
+    rcond = sla.lapack.dgecon(lu, np.abs(L1).sum(0).max(), norm="1")[0]
+    if not rcond > 1e-12:
         return None
     db = np.zeros(len(s) - 1)
     if b2 is not None:
         db += b2[s[1:]] - b2[s[0]]
     if b1 is not None:
         db -= b1[s[1:]] - b1[s[0]]
-    return np.linalg.solve(L1, L2), np.linalg.solve(L1, db)
+    return sla.lu_solve((lu, piv), L2), sla.lu_solve((lu, piv), db)
 
 
 def _rep_result(vals, sets):
