@@ -31,7 +31,11 @@ py::array_t<double> pivot_criteria(py::handle X1_h, py::handle X2_h, py::handle 
                                    py::handle n2_h, py::handle A1_h, py::handle A2_h,
                                    py::handle B12_h, py::handle pivots_h, double tol,
                                    const std::string& mode) {
-  F64 X1 = py::cast<F64>(X1_h), X2 = py::cast<F64>(X2_h);
+  using F32 = py::array_t<float, py::array::c_style>;
+  const bool f32 = py::isinstance<py::array>(X1_h) &&
+                   py::reinterpret_borrow<py::array>(X1_h).dtype().is(py::dtype::of<float>());
+  py::array X1 = f32 ? py::array(py::cast<F32>(X1_h)) : py::array(py::cast<F64>(X1_h));
+  py::array X2 = f32 ? py::array(py::cast<F32>(X2_h)) : py::array(py::cast<F64>(X2_h));
   if (X1.ndim() != 2 || X2.ndim() != 2 || X1.shape(0) != X2.shape(0) ||
       X1.shape(1) != X2.shape(1))
     throw py::value_error(std::string(kPivOp) + "X1 and X2 must be 2-d of the same shape (B, V)");
@@ -48,7 +52,7 @@ py::array_t<double> pivot_criteria(py::handle X1_h, py::handle X2_h, py::handle 
   F64 n1 = Vec(n1_h, "n1", V), n2 = Vec(n2_h, "n2", V), A1 = Vec(A1_h, "A1", V),
       A2 = Vec(A2_h, "A2", V), B12 = Vec(B12_h, "B12", V);
   py::array_t<double> crit(B);
-  kernels::PivotInputs in{X1.data(), V, X2.data(), V, n1.data(), n2.data(), A1.data(),
+  kernels::PivotInputs in{X1.data(), V, X2.data(), V, f32, n1.data(), n2.data(), A1.data(),
                           A2.data(), B12.data(), pivots.data(), B, V, tol,
                           mode == "max" ? 0 : 1};
   double* out = crit.mutable_data();

@@ -56,14 +56,12 @@ def test_bound_with_reference_engine_small():
 
 
 def test_paper_compat_reproduces_a_port_of_the_paper_code():
-    import pathlib
-    import sys
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-    import paper_port
+    from identirep.baselines import paper_d_llv
+
     from conftest import random_pair
     for seed in (0, 1):
         a, b = random_pair(N=400, V=30, M=3, seed=seed, noise=1.0)
-        want = paper_port.d_llv(a.f, a.g, b.f, b.g, num_samples=60, seed=seed)
+        want = paper_d_llv(a.f, a.g, b.f, b.g, num_samples=60, seed=seed)
         got = ir.d_llv(a, b, num_samples=60, seed=seed, paper_compat=True)
         assert (got.pivot, got.leave_out, got.input_set) == (want["pivot"], want["leave_out"], want["input_set"])
         for k in ("value", "t1", "t2"):

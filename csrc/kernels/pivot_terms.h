@@ -10,7 +10,7 @@
 //                 (largest when one is valid, +inf when none).
 // mode 1 ("mean"): s(y) = rest + piv; criterion = (sum s - max s) / (2 (count - 1))
 //                 (sum / 2 when one is valid, +inf when none).
-// Inputs: X1, X2 float64 (B x V) with row strides ld1, ld2; n1, n2, A1, A2, B12 float64 (V);
+// Inputs: X1, X2 float32 or float64 (B x V) with row strides ld1, ld2; n1, n2, A1, A2, B12 float64 (V);
 // pivots int64 (B). Output crit float64 (B). All arithmetic in float64; rows in parallel
 // (OpenMP), each with a V-long scratch row.
 #pragma once
@@ -24,10 +24,11 @@ namespace identirep {
 namespace kernels {
 
 struct PivotInputs {
-  const double* X1;
+  const void* X1;     // float32 or float64 (B x V), see x_f32
   int64_t ld1;
-  const double* X2;
+  const void* X2;
   int64_t ld2;
+  bool x_f32;
   const double* n1;
   const double* n2;
   const double* A1;
@@ -40,27 +41,37 @@ struct PivotInputs {
   int mode;
 };
 
+// One pivot row. MODE 0 keeps max(rest^2, piv^2) (sqrt is monotone: taken on the top two
+// only); MODE 1 keeps rest + piv. Excluded pairs get -inf.
+template <typename T, int MODE>
 inline void PivotRow(const PivotInputs& in, int64_t j, double* scratch, double* crit) {
   const int64_t V = in.V;
   const int64_t y0 = in.pivots[j];
-  const double* x1 = in.X1 + j * in.ld1;
-  const double* x2 = in.X2 + j * in.ld2;
+  const T* x1 = static_cast<const T*>(in.X1) + j * in.ld1;
+  const T* x2 = static_cast<const T*>(in.X2) + j * in.ld2;
   const double n10 = in.n1[y0], n20 = in.n2[y0];
   const double a10 = in.A1[y0], a20 = in.A2[y0], b0 = in.B12[y0];
   const double ninf = -std::numeric_limits<double>::infinity();
+  const double* n1 = in.n1;
+  const double* n2 = in.n2;
+  const double* A1 = in.A1;
+  const double* A2 = in.A2;
+  const double* B12 = in.B12;
+  const double tol = in.tol;
   int64_t count = 0;
 #pragma omp simd reduction(+ : count)
   for (int64_t y = 0; y < V; ++y) {
-    const double s1 = in.n1[y] + n10 - 2.0 * x1[y];
-    const double s2 = in.n2[y] + n20 - 2.0 * x2[y];
-    const bool ok = (y != y0) & (s1 > in.tol * (in.n1[y] + n10)) & (s2 > in.tol * (in.n2[y] + n20));
-    const double i1 = 1.0 / s1, i2 = 1.0 / s2, c = 2.0 / std::sqrt(s1 * s2);
-    const double r2 = in.A1[y] * i1 + in.A2[y] * i2 - in.B12[y] * c;
+    const double s1 = n1[y] + n10 - 2.0 * static_cast<double>(x1[y]);
+    const double s2 = n2[y] + n20 - 2.0 * static_cast<double>(x2[y]);
+    const bool ok = (y != y0) & (s1 > tol * (n1[y] + n10)) & (s2 > tol * (n2[y] + n20));
+    const double i1 = 1.0 / s1, i2 = 1.0 / s2;
+    const double c = 2.0 * std::sqrt(i1 * i2);
+    const double r2 = A1[y] * i1 + A2[y] * i2 - B12[y] * c;
     const double p2 = a10 * i1 + a20 * i2 - b0 * c;
     double v;
-    if (in.mode == 0) {
+    if (MODE == 0) {
       const double m2 = r2 > p2 ? r2 : p2;
-      v = std::sqrt(m2 > 0.0 ? m2 : 0.0);
+      v = m2 > 0.0 ? m2 : 0.0;
     } else {
       v = std::sqrt(r2 > 0.0 ? r2 : 0.0) + std::sqrt(p2 > 0.0 ? p2 : 0.0);
     }
@@ -79,9 +90,9 @@ inline void PivotRow(const PivotInputs& in, int64_t j, double* scratch, double* 
       arg = y;
     }
   }
-  if (in.mode == 0) {
+  if (MODE == 0) {
     if (count == 1) {
-      crit[j] = top;
+      crit[j] = std::sqrt(top);
       return;
     }
     double second = ninf;
@@ -90,7 +101,7 @@ inline void PivotRow(const PivotInputs& in, int64_t j, double* scratch, double* 
       const double v = y == arg ? ninf : scratch[y];
       second = v > second ? v : second;
     }
-    crit[j] = second;
+    crit[j] = std::sqrt(second);
   } else {
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
@@ -99,14 +110,27 @@ inline void PivotRow(const PivotInputs& in, int64_t j, double* scratch, double* 
   }
 }
 
-// Launcher: fills crit for all B pivots. Returns 0.
-inline int PivotCriteria(const PivotInputs& in, double* crit) {
+template <typename T>
+inline void PivotRows(const PivotInputs& in, double* crit) {
 #pragma omp parallel
   {
     std::vector<double> scratch(static_cast<size_t>(in.V));
 #pragma omp for schedule(static)
-    for (int64_t j = 0; j < in.B; ++j) PivotRow(in, j, scratch.data(), crit);
+    for (int64_t j = 0; j < in.B; ++j) {
+      if (in.mode == 0)
+        PivotRow<T, 0>(in, j, scratch.data(), crit);
+      else
+        PivotRow<T, 1>(in, j, scratch.data(), crit);
+    }
   }
+}
+
+// Launcher: fills crit for all B pivots. Returns 0.
+inline int PivotCriteria(const PivotInputs& in, double* crit) {
+  if (in.x_f32)
+    PivotRows<float>(in, crit);
+  else
+    PivotRows<double>(in, crit);
   return 0;
 }
 

@@ -114,6 +114,17 @@ def cmd_matrix(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import markdown, run_suite
+    say = (lambda s: print(f"running: {s}", file=sys.stderr)) if not args.json else None
+    res = run_suite(quick=args.quick, progress=say)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=2)
+    print(json.dumps(res, indent=2) if args.json else markdown(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="identirep",
@@ -139,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="print JSON instead of tables")
     m.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     m.set_defaults(func=cmd_matrix)
+    bn = sub.add_parser("bench", help="run the benchmark suite here; ratios to the GEMM floor")
+    bn.add_argument("--quick", action="store_true", help="smaller paper-port case, fewer rows")
+    bn.add_argument("--json", action="store_true")
+    bn.add_argument("--out", help="also write the JSON results here")
+    bn.set_defaults(func=cmd_bench)
     try:
         from .extract import add_extract_parser
         add_extract_parser(sub)

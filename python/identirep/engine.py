@@ -183,8 +183,8 @@ class PairEngine:
         """min over leave-outs of the term criterion for each pivot in y0s (compiled epilogue)."""
         from . import _core
         C = self.mom.scatter
-        X = [np.asarray((np.asarray(G[y0s], np.float64) @ C[sl, sl]).astype(self.cdt)
-                        @ G.T.astype(self.cdt, copy=False), np.float64)
+        X = [(np.asarray(G[y0s], self.cdt) @ C[sl, sl].astype(self.cdt))
+             @ G.T.astype(self.cdt, copy=False)
              for G, sl in ((self.G1, self.sF1), (self.G2, self.sF2))]
         return _core.pivot_criteria(X[0], X[1], self.n1, self.n2, self.A1, self.A2, self.B12,
                                     np.ascontiguousarray(y0s, np.int64), self.tol, term)

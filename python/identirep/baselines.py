@@ -1,4 +1,8 @@
-"""A faithful NumPy port of the paper's d_LLV algorithm, as a speed baseline.
+"""Baselines a user would otherwise run: a faithful NumPy port of the paper's d_LLV algorithm
+and the naive chunked log-softmax KL. Used by the benchmarks and the tests, never by the
+engines.
+
+The port:
 
 Same structure as the published research code: the log-likelihood matrix is built one label
 at a time, the pivot/leave-out search loops over every (pivot, leave-out) pair with a boolean
@@ -6,7 +10,24 @@ filter, and candidate input sets are evaluated one by one. Float64 throughout (t
 stores log-likelihoods in float32) so that results can be compared with identirep's exactly.
 """
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import log_softmax, logsumexp
+
+
+def naive_kl(f1, g1, f2, g2, rows: int = 64):
+    """Row chunks of the full logits through scipy's log_softmax: per-input KL both ways, L."""
+    n = f1.shape[0]
+    out = np.empty((4, n))
+    for r0 in range(0, n, rows):
+        l1 = f1[r0:r0 + rows] @ g1.T
+        l2 = f2[r0:r0 + rows] @ g2.T
+        lp1 = log_softmax(l1, axis=1)
+        lp2 = log_softmax(l2, axis=1)
+        d = lp1 - lp2
+        out[0, r0:r0 + rows] = (np.exp(lp1) * d).sum(axis=1)
+        out[1, r0:r0 + rows] = -(np.exp(lp2) * d).sum(axis=1)
+        out[2, r0:r0 + rows] = (l1 - lp1)[:, 0]
+        out[3, r0:r0 + rows] = (l2 - lp2)[:, 0]
+    return out
 
 
 def log_likelihoods(f, g):
@@ -43,7 +64,7 @@ def choose_pivot_and_leave_out(lp1, lp2):
     return int(k), int(l + 1 if l >= k else l)
 
 
-def d_llv(f1, g1, f2, g2, lam=1e-5, num_samples=200, seed=0):
+def paper_d_llv(f1, g1, f2, g2, lam=1e-5, num_samples=200, seed=0):
     lp1, lp2 = log_likelihoods(f1, g1), log_likelihoods(f2, g2)
     V = lp1.shape[0]
     pivot, lo = choose_pivot_and_leave_out(lp1, lp2)
