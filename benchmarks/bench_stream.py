@@ -20,14 +20,14 @@ import argparse
 import os
 import platform
 import statistics
-import time
 
 import numpy as np
-from scipy.special import log_softmax
 
 import identirep
 from identirep import _core
 from identirep._stream import _tile_shape, default_epilogue_threads, init_state, stream_pass
+from identirep.baselines import naive_kl as naive
+from identirep.bench import interleaved_times
 
 PRESETS = {"gpt2": (2048, 50304, 768), "llama2": (1024, 32000, 2048)}
 
@@ -39,27 +39,6 @@ def parse_shape(text: str):
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"shape must be N,V,M or one of {list(PRESETS)}")
     return tuple(int(p) for p in parts)
-
-
-def interleaved_times(fns: dict, warmup: int, repeats: int, sparse=()) -> dict:
-    """Run every function once per round (so drifts in machine load hit all alike).
-
-    Returns name -> list of seconds; functions named in ``sparse`` run in the first half of
-    the rounds only (slow baselines).
-    """
-    for _ in range(warmup):
-        for name, fn in fns.items():
-            if name not in sparse:
-                fn()
-    times = {name: [] for name in fns}
-    for r in range(repeats):
-        for name, fn in fns.items():
-            if name in sparse and r >= max(1, repeats // 2):
-                continue
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def tiled_gemms(f1, g1, f2, g2, tr, tc):
@@ -85,23 +64,6 @@ def epilogue_only(l1, l2, tr, tc, threads):
         for r0 in range(0, n, tr):
             _core.lse_kl_update(l1[r0:r0 + tr, c0:c0 + tc], l2[r0:r0 + tr, c0:c0 + tc],
                                 state[:, r0:r0 + tr], args[:, r0:r0 + tr], c0, threads)
-
-
-def naive(f1, g1, f2, g2, rows=64):
-    """Row chunks of the full logits through scipy's log_softmax: KL both ways and L."""
-    n = f1.shape[0]
-    out = np.empty((4, n))
-    for r0 in range(0, n, rows):
-        l1 = f1[r0:r0 + rows] @ g1.T
-        l2 = f2[r0:r0 + rows] @ g2.T
-        lp1 = log_softmax(l1, axis=1)
-        lp2 = log_softmax(l2, axis=1)
-        d = lp1 - lp2
-        out[0, r0:r0 + rows] = (np.exp(lp1) * d).sum(axis=1)
-        out[1, r0:r0 + rows] = -(np.exp(lp2) * d).sum(axis=1)
-        out[2, r0:r0 + rows] = (l1 - lp1)[:, 0]
-        out[3, r0:r0 + rows] = (l2 - lp2)[:, 0]
-    return out
 
 
 def main(argv=None):

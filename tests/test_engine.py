@@ -128,3 +128,18 @@ def test_mcca_is_exact_canonical_correlation():
     assert r.n_components == 3
     assert_close(r.correlations[:2], [1.0, 1.0])
     assert r.correlations[2] < 0.2
+
+
+def test_bias_model_equals_its_augmented_equivalent():
+    a, b = random_pair(N=180, V=31, M=4, bias=True, seed=27)
+    f, g = a.augmented()
+    plain = ir.Model(f, g)                      # [f, 1] and [g, b]: the same distributions
+    for other in (b, ir.Model(*b.augmented())):
+        # (compare would refuse the augmented f: its constant column has no canonical correlation)
+        e1, e2 = ir.engine(a, other), ir.engine(plain, other)
+        k1, k2 = e1.kl(), e2.kl()
+        d1, d2 = e1.d_llv(num_samples=20), e2.d_llv(num_samples=20)
+        for x, y, k in ((k1, k2, "kl12"), (k1, k2, "kl21"), (d1, d2, "t1"), (d1, d2, "t3"),
+                        (e1.d_logit(), e2.d_logit(), "value")):
+            assert_close(getattr(x, k), getattr(y, k), atol=1e-12, what=k)
+        assert (d1.pivot, d1.leave_out) == (d2.pivot, d2.leave_out)
