@@ -157,3 +157,19 @@ assert peak < (512 << 20) + 64 * inputs, peak
     assert r.returncode == 0, r.stdout + r.stderr
     peak = int(r.stdout.split()[0])
     assert peak < 4 * 4096 * 262144 / 4, "an allocation approaching N x V happened"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_moments_match_plain_moments_with_and_without_offsets(dtype):
+    rng = np.random.default_rng(28)
+    small = rng.standard_normal((5000, 6)).astype(dtype)             # enters uncentred
+    offset = (rng.standard_normal((5000, 3)) * 0.1 + 40.0).astype(dtype)   # gets centred
+    big = (rng.standard_normal((5000, 1)) * 3 + 1e4)                 # float64, centred
+    want = Moments.from_rows(np.hstack([small, offset, big]).astype(np.float64))
+    got = Moments.from_blocks_blas([small, offset, big], dtype, chunk=1234)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert_close(got.mean, want.mean, atol=1e-12)
+    assert np.abs(got.scatter - want.scatter).max() <= tol * np.abs(want.scatter).max()
+    d = np.sqrt(np.diag(want.scatter))
+    rel = np.abs(got.scatter - want.scatter) / np.outer(d, d)          # on the correlation scale
+    assert rel.max() <= (1e-12 if dtype == np.float64 else 1e-5)

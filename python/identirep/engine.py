@@ -26,8 +26,8 @@ from .results import DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult,
 EXACT_PIVOT_LIMIT = 4096
 DEFAULT_PIVOT_SAMPLE = 256
 PIVOT_BLOCK = 256
-#: the pivot blocks' cross products take at most about this many bytes (2 x B x V float64)
-PIVOT_BLOCK_BYTES = 64 << 20
+#: the pivot blocks' cross products (2 x B x V in the compute dtype) take at most this many bytes
+PIVOT_BLOCK_BYTES = 128 << 20
 #: relative tolerance of degenerate pairs by the dtype the logits were computed in: the label
 #: sums of squares come from the pass, the cross terms from float64 scatter matrices.
 DEGENERATE_RTOL = {"float64": 1e-10, "float32": 1e-5}
@@ -246,7 +246,7 @@ class PairEngine:
             cands = sampling.pivot_sample(V, P, seed)
             how = f"exact over {V} labels" if len(cands) == V else f"sampled {len(cands)} of {V}"
         crit = np.empty(len(cands))
-        step = max(1, min(PIVOT_BLOCK, PIVOT_BLOCK_BYTES // (16 * V)))
+        step = max(1, min(PIVOT_BLOCK, PIVOT_BLOCK_BYTES // (2 * V * np.dtype(self.cdt).itemsize)))
         for j0 in range(0, len(cands), step):
             blk = cands[j0:j0 + step]
             if leave_out is not None:
