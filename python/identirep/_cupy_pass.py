@@ -17,7 +17,6 @@ column-moment scratch. Everything runs on CuPy's current stream.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -447,8 +446,8 @@ class _CupyEpilogue:
                   (l1, ld1, l2, ld2, i64(v), i64(c0), state[:, r0:], i64(N), args[:, r0:],
                    i64(N), row_m[:, r0:], i64(N)))
         chunks = col_chunks(n)
-        self.cols((math.ceil(v / 32), chunks), (32, COL_ROWS),
+        self.cols((-(-v // 32), chunks), (32, COL_ROWS),
                   (l1, ld1, l2, ld2, i64(n), i64(v), self.work))
-        self.merge((math.ceil(v / MERGE_THREADS),), (MERGE_THREADS,),
+        self.merge((-(-v // MERGE_THREADS),), (MERGE_THREADS,),
                    (l1, l2, i64(n), i64(v), i64(c0), i64(chunks), self.work, col_m, i64(V),
                     i64(r0)))
