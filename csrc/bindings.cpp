@@ -3,7 +3,7 @@
 
 #include "ops.h"
 #ifdef IDENTIREP_WITH_CUDA
-#include "lse_kl_cuda.h"
+#include "cuda_ops.h"
 #endif
 
 namespace py = pybind11;
@@ -43,12 +43,31 @@ pivots: (B,) int64; mode 'max' or 'mean'. Returns (B,) float64. Releases the GIL
   m.def("lse_kl_update_cuda", &identirep::lse_kl_update_cuda, py::arg("l1"), py::arg("l2"),
         py::arg("n"), py::arg("v"), py::arg("ld1"), py::arg("ld2"), py::arg("col0"),
         py::arg("state"), py::arg("state_ld"), py::arg("args"), py::arg("args_ld"),
-        py::arg("dtype"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+        py::arg("dtype"), py::arg("stream") = 0, py::arg("row_moments") = 0,
+        py::arg("row_ld") = 0, py::arg("col_moments") = 0, py::arg("col_ld") = 0,
+        py::arg("row0") = 0, py::arg("col_work") = 0, py::call_guard<py::gil_scoped_release>(),
         R"doc(CUDA version of lse_kl_update on device pointers passed as integers.
 
 l1, l2: device pointers to (n, v) logit tiles of dtype "float32" or "float64", row strides
 ld1, ld2 in elements. state: device pointer to float64 (8, n) with row stride state_ld;
 args: device pointer to int64 (2, n) with row stride args_ld (layouts as in lse_kl_update).
-stream: cudaStream_t as an integer (0: the legacy default stream). Asynchronous.)doc");
+stream: cudaStream_t as an integer (0: the legacy default stream). Asynchronous.
+Optional moments (0: skipped), as in lse_kl_update: row_moments float64 (5, n) with row stride
+row_ld; col_moments float64 (5, col_ld) (labels col0 .. col0+v-1, count row0), which needs
+col_work: a float64 device scratch of lse_kl_cuda_col_work_elems(v) elements.)doc");
+
+  m.def("lse_kl_cuda_col_work_elems", &identirep::lse_kl_cuda_col_work_elems, py::arg("v"),
+        "float64 elements of the col_work scratch of lse_kl_update_cuda for v labels.");
+
+  m.def("pivot_criteria_cuda", &identirep::pivot_criteria_cuda, py::arg("X1"), py::arg("X2"),
+        py::arg("ld1"), py::arg("ld2"), py::arg("n1"), py::arg("n2"), py::arg("A1"),
+        py::arg("A2"), py::arg("B12"), py::arg("pivots"), py::arg("B"), py::arg("V"),
+        py::arg("tol"), py::arg("mode"), py::arg("crit"), py::arg("stream") = 0,
+        py::call_guard<py::gil_scoped_release>(),
+        R"doc(CUDA version of pivot_criteria on device pointers passed as integers.
+
+X1, X2: float64 (B, V) with row strides ld1, ld2 (elements); n1, n2, A1, A2, B12: float64 (V,);
+pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot outside
+[0, V) gives NaN. stream: cudaStream_t as an integer. Asynchronous.)doc");
 #endif
 }

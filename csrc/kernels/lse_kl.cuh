@@ -1,20 +1,57 @@
-// CUDA fused streaming epilogue: the same update as kernels/lse_kl.h (formulas, state layout
-// and tie rule documented there), for logit tiles resident on the GPU.
+// CUDA fused streaming epilogue: the same update as kernels/lse_kl.h (formulas, state layout,
+// tie rule and the LogitMoments layouts are documented there), for logit tiles resident on the
+// GPU.
 //
 // Inputs: l1, l2 (n x v, float32 or float64, row strides ld1, ld2 in elements, unit stride
-// along a row). State: float64 8 x n (row stride state_ld), args: int64 2 x n (row stride
-// args_ld). One thread block per input row: pass 1 reduces the row max and its first index,
-// pass 2 the six sums relative to the new max. Accumulation: each thread sums its labels in the
-// tile dtype's accumulator (float for float32 tiles, double for float64), the block reduction
-// and the state update run in float64.
+// along a row), the logits of inputs row0 .. row0+n-1 and labels col0 .. col0+v-1.
+// State: float64 8 x n (row stride state_ld), args: int64 2 x n (row stride args_ld).
+// Optional moments (null pointer: skipped):
+//   row moments float64 5 x n (row stride row_ld), rows [mean l1, mean l2, ssq l1, ssq l2,
+//     ssq (l1 - l2)] over the labels seen (count col0);
+//   column moments float64 5 x col_ld, indexed by the global label col0 + j, rows [mean l1,
+//     mean l2, ssq l1, ssq l2, cross] over the inputs seen (count row0).
+// Both are Chan-merged: label tiles of a row arrive in increasing col0 order, row tiles of a
+// label in increasing row0 order, contiguous from 0 (as on the CPU).
+//
+// Kernels, launched in this order by LseKl on one stream:
+// 1. LseKlKernel: one block per input row. Pass 1 reduces the row max and its first index and
+//    the row sums of l1, l2 (the tile means); pass 2 the six LSE/KL sums relative to the new max
+//    and the centred sums of squares about the tile means (the tile row is re-read, mostly from
+//    L2). Thread 0 rescales and updates the state and Chan-merges the row moments.
+// 2. LseKlColKernel (column moments only): blocks of 32 labels x kColRows warps over one chunk
+//    of rows; each thread accumulates the sums of d_k = l_k - l_k[row 0 of the tile] and their
+//    products (the shift of the CPU kernel) for one label, the block adds its warps in a fixed
+//    order and writes the chunk's 5 partial sums to col_work (chunks x 5 x v float64).
+// 3. LseKlColMergeKernel: one thread per label adds the chunks' partial sums in chunk order and
+//    Chan-merges the tile into the column moments, exactly as ColMerge on the CPU.
+// No atomics: the results are deterministic for a given tiling. col_work must hold
+// LseKlColWorkElems(v) = kColMaxChunks * 5 * v doubles; LseKl uses ColChunks(n) chunks (any
+// count from 1 to kColMaxChunks is valid: the column kernel sizes its chunks from gridDim.y).
+//
+// Accumulation: the LSE/KL sums of each thread in the tile dtype (float for float32 tiles,
+// double for float64), everything else (block reductions, the state, all moments) in float64,
+// as on the CPU. Indexing is 64-bit throughout (a tile may hold more than 2^31 logits).
+//
+// The same text compiles with nvcc (kernels + launchers) and with NVRTC (kernels only, for the
+// CuPy fallback, identirep/_cupy_pass.py): under __CUDACC_RTC__ no header is included and the
+// host launchers are left out.
 #pragma once
 
-#include <cstdint>
-
+#ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
+#endif
 
 namespace identirep {
 namespace kernels {
+
+// 64-bit signed index, spelled without <cstdint> so that NVRTC compiles this file as is.
+using Index = long long;
+static_assert(sizeof(Index) == 8, "Index must be 64-bit");
+
+constexpr int kLseKlThreads = 256;  // threads per row block of LseKlKernel
+constexpr int kColRows = 8;         // warps (row lanes) per block of LseKlColKernel
+constexpr int kColMaxChunks = 16;   // row chunks of one tile in the column kernel, at most
+constexpr Index kColMinChunkRows = 64;
 
 namespace cuda_detail {
 
@@ -40,9 +77,11 @@ __device__ __forceinline__ double NegInf<double>() {
   return -__longlong_as_double(0x7ff0000000000000LL);
 }
 
+constexpr Index kNoIndex = 0x7fffffffffffffffLL;
+
 // (value, index) pair that keeps the larger value, and the smaller index on ties.
 template <typename T>
-__device__ __forceinline__ void ArgMaxCombine(T& m, int64_t& j, T m_other, int64_t j_other) {
+__device__ __forceinline__ void ArgMaxCombine(T& m, Index& j, T m_other, Index j_other) {
   if (m_other > m || (m_other == m && j_other < j)) {
     m = m_other;
     j = j_other;
@@ -50,12 +89,12 @@ __device__ __forceinline__ void ArgMaxCombine(T& m, int64_t& j, T m_other, int64
 }
 
 template <typename T>
-__device__ __forceinline__ void WarpArgMax(T& m, int64_t& j) {
+__device__ __forceinline__ void WarpArgMax(T& m, Index& j) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
     const T m_o = __shfl_xor_sync(0xffffffffu, m, off);
-    const long long j_o = __shfl_xor_sync(0xffffffffu, static_cast<long long>(j), off);
-    ArgMaxCombine(m, j, m_o, static_cast<int64_t>(j_o));
+    const Index j_o = __shfl_xor_sync(0xffffffffu, j, off);
+    ArgMaxCombine(m, j, m_o, j_o);
   }
 }
 
@@ -73,48 +112,91 @@ __device__ __forceinline__ void Rescale(double m, double m_new, double& s, doubl
   a *= c;
 }
 
+// One model's state rows st[0], st[ld], st[2 ld], st[3 ld] = (m, s, a, e): move the sums to the
+// new max m_new and add a tile's sums (relative to m_new).
+__device__ __forceinline__ void UpdateState(double* st, Index ld, double m_new, double s,
+                                            double a, double e) {
+  double sg = st[ld], ag = st[2 * ld], eg = st[3 * ld];
+  Rescale(st[0], m_new, sg, ag, eg);
+  st[0] = m_new;
+  st[ld] = sg + s;
+  st[2 * ld] = ag + a;
+  st[3 * ld] = eg + e;
+}
+
+// Chan's update of (count na, mean a, sum sq) with a batch (nb, mean b, sum sq).
+__device__ __forceinline__ void ChanMerge(double na, double nb, double mb, double qb, double& ma,
+                                          double& qa) {
+  const double n = na + nb;
+  const double delta = mb - ma;
+  ma += delta * (nb / n);
+  qa += qb + delta * delta * (na * nb / n);
+}
+
 }  // namespace cuda_detail
+
+// Row chunks of the column kernel for a tile of n rows (>= 1 row each).
+__host__ __device__ inline Index ColChunks(Index n) {
+  const Index by_rows = (n + kColMinChunkRows - 1) / kColMinChunkRows;
+  return by_rows < 1 ? 1 : (by_rows > kColMaxChunks ? kColMaxChunks : by_rows);
+}
+
+// Size of the col_work scratch of a tile of v labels, in doubles.
+__host__ __device__ inline Index LseKlColWorkElems(Index v) { return kColMaxChunks * 5 * v; }
 
 template <typename T, int kThreads>
 __global__ void __launch_bounds__(kThreads)
-    LseKlKernel(const T* __restrict__ l1, int64_t ld1, const T* __restrict__ l2, int64_t ld2,
-                int64_t v, int64_t col0, double* __restrict__ state, int64_t state_ld,
-                int64_t* __restrict__ args, int64_t args_ld) {
-  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block must be whole warps");
+    LseKlKernel(const T* __restrict__ l1, Index ld1, const T* __restrict__ l2, Index ld2, Index v,
+                Index col0, double* __restrict__ state, Index state_ld, Index* __restrict__ args,
+                Index args_ld, double* __restrict__ row_mom, Index row_ld) {
+  static_assert(kThreads % 32 == 0 && kThreads >= 96 && kThreads <= 1024,
+                "block must be at least three whole warps");
   constexpr int kWarps = kThreads / 32;
   using A = typename cuda_detail::Acc<T>::type;
-  const int64_t i = blockIdx.x;
+  const Index i = static_cast<Index>(blockIdx.x);
   const int tid = threadIdx.x;
   const int lane = tid % 32;
   const int warp = tid / 32;
   const T* x1 = l1 + i * ld1;
   const T* x2 = l2 + i * ld2;
+  const bool moments = row_mom != nullptr;
 
   __shared__ T sh_m[2][kWarps];
-  __shared__ int64_t sh_j[2][kWarps];
-  __shared__ double sh_sum[6][kWarps];
-  __shared__ double sh_new[2];
+  __shared__ Index sh_j[2][kWarps];
+  __shared__ double sh_sum[9][kWarps];
+  __shared__ double sh_new[4];
 
-  // Pass 1: tile max and its first index, per model.
+  // Pass 1: tile max and its first index per model, and the row sums for the tile means.
   T m1 = cuda_detail::NegInf<T>(), m2 = cuda_detail::NegInf<T>();
-  int64_t j1 = INT64_MAX, j2 = INT64_MAX;
-  for (int64_t j = tid; j < v; j += kThreads) {
+  Index j1 = cuda_detail::kNoIndex, j2 = cuda_detail::kNoIndex;
+  double r1 = 0.0, r2 = 0.0;
+  for (Index j = tid; j < v; j += kThreads) {
     const T a = x1[j];
     const T b = x2[j];
     if (a > m1) { m1 = a; j1 = j; }
     if (b > m2) { m2 = b; j2 = j; }
+    r1 += static_cast<double>(a);
+    r2 += static_cast<double>(b);
   }
   cuda_detail::WarpArgMax(m1, j1);
   cuda_detail::WarpArgMax(m2, j2);
+  r1 = cuda_detail::WarpSum(r1);
+  r2 = cuda_detail::WarpSum(r2);
   if (lane == 0) {
     sh_m[0][warp] = m1; sh_j[0][warp] = j1;
     sh_m[1][warp] = m2; sh_j[1][warp] = j2;
+    sh_sum[0][warp] = r1; sh_sum[1][warp] = r2;
   }
   __syncthreads();
   if (tid == 0) {
-    for (int w = 1; w < kWarps; ++w) {
-      cuda_detail::ArgMaxCombine(m1, j1, sh_m[0][w], sh_j[0][w]);
-      cuda_detail::ArgMaxCombine(m2, j2, sh_m[1][w], sh_j[1][w]);
+    double t1 = 0.0, t2 = 0.0;
+    for (int w = 0; w < kWarps; ++w) {
+      if (w > 0) {
+        cuda_detail::ArgMaxCombine(m1, j1, sh_m[0][w], sh_j[0][w]);
+        cuda_detail::ArgMaxCombine(m2, j2, sh_m[1][w], sh_j[1][w]);
+      }
+      t1 += sh_sum[0][w];
+      t2 += sh_sum[1][w];
     }
     const double old1 = state[0 * state_ld + i];
     const double old2 = state[4 * state_ld + i];
@@ -127,74 +209,204 @@ __global__ void __launch_bounds__(kThreads)
     }
     sh_new[0] = new1;
     sh_new[1] = new2;
+    sh_new[2] = t1 / static_cast<double>(v);
+    sh_new[3] = t2 / static_cast<double>(v);
   }
   __syncthreads();
   const double n1 = sh_new[0];
   const double n2 = sh_new[1];
-  // Same rule as above: a row without a finite max keeps its state.
-  if (!(n1 > cuda_detail::NegInf<double>()) || !(n2 > cuda_detail::NegInf<double>())) return;
+  const double mu1 = sh_new[2];
+  const double mu2 = sh_new[3];
+  // Same rule as above: a row without a finite max keeps its LSE state (its moments still move).
+  const bool lse = n1 > cuda_detail::NegInf<double>() && n2 > cuda_detail::NegInf<double>();
+  if (!lse && !moments) return;  // uniform over the block
 
-  // Pass 2: sums relative to the new maxima (exact in T: the max is one of the logits).
-  const T t1 = static_cast<T>(n1);
-  const T t2 = static_cast<T>(n2);
+  // Pass 2: sums relative to the new maxima (exact in T: the max is one of the logits), and the
+  // centred sums of squares about the tile means.
+  const T t1 = lse ? static_cast<T>(n1) : T(0);
+  const T t2 = lse ? static_cast<T>(n2) : T(0);
   A s1 = 0, a12 = 0, e1 = 0, s2 = 0, a21 = 0, e2 = 0;
-  for (int64_t j = tid; j < v; j += kThreads) {
+  double q11 = 0.0, q22 = 0.0, qdd = 0.0;
+  for (Index j = tid; j < v; j += kThreads) {
     const T a = x1[j];
     const T b = x2[j];
-    const A d1 = static_cast<A>(a - t1);
-    const A d2 = static_cast<A>(b - t2);
-    const A diff = static_cast<A>(a - b);
-    const A w1 = cuda_detail::Acc<T>::Exp(d1);
-    const A w2 = cuda_detail::Acc<T>::Exp(d2);
-    s1 += w1;
-    a12 += w1 * diff;
-    e1 += w1 * d1;
-    s2 += w2;
-    a21 -= w2 * diff;
-    e2 += w2 * d2;
+    if (lse) {
+      const A d1 = static_cast<A>(a - t1);
+      const A d2 = static_cast<A>(b - t2);
+      const A diff = static_cast<A>(a - b);
+      const A w1 = cuda_detail::Acc<T>::Exp(d1);
+      const A w2 = cuda_detail::Acc<T>::Exp(d2);
+      s1 += w1;
+      a12 += w1 * diff;
+      e1 += w1 * d1;
+      s2 += w2;
+      a21 -= w2 * diff;
+      e2 += w2 * d2;
+    }
+    if (moments) {
+      const double c1 = static_cast<double>(a) - mu1;
+      const double c2 = static_cast<double>(b) - mu2;
+      const double cd = c1 - c2;
+      q11 += c1 * c1;
+      q22 += c2 * c2;
+      qdd += cd * cd;
+    }
   }
-  double part[6] = {s1, a12, e1, s2, a21, e2};
+  double part[9] = {s1, a12, e1, s2, a21, e2, q11, q22, qdd};
 #pragma unroll
-  for (int k = 0; k < 6; ++k) {
-    part[k] = cuda_detail::WarpSum(part[k]);
-    if (lane == 0) sh_sum[k][warp] = part[k];
+  for (int k = 0; k < 9; ++k) part[k] = cuda_detail::WarpSum(part[k]);
+  // Thread 0 finished reading sh_sum before the barrier above, so it may be overwritten.
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < 9; ++k) sh_sum[k][warp] = part[k];
   }
   __syncthreads();
-  if (tid == 0) {
-    double tot[6];
-#pragma unroll
-    for (int k = 0; k < 6; ++k) {
-      tot[k] = 0.0;
-      for (int w = 0; w < kWarps; ++w) tot[k] += sh_sum[k][w];
+  // The tail is split over three threads (lane 0 of warps 0, 1, 2), which keeps its registers
+  // (two double exps, the old state) out of the streaming loops' budget.
+  if (lane != 0 || warp > 2) return;
+  const auto total = [&](int k) {
+    double t = 0.0;
+    for (int w = 0; w < kWarps; ++w) t += sh_sum[k][w];
+    return t;
+  };
+  if (warp < 2) {
+    if (!lse) return;
+    const int k = 3 * warp;
+    cuda_detail::UpdateState(state + 4 * warp * state_ld + i, state_ld, warp == 0 ? n1 : n2,
+                             total(k), total(k + 1), total(k + 2));
+    return;
+  }
+  if (!moments) return;
+  double* r = row_mom + i;
+  const Index ld = row_ld;
+  const double t11 = total(6), t22 = total(7), tdd = total(8);
+  if (col0 == 0) {
+    r[0] = mu1; r[ld] = mu2; r[2 * ld] = t11; r[3 * ld] = t22; r[4 * ld] = tdd;
+    return;
+  }
+  const double na = static_cast<double>(col0), nb = static_cast<double>(v);
+  const double dd = (mu1 - mu2) - (r[0] - r[ld]);  // shift of the mean of d, before r moves
+  cuda_detail::ChanMerge(na, nb, mu1, t11, r[0], r[2 * ld]);
+  cuda_detail::ChanMerge(na, nb, mu2, t22, r[ld], r[3 * ld]);
+  r[4 * ld] += tdd + dd * dd * (na * nb / (na + nb));
+}
+
+// Column partial sums of one chunk of rows: block (32, kRows), grid (ceil(v / 32), chunks);
+// chunk c holds rows [c * r, (c + 1) * r), r = ceil(n / chunks).
+// work[(c * 5 + k) * v + j], k = [s1, s2, q11, q22, q12] of d_k = l_k - l_k[row 0].
+template <typename T, int kRows>
+__global__ void __launch_bounds__(32 * kRows)
+    LseKlColKernel(const T* __restrict__ l1, Index ld1, const T* __restrict__ l2, Index ld2,
+                   Index n, Index v, double* __restrict__ work) {
+  const Index j = static_cast<Index>(blockIdx.x) * 32 + threadIdx.x;
+  const Index chunk = static_cast<Index>(blockIdx.y);
+  const Index chunk_rows = (n + gridDim.y - 1) / gridDim.y;
+  const Index r_begin = chunk * chunk_rows;
+  const Index r_end = r_begin + chunk_rows < n ? r_begin + chunk_rows : n;
+  double acc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  if (j < v) {
+    const double k1 = static_cast<double>(l1[j]);
+    const double k2 = static_cast<double>(l2[j]);
+    for (Index i = r_begin + threadIdx.y; i < r_end; i += kRows) {
+      const double d1 = static_cast<double>(l1[i * ld1 + j]) - k1;
+      const double d2 = static_cast<double>(l2[i * ld2 + j]) - k2;
+      acc[0] += d1;
+      acc[1] += d2;
+      acc[2] += d1 * d1;
+      acc[3] += d2 * d2;
+      acc[4] += d1 * d2;
     }
-    double* st = state + i;
-    double s1g = st[1 * state_ld], a12g = st[2 * state_ld], e1g = st[3 * state_ld];
-    double s2g = st[5 * state_ld], a21g = st[6 * state_ld], e2g = st[7 * state_ld];
-    cuda_detail::Rescale(st[0], n1, s1g, a12g, e1g);
-    cuda_detail::Rescale(st[4 * state_ld], n2, s2g, a21g, e2g);
-    st[0] = n1;
-    st[1 * state_ld] = s1g + tot[0];
-    st[2 * state_ld] = a12g + tot[1];
-    st[3 * state_ld] = e1g + tot[2];
-    st[4 * state_ld] = n2;
-    st[5 * state_ld] = s2g + tot[3];
-    st[6 * state_ld] = a21g + tot[4];
-    st[7 * state_ld] = e2g + tot[5];
+  }
+  __shared__ double sh[5][kRows][32];
+#pragma unroll
+  for (int k = 0; k < 5; ++k) sh[k][threadIdx.y][threadIdx.x] = acc[k];
+  __syncthreads();
+  if (threadIdx.y != 0 || j >= v) return;
+#pragma unroll
+  for (int k = 0; k < 5; ++k) {
+    double s = 0.0;
+    for (int r = 0; r < kRows; ++r) s += sh[k][r][threadIdx.x];
+    work[(chunk * 5 + k) * v + j] = s;
   }
 }
 
-// Launcher: one block of 256 threads per row, on `stream`. Returns the launch status.
+// Fold a tile's column partial sums (chunks of col_work) into the column moments: one thread
+// per label, the arithmetic of ColMerge in kernels/lse_kl.h.
 template <typename T>
-cudaError_t LseKl(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, int64_t v,
-                  int64_t col0, double* state, int64_t state_ld, int64_t* args, int64_t args_ld,
-                  cudaStream_t stream) {
-  constexpr int kThreads = 256;
+__global__ void LseKlColMergeKernel(const T* __restrict__ l1, const T* __restrict__ l2, Index n,
+                                    Index v, Index col0, Index chunks,
+                                    const double* __restrict__ work, double* __restrict__ col,
+                                    Index col_ld, Index row0) {
+  const Index j = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= v) return;
+  double acc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  for (Index c = 0; c < chunks; ++c) {
+#pragma unroll
+    for (int k = 0; k < 5; ++k) acc[k] += work[(c * 5 + k) * v + j];
+  }
+  const double nb = static_cast<double>(n), na = static_cast<double>(row0);
+  const double s1 = acc[0], s2 = acc[1];
+  const double mb1 = static_cast<double>(l1[j]) + s1 / nb;
+  const double mb2 = static_cast<double>(l2[j]) + s2 / nb;
+  const double q11 = acc[2] - s1 * s1 / nb;
+  const double q22 = acc[3] - s2 * s2 / nb;
+  const double q12 = acc[4] - s1 * s2 / nb;
+  double* c = col + col0 + j;
+  const Index ld = col_ld;
+  if (row0 == 0) {
+    c[0] = mb1; c[ld] = mb2; c[2 * ld] = q11; c[3 * ld] = q22; c[4 * ld] = q12;
+    return;
+  }
+  const double f = na * nb / (na + nb);
+  const double d1 = mb1 - c[0], d2 = mb2 - c[ld];
+  c[0] += d1 * (nb / (na + nb));
+  c[ld] += d2 * (nb / (na + nb));
+  c[2 * ld] += q11 + d1 * d1 * f;
+  c[3 * ld] += q22 + d2 * d2 * f;
+  c[4 * ld] += q12 + d1 * d2 * f;
+}
+
+#ifndef __CUDACC_RTC__
+
+// Device pointers of the optional moments (null: skipped), as LogitMoments in kernels/lse_kl.h
+// plus the column scratch (LseKlColWorkElems(v) doubles, needed with col).
+struct DeviceLogitMoments {
+  double* row;
+  Index row_ld;
+  double* col;
+  Index col_ld;
+  Index row0;
+  double* col_work;
+};
+
+// Launcher: the kernels above in order on `stream`. Returns the first launch error.
+template <typename T>
+cudaError_t LseKl(const T* l1, Index ld1, const T* l2, Index ld2, Index n, Index v, Index col0,
+                  double* state, Index state_ld, Index* args, Index args_ld,
+                  const DeviceLogitMoments& mom, cudaStream_t stream) {
   if (n <= 0 || v <= 0) return cudaSuccess;
   if (n > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  LseKlKernel<T, kThreads><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-      l1, ld1, l2, ld2, v, col0, state, state_ld, args, args_ld);
+  LseKlKernel<T, kLseKlThreads><<<static_cast<unsigned>(n), kLseKlThreads, 0, stream>>>(
+      l1, ld1, l2, ld2, v, col0, state, state_ld, args, args_ld, mom.row, mom.row_ld);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || mom.col == nullptr) return err;
+  if (mom.col_work == nullptr) return cudaErrorInvalidValue;
+  const Index blocks = (v + 31) / 32;
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  const Index chunks = ColChunks(n);
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(chunks));
+  LseKlColKernel<T, kColRows><<<grid, dim3(32, kColRows), 0, stream>>>(l1, ld1, l2, ld2, n, v,
+                                                                       mom.col_work);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  constexpr int kMergeThreads = 256;
+  const Index merge_blocks = (v + kMergeThreads - 1) / kMergeThreads;
+  LseKlColMergeKernel<T><<<static_cast<unsigned>(merge_blocks), kMergeThreads, 0, stream>>>(
+      l1, l2, n, v, col0, chunks, mom.col_work, mom.col, mom.col_ld, mom.row0);
   return cudaGetLastError();
 }
+
+#endif  // __CUDACC_RTC__
 
 }  // namespace kernels
 }  // namespace identirep

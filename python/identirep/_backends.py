@@ -1,61 +1,102 @@
 """Backend registry: cpu | cuda | cupy | reference, chosen by where the arrays live.
 
-``backend="auto"`` picks cpu for NumPy arrays and a GPU backend for CuPy / torch-CUDA arrays;
-the environment variable IDENTIREP_BACKEND overrides "auto". A backend that is not available
+``backend="auto"`` picks cpu for NumPy arrays and a GPU backend for CuPy / torch-CUDA arrays
+(anything with ``__cuda_array_interface__``): "cuda" (the compiled CUDA epilogue) when the
+extension was built with CUDA and CuPy sees a GPU, else "cupy" (the same kernels compiled at
+run time by CuPy) when CuPy sees a GPU. Both run their GEMM tiles through CuPy (cuBLAS).
+The environment variable IDENTIREP_BACKEND overrides "auto". A backend that is not available
 fails loudly with what to do instead; nothing silently falls back to a slower path.
 """
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from .errors import IdentirepError
 
 BACKENDS = ("cpu", "cuda", "cupy", "reference")
 
+CUPY_INSTALL = ("pip install cupy-cuda13x (CUDA 13 drivers) or cupy-cuda12x (CUDA 12), "
+                "or identirep[cupy]")
+
+
+def is_gpu_array(a) -> bool:
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch":
+        return bool(getattr(a, "is_cuda", False))
+    return mod == "cupy" or hasattr(a, "__cuda_array_interface__")
+
 
 def array_location(*arrays) -> str:
-    locs = set()
-    for a in arrays:
-        if a is None:
-            continue
-        mod = type(a).__module__.split(".")[0]
-        if mod == "cupy" or (mod == "torch" and getattr(a, "is_cuda", False)):
-            locs.add("gpu")
-        else:
-            locs.add("cpu")
+    locs = {"gpu" if is_gpu_array(a) else "cpu" for a in arrays if a is not None}
     if len(locs) > 1:
         raise IdentirepError("some arrays are on a GPU and some on the CPU; move them to one place")
     return locs.pop() if locs else "cpu"
 
 
 def resolve(backend: str, *models) -> str:
+    """The backend for these models: ``backend`` itself, checked, or the one "auto" picks."""
+    from .model import Model
+    for i, m in enumerate(models):
+        if not isinstance(m, Model):
+            raise IdentirepError(
+                f"argument {i + 1} must be an identirep.Model, got {type(m).__name__}")
+    return resolve_arrays(backend, [x for m in models for x in (m.f, m.g, m.bias)])
+
+
+def resolve_arrays(backend: Optional[str], arrays) -> str:
     if backend is None:
         backend = "auto"
     if backend == "auto":
         backend = os.environ.get("IDENTIREP_BACKEND", "auto") or "auto"
     if backend not in BACKENDS + ("auto",):
         raise IdentirepError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
-    from .model import Model
-    for i, m in enumerate(models):
-        if not isinstance(m, Model):
-            raise IdentirepError(
-                f"argument {i + 1} must be an identirep.Model, got {type(m).__name__}")
-    arrays = [x for m in models for x in (m.f, m.g, m.bias)]
     loc = array_location(*arrays)
     if backend == "auto":
-        backend = "cpu" if loc == "cpu" else _gpu_backend()
+        return "cpu" if loc == "cpu" else gpu_backend()
     if backend in ("cuda", "cupy"):
-        _require_gpu(backend)
+        problem = cuda_problem() if backend == "cuda" else cupy_problem()
+        if problem is not None:
+            other = ("; backend='cupy' needs only CuPy and a GPU" if backend == "cuda" else "")
+            raise IdentirepError(
+                f"backend={backend!r} is not available: {problem}{other}. Pass NumPy arrays "
+                "(or backend='cpu') to use the CPU engine")
     return backend
 
 
-def _gpu_backend() -> str:
-    from ._build import build_info
-    return "cuda" if build_info().get("cuda_compiled") else "cupy"
-
-
-def _require_gpu(backend: str) -> None:
+def gpu_backend() -> str:
+    """"cuda" or "cupy" for GPU arrays, or an IdentirepError saying why neither works."""
+    cuda, cupy = cuda_problem(), cupy_problem()
+    if cuda is None:
+        return "cuda"
+    if cupy is None:
+        return "cupy"
     raise IdentirepError(
-        f"the {backend} backend is not available in this build: GPU arrays need identirep "
-        "built with CUDA (IDENTIREP_CUDA=ON pip install .) or CuPy with a visible GPU; "
-        "pass NumPy arrays (or backend='cpu') to use the CPU engine")
+        f"GPU arrays arrived but neither backend works: cuda: {cuda}; cupy: {cupy}. "
+        "Install CuPy on a machine with a visible GPU, or move the arrays to the host "
+        "(NumPy) for the CPU engine")
+
+
+def cupy_problem() -> Optional[str]:
+    """Why the cupy backend cannot run here, or None."""
+    try:
+        import cupy
+    except ImportError:
+        return f"CuPy is not installed ({CUPY_INSTALL})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError without a driver, or a broken install
+        return f"CuPy sees no GPU ({type(e).__name__}: {e})"
+    return None if count > 0 else "CuPy sees no GPU (0 CUDA devices)"
+
+
+def cuda_problem() -> Optional[str]:
+    """Why the cuda backend cannot run here, or None."""
+    from ._build import build_info
+    if not build_info().get("cuda_compiled"):
+        return ("identirep was built without CUDA (rebuild on a machine with nvcc: "
+                "IDENTIREP_CUDA=ON pip install .)")
+    problem = cupy_problem()
+    if problem is not None:
+        return "its GEMM tiles and device memory come from CuPy, and " + problem
+    return None

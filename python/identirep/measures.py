@@ -10,7 +10,7 @@ from . import reference as ref
 from ._backends import resolve
 from .engine import PairEngine, mcca_from_scatter
 from .errors import IdentirepError
-from .model import Model, check_pair
+from .model import Model, check_pair, to_numpy
 from .moments import Moments
 from .passes import cpu_pass
 from .progress import progress_bar
@@ -23,9 +23,18 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None) -> PairEngi
     backend = resolve(backend, a, b)
     if backend == "reference":
         raise IdentirepError("the reference backend has no engine; call the measures directly")
-    f1, g1 = a.augmented(None)
-    f2, g2 = b.augmented(None)
-    stats = cpu_pass(f1, g1, f2, g2, progress=progress)
+    if backend in ("cuda", "cupy"):
+        # The pass runs on the device; the engine's small statistics stay on the host
+        # (PairEngine copies f and g to host float64).
+        from ._cupy_pass import cuda_pass, cupy_pass, device_augmented
+        f1, g1 = device_augmented(a)
+        f2, g2 = device_augmented(b)
+        run = cuda_pass if backend == "cuda" else cupy_pass
+        stats = run(f1, g1, f2, g2, progress=progress)
+    else:
+        f1, g1 = a.augmented(None)
+        f2, g2 = b.augmented(None)
+        stats = cpu_pass(f1, g1, f2, g2, progress=progress)
     return PairEngine(a, b, stats)
 
 
@@ -83,8 +92,8 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto"):
     """Mean of the first ``n_components`` exact canonical correlations of two data sets."""
     if isinstance(x, Model) or isinstance(y, Model):
         raise IdentirepError("mcca takes arrays (e.g. a.f, b.f), not models")
-    x = np.asarray(x)
-    y = np.asarray(y)
+    x = to_numpy(x)  # GPU arrays: the scatter matrices are small, computed on the host
+    y = to_numpy(y)
     ref._check_cca_inputs(x, y, n_components)
     if backend == "reference":
         return ref.mcca_reference(x, y, n_components)

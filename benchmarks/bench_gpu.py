@@ -1,0 +1,242 @@
+"""Benchmark of the GPU streaming passes against their GEMM floor, bfloat16 inputs.
+
+For each shape (N inputs, V labels, M dimensions, both models of the same shape):
+  floor   two bare bfloat16 GEMMs f1 g1^T, f2 g2^T (cupy.matmul; torch.matmul when this CuPy
+          has no bfloat16 dtype) into one preallocated N x V output: the analytic floor;
+  gemm    the GEMM tiles the passes run (cublasGemmEx, bfloat16 in, float32 out), no epilogue;
+  cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments);
+  cupy    the cupy pass (same kernels compiled by NVRTC);
+  torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways.
+Times are CUDA-event medians over --repeats after --warmup runs; "x" columns are ratios to the
+floor. "mem" is the peak extra device memory of the cuda pass (CuPy pool growth from an empty
+pool, inputs excluded) and of the torch baseline (max_memory_allocated above the inputs).
+
+    python benchmarks/bench_gpu.py                          # the four LM shapes below
+    python benchmarks/bench_gpu.py --shape 16384,50304,768 --repeats 5 --out table.md
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import cupy as cp
+
+import identirep
+from identirep import _cupy_pass as gp
+
+SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
+          (16384, 128256, 4096)]
+
+
+def parse_shape(text):
+    parts = [int(p) for p in text.replace("x", ",").split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("shape must be N,V,M")
+    return tuple(parts)
+
+
+def cuda_ms(fn, warmup, repeats):
+    """Median milliseconds of fn() between CUDA events on CuPy's current stream."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def torch_ms(torch, fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def bf16_bits(x):
+    """bfloat16 bit patterns (uint16, round to nearest even) of a float32 CuPy array."""
+    bits = x.view(cp.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(cp.uint16)
+
+
+def make_inputs(n, v, m, seed):
+    rs = cp.random.RandomState(seed)
+    f = rs.standard_normal((n, m), dtype=cp.float32)
+    g = rs.standard_normal((v, m), dtype=cp.float32) * (3.0 / np.sqrt(m))
+    return gp.DeviceArray(bf16_bits(f), "bfloat16"), gp.DeviceArray(bf16_bits(g), "bfloat16")
+
+
+def cupy_bfloat16():
+    """The bfloat16 dtype when this CuPy supports it (CuPy 14 with ml_dtypes), else None."""
+    try:
+        import ml_dtypes
+        dt = np.dtype(ml_dtypes.bfloat16)
+        cp.empty(1, dt)
+        return dt
+    except Exception:
+        return None
+
+
+def pool_peak(fn):
+    """Bytes the CuPy pool grows by while fn() runs, starting from no cached blocks."""
+    pool = cp.get_default_memory_pool()
+    cp.cuda.Device().synchronize()
+    pool.free_all_blocks()
+    before = pool.total_bytes()
+    fn()
+    cp.cuda.Device().synchronize()
+    return pool.total_bytes() - before
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def bench_shape(n, v, m, args, torch):
+    f1, g1 = make_inputs(n, v, m, 1)
+    f2, g2 = make_inputs(n, v, m, 2)
+    row = {"shape": f"{n} x {v} x {m}", "flop": 4.0 * n * v * m}
+    bf = cupy_bfloat16()
+    if bf is not None:
+        ops = [x.data.view(bf) for x in (f1, g1, f2, g2)]
+        out = cp.empty((n, v), bf)
+        row["floor_by"] = "cupy"
+
+        def floor():
+            cp.matmul(ops[0], ops[1].T, out=out)
+            cp.matmul(ops[2], ops[3].T, out=out)
+        row["floor"] = cuda_ms(floor, args.warmup, args.repeats)
+        del out
+    elif torch is not None:
+        tops = [torch.from_dlpack(x.data.view(cp.int16)).view(torch.bfloat16)
+                for x in (f1, g1, f2, g2)]
+        out = torch.empty((n, v), dtype=torch.bfloat16, device="cuda")
+        row["floor_by"] = "torch"
+
+        def floor():
+            torch.matmul(tops[0], tops[1].T, out=out)
+            torch.matmul(tops[2], tops[3].T, out=out)
+        row["floor"] = torch_ms(torch, floor, args.warmup, args.repeats)
+        del out
+    tr, tc = gp.tile_shape(n, v, 0, 0, 4, None, args.tile_cols, args.workspace)
+    ws = cp.empty(tr * tc, cp.float32)
+
+    def gemm_tiles():
+        for c0 in range(0, v, tc):
+            c1 = min(v, c0 + tc)
+            for r0 in range(0, n, tr):
+                r1 = min(n, r0 + tr)
+                out = ws[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+                for f, g in ((f1, g1), (f2, g2)):
+                    gp.gemm_ex(cp, f.data[r0:r1], g.data[c0:c1], out, "bfloat16")
+    row["gemm"] = cuda_ms(gemm_tiles, args.warmup, args.repeats)
+    del ws
+    kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
+    if identirep.build_info()["cuda_compiled"]:
+        run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
+        row["mem"] = pool_peak(run)
+        row["cuda"] = cuda_ms(run, args.warmup, args.repeats)
+    run = (lambda: gp.cupy_pass(f1, g1, f2, g2, **kw))
+    run()  # NVRTC compile outside the timing
+    row["cupy"] = cuda_ms(run, args.warmup, args.repeats)
+    if torch is not None and not args.no_torch:
+        row["torch"], row["torch_mem"] = naive_torch(torch, (f1, g1, f2, g2), args)
+    return row
+
+
+def naive_torch(torch, arrays, args):
+    t = [torch.from_dlpack(x.data.view(cp.int16)).view(torch.bfloat16) for x in arrays]
+    f1, g1, f2, g2 = t
+    n, v = f1.shape[0], g1.shape[0]
+    chunk = max(1, (1 << 30) // (4 * v))
+
+    def run():
+        kl12 = torch.empty(n, device="cuda")
+        kl21 = torch.empty(n, device="cuda")
+        for r0 in range(0, n, chunk):
+            lp1 = torch.log_softmax((f1[r0:r0 + chunk] @ g1.T).float(), dim=-1)
+            lp2 = torch.log_softmax((f2[r0:r0 + chunk] @ g2.T).float(), dim=-1)
+            d = lp1 - lp2
+            kl12[r0:r0 + chunk] = (lp1.exp() * d).sum(-1)
+            kl21[r0:r0 + chunk] = -(lp2.exp() * d).sum(-1)
+        return kl12, kl21
+    cp.cuda.Device().synchronize()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    mem = torch.cuda.max_memory_allocated() - base
+    return torch_ms(torch, run, args.warmup, args.repeats), mem
+
+
+def fmt_ms(row, key):
+    if key not in row:
+        return "-"
+    floor = row.get("floor")
+    ratio = f" ({row[key] / floor:.2f}x)" if floor else ""
+    return f"{row[key]:.1f}{ratio}"
+
+
+def table(rows):
+    lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | cuda pass ms | cupy pass ms | "
+             "torch naive ms | peak extra GiB (cuda / torch) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
+                 if "floor" in r else "- (no bfloat16 matmul)")
+        mem = "{} / {}".format(*(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
+                                 for k in ("mem", "torch_mem")))
+        lines.append(f"| {r['shape']} | {floor} | {fmt_ms(r, 'gemm')} | {fmt_ms(r, 'cuda')} | "
+                     f"{fmt_ms(r, 'cupy')} | {fmt_ms(r, 'torch')} | {mem} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", type=parse_shape, nargs="*", default=SHAPES)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workspace", type=int, default=1 << 30, help="workspace_bytes of the passes")
+    p.add_argument("--tile-cols", type=int, default=None)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+    args = p.parse_args()
+    torch = None if args.no_torch else import_torch()
+    dev = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    head = (f"{dev['name'].decode()} | CuPy {cp.__version__} | identirep "
+            f"{identirep.build_info()['version']} | bfloat16 inputs | median of {args.repeats}")
+    rows = []
+    for n, v, m in args.shape:
+        t0 = time.perf_counter()
+        rows.append(bench_shape(n, v, m, args, torch))
+        cp.get_default_memory_pool().free_all_blocks()
+        print(f"{n} x {v} x {m}: {time.perf_counter() - t0:.1f} s", flush=True)
+    text = head + "\n\n" + table(rows)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Device check for a GPU machine without a package registry (numpy, scipy, pytest, hypothesis
+# and CuPy installed; torch optional; scikit-build-core, pybind11, cmake and ninja installed or
+# given as wheels in ./.whl, which `pip download -d .whl ...` fills on a machine with a registry):
+#   1. build and install identirep with CUDA (pip, no build isolation, no dependencies);
+#   2. nvidia-smi summary;
+#   3. the GPU tests, which must not all skip (IDENTIREP_REQUIRE_GPU_TESTS=1);
+#   4. compute-sanitizer memcheck and racecheck on a tiny run of every kernel;
+#   5. benchmarks/bench_gpu.py.
+# Each step has a timeout and the whole check stays under 8 minutes. Logs and the summary table
+# go to $OUT (default ./device_check_out): $OUT/device_check.md. Exits non-zero if a step failed.
+#
+#   bash benchmarks/device_check.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/device_check_out}
+PYTHON=${PYTHON:-python}
+mkdir -p "$OUT"
+SANITIZER=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
+export IDENTIREP_CUDA=ON
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+DEADLINE=$(( $(date +%s) + 470 ))
+SUMMARY="$OUT/device_check.md"
+failed=0
+rows=()
+
+# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with its log in $OUT/NAME.log (its tail on
+# stdout), within LIMIT_SECONDS and the global deadline; records status and time.
+step() {
+  local name=$1 limit=$2 rc=0 t0 left
+  shift 2
+  left=$(( DEADLINE - $(date +%s) ))
+  if (( left < limit )); then limit=$left; fi
+  if (( limit < 5 )); then
+    rows+=("| $name | skipped (out of time) | 0 |")
+    failed=1
+    return
+  fi
+  t0=$(date +%s)
+  echo "== $name (limit ${limit}s)"
+  timeout --kill-after=5 "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
+  tail -n 15 "$OUT/$name.log"
+  local status=ok
+  if (( rc == 124 || rc == 137 )); then status="TIMEOUT after ${limit}s"; failed=1
+  elif (( rc != 0 )); then status="FAILED (exit $rc)"; failed=1; fi
+  rows+=("| $name | $status | $(( $(date +%s) - t0 )) |")
+}
+
+finish() {
+  {
+    echo "# identirep device check, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo
+    echo '```'
+    cat "$OUT/nvidia-smi.log" 2>/dev/null || true
+    cat "$OUT/build-info.log" 2>/dev/null || true
+    echo '```'
+    echo
+    echo "| step | status | seconds |"
+    echo "|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+    echo
+    echo "GPU tests: $(grep -v '^[[:space:]]*$' "$OUT/gpu-tests.log" 2>/dev/null | tail -n 1)"
+    for tool in memcheck racecheck; do
+      echo
+      echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" 2>/dev/null \
+        | tail -n 1 || echo 'no summary')"
+    done
+    echo
+    if [[ -s "$OUT/bench_gpu.md" ]]; then cat "$OUT/bench_gpu.md"; else echo "benchmark: no table"; fi
+  } > "$SUMMARY"
+  cat "$SUMMARY"
+  exit "$failed"
+}
+
+# Build tools from ./.whl when they are missing (no registry here).
+step build-tools 60 env PYTHON="$PYTHON" bash -c '
+  if "$PYTHON" -c "import scikit_build_core, pybind11" && command -v cmake; then exit 0; fi
+  [[ -d .whl ]] || { echo "scikit-build-core, pybind11 or cmake missing and no .whl/"; exit 1; }
+  "$PYTHON" -m pip install --no-index --find-links .whl scikit-build-core pybind11 cmake ninja'
+step build 120 "$PYTHON" -m pip install --no-build-isolation --no-deps .
+if (( failed )); then finish; fi
+step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit \
+  --format=csv
+step build-info 20 "$PYTHON" -c "import identirep, json; print(json.dumps(identirep.build_info()))"
+step gpu-tests 150 env IDENTIREP_REQUIRE_GPU_TESTS=1 "$PYTHON" -m pytest -q -p no:cacheprovider \
+  tests/test_gpu.py tests/test_lse_kl_cuda.py
+step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \
+  "$PYTHON" benchmarks/sanitize_case.py
+step racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 1 \
+  "$PYTHON" benchmarks/sanitize_case.py
+step bench 150 "$PYTHON" benchmarks/bench_gpu.py --out "$OUT/bench_gpu.md"
+finish

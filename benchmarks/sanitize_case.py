@@ -1,0 +1,62 @@
+"""A tiny run of every identirep GPU kernel, for compute-sanitizer (memcheck, racecheck).
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_case.py
+
+Runs the compiled epilogue and the NVRTC-compiled one of the cupy backend on the same logits
+(row and column moments, two row tiles x two label tiles, odd sizes, a padded row stride) and
+the compiled pivot kernel (both modes, one pivot out of range) once each. No cuBLAS call, so
+every report is about identirep's kernels (or CuPy's own fills and copies). Exits non-zero when
+a result is not finite or the two epilogues disagree.
+"""
+from __future__ import annotations
+
+import numpy as np
+import cupy as cp
+
+from identirep import _core
+from identirep._cupy_pass import _CudaEpilogue, _CupyEpilogue
+from identirep._stream import init_state
+
+
+def epilogue(compiled, n=37, v=301, tile=200):
+    rng = np.random.default_rng(0)
+    l1 = cp.asarray(3 * rng.standard_normal((n, v + 5)))[:, :v]  # row stride v + 5
+    l2 = cp.asarray(rng.standard_normal((n, v)))
+    state, args = (cp.asarray(a) for a in init_state(n))
+    row_m, col_m = cp.zeros((5, n)), cp.zeros((5, v))
+    run = (_CudaEpilogue if compiled else _CupyEpilogue)(cp, tile, np.float64)
+    for c0 in range(0, v, tile):
+        c1 = min(v, c0 + tile)
+        for r0, r1 in ((0, 20), (20, n)):
+            run(l1[r0:r1, c0:c1], l2[r0:r1, c0:c1], c0, r0, state, args, row_m, col_m)
+    return [state, row_m, col_m]
+
+
+def pivots(B=5, V=301):
+    rng = np.random.default_rng(1)
+    h = rng.standard_normal((V, 3))
+    n = (h * h).sum(1)
+    piv = np.array([0, 7, V - 1, 3, V], np.int64)  # the last one is out of range: NaN
+    X = cp.asarray(h[np.minimum(piv, V - 1)] @ h.T)
+    d = [cp.asarray(a) for a in (n, n, np.ones(V), np.ones(V), np.zeros(V), piv)]
+    out = []
+    for mode in ("max", "mean"):
+        crit = cp.empty(B)
+        _core.pivot_criteria_cuda(X.data.ptr, X.data.ptr, V, V, *(a.data.ptr for a in d), B, V,
+                                  1e-10, mode, crit.data.ptr, cp.cuda.get_current_stream().ptr)
+        out.append(crit[:-1])
+    return out
+
+
+def main():
+    compiled, nvrtc = epilogue(True), epilogue(False)
+    results = compiled + nvrtc + pivots()
+    cp.cuda.Device().synchronize()
+    ok = all(bool(cp.isfinite(r).all()) for r in results)
+    ok = ok and all(bool(cp.allclose(a, b, rtol=1e-12, atol=1e-12)) for a, b in zip(compiled, nvrtc))
+    print("sanitize case:", "ok" if ok else "NON-FINITE OR DISAGREEING RESULTS")
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

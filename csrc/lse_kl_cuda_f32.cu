@@ -1,0 +1,10 @@
+// float32 instantiation of the CUDA epilogue launcher (one translation unit per dtype).
+#include "kernels/lse_kl.cuh"
+
+namespace identirep {
+namespace kernels {
+template cudaError_t LseKl<float>(const float*, Index, const float*, Index, Index, Index, Index,
+                                  double*, Index, Index*, Index, const DeviceLogitMoments&,
+                                  cudaStream_t);
+}  // namespace kernels
+}  // namespace identirep

@@ -1,0 +1,10 @@
+// float64 instantiation of the CUDA epilogue launcher (one translation unit per dtype).
+#include "kernels/lse_kl.cuh"
+
+namespace identirep {
+namespace kernels {
+template cudaError_t LseKl<double>(const double*, Index, const double*, Index, Index, Index,
+                                   Index, double*, Index, Index*, Index,
+                                   const DeviceLogitMoments&, cudaStream_t);
+}  // namespace kernels
+}  // namespace identirep

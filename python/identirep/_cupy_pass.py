@@ -1,0 +1,453 @@
+"""Pass 1 on a GPU: cuBLAS GEMM tiles through CuPy, then the fused CUDA epilogue.
+
+Two backends share everything but the epilogue launch:
+- ``cuda_pass``: the compiled extension's ``_core.lse_kl_update_cuda`` (nvcc, csrc/lse_kl.cu);
+- ``cupy_pass``: the same kernels (csrc/kernels/lse_kl.cuh, installed as
+  identirep/kernels/lse_kl.cuh) compiled at run time by CuPy (NVRTC), for builds without CUDA.
+
+Inputs stay where they are: CuPy arrays, torch CUDA tensors, anything with
+``__cuda_array_interface__`` or DLPack (zero-copy), or host arrays (copied to the device).
+float16/bfloat16 pairs (f_k, g_k) of one dtype go to cuBLAS as they are (``cublasGemmEx``,
+float32 accumulation and output); other inputs are widened per tile to the compute dtype,
+float64 when all four are float64, float32 otherwise. Label tiles are the outer loop and row
+tiles the inner one (all N rows in one tile when they fit), so each label tile is converted once
+and the column moments see their rows in order. Device memory beyond the inputs and the O(N + V)
+state is bounded by ``workspace_bytes``: two logit tiles, converted operand tiles and the
+column-moment scratch. Everything runs on CuPy's current stream.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ._backends import CUPY_INSTALL
+from ._stream import finalize
+from .errors import IdentirepError
+from .passes import PassStats
+
+DEFAULT_TILE_COLS = 4096
+HALF_KINDS = ("float16", "bfloat16")
+FLOAT_KINDS = HALF_KINDS + ("float32", "float64")
+
+# Launch geometry of the NVRTC-compiled kernels (template arguments of kernels/lse_kl.cuh).
+LSE_KL_THREADS = 256
+COL_ROWS = 8
+COL_MAX_CHUNKS = 16
+COL_MIN_CHUNK_ROWS = 64
+MERGE_THREADS = 256
+
+# cuBLAS / CUDA enums (cublas_api.h, library_types.h).
+_CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF = 0, 2, 14
+_CUBLAS_OP_N, _CUBLAS_OP_T = 0, 1
+_CUBLAS_COMPUTE_32F = 68
+_CUBLAS_GEMM_DEFAULT = -1
+
+
+def import_cupy():
+    """CuPy, or an IdentirepError that says what to install."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise IdentirepError(f"the GPU backends need CuPy, which is not installed: "
+                             f"{CUPY_INSTALL}") from e
+    return cupy
+
+
+class DeviceArray:
+    """A device array and its float kind; bfloat16 is held as its uint16 bit patterns, so that
+    it works whether or not this CuPy has a bfloat16 dtype."""
+
+    __slots__ = ("data", "kind")
+
+    def __init__(self, data, kind: str):
+        self.data = data
+        self.kind = kind
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __getitem__(self, key) -> "DeviceArray":
+        return DeviceArray(self.data[key], self.kind)
+
+    def widened(self, dtype):
+        """This array as a float32/float64 CuPy array (a copy unless it already is one)."""
+        if self.kind == "bfloat16":
+            out = _bf16_bits_to_f32(self.data)
+            return out if dtype == np.float32 else out.astype(dtype)
+        return self.data.astype(dtype, copy=False)
+
+
+def as_device(a, name: str = "array") -> DeviceArray:
+    """Zero-copy view of a GPU array (CuPy, torch, __cuda_array_interface__, DLPack), or a
+    device copy of a host array, with its float kind."""
+    if isinstance(a, DeviceArray):
+        return a
+    cp = import_cupy()
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch":
+        import torch
+        t = a.detach()
+        kind = str(t.dtype).replace("torch.", "")
+        if kind == "bfloat16":
+            t = t.view(torch.int16)
+        data = cp.from_dlpack(t) if t.is_cuda else cp.asarray(t.numpy())
+    elif isinstance(a, cp.ndarray):
+        data, kind = a, a.dtype.name
+    elif hasattr(a, "__cuda_array_interface__"):
+        data = cp.asarray(a)
+        kind = data.dtype.name
+    elif hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):
+        data = cp.from_dlpack(a)
+        kind = data.dtype.name
+    else:
+        host = np.asarray(a)
+        kind = host.dtype.name
+        data = cp.asarray(host.view(np.uint16) if kind == "bfloat16" else host)
+    if kind not in FLOAT_KINDS:
+        raise IdentirepError(f"{name} has dtype {kind}; the GPU pass needs floating-point "
+                             f"arrays ({', '.join(FLOAT_KINDS)})")
+    if kind == "bfloat16" and data.dtype != cp.uint16:
+        data = data.view(cp.uint16)
+    return DeviceArray(data, kind)
+
+
+def device_augmented(model):
+    """(f, g) of a Model on the device with the bias absorbed: f' = [f, 1], g' = [g, b].
+
+    Without a bias, zero-copy views. With one, copies: in the common dtype when f, g and b share
+    one, else widened to float32 (float64 when all three are float64)."""
+    f = as_device(model.f, "f")
+    g = as_device(model.g, "g")
+    if model.bias is None:
+        return f, g
+    cp = import_cupy()
+    b = as_device(model.bias, "bias")
+    if f.kind == g.kind == b.kind:
+        if f.kind == "bfloat16":
+            one = cp.full((f.shape[0], 1), 0x3F80, cp.uint16)  # bfloat16 bits of 1.0
+        else:
+            one = cp.ones((f.shape[0], 1), f.data.dtype)
+        return (DeviceArray(cp.concatenate([f.data, one], axis=1), f.kind),
+                DeviceArray(cp.concatenate([g.data, b.data[:, None]], axis=1), f.kind))
+    dt = np.float64 if f.kind == g.kind == b.kind == "float64" else np.float32
+    fw, gw, bw = (x.widened(dt) for x in (f, g, b))
+    kind = np.dtype(dt).name
+    return (DeviceArray(cp.concatenate([fw, cp.ones((fw.shape[0], 1), dt)], axis=1), kind),
+            DeviceArray(cp.concatenate([gw, bw[:, None]], axis=1), kind))
+
+
+def cupy_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
+              tile_cols: Optional[int] = None, tile_rows: Optional[int] = None,
+              progress: Optional[Callable[[float], None]] = None,
+              half_gemm: str = "cublas") -> PassStats:
+    """The streaming pass with the epilogue compiled at run time by CuPy (no CUDA build needed).
+
+    f1 (N x M1), g1 (V x M1), f2 (N x M2), g2 (V x M2): device (or host) arrays of float16,
+    bfloat16, float32 or float64, any strides. ``half_gemm``: "cublas" feeds float16/bfloat16
+    pairs to cuBLAS as they are, "convert" widens them to float32 first. Returns a PassStats of
+    host NumPy arrays (backend "cupy").
+    """
+    return _gpu_pass(f1, g1, f2, g2, "cupy", workspace_bytes, tile_cols, tile_rows, progress,
+                     half_gemm)
+
+
+def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
+              tile_cols: Optional[int] = None, tile_rows: Optional[int] = None,
+              progress: Optional[Callable[[float], None]] = None,
+              half_gemm: str = "cublas") -> PassStats:
+    """The streaming pass with the compiled CUDA epilogue (``_core.lse_kl_update_cuda``).
+
+    Same arguments and results as :func:`cupy_pass` (backend "cuda"); needs identirep built
+    with CUDA.
+    """
+    return _gpu_pass(f1, g1, f2, g2, "cuda", workspace_bytes, tile_cols, tile_rows, progress,
+                     half_gemm)
+
+
+def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes):
+    """(rows, cols) of the logit tiles: all rows when they fit, ``tile_cols`` labels (default
+    DEFAULT_TILE_COLS), shrunk until two logit tiles, the widened operand tiles (m1 + m2
+    columns; 0 for operands used as they are) and the column scratch fit in
+    ``workspace_bytes``."""
+    for name, t in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
+        if t is not None and int(t) < 1:
+            raise IdentirepError(f"{name} must be >= 1, got {t}")
+
+    def need(r, c):
+        return itemsize * (2 * r * c + (r + c) * (m1 + m2)) + 8 * 5 * COL_MAX_CHUNKS * c
+
+    tc = min(v, int(tile_cols) if tile_cols else DEFAULT_TILE_COLS)
+    tr = min(n, int(tile_rows)) if tile_rows else n
+    while need(tr, tc) > workspace_bytes and (tr > 1 or tc > 1):
+        if tile_rows is None and tr > 1:
+            per_row = itemsize * (2 * tc + m1 + m2)
+            tr = max(1, min(tr // 2, (workspace_bytes - need(0, tc)) // per_row))
+        elif tc > 1:
+            tc = max(1, tc // 2)
+        else:
+            tr = max(1, tr // 2)
+    if need(tr, tc) > workspace_bytes:
+        raise IdentirepError(f"workspace_bytes={workspace_bytes} is too small for even one 1 x 1 "
+                             f"tile; need at least {need(1, 1)} bytes")
+    return tr, min(tc, 0x7FFFFFFF)
+
+
+def _check_shapes(ops):
+    f1, g1, f2, g2 = ops
+    for a, name in zip(ops, ("f1", "g1", "f2", "g2")):
+        if len(a.shape) != 2:
+            raise IdentirepError(f"{name} must be a 2-d array, got shape {tuple(a.shape)}")
+        if 0 in a.shape:
+            raise IdentirepError(f"{name} is empty (shape {tuple(a.shape)})")
+    if f1.shape[1] != g1.shape[1]:
+        raise IdentirepError(f"f1 has {f1.shape[1]} dimensions but g1 has {g1.shape[1]}")
+    if f2.shape[1] != g2.shape[1]:
+        raise IdentirepError(f"f2 has {f2.shape[1]} dimensions but g2 has {g2.shape[1]}")
+    if f1.shape[0] != f2.shape[0]:
+        raise IdentirepError(f"f1 and f2 must have one row per shared input: "
+                             f"N={f1.shape[0]} vs N={f2.shape[0]}")
+    if g1.shape[0] != g2.shape[0]:
+        raise IdentirepError(f"g1 and g2 must have one row per shared label: "
+                             f"V={g1.shape[0]} vs V={g2.shape[0]}")
+
+
+def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, progress,
+              half_gemm) -> PassStats:
+    if half_gemm not in ("cublas", "convert"):
+        raise IdentirepError(f"half_gemm must be 'cublas' or 'convert', got {half_gemm!r}")
+    cp = import_cupy()
+    ops = [as_device(a, name) for a, name in zip((f1, g1, f2, g2), ("f1", "g1", "f2", "g2"))]
+    _check_shapes(ops)
+    f1, g1, f2, g2 = ops
+    dt = np.dtype(np.float64 if all(o.kind == "float64" for o in ops) else np.float32)
+    n, v = f1.shape[0], g1.shape[0]
+    pairs = [_GemmPair(cp, f, g, dt, half_gemm) for f, g in ((f1, g1), (f2, g2))]
+    converted = [0 if p.half else p.f.shape[1] for p in pairs]  # widths of widened copies
+    tr, tc = tile_shape(n, v, *converted, dt.itemsize, tile_rows, tile_cols, workspace_bytes)
+    epilogue = (_CudaEpilogue if backend == "cuda" else _CupyEpilogue)(cp, tc, dt)
+
+    state = cp.zeros((8, n), dtype=cp.float64)
+    state[0] = -np.inf
+    state[4] = -np.inf
+    args = cp.full((2, n), -1, dtype=cp.int64)
+    row_m = cp.zeros((5, n), dtype=cp.float64)
+    col_m = cp.zeros((5, v), dtype=cp.float64)
+    ws = [cp.empty(tr * tc, dtype=dt) for _ in range(2)]
+
+    n_tiles = -(-n // tr) * -(-v // tc)
+    done = 0
+    for c0 in range(0, v, tc):
+        c1 = min(v, c0 + tc)
+        for p in pairs:
+            p.set_labels(c0, c1)
+        for r0 in range(0, n, tr):
+            r1 = min(n, r0 + tr)
+            l1, l2 = (w[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0) for w in ws)
+            pairs[0].logits(r0, r1, n_row_tiles=-(-n // tr), out=l1)
+            pairs[1].logits(r0, r1, n_row_tiles=-(-n // tr), out=l2)
+            epilogue(l1, l2, c0, r0, state, args, row_m, col_m)
+            done += 1
+            if progress is not None:
+                progress(done / n_tiles)
+    out = finalize(state.get(), args.get())
+    r, c = row_m.get(), col_m.get()
+    return PassStats(L1=out["L1"], L2=out["L2"], kl12=out["kl12"], kl21=out["kl21"], H1=out["H1"],
+                     H2=out["H2"], agree=out["top1_agree"], row_mean1=r[0], row_mean2=r[1],
+                     row_m2_11=r[2], row_m2_22=r[3], row_m2_dd=r[4], col_mean1=c[0],
+                     col_mean2=c[1], col_m2_11=c[2], col_m2_22=c[3], col_m2_12=c[4],
+                     backend=backend, dtype=dt.name)
+
+
+# ------------------------------------------------------------------ GEMM tiles
+class _GemmPair:
+    """Logit tiles f[r0:r1] @ g[c0:c1]^T of one model in the compute dtype."""
+
+    def __init__(self, cp, f: DeviceArray, g: DeviceArray, dt, half_gemm):
+        self.cp, self.f, self.g, self.dt = cp, f, g, dt
+        self.half = (f.kind == g.kind and f.kind in HALF_KINDS and dt == np.float32
+                     and half_gemm == "cublas")
+        self.labels = None
+        self.rows_cache = None
+
+    def _prepare(self, x: DeviceArray):
+        return x.data if self.half else x.widened(self.dt)
+
+    def set_labels(self, c0, c1):
+        self.labels = None  # release the previous tile before converting the next
+        self.labels = self._prepare(self.g[c0:c1])
+
+    def logits(self, r0, r1, n_row_tiles, out):
+        if n_row_tiles == 1:  # one row tile: convert f once for all label tiles
+            if self.rows_cache is None:
+                self.rows_cache = self._prepare(self.f[r0:r1])
+            rows = self.rows_cache
+        else:
+            rows = self._prepare(self.f[r0:r1])
+        if self.half:
+            gemm_ex(self.cp, rows, self.labels, out, self.f.kind)
+        else:
+            self.cp.matmul(rows, self.labels.T, out=out)
+
+
+def _blas_layout(x):
+    """("row" | "col", leading dimension) of a 2-d array whose rows (or columns) are contiguous,
+    or None when it needs a copy first."""
+    it = x.itemsize
+    rows, cols = x.shape
+    s0, s1 = x.strides
+    if (cols == 1 or s1 == it) and s0 % it == 0:
+        ld = s0 // it if rows > 1 else cols
+        if ld >= cols and ld < 2 ** 31:
+            return "row", max(ld, 1)
+    if (rows == 1 or s0 == it) and s1 % it == 0:
+        ld = s1 // it if cols > 1 else rows
+        if ld >= rows and ld < 2 ** 31:
+            return "col", max(ld, 1)
+    return None
+
+
+def gemm_nt_args(a, b):
+    """cublasGemmEx arguments (transa, transb, m, n, k, lda, ldb, ldc) that compute the
+    row-major product a @ b^T (r x c, leading dimension c) as the column-major product
+    out^T (c x r) = op(b) (c x k) . op(a) (k x r); None when a or b needs a contiguous copy.
+    Only .shape, .strides and .itemsize of a (r x k) and b (c x k) are read."""
+    la, lb = _blas_layout(a), _blas_layout(b)
+    if la is None or lb is None:
+        return None
+    r, k = a.shape
+    c = b.shape[0]
+    op_b = _CUBLAS_OP_T if lb[0] == "row" else _CUBLAS_OP_N
+    op_a = _CUBLAS_OP_N if la[0] == "row" else _CUBLAS_OP_T
+    return op_b, op_a, c, r, k, lb[1], la[1], c
+
+
+def gemm_ex(cp, a, b, out, kind: str) -> None:
+    """out (r x c, C-contiguous float32) = a (r x k) @ b (c x k)^T for float16/bfloat16 a, b
+    (CuPy arrays; bfloat16 as uint16 bits), with cublasGemmEx: float32 accumulation, no
+    rounding of the inputs. Any row- or column-contiguous layout; others are copied."""
+    from cupy.cuda import cublas, device
+    if out.shape != (a.shape[0], b.shape[0]) or out.dtype != np.float32 \
+            or not out.flags.c_contiguous:
+        raise IdentirepError("gemm_ex: out must be a C-contiguous float32 (r, c) array")
+    if _blas_layout(a) is None:
+        a = cp.ascontiguousarray(a)
+    if _blas_layout(b) is None:
+        b = cp.ascontiguousarray(b)
+    transa, transb, m, n, k, lda, ldb, ldc = gemm_nt_args(a, b)
+    code = _CUDA_R_16BF if kind == "bfloat16" else _CUDA_R_16F
+    one = np.ones(1, dtype=np.float32)
+    zero = np.zeros(1, dtype=np.float32)
+    host_mode = getattr(cublas, "CUBLAS_POINTER_MODE_HOST", 0)
+    handle = device.get_cublas_handle()
+    mode = cublas.getPointerMode(handle)  # alpha and beta are host scalars
+    if mode != host_mode:
+        cublas.setPointerMode(handle, host_mode)
+    try:
+        cublas.gemmEx(handle, transa, transb, m, n, k, one.ctypes.data, b.data.ptr, code, lda,
+                      a.data.ptr, code, ldb, zero.ctypes.data, out.data.ptr, _CUDA_R_32F, ldc,
+                      _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+    finally:
+        if mode != host_mode:
+            cublas.setPointerMode(handle, mode)
+
+
+_BF16_KERNEL = None
+
+
+def _bf16_bits_to_f32(bits):
+    """float32 copy of bfloat16 values given as uint16 bit patterns (exact)."""
+    global _BF16_KERNEL
+    cp = import_cupy()
+    if _BF16_KERNEL is None:
+        _BF16_KERNEL = cp.ElementwiseKernel(
+            "uint16 x", "float32 y", "y = __uint_as_float(((unsigned int)x) << 16)",
+            "identirep_bf16_bits_to_f32")
+    return _BF16_KERNEL(bits)
+
+
+# ------------------------------------------------------------------ epilogues
+class _CudaEpilogue:
+    """The compiled epilogue: _core.lse_kl_update_cuda on CuPy's current stream."""
+
+    def __init__(self, cp, tc, dt):
+        from . import _core
+        if not hasattr(_core, "lse_kl_update_cuda"):
+            raise IdentirepError("the cuda backend needs identirep built with CUDA "
+                                 "(IDENTIREP_CUDA=ON pip install .); backend='cupy' does not")
+        self.core, self.cp, self.dtype = _core, cp, np.dtype(dt).name
+        self.work = cp.empty(_core.lse_kl_cuda_col_work_elems(tc), dtype=cp.float64)
+
+    def __call__(self, l1, l2, c0, r0, state, args, row_m, col_m):
+        n, v = l1.shape
+        N, V = state.shape[1], col_m.shape[1]
+        ptr = (lambda a, row0: a.data.ptr + row0 * a.itemsize)
+        self.core.lse_kl_update_cuda(
+            l1.data.ptr, l2.data.ptr, n, v, l1.strides[0] // l1.itemsize,
+            l2.strides[0] // l2.itemsize, c0, ptr(state, r0), N, ptr(args, r0), N, self.dtype,
+            self.cp.cuda.get_current_stream().ptr, row_moments=ptr(row_m, r0), row_ld=N,
+            col_moments=col_m.data.ptr, col_ld=V, row0=r0, col_work=self.work.data.ptr)
+
+
+_MODULES = {}
+
+
+def kernel_source(name: str) -> str:
+    """Text of a kernel header: installed next to this module, or in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for path in (here / "kernels" / name, here.parents[1] / "csrc" / "kernels" / name):
+        if path.is_file():
+            return path.read_text()
+    raise IdentirepError(f"kernel source {name} not found next to identirep "
+                         f"({here / 'kernels'}); reinstall identirep")
+
+
+def kernel_names(t: str) -> dict:
+    """Instantiations of the lse_kl.cuh kernels for element type ``t`` ("float" | "double")."""
+    ns = "identirep::kernels::"
+    return {"rows": f"{ns}LseKlKernel<{t}, {LSE_KL_THREADS}>",
+            "cols": f"{ns}LseKlColKernel<{t}, {COL_ROWS}>",
+            "merge": f"{ns}LseKlColMergeKernel<{t}>"}
+
+
+def _module(cp):
+    dev = cp.cuda.Device().id
+    if dev not in _MODULES:
+        src = "\n".join(line for line in kernel_source("lse_kl.cuh").splitlines()
+                        if line.strip() != "#pragma once")
+        names = [n for t in ("float", "double") for n in kernel_names(t).values()]
+        _MODULES[dev] = cp.RawModule(code=src, options=("-std=c++17",), name_expressions=names)
+    return _MODULES[dev]
+
+
+def col_chunks(n: int) -> int:
+    """Row chunks of the column kernel for a tile of n rows (ColChunks in lse_kl.cuh)."""
+    return max(1, min(COL_MAX_CHUNKS, -(-n // COL_MIN_CHUNK_ROWS)))
+
+
+class _CupyEpilogue:
+    """The epilogue kernels of lse_kl.cuh compiled by CuPy (NVRTC), launched as LseKl does."""
+
+    def __init__(self, cp, tc, dt):
+        mod = _module(cp)
+        names = kernel_names("float" if dt == np.float32 else "double")
+        self.rows, self.cols, self.merge = (mod.get_function(names[k])
+                                            for k in ("rows", "cols", "merge"))
+        self.work = cp.empty(COL_MAX_CHUNKS * 5 * tc, dtype=cp.float64)
+
+    def __call__(self, l1, l2, c0, r0, state, args, row_m, col_m):
+        i64 = np.int64
+        n, v = l1.shape
+        N, V = state.shape[1], col_m.shape[1]
+        ld1, ld2 = i64(l1.strides[0] // l1.itemsize), i64(l2.strides[0] // l2.itemsize)
+        self.rows((n,), (LSE_KL_THREADS,),
+                  (l1, ld1, l2, ld2, i64(v), i64(c0), state[:, r0:], i64(N), args[:, r0:],
+                   i64(N), row_m[:, r0:], i64(N)))
+        chunks = col_chunks(n)
+        self.cols((-(-v // 32), chunks), (32, COL_ROWS),
+                  (l1, ld1, l2, ld2, i64(n), i64(v), self.work))
+        self.merge((-(-v // MERGE_THREADS),), (MERGE_THREADS,),
+                   (l1, l2, i64(n), i64(v), i64(c0), i64(chunks), self.work, col_m, i64(V),
+                    i64(r0)))

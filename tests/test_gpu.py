@@ -1,0 +1,374 @@
+"""The GPU passes (cuda: compiled epilogue; cupy: the same kernels through NVRTC) against the
+float64 NumPy pass, and how GPU arrays pick a backend. Tests marked gpu are skipped by
+conftest.py without a CUDA build or a GPU; the others run everywhere."""
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+import identirep as ir
+from identirep import IdentirepError, _backends
+from identirep import _cupy_pass as gp
+from identirep.passes import numpy_pass
+
+from conftest import random_pair
+
+BACKENDS = ("cuda", "cupy")
+PASSES = {"cuda": gp.cuda_pass, "cupy": gp.cupy_pass}
+N, V, M1, M2 = 1001, 50257, 37, 31
+ROW_FIELDS = ("L1", "L2", "kl12", "kl21", "H1", "H2", "row_mean1", "row_mean2")
+ROW_SSQ = ("row_m2_11", "row_m2_22", "row_m2_dd")
+COL_FIELDS = ("col_mean1", "col_mean2")
+COL_SSQ = ("col_m2_11", "col_m2_22", "col_m2_12")
+ALL_FIELDS = ROW_FIELDS + ROW_SSQ + COL_FIELDS + COL_SSQ
+
+
+# ------------------------------------------------------------------ helpers
+def make_pair(seed=0, n=N, v=V, m1=M1, m2=M2, g_scale=0.5):
+    rng = np.random.default_rng(seed)
+    f1 = rng.standard_normal((n, m1))
+    g1 = rng.standard_normal((v, m1)) * g_scale
+    f2 = f1[:, :m2] + 0.3 * rng.standard_normal((n, m2))
+    g2 = g1[:, :m2] + 0.3 * g_scale * rng.standard_normal((v, m2))
+    return f1, g1, f2, g2
+
+
+def logit_scale(f1, g1, f2, g2, rows=256):
+    """Per-row max |logit| of both models (the size of what L, KL and H are differences of)."""
+    out = np.empty(f1.shape[0])
+    for r0 in range(0, f1.shape[0], rows):
+        sl = slice(r0, r0 + rows)
+        out[sl] = np.maximum(np.abs(f1[sl] @ g1.T).max(1), np.abs(f2[sl] @ g2.T).max(1))
+    return out
+
+
+def field_errors(got, ref, scale):
+    """Per field: max of |got - ref| / (|ref| + natural scale of the field)."""
+    s_row, s_col = scale, scale.max()
+    n, v = len(ref.L1), len(ref.col_mean1)
+    size = {**{k: s_row for k in ROW_FIELDS}, **{k: v * s_row ** 2 for k in ROW_SSQ},
+            **{k: s_col for k in COL_FIELDS}, **{k: n * s_col ** 2 for k in COL_SSQ}}
+    return {k: float(np.max(np.abs(getattr(got, k) - getattr(ref, k))
+                            / (np.abs(getattr(ref, k)) + size[k]))) for k in ALL_FIELDS}
+
+
+def assert_stats_close(got, ref, rtol, scale, agree_slack=0):
+    errs = field_errors(got, ref, scale)
+    bad = {k: e for k, e in errs.items() if not e <= rtol}
+    assert not bad, f"relative errors above {rtol}: {bad}"
+    assert np.count_nonzero(got.agree != ref.agree) <= agree_slack
+
+
+def bf16_round(x):
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_value(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def problem64():
+    f1, g1, f2, g2 = make_pair(0)
+    return (f1, g1, f2, g2), numpy_pass(f1, g1, f2, g2), logit_scale(f1, g1, f2, g2)
+
+
+@pytest.fixture(scope="module")
+def problem_bf16():
+    bits = [bf16_round(a) for a in make_pair(1)]
+    vals = [bf16_value(b) for b in bits]
+    return bits, vals, numpy_pass(*vals), logit_scale(*vals)
+
+
+# ------------------------------------------------------------------ without a GPU
+def test_cupy_backend_without_cupy_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    a, b = random_pair(N=40, V=7, M=2)
+    with pytest.raises(IdentirepError, match=r"backend='cupy' is not available: CuPy is not "
+                                             r"installed \(pip install cupy-cuda"):
+        ir.kl(a, b, backend="cupy")
+    with pytest.raises(IdentirepError, match="backend='cuda' is not available"):
+        ir.kl(a, b, backend="cuda")
+    with pytest.raises(IdentirepError, match="the GPU backends need CuPy"):
+        gp.cupy_pass(a.f, a.g, b.f, b.g)
+
+
+class FakeCupyArray:
+    """Stands in for a CuPy array: only its module says where it lives."""
+    __module__ = "cupy._core.core"
+    shape = (3, 2)
+    dtype = np.dtype(np.float32)
+
+
+@pytest.mark.parametrize("cuda_compiled", [False, True])
+def test_gpu_arrays_without_a_working_backend(monkeypatch, cuda_compiled):
+    import identirep._build
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(identirep._build, "build_info", lambda: {"cuda_compiled": cuda_compiled})
+    monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
+    fake = FakeCupyArray()
+    assert _backends.array_location(fake, None) == "gpu"
+    with pytest.raises(IdentirepError, match="some arrays are on a GPU and some on the CPU"):
+        _backends.array_location(fake, np.zeros(3))
+    why = "its GEMM tiles and device memory come from CuPy" if cuda_compiled else "without CUDA"
+    with pytest.raises(IdentirepError, match=f"GPU arrays arrived but neither backend works: "
+                                             f"cuda: .*{why}.*; cupy: CuPy is not installed"):
+        _backends.resolve_arrays("auto", [fake, fake])
+    assert _backends.resolve_arrays("cpu", [fake]) == "cpu"  # explicit: copies to the host
+
+
+def _strip_host_code(text):
+    return re.sub(r"#ifndef __CUDACC_RTC__.*?#endif[^\n]*", "", text, flags=re.S)
+
+
+@pytest.mark.parametrize("name", ["lse_kl.cuh", "pivot_terms.cuh"])
+def test_kernel_headers_need_no_headers_under_nvrtc(name):
+    kernels = _strip_host_code(gp.kernel_source(name))
+    assert "#include" not in kernels and "std::" not in kernels
+    assert "cudaError_t" not in kernels and "<<<" not in kernels
+
+
+def test_cupy_launch_geometry_matches_the_header():
+    text = gp.kernel_source("lse_kl.cuh")
+    for const, value in (("kLseKlThreads", gp.LSE_KL_THREADS), ("kColRows", gp.COL_ROWS),
+                         ("kColMaxChunks", gp.COL_MAX_CHUNKS),
+                         ("kColMinChunkRows", gp.COL_MIN_CHUNK_ROWS)):
+        assert re.search(rf"{const} = {value};", text), const
+    assert [gp.col_chunks(n) for n in (1, 64, 65, 1000, 10 ** 6)] == [1, 1, 2, 16, 16]
+
+
+def _col_major(x, rows, cols, ld):
+    return as_strided(x, shape=(rows, cols), strides=(x.itemsize, ld * x.itemsize))
+
+
+@pytest.mark.parametrize("layout_a", ["C", "F", "rows of F", "one row"])
+@pytest.mark.parametrize("layout_b", ["C", "F", "strided", "one column"])
+def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
+    # Emulates cublasGemmEx (column-major, op(A) op(B)) on the same memory with NumPy.
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((7, 5)), rng.standard_normal((9, 5))
+    gappy = rng.standard_normal((14, 10))[::2, ::2]  # neither rows nor columns contiguous
+    assert gp.gemm_nt_args(gappy, b) is None and gp.gemm_nt_args(a, gappy) is None
+    a = {"C": a, "F": np.asfortranarray(a), "one row": a[2:3],
+         "rows of F": np.asfortranarray(rng.standard_normal((20, 5)))[3:10]}[layout_a]
+    b = {"C": b, "F": np.asfortranarray(b), "one column": b,
+         "strided": rng.standard_normal((30, 8))[4:13, 1:6]}[layout_b]
+    if layout_b == "one column":
+        a, b = np.ascontiguousarray(a[:, :1]), np.ascontiguousarray(b[:, :1])
+    transa, transb, m, n, k, lda, ldb, ldc = gp.gemm_nt_args(a, b)
+    A = _col_major(b, *((m, k) if transa == 0 else (k, m)), lda)
+    B = _col_major(a, *((k, n) if transb == 0 else (n, k)), ldb)
+    out_t = (A if transa == 0 else A.T) @ (B if transb == 0 else B.T)
+    assert ldc == m == b.shape[0] and n == a.shape[0]
+    np.testing.assert_allclose(out_t.T, a @ b.T, rtol=1e-14)
+
+
+def test_tile_shape_fits_the_workspace():
+    def need(r, c, m):
+        return 4 * (2 * r * c + (r + c) * m) + 8 * 5 * gp.COL_MAX_CHUNKS * c
+    assert gp.tile_shape(16384, 131200, 8, 8, 4, None, 131200, 24 << 30) == (16384, 131200)
+    for n, v, m, ws in ((16384, 50304, 1536, 1 << 30), (10, 100, 4, 20000), (7, 3, 2, 10 ** 9)):
+        tr, tc = gp.tile_shape(n, v, m // 2, m // 2, 4, None, None, ws)
+        assert 1 <= tr <= n and 1 <= tc <= v and need(tr, tc, m) <= ws
+    with pytest.raises(IdentirepError, match="too small"):
+        gp.tile_shape(10, 10, 1, 1, 4, None, None, 100)
+
+
+# ------------------------------------------------------------------ on a GPU
+def _layouts(cp, arrays, layout):
+    if layout == "C":
+        return [cp.asarray(a) for a in arrays]
+    if layout == "F":
+        return [cp.asfortranarray(cp.asarray(a)) for a in arrays]
+    out = []  # every other row and column of a bigger array
+    for a in arrays:
+        big = cp.zeros((2 * a.shape[0], 2 * a.shape[1]), a.dtype)
+        big[::2, ::2] = cp.asarray(a)
+        out.append(big[::2, ::2])
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout,tiles", [("C", {}), ("F", {"tile_rows": 300}),
+                                          ("strided", {"tile_cols": 7777})])
+def test_float64_pass_matches_numpy(cupy, problem64, backend, layout, tiles):
+    arrays, ref, scale = problem64
+    got = PASSES[backend](*_layouts(cupy, arrays, layout), **tiles)
+    assert (got.backend, got.dtype) == (backend, "float64")
+    assert_stats_close(got, ref, 1e-9, scale)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_float32_pass_matches_numpy(cupy, problem64, backend, layout):
+    arrays, ref, scale = problem64
+    got = PASSES[backend](*_layouts(cupy, [a.astype(np.float32) for a in arrays], layout))
+    assert got.dtype == "float32"
+    # references are of the float64 values; float32 rounding of the inputs is within 1e-4
+    assert_stats_close(got, ref, 1e-4, scale, agree_slack=5)
+
+
+def _plain_float32(cp, vals):
+    """The same statistics from full float32 logits with plain CuPy reductions."""
+    f1, g1, f2, g2 = (cp.asarray(v, dtype=cp.float32) for v in vals)
+    l1, l2 = f1 @ g1.T, f2 @ g2.T
+    L1 = l1.max(1) + cp.log(cp.exp(l1 - l1.max(1, keepdims=True)).sum(1))
+    L2 = l2.max(1) + cp.log(cp.exp(l2 - l2.max(1, keepdims=True)).sum(1))
+    p1, p2 = cp.exp(l1 - L1[:, None]), cp.exp(l2 - L2[:, None])
+    d = l1 - l2
+    c1, c2 = l1 - l1.mean(0), l2 - l2.mean(0)
+    out = {"L1": L1, "L2": L2, "kl12": (p1 * d).sum(1) - L1 + L2,
+           "kl21": -(p2 * d).sum(1) - L2 + L1, "H1": L1 - (p1 * l1).sum(1),
+           "H2": L2 - (p2 * l2).sum(1), "row_mean1": l1.mean(1), "row_mean2": l2.mean(1),
+           "row_m2_11": l1.var(1) * l1.shape[1], "row_m2_22": l2.var(1) * l2.shape[1],
+           "row_m2_dd": d.var(1) * d.shape[1], "col_mean1": l1.mean(0), "col_mean2": l2.mean(0),
+           "col_m2_11": (c1 * c1).sum(0), "col_m2_22": (c2 * c2).sum(0),
+           "col_m2_12": (c1 * c2).sum(0)}
+    return type("Plain", (), {k: cp.asnumpy(x).astype(np.float64) for k, x in out.items()})
+
+
+def _bf16_inputs(cp, bits, source):
+    if source == "torch":
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available():
+            pytest.skip("torch has no CUDA")
+        return [torch.from_numpy(b.view(np.int16)).cuda().view(torch.bfloat16) for b in bits]
+    return [gp.DeviceArray(cp.asarray(b), "bfloat16") for b in bits]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("source,half_gemm", [("torch", "cublas"), ("bits", "cublas"),
+                                              ("bits", "convert")])
+def test_bfloat16_error_at_most_twice_plain_float32(cupy, problem_bf16, backend, source,
+                                                    half_gemm):
+    bits, vals, ref, scale = problem_bf16
+    got = PASSES[backend](*_bf16_inputs(cupy, bits, source), half_gemm=half_gemm)
+    assert got.dtype == "float32"
+    ours = field_errors(got, ref, scale)
+    plain = field_errors(_plain_float32(cupy, vals), ref, scale)
+    bad = {k: (ours[k], plain[k]) for k in ALL_FIELDS if not ours[k] <= 2 * plain[k] + 1e-6}
+    assert not bad, f"(ours, plain float32) relative errors: {bad}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float16_inputs(cupy, backend):
+    arrays = [a.astype(np.float16) for a in make_pair(2, n=301, v=1037)]
+    vals = [a.astype(np.float64) for a in arrays]
+    got = PASSES[backend](*[cupy.asarray(a) for a in arrays])
+    assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_duplicate_and_zero_labels(cupy, backend):
+    f1, g1, f2, g2 = make_pair(3, n=301, v=1037)
+    for g in (g1, g2):
+        g[10:20] = g[5]  # untrained tokens sharing one unembedding
+        g[-7:] = 0.0     # padding rows
+    got = PASSES[backend](*[cupy.asarray(a) for a in (f1, g1, f2, g2)], tile_cols=97)
+    assert_stats_close(got, numpy_pass(f1, g1, f2, g2), 1e-9, logit_scale(f1, g1, f2, g2))
+    for k in COL_FIELDS + COL_SSQ:
+        col = getattr(got, k)
+        np.testing.assert_allclose(col[10:20], col[5], rtol=1e-10, atol=1e-10, err_msg=k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_logits_of_magnitude_1e4(cupy, backend, dtype):
+    f1, g1, f2, g2 = make_pair(4, n=301, v=1037)
+    f1 *= 2e3
+    f2 *= 2e3
+    arrays = [a.astype(dtype) for a in (f1, g1, f2, g2)]
+    vals = [a.astype(np.float64) for a in arrays]
+    scale = logit_scale(*vals)
+    assert scale.max() > 1e4
+    got = PASSES[backend](*[cupy.asarray(a) for a in arrays], tile_cols=128)
+    assert np.isfinite(got.L1).all() and np.isfinite(got.kl12).all()
+    assert_stats_close(got, numpy_pass(*vals), 1e-9 if dtype == np.float64 else 1e-4, scale,
+                       agree_slack=0 if dtype == np.float64 else 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_tile_of_more_than_2_31_logits(cupy, backend):
+    n, v, m = 16384, 131200, 8  # n * v = 2.15e9 > 2^31 logits in a single tile
+    rng = np.random.default_rng(5)
+    f1, f2 = rng.standard_normal((n, m)), rng.standard_normal((n, m))
+    g1, g2 = rng.standard_normal((v, m)), rng.standard_normal((v, m))
+    arrays = [a.astype(np.float32) for a in (f1, g1, f2, g2)]
+    f1, g1, f2, g2 = (a.astype(np.float64) for a in arrays)
+    got = PASSES[backend](*[cupy.asarray(a) for a in arrays], workspace_bytes=24 << 30,
+                          tile_cols=v)
+    cupy.get_default_memory_pool().free_all_blocks()
+    rows, cols = np.array([0, 1, 8191, n - 1]), np.array([0, 65599, v - 1])
+    l1, l2 = f1[rows] @ g1.T, f2[rows] @ g2.T  # a few rows and columns in float64
+    c1, c2 = f1 @ g1[cols].T, f2 @ g2[cols].T
+    L1 = l1.max(1) + np.log(np.exp(l1 - l1.max(1, keepdims=True)).sum(1))
+    L2 = l2.max(1) + np.log(np.exp(l2 - l2.max(1, keepdims=True)).sum(1))
+    kl12 = (np.exp(l1 - L1[:, None]) * (l1 - l2)).sum(1) - L1 + L2
+    cross = ((c1 - c1.mean(0)) * (c2 - c2.mean(0))).sum(0)
+    s = max(np.abs(x).max() for x in (l1, l2, c1, c2))
+    checks = {"L1": (got.L1[rows], L1, s), "L2": (got.L2[rows], L2, s),
+              "kl12": (got.kl12[rows], kl12, s), "row_mean1": (got.row_mean1[rows], l1.mean(1), s),
+              "row_m2_dd": (got.row_m2_dd[rows], (l1 - l2).var(1) * v, v * s ** 2),
+              "col_mean2": (got.col_mean2[cols], c2.mean(0), s),
+              "col_m2_12": (got.col_m2_12[cols], cross, n * s ** 2)}
+    for k, (have, want, size) in checks.items():
+        err = np.abs(have - want) / (np.abs(want) + size)
+        assert err.max() <= 1e-4, (k, have, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cuda_and_cupy_backends_agree(cupy, dtype):
+    arrays = [cupy.asarray(a.astype(dtype)) for a in make_pair(6, n=513, v=3001)]
+    a = gp.cuda_pass(*arrays, tile_cols=1000, tile_rows=200)
+    b = gp.cupy_pass(*arrays, tile_cols=1000, tile_rows=200)
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    for k in ALL_FIELDS:
+        np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=rtol, atol=rtol, err_msg=k)
+    np.testing.assert_array_equal(a.agree, b.agree)
+
+
+def _report_values(r):
+    out = {}
+    for sec, d in r.to_dict().items():
+        if isinstance(d, dict):
+            out.update({f"{sec}.{k}": v for k, v in d.items()})
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("source", ["cupy", "torch", "cupy backend"])
+def test_compare_on_gpu_arrays_matches_cpu(cupy, source):
+    a, b = random_pair(N=301, V=53, M=5, bias=True, seed=7)
+    if source == "torch":
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available():
+            pytest.skip("torch has no CUDA")
+        move = lambda x: torch.from_numpy(x).cuda()  # noqa: E731
+    else:
+        move = cupy.asarray
+    ga, gb = (ir.Model(move(m.f), move(m.g), bias=move(m.bias), name=m.name) for m in (a, b))
+    backend = "cupy" if source == "cupy backend" else "auto"
+    got = ir.compare(ga, gb, num_samples=30, backend=backend)
+    want = ir.compare(a, b, num_samples=30)
+    assert got.backend == ("cupy" if backend == "cupy" else "cuda") and want.backend == "cpu"
+    gv, wv = _report_values(got), _report_values(want)
+    for k, w in wv.items():
+        if isinstance(w, float) or (isinstance(w, list) and w and isinstance(w[0], float)):
+            np.testing.assert_allclose(gv[k], w, rtol=1e-9, atol=1e-12, err_msg=k)
+        else:
+            assert gv[k] == w, k
