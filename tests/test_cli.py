@@ -70,3 +70,17 @@ def test_exit_codes(tmp_path, capsys):
 def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "identirep.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "demo" in r.stdout and "compare" in r.stdout
+
+
+def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
+    """The suite's machinery (timing, floors, table) on tiny shapes; real numbers are in
+    BENCHMARKS.md, from `identirep bench`."""
+    import identirep.bench as bench
+    monkeypatch.setattr(bench, "GPT2", (64, 500, 16))
+    monkeypatch.setattr(bench, "LLAMA", (32, 300, 24))
+    orig = bench.bench_pivots
+    monkeypatch.setattr(bench, "bench_pivots", lambda v, m, repeats=3: orig(v // 16, 16, n=64, repeats=repeats))
+    assert main(["bench", "--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for s in ("KL + L pass", "compare", "exact pivot search", "paper port", "same choices: True"):
+        assert s in out

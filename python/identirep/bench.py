@@ -161,22 +161,25 @@ def bench_paper(v=1000, n=2000, m=64) -> List[dict]:
                       f"rel. diff {rel:.1e}"}]
 
 
-def run_suite(quick: bool = False, progress: Callable[[str], None] = None) -> dict:
+def run_suite(quick: bool = False, progress: Callable[[str], None] = None, repeats: int = 3) -> dict:
     say = progress or (lambda s: None)
     rows = []
-    steps = [("stream GPT-2", lambda: bench_stream(*GPT2)),
-             ("stream N=1024 V=32000 M=2048", lambda: bench_stream(*LLAMA, naive=not quick)),
-             ("compare GPT-2", lambda: bench_compare(*GPT2)),
-             ("pivots", lambda: bench_pivots(2048, 768) + ([] if quick else bench_pivots(4096, 768))),
+    r = repeats
+    steps = [("stream GPT-2", lambda: bench_stream(*GPT2, repeats=r)),
+             ("stream N=1024 V=32000 M=2048", lambda: bench_stream(*LLAMA, repeats=r, naive=not quick)),
+             ("compare GPT-2", lambda: bench_compare(*GPT2, repeats=r)),
+             ("pivots", lambda: bench_pivots(2048, 768, repeats=r)
+              + ([] if quick else bench_pivots(4096, 768, repeats=r))),
              ("paper port", lambda: bench_paper() if not quick else bench_paper(v=300, n=1000, m=32))]
     for name, fn in steps:
         say(name)
         rows += fn()
-    return {"machine": machine(), "rows": rows}
+    return {"machine": machine(), "repeats": repeats, "rows": rows}
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}", "",
+    lines = [f"Machine: {result['machine']}; medians of {result.get('repeats', 3)} interleaved rounds, "
+             "ratio = median over rounds of time / floor time of the same round", "",
              "| benchmark | variant | shape | median s | floor s | ratio to floor | notes |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

@@ -117,7 +117,7 @@ def cmd_matrix(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import markdown, run_suite
     say = (lambda s: print(f"running: {s}", file=sys.stderr)) if not args.json else None
-    res = run_suite(quick=args.quick, progress=say)
+    res = run_suite(quick=args.quick, progress=say, repeats=args.repeats)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(res, fh, indent=2)
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_matrix)
     bn = sub.add_parser("bench", help="run the benchmark suite here; ratios to the GEMM floor")
     bn.add_argument("--quick", action="store_true", help="smaller paper-port case, fewer rows")
+    bn.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
     bn.add_argument("--json", action="store_true")
     bn.add_argument("--out", help="also write the JSON results here")
     bn.set_defaults(func=cmd_bench)
