@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._backends import CUPY_INSTALL
-from ._stream import finalize
+from ._stream import check_pass_shapes, finalize
 from .errors import IdentirepError
 from .passes import PassStats
 
@@ -202,16 +202,7 @@ def _check_shapes(ops):
             raise IdentirepError(f"{name} must be a 2-d array, got shape {tuple(a.shape)}")
         if 0 in a.shape:
             raise IdentirepError(f"{name} is empty (shape {tuple(a.shape)})")
-    if f1.shape[1] != g1.shape[1]:
-        raise IdentirepError(f"f1 has {f1.shape[1]} dimensions but g1 has {g1.shape[1]}")
-    if f2.shape[1] != g2.shape[1]:
-        raise IdentirepError(f"f2 has {f2.shape[1]} dimensions but g2 has {g2.shape[1]}")
-    if f1.shape[0] != f2.shape[0]:
-        raise IdentirepError(f"f1 and f2 must have one row per shared input: "
-                             f"N={f1.shape[0]} vs N={f2.shape[0]}")
-    if g1.shape[0] != g2.shape[0]:
-        raise IdentirepError(f"g1 and g2 must have one row per shared label: "
-                             f"V={g1.shape[0]} vs V={g2.shape[0]}")
+    check_pass_shapes(f1, g1, f2, g2)
 
 
 def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, progress,

@@ -87,6 +87,20 @@ def _check_operand(a, name: str) -> None:
             "(float16, bfloat16, float32, float64)")
 
 
+def check_pass_shapes(f1, g1, f2, g2) -> None:
+    """The four operands of a pass agree: M per model, N and V across models."""
+    if f1.shape[1] != g1.shape[1]:
+        raise IdentirepError(f"f1 has {f1.shape[1]} dimensions but g1 has {g1.shape[1]}")
+    if f2.shape[1] != g2.shape[1]:
+        raise IdentirepError(f"f2 has {f2.shape[1]} dimensions but g2 has {g2.shape[1]}")
+    if f1.shape[0] != f2.shape[0]:
+        raise IdentirepError(f"f1 and f2 must have one row per shared input: "
+                             f"N={f1.shape[0]} vs N={f2.shape[0]}")
+    if g1.shape[0] != g2.shape[0]:
+        raise IdentirepError(f"g1 and g2 must have one row per shared label: "
+                             f"V={g1.shape[0]} vs V={g2.shape[0]}")
+
+
 def _compute_dtype(arrays, dtype) -> np.dtype:
     if dtype is None:
         return np.dtype(np.float64 if all(a.dtype == np.float64 for a in arrays) else np.float32)
@@ -155,16 +169,7 @@ def stream_pass(f1, g1, f2, g2, *, tile_rows: Optional[int] = None,
     """
     for a, name in ((f1, "f1"), (g1, "g1"), (f2, "f2"), (g2, "g2")):
         _check_operand(a, name)
-    if f1.shape[1] != g1.shape[1]:
-        raise IdentirepError(f"f1 has {f1.shape[1]} dimensions but g1 has {g1.shape[1]}")
-    if f2.shape[1] != g2.shape[1]:
-        raise IdentirepError(f"f2 has {f2.shape[1]} dimensions but g2 has {g2.shape[1]}")
-    if f1.shape[0] != f2.shape[0]:
-        raise IdentirepError(f"f1 and f2 must have one row per shared input: "
-                             f"N={f1.shape[0]} vs N={f2.shape[0]}")
-    if g1.shape[0] != g2.shape[0]:
-        raise IdentirepError(f"g1 and g2 must have one row per shared label: "
-                             f"V={g1.shape[0]} vs V={g2.shape[0]}")
+    check_pass_shapes(f1, g1, f2, g2)
 
     dt = _compute_dtype((f1, g1, f2, g2), dtype)
     if epilogue_threads is None:
