@@ -312,24 +312,37 @@ inline void RowMomentsUpdate(const T* x1, const T* x2, int64_t v, int64_t col0, 
   r[4 * ld] += qdd + dd * dd * (na * nb / (na + nb));
 }
 
-// Shifted column sums of one row: acc rows [s1, s2, q11, q22, q12] relative to k1, k2.
+// Shifted column sums (acc rows [s1, s2, q11, q22, q12] relative to the tile's first row)
+// over rows [i0, i1) of a tile, a block of kColBlock columns at a time, so the
+// five accumulator rows of the block stay in L1 while the rows stream past.
+constexpr int64_t kColBlock = 512;
+
 template <typename T>
-inline void ColAccumulate(const T* x1, const T* x2, const T* k1, const T* k2, int64_t v,
-                          double* acc) {
-  double* a0 = acc;
-  double* a1 = acc + v;
-  double* a2 = acc + 2 * v;
-  double* a3 = acc + 3 * v;
-  double* a4 = acc + 4 * v;
+inline void ColAccumulateRows(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t i0,
+                              int64_t i1, int64_t v, double* acc) {
+  for (int64_t c0 = 0; c0 < v; c0 += kColBlock) {
+    const int64_t w = c0 + kColBlock < v ? kColBlock : v - c0;
+    double* a0 = acc + c0;
+    double* a1 = acc + v + c0;
+    double* a2 = acc + 2 * v + c0;
+    double* a3 = acc + 3 * v + c0;
+    double* a4 = acc + 4 * v + c0;
+    const T* k1 = l1 + c0;
+    const T* k2 = l2 + c0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* x1 = l1 + i * ld1 + c0;
+      const T* x2 = l2 + i * ld2 + c0;
 #pragma omp simd
-  for (int64_t j = 0; j < v; ++j) {
-    const double d1 = static_cast<double>(x1[j]) - static_cast<double>(k1[j]);
-    const double d2 = static_cast<double>(x2[j]) - static_cast<double>(k2[j]);
-    a0[j] += d1;
-    a1[j] += d2;
-    a2[j] += d1 * d1;
-    a3[j] += d2 * d2;
-    a4[j] += d1 * d2;
+      for (int64_t j = 0; j < w; ++j) {
+        const double d1 = static_cast<double>(x1[j]) - static_cast<double>(k1[j]);
+        const double d2 = static_cast<double>(x2[j]) - static_cast<double>(k2[j]);
+        a0[j] += d1;
+        a1[j] += d2;
+        a2[j] += d1 * d1;
+        a3[j] += d2 * d2;
+        a4[j] += d1 * d2;
+      }
+    }
   }
 }
 
@@ -385,16 +398,19 @@ void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, 
   {
     std::vector<double> acc(cols && nt > 1 ? 5 * v : 0, 0.0);
     double* a = cols ? (nt > 1 ? acc.data() : total.data()) : nullptr;
+    int64_t tid = 0, nth = 1;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+    tid = omp_get_thread_num();
+    nth = omp_get_num_threads();
 #endif
-    for (int64_t i = 0; i < n; ++i) {
+    const int64_t i0 = n * tid / nth, i1 = n * (tid + 1) / nth;  // a static schedule
+    for (int64_t i = i0; i < i1; ++i) {
       const T* x1 = l1 + i * ld1;
       const T* x2 = l2 + i * ld2;
       detail::UpdateRow(x1, x2, v, col0, i, st);
       if (rows) detail::RowMomentsUpdate(x1, x2, v, col0, i, *mom);
-      if (cols) detail::ColAccumulate(x1, x2, l1, l2, v, a);
     }
+    if (cols) detail::ColAccumulateRows(l1, ld1, l2, ld2, i0, i1, v, a);
     if (cols && nt > 1) {
 #ifdef _OPENMP
 #pragma omp critical
