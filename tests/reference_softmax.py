@@ -37,7 +37,7 @@ def stream_reference(f1, g1, f2, g2) -> dict:
     return pair_reference(logits64(f1, g1), logits64(f2, g2))
 
 
-def assert_close(actual: dict, expected: dict, dtype, scale=1.0, check_top1=True) -> None:
+def assert_pass_close(actual: dict, expected: dict, dtype, scale=1.0, check_top1=True) -> None:
     """Every quantity within RTOL[dtype] * max(|expected|, scale), row by row.
 
     ``scale`` (scalar or per row) is the size of the logits: KL and entropies are differences
