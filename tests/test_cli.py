@@ -84,3 +84,18 @@ def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
     out = capsys.readouterr().out
     for s in ("KL + L pass", "compare", "exact pivot search", "paper port", "same choices: True"):
         assert s in out
+
+
+def test_compare_bfloat16_safetensors(tmp_path, capsys):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a, b = random_pair(N=150, V=40, M=4, seed=5)
+    for m, p in ((a, "a.safetensors"), (b, "b.safetensors")):
+        ir.save_model(ir.Model(m.f.astype(ml_dtypes.bfloat16), m.g.astype(ml_dtypes.bfloat16)),
+                      tmp_path / p)
+    assert main(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                 "--json", "--num-samples", "10"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    a16, b16 = ir.load_model(tmp_path / "a.safetensors"), ir.load_model(tmp_path / "b.safetensors")
+    want = ir.compare(a16, b16, num_samples=10, backend="reference").to_dict()
+    assert got["kl"]["kl12"] == pytest.approx(want["kl"]["kl12"], rel=1e-4)
+    assert got["d_llv"]["value"] == pytest.approx(want["d_llv"]["value"], rel=1e-4)
