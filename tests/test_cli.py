@@ -99,3 +99,16 @@ def test_compare_bfloat16_safetensors(tmp_path, capsys):
     want = ir.compare(a16, b16, num_samples=10, backend="reference").to_dict()
     assert got["kl"]["kl12"] == pytest.approx(want["kl"]["kl12"], rel=1e-4)
     assert got["d_llv"]["value"] == pytest.approx(want["d_llv"]["value"], rel=1e-4)
+
+
+def test_progress_bars_only_on_a_terminal(capsys):
+    from identirep.progress import progress_bar
+    with progress_bar("work", 2.0) as update:      # pytest's stderr is not a tty: silent
+        update(1.0)
+        update(2.0)
+    assert capsys.readouterr().err == ""
+    calls = []
+    with progress_bar("work", 2.0, enabled=True) as update:
+        update(1.0)
+        calls.append(1)
+    assert calls == [1]

@@ -65,7 +65,10 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
             from .sampling import pivot_sample
             cands = pivot_sample(a.V, num_pivots, seed)
         return ref.d_llv_reference(a, b, pivot_candidates=cands, **kw)
-    return engine(a, b, backend).d_llv(num_pivots=num_pivots, **kw)
+    with progress_bar("streaming pass", 1.0) as update:
+        e = engine(a, b, backend, progress=update)
+    with progress_bar("pivot search", 1.0) as update:
+        return e.d_llv(num_pivots=num_pivots, progress=update, **kw)
 
 
 def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[int] = None,
@@ -158,8 +161,10 @@ def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
     a, b = e.a, e.b
     same = a.M == b.M
     max_label_sets, rep_sets = _budgets(max(a.M, b.M), max_label_sets, rep_sets)
-    d = e.d_llv(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
-                paper_compat=paper_compat, sets_per_pivot=sets_per_pivot, num_pivots=num_pivots)
+    with progress_bar("pivot search", 1.0) as update:
+        d = e.d_llv(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
+                    paper_compat=paper_compat, sets_per_pivot=sets_per_pivot,
+                    num_pivots=num_pivots, progress=update)
     sv = e.d_svd(d.pivot, d.leave_out, d.input_set, max_label_sets, seed) if same else None
     dr = e.d_rep(None, rep_sets, seed) if same else None
     return _finish_report(a, b, backend, e.kl(), d, e.d_logit(), e.mcca_f(), e.mcca_g(), sv, dr, t0)
