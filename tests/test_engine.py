@@ -68,13 +68,21 @@ def test_degenerate_labels_are_excluded_and_listed():
     assert got.degenerate_labels == [31]
 
 
-def test_duplicate_inputs_reject_candidate_sets():
+def test_duplicate_inputs_are_drawn_once_and_given_duplicates_are_rejected():
     a, b = random_pair(N=60, V=25, M=2, seed=15)
     f1, f2 = a.numpy()[0], b.numpy()[0]
     f1[1::2] = f1[0::2]
-    f2[1::2] = f2[0::2]       # every input appears twice
+    f2[1::2] = f2[0::2]       # every input appears twice (as repeated LM contexts do)
     a2, b2 = ir.Model(f1, a.g), ir.Model(f2, b.g)
-    got = check_llv(a2, b2, num_samples=60, sets_per_pivot=4)
+    got = check_llv(a2, b2, num_samples=10, sets_per_pivot=4)
+    assert got.rejected_input_sets == 0
+    assert "from 30 distinct inputs" in got.input_search
+    assert all(i % 2 == 0 for i in got.input_set)          # first occurrences only
+    for be in ("cpu", "reference"):                        # a given set with a duplicate pair
+        with pytest.raises(ir.IdentirepError, match="coincide"):
+            ir.d_llv(a2, b2, input_set=[0, 1, 4], backend=be)
+    # the paper's draw ignores duplicates and rejects the sets that contain one
+    got = check_llv(a2, b2, num_samples=20, paper_compat=True, seed=1)   # 3 sets hold a pair
     assert got.rejected_input_sets > 0
 
 

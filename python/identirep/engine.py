@@ -295,8 +295,9 @@ class PairEngine:
             cands = _check_input_set(input_set, self.N, set_size)[None, :]
             how = "given"
         else:
+            pool = None if paper_compat else sampling.distinct_inputs(self.F1, self.F2)
             cands, how = sampling.input_candidates(self.N, set_size, num_samples, seed,
-                                                   paper_compat, sets_per_pivot)
+                                                   paper_compat, sets_per_pivot, pool)
             how = f"min over {len(cands)} {how} candidates"
         s = self.stats
         a1, a2 = s.row_m2_11 / (self.V - 1), s.row_m2_22 / (self.V - 1)

@@ -141,8 +141,9 @@ def d_llv_reference(a: Model, b: Model, lam: float = 1e-5, combine: str = "max",
         cands = _check_input_set(input_set, a.N, set_size)[None, :]
         how = "given"
     else:
+        pool = None if paper_compat else sampling.distinct_inputs(a.f, b.f)
         cands, how = sampling.input_candidates(a.N, set_size, num_samples, seed, paper_compat,
-                                               sets_per_pivot)
+                                               sets_per_pivot, pool)
     crits = np.empty(len(cands))
     for i, c in enumerate(cands):
         rest, piv, _, dg = _input_terms(lp1, lp2, raw1, raw2, c, degenerate_rtol)

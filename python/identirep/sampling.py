@@ -10,8 +10,34 @@ import numpy as np
 from .errors import IdentirepError
 
 
+def distinct_inputs(*fs) -> np.ndarray:
+    """Sorted indices of the first occurrence of each distinct input, an input being its rows
+    in every f (language-model data repeats contexts: every text's first position, say).
+
+    Rows are hashed (random odd multipliers on their bits, wrapping uint64 sums, O(N M)); rows
+    with equal hashes are compared exactly."""
+    rng = np.random.default_rng(0x5EED)
+    N = len(fs[0])
+    h = np.zeros(N, np.uint64)
+    for f in fs:
+        bits = np.ascontiguousarray(f).reshape(N, -1).view(np.uint8)
+        bits = bits[:, : bits.shape[1] // 4 * 4].view(np.uint32)
+        mult = rng.integers(1, 2**63, bits.shape[1], dtype=np.uint64) | np.uint64(1)
+        for i in range(0, N, 4096):
+            h[i:i + 4096] += (bits[i:i + 4096].astype(np.uint64) * mult).sum(1, dtype=np.uint64)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    keep = np.ones(N, bool)
+    for j in np.flatnonzero(hs[1:] == hs[:-1]) + 1:   # equal hashes (stable: a < b): compare
+        a, b = order[j - 1], order[j]
+        if all(np.array_equal(np.asarray(f[a]), np.asarray(f[b])) for f in fs):
+            keep[b] = False
+    return np.flatnonzero(keep).astype(np.int64)
+
+
 def input_candidates(n_inputs: int, set_size: int, num_samples: int, seed: int,
-                     paper_compat: bool = False, sets_per_pivot: int = 1) -> Tuple[np.ndarray, str]:
+                     paper_compat: bool = False, sets_per_pivot: int = 1,
+                     pool=None) -> Tuple[np.ndarray, str]:
     """Candidate input diversity sets, shape (K, set_size); column 0 is the pivot.
 
     With ``sets_per_pivot == 1`` (the paper's scheme) K = num_samples sets, disjoint (all
@@ -19,8 +45,17 @@ def input_candidates(n_inputs: int, set_size: int, num_samples: int, seed: int,
     independent. With ``sets_per_pivot = s > 1``, num_samples distinct pivots each get s
     independent sets of the other inputs (K = num_samples * s): the engines evaluate these
     at O(M) per extra set. ``paper_compat`` draws exactly like the paper's code run after
-    ``np.random.seed(seed)``.
+    ``np.random.seed(seed)``. ``pool`` restricts the draw to these input indices (the
+    distinct inputs; ignored by ``paper_compat``).
     """
+    if pool is not None and not paper_compat and len(pool) < n_inputs:
+        if len(pool) < set_size:
+            raise IdentirepError(
+                f"an input diversity set needs {set_size} distinct inputs (M + 1) but only "
+                f"{len(pool)} of the N={n_inputs} inputs are distinct")
+        cands, how = input_candidates(len(pool), set_size, num_samples, seed, False,
+                                      sets_per_pivot)
+        return np.asarray(pool)[cands], f"{how} (from {len(pool)} distinct inputs)"
     if num_samples < 1 or sets_per_pivot < 1:
         raise IdentirepError(
             f"num_samples and sets_per_pivot must be >= 1, got {num_samples}, {sets_per_pivot}")
