@@ -247,6 +247,8 @@ class PairEngine:
             how = f"exact over {V} labels" if len(cands) == V else f"sampled {len(cands)} of {V}"
         crit = np.empty(len(cands))
         step = max(1, min(PIVOT_BLOCK, PIVOT_BLOCK_BYTES // (2 * V * np.dtype(self.cdt).itemsize)))
+        if leave_out is not None:   # the NumPy path below keeps ~10 V x B float64 temporaries
+            step = max(1, step // 16)
         for j0 in range(0, len(cands), step):
             blk = cands[j0:j0 + step]
             if leave_out is not None:
