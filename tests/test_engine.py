@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import identirep as ir
-from identirep import reference as ref
 
 from conftest import assert_close, random_pair
 

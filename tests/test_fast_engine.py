@@ -6,7 +6,6 @@ from hypothesis import given, settings, strategies as st
 
 import identirep as ir
 from identirep import reference as ref
-from identirep.engine import PairEngine
 from identirep.moments import Moments
 from identirep.passes import cpu_pass, numpy_pass
 

@@ -90,7 +90,6 @@ def bench_stream(n, v, m, repeats=3, naive=True) -> List[dict]:
     if naive:
         fns["naive chunked log_softmax"] = lambda: naive_kl(f1, g1, f2, g2)
     times = interleaved_times(fns, 1, repeats, sparse=("naive chunked log_softmax",))
-    del out1, out2
     return _rows("stream", f"N={n} V={v} M={m} f32", times)
 
 

@@ -19,7 +19,8 @@ from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
 from .passes import PassStats, numpy_pass
-from .reference import TIE_RTOL, _check_input_set, _check_llv_args, _combine, _rep_sets
+from .reference import (TIE_RTOL, _check_input_set, _check_llv_args, _combine, _rep_sets,
+                        candidate_input_sets)
 from .results import DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult
 
 #: exact pivot search up to this many labels on the CPU (4 V^2 M flops), sampled beyond.
@@ -292,15 +293,8 @@ class PairEngine:
 
     def input_side(self, term="max", input_set=None, num_samples=200, seed=0,
                    paper_compat=False, sets_per_pivot=1):
-        set_size = max(self.M1, self.M2) + 1
-        if input_set is not None:
-            cands = _check_input_set(input_set, self.N, set_size)[None, :]
-            how = "given"
-        else:
-            pool = None if paper_compat else sampling.distinct_inputs(self.F1, self.F2)
-            cands, how = sampling.input_candidates(self.N, set_size, num_samples, seed,
-                                                   paper_compat, sets_per_pivot, pool)
-            how = f"min over {len(cands)} {how} candidates"
+        cands, how = candidate_input_sets(self.a, self.b, input_set, num_samples, seed,
+                                          paper_compat, sets_per_pivot)
         s = self.stats
         a1, a2 = s.row_m2_11 / (self.V - 1), s.row_m2_22 / (self.V - 1)
         c12 = s.row_m2_12 / (self.V - 1)

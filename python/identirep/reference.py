@@ -136,14 +136,8 @@ def d_llv_reference(a: Model, b: Model, lam: float = 1e-5, combine: str = "max",
     raw1, raw2 = logits(a), logits(b)
     y0, l, t1, t3, deg = _label_side(lp1.T, lp2.T, raw1.T, raw2.T, term,
                                       pivot, leave_out, degenerate_rtol, pivot_candidates)
-    set_size = max(a.M, b.M) + 1
-    if input_set is not None:
-        cands = _check_input_set(input_set, a.N, set_size)[None, :]
-        how = "given"
-    else:
-        pool = None if paper_compat else sampling.distinct_inputs(a.f, b.f)
-        cands, how = sampling.input_candidates(a.N, set_size, num_samples, seed, paper_compat,
-                                               sets_per_pivot, pool)
+    cands, how = candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat,
+                                      sets_per_pivot)
     crits = np.empty(len(cands))
     for i, c in enumerate(cands):
         rest, piv, _, dg = _input_terms(lp1, lp2, raw1, raw2, c, degenerate_rtol)
@@ -159,9 +153,23 @@ def d_llv_reference(a: Model, b: Model, lam: float = 1e-5, combine: str = "max",
         pivot=y0, leave_out=l, input_set=[int(i) for i in cands[k]],
         pivot_search=("given" if pivot is not None else f"exact over {a.V} labels"
                       if pivot_candidates is None else f"sampled {len(pivot_candidates)} of {a.V}"),
-        input_search=how if input_set is not None else f"min over {len(cands)} {how} candidates",
+        input_search=how,
         num_input_candidates=len(cands), degenerate_pairs=len(deg_labels),
         degenerate_labels=deg_labels, rejected_input_sets=rejected)
+
+
+def candidate_input_sets(a: Model, b: Model, input_set, num_samples, seed, paper_compat,
+                         sets_per_pivot):
+    """The input diversity sets every engine evaluates, (K, M + 1), and how they were drawn:
+    the given set, or seeded candidates from the distinct inputs (all inputs for
+    ``paper_compat``)."""
+    set_size = max(a.M, b.M) + 1
+    if input_set is not None:
+        return _check_input_set(input_set, a.N, set_size)[None, :], "given"
+    pool = None if paper_compat else sampling.distinct_inputs(a.f, b.f)
+    cands, how = sampling.input_candidates(a.N, set_size, num_samples, seed, paper_compat,
+                                           sets_per_pivot, pool)
+    return cands, f"min over {len(cands)} {how} candidates"
 
 
 def _choose_input_set(crits: np.ndarray, paper_compat: bool):
