@@ -118,3 +118,15 @@ def test_no_silent_nan_on_extreme_logits():
     r = ir.compare(a, b, num_samples=10)
     for v in (r.kl.kl12, r.kl.kl21, r.d_llv.value, r.d_logit.value, r.mcca_f.value):
         assert np.isfinite(v)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("pivot,leave_out,msg", [
+    (-1, 2, "pivot must be a label index"), (10, 2, "pivot must be a label index"),
+    (1, 10, "leave_out must be a label index"), (1.0, 2, "pivot must be a label index"),
+    (3, 3, "must differ"),
+])
+def test_d_svd_rejects_bad_pivot_and_leave_out(backend, pivot, leave_out, msg):
+    a, b = model(seed=1), model(seed=2)
+    with pytest.raises(IdentirepError, match=msg):
+        ir.d_svd(a, b, pivot=pivot, leave_out=leave_out, input_set=[0, 1, 2, 3], backend=backend)

@@ -34,3 +34,37 @@ def test_matrix_needs_compatible_models():
         ir.matrix([a])
     with pytest.raises(ir.IdentirepError, match="different inputs"):
         ir.matrix([a, C.random_model(N=40, V=9, M=2)])
+
+
+def test_matrix_computes_per_model_statistics_once(monkeypatch):
+    """K models: moments of f and of g once per model (2K single-model products), not per pair."""
+    import importlib
+    eng = importlib.import_module("identirep.engine")   # identirep.engine is also a function
+    calls = []
+    orig = eng._single_moments
+    monkeypatch.setattr(eng, "_single_moments", lambda X, cdt: calls.append(X.shape) or orig(X, cdt))
+    base = C.random_model(N=120, V=15, M=3, seed=3)
+    models = [base] + [C.perturbed_copy(base, 0.2 * k, seed=k) for k in (1, 2, 3)]
+    m = ir.matrix(models, num_samples=10)
+    assert len(calls) == 2 * len(models)
+    assert np.isfinite(m.values["mcca_g"]).all() and np.isfinite(m.values["d_llv"]).all()
+
+
+def test_swapped_engine_equals_the_engine_of_the_swapped_pair():
+    a, b = C.random_model(N=90, V=13, M=3, seed=4, bias=True), C.random_model(N=90, V=13, M=4, seed=5)
+    e = ir.engine(a, b)
+    e.mcca_g()                       # label moments computed before the swap are permuted too
+    s, fresh = e.swapped(), ir.engine(b, a)
+    assert s.stats.dtype == fresh.stats.dtype
+    for x, y in ((s.mom.scatter, fresh.mom.scatter), (s.label_moments.scatter, fresh.label_moments.scatter),
+                 (s.A1, fresh.A1), (s.B12, fresh.B12)):
+        assert_close(x, y, atol=1e-10)
+    assert_close(s.d_llv(num_samples=10).value, fresh.d_llv(num_samples=10).value)
+
+
+def test_swapped_pass_keeps_its_dtype():
+    a, b = C.random_model(N=60, V=9, M=2, seed=6), C.random_model(N=60, V=9, M=2, seed=7)
+    a32 = ir.Model(a.f.astype(np.float32), a.g.astype(np.float32))
+    e = ir.engine(a32, b)
+    assert e.stats.dtype == "float32" and e.swapped().stats.dtype == "float32"
+    assert e.swapped().cdt == np.float32

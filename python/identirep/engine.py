@@ -17,7 +17,7 @@ import numpy as np
 from . import sampling
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
-from .moments import Moments
+from .moments import Moments, scatter_blocks
 from .passes import PassStats, numpy_pass
 from .reference import (TIE_RTOL, _check_input_set, _check_llv_args, _combine, _rep_sets,
                         candidate_input_sets)
@@ -62,8 +62,7 @@ def whiten(S: np.ndarray, what: str) -> np.ndarray:
     try:  # full rank: W = D^-1/2 L^-T from the Cholesky factor of the correlation matrix
         L = np.linalg.cholesky(R)
         if np.diag(L).min() ** 2 > 1e-12 * np.diag(L).max() ** 2:
-            from scipy.linalg import solve_triangular
-            return s[:, None] * solve_triangular(L, np.eye(len(L)), lower=True).T
+            return s[:, None] * np.linalg.inv(L).T
     except np.linalg.LinAlgError:
         pass
     w, U = np.linalg.eigh(R)
@@ -108,19 +107,76 @@ def _mean_svd(K11d, K22d, K12, precise=True):
     return float(singular_values(T, precise).mean())
 
 
-class PairEngine:
-    """Sufficient statistics of one model pair, computed once, shared by every measure."""
+class ModelCache:
+    """Statistics of one model alone, computed once and shared by every pair it is part of
+    (``matrix``): moments of f and of g, their whitenings and the input-side factor.
+    ``cdt`` is the compute dtype of the BLAS products (the pair pass's)."""
 
-    def __init__(self, a: Model, b: Model, stats: Optional[PassStats] = None,
-                 degenerate_rtol: Optional[float] = None):
-        check_pair(a, b)
-        self.a, self.b = a, b
+    def __init__(self, model: Model, cdt=np.float64):
+        self.model, self.cdt = model, np.dtype(cdt).type
         # f and g stay in their float32/float64 storage (no V x M float64 copies); rows that
         # enter small dense algebra are converted when taken
-        self.F1, self.G1 = _native(a.f), _native(a.g)
-        self.F2, self.G2 = _native(b.f), _native(b.g)
-        self.b1 = None if a.bias is None else to_numpy(a.bias, np.float64)
-        self.b2 = None if b.bias is None else to_numpy(b.bias, np.float64)
+        self.F, self.G = _native(model.f), _native(model.g)
+        self.bias = None if model.bias is None else to_numpy(model.bias, np.float64)
+        self._cache = {}
+
+    def _get(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def f_moments(self):
+        """(mean, scatter) of f over inputs."""
+        return self._get("f", lambda: _single_moments(self.F, self.cdt))
+
+    @property
+    def g_moments(self):
+        """(mean, scatter) of g over labels."""
+        return self._get("g", lambda: _single_moments(self.G, self.cdt))
+
+    def whitening(self, which: str, what: str) -> np.ndarray:
+        S = (self.f_moments if which == "f" else self.g_moments)[1]
+        return self._get("W" + which, lambda: whiten(S, what))
+
+    @property
+    def input_factor(self):
+        """(H, |H|^2 per row), H = f R with R R' the label covariance of g: squared distances
+        between rows of H are the input-side D(x, x0) (DESIGN.md section 3)."""
+        def make():
+            H = self.F @ sqrt_factor(self.g_moments[1] / (self.model.V - 1))
+            return H, (H * H).sum(1)
+        return self._get("H", make)
+
+
+def _single_moments(X, cdt):
+    _, (mean,), S = scatter_blocks([X], dtype=cdt)
+    return mean, S[0, 0]
+
+
+def pair_moments(c1: ModelCache, c2: ModelCache, extra=(), which: str = "f") -> Moments:
+    """Moments of [x1, x2, *extra] (x = f or g) from the models' cached own blocks and the
+    pair's cross blocks (the only products computed here)."""
+    X1, X2 = (c1.F, c2.F) if which == "f" else (c1.G, c2.G)
+    own1, own2 = (c1.f_moments, c2.f_moments) if which == "f" else (c1.g_moments, c2.g_moments)
+    k = 2 + len(extra)
+    pairs = [(p, q) for p in range(k) for q in range(p, k) if (p, q) not in ((0, 0), (1, 1))]
+    means = [own1[0], own2[0]] + [np.asarray(e, np.float64).reshape(len(e), -1).mean(0)
+                                  for e in extra]
+    n, means, S = scatter_blocks([X1, X2, *extra], pairs, c1.cdt, means=means)
+    S[0, 0], S[1, 1] = own1[1], own2[1]
+    return Moments.from_parts(n, means, S)
+
+
+class PairEngine:
+    """Sufficient statistics of one model pair, computed once, shared by every measure.
+
+    ``caches`` are the two models' ``ModelCache`` objects (made here when not given)."""
+
+    def __init__(self, a: Model, b: Model, stats: Optional[PassStats] = None,
+                 degenerate_rtol: Optional[float] = None, caches=None, _moments=None):
+        check_pair(a, b)
+        self.a, self.b = a, b
         self.N, self.V, self.M1, self.M2 = a.N, a.V, a.M, b.M
         if stats is None:
             f1, g1 = a.augmented()
@@ -131,8 +187,15 @@ class PairEngine:
             degenerate_rtol = DEGENERATE_RTOL[stats.dtype]
         self.tol = degenerate_rtol
         self.cdt = np.float32 if stats.dtype == "float32" else np.float64
-        self.mom = Moments.from_blocks_blas(
-            [self.F1, self.F2, stats.L1[:, None], stats.L2[:, None]], self.cdt)
+        if caches is None:
+            caches = (ModelCache(a, self.cdt), ModelCache(b, self.cdt))
+        if any(c.cdt != self.cdt for c in caches):
+            raise IdentirepError("model caches were made for another compute dtype")
+        self.c1, self.c2 = caches
+        self.F1, self.G1, self.b1 = self.c1.F, self.c1.G, self.c1.bias
+        self.F2, self.G2, self.b2 = self.c2.F, self.c2.G, self.c2.bias
+        self.mom, self._label_mom = _moments if _moments is not None else (
+            pair_moments(self.c1, self.c2, (stats.L1, stats.L2)), None)
         M1, M2 = self.M1, self.M2
         self.sF1, self.sF2 = slice(0, M1), slice(M1, M1 + M2)
         self.iL1, self.iL2 = M1 + M2, M1 + M2 + 1
@@ -143,19 +206,23 @@ class PairEngine:
         self.A1 = self.n1 - 2 * GC1[:, 0] + C[self.iL1, self.iL1]
         self.A2 = self.n2 - 2 * GC2[:, 1] + C[self.iL2, self.iL2]
         self.B12 = stats.col_m2_12 - GC1[:, 1] - GC2[:, 0] + C[self.iL1, self.iL2]
-        self._label_mom = None
 
     # ------------------------------------------------------------------ shared statistics
     @property
     def label_moments(self) -> Moments:
         """Moments over labels of [g1(y), g2(y)] (un-augmented)."""
         if self._label_mom is None:
-            self._label_mom = Moments.from_blocks_blas([self.G1, self.G2], self.cdt)
+            self._label_mom = pair_moments(self.c1, self.c2, which="g")
         return self._label_mom
 
     def swapped(self) -> "PairEngine":
-        """The engine of (b, a), from the same pass."""
-        return PairEngine(self.b, self.a, self.stats.swapped(), self.tol)
+        """The engine of (b, a), from the same pass and the same moments (permuted)."""
+        M1, M2 = self.M1, self.M2
+        pu = np.r_[M1:M1 + M2, 0:M1, M1 + M2 + 1, M1 + M2]
+        mom = _permuted(self.mom, pu)
+        lab = None if self._label_mom is None else _permuted(self._label_mom, pu[:-2])
+        return PairEngine(self.b, self.a, self.stats.swapped(), self.tol, (self.c2, self.c1),
+                          _moments=(mom, lab))
 
     def label_terms(self, pivot: int):
         """Per-label rest, piv, t3 and validity against one pivot (for plots and inspection)."""
@@ -284,12 +351,7 @@ class PairEngine:
 
     # ------------------------------------------------------------------ input side
     def _input_factors(self):
-        lm = self.label_moments
-        M1 = self.M1
-        out = []
-        for F, sl in ((self.F1, slice(0, M1)), (self.F2, slice(M1, M1 + self.M2))):
-            out.append(F @ sqrt_factor(lm.cov[sl, sl]))
-        return out
+        return self.c1.input_factor, self.c2.input_factor
 
     def input_side(self, term="max", input_set=None, num_samples=200, seed=0,
                    paper_compat=False, sets_per_pivot=1):
@@ -298,7 +360,7 @@ class PairEngine:
         s = self.stats
         a1, a2 = s.row_m2_11 / (self.V - 1), s.row_m2_22 / (self.V - 1)
         c12 = s.row_m2_12 / (self.V - 1)
-        H1, H2 = self._input_factors()
+        (H1, _), (H2, _) = self._input_factors()
 
         def terms(x0):
             D1 = ((H1 - H1[x0]) ** 2).sum(1)
@@ -311,7 +373,7 @@ class PairEngine:
                 piv = np.sqrt(np.clip(a1[x0] / D1 + a2[x0] / D2 - c12[x0] * cross, 0, None))
             return rest, piv, np.abs(q1 - q2), deg
 
-        crits = self._input_criteria(cands, H1, H2, a1, a2, c12)
+        crits = self._input_criteria(cands, a1, a2, c12)
         from .reference import _choose_input_set
         k, rejected = _choose_input_set(crits, paper_compat and input_set is None)
         rest, piv, t4, _ = terms(cands[k, 0])
@@ -320,13 +382,13 @@ class PairEngine:
         t4v = float(t4[rows].max() if term == "max" else t4[rows].mean())
         return [int(i) for i in cands[k]], t2, t4v, how, len(cands), rejected
 
-    def _input_criteria(self, cands, H1, H2, a1, a2, c12, block=64):
+    def _input_criteria(self, cands, a1, a2, c12, block=64):
         """max over each candidate set of max(rest, piv) (+inf if any pair is degenerate).
 
         Blocks of input pivots: D_k(x, x0) for all x from one GEMM, q(x) + q(x0) - 2 H H0';
         entries that cancel badly (D < 1e-6 (q + q0)) are recomputed as squared differences.
         """
-        q1, q2 = (H1 * H1).sum(1), (H2 * H2).sum(1)
+        (H1, q1), (H2, q2) = self._input_factors()
         pivots, inv = np.unique(cands[:, 0], return_inverse=True)
         crits = np.empty(len(cands))
         for b0 in range(0, len(pivots), block):
@@ -372,7 +434,8 @@ class PairEngine:
         M = self.M1
         C = self.mom.scatter
         C11, C22, C12 = C[self.sF1, self.sF1], C[self.sF2, self.sF2], C[self.sF1, self.sF2]
-        rem = np.array([y for y in range(self.V) if y not in (pivot, leave_out)])
+        from .reference import _svd_remaining
+        rem = _svd_remaining(pivot, leave_out, self.V)
         sets, how = sampling.label_sets(rem, M, max_sets, seed)
         vals = np.full(len(sets), np.nan)
         G1p, G2p = np.asarray(self.G1[pivot], float), np.asarray(self.G2[pivot], float)
@@ -396,15 +459,15 @@ class PairEngine:
     # ------------------------------------------------------------------ mCCA, d_rep
     def mcca_f(self, n_components=None) -> MCCAResult:
         C = self.mom.scatter
-        return mcca_from_scatter(C[self.sF1, self.sF1], C[self.sF2, self.sF2],
-                                 C[self.sF1, self.sF2], n_components, ("f1", "f2"),
+        return mcca_from_scatter(C[self.sF1, self.sF2], n_components,
+                                 self.c1.whitening("f", "f1"), self.c2.whitening("f", "f2"),
                                  self.cdt == np.float64)
 
     def mcca_g(self, n_components=None) -> MCCAResult:
         S = self.label_moments.scatter
-        M1 = self.M1
-        return mcca_from_scatter(S[:M1, :M1], S[M1:, M1:], S[:M1, M1:], n_components,
-                                 ("g1", "g2"), self.cdt == np.float64)
+        return mcca_from_scatter(S[self.sF1, self.sF2], n_components,
+                                 self.c1.whitening("g", "g1"), self.c2.whitening("g", "g2"),
+                                 self.cdt == np.float64)
 
     def d_rep(self, sets=None, num_sets: int = 100, seed: int = 0) -> DRepResult:
         if self.M1 != self.M2:
@@ -426,9 +489,12 @@ class PairEngine:
         return _rep_result(vals, sets)
 
 
-def mcca_from_scatter(S11, S22, S12, n_components, what, precise=True) -> MCCAResult:
+def _permuted(m: Moments, order) -> Moments:
+    return Moments(m.n, m.mean[order], m.scatter[np.ix_(order, order)])
+
+
+def mcca_from_scatter(S12, n_components, W1, W2, precise=True) -> MCCAResult:
+    """mCCA from the cross scatter and the whitenings (W' S W = I) of both sides."""
     from .reference import _mcca_result
-    W1 = whiten(S11, what[0])
-    W2 = whiten(S22, what[1])
     rho = np.clip(singular_values(W1.T @ S12 @ W2, precise), 0.0, 1.0)
-    return _mcca_result(rho, n_components, min(S11.shape[0], S22.shape[0]))
+    return _mcca_result(rho, n_components, min(W1.shape[0], W2.shape[0]))

@@ -42,7 +42,12 @@ class MatrixResult(_Result):
 
 
 def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **opts) -> MatrixResult:
-    """Compare every pair of ``models``: one pass per unordered pair gives both directions."""
+    """Compare every pair of ``models``: one pass per unordered pair gives both directions.
+
+    Per-model statistics (moments of f and g, whitenings, input-side factors) are computed
+    once per model (``ModelCache``) and shared by all of its pairs; each pair adds only its
+    cross products and the quantities that depend on its pass."""
+    from .engine import ModelCache
     from .measures import _report_from_engine, engine
     t0 = time.perf_counter()
     models = list(models)
@@ -59,9 +64,19 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
         np.fill_diagonal(values[k], diag)
     pairs = list(itertools.combinations(range(K), 2))
     out_pairs = []
+    cache = {}
+
+    def caches(i, j):
+        def get(cdt):
+            for k in (i, j):
+                if (k, cdt) not in cache:
+                    cache[k, cdt] = ModelCache(models[k], cdt)
+            return cache[i, cdt], cache[j, cdt]
+        return get
+
     with progress_bar(f"{len(pairs)} model pairs", len(pairs), progress) as update:
         for done, (i, j) in enumerate(pairs):
-            e = engine(models[i], models[j], backend)
+            e = engine(models[i], models[j], backend, caches=caches(i, j))
             for (p, q), eng in (((i, j), e), ((j, i), e.swapped())):
                 r = _report_from_engine(eng, backend=e.stats.backend, **opts)
                 for k, (_, read) in MEASURES.items():

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import reference as ref
 from ._backends import resolve
-from .engine import PairEngine, mcca_from_scatter
+from .engine import PairEngine, mcca_from_scatter, whiten
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
@@ -17,8 +17,11 @@ from .progress import progress_bar
 from .results import Report
 
 
-def engine(a: Model, b: Model, backend: str = "auto", progress=None) -> PairEngine:
-    """Run the streaming pass for a pair once; every measure can then be read off it."""
+def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None) -> PairEngine:
+    """Run the streaming pass for a pair once; every measure can then be read off it.
+
+    ``caches(compute_dtype)`` may return the two models' ``ModelCache`` objects (``matrix``
+    shares them between pairs)."""
     check_pair(a, b)
     backend = resolve(backend, a, b)
     if backend == "reference":
@@ -35,7 +38,8 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None) -> PairEngi
         f1, g1 = a.augmented(None)
         f2, g2 = b.augmented(None)
         stats = cpu_pass(f1, g1, f2, g2, progress=progress)
-    return PairEngine(a, b, stats)
+    cdt = np.float32 if stats.dtype == "float32" else np.float64
+    return PairEngine(a, b, stats, caches=None if caches is None else caches(cdt))
 
 
 def kl(a: Model, b: Model, backend: str = "auto"):
@@ -103,7 +107,8 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto"):
     mom = Moments.from_rows(np.hstack([x.astype(np.float64), y.astype(np.float64)]))
     d = x.shape[1]
     S = mom.scatter
-    return mcca_from_scatter(S[:d, :d], S[d:, d:], S[:d, d:], n_components, ("x", "y"))
+    return mcca_from_scatter(S[:d, d:], n_components, whiten(S[:d, :d], "x"),
+                             whiten(S[d:, d:], "y"))
 
 
 def d_logit(a: Model, b: Model, backend: str = "auto"):

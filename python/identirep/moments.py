@@ -25,41 +25,21 @@ class Moments:
 
     @classmethod
     def from_blocks_blas(cls, blocks, dtype=np.float64, chunk: int = 8192) -> "Moments":
-        """``from_rows`` of the column-stacked ``blocks`` (same rows), for tall data: BLAS
-        syrk/gemm per block pair in ``dtype``, accumulated in float64 (float32 halves the
-        time; relative error ~1e-6). Never copies all rows at once.
+        """``from_rows`` of the column-stacked ``blocks`` (same rows), for tall data, through
+        ``scatter_blocks``."""
+        n, means, S = scatter_blocks(blocks, dtype=dtype, chunk=chunk)
+        return cls.from_parts(n, means, S)
 
-        Blocks whose means are small against their spread (|mean| <= 3 sd in every column)
-        enter uncentred, straight from their storage (no copy), and the mean is removed from
-        the float64 result; others are centred chunk by chunk first."""
-        from scipy.linalg import blas
-        f32 = np.dtype(dtype) == np.float32
-        syrk, gemm = (blas.ssyrk, blas.sgemm) if f32 else (blas.dsyrk, blas.dgemm)
-        n = blocks[0].shape[0]
-        blocks = [np.asarray(b) for b in blocks]
-        means = [b.mean(0, dtype=np.float64) for b in blocks]
-        raw = [b.dtype == np.dtype(dtype) and b.flags.c_contiguous
-               and bool(np.all(m * m <= 9 * b[: min(n, 4096)].var(0, dtype=np.float64)))
-               for b, m in zip(blocks, means)]
-        offs = np.cumsum([0] + [m.size for m in means])
-        S = np.zeros((offs[-1], offs[-1]))
-        step = n if all(raw) else chunk
-        for i in range(0, n, step):
-            # transposes of C-ordered rows are F-ordered: BLAS reads them without copies
-            cs = [(b[i:i + step] if r else
-                   (b[i:i + step] - m.astype(b.dtype)).astype(dtype, copy=False)).T
-                  for b, m, r in zip(blocks, means, raw)]
-            for p, a in enumerate(cs):
-                sp = slice(offs[p], offs[p + 1])
-                S[sp, sp] += syrk(1.0, a, trans=0, lower=0)
-                for q in range(p + 1, len(cs)):
-                    S[sp, offs[q]:offs[q + 1]] += gemm(1.0, a, cs[q], trans_b=1)
-        S = np.triu(S) + np.triu(S, 1).T
-        mean = np.concatenate(means)
-        shift = np.concatenate([m * r for m, r in zip(means, raw)])   # means left in the sums
-        S -= n * np.outer(shift, shift)
-        # a block entered raw against a centred one: its cross sums carry mean x (sum of 0s)
-        return cls(n, mean, S)
+    @classmethod
+    def from_parts(cls, n: int, means, blocks) -> "Moments":
+        """Moments of column-stacked variables from their means and scatter blocks
+        ``blocks[(p, q)]`` (p <= q; every pair present)."""
+        offs = np.cumsum([0] + [np.size(m) for m in means])
+        S = np.empty((offs[-1], offs[-1]))
+        for (p, q), B in blocks.items():
+            S[offs[p]:offs[p + 1], offs[q]:offs[q + 1]] = B
+            S[offs[q]:offs[q + 1], offs[p]:offs[p + 1]] = np.asarray(B).T
+        return cls(n, np.concatenate([np.atleast_1d(m) for m in means]), S)
 
     def merge(self, other: "Moments") -> "Moments":
         n = self.n + other.n
@@ -86,3 +66,38 @@ def merge_stats(nA, meanA, m2A, nB, meanB, m2B):
     fac = np.where(n > 0, nA * nB / np.maximum(n, 1), 0.0)
     m2 = {k: m2A[k] + m2B[k] + deltas[k[0]] * deltas[k[1]] * fac for k in m2A}
     return n, means, m2
+
+
+def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, means=None):
+    """Centred scatter blocks ``S[(p, q)] = sum_x (b_p(x) - mean_p)' (b_q(x) - mean_q)`` of
+    column blocks with the same rows, for the block pairs ``pairs`` (p <= q; default all).
+    Returns (n, means, S) with float64 means and blocks.
+
+    Products are NumPy BLAS calls in ``dtype`` (``a.T @ a`` is a syrk), accumulated in float64
+    per chunk of rows; float32 halves the time at a relative error of ~1e-6. Blocks whose means
+    are small against their spread (|mean| <= 3 sd in every column) enter uncentred, straight
+    from their storage (no copy), and the mean is removed from the float64 result; the others
+    are centred chunk by chunk first. Only NumPy's BLAS is used: a second BLAS library's idle
+    threads would spin against it (NOTES.md)."""
+    n = blocks[0].shape[0]
+    blocks = [np.asarray(b).reshape(n, -1) for b in blocks]
+    if pairs is None:
+        pairs = [(p, q) for p in range(len(blocks)) for q in range(p, len(blocks))]
+    if means is None:
+        means = [b.mean(0, dtype=np.float64) for b in blocks]
+    used = sorted({i for pq in pairs for i in pq})
+    raw = {i: blocks[i].dtype == np.dtype(dtype) and bool(np.all(
+        means[i] * means[i] <= 9 * blocks[i][: min(n, 4096)].var(0, dtype=np.float64)))
+        for i in used}
+    S = {pq: np.zeros((means[pq[0]].size, means[pq[1]].size)) for pq in pairs}
+    step = n if all(raw.values()) else chunk
+    for i in range(0, n, step):
+        cs = {j: blocks[j][i:i + step] if raw[j] else
+              (blocks[j][i:i + step] - means[j].astype(blocks[j].dtype)).astype(dtype, copy=False)
+              for j in used}
+        for p, q in pairs:
+            S[p, q] += cs[p].T @ cs[q]     # one object on both sides: NumPy calls syrk
+    for p, q in pairs:   # a block entered raw keeps its mean in the sums; centred ones sum to 0
+        if raw[p] and raw[q]:
+            S[p, q] -= n * np.outer(means[p], means[q])
+    return n, means, S

@@ -45,7 +45,8 @@ class PassStats:
             agree=self.agree, row_mean1=self.row_mean2, row_mean2=self.row_mean1,
             row_m2_11=self.row_m2_22, row_m2_22=self.row_m2_11, row_m2_dd=self.row_m2_dd,
             col_mean1=self.col_mean2, col_mean2=self.col_mean1, col_m2_11=self.col_m2_22,
-            col_m2_22=self.col_m2_11, col_m2_12=self.col_m2_12, backend=self.backend)
+            col_m2_22=self.col_m2_11, col_m2_12=self.col_m2_12, backend=self.backend,
+            dtype=self.dtype)
 
     @property
     def row_m2_12(self) -> np.ndarray:

@@ -256,7 +256,7 @@ def d_svd_reference(a: Model, b: Model, pivot: int, leave_out: int, input_set,
     f1, g1, _ = a.numpy()
     f2, g2, _ = b.numpy()
     M = a.M
-    rem = np.array([y for y in range(a.V) if y not in (pivot, leave_out)])
+    rem = _svd_remaining(pivot, leave_out, a.V)
     sets, how = sampling.label_sets(rem, M, max_sets, seed)
     vals = np.full(len(sets), np.nan)
     for i, s in enumerate(sets):
@@ -266,6 +266,16 @@ def d_svd_reference(a: Model, b: Model, pivot: int, leave_out: int, input_set,
     iset = _check_input_set(input_set, a.N, M + 1)
     mg = msvd(g1 @ (f1[iset[1:]] - f1[iset[0]]).T, g2 @ (f2[iset[1:]] - f2[iset[0]]).T)
     return _svd_result(vals, mg, pivot, leave_out, iset, how)
+
+
+def _svd_remaining(pivot, leave_out, V):
+    """The labels other than the pivot and the leave-out (both checked)."""
+    for name, v in (("pivot", pivot), ("leave_out", leave_out)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < V:
+            raise IdentirepError(f"{name} must be a label index in [0, {V}), got {v!r}")
+    if pivot == leave_out:
+        raise IdentirepError(f"pivot and leave_out must differ, both are {pivot}")
+    return np.setdiff1d(np.arange(V), [pivot, leave_out])
 
 
 def _svd_result(vals, mg, pivot, leave_out, iset, how):
@@ -369,14 +379,16 @@ def _rep_sets(sets, V, M, num_sets, seed):
 
 
 def _rep_map(g1, g2, b1, b2, s):
-    import scipy.linalg as sla
+    """(A, c) with L1 A = L2 and L1 c = db, or None when L1 is singular (1-norm reciprocal
+    condition number <= 1e-12). NumPy LAPACK only (NOTES.md, one BLAS per process)."""
     L1 = np.asarray(g1[s[1:]], np.float64) - np.asarray(g1[s[0]], np.float64)
     L2 = np.asarray(g2[s[1:]], np.float64) - np.asarray(g2[s[0]], np.float64)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sla.LinAlgWarning)   # singular: caught by rcond below
-        lu, piv = sla.lu_factor(L1, check_finite=False)
-    rcond = sla.lapack.dgecon(lu, np.abs(L1).sum(0).max(), norm="1")[0]
+    try:
+        inv = np.linalg.inv(L1)
+    except np.linalg.LinAlgError:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        rcond = 1.0 / (np.abs(L1).sum(0).max() * np.abs(inv).sum(0).max())
     if not rcond > 1e-12:
         return None
     db = np.zeros(len(s) - 1)
@@ -384,7 +396,7 @@ def _rep_map(g1, g2, b1, b2, s):
         db += b2[s[1:]] - b2[s[0]]
     if b1 is not None:
         db -= b1[s[1:]] - b1[s[0]]
-    return sla.lu_solve((lu, piv), L2), sla.lu_solve((lu, piv), db)
+    return inv @ L2, inv @ db
 
 
 def _rep_result(vals, sets):
