@@ -78,11 +78,13 @@ def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
     import identirep.bench as bench
     monkeypatch.setattr(bench, "GPT2", (64, 500, 16))
     monkeypatch.setattr(bench, "LLAMA", (32, 300, 24))
+    monkeypatch.setattr(bench, "INPUT_QUICK", (1024, 64, 4))
     orig = bench.bench_pivots
     monkeypatch.setattr(bench, "bench_pivots", lambda v, m, repeats=3: orig(v // 16, 16, n=64, repeats=repeats))
     assert main(["bench", "--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    for s in ("KL + L pass", "compare", "exact pivot search", "paper port", "same choices: True"):
+    for s in ("KL + L pass", "compare", "exact pivot search", "paper port", "same choices: True",
+              "input_side (20000 sets)", "same choice: True"):
         assert s in out
 
 

@@ -16,11 +16,14 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from . import _build
-from .baselines import naive_kl, paper_d_llv
+from .baselines import naive_kl, paper_d_llv, paper_input_side
 from .model import Model
 
 GPT2 = (2048, 50304, 768)
 LLAMA = (1024, 32000, 2048)
+#: input side: N >= 200 (M + 1) so that the paper's 200 disjoint sets fit; V of a Llama-2 vocabulary
+INPUT = (16384, 32000, 64)
+INPUT_QUICK = (2048, 2000, 8)
 
 
 def interleaved_times(fns: Dict[str, Callable], warmup: int, repeats: int, sparse=()) -> dict:
@@ -160,6 +163,72 @@ def bench_paper(v=1000, n=2000, m=64) -> List[dict]:
                       f"rel. diff {rel:.1e}"}]
 
 
+def _log_likelihoods(f, g, chunk=512):
+    """log p(y|x), V x N float64: the matrix ``baselines.log_likelihoods`` builds, computed
+    in chunks of inputs (scipy's log_softmax over labels) so that memory stays at the output."""
+    from scipy.special import log_softmax
+    out = np.empty((g.shape[0], f.shape[0]))
+    for i in range(0, f.shape[0], chunk):
+        out[:, i:i + chunk] = log_softmax(g @ f[i:i + chunk].T, axis=0)
+    return out
+
+
+def bench_input(n, v, m, repeats=3, num_samples=200, sets_per_pivot=100, seed=0) -> List[dict]:
+    """The input side of d_LLV: the paper port's search over its ``num_samples`` disjoint
+    candidate sets against identirep's search over ``num_samples * sets_per_pivot`` sets.
+
+    Timed, interleaved (each round runs every variant once; the ratio is the median over
+    rounds of time / port time of the same round):
+      - ``baselines.paper_input_side``, the port's own input-side code (``paper_d_llv`` calls
+        it): draw the disjoint sets, evaluate them one by one on the materialised V x N
+        log-likelihood matrices, keep one, its terms. Building those matrices (O(N V M), N x V
+        memory) is not timed;
+      - ``PairEngine.input_side(num_samples, sets_per_pivot)`` on an engine whose pass is
+        done (the pass is not timed): the draw from the distinct inputs, the label-covariance
+        factors, every candidate's criterion, the choice, its terms;
+      - the same on the port's very sets (``sets_per_pivot=1, paper_compat=True``), which
+        also checks that identirep chooses the port's set, with the same t2.
+
+    Float64 on both sides: the port is float64 throughout (``baselines``) and identirep's
+    float64 engine is its exact mode, so the same-choice check compares like with like
+    (a float32 port would also differ from identirep's float32 engine by roundoff, and near
+    ties could then flip the choice). The cost is memory: the two V x N float64 matrices take
+    16 N V bytes (8.4 GB at the default N=16384, V=32000). N=16384 is the smallest power of
+    two with room for 200 disjoint sets of M + 1 = 65 inputs (N >= 13000); V=32000 is the
+    Llama-2 vocabulary; the port's cost per set grows with V, identirep's does not.
+    """
+    from .measures import engine
+    if n < num_samples * (m + 1):
+        raise ValueError(f"the port's {num_samples} disjoint sets of M + 1 = {m + 1} inputs "
+                         f"need N >= {num_samples * (m + 1)}, got N={n}")
+    f1, g1, f2, g2 = (x.astype(np.float64) for x in _pair(n, v, m))
+    e = engine(Model(f1, g1), Model(f2, g2))
+    lp1, lp2 = _log_likelihoods(f1, g1), _log_likelihoods(f2, g2)
+
+    port = paper_input_side(lp1, lp2, m, num_samples, seed)
+    same = e.input_side(num_samples=num_samples, seed=seed, paper_compat=True)
+    ours = e.input_side(num_samples=num_samples, seed=seed, sets_per_pivot=sets_per_pivot)
+    same_choice = same[0] == [int(i) for i in port[0]]
+    rel = abs(same[1] - port[1].max()) / abs(port[1].max())
+    n_port, n_same, n_ours = num_samples, same[4], ours[4]
+    k_port = f"paper port ({n_port} sets)"
+    k_ours = f"identirep input_side ({n_ours} sets)"
+    k_same = f"identirep input_side (the port's {n_same} sets)"
+    times = interleaved_times({
+        k_port: lambda: paper_input_side(lp1, lp2, m, num_samples, seed),
+        k_ours: lambda: e.input_side(num_samples=num_samples, seed=seed,
+                                     sets_per_pivot=sets_per_pivot),
+        k_same: lambda: e.input_side(num_samples=num_samples, seed=seed, paper_compat=True),
+    }, 0, repeats)
+    floor = f"floor = the paper port's input side over its {n_port} disjoint sets, one by one"
+    return _rows("input side", f"N={n} V={v} M={m} f64", times, floor_key=k_port, notes={
+        k_ours: f"{floor}; identirep evaluated {n_ours} sets ({num_samples} pivots x "
+                f"{sets_per_pivot}), {n_ours / n_port:.0f}x the port's {n_port}; "
+                f"t2 {ours[1]:.4g} (port's {port[1].max():.4g})",
+        k_same: f"{floor}; same {n_same} sets (paper_compat): same choice: {same_choice}, "
+                f"t2 rel. diff {rel:.1e}"})
+
+
 def run_suite(quick: bool = False, progress: Callable[[str], None] = None, repeats: int = 3) -> dict:
     say = progress or (lambda s: None)
     rows = []
@@ -169,7 +238,8 @@ def run_suite(quick: bool = False, progress: Callable[[str], None] = None, repea
              ("compare GPT-2", lambda: bench_compare(*GPT2, repeats=r)),
              ("pivots", lambda: bench_pivots(2048, 768, repeats=r)
               + ([] if quick else bench_pivots(4096, 768, repeats=r))),
-             ("paper port", lambda: bench_paper() if not quick else bench_paper(v=300, n=1000, m=32))]
+             ("paper port", lambda: bench_paper() if not quick else bench_paper(v=300, n=1000, m=32)),
+             ("input side", lambda: bench_input(*(INPUT_QUICK if quick else INPUT), repeats=r))]
     for name, fn in steps:
         say(name)
         rows += fn()

@@ -88,14 +88,49 @@ def _pivoted_candidates(n_inputs, set_size, num_pivots, per_pivot, seed):
     rng = np.random.default_rng(seed)
     pivots = rng.choice(n_inputs, num_pivots, replace=False)
     out = np.empty((num_pivots * per_pivot, set_size), np.int64)
-    k = 0
-    for p in pivots:
-        for _ in range(per_pivot):
-            r = rng.choice(n_inputs - 1, set_size - 1, replace=False)
-            out[k, 0] = p
-            out[k, 1:] = r + (r >= p)
-            k += 1
+    out[:, 0] = np.repeat(pivots, per_pivot)
+    # the others: set_size - 1 distinct inputs among the n_inputs - 1 that are not the pivot
+    r = distinct_rows(rng, len(out), n_inputs - 1, set_size - 1)
+    out[:, 1:] = r + (r >= out[:, :1])
     return out, f"{num_pivots} pivots x {per_pivot}"
+
+
+#: rejection sampling while a row of iid draws is distinct with at least this probability
+_MIN_ACCEPT = 0.25
+#: bytes of random keys per chunk of rows on the random-keys path
+_KEY_BYTES = 32 << 20
+
+
+def distinct_rows(rng: np.random.Generator, rows: int, n: int, k: int) -> np.ndarray:
+    """``rows`` x ``k`` indices, each row ``k`` distinct values of range(n), rows independent,
+    each row's set uniform over the k-subsets of range(n) (exactly), in a uniformly random
+    order on the rejection path and an arbitrary one on the random-keys path.
+
+    Vectorised: rows of k iid uniform draws, keeping the rows without a repeat and redrawing
+    the others (a row kept is uniform over ordered k-tuples of distinct values) while a row
+    is accepted with probability prod_i (1 - i/n) >= 1/4; otherwise the k smallest of n iid
+    uniform keys per row (argpartition), in chunks of rows of bounded memory.
+    """
+    if not 0 <= k <= n:
+        raise IdentirepError(f"cannot draw {k} distinct values out of {n}")
+    out = np.empty((rows, k), np.int64)
+    if k == 0 or rows == 0:
+        return out
+    log_accept = float(np.log1p(-np.arange(k) / n).sum())
+    if log_accept >= math.log(_MIN_ACCEPT):
+        todo = np.arange(rows)
+        while todo.size:
+            draw = rng.integers(0, n, (todo.size, k), dtype=np.int64)
+            s = np.sort(draw, axis=1)
+            ok = (s[:, 1:] != s[:, :-1]).all(axis=1)
+            out[todo[ok]] = draw[ok]
+            todo = todo[~ok]
+        return out
+    chunk = max(1, _KEY_BYTES // (8 * n))
+    for i in range(0, rows, chunk):
+        keys = rng.random((min(chunk, rows - i), n))
+        out[i:i + chunk] = keys.argpartition(k - 1, axis=1)[:, :k]
+    return out
 
 
 def label_sets(remaining: np.ndarray, size: int, max_sets: int, seed: int) -> Tuple[np.ndarray, str]:
