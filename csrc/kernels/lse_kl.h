@@ -316,6 +316,7 @@ inline void RowMomentsUpdate(const T* x1, const T* x2, int64_t v, int64_t col0, 
 // over rows [i0, i1) of a tile, a block of kColBlock columns at a time, so the
 // five accumulator rows of the block stay in L1 while the rows stream past.
 constexpr int64_t kColBlock = 512;
+constexpr int64_t kColGroupRows = 16;  // rows per column-sum group (LseKlUpdate)
 
 template <typename T>
 inline void ColAccumulateRows(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t i0,
@@ -404,13 +405,18 @@ void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, 
     nth = omp_get_num_threads();
 #endif
     const int64_t i0 = n * tid / nth, i1 = n * (tid + 1) / nth;  // a static schedule
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* x1 = l1 + i * ld1;
-      const T* x2 = l2 + i * ld2;
-      detail::UpdateRow(x1, x2, v, col0, i, st);
-      if (rows) detail::RowMomentsUpdate(x1, x2, v, col0, i, *mom);
+    // Groups of rows: the column sums read a group right after the row passes, from cache
+    // (same order of rows per column as one call over [i0, i1)).
+    for (int64_t r0 = i0; r0 < i1; r0 += detail::kColGroupRows) {
+      const int64_t r1 = r0 + detail::kColGroupRows < i1 ? r0 + detail::kColGroupRows : i1;
+      for (int64_t i = r0; i < r1; ++i) {
+        const T* x1 = l1 + i * ld1;
+        const T* x2 = l2 + i * ld2;
+        detail::UpdateRow(x1, x2, v, col0, i, st);
+        if (rows) detail::RowMomentsUpdate(x1, x2, v, col0, i, *mom);
+      }
+      if (cols) detail::ColAccumulateRows(l1, ld1, l2, ld2, r0, r1, v, a);
     }
-    if (cols) detail::ColAccumulateRows(l1, ld1, l2, ld2, i0, i1, v, a);
     if (cols && nt > 1) {
 #ifdef _OPENMP
 #pragma omp critical

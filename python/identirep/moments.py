@@ -75,9 +75,9 @@ def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, mean
 
     Products are NumPy BLAS calls in ``dtype`` (``a.T @ a`` is a syrk), accumulated in float64
     per chunk of rows; float32 halves the time at a relative error of ~1e-6. Blocks whose means
-    are small against their spread (|mean| <= 3 sd in every column) enter uncentred, straight
-    from their storage (no copy), and the mean is removed from the float64 result; the others
-    are centred chunk by chunk first. Only NumPy's BLAS is used: a second BLAS library's idle
+    are small against their spread (|mean| <= 3 sd in every column, sd from ~1024 rows spread
+    over the data) enter uncentred, straight from their storage (no copy), and the mean is
+    removed from the float64 result; the others are centred chunk by chunk first. Only NumPy's BLAS is used: a second BLAS library's idle
     threads would spin against it (NOTES.md)."""
     n = blocks[0].shape[0]
     blocks = [np.asarray(b).reshape(n, -1) for b in blocks]
@@ -87,7 +87,7 @@ def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, mean
         means = [b.mean(0, dtype=np.float64) for b in blocks]
     used = sorted({i for pq in pairs for i in pq})
     raw = {i: blocks[i].dtype == np.dtype(dtype) and bool(np.all(
-        means[i] * means[i] <= 9 * blocks[i][: min(n, 4096)].var(0, dtype=np.float64)))
+        means[i] * means[i] <= 9 * blocks[i][:: max(1, n // 1024)].var(0, dtype=np.float64)))
         for i in used}
     S = {pq: np.zeros((means[pq[0]].size, means[pq[1]].size)) for pq in pairs}
     step = n if all(raw.values()) else chunk
