@@ -372,3 +372,80 @@ def test_compare_on_gpu_arrays_matches_cpu(cupy, source):
             np.testing.assert_allclose(gv[k], w, rtol=1e-9, atol=1e-12, err_msg=k)
         else:
             assert gv[k] == w, k
+
+
+# ------------------------------------------------------------------ the engine on a GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_device_pivot_criteria_match_the_cpu_kernel(cupy, backend, mode):
+    from identirep import _core
+    rng = np.random.default_rng(31)
+    B, Vp = 37, 5003
+    n1, n2 = (rng.random(Vp) + 1.0 for _ in range(2))
+    X1, X2 = (0.3 * rng.standard_normal((B, Vp)) for _ in range(2))
+    A1, A2 = rng.random(Vp), rng.random(Vp)
+    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(Vp)
+    piv = rng.choice(Vp, B, replace=False)
+    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # S1(5, piv[0]) = 0: a degenerate pair
+    want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, piv, 1e-10, mode)
+    dev = [cupy.asarray(x) for x in (X1, X2, n1, n2, A1, A2, B12)]
+    got = gp.pivot_criteria_device(*dev, piv, 1e-10, mode, backend)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.gpu
+def test_engine_keeps_gpu_models_on_the_device(cupy):
+    a, b = random_pair(N=301, V=97, M=6, seed=11)
+    ga, gb = (ir.Model(cupy.asarray(m.f), cupy.asarray(m.g)) for m in (a, b))
+    e = ir.engine(ga, gb)
+    assert e.c1.xp is cupy and isinstance(e.G1, cupy.ndarray) and isinstance(e.F2, cupy.ndarray)
+    want = ir.engine(a, b)
+    for pivot in (None, 3):
+        got_r = e.d_llv(num_samples=20, pivot=pivot, num_pivots=40)
+        want_r = want.d_llv(num_samples=20, pivot=pivot, num_pivots=40)
+        assert (got_r.pivot, got_r.leave_out, got_r.input_set) == \
+            (want_r.pivot, want_r.leave_out, want_r.input_set)
+        np.testing.assert_allclose(got_r.value, want_r.value, rtol=1e-9)
+    np.testing.assert_allclose(e.mcca_g().value, want.mcca_g().value, rtol=1e-9)
+
+
+@pytest.mark.gpu
+def test_matrix_of_gpu_models_matches_cpu(cupy):
+    from identirep import constructions as C
+    base = C.random_model(N=150, V=21, M=3, seed=0, bias=True, name="base")
+    models = [base, C.perturbed_copy(base, 0.3, seed=1), C.linear_transform(base, seed=2)]
+    gpu = [ir.Model(cupy.asarray(m.f), cupy.asarray(m.g), bias=cupy.asarray(m.bias), name=m.name)
+           for m in models]
+    got, want = ir.matrix(gpu, num_samples=20), ir.matrix(models, num_samples=20)
+    for k in want.values:
+        np.testing.assert_allclose(got.values[k], want.values[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as e:  # no CuPy, or no NVRTC library
+        pytest.skip(f"CuPy's NVRTC is not available ({type(e).__name__})")
+    return nvrtc
+
+
+@pytest.mark.parametrize("name", ["lse_kl.cuh", "pivot_terms.cuh"])
+def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(name):
+    """The cupy backend's run-time compilation, without a GPU: each header under NVRTC with
+    the exact name expressions it launches (sm_90 PTX)."""
+    nvrtc = _nvrtc()
+    exprs = ([n for t in ("float", "double") for n in gp.kernel_names(t).values()]
+             if name == "lse_kl.cuh" else [gp.PIVOT_KERNEL])
+    src = "\n".join(l for l in gp.kernel_source(name).splitlines() if l.strip() != "#pragma once")
+    prog = nvrtc.createProgram(src, name, [], [])
+    for e in exprs:
+        nvrtc.addNameExpression(prog, e)
+    try:
+        nvrtc.compileProgram(prog, ["-std=c++17", "-arch=compute_90"])
+    except nvrtc.NVRTCError as e:
+        pytest.fail(f"{name}: {e}\n{nvrtc.getProgramLog(prog)}")
+    assert all(nvrtc.getLoweredName(prog, e).startswith("_ZN9identirep7kernels") for e in exprs)
+    assert ".entry" in nvrtc.getPTX(prog).decode()
+    nvrtc.destroyProgram(prog)

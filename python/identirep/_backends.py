@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import numpy as np
+
 from .errors import IdentirepError
 
 BACKENDS = ("cpu", "cuda", "cupy", "reference")
@@ -25,6 +27,15 @@ def is_gpu_array(a) -> bool:
     if mod == "torch":
         return bool(getattr(a, "is_cuda", False))
     return mod == "cupy" or hasattr(a, "__cuda_array_interface__")
+
+
+def array_module(x):
+    """cupy for a CuPy array, numpy otherwise: the engine keeps each model's arrays in one of
+    the two (``engine.ModelCache``) and writes its array code against this module."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        import cupy
+        return cupy
+    return np
 
 
 def array_location(*arrays) -> str:

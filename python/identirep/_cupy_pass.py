@@ -442,3 +442,56 @@ class _CupyEpilogue:
         self.merge((-(-v // MERGE_THREADS),), (MERGE_THREADS,),
                    (l1, l2, i64(n), i64(v), i64(c0), i64(chunks), self.work, col_m, i64(V),
                     i64(r0)))
+
+
+# ------------------------------------------------------------------ pivot search
+PIVOT_THREADS = 256   # kPivotThreads of kernels/pivot_terms.cuh
+PIVOT_KERNEL = f"identirep::kernels::PivotCriteriaKernel<{PIVOT_THREADS}>"
+_PIVOT_MODULES = {}
+
+
+def _pivot_module(cp):
+    dev = cp.cuda.Device().id
+    if dev not in _PIVOT_MODULES:
+        src = "\n".join(line for line in kernel_source("pivot_terms.cuh").splitlines()
+                        if line.strip() != "#pragma once")
+        _PIVOT_MODULES[dev] = cp.RawModule(code=src, options=("-std=c++17",),
+                                           name_expressions=[PIVOT_KERNEL])
+    return _PIVOT_MODULES[dev]
+
+
+def pivot_criteria_device(X1, X2, n1, n2, A1, A2, B12, pivots, tol: float, mode: str,
+                          backend: str) -> np.ndarray:
+    """Best-leave-out criterion of each pivot (kernels/pivot_terms.cuh) on the GPU.
+
+    X1, X2: device (B, V) cross products g_k(y0)' C_k g_k(y) (any float dtype: copied to
+    float64 when not); n1, n2, A1, A2, B12: device float64 (V,); pivots: (B,) indices.
+    ``backend`` "cuda" launches the compiled kernel (``_core.pivot_criteria_cuda``), "cupy"
+    the same kernel compiled by NVRTC. Returns host float64 (B,)."""
+    if mode not in ("max", "mean"):
+        raise IdentirepError(f"mode must be 'max' or 'mean', got {mode!r}")
+    cp = import_cupy()
+    X1, X2 = (cp.ascontiguousarray(x, dtype=cp.float64) for x in (X1, X2))
+    B, V = X1.shape
+    if X2.shape != (B, V) or any(v.shape != (V,) for v in (n1, n2, A1, A2, B12)):
+        raise IdentirepError("pivot_criteria_device: X1, X2 must be (B, V) and the label "
+                             "vectors (V,)")
+    piv = cp.asarray(np.asarray(pivots, np.int64))
+    crit = cp.empty(B, dtype=cp.float64)
+    if B == 0:
+        return crit.get()
+    vecs = [cp.ascontiguousarray(v, dtype=cp.float64) for v in (n1, n2, A1, A2, B12)]
+    if backend == "cuda":
+        from . import _core
+        if not hasattr(_core, "pivot_criteria_cuda"):
+            raise IdentirepError("the cuda backend needs identirep built with CUDA "
+                                 "(IDENTIREP_CUDA=ON pip install .); backend='cupy' does not")
+        _core.pivot_criteria_cuda(X1.data.ptr, X2.data.ptr, V, V, *(v.data.ptr for v in vecs),
+                                  piv.data.ptr, B, V, float(tol), mode, crit.data.ptr,
+                                  cp.cuda.get_current_stream().ptr)
+    else:
+        kern = _pivot_module(cp).get_function(PIVOT_KERNEL)
+        kern((B,), (PIVOT_THREADS,), (X1, np.int64(V), X2, np.int64(V), *vecs, piv, np.int64(V),
+                                      np.float64(tol), np.int32(0 if mode == "max" else 1),
+                                      crit))
+    return crit.get()

@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 
 from . import sampling
+from ._backends import array_module, is_gpu_array
+from ._build import build_info
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
 from .moments import Moments, scatter_blocks
@@ -76,14 +78,25 @@ def _native(a) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
 
 
-def matmul64(A: np.ndarray, B: np.ndarray, chunk: int = 8192, dtype=np.float64) -> np.ndarray:
-    """A @ B as float64 for a tall A: in float64 (A converted chunk by chunk), or as one
-    ``dtype`` = float32 BLAS call (the float32 engine's precision)."""
+def matmul64(A, B: np.ndarray, chunk: int = 8192, dtype=np.float64) -> np.ndarray:
+    """A @ B as host float64 for a tall A: in float64 (A converted chunk by chunk), or as one
+    ``dtype`` = float32 BLAS call (the float32 engine's precision). A device A (CuPy) is
+    multiplied there, in float64 when A is float64 or ``dtype`` is, and the result copied back."""
+    xp = array_module(A)
+    if xp is not np:
+        dt = np.float32 if (A.dtype == np.float32 and dtype == np.float32) else np.float64
+        return to_numpy(A.astype(dt, copy=False) @ xp.asarray(B, dtype=dt), np.float64)
     if A.dtype == np.float64:
         return A @ B
     if dtype == np.float32:
         return np.asarray(A @ B.astype(np.float32), np.float64)
     return np.vstack([np.asarray(A[i:i + chunk], np.float64) @ B for i in range(0, len(A), chunk)])
+
+
+def rows64(X, idx) -> np.ndarray:
+    """Rows ``idx`` of a host or device array as host float64 (small subsets only)."""
+    xp = array_module(X)
+    return to_numpy(X[xp.asarray(idx, dtype=np.int64)], np.float64)
 
 
 def _quad_diag(L: np.ndarray, C: np.ndarray) -> np.ndarray:
@@ -114,9 +127,16 @@ class ModelCache:
 
     def __init__(self, model: Model, cdt=np.float64):
         self.model, self.cdt = model, np.dtype(cdt).type
-        # f and g stay in their float32/float64 storage (no V x M float64 copies); rows that
-        # enter small dense algebra are converted when taken
-        self.F, self.G = _native(model.f), _native(model.g)
+        # f and g stay where they live, in their float32/float64 storage (half types widened to
+        # float32; no V x M float64 copies); rows that enter small dense algebra are converted
+        # when taken
+        if is_gpu_array(model.f):
+            from ._cupy_pass import as_device
+            self.F, self.G = (_device_native(as_device(x, name))
+                              for x, name in ((model.f, "f"), (model.g, "g")))
+        else:
+            self.F, self.G = _native(model.f), _native(model.g)
+        self.xp = array_module(self.F)
         self.bias = None if model.bias is None else to_numpy(model.bias, np.float64)
         self._cache = {}
 
@@ -144,9 +164,14 @@ class ModelCache:
         """(H, |H|^2 per row), H = f R with R R' the label covariance of g: squared distances
         between rows of H are the input-side D(x, x0) (DESIGN.md section 3)."""
         def make():
-            H = self.F @ sqrt_factor(self.g_moments[1] / (self.model.V - 1))
+            H = self.F @ self.xp.asarray(sqrt_factor(self.g_moments[1] / (self.model.V - 1)))
             return H, (H * H).sum(1)
         return self._get("H", make)
+
+
+def _device_native(x):
+    """A DeviceArray as a CuPy float32/float64 array (half types widened to float32)."""
+    return x.data if x.kind in ("float32", "float64") else x.widened(np.float32)
 
 
 def _single_moments(X, cdt):
@@ -161,8 +186,9 @@ def pair_moments(c1: ModelCache, c2: ModelCache, extra=(), which: str = "f") -> 
     own1, own2 = (c1.f_moments, c2.f_moments) if which == "f" else (c1.g_moments, c2.g_moments)
     k = 2 + len(extra)
     pairs = [(p, q) for p in range(k) for q in range(p, k) if (p, q) not in ((0, 0), (1, 1))]
-    means = [own1[0], own2[0]] + [np.asarray(e, np.float64).reshape(len(e), -1).mean(0)
-                                  for e in extra]
+    extra = [np.asarray(e, np.float64).reshape(len(e), -1) for e in extra]
+    means = [own1[0], own2[0]] + [e.mean(0) for e in extra]
+    extra = [c1.xp.asarray(e) for e in extra]     # next to f: the products run where f lives
     n, means, S = scatter_blocks([X1, X2, *extra], pairs, c1.cdt, means=means)
     S[0, 0], S[1, 1] = own1[1], own2[1]
     return Moments.from_parts(n, means, S)
@@ -206,6 +232,10 @@ class PairEngine:
         self.A1 = self.n1 - 2 * GC1[:, 0] + C[self.iL1, self.iL1]
         self.A2 = self.n2 - 2 * GC2[:, 1] + C[self.iL2, self.iL2]
         self.B12 = stats.col_m2_12 - GC1[:, 1] - GC2[:, 0] + C[self.iL1, self.iL2]
+        self._device_vectors = None
+        # the compiled CUDA kernels ("cuda") or the same ones through NVRTC ("cupy")
+        self.gpu_backend = (stats.backend if stats.backend in ("cuda", "cupy") else
+                            "cuda" if build_info().get("cuda_compiled") else "cupy")
 
     # ------------------------------------------------------------------ shared statistics
     @property
@@ -249,7 +279,7 @@ class PairEngine:
         C = self.mom.scatter
         S = []
         for G, n, sl in ((self.G1, self.n1, self.sF1), (self.G2, self.n2, self.sF2)):
-            X = matmul64(G, C[sl, sl] @ np.asarray(G[y0s], np.float64).T, dtype=self.cdt)
+            X = matmul64(G, C[sl, sl] @ rows64(G, y0s).T, dtype=self.cdt)
             S.append(n[:, None] + n[y0s][None, :] - 2 * X)
         S1, S2 = S
         deg = ((S1 <= self.tol * (self.n1[:, None] + self.n1[y0s][None, :]))
@@ -268,12 +298,22 @@ class PairEngine:
         return rest, piv, t3, ~deg, deg & ~self_pair
 
     def _pivot_criteria(self, y0s: np.ndarray, term: str) -> np.ndarray:
-        """min over leave-outs of the term criterion for each pivot in y0s (compiled epilogue)."""
+        """min over leave-outs of the term criterion for each pivot in y0s (compiled epilogue,
+        on the GPU when g lives there)."""
         from . import _core
         C = self.mom.scatter
-        X = [(np.asarray(G[y0s], self.cdt) @ C[sl, sl].astype(self.cdt))
+        xp = self.c1.xp
+        idx = xp.asarray(y0s, dtype=np.int64)
+        X = [(G[idx].astype(self.cdt, copy=False) @ xp.asarray(C[sl, sl], dtype=self.cdt))
              @ G.T.astype(self.cdt, copy=False)
              for G, sl in ((self.G1, self.sF1), (self.G2, self.sF2))]
+        if xp is not np:
+            from ._cupy_pass import pivot_criteria_device
+            if self._device_vectors is None:
+                self._device_vectors = [xp.asarray(v, dtype=np.float64) for v in
+                                        (self.n1, self.n2, self.A1, self.A2, self.B12)]
+            return pivot_criteria_device(X[0], X[1], *self._device_vectors, y0s, self.tol,
+                                         term, self.gpu_backend)
         return _core.pivot_criteria(X[0], X[1], self.n1, self.n2, self.A1, self.A2, self.B12,
                                     np.ascontiguousarray(y0s, np.int64), self.tol, term)
 
@@ -363,8 +403,8 @@ class PairEngine:
         (H1, _), (H2, _) = self._input_factors()
 
         def terms(x0):
-            D1 = ((H1 - H1[x0]) ** 2).sum(1)
-            D2 = ((H2 - H2[x0]) ** 2).sum(1)
+            D1 = to_numpy(((H1 - H1[x0]) ** 2).sum(1))
+            D2 = to_numpy(((H2 - H2[x0]) ** 2).sum(1))
             deg = (D1 <= self.tol * (a1 + a1[x0])) | (D2 <= self.tol * (a2 + a2[x0]))
             with np.errstate(divide="ignore", invalid="ignore"):
                 q1, q2 = np.sqrt(D1), np.sqrt(D2)
@@ -389,17 +429,20 @@ class PairEngine:
         entries that cancel badly (D < 1e-6 (q + q0)) are recomputed as squared differences.
         """
         (H1, q1), (H2, q2) = self._input_factors()
+        xp = self.c1.xp
+        qh1, qh2 = to_numpy(q1), to_numpy(q2)
         pivots, inv = np.unique(cands[:, 0], return_inverse=True)
         crits = np.empty(len(cands))
         for b0 in range(0, len(pivots), block):
             P = pivots[b0:b0 + block]
+            Pd = xp.asarray(P)
             D = []
-            for H, q in ((H1, q1), (H2, q2)):
-                Dk = q[:, None] + q[P][None, :] - 2.0 * (H @ H[P].T)
-                bad = np.argwhere(Dk < 1e-6 * (q[:, None] + q[P][None, :]))
+            for H, q, qh in ((H1, q1, qh1), (H2, q2, qh2)):
+                Dk = to_numpy(q[:, None] + q[Pd][None, :] - 2.0 * (H @ H[Pd].T))
+                bad = np.argwhere(Dk < 1e-6 * (qh[:, None] + qh[P][None, :]))
                 if len(bad):
-                    diff = H[bad[:, 0]] - H[P[bad[:, 1]]]
-                    Dk[bad[:, 0], bad[:, 1]] = (diff * diff).sum(1)
+                    diff = H[xp.asarray(bad[:, 0])] - H[xp.asarray(P[bad[:, 1]])]
+                    Dk[bad[:, 0], bad[:, 1]] = to_numpy((diff * diff).sum(1))
                 D.append(Dk)
             D1, D2 = D
             deg = ((D1 <= self.tol * (a1[:, None] + a1[P][None, :]))
@@ -438,18 +481,18 @@ class PairEngine:
         rem = _svd_remaining(pivot, leave_out, self.V)
         sets, how = sampling.label_sets(rem, M, max_sets, seed)
         vals = np.full(len(sets), np.nan)
-        G1p, G2p = np.asarray(self.G1[pivot], float), np.asarray(self.G2[pivot], float)
+        G1p, G2p = rows64(self.G1, [pivot])[0], rows64(self.G2, [pivot])[0]
         for i, s in enumerate(sets):
-            L1 = np.asarray(self.G1[s], float) - G1p
-            L2 = np.asarray(self.G2[s], float) - G2p
+            L1 = rows64(self.G1, s) - G1p
+            L2 = rows64(self.G2, s) - G2p
             m = _mean_svd(_quad_diag(L1, C11), _quad_diag(L2, C22), L1 @ C12 @ L2.T,
                           self.cdt == np.float64)
             if m is not None:
                 vals[i] = 1.0 - m
         iset = _check_input_set(input_set, self.N, M + 1)
         S = self.label_moments.scatter
-        N1 = np.asarray(self.F1[iset[1:]], float) - np.asarray(self.F1[iset[0]], float)
-        N2 = np.asarray(self.F2[iset[1:]], float) - np.asarray(self.F2[iset[0]], float)
+        F1s, F2s = rows64(self.F1, iset), rows64(self.F2, iset)
+        N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
         S11, S22, S12 = S[:M, :M], S[M:, M:], S[:M, M:]
         mg = _mean_svd(_quad_diag(N1, S11), _quad_diag(N2, S22), N1 @ S12 @ N2.T,
                        self.cdt == np.float64)
@@ -479,7 +522,9 @@ class PairEngine:
         mu1, mu2 = mu[self.sF1], mu[self.sF2]
         vals = np.full(len(sets), np.nan)
         for i, s in enumerate(sets):
-            sol = _rep_map(self.G1, self.G2, self.b1, self.b2, s)
+            sol = _rep_map(rows64(self.G1, s), rows64(self.G2, s),
+                           None if self.b1 is None else self.b1[s],
+                           None if self.b2 is None else self.b2[s], np.arange(len(s)))
             if sol is None:
                 continue
             A, c = sol

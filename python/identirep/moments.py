@@ -79,24 +79,28 @@ def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, mean
     over the data) enter uncentred, straight from their storage (no copy), and the mean is
     removed from the float64 result; the others are centred chunk by chunk first. Only NumPy's BLAS is used: a second BLAS library's idle
     threads would spin against it (NOTES.md)."""
+    from ._backends import array_module
+    from .model import to_numpy
+    xp = array_module(blocks[0])   # NumPy, or CuPy for device blocks (products on the GPU)
     n = blocks[0].shape[0]
-    blocks = [np.asarray(b).reshape(n, -1) for b in blocks]
+    blocks = [xp.asarray(b).reshape(n, -1) for b in blocks]
     if pairs is None:
         pairs = [(p, q) for p in range(len(blocks)) for q in range(p, len(blocks))]
     if means is None:
-        means = [b.mean(0, dtype=np.float64) for b in blocks]
+        means = [to_numpy(b.mean(0, dtype=np.float64)) for b in blocks]
     used = sorted({i for pq in pairs for i in pq})
     raw = {i: blocks[i].dtype == np.dtype(dtype) and bool(np.all(
-        means[i] * means[i] <= 9 * blocks[i][:: max(1, n // 1024)].var(0, dtype=np.float64)))
+        means[i] * means[i] <= 9 * to_numpy(blocks[i][:: max(1, n // 1024)].var(0, dtype=np.float64))))
         for i in used}
+    dmeans = {j: xp.asarray(means[j], dtype=blocks[j].dtype) for j in used if not raw[j]}
     S = {pq: np.zeros((means[pq[0]].size, means[pq[1]].size)) for pq in pairs}
     step = n if all(raw.values()) else chunk
     for i in range(0, n, step):
         cs = {j: blocks[j][i:i + step] if raw[j] else
-              (blocks[j][i:i + step] - means[j].astype(blocks[j].dtype)).astype(dtype, copy=False)
+              (blocks[j][i:i + step] - dmeans[j]).astype(dtype, copy=False)
               for j in used}
         for p, q in pairs:
-            S[p, q] += cs[p].T @ cs[q]     # one object on both sides: NumPy calls syrk
+            S[p, q] += to_numpy(cs[p].T @ cs[q])     # one object on both sides: NumPy calls syrk
     for p, q in pairs:   # a block entered raw keeps its mean in the sums; centred ones sum to 0
         if raw[p] and raw[q]:
             S[p, q] -= n * np.outer(means[p], means[q])
