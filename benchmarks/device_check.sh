@@ -6,7 +6,7 @@
 #   2. nvidia-smi summary;
 #   3. the GPU tests, which must not all skip (IDENTIREP_REQUIRE_GPU_TESTS=1);
 #   4. compute-sanitizer memcheck and racecheck on a tiny run of every kernel;
-#   5. benchmarks/bench_gpu.py.
+#   5. benchmarks/bench_gpu.py (the passes) and benchmarks/bench_gpu_compare.py (the engine).
 # Each step has a timeout and the whole check stays under 8 minutes. Logs and the summary table
 # go to $OUT (default ./device_check_out): $OUT/device_check.md. Exits non-zero if a step failed.
 #
@@ -69,7 +69,10 @@ finish() {
         | tail -n 1 || echo 'no summary')"
     done
     echo
-    if [[ -s "$OUT/bench_gpu.md" ]]; then cat "$OUT/bench_gpu.md"; else echo "benchmark: no table"; fi
+    for b in bench_gpu bench_gpu_compare; do
+      echo
+      if [[ -s "$OUT/$b.md" ]]; then cat "$OUT/$b.md"; else echo "$b: no table"; fi
+    done
   } > "$SUMMARY"
   cat "$SUMMARY"
   exit "$failed"
@@ -92,4 +95,5 @@ step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \
 step racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 1 \
   "$PYTHON" benchmarks/sanitize_case.py
 step bench 150 "$PYTHON" benchmarks/bench_gpu.py --out "$OUT/bench_gpu.md"
+step bench-compare 150 "$PYTHON" benchmarks/bench_gpu_compare.py --repeats 1 --out "$OUT/bench_gpu_compare.md"
 finish

@@ -1,0 +1,158 @@
+"""Benchmark of the whole engine on a GPU at language-model scale, bfloat16 inputs.
+
+At N=16384, V=128256, M=4096 (the shapes of the GPU targets) by default, for each GPU backend
+("cuda" when compiled, "cupy"):
+  compare sampled   identirep.compare with 256 sampled pivots (all measures);
+  compare exact     the same with the exact pivot search over all V labels (--exact);
+  phases            one sampled compare split into its steps (pass, engine set-up, label side,
+                    input side, d_SVD, d_rep, mCCA of f and g);
+  pivots exact      PairEngine.label_side over all V pivots on an engine whose pass is done;
+  pivot floor       the bare V x V x M GEMMs of that search, g_k[block] @ g_k^T for both models
+                    over the same pivot blocks, in bfloat16 and in float32 (the precision of
+                    the engine's cross products).
+Wall-clock seconds with the device synchronised, median of --repeats after one warm-up run
+(which also compiles the NVRTC kernels). Writes a markdown table (--out).
+
+    python benchmarks/bench_gpu_compare.py --out compare.md
+    python benchmarks/bench_gpu_compare.py --shape 16384,50304,768 --exact
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import cupy as cp
+
+import identirep as ir
+from bench_gpu import cupy_bfloat16, import_torch, make_inputs, parse_shape
+from identirep import build_info
+from identirep.measures import engine as make_engine
+
+
+def wall(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        fn()
+        cp.cuda.Device().synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def model_array(x, torch):
+    """A bfloat16 array identirep.Model accepts: a torch tensor (zero-copy) or a CuPy array."""
+    if torch is not None:
+        return torch.from_dlpack(x.data.view(cp.int16)).view(torch.bfloat16)
+    bf = cupy_bfloat16()
+    if bf is None:
+        raise SystemExit("bfloat16 models need torch with CUDA, or CuPy with ml_dtypes")
+    return x.data.view(bf)
+
+
+def phases(a, b, backend):
+    """Seconds of each step of one compare with sampled pivots."""
+    out = {}
+
+    def timed(name, fn):
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        r = fn()
+        cp.cuda.Device().synchronize()
+        out[name] = time.perf_counter() - t0
+        return r
+
+    e = timed("pass + engine set-up", lambda: make_engine(a, b, backend))
+    d = timed("d_llv (label + input side)", lambda: e.d_llv(num_pivots=256))
+    timed("d_svd", lambda: e.d_svd(d.pivot, d.leave_out, d.input_set, 2, 0))
+    timed("d_rep", lambda: e.d_rep(None, 2, 0))
+    timed("mcca f + g", lambda: (e.mcca_f(), e.mcca_g()))
+    return out, e
+
+
+def pivot_floor(e, torch, dtype):
+    """Seconds of the bare pivot-search GEMMs g[block] @ g^T (both models, the engine's blocks)."""
+    from identirep.engine import PIVOT_BLOCK_BYTES_DEVICE, PIVOT_BLOCK_DEVICE
+    V = e.V
+    step = max(1, min(PIVOT_BLOCK_DEVICE, PIVOT_BLOCK_BYTES_DEVICE // (2 * V * 8)))
+    if dtype == "bfloat16" and torch is not None:
+        gs = [torch.from_dlpack(G).to(torch.bfloat16) for G in (e.G1, e.G2)]
+        buf = torch.empty((step, V), dtype=torch.bfloat16, device="cuda")
+        mm = (lambda G, i0: torch.matmul(G[i0:i0 + step], G.T, out=buf[:min(step, V - i0)]))
+    elif dtype == "bfloat16":
+        bf = cupy_bfloat16()
+        if bf is None:
+            return float("nan")
+        gs = [G.astype(bf) for G in (e.G1, e.G2)]
+        buf = cp.empty((step, V), dtype=bf)
+        mm = (lambda G, i0: cp.matmul(G[i0:i0 + step], G.T, out=buf[:min(step, V - i0)]))
+    else:
+        gs = [G.astype(cp.float32, copy=False) for G in (e.G1, e.G2)]
+        buf = cp.empty((step, V), dtype=cp.float32)
+        mm = (lambda G, i0: cp.matmul(G[i0:i0 + step], G.T, out=buf[:min(step, V - i0)]))
+
+    def run():
+        for i0 in range(0, V, step):
+            for G in gs:
+                mm(G, i0)
+        if torch is not None:
+            torch.cuda.synchronize()
+    return wall(run, 1)
+
+
+def bench(n, v, m, args, torch):
+    f1, g1 = make_inputs(n, v, m, 1)
+    f2, g2 = make_inputs(n, v, m, 2)
+    a = ir.Model(model_array(f1, torch), model_array(g1, torch), name="a")
+    b = ir.Model(model_array(f2, torch), model_array(g2, torch), name="b")
+    shape = f"N={n} V={v} M={m} bf16"
+    rows = []
+    backends = (["cuda"] if build_info()["cuda_compiled"] else []) + ["cupy"]
+    for be in backends:
+        t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
+        rows.append((be, shape, "compare, 256 sampled pivots", t, ""))
+        if args.exact:
+            t = wall(lambda: ir.compare(a, b, num_pivots=v, backend=be), 1, warmup=0)
+            rows.append((be, shape, f"compare, exact pivots ({v})", t, ""))
+        ph, e = phases(a, b, be)
+        rows.append((be, shape, "phases of one sampled compare", sum(ph.values()),
+                     "; ".join(f"{k} {s:.3f} s" for k, s in ph.items())))
+        if be == backends[0]:
+            t = wall(lambda: e.label_side(num_pivots=v), 1, warmup=0)
+            fb, f32 = pivot_floor(e, torch, "bfloat16"), pivot_floor(e, torch, "float32")
+            rows.append((be, shape, f"exact pivot search ({v} pivots)", t,
+                         f"bf16 GEMM floor {fb:.3f} s ({t / fb:.2f}x), "
+                         f"float32 GEMM floor {f32:.3f} s ({t / f32:.2f}x)"))
+        e = None   # free its device arrays before the next backend
+        cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", type=parse_shape, nargs="*", default=[(16384, 128256, 4096)])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--exact", action="store_true", help="also compare with exact pivots")
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+    args = p.parse_args()
+    torch = import_torch()
+    dev = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    lines = [f"{dev['name'].decode()} | CuPy {cp.__version__} | identirep "
+             f"{build_info()['version']} | wall seconds, median of {args.repeats}", "",
+             "| backend | shape | what | seconds | notes |", "|---|---|---|---|---|"]
+    for n, v, m in args.shape:
+        for be, shape, what, t, note in bench(n, v, m, args, torch):
+            lines.append(f"| {be} | {shape} | {what} | {t:.3f} | {note} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
