@@ -9,6 +9,7 @@ Hg_k = f_k R_k with R_k R_k' = Sigma_kk; the pass gives Var_y l_k(x) and Cov_y(l
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -39,22 +40,35 @@ PIVOT_BLOCK_BYTES_DEVICE = 1 << 30
 DEGENERATE_RTOL = {"float64": 1e-10, "float32": 1e-5}
 
 
-def sqrt_factor(S: np.ndarray) -> np.ndarray:
+def _linalg_raises(xp):
+    """A context in which failed factorisations raise LinAlgError (CuPy ignores them unless
+    asked; NumPy always raises)."""
+    if xp is np:
+        return contextlib.nullcontext()
+    import cupyx
+    return cupyx.errstate(linalg="raise")
+
+
+def sqrt_factor(S, xp=np):
     """R with R R' = S for a symmetric positive semi-definite S: Cholesky when S is safely
-    positive definite, the eigen square root otherwise."""
+    positive definite, the eigen square root otherwise. Computed with ``xp`` (NumPy's LAPACK,
+    or cuSOLVER through CuPy) and returned there."""
+    S = xp.asarray(S)
     try:
-        L = np.linalg.cholesky(S)
-        d = np.diag(L)
-        if d.min() > 1e-7 * d.max():
+        with _linalg_raises(xp):
+            L = xp.linalg.cholesky(S)
+        d = xp.diag(L)
+        if float(d.min()) > 1e-7 * float(d.max()):
             return L
     except np.linalg.LinAlgError:
         pass
-    w, U = np.linalg.eigh(S)
-    return U * np.sqrt(np.clip(w, 0.0, None))
+    w, U = xp.linalg.eigh(S)
+    return U * xp.sqrt(xp.clip(w, 0.0, None))
 
 
-def whiten(S: np.ndarray, what: str) -> np.ndarray:
-    """W with W' S W = I on the range of S; columns of zero variance are an error."""
+def whiten(S: np.ndarray, what: str, xp=np):
+    """W with W' S W = I on the range of S (host); columns of zero variance are an error.
+    Computed with ``xp`` and returned there."""
     d = np.diag(S).copy()
     scale = d.max() if d.size else 0.0
     const = np.flatnonzero(d <= 1e-24 * max(scale, 1e-300))
@@ -63,16 +77,19 @@ def whiten(S: np.ndarray, what: str) -> np.ndarray:
             f"{what} has constant column(s) {const[:10].tolist()}: canonical correlations are "
             "undefined for features that do not vary; drop those columns")
     s = 1.0 / np.sqrt(d)
-    R = S * s[:, None] * s[None, :]
+    R = xp.asarray(S * s[:, None] * s[None, :])
+    s = xp.asarray(s)
     try:  # full rank: W = D^-1/2 L^-T from the Cholesky factor of the correlation matrix
-        L = np.linalg.cholesky(R)
-        if np.diag(L).min() ** 2 > 1e-12 * np.diag(L).max() ** 2:
-            return s[:, None] * np.linalg.inv(L).T
+        with _linalg_raises(xp):
+            L = xp.linalg.cholesky(R)
+            dl = xp.diag(L)
+            if float(dl.min()) ** 2 > 1e-12 * float(dl.max()) ** 2:
+                return s[:, None] * xp.linalg.inv(L).T
     except np.linalg.LinAlgError:
         pass
-    w, U = np.linalg.eigh(R)
+    w, U = xp.linalg.eigh(R)
     keep = w > w.max() * 1e-13
-    return (s[:, None] * U[:, keep]) / np.sqrt(w[keep])
+    return (s[:, None] * U[:, keep]) / xp.sqrt(w[keep])
 
 
 def _native(a) -> np.ndarray:
@@ -96,30 +113,32 @@ def matmul64(A, B: np.ndarray, chunk: int = 8192, dtype=np.float64) -> np.ndarra
     return np.vstack([np.asarray(A[i:i + chunk], np.float64) @ B for i in range(0, len(A), chunk)])
 
 
-def rows64(X, idx) -> np.ndarray:
-    """Rows ``idx`` of a host or device array as host float64 (small subsets only)."""
+def rows64(X, idx):
+    """Rows ``idx`` of a host or device array as float64, where X lives (small subsets)."""
     xp = array_module(X)
-    return to_numpy(X[xp.asarray(idx, dtype=np.int64)], np.float64)
+    return X[xp.asarray(idx, dtype=np.int64)].astype(np.float64)
 
 
-def _quad_diag(L: np.ndarray, C: np.ndarray) -> np.ndarray:
+def _quad_diag(L, C):
     """diag(L C L') without forming it."""
     return ((L @ C) * L).sum(1)
 
 
-def singular_values(T: np.ndarray, precise: bool = True) -> np.ndarray:
-    """Singular values of a small square matrix: LAPACK SVD, or (``precise=False``, for the
-    float32 engine) the square roots of the eigenvalues of T'T, ~3x faster, with an absolute
-    error of about 1e-8 * max singular value."""
+def singular_values(T, precise: bool = True) -> np.ndarray:
+    """Singular values (host) of a small square matrix, on its device: LAPACK/cuSOLVER SVD, or
+    (``precise=False``, for the float32 engine) the square roots of the eigenvalues of T'T,
+    ~3x faster, with an absolute error of about 1e-8 * max singular value."""
+    xp = array_module(T)
     if precise or len(T) < 64:
-        return np.linalg.svd(T, compute_uv=False)
-    return np.sqrt(np.clip(np.linalg.eigvalsh(T.T @ T), 0.0, None))[::-1]
+        return to_numpy(xp.linalg.svd(T, compute_uv=False))
+    return np.sqrt(np.clip(to_numpy(xp.linalg.eigvalsh(T.T @ T)), 0.0, None))[::-1]
 
 
 def _mean_svd(K11d, K22d, K12, precise=True):
-    if (K11d <= 0).any() or (K22d <= 0).any():
+    if bool((K11d <= 0).any()) or bool((K22d <= 0).any()):
         return None
-    T = K12 / np.sqrt(K11d)[:, None] / np.sqrt(K22d)[None, :]
+    xp = array_module(K12)
+    T = K12 / xp.sqrt(K11d)[:, None] / xp.sqrt(K22d)[None, :]
     return float(singular_values(T, precise).mean())
 
 
@@ -158,16 +177,16 @@ class ModelCache:
         """(mean, scatter) of g over labels."""
         return self._get("g", lambda: _single_moments(self.G, self.cdt))
 
-    def whitening(self, which: str, what: str) -> np.ndarray:
+    def whitening(self, which: str, what: str):
         S = (self.f_moments if which == "f" else self.g_moments)[1]
-        return self._get("W" + which, lambda: whiten(S, what))
+        return self._get("W" + which, lambda: whiten(S, what, self.xp))
 
     @property
     def input_factor(self):
         """(H, |H|^2 per row), H = f R with R R' the label covariance of g: squared distances
         between rows of H are the input-side D(x, x0) (DESIGN.md section 3)."""
         def make():
-            H = self.F @ self.xp.asarray(sqrt_factor(self.g_moments[1] / (self.model.V - 1)))
+            H = self.F @ sqrt_factor(self.g_moments[1] / (self.model.V - 1), self.xp)
             return H, (H * H).sum(1)
         return self._get("H", make)
 
@@ -282,7 +301,7 @@ class PairEngine:
         C = self.mom.scatter
         S = []
         for G, n, sl in ((self.G1, self.n1, self.sF1), (self.G2, self.n2, self.sF2)):
-            X = matmul64(G, C[sl, sl] @ rows64(G, y0s).T, dtype=self.cdt)
+            X = matmul64(G, C[sl, sl] @ to_numpy(rows64(G, y0s)).T, dtype=self.cdt)
             S.append(n[:, None] + n[y0s][None, :] - 2 * X)
         S1, S2 = S
         deg = ((S1 <= self.tol * (self.n1[:, None] + self.n1[y0s][None, :]))
@@ -480,10 +499,12 @@ class PairEngine:
               seed: int = 0) -> DSVDResult:
         if self.M1 != self.M2:
             check_pair(self.a, self.b, same_dim=True, what="d_SVD")
-        M = self.M1
+        from .reference import _svd_remaining, _svd_result
+        M, xp = self.M1, self.c1.xp       # the O(M^3) work runs where the models live
+        precise = self.cdt == np.float64
         C = self.mom.scatter
-        C11, C22, C12 = C[self.sF1, self.sF1], C[self.sF2, self.sF2], C[self.sF1, self.sF2]
-        from .reference import _svd_remaining
+        C11, C22, C12 = (xp.asarray(C[i, j]) for i, j in
+                         ((self.sF1, self.sF1), (self.sF2, self.sF2), (self.sF1, self.sF2)))
         rem = _svd_remaining(pivot, leave_out, self.V)
         sets, how = sampling.label_sets(rem, M, max_sets, seed)
         vals = np.full(len(sets), np.nan)
@@ -491,18 +512,15 @@ class PairEngine:
         for i, s in enumerate(sets):
             L1 = rows64(self.G1, s) - G1p
             L2 = rows64(self.G2, s) - G2p
-            m = _mean_svd(_quad_diag(L1, C11), _quad_diag(L2, C22), L1 @ C12 @ L2.T,
-                          self.cdt == np.float64)
+            m = _mean_svd(_quad_diag(L1, C11), _quad_diag(L2, C22), L1 @ C12 @ L2.T, precise)
             if m is not None:
                 vals[i] = 1.0 - m
         iset = _check_input_set(input_set, self.N, M + 1)
         S = self.label_moments.scatter
         F1s, F2s = rows64(self.F1, iset), rows64(self.F2, iset)
         N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
-        S11, S22, S12 = S[:M, :M], S[M:, M:], S[:M, M:]
-        mg = _mean_svd(_quad_diag(N1, S11), _quad_diag(N2, S22), N1 @ S12 @ N2.T,
-                       self.cdt == np.float64)
-        from .reference import _svd_result
+        S11, S22, S12 = (xp.asarray(x) for x in (S[:M, :M], S[M:, M:], S[:M, M:]))
+        mg = _mean_svd(_quad_diag(N1, S11), _quad_diag(N2, S22), N1 @ S12 @ N2.T, precise)
         return _svd_result(vals, mg, pivot, leave_out, iset, how)
 
     # ------------------------------------------------------------------ mCCA, d_rep
@@ -523,9 +541,12 @@ class PairEngine:
             check_pair(self.a, self.b, same_dim=True, what="d_rep")
         from .reference import _rep_map, _rep_result
         sets = _rep_sets(sets, self.V, self.M1, num_sets, seed)
+        xp = self.c1.xp
         C, mu = self.mom.scatter, self.mom.mean
-        C11, C22, C12 = C[self.sF1, self.sF1], C[self.sF2, self.sF2], C[self.sF1, self.sF2]
-        mu1, mu2 = mu[self.sF1], mu[self.sF2]
+        C11, C22, C12 = (xp.asarray(C[i, j]) for i, j in
+                         ((self.sF1, self.sF1), (self.sF2, self.sF2), (self.sF1, self.sF2)))
+        mu1, mu2 = xp.asarray(mu[self.sF1]), xp.asarray(mu[self.sF2])
+        trC11 = float(xp.trace(C11))
         vals = np.full(len(sets), np.nan)
         for i, s in enumerate(sets):
             sol = _rep_map(rows64(self.G1, s), rows64(self.G2, s),
@@ -535,8 +556,8 @@ class PairEngine:
                 continue
             A, c = sol
             e = mu1 - A @ mu2 - c
-            tr = np.trace(C11) - 2 * np.sum(A * C12) + np.sum((A @ C22) * A)
-            vals[i] = e @ e + tr / self.N
+            tr = trC11 - 2 * float(xp.sum(A * C12)) + float(xp.sum((A @ C22) * A))
+            vals[i] = float(e @ e) + tr / self.N
         return _rep_result(vals, sets)
 
 
@@ -545,7 +566,9 @@ def _permuted(m: Moments, order) -> Moments:
 
 
 def mcca_from_scatter(S12, n_components, W1, W2, precise=True) -> MCCAResult:
-    """mCCA from the cross scatter and the whitenings (W' S W = I) of both sides."""
+    """mCCA from the cross scatter (host) and the whitenings (W' S W = I) of both sides, on
+    the whitenings' device."""
     from .reference import _mcca_result
-    rho = np.clip(singular_values(W1.T @ S12 @ W2, precise), 0.0, 1.0)
+    T = W1.T @ array_module(W1).asarray(S12) @ W2
+    rho = np.clip(singular_values(T, precise), 0.0, 1.0)
     return _mcca_result(rho, n_components, min(W1.shape[0], W2.shape[0]))

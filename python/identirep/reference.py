@@ -380,15 +380,21 @@ def _rep_sets(sets, V, M, num_sets, seed):
 
 def _rep_map(g1, g2, b1, b2, s):
     """(A, c) with L1 A = L2 and L1 c = db, or None when L1 is singular (1-norm reciprocal
-    condition number <= 1e-12). NumPy LAPACK only (NOTES.md, one BLAS per process)."""
-    L1 = np.asarray(g1[s[1:]], np.float64) - np.asarray(g1[s[0]], np.float64)
-    L2 = np.asarray(g2[s[1:]], np.float64) - np.asarray(g2[s[0]], np.float64)
+    condition number <= 1e-12); on the device of g1, g2 (NumPy's LAPACK or cuSOLVER). The
+    biases b1, b2 are host arrays or None."""
+    from ._backends import array_module
+    from .engine import _linalg_raises
+    xp = array_module(g1)
+    idx = xp.asarray(s, dtype=np.int64)
+    L1 = g1[idx[1:]].astype(np.float64) - g1[idx[0]].astype(np.float64)
+    L2 = g2[idx[1:]].astype(np.float64) - g2[idx[0]].astype(np.float64)
     try:
-        inv = np.linalg.inv(L1)
+        with _linalg_raises(xp):
+            inv = xp.linalg.inv(L1)
     except np.linalg.LinAlgError:
         return None
     with np.errstate(over="ignore", invalid="ignore"):
-        rcond = 1.0 / (np.abs(L1).sum(0).max() * np.abs(inv).sum(0).max())
+        rcond = 1.0 / (np.float64(xp.abs(L1).sum(0).max()) * np.float64(xp.abs(inv).sum(0).max()))
     if not rcond > 1e-12:
         return None
     db = np.zeros(len(s) - 1)
@@ -396,7 +402,7 @@ def _rep_map(g1, g2, b1, b2, s):
         db += b2[s[1:]] - b2[s[0]]
     if b1 is not None:
         db -= b1[s[1:]] - b1[s[0]]
-    return inv @ L2, inv @ db
+    return inv @ L2, inv @ xp.asarray(db)
 
 
 def _rep_result(vals, sets):
