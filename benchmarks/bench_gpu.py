@@ -69,6 +69,7 @@ def torch_ms(torch, fn, warmup, repeats):
 
 def bf16_bits(x):
     """bfloat16 bit patterns (uint16, round to nearest even) of a float32 CuPy array."""
+    assert x.dtype == cp.float32, x.dtype
     bits = x.view(cp.uint32)
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(cp.uint16)
 
@@ -76,7 +77,7 @@ def bf16_bits(x):
 def make_inputs(n, v, m, seed):
     rs = cp.random.RandomState(seed)
     f = rs.standard_normal((n, m), dtype=cp.float32)
-    g = rs.standard_normal((v, m), dtype=cp.float32) * (3.0 / np.sqrt(m))
+    g = rs.standard_normal((v, m), dtype=cp.float32) * float(3.0 / np.sqrt(m))  # stays float32
     return gp.DeviceArray(bf16_bits(f), "bfloat16"), gp.DeviceArray(bf16_bits(g), "bfloat16")
 
 

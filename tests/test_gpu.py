@@ -91,12 +91,25 @@ def test_cupy_backend_without_cupy_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     a, b = random_pair(N=40, V=7, M=2)
     with pytest.raises(IdentirepError, match=r"backend='cupy' is not available: CuPy is not "
-                                             r"installed \(pip install cupy-cuda"):
+                                             r"installed \(pip install 'cupy-cuda"):
         ir.kl(a, b, backend="cupy")
     with pytest.raises(IdentirepError, match="backend='cuda' is not available"):
         ir.kl(a, b, backend="cuda")
     with pytest.raises(IdentirepError, match="the GPU backends need CuPy"):
         gp.cupy_pass(a.f, a.g, b.f, b.g)
+
+
+def test_cupy_without_its_cuda_libraries_is_not_a_working_backend(monkeypatch):
+    """CuPy's wheel alone does not bring cuBLAS/cuSOLVER: with a GPU but without them, the
+    backend is reported unavailable with the install command, not at the first product."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        from cupy_backends.cuda.libs import cublas  # noqa: F401
+        pytest.skip("cuBLAS loads here")
+    except ImportError:
+        pass
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    assert re.search(r"cannot load cuBLAS/cuSOLVER .*cupy-cuda13x\[ctk\]", _backends.cupy_problem())
 
 
 class FakeCupyArray:

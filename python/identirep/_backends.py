@@ -18,8 +18,8 @@ from .errors import IdentirepError
 
 BACKENDS = ("cpu", "cuda", "cupy", "reference")
 
-CUPY_INSTALL = ("pip install cupy-cuda13x (CUDA 13 drivers) or cupy-cuda12x (CUDA 12), "
-                "or identirep[cupy]")
+CUPY_INSTALL = ("pip install 'cupy-cuda13x[ctk]' (CUDA 13 drivers) or 'cupy-cuda12x[ctk]' "
+                "(CUDA 12), or identirep[cupy]; [ctk] brings cuBLAS and cuSOLVER")
 
 
 def is_gpu_array(a) -> bool:
@@ -98,7 +98,14 @@ def cupy_problem() -> Optional[str]:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CUDARuntimeError without a driver, or a broken install
         return f"CuPy sees no GPU ({type(e).__name__}: {e})"
-    return None if count > 0 else "CuPy sees no GPU (0 CUDA devices)"
+    if count <= 0:
+        return "CuPy sees no GPU (0 CUDA devices)"
+    try:  # CuPy finds these at run time; its wheel alone does not bring them
+        from cupy_backends.cuda.libs import cublas, cusolver  # noqa: F401
+    except Exception as e:
+        return (f"CuPy cannot load cuBLAS/cuSOLVER ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                f"{CUPY_INSTALL}")
+    return None
 
 
 def cuda_problem() -> Optional[str]:

@@ -253,7 +253,7 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         fl = "-" if r["floor_seconds"] != r["floor_seconds"] else f"{r['floor_seconds']:.3f}"
-        ra = "-" if r["ratio"] != r["ratio"] else f"{r['ratio']:.2f}x"
+        ra = "-" if r["ratio"] != r["ratio"] else f"{r['ratio']:.3g}x"
         lines.append(f"| {r['benchmark']} | {r['variant']} | {r['shape']} | {r['seconds']:.3f} | "
                      f"{fl} | {ra} | {r['notes']} |")
     return "\n".join(lines)

@@ -193,6 +193,22 @@ def _combine(combine, lam, t1, t2, t3, t4):
     return float(t1 + t2 + lam * t3 + lam * t4)
 
 
+def _constant_f(f) -> bool:
+    """Whether f does not vary across inputs (on the GPU for device arrays: no host copy)."""
+    from ._backends import array_module, is_gpu_array
+    from .model import to_numpy
+    if is_gpu_array(f):
+        from ._cupy_pass import as_device
+        d = as_device(f, "f")
+        f = d.widened(np.float64 if d.kind == "float64" else np.float32)
+    else:
+        f = to_numpy(f)
+        if f.dtype not in (np.float32, np.float64):
+            f = f.astype(np.float32)
+    xp = array_module(f)
+    return float(f.std(0, dtype=np.float64).max()) <= 1e-12 * float(xp.abs(f).max())
+
+
 def _check_llv_args(a, b, combine, term, pivot, leave_out, lam):
     if combine not in ("max", "sum"):
         raise IdentirepError(f"combine must be 'max' or 'sum', got {combine!r}")
@@ -207,12 +223,8 @@ def _check_llv_args(a, b, combine, term, pivot, leave_out, lam):
         raise IdentirepError(
             f"d_LLV needs N >= M + 2 inputs (a diversity set of M + 1 plus variance); "
             f"N={a.N}, M={max(a.M, b.M)}")
-    from .model import to_numpy
     for m in (a, b):
-        f = to_numpy(m.f)
-        if f.dtype not in (np.float32, np.float64):
-            f = f.astype(np.float32)
-        if f.std(0, dtype=np.float64).max() <= 1e-12 * np.abs(f).max():
+        if _constant_f(m.f):
             raise IdentirepError(
                 f"f of {m.name or 'a model'} is constant across inputs: every label pair is "
                 "degenerate and d_LLV is undefined; the inputs must differ")
