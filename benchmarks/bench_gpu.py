@@ -232,10 +232,14 @@ def main():
         rows.append(bench_shape(n, v, m, args, torch))
         cp.get_default_memory_pool().free_all_blocks()
         print(f"{n} x {v} x {m}: {time.perf_counter() - t0:.1f} s", flush=True)
-    text = head + "\n\n" + table(rows)
+    emit(head + "\n\n" + table(rows), args.out)
+
+
+def emit(text, out=None):
+    """Print a table and, when ``out`` is given, write it there."""
     print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
+    if out:
+        with open(out, "w") as fh:
             fh.write(text + "\n")
 
 

@@ -25,7 +25,7 @@ import time
 import cupy as cp
 
 import identirep as ir
-from bench_gpu import cupy_bfloat16, import_torch, make_inputs, parse_shape
+from bench_gpu import cupy_bfloat16, emit, import_torch, make_inputs, parse_shape
 from identirep import build_info
 from identirep.measures import engine as make_engine
 
@@ -147,11 +147,7 @@ def main():
         for be, shape, what, t, note in bench(n, v, m, args, torch):
             lines.append(f"| {be} | {shape} | {what} | {t:.3f} | {note} |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
