@@ -72,3 +72,11 @@ def test_bench_input_returns_well_formed_rows():
 def test_bench_input_needs_room_for_the_disjoint_sets():
     with pytest.raises(ValueError, match="N >= 1000"):
         bench_input(999, 40, 4, repeats=1)
+
+
+def test_bench_input_skips_with_a_reason_when_memory_is_short(monkeypatch):
+    import identirep.bench as bench
+    monkeypatch.setattr(bench, "_available_memory", lambda: 1 << 20)
+    (row,) = bench.bench_input(1024, 64, 4, repeats=1)
+    assert row["variant"] == "skipped" and "GiB available" in row["notes"]
+    assert "skipped" in bench.markdown({"machine": "m", "rows": [row]})

@@ -173,6 +173,16 @@ def _log_likelihoods(f, g, chunk=512):
     return out
 
 
+def _available_memory():
+    """Bytes of memory available now (Linux), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = next(int(l.split()[1]) for l in fh if l.startswith("MemAvailable:"))
+        return kb * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def bench_input(n, v, m, repeats=3, num_samples=200, sets_per_pivot=100, seed=0) -> List[dict]:
     """The input side of d_LLV: the paper port's search over its ``num_samples`` disjoint
     candidate sets against identirep's search over ``num_samples * sets_per_pivot`` sets.
@@ -201,6 +211,13 @@ def bench_input(n, v, m, repeats=3, num_samples=200, sets_per_pivot=100, seed=0)
     if n < num_samples * (m + 1):
         raise ValueError(f"the port's {num_samples} disjoint sets of M + 1 = {m + 1} inputs "
                          f"need N >= {num_samples * (m + 1)}, got N={n}")
+    need, free = 16 * n * v, _available_memory()
+    if free is not None and need > 0.8 * free:
+        return [{"benchmark": "input side", "variant": "skipped", "shape": f"N={n} V={v} M={m} f64",
+                 "seconds": float("nan"), "floor_seconds": float("nan"), "ratio": float("nan"),
+                 "notes": f"the port's log-likelihoods need {need / 2**30:.1f} GiB, "
+                          f"{free / 2**30:.1f} GiB available; run benchmarks/bench_input.py "
+                          "with a smaller --shape"}]
     f1, g1, f2, g2 = (x.astype(np.float64) for x in _pair(n, v, m))
     e = engine(Model(f1, g1), Model(f2, g2))
     lp1, lp2 = _log_likelihoods(f1, g1), _log_likelihoods(f2, g2)
