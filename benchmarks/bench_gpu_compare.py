@@ -77,7 +77,8 @@ def pivot_floor(e, torch, dtype):
     """Seconds of the bare pivot-search GEMMs g[block] @ g^T (both models, the engine's blocks)."""
     from identirep.engine import PIVOT_BLOCK_BYTES_DEVICE, PIVOT_BLOCK_DEVICE
     V = e.V
-    step = max(1, min(PIVOT_BLOCK_DEVICE, PIVOT_BLOCK_BYTES_DEVICE // (2 * V * 8)))
+    step = max(1, min(PIVOT_BLOCK_DEVICE,
+                      PIVOT_BLOCK_BYTES_DEVICE // (2 * V * cp.dtype(e.cdt).itemsize)))
     if dtype == "bfloat16" and torch is not None:
         gs = [torch.from_dlpack(G).to(torch.bfloat16) for G in (e.G1, e.G2)]
         buf = torch.empty((step, V), dtype=torch.bfloat16, device="cuda")

@@ -4,9 +4,9 @@
 
 Runs the compiled epilogue and the NVRTC-compiled one of the cupy backend on the same logits
 (row and column moments, two row tiles x two label tiles, odd sizes, a padded row stride) and
-the compiled pivot kernel (both modes, one pivot out of range) once each. No cuBLAS call, so
-every report is about identirep's kernels (or CuPy's own fills and copies). Exits non-zero when
-a result is not finite or the two epilogues disagree.
+the compiled pivot kernel (both modes, float64 and float32 cross products, one pivot out of
+range) once each. No cuBLAS call, so every report is about identirep's kernels (or CuPy's own
+fills and copies). Exits non-zero when a result is not finite or the two epilogues disagree.
 """
 from __future__ import annotations
 
@@ -37,14 +37,16 @@ def pivots(B=5, V=301):
     h = rng.standard_normal((V, 3))
     n = (h * h).sum(1)
     piv = np.array([0, 7, V - 1, 3, V], np.int64)  # the last one is out of range: NaN
-    X = cp.asarray(h[np.minimum(piv, V - 1)] @ h.T)
+    X64 = cp.asarray(h[np.minimum(piv, V - 1)] @ h.T)
     d = [cp.asarray(a) for a in (n, n, np.ones(V), np.ones(V), np.zeros(V), piv)]
     out = []
-    for mode in ("max", "mean"):
-        crit = cp.empty(B)
-        _core.pivot_criteria_cuda(X.data.ptr, X.data.ptr, V, V, *(a.data.ptr for a in d), B, V,
-                                  1e-10, mode, crit.data.ptr, cp.cuda.get_current_stream().ptr)
-        out.append(crit[:-1])
+    for X in (X64, X64.astype(cp.float32)):
+        for mode in ("max", "mean"):
+            crit = cp.empty(B)
+            _core.pivot_criteria_cuda(X.data.ptr, X.data.ptr, V, V, *(a.data.ptr for a in d), B,
+                                      V, 1e-5, mode, crit.data.ptr,
+                                      cp.cuda.get_current_stream().ptr, X.dtype.name)
+            out.append(crit[:-1])
     return out
 
 

@@ -63,10 +63,11 @@ col_work: a float64 device scratch of lse_kl_cuda_col_work_elems(v) elements.)do
         py::arg("ld1"), py::arg("ld2"), py::arg("n1"), py::arg("n2"), py::arg("A1"),
         py::arg("A2"), py::arg("B12"), py::arg("pivots"), py::arg("B"), py::arg("V"),
         py::arg("tol"), py::arg("mode"), py::arg("crit"), py::arg("stream") = 0,
-        py::call_guard<py::gil_scoped_release>(),
+        py::arg("x_dtype") = "float64", py::call_guard<py::gil_scoped_release>(),
         R"doc(CUDA version of pivot_criteria on device pointers passed as integers.
 
-X1, X2: float64 (B, V) with row strides ld1, ld2 (elements); n1, n2, A1, A2, B12: float64 (V,);
+X1, X2: (B, V) of x_dtype "float32" or "float64" with row strides ld1, ld2 (elements);
+n1, n2, A1, A2, B12: float64 (V,);
 pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot outside
 [0, V) gives NaN. stream: cudaStream_t as an integer. Asynchronous.)doc");
 #endif

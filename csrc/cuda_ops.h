@@ -25,12 +25,14 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
 // Doubles of column scratch that lse_kl_update_cuda needs for a tile of v labels.
 int64_t lse_kl_cuda_col_work_elems(int64_t v);
 
-// Label-side pivot criteria (kernels/pivot_terms.cuh): X1, X2 float64 B x V (row strides ld1,
-// ld2), n1, n2, A1, A2, B12 float64 V, pivots int64 B, crit float64 B (written); mode "max" or
-// "mean". A pivot outside [0, V) gives NaN. Throws like lse_kl_update_cuda.
+// Label-side pivot criteria (kernels/pivot_terms.cuh): X1, X2 B x V of x_dtype "float32" or
+// "float64" (row strides ld1, ld2), n1, n2, A1, A2, B12 float64 V, pivots int64 B, crit float64
+// B (written); mode "max" or "mean". A pivot outside [0, V) gives NaN. Throws like
+// lse_kl_update_cuda.
 void pivot_criteria_cuda(uintptr_t X1, uintptr_t X2, int64_t ld1, int64_t ld2, uintptr_t n1,
                          uintptr_t n2, uintptr_t A1, uintptr_t A2, uintptr_t B12,
                          uintptr_t pivots, int64_t B, int64_t V, double tol,
-                         const std::string& mode, uintptr_t crit, uintptr_t stream);
+                         const std::string& mode, uintptr_t crit, uintptr_t stream,
+                         const std::string& x_dtype);
 
 }  // namespace identirep

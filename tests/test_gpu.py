@@ -391,19 +391,21 @@ def test_compare_on_gpu_arrays_matches_cpu(cupy, source):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["max", "mean"])
-def test_device_pivot_criteria_match_the_cpu_kernel(cupy, backend, mode):
+@pytest.mark.parametrize("xdtype", [np.float64, np.float32])
+def test_device_pivot_criteria_match_the_cpu_kernel(cupy, backend, mode, xdtype):
     from identirep import _core
     rng = np.random.default_rng(31)
     B, Vp = 37, 5003
     n1, n2 = (rng.random(Vp) + 1.0 for _ in range(2))
-    X1, X2 = (0.3 * rng.standard_normal((B, Vp)) for _ in range(2))
+    X1, X2 = ((0.3 * rng.standard_normal((B, Vp))).astype(xdtype) for _ in range(2))
     A1, A2 = rng.random(Vp), rng.random(Vp)
     B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(Vp)
     piv = rng.choice(Vp, B, replace=False)
-    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # S1(5, piv[0]) = 0: a degenerate pair
-    want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, piv, 1e-10, mode)
+    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # S1(5, piv[0]) ~ 0: a degenerate pair
+    want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, piv, 1e-5, mode)
     dev = [cupy.asarray(x) for x in (X1, X2, n1, n2, A1, A2, B12)]
-    got = gp.pivot_criteria_device(*dev, piv, 1e-10, mode, backend)
+    assert dev[0].dtype == xdtype
+    got = gp.pivot_criteria_device(*dev, piv, 1e-5, mode, backend)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
@@ -450,7 +452,7 @@ def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(name):
     the exact name expressions it launches (sm_90 PTX)."""
     nvrtc = _nvrtc()
     exprs = ([n for t in ("float", "double") for n in gp.kernel_names(t).values()]
-             if name == "lse_kl.cuh" else [gp.PIVOT_KERNEL])
+             if name == "lse_kl.cuh" else list(gp.PIVOT_KERNELS.values()))
     src = "\n".join(l for l in gp.kernel_source(name).splitlines() if l.strip() != "#pragma once")
     prog = nvrtc.createProgram(src, name, [], [])
     for e in exprs:

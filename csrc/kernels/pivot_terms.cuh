@@ -2,8 +2,9 @@
 // exclusion rule, modes and the criterion of each pivot row are documented there), on device
 // arrays.
 //
-// Inputs: X1, X2 float64 (B x V, row strides ld1, ld2 in elements, unit stride along a row),
-// the cross products g_k(y0)' C_k g_k(y); n1, n2, A1, A2, B12 float64 (V); pivots int64 (B).
+// Inputs: X1, X2 float32 or float64 (template TX; B x V, row strides ld1, ld2 in elements, unit
+// stride along a row), the cross products g_k(y0)' C_k g_k(y), widened to float64 when read;
+// n1, n2, A1, A2, B12 float64 (V); pivots int64 (B).
 // Output: crit float64 (B). A pivot index outside [0, V) gives NaN (the device cannot raise).
 // One block of kPivotThreads threads per pivot row: each thread evaluates its labels and keeps
 // the count of valid labels, their sum and the two largest values (a multiset: a repeated
@@ -40,10 +41,10 @@ __device__ __forceinline__ void Top2Insert(double& t1, double& t2, double v) {
 
 }  // namespace pivot_detail
 
-template <int kThreads>
+template <typename TX, int kThreads>
 __global__ void __launch_bounds__(kThreads)
-    PivotCriteriaKernel(const double* __restrict__ X1, PivotIndex ld1,
-                        const double* __restrict__ X2, PivotIndex ld2,
+    PivotCriteriaKernel(const TX* __restrict__ X1, PivotIndex ld1,
+                        const TX* __restrict__ X2, PivotIndex ld2,
                         const double* __restrict__ n1, const double* __restrict__ n2,
                         const double* __restrict__ A1, const double* __restrict__ A2,
                         const double* __restrict__ B12, const PivotIndex* __restrict__ pivots,
@@ -59,8 +60,8 @@ __global__ void __launch_bounds__(kThreads)
     if (tid == 0) crit[j] = __longlong_as_double(0x7ff8000000000000LL);
     return;
   }
-  const double* x1 = X1 + j * ld1;
-  const double* x2 = X2 + j * ld2;
+  const TX* x1 = X1 + j * ld1;
+  const TX* x2 = X2 + j * ld2;
   const double n10 = n1[y0], n20 = n2[y0];
   const double a10 = A1[y0], a20 = A2[y0], b0 = B12[y0];
   const double ninf = pivot_detail::NegInf();
@@ -68,8 +69,8 @@ __global__ void __launch_bounds__(kThreads)
   double t1 = ninf, t2 = ninf, sum = 0.0;
   PivotIndex count = 0;
   for (PivotIndex y = tid; y < V; y += kThreads) {
-    const double s1 = n1[y] + n10 - 2.0 * x1[y];
-    const double s2 = n2[y] + n20 - 2.0 * x2[y];
+    const double s1 = n1[y] + n10 - 2.0 * static_cast<double>(x1[y]);
+    const double s2 = n2[y] + n20 - 2.0 * static_cast<double>(x2[y]);
     const bool ok = (y != y0) & (s1 > tol * (n1[y] + n10)) & (s2 > tol * (n2[y] + n20));
     if (!ok) continue;
     const double i1 = 1.0 / s1, i2 = 1.0 / s2, c = 2.0 / sqrt(s1 * s2);
@@ -129,11 +130,12 @@ __global__ void __launch_bounds__(kThreads)
 
 #ifndef __CUDACC_RTC__
 
-// Device pointers and sizes of one block of pivots (mode 0: "max", 1: "mean").
+// Device pointers and sizes of one block of pivots (mode 0: "max", 1: "mean"); X1, X2 point to
+// float32 values when x_f32, float64 otherwise.
 struct DevicePivotInputs {
-  const double* X1;
+  const void* X1;
   PivotIndex ld1;
-  const double* X2;
+  const void* X2;
   PivotIndex ld2;
   const double* n1;
   const double* n2;
@@ -145,15 +147,23 @@ struct DevicePivotInputs {
   PivotIndex V;
   double tol;
   int mode;
+  bool x_f32;
 };
 
 // Launcher: one block per pivot on `stream`. Returns the launch status.
 inline cudaError_t PivotCriteria(const DevicePivotInputs& in, double* crit, cudaStream_t stream) {
   if (in.B <= 0) return cudaSuccess;
   if (in.B > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  PivotCriteriaKernel<kPivotThreads><<<static_cast<unsigned>(in.B), kPivotThreads, 0, stream>>>(
-      in.X1, in.ld1, in.X2, in.ld2, in.n1, in.n2, in.A1, in.A2, in.B12, in.pivots, in.V, in.tol,
-      in.mode, crit);
+  const unsigned grid = static_cast<unsigned>(in.B);
+  if (in.x_f32) {
+    PivotCriteriaKernel<float, kPivotThreads><<<grid, kPivotThreads, 0, stream>>>(
+        static_cast<const float*>(in.X1), in.ld1, static_cast<const float*>(in.X2), in.ld2, in.n1,
+        in.n2, in.A1, in.A2, in.B12, in.pivots, in.V, in.tol, in.mode, crit);
+  } else {
+    PivotCriteriaKernel<double, kPivotThreads><<<grid, kPivotThreads, 0, stream>>>(
+        static_cast<const double*>(in.X1), in.ld1, static_cast<const double*>(in.X2), in.ld2,
+        in.n1, in.n2, in.A1, in.A2, in.B12, in.pivots, in.V, in.tol, in.mode, crit);
+  }
   return cudaGetLastError();
 }
 

@@ -446,7 +446,9 @@ class _CupyEpilogue:
 
 # ------------------------------------------------------------------ pivot search
 PIVOT_THREADS = 256   # kPivotThreads of kernels/pivot_terms.cuh
-PIVOT_KERNEL = f"identirep::kernels::PivotCriteriaKernel<{PIVOT_THREADS}>"
+#: the pivot kernel for float32 / float64 cross products
+PIVOT_KERNELS = {t: f"identirep::kernels::PivotCriteriaKernel<{t}, {PIVOT_THREADS}>"
+                 for t in ("float", "double")}
 _PIVOT_MODULES = {}
 
 
@@ -456,7 +458,7 @@ def _pivot_module(cp):
         src = "\n".join(line for line in kernel_source("pivot_terms.cuh").splitlines()
                         if line.strip() != "#pragma once")
         _PIVOT_MODULES[dev] = cp.RawModule(code=src, options=("-std=c++17",),
-                                           name_expressions=[PIVOT_KERNEL])
+                                           name_expressions=list(PIVOT_KERNELS.values()))
     return _PIVOT_MODULES[dev]
 
 
@@ -464,14 +466,16 @@ def pivot_criteria_device(X1, X2, n1, n2, A1, A2, B12, pivots, tol: float, mode:
                           backend: str) -> np.ndarray:
     """Best-leave-out criterion of each pivot (kernels/pivot_terms.cuh) on the GPU.
 
-    X1, X2: device (B, V) cross products g_k(y0)' C_k g_k(y) (any float dtype: copied to
-    float64 when not); n1, n2, A1, A2, B12: device float64 (V,); pivots: (B,) indices.
+    X1, X2: device (B, V) cross products g_k(y0)' C_k g_k(y), float32 or float64 (read as they
+    are; other dtypes are widened to float64); n1, n2, A1, A2, B12: device float64 (V,);
+    pivots: (B,) indices.
     ``backend`` "cuda" launches the compiled kernel (``_core.pivot_criteria_cuda``), "cupy"
     the same kernel compiled by NVRTC. Returns host float64 (B,)."""
     if mode not in ("max", "mean"):
         raise IdentirepError(f"mode must be 'max' or 'mean', got {mode!r}")
     cp = import_cupy()
-    X1, X2 = (cp.ascontiguousarray(x, dtype=cp.float64) for x in (X1, X2))
+    xdt = cp.float32 if X1.dtype == cp.float32 and X2.dtype == cp.float32 else cp.float64
+    X1, X2 = (cp.ascontiguousarray(x, dtype=xdt) for x in (X1, X2))
     B, V = X1.shape
     if X2.shape != (B, V) or any(v.shape != (V,) for v in (n1, n2, A1, A2, B12)):
         raise IdentirepError("pivot_criteria_device: X1, X2 must be (B, V) and the label "
@@ -488,9 +492,10 @@ def pivot_criteria_device(X1, X2, n1, n2, A1, A2, B12, pivots, tol: float, mode:
                                  "(IDENTIREP_CUDA=ON pip install .); backend='cupy' does not")
         _core.pivot_criteria_cuda(X1.data.ptr, X2.data.ptr, V, V, *(v.data.ptr for v in vecs),
                                   piv.data.ptr, B, V, float(tol), mode, crit.data.ptr,
-                                  cp.cuda.get_current_stream().ptr)
+                                  cp.cuda.get_current_stream().ptr, np.dtype(xdt).name)
     else:
-        kern = _pivot_module(cp).get_function(PIVOT_KERNEL)
+        kern = _pivot_module(cp).get_function(PIVOT_KERNELS["float" if xdt == cp.float32
+                                                            else "double"])
         kern((B,), (PIVOT_THREADS,), (X1, np.int64(V), X2, np.int64(V), *vecs, piv, np.int64(V),
                                       np.float64(tol), np.int32(0 if mode == "max" else 1),
                                       crit))

@@ -32,7 +32,7 @@ DEFAULT_PIVOT_SAMPLE = 256
 PIVOT_BLOCK = 256
 #: the pivot blocks' cross products (2 x B x V in the compute dtype) take at most this many bytes
 PIVOT_BLOCK_BYTES = 128 << 20
-#: on a GPU: larger blocks, counted as float64 (the kernel's input)
+#: on a GPU: larger blocks
 PIVOT_BLOCK_DEVICE = 1024
 PIVOT_BLOCK_BYTES_DEVICE = 1 << 30
 #: relative tolerance of degenerate pairs by the dtype the logits were computed in: the label
@@ -379,7 +379,8 @@ class PairEngine:
         if self.c1.xp is np:
             step = max(1, min(PIVOT_BLOCK, PIVOT_BLOCK_BYTES // (2 * V * np.dtype(self.cdt).itemsize)))
         else:
-            step = max(1, min(PIVOT_BLOCK_DEVICE, PIVOT_BLOCK_BYTES_DEVICE // (2 * V * 8)))
+            step = max(1, min(PIVOT_BLOCK_DEVICE,
+                              PIVOT_BLOCK_BYTES_DEVICE // (2 * V * np.dtype(self.cdt).itemsize)))
         if leave_out is not None:   # the NumPy path below keeps ~10 V x B float64 temporaries
             step = max(1, step // 16)
         for j0 in range(0, len(cands), step):
