@@ -172,3 +172,27 @@ def test_blas_moments_match_plain_moments_with_and_without_offsets(dtype):
     d = np.sqrt(np.diag(want.scatter))
     rel = np.abs(got.scatter - want.scatter) / np.outer(d, d)          # on the correlation scale
     assert rel.max() <= (1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_memory_layout_does_not_change_any_measure(dtype):
+    """F-ordered f and strided g (every other row of a bigger array) give the measures of
+    contiguous copies."""
+    a, b = random_pair(N=300, V=41, M=5, bias=True, seed=29)
+    a, b = _cast(a, dtype), _cast(b, dtype)
+
+    def relayout(m):
+        big = np.zeros((2 * m.V, m.M + 3), dtype)
+        big[::2, :m.M] = m.g
+        return ir.Model(np.asfortranarray(m.f), big[::2, :m.M], bias=m.bias, name=m.name)
+
+    want = ir.compare(a, b, num_samples=20).to_dict()
+    got = ir.compare(relayout(a), relayout(b), num_samples=20).to_dict()
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for sec in ("kl", "d_llv", "d_logit", "mcca_f", "mcca_g", "d_svd", "d_rep"):
+        for k, w in want[sec].items():
+            if isinstance(w, float) or (isinstance(w, list) and w and isinstance(w[0], float)):
+                g, w = np.asarray(got[sec][k], float), np.asarray(w, float)
+                assert np.all(np.abs(g - w) <= tol * np.maximum(1.0, np.abs(w))), f"{sec}.{k}"
+            else:
+                assert got[sec][k] == w, f"{sec}.{k}"
