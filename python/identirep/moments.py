@@ -77,8 +77,9 @@ def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, mean
     per chunk of rows; float32 halves the time at a relative error of ~1e-6. Blocks whose means
     are small against their spread (|mean| <= 3 sd in every column, sd from ~1024 rows spread
     over the data) enter uncentred, straight from their storage (no copy), and the mean is
-    removed from the float64 result; the others are centred chunk by chunk first. Only NumPy's BLAS is used: a second BLAS library's idle
-    threads would spin against it (NOTES.md)."""
+    removed from the float64 result; the others are centred chunk by chunk first. Only
+    NumPy's BLAS is used: a second BLAS library's idle threads would spin against it (NOTES.md).
+    Device blocks (CuPy) are multiplied on the GPU; means and blocks come back to the host."""
     from ._backends import array_module
     from .model import to_numpy
     xp = array_module(blocks[0])   # NumPy, or CuPy for device blocks (products on the GPU)
@@ -89,9 +90,9 @@ def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, mean
     if means is None:
         means = [to_numpy(b.mean(0, dtype=np.float64)) for b in blocks]
     used = sorted({i for pq in pairs for i in pq})
-    raw = {i: blocks[i].dtype == np.dtype(dtype) and bool(np.all(
-        means[i] * means[i] <= 9 * to_numpy(blocks[i][:: max(1, n // 1024)].var(0, dtype=np.float64))))
-        for i in used}
+    spread = {i: to_numpy(blocks[i][:: max(1, n // 1024)].var(0, dtype=np.float64)) for i in used}
+    raw = {i: blocks[i].dtype == np.dtype(dtype) and bool(np.all(means[i] ** 2 <= 9 * spread[i]))
+           for i in used}
     dmeans = {j: xp.asarray(means[j], dtype=blocks[j].dtype) for j in used if not raw[j]}
     S = {pq: np.zeros((means[pq[0]].size, means[pq[1]].size)) for pq in pairs}
     step = n if all(raw.values()) else chunk
