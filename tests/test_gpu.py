@@ -182,13 +182,18 @@ def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
     np.testing.assert_allclose(out_t.T, a @ b.T, rtol=1e-14)
 
 
-def test_tile_shape_fits_the_workspace():
+@pytest.mark.parametrize("buffers", [1, 2])
+def test_tile_shape_fits_the_workspace(buffers):
     def need(r, c, m):
-        return 4 * (2 * r * c + (r + c) * m) + 8 * 5 * gp.COL_MAX_CHUNKS * c
-    assert gp.tile_shape(16384, 131200, 8, 8, 4, None, 131200, 24 << 30) == (16384, 131200)
-    for n, v, m, ws in ((16384, 50304, 1536, 1 << 30), (10, 100, 4, 20000), (7, 3, 2, 10 ** 9)):
-        tr, tc = gp.tile_shape(n, v, m // 2, m // 2, 4, None, None, ws)
+        return 4 * (2 * buffers * r * c + (r + c) * m) + 8 * 5 * gp.COL_MAX_CHUNKS * c
+    assert gp.tile_shape(16384, 131200, 8, 8, 4, None, 131200, buffers * 24 << 30,
+                         buffers) == (16384, 131200)
+    for n, v, m, ws in ((16384, 50304, 1536, 1 << 30), (10, 100, 4, 20000), (7, 3, 2, 10 ** 9),
+                        (16384, 128256, 0, 1 << 30)):
+        tr, tc = gp.tile_shape(n, v, m // 2, m // 2, 4, None, None, ws, buffers)
         assert 1 <= tr <= n and 1 <= tc <= v and need(tr, tc, m) <= ws
+        if tc == min(v, gp.DEFAULT_TILE_COLS):  # rows shrink first, and only as needed
+            assert tr == n or need(min(n, 2 * tr), tc, m) > ws
     with pytest.raises(IdentirepError, match="too small"):
         gp.tile_shape(10, 10, 1, 1, 4, None, None, 100)
 
@@ -355,6 +360,19 @@ def test_cuda_and_cupy_backends_agree(cupy, dtype):
     np.testing.assert_array_equal(a.agree, b.agree)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_overlapped_epilogue_gives_the_serial_results(cupy, backend, dtype):
+    # Same tiles, same kernels, same order per tile: the stream overlap must not change a bit.
+    arrays = [cupy.asarray(a.astype(dtype)) for a in make_pair(7, n=513, v=3001)]
+    kw = dict(tile_cols=1000, tile_rows=200)
+    a = PASSES[backend](*arrays, overlap=True, **kw)
+    b = PASSES[backend](*arrays, overlap=False, **kw)
+    for k in ALL_FIELDS + ("agree",):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+
+
 def _report_values(r):
     out = {}
     for sec, d in r.to_dict().items():
@@ -385,6 +403,29 @@ def test_compare_on_gpu_arrays_matches_cpu(cupy, source):
             np.testing.assert_allclose(gv[k], w, rtol=1e-9, atol=1e-12, err_msg=k)
         else:
             assert gv[k] == w, k
+
+
+@pytest.mark.gpu
+def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    seen = []
+    real = gp._gpu_pass
+
+    def spy(*args, **kwargs):
+        seen.append(cupy.cuda.get_current_stream().ptr)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(gp, "_gpu_pass", spy)
+    a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        ga, gb = (ir.Model(*(torch.from_numpy(x).cuda() for x in (m.f, m.g)),
+                           bias=torch.from_numpy(m.bias).cuda()) for m in (a, b))
+        got = ir.kl(ga, gb)
+    assert seen == [stream.cuda_stream] and stream.cuda_stream != 0
+    want = ir.kl(a, b)
+    np.testing.assert_allclose([got.kl12, got.kl21], [want.kl12, want.kl21], rtol=1e-9)
 
 
 # ------------------------------------------------------------------ the engine on a GPU

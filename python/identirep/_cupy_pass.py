@@ -142,48 +142,51 @@ def device_augmented(model):
 def cupy_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
               tile_cols: Optional[int] = None, tile_rows: Optional[int] = None,
               progress: Optional[Callable[[float], None]] = None,
-              half_gemm: str = "cublas") -> PassStats:
+              half_gemm: str = "cublas", overlap: bool = True) -> PassStats:
     """The streaming pass with the epilogue compiled at run time by CuPy (no CUDA build needed).
 
     f1 (N x M1), g1 (V x M1), f2 (N x M2), g2 (V x M2): device (or host) arrays of float16,
     bfloat16, float32 or float64, any strides. ``half_gemm``: "cublas" feeds float16/bfloat16
-    pairs to cuBLAS as they are, "convert" widens them to float32 first. Returns a PassStats of
-    host NumPy arrays (backend "cupy").
+    pairs to cuBLAS as they are, "convert" widens them to float32 first. ``overlap``: run the
+    epilogue of one tile on a second stream while the GEMMs of the next tile run (two pairs of
+    logit tiles in the workspace; the same results, since the epilogue still sees the tiles in
+    order). Returns a PassStats of host NumPy arrays (backend "cupy").
     """
     return _gpu_pass(f1, g1, f2, g2, "cupy", workspace_bytes, tile_cols, tile_rows, progress,
-                     half_gemm)
+                     half_gemm, overlap)
 
 
 def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
               tile_cols: Optional[int] = None, tile_rows: Optional[int] = None,
               progress: Optional[Callable[[float], None]] = None,
-              half_gemm: str = "cublas") -> PassStats:
+              half_gemm: str = "cublas", overlap: bool = True) -> PassStats:
     """The streaming pass with the compiled CUDA epilogue (``_core.lse_kl_update_cuda``).
 
     Same arguments and results as :func:`cupy_pass` (backend "cuda"); needs identirep built
     with CUDA.
     """
     return _gpu_pass(f1, g1, f2, g2, "cuda", workspace_bytes, tile_cols, tile_rows, progress,
-                     half_gemm)
+                     half_gemm, overlap)
 
 
-def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes):
+def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes, buffers=1):
     """(rows, cols) of the logit tiles: all rows when they fit, ``tile_cols`` labels (default
-    DEFAULT_TILE_COLS), shrunk until two logit tiles, the widened operand tiles (m1 + m2
-    columns; 0 for operands used as they are) and the column scratch fit in
+    DEFAULT_TILE_COLS), shrunk until ``buffers`` pairs of logit tiles, the widened operand
+    tiles (m1 + m2 columns; 0 for operands used as they are) and the column scratch fit in
     ``workspace_bytes``."""
     for name, t in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
         if t is not None and int(t) < 1:
             raise IdentirepError(f"{name} must be >= 1, got {t}")
+    tiles = 2 * buffers
 
     def need(r, c):
-        return itemsize * (2 * r * c + (r + c) * (m1 + m2)) + 8 * 5 * COL_MAX_CHUNKS * c
+        return itemsize * (tiles * r * c + (r + c) * (m1 + m2)) + 8 * 5 * COL_MAX_CHUNKS * c
 
     tc = min(v, int(tile_cols) if tile_cols else DEFAULT_TILE_COLS)
     tr = min(n, int(tile_rows)) if tile_rows else n
     while need(tr, tc) > workspace_bytes and (tr > 1 or tc > 1):
         if tile_rows is None and tr > 1:
-            per_row = itemsize * (2 * tc + m1 + m2)
+            per_row = itemsize * (tiles * tc + m1 + m2)
             tr = max(1, min(tr // 2, (workspace_bytes - need(0, tc)) // per_row))
         elif tc > 1:
             tc = max(1, tc // 2)
@@ -206,7 +209,7 @@ def _check_shapes(ops):
 
 
 def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, progress,
-              half_gemm) -> PassStats:
+              half_gemm, overlap=True) -> PassStats:
     if half_gemm not in ("cublas", "convert"):
         raise IdentirepError(f"half_gemm must be 'cublas' or 'convert', got {half_gemm!r}")
     cp = import_cupy()
@@ -217,7 +220,13 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
     n, v = f1.shape[0], g1.shape[0]
     pairs = [_GemmPair(cp, f, g, dt, half_gemm) for f, g in ((f1, g1), (f2, g2))]
     converted = [0 if p.half else p.f.shape[1] for p in pairs]  # widths of widened copies
-    tr, tc = tile_shape(n, v, *converted, dt.itemsize, tile_rows, tile_cols, workspace_bytes)
+    nbuf = 2 if overlap else 1
+    tr, tc = tile_shape(n, v, *converted, dt.itemsize, tile_rows, tile_cols, workspace_bytes,
+                        nbuf)
+    n_row_tiles = -(-n // tr)
+    n_tiles = n_row_tiles * -(-v // tc)
+    if n_tiles == 1:
+        nbuf = 1  # nothing to overlap
     epilogue = (_CudaEpilogue if backend == "cuda" else _CupyEpilogue)(cp, tc, dt)
 
     state = cp.zeros((8, n), dtype=cp.float64)
@@ -226,9 +235,15 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
     args = cp.full((2, n), -1, dtype=cp.int64)
     row_m = cp.zeros((5, n), dtype=cp.float64)
     col_m = cp.zeros((5, v), dtype=cp.float64)
-    ws = [cp.empty(tr * tc, dtype=dt) for _ in range(2)]
+    bufs = [[cp.empty(tr * tc, dtype=dt) for _ in range(2)] for _ in range(nbuf)]
+    # GEMMs run on the caller's (current) stream, epilogues on `side`; events order each tile's
+    # epilogue after its GEMMs and the GEMMs that reuse a buffer after the epilogue that read it.
+    main = cp.cuda.get_current_stream()
+    side = cp.cuda.Stream(non_blocking=True) if nbuf > 1 else main
+    if side is not main:
+        side.wait_event(main.record())
+    released = [None] * nbuf
 
-    n_tiles = -(-n // tr) * -(-v // tc)
     done = 0
     for c0 in range(0, v, tc):
         c1 = min(v, c0 + tc)
@@ -236,13 +251,24 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
             p.set_labels(c0, c1)
         for r0 in range(0, n, tr):
             r1 = min(n, r0 + tr)
-            l1, l2 = (w[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0) for w in ws)
-            pairs[0].logits(r0, r1, n_row_tiles=-(-n // tr), out=l1)
-            pairs[1].logits(r0, r1, n_row_tiles=-(-n // tr), out=l2)
-            epilogue(l1, l2, c0, r0, state, args, row_m, col_m)
+            b = done % nbuf
+            l1, l2 = (w[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0) for w in bufs[b])
+            if released[b] is not None:
+                main.wait_event(released[b])
+            pairs[0].logits(r0, r1, n_row_tiles=n_row_tiles, out=l1)
+            pairs[1].logits(r0, r1, n_row_tiles=n_row_tiles, out=l2)
+            if side is main:
+                epilogue(l1, l2, c0, r0, state, args, row_m, col_m)
+            else:
+                side.wait_event(main.record())
+                with side:
+                    epilogue(l1, l2, c0, r0, state, args, row_m, col_m)
+                released[b] = side.record()
             done += 1
             if progress is not None:
                 progress(done / n_tiles)
+    if side is not main:
+        main.wait_event(side.record())
     out = finalize(state.get(), args.get())
     r, c = row_m.get(), col_m.get()
     return PassStats(L1=out["L1"], L2=out["L2"], kl12=out["kl12"], kl21=out["kl21"], H1=out["H1"],
