@@ -9,6 +9,8 @@ fails loudly with what to do instead; nothing silently falls back to a slower pa
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from typing import Optional
 
@@ -118,3 +120,50 @@ def cuda_problem() -> Optional[str]:
     if problem is not None:
         return "its GEMM tiles and device memory come from CuPy, and " + problem
     return None
+
+
+def _torch_cuda_tensor(arrays):
+    for a in arrays:
+        if type(a).__module__.split(".")[0] == "torch" and getattr(a, "is_cuda", False):
+            return a
+    return None
+
+
+@contextlib.contextmanager
+def caller_stream(arrays):
+    """Run the CuPy work inside on the caller's stream: for torch CUDA tensors, torch's current
+    stream on their device (CuPy arrays already run on CuPy's current stream, the caller's)."""
+    t = _torch_cuda_tensor(arrays)
+    if t is None:
+        yield
+        return
+    import cupy
+    import torch
+    dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    ptr = torch.cuda.current_stream(dev).cuda_stream
+    stream = cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr, dev)
+    with cupy.cuda.Device(dev), stream:
+        yield
+
+
+def model_arrays(values):
+    """f, g and bias of every Model in ``values`` (and in lists or tuples among them)."""
+    from .model import Model
+    out = []
+    for v in values:
+        for m in (v if isinstance(v, (list, tuple)) else (v,)):
+            if isinstance(m, Model):
+                out += [x for x in (m.f, m.g, m.bias) if x is not None]
+    return out
+
+
+def on_caller_stream(fn):
+    """Decorator: run ``fn`` inside :func:`caller_stream` of the models among its arguments."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        arrays = model_arrays(list(args) + list(kwargs.values()))
+        if _torch_cuda_tensor(arrays) is None:
+            return fn(*args, **kwargs)
+        with caller_stream(arrays):
+            return fn(*args, **kwargs)
+    return wrapper

@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ._backends import on_caller_stream
 from .errors import IdentirepError
 from .model import Model, check_pair
 from .progress import progress_bar
@@ -41,6 +42,7 @@ class MatrixResult(_Result):
         return "\n".join(rows) + "\n"
 
 
+@on_caller_stream
 def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **opts) -> MatrixResult:
     """Compare every pair of ``models``: one pass per unordered pair gives both directions.
 

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 
 from . import reference as ref
-from ._backends import resolve
+from ._backends import on_caller_stream, resolve
 from .engine import PairEngine, mcca_from_scatter, whiten
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
@@ -17,6 +17,7 @@ from .progress import progress_bar
 from .results import Report
 
 
+@on_caller_stream
 def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None) -> PairEngine:
     """Run the streaming pass for a pair once; every measure can then be read off it.
 
@@ -42,6 +43,7 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
     return PairEngine(a, b, stats, caches=None if caches is None else caches(cdt))
 
 
+@on_caller_stream
 def kl(a: Model, b: Model, backend: str = "auto"):
     """Mean KL(p_a || p_b) and KL(p_b || p_a) over the inputs (plus top-1 agreement, entropies)."""
     if resolve(backend, a, b) == "reference":
@@ -49,6 +51,7 @@ def kl(a: Model, b: Model, backend: str = "auto"):
     return engine(a, b, backend).kl()
 
 
+@on_caller_stream
 def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str = "max",
           pivot: Optional[int] = None, leave_out: Optional[int] = None, input_set=None,
           num_samples: int = 200, seed: int = 0, *, num_pivots: Optional[int] = None,
@@ -75,6 +78,7 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
         return e.d_llv(num_pivots=num_pivots, progress=update, **kw)
 
 
+@on_caller_stream
 def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[int] = None,
           input_set=None, max_sets: int = 1000, seed: int = 0, *, backend: str = "auto", **llv):
     """PLS-SVD dissimilarity of f over label diversity sets and of g over the input set.
@@ -111,6 +115,7 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto"):
                              whiten(S[d:, d:], "y"))
 
 
+@on_caller_stream
 def d_logit(a: Model, b: Model, backend: str = "auto"):
     """d_logit: root mean over inputs of the squared distance of label-centred logits."""
     if resolve(backend, a, b) == "reference":
@@ -118,6 +123,7 @@ def d_logit(a: Model, b: Model, backend: str = "auto"):
     return engine(a, b, backend).d_logit()
 
 
+@on_caller_stream
 def d_rep(a: Model, b: Model, sets=None, num_sets: int = 100, seed: int = 0,
           backend: str = "auto"):
     """mean_x ||f_a(x) - A f_b(x) - c||^2 for A = L_a^-1 L_b over diversity sets (max, mean)."""
@@ -127,6 +133,7 @@ def d_rep(a: Model, b: Model, sets=None, num_sets: int = 100, seed: int = 0,
     return engine(a, b, backend).d_rep(sets, num_sets, seed)
 
 
+@on_caller_stream
 def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str = "max",
             num_samples: int = 200, seed: int = 0, *, num_pivots: Optional[int] = None,
             sets_per_pivot: int = 1, paper_compat: bool = False, max_label_sets: Optional[int] = None,
