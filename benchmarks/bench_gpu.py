@@ -4,12 +4,18 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
   floor   two bare bfloat16 GEMMs f1 g1^T, f2 g2^T (cupy.matmul; torch.matmul when this CuPy
           has no bfloat16 dtype) into one preallocated N x V output: the analytic floor;
   gemm    the GEMM tiles the passes run (cublasGemmEx, bfloat16 in, float32 out), no epilogue;
-  cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments);
-  cupy    the cupy pass (same kernels compiled by NVRTC);
-  torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways.
+  cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments,
+          the epilogue of each tile overlapped with the next tile's GEMMs on a second stream);
+  serial  the same without the overlap (one stream, all N rows per tile);
+  cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
+  torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
+  liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
+          it also computes the input gradient, as it always does), when liger_kernel imports.
 Times are CUDA-event medians over --repeats after --warmup runs; "x" columns are ratios to the
 floor. "mem" is the peak extra device memory of the cuda pass (CuPy pool growth from an empty
-pool, inputs excluded) and of the torch baseline (max_memory_allocated above the inputs).
+pool, inputs excluded) and of the torch baselines (max_memory_allocated above the inputs).
+``--sweep`` adds a second table: the cuda pass for several label-tile widths, with and without
+the overlap, to choose the defaults from.
 
     python benchmarks/bench_gpu.py                          # the four LM shapes below
     python benchmarks/bench_gpu.py --shape 16384,50304,768 --repeats 5 --out table.md
@@ -28,6 +34,7 @@ from identirep import _cupy_pass as gp
 
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
           (16384, 128256, 4096)]
+SWEEP_COLS = (1024, 2048, 4096, 8192)
 
 
 def parse_shape(text):
@@ -155,17 +162,66 @@ def bench_shape(n, v, m, args, torch):
         run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
         row["mem"] = pool_peak(run)
         row["cuda"] = cuda_ms(run, args.warmup, args.repeats)
+        row["serial"] = cuda_ms(lambda: gp.cuda_pass(f1, g1, f2, g2, overlap=False, **kw),
+                                args.warmup, args.repeats)
+        if args.sweep:
+            for tc in SWEEP_COLS:
+                for overlap in (True, False):
+                    row[("sweep", tc, overlap)] = cuda_ms(
+                        lambda: gp.cuda_pass(f1, g1, f2, g2, workspace_bytes=args.workspace,
+                                             tile_cols=tc, overlap=overlap),
+                        args.warmup, args.repeats)
     run = (lambda: gp.cupy_pass(f1, g1, f2, g2, **kw))
     run()  # NVRTC compile outside the timing
     row["cupy"] = cuda_ms(run, args.warmup, args.repeats)
     if torch is not None and not args.no_torch:
         row["torch"], row["torch_mem"] = naive_torch(torch, (f1, g1, f2, g2), args)
+        liger = liger_jsd(torch, (f1, g1, f2, g2), args)
+        if isinstance(liger, str):
+            row["liger_why"] = liger
+        else:
+            row["liger"], row["liger_mem"] = liger
     return row
 
 
+def torch_bf16(torch, arrays):
+    return [torch.from_dlpack(x.data.view(cp.int16)).view(torch.bfloat16) for x in arrays]
+
+
+def peak_torch(torch, run):
+    """Peak bytes torch allocates above what it holds while run() runs."""
+    cp.cuda.Device().synchronize()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def liger_jsd(torch, arrays, args):
+    """(ms, peak bytes) of LigerFusedLinearJSD(jsd_beta=0) forward, or why it could not run."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearJSD
+    except Exception as e:  # not installed, or no Triton for this GPU
+        return f"liger_kernel unavailable ({type(e).__name__}: {e})"
+    f1, g1, f2, g2 = torch_bf16(torch, arrays)
+    jsd = LigerFusedLinearJSD(jsd_beta=0.0)
+
+    def run():
+        with torch.no_grad():
+            return jsd(f1, g1, f2, g2)
+    try:
+        mem = peak_torch(torch, run)
+        return torch_ms(torch, run, args.warmup, args.repeats), mem
+    except Exception as e:  # e.g. out of memory: it holds an N x V float32 loss buffer
+        torch.cuda.empty_cache()
+        return f"liger failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
 def naive_torch(torch, arrays, args):
-    t = [torch.from_dlpack(x.data.view(cp.int16)).view(torch.bfloat16) for x in arrays]
-    f1, g1, f2, g2 = t
+    f1, g1, f2, g2 = torch_bf16(torch, arrays)
     n, v = f1.shape[0], g1.shape[0]
     chunk = max(1, (1 << 30) // (4 * v))
 
@@ -179,14 +235,7 @@ def naive_torch(torch, arrays, args):
             kl12[r0:r0 + chunk] = (lp1.exp() * d).sum(-1)
             kl21[r0:r0 + chunk] = -(lp2.exp() * d).sum(-1)
         return kl12, kl21
-    cp.cuda.Device().synchronize()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    run()
-    torch.cuda.synchronize()
-    mem = torch.cuda.max_memory_allocated() - base
+    mem = peak_torch(torch, run)
     return torch_ms(torch, run, args.warmup, args.repeats), mem
 
 
@@ -199,16 +248,35 @@ def fmt_ms(row, key):
 
 
 def table(rows):
-    lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | cuda pass ms | cupy pass ms | "
-             "torch naive ms | peak extra GiB (cuda / torch) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | cuda pass ms | serial ms | "
+             "cupy pass ms | torch naive ms | liger fused JSD ms | "
+             "peak extra GiB (cuda / torch / liger) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
                  if "floor" in r else "- (no bfloat16 matmul)")
-        mem = "{} / {}".format(*(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
-                                 for k in ("mem", "torch_mem")))
-        lines.append(f"| {r['shape']} | {floor} | {fmt_ms(r, 'gemm')} | {fmt_ms(r, 'cuda')} | "
-                     f"{fmt_ms(r, 'cupy')} | {fmt_ms(r, 'torch')} | {mem} |")
+        mem = " / ".join(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
+                         for k in ("mem", "torch_mem", "liger_mem"))
+        cells = " | ".join(fmt_ms(r, k) for k in ("gemm", "cuda", "serial", "cupy", "torch",
+                                                   "liger"))
+        lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
+        if "liger_why" in r:
+            notes.append(f"{r['shape']}: {r['liger_why']}")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def sweep_table(rows):
+    """The cuda pass by label-tile width and overlap, ms (ratio to the floor)."""
+    if not any(("sweep", SWEEP_COLS[0], True) in r for r in rows):
+        return ""
+    head = " | ".join(f"{tc} {'overlap' if o else 'serial'}" for tc in SWEEP_COLS
+                      for o in (True, False))
+    lines = ["cuda pass by tile_cols (all rows per tile that fit the workspace)", "",
+             f"| N x V x M | {head} |", "|---|" + "---|" * (2 * len(SWEEP_COLS))]
+    for r in rows:
+        cells = " | ".join(fmt_ms(r, ("sweep", tc, o)) for tc in SWEEP_COLS for o in (True, False))
+        lines.append(f"| {r['shape']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -220,6 +288,8 @@ def main():
     p.add_argument("--workspace", type=int, default=1 << 30, help="workspace_bytes of the passes")
     p.add_argument("--tile-cols", type=int, default=None)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="also time the cuda pass for tile_cols "
+                   f"in {SWEEP_COLS}, with and without the overlap")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args()
     torch = None if args.no_torch else import_torch()
@@ -232,7 +302,8 @@ def main():
         rows.append(bench_shape(n, v, m, args, torch))
         cp.get_default_memory_pool().free_all_blocks()
         print(f"{n} x {v} x {m}: {time.perf_counter() - t0:.1f} s", flush=True)
-    emit(head + "\n\n" + table(rows), args.out)
+    sweep = sweep_table(rows)
+    emit(head + "\n\n" + table(rows) + ("\n\n" + sweep if sweep else ""), args.out)
 
 
 def emit(text, out=None):

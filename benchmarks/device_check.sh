@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Device check for a GPU machine without a package registry (numpy, scipy, pytest, hypothesis
 # and CuPy installed; torch optional; scikit-build-core, pybind11, cmake and ninja installed or
-# given as wheels in ./.whl, which `pip download -d .whl ...` fills on a machine with a registry):
+# given as wheels in ./.whl, which `pip download -d .whl ...` fills on a machine with a registry;
+# the Liger-Kernel baseline of bench_gpu.py comes from .whl too:
+# `pip download liger-kernel==0.8.5 --no-deps -d .whl`):
 #   1. build and install identirep with CUDA (pip, no build isolation, no dependencies);
 #   2. nvidia-smi summary;
 #   3. the GPU tests, which must not all skip (IDENTIREP_REQUIRE_GPU_TESTS=1);
 #   4. compute-sanitizer memcheck and racecheck on a tiny run of every kernel;
-#   5. benchmarks/bench_gpu.py (the passes) and benchmarks/bench_gpu_compare.py (the engine).
+#   5. benchmarks/bench_gpu.py (the passes, with the tile-width sweep) and
+#      benchmarks/bench_gpu_compare.py (the engine).
 # Each step has a timeout and the whole check stays under 8 minutes. Logs and the summary table
 # go to $OUT (default ./device_check_out): $OUT/device_check.md. Exits non-zero if a step failed.
 #
@@ -84,6 +87,12 @@ step build-tools 60 env PYTHON="$PYTHON" bash -c '
   [[ -d .whl ]] || { echo "scikit-build-core, pybind11 or cmake missing and no .whl/"; exit 1; }
   "$PYTHON" -m pip install --no-index --find-links .whl scikit-build-core pybind11 cmake ninja'
 step build 120 "$PYTHON" -m pip install --no-build-isolation --no-deps .
+# Optional baseline: a missing wheel only leaves the Liger column empty, with the reason.
+step liger 30 env PYTHON="$PYTHON" bash -c '
+  if "$PYTHON" -c "import liger_kernel" 2>/dev/null; then exit 0; fi
+  ls .whl/liger_kernel-*.whl 2>/dev/null || { echo "no .whl/liger_kernel-*.whl: no Liger column"; exit 0; }
+  "$PYTHON" -m pip install --no-index --no-deps --find-links .whl liger-kernel'
+
 if (( failed )); then finish; fi
 step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit \
   --format=csv
@@ -94,6 +103,6 @@ step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \
   "$PYTHON" benchmarks/sanitize_case.py
 step racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 1 \
   "$PYTHON" benchmarks/sanitize_case.py
-step bench 150 "$PYTHON" benchmarks/bench_gpu.py --out "$OUT/bench_gpu.md"
+step bench 150 "$PYTHON" benchmarks/bench_gpu.py --sweep --out "$OUT/bench_gpu.md"
 step bench-compare 150 "$PYTHON" benchmarks/bench_gpu_compare.py --repeats 1 --out "$OUT/bench_gpu_compare.md"
 finish
