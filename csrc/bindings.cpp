@@ -37,6 +37,16 @@ centred sums of squares, Chan-merged (layout in csrc/kernels/lse_kl.h).)doc");
 X1, X2: (B, V) float64 cross products g_k(y0)' C_k g_k(y); n1, n2, A1, A2, B12: (V,) float64;
 pivots: (B,) int64; mode 'max' or 'mean'. Returns (B,) float64. Releases the GIL.)doc");
 
+  m.def("pivot_bounds", &identirep::pivot_bounds, py::arg("X1"), py::arg("X2"), py::arg("n1"),
+        py::arg("n2"), py::arg("A1"), py::arg("A2"), py::arg("B12"), py::arg("pivots"),
+        py::arg("labels"), py::arg("tol"), py::arg("eps"),
+        R"doc(Lower bounds of the 'max' criterion of pivot rows over label lists
+(kernels/pivot_terms.h, BoundRow).
+
+X1, X2: (B, K) float32 or float64 cross products g_k(pivots[j])' C_k g_k(labels[k]); n1, n2,
+A1, A2, B12: (V,) float64; pivots (B,), labels (K,) int64 in [0, V); tol: degenerate
+tolerance times its safety factor; eps: rounding allowance. Returns (B,) float64.)doc");
+
   m.def("build_info", &identirep::build_info, "Compile-time facts about this build.");
 
 #ifdef IDENTIREP_WITH_CUDA

@@ -21,6 +21,13 @@ pybind11::array_t<double> pivot_criteria(pybind11::handle X1, pybind11::handle X
                                          pybind11::handle B12, pybind11::handle pivots,
                                          double tol, const std::string& mode);
 
+// Lower bounds of the bounded pivot search over label lists (same files).
+pybind11::array_t<double> pivot_bounds(pybind11::handle X1, pybind11::handle X2,
+                                       pybind11::handle n1, pybind11::handle n2,
+                                       pybind11::handle A1, pybind11::handle A2,
+                                       pybind11::handle B12, pybind11::handle pivots,
+                                       pybind11::handle labels, double tol, double eps);
+
 // Compile-time facts about this build (csrc/build_info.cpp).
 pybind11::dict build_info();
 

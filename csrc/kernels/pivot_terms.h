@@ -134,5 +134,62 @@ inline int PivotCriteria(const PivotInputs& in, double* crit) {
   return 0;
 }
 
+// Lower bounds for the bounded pivot search (engine.PairEngine._bounded_search): for pivot
+// rows j and a list of K labels (columns; global indices labels[k], distinct), the second
+// largest of max(rest^2, piv^2) - slack over the columns with labels[k] != y0 and
+// S_k > tol (n_k(y) + n_k(y0)) (tol: the degenerate tolerance times a safety factor), as its
+// square root; 0 with fewer than two such columns. slack = eps * size * (1 + s1/S1 + s2/S2),
+// size = the larger of A1/S1 + A2/S2 + 2|B12|/sqrt(S1 S2) for y and for y0, s_k = n_k(y) +
+// n_k(y0): the rounding allowance between these products and the pivot kernel's. The same
+// arithmetic as PairEngine._pair_m2, which is its oracle and its GPU twin.
+struct BoundInputs {
+  PivotInputs p;          // X1, X2 are B x K here (p.V = K label columns); p.mode is unused
+  const int64_t* labels;  // (K) global label indices of the columns
+  double eps;
+};
+
+template <typename T>
+inline double BoundRow(const BoundInputs& b, int64_t j) {
+  const PivotInputs& in = b.p;
+  const int64_t y0 = in.pivots[j];
+  const T* x1 = static_cast<const T*>(in.X1) + j * in.ld1;
+  const T* x2 = static_cast<const T*>(in.X2) + j * in.ld2;
+  const double n10 = in.n1[y0], n20 = in.n2[y0];
+  const double a10 = in.A1[y0], a20 = in.A2[y0], b0 = in.B12[y0];
+  double top = -1.0, second = -1.0;  // m^2 - slack is clipped at 0, so -1 means none
+  for (int64_t k = 0; k < in.V; ++k) {
+    const int64_t y = b.labels[k];
+    const double s1 = in.n1[y] + n10, s2 = in.n2[y] + n20;
+    const double S1 = s1 - 2.0 * static_cast<double>(x1[k]);
+    const double S2 = s2 - 2.0 * static_cast<double>(x2[k]);
+    if (y == y0 || !(S1 > in.tol * s1) || !(S2 > in.tol * s2)) continue;
+    const double i1 = 1.0 / S1, i2 = 1.0 / S2;
+    const double c = 2.0 * std::sqrt(i1 * i2);
+    const double a1 = in.A1[y], a2 = in.A2[y], by = in.B12[y];
+    const double r2 = a1 * i1 + a2 * i2 - by * c;
+    const double p2 = a10 * i1 + a20 * i2 - b0 * c;
+    const double sr = a1 * i1 + a2 * i2 + std::fabs(by) * c;
+    const double sp = a10 * i1 + a20 * i2 + std::fabs(b0) * c;
+    const double slack = b.eps * (sr > sp ? sr : sp) * (1.0 + s1 * i1 + s2 * i2);
+    double m2 = (r2 > p2 ? r2 : p2) - slack;
+    m2 = m2 > 0.0 ? m2 : 0.0;
+    if (m2 > top) {
+      second = top;
+      top = m2;
+    } else if (m2 > second) {
+      second = m2;
+    }
+  }
+  return second < 0.0 ? 0.0 : std::sqrt(second);
+}
+
+// Launcher: fills lb for all B pivot rows (OpenMP over rows). Returns 0.
+inline int PivotBounds(const BoundInputs& b, double* lb) {
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < b.p.B; ++j)
+    lb[j] = b.p.x_f32 ? BoundRow<float>(b, j) : BoundRow<double>(b, j);
+  return 0;
+}
+
 }  // namespace kernels
 }  // namespace identirep
