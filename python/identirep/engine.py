@@ -26,9 +26,24 @@ from .reference import (TIE_RTOL, _check_input_set, _check_llv_args, _combine, _
                         candidate_input_sets)
 from .results import DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult
 
-#: exact pivot search up to this many labels on the CPU (4 V^2 M flops), sampled beyond.
+#: plain exact pivot search (every pivot's full row, 4 V^2 M flops) up to this many labels;
+#: beyond it the bounded search ("max" term) or a sample of DEFAULT_PIVOT_SAMPLE ("mean").
 EXACT_PIVOT_LIMIT = 4096
 DEFAULT_PIVOT_SAMPLE = 256
+#: bounded search: pivots evaluated first (their rows give the first upper bound and the
+#: labels every pivot's lower bound is taken over), labels per tree leaf, projection size
+BOUND_SEED_PIVOTS = 64
+BOUND_LEAF = 1024
+BOUND_DIM = 16
+#: most pivot rows the bounded search evaluates on the CPU (on a GPU: all V if needed)
+BOUND_BUDGET_CPU = 2048
+#: a pair enters a lower bound only when S_k > BOUND_KAPPA * tol * (n_k(y) + n_k(y0)) (clearly
+#: not degenerate, whatever the rounding), with its m^2 lowered by a rounding allowance
+#: (``_pair_m2``); a pivot is skipped when its bound exceeds the best criterion by BOUND_RTOL
+BOUND_KAPPA = 10.0
+BOUND_RTOL = 1e-9
+#: the allowance is BOUND_NOISE * sqrt(M1 + M2) * eps * (size of the terms) * (1 + (n + n0) / S)
+BOUND_NOISE = 16.0
 PIVOT_BLOCK = 256
 #: the pivot blocks' cross products (2 x B x V in the compute dtype) take at most this many bytes
 PIVOT_BLOCK_BYTES = 128 << 20
@@ -366,23 +381,21 @@ class PairEngine:
             return float(max(rest[keep].max(), piv[keep].max())), float(t3[keep].max())
         return (float(np.concatenate([rest[keep], piv[keep]]).mean()), float(t3[keep].mean()))
 
-    def label_side(self, term="max", pivot=None, leave_out=None, num_pivots=None, seed=0,
-                   progress=None):
-        V = self.V
-        if pivot is not None:
-            cands, how = np.array([pivot]), "given"
-        else:
-            P = num_pivots if num_pivots is not None else (V if V <= EXACT_PIVOT_LIMIT else DEFAULT_PIVOT_SAMPLE)
-            cands = sampling.pivot_sample(V, P, seed)
-            how = f"exact over {V} labels" if len(cands) == V else f"sampled {len(cands)} of {V}"
-        crit = np.empty(len(cands))
+    def _pivot_step(self, leave_out=None):
+        """Pivots per block of the pivot search (its 2 x B x V cross products are bounded)."""
         if self.c1.xp is np:
-            step = max(1, min(PIVOT_BLOCK, PIVOT_BLOCK_BYTES // (2 * V * np.dtype(self.cdt).itemsize)))
+            step = min(PIVOT_BLOCK, PIVOT_BLOCK_BYTES // (2 * self.V * np.dtype(self.cdt).itemsize))
         else:
-            step = max(1, min(PIVOT_BLOCK_DEVICE,
-                              PIVOT_BLOCK_BYTES_DEVICE // (2 * V * np.dtype(self.cdt).itemsize)))
-        if leave_out is not None:   # the NumPy path below keeps ~10 V x B float64 temporaries
-            step = max(1, step // 16)
+            step = min(PIVOT_BLOCK_DEVICE,
+                       PIVOT_BLOCK_BYTES_DEVICE // (2 * self.V * np.dtype(self.cdt).itemsize))
+        if leave_out is not None:   # the NumPy path keeps ~10 V x B float64 temporaries
+            step //= 16
+        return max(1, step)
+
+    def _criteria(self, cands, term, leave_out=None, progress=None):
+        """Criterion of each pivot in cands (best leave-out, or the given one), in blocks."""
+        crit = np.empty(len(cands))
+        step = self._pivot_step(leave_out)
         for j0 in range(0, len(cands), step):
             blk = cands[j0:j0 + step]
             if leave_out is not None:
@@ -394,6 +407,183 @@ class PairEngine:
                 crit[j0:j0 + len(blk)] = self._pivot_criteria(blk, term)
             if progress is not None:
                 progress((j0 + len(blk)) / len(cands))
+        return crit
+
+    # ---------------------------------------------------------- bounded exact pivot search
+    def _vectors(self, xp):
+        if xp is np:
+            return self.n1, self.n2, self.A1, self.A2, self.B12
+        if self._device_vectors is None:
+            self._device_vectors = [xp.asarray(v, dtype=np.float64) for v in
+                                    (self.n1, self.n2, self.A1, self.A2, self.B12)]
+        return self._device_vectors
+
+    def _cross(self, piv, lab):
+        """X_k = g_k(piv)' C_kk g_k(lab) (len(piv) x len(lab)) in the compute dtype, as
+        ``_pivot_criteria`` forms them."""
+        C = self.mom.scatter
+        xp = self.c1.xp
+        p, q = xp.asarray(piv, dtype=np.int64), xp.asarray(lab, dtype=np.int64)
+        return [(G[p].astype(self.cdt, copy=False) @ xp.asarray(C[sl, sl], dtype=self.cdt))
+                @ G[q].T.astype(self.cdt, copy=False)
+                for G, sl in ((self.G1, self.sF1), (self.G2, self.sF2))]
+
+    def _bound_eps(self):
+        return float(np.finfo(self.cdt).eps) * BOUND_NOISE * math.sqrt(self.M1 + self.M2)
+
+    def _row_bounds(self, piv, lab):
+        """Lower bound of the 'max' criterion of each pivot in ``piv`` from the labels ``lab``
+        (distinct): the compiled BoundRow on the CPU, the same arithmetic in CuPy on a GPU."""
+        X1, X2 = self._cross(piv, lab)
+        xp = array_module(X1)
+        if xp is np:
+            from . import _core
+            return _core.pivot_bounds(X1, X2, *self._vectors(np),
+                                      np.ascontiguousarray(piv, np.int64),
+                                      np.ascontiguousarray(lab, np.int64),
+                                      BOUND_KAPPA * self.tol, self._bound_eps())
+        m2 = self._pair_m2(piv, lab, X1, X2)
+        if m2.shape[1] < 2:
+            return np.zeros(len(piv))
+        second = to_numpy(xp.partition(m2, m2.shape[1] - 2, axis=1)[:, -2])
+        return np.sqrt(np.where(np.isfinite(second), second, 0.0))
+
+    def _pair_m2(self, piv, lab, X1, X2):
+        """Lower bounds of max(rest^2, piv^2) as the pivot kernel computes it, for pivots
+        ``piv`` (rows) against labels ``lab`` (columns): the same formula minus a rounding
+        allowance (BOUND_NOISE), clipped at 0; -inf for y == y0 and for pairs that are not
+        clearly non-degenerate (BOUND_KAPPA). Dropping or lowering a pair only lowers a bound."""
+        xp = array_module(X1)
+        n1, n2, A1, A2, B12 = self._vectors(xp)
+        p, q = xp.asarray(piv, dtype=np.int64), xp.asarray(lab, dtype=np.int64)
+        s1 = n1[p][:, None] + n1[q][None, :]
+        s2 = n2[p][:, None] + n2[q][None, :]
+        S1 = s1 - 2.0 * X1.astype(np.float64)
+        S2 = s2 - 2.0 * X2.astype(np.float64)
+        ok = ((S1 > BOUND_KAPPA * self.tol * s1) & (S2 > BOUND_KAPPA * self.tol * s2)
+              & (p[:, None] != q[None, :]))
+        i1 = 1.0 / xp.where(ok, S1, 1.0)
+        i2 = 1.0 / xp.where(ok, S2, 1.0)
+        c = 2.0 * xp.sqrt(i1 * i2)
+        a1, a2, b = A1[q][None, :], A2[q][None, :], B12[q][None, :]
+        a10, a20, b0 = A1[p][:, None], A2[p][:, None], B12[p][:, None]
+        r2 = a1 * i1 + a2 * i2 - b * c
+        q2 = a10 * i1 + a20 * i2 - b0 * c
+        size = xp.maximum(a1 * i1 + a2 * i2 + xp.abs(b) * c, a10 * i1 + a20 * i2 + xp.abs(b0) * c)
+        slack = self._bound_eps() * size * (1.0 + s1 * i1 + s2 * i2)
+        m2 = xp.maximum(xp.maximum(r2, q2) - slack, 0.0)
+        return xp.where(ok, m2, -xp.inf)
+
+    def _label_coords(self, rng) -> np.ndarray:
+        """Host (V, 2 BOUND_DIM) coordinates whose distances approximate the pair distances:
+        S_k(y, y0) = |Fc_k (g_k(y) - g_k(y0))|^2 (Fc_k: centred f_k), so a Gaussian
+        projection z_k = g_k Fc_k' P_k / sqrt(dim) keeps them on average; each model is scaled
+        by its mean n_k so that both count."""
+        parts = []
+        for c, G, n in ((self.c1, self.G1, self.n1), (self.c2, self.G2, self.n2)):
+            xp = c.xp
+            P = xp.asarray(rng.standard_normal((self.N, BOUND_DIM)) / math.sqrt(BOUND_DIM),
+                           dtype=self.cdt)
+            mean_f = xp.asarray(c.f_moments[0], dtype=self.cdt)
+            T = c.F.T.astype(self.cdt, copy=False) @ P - mean_f[:, None] * P.sum(0)[None, :]
+            Z = to_numpy(G.astype(self.cdt, copy=False) @ T).astype(np.float64)
+            parts.append(Z / math.sqrt(max(float(np.mean(n)), np.finfo(float).tiny)))
+        return np.hstack(parts)
+
+    @staticmethod
+    def _tree_leaves(z, leaf, rng):
+        """Leaves (host index arrays) of a random-projection tree: median splits along random
+        directions until at most ``leaf`` labels; nearby labels tend to share a leaf."""
+        out, stack = [], [np.arange(len(z))]
+        while stack:
+            idx = stack.pop()
+            if len(idx) <= leaf:
+                out.append(idx)
+                continue
+            proj = z[idx] @ rng.standard_normal(z.shape[1])
+            h = len(idx) // 2
+            part = np.argpartition(proj, h)
+            stack += [idx[part[:h]], idx[part[h:]]]
+        return out
+
+    def _lower_bounds(self, hard, rng, progress=None):
+        """Per pivot, a lower bound of its 'max' criterion: the second largest m over a subset
+        of its labels (its tree leaf and the ``hard`` labels), 0 with fewer than two."""
+        V = self.V
+        lb = np.zeros(V)
+        leaves = self._tree_leaves(self._label_coords(rng), BOUND_LEAF, rng)
+        for i, I in enumerate(leaves):
+            I = np.sort(I)
+            lb[I] = self._row_bounds(I, np.union1d(I, hard))
+            if progress is not None:
+                progress((i + 1) / len(leaves))
+        return lb
+
+    def _bounded_search(self, seed, budget, progress=None):
+        """Exact 'max' pivot search by branch and bound. Criteria are evaluated (full rows,
+        ``_pivot_criteria``) for a seeded sample, then for the other pivots in increasing order
+        of a cheap lower bound, until every pivot left has a bound above the best criterion
+        (plus BOUND_RTOL): those cannot be the minimum nor tie with it. Returns (evaluated
+        pivots sorted, their criteria, description)."""
+        V = self.V
+        rng = np.random.default_rng(seed)
+        tick = (lambda lo, hi: None if progress is None else
+                (lambda f: progress(lo + (hi - lo) * f)))
+        seeds = sampling.pivot_sample(V, BOUND_SEED_PIVOTS, seed)
+        crit = dict(zip(seeds.tolist(), self._criteria(seeds, "max")))
+        # the labels that make the seed pivots' criteria: their 4 largest m each
+        hard = []
+        for j0 in range(0, len(seeds), 16):
+            blk = seeds[j0:j0 + 16]
+            m2 = to_numpy(self._pair_m2(blk, np.arange(V), *self._cross(blk, np.arange(V))))
+            top = np.argpartition(-m2, 4, axis=1)[:, :4]
+            hard.append(top[np.isfinite(np.take_along_axis(m2, top, 1))])
+        hard = np.unique(np.concatenate(hard))
+        lb = self._lower_bounds(hard, rng, tick(0.05, 0.5))
+        rtol = BOUND_RTOL
+        best = min(crit.values())
+        order = [y for y in np.argsort(lb, kind="stable").tolist() if y not in crit]
+        step, max_step = min(32, self._pivot_step()), self._pivot_step()
+        evaluated = len(crit)
+        pos = 0
+        while pos < len(order) and lb[order[pos]] <= best * (1 + rtol):
+            if evaluated >= budget:
+                left = sum(1 for y in order[pos:] if lb[y] <= best * (1 + rtol))
+                cands = np.array(sorted(crit), dtype=np.int64)
+                return cands, np.array([crit[y] for y in cands]), (
+                    f"best of {len(cands)} pivots of {V} by lower bound, not proven exact: "
+                    f"{left} pivots with bounds within {rtol:g} of it were left (budget "
+                    f"{budget})")
+            blk = [y for y in order[pos:pos + step] if lb[y] <= best * (1 + rtol)]
+            blk = np.array(blk[:max(1, budget - evaluated)], dtype=np.int64)
+            pos += len(blk) if len(blk) < step else step
+            step = min(2 * step, max_step)  # small first blocks: the bound often closes early
+            c = self._criteria(blk, "max")
+            crit.update(zip(blk.tolist(), c))
+            evaluated += len(blk)
+            best = min(best, float(c.min()))
+            if progress is not None:
+                progress(min(0.99, 0.5 + 0.5 * pos / max(1, len(order))))
+        cands = np.array(sorted(crit), dtype=np.int64)
+        return cands, np.array([crit[y] for y in cands]), (
+            f"exact over {V} labels (bounded search: {len(cands)} pivots evaluated)")
+
+    def label_side(self, term="max", pivot=None, leave_out=None, num_pivots=None, seed=0,
+                   progress=None, bound_budget=None):
+        V = self.V
+        if pivot is not None:
+            cands, how = np.array([pivot]), "given"
+            crit = self._criteria(cands, term, leave_out, progress)
+        elif (num_pivots is None and V > EXACT_PIVOT_LIMIT and term == "max"
+              and leave_out is None):
+            if bound_budget is None:
+                bound_budget = BOUND_BUDGET_CPU if self.c1.xp is np else V
+            cands, crit, how = self._bounded_search(seed, bound_budget, progress)
+        else:
+            P = num_pivots if num_pivots is not None else (V if V <= EXACT_PIVOT_LIMIT else DEFAULT_PIVOT_SAMPLE)
+            cands = sampling.pivot_sample(V, P, seed)
+            how = f"exact over {V} labels" if len(cands) == V else f"sampled {len(cands)} of {V}"
+            crit = self._criteria(cands, term, leave_out, progress)
         if not np.isfinite(crit).any():
             raise IdentirepError(
                 "every label pair is degenerate (identical unembeddings, or constant features): "

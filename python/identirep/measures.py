@@ -59,7 +59,8 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
     """The log-likelihood variance distance d_LLV^lambda with all four terms.
 
     ``pivot``/``leave_out``/``input_set`` fix the choices the search would make; ``num_pivots``
-    samples that many pivots instead of the exact search (default: exact up to 4096 labels);
+    samples that many pivots instead of the exact search (default: exact, by a bounded search
+    beyond 4096 labels; ``pivot_search`` in the result says which ran);
     ``sets_per_pivot`` evaluates more candidate input sets per sampled input pivot;
     ``paper_compat`` reproduces the reference code's input-set draw and its threshold quirk.
     """
