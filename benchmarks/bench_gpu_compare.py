@@ -3,13 +3,16 @@
 At N=16384, V=128256, M=4096 (the shapes of the GPU targets) by default, for each GPU backend
 ("cuda" when compiled, "cupy"):
   compare sampled   identirep.compare with 256 sampled pivots (all measures);
-  compare exact     the same with the exact pivot search over all V labels (--exact);
+  compare default   identirep.compare as it runs by default: the bounded exact pivot search;
+  compare exact     the same with the plain exact search over all V pivots (--exact);
   phases            one sampled compare split into its steps (pass, engine set-up, label side,
                     input side, d_SVD, d_rep, mCCA of f and g);
-  pivots exact      PairEngine.label_side over all V pivots on an engine whose pass is done;
-  pivot floor       the bare V x V x M GEMMs of that search, g_k[block] @ g_k^T for both models
-                    over the same pivot blocks, in bfloat16 and in float32 (the precision of
-                    the engine's cross products).
+  pivots bounded    PairEngine.label_side() (the bounded exact search) on an engine whose pass
+                    is done, and
+  pivots plain      PairEngine.label_side over all V pivots, both against
+  pivot floor       the bare V x V x M GEMMs of the plain search, g_k[block] @ g_k^T for both
+                    models over the same pivot blocks, in bfloat16 and in float32 (the
+                    precision of the engine's cross products).
 Wall-clock seconds with the device synchronised, median of --repeats after one warm-up run
 (which also compiles the NVRTC kernels). Writes a markdown table (--out).
 
@@ -115,6 +118,10 @@ def bench(n, v, m, args, torch):
     for be in backends:
         t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
         rows.append((be, shape, "compare, 256 sampled pivots", t, ""))
+        rep = {}
+        t = wall(lambda: rep.__setitem__("r", ir.compare(a, b, backend=be)), args.repeats)
+        rows.append((be, shape, "compare, default (bounded exact pivot search)", t,
+                     rep["r"].d_llv.pivot_search))
         if args.exact:
             t = wall(lambda: ir.compare(a, b, num_pivots=v, backend=be), 1, warmup=0)
             rows.append((be, shape, f"compare, exact pivots ({v})", t, ""))
@@ -122,9 +129,16 @@ def bench(n, v, m, args, torch):
         rows.append((be, shape, "phases of one sampled compare", sum(ph.values()),
                      "; ".join(f"{k} {s:.3f} s" for k, s in ph.items())))
         if be == backends[0]:
-            t = wall(lambda: e.label_side(num_pivots=v), 1, warmup=0)
+            out = {}
+            tb = wall(lambda: out.__setitem__("bounded", e.label_side()), 1)
+            t = wall(lambda: out.__setitem__("plain", e.label_side(num_pivots=v)), 1, warmup=0)
             fb, f32 = pivot_floor(e, torch, "bfloat16"), pivot_floor(e, torch, "float32")
-            rows.append((be, shape, f"exact pivot search ({v} pivots)", t,
+            same = out["bounded"][:4] == out["plain"][:4]
+            rows.append((be, shape, "bounded exact pivot search (default)", tb,
+                         f"{out['bounded'][4]}; same choice as the plain search: {same}; "
+                         f"bf16 GEMM floor {fb:.3f} s ({tb / fb:.2f}x), "
+                         f"float32 GEMM floor {f32:.3f} s ({tb / f32:.2f}x)"))
+            rows.append((be, shape, f"plain exact pivot search ({v} pivots)", t,
                          f"bf16 GEMM floor {fb:.3f} s ({t / fb:.2f}x), "
                          f"float32 GEMM floor {f32:.3f} s ({t / f32:.2f}x)"))
         e = None   # free its device arrays before the next backend

@@ -141,6 +141,34 @@ def bench_pivots(v, m, n=1024, repeats=3) -> List[dict]:
     return _rows("pivots", f"V={v} M={m} f32", times)
 
 
+def bench_bounded_pivots(v, m, n=2048, repeats=3) -> List[dict]:
+    """The default exact pivot search beyond EXACT_PIVOT_LIMIT labels (branch and bound) and
+    the plain exact search (every pivot's row), against the bare V x V x M GEMMs of both
+    models (in blocks of 256 rows, so that the floor does not write two V x V arrays). Both
+    searches must choose the same pivot and leave-out."""
+    from .measures import engine
+    f1, g1, f2, g2 = _pair(n, v, m)
+    e = engine(Model(f1, g1), Model(f2, g2))
+    blk = 256   # the V x V products in row blocks into one buffer, as the search forms them
+    buf = np.empty((blk, v), np.float32)
+
+    def floor():
+        for g in (g1, g2):
+            for i0 in range(0, v, blk):
+                np.matmul(g[i0:i0 + blk], g.T, out=buf[:min(blk, v - i0)])
+
+    out = {}
+    times = interleaved_times({
+        "floor": floor,
+        "bounded exact search (default)": lambda: out.__setitem__("bounded", e.label_side()),
+        "plain exact search": lambda: out.__setitem__("plain", e.label_side(num_pivots=v))},
+        0, repeats, sparse=("plain exact search",))
+    same = out["bounded"][:4] == out["plain"][:4]
+    note = f"{out['bounded'][4]}; same pivot, leave-out and terms as the plain search: {same}"
+    return _rows("pivots", f"N={n} V={v} M={m} f32", times,
+                 notes={"bounded exact search (default)": note})
+
+
 def bench_paper(v=1000, n=2000, m=64) -> List[dict]:
     """A faithful port of the paper's algorithm against identirep, same choices and values
     (as many disjoint candidate input sets as N allows, as the paper's draw requires)."""
@@ -255,6 +283,8 @@ def run_suite(quick: bool = False, progress: Callable[[str], None] = None, repea
              ("compare GPT-2", lambda: bench_compare(*GPT2, repeats=r)),
              ("pivots", lambda: bench_pivots(2048, 768, repeats=r)
               + ([] if quick else bench_pivots(4096, 768, repeats=r))),
+             ("bounded pivot search", lambda: bench_bounded_pivots(8192, 128, repeats=r) if quick
+              else bench_bounded_pivots(16384, 256, repeats=r)),
              ("paper port", lambda: bench_paper() if not quick else bench_paper(v=300, n=1000, m=32)),
              ("input side", lambda: bench_input(*(INPUT_QUICK if quick else INPUT), repeats=r))]
     for name, fn in steps:
