@@ -466,6 +466,43 @@ def test_engine_keeps_gpu_models_on_the_device(cupy):
     np.testing.assert_allclose(e.mcca_g().value, want.mcca_g().value, rtol=1e-9)
 
 
+@pytest.fixture
+def bounded_small(monkeypatch):
+    """The bounded pivot search on a small vocabulary, several tree leaves, few seeds."""
+    import importlib
+    E = importlib.import_module("identirep.engine")
+    monkeypatch.setattr(E, "EXACT_PIVOT_LIMIT", 50)
+    monkeypatch.setattr(E, "BOUND_LEAF", 64)
+    monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", 8)
+
+
+def _gpu_and_cpu_engines(cupy, **kw):
+    a, b = random_pair(**kw)
+    move = (lambda x: None if x is None else cupy.asarray(x))
+    ga, gb = (ir.Model(move(m.f), move(m.g), bias=move(m.bias)) for m in (a, b))
+    return ir.engine(ga, gb), ir.engine(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("noise", [0.5, 0.02])
+def test_bounded_pivot_search_on_the_device_matches_the_cpu(cupy, bounded_small, noise):
+    e, want = _gpu_and_cpu_engines(cupy, N=400, V=700, M=6, seed=3, noise=noise, bias=True)
+    got, ref = e.label_side("max"), want.label_side("max")
+    assert "bounded search" in got[4] and "bounded search" in ref[4]
+    assert got[:2] == ref[:2] and got[5] == ref[5]
+    np.testing.assert_allclose(got[2:4], ref[2:4], rtol=1e-9)
+
+
+@pytest.mark.gpu
+def test_device_row_bounds_match_the_compiled_cpu_bounds(cupy):
+    e, want = _gpu_and_cpu_engines(cupy, N=400, V=700, M=6, seed=4, noise=0.1)
+    rng = np.random.default_rng(2)
+    piv = np.sort(rng.choice(700, 80, replace=False))
+    lab = np.union1d(rng.choice(700, 200, replace=False), piv[:10])
+    np.testing.assert_allclose(e._row_bounds(piv, lab), want._row_bounds(piv, lab), rtol=1e-9,
+                               atol=1e-12)
+
+
 @pytest.mark.gpu
 def test_matrix_of_gpu_models_matches_cpu(cupy):
     from identirep import constructions as C
