@@ -4,6 +4,7 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
   floor   two bare bfloat16 GEMMs f1 g1^T, f2 g2^T (cupy.matmul; torch.matmul when this CuPy
           has no bfloat16 dtype) into one preallocated N x V output: the analytic floor;
   gemm    the GEMM tiles the passes run (cublasGemmEx, bfloat16 in, float32 out), no epilogue;
+  epilogue  the compiled epilogue alone over the same tiles (row and column kernels);
   cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments,
           the epilogue of each tile overlapped with the next tile's GEMMs on a second stream);
   serial  the same without the overlap (one stream, all N rows per tile);
@@ -157,6 +158,8 @@ def bench_shape(n, v, m, args, torch):
                     gp.gemm_ex(cp, f.data[r0:r1], g.data[c0:c1], out, "bfloat16")
     row["gemm"] = cuda_ms(gemm_tiles, args.warmup, args.repeats)
     ws = None  # release the tiles before the passes run
+    if identirep.build_info()["cuda_compiled"]:
+        row["epilogue"] = epilogue_ms(n, v, tr, tc, args)
     kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
     if identirep.build_info()["cuda_compiled"]:
         run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
@@ -182,6 +185,26 @@ def bench_shape(n, v, m, args, torch):
         else:
             row["liger"], row["liger_mem"] = liger
     return row
+
+
+def epilogue_ms(n, v, tr, tc, args):
+    """The compiled epilogue alone over the pass's tiles (one random tile pair reused): what
+    the pass adds to its GEMM tiles when nothing overlaps."""
+    ep = gp._CudaEpilogue(cp, tc, np.dtype(np.float32))
+    rs = cp.random.RandomState(3)
+    l1 = rs.standard_normal((tr, tc), dtype=cp.float32)
+    l2 = rs.standard_normal((tr, tc), dtype=cp.float32)
+    state = cp.zeros((8, n), cp.float64)
+    state[0] = state[4] = -np.inf
+    args_ = cp.full((2, n), -1, cp.int64)
+    row_m, col_m = cp.zeros((5, n), cp.float64), cp.zeros((5, v), cp.float64)
+
+    def run():
+        for c0 in range(0, v, tc):
+            for r0 in range(0, n, tr):
+                r, c = min(tr, n - r0), min(tc, v - c0)
+                ep(l1[:r, :c], l2[:r, :c], c0, r0, state, args_, row_m, col_m)
+    return cuda_ms(run, args.warmup, args.repeats)
 
 
 def torch_bf16(torch, arrays):
@@ -248,18 +271,18 @@ def fmt_ms(row, key):
 
 
 def table(rows):
-    lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | cuda pass ms | serial ms | "
-             "cupy pass ms | torch naive ms | liger fused JSD ms | "
+    lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms | cuda pass ms | "
+             "serial ms | cupy pass ms | torch naive ms | liger fused JSD ms | "
              "peak extra GiB (cuda / torch / liger) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
                  if "floor" in r else "- (no bfloat16 matmul)")
         mem = " / ".join(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
                          for k in ("mem", "torch_mem", "liger_mem"))
-        cells = " | ".join(fmt_ms(r, k) for k in ("gemm", "cuda", "serial", "cupy", "torch",
-                                                   "liger"))
+        cells = " | ".join(fmt_ms(r, k) for k in ("gemm", "epilogue", "cuda", "serial", "cupy",
+                                                   "torch", "liger"))
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
         if "liger_why" in r:
             notes.append(f"{r['shape']}: {r['liger_why']}")
