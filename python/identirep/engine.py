@@ -552,8 +552,8 @@ class PairEngine:
                 cands = np.array(sorted(crit), dtype=np.int64)
                 return cands, np.array([crit[y] for y in cands]), (
                     f"best of {len(cands)} pivots of {V} by lower bound, not proven exact: "
-                    f"{left} pivots with bounds within {rtol:g} of it were left (budget "
-                    f"{budget})")
+                    f"{left} pivots whose lower bounds do not exceed its criterion were not "
+                    f"evaluated (budget {budget})")
             blk = [y for y in order[pos:pos + step] if lb[y] <= best * (1 + rtol)]
             blk = np.array(blk[:max(1, budget - evaluated)], dtype=np.int64)
             pos += len(blk) if len(blk) < step else step
