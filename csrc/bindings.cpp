@@ -55,7 +55,8 @@ tolerance times its safety factor; eps: rounding allowance. Returns (B,) float64
         py::arg("state"), py::arg("state_ld"), py::arg("args"), py::arg("args_ld"),
         py::arg("dtype"), py::arg("stream") = 0, py::arg("row_moments") = 0,
         py::arg("row_ld") = 0, py::arg("col_moments") = 0, py::arg("col_ld") = 0,
-        py::arg("row0") = 0, py::arg("col_work") = 0, py::call_guard<py::gil_scoped_release>(),
+        py::arg("row0") = 0, py::arg("col_work") = 0, py::arg("row_work") = 0,
+        py::call_guard<py::gil_scoped_release>(),
         R"doc(CUDA version of lse_kl_update on device pointers passed as integers.
 
 l1, l2: device pointers to (n, v) logit tiles of dtype "float32" or "float64", row strides
@@ -64,7 +65,12 @@ args: device pointer to int64 (2, n) with row stride args_ld (layouts as in lse_
 stream: cudaStream_t as an integer (0: the legacy default stream). Asynchronous.
 Optional moments (0: skipped), as in lse_kl_update: row_moments float64 (5, n) with row stride
 row_ld; col_moments float64 (5, col_ld) (labels col0 .. col0+v-1, count row0), which needs
-col_work: a float64 device scratch of lse_kl_cuda_col_work_elems(v) elements.)doc");
+col_work: a float64 device scratch of lse_kl_cuda_col_work_elems(v) elements. row_work: when
+given, the fused one-read epilogue runs (scratch sizes: lse_kl_cuda_fused_work_elems).)doc");
+
+  m.def("lse_kl_cuda_fused_work_elems", &identirep::lse_kl_cuda_fused_work_elems, py::arg("n"),
+        py::arg("v"),
+        "float64 elements (row_work, col_work) of the fused epilogue for an n x v tile.");
 
   m.def("lse_kl_cuda_col_work_elems", &identirep::lse_kl_cuda_col_work_elems, py::arg("v"),
         "float64 elements of the col_work scratch of lse_kl_update_cuda for v labels.");

@@ -16,6 +16,12 @@ extern template cudaError_t LseKl<float>(const float*, Index, const float*, Inde
 extern template cudaError_t LseKl<double>(const double*, Index, const double*, Index, Index,
                                           Index, Index, double*, Index, Index*, Index,
                                           const DeviceLogitMoments&, cudaStream_t);
+extern template cudaError_t LseKlFused<float>(const float*, Index, const float*, Index, Index,
+                                              Index, Index, double*, Index, Index*, Index,
+                                              const DeviceLogitMoments&, double*, cudaStream_t);
+extern template cudaError_t LseKlFused<double>(const double*, Index, const double*, Index, Index,
+                                               Index, Index, double*, Index, Index*, Index,
+                                               const DeviceLogitMoments&, double*, cudaStream_t);
 }  // namespace kernels
 
 namespace {
@@ -36,12 +42,18 @@ int64_t lse_kl_cuda_col_work_elems(int64_t v) {
   return kernels::LseKlColWorkElems(v);
 }
 
+std::pair<int64_t, int64_t> lse_kl_cuda_fused_work_elems(int64_t n, int64_t v) {
+  if (n < 0 || v < 0)
+    throw std::invalid_argument("lse_kl_cuda_fused_work_elems: n and v must be >= 0");
+  return {kernels::LseKlFusedRowWorkElems(n, v), kernels::LseKlFusedColWorkElems(v)};
+}
+
 void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_t ld1,
                         int64_t ld2, int64_t col0, uintptr_t state, int64_t state_ld,
                         uintptr_t args, int64_t args_ld, const std::string& dtype,
                         uintptr_t stream, uintptr_t row_moments, int64_t row_ld,
                         uintptr_t col_moments, int64_t col_ld, int64_t row0,
-                        uintptr_t col_work) {
+                        uintptr_t col_work, uintptr_t row_work) {
   const bool f32 = dtype == "float32";
   Require(f32 || dtype == "float64",
           "dtype must be \"float32\" or \"float64\", got \"" + dtype + "\"");
@@ -60,7 +72,8 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
     Require(col_ld >= col0 + v,
             "col_moments needs col_ld >= col0 + v = " + std::to_string(col0 + v) + ", got " +
                 std::to_string(col_ld));
-    Require(col_work != 0, "col_moments needs col_work (lse_kl_cuda_col_work_elems(v) float64)");
+    Require(col_work != 0, "col_moments needs col_work (lse_kl_cuda_col_work_elems(v) float64, "
+                           "or the second of lse_kl_cuda_fused_work_elems(n, v) with row_work)");
   }
 
   auto* st = reinterpret_cast<double*>(state);
@@ -69,15 +82,18 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
   const kernels::DeviceLogitMoments mom{reinterpret_cast<double*>(row_moments), row_ld,
                                         reinterpret_cast<double*>(col_moments), col_ld, row0,
                                         reinterpret_cast<double*>(col_work)};
+  auto* rw = reinterpret_cast<double*>(row_work);
   cudaError_t err;
   if (f32) {
-    err = kernels::LseKl(reinterpret_cast<const float*>(l1), ld1,
-                         reinterpret_cast<const float*>(l2), ld2, n, v, col0, st, state_ld, ag,
-                         args_ld, mom, s);
+    const auto* a = reinterpret_cast<const float*>(l1);
+    const auto* b = reinterpret_cast<const float*>(l2);
+    err = rw ? kernels::LseKlFused(a, ld1, b, ld2, n, v, col0, st, state_ld, ag, args_ld, mom, rw, s)
+             : kernels::LseKl(a, ld1, b, ld2, n, v, col0, st, state_ld, ag, args_ld, mom, s);
   } else {
-    err = kernels::LseKl(reinterpret_cast<const double*>(l1), ld1,
-                         reinterpret_cast<const double*>(l2), ld2, n, v, col0, st, state_ld, ag,
-                         args_ld, mom, s);
+    const auto* a = reinterpret_cast<const double*>(l1);
+    const auto* b = reinterpret_cast<const double*>(l2);
+    err = rw ? kernels::LseKlFused(a, ld1, b, ld2, n, v, col0, st, state_ld, ag, args_ld, mom, rw, s)
+             : kernels::LseKl(a, ld1, b, ld2, n, v, col0, st, state_ld, ag, args_ld, mom, s);
   }
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("lse_kl_update_cuda: launch failed: ") +

@@ -6,5 +6,8 @@ namespace kernels {
 template cudaError_t LseKl<float>(const float*, Index, const float*, Index, Index, Index, Index,
                                   double*, Index, Index*, Index, const DeviceLogitMoments&,
                                   cudaStream_t);
+template cudaError_t LseKlFused<float>(const float*, Index, const float*, Index, Index, Index, Index,
+                                     double*, Index, Index*, Index, const DeviceLogitMoments&,
+                                     double*, cudaStream_t);
 }  // namespace kernels
 }  // namespace identirep

@@ -6,5 +6,8 @@ namespace kernels {
 template cudaError_t LseKl<double>(const double*, Index, const double*, Index, Index, Index,
                                    Index, double*, Index, Index*, Index,
                                    const DeviceLogitMoments&, cudaStream_t);
+template cudaError_t LseKlFused<double>(const double*, Index, const double*, Index, Index, Index, Index,
+                                     double*, Index, Index*, Index, const DeviceLogitMoments&,
+                                     double*, cudaStream_t);
 }  // namespace kernels
 }  // namespace identirep

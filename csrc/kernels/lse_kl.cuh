@@ -124,6 +124,18 @@ __device__ __forceinline__ void UpdateState(double* st, Index ld, double m_new, 
   st[3 * ld] = eg + e;
 }
 
+// The centred squares of one logit pair: (a - mu1)^2, (b - mu2)^2 and of their difference.
+template <typename T>
+__device__ __forceinline__ void AddCentredSquares(T a, T b, double mu1, double mu2, double& q11,
+                                                  double& q22, double& qdd) {
+  const double c1 = static_cast<double>(a) - mu1;
+  const double c2 = static_cast<double>(b) - mu2;
+  const double cd = c1 - c2;
+  q11 += c1 * c1;
+  q22 += c2 * c2;
+  qdd += cd * cd;
+}
+
 // Chan's update of (count na, mean a, sum sq) with a batch (nb, mean b, sum sq).
 __device__ __forceinline__ void ChanMerge(double na, double nb, double mb, double qb, double& ma,
                                           double& qa) {
@@ -243,14 +255,7 @@ __global__ void __launch_bounds__(kThreads)
       a21 -= w2 * diff;
       e2 += w2 * d2;
     }
-    if (moments) {
-      const double c1 = static_cast<double>(a) - mu1;
-      const double c2 = static_cast<double>(b) - mu2;
-      const double cd = c1 - c2;
-      q11 += c1 * c1;
-      q22 += c2 * c2;
-      qdd += cd * cd;
-    }
+    if (moments) cuda_detail::AddCentredSquares(a, b, mu1, mu2, q11, q22, qdd);
   }
   double part[9] = {s1, a12, e1, s2, a21, e2, q11, q22, qdd};
 #pragma unroll
@@ -366,6 +371,269 @@ __global__ void LseKlColMergeKernel(const T* __restrict__ l1, const T* __restric
   c[4 * ld] += q12 + d1 * d2 * f;
 }
 
+// ---------------------------------------------------------------- fused (one-read) epilogue
+// The same update as the three kernels above, reading each logit once (they read it twice
+// from memory: the row kernel and the column kernel), for small M where the epilogue's memory
+// traffic rivals the GEMM's time:
+// 1. LseKlSlabKernel: block (kSlabThreads) per slab of kSlabCols labels x one chunk of rows.
+//    Sub-tiles of kRows rows are staged in shared memory (padded row stride kSlabStride: the
+//    row phase reads without bank conflicts). Column phase: thread t sums label t of the slab
+//    over the rows (d_k = l_k - l_k[row 0 of the tile], as LseKlColKernel) in registers, and
+//    writes the chunk's 5 sums to col_work at the end (the layout LseKlColMergeKernel reads).
+//    Row phase: kSlabThreads / kRows threads per row reduce the row's slab: max and first
+//    argmax, mean, then the six LSE/KL sums relative to the slab max and the centred sums of
+//    squares about the slab mean; one record of kRowFields doubles per (row, slab) goes to
+//    row_work[(slab * kRowFields + field) * n + row].
+// 2. LseKlColMergeKernel (above) with the chunks of 1.
+// 3. LseKlRowMergeKernel: one thread per row combines its slabs in label order (first argmax,
+//    rescaled LSE sums, Chan-merged moments) and updates the state and the row moments as the
+//    tail of LseKlKernel does.
+// Same formulas; the sums are grouped differently (per slab, then merged), so results agree
+// with the three-kernel epilogue to rounding, not bit for bit. Deterministic, no atomics.
+constexpr int kSlabCols = 256;
+constexpr int kSlabThreads = 256;             // one label per thread in the column phase
+constexpr int kSlabStride = kSlabCols + 16;   // rows of a sub-tile in shared memory
+constexpr int kRowFields = 15;  // m1 j1 m2 j2 s1 a12 e1 s2 a21 e2 mean1 mean2 q11 q22 qdd
+constexpr int kFusedMaxChunks = 64;
+constexpr Index kFusedMinChunkRows = 256;
+
+// Rows of a sub-tile in shared memory: 2 x kRows x kSlabStride elements fit in 48 KiB.
+template <typename T>
+struct SlabRows;
+template <>
+struct SlabRows<float> {
+  static constexpr int value = 16;
+};
+template <>
+struct SlabRows<double> {
+  static constexpr int value = 8;
+};
+
+__host__ __device__ inline Index FusedChunks(Index n) {
+  const Index by_rows = (n + kFusedMinChunkRows - 1) / kFusedMinChunkRows;
+  return by_rows < 1 ? 1 : (by_rows > kFusedMaxChunks ? kFusedMaxChunks : by_rows);
+}
+__host__ __device__ inline Index FusedSlabs(Index v) { return (v + kSlabCols - 1) / kSlabCols; }
+// Scratch of the fused epilogue for an n x v tile, in doubles.
+__host__ __device__ inline Index LseKlFusedRowWorkElems(Index n, Index v) {
+  return FusedSlabs(v) * kRowFields * n;
+}
+__host__ __device__ inline Index LseKlFusedColWorkElems(Index v) {
+  return kFusedMaxChunks * 5 * v;
+}
+
+namespace cuda_detail {
+
+// Sum over the kGroup lanes of a group (aligned within the warp).
+template <int kGroup>
+__device__ __forceinline__ double GroupSum(double x) {
+#pragma unroll
+  for (int off = kGroup / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+
+template <int kGroup, typename T>
+__device__ __forceinline__ void GroupArgMax(T& m, Index& j) {
+#pragma unroll
+  for (int off = kGroup / 2; off > 0; off >>= 1) {
+    const T m_o = __shfl_xor_sync(0xffffffffu, m, off);
+    const Index j_o = __shfl_xor_sync(0xffffffffu, j, off);
+    ArgMaxCombine(m, j, m_o, j_o);
+  }
+}
+
+}  // namespace cuda_detail
+
+template <typename T, int kRows>
+__global__ void __launch_bounds__(kSlabThreads)
+    LseKlSlabKernel(const T* __restrict__ l1, Index ld1, const T* __restrict__ l2, Index ld2,
+                    Index n, Index v, double* __restrict__ row_work,
+                    double* __restrict__ col_work) {
+  constexpr int kTpr = kSlabThreads / kRows;  // threads per row in the row phase
+  static_assert(kSlabThreads % kRows == 0 && kTpr <= 32 && 32 % kTpr == 0,
+                "a row's threads must be one aligned group of lanes within a warp");
+  using A = typename cuda_detail::Acc<T>::type;
+  __shared__ T sh[2][kRows][kSlabStride];
+  const int tid = threadIdx.x;
+  const Index slab = blockIdx.x;
+  const Index c0 = slab * kSlabCols;
+  const int cols = static_cast<int>(v - c0 < kSlabCols ? v - c0 : kSlabCols);
+  const Index chunk_rows = (n + gridDim.y - 1) / gridDim.y;
+  const Index r_begin = static_cast<Index>(blockIdx.y) * chunk_rows;
+  const Index r_end = r_begin + chunk_rows < n ? r_begin + chunk_rows : n;
+  const bool columns = col_work != nullptr;
+  const bool own = tid < cols;  // the label of this thread in the column phase
+  const double k1 = own ? static_cast<double>(l1[c0 + tid]) : 0.0;
+  const double k2 = own ? static_cast<double>(l2[c0 + tid]) : 0.0;
+  double cacc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  const int rr = tid / kTpr;  // row of the sub-tile in the row phase
+  const int q = tid % kTpr;
+
+  for (Index r0 = r_begin; r0 < r_end; r0 += kRows) {
+    const int rows = static_cast<int>(r_end - r0 < kRows ? r_end - r0 : kRows);
+    __syncthreads();  // the previous sub-tile is consumed
+    if (own) {
+#pragma unroll 4
+      for (int r = 0; r < rows; ++r) {
+        sh[0][r][tid] = l1[(r0 + r) * ld1 + c0 + tid];
+        sh[1][r][tid] = l2[(r0 + r) * ld2 + c0 + tid];
+      }
+    }
+    __syncthreads();
+    if (columns && own) {
+      for (int r = 0; r < rows; ++r) {
+        const double d1 = static_cast<double>(sh[0][r][tid]) - k1;
+        const double d2 = static_cast<double>(sh[1][r][tid]) - k2;
+        cacc[0] += d1;
+        cacc[1] += d2;
+        cacc[2] += d1 * d1;
+        cacc[3] += d2 * d2;
+        cacc[4] += d1 * d2;
+      }
+    }
+    // Row phase. Every thread takes part in the group reductions; a thread whose row is past
+    // the sub-tile reads nothing and its group writes nothing.
+    const int ncols = rr < rows ? cols : 0;
+    const T* x1 = sh[0][rr];
+    const T* x2 = sh[1][rr];
+    // max and its first index as LseKlKernel finds them (an all -inf slab keeps kNoIndex)
+    T m1 = cuda_detail::NegInf<T>(), m2 = cuda_detail::NegInf<T>();
+    Index j1 = cuda_detail::kNoIndex, j2 = cuda_detail::kNoIndex;
+    double t1 = 0.0, t2 = 0.0;
+    for (int c = q; c < ncols; c += kTpr) {
+      const T a = x1[c], b = x2[c];
+      if (a > m1) { m1 = a; j1 = c; }
+      if (b > m2) { m2 = b; j2 = c; }
+      t1 += static_cast<double>(a);
+      t2 += static_cast<double>(b);
+    }
+    cuda_detail::GroupArgMax<kTpr>(m1, j1);
+    cuda_detail::GroupArgMax<kTpr>(m2, j2);
+    t1 = cuda_detail::GroupSum<kTpr>(t1);
+    t2 = cuda_detail::GroupSum<kTpr>(t2);
+    const double mu1 = ncols > 0 ? t1 / ncols : 0.0;
+    const double mu2 = ncols > 0 ? t2 / ncols : 0.0;
+    const bool lse1 = m1 > cuda_detail::NegInf<T>();
+    const bool lse2 = m2 > cuda_detail::NegInf<T>();
+    A s1 = 0, a12 = 0, e1 = 0, s2 = 0, a21 = 0, e2 = 0;
+    double q11 = 0.0, q22 = 0.0, qdd = 0.0;
+    for (int c = q; c < ncols; c += kTpr) {
+      const T a = x1[c], b = x2[c];
+      const A diff = static_cast<A>(a - b);
+      if (lse1) {
+        const A d1 = static_cast<A>(a - m1);
+        const A w1 = cuda_detail::Acc<T>::Exp(d1);
+        s1 += w1;
+        a12 += w1 * diff;
+        e1 += w1 * d1;
+      }
+      if (lse2) {
+        const A d2 = static_cast<A>(b - m2);
+        const A w2 = cuda_detail::Acc<T>::Exp(d2);
+        s2 += w2;
+        a21 -= w2 * diff;
+        e2 += w2 * d2;
+      }
+      cuda_detail::AddCentredSquares(a, b, mu1, mu2, q11, q22, qdd);
+    }
+    double part[9] = {s1, a12, e1, s2, a21, e2, q11, q22, qdd};
+#pragma unroll
+    for (int k = 0; k < 9; ++k) part[k] = cuda_detail::GroupSum<kTpr>(part[k]);
+    if (q == 0 && ncols > 0) {
+      double* w = row_work + (slab * kRowFields) * n + (r0 + rr);
+      const double rec[kRowFields] = {
+          static_cast<double>(m1), j1 == cuda_detail::kNoIndex ? -1.0 : static_cast<double>(j1),
+          static_cast<double>(m2), j2 == cuda_detail::kNoIndex ? -1.0 : static_cast<double>(j2),
+          part[0], part[1], part[2], part[3], part[4], part[5], mu1, mu2, part[6], part[7],
+          part[8]};
+#pragma unroll
+      for (int f = 0; f < kRowFields; ++f) w[f * n] = rec[f];
+    }
+  }
+  if (columns && own) {
+#pragma unroll
+    for (int k = 0; k < 5; ++k)
+      col_work[(static_cast<Index>(blockIdx.y) * 5 + k) * v + c0 + tid] = cacc[k];
+  }
+}
+
+// One thread per row: the tile's slabs in label order, then the state and row-moment update of
+// LseKlKernel's tail.
+template <typename T>
+__global__ void LseKlRowMergeKernel(Index n, Index v, Index col0,
+                                    const double* __restrict__ row_work,
+                                    double* __restrict__ state, Index state_ld,
+                                    Index* __restrict__ args, Index args_ld,
+                                    double* __restrict__ row_mom, Index row_ld) {
+  const Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const Index slabs = FusedSlabs(v);
+  const double ninf = cuda_detail::NegInf<double>();
+  const auto W = [&](Index s, int f) { return row_work[(s * kRowFields + f) * n + i]; };
+  // tile max and its first index per model (slabs in increasing label order: strict >)
+  double tm[2] = {ninf, ninf};
+  Index tj[2] = {-1, -1};
+  for (Index s = 0; s < slabs; ++s) {
+    for (int k = 0; k < 2; ++k) {
+      const double m = W(s, 2 * k), j = W(s, 2 * k + 1);
+      if (j >= 0.0 && m > tm[k]) {
+        tm[k] = m;
+        tj[k] = s * kSlabCols + static_cast<Index>(j);
+      }
+    }
+  }
+  const double old1 = state[0 * state_ld + i];
+  const double old2 = state[4 * state_ld + i];
+  const double new1 = fmax(old1, tm[0]);
+  const double new2 = fmax(old2, tm[1]);
+  const bool lse = new1 > ninf && new2 > ninf;
+  if (lse) {
+    if (tm[0] > old1 && tj[0] >= 0) args[i] = col0 + tj[0];
+    if (tm[1] > old2 && tj[1] >= 0) args[args_ld + i] = col0 + tj[1];
+    for (int k = 0; k < 2; ++k) {
+      const double m_new = k == 0 ? new1 : new2;
+      double S = 0.0, Acc = 0.0, E = 0.0;
+      for (Index s = 0; s < slabs; ++s) {
+        const double ms = W(s, 2 * k), ss = W(s, 4 + 3 * k);
+        if (!(ss > 0.0)) continue;  // nothing (or an all -inf slab)
+        const double c = exp(ms - m_new);
+        S += c * ss;
+        Acc += c * W(s, 5 + 3 * k);
+        E += c * (W(s, 6 + 3 * k) + (ms - m_new) * ss);
+      }
+      cuda_detail::UpdateState(state + 4 * k * state_ld + i, state_ld, m_new, S, Acc, E);
+    }
+  }
+  if (row_mom == nullptr) return;
+  // the tile's row moments: Chan merges of the slabs
+  double cnt = 0.0, mu1 = 0.0, mu2 = 0.0, q11 = 0.0, q22 = 0.0, qdd = 0.0;
+  for (Index s = 0; s < slabs; ++s) {
+    const double nb = static_cast<double>(v - s * kSlabCols < kSlabCols ? v - s * kSlabCols
+                                                                         : kSlabCols);
+    const double b1 = W(s, 10), b2 = W(s, 11);
+    if (cnt == 0.0) {
+      cnt = nb; mu1 = b1; mu2 = b2; q11 = W(s, 12); q22 = W(s, 13); qdd = W(s, 14);
+      continue;
+    }
+    const double dd = (b1 - b2) - (mu1 - mu2);
+    qdd += W(s, 14) + dd * dd * (cnt * nb / (cnt + nb));
+    cuda_detail::ChanMerge(cnt, nb, b1, W(s, 12), mu1, q11);
+    cuda_detail::ChanMerge(cnt, nb, b2, W(s, 13), mu2, q22);
+    cnt += nb;
+  }
+  double* r = row_mom + i;
+  const Index ld = row_ld;
+  if (col0 == 0) {
+    r[0] = mu1; r[ld] = mu2; r[2 * ld] = q11; r[3 * ld] = q22; r[4 * ld] = qdd;
+    return;
+  }
+  const double na = static_cast<double>(col0), nb = static_cast<double>(v);
+  const double dd = (mu1 - mu2) - (r[0] - r[ld]);
+  cuda_detail::ChanMerge(na, nb, mu1, q11, r[0], r[2 * ld]);
+  cuda_detail::ChanMerge(na, nb, mu2, q22, r[ld], r[3 * ld]);
+  r[4 * ld] += qdd + dd * dd * (na * nb / (na + nb));
+}
+
 #ifndef __CUDACC_RTC__
 
 // Device pointers of the optional moments (null: skipped), as LogitMoments in kernels/lse_kl.h
@@ -403,6 +671,39 @@ cudaError_t LseKl(const T* l1, Index ld1, const T* l2, Index ld2, Index n, Index
   const Index merge_blocks = (v + kMergeThreads - 1) / kMergeThreads;
   LseKlColMergeKernel<T><<<static_cast<unsigned>(merge_blocks), kMergeThreads, 0, stream>>>(
       l1, l2, n, v, col0, chunks, mom.col_work, mom.col, mom.col_ld, mom.row0);
+  return cudaGetLastError();
+}
+
+// Launcher of the fused epilogue: the arguments of LseKl plus row_work, a scratch of
+// LseKlFusedRowWorkElems(n, v) doubles; with column moments mom.col_work must hold
+// LseKlFusedColWorkElems(v) doubles. Returns the first launch error.
+template <typename T>
+cudaError_t LseKlFused(const T* l1, Index ld1, const T* l2, Index ld2, Index n, Index v,
+                       Index col0, double* state, Index state_ld, Index* args, Index args_ld,
+                       const DeviceLogitMoments& mom, double* row_work, cudaStream_t stream) {
+  if (n <= 0 || v <= 0) return cudaSuccess;
+  if (row_work == nullptr || (mom.col != nullptr && mom.col_work == nullptr))
+    return cudaErrorInvalidValue;
+  const Index slabs = FusedSlabs(v);
+  const Index chunks = FusedChunks(n);
+  if (slabs > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  double* col_work = mom.col != nullptr ? mom.col_work : nullptr;
+  LseKlSlabKernel<T, SlabRows<T>::value>
+      <<<dim3(static_cast<unsigned>(slabs), static_cast<unsigned>(chunks)), kSlabThreads, 0,
+         stream>>>(l1, ld1, l2, ld2, n, v, row_work, col_work);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  constexpr int kMergeThreads = 256;
+  if (mom.col != nullptr) {
+    LseKlColMergeKernel<T><<<static_cast<unsigned>((v + kMergeThreads - 1) / kMergeThreads),
+                             kMergeThreads, 0, stream>>>(l1, l2, n, v, col0, chunks, col_work,
+                                                         mom.col, mom.col_ld, mom.row0);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  LseKlRowMergeKernel<T><<<static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads),
+                           kMergeThreads, 0, stream>>>(n, v, col0, row_work, state, state_ld,
+                                                       args, args_ld, mom.row, mom.row_ld);
   return cudaGetLastError();
 }
 
