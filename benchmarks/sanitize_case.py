@@ -3,7 +3,8 @@
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_case.py
 
 Runs the compiled epilogue and the NVRTC-compiled one of the cupy backend on the same logits
-(row and column moments, two row tiles x two label tiles, odd sizes, a padded row stride) and
+(row and column moments, two row tiles x two label tiles, odd sizes, a padded row stride),
+both also as the fused one-read epilogue, and
 the compiled pivot kernel (both modes, float64 and float32 cross products, one pivot out of
 range) once each. No cuBLAS call, so every report is about identirep's kernels (or CuPy's own
 fills and copies). Exits non-zero when a result is not finite or the two epilogues disagree.
@@ -18,13 +19,13 @@ from identirep._cupy_pass import _CudaEpilogue, _CupyEpilogue
 from identirep._stream import init_state
 
 
-def epilogue(compiled, n=37, v=301, tile=200):
+def epilogue(compiled, n=37, v=301, tile=200, fused=False):
     rng = np.random.default_rng(0)
     l1 = cp.asarray(3 * rng.standard_normal((n, v + 5)))[:, :v]  # row stride v + 5
     l2 = cp.asarray(rng.standard_normal((n, v)))
     state, args = (cp.asarray(a) for a in init_state(n))
     row_m, col_m = cp.zeros((5, n)), cp.zeros((5, v))
-    run = (_CudaEpilogue if compiled else _CupyEpilogue)(cp, tile, np.float64)
+    run = (_CudaEpilogue if compiled else _CupyEpilogue)(cp, tile, np.float64, 20, fused)
     for c0 in range(0, v, tile):
         c1 = min(v, c0 + tile)
         for r0, r1 in ((0, 20), (20, n)):
@@ -52,10 +53,12 @@ def pivots(B=5, V=301):
 
 def main():
     compiled, nvrtc = epilogue(True), epilogue(False)
-    results = compiled + nvrtc + pivots()
+    fused = [epilogue(c, fused=True) for c in (True, False)]
+    results = compiled + nvrtc + fused[0] + fused[1] + pivots()
     cp.cuda.Device().synchronize()
     ok = all(bool(cp.isfinite(r).all()) for r in results)
-    ok = ok and all(bool(cp.allclose(a, b, rtol=1e-12, atol=1e-12)) for a, b in zip(compiled, nvrtc))
+    ok = ok and all(bool(cp.allclose(a, b, rtol=1e-12, atol=1e-12))
+                    for other in (nvrtc, *fused) for a, b in zip(compiled, other))
     print("sanitize case:", "ok" if ok else "NON-FINITE OR DISAGREEING RESULTS")
     raise SystemExit(0 if ok else 1)
 

@@ -151,9 +151,15 @@ def test_cupy_launch_geometry_matches_the_header():
     text = gp.kernel_source("lse_kl.cuh")
     for const, value in (("kLseKlThreads", gp.LSE_KL_THREADS), ("kColRows", gp.COL_ROWS),
                          ("kColMaxChunks", gp.COL_MAX_CHUNKS),
-                         ("kColMinChunkRows", gp.COL_MIN_CHUNK_ROWS)):
+                         ("kColMinChunkRows", gp.COL_MIN_CHUNK_ROWS),
+                         ("kSlabCols", gp.SLAB_COLS), ("kSlabThreads", gp.SLAB_THREADS),
+                         ("kRowFields", gp.ROW_FIELDS), ("kFusedMaxChunks", gp.FUSED_MAX_CHUNKS),
+                         ("kFusedMinChunkRows", gp.FUSED_MIN_CHUNK_ROWS)):
         assert re.search(rf"{const} = {value};", text), const
+    for t, rows in gp.SLAB_ROWS.items():
+        assert re.search(rf"struct SlabRows<{t}> {{\s*static constexpr int value = {rows};", text)
     assert [gp.col_chunks(n) for n in (1, 64, 65, 1000, 10 ** 6)] == [1, 1, 2, 16, 16]
+    assert [gp.fused_chunks(n) for n in (1, 256, 257, 16384, 10 ** 6)] == [1, 1, 2, 64, 64]
 
 
 def _col_major(x, rows, cols, ld):
@@ -357,6 +363,29 @@ def test_cuda_and_cupy_backends_agree(cupy, dtype):
     rtol = 1e-12 if dtype == np.float64 else 1e-6
     for k in ALL_FIELDS:
         np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=rtol, atol=rtol, err_msg=k)
+    np.testing.assert_array_equal(a.agree, b.agree)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tiles", [{}, {"tile_rows": 300, "tile_cols": 1000},
+                                   {"tile_rows": 7, "tile_cols": 257}])
+def test_fused_epilogue_matches_numpy(cupy, problem64, backend, tiles):
+    # odd tiles: slabs of 256 labels with a 1-label remainder, sub-tiles of 8 rows with a rest
+    arrays, ref, scale = problem64
+    got = PASSES[backend](*(cupy.asarray(a) for a in arrays), fused_epilogue=True, **tiles)
+    assert_stats_close(got, ref, 1e-12, scale)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_epilogue_float32_matches_the_row_and_column_kernels(cupy, backend):
+    arrays = [cupy.asarray(a.astype(np.float32)) for a in make_pair(8, n=1500, v=5003)]
+    kw = dict(tile_cols=2000, tile_rows=700)
+    a = PASSES[backend](*arrays, fused_epilogue=True, **kw)
+    b = PASSES[backend](*arrays, **kw)
+    scale = logit_scale(*(x.get().astype(np.float64) for x in arrays))
+    assert_stats_close(a, b, 1e-6, scale)
     np.testing.assert_array_equal(a.agree, b.agree)
 
 

@@ -22,7 +22,8 @@ def test_argument_checks_need_no_gpu(needs_cuda_build):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_matches_cpu_epilogue(cupy, dtype):
+@pytest.mark.parametrize("fused", [False, True])
+def test_matches_cpu_epilogue(cupy, dtype, fused):
     rng = np.random.default_rng(0)
     n, v, tile = 67, 5003, 1000
     l1 = (3 * rng.standard_normal((n, v))).astype(dtype)
@@ -37,13 +38,14 @@ def test_matches_cpu_epilogue(cupy, dtype):
     dstate, dargs = cupy.asarray(state), cupy.asarray(args)
     cupy.cuda.Device().synchronize()  # the copies above ran on the default stream
     stream = cupy.cuda.Stream(non_blocking=True)
+    row_work = (cupy.empty(_core.lse_kl_cuda_fused_work_elems(n, tile)[0]) if fused else None)
     for c0 in range(0, v, tile):
         c1 = min(v, c0 + tile)
         _core.lse_kl_update(l1[:, c0:c1], l2[:, c0:c1], cpu_state, cpu_args, c0)
         _core.lse_kl_update_cuda(
             d1.data.ptr + c0 * d1.itemsize, d2.data.ptr + c0 * d2.itemsize, n, c1 - c0,
             d1.shape[1], d2.shape[1], c0, dstate.data.ptr, n, dargs.data.ptr, n,
-            np.dtype(dtype).name, stream.ptr)
+            np.dtype(dtype).name, stream.ptr, row_work=0 if row_work is None else row_work.data.ptr)
     stream.synchronize()
     got = finalize(cupy.asnumpy(dstate), cupy.asnumpy(dargs))
     np.testing.assert_array_equal(cupy.asnumpy(dargs), cpu_args)
@@ -53,6 +55,7 @@ def test_matches_cpu_epilogue(cupy, dtype):
 
 def test_moment_and_pivot_argument_checks_need_no_gpu(needs_cuda_build):
     assert _core.lse_kl_cuda_col_work_elems(10) == 5 * 16 * 10
+    assert _core.lse_kl_cuda_fused_work_elems(10, 300) == (2 * 15 * 10, 64 * 5 * 300)
     base = (8, 8, 4, 4, 4, 4, 0, 8, 4, 8, 4, "float32")
     with pytest.raises(ValueError, match="col_moments needs col_work"):
         _core.lse_kl_update_cuda(*base, col_moments=8, col_ld=4)
@@ -71,7 +74,8 @@ def test_moment_and_pivot_argument_checks_need_no_gpu(needs_cuda_build):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_moments_match_cpu_epilogue(cupy, dtype):
+@pytest.mark.parametrize("fused", [False, True])
+def test_moments_match_cpu_epilogue(cupy, dtype, fused):
     # Two row tiles x four label tiles, fed as a pass does (labels outer, rows inner).
     rng = np.random.default_rng(1)
     n, v = 301, 2003
@@ -80,7 +84,12 @@ def test_moments_match_cpu_epilogue(cupy, dtype):
     cpu = [*init_state(n), np.zeros((5, n)), np.zeros((5, v))]
     gpu = [cupy.asarray(a) for a in cpu]
     d1, d2 = cupy.asarray(l1), cupy.asarray(l2)
-    work = cupy.empty(_core.lse_kl_cuda_col_work_elems(600), cupy.float64)
+    if fused:
+        rows, cols = _core.lse_kl_cuda_fused_work_elems(200, 600)
+        row_work = cupy.empty(rows, cupy.float64)
+    else:
+        cols, row_work = _core.lse_kl_cuda_col_work_elems(600), None
+    work = cupy.empty(cols, cupy.float64)
     state, args, row_m, col_m = gpu
     ptr = (lambda a, r0: a.data.ptr + r0 * a.itemsize)
     stream = cupy.cuda.get_current_stream()
@@ -92,7 +101,8 @@ def test_moments_match_cpu_epilogue(cupy, dtype):
             _core.lse_kl_update_cuda(
                 ptr(d1[r0], c0), ptr(d2[r0], c0), r1 - r0, c1 - c0, v, v, c0, ptr(state, r0), n,
                 ptr(args, r0), n, np.dtype(dtype).name, stream.ptr, row_moments=ptr(row_m, r0),
-                row_ld=n, col_moments=col_m.data.ptr, col_ld=v, row0=r0, col_work=work.data.ptr)
+                row_ld=n, col_moments=col_m.data.ptr, col_ld=v, row0=r0, col_work=work.data.ptr,
+                row_work=0 if row_work is None else row_work.data.ptr)
     got = [cupy.asnumpy(a) for a in gpu]
     np.testing.assert_array_equal(got[1], cpu[1])
     assert_pass_close(finalize(got[0], got[1]), finalize(cpu[0], cpu[1]), dtype, 60.0)

@@ -37,6 +37,13 @@ COL_ROWS = 8
 COL_MAX_CHUNKS = 16
 COL_MIN_CHUNK_ROWS = 64
 MERGE_THREADS = 256
+# The fused (one-read) epilogue: LseKlSlabKernel / LseKlRowMergeKernel of kernels/lse_kl.cuh.
+SLAB_COLS = 256
+SLAB_THREADS = 256
+SLAB_ROWS = {"float": 16, "double": 8}
+ROW_FIELDS = 15
+FUSED_MAX_CHUNKS = 64
+FUSED_MIN_CHUNK_ROWS = 256
 
 # cuBLAS / CUDA enums (cublas_api.h, library_types.h).
 _CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF = 0, 2, 14
@@ -142,7 +149,8 @@ def device_augmented(model):
 def cupy_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
               tile_cols: Optional[int] = None, tile_rows: Optional[int] = None,
               progress: Optional[Callable[[float], None]] = None,
-              half_gemm: str = "cublas", overlap: bool = True) -> PassStats:
+              half_gemm: str = "cublas", overlap: bool = True,
+              fused_epilogue: bool = False) -> PassStats:
     """The streaming pass with the epilogue compiled at run time by CuPy (no CUDA build needed).
 
     f1 (N x M1), g1 (V x M1), f2 (N x M2), g2 (V x M2): device (or host) arrays of float16,
@@ -150,37 +158,42 @@ def cupy_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
     pairs to cuBLAS as they are, "convert" widens them to float32 first. ``overlap``: run the
     epilogue of one tile on a second stream while the GEMMs of the next tile run (two pairs of
     logit tiles in the workspace; the same results, since the epilogue still sees the tiles in
-    order). Returns a PassStats of host NumPy arrays (backend "cupy").
+    order). ``fused_epilogue``: the one-read epilogue (LseKlSlabKernel) instead of the row and
+    column kernels; the same statistics up to rounding. Returns a PassStats of host NumPy
+    arrays (backend "cupy").
     """
     return _gpu_pass(f1, g1, f2, g2, "cupy", workspace_bytes, tile_cols, tile_rows, progress,
-                     half_gemm, overlap)
+                     half_gemm, overlap, fused_epilogue)
 
 
 def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
               tile_cols: Optional[int] = None, tile_rows: Optional[int] = None,
               progress: Optional[Callable[[float], None]] = None,
-              half_gemm: str = "cublas", overlap: bool = True) -> PassStats:
+              half_gemm: str = "cublas", overlap: bool = True,
+              fused_epilogue: bool = False) -> PassStats:
     """The streaming pass with the compiled CUDA epilogue (``_core.lse_kl_update_cuda``).
 
     Same arguments and results as :func:`cupy_pass` (backend "cuda"); needs identirep built
     with CUDA.
     """
     return _gpu_pass(f1, g1, f2, g2, "cuda", workspace_bytes, tile_cols, tile_rows, progress,
-                     half_gemm, overlap)
+                     half_gemm, overlap, fused_epilogue)
 
 
-def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes, buffers=1):
+def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes, buffers=1,
+               fused=False):
     """(rows, cols) of the logit tiles: all rows when they fit, ``tile_cols`` labels (default
     DEFAULT_TILE_COLS), shrunk until ``buffers`` pairs of logit tiles, the widened operand
-    tiles (m1 + m2 columns; 0 for operands used as they are) and the column scratch fit in
-    ``workspace_bytes``."""
+    tiles (m1 + m2 columns; 0 for operands used as they are) and the epilogue's scratch
+    (``epilogue_scratch``) fit in ``workspace_bytes``."""
     for name, t in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
         if t is not None and int(t) < 1:
             raise IdentirepError(f"{name} must be >= 1, got {t}")
     tiles = 2 * buffers
 
     def need(r, c):
-        return itemsize * (tiles * r * c + (r + c) * (m1 + m2)) + 8 * 5 * COL_MAX_CHUNKS * c
+        return itemsize * (tiles * r * c + (r + c) * (m1 + m2)) + 8 * sum(
+            epilogue_scratch(r, c, fused))
 
     tc = min(v, int(tile_cols) if tile_cols else DEFAULT_TILE_COLS)
     tr = min(n, int(tile_rows)) if tile_rows else n
@@ -208,8 +221,16 @@ def _check_shapes(ops):
     check_pass_shapes(f1, g1, f2, g2)
 
 
+def epilogue_scratch(rows, cols, fused=False):
+    """float64 elements (row scratch, column scratch) of the epilogue for a rows x cols tile
+    (LseKlColWorkElems, or LseKlFusedRowWorkElems and LseKlFusedColWorkElems)."""
+    if not fused:
+        return 0, COL_MAX_CHUNKS * 5 * cols
+    return -(-cols // SLAB_COLS) * ROW_FIELDS * rows, FUSED_MAX_CHUNKS * 5 * cols
+
+
 def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, progress,
-              half_gemm, overlap=True) -> PassStats:
+              half_gemm, overlap=True, fused=False) -> PassStats:
     if half_gemm not in ("cublas", "convert"):
         raise IdentirepError(f"half_gemm must be 'cublas' or 'convert', got {half_gemm!r}")
     cp = import_cupy()
@@ -222,12 +243,12 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
     converted = [0 if p.half else p.f.shape[1] for p in pairs]  # widths of widened copies
     nbuf = 2 if overlap else 1
     tr, tc = tile_shape(n, v, *converted, dt.itemsize, tile_rows, tile_cols, workspace_bytes,
-                        nbuf)
+                        nbuf, fused)
     n_row_tiles = -(-n // tr)
     n_tiles = n_row_tiles * -(-v // tc)
     if n_tiles == 1:
         nbuf = 1  # nothing to overlap
-    epilogue = (_CudaEpilogue if backend == "cuda" else _CupyEpilogue)(cp, tc, dt)
+    epilogue = (_CudaEpilogue if backend == "cuda" else _CupyEpilogue)(cp, tc, dt, tr, fused)
 
     state = cp.zeros((8, n), dtype=cp.float64)
     state[0] = -np.inf
@@ -387,15 +408,19 @@ def _bf16_bits_to_f32(bits):
 
 # ------------------------------------------------------------------ epilogues
 class _CudaEpilogue:
-    """The compiled epilogue: _core.lse_kl_update_cuda on CuPy's current stream."""
+    """The compiled epilogue: _core.lse_kl_update_cuda on CuPy's current stream; ``fused``: the
+    one-read epilogue, for tiles of at most ``tr`` rows."""
 
-    def __init__(self, cp, tc, dt):
+    def __init__(self, cp, tc, dt, tr=1, fused=False):
         from . import _core
         if not hasattr(_core, "lse_kl_update_cuda"):
             raise IdentirepError("the cuda backend needs identirep built with CUDA "
                                  "(IDENTIREP_CUDA=ON pip install .); backend='cupy' does not")
         self.core, self.cp, self.dtype = _core, cp, np.dtype(dt).name
-        self.work = cp.empty(_core.lse_kl_cuda_col_work_elems(tc), dtype=cp.float64)
+        rows, cols = (_core.lse_kl_cuda_fused_work_elems(tr, tc) if fused else
+                      (0, _core.lse_kl_cuda_col_work_elems(tc)))
+        self.work = cp.empty(cols, dtype=cp.float64)
+        self.row_work = cp.empty(rows, dtype=cp.float64) if fused else None
 
     def __call__(self, l1, l2, c0, r0, state, args, row_m, col_m):
         n, v = l1.shape
@@ -405,7 +430,8 @@ class _CudaEpilogue:
             l1.data.ptr, l2.data.ptr, n, v, l1.strides[0] // l1.itemsize,
             l2.strides[0] // l2.itemsize, c0, ptr(state, r0), N, ptr(args, r0), N, self.dtype,
             self.cp.cuda.get_current_stream().ptr, row_moments=ptr(row_m, r0), row_ld=N,
-            col_moments=col_m.data.ptr, col_ld=V, row0=r0, col_work=self.work.data.ptr)
+            col_moments=col_m.data.ptr, col_ld=V, row0=r0, col_work=self.work.data.ptr,
+            row_work=0 if self.row_work is None else self.row_work.data.ptr)
 
 
 _MODULES = {}
@@ -426,7 +452,9 @@ def kernel_names(t: str) -> dict:
     ns = "identirep::kernels::"
     return {"rows": f"{ns}LseKlKernel<{t}, {LSE_KL_THREADS}>",
             "cols": f"{ns}LseKlColKernel<{t}, {COL_ROWS}>",
-            "merge": f"{ns}LseKlColMergeKernel<{t}>"}
+            "merge": f"{ns}LseKlColMergeKernel<{t}>",
+            "slab": f"{ns}LseKlSlabKernel<{t}, {SLAB_ROWS[t]}>",
+            "row_merge": f"{ns}LseKlRowMergeKernel<{t}>"}
 
 
 def _module(cp):
@@ -444,30 +472,47 @@ def col_chunks(n: int) -> int:
     return max(1, min(COL_MAX_CHUNKS, -(-n // COL_MIN_CHUNK_ROWS)))
 
 
-class _CupyEpilogue:
-    """The epilogue kernels of lse_kl.cuh compiled by CuPy (NVRTC), launched as LseKl does."""
+def fused_chunks(n: int) -> int:
+    """Row chunks of the fused epilogue for a tile of n rows (FusedChunks in lse_kl.cuh)."""
+    return max(1, min(FUSED_MAX_CHUNKS, -(-n // FUSED_MIN_CHUNK_ROWS)))
 
-    def __init__(self, cp, tc, dt):
+
+class _CupyEpilogue:
+    """The epilogue kernels of lse_kl.cuh compiled by CuPy (NVRTC), launched as LseKl (or, with
+    ``fused``, LseKlFused) does."""
+
+    def __init__(self, cp, tc, dt, tr=1, fused=False):
         mod = _module(cp)
         names = kernel_names("float" if dt == np.float32 else "double")
-        self.rows, self.cols, self.merge = (mod.get_function(names[k])
-                                            for k in ("rows", "cols", "merge"))
-        self.work = cp.empty(COL_MAX_CHUNKS * 5 * tc, dtype=cp.float64)
+        self.rows, self.cols, self.merge, self.slab, self.row_merge = (
+            mod.get_function(names[k]) for k in ("rows", "cols", "merge", "slab", "row_merge"))
+        rows, cols = epilogue_scratch(tr, tc, fused)
+        self.work = cp.empty(cols, dtype=cp.float64)
+        self.row_work = cp.empty(rows, dtype=cp.float64) if fused else None
 
     def __call__(self, l1, l2, c0, r0, state, args, row_m, col_m):
         i64 = np.int64
         n, v = l1.shape
         N, V = state.shape[1], col_m.shape[1]
         ld1, ld2 = i64(l1.strides[0] // l1.itemsize), i64(l2.strides[0] // l2.itemsize)
-        self.rows((n,), (LSE_KL_THREADS,),
-                  (l1, ld1, l2, ld2, i64(v), i64(c0), state[:, r0:], i64(N), args[:, r0:],
-                   i64(N), row_m[:, r0:], i64(N)))
-        chunks = col_chunks(n)
-        self.cols((-(-v // 32), chunks), (32, COL_ROWS),
-                  (l1, ld1, l2, ld2, i64(n), i64(v), self.work))
+        if self.row_work is not None:
+            chunks = fused_chunks(n)
+            self.slab((-(-v // SLAB_COLS), chunks), (SLAB_THREADS,),
+                      (l1, ld1, l2, ld2, i64(n), i64(v), self.row_work, self.work))
+        else:
+            self.rows((n,), (LSE_KL_THREADS,),
+                      (l1, ld1, l2, ld2, i64(v), i64(c0), state[:, r0:], i64(N), args[:, r0:],
+                       i64(N), row_m[:, r0:], i64(N)))
+            chunks = col_chunks(n)
+            self.cols((-(-v // 32), chunks), (32, COL_ROWS),
+                      (l1, ld1, l2, ld2, i64(n), i64(v), self.work))
         self.merge((-(-v // MERGE_THREADS),), (MERGE_THREADS,),
                    (l1, l2, i64(n), i64(v), i64(c0), i64(chunks), self.work, col_m, i64(V),
                     i64(r0)))
+        if self.row_work is not None:
+            self.row_merge((-(-n // MERGE_THREADS),), (MERGE_THREADS,),
+                           (i64(n), i64(v), i64(c0), self.row_work, state[:, r0:], i64(N),
+                            args[:, r0:], i64(N), row_m[:, r0:], i64(N)))
 
 
 # ------------------------------------------------------------------ pivot search
