@@ -4,10 +4,12 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
   floor   two bare bfloat16 GEMMs f1 g1^T, f2 g2^T (cupy.matmul; torch.matmul when this CuPy
           has no bfloat16 dtype) into one preallocated N x V output: the analytic floor;
   gemm    the GEMM tiles the passes run (cublasGemmEx, bfloat16 in, float32 out), no epilogue;
-  epilogue  the compiled epilogue alone over the same tiles (row and column kernels);
+  epilogue  the compiled epilogue alone over the same tiles (row and column kernels), and in
+          brackets the fused one-read epilogue;
   cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments,
           the epilogue of each tile overlapped with the next tile's GEMMs on a second stream);
   serial  the same without the overlap (one stream, all N rows per tile);
+  fused   the cuda pass with the fused one-read epilogue (fused_epilogue=True), overlapped;
   cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
@@ -160,6 +162,7 @@ def bench_shape(n, v, m, args, torch):
     ws = None  # release the tiles before the passes run
     if identirep.build_info()["cuda_compiled"]:
         row["epilogue"] = epilogue_ms(n, v, tr, tc, args)
+        row["epilogue_fused"] = epilogue_ms(n, v, tr, tc, args, fused=True)
     kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
     if identirep.build_info()["cuda_compiled"]:
         run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
@@ -167,6 +170,9 @@ def bench_shape(n, v, m, args, torch):
         row["cuda"] = cuda_ms(run, args.warmup, args.repeats)
         row["serial"] = cuda_ms(lambda: gp.cuda_pass(f1, g1, f2, g2, overlap=False, **kw),
                                 args.warmup, args.repeats)
+        run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
+        row["mem_fused"] = pool_peak(run)
+        row["fused"] = cuda_ms(run, args.warmup, args.repeats)
         if args.sweep:
             for tc in SWEEP_COLS:
                 for overlap in (True, False):
@@ -187,10 +193,10 @@ def bench_shape(n, v, m, args, torch):
     return row
 
 
-def epilogue_ms(n, v, tr, tc, args):
+def epilogue_ms(n, v, tr, tc, args, fused=False):
     """The compiled epilogue alone over the pass's tiles (one random tile pair reused): what
     the pass adds to its GEMM tiles when nothing overlaps."""
-    ep = gp._CudaEpilogue(cp, tc, np.dtype(np.float32))
+    ep = gp._CudaEpilogue(cp, tc, np.dtype(np.float32), tr, fused)
     rs = cp.random.RandomState(3)
     l1 = rs.standard_normal((tr, tc), dtype=cp.float32)
     l2 = rs.standard_normal((tr, tc), dtype=cp.float32)
@@ -271,18 +277,19 @@ def fmt_ms(row, key):
 
 
 def table(rows):
-    lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms | cuda pass ms | "
-             "serial ms | cupy pass ms | torch naive ms | liger fused JSD ms | "
-             "peak extra GiB (cuda / torch / liger) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms (fused) | "
+             "cuda pass ms | serial ms | fused pass ms | cupy pass ms | torch naive ms | "
+             "liger fused JSD ms | peak extra GiB (cuda / fused / torch / liger) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
                  if "floor" in r else "- (no bfloat16 matmul)")
         mem = " / ".join(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
-                         for k in ("mem", "torch_mem", "liger_mem"))
-        cells = " | ".join(fmt_ms(r, k) for k in ("gemm", "epilogue", "cuda", "serial", "cupy",
-                                                   "torch", "liger"))
+                         for k in ("mem", "mem_fused", "torch_mem", "liger_mem"))
+        epi = f"{fmt_ms(r, 'epilogue')} ({fmt_ms(r, 'epilogue_fused')})"
+        cells = " | ".join([fmt_ms(r, "gemm"), epi] + [fmt_ms(r, k) for k in (
+            "cuda", "serial", "fused", "cupy", "torch", "liger")])
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
         if "liger_why" in r:
             notes.append(f"{r['shape']}: {r['liger_why']}")
