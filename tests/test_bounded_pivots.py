@@ -101,3 +101,22 @@ def test_compiled_bounds_match_their_array_oracle(dtype):
     assert (want > 0).mean() > 0.9
     with pytest.raises(ValueError, match="out of range"):
         _core.pivot_bounds(X1, X2, *e._vectors(np), piv, lab + a.V, 1e-9, 0.0)
+
+
+def test_pivot_budget_through_compare_matrix_and_the_cli(small_bounds, tmp_path, capsys):
+    import json
+
+    from identirep.cli import main
+    a, b = _cases(np.float64)[0]
+    r = ir.compare(a, b, num_samples=10, pivot_budget=8)
+    assert "not proven exact" in r.d_llv.pivot_search
+    assert "bounded search" in ir.compare(a, b, num_samples=10).d_llv.pivot_search
+    m = ir.matrix([a, b], num_samples=10, pivot_budget=8)
+    assert m.pairs[0]["pivot"] == r.d_llv.pivot
+    with pytest.raises(ir.IdentirepError, match="pivot_budget must be >= 1"):
+        ir.d_llv(a, b, num_samples=10, pivot_budget=0)
+    ir.save_model(a, tmp_path / "a.npz")
+    ir.save_model(b, tmp_path / "b.npz")
+    assert main(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--num-samples",
+                 "10", "--pivot-budget", "8", "--json"]) == 0
+    assert "not proven exact" in json.loads(capsys.readouterr().out)["d_llv"]["pivot_search"]

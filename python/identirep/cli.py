@@ -20,6 +20,9 @@ def _add_measure_options(p):
     p.add_argument("--sets-per-pivot", type=int, default=1)
     p.add_argument("--num-pivots", type=int, default=None,
                    help="sample this many label pivots instead of the exact search")
+    p.add_argument("--pivot-budget", type=int, default=None,
+                   help="most pivots the exact search evaluates beyond 4096 labels "
+                        "(default 2048 on a CPU, all on a GPU); the result says when it stopped")
     p.add_argument("--paper-compat", action="store_true",
                    help="draw input sets exactly like the paper's code (incl. its threshold quirk)")
     p.add_argument("--seed", type=int, default=0)
@@ -29,7 +32,8 @@ def _add_measure_options(p):
 def _measure_kwargs(args):
     return dict(lam=args.lam, combine=args.combine, term=args.term, num_samples=args.num_samples,
                 seed=args.seed, num_pivots=args.num_pivots, sets_per_pivot=args.sets_per_pivot,
-                paper_compat=args.paper_compat, backend=args.backend)
+                paper_compat=args.paper_compat, pivot_budget=args.pivot_budget,
+                backend=args.backend)
 
 
 def _emit(payload, args, render):

@@ -570,12 +570,17 @@ class PairEngine:
 
     def label_side(self, term="max", pivot=None, leave_out=None, num_pivots=None, seed=0,
                    progress=None, bound_budget=None):
+        """(pivot, leave-out, t1, t3, how the pivot was found, degenerate labels). Beyond
+        EXACT_PIVOT_LIMIT labels (term "max") the bounded search evaluates at most
+        ``bound_budget`` pivots (default BOUND_BUDGET_CPU on the CPU, V on a GPU)."""
         V = self.V
         if pivot is not None:
             cands, how = np.array([pivot]), "given"
             crit = self._criteria(cands, term, leave_out, progress)
         elif (num_pivots is None and V > EXACT_PIVOT_LIMIT and term == "max"
               and leave_out is None):
+            if bound_budget is not None and int(bound_budget) < 1:
+                raise IdentirepError(f"pivot_budget must be >= 1, got {bound_budget}")
             if bound_budget is None:
                 bound_budget = BOUND_BUDGET_CPU if self.c1.xp is np else V
             cands, crit, how = self._bounded_search(seed, bound_budget, progress)
@@ -674,9 +679,10 @@ class PairEngine:
 
     def d_llv(self, lam=1e-5, combine="max", term="max", pivot=None, leave_out=None,
               input_set=None, num_samples=200, seed=0, paper_compat=False, num_pivots=None,
-              sets_per_pivot=1, progress=None) -> DLLVResult:
+              sets_per_pivot=1, progress=None, pivot_budget=None) -> DLLVResult:
         _check_llv_args(self.a, self.b, combine, term, pivot, leave_out, lam)
-        y0, l, t1, t3, how, deg = self.label_side(term, pivot, leave_out, num_pivots, seed, progress)
+        y0, l, t1, t3, how, deg = self.label_side(term, pivot, leave_out, num_pivots, seed, progress,
+                                                  pivot_budget)
         iset, t2, t4, ihow, ncand, rejected = self.input_side(
             term, input_set, num_samples, seed, paper_compat, sets_per_pivot)
         return DLLVResult(

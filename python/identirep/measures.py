@@ -55,12 +55,14 @@ def kl(a: Model, b: Model, backend: str = "auto"):
 def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str = "max",
           pivot: Optional[int] = None, leave_out: Optional[int] = None, input_set=None,
           num_samples: int = 200, seed: int = 0, *, num_pivots: Optional[int] = None,
-          sets_per_pivot: int = 1, paper_compat: bool = False, backend: str = "auto"):
+          sets_per_pivot: int = 1, paper_compat: bool = False, pivot_budget: Optional[int] = None,
+          backend: str = "auto"):
     """The log-likelihood variance distance d_LLV^lambda with all four terms.
 
     ``pivot``/``leave_out``/``input_set`` fix the choices the search would make; ``num_pivots``
     samples that many pivots instead of the exact search (default: exact, by a bounded search
-    beyond 4096 labels; ``pivot_search`` in the result says which ran);
+    beyond 4096 labels; ``pivot_search`` in the result says which ran, and ``pivot_budget``
+    caps the pivots that search evaluates: default 2048 on a CPU, all on a GPU);
     ``sets_per_pivot`` evaluates more candidate input sets per sampled input pivot;
     ``paper_compat`` reproduces the reference code's input-set draw and its threshold quirk.
     """
@@ -76,7 +78,7 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
     with progress_bar("streaming pass", 1.0) as update:
         e = engine(a, b, backend, progress=update)
     with progress_bar("pivot search", 1.0) as update:
-        return e.d_llv(num_pivots=num_pivots, progress=update, **kw)
+        return e.d_llv(num_pivots=num_pivots, progress=update, pivot_budget=pivot_budget, **kw)
 
 
 @on_caller_stream
@@ -138,7 +140,8 @@ def d_rep(a: Model, b: Model, sets=None, num_sets: int = 100, seed: int = 0,
 def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str = "max",
             num_samples: int = 200, seed: int = 0, *, num_pivots: Optional[int] = None,
             sets_per_pivot: int = 1, paper_compat: bool = False, max_label_sets: Optional[int] = None,
-            rep_sets: Optional[int] = None, backend: str = "auto", progress=None) -> Report:
+            rep_sets: Optional[int] = None, pivot_budget: Optional[int] = None,
+            backend: str = "auto", progress=None) -> Report:
     """Every measure for one pair, from a single streaming pass."""
     t0 = time.perf_counter()
     check_pair(a, b)
@@ -163,13 +166,15 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
         with progress_bar("streaming pass", 1.0, progress) as update:
             e = engine(a, b, be, progress=update)
         return _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
-                                   max_label_sets=max_label_sets, rep_sets=rep_sets, **llv)
+                                   max_label_sets=max_label_sets, rep_sets=rep_sets,
+                                   pivot_budget=pivot_budget, **llv)
     return _finish_report(a, b, be, k, d, dl, mf, mg, sv, dr, t0)
 
 
 def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
                         max_label_sets=None, rep_sets=None, lam=1e-5, combine="max", term="max",
-                        num_samples=200, seed=0, paper_compat=False, sets_per_pivot=1) -> Report:
+                        num_samples=200, seed=0, paper_compat=False, sets_per_pivot=1,
+                        pivot_budget=None) -> Report:
     t0 = time.perf_counter() if t0 is None else t0
     a, b = e.a, e.b
     same = a.M == b.M
@@ -177,7 +182,7 @@ def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
     with progress_bar("pivot search", 1.0) as update:
         d = e.d_llv(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
                     paper_compat=paper_compat, sets_per_pivot=sets_per_pivot,
-                    num_pivots=num_pivots, progress=update)
+                    num_pivots=num_pivots, progress=update, pivot_budget=pivot_budget)
     # O(M^3) each: minutes at M = 4096 on a CPU
     steps = [("d_svd", lambda: e.d_svd(d.pivot, d.leave_out, d.input_set, max_label_sets, seed)
               if same else None),
