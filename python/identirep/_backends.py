@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -140,10 +141,18 @@ def caller_stream(arrays):
     import cupy
     import torch
     dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    ptr = torch.cuda.current_stream(dev).cuda_stream
-    stream = cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr, dev)
-    with cupy.cuda.Device(dev), stream:
-        yield
+    ts = torch.cuda.current_stream(dev)
+    with cupy.cuda.Device(dev):
+        if ts.cuda_stream == 0:
+            stream = cupy.cuda.Stream.null
+        elif hasattr(cupy.cuda.Stream, "from_external") and hasattr(ts, "__cuda_stream__"):
+            stream = cupy.cuda.Stream.from_external(ts)  # the CUDA stream protocol
+        else:  # older CuPy or torch; ExternalStream is deprecated in CuPy 14
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                stream = cupy.cuda.ExternalStream(ts.cuda_stream, dev)
+        with stream:
+            yield
 
 
 def model_arrays(values):
