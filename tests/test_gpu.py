@@ -391,6 +391,22 @@ def test_fused_epilogue_float32_matches_the_row_and_column_kernels(cupy, backend
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("nan_labels", [[500], list(range(256, 512))])
+def test_fused_epilogue_propagates_nan_like_the_row_kernel(cupy, backend, nan_labels):
+    # one NaN label (part of a 256-label slab), or a whole slab of them
+    f1, g1, f2, g2 = make_pair(9, n=40, v=700)
+    g1[nan_labels, 0] = np.nan
+    arrays = [cupy.asarray(a) for a in (f1, g1, f2, g2)]
+    a = PASSES[backend](*arrays, fused_epilogue=True, tile_cols=1000)
+    b = PASSES[backend](*arrays, tile_cols=1000)
+    for k in ("L1", "kl12", "kl21", "H1", "row_mean1", "row_m2_11"):
+        np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=1e-12, equal_nan=True,
+                                   err_msg=k)
+    assert np.isnan(b.L1).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_overlapped_epilogue_gives_the_serial_results(cupy, backend, dtype):
     # Same tiles, same kernels, same order per tile: the stream overlap must not change a bit.

@@ -526,6 +526,8 @@ __global__ void __launch_bounds__(kSlabThreads)
         s1 += w1;
         a12 += w1 * diff;
         e1 += w1 * d1;
+      } else if (a != a) {
+        s1 = a;  // NaN in a slab without a finite max: it propagates, as in LseKlKernel
       }
       if (lse2) {
         const A d2 = static_cast<A>(b - m2);
@@ -533,6 +535,8 @@ __global__ void __launch_bounds__(kSlabThreads)
         s2 += w2;
         a21 -= w2 * diff;
         e2 += w2 * d2;
+      } else if (b != b) {
+        s2 = b;
       }
       cuda_detail::AddCentredSquares(a, b, mu1, mu2, q11, q22, qdd);
     }
@@ -595,7 +599,8 @@ __global__ void LseKlRowMergeKernel(Index n, Index v, Index col0,
       double S = 0.0, Acc = 0.0, E = 0.0;
       for (Index s = 0; s < slabs; ++s) {
         const double ms = W(s, 2 * k), ss = W(s, 4 + 3 * k);
-        if (!(ss > 0.0)) continue;  // nothing (or an all -inf slab)
+        // a slab without a finite max adds nothing unless it held a NaN (then ss is NaN)
+        if (W(s, 2 * k + 1) < 0.0 && ss == 0.0) continue;
         const double c = exp(ms - m_new);
         S += c * ss;
         Acc += c * W(s, 5 + 3 * k);
