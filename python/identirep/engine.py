@@ -471,7 +471,7 @@ class PairEngine:
         q2 = a10 * i1 + a20 * i2 - b0 * c
         size = xp.maximum(a1 * i1 + a2 * i2 + xp.abs(b) * c, a10 * i1 + a20 * i2 + xp.abs(b0) * c)
         slack = self._bound_eps() * size * (1.0 + s1 * i1 + s2 * i2)
-        m2 = xp.maximum(xp.maximum(r2, q2) - slack, 0.0)
+        m2 = xp.fmax(xp.maximum(r2, q2) - slack, 0.0)  # NaN -> 0, as BoundRow: never a top
         return xp.where(ok, m2, -xp.inf)
 
     def _label_coords(self, rng) -> np.ndarray:
