@@ -3,9 +3,10 @@
 For each shape (N inputs, V labels, M dimensions, both models of the same shape):
   floor   two bare bfloat16 GEMMs f1 g1^T, f2 g2^T (cupy.matmul; torch.matmul when this CuPy
           has no bfloat16 dtype) into one preallocated N x V output: the analytic floor;
-  gemm    the GEMM tiles the passes run (cublasGemmEx, bfloat16 in, float32 out), no epilogue;
+  gemm    the GEMM tiles the default pass runs (cublasGemmEx, bfloat16 in, float32 out; the
+          tiles of the overlapped pass), no epilogue;
   epilogue  the compiled epilogue alone over the same tiles (row and column kernels), and in
-          brackets the fused one-read epilogue;
+          brackets the fused one-read epilogue over the fused pass's tiles;
   cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments,
           the epilogue of each tile overlapped with the next tile's GEMMs on a second stream);
   serial  the same without the overlap (one stream, all N rows per tile);
@@ -147,7 +148,8 @@ def bench_shape(n, v, m, args, torch):
             torch.matmul(tops[2], tops[3].T, out=out)
         row["floor"] = torch_ms(torch, floor, args.warmup, args.repeats)
         del out
-    tr, tc = gp.tile_shape(n, v, 0, 0, 4, None, args.tile_cols, args.workspace)
+    # the tiles of the default (overlapped) pass
+    tr, tc = gp.tile_shape(n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2)
     ws = cp.empty(tr * tc, cp.float32)
 
     def gemm_tiles():
@@ -162,7 +164,9 @@ def bench_shape(n, v, m, args, torch):
     ws = None  # release the tiles before the passes run
     if identirep.build_info()["cuda_compiled"]:
         row["epilogue"] = epilogue_ms(n, v, tr, tc, args)
-        row["epilogue_fused"] = epilogue_ms(n, v, tr, tc, args, fused=True)
+        row["epilogue_fused"] = epilogue_ms(n, v, *gp.tile_shape(
+            n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2, fused=True), args,
+            fused=True)
     kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
     if identirep.build_info()["cuda_compiled"]:
         run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
@@ -240,7 +244,7 @@ def liger_jsd(torch, arrays, args):
 
     def run():
         with torch.no_grad():
-            return jsd(f1, g1, f2, g2)
+            return jsd(f1, g1, f2, g2, None)   # shift_labels: none
     try:
         mem = peak_torch(torch, run)
         return torch_ms(torch, run, args.warmup, args.repeats), mem
