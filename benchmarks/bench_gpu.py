@@ -122,10 +122,10 @@ def import_torch():
     return torch if torch.cuda.is_available() else None
 
 
-def bench_shape(n, v, m, args, torch):
+def bench_shape(n, v, m, args, torch, row):
+    """Fill ``row`` with the timings of one shape (what was measured stays if a step fails)."""
     f1, g1 = make_inputs(n, v, m, 1)
     f2, g2 = make_inputs(n, v, m, 2)
-    row = {"shape": f"{n} x {v} x {m}", "flop": 4.0 * n * v * m}
     bf = cupy_bfloat16()
     if bf is not None:
         ops = [x.data.view(bf) for x in (f1, g1, f2, g2)]
@@ -194,7 +194,6 @@ def bench_shape(n, v, m, args, torch):
             row["liger_why"] = liger
         else:
             row["liger"], row["liger_mem"] = liger
-    return row
 
 
 def epilogue_ms(n, v, tr, tc, args, fused=False):
@@ -295,8 +294,7 @@ def table(rows):
         cells = " | ".join([fmt_ms(r, "gemm"), epi] + [fmt_ms(r, k) for k in (
             "cuda", "serial", "fused", "cupy", "torch", "liger")])
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
-        if "liger_why" in r:
-            notes.append(f"{r['shape']}: {r['liger_why']}")
+        notes += [f"{r['shape']}: {r[k]}" for k in ("liger_why", "error") if k in r]
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -333,16 +331,27 @@ def main():
     rows = []
     for n, v, m in args.shape:
         t0 = time.perf_counter()
-        rows.append(bench_shape(n, v, m, args, torch))
+        row = {"shape": f"{n} x {v} x {m}", "flop": 4.0 * n * v * m}
+        rows.append(row)
+        try:
+            bench_shape(n, v, m, args, torch, row)
+        except Exception as e:  # keep what was measured, and go on with the next shape
+            row["error"] = f"stopped: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         cp.get_default_memory_pool().free_all_blocks()
         print(f"{n} x {v} x {m}: {time.perf_counter() - t0:.1f} s", flush=True)
+        emit(report(head, rows), args.out, quiet=True)  # the tables so far survive a crash
+    emit(report(head, rows), args.out)
+
+
+def report(head, rows):
     sweep = sweep_table(rows)
-    emit(head + "\n\n" + table(rows) + ("\n\n" + sweep if sweep else ""), args.out)
+    return head + "\n\n" + table(rows) + ("\n\n" + sweep if sweep else "")
 
 
-def emit(text, out=None):
-    """Print a table and, when ``out`` is given, write it there."""
-    print(text)
+def emit(text, out=None, quiet=False):
+    """Print a table (unless ``quiet``) and, when ``out`` is given, write it there."""
+    if not quiet:
+        print(text)
     if out:
         with open(out, "w") as fh:
             fh.write(text + "\n")
