@@ -108,42 +108,49 @@ def pivot_floor(e, torch, dtype):
 
 
 def bench(n, v, m, args, torch):
+    """Rows (backend, shape, what, seconds, notes), yielded as they are measured; a backend
+    that fails yields an error row and the next one runs."""
     f1, g1 = make_inputs(n, v, m, 1)
     f2, g2 = make_inputs(n, v, m, 2)
     a = ir.Model(model_array(f1, torch), model_array(g1, torch), name="a")
     b = ir.Model(model_array(f2, torch), model_array(g2, torch), name="b")
     shape = f"N={n} V={v} M={m} bf16"
-    rows = []
     backends = (["cuda"] if build_info()["cuda_compiled"] else []) + ["cupy"]
     for be in backends:
-        t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
-        rows.append((be, shape, "compare, 256 sampled pivots", t, ""))
-        rep = {}
-        t = wall(lambda: rep.__setitem__("r", ir.compare(a, b, backend=be)), args.repeats)
-        rows.append((be, shape, "compare, default (bounded exact pivot search)", t,
-                     rep["r"].d_llv.pivot_search))
-        if args.exact:
-            t = wall(lambda: ir.compare(a, b, num_pivots=v, backend=be), 1, warmup=0)
-            rows.append((be, shape, f"compare, exact pivots ({v})", t, ""))
-        ph, e = phases(a, b, be)
-        rows.append((be, shape, "phases of one sampled compare", sum(ph.values()),
-                     "; ".join(f"{k} {s:.3f} s" for k, s in ph.items())))
-        if be == backends[0]:
-            out = {}
-            tb = wall(lambda: out.__setitem__("bounded", e.label_side()), 1)
-            t = wall(lambda: out.__setitem__("plain", e.label_side(num_pivots=v)), 1, warmup=0)
-            fb, f32 = pivot_floor(e, torch, "bfloat16"), pivot_floor(e, torch, "float32")
-            same = out["bounded"][:4] == out["plain"][:4]
-            rows.append((be, shape, "bounded exact pivot search (default)", tb,
-                         f"{out['bounded'][4]}; same choice as the plain search: {same}; "
-                         f"bf16 GEMM floor {fb:.3f} s ({tb / fb:.2f}x), "
-                         f"float32 GEMM floor {f32:.3f} s ({tb / f32:.2f}x)"))
-            rows.append((be, shape, f"plain exact pivot search ({v} pivots)", t,
-                         f"bf16 GEMM floor {fb:.3f} s ({t / fb:.2f}x), "
-                         f"float32 GEMM floor {f32:.3f} s ({t / f32:.2f}x)"))
-        e = None   # free its device arrays before the next backend
+        try:
+            yield from bench_backend(a, b, be, be == backends[0], shape, v, args, torch)
+        except Exception as e:
+            yield (be, shape, "stopped", float("nan"),
+                   f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
         cp.get_default_memory_pool().free_all_blocks()
-    return rows
+
+
+def bench_backend(a, b, be, pivots, shape, v, args, torch):
+    t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
+    yield (be, shape, "compare, 256 sampled pivots", t, "")
+    rep = {}
+    t = wall(lambda: rep.__setitem__("r", ir.compare(a, b, backend=be)), args.repeats)
+    yield (be, shape, "compare, default (bounded exact pivot search)", t,
+           rep["r"].d_llv.pivot_search)
+    if args.exact:
+        t = wall(lambda: ir.compare(a, b, num_pivots=v, backend=be), 1, warmup=0)
+        yield (be, shape, f"compare, exact pivots ({v})", t, "")
+    ph, e = phases(a, b, be)
+    yield (be, shape, "phases of one sampled compare", sum(ph.values()),
+           "; ".join(f"{k} {s:.3f} s" for k, s in ph.items()))
+    if pivots:
+        out = {}
+        tb = wall(lambda: out.__setitem__("bounded", e.label_side()), 1)
+        t = wall(lambda: out.__setitem__("plain", e.label_side(num_pivots=v)), 1, warmup=0)
+        fb, f32 = pivot_floor(e, torch, "bfloat16"), pivot_floor(e, torch, "float32")
+        same = out["bounded"][:4] == out["plain"][:4]
+        yield (be, shape, "bounded exact pivot search (default)", tb,
+               f"{out['bounded'][4]}; same choice as the plain search: {same}; "
+               f"bf16 GEMM floor {fb:.3f} s ({tb / fb:.2f}x), "
+               f"float32 GEMM floor {f32:.3f} s ({tb / f32:.2f}x)")
+        yield (be, shape, f"plain exact pivot search ({v} pivots)", t,
+               f"bf16 GEMM floor {fb:.3f} s ({t / fb:.2f}x), "
+               f"float32 GEMM floor {f32:.3f} s ({t / f32:.2f}x)")
 
 
 def main():
@@ -162,6 +169,7 @@ def main():
         for be, shape, what, t, note in bench(n, v, m, args, torch):
             lines.append(f"| {be} | {shape} | {what} | {t:.3f} | {note} |")
             print(lines[-1], flush=True)
+            emit("\n".join(lines), args.out, quiet=True)   # what was measured survives a crash
     emit("\n".join(lines), args.out)
 
 
