@@ -374,7 +374,7 @@ def test_fused_epilogue_matches_numpy(cupy, problem64, backend, tiles):
     # odd tiles: slabs of 256 labels with a 1-label remainder, sub-tiles of 8 rows with a rest
     arrays, ref, scale = problem64
     got = PASSES[backend](*(cupy.asarray(a) for a in arrays), fused_epilogue=True, **tiles)
-    assert_stats_close(got, ref, 1e-12, scale)
+    assert_stats_close(got, ref, 1e-9, scale)   # as the three-kernel epilogue's test
 
 
 @pytest.mark.gpu
