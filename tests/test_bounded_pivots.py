@@ -120,3 +120,31 @@ def test_pivot_budget_through_compare_matrix_and_the_cli(small_bounds, tmp_path,
     assert main(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--num-samples",
                  "10", "--pivot-budget", "8", "--json"]) == 0
     assert "not proven exact" in json.loads(capsys.readouterr().out)["d_llv"]["pivot_search"]
+
+
+def test_bounded_search_matches_the_plain_search_on_random_configurations(monkeypatch):
+    # sizes, dimensions, dtypes, closeness (down to equivalent models), biases, coinciding
+    # labels, Zipf-like label norms, tree leaf sizes and seed counts, all drawn at random
+    monkeypatch.setattr(E, "EXACT_PIVOT_LIMIT", 100)
+    rng = np.random.default_rng(123)
+    for trial in range(40):
+        V, M, M2 = int(rng.integers(300, 1500)), int(rng.integers(2, 16)), int(rng.integers(2, 16))
+        N = int(rng.integers(max(M, M2) + 5, 400))
+        dt = np.float32 if rng.integers(3) == 0 else np.float64
+        monkeypatch.setattr(E, "BOUND_LEAF", int(rng.choice([32, 64, 256])))
+        monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", int(rng.choice([4, 16])))
+        a, b = random_pair(N=N, V=V, M=M, M2=M2, seed=trial, noise=float(10 ** rng.uniform(-7, 0)),
+                           bias=bool(rng.integers(2)))
+        g1, g2 = a.g.copy(), b.g.copy()
+        if rng.integers(2):
+            k = int(rng.integers(1, 30))
+            g1[:k], g2[:k] = g1[k:2 * k], g2[k:2 * k]
+        if rng.integers(4) == 0:
+            w = (1 + np.arange(V)) ** -rng.uniform(0.2, 1.0) * 5
+            g1, g2 = g1 * w[:, None], g2 * w[:, None]
+        e = ir.engine(ir.Model(a.f.astype(dt), g1.astype(dt), bias=a.bias),
+                      ir.Model(b.f.astype(dt), g2.astype(dt), bias=b.bias))
+        got = e.label_side("max", seed=trial, bound_budget=V)
+        want = e.label_side("max", num_pivots=V)
+        assert "bounded search" in got[4], trial
+        assert got[:4] == want[:4] and got[5] == want[5], (trial, got[:4], want[:4])
