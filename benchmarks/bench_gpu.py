@@ -18,8 +18,8 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
 Times are CUDA-event medians over --repeats after --warmup runs; "x" columns are ratios to the
 floor. "mem" is the peak extra device memory of the cuda pass (CuPy pool growth from an empty
 pool, inputs excluded) and of the torch baselines (max_memory_allocated above the inputs).
-``--sweep`` adds a second table: the cuda pass for several label-tile widths, with and without
-the overlap, to choose the defaults from.
+``--sweep`` adds a second table: the cuda pass for several label-tile widths, overlapped, serial
+and with the fused epilogue, to choose the defaults from.
 
     python benchmarks/bench_gpu.py                          # the four LM shapes below
     python benchmarks/bench_gpu.py --shape 16384,50304,768 --repeats 5 --out table.md
@@ -39,6 +39,8 @@ from identirep import _cupy_pass as gp
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
           (16384, 128256, 4096)]
 SWEEP_COLS = (1024, 2048, 4096, 8192)
+SWEEP_VARIANTS = {"overlap": {}, "serial": {"overlap": False},
+                  "fused": {"fused_epilogue": True}}
 
 
 def parse_shape(text):
@@ -179,10 +181,10 @@ def bench_shape(n, v, m, args, torch, row):
         row["fused"] = cuda_ms(run, args.warmup, args.repeats)
         if args.sweep:
             for tc in SWEEP_COLS:
-                for overlap in (True, False):
-                    row[("sweep", tc, overlap)] = cuda_ms(
+                for variant, opts in SWEEP_VARIANTS.items():
+                    row[("sweep", tc, variant)] = cuda_ms(
                         lambda: gp.cuda_pass(f1, g1, f2, g2, workspace_bytes=args.workspace,
-                                             tile_cols=tc, overlap=overlap),
+                                             tile_cols=tc, **opts),
                         args.warmup, args.repeats)
     run = (lambda: gp.cupy_pass(f1, g1, f2, g2, **kw))
     run()  # NVRTC compile outside the timing
@@ -299,15 +301,15 @@ def table(rows):
 
 
 def sweep_table(rows):
-    """The cuda pass by label-tile width and overlap, ms (ratio to the floor)."""
-    if not any(("sweep", SWEEP_COLS[0], True) in r for r in rows):
+    """The cuda pass by label-tile width and variant, ms (ratio to the floor)."""
+    keys = [(tc, v) for tc in SWEEP_COLS for v in SWEEP_VARIANTS]
+    if not any(("sweep", *keys[0]) in r for r in rows):
         return ""
-    head = " | ".join(f"{tc} {'overlap' if o else 'serial'}" for tc in SWEEP_COLS
-                      for o in (True, False))
+    head = " | ".join(f"{tc} {v}" for tc, v in keys)
     lines = ["cuda pass by tile_cols (all rows per tile that fit the workspace)", "",
-             f"| N x V x M | {head} |", "|---|" + "---|" * (2 * len(SWEEP_COLS))]
+             f"| N x V x M | {head} |", "|---|" + "---|" * len(keys)]
     for r in rows:
-        cells = " | ".join(fmt_ms(r, ("sweep", tc, o)) for tc in SWEEP_COLS for o in (True, False))
+        cells = " | ".join(fmt_ms(r, ("sweep", *k)) for k in keys)
         lines.append(f"| {r['shape']} | {cells} |")
     return "\n".join(lines)
 
@@ -321,7 +323,7 @@ def main():
     p.add_argument("--tile-cols", type=int, default=None)
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--sweep", action="store_true", help="also time the cuda pass for tile_cols "
-                   f"in {SWEEP_COLS}, with and without the overlap")
+                   f"in {SWEEP_COLS}: {', '.join(SWEEP_VARIANTS)}")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args()
     torch = None if args.no_torch else import_torch()

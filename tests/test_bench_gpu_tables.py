@@ -26,7 +26,8 @@ def test_tables_with_full_partial_and_failed_rows(monkeypatch, tmp_path):
             "epilogue": 1.0, "epilogue_fused": 0.5, "cuda": 2.5, "serial": 3.0, "fused": 2.2,
             "cupy": 2.6, "torch": 5.0, "liger": 7.0, "mem": 2 ** 29, "mem_fused": 2 ** 29,
             "torch_mem": 2 ** 31, "liger_mem": 2 ** 33}
-    full.update({("sweep", tc, o): 2.2 for tc in bench_gpu.SWEEP_COLS for o in (True, False)})
+    full.update({("sweep", tc, v): 2.2 for tc in bench_gpu.SWEEP_COLS
+                 for v in bench_gpu.SWEEP_VARIANTS})
     partial = {"shape": "4 x 5 x 6", "flop": 1e12, "liger_why": "liger_kernel unavailable"}
     failed = {"shape": "7 x 8 x 9", "flop": 1e12, "floor": 1.0, "floor_by": "torch",
               "error": "stopped: OutOfMemoryError: out of memory"}
@@ -34,6 +35,7 @@ def test_tables_with_full_partial_and_failed_rows(monkeypatch, tmp_path):
     assert "| 1 x 2 x 3 | 2.0 (500, cupy) | 2.1 (1.05x) | 1.0 (0.50x) (0.5 (0.25x))" in text
     assert "4 x 5 x 6: liger_kernel unavailable" in text and "7 x 8 x 9: stopped" in text
     assert text.count("| 4 x 5 x 6 |") == 2   # main table and sweep table
+    assert "| 1024 overlap | 1024 serial | 1024 fused |" in text
     out = tmp_path / "t.md"
     bench_gpu.emit(text, str(out), quiet=True)
     assert out.read_text() == text + "\n"
