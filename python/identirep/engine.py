@@ -338,20 +338,13 @@ class PairEngine:
         """min over leave-outs of the term criterion for each pivot in y0s (compiled epilogue,
         on the GPU when g lives there)."""
         from . import _core
-        C = self.mom.scatter
         xp = self.c1.xp
-        idx = xp.asarray(y0s, dtype=np.int64)
-        X = [(G[idx].astype(self.cdt, copy=False) @ xp.asarray(C[sl, sl], dtype=self.cdt))
-             @ G.T.astype(self.cdt, copy=False)
-             for G, sl in ((self.G1, self.sF1), (self.G2, self.sF2))]
+        X = self._cross(y0s)
         if xp is not np:
             from ._cupy_pass import pivot_criteria_device
-            if self._device_vectors is None:
-                self._device_vectors = [xp.asarray(v, dtype=np.float64) for v in
-                                        (self.n1, self.n2, self.A1, self.A2, self.B12)]
-            return pivot_criteria_device(X[0], X[1], *self._device_vectors, y0s, self.tol,
-                                         term, self.gpu_backend)
-        return _core.pivot_criteria(X[0], X[1], self.n1, self.n2, self.A1, self.A2, self.B12,
+            return pivot_criteria_device(X[0], X[1], *self._vectors(xp), y0s, self.tol, term,
+                                         self.gpu_backend)
+        return _core.pivot_criteria(X[0], X[1], *self._vectors(np),
                                     np.ascontiguousarray(y0s, np.int64), self.tol, term)
 
     @staticmethod
@@ -418,14 +411,15 @@ class PairEngine:
                                     (self.n1, self.n2, self.A1, self.A2, self.B12)]
         return self._device_vectors
 
-    def _cross(self, piv, lab):
-        """X_k = g_k(piv)' C_kk g_k(lab) (len(piv) x len(lab)) in the compute dtype, as
-        ``_pivot_criteria`` forms them."""
+    def _cross(self, piv, lab=None):
+        """X_k = g_k(piv)' C_kk g_k(lab) (len(piv) x len(lab); all labels when ``lab`` is
+        None) in the compute dtype, where g lives."""
         C = self.mom.scatter
         xp = self.c1.xp
-        p, q = xp.asarray(piv, dtype=np.int64), xp.asarray(lab, dtype=np.int64)
+        p = xp.asarray(piv, dtype=np.int64)
+        q = None if lab is None else xp.asarray(lab, dtype=np.int64)
         return [(G[p].astype(self.cdt, copy=False) @ xp.asarray(C[sl, sl], dtype=self.cdt))
-                @ G[q].T.astype(self.cdt, copy=False)
+                @ (G if q is None else G[q]).T.astype(self.cdt, copy=False)
                 for G, sl in ((self.G1, self.sF1), (self.G2, self.sF2))]
 
     def _bound_eps(self):
@@ -535,32 +529,31 @@ class PairEngine:
         hard = []
         for j0 in range(0, len(seeds), 16):
             blk = seeds[j0:j0 + 16]
-            m2 = to_numpy(self._pair_m2(blk, np.arange(V), *self._cross(blk, np.arange(V))))
+            m2 = to_numpy(self._pair_m2(blk, np.arange(V), *self._cross(blk)))
             top = np.argpartition(-m2, 4, axis=1)[:, :4]
             hard.append(top[np.isfinite(np.take_along_axis(m2, top, 1))])
         hard = np.unique(np.concatenate(hard))
         lb = self._lower_bounds(hard, rng, tick(0.05, 0.5))
-        rtol = BOUND_RTOL
         best = min(crit.values())
-        order = [y for y in np.argsort(lb, kind="stable").tolist() if y not in crit]
+        order = np.array([y for y in np.argsort(lb, kind="stable").tolist() if y not in crit],
+                         dtype=np.int64)
         step, max_step = min(32, self._pivot_step()), self._pivot_step()
-        evaluated = len(crit)
         pos = 0
-        while pos < len(order) and lb[order[pos]] <= best * (1 + rtol):
-            if evaluated >= budget:
-                left = sum(1 for y in order[pos:] if lb[y] <= best * (1 + rtol))
+        # order is sorted by bound: the pivots still to evaluate are a prefix of order[pos:]
+        while pos < len(order) and lb[order[pos]] <= best * (1 + BOUND_RTOL):
+            if len(crit) >= budget:
+                left = int(np.count_nonzero(lb[order[pos:]] <= best * (1 + BOUND_RTOL)))
                 cands = np.array(sorted(crit), dtype=np.int64)
                 return cands, np.array([crit[y] for y in cands]), (
                     f"best of {len(cands)} pivots of {V} by lower bound, not proven exact: "
                     f"{left} pivots whose lower bounds do not exceed its criterion were not "
                     f"evaluated (budget {budget})")
-            blk = [y for y in order[pos:pos + step] if lb[y] <= best * (1 + rtol)]
-            blk = np.array(blk[:max(1, budget - evaluated)], dtype=np.int64)
-            pos += len(blk) if len(blk) < step else step
+            blk = order[pos:pos + min(step, budget - len(crit))]
+            blk = blk[lb[blk] <= best * (1 + BOUND_RTOL)]
+            pos += len(blk)
             step = min(2 * step, max_step)  # small first blocks: the bound often closes early
             c = self._criteria(blk, "max")
             crit.update(zip(blk.tolist(), c))
-            evaluated += len(blk)
             best = min(best, float(c.min()))
             if progress is not None:
                 progress(min(0.99, 0.5 + 0.5 * pos / max(1, len(order))))
