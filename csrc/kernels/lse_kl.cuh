@@ -88,19 +88,22 @@ __device__ __forceinline__ void ArgMaxCombine(T& m, Index& j, T m_other, Index j
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void WarpArgMax(T& m, Index& j) {
+// Reductions over the kGroup lanes of an aligned group within a warp (32: the whole warp);
+// every lane ends with the result.
+template <int kGroup, typename T>
+__device__ __forceinline__ void GroupArgMax(T& m, Index& j) {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
+  for (int off = kGroup / 2; off > 0; off >>= 1) {
     const T m_o = __shfl_xor_sync(0xffffffffu, m, off);
     const Index j_o = __shfl_xor_sync(0xffffffffu, j, off);
     ArgMaxCombine(m, j, m_o, j_o);
   }
 }
 
-__device__ __forceinline__ double WarpSum(double x) {
+template <int kGroup>
+__device__ __forceinline__ double GroupSum(double x) {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  for (int off = kGroup / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
   return x;
 }
 
@@ -190,10 +193,10 @@ __global__ void __launch_bounds__(kThreads)
     r1 += static_cast<double>(a);
     r2 += static_cast<double>(b);
   }
-  cuda_detail::WarpArgMax(m1, j1);
-  cuda_detail::WarpArgMax(m2, j2);
-  r1 = cuda_detail::WarpSum(r1);
-  r2 = cuda_detail::WarpSum(r2);
+  cuda_detail::GroupArgMax<32>(m1, j1);
+  cuda_detail::GroupArgMax<32>(m2, j2);
+  r1 = cuda_detail::GroupSum<32>(r1);
+  r2 = cuda_detail::GroupSum<32>(r2);
   if (lane == 0) {
     sh_m[0][warp] = m1; sh_j[0][warp] = j1;
     sh_m[1][warp] = m2; sh_j[1][warp] = j2;
@@ -259,7 +262,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   double part[9] = {s1, a12, e1, s2, a21, e2, q11, q22, qdd};
 #pragma unroll
-  for (int k = 0; k < 9; ++k) part[k] = cuda_detail::WarpSum(part[k]);
+  for (int k = 0; k < 9; ++k) part[k] = cuda_detail::GroupSum<32>(part[k]);
   // Thread 0 finished reading sh_sum before the barrier above, so it may be overwritten.
   if (lane == 0) {
 #pragma unroll
@@ -421,28 +424,6 @@ __host__ __device__ inline Index LseKlFusedRowWorkElems(Index n, Index v) {
 __host__ __device__ inline Index LseKlFusedColWorkElems(Index v) {
   return kFusedMaxChunks * 5 * v;
 }
-
-namespace cuda_detail {
-
-// Sum over the kGroup lanes of a group (aligned within the warp).
-template <int kGroup>
-__device__ __forceinline__ double GroupSum(double x) {
-#pragma unroll
-  for (int off = kGroup / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
-  return x;
-}
-
-template <int kGroup, typename T>
-__device__ __forceinline__ void GroupArgMax(T& m, Index& j) {
-#pragma unroll
-  for (int off = kGroup / 2; off > 0; off >>= 1) {
-    const T m_o = __shfl_xor_sync(0xffffffffu, m, off);
-    const Index j_o = __shfl_xor_sync(0xffffffffu, j, off);
-    ArgMaxCombine(m, j, m_o, j_o);
-  }
-}
-
-}  // namespace cuda_detail
 
 template <typename T, int kRows>
 __global__ void __launch_bounds__(kSlabThreads)
