@@ -8,8 +8,11 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
   epilogue  the compiled epilogue alone over the same tiles (row and column kernels), and in
           brackets the fused one-read epilogue over the fused pass's tiles;
   cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments,
-          the epilogue of each tile overlapped with the next tile's GEMMs on a second stream);
-  serial  the same without the overlap (one stream, all N rows per tile);
+          the epilogue of each tile overlapped with the next tile's GEMMs on a second stream),
+          through the compiled pass driver (one call for the whole tile loop) when built;
+  loop    the same tiles and kernels driven from Python (cuda_pass(driver=False): CuPy's
+          cuBLAS tiles, one epilogue call per tile), the pass before the driver;
+  serial  the cuda pass without the overlap (one stream, all N rows per tile);
   fused   the cuda pass with the fused one-read epilogue (fused_epilogue=True), overlapped;
   cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
@@ -174,6 +177,8 @@ def bench_shape(n, v, m, args, torch, row):
         run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
         row["mem"] = pool_peak(run)
         row["cuda"] = cuda_ms(run, args.warmup, args.repeats)
+        row["loop"] = cuda_ms(lambda: gp.cuda_pass(f1, g1, f2, g2, driver=False, **kw),
+                              args.warmup, args.repeats)
         row["serial"] = cuda_ms(lambda: gp.cuda_pass(f1, g1, f2, g2, overlap=False, **kw),
                                 args.warmup, args.repeats)
         run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
@@ -283,9 +288,10 @@ def fmt_ms(row, key):
 
 def table(rows):
     lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms (fused) | "
-             "cuda pass ms | serial ms | fused pass ms | cupy pass ms | torch naive ms | "
-             "liger fused JSD ms | peak extra GiB (cuda / fused / torch / liger) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cuda pass ms | python loop ms | serial ms | fused pass ms | cupy pass ms | "
+             "torch naive ms | liger fused JSD ms | peak extra GiB (cuda / fused / torch / "
+             "liger) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
@@ -294,7 +300,7 @@ def table(rows):
                          for k in ("mem", "mem_fused", "torch_mem", "liger_mem"))
         epi = f"{fmt_ms(r, 'epilogue')} ({fmt_ms(r, 'epilogue_fused')})"
         cells = " | ".join([fmt_ms(r, "gemm"), epi] + [fmt_ms(r, k) for k in (
-            "cuda", "serial", "fused", "cupy", "torch", "liger")])
+            "cuda", "loop", "serial", "fused", "cupy", "torch", "liger")])
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
         notes += [f"{r['shape']}: {r[k]}" for k in ("liger_why", "error") if k in r]
     return "\n".join(lines + ([""] + notes if notes else []))

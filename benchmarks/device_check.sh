@@ -7,7 +7,8 @@
 #   1. build and install identirep with CUDA (pip, no build isolation, no dependencies);
 #   2. nvidia-smi summary;
 #   3. the GPU tests, which must not all skip (IDENTIREP_REQUIRE_GPU_TESTS=1);
-#   4. compute-sanitizer memcheck and racecheck on a tiny run of every kernel;
+#   4. compute-sanitizer memcheck and racecheck on a tiny run of every kernel and of the
+#      compiled pass driver;
 #   5. benchmarks/bench_gpu.py (the passes, with the tile-width sweep) and
 #      benchmarks/bench_gpu_compare.py (the engine).
 # Each step has a timeout and the whole check stays under 8 minutes. Logs and the summary table
@@ -96,9 +97,11 @@ step liger 30 env PYTHON="$PYTHON" bash -c '
 if (( failed )); then finish; fi
 step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit \
   --format=csv
-step build-info 20 "$PYTHON" -c "import identirep, json; print(json.dumps(identirep.build_info()))"
+# fails (after printing the facts) when the build lacks the compiled pass driver
+step build-info 20 "$PYTHON" -c "import identirep, json; i = identirep.build_info(); \
+print(json.dumps(i)); assert i['cuda_pass_driver'], 'built without the CUDA pass driver'"
 step gpu-tests 150 env IDENTIREP_REQUIRE_GPU_TESTS=1 "$PYTHON" -m pytest -q -p no:cacheprovider \
-  tests/test_gpu.py tests/test_lse_kl_cuda.py
+  tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py
 step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \
   "$PYTHON" benchmarks/sanitize_case.py
 step racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 1 \

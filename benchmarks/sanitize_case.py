@@ -6,8 +6,9 @@ Runs the compiled epilogue and the NVRTC-compiled one of the cupy backend on the
 (row and column moments, two row tiles x two label tiles, odd sizes, a padded row stride),
 both also as the fused one-read epilogue, and
 the compiled pivot kernel (both modes, float64 and float32 cross products, one pivot out of
-range) once each. No cuBLAS call, so every report is about identirep's kernels (or CuPy's own
-fills and copies). Exits non-zero when a result is not finite or the two epilogues disagree.
+range) once each; then the compiled pass driver (cuBLAS tiles, overlapped epilogue on a second
+stream) on a tiny pair, against the same pass driven from Python. Exits non-zero when a result
+is not finite or two versions disagree.
 """
 from __future__ import annotations
 
@@ -51,6 +52,20 @@ def pivots(B=5, V=301):
     return out
 
 
+def driver():
+    """The pass driver (when built) and the Python loop on a tiny float64 pair: [L1, kl12, col
+    means] of each, or [] without the driver."""
+    from identirep._cupy_pass import cuda_pass
+    if not hasattr(_core, "lse_kl_pass_cuda"):
+        return []
+    rng = np.random.default_rng(2)
+    f1, g1, f2, g2 = (cp.asarray(rng.standard_normal(s)) for s in ((37, 5), (301, 5), (37, 4),
+                                                                 (301, 4)))
+    kw = dict(tile_rows=20, tile_cols=200)
+    out = [cuda_pass(f1, g1, f2, g2, driver=d, **kw) for d in (True, False)]
+    return [[cp.asarray(getattr(o, k)) for k in ("L1", "kl12", "col_mean1")] for o in out]
+
+
 def main():
     compiled, nvrtc = epilogue(True), epilogue(False)
     fused = [epilogue(c, fused=True) for c in (True, False)]
@@ -59,6 +74,11 @@ def main():
     ok = all(bool(cp.isfinite(r).all()) for r in results)
     ok = ok and all(bool(cp.allclose(a, b, rtol=1e-12, atol=1e-12))
                     for other in (nvrtc, *fused) for a, b in zip(compiled, other))
+    passes = driver()
+    if passes:
+        ok = ok and all(bool(cp.isfinite(a).all()) for a in passes[0])
+        ok = ok and all(bool(cp.allclose(a, b, rtol=1e-12, atol=1e-12))
+                        for a, b in zip(*passes))
     print("sanitize case:", "ok" if ok else "NON-FINITE OR DISAGREEING RESULTS")
     raise SystemExit(0 if ok else 1)
 

@@ -1,5 +1,6 @@
 // Python bindings of the compiled core: exports only, no logic.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "ops.h"
 #ifdef IDENTIREP_WITH_CUDA
@@ -7,6 +8,18 @@
 #endif
 
 namespace py = pybind11;
+
+#ifdef IDENTIREP_WITH_CUBLAS
+namespace {
+// (ptr, rows, cols, stride0, stride1, kind) -> CudaOperand
+identirep::CudaOperand Operand(const py::tuple& t) {
+  if (t.size() != 6)
+    throw py::value_error("an operand is (ptr, rows, cols, stride0, stride1, kind)");
+  return {t[0].cast<uintptr_t>(), t[1].cast<int64_t>(), t[2].cast<int64_t>(),
+          t[3].cast<int64_t>(), t[4].cast<int64_t>(), t[5].cast<std::string>()};
+}
+}  // namespace
+#endif
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "identirep compiled core: fused streaming epilogues (CPU, and CUDA when built)";
@@ -86,5 +99,53 @@ X1, X2: (B, V) of x_dtype "float32" or "float64" with row strides ld1, ld2 (elem
 n1, n2, A1, A2, B12: float64 (V,);
 pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot outside
 [0, V) gives NaN. stream: cudaStream_t as an integer. Asynchronous.)doc");
+#endif
+
+#ifdef IDENTIREP_WITH_CUBLAS
+  m.def("cublas_load", &identirep::cublas_load, py::arg("candidates"),
+        "Load libcublas from the first of these paths or sonames that works; returns its file.");
+  m.def("cublas_version", &identirep::cublas_version,
+        "(major, minor, patch) of the loaded cuBLAS.");
+  m.def("cublas_header_major", &identirep::cublas_header_major,
+        "Major version of the cuBLAS headers this module was built against.");
+  m.def(
+      "gemm_nt_plan",
+      [](const py::tuple& a, const py::tuple& b) {
+        return identirep::gemm_nt_plan(Operand(a), Operand(b));
+      },
+      py::arg("a"), py::arg("b"),
+      "cublasGemmEx (transa, transb, m, n, k, lda, ldb, ldc) for a @ b^T; operands as in "
+      "lse_kl_pass_cuda (only shapes and strides read); [] when one needs a copy.");
+  m.def("lse_kl_pass_cuda_workspace", &identirep::lse_kl_pass_cuda_workspace,
+        py::arg("tile_rows"), py::arg("tile_cols"), py::arg("dtype"), py::arg("overlap"),
+        py::arg("fused"), "Bytes of device workspace lse_kl_pass_cuda needs.");
+  m.def(
+      "lse_kl_pass_cuda",
+      [](const py::tuple& f1, const py::tuple& g1, const py::tuple& f2, const py::tuple& g2,
+         int64_t c_begin, int64_t c_end, int64_t tile_rows, int64_t tile_cols, uintptr_t state,
+         uintptr_t args, uintptr_t row_moments, uintptr_t col_moments, uintptr_t workspace,
+         int64_t workspace_bytes, const std::string& dtype, bool overlap, bool fused,
+         uintptr_t stream, int device) {
+        const auto a = Operand(f1), b = Operand(g1), c = Operand(f2), d = Operand(g2);
+        py::gil_scoped_release release;
+        identirep::lse_kl_pass_cuda(a, b, c, d, c_begin, c_end, tile_rows, tile_cols, state,
+                                    args, row_moments, col_moments, workspace, workspace_bytes,
+                                    dtype, overlap, fused, stream, device);
+      },
+      py::arg("f1"), py::arg("g1"), py::arg("f2"), py::arg("g2"), py::arg("c_begin"),
+      py::arg("c_end"), py::arg("tile_rows"), py::arg("tile_cols"), py::arg("state"),
+      py::arg("args"), py::arg("row_moments"), py::arg("col_moments"), py::arg("workspace"),
+      py::arg("workspace_bytes"), py::arg("dtype"), py::arg("overlap") = true,
+      py::arg("fused") = false, py::arg("stream") = 0, py::arg("device") = 0,
+      R"doc(The CUDA streaming pass over labels [c_begin, c_end) in one call (csrc/cuda_pass.cpp).
+
+f1, g1, f2, g2: device operands as tuples (ptr, rows, cols, stride0, stride1, kind), strides in
+elements, kind float16 | bfloat16 | float32 | float64, f_k and g_k of one kind, rows or
+columns contiguous. Logit tiles of tile_rows x tile_cols come from cublasGemmEx (float32
+output and accumulation; float64 when dtype is "float64") and go through lse_kl_update_cuda.
+state, args, row_moments, col_moments: device pointers as in lse_kl_update_cuda, row strides N
+(V for col_moments). workspace: lse_kl_pass_cuda_workspace(...) bytes of device memory.
+overlap: epilogues on a second stream beside the next GEMMs (same results). Asynchronous on
+stream (cudaStream_t as an integer) of device; needs cublas_load first.)doc");
 #endif
 }

@@ -18,6 +18,9 @@
 #ifndef IDENTIREP_CUDA_ARCHITECTURES
 #define IDENTIREP_CUDA_ARCHITECTURES ""
 #endif
+#ifndef IDENTIREP_CUBLAS_OPTION
+#define IDENTIREP_CUBLAS_OPTION "OFF"
+#endif
 #ifndef IDENTIREP_CUDA_VERSION
 #define IDENTIREP_CUDA_VERSION ""
 #endif
@@ -76,6 +79,12 @@ py::dict build_info() {
   d["cuda_version"] = py::none();
 #endif
   d["cuda_architectures"] = IDENTIREP_CUDA_ARCHITECTURES;
+#ifdef IDENTIREP_WITH_CUBLAS
+  d["cuda_pass_driver"] = true;
+#else
+  d["cuda_pass_driver"] = false;
+#endif
+  d["cublas_option"] = IDENTIREP_CUBLAS_OPTION;
   return d;
 }
 

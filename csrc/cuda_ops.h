@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace identirep {
 
@@ -41,5 +42,46 @@ void pivot_criteria_cuda(uintptr_t X1, uintptr_t X2, int64_t ld1, int64_t ld2, u
                          uintptr_t pivots, int64_t B, int64_t V, double tol,
                          const std::string& mode, uintptr_t crit, uintptr_t stream,
                          const std::string& x_dtype);
+
+#ifdef IDENTIREP_WITH_CUBLAS
+// ---- the pass driver (csrc/cuda_pass.cpp): cuBLAS tiles + the epilogue above, one call ----
+
+// A 2-d device array: pointer, shape, strides in elements, kind "float16" | "bfloat16" |
+// "float32" | "float64" (bfloat16 as its bits).
+struct CudaOperand {
+  uintptr_t ptr;
+  int64_t rows, cols, s0, s1;
+  std::string kind;
+};
+
+// Loads libcublas (the first candidate path or soname that dlopen accepts and whose major
+// version is the headers'); returns the file loaded. Later calls return it again.
+std::string cublas_load(const std::vector<std::string>& candidates);
+// (major, minor, patch) of the loaded cuBLAS, and the major of the headers built against.
+std::vector<int> cublas_version();
+int cublas_header_major();
+
+// cublasGemmEx arguments (transa, transb, m, n, k, lda, ldb, ldc) for the row-major
+// a @ b^T (out: a.rows x b.rows, ld b.rows); empty when a or b has neither rows nor columns
+// contiguous (only shapes and strides are read).
+std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b);
+
+// Bytes of workspace lse_kl_pass_cuda needs for tile_rows x tile_cols tiles.
+int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const std::string& dtype,
+                                   bool overlap, bool fused);
+
+// The pass over labels [c_begin, c_end): for each label tile (tile_cols), for each row tile
+// (tile_rows), the logit tiles f_k g_k' (cublasGemmEx; f_k, g_k of one kind; float32 output
+// and accumulation, or float64 when dtype is "float64") and lse_kl_update_cuda on them. state
+// (8, N), args (2, N), row_moments (5, N) with row stride N and col_moments (5, V) with row
+// stride V as in lse_kl_update_cuda. overlap: the epilogue on a second stream, ordered by
+// events, beside the next tile's GEMMs (same results). Asynchronous on `stream` of `device`.
+void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
+                      const CudaOperand& g2, int64_t c_begin, int64_t c_end, int64_t tile_rows,
+                      int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,
+                      uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
+                      const std::string& dtype, bool overlap, bool fused, uintptr_t stream,
+                      int device);
+#endif
 
 }  // namespace identirep

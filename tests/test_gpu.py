@@ -129,7 +129,8 @@ def test_gpu_arrays_without_a_working_backend(monkeypatch, cuda_compiled):
     assert _backends.array_location(fake, None) == "gpu"
     with pytest.raises(IdentirepError, match="some arrays are on a GPU and some on the CPU"):
         _backends.array_location(fake, np.zeros(3))
-    why = "its GEMM tiles and device memory come from CuPy" if cuda_compiled else "without CUDA"
+    why = "its device memory and the engine.s products come from CuPy" if cuda_compiled \
+        else "without CUDA"
     with pytest.raises(IdentirepError, match=f"GPU arrays arrived but neither backend works: "
                                              f"cuda: .*{why}.*; cupy: CuPy is not installed"):
         _backends.resolve_arrays("auto", [fake, fake])

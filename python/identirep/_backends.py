@@ -1,9 +1,11 @@
 """Backend registry: cpu | cuda | cupy | reference, chosen by where the arrays live.
 
 ``backend="auto"`` picks cpu for NumPy arrays and a GPU backend for CuPy / torch-CUDA arrays
-(anything with ``__cuda_array_interface__``): "cuda" (the compiled CUDA epilogue) when the
+(anything with ``__cuda_array_interface__``): "cuda" (the compiled CUDA code: the pass driver,
+cuBLAS tiles and epilogue in one compiled loop, with libcublas loaded at run time) when the
 extension was built with CUDA and CuPy sees a GPU, else "cupy" (the same kernels compiled at
-run time by CuPy) when CuPy sees a GPU. Both run their GEMM tiles through CuPy (cuBLAS).
+run time by CuPy, GEMM tiles from CuPy's cuBLAS) when CuPy sees a GPU. Both keep device memory
+and the engine's other products in CuPy.
 The environment variable IDENTIREP_BACKEND overrides "auto". A backend that is not available
 fails loudly with what to do instead; nothing silently falls back to a slower path.
 """
@@ -119,7 +121,13 @@ def cuda_problem() -> Optional[str]:
                 "IDENTIREP_CUDA=ON pip install .)")
     problem = cupy_problem()
     if problem is not None:
-        return "its GEMM tiles and device memory come from CuPy, and " + problem
+        return "its device memory and the engine's products come from CuPy, and " + problem
+    if build_info().get("cuda_pass_driver"):
+        from ._cupy_pass import load_cublas
+        try:
+            load_cublas()
+        except IdentirepError as e:
+            return str(e)
     return None
 
 

@@ -11,7 +11,9 @@ def build_info() -> dict:
     ``native`` and ``cpu_flags`` (``-march=native`` source builds), ``simd`` (widest vector ISA
     the CPU kernels were compiled for), ``compiler``, ``cuda_compiled``,
     ``cuda_architectures`` (list of CMake architecture strings, e.g. ``["90-real",
-    "90-virtual"]``) and ``cuda_version`` (nvcc version, or None).
+    "90-virtual"]``), ``cuda_version`` (nvcc version, or None), ``cuda_pass_driver`` (the
+    compiled cuBLAS tile loop, csrc/cuda_pass.cpp, built: needs the cuBLAS headers at build
+    time) and ``cublas_option`` (the IDENTIREP_CUBLAS setting it was built with).
     """
     raw = _core.build_info()
     archs = [a for a in raw["cuda_architectures"].split(",") if a]
@@ -28,4 +30,6 @@ def build_info() -> dict:
         "cuda_compiled": bool(raw["cuda_compiled"]),
         "cuda_architectures": archs if raw["cuda_compiled"] else [],
         "cuda_version": raw["cuda_version"],
+        "cuda_pass_driver": bool(raw["cuda_pass_driver"]),
+        "cublas_option": raw["cublas_option"],
     }

@@ -1,8 +1,12 @@
-"""Pass 1 on a GPU: cuBLAS GEMM tiles through CuPy, then the fused CUDA epilogue.
+"""Pass 1 on a GPU: cuBLAS GEMM tiles, then the fused CUDA epilogue.
 
-Two backends share everything but the epilogue launch:
-- ``cuda_pass``: the compiled extension's ``_core.lse_kl_update_cuda`` (nvcc, csrc/lse_kl.cu);
-- ``cupy_pass``: the same kernels (csrc/kernels/lse_kl.cuh, installed as
+Two backends:
+- ``cuda_pass``: the compiled extension. With the pass driver built (``_core.lse_kl_pass_cuda``,
+  csrc/cuda_pass.cpp) the whole tile loop (cublasGemmEx tiles, the epilogue, the overlap) is one
+  compiled call; otherwise, and for operands it does not take (a pair of two float kinds, a
+  float64 pair in a float32 pass, strided layouts, ``half_gemm="convert"``), the loop below
+  with CuPy's GEMM tiles and the compiled epilogue ``_core.lse_kl_update_cuda``;
+- ``cupy_pass``: the loop below with the same kernels (csrc/kernels/lse_kl.cuh, installed as
   identirep/kernels/lse_kl.cuh) compiled at run time by CuPy (NVRTC), for builds without CUDA.
 
 Inputs stay where they are: CuPy arrays, torch CUDA tensors, anything with
@@ -170,29 +174,32 @@ def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
               tile_cols: Optional[int] = None, tile_rows: Optional[int] = None,
               progress: Optional[Callable[[float], None]] = None,
               half_gemm: str = "cublas", overlap: bool = True,
-              fused_epilogue: bool = False) -> PassStats:
-    """The streaming pass with the compiled CUDA epilogue (``_core.lse_kl_update_cuda``).
+              fused_epilogue: bool = False, driver: bool = True) -> PassStats:
+    """The streaming pass with the compiled CUDA code: the pass driver
+    (``_core.lse_kl_pass_cuda``: the tile loop, cuBLAS tiles and epilogue in one call) when it
+    was built and takes these operands, else CuPy's GEMM tiles and the compiled epilogue
+    (``_core.lse_kl_update_cuda``); ``driver=False`` forces the latter.
 
     Same arguments and results as :func:`cupy_pass` (backend "cuda"); needs identirep built
     with CUDA.
     """
     return _gpu_pass(f1, g1, f2, g2, "cuda", workspace_bytes, tile_cols, tile_rows, progress,
-                     half_gemm, overlap, fused_epilogue)
+                     half_gemm, overlap, fused_epilogue, driver)
 
 
 def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes, buffers=1,
-               fused=False):
+               fused=False, slack=0):
     """(rows, cols) of the logit tiles: all rows when they fit, ``tile_cols`` labels (default
     DEFAULT_TILE_COLS), shrunk until ``buffers`` pairs of logit tiles, the widened operand
-    tiles (m1 + m2 columns; 0 for operands used as they are) and the epilogue's scratch
-    (``epilogue_scratch``) fit in ``workspace_bytes``."""
+    tiles (m1 + m2 columns; 0 for operands used as they are), the epilogue's scratch
+    (``epilogue_scratch``) and ``slack`` bytes fit in ``workspace_bytes``."""
     for name, t in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
         if t is not None and int(t) < 1:
             raise IdentirepError(f"{name} must be >= 1, got {t}")
     tiles = 2 * buffers
 
     def need(r, c):
-        return itemsize * (tiles * r * c + (r + c) * (m1 + m2)) + 8 * sum(
+        return slack + itemsize * (tiles * r * c + (r + c) * (m1 + m2)) + 8 * sum(
             epilogue_scratch(r, c, fused))
 
     tc = min(v, int(tile_cols) if tile_cols else DEFAULT_TILE_COLS)
@@ -230,7 +237,7 @@ def epilogue_scratch(rows, cols, fused=False):
 
 
 def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, progress,
-              half_gemm, overlap=True, fused=False) -> PassStats:
+              half_gemm, overlap=True, fused=False, driver=False) -> PassStats:
     if half_gemm not in ("cublas", "convert"):
         raise IdentirepError(f"half_gemm must be 'cublas' or 'convert', got {half_gemm!r}")
     cp = import_cupy()
@@ -239,6 +246,12 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
     f1, g1, f2, g2 = ops
     dt = np.dtype(np.float64 if all(o.kind == "float64" for o in ops) else np.float32)
     n, v = f1.shape[0], g1.shape[0]
+    if driver and backend == "cuda" and (half_gemm == "cublas" or not any(
+            o.kind in HALF_KINDS for o in ops)):
+        operands = driver_operands(ops, dt)
+        if operands is not None and _driver() is not None:
+            return _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows,
+                                progress, overlap, fused)
     pairs = [_GemmPair(cp, f, g, dt, half_gemm) for f, g in ((f1, g1), (f2, g2))]
     converted = [0 if p.half else p.f.shape[1] for p in pairs]  # widths of widened copies
     nbuf = 2 if overlap else 1
@@ -250,12 +263,7 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
         nbuf = 1  # nothing to overlap
     epilogue = (_CudaEpilogue if backend == "cuda" else _CupyEpilogue)(cp, tc, dt, tr, fused)
 
-    state = cp.zeros((8, n), dtype=cp.float64)
-    state[0] = -np.inf
-    state[4] = -np.inf
-    args = cp.full((2, n), -1, dtype=cp.int64)
-    row_m = cp.zeros((5, n), dtype=cp.float64)
-    col_m = cp.zeros((5, v), dtype=cp.float64)
+    state, args, row_m, col_m = _pass_state(cp, n, v)
     bufs = [[cp.empty(tr * tc, dtype=dt) for _ in range(2)] for _ in range(nbuf)]
     # GEMMs run on the caller's (current) stream, epilogues on `side`; events order each tile's
     # epilogue after its GEMMs and the GEMMs that reuse a buffer after the epilogue that read it.
@@ -290,6 +298,115 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
                 progress(done / n_tiles)
     if side is not main:
         main.wait_event(side.record())
+    return _pass_stats(state, args, row_m, col_m, backend, dt)
+
+
+# ------------------------------------------------------------------ the compiled driver
+DRIVER_SLACK = 6 * 256  # alignment of the driver's workspace pieces (PlanWorkspace)
+
+
+def _driver():
+    """_core when it has the pass driver and cuBLAS loads, None without the driver; an
+    IdentirepError when the driver is built but cuBLAS cannot be loaded."""
+    from . import _core
+    if not hasattr(_core, "lse_kl_pass_cuda"):
+        return None
+    load_cublas()
+    return _core
+
+
+def cublas_candidates(major: int) -> list:
+    """Where libcublas.so.<major> may be: its soname (loaded already by CuPy or torch, or on
+    the loader's path), NVIDIA's PyPI wheels, the CUDA toolkit."""
+    import glob
+    import importlib.util
+    import os
+    name = f"libcublas.so.{major}"
+    out = [name]
+    spec = importlib.util.find_spec("nvidia")
+    for d in (spec.submodule_search_locations or []) if spec else []:
+        out += [os.path.join(d, sub, "lib", name) for sub in (f"cu{major}", "cublas")]
+    roots = [os.environ.get(k) for k in ("CUDA_HOME", "CUDA_PATH")] + ["/usr/local/cuda"]
+    for r in filter(None, roots):
+        out += [os.path.join(r, "lib64", name)] + sorted(glob.glob(os.path.join(
+            r, "targets", "*", "lib", name)))
+    return [p for p in out if os.path.sep not in p or os.path.isfile(p)]
+
+
+def load_cublas() -> str:
+    """Load libcublas into the pass driver (once); returns its file, or raises IdentirepError
+    with the places tried."""
+    from . import _core
+    try:
+        _core.cublas_version()
+        return _core.cublas_load([])  # loaded already: its file
+    except RuntimeError:
+        pass
+    try:  # CuPy's cuBLAS, when CuPy has one, is the library the rest of the engine uses
+        from cupy_backends.cuda.libs import cublas  # noqa: F401
+    except Exception:
+        pass
+    major = _core.cublas_header_major()
+    try:
+        return _core.cublas_load(cublas_candidates(major))
+    except RuntimeError as e:
+        raise IdentirepError(
+            f"the cuda backend's pass driver needs cuBLAS {major}: {e}. Install it "
+            f"(pip install 'nvidia-cublas>={major},<{major + 1}', or the CUDA toolkit), or use "
+            "backend='cupy'") from e
+
+
+def driver_operands(ops, dt):
+    """The four operands as the driver's (ptr, rows, cols, stride0, stride1, kind) tuples, or
+    None when one of them needs the Python loop (a pair of two kinds, a float64 pair in a
+    float32 pass, a layout with neither rows nor columns contiguous)."""
+    out = []
+    for f, g in (ops[0:2], ops[2:4]):
+        if f.kind != g.kind or (f.kind == "float64") != (dt == np.float64):
+            return None
+        for x in (f, g):
+            it = x.data.itemsize
+            if any(st % it for st in x.data.strides):
+                return None
+            if _blas_layout(x.data) is None:
+                return None
+            out.append((x.data.data.ptr, x.shape[0], x.shape[1], x.data.strides[0] // it,
+                        x.data.strides[1] // it, x.kind))
+    return out
+
+
+def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, progress,
+                 overlap, fused) -> PassStats:
+    from . import _core
+    nbuf = 2 if overlap else 1
+    tr, tc = tile_shape(n, v, 0, 0, dt.itemsize, tile_rows, tile_cols, workspace_bytes, nbuf,
+                        fused, DRIVER_SLACK)
+    if -(-n // tr) * -(-v // tc) == 1:
+        overlap = False  # nothing to overlap
+    size = _core.lse_kl_pass_cuda_workspace(tr, tc, dt.name, overlap, fused)
+    work = cp.empty(size, dtype=cp.uint8)
+    state, args, row_m, col_m = _pass_state(cp, n, v)
+    _core.lse_kl_pass_cuda(*operands, 0, v, tr, tc, state.data.ptr, args.data.ptr,
+                           row_m.data.ptr, col_m.data.ptr, work.data.ptr, size, dt.name,
+                           overlap, fused, cp.cuda.get_current_stream().ptr,
+                           cp.cuda.Device().id)
+    out = _pass_stats(state, args, row_m, col_m, "cuda", dt)
+    if progress is not None:
+        progress(1.0)
+    return out
+
+
+def _pass_state(cp, n, v):
+    """The device state of a pass (layouts of csrc/kernels/lse_kl.h): state (8, n) with
+    m = -inf, args (2, n) = -1, row moments (5, n) and column moments (5, v) zero."""
+    state = cp.zeros((8, n), dtype=cp.float64)
+    state[0] = -np.inf
+    state[4] = -np.inf
+    return (state, cp.full((2, n), -1, dtype=cp.int64), cp.zeros((5, n), dtype=cp.float64),
+            cp.zeros((5, v), dtype=cp.float64))
+
+
+def _pass_stats(state, args, row_m, col_m, backend, dt) -> PassStats:
     out = finalize(state.get(), args.get())
     r, c = row_m.get(), col_m.get()
     return PassStats(L1=out["L1"], L2=out["L2"], kl12=out["kl12"], kl21=out["kl21"], H1=out["H1"],

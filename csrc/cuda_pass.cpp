@@ -1,0 +1,372 @@
+// The CUDA streaming pass driver: cuBLAS logit tiles and the epilogue of csrc/lse_kl.cu in one
+// compiled loop (no Python per tile), with the epilogue overlapped with the next tile's GEMMs.
+// libcublas is loaded at run time (dlopen): the build needs only its headers, and the module
+// imports on machines without it.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <cublas_api.h>
+#include <cuda_runtime.h>
+
+#include "cuda_ops.h"
+
+namespace identirep {
+namespace {
+
+// cublasGemmEx has a C++ overload in cublas_api.h; the cast picks (and checks) the C one.
+using GemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
+                                    int, int, const void*, const void*, cudaDataType, int,
+                                    const void*, cudaDataType, int, const void*, void*,
+                                    cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+
+struct CublasApi {
+  void* lib = nullptr;
+  std::string path;
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasSetPointerMode_v2) set_pointer_mode = nullptr;
+  decltype(&cublasGetProperty) get_property = nullptr;
+  decltype(&cublasGetStatusString) status_string = nullptr;
+  GemmExFn gemm_ex = nullptr;
+};
+
+std::mutex g_load_mutex;
+CublasApi g_api;                         // set once, under g_load_mutex
+std::mutex g_pass_mutex;                 // one pass at a time uses the handles
+std::map<int, cublasHandle_t> g_handles; // per device, for the life of the process
+
+template <typename Fn>
+bool Symbol(void* lib, const char* name, Fn* out, std::string* missing) {
+  *out = reinterpret_cast<Fn>(dlsym(lib, name));
+  if (*out == nullptr) *missing += std::string(missing->empty() ? "" : ", ") + name;
+  return *out != nullptr;
+}
+
+const CublasApi& Api() {
+  std::lock_guard<std::mutex> lock(g_load_mutex);
+  if (g_api.lib == nullptr)
+    throw std::runtime_error("cuBLAS is not loaded (identirep._core.cublas_load)");
+  return g_api;
+}
+
+std::string CublasError(const CublasApi& api, cublasStatus_t s, const char* what) {
+  return std::string(what) + " failed: " + api.status_string(s) + " (cuBLAS status " +
+         std::to_string(static_cast<int>(s)) + ")";
+}
+
+void CheckCuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("lse_kl_pass_cuda: ") + what + ": " +
+                             cudaGetErrorString(e));
+}
+
+void Require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("lse_kl_pass_cuda: " + what);
+}
+
+struct Layout {
+  bool row;    // rows contiguous (row-major) or columns contiguous
+  int64_t ld;  // leading dimension in elements
+};
+
+// The BLAS layout of a rows x cols array with element strides (s0, s1); ld 0: neither.
+Layout BlasLayout(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
+  constexpr int64_t kMaxLd = (int64_t{1} << 31) - 1;
+  if (cols == 1 || s1 == 1) {
+    const int64_t ld = rows > 1 ? s0 : cols;
+    if (ld >= cols && ld <= kMaxLd) return {true, std::max<int64_t>(ld, 1)};
+  }
+  if (rows == 1 || s0 == 1) {
+    const int64_t ld = cols > 1 ? s1 : rows;
+    if (ld >= rows && ld <= kMaxLd) return {false, std::max<int64_t>(ld, 1)};
+  }
+  return {true, 0};
+}
+
+struct Kind {
+  cudaDataType type;
+  int64_t size;
+};
+
+Kind KindOf(const std::string& kind) {
+  if (kind == "float16") return {CUDA_R_16F, 2};
+  if (kind == "bfloat16") return {CUDA_R_16BF, 2};
+  if (kind == "float32") return {CUDA_R_32F, 4};
+  if (kind == "float64") return {CUDA_R_64F, 8};
+  throw std::invalid_argument("lse_kl_pass_cuda: operand kind must be float16, bfloat16, "
+                              "float32 or float64, got \"" + kind + "\"");
+}
+
+// One model's operands (f: n x k, g: v x k) and their cuBLAS view.
+struct GemmPair {
+  const char* f;
+  const char* g;
+  Layout lf, lg;
+  int64_t sf, sg;  // row strides in bytes (the offset of row r is r * sf)
+  int64_t k;
+  cudaDataType type;
+};
+
+GemmPair MakePair(const CudaOperand& f, const CudaOperand& g, int which, bool f64) {
+  const std::string name = std::to_string(which);
+  Require(f.ptr != 0 && g.ptr != 0, "f" + name + " or g" + name + " is a null pointer");
+  Require(f.kind == g.kind, "f" + name + " is " + f.kind + " but g" + name + " is " + g.kind +
+                                " (widen one first)");
+  const Kind kd = KindOf(f.kind);
+  Require(f64 ? f.kind == "float64" : f.kind != "float64",
+          "pair " + name + " is " + f.kind + " in a " + (f64 ? "float64" : "float32") + " pass");
+  Require(f.cols == g.cols && f.cols > 0 && f.rows > 0 && g.rows > 0,
+          "f" + name + " and g" + name + " must be non-empty with the same number of columns");
+  const Layout lf = BlasLayout(f.rows, f.cols, f.s0, f.s1);
+  const Layout lg = BlasLayout(g.rows, g.cols, g.s0, g.s1);
+  Require(lf.ld > 0 && lg.ld > 0, "f" + name + " and g" + name +
+                                      " need contiguous rows or columns (copy them first)");
+  Require(f.cols < (int64_t{1} << 31), "more than 2^31 - 1 columns");
+  return {reinterpret_cast<const char*>(f.ptr), reinterpret_cast<const char*>(g.ptr), lf, lg,
+          f.s0 * kd.size, g.s0 * kd.size, f.cols, kd.type};
+}
+
+int64_t Align(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+struct WorkspaceLayout {
+  int64_t col_work, row_work, tiles, total;  // byte offsets of the pieces, and the size
+};
+
+WorkspaceLayout PlanWorkspace(int64_t tr, int64_t tc, bool f64, bool overlap, bool fused) {
+  const int64_t col = fused ? lse_kl_cuda_fused_work_elems(tr, tc).second
+                            : lse_kl_cuda_col_work_elems(tc);
+  const int64_t row = fused ? lse_kl_cuda_fused_work_elems(tr, tc).first : 0;
+  WorkspaceLayout w;
+  w.col_work = 0;
+  w.row_work = Align(8 * col);
+  w.tiles = w.row_work + Align(8 * row);
+  const int64_t tile = Align(tr * tc * (f64 ? 8 : 4));
+  w.total = w.tiles + (overlap ? 4 : 2) * tile;
+  return w;
+}
+
+// RAII for the per-call side stream and events.
+struct Stream {
+  cudaStream_t s = nullptr;
+  ~Stream() { if (s) cudaStreamDestroy(s); }
+};
+struct Event {
+  cudaEvent_t e = nullptr;
+  bool recorded = false;
+  ~Event() { if (e) cudaEventDestroy(e); }
+};
+
+// Restores the caller's current device.
+struct DeviceGuard {
+  int previous = -1;
+  explicit DeviceGuard(int device) {
+    CheckCuda(cudaGetDevice(&previous), "cudaGetDevice");
+    if (previous != device) CheckCuda(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (previous >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous)
+      cudaSetDevice(previous);
+  }
+};
+
+cublasHandle_t Handle(const CublasApi& api, int device) {
+  auto it = g_handles.find(device);
+  if (it != g_handles.end()) return it->second;
+  cublasHandle_t h = nullptr;
+  const cublasStatus_t s = api.create(&h);
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("lse_kl_pass_cuda: " + CublasError(api, s, "cublasCreate"));
+  g_handles[device] = h;
+  return h;
+}
+
+// out (r x c, row-major, ld c) = f[r0:r0+r] @ g[c0:c0+c]^T, as the column-major product
+// out^T = op(g block) . op(f block).
+void Logits(const CublasApi& api, cublasHandle_t h, const GemmPair& p, int64_t r0, int64_t r,
+            int64_t c0, int64_t c, void* out, bool f64) {
+  const cublasOperation_t ta = p.lg.row ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t tb = p.lf.row ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const void* a = p.g + c0 * p.sg;
+  const void* b = p.f + r0 * p.sf;
+  const float one32 = 1.0f, zero32 = 0.0f;
+  const double one64 = 1.0, zero64 = 0.0;
+  const void* alpha = f64 ? static_cast<const void*>(&one64) : &one32;
+  const void* beta = f64 ? static_cast<const void*>(&zero64) : &zero32;
+  const cublasStatus_t s = api.gemm_ex(
+      h, ta, tb, static_cast<int>(c), static_cast<int>(r), static_cast<int>(p.k), alpha, a,
+      p.type, static_cast<int>(p.lg.ld), b, p.type, static_cast<int>(p.lf.ld), beta, out,
+      f64 ? CUDA_R_64F : CUDA_R_32F, static_cast<int>(c),
+      f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("lse_kl_pass_cuda: " + CublasError(api, s, "cublasGemmEx"));
+}
+
+}  // namespace
+
+std::string cublas_load(const std::vector<std::string>& candidates) {
+  std::lock_guard<std::mutex> lock(g_load_mutex);
+  if (g_api.lib != nullptr) return g_api.path;
+  std::string tried;
+  for (const std::string& cand : candidates) {
+    void* lib = dlopen(cand.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) {
+      const char* err = dlerror();
+      tried += "\n  " + cand + ": " + (err ? err : "not found");
+      continue;
+    }
+    CublasApi api;
+    std::string missing;
+    Symbol(lib, "cublasCreate_v2", &api.create, &missing);
+    Symbol(lib, "cublasSetStream_v2", &api.set_stream, &missing);
+    Symbol(lib, "cublasSetPointerMode_v2", &api.set_pointer_mode, &missing);
+    Symbol(lib, "cublasGetProperty", &api.get_property, &missing);
+    Symbol(lib, "cublasGetStatusString", &api.status_string, &missing);
+    Symbol(lib, "cublasGemmEx", &api.gemm_ex, &missing);
+    int major = -1;
+    if (missing.empty()) api.get_property(MAJOR_VERSION, &major);
+    if (!missing.empty() || major != CUBLAS_VER_MAJOR) {
+      tried += "\n  " + cand + ": " +
+               (missing.empty() ? "cuBLAS " + std::to_string(major) + ", built for " +
+                                      std::to_string(CUBLAS_VER_MAJOR)
+                                : "lacks " + missing);
+      dlclose(lib);
+      continue;
+    }
+    Dl_info info;
+    api.lib = lib;
+    api.path = dladdr(reinterpret_cast<void*>(api.create), &info) && info.dli_fname
+                   ? info.dli_fname : cand;
+    g_api = api;
+    return g_api.path;
+  }
+  throw std::runtime_error("could not load cuBLAS " + std::to_string(CUBLAS_VER_MAJOR) +
+                           " (libcublas.so." + std::to_string(CUBLAS_VER_MAJOR) + "); tried:" +
+                           (tried.empty() ? std::string(" nothing") : tried));
+}
+
+std::vector<int> cublas_version() {
+  const CublasApi& api = Api();
+  std::vector<int> v(3, -1);
+  api.get_property(MAJOR_VERSION, &v[0]);
+  api.get_property(MINOR_VERSION, &v[1]);
+  api.get_property(PATCH_LEVEL, &v[2]);
+  return v;
+}
+
+int cublas_header_major() { return CUBLAS_VER_MAJOR; }
+
+std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b) {
+  const Layout la = BlasLayout(a.rows, a.cols, a.s0, a.s1);
+  const Layout lb = BlasLayout(b.rows, b.cols, b.s0, b.s1);
+  if (la.ld == 0 || lb.ld == 0) return {};
+  return {lb.row ? CUBLAS_OP_T : CUBLAS_OP_N, la.row ? CUBLAS_OP_N : CUBLAS_OP_T, b.rows, a.rows,
+          a.cols, lb.ld, la.ld, b.rows};
+}
+
+int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const std::string& dtype,
+                                   bool overlap, bool fused) {
+  Require(tile_rows >= 1 && tile_cols >= 1, "tile_rows and tile_cols must be >= 1");
+  Require(dtype == "float32" || dtype == "float64", "dtype must be float32 or float64");
+  return PlanWorkspace(tile_rows, tile_cols, dtype == "float64", overlap, fused).total;
+}
+
+void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
+                      const CudaOperand& g2, int64_t c_begin, int64_t c_end, int64_t tile_rows,
+                      int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,
+                      uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
+                      const std::string& dtype, bool overlap, bool fused, uintptr_t stream,
+                      int device) {
+  Require(dtype == "float32" || dtype == "float64",
+          "dtype must be \"float32\" or \"float64\", got \"" + dtype + "\"");
+  const bool f64 = dtype == "float64";
+  const GemmPair p1 = MakePair(f1, g1, 1, f64), p2 = MakePair(f2, g2, 2, f64);
+  const int64_t n = f1.rows, v = g1.rows;
+  Require(f2.rows == n && g2.rows == v, "f1, f2 need the same rows and g1, g2 the same rows");
+  Require(0 <= c_begin && c_begin <= c_end && c_end <= v, "need 0 <= c_begin <= c_end <= V");
+  Require(tile_rows >= 1 && tile_cols >= 1, "tile_rows and tile_cols must be >= 1");
+  Require(tile_cols < (int64_t{1} << 31) && std::min(tile_rows, n) < (int64_t{1} << 31),
+          "tiles must have fewer than 2^31 rows and columns");
+  Require(state != 0 && args != 0 && row_moments != 0 && col_moments != 0 && workspace != 0,
+          "null state, args, moments or workspace pointer");
+  Require(device >= 0, "device must be >= 0");
+  const int64_t tr = std::min(tile_rows, n), tc = std::min(tile_cols, v);
+  const WorkspaceLayout w = PlanWorkspace(tr, tc, f64, overlap, fused);
+  Require(workspace_bytes >= w.total, "workspace_bytes " + std::to_string(workspace_bytes) +
+                                          " < the " + std::to_string(w.total) + " this needs");
+  if (c_begin == c_end) return;
+
+  const CublasApi& api = Api();
+  std::lock_guard<std::mutex> lock(g_pass_mutex);
+  DeviceGuard guard(device);
+  auto* main = reinterpret_cast<cudaStream_t>(stream);
+  const cublasHandle_t h = Handle(api, device);
+  cublasStatus_t s = api.set_stream(h, main);
+  if (s == CUBLAS_STATUS_SUCCESS) s = api.set_pointer_mode(h, CUBLAS_POINTER_MODE_HOST);
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("lse_kl_pass_cuda: " + CublasError(api, s, "cublasSetStream"));
+
+  char* base = reinterpret_cast<char*>(workspace);
+  char* col_work = base + w.col_work;
+  const uintptr_t row_work = fused ? reinterpret_cast<uintptr_t>(base + w.row_work) : 0;
+  const int64_t tile_bytes = Align(tr * tc * (f64 ? 8 : 4));
+  const int nbuf = overlap ? 2 : 1;
+
+  Stream side;
+  Event ready, released[2];
+  cudaStream_t epi = main;
+  if (nbuf > 1) {
+    CheckCuda(cudaStreamCreateWithFlags(&side.s, cudaStreamNonBlocking), "cudaStreamCreate");
+    CheckCuda(cudaEventCreateWithFlags(&ready.e, cudaEventDisableTiming), "cudaEventCreate");
+    for (Event& e : released)
+      CheckCuda(cudaEventCreateWithFlags(&e.e, cudaEventDisableTiming), "cudaEventCreate");
+    CheckCuda(cudaEventRecord(ready.e, main), "cudaEventRecord");  // side after earlier work
+    CheckCuda(cudaStreamWaitEvent(side.s, ready.e, 0), "cudaStreamWaitEvent");
+    epi = side.s;
+  }
+  auto* st = reinterpret_cast<double*>(state);
+  auto* ag = reinterpret_cast<int64_t*>(args);
+  auto* rm = reinterpret_cast<double*>(row_moments);
+  int64_t done = 0;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += tc) {
+    const int64_t c = std::min(c_end, c0 + tc) - c0;
+    for (int64_t r0 = 0; r0 < n; r0 += tr) {
+      const int64_t r = std::min(n, r0 + tr) - r0;
+      const int b = static_cast<int>(done % nbuf);
+      char* l1 = base + w.tiles + 2 * b * tile_bytes;
+      char* l2 = l1 + tile_bytes;
+      if (released[b].recorded)
+        CheckCuda(cudaStreamWaitEvent(main, released[b].e, 0), "cudaStreamWaitEvent");
+      Logits(api, h, p1, r0, r, c0, c, l1, f64);
+      Logits(api, h, p2, r0, r, c0, c, l2, f64);
+      if (epi != main) {
+        CheckCuda(cudaEventRecord(ready.e, main), "cudaEventRecord");
+        CheckCuda(cudaStreamWaitEvent(epi, ready.e, 0), "cudaStreamWaitEvent");
+      }
+      lse_kl_update_cuda(reinterpret_cast<uintptr_t>(l1), reinterpret_cast<uintptr_t>(l2), r, c,
+                         c, c, c0, reinterpret_cast<uintptr_t>(st + r0), n,
+                         reinterpret_cast<uintptr_t>(ag + r0), n, dtype,
+                         reinterpret_cast<uintptr_t>(epi), reinterpret_cast<uintptr_t>(rm + r0),
+                         n, col_moments, v, r0, reinterpret_cast<uintptr_t>(col_work), row_work);
+      if (epi != main) {
+        CheckCuda(cudaEventRecord(released[b].e, epi), "cudaEventRecord");
+        released[b].recorded = true;
+      }
+      ++done;
+    }
+  }
+  if (epi != main) {  // the caller's stream waits for the last epilogue
+    CheckCuda(cudaEventRecord(ready.e, epi), "cudaEventRecord");
+    CheckCuda(cudaStreamWaitEvent(main, ready.e, 0), "cudaStreamWaitEvent");
+  }
+}
+
+}  // namespace identirep

@@ -1,0 +1,273 @@
+"""The compiled CUDA pass driver (csrc/cuda_pass.cpp): its build, its cuBLAS loader, its GEMM
+plan and workspace, and its argument checks, all of which run without a GPU; on a GPU, its
+passes against the Python-driven loop and the NumPy pass."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import identirep
+from identirep import IdentirepError, _core
+from identirep import _cupy_pass as gp
+from test_gpu import (ALL_FIELDS, assert_stats_close, logit_scale, make_pair,  # noqa: F401
+                      problem64)
+
+DRIVER = identirep.build_info()["cuda_pass_driver"]
+needs_driver = pytest.mark.skipif(not DRIVER, reason="the CUDA pass driver is not built "
+                                  "(CUDA or the cuBLAS headers were missing at build time)")
+
+
+def op(a, kind=None, ptr=1):
+    """A NumPy array as a driver operand tuple (element strides; only shapes are read)."""
+    it = a.itemsize
+    return (ptr, a.shape[0], a.shape[1], a.strides[0] // it, a.strides[1] // it,
+            kind or a.dtype.name)
+
+
+def test_driver_built_wherever_cuda_is():
+    info = identirep.build_info()
+    assert hasattr(_core, "lse_kl_pass_cuda") is info["cuda_pass_driver"]
+    if not info["cuda_compiled"]:
+        assert not info["cuda_pass_driver"]
+    # CI sets IDENTIREP_EXPECT_CUDA=1 where nvcc is: every CUDA source must then be built,
+    # the driver included (its cuBLAS headers come from the toolkit or the nvidia-cublas wheel
+    # that _build_backend adds to the build environment).
+    if os.environ.get("IDENTIREP_EXPECT_CUDA") == "1" and info["cublas_option"] != "OFF":
+        assert info["cuda_pass_driver"], (
+            "CUDA was built without the pass driver: no cuBLAS headers were found (install "
+            "nvidia-cublas into the build environment, or build with IDENTIREP_CUBLAS=OFF)")
+
+
+def test_build_backend_asks_for_cublas_headers_only_when_needed(monkeypatch, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "_build_backend"))
+    import identirep_build as b
+
+    monkeypatch.setenv("IDENTIREP_CUDA", "OFF")
+    assert b.cublas_requirement() == []
+    monkeypatch.setenv("IDENTIREP_CUDA", "AUTO")
+    monkeypatch.setenv("IDENTIREP_CUBLAS", "OFF")
+    assert b.cublas_requirement() == []
+    monkeypatch.delenv("IDENTIREP_CUBLAS")
+    # a fake toolkit: nvcc 13.0 without cuBLAS, then with its headers
+    root = tmp_path / "cuda"
+    (root / "bin").mkdir(parents=True)
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 13.0, V13.0.88'\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("CUDACXX", str(nvcc))
+    monkeypatch.setattr(b, "Path", lambda p: Path(str(p).replace("/usr/local/cuda",
+                                                                  str(tmp_path / "none"))))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    assert b.cublas_requirement() == ["nvidia-cublas>=13,<14"]
+    (root / "include").mkdir()
+    (root / "include" / "cublas_api.h").write_text("")
+    assert b.cublas_requirement() == []
+
+
+@needs_driver
+@pytest.mark.parametrize("layout_a", ["C", "F", "rows of F", "one row", "gappy"])
+@pytest.mark.parametrize("layout_b", ["C", "F", "strided", "gappy"])
+def test_gemm_plan_is_the_python_one(layout_a, layout_b):
+    # gemm_nt_args is checked against a NumPy emulation of cuBLAS in test_gpu.py.
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((7, 5)), rng.standard_normal((9, 5))
+    a = {"C": a, "F": np.asfortranarray(a), "one row": a[2:3],
+         "rows of F": np.asfortranarray(rng.standard_normal((20, 5)))[3:10],
+         "gappy": rng.standard_normal((14, 10))[::2, ::2]}[layout_a]
+    b = {"C": b, "F": np.asfortranarray(b), "strided": rng.standard_normal((30, 8))[4:13, 1:6],
+         "gappy": rng.standard_normal((18, 10))[::2, ::2]}[layout_b]
+    want = gp.gemm_nt_args(a, b)
+    got = _core.gemm_nt_plan(op(a), op(b))
+    assert (tuple(got) if got else None) == want
+
+
+@needs_driver
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_driver_workspace_fits_the_tile_plan(fused, overlap, dtype):
+    it = np.dtype(dtype).itemsize
+    nbuf = 2 if overlap else 1
+    for n, v, ws in ((16384, 128256, 1 << 30), (1001, 50257, 1 << 24), (7, 3, 1 << 20),
+                     (50000, 262144, 1 << 30)):
+        tr, tc = gp.tile_shape(n, v, 0, 0, it, None, None, ws, nbuf, fused, gp.DRIVER_SLACK)
+        size = _core.lse_kl_pass_cuda_workspace(tr, tc, dtype, overlap, fused)
+        parts = 2 * nbuf * tr * tc * it + 8 * sum(gp.epilogue_scratch(tr, tc, fused))
+        assert parts <= size <= min(ws, parts + gp.DRIVER_SLACK)
+
+
+@needs_driver
+def test_cublas_loader_reports_what_it_tried(tmp_path):
+    # In a fresh process: once cuBLAS is loaded, cublas_load returns it without trying more.
+    bad = tmp_path / "libcublas.so.99"
+    bad.write_text("not a library")
+    code = ("from identirep import _core\n"
+            "try:\n"
+            "    _core.cublas_version()\n"
+            "except RuntimeError as e:\n"
+            "    print('before:', e)\n"
+            f"_core.cublas_load([{str(bad)!r}, 'libidentirep-none.so'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode != 0
+    assert "before: cuBLAS is not loaded" in r.stdout
+    err = r.stderr.strip().splitlines()
+    assert f"could not load cuBLAS {_core.cublas_header_major()}" in r.stderr
+    assert any(str(bad) in line for line in err)
+    assert any("libidentirep-none.so" in line for line in err)
+
+
+@needs_driver
+def test_cublas_loads_where_it_is_installed():
+    major = _core.cublas_header_major()
+    files = [p for p in gp.cublas_candidates(major) if os.path.sep in p]
+    try:
+        path = gp.load_cublas()
+    except IdentirepError as e:
+        if files:
+            raise
+        pytest.skip(f"no libcublas.so.{major} on this machine ({e})")
+    assert Path(path).name.startswith(f"libcublas.so.{major}") and Path(path).is_file()
+    assert _core.cublas_version()[0] == major
+    assert gp.load_cublas() == path  # loaded once
+
+
+@needs_driver
+def test_driver_checks_its_arguments_before_touching_a_device():
+    a, g = np.empty((10, 4), np.float32), np.empty((20, 4), np.float32)
+    ptrs = dict(state=8, args=8, row_moments=8, col_moments=8, workspace=8)
+
+    def run(f1=op(a), g1=op(g), f2=op(a), g2=op(g), dtype="float32", ws=1 << 30, **kw):
+        args = dict(c_begin=0, c_end=20, tile_rows=10, tile_cols=20, **ptrs)
+        args.update(kw)
+        _core.lse_kl_pass_cuda(f1, g1, f2, g2, workspace_bytes=ws, dtype=dtype, **args)
+
+    cases = [
+        (dict(f1=op(a, ptr=0)), "null pointer"),
+        (dict(g1=op(g, "bfloat16")), "widen one first"),
+        (dict(dtype="float64"), "in a float64 pass"),
+        (dict(f2=op(a, "float64"), g2=op(g, "float64")), "in a float32 pass"),
+        (dict(g2=op(np.empty((20, 3), np.float32))), "same number of columns"),
+        (dict(g1=op(np.empty((40, 8), np.float32)[::2, ::2])), "contiguous rows or columns"),
+        (dict(g1=op(g, "int8"), f1=op(a, "int8")), "float16, bfloat16, float32 or float64"),
+        (dict(c_end=21), "c_end <= V"),
+        (dict(state=0), "null state"),
+        (dict(ws=100), "workspace_bytes 100"),
+        (dict(dtype="float16"), "dtype must be"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            run(**kw)
+    run(c_begin=5, c_end=5)  # an empty label range is a no-op
+
+
+@needs_driver
+def test_driver_without_a_gpu_raises_a_clear_error():
+    if _gpu():
+        pytest.skip("a GPU is visible")
+    try:
+        gp.load_cublas()
+    except IdentirepError:
+        pytest.skip("no libcublas here")
+    a, g = np.empty((10, 4), np.float32), np.empty((20, 4), np.float32)
+    with pytest.raises(RuntimeError, match="lse_kl_pass_cuda: cuda"):
+        _core.lse_kl_pass_cuda(op(a), op(g), op(a), op(g), 0, 20, 10, 20, 8, 8, 8, 8, 8,
+                               1 << 30, "float32")
+
+
+def _gpu():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _fake_device(a, kind=None):
+    """Enough of a DeviceArray (over a NumPy array) for driver_operands."""
+    data = SimpleNamespace(itemsize=a.itemsize, strides=a.strides, shape=a.shape,
+                           data=SimpleNamespace(ptr=a.ctypes.data))
+    return SimpleNamespace(data=data, shape=a.shape, kind=kind or a.dtype.name)
+
+
+def test_driver_takes_native_pairs_and_leaves_the_rest_to_the_python_loop():
+    f, g = np.empty((10, 4), np.float32), np.empty((20, 4), np.float32)
+    u16 = (np.empty((10, 4), np.uint16), np.empty((20, 4), np.uint16))
+    ops = [_fake_device(x) for x in (f, g, f, g)]
+    got = gp.driver_operands(ops, np.dtype(np.float32))
+    assert [t[1:] for t in got] == [(10, 4, 4, 1, "float32"), (20, 4, 4, 1, "float32")] * 2
+    bf = [_fake_device(x, "bfloat16") for x in u16]
+    assert gp.driver_operands(bf + ops[2:], np.dtype(np.float32)) is not None
+    assert gp.driver_operands([bf[0], ops[1]] + ops[2:], np.dtype(np.float32)) is None
+    f64 = [_fake_device(x.astype(np.float64)) for x in (f, g)]
+    assert gp.driver_operands(f64 + ops[2:], np.dtype(np.float32)) is None
+    assert gp.driver_operands(f64 * 2, np.dtype(np.float64)) is not None
+    gappy = _fake_device(np.empty((40, 8), np.float32)[::2, ::2])
+    assert gp.driver_operands([ops[0], gappy] + ops[2:], np.dtype(np.float32)) is None
+    fortran = _fake_device(np.asfortranarray(g))
+    got = gp.driver_operands([ops[0], fortran] + ops[2:], np.dtype(np.float32))
+    assert got[1][1:] == (20, 4, 1, 20, "float32")
+
+
+# ------------------------------------------------------------------ on a GPU
+@pytest.fixture
+def spy(monkeypatch):
+    calls = []
+    real = gp._driver_pass
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(gp, "_driver_pass", wrapped)
+    return calls
+
+
+@pytest.mark.gpu
+@needs_driver
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("tiles", [{}, {"tile_rows": 300, "tile_cols": 7777}])
+def test_driver_float64_pass_matches_numpy(cupy, problem64, spy, fused, tiles):
+    arrays, ref, scale = problem64
+    got = gp.cuda_pass(*(cupy.asarray(a) for a in arrays), fused_epilogue=fused, **tiles)
+    assert spy and (got.backend, got.dtype) == ("cuda", "float64")
+    assert_stats_close(got, ref, 1e-9, scale)
+
+
+@pytest.mark.gpu
+@needs_driver
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_driver_and_python_loop_agree(cupy, spy, dtype, overlap):
+    f1, g1, f2, g2 = make_pair(3, n=777, v=9001)
+    kw = dict(tile_cols=2000, tile_rows=500, overlap=overlap)
+    if dtype == "bfloat16":
+        arrays = [gp.DeviceArray(cupy.asarray((a.astype(np.float32).view(np.uint32) >> 16)
+                                              .astype(np.uint16)), "bfloat16")
+                  for a in (f1, g1, f2, g2)]
+    else:
+        arrays = [cupy.asarray(a.astype(dtype)) for a in (f1, g1, f2, g2)]
+    a = gp.cuda_pass(*arrays, **kw)
+    assert spy
+    b = gp.cuda_pass(*arrays, driver=False, **kw)
+    scale = logit_scale(f1, g1, f2, g2)
+    # the same GEMMs (cuBLAS may pick other kernels for another handle) and the same epilogue
+    assert_stats_close(a, b, 1e-6, scale, agree_slack=2)
+
+
+@pytest.mark.gpu
+@needs_driver
+def test_driver_runs_on_the_callers_stream(cupy, spy):
+    arrays = [cupy.asarray(a.astype(np.float32)) for a in make_pair(5, n=300, v=5000)]
+    ref = gp.cuda_pass(*arrays, tile_cols=1000)
+    s = cupy.cuda.Stream(non_blocking=True)
+    with s:
+        got = gp.cuda_pass(*arrays, tile_cols=1000)
+    for k in ALL_FIELDS:
+        np.testing.assert_array_equal(getattr(got, k), getattr(ref, k), err_msg=k)
