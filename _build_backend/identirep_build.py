@@ -13,22 +13,46 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from scikit_build_core import build as _skb
-from scikit_build_core.build import (  # noqa: F401  (the PEP 517 hooks used as they are)
-    build_editable,
-    build_sdist,
-    build_wheel,
-    get_requires_for_build_sdist,
-    prepare_metadata_for_build_editable,
-    prepare_metadata_for_build_wheel,
-)
+
+
+def _skb():
+    # imported when a hook runs, so that cublas_requirement is testable without it
+    from scikit_build_core import build
+    return build
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    return _skb().build_wheel(wheel_directory, config_settings, metadata_directory)
+
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    return _skb().build_editable(wheel_directory, config_settings, metadata_directory)
+
+
+def build_sdist(sdist_directory, config_settings=None):
+    return _skb().build_sdist(sdist_directory, config_settings)
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    return _skb().prepare_metadata_for_build_wheel(metadata_directory, config_settings)
+
+
+def prepare_metadata_for_build_editable(metadata_directory, config_settings=None):
+    return _skb().prepare_metadata_for_build_editable(metadata_directory, config_settings)
+
+
+def get_requires_for_build_sdist(config_settings=None):
+    return _skb().get_requires_for_build_sdist(config_settings)
+
+
+DEFAULT_CUDA_ROOT = "/usr/local/cuda"
 
 
 def _nvcc():
     for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc"),
                  *(os.path.join(os.environ[v], "bin", "nvcc")
                    for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)),
-                 "/usr/local/cuda/bin/nvcc"):
+                 os.path.join(DEFAULT_CUDA_ROOT, "bin", "nvcc")):
         if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
             return Path(cand).resolve()
     return None
@@ -42,7 +66,7 @@ def cublas_requirement():
     nvcc = _nvcc()
     if nvcc is None:
         return []
-    roots = {nvcc.parents[1], Path("/usr/local/cuda")}
+    roots = {nvcc.parents[1], Path(DEFAULT_CUDA_ROOT)}
     roots |= {Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)}
     for root in roots:
         if any(root.glob("include/cublas_api.h")) or any(root.glob("targets/*/include/cublas_api.h")):
@@ -64,8 +88,8 @@ def cublas_requirement():
 
 
 def get_requires_for_build_wheel(config_settings=None):
-    return _skb.get_requires_for_build_wheel(config_settings) + cublas_requirement()
+    return _skb().get_requires_for_build_wheel(config_settings) + cublas_requirement()
 
 
 def get_requires_for_build_editable(config_settings=None):
-    return _skb.get_requires_for_build_editable(config_settings) + cublas_requirement()
+    return _skb().get_requires_for_build_editable(config_settings) + cublas_requirement()

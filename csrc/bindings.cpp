@@ -116,6 +116,8 @@ pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot o
       py::arg("a"), py::arg("b"),
       "cublasGemmEx (transa, transb, m, n, k, lda, ldb, ldc) for a @ b^T; operands as in "
       "lse_kl_pass_cuda (only shapes and strides read); [] when one needs a copy.");
+  m.def("cublas_workspace_bytes", &identirep::cublas_workspace_bytes,
+        "Bytes of cuBLAS workspace inside the pass driver's workspace.");
   m.def("lse_kl_pass_cuda_workspace", &identirep::lse_kl_pass_cuda_workspace,
         py::arg("tile_rows"), py::arg("tile_cols"), py::arg("dtype"), py::arg("overlap"),
         py::arg("fused"), "Bytes of device workspace lse_kl_pass_cuda needs.");

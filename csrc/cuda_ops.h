@@ -60,6 +60,8 @@ std::string cublas_load(const std::vector<std::string>& candidates);
 // (major, minor, patch) of the loaded cuBLAS, and the major of the headers built against.
 std::vector<int> cublas_version();
 int cublas_header_major();
+// Bytes of the cuBLAS workspace inside lse_kl_pass_cuda's workspace.
+int64_t cublas_workspace_bytes();
 
 // cublasGemmEx arguments (transa, transb, m, n, k, lda, ldb, ldc) for the row-major
 // a @ b^T (out: a.rows x b.rows, ld b.rows); empty when a or b has neither rows nor columns
@@ -76,6 +78,9 @@ int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const s
 // (8, N), args (2, N), row_moments (5, N) with row stride N and col_moments (5, V) with row
 // stride V as in lse_kl_update_cuda. overlap: the epilogue on a second stream, ordered by
 // events, beside the next tile's GEMMs (same results). Asynchronous on `stream` of `device`.
+// Labels from c_begin > 0 are merged into the state as the continuation of labels
+// [0, c_begin) (their row moments count c_begin labels before). workspace: 256-byte aligned,
+// lse_kl_pass_cuda_workspace(...) bytes, of which cublas_workspace_bytes() are cuBLAS's.
 void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
                       const CudaOperand& g2, int64_t c_begin, int64_t c_end, int64_t tile_rows,
                       int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,

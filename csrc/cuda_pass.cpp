@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -21,11 +22,18 @@
 namespace identirep {
 namespace {
 
-// cublasGemmEx has a C++ overload in cublas_api.h; the cast picks (and checks) the C one.
+// cublasGemmEx has a C++ overload in cublas_api.h; the static_cast picks the C one and fails to
+// compile if its signature drifts from GemmExFn (unevaluated: no link dependency).
 using GemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
                                     int, int, const void*, const void*, cudaDataType, int,
                                     const void*, cudaDataType, int, const void*, void*,
                                     cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+static_assert(std::is_same_v<decltype(static_cast<GemmExFn>(&cublasGemmEx)), GemmExFn>);
+
+// cuBLAS workspace of each pass, inside the pass's own workspace (the size NVIDIA recommends for
+// Hopper): a handle's default workspace is shared by every stream the handle is set to, so
+// passes on different streams would race on it.
+constexpr int64_t kCublasWorkspace = int64_t{32} << 20;
 
 struct CublasApi {
   void* lib = nullptr;
@@ -33,6 +41,7 @@ struct CublasApi {
   decltype(&cublasCreate_v2) create = nullptr;
   decltype(&cublasSetStream_v2) set_stream = nullptr;
   decltype(&cublasSetPointerMode_v2) set_pointer_mode = nullptr;
+  decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;
   decltype(&cublasGetProperty) get_property = nullptr;
   decltype(&cublasGetStatusString) status_string = nullptr;
   GemmExFn gemm_ex = nullptr;
@@ -137,7 +146,7 @@ GemmPair MakePair(const CudaOperand& f, const CudaOperand& g, int which, bool f6
 int64_t Align(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
 struct WorkspaceLayout {
-  int64_t col_work, row_work, tiles, total;  // byte offsets of the pieces, and the size
+  int64_t cublas, col_work, row_work, tiles, total;  // byte offsets of the pieces, and the size
 };
 
 WorkspaceLayout PlanWorkspace(int64_t tr, int64_t tc, bool f64, bool overlap, bool fused) {
@@ -145,8 +154,9 @@ WorkspaceLayout PlanWorkspace(int64_t tr, int64_t tc, bool f64, bool overlap, bo
                             : lse_kl_cuda_col_work_elems(tc);
   const int64_t row = fused ? lse_kl_cuda_fused_work_elems(tr, tc).first : 0;
   WorkspaceLayout w;
-  w.col_work = 0;
-  w.row_work = Align(8 * col);
+  w.cublas = 0;
+  w.col_work = kCublasWorkspace;
+  w.row_work = w.col_work + Align(8 * col);
   w.tiles = w.row_work + Align(8 * row);
   const int64_t tile = Align(tr * tc * (f64 ? 8 : 4));
   w.total = w.tiles + (overlap ? 4 : 2) * tile;
@@ -228,6 +238,7 @@ std::string cublas_load(const std::vector<std::string>& candidates) {
     Symbol(lib, "cublasCreate_v2", &api.create, &missing);
     Symbol(lib, "cublasSetStream_v2", &api.set_stream, &missing);
     Symbol(lib, "cublasSetPointerMode_v2", &api.set_pointer_mode, &missing);
+    Symbol(lib, "cublasSetWorkspace_v2", &api.set_workspace, &missing);
     Symbol(lib, "cublasGetProperty", &api.get_property, &missing);
     Symbol(lib, "cublasGetStatusString", &api.status_string, &missing);
     Symbol(lib, "cublasGemmEx", &api.gemm_ex, &missing);
@@ -264,6 +275,8 @@ std::vector<int> cublas_version() {
 
 int cublas_header_major() { return CUBLAS_VER_MAJOR; }
 
+int64_t cublas_workspace_bytes() { return kCublasWorkspace; }
+
 std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b) {
   const Layout la = BlasLayout(a.rows, a.cols, a.s0, a.s1);
   const Layout lb = BlasLayout(b.rows, b.cols, b.s0, b.s1);
@@ -293,10 +306,12 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   Require(f2.rows == n && g2.rows == v, "f1, f2 need the same rows and g1, g2 the same rows");
   Require(0 <= c_begin && c_begin <= c_end && c_end <= v, "need 0 <= c_begin <= c_end <= V");
   Require(tile_rows >= 1 && tile_cols >= 1, "tile_rows and tile_cols must be >= 1");
-  Require(tile_cols < (int64_t{1} << 31) && std::min(tile_rows, n) < (int64_t{1} << 31),
+  constexpr int64_t kIntLimit = int64_t{1} << 31;
+  Require(std::min(tile_cols, v) < kIntLimit && std::min(tile_rows, n) < kIntLimit,
           "tiles must have fewer than 2^31 rows and columns");
   Require(state != 0 && args != 0 && row_moments != 0 && col_moments != 0 && workspace != 0,
           "null state, args, moments or workspace pointer");
+  Require(workspace % 256 == 0, "workspace must be 256-byte aligned");
   Require(device >= 0, "device must be >= 0");
   const int64_t tr = std::min(tile_rows, n), tc = std::min(tile_cols, v);
   const WorkspaceLayout w = PlanWorkspace(tr, tc, f64, overlap, fused);
@@ -309,12 +324,16 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   DeviceGuard guard(device);
   auto* main = reinterpret_cast<cudaStream_t>(stream);
   const cublasHandle_t h = Handle(api, device);
-  cublasStatus_t s = api.set_stream(h, main);
-  if (s == CUBLAS_STATUS_SUCCESS) s = api.set_pointer_mode(h, CUBLAS_POINTER_MODE_HOST);
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error("lse_kl_pass_cuda: " + CublasError(api, s, "cublasSetStream"));
-
   char* base = reinterpret_cast<char*>(workspace);
+  // cublasSetStream resets the workspace to the handle's default: set ours after it.
+  const std::pair<cublasStatus_t, const char*> setup[] = {
+      {api.set_stream(h, main), "cublasSetStream"},
+      {api.set_workspace(h, base + w.cublas, kCublasWorkspace), "cublasSetWorkspace"},
+      {api.set_pointer_mode(h, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode"}};
+  for (const auto& [status, what] : setup)
+    if (status != CUBLAS_STATUS_SUCCESS)
+      throw std::runtime_error("lse_kl_pass_cuda: " + CublasError(api, status, what));
+
   char* col_work = base + w.col_work;
   const uintptr_t row_work = fused ? reinterpret_cast<uintptr_t>(base + w.row_work) : 0;
   const int64_t tile_bytes = Align(tr * tc * (f64 ? 8 : 4));
@@ -328,40 +347,48 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
     CheckCuda(cudaEventCreateWithFlags(&ready.e, cudaEventDisableTiming), "cudaEventCreate");
     for (Event& e : released)
       CheckCuda(cudaEventCreateWithFlags(&e.e, cudaEventDisableTiming), "cudaEventCreate");
-    CheckCuda(cudaEventRecord(ready.e, main), "cudaEventRecord");  // side after earlier work
-    CheckCuda(cudaStreamWaitEvent(side.s, ready.e, 0), "cudaStreamWaitEvent");
     epi = side.s;
   }
+  // Each epilogue on `epi` waits for an event recorded on `main` after its GEMMs, hence after
+  // everything the caller queued before (the state's initial fill).
   auto* st = reinterpret_cast<double*>(state);
   auto* ag = reinterpret_cast<int64_t*>(args);
   auto* rm = reinterpret_cast<double*>(row_moments);
   int64_t done = 0;
-  for (int64_t c0 = c_begin; c0 < c_end; c0 += tc) {
-    const int64_t c = std::min(c_end, c0 + tc) - c0;
-    for (int64_t r0 = 0; r0 < n; r0 += tr) {
-      const int64_t r = std::min(n, r0 + tr) - r0;
-      const int b = static_cast<int>(done % nbuf);
-      char* l1 = base + w.tiles + 2 * b * tile_bytes;
-      char* l2 = l1 + tile_bytes;
-      if (released[b].recorded)
-        CheckCuda(cudaStreamWaitEvent(main, released[b].e, 0), "cudaStreamWaitEvent");
-      Logits(api, h, p1, r0, r, c0, c, l1, f64);
-      Logits(api, h, p2, r0, r, c0, c, l2, f64);
-      if (epi != main) {
-        CheckCuda(cudaEventRecord(ready.e, main), "cudaEventRecord");
-        CheckCuda(cudaStreamWaitEvent(epi, ready.e, 0), "cudaStreamWaitEvent");
+  try {
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += tc) {
+      const int64_t c = std::min(c_end, c0 + tc) - c0;
+      for (int64_t r0 = 0; r0 < n; r0 += tr) {
+        const int64_t r = std::min(n, r0 + tr) - r0;
+        const int b = static_cast<int>(done % nbuf);
+        char* l1 = base + w.tiles + 2 * b * tile_bytes;
+        char* l2 = l1 + tile_bytes;
+        if (released[b].recorded)
+          CheckCuda(cudaStreamWaitEvent(main, released[b].e, 0), "cudaStreamWaitEvent");
+        Logits(api, h, p1, r0, r, c0, c, l1, f64);
+        Logits(api, h, p2, r0, r, c0, c, l2, f64);
+        if (epi != main) {
+          CheckCuda(cudaEventRecord(ready.e, main), "cudaEventRecord");
+          CheckCuda(cudaStreamWaitEvent(epi, ready.e, 0), "cudaStreamWaitEvent");
+        }
+        lse_kl_update_cuda(reinterpret_cast<uintptr_t>(l1), reinterpret_cast<uintptr_t>(l2), r, c,
+                           c, c, c0, reinterpret_cast<uintptr_t>(st + r0), n,
+                           reinterpret_cast<uintptr_t>(ag + r0), n, dtype,
+                           reinterpret_cast<uintptr_t>(epi), reinterpret_cast<uintptr_t>(rm + r0),
+                           n, col_moments, v, r0, reinterpret_cast<uintptr_t>(col_work), row_work);
+        if (epi != main) {
+          CheckCuda(cudaEventRecord(released[b].e, epi), "cudaEventRecord");
+          released[b].recorded = true;
+        }
+        ++done;
       }
-      lse_kl_update_cuda(reinterpret_cast<uintptr_t>(l1), reinterpret_cast<uintptr_t>(l2), r, c,
-                         c, c, c0, reinterpret_cast<uintptr_t>(st + r0), n,
-                         reinterpret_cast<uintptr_t>(ag + r0), n, dtype,
-                         reinterpret_cast<uintptr_t>(epi), reinterpret_cast<uintptr_t>(rm + r0),
-                         n, col_moments, v, r0, reinterpret_cast<uintptr_t>(col_work), row_work);
-      if (epi != main) {
-        CheckCuda(cudaEventRecord(released[b].e, epi), "cudaEventRecord");
-        released[b].recorded = true;
-      }
-      ++done;
     }
+  } catch (...) {
+    // The caller frees the buffers in its stream's order: it must not pass epilogues still
+    // queued on the side stream.
+    if (epi != main && cudaEventRecord(ready.e, epi) == cudaSuccess)
+      cudaStreamWaitEvent(main, ready.e, 0);
+    throw;
   }
   if (epi != main) {  // the caller's stream waits for the last epilogue
     CheckCuda(cudaEventRecord(ready.e, epi), "cudaEventRecord");

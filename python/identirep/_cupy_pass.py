@@ -302,7 +302,11 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
 
 
 # ------------------------------------------------------------------ the compiled driver
-DRIVER_SLACK = 6 * 256  # alignment of the driver's workspace pieces (PlanWorkspace)
+def driver_reserve() -> int:
+    """Bytes of the driver's workspace beyond tiles and epilogue scratch: its cuBLAS workspace
+    and the alignment of its pieces (PlanWorkspace in csrc/cuda_pass.cpp)."""
+    from . import _core
+    return _core.cublas_workspace_bytes() + 6 * 256
 
 
 def _driver():
@@ -380,12 +384,14 @@ def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, 
     from . import _core
     nbuf = 2 if overlap else 1
     tr, tc = tile_shape(n, v, 0, 0, dt.itemsize, tile_rows, tile_cols, workspace_bytes, nbuf,
-                        fused, DRIVER_SLACK)
+                        fused, driver_reserve())
     if -(-n // tr) * -(-v // tc) == 1:
         overlap = False  # nothing to overlap
     size = _core.lse_kl_pass_cuda_workspace(tr, tc, dt.name, overlap, fused)
     work = cp.empty(size, dtype=cp.uint8)
     state, args, row_m, col_m = _pass_state(cp, n, v)
+    # One call for the whole pass (progress is reported when it is done): a call per group of
+    # label tiles would end the overlap at every group.
     _core.lse_kl_pass_cuda(*operands, 0, v, tr, tc, state.data.ptr, args.data.ptr,
                            row_m.data.ptr, col_m.data.ptr, work.data.ptr, size, dt.name,
                            overlap, fused, cp.cuda.get_current_stream().ptr,
