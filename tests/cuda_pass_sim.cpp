@@ -5,7 +5,8 @@
 //   - no two tasks unordered by the graph touch the same bytes, one of them writing (the
 //     caller's fill before and read-back after the pass included);
 //   - run in a random order the graph allows, the tiles reach the epilogue as f_k g_k', every
-//     logit once, label tiles in order and row tiles in order within each;
+//     logit once, label tiles in order and row tiles in order within each, whether the pass
+//     is one call or two (labels [0, c) and [c, V));
 //   - when a GEMM fails mid-pass, the epilogues already queued are ordered before the caller's
 //     next work.
 // Built and run by tests/test_cuda_driver.py (no GPU needed):
@@ -336,13 +337,19 @@ int Run(int64_t n, int64_t v, int64_t k, const char* kind, int lf, int lg, bool 
                 static_cast<long>(n), static_cast<long>(v), static_cast<long>(k), kind, lf, lg,
                 overlap, fused, static_cast<long>(tr), static_cast<long>(tc));
   bool threw = false;
+  // in one call, or in two at a label-tile boundary (as a caller reporting progress does)
+  const int64_t split = std::min(v, std::min(tc, v) * ((v / std::min(tc, v) + 1) / 2));
+  const std::vector<std::pair<int64_t, int64_t>> calls =
+      (v % 2) ? std::vector<std::pair<int64_t, int64_t>>{{0, v}}
+              : std::vector<std::pair<int64_t, int64_t>>{{0, split}, {split, v}};
   try {
-    identirep::lse_kl_pass_cuda(f1.Op(), g1.Op(), f2.Op(), g2.Op(), 0, v, tr, tc,
-                                reinterpret_cast<uintptr_t>(state.data()),
-                                reinterpret_cast<uintptr_t>(args.data()),
-                                reinterpret_cast<uintptr_t>(rowm.data()),
-                                reinterpret_cast<uintptr_t>(colm.data()), wp, ws, dt, overlap,
-                                fused, reinterpret_cast<uintptr_t>(s), 0);
+    for (const auto& [c_begin, c_end] : calls)
+      identirep::lse_kl_pass_cuda(f1.Op(), g1.Op(), f2.Op(), g2.Op(), c_begin, c_end, tr, tc,
+                                  reinterpret_cast<uintptr_t>(state.data()),
+                                  reinterpret_cast<uintptr_t>(args.data()),
+                                  reinterpret_cast<uintptr_t>(rowm.data()),
+                                  reinterpret_cast<uintptr_t>(colm.data()), wp, ws, dt, overlap,
+                                  fused, reinterpret_cast<uintptr_t>(s), 0);
   } catch (const std::exception& e) {
     threw = true;
     if (fail_after < 0) {

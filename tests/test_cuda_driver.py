@@ -257,6 +257,18 @@ def test_driver_takes_native_pairs_and_leaves_the_rest_to_the_python_loop():
     assert got[1][1:] == (20, 4, 1, 20, "float32")
 
 
+def test_driver_calls_cover_the_labels_in_tile_groups():
+    assert gp.label_groups(16384, 128256, 4096, progress=False) == [(0, 128256)]
+    assert gp.label_groups(16384, 128256, 4096, progress=True) == [(0, 128256)]  # short
+    n, v, tc = 1 << 20, 128256, 4096
+    groups = gp.label_groups(n, v, tc, progress=True)
+    assert len(groups) == gp.PROGRESS_GROUPS and groups[0][0] == 0 and groups[-1][1] == v
+    assert all(a[1] == b[0] and a[0] % tc == 0 and a[0] < a[1] for a, b in zip(groups,
+                                                                            groups[1:]))
+    assert gp.label_groups(1 << 23, 3 * tc, tc, progress=True) == [
+        (0, tc), (tc, 2 * tc), (2 * tc, 3 * tc)]
+
+
 # ------------------------------------------------------------------ on a GPU
 @pytest.fixture
 def spy(monkeypatch):

@@ -334,8 +334,12 @@ def test_one_tile_of_more_than_2_31_logits(cupy, backend):
     g1, g2 = rng.standard_normal((v, m)), rng.standard_normal((v, m))
     arrays = [a.astype(np.float32) for a in (f1, g1, f2, g2)]
     f1, g1, f2, g2 = (a.astype(np.float64) for a in arrays)
+    # one pair of logit tiles (no overlap) of all n x v logits fits 24 GiB
+    from identirep import _core
+    reserve = gp.driver_reserve() if hasattr(_core, "cublas_workspace_bytes") else 0
+    assert gp.tile_shape(n, v, 0, 0, 4, None, v, 24 << 30, 1, False, reserve) == (n, v)
     got = PASSES[backend](*[cupy.asarray(a) for a in arrays], workspace_bytes=24 << 30,
-                          tile_cols=v)
+                          tile_cols=v, overlap=False)
     cupy.get_default_memory_pool().free_all_blocks()
     rows, cols = np.array([0, 1, 8191, n - 1]), np.array([0, 65599, v - 1])
     l1, l2 = f1[rows] @ g1.T, f2[rows] @ g2.T  # a few rows and columns in float64

@@ -379,6 +379,21 @@ def driver_operands(ops, dt):
     return out
 
 
+PROGRESS_LOGITS = 1 << 35  # ~1 s of pass on an H100/H200
+PROGRESS_GROUPS = 16
+
+
+def label_groups(n, v, tc, progress: bool):
+    """Label ranges, at label-tile boundaries, of the driver's calls: one call (the overlap
+    runs across the whole pass), or with ``progress`` and above PROGRESS_LOGITS logits,
+    PROGRESS_GROUPS calls with a progress report after each (each boundary costs one epilogue
+    outside the overlap)."""
+    tiles = -(-v // tc)
+    groups = min(tiles, PROGRESS_GROUPS) if progress and n * v > PROGRESS_LOGITS else 1
+    bounds = [tc * (tiles * i // groups) for i in range(groups)] + [v]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, progress,
                  overlap, fused) -> PassStats:
     from . import _core
@@ -390,12 +405,14 @@ def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, 
     size = _core.lse_kl_pass_cuda_workspace(tr, tc, dt.name, overlap, fused)
     work = cp.empty(size, dtype=cp.uint8)
     state, args, row_m, col_m = _pass_state(cp, n, v)
-    # One call for the whole pass (progress is reported when it is done): a call per group of
-    # label tiles would end the overlap at every group.
-    _core.lse_kl_pass_cuda(*operands, 0, v, tr, tc, state.data.ptr, args.data.ptr,
-                           row_m.data.ptr, col_m.data.ptr, work.data.ptr, size, dt.name,
-                           overlap, fused, cp.cuda.get_current_stream().ptr,
-                           cp.cuda.Device().id)
+    stream = cp.cuda.get_current_stream()
+    for c0, c1 in label_groups(n, v, tc, progress is not None):
+        _core.lse_kl_pass_cuda(*operands, c0, c1, tr, tc, state.data.ptr, args.data.ptr,
+                               row_m.data.ptr, col_m.data.ptr, work.data.ptr, size, dt.name,
+                               overlap, fused, stream.ptr, cp.cuda.Device().id)
+        if progress is not None and c1 < v:
+            stream.synchronize()
+            progress(c1 / v)
     out = _pass_stats(state, args, row_m, col_m, "cuda", dt)
     if progress is not None:
         progress(1.0)
