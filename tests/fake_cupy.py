@@ -1,0 +1,299 @@
+"""A strict NumPy-backed stand-in for CuPy: runs the engine's device branches on a CPU.
+
+Its arrays (``ndarray``: module "cupy", not a NumPy subclass) wrap a NumPy array and fail
+where CuPy fails: implicit conversion to NumPy (``__array__`` raises, so ``np.asarray``, host
+indexing by a device array, ``host[...] = device`` and the compiled core refuse them), host
+arrays (ndim > 0) mixed into device operators, ufuncs, CuPy functions or ``device[...] =``
+(only ``asarray`` / ``array`` copy host data over; host index arrays are taken, as CuPy copies
+them), and anything outside the CuPy subset listed here (each name exists in CuPy:
+test_device_paths_on_cpu checks them against an installed CuPy). Reductions give 0-d device
+arrays, as CuPy's do. Failed factorisations raise LinAlgError only under
+``cupyx.errstate(linalg="raise")`` and give a wrong result otherwise, as CuPy's do.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import types
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+#: CuPy functions forwarded to NumPy's of the same name (strict about host arrays)
+FUNCTIONS = """zeros ones empty full zeros_like ones_like empty_like full_like arange eye
+ascontiguousarray asfortranarray copy concatenate stack hstack vstack reshape transpose
+expand_dims squeeze broadcast_to atleast_1d atleast_2d where clip dot outer diag diagonal trace
+sum prod mean var std max min amax amin argmax argmin any all cumsum sort argsort partition
+argpartition unique nonzero flatnonzero argwhere count_nonzero take take_along_axis
+searchsorted isin union1d array_equal allclose einsum""".split()
+#: CuPy ufuncs (operators and NumPy ufuncs on device arrays resolve to these names)
+UFUNCS = """add subtract multiply divide true_divide floor_divide remainder power negative
+positive absolute abs sqrt square exp log log1p expm1 sign floor ceil rint maximum minimum fmax
+fmin isfinite isnan isinf equal not_equal less less_equal greater greater_equal logical_and
+logical_or logical_not logical_xor bitwise_and bitwise_or bitwise_xor invert left_shift
+right_shift matmul""".split()
+DTYPES = """float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64
+bool_""".split()
+LINALG = ("eigh", "eigvalsh", "svd")
+#: those whose failures cuSOLVER reports through its info (raised under cupyx.errstate), and
+#: what they return otherwise: potrf leaves a finite partial factor, getrs divides by 0
+LINALG_CHECKED = {"cholesky": np.tril, "inv": lambda a: np.full(a.shape, np.nan)}
+#: ndarray methods whose results stay on the device
+DEVICE_METHODS = """reshape ravel flatten copy view transpose swapaxes squeeze fill sum prod
+max min mean var std any all argmax argmin cumsum partition sort argsort nonzero dot diagonal
+trace clip round conj""".split()
+
+_state = {"linalg": "ignore"}   # cupyx.errstate(linalg=...)
+
+
+def _unsupported(x):
+    return TypeError(f"Unsupported type {type(x)}")
+
+
+def _unwrap(x, lists=True):
+    """The NumPy array behind a device array; host arrays of ndim > 0 are refused (and, with
+    ``lists=False``, Python sequences, which CuPy ufuncs refuse too)."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, np.ndarray) and x.ndim > 0:
+        raise _unsupported(x)
+    if isinstance(x, (list, tuple)):
+        if not lists:
+            raise _unsupported(x)
+        return type(x)(_unwrap(v) for v in x)
+    return x
+
+
+def _wrap(x):
+    """NumPy results as device arrays (NumPy scalars as 0-d arrays, as CuPy returns them)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return ndarray(np.asarray(x))
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    return x
+
+
+def _forward(fn, name, ufunc=False):
+    """CuPy's ``name``: NumPy's ``fn`` on the arrays behind device arguments (a ufunc's
+    arguments must be arrays or scalars)."""
+    def call(*args, **kwargs):
+        args = [_unwrap(a, lists=not ufunc) for a in args]
+        return _wrap(fn(*args, **{k: _unwrap(v) for k, v in kwargs.items()}))
+    call.__name__ = name
+    return call
+
+
+def _device_method(name):
+    def method(self, *args, **kwargs):
+        return _wrap(getattr(self._a, name)(*_unwrap(args),
+                                            **{k: _unwrap(v) for k, v in kwargs.items()}))
+    method.__name__ = name
+    return method
+
+
+class ndarray(NDArrayOperatorsMixin):
+    """A device array: a NumPy array that only explicit transfers leave."""
+    __module__ = "cupy"
+    __slots__ = ("_a",)
+
+    def __init__(self, a: np.ndarray):
+        self._a = a
+
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: ndarray(self._a.T))
+
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        if not copy and self._a.dtype == np.dtype(dtype):
+            return self
+        return ndarray(self._a.astype(dtype, order=order))
+
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        """The explicit device -> host copy."""
+        if out is not None:
+            out[...] = self._a
+            return out
+        return np.array(self._a, order=order)
+
+    def item(self):
+        return self._a.item()
+
+    def tolist(self):
+        return self._a.tolist()
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
+                        "`.get()` to construct a NumPy array explicitly.")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if not hasattr(cupy, ufunc.__name__):
+            return NotImplemented
+        out = kwargs.pop("out", None)
+        kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
+        if out is not None:
+            for o in out:
+                if not isinstance(o, ndarray):
+                    raise _unsupported(o)
+            kwargs["out"] = tuple(o._a for o in out)
+        res = getattr(ufunc, method)(*(_unwrap(x, lists=False) for x in inputs), **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _wrap(res)
+
+    def __array_function__(self, func, types, args, kwargs):
+        try:
+            impl = functools.reduce(getattr, func.__module__.split(".")[1:] + [func.__name__],
+                                    cupy)
+        except AttributeError:
+            return NotImplemented
+        if not all(issubclass(t, (ndarray, np.ndarray)) for t in types):
+            return NotImplemented
+        return impl(*args, **kwargs)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        return _wrap(self._a[tuple(k._a if isinstance(k, ndarray) else k for k in key)])
+
+    def __setitem__(self, key, value):
+        key = key if isinstance(key, tuple) else (key,)
+        self._a[tuple(k._a if isinstance(k, ndarray) else k for k in key)] = \
+            _unwrap(value, lists=False)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(len(self)))
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __complex__(self):
+        return complex(self._a)
+
+    def __repr__(self):
+        return f"fake_cupy.{self._a!r}"
+
+
+for _name in DEVICE_METHODS:
+    setattr(ndarray, _name, _device_method(_name))
+
+
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    """Device arrays as they are (cast when ``dtype`` differs); host data copied over."""
+    if isinstance(a, ndarray):
+        return a.astype(dtype, copy=bool(copy)) if dtype is not None else a
+    return ndarray(np.array(a, dtype=dtype, order=order or "K"))
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    if isinstance(obj, ndarray):
+        obj = obj._a
+    return ndarray(np.array(obj, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+
+
+def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+    return a.get(order=order, out=out) if isinstance(a, ndarray) else np.asarray(a, order=order)
+
+
+def _checked(name):
+    """CuPy's linalg ``name``: a failure raises only under cupyx.errstate(linalg="raise"),
+    and gives a wrong result otherwise."""
+    def call(a):
+        try:
+            return ndarray(getattr(np.linalg, name)(a._a))
+        except np.linalg.LinAlgError:
+            if _state["linalg"] == "raise":
+                raise
+            return ndarray(LINALG_CHECKED[name](a._a))
+    call.__name__ = name
+    return call
+
+
+@contextlib.contextmanager
+def errstate(*, divide=None, over=None, under=None, invalid=None, linalg=None):
+    old = _state["linalg"]
+    if linalg is not None:
+        _state["linalg"] = linalg
+    try:
+        yield
+    finally:
+        _state["linalg"] = old
+
+
+class _Context:
+    """A context manager with synchronize(), like CuPy's streams and devices."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        pass
+
+
+class Stream(_Context):
+    null = None
+
+    def __init__(self, non_blocking=False):
+        self.ptr = 0
+
+
+Stream.null = Stream()
+
+
+class Device(_Context):
+    def __init__(self, device=0):
+        self.id = int(device)
+
+
+def _module(name, **attrs):
+    m = types.ModuleType(name)
+    m.__dict__.update(attrs)
+    return m
+
+
+cupy = _module(
+    "cupy", ndarray=ndarray, asarray=asarray, array=array, asnumpy=asnumpy, dtype=np.dtype,
+    inf=np.inf, nan=np.nan, newaxis=None,
+    **{n: getattr(np, n) for n in DTYPES},
+    **{n: _forward(getattr(np, n), n) for n in FUNCTIONS},
+    **{n: _forward(getattr(np, n), n, ufunc=True) for n in UFUNCS})
+cupy.linalg = _module("cupy.linalg",
+                      **{n: _forward(getattr(np.linalg, n), n) for n in LINALG},
+                      **{n: _checked(n) for n in LINALG_CHECKED})
+cupy.cuda = _module("cupy.cuda", Device=Device, Stream=Stream,
+                    get_current_stream=lambda: Stream.null,
+                    runtime=_module("cupy.cuda.runtime", getDeviceCount=lambda: 1))
+cupyx = _module("cupyx", errstate=errstate)
+cuda_libs = _module("cupy_backends.cuda.libs", cublas=_module("cublas"),
+                    cusolver=_module("cusolver"))
+
+
+def install(monkeypatch):
+    """Make ``import cupy`` (and cupyx, and the CUDA libraries ``_backends.cupy_problem``
+    imports) give the stand-in; returns its ``cupy`` module."""
+    for name, mod in (("cupy", cupy), ("cupy.linalg", cupy.linalg), ("cupy.cuda", cupy.cuda),
+                      ("cupyx", cupyx), ("cupy_backends", _module("cupy_backends")),
+                      ("cupy_backends.cuda", _module("cupy_backends.cuda")),
+                      ("cupy_backends.cuda.libs", cuda_libs)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setitem(_state, "linalg", "ignore")
+    return cupy

@@ -1,0 +1,344 @@
+"""The engine's CuPy branches without a GPU: models of "device" arrays from a strict NumPy-backed
+stand-in for CuPy (fake_cupy.py), which fails where CuPy would (implicit device -> host
+conversion, host arrays mixed into device work, device arrays handed to the compiled CPU core,
+APIs CuPy lacks), must give the CPU engine's results through every measure. Only what needs a
+GPU is replaced: the streaming pass (the compiled CPU pass of host copies of its device
+operands) and the device pivot kernel (the compiled CPU kernel of host copies)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+
+import numpy as np
+import pytest
+
+import identirep as ir
+from identirep import _backends, _core, sampling
+from identirep import _cupy_pass as gp
+from identirep.passes import cpu_pass
+
+import fake_cupy
+from conftest import random_pair
+from test_gpu import bounded_small  # noqa: F401 (a fixture, used by name)
+
+RTOL = {np.float64: 1e-10, np.float32: 1e-5}
+PIVOT_CRITERIA_DEVICE = gp.pivot_criteria_device   # the fixture replaces it
+#: compare / matrix options: fewer d_SVD and d_rep sets than by default (each set is a few
+#: small device operations)
+OPTS = dict(num_samples=30, max_label_sets=100, rep_sets=30)
+
+
+def _host_pass(backend, f1, g1, f2, g2, *, progress=None):
+    """The GPU pass as the compiled CPU pass of the device operands' host copies."""
+    ops = []
+    for x in (f1, g1, f2, g2):
+        assert isinstance(x, gp.DeviceArray) and isinstance(x.data, fake_cupy.ndarray)
+        ops.append(x.data.get())
+    return dataclasses.replace(cpu_pass(*ops, progress=progress), backend=backend)
+
+
+@pytest.fixture
+def dev(monkeypatch):
+    """The stand-in as ``cupy``, GPU arrays resolving to backend "cupy" (``dev.backend``), the
+    GPU pass and pivot kernel replaced; ``dev.pivot_calls`` lists the kernel's backends."""
+    cp = fake_cupy.install(monkeypatch)
+    monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
+    ns = types.SimpleNamespace(cp=cp, backend="cupy", pivot_calls=[])
+    monkeypatch.setattr(_backends, "gpu_backend", lambda: ns.backend)
+    for name in ("cupy", "cuda"):
+        monkeypatch.setattr(gp, f"{name}_pass", functools.partial(_host_pass, name))
+
+    def pivot_criteria(X1, X2, n1, n2, A1, A2, B12, pivots, tol, mode, backend):
+        # the conversions of pivot_criteria_device, then the CPU kernel on host copies
+        xdt = np.float32 if X1.dtype == X2.dtype == np.float32 else np.float64
+        X1, X2 = (cp.ascontiguousarray(x, dtype=xdt).get() for x in (X1, X2))
+        vecs = [cp.ascontiguousarray(v, dtype=np.float64).get() for v in (n1, n2, A1, A2, B12)]
+        ns.pivot_calls.append(backend)
+        return _core.pivot_criteria(X1, X2, *vecs, np.asarray(pivots, np.int64), tol, mode)
+    monkeypatch.setattr(gp, "pivot_criteria_device", pivot_criteria)
+    return ns
+
+
+def _models(cp, dtype=np.float64, **kw):
+    """(device models, CPU models) of the same values in ``dtype``."""
+    a, b = random_pair(**kw)
+    return [_on(cp, m, dtype) for m in (a, b)], [_on(np, m, dtype) for m in (a, b)]
+
+
+def _on(xp, m, dtype=np.float64, bias_dtype=None):
+    """Model ``m`` with its arrays in ``xp`` (NumPy, or the stand-in's device) as ``dtype``
+    (the bias as ``bias_dtype``, default ``dtype``)."""
+    bias = None if m.bias is None else xp.asarray(m.bias, dtype=bias_dtype or dtype)
+    return ir.Model(xp.asarray(m.f, dtype=dtype), xp.asarray(m.g, dtype=dtype), bias=bias,
+                    name=m.name)
+
+
+def _fields(r, prefix=""):
+    """Every field of a result, nested results flattened, internal arrays included."""
+    out = {}
+    for f in dataclasses.fields(r):
+        v = getattr(r, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(_fields(v, f"{prefix}{f.name}."))
+        elif not f.name.endswith("seconds"):
+            out[prefix + f.name] = v
+    return out
+
+
+def _assert_same(got, want, dtype=np.float64):
+    """The same results, on the host: floats and float arrays within the dtype's tolerance,
+    everything else exactly."""
+    got, want = _fields(got), _fields(want)
+    assert got.keys() == want.keys()
+    for k, w in want.items():
+        g = got[k]
+        assert not isinstance(g, fake_cupy.ndarray), f"{k} is left on the device"
+        if isinstance(w, (float, np.ndarray)) or (isinstance(w, list) and w
+                                                  and isinstance(w[0], float)):
+            np.testing.assert_allclose(g, w, rtol=RTOL[dtype], atol=1e-12, err_msg=k)
+        elif k != "backend":
+            assert g == w, k
+
+
+# ------------------------------------------------------------------ the stand-in itself
+def test_fake_cupy_refuses_what_cupy_refuses(dev):
+    cp = dev.cp
+    d, h = cp.asarray(np.arange(6.0).reshape(2, 3)), np.ones(3)
+    refused = {
+        "np.asarray(device)": lambda: np.asarray(d),
+        "device + host": lambda: d + h,
+        "host + device": lambda: h + d,
+        "host += device": lambda: h.__iadd__(d[0]),
+        "host[device]": lambda: h[cp.asarray([0, 1])],
+        "host[...] = device": lambda: h.__setitem__(Ellipsis, d[0]),
+        "device[...] = host": lambda: d.__setitem__(0, h),
+        "device + list": lambda: d + [1.0, 2.0, 3.0],
+        "cupy function of a host array": lambda: cp.sqrt(h),
+        "NumPy function mixing both": lambda: np.concatenate([d[0], h]),
+        "NumPy function CuPy lacks": lambda: np.insert(d, 0, 1.0),
+        "compiled CPU core": lambda: _core.pivot_criteria(d, d, *([d[0]] * 5), np.arange(2),
+                                                          1e-5, "max"),
+    }
+    for what, fn in refused.items():
+        try:
+            fn()
+        except TypeError:
+            continue
+        pytest.fail(f"{what} was accepted")
+    # what CuPy accepts: device with device, scalars, 0-d host arrays, host index arrays,
+    # explicit transfers; reductions stay on the device
+    assert isinstance(d.sum(), cp.ndarray) and d.sum().shape == ()
+    np.testing.assert_array_equal((d + d * 2.0 - np.float64(1) + np.array(1.0)).get(),
+                                  3 * np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(d[np.array([1, 0])].get(), np.arange(6.0).reshape(2, 3)[::-1])
+    np.testing.assert_array_equal(np.concatenate([d[0], d[1]]).get(), np.arange(6.0))
+    assert float(np.float64(d.max())) == 5.0 and cp.asnumpy(d).sum() == 15.0
+
+
+def test_fake_cupy_linalg_fails_loudly_only_under_errstate(dev):
+    import cupyx
+    bad = dev.cp.asarray(np.diag([1.0, -1.0, 1.0]))
+    assert np.isfinite(dev.cp.linalg.cholesky(bad).get()).all()   # and wrong
+    assert np.isnan(dev.cp.linalg.inv(bad * 0.0).get()).all()
+    for fn, a in ((dev.cp.linalg.cholesky, bad), (dev.cp.linalg.inv, bad * 0.0)):
+        with pytest.raises(np.linalg.LinAlgError), cupyx.errstate(linalg="raise"):
+            fn(a)
+
+
+def test_fake_cupy_offers_only_what_cupy_has():
+    cupy = pytest.importorskip("cupy")   # the real one: importing it needs no GPU
+    cupyx = pytest.importorskip("cupyx")
+    F = fake_cupy
+    for fake, real in ((F.cupy, cupy), (F.cupy.linalg, cupy.linalg), (F.cupy.cuda, cupy.cuda),
+                       (F.cupy.cuda.runtime, cupy.cuda.runtime), (F.ndarray, cupy.ndarray),
+                       (F.Stream, cupy.cuda.Stream), (F.Device, cupy.cuda.Device),
+                       (F.cupyx, cupyx)):
+        missing = [n for n in vars(fake) if not n.startswith("_") and not hasattr(real, n)]
+        assert not missing, f"{real.__name__} has no {missing}"
+
+
+# ------------------------------------------------------------------ the engine
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("M2", [5, 4])
+def test_compare_on_device_matches_cpu(dev, dtype, bias, M2):
+    (ga, gb), (a, b) = _models(dev.cp, dtype, N=301, V=53, M=5, M2=M2, bias=bias, seed=7)
+    got = ir.compare(ga, gb, **OPTS)
+    want = ir.compare(a, b, **OPTS)
+    assert (got.backend, want.backend) == ("cupy", "cpu")
+    assert dev.pivot_calls and set(dev.pivot_calls) == {"cupy"}
+    _assert_same(got, want, dtype)
+
+
+def test_cuda_backend_takes_the_same_device_paths(dev, monkeypatch):
+    dev.backend = "cuda"
+    monkeypatch.setattr(_backends, "cuda_problem", lambda: None)   # no cuBLAS needed
+    (ga, gb), (a, b) = _models(dev.cp, N=301, V=53, M=5, bias=True, seed=8)
+    got = ir.compare(ga, gb, **OPTS)
+    assert got.backend == "cuda" and set(dev.pivot_calls) == {"cuda"}
+    _assert_same(got, ir.compare(a, b, **OPTS))
+
+
+@pytest.mark.parametrize("kinds", [((np.float16,) * 2,) * 2,
+                                   ((np.float64, np.float64), (np.float32, np.float32)),
+                                   ((np.float32, np.float64),) * 2],
+                         ids=["float16", "float64 with float32", "float32 with a float64 bias"])
+def test_half_and_mixed_precision_on_device_match_cpu(dev, kinds):
+    """``kinds``: per model, the dtype of f and g and that of the bias."""
+    a, b = random_pair(N=301, V=53, M=5, bias=True, seed=12)
+    got = ir.compare(*(_on(dev.cp, m, *k) for m, k in zip((a, b), kinds)), **OPTS)
+    want = ir.compare(*(_on(np, m, *k) for m, k in zip((a, b), kinds)), **OPTS)
+    _assert_same(got, want, np.float32)
+
+
+@pytest.mark.parametrize("term", ["max", "mean"])
+@pytest.mark.parametrize("kw", [{}, {"num_pivots": 20}, {"pivot": 3, "leave_out": 7},
+                                {"sets_per_pivot": 3, "combine": "sum"}],
+                         ids=["exact", "sampled", "given", "sets per pivot"])
+def test_d_llv_on_device_matches_cpu(dev, term, kw):
+    (ga, gb), (a, b) = _models(dev.cp, N=301, V=53, M=5, M2=4, bias=True, seed=9)
+    got = ir.d_llv(ga, gb, term=term, num_samples=30, **kw)
+    want = ir.d_llv(a, b, term=term, num_samples=30, **kw)
+    _assert_same(got, want)
+
+
+@pytest.mark.usefixtures("bounded_small")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kw", [{"term": "max"}, {"term": "max", "pivot_budget": 12},
+                                {"term": "mean"}], ids=["bounded", "budget", "sampled"])
+def test_pivot_search_beyond_the_exact_limit_on_device_matches_cpu(dev, dtype, kw):
+    (ga, gb), (a, b) = _models(dev.cp, dtype, N=400, V=700, M=6, seed=3, noise=0.1, bias=True)
+    got = ir.d_llv(ga, gb, num_samples=20, **kw)
+    want = ir.d_llv(a, b, num_samples=20, **kw)
+    assert ("bounded search" in want.pivot_search or "not proven exact" in want.pivot_search
+            if kw["term"] == "max" else "sampled" in want.pivot_search)
+    _assert_same(got, want, dtype)
+
+
+def test_each_measure_on_device_matches_cpu(dev):
+    (ga, gb), (a, b) = _models(dev.cp, N=301, V=53, M=5, bias=True, seed=10)
+    for fn in (ir.d_svd, ir.d_rep, ir.d_logit, ir.kl):
+        _assert_same(fn(ga, gb), fn(a, b))
+    _assert_same(ir.mcca(ga.f, gb.f), ir.mcca(a.f, b.f))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matrix_of_device_models_matches_cpu(dev, dtype):
+    from identirep import constructions as C
+    base = C.random_model(N=150, V=21, M=3, seed=0, bias=True, name="base")
+    models = [base, C.perturbed_copy(base, 0.3, seed=1), C.linear_transform(base, seed=2)]
+    got = ir.matrix([_on(dev.cp, m, dtype) for m in models], **OPTS)
+    want = ir.matrix([_on(np, m, dtype) for m in models], **OPTS)
+    assert got.pairs == want.pairs
+    for k in want.values:
+        np.testing.assert_allclose(got.values[k], want.values[k], rtol=RTOL[dtype], atol=1e-12,
+                                   err_msg=k)
+
+
+def test_rank_deficient_and_repeated_data_on_device_match_cpu(dev):
+    # collinear f columns (whitening by eigenvectors), repeated inputs (the distinct-input
+    # pool), repeated labels (degenerate pairs, singular d_rep sets)
+    a, b = random_pair(N=301, V=53, M=5, bias=True, seed=13)
+    for m in (a, b):
+        m.f[[20, 40]] = m.f[10]
+        m.g[6:12] = m.g[5]
+    a.f[:, 4] = a.f[:, 0] - 2 * a.f[:, 1]
+    got = ir.compare(*(_on(dev.cp, m) for m in (a, b)), **OPTS)
+    want = ir.compare(a, b, **OPTS)
+    assert "from 299 distinct inputs" in want.d_llv.input_search
+    assert want.d_rep.skipped_sets > 0
+    _assert_same(got, want)
+
+
+def test_rank_deficient_label_covariance_on_device_matches_cpu(dev):
+    # collinear g columns: the input-side factor and the g whitening by eigenvectors
+    (ga, gb), (a, b) = _models(dev.cp, N=301, V=53, M=5, seed=14)
+    for m in (a, ga):
+        m.g[:, 3] = m.g[:, 0] + m.g[:, 1]
+    e, want = ir.engine(ga, gb), ir.engine(a, b)
+    _assert_same(e.d_llv(num_samples=30), want.d_llv(num_samples=30))
+    _assert_same(e.mcca_g(), want.mcca_g())
+
+
+def test_float32_mcca_of_wide_models_on_device_matches_cpu(dev):
+    # M >= 64 in float32: singular values from the eigenvalues of T'T
+    (ga, gb), (a, b) = _models(dev.cp, np.float32, N=400, V=90, M=64, seed=15)
+    e, want = ir.engine(ga, gb), ir.engine(a, b)
+    _assert_same(e.mcca_f(), want.mcca_f(), np.float32)
+    _assert_same(e.mcca_g(), want.mcca_g(), np.float32)
+
+
+def test_engine_keeps_device_models_on_the_device(dev):
+    (ga, gb), (a, b) = _models(dev.cp, N=301, V=97, M=6, seed=11)
+    e, want = ir.engine(ga, gb), ir.engine(a, b)
+    assert e.c1.xp is dev.cp and isinstance(e.G1, dev.cp.ndarray)
+    assert isinstance(e.c2.input_factor[0], dev.cp.ndarray)
+    assert isinstance(e.c1.whitening("g", "g1"), dev.cp.ndarray)
+    rng = np.random.default_rng(2)
+    piv = np.sort(rng.choice(97, 30, replace=False))
+    lab = np.union1d(rng.choice(97, 40, replace=False), piv[:5])
+    np.testing.assert_allclose(e._row_bounds(piv, lab), want._row_bounds(piv, lab), rtol=1e-10,
+                               atol=1e-12)
+    for k, v in want.label_terms(4).items():
+        np.testing.assert_allclose(e.label_terms(4)[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_distinct_inputs_on_device_match_host(dev, dtype):
+    rng = np.random.default_rng(5)
+    f1, f2 = rng.standard_normal((5000, 7)).astype(dtype), rng.standard_normal((5000, 3))
+    f1[[10, 4500, 4999]] = f1[3]
+    f2[[10, 4500]] = f2[3]   # inputs 10 and 4500 repeat input 3; 4999 differs in f2
+    want = sampling.distinct_inputs(f1, f2)
+    assert len(want) == 4998
+    got = sampling.distinct_inputs(dev.cp.asarray(f1), dev.cp.asarray(f2))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+@pytest.mark.parametrize("xdtypes", [(np.float64,) * 2, (np.float32,) * 2,
+                                     (np.float32, np.float64)])
+def test_device_pivot_criteria_launch(dev, monkeypatch, mode, xdtypes):
+    """pivot_criteria_device's conversions and launch arguments; its NVRTC kernel stands in as
+    the compiled CPU kernel of host copies of what the launch hands it."""
+    cp, launched = dev.cp, []
+
+    def kernel(grid, block, args):
+        X1, ld1, X2, ld2, *vecs, piv, V, tol, imode, crit = args
+        for x in (X1, X2, *vecs, piv, crit):
+            assert isinstance(x, cp.ndarray) and x.flags.c_contiguous
+        assert ld1 == ld2 == V == X1.shape[1] and grid == (len(piv),)
+        crit[...] = cp.asarray(_core.pivot_criteria(
+            X1.get(), X2.get(), *(v.get() for v in vecs), piv.get(), float(tol),
+            ("max", "mean")[int(imode)]))
+
+    def get_function(name):
+        launched.append(name)
+        return kernel
+    monkeypatch.setattr(gp, "_pivot_module", lambda _: types.SimpleNamespace(
+        get_function=get_function))
+    rng = np.random.default_rng(31)
+    B, V = 37, 503
+    n1, n2 = (rng.random(V) + 1.0 for _ in range(2))
+    X1, X2 = ((0.3 * rng.standard_normal((B, V))).astype(dt) for dt in xdtypes)
+    A1, A2 = rng.random(V), rng.random(V)
+    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(V)
+    piv = rng.choice(V, B, replace=False)
+    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # a degenerate pair
+    xdt = np.result_type(*xdtypes)
+    want = _core.pivot_criteria(X1.astype(xdt), X2.astype(xdt), n1, n2, A1, A2, B12, piv, 1e-5,
+                                mode)
+    dX1 = cp.asfortranarray(cp.asarray(X1))   # converted to C order for the kernel
+    got = PIVOT_CRITERIA_DEVICE(dX1, *(cp.asarray(x) for x in (X2, n1, n2, A1, A2, B12)), piv,
+                                1e-5, mode, "cupy")
+    assert launched == [gp.PIVOT_KERNELS["float" if xdt == np.float32 else "double"]]
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_save_model_of_device_arrays(dev, tmp_path):
+    a, _ = random_pair(N=31, V=7, M=3, bias=True, seed=16)
+    back = ir.load_model(ir.save_model(_on(dev.cp, a), tmp_path / "a.npz"))
+    for x, y in zip((back.f, back.g, back.bias), (a.f, a.g, a.bias)):
+        np.testing.assert_array_equal(x, y)
