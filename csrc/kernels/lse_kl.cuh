@@ -580,8 +580,13 @@ __global__ void LseKlRowMergeKernel(Index n, Index v, Index col0,
       double S = 0.0, Acc = 0.0, E = 0.0;
       for (Index s = 0; s < slabs; ++s) {
         const double ms = W(s, 2 * k), ss = W(s, 4 + 3 * k);
-        // a slab without a finite max adds nothing unless it held a NaN (then ss is NaN)
-        if (W(s, 2 * k + 1) < 0.0 && ss == 0.0) continue;
+        // A slab without a finite max is all -inf (or held a NaN: then ss is NaN). Under the
+        // finite m_new its labels add exp(-inf) = 0 to S and 0 * -inf = NaN to the KL and
+        // entropy sums, as in LseKlKernel and the CPU kernel.
+        if (W(s, 2 * k + 1) < 0.0 && ss == 0.0) {
+          Acc = E = __longlong_as_double(0x7ff8000000000000LL);  // NaN
+          continue;
+        }
         const double c = exp(ms - m_new);
         S += c * ss;
         Acc += c * W(s, 5 + 3 * k);

@@ -1,0 +1,268 @@
+// The CUDA kernels of csrc/kernels/lse_kl.cuh and pivot_terms.cuh run on the CPU in the SIMT
+// emulator simt.h, launched as identirep/_cupy_pass.py launches their NVRTC build
+// (_CupyEpilogue.__call__, pivot_criteria_device). The launch constants of that module come in
+// as macros; tests/test_kernels_on_cpu.py builds this with
+//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -D<constants> -I csrc/kernels run_kernels.cpp
+// Arrays are raw files in DIR (C order, float64 / int64 unless said otherwise):
+//   run_kernels epilogue f32|f64 FUSED MOMENTS N V LD1 LD2 TR TC ROW_WORK COL_WORK REPEAT DIR
+//     l1, l2: N x LD1, N x LD2 logits (f32|f64); state 8 x N, args 2 x N, row_m 5 x N,
+//     col_m 5 x V. The pass of _gpu_pass (label tiles of TC outer, row tiles of TR inner, each
+//     a view of l1, l2) with scratch arrays of ROW_WORK and COL_WORK doubles
+//     (epilogue_scratch) updates them into state.out, args.out, row_m.out, col_m.out.
+//     MOMENTS 0: no moments (null pointers, as the compiled launchers LseKl / LseKlFused do
+//     without them). REPEAT > 1: the pass again from the same inputs, bitwise equal or fail.
+//   run_kernels pivot f32|f64 max|mean B V TOL DIR
+//     X1, X2: B x V (f32|f64); n1, n2, A1, A2, B12: V; pivots: B -> crit.out (B)
+//   run_kernels race SYNC BLOCKS THREADS   self-test: a block sum through shared memory, with
+//     or without __syncthreads; prints the number of wrong blocks
+//   run_kernels shfl-exit | sync-exit      self-tests: a shuffle or a __syncthreads after a
+//     thread returned (must fail)
+// Every array ends at an inaccessible page: a kernel reading or writing past one faults.
+#ifndef __CUDACC_RTC__
+#error "compile with -D__CUDACC_RTC__ (the kernels' NVRTC build: device code only)"
+#endif
+#include "simt.h"
+
+#include "lse_kl.cuh"
+#include "pivot_terms.cuh"
+
+#include <fstream>
+#include <string>
+
+using identirep::kernels::Index;
+namespace k = identirep::kernels;
+
+namespace {
+
+[[noreturn]] void Die(const std::string& msg) {
+  std::fprintf(stderr, "run_kernels: %s\n", msg.c_str());
+  std::exit(2);
+}
+
+// n elements that end where an inaccessible page begins.
+template <typename T>
+class Array {
+ public:
+  explicit Array(Index n = 0) : n_(static_cast<size_t>(n)) {
+    const size_t page = 4096, bytes = (n_ * sizeof(T) + page - 1) / page * page;
+    len_ = bytes + page;
+    void* p = mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED || mprotect(static_cast<char*>(p) + bytes, page, PROT_NONE) != 0)
+      Die("out of memory");
+    base_ = p;
+    data_ = reinterpret_cast<T*>(static_cast<char*>(p) + bytes) - n_;
+  }
+  Array(const Array& o) : Array(static_cast<Index>(o.n_)) {
+    std::memcpy(data_, o.data_, bytes());
+  }
+  Array& operator=(Array o) {
+    std::swap(n_, o.n_);
+    std::swap(len_, o.len_);
+    std::swap(base_, o.base_);
+    std::swap(data_, o.data_);
+    return *this;
+  }
+  ~Array() { munmap(base_, len_); }
+  bool operator==(const Array& o) const {  // bitwise (NaN payloads included)
+    return n_ == o.n_ && std::memcmp(data_, o.data_, bytes()) == 0;
+  }
+  T* data() const { return data_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+
+ private:
+  size_t n_, len_;
+  void* base_;
+  T* data_;
+};
+
+template <typename T>
+Array<T> Read(const std::string& dir, const std::string& name, Index count) {
+  std::ifstream f(dir + "/" + name, std::ios::binary);
+  Array<T> out(count);
+  f.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.bytes()));
+  if (!f || f.peek() != std::ifstream::traits_type::eof())
+    Die(name + ": expected " + std::to_string(count) + " elements");
+  return out;
+}
+
+template <typename T>
+void Write(const std::string& dir, const std::string& name, const Array<T>& a) {
+  std::ofstream f(dir + "/" + name, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(a.data()), static_cast<std::streamsize>(a.bytes()));
+  if (!f) Die("cannot write " + name);
+}
+
+Index Ceil(Index a, Index b) { return (a + b - 1) / b; }
+Index Clamp(Index x, Index lo, Index hi) { return x < lo ? lo : (x > hi ? hi : x); }
+// col_chunks / fused_chunks of _cupy_pass.py
+Index ColChunks(Index n) { return Clamp(Ceil(n, COL_MIN_CHUNK_ROWS), 1, COL_MAX_CHUNKS); }
+Index FusedChunks(Index n) { return Clamp(Ceil(n, FUSED_MIN_CHUNK_ROWS), 1, FUSED_MAX_CHUNKS); }
+
+template <typename T>
+constexpr int kSlabRows = std::is_same_v<T, float> ? SLAB_ROWS_FLOAT : SLAB_ROWS_DOUBLE;
+
+dim3 Grid(Index x, Index y = 1) { return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y)); }
+
+struct PassState {
+  Index N, V;
+  Array<double> state, row_m, col_m;
+  Array<Index> args;
+  bool operator==(const PassState&) const = default;
+};
+
+// _CupyEpilogue: its scratch arrays, one call per tile.
+template <typename T>
+struct Epilogue {
+  bool fused, moments;
+  Array<double> row_work, work;
+
+  void operator()(const T* l1, Index ld1, const T* l2, Index ld2, Index n, Index v, Index c0,
+                  Index r0, PassState& s) {
+    const Index N = s.N, V = s.V;
+    double* state = s.state.data() + r0;
+    Index* args = s.args.data() + r0;
+    double* row_m = moments ? s.row_m.data() + r0 : nullptr;
+    double* col_work = moments ? work.data() : nullptr;
+    Index chunks = 1;
+    if (fused) {
+      chunks = FusedChunks(n);
+      simt::Launch(Grid(Ceil(v, SLAB_COLS), chunks), dim3(SLAB_THREADS), [&] {
+        k::LseKlSlabKernel<T, kSlabRows<T>>(l1, ld1, l2, ld2, n, v, row_work.data(), col_work);
+      });
+    } else {
+      simt::Launch(Grid(n), dim3(LSE_KL_THREADS), [&] {
+        k::LseKlKernel<T, LSE_KL_THREADS>(l1, ld1, l2, ld2, v, c0, state, N, args, N, row_m, N);
+      });
+      if (moments) {
+        chunks = ColChunks(n);
+        simt::Launch(Grid(Ceil(v, 32), chunks), dim3(32, COL_ROWS), [&] {
+          k::LseKlColKernel<T, COL_ROWS>(l1, ld1, l2, ld2, n, v, col_work);
+        });
+      }
+    }
+    if (moments) {
+      simt::Launch(Grid(Ceil(v, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+        k::LseKlColMergeKernel<T>(l1, l2, n, v, c0, chunks, col_work, s.col_m.data(), V, r0);
+      });
+    }
+    if (fused) {
+      simt::Launch(Grid(Ceil(n, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+        k::LseKlRowMergeKernel<T>(n, v, c0, row_work.data(), state, N, args, N, row_m, N);
+      });
+    }
+  }
+};
+
+template <typename T>
+void RunEpilogue(char** a, const std::string& dir) {
+  const bool fused = std::stoi(a[0]) != 0, moments = std::stoi(a[1]) != 0;
+  const Index N = std::stoll(a[2]), V = std::stoll(a[3]), ld1 = std::stoll(a[4]),
+              ld2 = std::stoll(a[5]), tr = std::stoll(a[6]), tc = std::stoll(a[7]),
+              row_work = std::stoll(a[8]), col_work = std::stoll(a[9]);
+  const int repeat = std::stoi(a[10]);
+  const Array<T> l1 = Read<T>(dir, "l1", N * ld1), l2 = Read<T>(dir, "l2", N * ld2);
+  const PassState init{N, V, Read<double>(dir, "state", 8 * N), Read<double>(dir, "row_m", 5 * N),
+                       Read<double>(dir, "col_m", 5 * V), Read<Index>(dir, "args", 2 * N)};
+  PassState first = init;
+  for (int rep = 0; rep < repeat; ++rep) {
+    PassState s = init;
+    Epilogue<T> epilogue{fused, moments, Array<double>(row_work), Array<double>(col_work)};
+    for (Index c0 = 0; c0 < V; c0 += tc) {
+      const Index c1 = c0 + tc < V ? c0 + tc : V;
+      for (Index r0 = 0; r0 < N; r0 += tr) {
+        const Index r1 = r0 + tr < N ? r0 + tr : N;
+        epilogue(l1.data() + r0 * ld1 + c0, ld1, l2.data() + r0 * ld2 + c0, ld2, r1 - r0,
+                 c1 - c0, c0, r0, s);
+      }
+    }
+    if (rep == 0) {
+      first = s;
+    } else if (!(s == first)) {
+      Die("the pass gave different results on run " + std::to_string(rep + 1));
+    }
+  }
+  Write(dir, "state.out", first.state);
+  Write(dir, "args.out", first.args);
+  Write(dir, "row_m.out", first.row_m);
+  Write(dir, "col_m.out", first.col_m);
+}
+
+template <typename TX>
+void RunPivot(char** a, const std::string& dir) {
+  const std::string mode = a[0];
+  const Index B = std::stoll(a[1]), V = std::stoll(a[2]);
+  const double tol = std::stod(a[3]);
+  const Array<TX> X1 = Read<TX>(dir, "X1", B * V), X2 = Read<TX>(dir, "X2", B * V);
+  std::vector<Array<double>> vec;
+  for (const char* name : {"n1", "n2", "A1", "A2", "B12"})
+    vec.push_back(Read<double>(dir, name, V));
+  const Array<Index> pivots = Read<Index>(dir, "pivots", B);
+  Array<double> crit(B);
+  simt::Launch(Grid(B), dim3(PIVOT_THREADS), [&] {
+    k::PivotCriteriaKernel<TX, PIVOT_THREADS>(
+        X1.data(), V, X2.data(), V, vec[0].data(), vec[1].data(), vec[2].data(), vec[3].data(),
+        vec[4].data(), pivots.data(), V, tol, mode == "max" ? 0 : 1, crit.data());
+  });
+  Write(dir, "crit.out", crit);
+}
+
+// Self-tests of the emulator.
+template <bool kSync>
+__global__ void BlockSum(double* out) {
+  __shared__ double sh[1024];
+  sh[threadIdx.x] = blockIdx.x + threadIdx.x;
+  if (kSync) __syncthreads();
+  if (threadIdx.x != 0) return;
+  double s = 0.0;
+  for (unsigned t = 0; t < blockDim.x; ++t) s += sh[t];
+  out[blockIdx.x] = s;
+}
+
+__global__ void ShuffleAfterExit(double* out) {
+  if (threadIdx.x == 31) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0, 1);
+}
+
+__global__ void SyncAfterExit(double* out) {
+  if (threadIdx.x == 5) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string op = argc > 1 ? argv[1] : "";
+  if (op == "epilogue" && argc == 15) {
+    const std::string dt = argv[2];
+    if (dt == "f32") RunEpilogue<float>(argv + 3, argv[14]);
+    else if (dt == "f64") RunEpilogue<double>(argv + 3, argv[14]);
+    else Die("dtype must be f32 or f64");
+  } else if (op == "pivot" && argc == 8) {
+    const std::string dt = argv[2];
+    if (dt == "f32") RunPivot<float>(argv + 3, argv[7]);
+    else if (dt == "f64") RunPivot<double>(argv + 3, argv[7]);
+    else Die("dtype must be f32 or f64");
+  } else if (op == "race" && argc == 5) {
+    const bool sync = std::stoi(argv[2]) != 0;
+    const unsigned blocks = std::stoul(argv[3]), threads = std::stoul(argv[4]);
+    std::vector<double> out(blocks);
+    simt::Launch(dim3(blocks), dim3(threads), [&] {
+      if (sync) BlockSum<true>(out.data());
+      else BlockSum<false>(out.data());
+    });
+    int wrong = 0;
+    for (unsigned b = 0; b < blocks; ++b)
+      wrong += out[b] != threads * (b + (threads - 1) / 2.0);
+    std::printf("%d\n", wrong);
+  } else if ((op == "shfl-exit" || op == "sync-exit") && argc == 2) {
+    std::vector<double> out(64);
+    simt::Launch(dim3(1), dim3(64), [&] {
+      if (op == "shfl-exit") ShuffleAfterExit(out.data());
+      else SyncAfterExit(out.data());
+    });
+  } else {
+    Die("usage: see the comment at the top of tests/simt/run_kernels.cpp");
+  }
+  return 0;
+}

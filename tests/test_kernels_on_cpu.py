@@ -1,0 +1,308 @@
+"""The CUDA kernels of csrc/kernels/lse_kl.cuh and pivot_terms.cuh without a GPU: compiled by g++
+against a SIMT emulator (tests/simt/simt.h: concurrent threads, barriers, warp shuffles, shared
+memory undefined at block start), launched as identirep/_cupy_pass.py launches their NVRTC
+build (tests/simt/run_kernels.cpp), and checked against the compiled CPU kernels.
+
+IDENTIREP_SIMT_KERNELS=<dir> runs the same tests on the kernel headers of another folder (a
+modified copy, to see that a broken kernel fails them)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from identirep import _core
+from identirep import _cupy_pass as gp
+from identirep._stream import init_state
+
+ROOT = Path(__file__).resolve().parents[1]
+SIMT = ROOT / "tests" / "simt"
+KERNELS = Path(os.environ.get("IDENTIREP_SIMT_KERNELS", ROOT / "csrc" / "kernels"))
+DTYPES = {"f32": np.float32, "f64": np.float64}
+# float32 tiles sum the LSE/KL terms in float32 (on the CPU too); everything else in float64
+RTOL_LSE = {"f32": 1e-5, "f64": 1e-12}
+RTOL = 1e-12
+TIMEOUT = 120
+
+
+def launch_constants():
+    """-D macros: the launch geometry of _cupy_pass.py, which run_kernels.cpp uses as is."""
+    names = ("LSE_KL_THREADS", "COL_ROWS", "COL_MAX_CHUNKS", "COL_MIN_CHUNK_ROWS",
+             "MERGE_THREADS", "SLAB_COLS", "SLAB_THREADS", "ROW_FIELDS", "FUSED_MAX_CHUNKS",
+             "FUSED_MIN_CHUNK_ROWS", "PIVOT_THREADS")
+    out = {name: getattr(gp, name) for name in names}
+    out.update(SLAB_ROWS_FLOAT=gp.SLAB_ROWS["float"], SLAB_ROWS_DOUBLE=gp.SLAB_ROWS["double"])
+    return [f"-D{k}={v}" for k, v in out.items()]
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    if sys.platform != "linux":
+        pytest.skip("the SIMT emulator needs Linux (glibc fibers, linker section bounds)")
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx})")
+    d = tmp_path_factory.mktemp("simt")
+    probe = d / "probe.cpp"
+    probe.write_text("#include <atomic>\n#include <bit>\n#include <ucontext.h>\n"
+                     "int main() { std::atomic<unsigned> a{0}; a.notify_all();\n"
+                     "  return std::bit_cast<int>(0.0f); }\n")
+    if subprocess.run([cxx, "-std=c++20", "-pthread", str(probe), "-o", str(d / "probe")],
+                      check=False, capture_output=True).returncode != 0:
+        pytest.skip(f"{cxx} cannot build C++20 with atomic waits and <ucontext.h>")
+    exe = d / "run_kernels"
+    cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-D__CUDACC_RTC__",
+           *launch_constants(), f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe)]
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+def run(exe, *args, workers=None):
+    env = dict(os.environ)
+    if workers is not None:
+        env["SIMT_WORKERS"] = str(workers)
+    r = subprocess.run([str(exe), *map(str, args)], check=False, capture_output=True,
+                       text=True, timeout=TIMEOUT, env=env)
+    # a negative status is a signal: SIGSEGV when a kernel reads or writes past an array
+    assert r.returncode == 0, f"run_kernels {args[0]}: status {r.returncode}; {r.stderr}"
+    return r.stdout
+
+
+# ------------------------------------------------------------------ the epilogue
+def padded(l, pad):
+    """l (n x v) inside an n x (v + pad) array whose padding is NaN (read by mistake: seen)."""
+    out = np.full((l.shape[0], l.shape[1] + pad), np.nan, l.dtype)
+    out[:, :l.shape[1]] = l
+    return out
+
+
+def device_pass(exe, tmp_path, l1, l2, v, tr, tc, fused, moments=True, repeat=1, workers=None):
+    """The emulated pass of _gpu_pass (label tiles outer, row tiles inner) over the first v
+    columns of l1, l2 (n x ld arrays): state, args, row and column moments."""
+    n = l1.shape[0]
+    state, args = init_state(n)
+    arrays = {"l1": l1, "l2": l2, "state": state, "args": args, "row_m": np.zeros((5, n)),
+              "col_m": np.zeros((5, v))}
+    for name, a in arrays.items():
+        np.ascontiguousarray(a).tofile(tmp_path / name)
+    row_work, col_work = gp.epilogue_scratch(tr, tc, fused)
+    run(exe, "epilogue", "f32" if l1.dtype == np.float32 else "f64", int(fused), int(moments),
+        n, v, l1.shape[1], l2.shape[1], tr, tc, row_work, col_work, repeat, tmp_path,
+        workers=workers)
+    return {k: np.fromfile(tmp_path / f"{k}.out", arrays[k].dtype).reshape(arrays[k].shape)
+            for k in ("state", "args", "row_m", "col_m")}
+
+
+def cpu_pass(l1, l2, tr, tc, moments=True):
+    """The same tiles through the compiled CPU kernel (one thread)."""
+    n, v = l1.shape
+    state, args = init_state(n)
+    row_m, col_m = np.zeros((5, n)), np.zeros((5, v))
+    for c0 in range(0, v, tc):
+        for r0 in range(0, n, tr):
+            r, c = slice(r0, r0 + tr), slice(c0, c0 + tc)
+            _core.lse_kl_update(l1[r, c], l2[r, c], state[:, r], args[:, r], c0, threads=1,
+                                row_moments=row_m[:, r] if moments else None,
+                                col_moments=col_m if moments else None, row0=r0)
+    return {"state": state, "args": args, "row_m": row_m, "col_m": col_m}
+
+
+def rel_err(got, want, size):
+    """|got - want| / (|want| + size); 0 where both are equal (infinities too) or both NaN."""
+    with np.errstate(invalid="ignore"):
+        same = (got == want) | (np.isnan(got) & np.isnan(want))
+        return np.where(same, 0.0, np.abs(got - want) / (np.abs(want) + size))
+
+
+def assert_matches_cpu(got, want, l1, l2, dt, moments=True):
+    """Exact running maxima and argmax; the sums within RTOL_LSE[dt], the moments within RTOL,
+    of their natural scale (as test_gpu.py's field_errors): max |logit| of the row for the LSE
+    state and row means, v or n times its square for sums of squares, the largest row's for
+    the columns."""
+    n, v = l1.shape
+    finite = [np.where(np.isfinite(x), np.abs(x.astype(np.float64)), 0).max(1) for x in (l1, l2)]
+    scale = np.maximum(*finite)
+    np.testing.assert_array_equal(got["args"], want["args"], err_msg="argmax")
+    gs, ws = got["state"], want["state"]
+    np.testing.assert_array_equal(gs[[0, 4]], ws[[0, 4]], err_msg="running maxima")
+    errs = {"s1": rel_err(gs[1], ws[1], 1.0), "s2": rel_err(gs[5], ws[5], 1.0)}
+    for k, row in zip(("a12", "e1", "a21", "e2"), (2, 3, 6, 7)):
+        s = ws[1 if row < 4 else 5]
+        errs[k] = rel_err(gs[row], ws[row], (np.abs(s) + 1.0) * scale)
+        errs[k][np.isnan(s)] = 0.0  # finalises to NaN whatever a and e hold
+    bad = {k: float(np.max(e)) for k, e in errs.items() if not np.all(e <= RTOL_LSE[dt])}
+    if moments:
+        s_col = scale.max()
+        sizes = {"row_m": [scale, scale, v * scale**2, v * scale**2, v * scale**2],
+                 "col_m": [s_col, s_col, n * s_col**2, n * s_col**2, n * s_col**2]}
+        for k, size in sizes.items():
+            for f in range(5):
+                e = rel_err(got[k][f], want[k][f], size[f])
+                if not np.all(e <= RTOL):
+                    bad[f"{k}[{f}]"] = float(np.max(e))
+    assert not bad, f"relative errors above tolerance: {bad}"
+
+
+def logit_pair(seed, n, v, dtype):
+    rng = np.random.default_rng(seed)
+    l1 = 3 * rng.standard_normal((n, v))
+    return l1.astype(dtype), (l1 + rng.standard_normal((n, v))).astype(dtype)
+
+
+def extreme_logits(dtype, n=37, v=700):
+    """Rows of large, huge and tied logits, gaps, -inf entries, moving maxima."""
+    l1, l2 = (x.astype(np.float64) for x in logit_pair(3, n, v, np.float64))
+    rng = np.random.default_rng(4)
+    l1[0], l2[0] = 1e4 * rng.standard_normal((2, v))
+    l1[1], l2[1] = 1e30 * np.sign(rng.standard_normal((2, v)))
+    l1[2] = 0.0
+    l1[2, [5, 300, 301, 650]] = 7.0           # ties across label tiles: the first wins
+    l2[2, [17, 18, 17 + 256]] = 50.0          # ties within a tile, a slab apart
+    l2[3] = -1000.0 * (np.arange(v) % 3)      # gaps of 1000
+    l1[4] = np.linspace(-50, 50, v)           # the max moves up tile after tile
+    l2[5] = np.linspace(50, -50, v)
+    l1[6, :300] = -np.inf                     # no finite logit in the first label tile
+    l1[7, ::37] = -np.inf                     # scattered -inf: NaN sums (0 * -inf) on both sides
+    l2[8, 100:200] = 1e4                      # a run of tied maxima
+    return l1.astype(dtype), l2.astype(dtype)
+
+
+def nan_logits(dtype, n=40, v=700):
+    """test_gpu.py's NaN cases: one NaN label, a whole slab of them, and an all-NaN row."""
+    l1, l2 = logit_pair(9, n, v, dtype)
+    l1[:10, 500] = np.nan
+    l1[10:20, 256:512] = np.nan
+    l1[20] = np.nan
+    return l1, l2
+
+
+CASES = {
+    # name: (logits, v, row padding of l1, l2, tile rows, tile cols)
+    "one_logit": (lambda dt: logit_pair(0, 1, 1, dt), 1, (0, 0), 1, 1),
+    "one_row_two_label_tiles": (lambda dt: logit_pair(1, 1, 301, dt), 301, (3, 0), 1, 200),
+    "sanitize_case_tiles": (lambda dt: logit_pair(2, 37, 301, dt), 301, (5, 0), 20, 200),
+    "slabs_and_row_chunks": (lambda dt: logit_pair(5, 300, 1100, dt), 1100, (0, 7), 271, 600),
+    "extreme_logits": (extreme_logits, 700, (3, 1), 20, 300),
+    "nan_labels": (nan_logits, 700, (0, 0), 40, 700),
+}
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["row_col_kernels", "fused"])
+@pytest.mark.parametrize("dt", ["f64", "f32"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_epilogue_kernels_match_the_cpu_kernel(harness, tmp_path, case, dt, fused):
+    make, v, (p1, p2), tr, tc = CASES[case]
+    l1, l2 = make(DTYPES[dt])
+    got = device_pass(harness, tmp_path, padded(l1, p1), padded(l2, p2), v, tr, tc, fused)
+    assert_matches_cpu(got, cpu_pass(l1, l2, tr, tc), l1, l2, dt)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["row_kernel", "fused"])
+def test_nan_labels_propagate_like_the_cpu_kernel(harness, tmp_path, fused):
+    l1, l2 = nan_logits(np.float64)
+    got = device_pass(harness, tmp_path, l1, l2, l1.shape[1], 40, 700, fused)
+    s1 = got["state"][1]
+    assert np.isnan(s1[:20]).all() and np.isfinite(s1[21:]).all()
+    assert s1[20] == 0.0 and got["args"][0, 20] == -1  # an all-NaN row is left as it was
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["row_kernel", "fused"])
+def test_a_label_tile_of_minus_inf_gives_nan_like_the_cpu_kernel(harness, tmp_path, fused):
+    l1, l2 = logit_pair(10, 4, 700, np.float64)
+    l1[1, 300:] = -np.inf  # label tiles 2 and 3 of row 1: whole slabs of -inf
+    got = device_pass(harness, tmp_path, l1, l2, 700, 4, 300, fused)
+    assert_matches_cpu(got, cpu_pass(l1, l2, 4, 300), l1, l2, "f64")
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["row_kernel", "fused"])
+@pytest.mark.parametrize("dt", ["f64", "f32"])
+def test_epilogue_without_moments_matches_the_cpu_kernel(harness, tmp_path, dt, fused):
+    # null moment pointers, as the compiled launchers pass them
+    l1, l2 = logit_pair(6, 37, 301, DTYPES[dt])
+    got = device_pass(harness, tmp_path, l1, l2, 301, 20, 200, fused, moments=False)
+    assert_matches_cpu(got, cpu_pass(l1, l2, 20, 200, moments=False), l1, l2, dt, moments=False)
+    assert not got["row_m"].any() and not got["col_m"].any()
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["row_col_kernels", "fused"])
+def test_epilogue_is_deterministic_with_one_os_thread_per_cuda_thread(harness, tmp_path, fused):
+    # every CUDA thread on its own OS thread; the pass run twice must agree bit for bit
+    l1, l2 = logit_pair(7, 9, 300, np.float64)
+    got = device_pass(harness, tmp_path, padded(l1, 2), l2, 300, 5, 200, fused, repeat=2,
+                      workers=0)
+    assert_matches_cpu(got, cpu_pass(l1, l2, 5, 200), l1, l2, "f64")
+
+
+# ------------------------------------------------------------------ the pivot kernel
+def pivot_inputs(seed, B, V, xdtype):
+    """test_gpu.py's inputs, plus repeated labels (tied criteria) and a degenerate pair."""
+    rng = np.random.default_rng(seed)
+    n1, n2 = (rng.random(V) + 1.0 for _ in range(2))
+    X1, X2 = (0.3 * rng.standard_normal((B, V)) for _ in range(2))
+    A1, A2 = rng.random(V), rng.random(V)
+    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(V)
+    piv = rng.choice(V, B, replace=B > V)
+    if V > 40:
+        for a in (n1, n2, A1, A2, B12, X1.T, X2.T):
+            a[30:33] = a[29]                      # labels 29..32 alike: tied values
+        X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])     # S1(5, piv[0]) ~ 0: excluded
+    return [X1.astype(xdtype), X2.astype(xdtype), n1, n2, A1, A2, B12], piv.astype(np.int64)
+
+
+def device_pivots(exe, tmp_path, arrays, pivots, tol, mode):
+    X1 = arrays[0]
+    for name, a in zip(("X1", "X2", "n1", "n2", "A1", "A2", "B12"), arrays):
+        np.ascontiguousarray(a).tofile(tmp_path / name)
+    pivots.tofile(tmp_path / "pivots")
+    run(exe, "pivot", "f32" if X1.dtype == np.float32 else "f64", mode, *X1.shape, tol, tmp_path)
+    return np.fromfile(tmp_path / "crit.out")
+
+
+@pytest.mark.parametrize("xdtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_pivot_kernel_matches_the_cpu_kernel(harness, tmp_path, mode, xdtype):
+    B, V = 37, 1000
+    arrays, piv = pivot_inputs(31, B, V, xdtype)
+    piv[[3, 4]] = 29, 31                           # pivots among the tied labels
+    want = _core.pivot_criteria(*arrays, piv, 1e-5, mode)
+    piv[[7, 9]] = V, -1                            # out of range: NaN, not a crash
+    got = device_pivots(harness, tmp_path, arrays, piv, 1e-5, mode)
+    assert np.isnan(got[[7, 9]]).all()
+    ok = np.ones(B, bool)
+    ok[[7, 9]] = False
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+@pytest.mark.parametrize("V", [1, 2, 37])
+def test_pivot_kernel_with_few_labels_matches_the_cpu_kernel(harness, tmp_path, mode, V):
+    # V = 1: no valid label (+inf); V = 2: one; V < 32: most lanes hold nothing
+    arrays, piv = pivot_inputs(32, 5, V, np.float64)
+    want = _core.pivot_criteria(*arrays, piv, 1e-5, mode)
+    got = device_pivots(harness, tmp_path, arrays, piv, 1e-5, mode)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------ the emulator itself
+@pytest.mark.parametrize("threads", [256, 32], ids=["block", "one_warp"])
+def test_emulator_exposes_a_missing_syncthreads(harness, threads):
+    # thread 0 sums what the others wrote to shared memory; without a barrier it reads values
+    # not yet written (shared memory starts undefined): within one warp too, whose lanes do
+    # not run in lockstep
+    assert int(run(harness, "race", 0, 64, threads)) > 0
+    assert int(run(harness, "race", 1, 64, threads)) == 0
+
+
+@pytest.mark.parametrize("toy, error", [
+    ("shfl-exit", "a lane of the shuffle mask did not take part"),
+    ("sync-exit", "__syncthreads not reached by a thread that returned")])
+def test_emulator_rejects_synchronisation_after_a_thread_returned(harness, toy, error):
+    r = subprocess.run([str(harness), toy], check=False, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 3 and error in r.stderr
