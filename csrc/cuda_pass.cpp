@@ -100,6 +100,11 @@ Layout BlasLayout(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
   return {true, 0};
 }
 
+// out^T (c x r) = op(A) op(B) with A the labels' block (c x k) and B the rows' block (r x k):
+// a row-major block is its transpose in column-major terms.
+cublasOperation_t LabelsOp(const Layout& l) { return l.row ? CUBLAS_OP_T : CUBLAS_OP_N; }
+cublasOperation_t RowsOp(const Layout& l) { return l.row ? CUBLAS_OP_N : CUBLAS_OP_T; }
+
 struct Kind {
   cudaDataType type;
   int64_t size;
@@ -203,8 +208,7 @@ cublasHandle_t Handle(const CublasApi& api, int device) {
 // out^T = op(g block) . op(f block).
 void Logits(const CublasApi& api, cublasHandle_t h, const GemmPair& p, int64_t r0, int64_t r,
             int64_t c0, int64_t c, void* out, bool f64) {
-  const cublasOperation_t ta = p.lg.row ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t tb = p.lf.row ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const cublasOperation_t ta = LabelsOp(p.lg), tb = RowsOp(p.lf);
   const void* a = p.g + c0 * p.sg;
   const void* b = p.f + r0 * p.sf;
   const float one32 = 1.0f, zero32 = 0.0f;
@@ -281,8 +285,7 @@ std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b) {
   const Layout la = BlasLayout(a.rows, a.cols, a.s0, a.s1);
   const Layout lb = BlasLayout(b.rows, b.cols, b.s0, b.s1);
   if (la.ld == 0 || lb.ld == 0) return {};
-  return {lb.row ? CUBLAS_OP_T : CUBLAS_OP_N, la.row ? CUBLAS_OP_N : CUBLAS_OP_T, b.rows, a.rows,
-          a.cols, lb.ld, la.ld, b.rows};
+  return {LabelsOp(lb), RowsOp(la), b.rows, a.rows, a.cols, lb.ld, la.ld, b.rows};
 }
 
 int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const std::string& dtype,

@@ -15,6 +15,7 @@ import pytest
 import identirep
 from identirep import IdentirepError, _core
 from identirep import _cupy_pass as gp
+from conftest import _gpu_available
 from test_gpu import (ALL_FIELDS, assert_stats_close, logit_scale, make_pair,  # noqa: F401
                       problem64)
 
@@ -174,7 +175,7 @@ def test_driver_checks_its_arguments_before_touching_a_device():
 
 @needs_driver
 def test_driver_without_a_gpu_raises_a_clear_error():
-    if _gpu():
+    if _gpu_available():
         pytest.skip("a GPU is visible")
     try:
         gp.load_cublas()
@@ -221,14 +222,6 @@ def test_driver_schedule_in_simulation(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([str(exe)], capture_output=True, text=True, check=False, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith(", 0 failed"), r.stdout[-3000:]
-
-
-def _gpu():
-    try:
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
 
 
 def _fake_device(a, kind=None):

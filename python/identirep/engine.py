@@ -461,9 +461,9 @@ class PairEngine:
         c = 2.0 * xp.sqrt(i1 * i2)
         a1, a2, b = A1[q][None, :], A2[q][None, :], B12[q][None, :]
         a10, a20, b0 = A1[p][:, None], A2[p][:, None], B12[p][:, None]
-        r2 = a1 * i1 + a2 * i2 - b * c
-        q2 = a10 * i1 + a20 * i2 - b0 * c
-        size = xp.maximum(a1 * i1 + a2 * i2 + xp.abs(b) * c, a10 * i1 + a20 * i2 + xp.abs(b0) * c)
+        t, t0, bc, bc0 = a1 * i1 + a2 * i2, a10 * i1 + a20 * i2, b * c, b0 * c
+        r2, q2 = t - bc, t0 - bc0
+        size = xp.maximum(t + xp.abs(bc), t0 + xp.abs(bc0))
         slack = self._bound_eps() * size * (1.0 + s1 * i1 + s2 * i2)
         m2 = xp.fmax(xp.maximum(r2, q2) - slack, 0.0)  # NaN -> 0, as BoundRow: never a top
         return xp.where(ok, m2, -xp.inf)
