@@ -85,6 +85,11 @@ given, the fused one-read epilogue runs (scratch sizes: lse_kl_cuda_fused_work_e
         py::arg("v"),
         "float64 elements (row_work, col_work) of the fused epilogue for an n x v tile.");
 
+  m.def("lse_kl_gemm_work_elems", &identirep::lse_kl_gemm_work_elems, py::arg("n"),
+        py::arg("v"),
+        "(row_work float64, col_work float64, shift float32) elements of the fused GEMM for an "
+        "n x v tile.");
+
   m.def("lse_kl_cuda_col_work_elems", &identirep::lse_kl_cuda_col_work_elems, py::arg("v"),
         "float64 elements of the col_work scratch of lse_kl_update_cuda for v labels.");
 
@@ -120,25 +125,27 @@ pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot o
         "Bytes of cuBLAS workspace inside the pass driver's workspace.");
   m.def("lse_kl_pass_cuda_workspace", &identirep::lse_kl_pass_cuda_workspace,
         py::arg("tile_rows"), py::arg("tile_cols"), py::arg("dtype"), py::arg("overlap"),
-        py::arg("fused"), "Bytes of device workspace lse_kl_pass_cuda needs.");
+        py::arg("fused"), py::arg("gemm") = false,
+        "Bytes of device workspace lse_kl_pass_cuda needs.");
   m.def(
       "lse_kl_pass_cuda",
       [](const py::tuple& f1, const py::tuple& g1, const py::tuple& f2, const py::tuple& g2,
          int64_t c_begin, int64_t c_end, int64_t tile_rows, int64_t tile_cols, uintptr_t state,
          uintptr_t args, uintptr_t row_moments, uintptr_t col_moments, uintptr_t workspace,
          int64_t workspace_bytes, const std::string& dtype, bool overlap, bool fused,
-         uintptr_t stream, int device) {
+         bool gemm, uintptr_t stream, int device) {
         const auto a = Operand(f1), b = Operand(g1), c = Operand(f2), d = Operand(g2);
         py::gil_scoped_release release;
         identirep::lse_kl_pass_cuda(a, b, c, d, c_begin, c_end, tile_rows, tile_cols, state,
                                     args, row_moments, col_moments, workspace, workspace_bytes,
-                                    dtype, overlap, fused, stream, device);
+                                    dtype, overlap, fused, gemm, stream, device);
       },
       py::arg("f1"), py::arg("g1"), py::arg("f2"), py::arg("g2"), py::arg("c_begin"),
       py::arg("c_end"), py::arg("tile_rows"), py::arg("tile_cols"), py::arg("state"),
       py::arg("args"), py::arg("row_moments"), py::arg("col_moments"), py::arg("workspace"),
       py::arg("workspace_bytes"), py::arg("dtype"), py::arg("overlap") = true,
-      py::arg("fused") = false, py::arg("stream") = 0, py::arg("device") = 0,
+      py::arg("fused") = false, py::arg("gemm") = false, py::arg("stream") = 0,
+      py::arg("device") = 0,
       R"doc(The CUDA streaming pass over labels [c_begin, c_end) in one call (csrc/cuda_pass.cpp).
 
 f1, g1, f2, g2: device operands as tuples (ptr, rows, cols, stride0, stride1, kind), strides in
@@ -147,7 +154,9 @@ columns contiguous. Logit tiles of tile_rows x tile_cols come from cublasGemmEx 
 output and accumulation; float64 when dtype is "float64") and go through lse_kl_update_cuda.
 state, args, row_moments, col_moments: device pointers as in lse_kl_update_cuda, row strides N
 (V for col_moments). workspace: lse_kl_pass_cuda_workspace(...) bytes of device memory.
-overlap: epilogues on a second stream beside the next GEMMs (same results). Asynchronous on
-stream (cudaStream_t as an integer) of device; needs cublas_load first.)doc");
+overlap: epilogues on a second stream beside the next GEMMs (same results). gemm: the fused
+GEMM kernel instead (float16/bfloat16 operands of one kind with contiguous rows, row strides a
+multiple of 8, 16-byte aligned; compute capability 8.0+; no cuBLAS). Asynchronous on stream
+(cudaStream_t as an integer) of device; needs cublas_load first unless gemm.)doc");
 #endif
 }

@@ -43,6 +43,37 @@ void pivot_criteria_cuda(uintptr_t X1, uintptr_t X2, int64_t ld1, int64_t ld2, u
                          const std::string& mode, uintptr_t crit, uintptr_t stream,
                          const std::string& x_dtype);
 
+// The logits and the epilogue in one kernel (kernels/lse_kl_gemm.cuh) for float16/bfloat16
+// operands: f_k (n x k_k) and g_k (v x k_k) with contiguous rows (row strides ld, a multiple of
+// 8 elements; pointers 16-byte aligned), kind "float16" or "bfloat16" for both pairs.
+struct GemmOperands {
+  uintptr_t f1, g1, f2, g2;
+  int64_t ldf1, ldg1, ldf2, ldg2, k1, k2;
+  std::string kind;
+};
+
+// (row_work doubles, col_work doubles, shift floats) of lse_kl_gemm_update_cuda for n x v.
+std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v);
+
+// Why an operand (data pointer, row stride, columns) cannot go to the fused GEMM; "" if it can.
+inline std::string lse_kl_gemm_operand_problem(uintptr_t ptr, int64_t ld, int64_t k) {
+  if (ptr % 16 != 0) return "its data is not 16-byte aligned";
+  if (ld % 8 != 0) return "its row stride (" + std::to_string(ld) + ") is not a multiple of 8";
+  if (k < 1 || k >= (int64_t{1} << 31)) return "it needs 1 <= columns < 2^31";
+  if (ld < k) return "its row stride is below its number of columns";
+  return "";
+}
+
+// lse_kl_update_cuda (float32 logits, the fused epilogue's statistics) of the logits
+// f_k g_k' of inputs 0..n-1 and labels 0..v-1 (offset the pointers for a tile), computed and
+// reduced on chip. Same state, args and moments arguments; row_work, col_work and shift are
+// scratch of lse_kl_gemm_work_elems(n, v). Needs compute capability 8.0+; asynchronous.
+void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64_t col0,
+                             uintptr_t state, int64_t state_ld, uintptr_t args, int64_t args_ld,
+                             uintptr_t row_moments, int64_t row_ld, uintptr_t col_moments,
+                             int64_t col_ld, int64_t row0, uintptr_t row_work,
+                             uintptr_t col_work, uintptr_t shift, uintptr_t stream);
+
 #ifdef IDENTIREP_WITH_CUBLAS
 // ---- the pass driver (csrc/cuda_pass.cpp): cuBLAS tiles + the epilogue above, one call ----
 
@@ -70,11 +101,13 @@ std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b);
 
 // Bytes of workspace lse_kl_pass_cuda needs for tile_rows x tile_cols tiles.
 int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const std::string& dtype,
-                                   bool overlap, bool fused);
+                                   bool overlap, bool fused, bool gemm);
 
 // The pass over labels [c_begin, c_end): for each label tile (tile_cols), for each row tile
 // (tile_rows), the logit tiles f_k g_k' (cublasGemmEx; f_k, g_k of one kind; float32 output
-// and accumulation, or float64 when dtype is "float64") and lse_kl_update_cuda on them. state
+// and accumulation, or float64 when dtype is "float64") and lse_kl_update_cuda on them (gemm:
+// lse_kl_gemm_update_cuda instead, without cuBLAS, for float16/bfloat16 operands of one kind
+// with contiguous rows as it needs them; overlap and fused are then ignored). state
 // (8, N), args (2, N), row_moments (5, N) with row stride N and col_moments (5, V) with row
 // stride V as in lse_kl_update_cuda. overlap: the epilogue on a second stream, ordered by
 // events, beside the next tile's GEMMs (same results). Asynchronous on `stream` of `device`.
@@ -85,8 +118,8 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       const CudaOperand& g2, int64_t c_begin, int64_t c_end, int64_t tile_rows,
                       int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,
                       uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
-                      const std::string& dtype, bool overlap, bool fused, uintptr_t stream,
-                      int device);
+                      const std::string& dtype, bool overlap, bool fused, bool gemm,
+                      uintptr_t stream, int device);
 #endif
 
 }  // namespace identirep

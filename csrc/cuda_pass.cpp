@@ -154,17 +154,27 @@ struct WorkspaceLayout {
   int64_t cublas, col_work, row_work, tiles, total;  // byte offsets of the pieces, and the size
 };
 
-WorkspaceLayout PlanWorkspace(int64_t tr, int64_t tc, bool f64, bool overlap, bool fused) {
-  const int64_t col = fused ? lse_kl_cuda_fused_work_elems(tr, tc).second
-                            : lse_kl_cuda_col_work_elems(tc);
-  const int64_t row = fused ? lse_kl_cuda_fused_work_elems(tr, tc).first : 0;
+// With gemm (the fused GEMM kernel) there are no logit tiles and no cuBLAS workspace; "tiles"
+// then holds the column shifts (2 tc floats).
+WorkspaceLayout PlanWorkspace(int64_t tr, int64_t tc, bool f64, bool overlap, bool fused,
+                              bool gemm) {
+  int64_t col, row;
+  if (gemm) {
+    const std::vector<int64_t> e = lse_kl_gemm_work_elems(tr, tc);
+    row = e[0];
+    col = e[1];
+  } else {
+    col = fused ? lse_kl_cuda_fused_work_elems(tr, tc).second : lse_kl_cuda_col_work_elems(tc);
+    row = fused ? lse_kl_cuda_fused_work_elems(tr, tc).first : 0;
+  }
   WorkspaceLayout w;
   w.cublas = 0;
-  w.col_work = kCublasWorkspace;
+  w.col_work = gemm ? 0 : kCublasWorkspace;
   w.row_work = w.col_work + Align(8 * col);
   w.tiles = w.row_work + Align(8 * row);
   const int64_t tile = Align(tr * tc * (f64 ? 8 : 4));
-  w.total = w.tiles + (overlap ? 4 : 2) * tile;
+  w.total = w.tiles + (gemm ? Align(4 * lse_kl_gemm_work_elems(tr, tc)[2])
+                            : (overlap ? 4 : 2) * tile);
   return w;
 }
 
@@ -289,22 +299,76 @@ std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b) {
 }
 
 int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const std::string& dtype,
-                                   bool overlap, bool fused) {
+                                   bool overlap, bool fused, bool gemm) {
   Require(tile_rows >= 1 && tile_cols >= 1, "tile_rows and tile_cols must be >= 1");
   Require(dtype == "float32" || dtype == "float64", "dtype must be float32 or float64");
-  return PlanWorkspace(tile_rows, tile_cols, dtype == "float64", overlap, fused).total;
+  Require(!gemm || dtype == "float32", "the fused GEMM computes float32 logits");
+  return PlanWorkspace(tile_rows, tile_cols, dtype == "float64", overlap, fused, gemm).total;
 }
+
+namespace {
+
+// The fused GEMM's view of the four operands (checked: one half kind, rows contiguous, row
+// strides and pointers as lse_kl_gemm_update_cuda needs).
+GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
+                      const CudaOperand& g2) {
+  const CudaOperand* ops[4] = {&f1, &g1, &f2, &g2};
+  const char* names[4] = {"f1", "g1", "f2", "g2"};
+  for (int i = 0; i < 4; ++i) {
+    const CudaOperand& o = *ops[i];
+    Require(o.kind == f1.kind && (o.kind == "bfloat16" || o.kind == "float16"),
+            std::string("the fused GEMM takes float16 or bfloat16 operands of one kind; ") +
+                names[i] + " is " + o.kind);
+    Require(o.cols == 1 || o.s1 == 1,
+            std::string("the fused GEMM needs contiguous rows; ") + names[i] + " has not");
+    const int64_t ld = o.rows > 1 ? o.s0 : ((o.cols + 7) / 8 * 8);
+    const std::string why = lse_kl_gemm_operand_problem(o.ptr, ld, o.cols);
+    Require(why.empty(), std::string("the fused GEMM cannot take ") + names[i] + ": " + why);
+  }
+  Require(f1.cols == g1.cols && f2.cols == g2.cols && f2.rows == f1.rows && g2.rows == g1.rows,
+          "f_k and g_k need the same columns, f1 and f2 (g1 and g2) the same rows");
+  const auto ld = [](const CudaOperand& o) { return o.rows > 1 ? o.s0 : (o.cols + 7) / 8 * 8; };
+  return {f1.ptr, g1.ptr, f2.ptr, g2.ptr, ld(f1), ld(g1), ld(f2), ld(g2), f1.cols, f2.cols,
+          f1.kind};
+}
+
+// The pass with the fused GEMM kernel: label tiles outer, row tiles inner, one stream.
+void GemmPass(const GemmOperands& op, int64_t n, int64_t v, int64_t c_begin, int64_t c_end,
+              int64_t tr, int64_t tc, uintptr_t state, uintptr_t args, uintptr_t row_moments,
+              uintptr_t col_moments, char* base, const WorkspaceLayout& w, cudaStream_t stream) {
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += tc) {
+    const int64_t c = std::min(c_end, c0 + tc) - c0;
+    for (int64_t r0 = 0; r0 < n; r0 += tr) {
+      const int64_t r = std::min(n, r0 + tr) - r0;
+      GemmOperands tile = op;
+      tile.f1 += 2 * r0 * op.ldf1;
+      tile.f2 += 2 * r0 * op.ldf2;
+      tile.g1 += 2 * c0 * op.ldg1;
+      tile.g2 += 2 * c0 * op.ldg2;
+      lse_kl_gemm_update_cuda(tile, r, c, c0, state + 8 * r0, n, args + 8 * r0, n,
+                              row_moments + 8 * r0, n, col_moments, v, r0,
+                              reinterpret_cast<uintptr_t>(base + w.row_work),
+                              reinterpret_cast<uintptr_t>(base + w.col_work),
+                              reinterpret_cast<uintptr_t>(base + w.tiles),
+                              reinterpret_cast<uintptr_t>(stream));
+    }
+  }
+}
+
+}  // namespace
 
 void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
                       const CudaOperand& g2, int64_t c_begin, int64_t c_end, int64_t tile_rows,
                       int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,
                       uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
-                      const std::string& dtype, bool overlap, bool fused, uintptr_t stream,
-                      int device) {
+                      const std::string& dtype, bool overlap, bool fused, bool gemm,
+                      uintptr_t stream, int device) {
   Require(dtype == "float32" || dtype == "float64",
           "dtype must be \"float32\" or \"float64\", got \"" + dtype + "\"");
   const bool f64 = dtype == "float64";
+  Require(!gemm || !f64, "the fused GEMM computes float32 logits (dtype \"float32\")");
   const GemmPair p1 = MakePair(f1, g1, 1, f64), p2 = MakePair(f2, g2, 2, f64);
+  const GemmOperands gemm_ops = gemm ? GemmView(f1, g1, f2, g2) : GemmOperands{};
   const int64_t n = f1.rows, v = g1.rows;
   Require(f2.rows == n && g2.rows == v, "f1, f2 need the same rows and g1, g2 the same rows");
   Require(0 <= c_begin && c_begin <= c_end && c_end <= v, "need 0 <= c_begin <= c_end <= V");
@@ -317,10 +381,16 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   Require(workspace % 256 == 0, "workspace must be 256-byte aligned");
   Require(device >= 0, "device must be >= 0");
   const int64_t tr = std::min(tile_rows, n), tc = std::min(tile_cols, v);
-  const WorkspaceLayout w = PlanWorkspace(tr, tc, f64, overlap, fused);
+  const WorkspaceLayout w = PlanWorkspace(tr, tc, f64, overlap, fused, gemm);
   Require(workspace_bytes >= w.total, "workspace_bytes " + std::to_string(workspace_bytes) +
                                           " < the " + std::to_string(w.total) + " this needs");
   if (c_begin == c_end) return;
+  if (gemm) {  // no cuBLAS
+    DeviceGuard guard(device);
+    GemmPass(gemm_ops, n, v, c_begin, c_end, tr, tc, state, args, row_moments, col_moments,
+             reinterpret_cast<char*>(workspace), w, reinterpret_cast<cudaStream_t>(stream));
+    return;
+  }
 
   const CublasApi& api = Api();
   std::lock_guard<std::mutex> lock(g_pass_mutex);

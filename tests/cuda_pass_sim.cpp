@@ -178,6 +178,21 @@ std::vector<double> g_l1, g_l2;
 int64_t g_v = 0;
 std::vector<std::pair<int64_t, int64_t>> g_order;  // (col0, row0) as the epilogues run
 
+// What an epilogue writes of the pass state: rows of state, args and row moments for its n
+// inputs, column moments for its v labels from col0.
+void StateRanges(std::vector<Range>& rs, int64_t n, int64_t v, int64_t col0, uintptr_t state,
+                 int64_t state_ld, uintptr_t args, int64_t args_ld, uintptr_t row_moments,
+                 int64_t row_ld, uintptr_t col_moments, int64_t col_ld) {
+  const auto rows = [&](uintptr_t base, int count, int64_t ld, int64_t lo, int64_t len) {
+    for (int r = 0; r < count; ++r)
+      rs.push_back({base + (r * ld + lo) * 8, base + (r * ld + lo + len) * 8, true});
+  };
+  rows(state, 8, state_ld, 0, n);
+  rows(args, 2, args_ld, 0, n);
+  rows(row_moments, 5, row_ld, 0, n);
+  rows(col_moments, 5, col_ld, col0, v);
+}
+
 }  // namespace
 
 namespace identirep {
@@ -195,13 +210,8 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
   const int64_t it = dtype == "float64" ? 8 : 4;
   std::vector<Range> rs{{l1, l1 + ((n - 1) * ld1 + v) * it, false},
                         {l2, l2 + ((n - 1) * ld2 + v) * it, false}};
-  for (int r = 0; r < 8; ++r) rs.push_back({state + r * state_ld * 8, state + (r * state_ld + n) * 8, true});
-  for (int r = 0; r < 2; ++r) rs.push_back({args + r * args_ld * 8, args + (r * args_ld + n) * 8, true});
-  for (int r = 0; r < 5; ++r)
-    rs.push_back({row_moments + r * row_ld * 8, row_moments + (r * row_ld + n) * 8, true});
-  for (int r = 0; r < 5; ++r)
-    rs.push_back({col_moments + (r * col_ld + col0) * 8, col_moments + (r * col_ld + col0 + v) * 8,
-                  true});
+  StateRanges(rs, n, v, col0, state, state_ld, args, args_ld, row_moments, row_ld, col_moments,
+              col_ld);
   const auto fused = lse_kl_cuda_fused_work_elems(n, v);
   rs.push_back({col_work, col_work + (row_work ? fused.second : lse_kl_cuda_col_work_elems(v)) * 8,
                 true});
@@ -218,6 +228,45 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
       }
   });
 }
+
+// The fused GEMM: its scratch sizes (kernels/lse_kl_gemm.cuh), and a stand-in that computes
+// its tile's logits from the operands it is given (bfloat16) as the epilogue stand-in stores
+// them, declaring what the kernels read and write.
+std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
+  return {(v + 127) / 128 * 15 * n, 64 * 5 * v, 2 * v};
+}
+void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64_t col0,
+                             uintptr_t state, int64_t state_ld, uintptr_t args, int64_t args_ld,
+                             uintptr_t row_moments, int64_t row_ld, uintptr_t col_moments,
+                             int64_t col_ld, int64_t row0, uintptr_t row_work,
+                             uintptr_t col_work, uintptr_t shift, uintptr_t stream) {
+  const std::vector<int64_t> e = lse_kl_gemm_work_elems(n, v);
+  std::vector<Range> rs{{op.f1, op.f1 + ((n - 1) * op.ldf1 + op.k1) * 2, false},
+                        {op.g1, op.g1 + ((v - 1) * op.ldg1 + op.k1) * 2, false},
+                        {op.f2, op.f2 + ((n - 1) * op.ldf2 + op.k2) * 2, false},
+                        {op.g2, op.g2 + ((v - 1) * op.ldg2 + op.k2) * 2, false},
+                        {row_work, row_work + e[0] * 8, true},
+                        {col_work, col_work + e[1] * 8, true},
+                        {shift, shift + e[2] * 4, true}};
+  StateRanges(rs, n, v, col0, state, state_ld, args, args_ld, row_moments, row_ld, col_moments,
+              col_ld);
+  Add(reinterpret_cast<cudaStream_t>(stream), "fused gemm", rs, [=] {
+    g_order.push_back({col0, row0});
+    const auto dot = [](uintptr_t f, uintptr_t g, int64_t k) {
+      double s = 0;
+      for (int64_t p = 0; p < k; ++p)
+        s += Load(reinterpret_cast<const void*>(f), CUDA_R_16BF, p) *
+             Load(reinterpret_cast<const void*>(g), CUDA_R_16BF, p);
+      return s;
+    };
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < v; ++j) {
+        const int64_t at = (row0 + i) * g_v + col0 + j;
+        g_l1[at] = dot(op.f1 + 2 * i * op.ldf1, op.g1 + 2 * j * op.ldg1, op.k1);
+        g_l2[at] = dot(op.f2 + 2 * i * op.ldf2, op.g2 + 2 * j * op.ldg2, op.k2);
+      }
+  });
+}
 }  // namespace identirep
 
 namespace {
@@ -225,7 +274,8 @@ namespace {
 std::mt19937_64 g_rng(1);
 
 // A strided operand with small exact values: layout 0 C, 1 F, 2 C padded, 3 F padded, 4 C with
-// an odd row stride for one row, 5 F with an odd column stride for one column.
+// an odd row stride for one row, 5 F with an odd column stride for one column, 6 C with rows
+// padded to a multiple of 8 elements and 16-byte aligned data (the fused GEMM's).
 struct Operand {
   std::vector<char> mem;
   int64_t rows, cols, s0, s1, off = 3;
@@ -250,6 +300,7 @@ Operand Make(int64_t rows, int64_t cols, int layout, const std::string& kind) {
   if (layout % 2 == 0) { a.s1 = 1; a.s0 = cols + pad; } else { a.s0 = 1; a.s1 = rows + pad; }
   if (layout == 4) { a.s1 = 1; a.s0 = rows == 1 ? 77 : cols; }
   if (layout == 5) { a.s0 = 1; a.s1 = cols == 1 ? 99 : rows; }
+  if (layout == 6) { a.s1 = 1; a.s0 = (cols + 7) / 8 * 8 + 8 * (rows % 2); a.off = 8; }
   a.mem.assign((a.off + (rows - 1) * a.s0 + (cols - 1) * a.s1 + 9) * a.Item(), 0);
   std::uniform_int_distribution<int> d(-8, 8);
   for (int64_t i = 0; i < rows; ++i)
@@ -304,10 +355,11 @@ int Hazards(const char* tag) {
 
 // One pass; returns the number of failed checks (printing them).
 int Run(int64_t n, int64_t v, int64_t k, const char* kind, int lf, int lg, bool overlap,
-        bool fused, int64_t tr, int64_t tc, int fail_after = -1) {
+        bool fused, int64_t tr, int64_t tc, int fail_after = -1, bool gemm = false) {
   const std::string dt = std::string(kind) == "float64" ? "float64" : "float32";
   const Operand f1 = Make(n, k, lf, kind), g1 = Make(v, k, lg, kind),
-                f2 = Make(n, k, (lf + 1) % 6, kind), g2 = Make(v, k, (lg + 3) % 6, kind);
+                f2 = Make(n, k, gemm ? 6 : (lf + 1) % 6, kind),
+                g2 = Make(v, k, gemm ? 6 : (lg + 3) % 6, kind);
   g_tasks.clear();
   g_legacy = FakeStream();
   g_order.clear();
@@ -319,7 +371,7 @@ int Run(int64_t n, int64_t v, int64_t k, const char* kind, int lf, int lg, bool 
   std::vector<double> state(8 * n), rowm(5 * n), colm(5 * v);
   std::vector<int64_t> args(2 * n);
   const int64_t ws = identirep::lse_kl_pass_cuda_workspace(std::min(tr, n), std::min(tc, v), dt,
-                                                           overlap, fused);
+                                                           overlap, fused, gemm);
   std::unique_ptr<char[]> work(new char[ws + 256]);  // untouched pages cost nothing
   const uintptr_t wp = (reinterpret_cast<uintptr_t>(work.get()) + 255) / 256 * 256;
   FakeStream caller;
@@ -333,9 +385,10 @@ int Run(int64_t n, int64_t v, int64_t k, const char* kind, int lf, int lg, bool 
                                span(colm, true), {wp, wp + ws, true}};
   Add(s, "fill", all, [] {});
   char tag[200];
-  std::snprintf(tag, sizeof tag, "n%ld v%ld k%ld %s layouts %d,%d overlap %d fused %d tiles %ldx%ld",
+  std::snprintf(tag, sizeof tag,
+                "n%ld v%ld k%ld %s layouts %d,%d overlap %d fused %d gemm %d tiles %ldx%ld",
                 static_cast<long>(n), static_cast<long>(v), static_cast<long>(k), kind, lf, lg,
-                overlap, fused, static_cast<long>(tr), static_cast<long>(tc));
+                overlap, fused, gemm, static_cast<long>(tr), static_cast<long>(tc));
   bool threw = false;
   // in one call, or in two at a label-tile boundary (as a caller reporting progress does)
   const int64_t split = std::min(v, std::min(tc, v) * ((v / std::min(tc, v) + 1) / 2));
@@ -349,7 +402,7 @@ int Run(int64_t n, int64_t v, int64_t k, const char* kind, int lf, int lg, bool 
                                   reinterpret_cast<uintptr_t>(args.data()),
                                   reinterpret_cast<uintptr_t>(rowm.data()),
                                   reinterpret_cast<uintptr_t>(colm.data()), wp, ws, dt, overlap,
-                                  fused, reinterpret_cast<uintptr_t>(s), 0);
+                                  fused, gemm, reinterpret_cast<uintptr_t>(s), 0);
   } catch (const std::exception& e) {
     threw = true;
     if (fail_after < 0) {
@@ -416,6 +469,14 @@ int main(int argc, char** argv) {
                   ++runs;
                 }
         }
+  for (int si = 0; si < 6; ++si)  // the fused GEMM: its tiles of the operands, in order
+    for (int64_t tr : {1, 3, 100})
+      for (int64_t tc : {1, 4, 100}) {
+        const int64_t* sh = shapes[si];
+        fails += Run(sh[0], sh[1], sh[2] + si, "bfloat16", 6, 6, si % 2, false, tr, tc, -1,
+                     true) > 0;
+        ++runs;
+      }
   for (int fail_after : {0, 1, 2, 5, 9})  // a GEMM fails mid-pass
     for (int ov = 0; ov < 2; ++ov) {
       fails += Run(10, 20, 4, "float32", 0, 1, ov, false, 3, 4, fail_after) > 0;

@@ -15,9 +15,10 @@ import pytest
 import identirep
 from identirep import IdentirepError, _core
 from identirep import _cupy_pass as gp
-from conftest import _gpu_available
-from test_gpu import (ALL_FIELDS, assert_stats_close, logit_scale, make_pair,  # noqa: F401
-                      problem64)
+from identirep.passes import numpy_pass
+from conftest import _gpu_available, random_pair
+from test_gpu import (ALL_FIELDS, assert_rows_and_columns, assert_stats_close,  # noqa: F401
+                      bf16_round, bf16_value, logit_scale, make_pair, problem64)
 
 DRIVER = identirep.build_info()["cuda_pass_driver"]
 needs_driver = pytest.mark.skipif(not DRIVER, reason="the CUDA pass driver is not built "
@@ -100,11 +101,79 @@ def test_driver_workspace_fits_the_tile_plan(fused, overlap, dtype):
     for n, v, ws in ((16384, 128256, 1 << 30), (1001, 50257, 40 << 20), (7, 3, 33 << 20),
                      (50000, 262144, 1 << 30)):
         tr, tc = gp.tile_shape(n, v, 0, 0, it, None, None, ws, nbuf, fused, gp.driver_reserve())
-        size = _core.lse_kl_pass_cuda_workspace(tr, tc, dtype, overlap, fused)
+        size = _core.lse_kl_pass_cuda_workspace(tr, tc, dtype, overlap, fused, False)
         parts = cublas + 2 * nbuf * tr * tc * it + 8 * sum(gp.epilogue_scratch(tr, tc, fused))
         assert parts <= size <= min(ws, parts + gp.driver_reserve() - cublas)
     with pytest.raises(IdentirepError, match="too small"):
         gp.tile_shape(7, 3, 0, 0, it, None, None, cublas, nbuf, fused, gp.driver_reserve())
+
+
+@needs_driver
+def test_fused_gemm_workspace_and_tiles():
+    # no logit tiles, no cuBLAS workspace: the row records, column sums and shifts, aligned
+    for n, v in ((16384, 128256), (1001, 50257), (7, 3)):
+        tr, tc = gp.gemm_tile_shape(n, v, None, None, 1 << 30)
+        assert (tr, tc) == (n, min(v, gp.GEMM_TILE_COLS))
+        row, col, shift = _core.lse_kl_gemm_work_elems(tr, tc)
+        assert row == -(-tc // 128) * gp.ROW_FIELDS * tr and col == 64 * 5 * tc and shift == 2 * tc
+        size = _core.lse_kl_pass_cuda_workspace(tr, tc, "float32", False, False, True)
+        assert 8 * (row + col) + 4 * shift <= size <= 8 * (row + col) + 4 * shift + 3 * 256
+    # 1 << 26 bytes: the labels shrink first (to 128), then the rows
+    tr, tc = gp.gemm_tile_shape(16384, 128256, None, None, 1 << 26)
+    assert tc < gp.GEMM_TILE_COLS and _core.lse_kl_pass_cuda_workspace(
+        tr, tc, "float32", False, False, True) <= 1 << 26
+    assert gp.gemm_tile_shape(1 << 20, 4096, None, None, 1 << 26)[1] == 128
+    with pytest.raises(IdentirepError, match="too small for the fused GEMM"):
+        gp.gemm_tile_shape(16384, 4096, 16384, 4096, 1 << 20)
+    with pytest.raises(ValueError, match="float32 logits"):
+        _core.lse_kl_pass_cuda_workspace(10, 10, "float64", False, False, True)
+
+
+def test_fused_gemm_takes_aligned_half_rows_only():
+    u16 = np.zeros((40, 32), np.uint16)
+    bf = [_fake_device(u16[:10, :20], "bfloat16"), _fake_device(u16[:20, :20], "bfloat16")] * 2
+    assert gp.gemm_problem(bf) == ""
+    f16 = [_fake_device(x.view(np.float16)) for x in (u16[:10, :20], u16[:20, :20])] * 2
+    assert gp.gemm_problem(f16) == ""
+    assert "of one kind" in gp.gemm_problem(bf[:2] + f16[2:])
+    f32 = [_fake_device(np.zeros((10, 4), np.float32))] * 4
+    assert "float16 or bfloat16" in gp.gemm_problem(f32)
+    assert "contiguous rows" in gp.gemm_problem(
+        [_fake_device(np.asfortranarray(u16[:10, :20]), "bfloat16")] + bf[1:])
+    assert "multiple of 8" in gp.gemm_problem(
+        [_fake_device(np.zeros((10, 20), np.uint16), "bfloat16")] + bf[1:])
+    shifted = _fake_device(u16[:10, :20], "bfloat16")
+    shifted.data.data.ptr += 2
+    assert "16-byte aligned" in gp.gemm_problem([shifted] + bf[1:])
+
+
+@needs_driver
+def test_driver_checks_fused_gemm_arguments_before_touching_a_device():
+    a, g = np.empty((10, 8), np.uint16), np.empty((20, 8), np.uint16)
+    ptrs = dict(state=8, args=8, row_moments=8, col_moments=8, workspace=256)
+
+    def run(f1=op(a, "bfloat16", 256), g1=op(g, "bfloat16", 512), f2=op(a, "bfloat16", 256),
+            g2=op(g, "bfloat16", 512), dtype="float32", ws=1 << 30, **kw):
+        args = dict(c_begin=0, c_end=20, tile_rows=10, tile_cols=20, gemm=True, **ptrs)
+        args.update(kw)
+        _core.lse_kl_pass_cuda(f1, g1, f2, g2, workspace_bytes=ws, dtype=dtype, **args)
+
+    f32 = np.empty((10, 8), np.float32), np.empty((20, 8), np.float32)
+    cases = [
+        (dict(f1=op(f32[0]), g1=op(f32[1]), f2=op(f32[0]), g2=op(f32[1])),
+         "float16 or bfloat16 operands of one kind"),
+        (dict(f2=op(a, "float16", 256), g2=op(g, "float16", 512)), "of one kind; f2 is float16"),
+        (dict(dtype="float64"), "float32 logits"),
+        (dict(g1=op(np.asfortranarray(g), "bfloat16", 512)), "contiguous rows; g1"),
+        (dict(g2=op(np.empty((20, 12), np.uint16)[:, :8], "bfloat16", 512)),
+         "g2: its row stride \\(12\\) is not a multiple of 8"),
+        (dict(f1=op(a, "bfloat16", 264)), "f1: its data is not 16-byte aligned"),
+        (dict(ws=100), "workspace_bytes 100"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            run(**kw)
+    run(c_begin=5, c_end=5)  # an empty label range is a no-op
 
 
 @needs_driver
@@ -317,3 +386,60 @@ def test_driver_runs_on_the_callers_stream(cupy, spy):
         got = gp.cuda_pass(*arrays, tile_cols=1000)
     for k in ALL_FIELDS:
         np.testing.assert_array_equal(getattr(got, k), getattr(ref, k), err_msg=k)
+
+
+def _half_arrays(cupy, arrays, kind):
+    """Device operands of kind float16 or bfloat16 (as its bits) and their exact values."""
+    if kind == "bfloat16":
+        bits = [bf16_round(a) for a in arrays]
+        return [gp.DeviceArray(cupy.asarray(b), kind) for b in bits], [bf16_value(b)
+                                                                       for b in bits]
+    halves = [a.astype(np.float16) for a in arrays]
+    return [cupy.asarray(h) for h in halves], [h.astype(np.float64) for h in halves]
+
+
+@pytest.mark.gpu
+@needs_driver
+@pytest.mark.parametrize("kind", ["bfloat16", "float16"])
+@pytest.mark.parametrize("shape,tiles", [((777, 9001, 37, 31), {}),
+                                         ((300, 1100, 64, 16), {"tile_rows": 129,
+                                                                "tile_cols": 300}),
+                                         ((1, 1, 8, 8), {})])
+def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, shape, tiles):
+    n, v, m1, m2 = shape
+    arrays, vals = _half_arrays(cupy, make_pair(7, n=n, v=v, m1=m1, m2=m2), kind)
+    got = gp.cuda_pass(*arrays, fused_gemm=True, **tiles)
+    assert (got.backend, got.dtype) == ("cuda", "float32")
+    scale = logit_scale(*vals)
+    # both are float32 tensor-core sums of the same products, in other orders
+    assert_stats_close(got, gp.cuda_pass(*arrays, **tiles), 1e-5, scale, agree_slack=2)
+    assert_stats_close(got, numpy_pass(*vals), 1e-4, scale, agree_slack=2)
+
+
+@pytest.mark.gpu
+@needs_driver
+def test_fused_gemm_takes_biased_models(cupy):
+    # device_augmented pads [f, 1] and [g, b] to rows of 8 elements, which the fused GEMM needs
+    a, b = random_pair(N=500, V=3000, M=24, bias=True, seed=3)
+    models = [identirep.Model(*(gp.DeviceArray(cupy.asarray(bf16_round(x)), "bfloat16")
+                                for x in (m.f, m.g)),
+                              bias=gp.DeviceArray(cupy.asarray(bf16_round(m.bias)), "bfloat16"))
+              for m in (a, b)]
+    ops = [x for m in models for x in gp.device_augmented(m)]
+    assert gp.gemm_problem(ops) == ""
+    vals = [bf16_value(cupy.asnumpy(o.data)) for o in ops]
+    got = gp.cuda_pass(*ops, fused_gemm=True)
+    assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=2)
+
+
+@pytest.mark.gpu
+@needs_driver
+@pytest.mark.slow
+def test_fused_gemm_more_than_2_31_logits_per_call(cupy):
+    # n * v = 2.15e9 logits in one call: 64-bit row records and offsets
+    n, v, m = 16384, 131200, 8
+    rng = np.random.default_rng(5)
+    bits = [bf16_round(rng.standard_normal(s)) for s in ((n, m), (v, m), (n, m), (v, m))]
+    got = gp.cuda_pass(*[gp.DeviceArray(cupy.asarray(b), "bfloat16") for b in bits],
+                       fused_gemm=True, tile_cols=v, workspace_bytes=24 << 30)
+    assert_rows_and_columns(got, *(bf16_value(b) for b in bits))

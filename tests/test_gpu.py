@@ -141,7 +141,7 @@ def _strip_host_code(text):
     return re.sub(r"#ifndef __CUDACC_RTC__.*?#endif[^\n]*", "", text, flags=re.S)
 
 
-@pytest.mark.parametrize("name", ["lse_kl.cuh", "pivot_terms.cuh"])
+@pytest.mark.parametrize("name", ["lse_kl.cuh", "lse_kl_gemm.cuh", "pivot_terms.cuh"])
 def test_kernel_headers_need_no_headers_under_nvrtc(name):
     kernels = _strip_host_code(gp.kernel_source(name))
     assert "#include" not in kernels and "std::" not in kernels
@@ -341,8 +341,14 @@ def test_one_tile_of_more_than_2_31_logits(cupy, backend):
     got = PASSES[backend](*[cupy.asarray(a) for a in arrays], workspace_bytes=24 << 30,
                           tile_cols=v, overlap=False)
     cupy.get_default_memory_pool().free_all_blocks()
-    rows, cols = np.array([0, 1, 8191, n - 1]), np.array([0, 65599, v - 1])
-    l1, l2 = f1[rows] @ g1.T, f2[rows] @ g2.T  # a few rows and columns in float64
+    assert_rows_and_columns(got, f1, g1, f2, g2)
+
+
+def assert_rows_and_columns(got, f1, g1, f2, g2, rtol=1e-4):
+    """A big pass checked on a few rows and columns, computed in float64 from the operands."""
+    n, v = f1.shape[0], g1.shape[0]
+    rows, cols = np.unique([0, 1, n // 2, n - 1]), np.unique([0, v // 2 + 7, v - 1])
+    l1, l2 = f1[rows] @ g1.T, f2[rows] @ g2.T
     c1, c2 = f1 @ g1[cols].T, f2 @ g2[cols].T
     L1 = l1.max(1) + np.log(np.exp(l1 - l1.max(1, keepdims=True)).sum(1))
     L2 = l2.max(1) + np.log(np.exp(l2 - l2.max(1, keepdims=True)).sum(1))
@@ -356,7 +362,7 @@ def test_one_tile_of_more_than_2_31_logits(cupy, backend):
               "col_m2_12": (got.col_m2_12[cols], cross, n * s ** 2)}
     for k, (have, want, size) in checks.items():
         err = np.abs(have - want) / (np.abs(want) + size)
-        assert err.max() <= 1e-4, (k, have, want)
+        assert err.max() <= rtol, (k, have, want)
 
 
 @pytest.mark.gpu
@@ -581,14 +587,34 @@ def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(name):
     nvrtc = _nvrtc()
     exprs = ([n for t in ("float", "double") for n in gp.kernel_names(t).values()]
              if name == "lse_kl.cuh" else list(gp.PIVOT_KERNELS.values()))
-    src = "\n".join(l for l in gp.kernel_source(name).splitlines() if l.strip() != "#pragma once")
-    prog = nvrtc.createProgram(src, name, [], [])
+    lowered, ptx = _nvrtc_compile(nvrtc, [name], exprs)
+    assert all(x.startswith("_ZN9identirep7kernels") for x in lowered)
+    assert ".entry" in ptx
+
+
+def _nvrtc_compile(nvrtc, headers, exprs):
+    """The kernel headers, in order, as one NVRTC program for sm_90 with these name
+    expressions: (lowered names, PTX)."""
+    src = "\n".join(l for name in headers for l in gp.kernel_source(name).splitlines()
+                    if l.strip() != "#pragma once")
+    prog = nvrtc.createProgram(src, headers[-1], [], [])
     for e in exprs:
         nvrtc.addNameExpression(prog, e)
     try:
         nvrtc.compileProgram(prog, ["-std=c++17", "-arch=compute_90"])
     except nvrtc.NVRTCError as e:
-        pytest.fail(f"{name}: {e}\n{nvrtc.getProgramLog(prog)}")
-    assert all(nvrtc.getLoweredName(prog, e).startswith("_ZN9identirep7kernels") for e in exprs)
-    assert ".entry" in nvrtc.getPTX(prog).decode()
-    nvrtc.destroyProgram(prog)
+        pytest.fail(f"{headers[-1]}: {e}\n{nvrtc.getProgramLog(prog)}")
+    try:
+        return [nvrtc.getLoweredName(prog, e) for e in exprs], nvrtc.getPTX(prog).decode()
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def test_nvrtc_compiles_the_fused_gemm_kernel():
+    """lse_kl_gemm.cuh (after lse_kl.cuh, as the emulator includes them) under NVRTC: its inline
+    PTX (mma.sync, ldmatrix, cp.async) and dynamic shared memory compile for sm_90."""
+    exprs = [f"identirep::kernels::{k}<{b}>" for k in ("LseKlGemmKernel", "LseKlShiftKernel")
+             for b in ("true", "false")]
+    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
+    assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned" in ptx

@@ -18,7 +18,7 @@ import pytest
 
 from identirep import _core
 from identirep import _cupy_pass as gp
-from identirep._stream import init_state
+from identirep._stream import finalize, init_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMT = ROOT / "tests" / "simt"
@@ -43,7 +43,7 @@ def launch_constants():
 @pytest.fixture(scope="session")
 def harness(tmp_path_factory):
     if sys.platform != "linux":
-        pytest.skip("the SIMT emulator needs Linux (glibc fibers, linker section bounds)")
+        pytest.skip("the SIMT emulator needs Linux (glibc fibers, its own ELF symbol table)")
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         pytest.skip(f"no C++ compiler ({cxx})")
@@ -82,21 +82,28 @@ def padded(l, pad):
     return out
 
 
+def emulated_pass(exe, tmp_path, inputs, n, v, *args, workers=None):
+    """run_kernels with the input arrays (name: array) and a fresh pass state of n inputs and
+    v labels in tmp_path; returns the state, args, row and column moments it wrote."""
+    state, argmax = init_state(n)
+    arrays = {"state": state, "args": argmax, "row_m": np.zeros((5, n)),
+              "col_m": np.zeros((5, v))}
+    for name, a in {**inputs, **arrays}.items():
+        np.ascontiguousarray(a).tofile(tmp_path / name)
+    run(exe, *args, tmp_path, workers=workers)
+    return {k: np.fromfile(tmp_path / f"{k}.out", a.dtype).reshape(a.shape)
+            for k, a in arrays.items()}
+
+
 def device_pass(exe, tmp_path, l1, l2, v, tr, tc, fused, moments=True, repeat=1, workers=None):
     """The emulated pass of _gpu_pass (label tiles outer, row tiles inner) over the first v
     columns of l1, l2 (n x ld arrays): state, args, row and column moments."""
     n = l1.shape[0]
-    state, args = init_state(n)
-    arrays = {"l1": l1, "l2": l2, "state": state, "args": args, "row_m": np.zeros((5, n)),
-              "col_m": np.zeros((5, v))}
-    for name, a in arrays.items():
-        np.ascontiguousarray(a).tofile(tmp_path / name)
     row_work, col_work = gp.epilogue_scratch(tr, tc, fused)
-    run(exe, "epilogue", "f32" if l1.dtype == np.float32 else "f64", int(fused), int(moments),
-        n, v, l1.shape[1], l2.shape[1], tr, tc, row_work, col_work, repeat, tmp_path,
-        workers=workers)
-    return {k: np.fromfile(tmp_path / f"{k}.out", arrays[k].dtype).reshape(arrays[k].shape)
-            for k in ("state", "args", "row_m", "col_m")}
+    return emulated_pass(exe, tmp_path, {"l1": l1, "l2": l2}, n, v, "epilogue",
+                         "f32" if l1.dtype == np.float32 else "f64", int(fused), int(moments),
+                         n, v, l1.shape[1], l2.shape[1], tr, tc, row_work, col_work, repeat,
+                         workers=workers)
 
 
 def cpu_pass(l1, l2, tr, tc, moments=True):
@@ -138,15 +145,24 @@ def assert_matches_cpu(got, want, l1, l2, dt, moments=True):
         errs[k][np.isnan(s)] = 0.0  # finalises to NaN whatever a and e hold
     bad = {k: float(np.max(e)) for k, e in errs.items() if not np.all(e <= RTOL_LSE[dt])}
     if moments:
-        s_col = scale.max()
-        sizes = {"row_m": [scale, scale, v * scale**2, v * scale**2, v * scale**2],
-                 "col_m": [s_col, s_col, n * s_col**2, n * s_col**2, n * s_col**2]}
-        for k, size in sizes.items():
-            for f in range(5):
-                e = rel_err(got[k][f], want[k][f], size[f])
-                if not np.all(e <= RTOL):
-                    bad[f"{k}[{f}]"] = float(np.max(e))
+        bad.update(moment_errors(got, want, scale, RTOL))
     assert not bad, f"relative errors above tolerance: {bad}"
+
+
+def moment_errors(got, want, scale, rtol):
+    """The row and column moments' relative errors above rtol, of their natural scale (row
+    scale: max |logit| of each row)."""
+    n, v = got["row_m"].shape[1], got["col_m"].shape[1]
+    s_col = scale.max()
+    sizes = {"row_m": [scale, scale, v * scale**2, v * scale**2, v * scale**2],
+             "col_m": [s_col, s_col, n * s_col**2, n * s_col**2, n * s_col**2]}
+    bad = {}
+    for k, size in sizes.items():
+        for f in range(5):
+            e = rel_err(got[k][f], want[k][f], size[f])
+            if not np.all(e <= rtol):
+                bad[f"{k}[{f}]"] = float(np.max(e))
+    return bad
 
 
 def logit_pair(seed, n, v, dtype):
@@ -299,6 +315,11 @@ def test_emulator_exposes_a_missing_syncthreads(harness, threads):
     assert int(run(harness, "race", 1, 64, threads)) == 0
 
 
+def test_emulator_starts_every_block_with_undefined_shared_memory(harness):
+    # each block writes zeros over its shared memory; the next must find 0xff bytes again
+    assert int(run(harness, "fresh-shared")) == 8
+
+
 @pytest.mark.parametrize("toy, error", [
     ("shfl-exit", "a lane of the shuffle mask did not take part"),
     ("sync-exit", "__syncthreads not reached by a thread that returned")])
@@ -306,3 +327,116 @@ def test_emulator_rejects_synchronisation_after_a_thread_returned(harness, toy, 
     r = subprocess.run([str(harness), toy], check=False, capture_output=True, text=True,
                        timeout=TIMEOUT)
     assert r.returncode == 3 and error in r.stderr
+
+
+# ------------------------------------------------------------------ the fused GEMM kernel
+def half_bits(x, kind):
+    """(16-bit patterns, float64 values) of x rounded to bfloat16 (to nearest even) or float16."""
+    if kind == "f16":
+        h = x.astype(np.float16)
+        return h.view(np.uint16), h.astype(np.float64)
+    b = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    bits = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+    return bits, (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def strided(bits, ld):
+    """bits (r x k) inside an r x ld array whose padding is NaN (read by mistake: seen)."""
+    out = np.full((bits.shape[0], ld), 0x7FC0, np.uint16)  # NaN as bfloat16 and as float16
+    out[:, :bits.shape[1]] = bits
+    return out
+
+
+def gemm_operands(seed, n, v, k1, k2, kind, scale=1.0):
+    """Half-precision f_k, g_k (bits and exact float64 values) of a model pair whose logits
+    differ by a perturbation, and the exact float64 logits."""
+    rng = np.random.default_rng(seed)
+    f1, g1 = rng.standard_normal((n, k1)), rng.standard_normal((v, k1)) * scale / np.sqrt(k1)
+    f2 = np.concatenate([f1, rng.standard_normal((n, k2 - k1))], 1) if k2 > k1 else f1[:, :k2]
+    g2 = np.concatenate([g1, 0.3 * rng.standard_normal((v, k2 - k1)) * scale / np.sqrt(k2)],
+                        1) if k2 > k1 else g1[:, :k2] * 1.1
+    ops = [half_bits(x, kind) for x in (f1, g1, f2, g2)]
+    return [b for b, _ in ops], ops[0][1] @ ops[1][1].T, ops[2][1] @ ops[3][1].T
+
+
+def gemm_pass(exe, tmp_path, bits, n, v, ks, lds, kind, tr, tc, moments=True, repeat=1,
+              workers=None):
+    """The emulated driver pass with the fused GEMM kernel."""
+    inputs = {name: strided(b, ld) for name, b, ld in zip(("f1", "g1", "f2", "g2"), bits, lds)}
+    return emulated_pass(exe, tmp_path, inputs, n, v, "gemm", kind, int(moments), n, v, *ks,
+                         *lds, tr, tc, repeat, workers=workers)
+
+
+RTOL_GEMM = 2e-5  # float32 logits from float32 tensor-core sums against exact ones
+
+
+def assert_matches_gemm(got, want, l1, l2):
+    """The fused GEMM pass against the exact (float64 logits) CPU pass: the finalised per-input
+    results and the moments within RTOL_GEMM of their natural scale (as assert_matches_cpu);
+    the argmax equal wherever the top two logits are further apart than that."""
+    n, v = l1.shape
+    scale = np.maximum(np.abs(l1).max(1), np.abs(l2).max(1))
+    g, w = finalize(got["state"], got["args"]), finalize(want["state"], want["args"])
+    bad = {}
+    for k in ("L1", "L2", "kl12", "kl21", "H1", "H2"):
+        e = np.abs(g[k] - w[k]) / (scale + 1.0)
+        if not np.all(e <= RTOL_GEMM):
+            bad[k] = float(np.nanmax(e))
+    for a, l in enumerate((l1, l2)):
+        top2 = np.sort(l, 1)[:, -2:] if v > 1 else np.zeros((n, 2))
+        clear = (top2[:, 1] - top2[:, 0]) > RTOL_GEMM * scale
+        if not np.array_equal(got["args"][a][clear], want["args"][a][clear]):
+            bad[f"args[{a}]"] = int(np.sum(got["args"][a] != want["args"][a]))
+    bad.update(moment_errors(got, want, scale, RTOL_GEMM))
+    assert not bad, f"relative errors above tolerance: {bad}"
+
+
+GEMM_CASES = {
+    # name: (n, v, k1, k2, row strides (f1, g1, f2, g2), tile rows, tile cols)
+    "one_tile": (1, 1, 1, 1, (8, 8, 8, 8), 1, 1),
+    "odd_sizes_k_tails": (131, 300, 45, 70, (48, 48, 72, 80), 131, 300),
+    "row_and_label_tiles": (300, 270, 64, 40, (64, 64, 40, 48), 170, 140),
+    "chunks_of_rows": (1100, 130, 96, 33, (96, 96, 40, 40), 1100, 130),
+}
+
+
+@pytest.mark.parametrize("kind", ["bf16", "f16"])
+@pytest.mark.parametrize("case", list(GEMM_CASES))
+def test_fused_gemm_kernel_matches_the_cpu_kernel(harness, tmp_path, case, kind):
+    n, v, k1, k2, lds, tr, tc = GEMM_CASES[case]
+    bits, l1, l2 = gemm_operands(11, n, v, k1, k2, kind, scale=4.0)
+    got = gemm_pass(harness, tmp_path, bits, n, v, (k1, k2), lds, kind, tr, tc)
+    want = cpu_pass(l1, l2, tr, tc)
+    assert_matches_gemm(got, want, l1, l2)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "f16"])
+def test_fused_gemm_kernel_with_large_logits_and_tied_labels(harness, tmp_path, kind):
+    # logits in the hundreds (most weights underflow) and three identical labels that hold
+    # every row's maximum: the first of them wins, as on the CPU
+    n, v, k = 150, 260, 24
+    bits, l1, l2 = gemm_operands(12, n, v, k, k, kind, scale=60.0)
+    rng = np.random.default_rng(13)
+    f, g = (half_bits(x, kind) for x in (np.abs(rng.standard_normal((n, k))) + 1.0,
+                                        rng.standard_normal((v, k))))
+    gb, gv = g[0].copy(), g[1].copy()
+    gb[[7, 130, 131]], gv[[7, 130, 131]] = half_bits(np.full((1, k), 8.0), kind)
+    bits[0], bits[1] = f[0], gb
+    l1 = f[1] @ gv.T
+    got = gemm_pass(harness, tmp_path, bits, n, v, (k, k), (24, 24, 24, 24), kind, n, v)
+    assert (got["args"][0] == 7).all()
+    assert_matches_gemm(got, cpu_pass(l1, l2, n, v), l1, l2)
+
+
+def test_fused_gemm_kernel_without_moments_and_deterministic(harness, tmp_path):
+    # null moment pointers (no shift kernel, no column sums); every CUDA thread on its own OS
+    # thread, the pass run twice bit for bit
+    n, v, k1, k2 = 140, 150, 40, 16
+    bits, l1, l2 = gemm_operands(14, n, v, k1, k2, "bf16")
+    got = gemm_pass(harness, tmp_path, bits, n, v, (k1, k2), (40, 40, 16, 16), "bf16", 100, 150,
+                    moments=False, repeat=2, workers=0)
+    assert not got["row_m"].any() and not got["col_m"].any()
+    want = cpu_pass(l1, l2, 100, 150, moments=False)
+    g, w = finalize(got["state"], got["args"]), finalize(want["state"], want["args"])
+    for key in ("L1", "L2", "kl12", "kl21", "H1", "H2"):
+        np.testing.assert_allclose(g[key], w[key], rtol=0, atol=RTOL_GEMM * 10, err_msg=key)

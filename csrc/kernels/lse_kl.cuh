@@ -139,6 +139,16 @@ __device__ __forceinline__ void AddCentredSquares(T a, T b, double mu1, double m
   qdd += cd * cd;
 }
 
+// One input's shifted logits of a label (d_k = l_k - shift_k) into the column sums
+// [s1, s2, q11, q22, q12].
+__device__ __forceinline__ void AddColumnSums(double (&acc)[5], double d1, double d2) {
+  acc[0] += d1;
+  acc[1] += d2;
+  acc[2] += d1 * d1;
+  acc[3] += d2 * d2;
+  acc[4] += d1 * d2;
+}
+
 // Chan's update of (count na, mean a, sum sq) with a batch (nb, mean b, sum sq).
 __device__ __forceinline__ void ChanMerge(double na, double nb, double mb, double qb, double& ma,
                                           double& qa) {
@@ -150,10 +160,15 @@ __device__ __forceinline__ void ChanMerge(double na, double nb, double mb, doubl
 
 }  // namespace cuda_detail
 
+// Chunks of n rows of at least min_rows each (the last may have fewer), 1 to max_chunks.
+__host__ __device__ inline Index ChunkCount(Index n, Index min_rows, Index max_chunks) {
+  const Index by_rows = (n + min_rows - 1) / min_rows;
+  return by_rows < 1 ? 1 : (by_rows > max_chunks ? max_chunks : by_rows);
+}
+
 // Row chunks of the column kernel for a tile of n rows (>= 1 row each).
 __host__ __device__ inline Index ColChunks(Index n) {
-  const Index by_rows = (n + kColMinChunkRows - 1) / kColMinChunkRows;
-  return by_rows < 1 ? 1 : (by_rows > kColMaxChunks ? kColMaxChunks : by_rows);
+  return ChunkCount(n, kColMinChunkRows, kColMaxChunks);
 }
 
 // Size of the col_work scratch of a tile of v labels, in doubles.
@@ -316,13 +331,8 @@ __global__ void __launch_bounds__(32 * kRows)
     const double k1 = static_cast<double>(l1[j]);
     const double k2 = static_cast<double>(l2[j]);
     for (Index i = r_begin + threadIdx.y; i < r_end; i += kRows) {
-      const double d1 = static_cast<double>(l1[i * ld1 + j]) - k1;
-      const double d2 = static_cast<double>(l2[i * ld2 + j]) - k2;
-      acc[0] += d1;
-      acc[1] += d2;
-      acc[2] += d1 * d1;
-      acc[3] += d2 * d2;
-      acc[4] += d1 * d2;
+      cuda_detail::AddColumnSums(acc, static_cast<double>(l1[i * ld1 + j]) - k1,
+                                 static_cast<double>(l2[i * ld2 + j]) - k2);
     }
   }
   __shared__ double sh[5][kRows][32];
@@ -413,8 +423,7 @@ struct SlabRows<double> {
 };
 
 __host__ __device__ inline Index FusedChunks(Index n) {
-  const Index by_rows = (n + kFusedMinChunkRows - 1) / kFusedMinChunkRows;
-  return by_rows < 1 ? 1 : (by_rows > kFusedMaxChunks ? kFusedMaxChunks : by_rows);
+  return ChunkCount(n, kFusedMinChunkRows, kFusedMaxChunks);
 }
 __host__ __device__ inline Index FusedSlabs(Index v) { return (v + kSlabCols - 1) / kSlabCols; }
 // Scratch of the fused epilogue for an n x v tile, in doubles.
@@ -425,6 +434,75 @@ __host__ __device__ inline Index LseKlFusedColWorkElems(Index v) {
   return kFusedMaxChunks * 5 * v;
 }
 
+namespace cuda_detail {
+
+// The record of one (row, slab) (kRowFields doubles, to w[f * ld]): the kTpr threads of an
+// aligned group of lanes reduce the row's ncols logits x1[0..ncols), x2[0..ncols) (in shared
+// memory): max and first argmax (an all -inf slab keeps kNoIndex, written as -1), mean, then
+// the six LSE/KL sums relative to the slab max and the centred sums of squares about the slab
+// mean. Every thread of the group calls it (q: its index in the group); ncols = 0 writes nothing.
+template <typename T, int kTpr>
+__device__ __forceinline__ void SlabRowRecord(const T* x1, const T* x2, int ncols, int q,
+                                              double* w, Index ld) {
+  using A = typename Acc<T>::type;
+  T m1 = NegInf<T>(), m2 = NegInf<T>();
+  Index j1 = kNoIndex, j2 = kNoIndex;
+  double t1 = 0.0, t2 = 0.0;
+  for (int c = q; c < ncols; c += kTpr) {
+    const T a = x1[c], b = x2[c];
+    if (a > m1) { m1 = a; j1 = c; }
+    if (b > m2) { m2 = b; j2 = c; }
+    t1 += static_cast<double>(a);
+    t2 += static_cast<double>(b);
+  }
+  GroupArgMax<kTpr>(m1, j1);
+  GroupArgMax<kTpr>(m2, j2);
+  t1 = GroupSum<kTpr>(t1);
+  t2 = GroupSum<kTpr>(t2);
+  const double mu1 = ncols > 0 ? t1 / ncols : 0.0;
+  const double mu2 = ncols > 0 ? t2 / ncols : 0.0;
+  const bool lse1 = m1 > NegInf<T>();
+  const bool lse2 = m2 > NegInf<T>();
+  A s1 = 0, a12 = 0, e1 = 0, s2 = 0, a21 = 0, e2 = 0;
+  double q11 = 0.0, q22 = 0.0, qdd = 0.0;
+  for (int c = q; c < ncols; c += kTpr) {
+    const T a = x1[c], b = x2[c];
+    const A diff = static_cast<A>(a - b);
+    if (lse1) {
+      const A d1 = static_cast<A>(a - m1);
+      const A w1 = Acc<T>::Exp(d1);
+      s1 += w1;
+      a12 += w1 * diff;
+      e1 += w1 * d1;
+    } else if (a != a) {
+      s1 = a;  // NaN in a slab without a finite max: it propagates, as in LseKlKernel
+    }
+    if (lse2) {
+      const A d2 = static_cast<A>(b - m2);
+      const A w2 = Acc<T>::Exp(d2);
+      s2 += w2;
+      a21 -= w2 * diff;
+      e2 += w2 * d2;
+    } else if (b != b) {
+      s2 = b;
+    }
+    AddCentredSquares(a, b, mu1, mu2, q11, q22, qdd);
+  }
+  double part[9] = {s1, a12, e1, s2, a21, e2, q11, q22, qdd};
+#pragma unroll
+  for (int k = 0; k < 9; ++k) part[k] = GroupSum<kTpr>(part[k]);
+  if (q != 0 || ncols == 0) return;
+  const double rec[kRowFields] = {
+      static_cast<double>(m1), j1 == kNoIndex ? -1.0 : static_cast<double>(j1),
+      static_cast<double>(m2), j2 == kNoIndex ? -1.0 : static_cast<double>(j2),
+      part[0], part[1], part[2], part[3], part[4], part[5], mu1, mu2, part[6], part[7],
+      part[8]};
+#pragma unroll
+  for (int f = 0; f < kRowFields; ++f) w[f * ld] = rec[f];
+}
+
+}  // namespace cuda_detail
+
 template <typename T, int kRows>
 __global__ void __launch_bounds__(kSlabThreads)
     LseKlSlabKernel(const T* __restrict__ l1, Index ld1, const T* __restrict__ l2, Index ld2,
@@ -433,7 +511,6 @@ __global__ void __launch_bounds__(kSlabThreads)
   constexpr int kTpr = kSlabThreads / kRows;  // threads per row in the row phase
   static_assert(kSlabThreads % kRows == 0 && kTpr <= 32 && 32 % kTpr == 0,
                 "a row's threads must be one aligned group of lanes within a warp");
-  using A = typename cuda_detail::Acc<T>::type;
   __shared__ T sh[2][kRows][kSlabStride];
   const int tid = threadIdx.x;
   const Index slab = blockIdx.x;
@@ -463,77 +540,14 @@ __global__ void __launch_bounds__(kSlabThreads)
     __syncthreads();
     if (columns && own) {
       for (int r = 0; r < rows; ++r) {
-        const double d1 = static_cast<double>(sh[0][r][tid]) - k1;
-        const double d2 = static_cast<double>(sh[1][r][tid]) - k2;
-        cacc[0] += d1;
-        cacc[1] += d2;
-        cacc[2] += d1 * d1;
-        cacc[3] += d2 * d2;
-        cacc[4] += d1 * d2;
+        cuda_detail::AddColumnSums(cacc, static_cast<double>(sh[0][r][tid]) - k1,
+                                   static_cast<double>(sh[1][r][tid]) - k2);
       }
     }
     // Row phase. Every thread takes part in the group reductions; a thread whose row is past
     // the sub-tile reads nothing and its group writes nothing.
-    const int ncols = rr < rows ? cols : 0;
-    const T* x1 = sh[0][rr];
-    const T* x2 = sh[1][rr];
-    // max and its first index as LseKlKernel finds them (an all -inf slab keeps kNoIndex)
-    T m1 = cuda_detail::NegInf<T>(), m2 = cuda_detail::NegInf<T>();
-    Index j1 = cuda_detail::kNoIndex, j2 = cuda_detail::kNoIndex;
-    double t1 = 0.0, t2 = 0.0;
-    for (int c = q; c < ncols; c += kTpr) {
-      const T a = x1[c], b = x2[c];
-      if (a > m1) { m1 = a; j1 = c; }
-      if (b > m2) { m2 = b; j2 = c; }
-      t1 += static_cast<double>(a);
-      t2 += static_cast<double>(b);
-    }
-    cuda_detail::GroupArgMax<kTpr>(m1, j1);
-    cuda_detail::GroupArgMax<kTpr>(m2, j2);
-    t1 = cuda_detail::GroupSum<kTpr>(t1);
-    t2 = cuda_detail::GroupSum<kTpr>(t2);
-    const double mu1 = ncols > 0 ? t1 / ncols : 0.0;
-    const double mu2 = ncols > 0 ? t2 / ncols : 0.0;
-    const bool lse1 = m1 > cuda_detail::NegInf<T>();
-    const bool lse2 = m2 > cuda_detail::NegInf<T>();
-    A s1 = 0, a12 = 0, e1 = 0, s2 = 0, a21 = 0, e2 = 0;
-    double q11 = 0.0, q22 = 0.0, qdd = 0.0;
-    for (int c = q; c < ncols; c += kTpr) {
-      const T a = x1[c], b = x2[c];
-      const A diff = static_cast<A>(a - b);
-      if (lse1) {
-        const A d1 = static_cast<A>(a - m1);
-        const A w1 = cuda_detail::Acc<T>::Exp(d1);
-        s1 += w1;
-        a12 += w1 * diff;
-        e1 += w1 * d1;
-      } else if (a != a) {
-        s1 = a;  // NaN in a slab without a finite max: it propagates, as in LseKlKernel
-      }
-      if (lse2) {
-        const A d2 = static_cast<A>(b - m2);
-        const A w2 = cuda_detail::Acc<T>::Exp(d2);
-        s2 += w2;
-        a21 -= w2 * diff;
-        e2 += w2 * d2;
-      } else if (b != b) {
-        s2 = b;
-      }
-      cuda_detail::AddCentredSquares(a, b, mu1, mu2, q11, q22, qdd);
-    }
-    double part[9] = {s1, a12, e1, s2, a21, e2, q11, q22, qdd};
-#pragma unroll
-    for (int k = 0; k < 9; ++k) part[k] = cuda_detail::GroupSum<kTpr>(part[k]);
-    if (q == 0 && ncols > 0) {
-      double* w = row_work + (slab * kRowFields) * n + (r0 + rr);
-      const double rec[kRowFields] = {
-          static_cast<double>(m1), j1 == cuda_detail::kNoIndex ? -1.0 : static_cast<double>(j1),
-          static_cast<double>(m2), j2 == cuda_detail::kNoIndex ? -1.0 : static_cast<double>(j2),
-          part[0], part[1], part[2], part[3], part[4], part[5], mu1, mu2, part[6], part[7],
-          part[8]};
-#pragma unroll
-      for (int f = 0; f < kRowFields; ++f) w[f * n] = rec[f];
-    }
+    cuda_detail::SlabRowRecord<T, kTpr>(sh[0][rr], sh[1][rr], rr < rows ? cols : 0, q,
+                                        row_work + (slab * kRowFields) * n + (r0 + rr), n);
   }
   if (columns && own) {
 #pragma unroll
@@ -542,9 +556,9 @@ __global__ void __launch_bounds__(kSlabThreads)
   }
 }
 
-// One thread per row: the tile's slabs in label order, then the state and row-moment update of
-// LseKlKernel's tail.
-template <typename T>
+// One thread per row: the tile's slabs (of kCols labels) in label order, then the state and
+// row-moment update of LseKlKernel's tail.
+template <typename T, int kCols = kSlabCols>
 __global__ void LseKlRowMergeKernel(Index n, Index v, Index col0,
                                     const double* __restrict__ row_work,
                                     double* __restrict__ state, Index state_ld,
@@ -552,7 +566,7 @@ __global__ void LseKlRowMergeKernel(Index n, Index v, Index col0,
                                     double* __restrict__ row_mom, Index row_ld) {
   const Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  const Index slabs = FusedSlabs(v);
+  const Index slabs = (v + kCols - 1) / kCols;
   const double ninf = cuda_detail::NegInf<double>();
   const auto W = [&](Index s, int f) { return row_work[(s * kRowFields + f) * n + i]; };
   // tile max and its first index per model (slabs in increasing label order: strict >)
@@ -563,7 +577,7 @@ __global__ void LseKlRowMergeKernel(Index n, Index v, Index col0,
       const double m = W(s, 2 * k), j = W(s, 2 * k + 1);
       if (j >= 0.0 && m > tm[k]) {
         tm[k] = m;
-        tj[k] = s * kSlabCols + static_cast<Index>(j);
+        tj[k] = s * kCols + static_cast<Index>(j);
       }
     }
   }
@@ -599,8 +613,7 @@ __global__ void LseKlRowMergeKernel(Index n, Index v, Index col0,
   // the tile's row moments: Chan merges of the slabs
   double cnt = 0.0, mu1 = 0.0, mu2 = 0.0, q11 = 0.0, q22 = 0.0, qdd = 0.0;
   for (Index s = 0; s < slabs; ++s) {
-    const double nb = static_cast<double>(v - s * kSlabCols < kSlabCols ? v - s * kSlabCols
-                                                                         : kSlabCols);
+    const double nb = static_cast<double>(v - s * kCols < kCols ? v - s * kCols : kCols);
     const double b1 = W(s, 10), b2 = W(s, 11);
     if (cnt == 0.0) {
       cnt = nb; mu1 = b1; mu2 = b2; q11 = W(s, 12); q22 = W(s, 13); qdd = W(s, 14);

@@ -137,17 +137,23 @@ def device_augmented(model):
     cp = import_cupy()
     b = as_device(model.bias, "bias")
     if f.kind == g.kind == b.kind:
-        if f.kind == "bfloat16":
-            one = cp.full((f.shape[0], 1), 0x3F80, cp.uint16)  # bfloat16 bits of 1.0
-        else:
-            one = cp.ones((f.shape[0], 1), f.data.dtype)
-        return (DeviceArray(cp.concatenate([f.data, one], axis=1), f.kind),
-                DeviceArray(cp.concatenate([g.data, b.data[:, None]], axis=1), f.kind))
+        one = 0x3F80 if f.kind == "bfloat16" else 1  # bfloat16 bits of 1.0
+        return (DeviceArray(_with_column(cp, f.data, one), f.kind),
+                DeviceArray(_with_column(cp, g.data, b.data), f.kind))
     dt = np.float64 if f.kind == g.kind == b.kind == "float64" else np.float32
     fw, gw, bw = (x.widened(dt) for x in (f, g, b))
     kind = np.dtype(dt).name
-    return (DeviceArray(cp.concatenate([fw, cp.ones((fw.shape[0], 1), dt)], axis=1), kind),
-            DeviceArray(cp.concatenate([gw, bw[:, None]], axis=1), kind))
+    return (DeviceArray(_with_column(cp, fw, 1), kind), DeviceArray(_with_column(cp, gw, bw), kind))
+
+
+def _with_column(cp, a, col):
+    """[a, col] (r x (m + 1)) as a view of an array whose rows are padded to a multiple of 8
+    elements, which the fused GEMM needs (16-byte rows for 16-bit kinds)."""
+    r, m = a.shape
+    out = cp.zeros((r, -(-(m + 1) // 8) * 8), a.dtype)
+    out[:, :m] = a
+    out[:, m] = col
+    return out[:, :m + 1]
 
 
 def cupy_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
@@ -174,17 +180,23 @@ def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
               tile_cols: Optional[int] = None, tile_rows: Optional[int] = None,
               progress: Optional[Callable[[float], None]] = None,
               half_gemm: str = "cublas", overlap: bool = True,
-              fused_epilogue: bool = False, driver: bool = True) -> PassStats:
+              fused_epilogue: bool = False, driver: bool = True,
+              fused_gemm: bool = False) -> PassStats:
     """The streaming pass with the compiled CUDA code: the pass driver
     (``_core.lse_kl_pass_cuda``: the tile loop, cuBLAS tiles and epilogue in one call) when it
     was built and takes these operands, else CuPy's GEMM tiles and the compiled epilogue
     (``_core.lse_kl_update_cuda``); ``driver=False`` forces the latter.
 
+    ``fused_gemm``: the driver with the fused GEMM kernel (csrc/kernels/lse_kl_gemm.cuh: the
+    logits are computed and reduced on chip, never written) instead of cuBLAS tiles; float16
+    or bfloat16 operands of one kind with contiguous rows, row strides a multiple of 8 and
+    16-byte aligned data (``gemm_problem`` says why not), compute capability 8.0+.
+
     Same arguments and results as :func:`cupy_pass` (backend "cuda"); needs identirep built
     with CUDA.
     """
     return _gpu_pass(f1, g1, f2, g2, "cuda", workspace_bytes, tile_cols, tile_rows, progress,
-                     half_gemm, overlap, fused_epilogue, driver)
+                     half_gemm, overlap, fused_epilogue, driver, fused_gemm)
 
 
 def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes, buffers=1,
@@ -237,7 +249,7 @@ def epilogue_scratch(rows, cols, fused=False):
 
 
 def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, progress,
-              half_gemm, overlap=True, fused=False, driver=False) -> PassStats:
+              half_gemm, overlap=True, fused=False, driver=False, gemm=False) -> PassStats:
     if half_gemm not in ("cublas", "convert"):
         raise IdentirepError(f"half_gemm must be 'cublas' or 'convert', got {half_gemm!r}")
     cp = import_cupy()
@@ -246,6 +258,16 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
     f1, g1, f2, g2 = ops
     dt = np.dtype(np.float64 if all(o.kind == "float64" for o in ops) else np.float32)
     n, v = f1.shape[0], g1.shape[0]
+    if gemm:
+        from . import _core
+        if not hasattr(_core, "lse_kl_pass_cuda"):
+            raise IdentirepError("fused_gemm=True needs identirep built with the CUDA pass "
+                                 "driver (build_info()['cuda_pass_driver'])")
+        problem = gemm_problem(ops)
+        if problem:
+            raise IdentirepError(f"fused_gemm=True cannot take these operands: {problem}")
+        return _driver_pass(cp, driver_operands(ops, dt), n, v, dt, workspace_bytes, tile_cols,
+                            tile_rows, progress, False, False, gemm=True)
     if driver and backend == "cuda" and (half_gemm == "cublas" or not any(
             o.kind in HALF_KINDS for o in ops)):
         operands = driver_operands(ops, dt)
@@ -379,6 +401,27 @@ def driver_operands(ops, dt):
     return out
 
 
+GEMM_TILE_COLS = 16384  # labels per call of the fused GEMM (fewer partial waves of blocks)
+
+
+def gemm_problem(ops) -> str:
+    """Why the fused GEMM cannot take these four DeviceArrays, or "" when it can."""
+    kinds = {o.kind for o in ops}
+    if len(kinds) != 1 or not kinds <= set(HALF_KINDS):
+        return f"it takes float16 or bfloat16 operands of one kind, got {sorted(kinds)}"
+    for o, name in zip(ops, ("f1", "g1", "f2", "g2")):
+        rows, cols = o.shape
+        s0, s1 = o.data.strides
+        it = o.data.itemsize
+        if cols > 1 and s1 != it:
+            return f"{name} needs contiguous rows (copy it first)"
+        if rows > 1 and (s0 % (8 * it) or s0 < cols * it):
+            return f"the row stride of {name} ({s0 // it}) is not a multiple of 8 elements"
+        if o.data.data.ptr % 16:
+            return f"the data of {name} is not 16-byte aligned"
+    return ""
+
+
 PROGRESS_LOGITS = 1 << 35  # ~1 s of pass on an H100/H200
 PROGRESS_GROUPS = 16
 
@@ -394,22 +437,50 @@ def label_groups(n, v, tc, progress: bool):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def gemm_tile_shape(n, v, tile_rows, tile_cols, workspace_bytes):
+    """(rows, cols) of the fused GEMM's calls: all rows and GEMM_TILE_COLS labels (or the
+    given ones), halved until its scratch fits in ``workspace_bytes``."""
+    from . import _core
+    for name, t in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
+        if t is not None and int(t) < 1:
+            raise IdentirepError(f"{name} must be >= 1, got {t}")
+    tr = min(n, int(tile_rows)) if tile_rows else n
+    tc = min(v, int(tile_cols)) if tile_cols else min(v, GEMM_TILE_COLS)
+
+    def need(r, c):
+        return _core.lse_kl_pass_cuda_workspace(r, c, "float32", False, False, True)
+
+    while need(tr, tc) > workspace_bytes:
+        if tile_cols is None and tc > 128:
+            tc = max(128, tc // 2)
+        elif tile_rows is None and tr > 1:
+            tr = max(1, tr // 2)
+        else:
+            raise IdentirepError(
+                f"workspace_bytes={workspace_bytes} is too small for the fused GEMM with "
+                f"{tr} x {tc} tiles ({need(tr, tc)} bytes)")
+    return tr, tc
+
+
 def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, progress,
-                 overlap, fused) -> PassStats:
+                 overlap, fused, gemm=False) -> PassStats:
     from . import _core
     nbuf = 2 if overlap else 1
-    tr, tc = tile_shape(n, v, 0, 0, dt.itemsize, tile_rows, tile_cols, workspace_bytes, nbuf,
-                        fused, driver_reserve())
+    if gemm:
+        tr, tc = gemm_tile_shape(n, v, tile_rows, tile_cols, workspace_bytes)
+    else:
+        tr, tc = tile_shape(n, v, 0, 0, dt.itemsize, tile_rows, tile_cols, workspace_bytes,
+                            nbuf, fused, driver_reserve())
     if -(-n // tr) * -(-v // tc) == 1:
         overlap = False  # nothing to overlap
-    size = _core.lse_kl_pass_cuda_workspace(tr, tc, dt.name, overlap, fused)
+    size = _core.lse_kl_pass_cuda_workspace(tr, tc, dt.name, overlap, fused, gemm)
     work = cp.empty(size, dtype=cp.uint8)
     state, args, row_m, col_m = _pass_state(cp, n, v)
     stream = cp.cuda.get_current_stream()
     for c0, c1 in label_groups(n, v, tc, progress is not None):
         _core.lse_kl_pass_cuda(*operands, c0, c1, tr, tc, state.data.ptr, args.data.ptr,
                                row_m.data.ptr, col_m.data.ptr, work.data.ptr, size, dt.name,
-                               overlap, fused, stream.ptr, cp.cuda.Device().id)
+                               overlap, fused, gemm, stream.ptr, cp.cuda.Device().id)
         if progress is not None and c1 < v:
             stream.synchronize()
             progress(c1 / v)

@@ -11,10 +11,16 @@
 //     (epilogue_scratch) updates them into state.out, args.out, row_m.out, col_m.out.
 //     MOMENTS 0: no moments (null pointers, as the compiled launchers LseKl / LseKlFused do
 //     without them). REPEAT > 1: the pass again from the same inputs, bitwise equal or fail.
+//   run_kernels gemm bf16|f16 MOMENTS N V K1 K2 LDF1 LDG1 LDF2 LDG2 TR TC REPEAT DIR
+//     f1 (N x LDF1), g1 (V x LDG1), f2 (N x LDF2), g2 (V x LDG2): 16-bit patterns, the first
+//     K1 (K2) columns used; state, args, row_m, col_m as for epilogue. The pass of the CUDA
+//     driver with the fused GEMM (lse_kl_gemm.cuh: LseKlGemm's launches per tile).
 //   run_kernels pivot f32|f64 max|mean B V TOL DIR
 //     X1, X2: B x V (f32|f64); n1, n2, A1, A2, B12: V; pivots: B -> crit.out (B)
 //   run_kernels race SYNC BLOCKS THREADS   self-test: a block sum through shared memory, with
 //     or without __syncthreads; prints the number of wrong blocks
+//   run_kernels fresh-shared               self-test: prints how many of 8 blocks found their
+//     shared memory undefined (all 0xff bytes) before writing it
 //   run_kernels shfl-exit | sync-exit      self-tests: a shuffle or a __syncthreads after a
 //     thread returned (must fail)
 // Every array ends at an inaccessible page: a kernel reading or writing past one faults.
@@ -22,8 +28,10 @@
 #error "compile with -D__CUDACC_RTC__ (the kernels' NVRTC build: device code only)"
 #endif
 #include "simt.h"
+#include "simt_mma.h"
 
 #include "lse_kl.cuh"
+#include "lse_kl_gemm.cuh"
 #include "pivot_terms.cuh"
 
 #include <fstream>
@@ -110,6 +118,28 @@ struct PassState {
   bool operator==(const PassState&) const = default;
 };
 
+// The pass state read from dir; pass(state) run `repeat` times from it (bitwise equal or fail);
+// the result written to dir as state.out, args.out, row_m.out, col_m.out.
+template <typename Pass>
+void RepeatedPass(const std::string& dir, Index N, Index V, int repeat, Pass pass) {
+  const PassState init{N, V, Read<double>(dir, "state", 8 * N), Read<double>(dir, "row_m", 5 * N),
+                       Read<double>(dir, "col_m", 5 * V), Read<Index>(dir, "args", 2 * N)};
+  PassState first = init;
+  for (int rep = 0; rep < repeat; ++rep) {
+    PassState s = init;
+    pass(s);
+    if (rep == 0) {
+      first = s;
+    } else if (!(s == first)) {
+      Die("the pass gave different results on run " + std::to_string(rep + 1));
+    }
+  }
+  Write(dir, "state.out", first.state);
+  Write(dir, "args.out", first.args);
+  Write(dir, "row_m.out", first.row_m);
+  Write(dir, "col_m.out", first.col_m);
+}
+
 // _CupyEpilogue: its scratch arrays, one call per tile.
 template <typename T>
 struct Epilogue {
@@ -161,11 +191,7 @@ void RunEpilogue(char** a, const std::string& dir) {
               row_work = std::stoll(a[8]), col_work = std::stoll(a[9]);
   const int repeat = std::stoi(a[10]);
   const Array<T> l1 = Read<T>(dir, "l1", N * ld1), l2 = Read<T>(dir, "l2", N * ld2);
-  const PassState init{N, V, Read<double>(dir, "state", 8 * N), Read<double>(dir, "row_m", 5 * N),
-                       Read<double>(dir, "col_m", 5 * V), Read<Index>(dir, "args", 2 * N)};
-  PassState first = init;
-  for (int rep = 0; rep < repeat; ++rep) {
-    PassState s = init;
+  RepeatedPass(dir, N, V, repeat, [&](PassState& s) {
     Epilogue<T> epilogue{fused, moments, Array<double>(row_work), Array<double>(col_work)};
     for (Index c0 = 0; c0 < V; c0 += tc) {
       const Index c1 = c0 + tc < V ? c0 + tc : V;
@@ -175,16 +201,59 @@ void RunEpilogue(char** a, const std::string& dir) {
                  c1 - c0, c0, r0, s);
       }
     }
-    if (rep == 0) {
-      first = s;
-    } else if (!(s == first)) {
-      Die("the pass gave different results on run " + std::to_string(rep + 1));
+  });
+}
+
+// LseKlGemm (lse_kl_gemm.cuh) on the tiles of the driver: label tiles of TC outer, row tiles
+// of TR inner.
+template <bool kBf16>
+void RunGemm(char** a, const std::string& dir) {
+  const bool moments = std::stoi(a[0]) != 0;
+  const Index N = std::stoll(a[1]), V = std::stoll(a[2]), K1 = std::stoll(a[3]),
+              K2 = std::stoll(a[4]), ldf1 = std::stoll(a[5]), ldg1 = std::stoll(a[6]),
+              ldf2 = std::stoll(a[7]), ldg2 = std::stoll(a[8]), tr = std::stoll(a[9]),
+              tc = std::stoll(a[10]);
+  const int repeat = std::stoi(a[11]);
+  using U = unsigned short;
+  const Array<U> f1 = Read<U>(dir, "f1", N * ldf1), g1 = Read<U>(dir, "g1", V * ldg1),
+                 f2 = Read<U>(dir, "f2", N * ldf2), g2 = Read<U>(dir, "g2", V * ldg2);
+  RepeatedPass(dir, N, V, repeat, [&](PassState& s) {
+    Array<double> row_work(k::LseKlGemmRowWorkElems(tr, tc));
+    Array<double> col_work(k::LseKlGemmColWorkElems(tc));
+    Array<float> shift(k::LseKlGemmShiftElems(tc));
+    for (Index c0 = 0; c0 < V; c0 += tc) {
+      const Index v = (c0 + tc < V ? c0 + tc : V) - c0;
+      for (Index r0 = 0; r0 < N; r0 += tr) {
+        const Index n = (r0 + tr < N ? r0 + tr : N) - r0;
+        const U *F1 = f1.data() + r0 * ldf1, *G1 = g1.data() + c0 * ldg1;
+        const U *F2 = f2.data() + r0 * ldf2, *G2 = g2.data() + c0 * ldg2;
+        double* state = s.state.data() + r0;
+        Index* args = s.args.data() + r0;
+        double* row_m = moments ? s.row_m.data() + r0 : nullptr;
+        double* cw = moments ? col_work.data() : nullptr;
+        const Index chunks = k::GemmChunks(n);
+        if (moments) {
+          simt::Launch(Grid(Ceil(v, 8)), dim3(256), [&] {
+            k::LseKlShiftKernel<kBf16>(F1, G1, ldg1, K1, F2, G2, ldg2, K2, v, shift.data());
+          });
+        }
+        simt::Launch(Grid(k::GemmSlabs(v), chunks), dim3(k::kGemmThreads), [&] {
+          k::LseKlGemmKernel<kBf16>(F1, ldf1, G1, ldg1, K1, F2, ldf2, G2, ldg2, K2, n, v,
+                                    shift.data(), row_work.data(), cw);
+        });
+        if (moments) {
+          simt::Launch(Grid(Ceil(v, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+            k::LseKlColMergeKernel<float>(shift.data(), shift.data() + v, n, v, c0, chunks, cw,
+                                          s.col_m.data(), V, r0);
+          });
+        }
+        simt::Launch(Grid(Ceil(n, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+          k::LseKlRowMergeKernel<float, k::kGemmBN>(n, v, c0, row_work.data(), state, N, args,
+                                                    N, row_m, N);
+        });
+      }
     }
-  }
-  Write(dir, "state.out", first.state);
-  Write(dir, "args.out", first.args);
-  Write(dir, "row_m.out", first.row_m);
-  Write(dir, "col_m.out", first.col_m);
+  });
 }
 
 template <typename TX>
@@ -206,7 +275,11 @@ void RunPivot(char** a, const std::string& dir) {
   Write(dir, "crit.out", crit);
 }
 
-// Self-tests of the emulator.
+}  // namespace
+
+// Self-tests of the emulator (in identirep::kernels, whose __shared__ it fills).
+namespace identirep::kernels::selftest {
+
 template <bool kSync>
 __global__ void BlockSum(double* out) {
   __shared__ double sh[1024];
@@ -229,7 +302,18 @@ __global__ void SyncAfterExit(double* out) {
   out[threadIdx.x] = 1.0;
 }
 
-}  // namespace
+// Whether each block finds its shared memory undefined (all 0xff) before writing it.
+__global__ void FreshShared(int* fresh) {
+  __shared__ unsigned char sh[256];
+  __syncthreads();
+  if (sh[threadIdx.x] != 0xff) fresh[blockIdx.x] = 0;  // thread t reads byte t
+  __syncthreads();
+  sh[threadIdx.x] = 0;
+}
+
+}  // namespace identirep::kernels::selftest
+
+using namespace identirep::kernels::selftest;
 
 int main(int argc, char** argv) {
   const std::string op = argc > 1 ? argv[1] : "";
@@ -238,6 +322,11 @@ int main(int argc, char** argv) {
     if (dt == "f32") RunEpilogue<float>(argv + 3, argv[14]);
     else if (dt == "f64") RunEpilogue<double>(argv + 3, argv[14]);
     else Die("dtype must be f32 or f64");
+  } else if (op == "gemm" && argc == 16) {
+    const std::string kind = argv[2];
+    if (kind == "bf16") RunGemm<true>(argv + 3, argv[15]);
+    else if (kind == "f16") RunGemm<false>(argv + 3, argv[15]);
+    else Die("kind must be bf16 or f16");
   } else if (op == "pivot" && argc == 8) {
     const std::string dt = argv[2];
     if (dt == "f32") RunPivot<float>(argv + 3, argv[7]);
@@ -255,6 +344,12 @@ int main(int argc, char** argv) {
     for (unsigned b = 0; b < blocks; ++b)
       wrong += out[b] != threads * (b + (threads - 1) / 2.0);
     std::printf("%d\n", wrong);
+  } else if (op == "fresh-shared" && argc == 2) {
+    std::vector<int> fresh(8, 1);
+    simt::Launch(dim3(8), dim3(256), [&] { FreshShared(fresh.data()); });
+    int n = 0;
+    for (int x : fresh) n += x;
+    std::printf("%d\n", n);
   } else if ((op == "shfl-exit" || op == "sync-exit") && argc == 2) {
     std::vector<double> out(64);
     simt::Launch(dim3(1), dim3(64), [&] {

@@ -9,9 +9,11 @@
 //   waits (a barrier or a shuffle), picking them in an order drawn at random for each block
 //   (SIMT_SEED fixes the draws); in half of the blocks, drawn too, the warps run one at a time
 //   between __syncthreads, each as far ahead of the others as a GPU may let it run;
-// - __shared__ is a function-local static, hence per block (blocks do not overlap); all of them
-//   live in the section "simt_shared", filled with 0xff bytes (NaN, -1) before every block, as
-//   shared memory is undefined when a block starts;
+// - __shared__ is a function-local static, hence per block (blocks do not overlap). Those of
+//   functions in namespace identirep::kernels (the kernels, and the self-tests of
+//   run_kernels.cpp) are found in the executable's symbol table and filled with 0xff bytes (NaN,
+//   -1) before every block, as shared memory is undefined when a block starts (a linker section
+//   would not do: GCC ignores the section attribute of statics in templates);
 // - __syncthreads is a barrier over the block. A thread that returns while others wait at one,
 //   or before they reach one, is an error (undefined: a barrier in divergent code);
 // - __shfl_xor_sync follows PTX shfl.sync.bfly (width; a source beyond the caller's segment
@@ -23,6 +25,7 @@
 #pragma once
 #undef _FORTIFY_SOURCE  // its longjmp check rejects the switch between fiber stacks
 
+#include <elf.h>
 #include <math.h>
 #include <setjmp.h>
 #include <sys/mman.h>
@@ -50,7 +53,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ __attribute__((section("simt_shared"))) static
+#define __shared__ static
 
 struct uint3 {
   unsigned x, y, z;
@@ -63,9 +66,7 @@ struct dim3 {
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
 
-// Bounds of the __shared__ section (from the linker; weak: a program may have no __shared__).
-extern "C" char __start_simt_shared[] __attribute__((weak));
-extern "C" char __stop_simt_shared[] __attribute__((weak));
+extern "C" char __executable_start[];  // from the linker
 
 namespace simt {
 
@@ -85,6 +86,57 @@ inline unsigned long long g_seed = 0;  // of the schedules
 }
 
 inline std::atomic<unsigned long long> g_progress{0};  // barrier phases completed
+
+// [begin, end) of every __shared__ variable: the function-local statics (mangled "_ZZ") of
+// functions in identirep::kernels, from the symbol table of /proc/self/exe, sorted.
+inline const std::vector<std::pair<char*, char*>>& SharedRanges() {
+  static const std::vector<std::pair<char*, char*>> ranges = [] {
+    std::vector<std::pair<char*, char*>> out;
+    FILE* f = std::fopen("/proc/self/exe", "rb");
+    if (f == nullptr) Fail("cannot open /proc/self/exe");
+    std::vector<char> img;
+    char buf[1 << 16];
+    for (size_t got; (got = std::fread(buf, 1, sizeof buf, f)) > 0;)
+      img.insert(img.end(), buf, buf + got);
+    std::fclose(f);
+    const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(img.data());
+    if (img.size() < sizeof(Elf64_Ehdr) || std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 ||
+        eh->e_ident[EI_CLASS] != ELFCLASS64)
+      Fail("/proc/self/exe is not a 64-bit ELF file");
+    const auto* sh = reinterpret_cast<const Elf64_Shdr*>(img.data() + eh->e_shoff);
+    uintptr_t bias = 0;
+    bool have_bias = false;
+    const char* prefix = "_ZZN9identirep7kernels";
+    for (int i = 0; i < eh->e_shnum; ++i) {
+      if (sh[i].sh_type != SHT_SYMTAB) continue;
+      const auto* sym = reinterpret_cast<const Elf64_Sym*>(img.data() + sh[i].sh_offset);
+      const char* names = img.data() + sh[sh[i].sh_link].sh_offset;
+      const size_t count = sh[i].sh_size / sizeof(Elf64_Sym);
+      for (size_t k = 0; k < count; ++k) {
+        const char* name = names + sym[k].st_name;
+        if (std::strcmp(name, "__executable_start") == 0) {
+          bias = reinterpret_cast<uintptr_t>(__executable_start) - sym[k].st_value;
+          have_bias = true;
+        }
+      }
+      for (size_t k = 0; k < count; ++k) {
+        const char* name = names + sym[k].st_name;
+        if (ELF64_ST_TYPE(sym[k].st_info) == STT_OBJECT && sym[k].st_size > 0 &&
+            std::strncmp(name, prefix, std::strlen(prefix)) == 0)
+          out.emplace_back(reinterpret_cast<char*>(sym[k].st_value),
+                           reinterpret_cast<char*>(sym[k].st_value + sym[k].st_size));
+      }
+    }
+    if (!have_bias) Fail("no symbol table in /proc/self/exe (do not strip the harness)");
+    for (auto& [b, e] : out) {
+      b += bias;
+      e += bias;
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }();
+  return ranges;
+}
 
 struct Worker {
   std::atomic<unsigned> epoch{0};  // bumped when a barrier one of its fibers waits on completes
@@ -190,6 +242,7 @@ struct Warp {
   int lanes;
   Barrier bar;
   Slot slot[2][32];  // shuffles alternate buffers: one barrier per shuffle is enough
+  unsigned char wide[2][32][64];  // WarpGather's payloads, alternating with the same count
 };
 
 struct Block {
@@ -250,8 +303,7 @@ struct Grid {
         fibers(threads), keys(new std::atomic<unsigned long long>[threads]()),
         between(threads, workers, Kind::kBetween, [this] {
           current = std::make_unique<Block>(threads, workers);
-          if (__start_simt_shared != nullptr)
-            std::memset(__start_simt_shared, 0xff, __stop_simt_shared - __start_simt_shared);
+          for (const auto& [b, e] : SharedRanges()) std::memset(b, 0xff, e - b);
           const unsigned long long h = Mix(seed ^ Mix(next_block.load()));
           strict.store(h & 1, std::memory_order_relaxed);
           for (int t = 0; t < threads; ++t)
@@ -427,6 +479,32 @@ T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = 32) {
   std::memcpy(&out, &slot[src].bits, sizeof out);
   return out;
 }
+
+namespace simt {
+// All 32 lanes' `bytes` (<= 64) from `mine` into all[32 * bytes], lane by lane: the exchange
+// behind ldmatrix and mma.sync (tests/simt/simt_mma.h). Every lane of the warp takes part.
+inline void WarpGather(const void* mine, void* all, size_t bytes) {
+  Fiber& me = *self;
+  Warp& w = *me.warp;
+  if (bytes > 64 || w.lanes != 32) Fail("WarpGather needs a full warp and <= 64 bytes");
+  const unsigned seq = me.shuffles++;
+  std::memcpy(w.wide[seq & 1][me.lane], mine, bytes);
+  w.slot[seq & 1][me.lane].seq = seq;
+  w.bar.Wait();
+  for (int l = 0; l < 32; ++l) {
+    if (w.slot[seq & 1][l].seq != seq) Fail("a lane did not take part in a warp-wide op", l);
+    std::memcpy(static_cast<unsigned char*>(all) + l * bytes, w.wide[seq & 1][l], bytes);
+  }
+}
+
+// Whether p .. p + bytes lies in one __shared__ variable.
+inline bool InShared(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (const auto& [b, e] : SharedRanges())
+    if (c >= b && c + bytes <= e) return true;
+  return false;
+}
+}  // namespace simt
 
 inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
 inline double __longlong_as_double(long long i) { return std::bit_cast<double>(i); }

@@ -1,0 +1,407 @@
+// CUDA: the logit GEMM and the streaming epilogue in one kernel, for float16/bfloat16 operands
+// (tensor-core mma.sync m16n8k16, float32 accumulation, sm_80 and newer). No logit tile goes to
+// memory: each block computes l1 = f1 g1' and l2 = f2 g2' for a BM x BN sub-tile into shared
+// memory and reduces it there, with the arithmetic of LseKlSlabKernel (kernels/lse_kl.cuh).
+//
+// Operands: f_k (n x K_k) and g_k (v x K_k) as 16-bit patterns, rows contiguous, row strides a
+// multiple of 8 elements and pointers 16-byte aligned (cp.async moves 16 bytes); any K_k.
+// Output, for the merge kernels of lse_kl.cuh:
+//   row_work: one record of kRowFields doubles per (row, slab of kGemmBN labels), the layout of
+//     LseKlSlabKernel's (LseKlRowMergeKernel<float, kGemmBN> reads it);
+//   col_work (optional): per chunk of rows, the 5 column sums of d_k = l_k - shift_k[label]
+//     (LseKlColMergeKernel<float> reads them with shift_1, shift_2 in place of the tile's first
+//     row). shift (2 x v floats) comes from LseKlShiftKernel: the logits of the tile's first
+//     row, which keeps the sums of squares away from cancellation as the first row does there.
+// Grid (slabs, chunks), kGemmThreads threads, kGemmSmemBytes of dynamic shared memory. Each
+// block takes one slab and one chunk of rows, BM rows at a time:
+//   GEMM of model 1 (4-stage cp.async pipeline, ldmatrix, 8 warps of 64 x 32) -> tile s1;
+//   GEMM of model 2 -> tile s2 (over the pipeline's buffers, which it no longer needs);
+//   column phase: thread t sums label t % BN over half t / BN of the rows, in registers across
+//     the chunk; row phase: 4 threads per row reduce the row's slab (max and first argmax, mean,
+//     six LSE/KL sums relative to the slab max, centred squares) into its record.
+// Deterministic for a given launch (no atomics). Under __CUDACC_RTC__ nothing is included; the
+// SIMT emulator (tests/simt) defines IDENTIREP_SIMT and supplies the mma, ldmatrix and cp.async
+// primitives below.
+#pragma once
+
+#ifndef __CUDACC_RTC__
+#include <cuda_runtime.h>
+
+#include "lse_kl.cuh"
+#endif
+
+#ifndef IDENTIREP_DYNAMIC_SHARED
+#define IDENTIREP_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+namespace identirep {
+namespace kernels {
+
+constexpr int kGemmBM = 128;  // rows of a sub-tile
+constexpr int kGemmBN = 128;  // labels of a slab
+constexpr int kGemmBK = 32;   // K of a pipeline stage
+constexpr int kGemmStages = 4;
+constexpr int kGemmThreads = 256;
+constexpr int kGemmKPad = kGemmBK + 8;  // halves per operand row in shared memory (80 bytes:
+                                        // ldmatrix's 8 rows fall in distinct banks)
+constexpr int kGemmTileStride = kGemmBN + 4;  // floats per logit row (4 mod 32: the row
+                                              // phase's 8 rows x 4 lanes hit 32 banks)
+constexpr int kGemmTileBytes = kGemmBM * kGemmTileStride * 4;
+constexpr int kGemmPipeBytes = kGemmStages * (kGemmBM + kGemmBN) * kGemmKPad * 2;
+constexpr int kGemmSmemBytes = kGemmTileBytes + kGemmPipeBytes;
+constexpr int kGemmMaxChunks = 64;
+constexpr Index kGemmMinChunkRows = 4 * kGemmBM;
+constexpr int kGemmRowTpr = 4;  // threads per row in the row phase
+static_assert(kGemmPipeBytes >= kGemmTileBytes, "tile 2 lives in the pipeline's buffers");
+static_assert(kGemmThreads == 2 * kGemmBN, "two threads per label in the column phase");
+static_assert(kGemmThreads / kGemmRowTpr * 2 == kGemmBM, "the row phase takes two rounds");
+static_assert(5 * kGemmBN * 8 <= kGemmTileBytes, "the column halves meet in tile 1");
+
+__host__ __device__ inline Index GemmChunks(Index n) {
+  return ChunkCount(n, kGemmMinChunkRows, kGemmMaxChunks);
+}
+__host__ __device__ inline Index GemmSlabs(Index v) { return (v + kGemmBN - 1) / kGemmBN; }
+// Scratch of LseKlGemm for an n x v tile: row_work and col_work in doubles, shift in floats.
+__host__ __device__ inline Index LseKlGemmRowWorkElems(Index n, Index v) {
+  return GemmSlabs(v) * kRowFields * n;
+}
+__host__ __device__ inline Index LseKlGemmColWorkElems(Index v) { return kGemmMaxChunks * 5 * v; }
+__host__ __device__ inline Index LseKlGemmShiftElems(Index v) { return 2 * v; }
+
+namespace mma {
+
+#ifndef IDENTIREP_SIMT
+__device__ __forceinline__ unsigned SmemAddr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, of which the first src_bytes are read and the rest zero-filled.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
+               "r"(src_bytes));
+#endif
+}
+
+__device__ __forceinline__ void CpAsyncCommit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most `kPending` of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// Four 8 x 8 matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void LdMatrixX4(unsigned (&r)[4], const void* row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddr(row)));
+#endif
+}
+
+// d += a b: a 16 x 16 (row), b 16 x 8 (col), float32 d, in the PTX fragment layouts.
+template <bool kBf16>
+__device__ __forceinline__ void Mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#endif
+}
+#endif  // IDENTIREP_SIMT
+
+// float value of a 16-bit pattern (exact).
+template <bool kBf16>
+__device__ __forceinline__ float ToFloat(unsigned short h) {
+  if constexpr (kBf16) {
+    return __int_as_float(static_cast<int>(static_cast<unsigned>(h) << 16));
+  } else {
+    const unsigned sign = (static_cast<unsigned>(h) & 0x8000u) << 16;
+    const unsigned e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) {  // zero or subnormal: m * 2^-24
+      const float x = static_cast<float>(m) * 5.9604644775390625e-8f;
+      return sign ? -x : x;
+    }
+    const unsigned bits = e == 0x1fu ? (sign | 0x7f800000u | (m << 13))
+                                     : (sign | ((e + 112u) << 23) | (m << 13));
+    return __int_as_float(static_cast<int>(bits));
+  }
+}
+
+}  // namespace mma
+
+namespace gemm_detail {
+
+using Acc = float[4][4][4];  // [16-row tile][8-col tile][fragment] of a warp's 64 x 32
+
+// acc = a (rows x K, row stride lda) times b (cols x K, row stride ldb) transposed, for the
+// block's BM x BN sub-tile; rows past `rows` and labels past `cols` read as zeros. All threads
+// call it; on return the pipeline's buffers are free (every copy landed, every warp is past its
+// last read).
+template <bool kBf16>
+__device__ __forceinline__ void TileGemm(const unsigned short* a, Index lda, int rows,
+                                         const unsigned short* b, Index ldb, int cols, int K,
+                                         unsigned short* pipe, Acc& acc) {
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp / 4, wn = warp % 4;
+  constexpr int kStage = (kGemmBM + kGemmBN) * kGemmKPad;  // halves per stage
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+  const int ktiles = (K + kGemmBK - 1) / kGemmBK;
+  // Stage s holds BM rows of a then BN rows of b, each BK halves (4 chunks of 16 bytes).
+  const auto load = [&](int kt, int s) {
+    unsigned short* dst = pipe + s * kStage;
+    for (int i = tid; i < (kGemmBM + kGemmBN) * 4; i += kGemmThreads) {
+      const int row = i / 4, kc = (i % 4) * 8;
+      const bool is_a = row < kGemmBM;
+      const int r = is_a ? row : row - kGemmBM;
+      const int k = kt * kGemmBK + kc;
+      const unsigned short* src = is_a ? a : b;
+      int bytes = 0;
+      if (r < (is_a ? rows : cols) && k < K) {
+        bytes = (K - k < 8 ? K - k : 8) * 2;
+        src += static_cast<Index>(r) * (is_a ? lda : ldb) + k;
+      }
+      mma::CpAsync16(dst + row * kGemmKPad + kc, src, bytes);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kGemmStages - 1; ++s) {
+    if (s < ktiles) load(s, s);
+    mma::CpAsyncCommit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    mma::CpAsyncWait<kGemmStages - 2>();  // stage kt has landed (for this thread's copies)
+    __syncthreads();                      // ... for every thread's; stage kt - 1 is consumed
+    const int next = kt + kGemmStages - 1;
+    if (next < ktiles) load(next, next % kGemmStages);
+    mma::CpAsyncCommit();
+    const unsigned short* sa = pipe + (kt % kGemmStages) * kStage;
+    const unsigned short* sb = sa + kGemmBM * kGemmKPad;
+#pragma unroll
+    for (int kk = 0; kk < kGemmBK; kk += 16) {
+      unsigned af[4][4], bf[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi)
+        mma::LdMatrixX4(af[mi], sa + (wm * 64 + mi * 16 + lane % 16) * kGemmKPad + kk +
+                                    (lane / 16) * 8);
+#pragma unroll
+      for (int nj = 0; nj < 4; nj += 2) {
+        unsigned r[4];
+        mma::LdMatrixX4(r, sb + (wn * 32 + nj * 8 + (lane / 16) * 8 + lane % 8) * kGemmKPad +
+                               kk + ((lane / 8) % 2) * 8);
+        bf[nj][0] = r[0];
+        bf[nj][1] = r[1];
+        bf[nj + 1][0] = r[2];
+        bf[nj + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+          mma::Mma16816<kBf16>(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+    }
+  }
+  mma::CpAsyncWait<0>();
+  __syncthreads();
+}
+
+// The warp's accumulators into the BM x BN logit tile s (row stride kGemmTileStride).
+__device__ __forceinline__ void StoreTile(const Acc& acc, float* s) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int r = (warp / 4) * 64 + lane / 4, c = (warp % 4) * 32 + 2 * (lane % 4);
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float* p = s + (r + mi * 16 + h * 8) * kGemmTileStride + c + ni * 8;
+        p[0] = acc[mi][ni][2 * h];
+        p[1] = acc[mi][ni][2 * h + 1];
+      }
+}
+
+}  // namespace gemm_detail
+
+// The first row's logits of the tile, per model: shift[k * v + j] = f_k[0] . g_k[j] (float32
+// sums), one warp per label.
+template <bool kBf16>
+__global__ void __launch_bounds__(256)
+    LseKlShiftKernel(const unsigned short* __restrict__ f1, const unsigned short* __restrict__ g1,
+                     Index ldg1, int k1, const unsigned short* __restrict__ f2,
+                     const unsigned short* __restrict__ g2, Index ldg2, int k2, Index v,
+                     float* __restrict__ shift) {
+  const Index j = static_cast<Index>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const bool live = j < v;  // every lane takes part in the shuffles
+  float s[2] = {0.0f, 0.0f};
+  for (int m = 0; m < 2; ++m) {
+    const unsigned short* f = m == 0 ? f1 : f2;
+    const unsigned short* g = (m == 0 ? g1 : g2) + (live ? j : 0) * (m == 0 ? ldg1 : ldg2);
+    const int K = m == 0 ? k1 : k2;
+    for (int k = lane; live && k < K; k += 32)
+      s[m] += mma::ToFloat<kBf16>(f[k]) * mma::ToFloat<kBf16>(g[k]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s[m] += __shfl_xor_sync(0xffffffffu, s[m], off);
+  }
+  if (live && lane == 0) {
+    shift[j] = s[0];
+    shift[v + j] = s[1];
+  }
+}
+
+template <bool kBf16>
+__global__ void __launch_bounds__(kGemmThreads, 1)
+    LseKlGemmKernel(const unsigned short* __restrict__ f1, Index ldf1,
+                    const unsigned short* __restrict__ g1, Index ldg1, int k1,
+                    const unsigned short* __restrict__ f2, Index ldf2,
+                    const unsigned short* __restrict__ g2, Index ldg2, int k2, Index n, Index v,
+                    const float* __restrict__ shift, double* __restrict__ row_work,
+                    double* __restrict__ col_work) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // mma.sync bf16, ldmatrix and cp.async need sm_80; the launcher checks first
+#else
+  IDENTIREP_DYNAMIC_SHARED(smem);
+  float* s1 = reinterpret_cast<float*>(smem);
+  unsigned short* pipe = reinterpret_cast<unsigned short*>(smem + kGemmTileBytes);
+  float* s2 = reinterpret_cast<float*>(pipe);
+  const int tid = threadIdx.x;
+  const Index slab = blockIdx.x;
+  const Index c0 = slab * kGemmBN;
+  const int cols = static_cast<int>(v - c0 < kGemmBN ? v - c0 : kGemmBN);
+  // chunks of whole sub-tiles
+  const Index per_chunk = (n + gridDim.y - 1) / gridDim.y;
+  const Index chunk_rows = (per_chunk + kGemmBM - 1) / kGemmBM * kGemmBM;
+  const Index r_begin = static_cast<Index>(blockIdx.y) * chunk_rows;
+  const Index r_end = r_begin + chunk_rows < n ? r_begin + chunk_rows : n;
+  const bool columns = col_work != nullptr;
+  const int col = tid % kGemmBN, half = tid / kGemmBN;
+  const bool own = col < cols;
+  const double sh1 = columns && own ? static_cast<double>(shift[c0 + col]) : 0.0;
+  const double sh2 = columns && own ? static_cast<double>(shift[v + c0 + col]) : 0.0;
+  double cacc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  gemm_detail::Acc acc;
+
+  for (Index r0 = r_begin; r0 < r_end; r0 += kGemmBM) {
+    const int rows = static_cast<int>(r_end - r0 < kGemmBM ? r_end - r0 : kGemmBM);
+    __syncthreads();  // the previous sub-tile's tiles are consumed
+    gemm_detail::TileGemm<kBf16>(f1 + r0 * ldf1, ldf1, rows, g1 + c0 * ldg1, ldg1, cols, k1, pipe,
+                                 acc);
+    gemm_detail::StoreTile(acc, s1);
+    gemm_detail::TileGemm<kBf16>(f2 + r0 * ldf2, ldf2, rows, g2 + c0 * ldg2, ldg2, cols, k2, pipe,
+                                 acc);
+    gemm_detail::StoreTile(acc, s2);
+    __syncthreads();
+
+    if (columns && own) {
+      const int r_lo = half * (kGemmBM / 2);
+      const int r_hi = rows < r_lo + kGemmBM / 2 ? rows : r_lo + kGemmBM / 2;
+      for (int r = r_lo; r < r_hi; ++r) {
+        const int at = r * kGemmTileStride + col;
+        cuda_detail::AddColumnSums(cacc, static_cast<double>(s1[at]) - sh1,
+                                   static_cast<double>(s2[at]) - sh2);
+      }
+    }
+
+    // Row phase, two rounds of BM / 2 rows: the record of LseKlSlabKernel per row.
+#pragma unroll 1
+    for (int round = 0; round < 2; ++round) {
+      const int rr = round * (kGemmBM / 2) + tid / kGemmRowTpr;
+      cuda_detail::SlabRowRecord<float, kGemmRowTpr>(
+          s1 + rr * kGemmTileStride, s2 + rr * kGemmTileStride, rr < rows ? cols : 0,
+          tid % kGemmRowTpr, row_work + (slab * kRowFields) * n + (r0 + rr), n);
+    }
+  }
+  if (!columns) return;
+  // The two halves of each label meet in tile 1, in a fixed order.
+  double* meet = reinterpret_cast<double*>(s1);
+  __syncthreads();
+  if (half == 1) {
+#pragma unroll
+    for (int k = 0; k < 5; ++k) meet[k * kGemmBN + col] = cacc[k];
+  }
+  __syncthreads();
+  if (half == 0 && own) {
+#pragma unroll
+    for (int k = 0; k < 5; ++k)
+      col_work[(static_cast<Index>(blockIdx.y) * 5 + k) * v + c0 + col] =
+          cacc[k] + meet[k * kGemmBN + col];
+  }
+#endif
+}
+
+#ifndef __CUDACC_RTC__
+
+// Launcher: shift (with column moments), the GEMM kernel, then LseKlColMergeKernel<float> and
+// LseKlRowMergeKernel<float, kGemmBN> on `stream`: the update of LseKlFused for the logits
+// f_k[0:n] g_k[0:v]'. row_work, col_work (with mom.col) and shift: LseKlGemm*Elems. The caller
+// checks the operands (csrc/lse_kl_gemm.cu). Returns the first launch error.
+template <bool kBf16>
+cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short* g1, Index ldg1,
+                      int k1, const unsigned short* f2, Index ldf2, const unsigned short* g2,
+                      Index ldg2, int k2, Index n, Index v, Index col0, double* state,
+                      Index state_ld, Index* args, Index args_ld, const DeviceLogitMoments& mom,
+                      double* row_work, float* shift, cudaStream_t stream) {
+  if (n <= 0 || v <= 0) return cudaSuccess;
+  if (row_work == nullptr || (mom.col != nullptr && (mom.col_work == nullptr || shift == nullptr)))
+    return cudaErrorInvalidValue;
+  const Index slabs = GemmSlabs(v), chunks = GemmChunks(n);
+  if (slabs > 0x7fffffffLL || (v + 7) / 8 > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  cudaError_t err = cudaFuncSetAttribute(LseKlGemmKernel<kBf16>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         kGemmSmemBytes);
+  if (err != cudaSuccess) return err;
+  double* col_work = mom.col != nullptr ? mom.col_work : nullptr;
+  if (col_work != nullptr) {
+    LseKlShiftKernel<kBf16><<<static_cast<unsigned>((v + 7) / 8), 256, 0, stream>>>(
+        f1, g1, ldg1, k1, f2, g2, ldg2, k2, v, shift);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  LseKlGemmKernel<kBf16><<<dim3(static_cast<unsigned>(slabs), static_cast<unsigned>(chunks)),
+                           kGemmThreads, kGemmSmemBytes, stream>>>(
+      f1, ldf1, g1, ldg1, k1, f2, ldf2, g2, ldg2, k2, n, v, shift, row_work, col_work);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  constexpr int kMergeThreads = 256;
+  if (col_work != nullptr) {
+    LseKlColMergeKernel<float><<<static_cast<unsigned>((v + kMergeThreads - 1) / kMergeThreads),
+                                 kMergeThreads, 0, stream>>>(shift, shift + v, n, v, col0, chunks,
+                                                             col_work, mom.col, mom.col_ld,
+                                                             mom.row0);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  LseKlRowMergeKernel<float, kGemmBN>
+      <<<static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads), kMergeThreads, 0,
+         stream>>>(n, v, col0, row_work, state, state_ld, args, args_ld, mom.row, mom.row_ld);
+  return cudaGetLastError();
+}
+
+#endif  // __CUDACC_RTC__
+
+}  // namespace kernels
+}  // namespace identirep

@@ -1,0 +1,85 @@
+// Argument checks and dispatch of the fused GEMM + epilogue kernel (kernels/lse_kl_gemm.cuh).
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "cuda_ops.h"
+#include "kernels/lse_kl_gemm.cuh"
+
+namespace identirep {
+namespace {
+
+void Require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("lse_kl_gemm_update_cuda: " + what);
+}
+
+}  // namespace
+
+std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
+  if (n < 0 || v < 0) throw std::invalid_argument("lse_kl_gemm_work_elems: n, v must be >= 0");
+  return {kernels::LseKlGemmRowWorkElems(n, v), kernels::LseKlGemmColWorkElems(v),
+          kernels::LseKlGemmShiftElems(v)};
+}
+
+void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64_t col0,
+                             uintptr_t state, int64_t state_ld, uintptr_t args, int64_t args_ld,
+                             uintptr_t row_moments, int64_t row_ld, uintptr_t col_moments,
+                             int64_t col_ld, int64_t row0, uintptr_t row_work,
+                             uintptr_t col_work, uintptr_t shift, uintptr_t stream) {
+  const bool bf16 = op.kind == "bfloat16";
+  Require(bf16 || op.kind == "float16",
+          "operands must be float16 or bfloat16, got \"" + op.kind + "\"");
+  Require(n >= 0 && v >= 0 && col0 >= 0 && row0 >= 0, "n, v, col0 and row0 must be >= 0");
+  if (n == 0 || v == 0) return;
+  const char* names[4] = {"f1", "g1", "f2", "g2"};
+  const uintptr_t ptrs[4] = {op.f1, op.g1, op.f2, op.g2};
+  const int64_t lds[4] = {op.ldf1, op.ldg1, op.ldf2, op.ldg2};
+  const int64_t ks[4] = {op.k1, op.k1, op.k2, op.k2};
+  for (int i = 0; i < 4; ++i) {
+    Require(ptrs[i] != 0, std::string(names[i]) + " is a null pointer");
+    const std::string why = lse_kl_gemm_operand_problem(ptrs[i], lds[i], ks[i]);
+    Require(why.empty(), std::string(names[i]) + ": " + why);
+  }
+  Require(state != 0 && args != 0 && row_work != 0, "null state, args or row_work pointer");
+  Require(state_ld >= n && args_ld >= n, "state_ld and args_ld must be >= n");
+  if (row_moments != 0) Require(row_ld >= n, "row_ld must be >= n");
+  if (col_moments != 0)
+    Require(col_ld >= col0 + v && col_work != 0 && shift != 0,
+            "col_moments needs col_ld >= col0 + v, col_work and shift");
+  int device = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("lse_kl_gemm_update_cuda: ") + cudaGetErrorString(err));
+  if (major < 8)
+    throw std::runtime_error("lse_kl_gemm_update_cuda: the fused GEMM needs a GPU of compute "
+                             "capability 8.0 or newer (bfloat16 mma.sync, cp.async)");
+
+  const auto* f1 = reinterpret_cast<const unsigned short*>(op.f1);
+  const auto* g1 = reinterpret_cast<const unsigned short*>(op.g1);
+  const auto* f2 = reinterpret_cast<const unsigned short*>(op.f2);
+  const auto* g2 = reinterpret_cast<const unsigned short*>(op.g2);
+  const kernels::DeviceLogitMoments mom{reinterpret_cast<double*>(row_moments), row_ld,
+                                        reinterpret_cast<double*>(col_moments), col_ld, row0,
+                                        reinterpret_cast<double*>(col_work)};
+  auto* st = reinterpret_cast<double*>(state);
+  auto* ag = reinterpret_cast<kernels::Index*>(args);
+  auto* rw = reinterpret_cast<double*>(row_work);
+  auto* sh = reinterpret_cast<float*>(shift);
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  const int k1 = static_cast<int>(op.k1), k2 = static_cast<int>(op.k2);
+  err = bf16 ? kernels::LseKlGemm<true>(f1, op.ldf1, g1, op.ldg1, k1, f2, op.ldf2, g2, op.ldg2,
+                                        k2, n, v, col0, st, state_ld, ag, args_ld, mom, rw, sh, s)
+             : kernels::LseKlGemm<false>(f1, op.ldf1, g1, op.ldg1, k1, f2, op.ldf2, g2, op.ldg2,
+                                         k2, n, v, col0, st, state_ld, ag, args_ld, mom, rw, sh,
+                                         s);
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("lse_kl_gemm_update_cuda: launch failed: ") +
+                             cudaGetErrorString(err));
+}
+
+}  // namespace identirep
