@@ -14,13 +14,16 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
           cuBLAS tiles, one epilogue call per tile), the pass before the driver;
   serial  the cuda pass without the overlap (one stream, all N rows per tile);
   fused   the cuda pass with the fused one-read epilogue (fused_epilogue=True), overlapped;
+  gemm-fused  the cuda pass with the logits computed and reduced in one kernel
+          (fused_gemm=True: csrc/kernels/lse_kl_gemm.cuh, mma.sync tiles, no logit in memory);
   cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
           it also computes the input gradient, as it always does), when liger_kernel imports.
 Times are CUDA-event medians over --repeats after --warmup runs; "x" columns are ratios to the
-floor. "mem" is the peak extra device memory of the cuda pass (CuPy pool growth from an empty
-pool, inputs excluded) and of the torch baselines (max_memory_allocated above the inputs).
+floor. "mem" is the peak extra device memory of the cuda passes (CuPy pool growth from an
+empty pool, inputs excluded) and of the torch baselines (max_memory_allocated above the
+inputs).
 ``--sweep`` adds a second table: the cuda pass for several label-tile widths, overlapped, serial
 and with the fused epilogue, to choose the defaults from.
 
@@ -184,6 +187,11 @@ def bench_shape(n, v, m, args, torch, row):
         run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
         row["mem_fused"] = pool_peak(run)
         row["fused"] = cuda_ms(run, args.warmup, args.repeats)
+        if identirep.build_info()["cuda_pass_driver"]:
+            run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True,
+                                        workspace_bytes=args.workspace))
+            row["mem_gemm"] = pool_peak(run)
+            row["gemm_fused"] = cuda_ms(run, args.warmup, args.repeats)
         if args.sweep:
             for tc in SWEEP_COLS:
                 for variant, opts in SWEEP_VARIANTS.items():
@@ -288,19 +296,19 @@ def fmt_ms(row, key):
 
 def table(rows):
     lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms (fused) | "
-             "cuda pass ms | python loop ms | serial ms | fused pass ms | cupy pass ms | "
-             "torch naive ms | liger fused JSD ms | peak extra GiB (cuda / fused / torch / "
-             "liger) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cuda pass ms | python loop ms | serial ms | fused pass ms | gemm-fused pass ms | "
+             "cupy pass ms | torch naive ms | liger fused JSD ms | peak extra GiB (cuda / fused "
+             "/ gemm-fused / torch / liger) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
                  if "floor" in r else "- (no bfloat16 matmul)")
         mem = " / ".join(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
-                         for k in ("mem", "mem_fused", "torch_mem", "liger_mem"))
+                         for k in ("mem", "mem_fused", "mem_gemm", "torch_mem", "liger_mem"))
         epi = f"{fmt_ms(r, 'epilogue')} ({fmt_ms(r, 'epilogue_fused')})"
         cells = " | ".join([fmt_ms(r, "gemm"), epi] + [fmt_ms(r, k) for k in (
-            "cuda", "loop", "serial", "fused", "cupy", "torch", "liger")])
+            "cuda", "loop", "serial", "fused", "gemm_fused", "cupy", "torch", "liger")])
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
         notes += [f"{r['shape']}: {r[k]}" for k in ("liger_why", "error") if k in r]
     return "\n".join(lines + ([""] + notes if notes else []))

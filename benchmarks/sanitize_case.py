@@ -7,8 +7,9 @@ Runs the compiled epilogue and the NVRTC-compiled one of the cupy backend on the
 both also as the fused one-read epilogue, and
 the compiled pivot kernel (both modes, float64 and float32 cross products, one pivot out of
 range) once each; then the compiled pass driver (cuBLAS tiles, overlapped epilogue on a second
-stream) on a tiny pair, against the same pass driven from Python. Exits non-zero when a result
-is not finite or two versions disagree.
+stream) on a tiny pair, against the same pass driven from Python, and the fused GEMM kernel
+(bfloat16, odd sizes, padded rows, two row tiles x two label tiles) against the cuBLAS driver.
+Exits non-zero when a result is not finite or two versions disagree.
 """
 from __future__ import annotations
 
@@ -66,6 +67,24 @@ def driver():
     return [[cp.asarray(getattr(o, k)) for k in ("L1", "kl12", "col_mean1")] for o in out]
 
 
+def gemm():
+    """[L1, kl12, col_m2_12] of the fused GEMM pass and of the cuBLAS driver on a tiny
+    bfloat16 pair, or [] without the driver."""
+    from identirep._cupy_pass import DeviceArray, cuda_pass
+    if not hasattr(_core, "lse_kl_pass_cuda"):
+        return []
+    rng = np.random.default_rng(3)
+    ops = []
+    for rows, k in ((37, 13), (301, 13), (37, 21), (301, 21)):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        bits = np.zeros((rows, 24), np.uint16)  # rows padded to 24 elements
+        bits[:, :k] = (x.view(np.uint32) >> 16).astype(np.uint16)
+        ops.append(DeviceArray(cp.asarray(bits)[:, :k], "bfloat16"))
+    kw = dict(tile_rows=20, tile_cols=200)
+    out = [cuda_pass(*ops, fused_gemm=g, **kw) for g in (True, False)]
+    return [[cp.asarray(getattr(o, k)) for k in ("L1", "kl12", "col_m2_12")] for o in out]
+
+
 def main():
     compiled, nvrtc = epilogue(True), epilogue(False)
     fused = [epilogue(c, fused=True) for c in (True, False)]
@@ -79,6 +98,11 @@ def main():
         ok = ok and all(bool(cp.isfinite(a).all()) for a in passes[0])
         ok = ok and all(bool(cp.allclose(a, b, rtol=1e-12, atol=1e-12))
                         for a, b in zip(*passes))
+    fused_gemm = gemm()
+    if fused_gemm:
+        ok = ok and all(bool(cp.isfinite(a).all()) for a in fused_gemm[0])
+        ok = ok and all(bool(cp.allclose(a, b, rtol=1e-4, atol=1e-4 * float(abs(b).max())))
+                        for a, b in zip(*fused_gemm))
     print("sanitize case:", "ok" if ok else "NON-FINITE OR DISAGREEING RESULTS")
     raise SystemExit(0 if ok else 1)
 
