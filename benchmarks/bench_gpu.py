@@ -40,6 +40,7 @@ import numpy as np
 import cupy as cp
 
 import identirep
+from identirep import _bf16 as bf16
 from identirep import _cupy_pass as gp
 
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
@@ -86,18 +87,12 @@ def torch_ms(torch, fn, warmup, repeats):
     return statistics.median(times)
 
 
-def bf16_bits(x):
-    """bfloat16 bit patterns (uint16, round to nearest even) of a float32 CuPy array."""
-    assert x.dtype == cp.float32, x.dtype
-    bits = x.view(cp.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(cp.uint16)
-
-
 def make_inputs(n, v, m, seed):
     rs = cp.random.RandomState(seed)
     f = rs.standard_normal((n, m), dtype=cp.float32)
     g = rs.standard_normal((v, m), dtype=cp.float32) * float(3.0 / np.sqrt(m))  # stays float32
-    return gp.DeviceArray(bf16_bits(f), "bfloat16"), gp.DeviceArray(bf16_bits(g), "bfloat16")
+    return (gp.DeviceArray(bf16.from_f32(f), "bfloat16"),
+            gp.DeviceArray(bf16.from_f32(g), "bfloat16"))
 
 
 def cupy_bfloat16():

@@ -12,7 +12,9 @@ At N=16384, V=128256, M=4096 (the shapes of the GPU targets) by default, for eac
   pivots plain      PairEngine.label_side over all V pivots, both against
   pivot floor       the bare V x V x M GEMMs of the plain search, g_k[block] @ g_k^T for both
                     models over the same pivot blocks, in bfloat16 and in float32 (the
-                    precision of the engine's cross products).
+                    precision of the engine's cross products, which for bfloat16 models are
+                    three bfloat16 GEMMs of an exact float32 split: 3x the bfloat16 floor at
+                    best).
 Wall-clock seconds with the device synchronised, median of --repeats after one warm-up run
 (which also compiles the NVRTC kernels). Writes a markdown table (--out).
 

@@ -421,9 +421,8 @@ def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, shape, tiles
 def test_fused_gemm_takes_biased_models(cupy):
     # device_augmented pads [f, 1] and [g, b] to rows of 8 elements, which the fused GEMM needs
     a, b = random_pair(N=500, V=3000, M=24, bias=True, seed=3)
-    models = [identirep.Model(*(gp.DeviceArray(cupy.asarray(bf16_round(x)), "bfloat16")
-                                for x in (m.f, m.g)),
-                              bias=gp.DeviceArray(cupy.asarray(bf16_round(m.bias)), "bfloat16"))
+    models = [SimpleNamespace(**{k: gp.DeviceArray(cupy.asarray(bf16_round(getattr(m, k))),
+                                                   "bfloat16") for k in ("f", "g", "bias")})
               for m in (a, b)]
     ops = [x for m in models for x in gp.device_augmented(m)]
     assert gp.gemm_problem(ops) == ""

@@ -15,6 +15,7 @@ import pytest
 
 import identirep as ir
 from identirep import _backends, _core, sampling
+from identirep import _bf16 as bf16
 from identirep import _cupy_pass as gp
 from identirep.passes import cpu_pass
 
@@ -34,7 +35,7 @@ def _host_pass(backend, f1, g1, f2, g2, *, progress=None):
     ops = []
     for x in (f1, g1, f2, g2):
         assert isinstance(x, gp.DeviceArray) and isinstance(x.data, fake_cupy.ndarray)
-        ops.append(x.data.get())
+        ops.append(bf16.to_f32(x.data.get()) if x.kind == "bfloat16" else x.data.get())
     return dataclasses.replace(cpu_pass(*ops, progress=progress), backend=backend)
 
 
@@ -190,6 +191,34 @@ def test_half_and_mixed_precision_on_device_match_cpu(dev, kinds):
     got = ir.compare(*(_on(dev.cp, m, *k) for m, k in zip((a, b), kinds)), **OPTS)
     want = ir.compare(*(_on(np, m, *k) for m, k in zip((a, b), kinds)), **OPTS)
     _assert_same(got, want, np.float32)
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_pivots": 20}], ids=["exact", "sampled"])
+def test_bfloat16_models_on_device_split_the_pivot_cross_products(dev, monkeypatch, kw):
+    # a bfloat16 g on the device enters the pivot cross products as it is, through three
+    # bfloat16 GEMMs (here cublasGemmEx emulated: float32 products of the exact values)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    calls = []
+
+    def gemm_ex(cp, a, b, out, kind, beta=0.0):
+        calls.append((kind, beta))
+        assert a.dtype == b.dtype == np.uint16 and out.dtype == np.float32
+        prod = bf16.to_f32(a) @ bf16.to_f32(b).T
+        out[...] = prod if beta == 0.0 else prod + np.float32(beta) * out
+    monkeypatch.setattr(gp, "gemm_ex", gemm_ex)
+    bf = np.dtype(ml_dtypes.bfloat16)
+    a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=13)
+    got = ir.d_llv(*(_on(dev.cp, m, bf, np.float32) for m in (a, b)), **kw)
+    assert calls and {k for k, _ in calls} == {"bfloat16"}
+    assert [beta for _, beta in calls[:3]] == [0.0, 1.0, 1.0]  # three parts per product
+    # float32 on the host (one float32 GEMM per product) and float64, of the same values
+    plain = ir.d_llv(*(_on(np, m, bf, np.float32) for m in (a, b)), **kw)
+    exact = ir.d_llv(*(_on(np, _on(np, m, bf, np.float32), np.float64) for m in (a, b)), **kw)
+    assert (got.pivot, got.leave_out, got.input_set) == (exact.pivot, exact.leave_out,
+                                                        exact.input_set)
+    for k in ("value", "t1", "t2", "t3", "t4"):
+        g, p, e = (getattr(r, k) for r in (got, plain, exact))
+        assert abs(g - e) <= 2 * abs(p - e) + 1e-6 * abs(e), (k, g, p, e)
 
 
 @pytest.mark.parametrize("term", ["max", "mean"])

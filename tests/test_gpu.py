@@ -618,3 +618,18 @@ def test_nvrtc_compiles_the_fused_gemm_kernel():
     _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
     assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned" in ptx
+
+
+@pytest.mark.gpu
+def test_split_bfloat16_cross_products_as_accurate_as_float32(cupy):
+    # the engine's pivot cross products of a bfloat16 g: three bfloat16 tensor-core GEMMs of
+    # the exact split of the float32 left factor against a float32 GEMM, both to float64
+    from identirep import _bf16 as bf16
+    rng = np.random.default_rng(8)
+    L = rng.standard_normal((300, 1024)).astype(np.float32)
+    g_bits = bf16.from_f32(rng.standard_normal((5000, 1024)).astype(np.float32))
+    exact = L.astype(np.float64) @ bf16.to_f32(g_bits).astype(np.float64).T
+    got = cupy.asnumpy(gp.split_bf16_matmul(cupy.asarray(L), cupy.asarray(g_bits)))
+    plain = cupy.asnumpy(cupy.asarray(L) @ bf16.to_f32(cupy.asarray(g_bits)).T)
+    err, err32 = np.abs(got - exact).max(), np.abs(plain - exact).max()
+    assert err <= 2 * err32 + 1e-7 * np.abs(exact).max(), (err, err32)

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import _bf16 as bf16
 from ._backends import CUPY_INSTALL
 from ._stream import check_pass_shapes, finalize
 from .errors import IdentirepError
@@ -86,7 +87,7 @@ class DeviceArray:
     def widened(self, dtype):
         """This array as a float32/float64 CuPy array (a copy unless it already is one)."""
         if self.kind == "bfloat16":
-            out = _bf16_bits_to_f32(self.data)
+            out = bf16.to_f32(self.data)
             return out if dtype == np.float32 else out.astype(dtype)
         return self.data.astype(dtype, copy=False)
 
@@ -573,10 +574,11 @@ def gemm_nt_args(a, b):
     return op_b, op_a, c, r, k, lb[1], la[1], c
 
 
-def gemm_ex(cp, a, b, out, kind: str) -> None:
-    """out (r x c, C-contiguous float32) = a (r x k) @ b (c x k)^T for float16/bfloat16 a, b
-    (CuPy arrays; bfloat16 as uint16 bits), with cublasGemmEx: float32 accumulation, no
-    rounding of the inputs. Any row- or column-contiguous layout; others are copied."""
+def gemm_ex(cp, a, b, out, kind: str, beta: float = 0.0) -> None:
+    """out (r x c, C-contiguous float32) = a (r x k) @ b (c x k)^T + beta out for
+    float16/bfloat16 a, b (CuPy arrays; bfloat16 as uint16 bits), with cublasGemmEx: float32
+    accumulation, no rounding of the inputs. Any row- or column-contiguous layout; others are
+    copied."""
     from cupy.cuda import cublas, device
     if out.shape != (a.shape[0], b.shape[0]) or out.dtype != np.float32 \
             or not out.flags.c_contiguous:
@@ -588,7 +590,7 @@ def gemm_ex(cp, a, b, out, kind: str) -> None:
     transa, transb, m, n, k, lda, ldb, ldc = gemm_nt_args(a, b)
     code = _CUDA_R_16BF if kind == "bfloat16" else _CUDA_R_16F
     one = np.ones(1, dtype=np.float32)
-    zero = np.zeros(1, dtype=np.float32)
+    zero = np.full(1, beta, dtype=np.float32)
     host_mode = getattr(cublas, "CUBLAS_POINTER_MODE_HOST", 0)
     handle = device.get_cublas_handle()
     mode = cublas.getPointerMode(handle)  # alpha and beta are host scalars
@@ -603,18 +605,16 @@ def gemm_ex(cp, a, b, out, kind: str) -> None:
             cublas.setPointerMode(handle, mode)
 
 
-_BF16_KERNEL = None
-
-
-def _bf16_bits_to_f32(bits):
-    """float32 copy of bfloat16 values given as uint16 bit patterns (exact)."""
-    global _BF16_KERNEL
+def split_bf16_matmul(L, g_bits):
+    """L (r x k, float32, device) @ g^T for g (c x k) given as bfloat16 bits: the exact split
+    L = hi + mid + lo (``bf16.split3``) in three bfloat16 GEMMs (``gemm_ex``, float32
+    accumulation, smallest part first). Every product is exact, as in a float32 GEMM of L and
+    g, at three times the bfloat16 tensor-core cost instead of a float32 (non-tensor) GEMM's."""
     cp = import_cupy()
-    if _BF16_KERNEL is None:
-        _BF16_KERNEL = cp.ElementwiseKernel(
-            "uint16 x", "float32 y", "y = __uint_as_float(((unsigned int)x) << 16)",
-            "identirep_bf16_bits_to_f32")
-    return _BF16_KERNEL(bits)
+    out = cp.empty((L.shape[0], g_bits.shape[0]), dtype=cp.float32)
+    for i, part in enumerate(reversed(bf16.split3(cp.ascontiguousarray(L, dtype=cp.float32)))):
+        gemm_ex(cp, part, g_bits, out, "bfloat16", beta=0.0 if i == 0 else 1.0)
+    return out
 
 
 # ------------------------------------------------------------------ epilogues

@@ -167,10 +167,14 @@ class ModelCache:
         # f and g stay where they live, in their float32/float64 storage (half types widened to
         # float32; no V x M float64 copies); rows that enter small dense algebra are converted
         # when taken
+        # g_bits: a device g's bfloat16 bits, for the pivot cross products (Engine._cross)
+        self.g_bits = None
         if is_gpu_array(model.f):
             from ._cupy_pass import as_device
-            self.F, self.G = (_device_native(as_device(x, name))
-                              for x, name in ((model.f, "f"), (model.g, "g")))
+            f, g = as_device(model.f, "f"), as_device(model.g, "g")
+            self.F, self.G = _device_native(f), _device_native(g)
+            if g.kind == "bfloat16":
+                self.g_bits = g.data
         else:
             self.F, self.G = _native(model.f), _native(model.g)
         self.xp = array_module(self.F)
@@ -413,14 +417,21 @@ class PairEngine:
 
     def _cross(self, piv, lab=None):
         """X_k = g_k(piv)' C_kk g_k(lab) (len(piv) x len(lab); all labels when ``lab`` is
-        None) in the compute dtype, where g lives."""
+        None) in the compute dtype, where g lives. A bfloat16 g on a GPU is multiplied as it
+        is, in bfloat16 GEMMs of the exact split of the left factor (split_bf16_matmul)."""
         C = self.mom.scatter
         xp = self.c1.xp
         p = xp.asarray(piv, dtype=np.int64)
         q = None if lab is None else xp.asarray(lab, dtype=np.int64)
-        return [(G[p].astype(self.cdt, copy=False) @ xp.asarray(C[sl, sl], dtype=self.cdt))
-                @ (G if q is None else G[q]).T.astype(self.cdt, copy=False)
-                for G, sl in ((self.G1, self.sF1), (self.G2, self.sF2))]
+        out = []
+        for c, G, sl in ((self.c1, self.G1, self.sF1), (self.c2, self.G2, self.sF2)):
+            L = G[p].astype(self.cdt, copy=False) @ xp.asarray(C[sl, sl], dtype=self.cdt)
+            if c.g_bits is not None and self.cdt == np.float32:
+                from ._cupy_pass import split_bf16_matmul
+                out.append(split_bf16_matmul(L, c.g_bits if q is None else c.g_bits[q]))
+            else:
+                out.append(L @ (G if q is None else G[q]).T.astype(self.cdt, copy=False))
+        return out
 
     def _bound_eps(self):
         return float(np.finfo(self.cdt).eps) * BOUND_NOISE * math.sqrt(self.M1 + self.M2)

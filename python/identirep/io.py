@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import _bf16 as bf16
 from .errors import IdentirepError
 from .model import Model
 
@@ -86,10 +87,6 @@ def _to_host(a, key: str):
     if a.dtype.kind == "V":
         raise IdentirepError(f"{key} has an untyped dtype {a.dtype}; cannot store it")
     return a, False
-
-
-def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _json_default(o):
@@ -275,7 +272,7 @@ def _read_safetensors(path: Path):
             for k in fh.keys():
                 dt = fh.get_slice(k).get_dtype()
                 if dt == "BF16" and ml is None:
-                    arrays[k] = _bf16_bits_to_f32(_raw_safetensors_tensor(path, k, np.uint16))
+                    arrays[k] = bf16.to_f32(_raw_safetensors_tensor(path, k, np.uint16))
                     converted[k] = "bfloat16 -> float32 (exact; install ml_dtypes to keep bfloat16)"
                 else:
                     arrays[k] = fh.get_tensor(k)
@@ -346,7 +343,7 @@ def _decode_bits(arrays: dict, labels, meta):
         if ml is not None:
             arrays[k] = bits.view(ml.bfloat16)
         else:
-            arrays[k] = _bf16_bits_to_f32(bits)
+            arrays[k] = bf16.to_f32(bits)
             converted[k] = "bfloat16 -> float32 (exact; install ml_dtypes to keep bfloat16)"
     if converted:
         meta["converted"] = converted
