@@ -14,8 +14,9 @@
 //     row, which keeps the sums of squares away from cancellation as the first row does there.
 // Grid (slabs, chunks), kGemmThreads threads, kGemmSmemBytes of dynamic shared memory. Each
 // block takes one slab and one chunk of rows, BM rows at a time:
-//   GEMM of model 1 (4-stage cp.async pipeline, ldmatrix, 8 warps of 64 x 32) -> tile s1;
-//   GEMM of model 2 -> tile s2 (over the pipeline's buffers, which it no longer needs);
+//   GEMMs of model 1 then model 2 in one 4-stage cp.async pipeline (ldmatrix, 8 warps of
+//   64 x 32): model 1's logits -> tile s1, model 2's -> tile s2 (over the pipeline's buffers,
+//   free by then);
 //   column phase: thread t sums label t % BN over half t / BN of the rows, in registers across
 //     the chunk; row phase: 4 threads per row reduce the row's slab (max and first argmax, mean,
 //     six LSE/KL sums relative to the slab max, centred squares) into its record.
@@ -152,37 +153,71 @@ namespace gemm_detail {
 
 using Acc = float[4][4][4];  // [16-row tile][8-col tile][fragment] of a warp's 64 x 32
 
-// acc = a (rows x K, row stride lda) times b (cols x K, row stride ldb) transposed, for the
-// block's BM x BN sub-tile; rows past `rows` and labels past `cols` read as zeros. All threads
-// call it; on return the pipeline's buffers are free (every copy landed, every warp is past its
-// last read).
-template <bool kBf16>
-__device__ __forceinline__ void TileGemm(const unsigned short* a, Index lda, int rows,
-                                         const unsigned short* b, Index ldb, int cols, int K,
-                                         unsigned short* pipe, Acc& acc) {
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int wm = warp / 4, wn = warp % 4;
-  constexpr int kStage = (kGemmBM + kGemmBN) * kGemmKPad;  // halves per stage
+// One model's operands for the block's sub-tile: a (rows x K, row stride lda) and b (cols x K,
+// row stride ldb); the logits are a b'.
+struct Operands {
+  const unsigned short* a;
+  Index lda;
+  const unsigned short* b;
+  Index ldb;
+  int K;
+};
+
+__device__ __forceinline__ void Zero(Acc& acc) {
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-  const int ktiles = (K + kGemmBK - 1) / kGemmBK;
-  // Stage s holds BM rows of a then BN rows of b, each BK halves (4 chunks of 16 bytes).
+}
+
+// The warp's accumulators into the BM x BN logit tile s (row stride kGemmTileStride).
+__device__ __forceinline__ void StoreTile(const Acc& acc, float* s) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int r = (warp / 4) * 64 + lane / 4, c = (warp % 4) * 32 + 2 * (lane % 4);
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float* p = s + (r + mi * 16 + h * 8) * kGemmTileStride + c + ni * 8;
+        p[0] = acc[mi][ni][2 * h];
+        p[1] = acc[mi][ni][2 * h + 1];
+      }
+}
+
+// The block's BM x BN logits of both models in one pipeline (model 2's first stages load while
+// model 1's last ones are multiplied): model 1's into the tile s1 (StoreTile), model 2's left
+// in acc. Rows past `rows` and labels past `cols` read as zeros. All threads call it; on
+// return the pipeline's buffers are free (every copy landed, every warp past its last read).
+template <bool kBf16>
+__device__ __forceinline__ void PairGemm(const Operands (&op)[2], int rows, int cols,
+                                         unsigned short* pipe, Acc& acc, float* s1) {
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp / 4, wn = warp % 4;
+  constexpr int kStage = (kGemmBM + kGemmBN) * kGemmKPad;  // halves per stage
+  Zero(acc);
+  const int kt1 = (op[0].K + kGemmBK - 1) / kGemmBK;
+  const int ktiles = kt1 + (op[1].K + kGemmBK - 1) / kGemmBK;
+  // Stage s holds BM rows of a then BN rows of b, each BK halves (4 chunks of 16 bytes), of
+  // k-tile kt of model 1 (kt < kt1) or kt - kt1 of model 2.
   const auto load = [&](int kt, int s) {
+    const bool first = kt < kt1;  // selects by value: an indexed op[] would live in local memory
+    const Operands o = first ? op[0] : op[1];
+    const int k0 = (first ? kt : kt - kt1) * kGemmBK;
     unsigned short* dst = pipe + s * kStage;
     for (int i = tid; i < (kGemmBM + kGemmBN) * 4; i += kGemmThreads) {
       const int row = i / 4, kc = (i % 4) * 8;
       const bool is_a = row < kGemmBM;
       const int r = is_a ? row : row - kGemmBM;
-      const int k = kt * kGemmBK + kc;
-      const unsigned short* src = is_a ? a : b;
+      const int k = k0 + kc;
+      const unsigned short* src = is_a ? o.a : o.b;
       int bytes = 0;
-      if (r < (is_a ? rows : cols) && k < K) {
-        bytes = (K - k < 8 ? K - k : 8) * 2;
-        src += static_cast<Index>(r) * (is_a ? lda : ldb) + k;
+      if (r < (is_a ? rows : cols) && k < o.K) {
+        bytes = (o.K - k < 8 ? o.K - k : 8) * 2;
+        src += static_cast<Index>(r) * (is_a ? o.lda : o.ldb) + k;
       }
       mma::CpAsync16(dst + row * kGemmKPad + kc, src, bytes);
     }
@@ -223,25 +258,13 @@ __device__ __forceinline__ void TileGemm(const unsigned short* a, Index lda, int
         for (int ni = 0; ni < 4; ++ni)
           mma::Mma16816<kBf16>(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
     }
+    if (kt == kt1 - 1) {  // model 1 is done: its tile to s1, model 2 starts from zero
+      StoreTile(acc, s1);
+      Zero(acc);
+    }
   }
   mma::CpAsyncWait<0>();
   __syncthreads();
-}
-
-// The warp's accumulators into the BM x BN logit tile s (row stride kGemmTileStride).
-__device__ __forceinline__ void StoreTile(const Acc& acc, float* s) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int r = (warp / 4) * 64 + lane / 4, c = (warp % 4) * 32 + 2 * (lane % 4);
-#pragma unroll
-  for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float* p = s + (r + mi * 16 + h * 8) * kGemmTileStride + c + ni * 8;
-        p[0] = acc[mi][ni][2 * h];
-        p[1] = acc[mi][ni][2 * h + 1];
-      }
 }
 
 }  // namespace gemm_detail
@@ -308,11 +331,9 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   for (Index r0 = r_begin; r0 < r_end; r0 += kGemmBM) {
     const int rows = static_cast<int>(r_end - r0 < kGemmBM ? r_end - r0 : kGemmBM);
     __syncthreads();  // the previous sub-tile's tiles are consumed
-    gemm_detail::TileGemm<kBf16>(f1 + r0 * ldf1, ldf1, rows, g1 + c0 * ldg1, ldg1, cols, k1, pipe,
-                                 acc);
-    gemm_detail::StoreTile(acc, s1);
-    gemm_detail::TileGemm<kBf16>(f2 + r0 * ldf2, ldf2, rows, g2 + c0 * ldg2, ldg2, cols, k2, pipe,
-                                 acc);
+    const gemm_detail::Operands op[2] = {{f1 + r0 * ldf1, ldf1, g1 + c0 * ldg1, ldg1, k1},
+                                         {f2 + r0 * ldf2, ldf2, g2 + c0 * ldg2, ldg2, k2}};
+    gemm_detail::PairGemm<kBf16>(op, rows, cols, pipe, acc, s1);
     gemm_detail::StoreTile(acc, s2);
     __syncthreads();
 
