@@ -418,6 +418,28 @@ def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, shape, tiles
 
 @pytest.mark.gpu
 @needs_driver
+@pytest.mark.parametrize("case", ["duplicate and zero labels", "logits of 1e4"])
+def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case):
+    f1, g1, f2, g2 = make_pair(4, n=301, v=1037, m1=24, m2=16)
+    if case == "logits of 1e4":
+        f1 *= 2e3
+        f2 *= 2e3
+    else:
+        for g in (g1, g2):
+            g[10:20] = g[5]  # untrained tokens sharing one unembedding
+            g[-7:] = 0.0     # padding rows
+    arrays, vals = _half_arrays(cupy, (f1, g1, f2, g2), "bfloat16")
+    got = gp.cuda_pass(*arrays, fused_gemm=True, tile_cols=300)
+    assert np.isfinite(got.L1).all() and np.isfinite(got.kl12).all()
+    assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=3)
+    if case != "logits of 1e4":
+        for k in ("col_mean1", "col_m2_12"):  # the same logits
+            col = getattr(got, k)
+            np.testing.assert_allclose(col[10:20], col[5], rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.gpu
+@needs_driver
 def test_fused_gemm_takes_biased_models(cupy):
     # device_augmented pads [f, 1] and [g, b] to rows of 8 elements, which the fused GEMM needs
     a, b = random_pair(N=500, V=3000, M=24, bias=True, seed=3)
