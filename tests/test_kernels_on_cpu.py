@@ -440,3 +440,23 @@ def test_fused_gemm_kernel_without_moments_and_deterministic(harness, tmp_path):
     g, w = finalize(got["state"], got["args"]), finalize(want["state"], want["args"])
     for key in ("L1", "L2", "kl12", "kl21", "H1", "H2"):
         np.testing.assert_allclose(g[key], w[key], rtol=0, atol=RTOL_GEMM * 10, err_msg=key)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "f16"])
+def test_shift_kernel_is_the_first_rows_logits(harness, tmp_path, kind):
+    # the column shift of the fused GEMM: f_k[0] . g_k[j] in float32, from 16-bit patterns
+    # (float16 subnormals, large values and signed zeros included)
+    rng = np.random.default_rng(15)
+    V, K1, K2 = 77, 45, 33
+    raw = [rng.standard_normal(s) * 10.0 ** rng.integers(-6, 3, s) for s in
+           ((1, K1), (V, K1), (1, K2), (V, K2))]
+    raw[1][3, :4] = [6e-8, -3e-6, -0.0, 6e4]  # float16 subnormals, a signed zero, a large one
+    ops = [half_bits(x, kind) for x in raw]
+    for name, (bits, _) in zip(("f1", "g1", "f2", "g2"), ops):
+        bits.tofile(tmp_path / name)
+    run(harness, "shift", kind, V, K1, K2, tmp_path)
+    got = np.fromfile(tmp_path / "shift.out", np.float32).reshape(2, V)
+    for k, (f, g) in enumerate(((ops[0][1], ops[1][1]), (ops[2][1], ops[3][1]))):
+        want = (g @ f[0]).astype(np.float32)
+        np.testing.assert_allclose(got[k], want, rtol=1e-5,
+                                   atol=1e-6 * np.abs(g).max() * np.abs(f).max())

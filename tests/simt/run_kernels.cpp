@@ -15,6 +15,8 @@
 //     f1 (N x LDF1), g1 (V x LDG1), f2 (N x LDF2), g2 (V x LDG2): 16-bit patterns, the first
 //     K1 (K2) columns used; state, args, row_m, col_m as for epilogue. The pass of the CUDA
 //     driver with the fused GEMM (lse_kl_gemm.cuh: LseKlGemm's launches per tile).
+//   run_kernels shift bf16|f16 V K1 K2 DIR
+//     LseKlShiftKernel of f1 (K1), g1 (V x K1), f2 (K2), g2 (V x K2) -> shift.out (2 x V float)
 //   run_kernels pivot f32|f64 max|mean B V TOL DIR
 //     X1, X2: B x V (f32|f64); n1, n2, A1, A2, B12: V; pivots: B -> crit.out (B)
 //   run_kernels race SYNC BLOCKS THREADS   self-test: a block sum through shared memory, with
@@ -256,6 +258,21 @@ void RunGemm(char** a, const std::string& dir) {
   });
 }
 
+// LseKlShiftKernel alone: shift.out (2 x V float32) from f1, g1, f2, g2 (row strides = K).
+template <bool kBf16>
+void RunShift(char** a, const std::string& dir) {
+  const Index V = std::stoll(a[0]), K1 = std::stoll(a[1]), K2 = std::stoll(a[2]);
+  using U = unsigned short;
+  const Array<U> f1 = Read<U>(dir, "f1", K1), g1 = Read<U>(dir, "g1", V * K1),
+                 f2 = Read<U>(dir, "f2", K2), g2 = Read<U>(dir, "g2", V * K2);
+  Array<float> shift(2 * V);
+  simt::Launch(Grid(Ceil(V, 8)), dim3(256), [&] {
+    k::LseKlShiftKernel<kBf16>(f1.data(), g1.data(), K1, K1, f2.data(), g2.data(), K2, K2, V,
+                               shift.data());
+  });
+  Write(dir, "shift.out", shift);
+}
+
 template <typename TX>
 void RunPivot(char** a, const std::string& dir) {
   const std::string mode = a[0];
@@ -326,6 +343,11 @@ int main(int argc, char** argv) {
     const std::string kind = argv[2];
     if (kind == "bf16") RunGemm<true>(argv + 3, argv[15]);
     else if (kind == "f16") RunGemm<false>(argv + 3, argv[15]);
+    else Die("kind must be bf16 or f16");
+  } else if (op == "shift" && argc == 7) {
+    const std::string kind = argv[2];
+    if (kind == "bf16") RunShift<true>(argv + 3, argv[6]);
+    else if (kind == "f16") RunShift<false>(argv + 3, argv[6]);
     else Die("kind must be bf16 or f16");
   } else if (op == "pivot" && argc == 8) {
     const std::string dt = argv[2];
