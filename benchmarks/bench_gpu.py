@@ -15,7 +15,8 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
   serial  the cuda pass without the overlap (one stream, all N rows per tile);
   fused   the cuda pass with the fused one-read epilogue (fused_epilogue=True), overlapped;
   gemm-fused  the cuda pass with the logits computed and reduced in one kernel
-          (fused_gemm=True: csrc/kernels/lse_kl_gemm.cuh, mma.sync tiles, no logit in memory);
+          (fused_gemm=True: csrc/kernels/lse_kl_gemm.cuh, mma.sync tiles, no logit in memory),
+          with blocks of 128 rows (one per SM) and of 64 (two per SM);
   cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
@@ -183,10 +184,12 @@ def bench_shape(n, v, m, args, torch, row):
         row["mem_fused"] = pool_peak(run)
         row["fused"] = cuda_ms(run, args.warmup, args.repeats)
         if identirep.build_info()["cuda_pass_driver"]:
-            run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True,
-                                        workspace_bytes=args.workspace))
-            row["mem_gemm"] = pool_peak(run)
-            row["gemm_fused"] = cuda_ms(run, args.warmup, args.repeats)
+            for rows, key in ((128, "gemm_fused"), (64, "gemm_fused64")):
+                run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True,
+                                            gemm_block_rows=rows,
+                                            workspace_bytes=args.workspace))
+                row["mem_gemm"] = pool_peak(run)
+                row[key] = cuda_ms(run, args.warmup, args.repeats)
         if args.sweep:
             for tc in SWEEP_COLS:
                 for variant, opts in SWEEP_VARIANTS.items():
@@ -291,7 +294,8 @@ def fmt_ms(row, key):
 
 def table(rows):
     lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms (fused) | "
-             "cuda pass ms | python loop ms | serial ms | fused pass ms | gemm-fused pass ms | "
+             "cuda pass ms | python loop ms | serial ms | fused pass ms | gemm-fused pass ms "
+             "(128 / 64-row blocks) | "
              "cupy pass ms | torch naive ms | liger fused JSD ms | peak extra GiB (cuda / fused "
              "/ gemm-fused / torch / liger) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -302,8 +306,10 @@ def table(rows):
         mem = " / ".join(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
                          for k in ("mem", "mem_fused", "mem_gemm", "torch_mem", "liger_mem"))
         epi = f"{fmt_ms(r, 'epilogue')} ({fmt_ms(r, 'epilogue_fused')})"
+        gemm_fused = f"{fmt_ms(r, 'gemm_fused')} / {fmt_ms(r, 'gemm_fused64')}"
         cells = " | ".join([fmt_ms(r, "gemm"), epi] + [fmt_ms(r, k) for k in (
-            "cuda", "loop", "serial", "fused", "gemm_fused", "cupy", "torch", "liger")])
+            "cuda", "loop", "serial", "fused")] + [gemm_fused] + [fmt_ms(r, k) for k in (
+            "cupy", "torch", "liger")])
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
         notes += [f"{r['shape']}: {r[k]}" for k in ("liger_why", "error") if k in r]
     return "\n".join(lines + ([""] + notes if notes else []))

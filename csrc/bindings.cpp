@@ -133,7 +133,7 @@ pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot o
          int64_t c_begin, int64_t c_end, int64_t tile_rows, int64_t tile_cols, uintptr_t state,
          uintptr_t args, uintptr_t row_moments, uintptr_t col_moments, uintptr_t workspace,
          int64_t workspace_bytes, const std::string& dtype, bool overlap, bool fused,
-         bool gemm, uintptr_t stream, int device) {
+         int gemm, uintptr_t stream, int device) {
         const auto a = Operand(f1), b = Operand(g1), c = Operand(f2), d = Operand(g2);
         py::gil_scoped_release release;
         identirep::lse_kl_pass_cuda(a, b, c, d, c_begin, c_end, tile_rows, tile_cols, state,
@@ -144,7 +144,7 @@ pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot o
       py::arg("c_end"), py::arg("tile_rows"), py::arg("tile_cols"), py::arg("state"),
       py::arg("args"), py::arg("row_moments"), py::arg("col_moments"), py::arg("workspace"),
       py::arg("workspace_bytes"), py::arg("dtype"), py::arg("overlap") = true,
-      py::arg("fused") = false, py::arg("gemm") = false, py::arg("stream") = 0,
+      py::arg("fused") = false, py::arg("gemm") = 0, py::arg("stream") = 0,
       py::arg("device") = 0,
       R"doc(The CUDA streaming pass over labels [c_begin, c_end) in one call (csrc/cuda_pass.cpp).
 
@@ -154,9 +154,10 @@ columns contiguous. Logit tiles of tile_rows x tile_cols come from cublasGemmEx 
 output and accumulation; float64 when dtype is "float64") and go through lse_kl_update_cuda.
 state, args, row_moments, col_moments: device pointers as in lse_kl_update_cuda, row strides N
 (V for col_moments). workspace: lse_kl_pass_cuda_workspace(...) bytes of device memory.
-overlap: epilogues on a second stream beside the next GEMMs (same results). gemm: the fused
-GEMM kernel instead (float16/bfloat16 operands of one kind with contiguous rows, row strides a
-multiple of 8, 16-byte aligned; compute capability 8.0+; no cuBLAS). Asynchronous on stream
+overlap: epilogues on a second stream beside the next GEMMs (same results). gemm = 128 or 64:
+the fused GEMM kernel instead, blocks of that many rows (float16/bfloat16 operands of one kind
+with contiguous rows, row strides a multiple of 8, 16-byte aligned; compute capability 8.0+;
+no cuBLAS). Asynchronous on stream
 (cudaStream_t as an integer) of device; needs cublas_load first unless gemm.)doc");
 #endif
 }

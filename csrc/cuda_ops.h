@@ -50,6 +50,7 @@ struct GemmOperands {
   uintptr_t f1, g1, f2, g2;
   int64_t ldf1, ldg1, ldf2, ldg2, k1, k2;
   std::string kind;
+  int block_rows = 128;  // rows of a block's sub-tile: 128 or 64 (kernels/lse_kl_gemm.cuh)
 };
 
 // (row_work doubles, col_work doubles, shift floats) of lse_kl_gemm_update_cuda for n x v.
@@ -105,9 +106,10 @@ int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const s
 
 // The pass over labels [c_begin, c_end): for each label tile (tile_cols), for each row tile
 // (tile_rows), the logit tiles f_k g_k' (cublasGemmEx; f_k, g_k of one kind; float32 output
-// and accumulation, or float64 when dtype is "float64") and lse_kl_update_cuda on them (gemm:
-// lse_kl_gemm_update_cuda instead, without cuBLAS, for float16/bfloat16 operands of one kind
-// with contiguous rows as it needs them; overlap and fused are then ignored). state
+// and accumulation, or float64 when dtype is "float64") and lse_kl_update_cuda on them (gemm
+// = 128 or 64: lse_kl_gemm_update_cuda instead, blocks of that many rows, without cuBLAS, for
+// float16/bfloat16 operands of one kind with contiguous rows as it needs them; overlap and
+// fused are then ignored; 0: cuBLAS tiles). state
 // (8, N), args (2, N), row_moments (5, N) with row stride N and col_moments (5, V) with row
 // stride V as in lse_kl_update_cuda. overlap: the epilogue on a second stream, ordered by
 // events, beside the next tile's GEMMs (same results). Asynchronous on `stream` of `device`.
@@ -118,7 +120,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       const CudaOperand& g2, int64_t c_begin, int64_t c_end, int64_t tile_rows,
                       int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,
                       uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
-                      const std::string& dtype, bool overlap, bool fused, bool gemm,
+                      const std::string& dtype, bool overlap, bool fused, int gemm,
                       uintptr_t stream, int device);
 #endif
 

@@ -311,7 +311,7 @@ namespace {
 // The fused GEMM's view of the four operands (checked: one half kind, rows contiguous, row
 // strides and pointers as lse_kl_gemm_update_cuda needs).
 GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
-                      const CudaOperand& g2) {
+                      const CudaOperand& g2, int block_rows) {
   const CudaOperand* ops[4] = {&f1, &g1, &f2, &g2};
   const char* names[4] = {"f1", "g1", "f2", "g2"};
   for (int i = 0; i < 4; ++i) {
@@ -328,8 +328,10 @@ GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   Require(f1.cols == g1.cols && f2.cols == g2.cols && f2.rows == f1.rows && g2.rows == g1.rows,
           "f_k and g_k need the same columns, f1 and f2 (g1 and g2) the same rows");
   const auto ld = [](const CudaOperand& o) { return o.rows > 1 ? o.s0 : (o.cols + 7) / 8 * 8; };
-  return {f1.ptr, g1.ptr, f2.ptr, g2.ptr, ld(f1), ld(g1), ld(f2), ld(g2), f1.cols, f2.cols,
-          f1.kind};
+  Require(block_rows == 128 || block_rows == 64,
+          "the fused GEMM's blocks have 128 or 64 rows, got " + std::to_string(block_rows));
+  return {f1.ptr,  g1.ptr,  f2.ptr,  g2.ptr,  ld(f1), ld(g1),
+          ld(f2),  ld(g2),  f1.cols, f2.cols, f1.kind, block_rows};
 }
 
 // The pass with the fused GEMM kernel: label tiles outer, row tiles inner, one stream.
@@ -361,14 +363,14 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       const CudaOperand& g2, int64_t c_begin, int64_t c_end, int64_t tile_rows,
                       int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,
                       uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
-                      const std::string& dtype, bool overlap, bool fused, bool gemm,
+                      const std::string& dtype, bool overlap, bool fused, int gemm,
                       uintptr_t stream, int device) {
   Require(dtype == "float32" || dtype == "float64",
           "dtype must be \"float32\" or \"float64\", got \"" + dtype + "\"");
   const bool f64 = dtype == "float64";
   Require(!gemm || !f64, "the fused GEMM computes float32 logits (dtype \"float32\")");
   const GemmPair p1 = MakePair(f1, g1, 1, f64), p2 = MakePair(f2, g2, 2, f64);
-  const GemmOperands gemm_ops = gemm ? GemmView(f1, g1, f2, g2) : GemmOperands{};
+  const GemmOperands gemm_ops = gemm ? GemmView(f1, g1, f2, g2, gemm) : GemmOperands{};
   const int64_t n = f1.rows, v = g1.rows;
   Require(f2.rows == n && g2.rows == v, "f1, f2 need the same rows and g1, g2 the same rows");
   Require(0 <= c_begin && c_begin <= c_end && c_end <= v, "need 0 <= c_begin <= c_end <= V");
@@ -381,7 +383,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   Require(workspace % 256 == 0, "workspace must be 256-byte aligned");
   Require(device >= 0, "device must be >= 0");
   const int64_t tr = std::min(tile_rows, n), tc = std::min(tile_cols, v);
-  const WorkspaceLayout w = PlanWorkspace(tr, tc, f64, overlap, fused, gemm);
+  const WorkspaceLayout w = PlanWorkspace(tr, tc, f64, overlap, fused, gemm != 0);
   Require(workspace_bytes >= w.total, "workspace_bytes " + std::to_string(workspace_bytes) +
                                           " < the " + std::to_string(w.total) + " this needs");
   if (c_begin == c_end) return;

@@ -33,6 +33,8 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
   Require(bf16 || op.kind == "float16",
           "operands must be float16 or bfloat16, got \"" + op.kind + "\"");
   Require(n >= 0 && v >= 0 && col0 >= 0 && row0 >= 0, "n, v, col0 and row0 must be >= 0");
+  Require(op.block_rows == 128 || op.block_rows == 64,
+          "block_rows must be 128 or 64, got " + std::to_string(op.block_rows));
   if (n == 0 || v == 0) return;
   const char* names[4] = {"f1", "g1", "f2", "g2"};
   const uintptr_t ptrs[4] = {op.f1, op.g1, op.f2, op.g2};
@@ -72,11 +74,14 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
   auto* sh = reinterpret_cast<float*>(shift);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const int k1 = static_cast<int>(op.k1), k2 = static_cast<int>(op.k2);
-  err = bf16 ? kernels::LseKlGemm<true>(f1, op.ldf1, g1, op.ldg1, k1, f2, op.ldf2, g2, op.ldg2,
-                                        k2, n, v, col0, st, state_ld, ag, args_ld, mom, rw, sh, s)
-             : kernels::LseKlGemm<false>(f1, op.ldf1, g1, op.ldg1, k1, f2, op.ldf2, g2, op.ldg2,
-                                         k2, n, v, col0, st, state_ld, ag, args_ld, mom, rw, sh,
-                                         s);
+  const auto run = [&](auto launcher) {
+    return launcher(f1, op.ldf1, g1, op.ldg1, k1, f2, op.ldf2, g2, op.ldg2, k2, n, v, col0, st,
+                    state_ld, ag, args_ld, mom, rw, sh, s);
+  };
+  if (op.block_rows == 128)
+    err = bf16 ? run(kernels::LseKlGemm<true, 128>) : run(kernels::LseKlGemm<false, 128>);
+  else
+    err = bf16 ? run(kernels::LseKlGemm<true, 64>) : run(kernels::LseKlGemm<false, 64>);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("lse_kl_gemm_update_cuda: launch failed: ") +
                              cudaGetErrorString(err));

@@ -232,6 +232,7 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
 // The fused GEMM: its scratch sizes (kernels/lse_kl_gemm.cuh), and a stand-in that computes
 // its tile's logits from the operands it is given (bfloat16) as the epilogue stand-in stores
 // them, declaring what the kernels read and write.
+int g_block_rows = 0;  // what the pass was asked for
 std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
   return {(v + 127) / 128 * 15 * n, 64 * 5 * v, 2 * v};
 }
@@ -240,6 +241,7 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
                              uintptr_t row_moments, int64_t row_ld, uintptr_t col_moments,
                              int64_t col_ld, int64_t row0, uintptr_t row_work,
                              uintptr_t col_work, uintptr_t shift, uintptr_t stream) {
+  g_misuse += op.block_rows != g_block_rows;
   const std::vector<int64_t> e = lse_kl_gemm_work_elems(n, v);
   std::vector<Range> rs{{op.f1, op.f1 + ((n - 1) * op.ldf1 + op.k1) * 2, false},
                         {op.g1, op.g1 + ((v - 1) * op.ldg1 + op.k1) * 2, false},
@@ -355,7 +357,7 @@ int Hazards(const char* tag) {
 
 // One pass; returns the number of failed checks (printing them).
 int Run(int64_t n, int64_t v, int64_t k, const char* kind, int lf, int lg, bool overlap,
-        bool fused, int64_t tr, int64_t tc, int fail_after = -1, bool gemm = false) {
+        bool fused, int64_t tr, int64_t tc, int fail_after = -1, int gemm = 0) {
   const std::string dt = std::string(kind) == "float64" ? "float64" : "float32";
   const Operand f1 = Make(n, k, lf, kind), g1 = Make(v, k, lg, kind),
                 f2 = Make(n, k, gemm ? 6 : (lf + 1) % 6, kind),
@@ -368,10 +370,11 @@ int Run(int64_t n, int64_t v, int64_t k, const char* kind, int lf, int lg, bool 
   g_l2.assign(n * v, NAN);
   g_gemms_left = fail_after;
   g_misuse = 0;
+  identirep::g_block_rows = gemm;
   std::vector<double> state(8 * n), rowm(5 * n), colm(5 * v);
   std::vector<int64_t> args(2 * n);
   const int64_t ws = identirep::lse_kl_pass_cuda_workspace(std::min(tr, n), std::min(tc, v), dt,
-                                                           overlap, fused, gemm);
+                                                           overlap, fused, gemm != 0);
   std::unique_ptr<char[]> work(new char[ws + 256]);  // untouched pages cost nothing
   const uintptr_t wp = (reinterpret_cast<uintptr_t>(work.get()) + 255) / 256 * 256;
   FakeStream caller;
@@ -474,7 +477,7 @@ int main(int argc, char** argv) {
       for (int64_t tc : {1, 4, 100}) {
         const int64_t* sh = shapes[si];
         fails += Run(sh[0], sh[1], sh[2] + si, "bfloat16", 6, 6, si % 2, false, tr, tc, -1,
-                     true) > 0;
+                     si % 2 ? 64 : 128) > 0;
         ++runs;
       }
   for (int fail_after : {0, 1, 2, 5, 9})  // a GEMM fails mid-pass

@@ -154,7 +154,7 @@ def test_driver_checks_fused_gemm_arguments_before_touching_a_device():
 
     def run(f1=op(a, "bfloat16", 256), g1=op(g, "bfloat16", 512), f2=op(a, "bfloat16", 256),
             g2=op(g, "bfloat16", 512), dtype="float32", ws=1 << 30, **kw):
-        args = dict(c_begin=0, c_end=20, tile_rows=10, tile_cols=20, gemm=True, **ptrs)
+        args = dict(c_begin=0, c_end=20, tile_rows=10, tile_cols=20, gemm=128, **ptrs)
         args.update(kw)
         _core.lse_kl_pass_cuda(f1, g1, f2, g2, workspace_bytes=ws, dtype=dtype, **args)
 
@@ -169,11 +169,15 @@ def test_driver_checks_fused_gemm_arguments_before_touching_a_device():
          "g2: its row stride \\(12\\) is not a multiple of 8"),
         (dict(f1=op(a, "bfloat16", 264)), "f1: its data is not 16-byte aligned"),
         (dict(ws=100), "workspace_bytes 100"),
+        (dict(gemm=32), "128 or 64 rows, got 32"),
     ]
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
             run(**kw)
     run(c_begin=5, c_end=5)  # an empty label range is a no-op
+    run(c_begin=5, c_end=5, gemm=64)
+    with pytest.raises(IdentirepError, match="gemm_block_rows must be 128 or 64"):
+        gp.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, fused_gemm=True, gemm_block_rows=96)
 
 
 @needs_driver
@@ -400,15 +404,15 @@ def _half_arrays(cupy, arrays, kind):
 
 @pytest.mark.gpu
 @needs_driver
-@pytest.mark.parametrize("kind", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kind, rows", [("bfloat16", 128), ("float16", 128), ("bfloat16", 64)])
 @pytest.mark.parametrize("shape,tiles", [((777, 9001, 37, 31), {}),
                                          ((300, 1100, 64, 16), {"tile_rows": 129,
                                                                 "tile_cols": 300}),
                                          ((1, 1, 8, 8), {})])
-def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, shape, tiles):
+def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape, tiles):
     n, v, m1, m2 = shape
     arrays, vals = _half_arrays(cupy, make_pair(7, n=n, v=v, m1=m1, m2=m2), kind)
-    got = gp.cuda_pass(*arrays, fused_gemm=True, **tiles)
+    got = gp.cuda_pass(*arrays, fused_gemm=True, gemm_block_rows=rows, **tiles)
     assert (got.backend, got.dtype) == ("cuda", "float32")
     scale = logit_scale(*vals)
     # both are float32 tensor-core sums of the same products, in other orders

@@ -613,8 +613,9 @@ def _nvrtc_compile(nvrtc, headers, exprs):
 def test_nvrtc_compiles_the_fused_gemm_kernel():
     """lse_kl_gemm.cuh (after lse_kl.cuh, as the emulator includes them) under NVRTC: its inline
     PTX (mma.sync, ldmatrix, cp.async) and dynamic shared memory compile for sm_90."""
-    exprs = [f"identirep::kernels::{k}<{b}>" for k in ("LseKlGemmKernel", "LseKlShiftKernel")
-             for b in ("true", "false")]
+    exprs = ([f"identirep::kernels::LseKlGemmKernel<{b}, {m}>" for b in ("true", "false")
+              for m in (128, 64)]
+             + [f"identirep::kernels::LseKlShiftKernel<{b}>" for b in ("true", "false")])
     _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
     assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned" in ptx

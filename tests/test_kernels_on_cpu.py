@@ -360,10 +360,10 @@ def gemm_operands(seed, n, v, k1, k2, kind, scale=1.0):
 
 
 def gemm_pass(exe, tmp_path, bits, n, v, ks, lds, kind, tr, tc, moments=True, repeat=1,
-              workers=None):
-    """The emulated driver pass with the fused GEMM kernel."""
+              workers=None, bm=128):
+    """The emulated driver pass with the fused GEMM kernel (blocks of bm rows)."""
     inputs = {name: strided(b, ld) for name, b, ld in zip(("f1", "g1", "f2", "g2"), bits, lds)}
-    return emulated_pass(exe, tmp_path, inputs, n, v, "gemm", kind, int(moments), n, v, *ks,
+    return emulated_pass(exe, tmp_path, inputs, n, v, "gemm", kind, bm, int(moments), n, v, *ks,
                          *lds, tr, tc, repeat, workers=workers)
 
 
@@ -400,18 +400,18 @@ GEMM_CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", ["bf16", "f16"])
+@pytest.mark.parametrize("kind, bm", [("bf16", 128), ("f16", 128), ("bf16", 64)])
 @pytest.mark.parametrize("case", list(GEMM_CASES))
-def test_fused_gemm_kernel_matches_the_cpu_kernel(harness, tmp_path, case, kind):
+def test_fused_gemm_kernel_matches_the_cpu_kernel(harness, tmp_path, case, kind, bm):
     n, v, k1, k2, lds, tr, tc = GEMM_CASES[case]
     bits, l1, l2 = gemm_operands(11, n, v, k1, k2, kind, scale=4.0)
-    got = gemm_pass(harness, tmp_path, bits, n, v, (k1, k2), lds, kind, tr, tc)
+    got = gemm_pass(harness, tmp_path, bits, n, v, (k1, k2), lds, kind, tr, tc, bm=bm)
     want = cpu_pass(l1, l2, tr, tc)
     assert_matches_gemm(got, want, l1, l2)
 
 
-@pytest.mark.parametrize("kind", ["bf16", "f16"])
-def test_fused_gemm_kernel_with_large_logits_and_tied_labels(harness, tmp_path, kind):
+@pytest.mark.parametrize("kind, bm", [("bf16", 128), ("f16", 64)])
+def test_fused_gemm_kernel_with_large_logits_and_tied_labels(harness, tmp_path, kind, bm):
     # logits in the hundreds (most weights underflow) and three identical labels that hold
     # every row's maximum: the first of them wins, as on the CPU
     n, v, k = 150, 260, 24
@@ -423,18 +423,19 @@ def test_fused_gemm_kernel_with_large_logits_and_tied_labels(harness, tmp_path, 
     gb[[7, 130, 131]], gv[[7, 130, 131]] = half_bits(np.full((1, k), 8.0), kind)
     bits[0], bits[1] = f[0], gb
     l1 = f[1] @ gv.T
-    got = gemm_pass(harness, tmp_path, bits, n, v, (k, k), (24, 24, 24, 24), kind, n, v)
+    got = gemm_pass(harness, tmp_path, bits, n, v, (k, k), (24, 24, 24, 24), kind, n, v, bm=bm)
     assert (got["args"][0] == 7).all()
     assert_matches_gemm(got, cpu_pass(l1, l2, n, v), l1, l2)
 
 
-def test_fused_gemm_kernel_without_moments_and_deterministic(harness, tmp_path):
+@pytest.mark.parametrize("bm", [128, 64])
+def test_fused_gemm_kernel_without_moments_and_deterministic(harness, tmp_path, bm):
     # null moment pointers (no shift kernel, no column sums); every CUDA thread on its own OS
     # thread, the pass run twice bit for bit
     n, v, k1, k2 = 140, 150, 40, 16
     bits, l1, l2 = gemm_operands(14, n, v, k1, k2, "bf16")
     got = gemm_pass(harness, tmp_path, bits, n, v, (k1, k2), (40, 40, 16, 16), "bf16", 100, 150,
-                    moments=False, repeat=2, workers=0)
+                    moments=False, repeat=2, workers=0, bm=bm)
     assert not got["row_m"].any() and not got["col_m"].any()
     want = cpu_pass(l1, l2, 100, 150, moments=False)
     g, w = finalize(got["state"], got["args"]), finalize(want["state"], want["args"])

@@ -12,11 +12,12 @@
 //     (LseKlColMergeKernel<float> reads them with shift_1, shift_2 in place of the tile's first
 //     row). shift (2 x v floats) comes from LseKlShiftKernel: the logits of the tile's first
 //     row, which keeps the sums of squares away from cancellation as the first row does there.
-// Grid (slabs, chunks), kGemmThreads threads, kGemmSmemBytes of dynamic shared memory. Each
-// block takes one slab and one chunk of rows, BM rows at a time:
-//   GEMMs of model 1 then model 2 in one 4-stage cp.async pipeline (ldmatrix, 8 warps of
-//   64 x 32): model 1's logits -> tile s1, model 2's -> tile s2 (over the pipeline's buffers,
-//   free by then);
+// Grid (slabs, chunks), kGemmThreads threads, GemmShape<BM>::kSmemBytes of dynamic shared
+// memory, BM = 128 or 64 rows per sub-tile (GemmShape). Each block takes one slab and one
+// chunk of rows, BM rows at a time:
+//   GEMMs of model 1 then model 2 in one 4-stage cp.async pipeline (ldmatrix, 2 x 4 warps of
+//   BM / 2 x 32): model 1's logits -> tile s1, model 2's -> tile s2 (over the pipeline's
+//   buffers, free by then);
 //   column phase: thread t sums label t % BN over half t / BN of the rows, in registers across
 //     the chunk; row phase: 4 threads per row reduce the row's slab (max and first argmax, mean,
 //     six LSE/KL sums relative to the slab max, centred squares) into its record.
@@ -38,7 +39,6 @@
 namespace identirep {
 namespace kernels {
 
-constexpr int kGemmBM = 128;  // rows of a sub-tile
 constexpr int kGemmBN = 128;  // labels of a slab
 constexpr int kGemmBK = 32;   // K of a pipeline stage
 constexpr int kGemmStages = 4;
@@ -47,19 +47,29 @@ constexpr int kGemmKPad = kGemmBK + 8;  // halves per operand row in shared memo
                                         // ldmatrix's 8 rows fall in distinct banks)
 constexpr int kGemmTileStride = kGemmBN + 4;  // floats per logit row (4 mod 32: the row
                                               // phase's 8 rows x 4 lanes hit 32 banks)
-constexpr int kGemmTileBytes = kGemmBM * kGemmTileStride * 4;
-constexpr int kGemmPipeBytes = kGemmStages * (kGemmBM + kGemmBN) * kGemmKPad * 2;
-constexpr int kGemmSmemBytes = kGemmTileBytes + kGemmPipeBytes;
 constexpr int kGemmMaxChunks = 64;
-constexpr Index kGemmMinChunkRows = 4 * kGemmBM;
 constexpr int kGemmRowTpr = 4;  // threads per row in the row phase
-static_assert(kGemmPipeBytes >= kGemmTileBytes, "tile 2 lives in the pipeline's buffers");
 static_assert(kGemmThreads == 2 * kGemmBN, "two threads per label in the column phase");
-static_assert(kGemmThreads / kGemmRowTpr * 2 == kGemmBM, "the row phase takes two rounds");
-static_assert(5 * kGemmBN * 8 <= kGemmTileBytes, "the column halves meet in tile 1");
 
+// The two block shapes, by rows of a sub-tile (kBM): 128 (1 block per SM, 64 x 32 per warp)
+// or 64 (2 blocks per SM, one's epilogue beside the other's GEMM; 32 x 32 per warp).
+template <int kBM>
+struct GemmShape {
+  static_assert(kBM == 64 || kBM == 128, "sub-tiles of 64 or 128 rows");
+  static constexpr int kMI = kBM / 32;  // 16-row mma tiles per warp (2 x 4 warps)
+  static constexpr int kTileBytes = kBM * kGemmTileStride * 4;
+  static constexpr int kPipeBytes = kGemmStages * (kBM + kGemmBN) * kGemmKPad * 2;
+  static constexpr int kSmemBytes = kTileBytes + kPipeBytes;
+  static constexpr int kBlocksPerSm = kBM == 64 ? 2 : 1;
+  static constexpr Index kMinChunkRows = 4 * kBM;
+  static constexpr int kRowRounds = kBM * kGemmRowTpr / kGemmThreads;
+  static_assert(kPipeBytes >= kTileBytes, "tile 2 lives in the pipeline's buffers");
+  static_assert(5 * kGemmBN * 8 <= kTileBytes, "the column halves meet in tile 1");
+};
+
+template <int kBM>
 __host__ __device__ inline Index GemmChunks(Index n) {
-  return ChunkCount(n, kGemmMinChunkRows, kGemmMaxChunks);
+  return ChunkCount(n, GemmShape<kBM>::kMinChunkRows, kGemmMaxChunks);
 }
 __host__ __device__ inline Index GemmSlabs(Index v) { return (v + kGemmBN - 1) / kGemmBN; }
 // Scratch of LseKlGemm for an n x v tile: row_work and col_work in doubles, shift in floats.
@@ -151,7 +161,8 @@ __device__ __forceinline__ float ToFloat(unsigned short h) {
 
 namespace gemm_detail {
 
-using Acc = float[4][4][4];  // [16-row tile][8-col tile][fragment] of a warp's 64 x 32
+template <int kMI>
+using Acc = float[kMI][4][4];  // [16-row tile][8-col tile][fragment] of a warp's kMI 16 x 32
 
 // One model's operands for the block's sub-tile: a (rows x K, row stride lda) and b (cols x K,
 // row stride ldb); the logits are a b'.
@@ -163,9 +174,10 @@ struct Operands {
   int K;
 };
 
-__device__ __forceinline__ void Zero(Acc& acc) {
+template <int kMI>
+__device__ __forceinline__ void Zero(Acc<kMI>& acc) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < kMI; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -173,11 +185,12 @@ __device__ __forceinline__ void Zero(Acc& acc) {
 }
 
 // The warp's accumulators into the BM x BN logit tile s (row stride kGemmTileStride).
-__device__ __forceinline__ void StoreTile(const Acc& acc, float* s) {
+template <int kMI>
+__device__ __forceinline__ void StoreTile(const Acc<kMI>& acc, float* s) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int r = (warp / 4) * 64 + lane / 4, c = (warp % 4) * 32 + 2 * (lane % 4);
+  const int r = (warp / 4) * kMI * 16 + lane / 4, c = (warp % 4) * 32 + 2 * (lane % 4);
 #pragma unroll
-  for (int mi = 0; mi < 4; ++mi)
+  for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
@@ -192,12 +205,14 @@ __device__ __forceinline__ void StoreTile(const Acc& acc, float* s) {
 // model 1's last ones are multiplied): model 1's into the tile s1 (StoreTile), model 2's left
 // in acc. Rows past `rows` and labels past `cols` read as zeros. All threads call it; on
 // return the pipeline's buffers are free (every copy landed, every warp past its last read).
-template <bool kBf16>
+template <bool kBf16, int kBM>
 __device__ __forceinline__ void PairGemm(const Operands (&op)[2], int rows, int cols,
-                                         unsigned short* pipe, Acc& acc, float* s1) {
+                                         unsigned short* pipe,
+                                         Acc<GemmShape<kBM>::kMI>& acc, float* s1) {
+  constexpr int kMI = GemmShape<kBM>::kMI;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp / 4, wn = warp % 4;
-  constexpr int kStage = (kGemmBM + kGemmBN) * kGemmKPad;  // halves per stage
+  constexpr int kStage = (kBM + kGemmBN) * kGemmKPad;  // halves per stage
   Zero(acc);
   const int kt1 = (op[0].K + kGemmBK - 1) / kGemmBK;
   const int ktiles = kt1 + (op[1].K + kGemmBK - 1) / kGemmBK;
@@ -208,10 +223,10 @@ __device__ __forceinline__ void PairGemm(const Operands (&op)[2], int rows, int 
     const Operands o = first ? op[0] : op[1];
     const int k0 = (first ? kt : kt - kt1) * kGemmBK;
     unsigned short* dst = pipe + s * kStage;
-    for (int i = tid; i < (kGemmBM + kGemmBN) * 4; i += kGemmThreads) {
+    for (int i = tid; i < (kBM + kGemmBN) * 4; i += kGemmThreads) {
       const int row = i / 4, kc = (i % 4) * 8;
-      const bool is_a = row < kGemmBM;
-      const int r = is_a ? row : row - kGemmBM;
+      const bool is_a = row < kBM;
+      const int r = is_a ? row : row - kBM;
       const int k = k0 + kc;
       const unsigned short* src = is_a ? o.a : o.b;
       int bytes = 0;
@@ -234,13 +249,13 @@ __device__ __forceinline__ void PairGemm(const Operands (&op)[2], int rows, int 
     if (next < ktiles) load(next, next % kGemmStages);
     mma::CpAsyncCommit();
     const unsigned short* sa = pipe + (kt % kGemmStages) * kStage;
-    const unsigned short* sb = sa + kGemmBM * kGemmKPad;
+    const unsigned short* sb = sa + kBM * kGemmKPad;
 #pragma unroll
     for (int kk = 0; kk < kGemmBK; kk += 16) {
-      unsigned af[4][4], bf[4][2];
+      unsigned af[kMI][4], bf[4][2];
 #pragma unroll
-      for (int mi = 0; mi < 4; ++mi)
-        mma::LdMatrixX4(af[mi], sa + (wm * 64 + mi * 16 + lane % 16) * kGemmKPad + kk +
+      for (int mi = 0; mi < kMI; ++mi)
+        mma::LdMatrixX4(af[mi], sa + (wm * kMI * 16 + mi * 16 + lane % 16) * kGemmKPad + kk +
                                     (lane / 16) * 8);
 #pragma unroll
       for (int nj = 0; nj < 4; nj += 2) {
@@ -253,7 +268,7 @@ __device__ __forceinline__ void PairGemm(const Operands (&op)[2], int rows, int 
         bf[nj + 1][1] = r[3];
       }
 #pragma unroll
-      for (int mi = 0; mi < 4; ++mi)
+      for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni)
           mma::Mma16816<kBf16>(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
@@ -296,8 +311,8 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-template <bool kBf16>
-__global__ void __launch_bounds__(kGemmThreads, 1)
+template <bool kBf16, int kBM>
+__global__ void __launch_bounds__(kGemmThreads, GemmShape<kBM>::kBlocksPerSm)
     LseKlGemmKernel(const unsigned short* __restrict__ f1, Index ldf1,
                     const unsigned short* __restrict__ g1, Index ldg1, int k1,
                     const unsigned short* __restrict__ f2, Index ldf2,
@@ -309,7 +324,8 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
 #else
   IDENTIREP_DYNAMIC_SHARED(smem);
   float* s1 = reinterpret_cast<float*>(smem);
-  unsigned short* pipe = reinterpret_cast<unsigned short*>(smem + kGemmTileBytes);
+  using Shape = GemmShape<kBM>;
+  unsigned short* pipe = reinterpret_cast<unsigned short*>(smem + Shape::kTileBytes);
   float* s2 = reinterpret_cast<float*>(pipe);
   const int tid = threadIdx.x;
   const Index slab = blockIdx.x;
@@ -317,7 +333,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   const int cols = static_cast<int>(v - c0 < kGemmBN ? v - c0 : kGemmBN);
   // chunks of whole sub-tiles
   const Index per_chunk = (n + gridDim.y - 1) / gridDim.y;
-  const Index chunk_rows = (per_chunk + kGemmBM - 1) / kGemmBM * kGemmBM;
+  const Index chunk_rows = (per_chunk + kBM - 1) / kBM * kBM;
   const Index r_begin = static_cast<Index>(blockIdx.y) * chunk_rows;
   const Index r_end = r_begin + chunk_rows < n ? r_begin + chunk_rows : n;
   const bool columns = col_work != nullptr;
@@ -326,20 +342,20 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   const double sh1 = columns && own ? static_cast<double>(shift[c0 + col]) : 0.0;
   const double sh2 = columns && own ? static_cast<double>(shift[v + c0 + col]) : 0.0;
   double cacc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
-  gemm_detail::Acc acc;
+  gemm_detail::Acc<Shape::kMI> acc;
 
-  for (Index r0 = r_begin; r0 < r_end; r0 += kGemmBM) {
-    const int rows = static_cast<int>(r_end - r0 < kGemmBM ? r_end - r0 : kGemmBM);
+  for (Index r0 = r_begin; r0 < r_end; r0 += kBM) {
+    const int rows = static_cast<int>(r_end - r0 < kBM ? r_end - r0 : kBM);
     __syncthreads();  // the previous sub-tile's tiles are consumed
     const gemm_detail::Operands op[2] = {{f1 + r0 * ldf1, ldf1, g1 + c0 * ldg1, ldg1, k1},
                                          {f2 + r0 * ldf2, ldf2, g2 + c0 * ldg2, ldg2, k2}};
-    gemm_detail::PairGemm<kBf16>(op, rows, cols, pipe, acc, s1);
+    gemm_detail::PairGemm<kBf16, kBM>(op, rows, cols, pipe, acc, s1);
     gemm_detail::StoreTile(acc, s2);
     __syncthreads();
 
     if (columns && own) {
-      const int r_lo = half * (kGemmBM / 2);
-      const int r_hi = rows < r_lo + kGemmBM / 2 ? rows : r_lo + kGemmBM / 2;
+      const int r_lo = half * (kBM / 2);
+      const int r_hi = rows < r_lo + kBM / 2 ? rows : r_lo + kBM / 2;
       for (int r = r_lo; r < r_hi; ++r) {
         const int at = r * kGemmTileStride + col;
         cuda_detail::AddColumnSums(cacc, static_cast<double>(s1[at]) - sh1,
@@ -347,10 +363,10 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
       }
     }
 
-    // Row phase, two rounds of BM / 2 rows: the record of LseKlSlabKernel per row.
+    // Row phase, rounds of 64 rows: the record of LseKlSlabKernel per row.
 #pragma unroll 1
-    for (int round = 0; round < 2; ++round) {
-      const int rr = round * (kGemmBM / 2) + tid / kGemmRowTpr;
+    for (int round = 0; round < Shape::kRowRounds; ++round) {
+      const int rr = round * (kGemmThreads / kGemmRowTpr) + tid / kGemmRowTpr;
       cuda_detail::SlabRowRecord<float, kGemmRowTpr>(
           s1 + rr * kGemmTileStride, s2 + rr * kGemmTileStride, rr < rows ? cols : 0,
           tid % kGemmRowTpr, row_work + (slab * kRowFields) * n + (r0 + rr), n);
@@ -380,7 +396,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
 // LseKlRowMergeKernel<float, kGemmBN> on `stream`: the update of LseKlFused for the logits
 // f_k[0:n] g_k[0:v]'. row_work, col_work (with mom.col) and shift: LseKlGemm*Elems. The caller
 // checks the operands (csrc/lse_kl_gemm.cu). Returns the first launch error.
-template <bool kBf16>
+template <bool kBf16, int kBM>
 cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short* g1, Index ldg1,
                       int k1, const unsigned short* f2, Index ldf2, const unsigned short* g2,
                       Index ldg2, int k2, Index n, Index v, Index col0, double* state,
@@ -389,11 +405,11 @@ cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short
   if (n <= 0 || v <= 0) return cudaSuccess;
   if (row_work == nullptr || (mom.col != nullptr && (mom.col_work == nullptr || shift == nullptr)))
     return cudaErrorInvalidValue;
-  const Index slabs = GemmSlabs(v), chunks = GemmChunks(n);
+  const Index slabs = GemmSlabs(v), chunks = GemmChunks<kBM>(n);
   if (slabs > 0x7fffffffLL || (v + 7) / 8 > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  cudaError_t err = cudaFuncSetAttribute(LseKlGemmKernel<kBf16>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         kGemmSmemBytes);
+  constexpr int kSmem = GemmShape<kBM>::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(LseKlGemmKernel<kBf16, kBM>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   double* col_work = mom.col != nullptr ? mom.col_work : nullptr;
   if (col_work != nullptr) {
@@ -402,8 +418,9 @@ cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  LseKlGemmKernel<kBf16><<<dim3(static_cast<unsigned>(slabs), static_cast<unsigned>(chunks)),
-                           kGemmThreads, kGemmSmemBytes, stream>>>(
+  LseKlGemmKernel<kBf16, kBM>
+      <<<dim3(static_cast<unsigned>(slabs), static_cast<unsigned>(chunks)), kGemmThreads, kSmem,
+         stream>>>(
       f1, ldf1, g1, ldg1, k1, f2, ldf2, g2, ldg2, k2, n, v, shift, row_work, col_work);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;

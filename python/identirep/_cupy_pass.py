@@ -182,7 +182,7 @@ def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
               progress: Optional[Callable[[float], None]] = None,
               half_gemm: str = "cublas", overlap: bool = True,
               fused_epilogue: bool = False, driver: bool = True,
-              fused_gemm: bool = False) -> PassStats:
+              fused_gemm: bool = False, gemm_block_rows: int = 128) -> PassStats:
     """The streaming pass with the compiled CUDA code: the pass driver
     (``_core.lse_kl_pass_cuda``: the tile loop, cuBLAS tiles and epilogue in one call) when it
     was built and takes these operands, else CuPy's GEMM tiles and the compiled epilogue
@@ -192,12 +192,16 @@ def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
     logits are computed and reduced on chip, never written) instead of cuBLAS tiles; float16
     or bfloat16 operands of one kind with contiguous rows, row strides a multiple of 8 and
     16-byte aligned data (``gemm_problem`` says why not), compute capability 8.0+.
+    ``gemm_block_rows``: its blocks' sub-tiles, 128 rows (one block per SM) or 64 (two).
 
     Same arguments and results as :func:`cupy_pass` (backend "cuda"); needs identirep built
     with CUDA.
     """
+    if fused_gemm and gemm_block_rows not in (64, 128):
+        raise IdentirepError(f"gemm_block_rows must be 128 or 64, got {gemm_block_rows!r}")
     return _gpu_pass(f1, g1, f2, g2, "cuda", workspace_bytes, tile_cols, tile_rows, progress,
-                     half_gemm, overlap, fused_epilogue, driver, fused_gemm)
+                     half_gemm, overlap, fused_epilogue, driver,
+                     int(gemm_block_rows) if fused_gemm else 0)
 
 
 def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes, buffers=1,
@@ -250,7 +254,8 @@ def epilogue_scratch(rows, cols, fused=False):
 
 
 def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, progress,
-              half_gemm, overlap=True, fused=False, driver=False, gemm=False) -> PassStats:
+              half_gemm, overlap=True, fused=False, driver=False, gemm=0) -> PassStats:
+    """The GPU pass; gemm: 0, or the fused GEMM's block rows (128 or 64)."""
     if half_gemm not in ("cublas", "convert"):
         raise IdentirepError(f"half_gemm must be 'cublas' or 'convert', got {half_gemm!r}")
     cp = import_cupy()
@@ -268,7 +273,7 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
         if problem:
             raise IdentirepError(f"fused_gemm=True cannot take these operands: {problem}")
         return _driver_pass(cp, driver_operands(ops, dt), n, v, dt, workspace_bytes, tile_cols,
-                            tile_rows, progress, False, False, gemm=True)
+                            tile_rows, progress, False, False, gemm=gemm)
     if driver and backend == "cuda" and (half_gemm == "cublas" or not any(
             o.kind in HALF_KINDS for o in ops)):
         operands = driver_operands(ops, dt)
@@ -464,7 +469,7 @@ def gemm_tile_shape(n, v, tile_rows, tile_cols, workspace_bytes):
 
 
 def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, progress,
-                 overlap, fused, gemm=False) -> PassStats:
+                 overlap, fused, gemm=0) -> PassStats:
     from . import _core
     nbuf = 2 if overlap else 1
     if gemm:
@@ -474,7 +479,7 @@ def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, 
                             nbuf, fused, driver_reserve())
     if -(-n // tr) * -(-v // tc) == 1:
         overlap = False  # nothing to overlap
-    size = _core.lse_kl_pass_cuda_workspace(tr, tc, dt.name, overlap, fused, gemm)
+    size = _core.lse_kl_pass_cuda_workspace(tr, tc, dt.name, overlap, fused, gemm != 0)
     work = cp.empty(size, dtype=cp.uint8)
     state, args, row_m, col_m = _pass_state(cp, n, v)
     stream = cp.cuda.get_current_stream()

@@ -11,10 +11,11 @@
 //     (epilogue_scratch) updates them into state.out, args.out, row_m.out, col_m.out.
 //     MOMENTS 0: no moments (null pointers, as the compiled launchers LseKl / LseKlFused do
 //     without them). REPEAT > 1: the pass again from the same inputs, bitwise equal or fail.
-//   run_kernels gemm bf16|f16 MOMENTS N V K1 K2 LDF1 LDG1 LDF2 LDG2 TR TC REPEAT DIR
+//   run_kernels gemm bf16|f16 BM MOMENTS N V K1 K2 LDF1 LDG1 LDF2 LDG2 TR TC REPEAT DIR
 //     f1 (N x LDF1), g1 (V x LDG1), f2 (N x LDF2), g2 (V x LDG2): 16-bit patterns, the first
 //     K1 (K2) columns used; state, args, row_m, col_m as for epilogue. The pass of the CUDA
-//     driver with the fused GEMM (lse_kl_gemm.cuh: LseKlGemm's launches per tile).
+//     driver with the fused GEMM (lse_kl_gemm.cuh: LseKlGemm's launches per tile), blocks of
+//     BM (128 or 64) rows.
 //   run_kernels shift bf16|f16 V K1 K2 DIR
 //     LseKlShiftKernel of f1 (K1), g1 (V x K1), f2 (K2), g2 (V x K2) -> shift.out (2 x V float)
 //   run_kernels pivot f32|f64 max|mean B V TOL DIR
@@ -208,7 +209,7 @@ void RunEpilogue(char** a, const std::string& dir) {
 
 // LseKlGemm (lse_kl_gemm.cuh) on the tiles of the driver: label tiles of TC outer, row tiles
 // of TR inner.
-template <bool kBf16>
+template <bool kBf16, int kBM>
 void RunGemm(char** a, const std::string& dir) {
   const bool moments = std::stoi(a[0]) != 0;
   const Index N = std::stoll(a[1]), V = std::stoll(a[2]), K1 = std::stoll(a[3]),
@@ -233,15 +234,15 @@ void RunGemm(char** a, const std::string& dir) {
         Index* args = s.args.data() + r0;
         double* row_m = moments ? s.row_m.data() + r0 : nullptr;
         double* cw = moments ? col_work.data() : nullptr;
-        const Index chunks = k::GemmChunks(n);
+        const Index chunks = k::GemmChunks<kBM>(n);
         if (moments) {
           simt::Launch(Grid(Ceil(v, 8)), dim3(256), [&] {
             k::LseKlShiftKernel<kBf16>(F1, G1, ldg1, K1, F2, G2, ldg2, K2, v, shift.data());
           });
         }
         simt::Launch(Grid(k::GemmSlabs(v), chunks), dim3(k::kGemmThreads), [&] {
-          k::LseKlGemmKernel<kBf16>(F1, ldf1, G1, ldg1, K1, F2, ldf2, G2, ldg2, K2, n, v,
-                                    shift.data(), row_work.data(), cw);
+          k::LseKlGemmKernel<kBf16, kBM>(F1, ldf1, G1, ldg1, K1, F2, ldf2, G2, ldg2, K2, n, v,
+                                         shift.data(), row_work.data(), cw);
         });
         if (moments) {
           simt::Launch(Grid(Ceil(v, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
@@ -339,11 +340,13 @@ int main(int argc, char** argv) {
     if (dt == "f32") RunEpilogue<float>(argv + 3, argv[14]);
     else if (dt == "f64") RunEpilogue<double>(argv + 3, argv[14]);
     else Die("dtype must be f32 or f64");
-  } else if (op == "gemm" && argc == 16) {
-    const std::string kind = argv[2];
-    if (kind == "bf16") RunGemm<true>(argv + 3, argv[15]);
-    else if (kind == "f16") RunGemm<false>(argv + 3, argv[15]);
-    else Die("kind must be bf16 or f16");
+  } else if (op == "gemm" && argc == 17) {
+    const std::string kind = argv[2], bm = argv[3];
+    if (kind != "bf16" && kind != "f16") Die("kind must be bf16 or f16");
+    if (bm != "128" && bm != "64") Die("BM must be 128 or 64");
+    const bool bf = kind == "bf16";
+    if (bm == "128") (bf ? RunGemm<true, 128> : RunGemm<false, 128>)(argv + 4, argv[16]);
+    else (bf ? RunGemm<true, 64> : RunGemm<false, 64>)(argv + 4, argv[16]);
   } else if (op == "shift" && argc == 7) {
     const std::string kind = argv[2];
     if (kind == "bf16") RunShift<true>(argv + 3, argv[6]);
