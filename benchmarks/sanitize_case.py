@@ -8,7 +8,8 @@ both also as the fused one-read epilogue, and
 the compiled pivot kernel (both modes, float64 and float32 cross products, one pivot out of
 range) once each; then the compiled pass driver (cuBLAS tiles, overlapped epilogue on a second
 stream) on a tiny pair, against the same pass driven from Python, and the fused GEMM kernel
-(bfloat16, odd sizes, padded rows, two row tiles x two label tiles) against the cuBLAS driver.
+(both block shapes; bfloat16, odd sizes, padded rows, two row tiles x two label tiles) against
+the cuBLAS driver.
 Exits non-zero when a result is not finite or two versions disagree.
 """
 from __future__ import annotations
@@ -81,7 +82,8 @@ def gemm():
         bits[:, :k] = (x.view(np.uint32) >> 16).astype(np.uint16)
         ops.append(DeviceArray(cp.asarray(bits)[:, :k], "bfloat16"))
     kw = dict(tile_rows=20, tile_cols=200)
-    out = [cuda_pass(*ops, fused_gemm=g, **kw) for g in (True, False)]
+    out = [cuda_pass(*ops, fused_gemm=True, gemm_block_rows=rows, **kw) for rows in (128, 64)]
+    out.append(cuda_pass(*ops, **kw))
     return [[cp.asarray(getattr(o, k)) for k in ("L1", "kl12", "col_m2_12")] for o in out]
 
 
@@ -100,9 +102,10 @@ def main():
                         for a, b in zip(*passes))
     fused_gemm = gemm()
     if fused_gemm:
-        ok = ok and all(bool(cp.isfinite(a).all()) for a in fused_gemm[0])
+        *ours, cublas = fused_gemm
+        ok = ok and all(bool(cp.isfinite(a).all()) for r in ours for a in r)
         ok = ok and all(bool(cp.allclose(a, b, rtol=1e-4, atol=1e-4 * float(abs(b).max())))
-                        for a, b in zip(*fused_gemm))
+                        for r in ours for a, b in zip(r, cublas))
     print("sanitize case:", "ok" if ok else "NON-FINITE OR DISAGREEING RESULTS")
     raise SystemExit(0 if ok else 1)
 
