@@ -634,3 +634,21 @@ def test_split_bfloat16_cross_products_as_accurate_as_float32(cupy):
     plain = cupy.asnumpy(cupy.asarray(L) @ bf16.to_f32(cupy.asarray(g_bits)).T)
     err, err32 = np.abs(got - exact).max(), np.abs(plain - exact).max()
     assert err <= 2 * err32 + 1e-7 * np.abs(exact).max(), (err, err32)
+
+
+@pytest.mark.gpu
+def test_bfloat16_scatter_blocks_as_accurate_as_float32(cupy):
+    # scatter blocks of bfloat16 data: one bfloat16 tensor-core GEMM against float32 GEMMs
+    from identirep import _bf16 as bf16
+    from identirep.moments import scatter_blocks
+    rng = np.random.default_rng(9)
+    bits = [bf16.from_f32((rng.standard_normal((20000, d)) + 0.1).astype(np.float32))
+            for d in (64, 48)]
+    host = [bf16.to_f32(b).astype(np.float64) for b in bits]
+    dev = [bf16.to_f32(cupy.asarray(b)) for b in bits]
+    exact = scatter_blocks(host)[2]
+    _, _, got = scatter_blocks(dev, dtype=np.float32, bits=[cupy.asarray(b) for b in bits])
+    _, _, plain = scatter_blocks(dev, dtype=np.float32)
+    for pq, want in exact.items():
+        err, err32 = np.abs(got[pq] - want).max(), np.abs(plain[pq] - want).max()
+        assert err <= 2 * err32 + 1e-7 * np.abs(want).max(), (pq, err, err32)

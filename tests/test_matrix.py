@@ -42,7 +42,8 @@ def test_matrix_computes_per_model_statistics_once(monkeypatch):
     eng = importlib.import_module("identirep.engine")   # identirep.engine is also a function
     calls = []
     orig = eng._single_moments
-    monkeypatch.setattr(eng, "_single_moments", lambda X, cdt: calls.append(X.shape) or orig(X, cdt))
+    monkeypatch.setattr(eng, "_single_moments",
+                        lambda X, *a: calls.append(X.shape) or orig(X, *a))
     base = C.random_model(N=120, V=15, M=3, seed=3)
     models = [base] + [C.perturbed_copy(base, 0.2 * k, seed=k) for k in (1, 2, 3)]
     m = ir.matrix(models, num_samples=10)

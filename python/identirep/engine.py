@@ -167,14 +167,14 @@ class ModelCache:
         # f and g stay where they live, in their float32/float64 storage (half types widened to
         # float32; no V x M float64 copies); rows that enter small dense algebra are converted
         # when taken
-        # g_bits: a device g's bfloat16 bits, for the pivot cross products (Engine._cross)
-        self.g_bits = None
+        # f_bits, g_bits: a device f's and g's bfloat16 bits (None for other kinds), for
+        # tensor-core products at float32 accuracy (scatter_blocks, PairEngine._cross)
+        self.f_bits = self.g_bits = None
         if is_gpu_array(model.f):
             from ._cupy_pass import as_device
             f, g = as_device(model.f, "f"), as_device(model.g, "g")
             self.F, self.G = _device_native(f), _device_native(g)
-            if g.kind == "bfloat16":
-                self.g_bits = g.data
+            self.f_bits, self.g_bits = (x.data if x.kind == "bfloat16" else None for x in (f, g))
         else:
             self.F, self.G = _native(model.f), _native(model.g)
         self.xp = array_module(self.F)
@@ -189,12 +189,12 @@ class ModelCache:
     @property
     def f_moments(self):
         """(mean, scatter) of f over inputs."""
-        return self._get("f", lambda: _single_moments(self.F, self.cdt))
+        return self._get("f", lambda: _single_moments(self.F, self.cdt, self.f_bits))
 
     @property
     def g_moments(self):
         """(mean, scatter) of g over labels."""
-        return self._get("g", lambda: _single_moments(self.G, self.cdt))
+        return self._get("g", lambda: _single_moments(self.G, self.cdt, self.g_bits))
 
     def whitening(self, which: str, what: str):
         S = (self.f_moments if which == "f" else self.g_moments)[1]
@@ -215,8 +215,8 @@ def _device_native(x):
     return x.data if x.kind in ("float32", "float64") else x.widened(np.float32)
 
 
-def _single_moments(X, cdt):
-    _, (mean,), S = scatter_blocks([X], dtype=cdt)
+def _single_moments(X, cdt, bits=None):
+    _, (mean,), S = scatter_blocks([X], dtype=cdt, bits=[bits])
     return mean, S[0, 0]
 
 
@@ -224,13 +224,15 @@ def pair_moments(c1: ModelCache, c2: ModelCache, extra=(), which: str = "f") -> 
     """Moments of [x1, x2, *extra] (x = f or g) from the models' cached own blocks and the
     pair's cross blocks (the only products computed here)."""
     X1, X2 = (c1.F, c2.F) if which == "f" else (c1.G, c2.G)
+    bits = [c1.f_bits, c2.f_bits] if which == "f" else [c1.g_bits, c2.g_bits]
     own1, own2 = (c1.f_moments, c2.f_moments) if which == "f" else (c1.g_moments, c2.g_moments)
     k = 2 + len(extra)
     pairs = [(p, q) for p in range(k) for q in range(p, k) if (p, q) not in ((0, 0), (1, 1))]
     extra = [np.asarray(e, np.float64).reshape(len(e), -1) for e in extra]
     means = [own1[0], own2[0]] + [e.mean(0) for e in extra]
     extra = [c1.xp.asarray(e) for e in extra]     # next to f: the products run where f lives
-    n, means, S = scatter_blocks([X1, X2, *extra], pairs, c1.cdt, means=means)
+    n, means, S = scatter_blocks([X1, X2, *extra], pairs, c1.cdt, means=means,
+                                 bits=bits + [None] * len(extra))
     S[0, 0], S[1, 1] = own1[1], own2[1]
     return Moments.from_parts(n, means, S)
 
