@@ -5,8 +5,10 @@ import numpy as np
 
 
 def to_f32(bits):
-    """float32 values of bfloat16 bit patterns (exact)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    """float32 values of bfloat16 bit patterns (exact); one uint32 array, shifted in place."""
+    out = bits.astype(np.uint32)
+    out <<= 16
+    return out.view(np.float32)
 
 
 def from_f32(x):

@@ -276,6 +276,7 @@ class PairEngine:
         self.A2 = self.n2 - 2 * GC2[:, 1] + C[self.iL2, self.iL2]
         self.B12 = stats.col_m2_12 - GC1[:, 1] - GC2[:, 0] + C[self.iL1, self.iL2]
         self._device_vectors = None
+        self._cross_blocks = None  # C_kk in the compute dtype, where g lives (_cross)
         # the compiled CUDA kernels ("cuda") or the same ones through NVRTC ("cupy")
         self.gpu_backend = (stats.backend if stats.backend in ("cuda", "cupy") else
                             "cuda" if build_info().get("cuda_compiled") else "cupy")
@@ -340,12 +341,12 @@ class PairEngine:
         self_pair[y0s, np.arange(len(y0s))] = True
         return rest, piv, t3, ~deg, deg & ~self_pair
 
-    def _pivot_criteria(self, y0s: np.ndarray, term: str) -> np.ndarray:
+    def _pivot_criteria(self, y0s: np.ndarray, term: str, X=None) -> np.ndarray:
         """min over leave-outs of the term criterion for each pivot in y0s (compiled epilogue,
-        on the GPU when g lives there)."""
+        on the GPU when g lives there); X: their cross products, when already made."""
         from . import _core
         xp = self.c1.xp
-        X = self._cross(y0s)
+        X = self._cross(y0s) if X is None else X
         if xp is not np:
             from ._cupy_pass import pivot_criteria_device
             return pivot_criteria_device(X[0], X[1], *self._vectors(xp), y0s, self.tol, term,
@@ -421,13 +422,17 @@ class PairEngine:
         """X_k = g_k(piv)' C_kk g_k(lab) (len(piv) x len(lab); all labels when ``lab`` is
         None) in the compute dtype, where g lives. A bfloat16 g on a GPU is multiplied as it
         is, in bfloat16 GEMMs of the exact split of the left factor (split_bf16_matmul)."""
-        C = self.mom.scatter
         xp = self.c1.xp
+        if self._cross_blocks is None:
+            C = self.mom.scatter
+            self._cross_blocks = [xp.asarray(C[sl, sl], dtype=self.cdt)
+                                  for sl in (self.sF1, self.sF2)]
         p = xp.asarray(piv, dtype=np.int64)
         q = None if lab is None else xp.asarray(lab, dtype=np.int64)
         out = []
-        for c, G, sl in ((self.c1, self.G1, self.sF1), (self.c2, self.G2, self.sF2)):
-            L = G[p].astype(self.cdt, copy=False) @ xp.asarray(C[sl, sl], dtype=self.cdt)
+        for c, G, Ckk in ((self.c1, self.G1, self._cross_blocks[0]),
+                          (self.c2, self.G2, self._cross_blocks[1])):
+            L = G[p].astype(self.cdt, copy=False) @ Ckk
             if c.g_bits is not None and self.cdt == np.float32:
                 from ._cupy_pass import split_bf16_matmul
                 out.append(split_bf16_matmul(L, c.g_bits if q is None else c.g_bits[q]))
@@ -537,12 +542,14 @@ class PairEngine:
         tick = (lambda lo, hi: None if progress is None else
                 (lambda f: progress(lo + (hi - lo) * f)))
         seeds = sampling.pivot_sample(V, BOUND_SEED_PIVOTS, seed)
-        crit = dict(zip(seeds.tolist(), self._criteria(seeds, "max")))
-        # the labels that make the seed pivots' criteria: their 4 largest m each
+        crit = {}
+        # the seed pivots' criteria, and the labels that make them: their 4 largest m each
         hard = []
         for j0 in range(0, len(seeds), 16):
             blk = seeds[j0:j0 + 16]
-            m2 = to_numpy(self._pair_m2(blk, np.arange(V), *self._cross(blk)))
+            X = self._cross(blk)
+            crit.update(zip(blk.tolist(), to_numpy(self._pivot_criteria(blk, "max", X))))
+            m2 = to_numpy(self._pair_m2(blk, np.arange(V), *X))
             top = np.argpartition(-m2, 4, axis=1)[:, :4]
             hard.append(top[np.isfinite(np.take_along_axis(m2, top, 1))])
         hard = np.unique(np.concatenate(hard))
