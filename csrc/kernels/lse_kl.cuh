@@ -158,6 +158,22 @@ __device__ __forceinline__ void ChanMerge(double na, double nb, double mb, doubl
   qa += qb + delta * delta * (na * nb / n);
 }
 
+// Row moments r[0], r[ld], ..., r[4 ld] = [mean l1, mean l2, ssq l1, ssq l2, ssq (l1 - l2)]
+// over na labels, merged (Chan) with a batch of nb labels: means b1, b2 and centred sums of
+// squares q11, q22, qdd. na = 0 sets them to the batch.
+__device__ __forceinline__ void MergeRowMoments(double na, double nb, double b1, double b2,
+                                                double q11, double q22, double qdd, double* r,
+                                                Index ld) {
+  if (na == 0.0) {
+    r[0] = b1; r[ld] = b2; r[2 * ld] = q11; r[3 * ld] = q22; r[4 * ld] = qdd;
+    return;
+  }
+  const double dd = (b1 - b2) - (r[0] - r[ld]);  // shift of the mean of d, before r moves
+  ChanMerge(na, nb, b1, q11, r[0], r[2 * ld]);
+  ChanMerge(na, nb, b2, q22, r[ld], r[3 * ld]);
+  r[4 * ld] += qdd + dd * dd * (na * nb / (na + nb));
+}
+
 }  // namespace cuda_detail
 
 // Chunks of n rows of at least min_rows each (the last may have fewer), 1 to max_chunks.
@@ -300,18 +316,8 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   if (!moments) return;
-  double* r = row_mom + i;
-  const Index ld = row_ld;
-  const double t11 = total(6), t22 = total(7), tdd = total(8);
-  if (col0 == 0) {
-    r[0] = mu1; r[ld] = mu2; r[2 * ld] = t11; r[3 * ld] = t22; r[4 * ld] = tdd;
-    return;
-  }
-  const double na = static_cast<double>(col0), nb = static_cast<double>(v);
-  const double dd = (mu1 - mu2) - (r[0] - r[ld]);  // shift of the mean of d, before r moves
-  cuda_detail::ChanMerge(na, nb, mu1, t11, r[0], r[2 * ld]);
-  cuda_detail::ChanMerge(na, nb, mu2, t22, r[ld], r[3 * ld]);
-  r[4 * ld] += tdd + dd * dd * (na * nb / (na + nb));
+  cuda_detail::MergeRowMoments(static_cast<double>(col0), static_cast<double>(v), mu1, mu2,
+                               total(6), total(7), total(8), row_mom + i, row_ld);
 }
 
 // Column partial sums of one chunk of rows: block (32, kRows), grid (ceil(v / 32), chunks);
@@ -425,10 +431,15 @@ struct SlabRows<double> {
 __host__ __device__ inline Index FusedChunks(Index n) {
   return ChunkCount(n, kFusedMinChunkRows, kFusedMaxChunks);
 }
-__host__ __device__ inline Index FusedSlabs(Index v) { return (v + kSlabCols - 1) / kSlabCols; }
+// Slabs of `cols` labels in a tile of v labels, and the doubles of their row records.
+__host__ __device__ inline Index SlabCount(Index v, Index cols) { return (v + cols - 1) / cols; }
+__host__ __device__ inline Index SlabRecordElems(Index n, Index v, Index cols) {
+  return SlabCount(v, cols) * kRowFields * n;
+}
+__host__ __device__ inline Index FusedSlabs(Index v) { return SlabCount(v, kSlabCols); }
 // Scratch of the fused epilogue for an n x v tile, in doubles.
 __host__ __device__ inline Index LseKlFusedRowWorkElems(Index n, Index v) {
-  return FusedSlabs(v) * kRowFields * n;
+  return SlabRecordElems(n, v, kSlabCols);
 }
 __host__ __device__ inline Index LseKlFusedColWorkElems(Index v) {
   return kFusedMaxChunks * 5 * v;
@@ -610,32 +621,16 @@ __global__ void LseKlRowMergeKernel(Index n, Index v, Index col0,
     }
   }
   if (row_mom == nullptr) return;
-  // the tile's row moments: Chan merges of the slabs
-  double cnt = 0.0, mu1 = 0.0, mu2 = 0.0, q11 = 0.0, q22 = 0.0, qdd = 0.0;
+  // the tile's row moments (t: Chan merges of its slabs), merged into the row's
+  double t[5], cnt = 0.0;
   for (Index s = 0; s < slabs; ++s) {
     const double nb = static_cast<double>(v - s * kCols < kCols ? v - s * kCols : kCols);
-    const double b1 = W(s, 10), b2 = W(s, 11);
-    if (cnt == 0.0) {
-      cnt = nb; mu1 = b1; mu2 = b2; q11 = W(s, 12); q22 = W(s, 13); qdd = W(s, 14);
-      continue;
-    }
-    const double dd = (b1 - b2) - (mu1 - mu2);
-    qdd += W(s, 14) + dd * dd * (cnt * nb / (cnt + nb));
-    cuda_detail::ChanMerge(cnt, nb, b1, W(s, 12), mu1, q11);
-    cuda_detail::ChanMerge(cnt, nb, b2, W(s, 13), mu2, q22);
+    cuda_detail::MergeRowMoments(cnt, nb, W(s, 10), W(s, 11), W(s, 12), W(s, 13), W(s, 14), t,
+                                 1);
     cnt += nb;
   }
-  double* r = row_mom + i;
-  const Index ld = row_ld;
-  if (col0 == 0) {
-    r[0] = mu1; r[ld] = mu2; r[2 * ld] = q11; r[3 * ld] = q22; r[4 * ld] = qdd;
-    return;
-  }
-  const double na = static_cast<double>(col0), nb = static_cast<double>(v);
-  const double dd = (mu1 - mu2) - (r[0] - r[ld]);
-  cuda_detail::ChanMerge(na, nb, mu1, q11, r[0], r[2 * ld]);
-  cuda_detail::ChanMerge(na, nb, mu2, q22, r[ld], r[3 * ld]);
-  r[4 * ld] += qdd + dd * dd * (na * nb / (na + nb));
+  cuda_detail::MergeRowMoments(static_cast<double>(col0), static_cast<double>(v), t[0], t[1],
+                               t[2], t[3], t[4], row_mom + i, row_ld);
 }
 
 #ifndef __CUDACC_RTC__
@@ -678,6 +673,28 @@ cudaError_t LseKl(const T* l1, Index ld1, const T* l2, Index ld2, Index n, Index
   return cudaGetLastError();
 }
 
+// The merges that finish the one-read epilogue and the fused GEMM: LseKlColMergeKernel (with
+// mom.col; column shifts k1, k2: the tile's first row, or LseKlShiftKernel's) over `chunks`
+// chunks of col_work, then LseKlRowMergeKernel over the row records of kCols-label slabs.
+template <typename T, int kCols>
+cudaError_t LaunchMerges(const T* k1, const T* k2, Index n, Index v, Index col0, Index chunks,
+                         const double* row_work, double* state, Index state_ld, Index* args,
+                         Index args_ld, const DeviceLogitMoments& mom, cudaStream_t stream) {
+  constexpr int kMergeThreads = 256;
+  if (mom.col != nullptr) {
+    LseKlColMergeKernel<T><<<static_cast<unsigned>((v + kMergeThreads - 1) / kMergeThreads),
+                             kMergeThreads, 0, stream>>>(k1, k2, n, v, col0, chunks, mom.col_work,
+                                                         mom.col, mom.col_ld, mom.row0);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  LseKlRowMergeKernel<T, kCols><<<static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads),
+                                  kMergeThreads, 0, stream>>>(n, v, col0, row_work, state,
+                                                              state_ld, args, args_ld, mom.row,
+                                                              mom.row_ld);
+  return cudaGetLastError();
+}
+
 // Launcher of the fused epilogue: the arguments of LseKl plus row_work, a scratch of
 // LseKlFusedRowWorkElems(n, v) doubles; with column moments mom.col_work must hold
 // LseKlFusedColWorkElems(v) doubles. Returns the first launch error.
@@ -695,20 +712,10 @@ cudaError_t LseKlFused(const T* l1, Index ld1, const T* l2, Index ld2, Index n, 
   LseKlSlabKernel<T, SlabRows<T>::value>
       <<<dim3(static_cast<unsigned>(slabs), static_cast<unsigned>(chunks)), kSlabThreads, 0,
          stream>>>(l1, ld1, l2, ld2, n, v, row_work, col_work);
-  cudaError_t err = cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  constexpr int kMergeThreads = 256;
-  if (mom.col != nullptr) {
-    LseKlColMergeKernel<T><<<static_cast<unsigned>((v + kMergeThreads - 1) / kMergeThreads),
-                             kMergeThreads, 0, stream>>>(l1, l2, n, v, col0, chunks, col_work,
-                                                         mom.col, mom.col_ld, mom.row0);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  LseKlRowMergeKernel<T><<<static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads),
-                           kMergeThreads, 0, stream>>>(n, v, col0, row_work, state, state_ld,
-                                                       args, args_ld, mom.row, mom.row_ld);
-  return cudaGetLastError();
+  return LaunchMerges<T, kSlabCols>(l1, l2, n, v, col0, chunks, row_work, state, state_ld, args,
+                                    args_ld, mom, stream);
 }
 
 #endif  // __CUDACC_RTC__

@@ -47,7 +47,6 @@ constexpr int kGemmKPad = kGemmBK + 8;  // halves per operand row in shared memo
                                         // ldmatrix's 8 rows fall in distinct banks)
 constexpr int kGemmTileStride = kGemmBN + 4;  // floats per logit row (4 mod 32: the row
                                               // phase's 8 rows x 4 lanes hit 32 banks)
-constexpr int kGemmMaxChunks = 64;
 constexpr int kGemmRowTpr = 4;  // threads per row in the row phase
 static_assert(kGemmThreads == 2 * kGemmBN, "two threads per label in the column phase");
 
@@ -69,14 +68,17 @@ struct GemmShape {
 
 template <int kBM>
 __host__ __device__ inline Index GemmChunks(Index n) {
-  return ChunkCount(n, GemmShape<kBM>::kMinChunkRows, kGemmMaxChunks);
+  return ChunkCount(n, GemmShape<kBM>::kMinChunkRows, kFusedMaxChunks);
 }
-__host__ __device__ inline Index GemmSlabs(Index v) { return (v + kGemmBN - 1) / kGemmBN; }
-// Scratch of LseKlGemm for an n x v tile: row_work and col_work in doubles, shift in floats.
+__host__ __device__ inline Index GemmSlabs(Index v) { return SlabCount(v, kGemmBN); }
+// Scratch of LseKlGemm for an n x v tile: row_work and col_work (the one-read epilogue's
+// layout, with 128-label slabs) in doubles, shift in floats.
 __host__ __device__ inline Index LseKlGemmRowWorkElems(Index n, Index v) {
-  return GemmSlabs(v) * kRowFields * n;
+  return SlabRecordElems(n, v, kGemmBN);
 }
-__host__ __device__ inline Index LseKlGemmColWorkElems(Index v) { return kGemmMaxChunks * 5 * v; }
+__host__ __device__ inline Index LseKlGemmColWorkElems(Index v) {
+  return LseKlFusedColWorkElems(v);
+}
 __host__ __device__ inline Index LseKlGemmShiftElems(Index v) { return 2 * v; }
 
 namespace mma {
@@ -424,19 +426,8 @@ cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short
       f1, ldf1, g1, ldg1, k1, f2, ldf2, g2, ldg2, k2, n, v, shift, row_work, col_work);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  constexpr int kMergeThreads = 256;
-  if (col_work != nullptr) {
-    LseKlColMergeKernel<float><<<static_cast<unsigned>((v + kMergeThreads - 1) / kMergeThreads),
-                                 kMergeThreads, 0, stream>>>(shift, shift + v, n, v, col0, chunks,
-                                                             col_work, mom.col, mom.col_ld,
-                                                             mom.row0);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  LseKlRowMergeKernel<float, kGemmBN>
-      <<<static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads), kMergeThreads, 0,
-         stream>>>(n, v, col0, row_work, state, state_ld, args, args_ld, mom.row, mom.row_ld);
-  return cudaGetLastError();
+  return LaunchMerges<float, kGemmBN>(shift, shift + v, n, v, col0, chunks, row_work, state,
+                                      state_ld, args, args_ld, mom, stream);
 }
 
 #endif  // __CUDACC_RTC__
