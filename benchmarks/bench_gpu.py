@@ -216,10 +216,7 @@ def epilogue_ms(n, v, tr, tc, args, fused=False):
     rs = cp.random.RandomState(3)
     l1 = rs.standard_normal((tr, tc), dtype=cp.float32)
     l2 = rs.standard_normal((tr, tc), dtype=cp.float32)
-    state = cp.zeros((8, n), cp.float64)
-    state[0] = state[4] = -np.inf
-    args_ = cp.full((2, n), -1, cp.int64)
-    row_m, col_m = cp.zeros((5, n), cp.float64), cp.zeros((5, v), cp.float64)
+    state, args_, row_m, col_m = gp._pass_state(cp, n, v)
 
     def run():
         for c0 in range(0, v, tc):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import cupy as cp
 
+from identirep import _bf16 as bf16
 from identirep import _core
 from identirep._cupy_pass import _CudaEpilogue, _CupyEpilogue
 from identirep._stream import init_state
@@ -79,7 +80,7 @@ def gemm():
     for rows, k in ((37, 13), (301, 13), (37, 21), (301, 21)):
         x = rng.standard_normal((rows, k)).astype(np.float32)
         bits = np.zeros((rows, 24), np.uint16)  # rows padded to 24 elements
-        bits[:, :k] = (x.view(np.uint32) >> 16).astype(np.uint16)
+        bits[:, :k] = bf16.from_f32(x)
         ops.append(DeviceArray(cp.asarray(bits)[:, :k], "bfloat16"))
     kw = dict(tile_rows=20, tile_cols=200)
     out = [cuda_pass(*ops, fused_gemm=True, gemm_block_rows=rows, **kw) for rows in (128, 64)]

@@ -314,6 +314,7 @@ GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       const CudaOperand& g2, int block_rows) {
   const CudaOperand* ops[4] = {&f1, &g1, &f2, &g2};
   const char* names[4] = {"f1", "g1", "f2", "g2"};
+  int64_t ld[4];  // row strides; a single row's is any multiple of 8 that holds it
   for (int i = 0; i < 4; ++i) {
     const CudaOperand& o = *ops[i];
     Require(o.kind == f1.kind && (o.kind == "bfloat16" || o.kind == "float16"),
@@ -321,17 +322,16 @@ GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                 names[i] + " is " + o.kind);
     Require(o.cols == 1 || o.s1 == 1,
             std::string("the fused GEMM needs contiguous rows; ") + names[i] + " has not");
-    const int64_t ld = o.rows > 1 ? o.s0 : ((o.cols + 7) / 8 * 8);
-    const std::string why = lse_kl_gemm_operand_problem(o.ptr, ld, o.cols);
+    ld[i] = o.rows > 1 ? o.s0 : (o.cols + 7) / 8 * 8;
+    const std::string why = lse_kl_gemm_operand_problem(o.ptr, ld[i], o.cols);
     Require(why.empty(), std::string("the fused GEMM cannot take ") + names[i] + ": " + why);
   }
   Require(f1.cols == g1.cols && f2.cols == g2.cols && f2.rows == f1.rows && g2.rows == g1.rows,
           "f_k and g_k need the same columns, f1 and f2 (g1 and g2) the same rows");
-  const auto ld = [](const CudaOperand& o) { return o.rows > 1 ? o.s0 : (o.cols + 7) / 8 * 8; };
   Require(block_rows == 128 || block_rows == 64,
           "the fused GEMM's blocks have 128 or 64 rows, got " + std::to_string(block_rows));
-  return {f1.ptr,  g1.ptr,  f2.ptr,  g2.ptr,  ld(f1), ld(g1),
-          ld(f2),  ld(g2),  f1.cols, f2.cols, f1.kind, block_rows};
+  return {f1.ptr, g1.ptr, f2.ptr,  g2.ptr,  ld[0],   ld[1],
+          ld[2],  ld[3],  f1.cols, f2.cols, f1.kind, block_rows};
 }
 
 // The pass with the fused GEMM kernel: label tiles outer, row tiles inner, one stream.

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from identirep import _bf16 as bf16
 from identirep import _core
 from identirep import _cupy_pass as gp
 from identirep._stream import finalize, init_state
@@ -335,9 +336,8 @@ def half_bits(x, kind):
     if kind == "f16":
         h = x.astype(np.float16)
         return h.view(np.uint16), h.astype(np.float64)
-    b = x.astype(np.float32).view(np.uint32).astype(np.uint64)
-    bits = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
-    return bits, (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    bits = bf16.from_f32(x.astype(np.float32))
+    return bits, bf16.to_f32(bits).astype(np.float64)
 
 
 def strided(bits, ld):

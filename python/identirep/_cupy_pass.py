@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _bf16 as bf16
 from ._backends import CUPY_INSTALL
-from ._stream import check_pass_shapes, finalize
+from ._stream import check_pass_shapes, finalize, init_state
 from .errors import IdentirepError
 from .passes import PassStats
 
@@ -499,10 +499,7 @@ def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, 
 def _pass_state(cp, n, v):
     """The device state of a pass (layouts of csrc/kernels/lse_kl.h): state (8, n) with
     m = -inf, args (2, n) = -1, row moments (5, n) and column moments (5, v) zero."""
-    state = cp.zeros((8, n), dtype=cp.float64)
-    state[0] = -np.inf
-    state[4] = -np.inf
-    return (state, cp.full((2, n), -1, dtype=cp.int64), cp.zeros((5, n), dtype=cp.float64),
+    return (*init_state(n, cp), cp.zeros((5, n), dtype=cp.float64),
             cp.zeros((5, v), dtype=cp.float64))
 
 

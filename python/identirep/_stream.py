@@ -35,12 +35,13 @@ def default_epilogue_threads() -> int:
 STATE_ROWS = ("m1", "s1", "a12", "e1", "m2", "s2", "a21", "e2")
 
 
-def init_state(n: int):
-    """Fresh epilogue state for ``n`` inputs: (8, n) float64 and (2, n) int64 arrays."""
-    state = np.zeros((8, n), dtype=np.float64)
+def init_state(n: int, xp=np):
+    """Fresh epilogue state for ``n`` inputs: (8, n) float64 and (2, n) int64 arrays (of
+    ``xp``, NumPy or CuPy)."""
+    state = xp.zeros((8, n), dtype=np.float64)
     state[0] = -np.inf
     state[4] = -np.inf
-    args = np.full((2, n), -1, dtype=np.int64)
+    args = xp.full((2, n), -1, dtype=np.int64)
     return state, args
 
 
