@@ -592,8 +592,8 @@ def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(name):
     assert ".entry" in ptx
 
 
-def _nvrtc_compile(nvrtc, headers, exprs):
-    """The kernel headers, in order, as one NVRTC program for sm_90 with these name
+def _nvrtc_compile(nvrtc, headers, exprs, arch="compute_90"):
+    """The kernel headers, in order, as one NVRTC program for arch with these name
     expressions: (lowered names, PTX)."""
     src = "\n".join(l for name in headers for l in gp.kernel_source(name).splitlines()
                     if l.strip() != "#pragma once")
@@ -601,7 +601,7 @@ def _nvrtc_compile(nvrtc, headers, exprs):
     for e in exprs:
         nvrtc.addNameExpression(prog, e)
     try:
-        nvrtc.compileProgram(prog, ["-std=c++17", "-arch=compute_90"])
+        nvrtc.compileProgram(prog, ["-std=c++17", f"-arch={arch}"])
     except nvrtc.NVRTCError as e:
         pytest.fail(f"{headers[-1]}: {e}\n{nvrtc.getProgramLog(prog)}")
     try:
@@ -619,6 +619,22 @@ def test_nvrtc_compiles_the_fused_gemm_kernel():
     _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
     assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned" in ptx
+    assert "wgmma" not in ptx
+
+
+def test_nvrtc_compiles_the_wgmma_gemm_kernel_for_sm_90a_only():
+    """The wgmma kernels under NVRTC: their PTX for sm_90a (wgmma, the async proxy fence);
+    for plain sm_90 they compile to a trap (the launcher checks the GPU first)."""
+    exprs = [f"identirep::kernels::LseKlGemmKernel<{b}, {m}, true>" for b in ("true", "false")
+             for m in (128, 64)]
+    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs,
+                            arch="compute_90a")
+    for n in (128, 64):
+        for t in ("bf16", "f16"):
+            assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t}" in ptx
+    assert "wgmma.wait_group.sync.aligned 1" in ptx and "fence.proxy.async" in ptx
+    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
+    assert "wgmma" not in ptx and "trap" in ptx
 
 
 @pytest.mark.gpu

@@ -64,8 +64,8 @@ def harness(tmp_path_factory):
     return exe
 
 
-def run(exe, *args, workers=None):
-    env = dict(os.environ)
+def run(exe, *args, workers=None, env=None):
+    env = {**os.environ, **(env or {})}
     if workers is not None:
         env["SIMT_WORKERS"] = str(workers)
     r = subprocess.run([str(exe), *map(str, args)], check=False, capture_output=True,
@@ -83,7 +83,7 @@ def padded(l, pad):
     return out
 
 
-def emulated_pass(exe, tmp_path, inputs, n, v, *args, workers=None):
+def emulated_pass(exe, tmp_path, inputs, n, v, *args, workers=None, env=None):
     """run_kernels with the input arrays (name: array) and a fresh pass state of n inputs and
     v labels in tmp_path; returns the state, args, row and column moments it wrote."""
     state, argmax = init_state(n)
@@ -91,7 +91,7 @@ def emulated_pass(exe, tmp_path, inputs, n, v, *args, workers=None):
               "col_m": np.zeros((5, v))}
     for name, a in {**inputs, **arrays}.items():
         np.ascontiguousarray(a).tofile(tmp_path / name)
-    run(exe, *args, tmp_path, workers=workers)
+    run(exe, *args, tmp_path, workers=workers, env=env)
     return {k: np.fromfile(tmp_path / f"{k}.out", a.dtype).reshape(a.shape)
             for k, a in arrays.items()}
 
@@ -360,11 +360,12 @@ def gemm_operands(seed, n, v, k1, k2, kind, scale=1.0):
 
 
 def gemm_pass(exe, tmp_path, bits, n, v, ks, lds, kind, tr, tc, moments=True, repeat=1,
-              workers=None, bm=128):
-    """The emulated driver pass with the fused GEMM kernel (blocks of bm rows)."""
+              workers=None, bm=128, env=None):
+    """The emulated driver pass with the fused GEMM kernel (blocks of bm rows: 128 or 64 with
+    mma.sync, "wg128" or "wg64" with wgmma)."""
     inputs = {name: strided(b, ld) for name, b, ld in zip(("f1", "g1", "f2", "g2"), bits, lds)}
     return emulated_pass(exe, tmp_path, inputs, n, v, "gemm", kind, bm, int(moments), n, v, *ks,
-                         *lds, tr, tc, repeat, workers=workers)
+                         *lds, tr, tc, repeat, workers=workers, env=env)
 
 
 RTOL_GEMM = 2e-5  # float32 logits from float32 tensor-core sums against exact ones
@@ -397,10 +398,12 @@ GEMM_CASES = {
     "odd_sizes_k_tails": (131, 300, 45, 70, (48, 48, 72, 80), 131, 300),
     "row_and_label_tiles": (300, 270, 64, 40, (64, 64, 40, 48), 170, 140),
     "chunks_of_rows": (1100, 130, 96, 33, (96, 96, 40, 40), 1100, 130),
+    "long_k": (70, 140, 300, 250, (304, 304, 256, 264), 70, 140),  # wgmma's stages wrap around
 }
 
 
-@pytest.mark.parametrize("kind, bm", [("bf16", 128), ("f16", 128), ("bf16", 64)])
+@pytest.mark.parametrize("kind, bm", [("bf16", 128), ("f16", 128), ("bf16", 64),
+                                      ("bf16", "wg128"), ("f16", "wg128"), ("bf16", "wg64")])
 @pytest.mark.parametrize("case", list(GEMM_CASES))
 def test_fused_gemm_kernel_matches_the_cpu_kernel(harness, tmp_path, case, kind, bm):
     n, v, k1, k2, lds, tr, tc = GEMM_CASES[case]
@@ -410,7 +413,8 @@ def test_fused_gemm_kernel_matches_the_cpu_kernel(harness, tmp_path, case, kind,
     assert_matches_gemm(got, want, l1, l2)
 
 
-@pytest.mark.parametrize("kind, bm", [("bf16", 128), ("f16", 64)])
+@pytest.mark.parametrize("kind, bm", [("bf16", 128), ("f16", 64), ("bf16", "wg64"),
+                                      ("f16", "wg128")])
 def test_fused_gemm_kernel_with_large_logits_and_tied_labels(harness, tmp_path, kind, bm):
     # logits in the hundreds (most weights underflow) and three identical labels that hold
     # every row's maximum: the first of them wins, as on the CPU
@@ -428,7 +432,7 @@ def test_fused_gemm_kernel_with_large_logits_and_tied_labels(harness, tmp_path, 
     assert_matches_gemm(got, cpu_pass(l1, l2, n, v), l1, l2)
 
 
-@pytest.mark.parametrize("bm", [128, 64])
+@pytest.mark.parametrize("bm", [128, 64, "wg128", "wg64"])
 def test_fused_gemm_kernel_without_moments_and_deterministic(harness, tmp_path, bm):
     # null moment pointers (no shift kernel, no column sums); every CUDA thread on its own OS
     # thread, the pass run twice bit for bit
@@ -441,6 +445,19 @@ def test_fused_gemm_kernel_without_moments_and_deterministic(harness, tmp_path, 
     g, w = finalize(got["state"], got["args"]), finalize(want["state"], want["args"])
     for key in ("L1", "L2", "kl12", "kl21", "H1", "H2"):
         np.testing.assert_allclose(g[key], w[key], rtol=0, atol=RTOL_GEMM * 10, err_msg=key)
+
+
+@pytest.mark.parametrize("bm", ["wg128", "wg64"])
+@pytest.mark.parametrize("wgmma, copies", [("lazy", "eager"), ("eager", "lazy")])
+def test_wgmma_gemm_under_both_extreme_schedules(harness, tmp_path, bm, wgmma, copies):
+    # every block with wgmma results as late as PTX allows and copies as early (a stage
+    # overwritten while a wgmma may still read it shows), or the other way round (a wgmma
+    # reading a stage before its copies are waited for shows); many k-tiles, so the stages wrap
+    n, v, k1, k2, lds, tr, tc = GEMM_CASES["long_k"]
+    bits, l1, l2 = gemm_operands(16, n, v, k1, k2, "bf16", scale=3.0)
+    got = gemm_pass(harness, tmp_path, bits, n, v, (k1, k2), lds, "bf16", tr, tc, bm=bm,
+                    env={"SIMT_WGMMA": wgmma, "SIMT_CP_ASYNC": copies})
+    assert_matches_gemm(got, cpu_pass(l1, l2, tr, tc), l1, l2)
 
 
 @pytest.mark.parametrize("kind", ["bf16", "f16"])

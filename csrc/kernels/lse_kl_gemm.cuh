@@ -1,5 +1,6 @@
 // CUDA: the logit GEMM and the streaming epilogue in one kernel, for float16/bfloat16 operands
-// (tensor-core mma.sync m16n8k16, float32 accumulation, sm_80 and newer). No logit tile goes to
+// (tensor cores, float32 accumulation: mma.sync m16n8k16 on sm_80 and newer, or, kWg, wgmma
+// m64nNk16 on sm_90a, built by csrc/lse_kl_wgmma.cu alone). No logit tile goes to
 // memory: each block computes l1 = f1 g1' and l2 = f2 g2' for a BM x BN sub-tile into shared
 // memory and reduces it there, with the arithmetic of LseKlSlabKernel (kernels/lse_kl.cuh).
 //
@@ -15,15 +16,16 @@
 // Grid (slabs, chunks), kGemmThreads threads, GemmShape<BM>::kSmemBytes of dynamic shared
 // memory, BM = 128 or 64 rows per sub-tile (GemmShape). Each block takes one slab and one
 // chunk of rows, BM rows at a time:
-//   GEMMs of model 1 then model 2 in one 4-stage cp.async pipeline (ldmatrix, 2 x 4 warps of
-//   BM / 2 x 32): model 1's logits -> tile s1, model 2's -> tile s2 (over the pipeline's
-//   buffers, free by then);
+//   GEMMs of model 1 then model 2 in one cp.async pipeline (mma.sync: 4 stages, ldmatrix,
+//   2 x 4 warps of BM / 2 x 32; wgmma: PairGemmWg, 2 warpgroups, 128-byte swizzled stages):
+//   model 1's logits -> tile s1, model 2's -> tile s2 (over the pipeline's buffers, free by
+//   then);
 //   column phase: thread t sums label t % BN over half t / BN of the rows, in registers across
 //     the chunk; row phase: 4 threads per row reduce the row's slab (max and first argmax, mean,
 //     six LSE/KL sums relative to the slab max, centred squares) into its record.
 // Deterministic for a given launch (no atomics). Under __CUDACC_RTC__ nothing is included; the
-// SIMT emulator (tests/simt) defines IDENTIREP_SIMT and supplies the mma, ldmatrix and cp.async
-// primitives below.
+// SIMT emulator (tests/simt) defines IDENTIREP_SIMT and supplies the mma, ldmatrix, cp.async
+// and wgmma primitives below.
 #pragma once
 
 #ifndef __CUDACC_RTC__
@@ -50,20 +52,31 @@ constexpr int kGemmTileStride = kGemmBN + 4;  // floats per logit row (4 mod 32:
 constexpr int kGemmRowTpr = 4;  // threads per row in the row phase
 static_assert(kGemmThreads == 2 * kGemmBN, "two threads per label in the column phase");
 
-// The two block shapes, by rows of a sub-tile (kBM): 128 (1 block per SM, 64 x 32 per warp)
-// or 64 (2 blocks per SM, one's epilogue beside the other's GEMM; 32 x 32 per warp).
-template <int kBM>
+// The two block shapes, by rows of a sub-tile (kBM): 128 (1 block per SM) or 64 (2 blocks per
+// SM, one's epilogue beside the other's GEMM); and the two GEMMs (kWg): mma.sync by 2 x 4 warps
+// (sm_80+: BM / 2 x 32 per warp, k-tiles of 32 in padded rows) or wgmma by 2 warpgroups (sm_90a:
+// 64 x 128 (BM 128) or 64 x 64 (BM 64) per warpgroup, k-tiles of 64 in 128-byte swizzled rows,
+// the pipeline 1024-byte aligned).
+template <int kBM, bool kWg = false>
 struct GemmShape {
   static_assert(kBM == 64 || kBM == 128, "sub-tiles of 64 or 128 rows");
-  static constexpr int kMI = kBM / 32;  // 16-row mma tiles per warp (2 x 4 warps)
+  static constexpr int kMI = kBM / 32;  // mma.sync: 16-row mma tiles per warp (2 x 4 warps)
+  static constexpr int kBK = kWg ? 64 : kGemmBK;
+  static constexpr int kKPad = kWg ? 64 : kGemmKPad;  // halves per operand row in shared memory
+  static constexpr int kStages = kWg && kBM == 64 ? 3 : kGemmStages;
+  static constexpr int kWgCols = kBM == 128 ? kGemmBN : kGemmBN / 2;  // wgmma: N per warpgroup
+  static constexpr int kAccFloats = kWg ? kWgCols / 2 : kMI * 16;     // accumulators per thread
   static constexpr int kTileBytes = kBM * kGemmTileStride * 4;
-  static constexpr int kPipeBytes = kGemmStages * (kBM + kGemmBN) * kGemmKPad * 2;
-  static constexpr int kSmemBytes = kTileBytes + kPipeBytes;
+  static constexpr int kAlignBytes = kWg ? 1024 : 0;  // room to align the pipeline
+  static constexpr int kStageBytes = (kBM + kGemmBN) * kKPad * 2;
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  static constexpr int kSmemBytes = kTileBytes + kAlignBytes + kPipeBytes;
   static constexpr int kBlocksPerSm = kBM == 64 ? 2 : 1;
   static constexpr Index kMinChunkRows = 4 * kBM;
   static constexpr int kRowRounds = kBM * kGemmRowTpr / kGemmThreads;
   static_assert(kPipeBytes >= kTileBytes, "tile 2 lives in the pipeline's buffers");
   static_assert(5 * kGemmBN * 8 <= kTileBytes, "the column halves meet in tile 1");
+  static_assert(kBlocksPerSm * (kSmemBytes + 1024) <= 228 * 1024, "shared memory of an SM");
 };
 
 template <int kBM>
@@ -139,7 +152,101 @@ __device__ __forceinline__ void Mma16816(float (&d)[4], const unsigned (&a)[4], 
   }
 #endif
 }
+
+// The async proxy (wgmma) sees this thread's earlier generic-proxy writes to shared memory
+// (cp.async included) once a barrier follows.
+__device__ __forceinline__ void FenceProxyAsync() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void WgmmaFence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void WgmmaCommit() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most `kPending` of the warpgroup's committed wgmma groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void WgmmaWait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+// wgmma.mma_async m64nNk16 with float32 accumulators d[N / 2] of element type T ("bf16" or
+// "f16"); operands da, db, scale_d.
+#define IDENTIREP_WGMMA_N128(T)                                                                    \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                        \
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32." T "." T " {"                         \
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "                                \
+               "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "                      \
+               "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "                      \
+               "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                      \
+               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, "                      \
+               "%60, %61, %62, %63"                                                                \
+               "}, %64, %65, p, 1, 1, 0, 0;\n}\n"                                                  \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),           \
+                 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),         \
+                 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),     \
+                 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),     \
+                 "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),     \
+                 "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),     \
+                 "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),     \
+                 "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),     \
+                 "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),     \
+                 "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),     \
+                 "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                \
+               : "l"(da), "l"(db), "r"(scale_d))
+#define IDENTIREP_WGMMA_N64(T)                                                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                        \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." T "." T " {"                          \
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "                                \
+               "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "                      \
+               "%24, %25, %26, %27, %28, %29, %30, %31"                                            \
+               "}, %32, %33, p, 1, 1, 0, 0;\n}\n"                                                  \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),           \
+                 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),         \
+                 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),     \
+                 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),     \
+                 "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),     \
+                 "+f"(d[30]), "+f"(d[31])                                                          \
+               : "l"(da), "l"(db), "r"(scale_d))
+
+// d (64 x kN over the warpgroup, in the wgmma accumulator layout) = a b' + (scale_d ? d : 0):
+// a (64 x 16) and b (kN x 16) K-major in shared memory, given by descriptors (MatrixDesc).
+template <bool kBf16, int kN>
+__device__ __forceinline__ void Wgmma(float (&d)[kN / 2], unsigned long long da,
+                                      unsigned long long db, int scale_d) {
+  static_assert(kN == 64 || kN == 128, "wgmma N of 64 or 128");
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (kN == 128) {
+    if constexpr (kBf16) IDENTIREP_WGMMA_N128("bf16");
+    else IDENTIREP_WGMMA_N128("f16");
+  } else {
+    if constexpr (kBf16) IDENTIREP_WGMMA_N64("bf16");
+    else IDENTIREP_WGMMA_N64("f16");
+  }
+#endif
+}
+#undef IDENTIREP_WGMMA_N128
+#undef IDENTIREP_WGMMA_N64
 #endif  // IDENTIREP_SIMT
+
+// wgmma shared-memory matrix descriptor of a K-major operand in the 128-byte swizzle: rows of
+// 128 bytes, 8-row groups 1024 bytes apart (stride byte offset), at shared address `addr`
+// (a group's start plus the k offset of the slice; groups 1024-byte aligned, base offset 0).
+__host__ __device__ inline unsigned long long MatrixDesc(unsigned addr) {
+  return static_cast<unsigned long long>((addr & 0x3ffffu) >> 4) | (1ULL << 16) |
+         (static_cast<unsigned long long>(1024 >> 4) << 32) | (1ULL << 62);
+}
 
 // float value of a 16-bit pattern (exact).
 template <bool kBf16>
@@ -284,6 +391,102 @@ __device__ __forceinline__ void PairGemm(const Operands (&op)[2], int rows, int 
   __syncthreads();
 }
 
+
+// wgmma: warpgroup w of the block computes rows WgRow0(w) .. + 63 and columns WgCol0(w) .. +
+// kWgCols - 1 of the sub-tile; thread t's accumulator i holds row 16 (warp % 4) + lane / 4 +
+// 8 ((i / 2) % 2), column 8 (i / 4) + 2 (lane % 4) + i % 2 of that block (the PTX layout).
+template <int kBM>
+__device__ __forceinline__ int WgRow0(int wg) { return kBM == 128 ? 64 * wg : 0; }
+template <int kBM>
+__device__ __forceinline__ int WgCol0(int wg) { return kBM == 128 ? 0 : 64 * wg; }
+
+template <int kBM>
+__device__ __forceinline__ void StoreTileWg(const float (&acc)[GemmShape<kBM, true>::kAccFloats],
+                                            float* s) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int r = WgRow0<kBM>(warp / 4) + 16 * (warp % 4) + lane / 4;
+  const int c = WgCol0<kBM>(warp / 4) + 2 * (lane % 4);
+#pragma unroll
+  for (int j = 0; j < GemmShape<kBM, true>::kWgCols / 8; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float* p = s + (r + 8 * h) * kGemmTileStride + c + 8 * j;
+      p[0] = acc[4 * j + 2 * h];
+      p[1] = acc[4 * j + 2 * h + 1];
+    }
+}
+
+// PairGemm with wgmma (sm_90a). Stage s holds BM rows of a then BN rows of b, 64 halves each
+// (128 bytes: 8 chunks of 16, chunk c of row r at position c ^ (r % 8), the 128-byte swizzle),
+// at pipe + s * kStageBytes (pipe 1024-byte aligned). Loads run kStages - 2 k-tiles ahead and
+// one k-tile's wgmmas stay in flight: the stage a load overwrites was read by wgmmas two
+// k-tiles back, which every warpgroup has waited for before the barrier that precedes it.
+template <bool kBf16, int kBM>
+__device__ __forceinline__ void PairGemmWg(const Operands (&op)[2], int rows, int cols,
+                                           unsigned char* pipe,
+                                           float (&acc)[GemmShape<kBM, true>::kAccFloats],
+                                           float* s1) {
+  using Shape = GemmShape<kBM, true>;
+  constexpr int kAhead = Shape::kStages - 2;
+  const int tid = threadIdx.x, wg = tid / 128;
+#pragma unroll
+  for (int i = 0; i < Shape::kAccFloats; ++i) acc[i] = 0.0f;
+  const int kt1 = (op[0].K + Shape::kBK - 1) / Shape::kBK;
+  const int ktiles = kt1 + (op[1].K + Shape::kBK - 1) / Shape::kBK;
+  const auto load = [&](int kt, int s) {
+    const bool first = kt < kt1;
+    const Operands o = first ? op[0] : op[1];
+    const int k0 = (first ? kt : kt - kt1) * Shape::kBK;
+    unsigned char* dst = pipe + s * Shape::kStageBytes;
+    for (int i = tid; i < (kBM + kGemmBN) * 8; i += kGemmThreads) {
+      const int row = i / 8, c = i % 8;
+      const bool is_a = row < kBM;
+      const int r = is_a ? row : row - kBM;
+      const int k = k0 + 8 * c;
+      const unsigned short* src = is_a ? o.a : o.b;
+      int bytes = 0;
+      if (r < (is_a ? rows : cols) && k < o.K) {
+        bytes = (o.K - k < 8 ? o.K - k : 8) * 2;
+        src += static_cast<Index>(r) * (is_a ? o.lda : o.ldb) + k;
+      }
+      mma::CpAsync16(dst + row * 128 + ((c ^ (row % 8)) * 16), src, bytes);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < ktiles) load(s, s);
+    mma::CpAsyncCommit();
+  }
+  const unsigned a_addr = mma::SmemAddr(pipe) + WgRow0<kBM>(wg) * 128;
+  const unsigned b_addr = mma::SmemAddr(pipe) + (kBM + WgCol0<kBM>(wg)) * 128;
+  for (int kt = 0; kt < ktiles; ++kt) {
+    mma::CpAsyncWait<kAhead - 1>();  // stage kt has landed (for this thread's copies)
+    mma::FenceProxyAsync();          // ... and is visible to the tensor cores
+    __syncthreads();                 // ... for every thread's; k-tile kt - 2's wgmmas are done
+    const unsigned stage = static_cast<unsigned>((kt % Shape::kStages) * Shape::kStageBytes);
+    mma::WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < Shape::kBK / 16; ++kk)
+      mma::Wgmma<kBf16, Shape::kWgCols>(acc, mma::MatrixDesc(a_addr + stage + 32 * kk),
+                                        mma::MatrixDesc(b_addr + stage + 32 * kk), 1);
+    mma::WgmmaCommit();
+    const int next = kt + kAhead;
+    if (next < ktiles) load(next, next % Shape::kStages);
+    mma::CpAsyncCommit();
+    if (kt == kt1 - 1) {  // model 1 is done: its tile to s1, model 2 starts from zero
+      mma::WgmmaWait<0>();
+      StoreTileWg<kBM>(acc, s1);
+#pragma unroll
+      for (int i = 0; i < Shape::kAccFloats; ++i) acc[i] = 0.0f;
+    } else {
+      mma::WgmmaWait<1>();
+    }
+  }
+  mma::WgmmaWait<0>();
+  mma::CpAsyncWait<0>();
+  __syncthreads();
+}
+
 }  // namespace gemm_detail
 
 // The first row's logits of the tile, per model: shift[k * v + j] = f_k[0] . g_k[j] (float32
@@ -313,8 +516,8 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-template <bool kBf16, int kBM>
-__global__ void __launch_bounds__(kGemmThreads, GemmShape<kBM>::kBlocksPerSm)
+template <bool kBf16, int kBM, bool kWg = false>
+__global__ void __launch_bounds__(kGemmThreads, GemmShape<kBM, kWg>::kBlocksPerSm)
     LseKlGemmKernel(const unsigned short* __restrict__ f1, Index ldf1,
                     const unsigned short* __restrict__ g1, Index ldg1, int k1,
                     const unsigned short* __restrict__ f2, Index ldf2,
@@ -324,10 +527,16 @@ __global__ void __launch_bounds__(kGemmThreads, GemmShape<kBM>::kBlocksPerSm)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync bf16, ldmatrix and cp.async need sm_80; the launcher checks first
 #else
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (kWg) __trap();  // wgmma needs sm_90a; the launcher checks first
+#endif
   IDENTIREP_DYNAMIC_SHARED(smem);
   float* s1 = reinterpret_cast<float*>(smem);
-  using Shape = GemmShape<kBM>;
-  unsigned short* pipe = reinterpret_cast<unsigned short*>(smem + Shape::kTileBytes);
+  using Shape = GemmShape<kBM, kWg>;
+  // wgmma's swizzle follows shared addresses: its pipeline starts at a multiple of 1024
+  const unsigned pipe_at = (mma::SmemAddr(smem) + Shape::kTileBytes + Shape::kAlignBytes) /
+                           (kWg ? 1024u : 1u) * (kWg ? 1024u : 1u);
+  unsigned char* pipe = smem + (pipe_at - mma::SmemAddr(smem));
   float* s2 = reinterpret_cast<float*>(pipe);
   const int tid = threadIdx.x;
   const Index slab = blockIdx.x;
@@ -344,15 +553,22 @@ __global__ void __launch_bounds__(kGemmThreads, GemmShape<kBM>::kBlocksPerSm)
   const double sh1 = columns && own ? static_cast<double>(shift[c0 + col]) : 0.0;
   const double sh2 = columns && own ? static_cast<double>(shift[v + c0 + col]) : 0.0;
   double cacc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
-  gemm_detail::Acc<Shape::kMI> acc;
+  gemm_detail::Acc<Shape::kMI> acc;  // mma.sync
+  float wacc[kWg ? Shape::kAccFloats : 1];  // wgmma
 
   for (Index r0 = r_begin; r0 < r_end; r0 += kBM) {
     const int rows = static_cast<int>(r_end - r0 < kBM ? r_end - r0 : kBM);
     __syncthreads();  // the previous sub-tile's tiles are consumed
     const gemm_detail::Operands op[2] = {{f1 + r0 * ldf1, ldf1, g1 + c0 * ldg1, ldg1, k1},
                                          {f2 + r0 * ldf2, ldf2, g2 + c0 * ldg2, ldg2, k2}};
-    gemm_detail::PairGemm<kBf16, kBM>(op, rows, cols, pipe, acc, s1);
-    gemm_detail::StoreTile(acc, s2);
+    if constexpr (kWg) {
+      gemm_detail::PairGemmWg<kBf16, kBM>(op, rows, cols, pipe, wacc, s1);
+      gemm_detail::StoreTileWg<kBM>(wacc, s2);
+    } else {
+      gemm_detail::PairGemm<kBf16, kBM>(op, rows, cols, reinterpret_cast<unsigned short*>(pipe),
+                                        acc, s1);
+      gemm_detail::StoreTile(acc, s2);
+    }
     __syncthreads();
 
     if (columns && own) {
@@ -398,7 +614,7 @@ __global__ void __launch_bounds__(kGemmThreads, GemmShape<kBM>::kBlocksPerSm)
 // LseKlRowMergeKernel<float, kGemmBN> on `stream`: the update of LseKlFused for the logits
 // f_k[0:n] g_k[0:v]'. row_work, col_work (with mom.col) and shift: LseKlGemm*Elems. The caller
 // checks the operands (csrc/lse_kl_gemm.cu). Returns the first launch error.
-template <bool kBf16, int kBM>
+template <bool kBf16, int kBM, bool kWg = false>
 cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short* g1, Index ldg1,
                       int k1, const unsigned short* f2, Index ldf2, const unsigned short* g2,
                       Index ldg2, int k2, Index n, Index v, Index col0, double* state,
@@ -409,8 +625,8 @@ cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short
     return cudaErrorInvalidValue;
   const Index slabs = GemmSlabs(v), chunks = GemmChunks<kBM>(n);
   if (slabs > 0x7fffffffLL || (v + 7) / 8 > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  constexpr int kSmem = GemmShape<kBM>::kSmemBytes;
-  cudaError_t err = cudaFuncSetAttribute(LseKlGemmKernel<kBf16, kBM>,
+  constexpr int kSmem = GemmShape<kBM, kWg>::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(LseKlGemmKernel<kBf16, kBM, kWg>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   double* col_work = mom.col != nullptr ? mom.col_work : nullptr;
@@ -420,7 +636,7 @@ cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  LseKlGemmKernel<kBf16, kBM>
+  LseKlGemmKernel<kBf16, kBM, kWg>
       <<<dim3(static_cast<unsigned>(slabs), static_cast<unsigned>(chunks)), kGemmThreads, kSmem,
          stream>>>(
       f1, ldf1, g1, ldg1, k1, f2, ldf2, g2, ldg2, k2, n, v, shift, row_work, col_work);

@@ -15,7 +15,7 @@
 //     f1 (N x LDF1), g1 (V x LDG1), f2 (N x LDF2), g2 (V x LDG2): 16-bit patterns, the first
 //     K1 (K2) columns used; state, args, row_m, col_m as for epilogue. The pass of the CUDA
 //     driver with the fused GEMM (lse_kl_gemm.cuh: LseKlGemm's launches per tile), blocks of
-//     BM (128 or 64) rows.
+//     BM (128 or 64) rows with mma.sync, or wg128 / wg64: with wgmma.
 //   run_kernels shift bf16|f16 V K1 K2 DIR
 //     LseKlShiftKernel of f1 (K1), g1 (V x K1), f2 (K2), g2 (V x K2) -> shift.out (2 x V float)
 //   run_kernels pivot f32|f64 max|mean B V TOL DIR
@@ -209,7 +209,7 @@ void RunEpilogue(char** a, const std::string& dir) {
 
 // LseKlGemm (lse_kl_gemm.cuh) on the tiles of the driver: label tiles of TC outer, row tiles
 // of TR inner.
-template <bool kBf16, int kBM>
+template <bool kBf16, int kBM, bool kWg>
 void RunGemm(char** a, const std::string& dir) {
   const bool moments = std::stoi(a[0]) != 0;
   const Index N = std::stoll(a[1]), V = std::stoll(a[2]), K1 = std::stoll(a[3]),
@@ -241,7 +241,7 @@ void RunGemm(char** a, const std::string& dir) {
           });
         }
         simt::Launch(Grid(k::GemmSlabs(v), chunks), dim3(k::kGemmThreads), [&] {
-          k::LseKlGemmKernel<kBf16, kBM>(F1, ldf1, G1, ldg1, K1, F2, ldf2, G2, ldg2, K2, n, v,
+          k::LseKlGemmKernel<kBf16, kBM, kWg>(F1, ldf1, G1, ldg1, K1, F2, ldf2, G2, ldg2, K2, n, v,
                                          shift.data(), row_work.data(), cw);
         });
         if (moments) {
@@ -343,10 +343,13 @@ int main(int argc, char** argv) {
   } else if (op == "gemm" && argc == 17) {
     const std::string kind = argv[2], bm = argv[3];
     if (kind != "bf16" && kind != "f16") Die("kind must be bf16 or f16");
-    if (bm != "128" && bm != "64") Die("BM must be 128 or 64");
     const bool bf = kind == "bf16";
-    if (bm == "128") (bf ? RunGemm<true, 128> : RunGemm<false, 128>)(argv + 4, argv[16]);
-    else (bf ? RunGemm<true, 64> : RunGemm<false, 64>)(argv + 4, argv[16]);
+    char** a = argv + 4;
+    if (bm == "128") (bf ? RunGemm<true, 128, false> : RunGemm<false, 128, false>)(a, argv[16]);
+    else if (bm == "64") (bf ? RunGemm<true, 64, false> : RunGemm<false, 64, false>)(a, argv[16]);
+    else if (bm == "wg128") (bf ? RunGemm<true, 128, true> : RunGemm<false, 128, true>)(a, argv[16]);
+    else if (bm == "wg64") (bf ? RunGemm<true, 64, true> : RunGemm<false, 64, true>)(a, argv[16]);
+    else Die("BM must be 128, 64, wg128 or wg64");
   } else if (op == "shift" && argc == 7) {
     const std::string kind = argv[2];
     if (kind == "bf16") RunShift<true>(argv + 3, argv[6]);

@@ -9,7 +9,16 @@
 //   groups of copies. A block runs either eager (a copy lands when issued) or lazy (a group
 //   lands only when a wait_group lets it, as late as PTX allows), drawn per block from the
 //   launch seed, or SIMT_CP_ASYNC=eager|lazy: reading a stage before its wait sees undefined
-//   shared memory in lazy blocks, overwriting one still read by other warps shows in eager ones.
+//   shared memory in lazy blocks, overwriting one still read by other warps shows in eager ones;
+// - shared-window addresses (SmemAddr): a variable's offset plus a per-launch base, a multiple
+//   of 128 below 1024, so code that needs 1024-byte alignment must align itself;
+// - wgmma (sm_90a): mma_async m64nNk16 with float32 accumulators in the PTX layout, A and B
+//   K-major in shared memory through descriptors in the 128-byte swizzle (the XOR of address
+//   bits 7-9 into bits 4-6; base offset 0, so each 8-row group must start on a 1024-byte
+//   pattern boundary, else it fails); fence, commit_group, wait_group. Like cp.async, a block
+//   runs eager (at issue) or lazy (at the wait that must complete it, reading shared memory
+//   then; SIMT_WGMMA=eager|lazy); a wgmma needs a wgmma.fence since the thread's last wait, and
+//   descriptors uniform across the warp. fence.proxy.async is not checked (a no-op here).
 #pragma once
 
 #include <map>
@@ -22,6 +31,15 @@
 namespace simt {
 
 constexpr size_t kDynamicSharedBytes = 227 << 10;  // the most a block may have on sm_90
+
+// Completes the oldest groups of asynchronous operations until at most `pending` are left.
+template <typename Op>
+void CompleteGroups(std::vector<std::vector<Op>>& groups, size_t pending) {
+  size_t done = 0;
+  for (; groups.size() - done > pending; ++done)
+    for (const Op& op : groups[done]) op.Run();
+  groups.erase(groups.begin(), groups.begin() + static_cast<std::ptrdiff_t>(done));
+}
 
 struct CpAsyncCopy {
   void* dst;
@@ -40,19 +58,59 @@ struct CpAsyncState {
   std::vector<std::vector<CpAsyncCopy>> groups;
 };
 
+
+// Whether a block runs its asynchronous copies / wgmma eager or lazy: env, else drawn.
+inline bool LazyBlock(const char* env_name, unsigned long long salt) {
+  const char* env = std::getenv(env_name);
+  const unsigned long long h =
+      Mix(g_seed ^ Mix(salt + g_launches) ^ Mix(blockIdx.x + (1ULL << 32) * blockIdx.y));
+  return env ? std::string(env) == "lazy" : (h >> 7 & 1) != 0;
+}
+
+inline unsigned long long BlockKey() {
+  return (static_cast<unsigned long long>(g_launches) << 40) + 1 + blockIdx.x +
+         (1ULL << 20) * blockIdx.y;
+}
+
 inline CpAsyncState& CpAsyncOf() {
   static std::vector<CpAsyncState> states(kMaxThreads);
   CpAsyncState& st = states[self->index];
-  const unsigned long long block =
-      (static_cast<unsigned long long>(g_launches) << 40) + 1 + blockIdx.x +
-      (1ULL << 20) * blockIdx.y;
+  const unsigned long long block = BlockKey();
   if (st.block != block) {  // a new block: its mode, nothing in flight
     st = CpAsyncState{};
     st.block = block;
-    const char* env = std::getenv("SIMT_CP_ASYNC");
-    const unsigned long long h =
-        Mix(g_seed ^ Mix(0x51ed27ULL + g_launches) ^ Mix(blockIdx.x + (1ULL << 32) * blockIdx.y));
-    st.lazy = env ? std::string(env) == "lazy" : (h >> 7 & 1) != 0;
+    st.lazy = LazyBlock("SIMT_CP_ASYNC", 0x51ed27ULL);
+  }
+  return st;
+}
+
+// Shared-window addresses: per launch, the base of the __shared__ variable last addressed.
+inline std::atomic<char*> g_window_var{nullptr};
+inline unsigned WindowBase() { return static_cast<unsigned>(Mix(g_seed ^ g_launches) % 8) * 128; }
+
+struct WgmmaOp {
+  float* d;
+  int n;
+  unsigned long long da, db;
+  int scale_d;
+  bool bf16;
+  void Run() const;  // RunWgmma
+};
+
+struct WgmmaState {
+  unsigned long long block = 0;
+  bool lazy = false, fenced = false;
+  std::vector<WgmmaOp> open;
+  std::vector<std::vector<WgmmaOp>> groups;
+};
+
+inline WgmmaState& WgmmaOf() {
+  static std::vector<WgmmaState> states(kMaxThreads);
+  WgmmaState& st = states[self->index];
+  if (st.block != BlockKey()) {
+    st = WgmmaState{};
+    st.block = BlockKey();
+    st.lazy = LazyBlock("SIMT_WGMMA", 0x3a9d11ULL);
   }
   return st;
 }
@@ -65,6 +123,52 @@ namespace mma {
 
 template <bool kBf16>
 inline float ToFloat(unsigned short h);  // defined by the kernel header
+
+}  // namespace mma
+}  // namespace kernels
+}  // namespace identirep
+
+namespace simt {
+
+// Element (row, k) of a K-major operand in the 128-byte swizzle, by descriptor.
+inline double WgmmaElement(unsigned long long desc, int row, int k, bool bf16) {
+  const unsigned start = static_cast<unsigned>(desc & 0x3fff) << 4;
+  const unsigned sbo = static_cast<unsigned>(desc >> 32 & 0x3fff) << 4;
+  if ((desc >> 62) != 1 || (desc >> 49 & 7) != 0)
+    Fail("wgmma descriptor: only the 128-byte swizzle with base offset 0 is emulated");
+  const unsigned group = start + static_cast<unsigned>(row / 8) * sbo;
+  if ((group >> 7 & 7) != 0)
+    Fail("wgmma descriptor: an 8-row group off the 1024-byte swizzle pattern", group);
+  const unsigned addr = group + static_cast<unsigned>(row % 8) * 128 + 2 * k;
+  const unsigned phys = addr ^ ((addr >> 7 & 7) << 4);
+  char* var = g_window_var.load();
+  if (var == nullptr || phys < WindowBase()) Fail("wgmma: address below shared memory", phys);
+  const char* p = var + (phys - WindowBase());
+  if (!InShared(p, 2)) Fail("wgmma: operand outside shared memory", phys);
+  unsigned short h;
+  std::memcpy(&h, p, 2);
+  using identirep::kernels::mma::ToFloat;
+  return static_cast<double>(bf16 ? ToFloat<true>(h) : ToFloat<false>(h));
+}
+
+// d (this thread's part of 64 x n) = a b' + (scale_d ? d : 0), products summed in double.
+inline void WgmmaOp::Run() const {
+  const WgmmaOp& op = *this;
+  const int lane = self->lane, warp = self->index / 32 % 4;
+  for (int i = 0; i < op.n / 2; ++i) {
+    const int row = 16 * warp + lane / 4 + 8 * (i / 2 % 2), col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+    double s = 0.0;
+    for (int k = 0; k < 16; ++k)
+      s += WgmmaElement(op.da, row, k, op.bf16) * WgmmaElement(op.db, col, k, op.bf16);
+    op.d[i] = static_cast<float>((op.scale_d ? static_cast<double>(op.d[i]) : 0.0) + s);
+  }
+}
+
+}  // namespace simt
+
+namespace identirep {
+namespace kernels {
+namespace mma {
 
 inline void CpAsync16(void* dst, const void* src, int src_bytes) {
   if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || !simt::InShared(dst, 16))
@@ -86,11 +190,7 @@ inline void CpAsyncCommit() {
 
 template <int kPending>
 inline void CpAsyncWait() {
-  simt::CpAsyncState& st = simt::CpAsyncOf();
-  size_t done = 0;
-  for (; st.groups.size() - done > static_cast<size_t>(kPending); ++done)
-    for (const simt::CpAsyncCopy& c : st.groups[done]) c.Run();
-  st.groups.erase(st.groups.begin(), st.groups.begin() + static_cast<std::ptrdiff_t>(done));
+  simt::CompleteGroups(simt::CpAsyncOf().groups, kPending);
 }
 
 inline void LdMatrixX4(unsigned (&r)[4], const void* row) {
@@ -101,6 +201,50 @@ inline void LdMatrixX4(unsigned (&r)[4], const void* row) {
   const int lane = simt::self->lane;
   for (int i = 0; i < 4; ++i)
     std::memcpy(&r[i], static_cast<const char*>(rows[8 * i + lane / 4]) + 4 * (lane % 4), 4);
+}
+
+inline unsigned SmemAddr(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  for (const auto& [b, e] : simt::SharedRanges())
+    if (c >= b && c <= e) {
+      simt::g_window_var.store(b);
+      return simt::WindowBase() + static_cast<unsigned>(c - b);
+    }
+  simt::Fail("SmemAddr: not a pointer into shared memory");
+}
+
+inline void FenceProxyAsync() {}
+
+inline void WgmmaFence() { simt::WgmmaOf().fenced = true; }
+
+template <bool kBf16, int kN>
+inline void Wgmma(float (&d)[kN / 2], unsigned long long da, unsigned long long db, int scale_d) {
+  simt::WgmmaState& st = simt::WgmmaOf();
+  if (!st.fenced) simt::Fail("wgmma without a wgmma.fence since the last wait");
+  struct Args {
+    unsigned long long da, db;
+    int scale_d, n;
+  } mine{da, db, scale_d, kN}, all[32];
+  simt::WarpGather(&mine, all, sizeof mine);
+  for (const Args& a : all)
+    if (a.da != da || a.db != db || a.scale_d != scale_d || a.n != kN)
+      simt::Fail("wgmma: operands differ across the warp");
+  const simt::WgmmaOp op{d, kN, da, db, scale_d, kBf16};
+  if (st.lazy) st.open.push_back(op);
+  else op.Run();
+}
+
+inline void WgmmaCommit() {
+  simt::WgmmaState& st = simt::WgmmaOf();
+  st.groups.push_back(std::move(st.open));
+  st.open.clear();
+}
+
+template <int kPending>
+inline void WgmmaWait() {
+  simt::WgmmaState& st = simt::WgmmaOf();
+  simt::CompleteGroups(st.groups, kPending);
+  st.fenced = false;
 }
 
 template <bool kBf16>
