@@ -15,8 +15,9 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
   serial  the cuda pass without the overlap (one stream, all N rows per tile);
   fused   the cuda pass with the fused one-read epilogue (fused_epilogue=True), overlapped;
   gemm-fused  the cuda pass with the logits computed and reduced in one kernel
-          (fused_gemm=True: csrc/kernels/lse_kl_gemm.cuh, mma.sync tiles, no logit in memory),
-          with blocks of 128 rows (one per SM) and of 64 (two per SM);
+          (fused_gemm=True: csrc/kernels/lse_kl_gemm.cuh, no logit in memory), with blocks of
+          128 rows (one per SM) and of 64 (two per SM), mma.sync (sm_80+), then wgmma (the
+          sm_90a kernel, gemm_wgmma=True; "-" where it cannot run);
   cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
@@ -42,6 +43,7 @@ import cupy as cp
 
 import identirep
 from identirep import _bf16 as bf16
+from identirep import _core
 from identirep import _cupy_pass as gp
 
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
@@ -184,9 +186,13 @@ def bench_shape(n, v, m, args, torch, row):
         row["mem_fused"] = pool_peak(run)
         row["fused"] = cuda_ms(run, args.warmup, args.repeats)
         if identirep.build_info()["cuda_pass_driver"]:
-            for rows, key in ((128, "gemm_fused"), (64, "gemm_fused64")):
+            wg = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id) == ""
+            for rows, wgmma, key in ((128, False, "gemm_fused"), (64, False, "gemm_fused64"),
+                                     (128, True, "gemm_wg"), (64, True, "gemm_wg64")):
+                if wgmma and not wg:
+                    continue
                 run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True,
-                                            gemm_block_rows=rows,
+                                            gemm_block_rows=rows, gemm_wgmma=wgmma,
                                             workspace_bytes=args.workspace))
                 row["mem_gemm"] = pool_peak(run)
                 row[key] = cuda_ms(run, args.warmup, args.repeats)
@@ -292,7 +298,7 @@ def fmt_ms(row, key):
 def table(rows):
     lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms (fused) | "
              "cuda pass ms | python loop ms | serial ms | fused pass ms | gemm-fused pass ms "
-             "(128 / 64-row blocks) | "
+             "(mma.sync 128 / 64-row blocks; wgmma 128 / 64) | "
              "cupy pass ms | torch naive ms | liger fused JSD ms | peak extra GiB (cuda / fused "
              "/ gemm-fused / torch / liger) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -303,7 +309,8 @@ def table(rows):
         mem = " / ".join(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
                          for k in ("mem", "mem_fused", "mem_gemm", "torch_mem", "liger_mem"))
         epi = f"{fmt_ms(r, 'epilogue')} ({fmt_ms(r, 'epilogue_fused')})"
-        gemm_fused = f"{fmt_ms(r, 'gemm_fused')} / {fmt_ms(r, 'gemm_fused64')}"
+        gemm_fused = (f"{fmt_ms(r, 'gemm_fused')} / {fmt_ms(r, 'gemm_fused64')}; "
+                      f"{fmt_ms(r, 'gemm_wg')} / {fmt_ms(r, 'gemm_wg64')}")
         cells = " | ".join([fmt_ms(r, "gemm"), epi] + [fmt_ms(r, k) for k in (
             "cuda", "loop", "serial", "fused")] + [gemm_fused] + [fmt_ms(r, k) for k in (
             "cupy", "torch", "liger")])

@@ -97,9 +97,11 @@ step liger 30 env PYTHON="$PYTHON" bash -c '
 if (( failed )); then finish; fi
 step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit \
   --format=csv
-# fails (after printing the facts) when the build lacks the compiled pass driver
+# fails (after printing the facts) when the build lacks the compiled pass driver or the wgmma
+# kernel (the default architectures include 90)
 step build-info 20 "$PYTHON" -c "import identirep, json; i = identirep.build_info(); \
-print(json.dumps(i)); assert i['cuda_pass_driver'], 'built without the CUDA pass driver'"
+print(json.dumps(i)); assert i['cuda_pass_driver'], 'built without the CUDA pass driver'; \
+assert i['fused_gemm_wgmma'], 'built without the wgmma kernel'"
 step gpu-tests 150 env IDENTIREP_REQUIRE_GPU_TESTS=1 "$PYTHON" -m pytest -q -p no:cacheprovider \
   tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py
 step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \

@@ -70,8 +70,8 @@ def driver():
 
 
 def gemm():
-    """[L1, kl12, col_m2_12] of the fused GEMM pass and of the cuBLAS driver on a tiny
-    bfloat16 pair, or [] without the driver."""
+    """[L1, kl12, col_m2_12] of the fused GEMM passes (mma.sync, and wgmma where it runs) and
+    of the cuBLAS driver on a tiny bfloat16 pair, or [] without the driver."""
     from identirep._cupy_pass import DeviceArray, cuda_pass
     if not hasattr(_core, "lse_kl_pass_cuda"):
         return []
@@ -83,7 +83,11 @@ def gemm():
         bits[:, :k] = bf16.from_f32(x)
         ops.append(DeviceArray(cp.asarray(bits)[:, :k], "bfloat16"))
     kw = dict(tile_rows=20, tile_cols=200)
-    out = [cuda_pass(*ops, fused_gemm=True, gemm_block_rows=rows, **kw) for rows in (128, 64)]
+    kinds = [(128, False), (64, False)]
+    if _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id) == "":
+        kinds += [(128, True), (64, True)]
+    out = [cuda_pass(*ops, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wg, **kw)
+           for rows, wg in kinds]
     out.append(cuda_pass(*ops, **kw))
     return [[cp.asarray(getattr(o, k)) for k in ("L1", "kl12", "col_m2_12")] for o in out]
 

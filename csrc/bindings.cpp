@@ -85,6 +85,11 @@ given, the fused one-read epilogue runs (scratch sizes: lse_kl_cuda_fused_work_e
         py::arg("v"),
         "float64 elements (row_work, col_work) of the fused epilogue for an n x v tile.");
 
+  m.def("lse_kl_gemm_wgmma_problem", &identirep::lse_kl_gemm_wgmma_problem,
+        py::arg("device") = -1,
+        "Why the wgmma fused GEMM cannot run on this CUDA device ('' if it can; device -1: "
+        "whether this build has it).");
+
   m.def("lse_kl_gemm_work_elems", &identirep::lse_kl_gemm_work_elems, py::arg("n"),
         py::arg("v"),
         "(row_work float64, col_work float64, shift float32) elements of the fused GEMM for an "
@@ -133,19 +138,19 @@ pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot o
          int64_t c_begin, int64_t c_end, int64_t tile_rows, int64_t tile_cols, uintptr_t state,
          uintptr_t args, uintptr_t row_moments, uintptr_t col_moments, uintptr_t workspace,
          int64_t workspace_bytes, const std::string& dtype, bool overlap, bool fused,
-         int gemm, uintptr_t stream, int device) {
+         int gemm, uintptr_t stream, int device, bool wgmma) {
         const auto a = Operand(f1), b = Operand(g1), c = Operand(f2), d = Operand(g2);
         py::gil_scoped_release release;
         identirep::lse_kl_pass_cuda(a, b, c, d, c_begin, c_end, tile_rows, tile_cols, state,
                                     args, row_moments, col_moments, workspace, workspace_bytes,
-                                    dtype, overlap, fused, gemm, stream, device);
+                                    dtype, overlap, fused, gemm, stream, device, wgmma);
       },
       py::arg("f1"), py::arg("g1"), py::arg("f2"), py::arg("g2"), py::arg("c_begin"),
       py::arg("c_end"), py::arg("tile_rows"), py::arg("tile_cols"), py::arg("state"),
       py::arg("args"), py::arg("row_moments"), py::arg("col_moments"), py::arg("workspace"),
       py::arg("workspace_bytes"), py::arg("dtype"), py::arg("overlap") = true,
       py::arg("fused") = false, py::arg("gemm") = 0, py::arg("stream") = 0,
-      py::arg("device") = 0,
+      py::arg("device") = 0, py::arg("wgmma") = false,
       R"doc(The CUDA streaming pass over labels [c_begin, c_end) in one call (csrc/cuda_pass.cpp).
 
 f1, g1, f2, g2: device operands as tuples (ptr, rows, cols, stride0, stride1, kind), strides in
@@ -157,7 +162,8 @@ state, args, row_moments, col_moments: device pointers as in lse_kl_update_cuda,
 overlap: epilogues on a second stream beside the next GEMMs (same results). gemm = 128 or 64:
 the fused GEMM kernel instead, blocks of that many rows (float16/bfloat16 operands of one kind
 with contiguous rows, row strides a multiple of 8, 16-byte aligned; compute capability 8.0+;
-no cuBLAS). Asynchronous on stream
+no cuBLAS); wgmma: its sm_90a kernel (compute capability 9.0, a build with it:
+lse_kl_gemm_wgmma_problem). Asynchronous on stream
 (cudaStream_t as an integer) of device; needs cublas_load first unless gemm.)doc");
 #endif
 }

@@ -85,6 +85,11 @@ py::dict build_info() {
   d["cuda_pass_driver"] = false;
 #endif
   d["cublas_option"] = IDENTIREP_CUBLAS_OPTION;
+#ifdef IDENTIREP_WITH_WGMMA
+  d["fused_gemm_wgmma"] = true;  // the sm_90a kernel (csrc/lse_kl_wgmma.cu)
+#else
+  d["fused_gemm_wgmma"] = false;
+#endif
   return d;
 }
 

@@ -51,7 +51,11 @@ struct GemmOperands {
   int64_t ldf1, ldg1, ldf2, ldg2, k1, k2;
   std::string kind;
   int block_rows = 128;  // rows of a block's sub-tile: 128 or 64 (kernels/lse_kl_gemm.cuh)
+  bool wgmma = false;    // wgmma (sm_90a, compute capability 9.0) instead of mma.sync
 };
+
+// Why the wgmma kernel cannot run on `device` ("" if it can; device < 0: whether it is built).
+std::string lse_kl_gemm_wgmma_problem(int device);
 
 // (row_work doubles, col_work doubles, shift floats) of lse_kl_gemm_update_cuda for n x v.
 std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v);
@@ -107,7 +111,8 @@ int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const s
 // The pass over labels [c_begin, c_end): for each label tile (tile_cols), for each row tile
 // (tile_rows), the logit tiles f_k g_k' (cublasGemmEx; f_k, g_k of one kind; float32 output
 // and accumulation, or float64 when dtype is "float64") and lse_kl_update_cuda on them (gemm
-// = 128 or 64: lse_kl_gemm_update_cuda instead, blocks of that many rows, without cuBLAS, for
+// = 128 or 64: lse_kl_gemm_update_cuda instead, blocks of that many rows (wgmma: its sm_90a
+// kernel), without cuBLAS, for
 // float16/bfloat16 operands of one kind with contiguous rows as it needs them; overlap and
 // fused are then ignored; 0: cuBLAS tiles). state
 // (8, N), args (2, N), row_moments (5, N) with row stride N and col_moments (5, V) with row
@@ -121,7 +126,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,
                       uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
                       const std::string& dtype, bool overlap, bool fused, int gemm,
-                      uintptr_t stream, int device);
+                      uintptr_t stream, int device, bool wgmma = false);
 #endif
 
 }  // namespace identirep

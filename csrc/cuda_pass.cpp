@@ -311,7 +311,7 @@ namespace {
 // The fused GEMM's view of the four operands (checked: one half kind, rows contiguous, row
 // strides and pointers as lse_kl_gemm_update_cuda needs).
 GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
-                      const CudaOperand& g2, int block_rows) {
+                      const CudaOperand& g2, int block_rows, bool wgmma) {
   const CudaOperand* ops[4] = {&f1, &g1, &f2, &g2};
   const char* names[4] = {"f1", "g1", "f2", "g2"};
   int64_t ld[4];  // row strides; a single row's is any multiple of 8 that holds it
@@ -330,8 +330,8 @@ GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
           "f_k and g_k need the same columns, f1 and f2 (g1 and g2) the same rows");
   Require(block_rows == 128 || block_rows == 64,
           "the fused GEMM's blocks have 128 or 64 rows, got " + std::to_string(block_rows));
-  return {f1.ptr, g1.ptr, f2.ptr,  g2.ptr,  ld[0],   ld[1],
-          ld[2],  ld[3],  f1.cols, f2.cols, f1.kind, block_rows};
+  return {f1.ptr, g1.ptr,  f2.ptr,  g2.ptr,     ld[0], ld[1], ld[2],
+          ld[3],  f1.cols, f2.cols, f1.kind, block_rows, wgmma};
 }
 
 // The pass with the fused GEMM kernel: label tiles outer, row tiles inner, one stream.
@@ -364,13 +364,14 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       int64_t tile_cols, uintptr_t state, uintptr_t args, uintptr_t row_moments,
                       uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
                       const std::string& dtype, bool overlap, bool fused, int gemm,
-                      uintptr_t stream, int device) {
+                      uintptr_t stream, int device, bool wgmma) {
   Require(dtype == "float32" || dtype == "float64",
           "dtype must be \"float32\" or \"float64\", got \"" + dtype + "\"");
   const bool f64 = dtype == "float64";
   Require(!gemm || !f64, "the fused GEMM computes float32 logits (dtype \"float32\")");
   const GemmPair p1 = MakePair(f1, g1, 1, f64), p2 = MakePair(f2, g2, 2, f64);
-  const GemmOperands gemm_ops = gemm ? GemmView(f1, g1, f2, g2, gemm) : GemmOperands{};
+  Require(!wgmma || gemm, "wgmma is a kind of the fused GEMM (gemm = 128 or 64)");
+  const GemmOperands gemm_ops = gemm ? GemmView(f1, g1, f2, g2, gemm, wgmma) : GemmOperands{};
   const int64_t n = f1.rows, v = g1.rows;
   Require(f2.rows == n && g2.rows == v, "f1, f2 need the same rows and g1, g2 the same rows");
   Require(0 <= c_begin && c_begin <= c_end && c_end <= v, "need 0 <= c_begin <= c_end <= V");

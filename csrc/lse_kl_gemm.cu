@@ -8,6 +8,9 @@
 
 #include "cuda_ops.h"
 #include "kernels/lse_kl_gemm.cuh"
+#ifdef IDENTIREP_WITH_WGMMA
+#include "lse_kl_wgmma.h"
+#endif
 
 namespace identirep {
 namespace {
@@ -17,6 +20,25 @@ void Require(bool ok, const std::string& what) {
 }
 
 }  // namespace
+
+std::string lse_kl_gemm_wgmma_problem(int device) {
+#ifndef IDENTIREP_WITH_WGMMA
+  (void)device;
+  return "this build has no wgmma kernel (it needs nvcc 12+ and CUDA architecture 90 among "
+         "CMAKE_CUDA_ARCHITECTURES)";
+#else
+  if (device < 0) return "";
+  int major = 0, minor = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  if (major != 9 || minor != 0)
+    return "the wgmma kernel is sm_90a code: it runs on compute capability 9.0 only (H100, "
+           "H200), this GPU is " + std::to_string(major) + "." + std::to_string(minor);
+  return "";
+#endif
+}
 
 std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
   if (n < 0 || v < 0) throw std::invalid_argument("lse_kl_gemm_work_elems: n, v must be >= 0");
@@ -60,6 +82,10 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
   if (major < 8)
     throw std::runtime_error("lse_kl_gemm_update_cuda: the fused GEMM needs a GPU of compute "
                              "capability 8.0 or newer (bfloat16 mma.sync, cp.async)");
+  if (op.wgmma) {
+    const std::string why = lse_kl_gemm_wgmma_problem(device);
+    if (!why.empty()) throw std::runtime_error("lse_kl_gemm_update_cuda: " + why);
+  }
 
   const auto* f1 = reinterpret_cast<const unsigned short*>(op.f1);
   const auto* g1 = reinterpret_cast<const unsigned short*>(op.g1);
@@ -78,10 +104,17 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
     return launcher(f1, op.ldf1, g1, op.ldg1, k1, f2, op.ldf2, g2, op.ldg2, k2, n, v, col0, st,
                     state_ld, ag, args_ld, mom, rw, sh, s);
   };
-  if (op.block_rows == 128)
+  if (op.wgmma) {
+#ifdef IDENTIREP_WITH_WGMMA
+    err = LseKlGemmWgmma(bf16, static_cast<int>(op.block_rows),
+                         {f1, g1, f2, g2, op.ldf1, op.ldg1, op.ldf2, op.ldg2, k1, k2, n, v, col0,
+                          st, state_ld, ag, args_ld, mom, rw, sh, s});
+#endif
+  } else if (op.block_rows == 128) {
     err = bf16 ? run(kernels::LseKlGemm<true, 128>) : run(kernels::LseKlGemm<false, 128>);
-  else
+  } else {
     err = bf16 ? run(kernels::LseKlGemm<true, 64>) : run(kernels::LseKlGemm<false, 64>);
+  }
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("lse_kl_gemm_update_cuda: launch failed: ") +
                              cudaGetErrorString(err));

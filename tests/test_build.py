@@ -32,6 +32,10 @@ def test_cuda_facts_are_consistent():
         assert isinstance(info["cuda_version"], str) and info["cuda_version"]
         assert info["cuda_architectures"]
         assert hasattr(_core, "lse_kl_update_cuda")
+        # the sm_90a wgmma kernel is built exactly when architecture 90 is a target
+        hopper = any(a.startswith("90") for a in info["cuda_architectures"])
+        assert info["fused_gemm_wgmma"] is hopper
+        assert (_core.lse_kl_gemm_wgmma_problem() == "") is hopper
     else:
         assert info["cuda_version"] is None and info["cuda_architectures"] == []
         assert not hasattr(_core, "lse_kl_update_cuda")

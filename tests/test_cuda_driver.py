@@ -170,14 +170,18 @@ def test_driver_checks_fused_gemm_arguments_before_touching_a_device():
         (dict(f1=op(a, "bfloat16", 264)), "f1: its data is not 16-byte aligned"),
         (dict(ws=100), "workspace_bytes 100"),
         (dict(gemm=32), "128 or 64 rows, got 32"),
+        (dict(gemm=0, wgmma=True), "wgmma is a kind of the fused GEMM"),
     ]
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
             run(**kw)
     run(c_begin=5, c_end=5)  # an empty label range is a no-op
     run(c_begin=5, c_end=5, gemm=64)
+    run(c_begin=5, c_end=5, gemm=64, wgmma=True)
     with pytest.raises(IdentirepError, match="gemm_block_rows must be 128 or 64"):
         gp.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, fused_gemm=True, gemm_block_rows=96)
+    with pytest.raises(IdentirepError, match="gemm_wgmma=True is a kind of the fused GEMM"):
+        gp.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, gemm_wgmma=True)
 
 
 @needs_driver
@@ -402,17 +406,34 @@ def _half_arrays(cupy, arrays, kind):
     return [cupy.asarray(h) for h in halves], [h.astype(np.float64) for h in halves]
 
 
+def _gemm_kind(rows, cupy=None):
+    """cuda_pass arguments of a fused GEMM kind: 128 or 64 (mma.sync), "wg128" or "wg64"
+    (wgmma; skipped where that cannot run: another GPU than compute capability 9.0)."""
+    wgmma = isinstance(rows, str)
+    if wgmma and cupy is not None:
+        problem = _core.lse_kl_gemm_wgmma_problem(cupy.cuda.Device().id)
+        if problem:
+            pytest.skip(problem)
+    return {"fused_gemm": True, "gemm_block_rows": int(str(rows).removeprefix("wg")),
+            "gemm_wgmma": wgmma}
+
+
+GEMM_KINDS = [("bfloat16", 128), ("float16", 128), ("bfloat16", 64),
+              ("bfloat16", "wg128"), ("float16", "wg128"), ("bfloat16", "wg64")]
+
+
 @pytest.mark.gpu
 @needs_driver
-@pytest.mark.parametrize("kind, rows", [("bfloat16", 128), ("float16", 128), ("bfloat16", 64)])
+@pytest.mark.parametrize("kind, rows", GEMM_KINDS)
 @pytest.mark.parametrize("shape,tiles", [((777, 9001, 37, 31), {}),
                                          ((300, 1100, 64, 16), {"tile_rows": 129,
                                                                 "tile_cols": 300}),
+                                         ((513, 700, 520, 264), {}),  # many k-tiles
                                          ((1, 1, 8, 8), {})])
 def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape, tiles):
     n, v, m1, m2 = shape
     arrays, vals = _half_arrays(cupy, make_pair(7, n=n, v=v, m1=m1, m2=m2), kind)
-    got = gp.cuda_pass(*arrays, fused_gemm=True, gemm_block_rows=rows, **tiles)
+    got = gp.cuda_pass(*arrays, **_gemm_kind(rows, cupy), **tiles)
     assert (got.backend, got.dtype) == ("cuda", "float32")
     scale = logit_scale(*vals)
     # both are float32 tensor-core sums of the same products, in other orders
@@ -422,8 +443,9 @@ def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape,
 
 @pytest.mark.gpu
 @needs_driver
+@pytest.mark.parametrize("rows", [128, "wg128"])
 @pytest.mark.parametrize("case", ["duplicate and zero labels", "logits of 1e4"])
-def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case):
+def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
     f1, g1, f2, g2 = make_pair(4, n=301, v=1037, m1=24, m2=16)
     if case == "logits of 1e4":
         f1 *= 2e3
@@ -433,7 +455,7 @@ def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case):
             g[10:20] = g[5]  # untrained tokens sharing one unembedding
             g[-7:] = 0.0     # padding rows
     arrays, vals = _half_arrays(cupy, (f1, g1, f2, g2), "bfloat16")
-    got = gp.cuda_pass(*arrays, fused_gemm=True, tile_cols=300)
+    got = gp.cuda_pass(*arrays, **_gemm_kind(rows, cupy), tile_cols=300)
     assert np.isfinite(got.L1).all() and np.isfinite(got.kl12).all()
     assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=3)
     if case != "logits of 1e4":
@@ -444,7 +466,8 @@ def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case):
 
 @pytest.mark.gpu
 @needs_driver
-def test_fused_gemm_takes_biased_models(cupy):
+@pytest.mark.parametrize("rows", [128, "wg64"])
+def test_fused_gemm_takes_biased_models(cupy, rows):
     # device_augmented pads [f, 1] and [g, b] to rows of 8 elements, which the fused GEMM needs
     a, b = random_pair(N=500, V=3000, M=24, bias=True, seed=3)
     models = [SimpleNamespace(**{k: gp.DeviceArray(cupy.asarray(bf16_round(getattr(m, k))),
@@ -453,18 +476,19 @@ def test_fused_gemm_takes_biased_models(cupy):
     ops = [x for m in models for x in gp.device_augmented(m)]
     assert gp.gemm_problem(ops) == ""
     vals = [bf16_value(cupy.asnumpy(o.data)) for o in ops]
-    got = gp.cuda_pass(*ops, fused_gemm=True)
+    got = gp.cuda_pass(*ops, **_gemm_kind(rows, cupy))
     assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=2)
 
 
 @pytest.mark.gpu
 @needs_driver
 @pytest.mark.slow
-def test_fused_gemm_more_than_2_31_logits_per_call(cupy):
+@pytest.mark.parametrize("rows", [128, "wg128"])
+def test_fused_gemm_more_than_2_31_logits_per_call(cupy, rows):
     # n * v = 2.15e9 logits in one call: 64-bit row records and offsets
     n, v, m = 16384, 131200, 8
     rng = np.random.default_rng(5)
     bits = [bf16_round(rng.standard_normal(s)) for s in ((n, m), (v, m), (n, m), (v, m))]
     got = gp.cuda_pass(*[gp.DeviceArray(cupy.asarray(b), "bfloat16") for b in bits],
-                       fused_gemm=True, tile_cols=v, workspace_bytes=24 << 30)
+                       **_gemm_kind(rows, cupy), tile_cols=v, workspace_bytes=24 << 30)
     assert_rows_and_columns(got, *(bf16_value(b) for b in bits))

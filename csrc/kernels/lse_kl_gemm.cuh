@@ -173,6 +173,14 @@ __device__ __forceinline__ void WgmmaCommit() {
 #endif
 }
 
+// Keeps the compiler from moving accesses of these registers across this point (wgmma writes
+// its accumulators asynchronously: read them only between a wait and the next issue).
+template <int kN>
+__device__ __forceinline__ void PinRegisters(float (&d)[kN]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
 // Waits until at most `kPending` of the warpgroup's committed wgmma groups are in flight.
 template <int kPending>
 __device__ __forceinline__ void WgmmaWait() {
@@ -464,6 +472,7 @@ __device__ __forceinline__ void PairGemmWg(const Operands (&op)[2], int rows, in
     mma::FenceProxyAsync();          // ... and is visible to the tensor cores
     __syncthreads();                 // ... for every thread's; k-tile kt - 2's wgmmas are done
     const unsigned stage = static_cast<unsigned>((kt % Shape::kStages) * Shape::kStageBytes);
+    mma::PinRegisters(acc);
     mma::WgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < Shape::kBK / 16; ++kk)
@@ -475,6 +484,7 @@ __device__ __forceinline__ void PairGemmWg(const Operands (&op)[2], int rows, in
     mma::CpAsyncCommit();
     if (kt == kt1 - 1) {  // model 1 is done: its tile to s1, model 2 starts from zero
       mma::WgmmaWait<0>();
+      mma::PinRegisters(acc);
       StoreTileWg<kBM>(acc, s1);
 #pragma unroll
       for (int i = 0; i < Shape::kAccFloats; ++i) acc[i] = 0.0f;
@@ -483,6 +493,7 @@ __device__ __forceinline__ void PairGemmWg(const Operands (&op)[2], int rows, in
     }
   }
   mma::WgmmaWait<0>();
+  mma::PinRegisters(acc);
   mma::CpAsyncWait<0>();
   __syncthreads();
 }

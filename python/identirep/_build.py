@@ -13,7 +13,8 @@ def build_info() -> dict:
     ``cuda_architectures`` (list of CMake architecture strings, e.g. ``["90-real",
     "90-virtual"]``), ``cuda_version`` (nvcc version, or None), ``cuda_pass_driver`` (the
     compiled cuBLAS tile loop, csrc/cuda_pass.cpp, built: needs the cuBLAS headers at build
-    time) and ``cublas_option`` (the IDENTIREP_CUBLAS setting it was built with).
+    time), ``cublas_option`` (the IDENTIREP_CUBLAS setting it was built with) and
+    ``fused_gemm_wgmma`` (the fused GEMM's sm_90a wgmma kernel built: CUDA architecture 90).
     """
     raw = _core.build_info()
     archs = [a for a in raw["cuda_architectures"].split(",") if a]
@@ -32,4 +33,5 @@ def build_info() -> dict:
         "cuda_version": raw["cuda_version"],
         "cuda_pass_driver": bool(raw["cuda_pass_driver"]),
         "cublas_option": raw["cublas_option"],
+        "fused_gemm_wgmma": bool(raw["fused_gemm_wgmma"]),
     }

@@ -182,7 +182,8 @@ def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
               progress: Optional[Callable[[float], None]] = None,
               half_gemm: str = "cublas", overlap: bool = True,
               fused_epilogue: bool = False, driver: bool = True,
-              fused_gemm: bool = False, gemm_block_rows: int = 128) -> PassStats:
+              fused_gemm: bool = False, gemm_block_rows: int = 128,
+              gemm_wgmma: bool = False) -> PassStats:
     """The streaming pass with the compiled CUDA code: the pass driver
     (``_core.lse_kl_pass_cuda``: the tile loop, cuBLAS tiles and epilogue in one call) when it
     was built and takes these operands, else CuPy's GEMM tiles and the compiled epilogue
@@ -193,15 +194,19 @@ def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
     or bfloat16 operands of one kind with contiguous rows, row strides a multiple of 8 and
     16-byte aligned data (``gemm_problem`` says why not), compute capability 8.0+.
     ``gemm_block_rows``: its blocks' sub-tiles, 128 rows (one block per SM) or 64 (two).
+    ``gemm_wgmma``: its Hopper kernel (wgmma, sm_90a: compute capability 9.0 only, and a build
+    with ``build_info()["fused_gemm_wgmma"]``) instead of the mma.sync one (sm_80+).
 
     Same arguments and results as :func:`cupy_pass` (backend "cuda"); needs identirep built
     with CUDA.
     """
     if fused_gemm and gemm_block_rows not in (64, 128):
         raise IdentirepError(f"gemm_block_rows must be 128 or 64, got {gemm_block_rows!r}")
+    if gemm_wgmma and not fused_gemm:
+        raise IdentirepError("gemm_wgmma=True is a kind of the fused GEMM: set fused_gemm=True")
     return _gpu_pass(f1, g1, f2, g2, "cuda", workspace_bytes, tile_cols, tile_rows, progress,
                      half_gemm, overlap, fused_epilogue, driver,
-                     int(gemm_block_rows) if fused_gemm else 0)
+                     int(gemm_block_rows) if fused_gemm else 0, bool(gemm_wgmma))
 
 
 def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes, buffers=1,
@@ -254,8 +259,10 @@ def epilogue_scratch(rows, cols, fused=False):
 
 
 def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, progress,
-              half_gemm, overlap=True, fused=False, driver=False, gemm=0) -> PassStats:
-    """The GPU pass; gemm: 0, or the fused GEMM's block rows (128 or 64)."""
+              half_gemm, overlap=True, fused=False, driver=False, gemm=0,
+              wgmma=False) -> PassStats:
+    """The GPU pass; gemm: 0, or the fused GEMM's block rows (128 or 64), wgmma: its
+    sm_90a kernel."""
     if half_gemm not in ("cublas", "convert"):
         raise IdentirepError(f"half_gemm must be 'cublas' or 'convert', got {half_gemm!r}")
     cp = import_cupy()
@@ -272,8 +279,12 @@ def _gpu_pass(f1, g1, f2, g2, backend, workspace_bytes, tile_cols, tile_rows, pr
         problem = gemm_problem(ops)
         if problem:
             raise IdentirepError(f"fused_gemm=True cannot take these operands: {problem}")
+        if wgmma:
+            problem = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id)
+            if problem:
+                raise IdentirepError(f"gemm_wgmma=True: {problem}")
         return _driver_pass(cp, driver_operands(ops, dt), n, v, dt, workspace_bytes, tile_cols,
-                            tile_rows, progress, False, False, gemm=gemm)
+                            tile_rows, progress, False, False, gemm=gemm, wgmma=wgmma)
     if driver and backend == "cuda" and (half_gemm == "cublas" or not any(
             o.kind in HALF_KINDS for o in ops)):
         operands = driver_operands(ops, dt)
@@ -469,7 +480,7 @@ def gemm_tile_shape(n, v, tile_rows, tile_cols, workspace_bytes):
 
 
 def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, progress,
-                 overlap, fused, gemm=0) -> PassStats:
+                 overlap, fused, gemm=0, wgmma=False) -> PassStats:
     from . import _core
     nbuf = 2 if overlap else 1
     if gemm:
@@ -486,7 +497,7 @@ def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, 
     for c0, c1 in label_groups(n, v, tc, progress is not None):
         _core.lse_kl_pass_cuda(*operands, c0, c1, tr, tc, state.data.ptr, args.data.ptr,
                                row_m.data.ptr, col_m.data.ptr, work.data.ptr, size, dt.name,
-                               overlap, fused, gemm, stream.ptr, cp.cuda.Device().id)
+                               overlap, fused, gemm, stream.ptr, cp.cuda.Device().id, wgmma)
         if progress is not None and c1 < v:
             stream.synchronize()
             progress(c1 / v)

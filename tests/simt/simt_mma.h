@@ -215,6 +215,9 @@ inline unsigned SmemAddr(const void* p) {
 
 inline void FenceProxyAsync() {}
 
+template <int kN>
+inline void PinRegisters(float (&)[kN]) {}
+
 inline void WgmmaFence() { simt::WgmmaOf().fenced = true; }
 
 template <bool kBf16, int kN>
