@@ -460,6 +460,13 @@ def test_wgmma_gemm_under_both_extreme_schedules(harness, tmp_path, bm, wgmma, c
     assert_matches_gemm(got, cpu_pass(l1, l2, tr, tc), l1, l2)
 
 
+def test_wgmma_descriptor_bits_follow_the_ptx_table(harness):
+    # start address >> 4 in bits 0-13, leading byte offset 16 (unused with a swizzle) >> 4 in
+    # 16-29, stride byte offset 1024 >> 4 in 32-45, base offset 0, 128-byte swizzle (1) in 62-63
+    assert run(harness, "matrix-desc", "0x400").strip() == "4000004000010040"
+    assert run(harness, "matrix-desc", "0x37c20").strip() == "40000040000137c2"
+
+
 @pytest.mark.parametrize("kind", ["bf16", "f16"])
 def test_shift_kernel_is_the_first_rows_logits(harness, tmp_path, kind):
     # the column shift of the fused GEMM: f_k[0] . g_k[j] in float32, from 16-bit patterns

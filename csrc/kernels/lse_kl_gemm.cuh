@@ -77,6 +77,10 @@ struct GemmShape {
   static_assert(kPipeBytes >= kTileBytes, "tile 2 lives in the pipeline's buffers");
   static_assert(5 * kGemmBN * 8 <= kTileBytes, "the column halves meet in tile 1");
   static_assert(kBlocksPerSm * (kSmemBytes + 1024) <= 228 * 1024, "shared memory of an SM");
+  // wgmma descriptors with base offset 0: every 8-row group on a 1024-byte pattern boundary
+  static_assert(!kWg || (kStageBytes % 1024 == 0 && kBM * 128 % 1024 == 0 &&
+                         kWgCols % 8 == 0 && kGemmBN % 8 == 0),
+                "wgmma operand tiles of whole 1024-byte swizzle patterns");
 };
 
 template <int kBM>

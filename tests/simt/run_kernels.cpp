@@ -22,6 +22,7 @@
 //     X1, X2: B x V (f32|f64); n1, n2, A1, A2, B12: V; pivots: B -> crit.out (B)
 //   run_kernels race SYNC BLOCKS THREADS   self-test: a block sum through shared memory, with
 //     or without __syncthreads; prints the number of wrong blocks
+//   run_kernels matrix-desc ADDR           prints mma::MatrixDesc(ADDR) in hexadecimal
 //   run_kernels fresh-shared               self-test: prints how many of 8 blocks found their
 //     shared memory undefined (all 0xff bytes) before writing it
 //   run_kernels shfl-exit | sync-exit      self-tests: a shuffle or a __syncthreads after a
@@ -345,10 +346,11 @@ int main(int argc, char** argv) {
     if (kind != "bf16" && kind != "f16") Die("kind must be bf16 or f16");
     const bool bf = kind == "bf16";
     char** a = argv + 4;
-    if (bm == "128") (bf ? RunGemm<true, 128, false> : RunGemm<false, 128, false>)(a, argv[16]);
-    else if (bm == "64") (bf ? RunGemm<true, 64, false> : RunGemm<false, 64, false>)(a, argv[16]);
-    else if (bm == "wg128") (bf ? RunGemm<true, 128, true> : RunGemm<false, 128, true>)(a, argv[16]);
-    else if (bm == "wg64") (bf ? RunGemm<true, 64, true> : RunGemm<false, 64, true>)(a, argv[16]);
+    const std::string dir = argv[16];
+    if (bm == "128") (bf ? RunGemm<true, 128, false> : RunGemm<false, 128, false>)(a, dir);
+    else if (bm == "64") (bf ? RunGemm<true, 64, false> : RunGemm<false, 64, false>)(a, dir);
+    else if (bm == "wg128") (bf ? RunGemm<true, 128, true> : RunGemm<false, 128, true>)(a, dir);
+    else if (bm == "wg64") (bf ? RunGemm<true, 64, true> : RunGemm<false, 64, true>)(a, dir);
     else Die("BM must be 128, 64, wg128 or wg64");
   } else if (op == "shift" && argc == 7) {
     const std::string kind = argv[2];
@@ -372,6 +374,9 @@ int main(int argc, char** argv) {
     for (unsigned b = 0; b < blocks; ++b)
       wrong += out[b] != threads * (b + (threads - 1) / 2.0);
     std::printf("%d\n", wrong);
+  } else if (op == "matrix-desc" && argc == 3) {
+    const auto addr = static_cast<unsigned>(std::stoul(argv[2], nullptr, 0));
+    std::printf("%llx\n", k::mma::MatrixDesc(addr));
   } else if (op == "fresh-shared" && argc == 2) {
     std::vector<int> fresh(8, 1);
     simt::Launch(dim3(8), dim3(256), [&] { FreshShared(fresh.data()); });
