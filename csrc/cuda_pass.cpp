@@ -330,8 +330,8 @@ GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
           "f_k and g_k need the same columns, f1 and f2 (g1 and g2) the same rows");
   Require(block_rows == 128 || block_rows == 64,
           "the fused GEMM's blocks have 128 or 64 rows, got " + std::to_string(block_rows));
-  return {f1.ptr, g1.ptr,  f2.ptr,  g2.ptr,     ld[0], ld[1], ld[2],
-          ld[3],  f1.cols, f2.cols, f1.kind, block_rows, wgmma};
+  return {f1.ptr,  g1.ptr,  f2.ptr,  g2.ptr, ld[0], ld[1], ld[2], ld[3],
+          f1.cols, f2.cols, f1.kind, block_rows, wgmma};
 }
 
 // The pass with the fused GEMM kernel: label tiles outer, row tiles inner, one stream.

@@ -32,15 +32,6 @@ namespace simt {
 
 constexpr size_t kDynamicSharedBytes = 227 << 10;  // the most a block may have on sm_90
 
-// Completes the oldest groups of asynchronous operations until at most `pending` are left.
-template <typename Op>
-void CompleteGroups(std::vector<std::vector<Op>>& groups, size_t pending) {
-  size_t done = 0;
-  for (; groups.size() - done > pending; ++done)
-    for (const Op& op : groups[done]) op.Run();
-  groups.erase(groups.begin(), groups.begin() + static_cast<std::ptrdiff_t>(done));
-}
-
 struct CpAsyncCopy {
   void* dst;
   const void* src;
@@ -50,14 +41,6 @@ struct CpAsyncCopy {
     if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
   }
 };
-
-struct CpAsyncState {
-  unsigned long long block = 0;  // the launch and block these groups belong to
-  bool lazy = false;
-  std::vector<CpAsyncCopy> open;
-  std::vector<std::vector<CpAsyncCopy>> groups;
-};
-
 
 // Whether a block runs its asynchronous copies / wgmma eager or lazy: env, else drawn.
 inline bool LazyBlock(const char* env_name, unsigned long long salt) {
@@ -72,16 +55,51 @@ inline unsigned long long BlockKey() {
          (1ULL << 20) * blockIdx.y;
 }
 
-inline CpAsyncState& CpAsyncOf() {
-  static std::vector<CpAsyncState> states(kMaxThreads);
-  CpAsyncState& st = states[self->index];
+// One thread's asynchronous operations of one kind (cp.async copies, wgmmas) in one block:
+// those not yet committed, then the committed groups, oldest first. Lazy blocks run an
+// operation when a wait completes its group, eager ones when it is issued.
+template <typename Op>
+struct AsyncGroups {
+  unsigned long long block = 0;  // the launch and block these groups belong to
+  bool lazy = false;
+  bool fenced = false;  // wgmma: a wgmma.fence since the last wait
+  std::vector<Op> open;
+  std::vector<std::vector<Op>> groups;
+
+  void Issue(const Op& op) {
+    if (lazy) open.push_back(op);
+    else op.Run();
+  }
+  void Commit() {
+    groups.push_back(std::move(open));
+    open.clear();
+  }
+  // Completes the oldest groups until at most `pending` are left.
+  void Wait(size_t pending) {
+    size_t done = 0;
+    for (; groups.size() - done > pending; ++done)
+      for (const Op& op : groups[done]) op.Run();
+    groups.erase(groups.begin(), groups.begin() + static_cast<std::ptrdiff_t>(done));
+  }
+};
+
+// The calling thread's AsyncGroups<Op>, fresh at a new block (its mode from env_name, else
+// drawn with salt, nothing in flight).
+template <typename Op>
+AsyncGroups<Op>& AsyncOf(const char* env_name, unsigned long long salt) {
+  static std::vector<AsyncGroups<Op>> states(kMaxThreads);
+  AsyncGroups<Op>& st = states[self->index];
   const unsigned long long block = BlockKey();
-  if (st.block != block) {  // a new block: its mode, nothing in flight
-    st = CpAsyncState{};
+  if (st.block != block) {
+    st = AsyncGroups<Op>{};
     st.block = block;
-    st.lazy = LazyBlock("SIMT_CP_ASYNC", 0x51ed27ULL);
+    st.lazy = LazyBlock(env_name, salt);
   }
   return st;
+}
+
+inline AsyncGroups<CpAsyncCopy>& CpAsyncOf() {
+  return AsyncOf<CpAsyncCopy>("SIMT_CP_ASYNC", 0x51ed27ULL);
 }
 
 // Shared-window addresses: per launch, the base of the __shared__ variable last addressed.
@@ -94,26 +112,10 @@ struct WgmmaOp {
   unsigned long long da, db;
   int scale_d;
   bool bf16;
-  void Run() const;  // RunWgmma
+  void Run() const;
 };
 
-struct WgmmaState {
-  unsigned long long block = 0;
-  bool lazy = false, fenced = false;
-  std::vector<WgmmaOp> open;
-  std::vector<std::vector<WgmmaOp>> groups;
-};
-
-inline WgmmaState& WgmmaOf() {
-  static std::vector<WgmmaState> states(kMaxThreads);
-  WgmmaState& st = states[self->index];
-  if (st.block != BlockKey()) {
-    st = WgmmaState{};
-    st.block = BlockKey();
-    st.lazy = LazyBlock("SIMT_WGMMA", 0x3a9d11ULL);
-  }
-  return st;
-}
+inline AsyncGroups<WgmmaOp>& WgmmaOf() { return AsyncOf<WgmmaOp>("SIMT_WGMMA", 0x3a9d11ULL); }
 
 }  // namespace simt
 
@@ -153,14 +155,14 @@ inline double WgmmaElement(unsigned long long desc, int row, int k, bool bf16) {
 
 // d (this thread's part of 64 x n) = a b' + (scale_d ? d : 0), products summed in double.
 inline void WgmmaOp::Run() const {
-  const WgmmaOp& op = *this;
   const int lane = self->lane, warp = self->index / 32 % 4;
-  for (int i = 0; i < op.n / 2; ++i) {
-    const int row = 16 * warp + lane / 4 + 8 * (i / 2 % 2), col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+  for (int i = 0; i < n / 2; ++i) {
+    const int row = 16 * warp + lane / 4 + 8 * (i / 2 % 2);
+    const int col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
     double s = 0.0;
     for (int k = 0; k < 16; ++k)
-      s += WgmmaElement(op.da, row, k, op.bf16) * WgmmaElement(op.db, col, k, op.bf16);
-    op.d[i] = static_cast<float>((op.scale_d ? static_cast<double>(op.d[i]) : 0.0) + s);
+      s += WgmmaElement(da, row, k, bf16) * WgmmaElement(db, col, k, bf16);
+    d[i] = static_cast<float>((scale_d ? static_cast<double>(d[i]) : 0.0) + s);
   }
 }
 
@@ -176,21 +178,14 @@ inline void CpAsync16(void* dst, const void* src, int src_bytes) {
   if (src_bytes < 0 || src_bytes > 16) simt::Fail("cp.async: src_bytes outside [0, 16]", src_bytes);
   if (reinterpret_cast<uintptr_t>(src) % 16 != 0)
     simt::Fail("cp.async: source not 16-byte aligned");
-  simt::CpAsyncState& st = simt::CpAsyncOf();
-  const simt::CpAsyncCopy c{dst, src, src_bytes};
-  if (st.lazy) st.open.push_back(c);
-  else c.Run();
+  simt::CpAsyncOf().Issue({dst, src, src_bytes});
 }
 
-inline void CpAsyncCommit() {
-  simt::CpAsyncState& st = simt::CpAsyncOf();
-  st.groups.push_back(std::move(st.open));
-  st.open.clear();
-}
+inline void CpAsyncCommit() { simt::CpAsyncOf().Commit(); }
 
 template <int kPending>
 inline void CpAsyncWait() {
-  simt::CompleteGroups(simt::CpAsyncOf().groups, kPending);
+  simt::CpAsyncOf().Wait(kPending);
 }
 
 inline void LdMatrixX4(unsigned (&r)[4], const void* row) {
@@ -222,8 +217,7 @@ inline void WgmmaFence() { simt::WgmmaOf().fenced = true; }
 
 template <bool kBf16, int kN>
 inline void Wgmma(float (&d)[kN / 2], unsigned long long da, unsigned long long db, int scale_d) {
-  simt::WgmmaState& st = simt::WgmmaOf();
-  if (!st.fenced) simt::Fail("wgmma without a wgmma.fence since the last wait");
+  if (!simt::WgmmaOf().fenced) simt::Fail("wgmma without a wgmma.fence since the last wait");
   struct Args {
     unsigned long long da, db;
     int scale_d, n;
@@ -232,22 +226,15 @@ inline void Wgmma(float (&d)[kN / 2], unsigned long long da, unsigned long long 
   for (const Args& a : all)
     if (a.da != da || a.db != db || a.scale_d != scale_d || a.n != kN)
       simt::Fail("wgmma: operands differ across the warp");
-  const simt::WgmmaOp op{d, kN, da, db, scale_d, kBf16};
-  if (st.lazy) st.open.push_back(op);
-  else op.Run();
+  simt::WgmmaOf().Issue({d, kN, da, db, scale_d, kBf16});
 }
 
-inline void WgmmaCommit() {
-  simt::WgmmaState& st = simt::WgmmaOf();
-  st.groups.push_back(std::move(st.open));
-  st.open.clear();
-}
+inline void WgmmaCommit() { simt::WgmmaOf().Commit(); }
 
 template <int kPending>
 inline void WgmmaWait() {
-  simt::WgmmaState& st = simt::WgmmaOf();
-  simt::CompleteGroups(st.groups, kPending);
-  st.fenced = false;
+  simt::WgmmaOf().Wait(kPending);
+  simt::WgmmaOf().fenced = false;
 }
 
 template <bool kBf16>
