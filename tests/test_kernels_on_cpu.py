@@ -330,6 +330,15 @@ def test_emulator_rejects_synchronisation_after_a_thread_returned(harness, toy, 
     assert r.returncode == 3 and error in r.stderr
 
 
+def test_emulator_wgmma_toy_needs_the_proxy_fence_and_uniform_descriptors(harness):
+    assert int(run(harness, "wgmma-toy", 1, 0)) == 0
+    for args, error in [((0, 0), "not followed by fence.proxy.async"),
+                        ((1, 1), "operands differ across the warpgroup")]:
+        r = subprocess.run([str(harness), "wgmma-toy", *map(str, args)], check=False,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        assert r.returncode == 3 and error in r.stderr, r.stderr
+
+
 # ------------------------------------------------------------------ the fused GEMM kernel
 def half_bits(x, kind):
     """(16-bit patterns, float64 values) of x rounded to bfloat16 (to nearest even) or float16."""

@@ -27,6 +27,9 @@
 //     shared memory undefined (all 0xff bytes) before writing it
 //   run_kernels shfl-exit | sync-exit      self-tests: a shuffle or a __syncthreads after a
 //     thread returned (must fail)
+//   run_kernels wgmma-toy FENCE SKEW       self-test: one wgmma of ones on copies, with or
+//     without fence.proxy.async, with or without a warp whose descriptor differs; prints the
+//     number of wrong outputs (each must be 16)
 // Every array ends at an inaccessible page: a kernel reading or writing past one faults.
 #ifndef __CUDACC_RTC__
 #error "compile with -D__CUDACC_RTC__ (the kernels' NVRTC build: device code only)"
@@ -330,6 +333,31 @@ __global__ void FreshShared(int* fresh) {
   sh[threadIdx.x] = 0;
 }
 
+// One warpgroup: cp.async of a (64 x 64) and b (64 x 64) bf16 into the 128-byte swizzle, then one
+// m64n64k16 wgmma; with or without fence.proxy.async, with warp 3 reading a from another k
+// (kSkew: descriptors that differ across the warpgroup).
+template <bool kFence, bool kSkew>
+__global__ void WgmmaToy(const unsigned short* src, float* out) {
+  IDENTIREP_DYNAMIC_SHARED(sh);
+  const unsigned pad = (1024 - mma::SmemAddr(sh) % 1024) % 1024;
+  unsigned char* base = sh + pad;
+  for (unsigned i = threadIdx.x; i < 128 * 8; i += blockDim.x) {
+    const unsigned row = i / 8, c = i % 8;
+    mma::CpAsync16(base + row * 128 + (c ^ (row % 8)) * 16, src + row * 64 + 8 * c, 16);
+  }
+  mma::CpAsyncCommit();
+  mma::CpAsyncWait<0>();
+  if (kFence) mma::FenceProxyAsync();
+  __syncthreads();
+  float acc[32];
+  const unsigned a = mma::SmemAddr(base) + (kSkew && threadIdx.x / 32 == 3 ? 32 : 0);
+  mma::WgmmaFence();
+  mma::Wgmma<true, 64>(acc, mma::MatrixDesc(a), mma::MatrixDesc(mma::SmemAddr(base) + 8192), 0);
+  mma::WgmmaCommit();
+  mma::WgmmaWait<0>();
+  for (int i = 0; i < 32; ++i) out[threadIdx.x * 32 + i] = acc[i];
+}
+
 }  // namespace identirep::kernels::selftest
 
 using namespace identirep::kernels::selftest;
@@ -383,6 +411,18 @@ int main(int argc, char** argv) {
     int n = 0;
     for (int x : fresh) n += x;
     std::printf("%d\n", n);
+  } else if (op == "wgmma-toy" && argc == 4) {
+    const bool fence = std::stoi(argv[2]) != 0, skew = std::stoi(argv[3]) != 0;
+    Array<unsigned short> src(128 * 64);
+    for (int i = 0; i < 128 * 64; ++i) src.data()[i] = 0x3f80;  // bfloat16 1
+    std::vector<float> out(128 * 32);
+    simt::Launch(dim3(1), dim3(128), [&] {
+      if (fence) (skew ? WgmmaToy<true, true> : WgmmaToy<true, false>)(src.data(), out.data());
+      else (skew ? WgmmaToy<false, true> : WgmmaToy<false, false>)(src.data(), out.data());
+    });
+    int wrong = 0;
+    for (float x : out) wrong += x != 16.0f;
+    std::printf("%d\n", wrong);
   } else if ((op == "shfl-exit" || op == "sync-exit") && argc == 2) {
     std::vector<double> out(64);
     simt::Launch(dim3(1), dim3(64), [&] {

@@ -18,10 +18,14 @@
 //   pattern boundary, else it fails); fence, commit_group, wait_group. Like cp.async, a block
 //   runs eager (at issue) or lazy (at the wait that must complete it, reading shared memory
 //   then; SIMT_WGMMA=eager|lazy); a wgmma needs a wgmma.fence since the thread's last wait, and
-//   descriptors uniform across the warp. fence.proxy.async is not checked (a no-op here).
+//   descriptors uniform across the warpgroup (each warp's lanes, and the 4 warps' n-th wgmma);
+// - fence.proxy.async: a 16-byte chunk a cp.async wrote (the generic proxy) may be read by a
+//   wgmma (the async proxy) only after the writing thread's fence.proxy.async once the copy
+//   has landed; a wgmma that reads a chunk not yet fenced fails.
 #pragma once
 
 #include <map>
+#include <unordered_map>
 #include <vector>
 
 #define IDENTIREP_SIMT 1
@@ -32,6 +36,49 @@ namespace simt {
 
 constexpr size_t kDynamicSharedBytes = 227 << 10;  // the most a block may have on sm_90
 
+inline unsigned long long BlockKey() {
+  return (static_cast<unsigned long long>(g_launches) << 40) + 1 + blockIdx.x +
+         (1ULL << 20) * blockIdx.y;
+}
+
+// Shared-memory chunks written by cp.async (generic proxy) and not yet fenced by their writer:
+// chunk -> (block, writer thread), and per thread the chunks it wrote since its last fence.
+struct ProxyMarks {
+  std::mutex m;
+  std::unordered_map<const void*, std::pair<unsigned long long, int>> unfenced;
+  std::vector<std::vector<const void*>> written = std::vector<std::vector<const void*>>(kMaxThreads);
+  std::vector<unsigned long long> written_block = std::vector<unsigned long long>(kMaxThreads);
+
+  void Wrote(const void* chunk) {
+    std::lock_guard<std::mutex> lk(m);
+    unfenced[chunk] = {BlockKey(), self->index};
+    std::vector<const void*>& mine = written[self->index];
+    if (written_block[self->index] != BlockKey()) {
+      written_block[self->index] = BlockKey();
+      mine.clear();
+    }
+    mine.push_back(chunk);
+  }
+  void Fence() {
+    std::lock_guard<std::mutex> lk(m);
+    for (const void* c : written[self->index]) {
+      auto it = unfenced.find(c);
+      if (it != unfenced.end() && it->second.second == self->index) unfenced.erase(it);
+    }
+    written[self->index].clear();
+  }
+  bool Unfenced(const void* chunk) {
+    std::lock_guard<std::mutex> lk(m);
+    auto it = unfenced.find(chunk);
+    return it != unfenced.end() && it->second.first == BlockKey();
+  }
+};
+
+inline ProxyMarks& Proxy() {
+  static ProxyMarks marks;
+  return marks;
+}
+
 struct CpAsyncCopy {
   void* dst;
   const void* src;
@@ -39,6 +86,7 @@ struct CpAsyncCopy {
   void Run() const {
     std::memset(dst, 0, 16);
     if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+    Proxy().Wrote(dst);
   }
 };
 
@@ -48,11 +96,6 @@ inline bool LazyBlock(const char* env_name, unsigned long long salt) {
   const unsigned long long h =
       Mix(g_seed ^ Mix(salt + g_launches) ^ Mix(blockIdx.x + (1ULL << 32) * blockIdx.y));
   return env ? std::string(env) == "lazy" : (h >> 7 & 1) != 0;
-}
-
-inline unsigned long long BlockKey() {
-  return (static_cast<unsigned long long>(g_launches) << 40) + 1 + blockIdx.x +
-         (1ULL << 20) * blockIdx.y;
 }
 
 // One thread's asynchronous operations of one kind (cp.async copies, wgmmas) in one block:
@@ -115,6 +158,40 @@ struct WgmmaOp {
   void Run() const;
 };
 
+// The n-th wgmma of each warp of a warpgroup, as the warpgroup's first warp to issue it saw it:
+// (block, warpgroup, n) -> arguments.
+struct WarpgroupIssues {
+  struct Args {
+    unsigned long long da, db;
+    int scale_d, n;
+    bool operator!=(const Args& o) const {
+      return da != o.da || db != o.db || scale_d != o.scale_d || n != o.n;
+    }
+  };
+  std::mutex m;
+  unsigned long long block = ~0ULL;
+  std::map<std::pair<int, unsigned long long>, Args> seen;
+  std::vector<unsigned long long> count = std::vector<unsigned long long>(kMaxThreads);
+
+  // Called by lane 0 of each warp with its warp's (uniform) arguments.
+  void Check(const Args& a) {
+    std::lock_guard<std::mutex> lk(m);
+    if (block != BlockKey()) {
+      block = BlockKey();
+      seen.clear();
+      std::fill(count.begin(), count.end(), 0);
+    }
+    const auto key = std::make_pair(self->index / 128, count[self->index]++);
+    const auto [it, fresh] = seen.emplace(key, a);
+    if (!fresh && it->second != a) Fail("wgmma: operands differ across the warpgroup");
+  }
+};
+
+inline WarpgroupIssues& Warpgroups() {
+  static WarpgroupIssues w;
+  return w;
+}
+
 inline AsyncGroups<WgmmaOp>& WgmmaOf() { return AsyncOf<WgmmaOp>("SIMT_WGMMA", 0x3a9d11ULL); }
 
 }  // namespace simt
@@ -132,8 +209,8 @@ inline float ToFloat(unsigned short h);  // defined by the kernel header
 
 namespace simt {
 
-// Element (row, k) of a K-major operand in the 128-byte swizzle, by descriptor.
-inline double WgmmaElement(unsigned long long desc, int row, int k, bool bf16) {
+// Where element (row, k) of a K-major operand in the 128-byte swizzle lies, by descriptor.
+inline const char* WgmmaAddress(unsigned long long desc, int row, int k) {
   const unsigned start = static_cast<unsigned>(desc & 0x3fff) << 4;
   const unsigned sbo = static_cast<unsigned>(desc >> 32 & 0x3fff) << 4;
   if ((desc >> 62) != 1 || (desc >> 49 & 7) != 0)
@@ -147,8 +224,12 @@ inline double WgmmaElement(unsigned long long desc, int row, int k, bool bf16) {
   if (var == nullptr || phys < WindowBase()) Fail("wgmma: address below shared memory", phys);
   const char* p = var + (phys - WindowBase());
   if (!InShared(p, 2)) Fail("wgmma: operand outside shared memory", phys);
+  return p;
+}
+
+inline double WgmmaElement(unsigned long long desc, int row, int k, bool bf16) {
   unsigned short h;
-  std::memcpy(&h, p, 2);
+  std::memcpy(&h, WgmmaAddress(desc, row, k), 2);
   using identirep::kernels::mma::ToFloat;
   return static_cast<double>(bf16 ? ToFloat<true>(h) : ToFloat<false>(h));
 }
@@ -156,6 +237,12 @@ inline double WgmmaElement(unsigned long long desc, int row, int k, bool bf16) {
 // d (this thread's part of 64 x n) = a b' + (scale_d ? d : 0), products summed in double.
 inline void WgmmaOp::Run() const {
   const int lane = self->lane, warp = self->index / 32 % 4;
+  if (self->index % 128 == 0)  // the warpgroup's operands: 64 rows of a, n of b, 2 chunks each
+    for (int r = 0; r < 64 || r < n; ++r)
+      for (int k = 0; k < 16; k += 8)
+        for (const bool is_a : {true, false})
+          if (r < (is_a ? 64 : n) && Proxy().Unfenced(WgmmaAddress(is_a ? da : db, r, k)))
+            Fail("wgmma reads a cp.async copy not followed by fence.proxy.async", r, k);
   for (int i = 0; i < n / 2; ++i) {
     const int row = 16 * warp + lane / 4 + 8 * (i / 2 % 2);
     const int col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
@@ -208,7 +295,7 @@ inline unsigned SmemAddr(const void* p) {
   simt::Fail("SmemAddr: not a pointer into shared memory");
 }
 
-inline void FenceProxyAsync() {}
+inline void FenceProxyAsync() { simt::Proxy().Fence(); }
 
 template <int kN>
 inline void PinRegisters(float (&)[kN]) {}
@@ -226,6 +313,7 @@ inline void Wgmma(float (&d)[kN / 2], unsigned long long da, unsigned long long 
   for (const Args& a : all)
     if (a.da != da || a.db != db || a.scale_d != scale_d || a.n != kN)
       simt::Fail("wgmma: operands differ across the warp");
+  if (simt::self->lane == 0) simt::Warpgroups().Check({da, db, scale_d, kN});
   simt::WgmmaOf().Issue({d, kN, da, db, scale_d, kBf16});
 }
 
