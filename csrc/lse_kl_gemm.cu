@@ -2,6 +2,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -17,6 +18,12 @@ namespace {
 
 void Require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("lse_kl_gemm_update_cuda: " + what);
+}
+
+int GemmSmemBytes(int block_rows, bool wgmma) {
+  if (block_rows == 128)
+    return wgmma ? kernels::GemmShape<128, true>::kSmemBytes : kernels::GemmShape<128>::kSmemBytes;
+  return wgmma ? kernels::GemmShape<64, true>::kSmemBytes : kernels::GemmShape<64>::kSmemBytes;
 }
 
 }  // namespace
@@ -73,10 +80,12 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
   if (col_moments != 0)
     Require(col_ld >= col0 + v && col_work != 0 && shift != 0,
             "col_moments needs col_ld >= col0 + v, col_work and shift");
-  int device = 0, major = 0;
+  int device = 0, major = 0, smem = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("lse_kl_gemm_update_cuda: ") + cudaGetErrorString(err));
   if (major < 8)
@@ -86,6 +95,13 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
     const std::string why = lse_kl_gemm_wgmma_problem(device);
     if (!why.empty()) throw std::runtime_error("lse_kl_gemm_update_cuda: " + why);
   }
+  const int need = GemmSmemBytes(static_cast<int>(op.block_rows), op.wgmma);
+  if (smem < need)
+    throw std::runtime_error(
+        "lse_kl_gemm_update_cuda: " + std::to_string(op.block_rows) + "-row blocks need " +
+        std::to_string(need / 1024) + " KiB of shared memory per block, this GPU allows " +
+        std::to_string(smem / 1024) + " KiB" +
+        (op.block_rows == 128 ? "; 64-row blocks (gemm_block_rows=64) may fit" : ""));
 
   const auto* f1 = reinterpret_cast<const unsigned short*>(op.f1);
   const auto* g1 = reinterpret_cast<const unsigned short*>(op.g1);
@@ -100,21 +116,29 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
   auto* sh = reinterpret_cast<float*>(shift);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const int k1 = static_cast<int>(op.k1), k2 = static_cast<int>(op.k2);
-  const auto run = [&](auto launcher) {
-    return launcher(f1, op.ldf1, g1, op.ldg1, k1, f2, op.ldf2, g2, op.ldg2, k2, n, v, col0, st,
-                    state_ld, ag, args_ld, mom, rw, sh, s);
-  };
-  if (op.wgmma) {
+  const bool wgmma = op.wgmma;
+  const auto run = [&](auto bf, auto bm) {
+    constexpr bool kBf16 = decltype(bf)::value;
+    constexpr int kBM = decltype(bm)::value;
+    const auto gemm = [wgmma](const kernels::GemmKernelArgs& a, cudaStream_t stream) {
+      (void)wgmma;
 #ifdef IDENTIREP_WITH_WGMMA
-    err = LseKlGemmWgmma(bf16, static_cast<int>(op.block_rows),
-                         {f1, g1, f2, g2, op.ldf1, op.ldg1, op.ldf2, op.ldg2, k1, k2, n, v, col0,
-                          st, state_ld, ag, args_ld, mom, rw, sh, s});
+      if (wgmma) return LaunchGemmKernelWgmma(kBf16, kBM, a, stream);
 #endif
-  } else if (op.block_rows == 128) {
-    err = bf16 ? run(kernels::LseKlGemm<true, 128>) : run(kernels::LseKlGemm<false, 128>);
-  } else {
-    err = bf16 ? run(kernels::LseKlGemm<true, 64>) : run(kernels::LseKlGemm<false, 64>);
-  }
+      return kernels::LaunchGemmKernel<kBf16, kBM, false>(a, stream);
+    };
+    return kernels::LseKlGemm<kBf16, kBM>(f1, op.ldf1, g1, op.ldg1, k1, f2, op.ldf2, g2,
+                                          op.ldg2, k2, n, v, col0, st, state_ld, ag, args_ld, mom,
+                                          rw, sh, s, gemm);
+  };
+  using True = std::true_type;
+  using False = std::false_type;
+  using Rows128 = std::integral_constant<int, 128>;
+  using Rows64 = std::integral_constant<int, 64>;
+  if (op.block_rows == 128)
+    err = bf16 ? run(True{}, Rows128{}) : run(False{}, Rows128{});
+  else
+    err = bf16 ? run(True{}, Rows64{}) : run(False{}, Rows64{});
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("lse_kl_gemm_update_cuda: launch failed: ") +
                              cudaGetErrorString(err));

@@ -625,37 +625,72 @@ __global__ void __launch_bounds__(kGemmThreads, GemmShape<kBM, kWg>::kBlocksPerS
 
 #ifndef __CUDACC_RTC__
 
-// Launcher: shift (with column moments), the GEMM kernel, then LseKlColMergeKernel<float> and
+// The GEMM kernel's arguments.
+struct GemmKernelArgs {
+  const unsigned short* f1;
+  Index ldf1;
+  const unsigned short* g1;
+  Index ldg1;
+  int k1;
+  const unsigned short* f2;
+  Index ldf2;
+  const unsigned short* g2;
+  Index ldg2;
+  int k2;
+  Index n, v;
+  const float* shift;
+  double* row_work;
+  double* col_work;
+};
+
+// LseKlGemmKernel<kBf16, kBM, kWg> alone on `stream`. csrc/lse_kl_wgmma.cu (sm_90a) launches
+// only this: a launcher of other kernels instantiated there too would be a second definition of
+// it, and the linker could keep the sm_90a copy for every GPU.
+template <bool kBf16, int kBM, bool kWg>
+cudaError_t LaunchGemmKernel(const GemmKernelArgs& a, cudaStream_t stream) {
+  constexpr int kSmem = GemmShape<kBM, kWg>::kSmemBytes;
+  const auto kernel = LseKlGemmKernel<kBf16, kBM, kWg>;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err == cudaSuccess && GemmShape<kBM, kWg>::kBlocksPerSm > 1)  // room for both blocks
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
+  if (err != cudaSuccess) return err;
+  kernel<<<dim3(static_cast<unsigned>(GemmSlabs(a.v)), static_cast<unsigned>(GemmChunks<kBM>(a.n))),
+           kGemmThreads, kSmem, stream>>>(a.f1, a.ldf1, a.g1, a.ldg1, a.k1, a.f2, a.ldf2, a.g2,
+                                          a.ldg2, a.k2, a.n, a.v, a.shift, a.row_work,
+                                          a.col_work);
+  return cudaGetLastError();
+}
+
+// Launcher: shift (with column moments), the GEMM kernel (launch_gemm(GemmKernelArgs,
+// stream): LaunchGemmKernel<kBf16, kBM, kWg>), then LseKlColMergeKernel<float> and
 // LseKlRowMergeKernel<float, kGemmBN> on `stream`: the update of LseKlFused for the logits
 // f_k[0:n] g_k[0:v]'. row_work, col_work (with mom.col) and shift: LseKlGemm*Elems. The caller
 // checks the operands (csrc/lse_kl_gemm.cu). Returns the first launch error.
-template <bool kBf16, int kBM, bool kWg = false>
+template <bool kBf16, int kBM, typename LaunchGemm>
 cudaError_t LseKlGemm(const unsigned short* f1, Index ldf1, const unsigned short* g1, Index ldg1,
                       int k1, const unsigned short* f2, Index ldf2, const unsigned short* g2,
                       Index ldg2, int k2, Index n, Index v, Index col0, double* state,
                       Index state_ld, Index* args, Index args_ld, const DeviceLogitMoments& mom,
-                      double* row_work, float* shift, cudaStream_t stream) {
+                      double* row_work, float* shift, cudaStream_t stream,
+                      LaunchGemm&& launch_gemm) {
   if (n <= 0 || v <= 0) return cudaSuccess;
   if (row_work == nullptr || (mom.col != nullptr && (mom.col_work == nullptr || shift == nullptr)))
     return cudaErrorInvalidValue;
   const Index slabs = GemmSlabs(v), chunks = GemmChunks<kBM>(n);
   if (slabs > 0x7fffffffLL || (v + 7) / 8 > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  constexpr int kSmem = GemmShape<kBM, kWg>::kSmemBytes;
-  cudaError_t err = cudaFuncSetAttribute(LseKlGemmKernel<kBf16, kBM, kWg>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err != cudaSuccess) return err;
   double* col_work = mom.col != nullptr ? mom.col_work : nullptr;
+  cudaError_t err;
   if (col_work != nullptr) {
     LseKlShiftKernel<kBf16><<<static_cast<unsigned>((v + 7) / 8), 256, 0, stream>>>(
         f1, g1, ldg1, k1, f2, g2, ldg2, k2, v, shift);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  LseKlGemmKernel<kBf16, kBM, kWg>
-      <<<dim3(static_cast<unsigned>(slabs), static_cast<unsigned>(chunks)), kGemmThreads, kSmem,
-         stream>>>(
-      f1, ldf1, g1, ldg1, k1, f2, ldf2, g2, ldg2, k2, n, v, shift, row_work, col_work);
-  err = cudaGetLastError();
+  err = launch_gemm(GemmKernelArgs{f1, ldf1, g1, ldg1, k1, f2, ldf2, g2, ldg2, k2, n, v, shift,
+                                   row_work, col_work},
+                    stream);
   if (err != cudaSuccess) return err;
   return LaunchMerges<float, kGemmBN>(shift, shift + v, n, v, col0, chunks, row_work, state,
                                       state_ld, args, args_ld, mom, stream);
