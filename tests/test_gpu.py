@@ -482,6 +482,13 @@ def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
     assert seen == [stream.cuda_stream] and stream.cuda_stream != 0
     want = ir.kl(a, b)
     np.testing.assert_allclose([got.kl12, got.kl21], [want.kl12, want.kl21], rtol=1e-9)
+    # torch's stream outlives the call: the CuPy stream that wrapped it did not destroy it
+    import gc
+    gc.collect()
+    with torch.cuda.stream(stream):
+        x = torch.ones(1, device="cuda").add_(1)
+    stream.synchronize()
+    assert float(x.cpu()) == 2.0
 
 
 # ------------------------------------------------------------------ the engine on a GPU

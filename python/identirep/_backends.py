@@ -151,14 +151,18 @@ def caller_stream(arrays):
     dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
     ts = torch.cuda.current_stream(dev)
     with cupy.cuda.Device(dev):
-        if ts.cuda_stream == 0:
-            stream = cupy.cuda.Stream.null
-        elif hasattr(cupy.cuda.Stream, "from_external") and hasattr(ts, "__cuda_stream__"):
-            stream = cupy.cuda.Stream.from_external(ts)  # the CUDA stream protocol
-        else:  # older CuPy or torch; ExternalStream is deprecated in CuPy 14
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                stream = cupy.cuda.ExternalStream(ts.cuda_stream, dev)
+        # ExternalStream: deprecated in CuPy 14, but it never destroys the handle, while a
+        # Stream.from_external without CuPy's guard for foreign streams would destroy torch's
+        # stream when freed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            external = getattr(cupy.cuda, "ExternalStream", None)
+            if ts.cuda_stream == 0:
+                stream = cupy.cuda.Stream.null
+            elif external is not None:
+                stream = external(ts.cuda_stream, dev)
+            else:  # the CUDA stream protocol
+                stream = cupy.cuda.Stream.from_external(ts)
         with stream:
             yield
 
