@@ -18,7 +18,9 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
   gemm-fused  the cuda pass with the logits computed and reduced in one kernel
           (fused_gemm=True: csrc/kernels/lse_kl_gemm.cuh, no logit in memory), with blocks of
           128 rows (one per SM) and of 64 (two per SM), mma.sync (sm_80+), then wgmma (the
-          sm_90a kernel, gemm_wgmma=True; "-" where it cannot run);
+          sm_90a kernel, gemm_wgmma=True; "-" where it cannot run); a second table gives
+          each kernel's time without its epilogue too (the timing probe
+          _core.lse_kl_gemm_mainloop_cuda, one launch over N x V): the GEMMs' share of it;
   cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
@@ -203,6 +205,12 @@ def bench_shape(n, v, m, args, torch, row):
                                             workspace_bytes=args.workspace))
                 row["mem_gemm"] = pool_peak(run)
                 row[key] = cuda_ms(run, args.warmup, args.repeats)
+                ops = gp.driver_operands([f1, g1, f2, g2], np.dtype(np.float32))
+                row[("mainloop", key)] = cuda_ms(
+                    lambda: _core.lse_kl_gemm_mainloop_cuda(
+                        *ops, gemm=rows, wgmma=wgmma, stream=cp.cuda.get_current_stream().ptr,
+                        device=cp.cuda.Device().id),
+                    args.warmup, args.repeats)
         if args.sweep:
             for tc in SWEEP_COLS:
                 for variant, opts in SWEEP_VARIANTS.items():
@@ -326,6 +334,25 @@ def table(rows):
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+GEMM_KERNELS = (("gemm_fused", "mma.sync 128"), ("gemm_fused64", "mma.sync 64"),
+                ("gemm_wg", "wgmma 128"), ("gemm_wg64", "wgmma 64"))
+
+
+def gemm_table(rows):
+    """The fused GEMM kernels: the pass, and the kernel without its epilogue (the timing
+    probe: GEMMs and tile stores alone), ms (ratio to the floor)."""
+    if not any(("mainloop", k) in r for r in rows for k, _ in GEMM_KERNELS):
+        return ""
+    head = " | ".join(f"{name} pass / no epilogue" for _, name in GEMM_KERNELS)
+    lines = ["fused GEMM kernels: the pass, and the kernel without its epilogue (one launch)", "",
+             f"| N x V x M | {head} |", "|---|" + "---|" * len(GEMM_KERNELS)]
+    for r in rows:
+        cells = " | ".join(f"{fmt_ms(r, k)} / {fmt_ms(r, ('mainloop', k))}"
+                           for k, _ in GEMM_KERNELS)
+        lines.append(f"| {r['shape']} | {cells} |")
+    return "\n".join(lines)
+
+
 def sweep_table(rows):
     """The cuda pass by label-tile width and variant, ms (ratio to the floor)."""
     keys = [(tc, v) for tc in SWEEP_COLS for v in SWEEP_VARIANTS]
@@ -372,8 +399,8 @@ def main():
 
 
 def report(head, rows):
-    sweep = sweep_table(rows)
-    return head + "\n\n" + table(rows) + ("\n\n" + sweep if sweep else "")
+    extra = [t for t in (gemm_table(rows), sweep_table(rows)) if t]
+    return "\n\n".join([head, table(rows)] + extra)
 
 
 def emit(text, out=None, quiet=False):

@@ -19,6 +19,7 @@ import cupy as cp
 
 from identirep import _bf16 as bf16
 from identirep import _core
+from identirep import _cupy_pass as gp
 from identirep._cupy_pass import _CudaEpilogue, _CupyEpilogue
 from identirep._stream import init_state
 
@@ -89,6 +90,11 @@ def gemm():
     out = [cuda_pass(*ops, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wg, **kw)
            for rows, wg in kinds]
     out.append(cuda_pass(*ops, **kw))
+    tuples = gp.driver_operands(ops, np.dtype(np.float32))
+    for rows, wg in kinds:  # the benchmarks' timing probe, for the memory checker
+        _core.lse_kl_gemm_mainloop_cuda(*tuples, gemm=rows, wgmma=wg,
+                                        stream=cp.cuda.get_current_stream().ptr,
+                                        device=cp.cuda.Device().id)
     return [[cp.asarray(getattr(o, k)) for k in ("L1", "kl12", "col_m2_12")] for o in out]
 
 

@@ -165,5 +165,18 @@ with contiguous rows, row strides a multiple of 8, 16-byte aligned; compute capa
 no cuBLAS); wgmma: its sm_90a kernel (compute capability 9.0, a build with it:
 lse_kl_gemm_wgmma_problem). Asynchronous on stream
 (cudaStream_t as an integer) of device; needs cublas_load first unless gemm.)doc");
+  m.def(
+      "lse_kl_gemm_mainloop_cuda",
+      [](const py::tuple& f1, const py::tuple& g1, const py::tuple& f2, const py::tuple& g2,
+         int gemm, bool wgmma, uintptr_t stream, int device) {
+        const auto a = Operand(f1), b = Operand(g1), c = Operand(f2), d = Operand(g2);
+        py::gil_scoped_release release;
+        identirep::lse_kl_gemm_mainloop_pass(a, b, c, d, gemm, wgmma, stream, device);
+      },
+      py::arg("f1"), py::arg("g1"), py::arg("f2"), py::arg("g2"), py::arg("gemm") = 128,
+      py::arg("wgmma") = false, py::arg("stream") = 0, py::arg("device") = 0,
+      "A timing probe (benchmarks/bench_gpu.py): the fused GEMM kernel of lse_kl_pass_cuda's "
+      "gemm and wgmma over the whole of f_k g_k' in one launch, without its epilogue "
+      "(nothing written). Asynchronous.");
 #endif
 }

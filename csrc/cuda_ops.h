@@ -79,6 +79,10 @@ void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64
                              int64_t col_ld, int64_t row0, uintptr_t row_work,
                              uintptr_t col_work, uintptr_t shift, uintptr_t stream);
 
+// A timing probe: the fused GEMM kernel over f_k[0:n] g_k[0:v]' without its epilogue (the
+// GEMMs and the tile stores to shared memory alone; nothing is written). Asynchronous.
+void lse_kl_gemm_mainloop_cuda(const GemmOperands& op, int64_t n, int64_t v, uintptr_t stream);
+
 #ifdef IDENTIREP_WITH_CUBLAS
 // ---- the pass driver (csrc/cuda_pass.cpp): cuBLAS tiles + the epilogue above, one call ----
 
@@ -127,6 +131,12 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
                       const std::string& dtype, bool overlap, bool fused, int gemm,
                       uintptr_t stream, int device, bool wgmma = false);
+
+// lse_kl_gemm_mainloop_cuda over the whole of f1, g1, f2, g2 (operands as lse_kl_pass_cuda's
+// with gemm = 128 or 64 and wgmma) on `stream` of `device`: one launch.
+void lse_kl_gemm_mainloop_pass(const CudaOperand& f1, const CudaOperand& g1,
+                               const CudaOperand& f2, const CudaOperand& g2, int gemm,
+                               bool wgmma, uintptr_t stream, int device);
 #endif
 
 }  // namespace identirep

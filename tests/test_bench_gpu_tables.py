@@ -29,6 +29,7 @@ def test_tables_with_full_partial_and_failed_rows(monkeypatch, tmp_path):
             "torch_mem": 2 ** 31, "liger_mem": 2 ** 33}
     full.update({("sweep", tc, v): 2.2 for tc in bench_gpu.SWEEP_COLS
                  for v in bench_gpu.SWEEP_VARIANTS})
+    full.update({("mainloop", "gemm_fused"): 1.6, ("mainloop", "gemm_wg"): 1.2})
     partial = {"shape": "4 x 5 x 6", "flop": 1e12, "liger_why": "liger_kernel unavailable"}
     failed = {"shape": "7 x 8 x 9", "flop": 1e12, "floor": 1.0, "floor_by": "torch",
               "error": "stopped: OutOfMemoryError: out of memory"}
@@ -38,7 +39,9 @@ def test_tables_with_full_partial_and_failed_rows(monkeypatch, tmp_path):
     assert "| 2.2 (1.10x) | 2.0 (1.02x) / 2.4 (1.20x); 1.9 (0.95x) / - | 2.6 (1.30x) |" in text
     assert "| 0.50 / 0.50 / 0.25 / 2.00 / 8.00 |" in text
     assert "4 x 5 x 6: liger_kernel unavailable" in text and "7 x 8 x 9: stopped" in text
-    assert text.count("| 4 x 5 x 6 |") == 2   # main table and sweep table
+    assert text.count("| 4 x 5 x 6 |") == 3   # main table, fused GEMM table, sweep table
+    assert ("| 1 x 2 x 3 | 2.0 (1.02x) / 1.6 (0.80x) | 2.4 (1.20x) / - | "
+            "1.9 (0.95x) / 1.2 (0.60x) | - / - |") in text
     assert "| 1024 overlap | 1024 serial | 1024 fused |" in text
     out = tmp_path / "t.md"
     bench_gpu.emit(text, str(out), quiet=True)

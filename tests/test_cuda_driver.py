@@ -443,6 +443,25 @@ def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape,
 
 @pytest.mark.gpu
 @needs_driver
+@pytest.mark.parametrize("rows", [128, 64, "wg128", "wg64"])
+def test_fused_gemm_timing_probe_runs_and_writes_nothing(cupy, rows):
+    # bench_gpu's kernel without its epilogue: launches (every kind), and a pass after it is
+    # the pass without it
+    arrays, _ = _half_arrays(cupy, make_pair(8, n=513, v=700, m1=520, m2=264), "bfloat16")
+    kw = _gemm_kind(rows, cupy)
+    want = gp.cuda_pass(*arrays, **kw)
+    ops = gp.driver_operands([gp.as_device(a) for a in arrays], np.dtype(np.float32))
+    assert ops is not None
+    _core.lse_kl_gemm_mainloop_cuda(*ops, gemm=kw["gemm_block_rows"], wgmma=kw["gemm_wgmma"],
+                                    stream=cupy.cuda.get_current_stream().ptr,
+                                    device=cupy.cuda.Device().id)
+    got = gp.cuda_pass(*arrays, **kw)
+    for k in ALL_FIELDS:
+        np.testing.assert_array_equal(getattr(got, k), getattr(want, k), err_msg=k)
+
+
+@pytest.mark.gpu
+@needs_driver
 @pytest.mark.parametrize("rows", [128, "wg128"])
 @pytest.mark.parametrize("case", ["duplicate and zero labels", "logits of 1e4"])
 def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):

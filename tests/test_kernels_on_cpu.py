@@ -469,6 +469,17 @@ def test_wgmma_gemm_under_both_extreme_schedules(harness, tmp_path, bm, wgmma, c
     assert_matches_gemm(got, cpu_pass(l1, l2, tr, tc), l1, l2)
 
 
+@pytest.mark.parametrize("bm", [128, 64, "wg128", "wg64"])
+def test_gemm_mainloop_probe_writes_nothing(harness, tmp_path, bm):
+    # the timing probe (mainloop_only, null shift and scratch) runs before each tile's kernel:
+    # a write through a null pointer would fault, a write elsewhere would change the results
+    n, v, k1, k2, lds, tr, tc = GEMM_CASES["long_k"]
+    bits, l1, l2 = gemm_operands(17, n, v, k1, k2, "bf16")
+    got = gemm_pass(harness, tmp_path, bits, n, v, (k1, k2), lds, "bf16", tr, tc, bm=bm,
+                    env={"RUN_KERNELS_MAINLOOP_FIRST": "1"})
+    assert_matches_gemm(got, cpu_pass(l1, l2, tr, tc), l1, l2)
+
+
 def test_wgmma_descriptor_bits_follow_the_ptx_table(harness):
     # start address >> 4 in bits 0-13, leading byte offset 16 (unused with a swizzle) >> 4 in
     # 16-29, stride byte offset 1024 >> 4 in 32-45, base offset 0, 128-byte swizzle (1) in 62-63
