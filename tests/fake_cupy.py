@@ -249,11 +249,69 @@ class _Context:
         pass
 
 
+class Event:
+    """A stream event: the point of its stream's work when it was recorded."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.stream, self.at = None, None
+
+    def record(self, stream=None):
+        self.stream = stream or get_current_stream()
+        self.at = self.stream.issued
+
+    def synchronize(self):
+        if self.stream is not None:
+            self.stream._run(self.at)
+
+
+_current = []   # the streams entered (``with stream:``), innermost last
+
+
 class Stream(_Context):
+    """A stream. Array operations run at once, in program order; work a test defers to the
+    current stream (``_defer``) runs only when an event recorded after it is waited on (or at
+    synchronize), as late as CUDA allows: a missing wait shows as work done too late."""
     null = None
 
     def __init__(self, non_blocking=False):
         self.ptr = 0
+        self.issued, self.done, self.pending = 0, 0, []
+
+    def __enter__(self):
+        _current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _current.pop()
+        return False
+
+    def _defer(self, work):
+        self.pending.append(work)
+        self.issued += 1
+
+    def _run(self, upto=None):
+        """Runs the deferred work issued before point ``upto`` (all of it by default)."""
+        upto = self.issued if upto is None else upto
+        while self.done < upto:
+            self.pending.pop(0)()
+            self.done += 1
+
+    def record(self, event=None):
+        event = event or Event()
+        event.record(self)
+        return event
+
+    def wait_event(self, event):
+        if event.stream is None:
+            raise AssertionError("waiting on an event that was never recorded")
+        event.stream._run(event.at)
+
+    def synchronize(self):
+        self._run()
+
+
+def get_current_stream():
+    return _current[-1] if _current else Stream.null
 
 
 Stream.null = Stream()
@@ -279,8 +337,8 @@ cupy = _module(
 cupy.linalg = _module("cupy.linalg",
                       **{n: _forward(getattr(np.linalg, n), n) for n in LINALG},
                       **{n: _checked(n) for n in LINALG_CHECKED})
-cupy.cuda = _module("cupy.cuda", Device=Device, Stream=Stream,
-                    get_current_stream=lambda: Stream.null,
+cupy.cuda = _module("cupy.cuda", Device=Device, Stream=Stream, Event=Event,
+                    get_current_stream=get_current_stream,
                     runtime=_module("cupy.cuda.runtime", getDeviceCount=lambda: 1))
 cupyx = _module("cupyx", errstate=errstate)
 cuda_libs = _module("cupy_backends.cuda.libs", cublas=_module("cublas"),

@@ -21,10 +21,12 @@ from identirep.passes import cpu_pass
 
 import fake_cupy
 from conftest import random_pair
+from test_gpu import assert_stats_close, logit_scale, make_pair
 from test_gpu import bounded_small  # noqa: F401 (a fixture, used by name)
 
 RTOL = {np.float64: 1e-10, np.float32: 1e-5}
 PIVOT_CRITERIA_DEVICE = gp.pivot_criteria_device   # the fixture replaces it
+PASSES = {"cupy": gp.cupy_pass, "cuda": gp.cuda_pass}  # and these
 #: compare / matrix options: fewer d_SVD and d_rep sets than by default (each set is a few
 #: small device operations)
 OPTS = dict(num_samples=30, max_label_sets=100, rep_sets=30)
@@ -153,10 +155,82 @@ def test_fake_cupy_offers_only_what_cupy_has():
     F = fake_cupy
     for fake, real in ((F.cupy, cupy), (F.cupy.linalg, cupy.linalg), (F.cupy.cuda, cupy.cuda),
                        (F.cupy.cuda.runtime, cupy.cuda.runtime), (F.ndarray, cupy.ndarray),
-                       (F.Stream, cupy.cuda.Stream), (F.Device, cupy.cuda.Device),
+                       (F.Stream, cupy.cuda.Stream), (F.Event, cupy.cuda.Event),
+                       (F.Device, cupy.cuda.Device),
                        (F.cupyx, cupyx)):
         missing = [n for n in vars(fake) if not n.startswith("_") and not hasattr(real, n)]
         assert not missing, f"{real.__name__} has no {missing}"
+
+
+# ------------------------------------------------------------------ the Python tile loop
+class _HostEpilogue:
+    """The epilogue kernels' update (the compiled CPU kernel) on host copies of a tile and of
+    the device state, written back: stands in for both backends' epilogues, as work of the
+    current stream (on a second stream it runs as late as its events allow)."""
+    calls = []
+
+    def __init__(self, cp, tc, dt, tr=1, fused=False):
+        self.cp = cp
+
+    def __call__(self, l1, l2, c0, r0, state, args, row_m, col_m):
+        def work():
+            n = l1.shape[0]
+            s, a, rm, cm = (x.get() for x in (state, args, row_m, col_m))
+            _core.lse_kl_update(l1.get(), l2.get(), s[:, r0:r0 + n], a[:, r0:r0 + n], c0, 1,
+                                rm[:, r0:r0 + n], cm, r0)
+            for dev_x, host_x in zip((state, args, row_m, col_m), (s, a, rm, cm)):
+                dev_x[...] = self.cp.asarray(host_x)
+            self.calls.append((l1.shape, c0, r0))
+        stream = self.cp.cuda.get_current_stream()
+        if stream is self.cp.cuda.Stream.null:
+            work()
+        else:
+            stream._defer(work)
+
+
+def _emulated_gemm_ex(cp, a, b, out, kind, beta=0.0):
+    """cublasGemmEx of two half operands (bfloat16 as bits): float32 products of the exact
+    values, summed in float32."""
+    x, y = ((bf16.to_f32(t) if kind == "bfloat16" else t.astype(np.float32)) for t in (a, b))
+    prod = x @ y.T
+    out[...] = prod if beta == 0.0 else prod + np.float32(beta) * out
+
+
+@pytest.mark.parametrize("backend", ["cupy", "cuda"])
+@pytest.mark.parametrize("kind, half_gemm", [("float64", "cublas"), ("float32", "cublas"),
+                                             ("bfloat16", "cublas"), ("bfloat16", "convert"),
+                                             ("float16", "cublas")])
+@pytest.mark.parametrize("tiles", [{"tile_rows": 70, "tile_cols": 20}, {"tile_cols": 7},
+                                   {}], ids=["row_and_label_tiles", "label_tiles", "one_tile"])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, backend, kind, half_gemm,
+                                               tiles, overlap):
+    # _gpu_pass itself (backend "cupy", and "cuda" with driver=False): tiles, buffers, the
+    # second stream and its events, widened or half GEMM tiles; the epilogue kernels replaced
+    # by the CPU kernel on host copies, cublasGemmEx by its float32 emulation
+    monkeypatch.setattr(gp, "_CupyEpilogue", _HostEpilogue)
+    monkeypatch.setattr(gp, "_CudaEpilogue", _HostEpilogue)
+    monkeypatch.setattr(gp, "gemm_ex", _emulated_gemm_ex)
+    monkeypatch.setattr(_HostEpilogue, "calls", [])
+    f1, g1, f2, g2 = make_pair(11, n=173, v=61, m1=9, m2=6)
+    if kind == "bfloat16":
+        host = [bf16.to_f32(bf16.from_f32(x.astype(np.float32))) for x in (f1, g1, f2, g2)]
+        ops = [gp.DeviceArray(dev.cp.asarray(bf16.from_f32(x)), kind) for x in host]
+    else:
+        host = [x.astype(kind) for x in (f1, g1, f2, g2)]
+        ops = [dev.cp.asarray(x) for x in host]
+    if kind in ("float32", "float64"):  # a column-major label operand
+        ops[1] = dev.cp.asfortranarray(ops[1])
+    kw = {"driver": False} if backend == "cuda" else {}
+    got = PASSES[backend](*ops, half_gemm=half_gemm, overlap=overlap, **tiles, **kw)
+    assert got.backend == backend and got.dtype == ("float64" if kind == "float64"
+                                                    else "float32")
+    n_tiles = (-(-173 // tiles.get("tile_rows", 173))) * (-(-61 // tiles.get("tile_cols", 61)))
+    assert len(_HostEpilogue.calls) == n_tiles
+    exact = [x.astype(np.float64) for x in host]
+    # float32 logits (exact products, float32 sums) against float64 ones
+    assert_stats_close(got, cpu_pass(*exact), 1e-12 if kind == "float64" else 1e-5,
+                       logit_scale(*exact))
 
 
 # ------------------------------------------------------------------ the engine
