@@ -6,6 +6,7 @@ GPU is replaced: the streaming pass (the compiled CPU pass of host copies of its
 operands) and the device pivot kernel (the compiled CPU kernel of host copies)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import types
@@ -231,6 +232,29 @@ def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, backend, kind, 
     # float32 logits (exact products, float32 sums) against float64 ones
     assert_stats_close(got, cpu_pass(*exact), 1e-12 if kind == "float64" else 1e-5,
                        logit_scale(*exact))
+
+
+def test_engine_methods_run_on_the_stream_current_when_called(monkeypatch):
+    # an engine's measures, called after engine() returned, run inside caller_stream of its
+    # models (for torch CUDA tensors: torch's stream current at the call), as the public
+    # functions do; here with the torch check and the stream switch recorded
+    entered = []
+
+    @contextlib.contextmanager
+    def caller_stream(arrays):
+        entered.append(len(arrays))
+        yield
+    monkeypatch.setattr(_backends, "_torch_cuda_tensor", lambda arrays: arrays[0])
+    monkeypatch.setattr(_backends, "caller_stream", caller_stream)
+    a, b = random_pair(N=120, V=40, M=4, bias=True, seed=3)
+    e = ir.engine(a, b)
+    assert entered == [6]   # f, g, bias of both models
+    for call in (lambda: e.kl(), lambda: e.d_logit(), lambda: e.label_side(num_pivots=5),
+                 lambda: e.input_side(num_samples=5), lambda: e.mcca_f(), lambda: e.mcca_g(),
+                 lambda: e.d_rep(None, 2), lambda: e.label_terms(0), lambda: e.swapped()):
+        del entered[:]
+        call()
+        assert entered and entered[0] == 6
 
 
 # ------------------------------------------------------------------ the engine

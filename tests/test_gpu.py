@@ -491,6 +491,32 @@ def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
     assert float(x.cpu()) == 2.0
 
 
+@pytest.mark.gpu
+def test_engine_used_later_runs_on_torchs_stream_of_the_call(cupy, monkeypatch):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    seen = []
+    real = gp.pivot_criteria_device
+
+    def spy(*args, **kwargs):
+        seen.append(cupy.cuda.get_current_stream().ptr)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(gp, "pivot_criteria_device", spy)
+    a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
+    ga, gb = (ir.Model(*(torch.from_numpy(x).cuda() for x in (m.f, m.g)),
+                       bias=torch.from_numpy(m.bias).cuda()) for m in (a, b))
+    e = ir.engine(ga, gb)
+    torch.cuda.synchronize()
+    later = torch.cuda.Stream()
+    with torch.cuda.stream(later):
+        got = e.d_llv(num_pivots=10)
+    assert seen and set(seen) == {later.cuda_stream} and later.cuda_stream != 0
+    want = ir.d_llv(a, b, num_pivots=10)
+    assert got.pivot == want.pivot
+    np.testing.assert_allclose(got.value, want.value, rtol=1e-9)
+
+
 # ------------------------------------------------------------------ the engine on a GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)

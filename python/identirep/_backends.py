@@ -178,13 +178,25 @@ def model_arrays(values):
     return out
 
 
+def _on(arrays, fn, args, kwargs):
+    if _torch_cuda_tensor(arrays) is None:
+        return fn(*args, **kwargs)
+    with caller_stream(arrays):
+        return fn(*args, **kwargs)
+
+
 def on_caller_stream(fn):
     """Decorator: run ``fn`` inside :func:`caller_stream` of the models among its arguments."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        arrays = model_arrays(list(args) + list(kwargs.values()))
-        if _torch_cuda_tensor(arrays) is None:
-            return fn(*args, **kwargs)
-        with caller_stream(arrays):
-            return fn(*args, **kwargs)
+        return _on(model_arrays(list(args) + list(kwargs.values())), fn, args, kwargs)
+    return wrapper
+
+
+def on_models_stream(method):
+    """Decorator of a method of an object with models ``a`` and ``b`` (PairEngine): run it
+    inside :func:`caller_stream` of their arrays, the stream current when it is called."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        return _on(model_arrays([self.a, self.b]), method, (self, *args), kwargs)
     return wrapper

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from . import sampling
-from ._backends import array_module, is_gpu_array
+from ._backends import array_module, is_gpu_array, on_models_stream
 from ._build import build_info
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
@@ -289,6 +289,7 @@ class PairEngine:
             self._label_mom = pair_moments(self.c1, self.c2, which="g")
         return self._label_mom
 
+    @on_models_stream
     def swapped(self) -> "PairEngine":
         """The engine of (b, a), from the same pass and the same moments (permuted)."""
         M1, M2 = self.M1, self.M2
@@ -298,12 +299,14 @@ class PairEngine:
         return PairEngine(self.b, self.a, self.stats.swapped(), self.tol, (self.c2, self.c1),
                           _moments=(mom, lab))
 
+    @on_models_stream
     def label_terms(self, pivot: int):
         """Per-label rest, piv, t3 and validity against one pivot (for plots and inspection)."""
         rest, piv, t3, valid, _ = (x[:, 0] for x in self._label_block(np.array([pivot])))
         return {"rest": rest, "piv": piv, "t3": t3, "valid": valid}
 
     # ------------------------------------------------------------------ KL, d_logit
+    @on_models_stream
     def kl(self) -> KLResult:
         s = self.stats
         # KL >= 0; clip the roundoff of (near-)identical distributions
@@ -313,6 +316,7 @@ class PairEngine:
                         entropy2=float(s.H2.mean()), per_input_kl12=kl12,
                         per_input_kl21=kl21)
 
+    @on_models_stream
     def d_logit(self) -> DLogitResult:
         sq = float(self.stats.row_m2_dd.mean())
         return DLogitResult(value=math.sqrt(max(sq, 0.0)), value_sq=sq)
@@ -581,6 +585,7 @@ class PairEngine:
         return cands, np.array([crit[y] for y in cands]), (
             f"exact over {V} labels (bounded search: {len(cands)} pivots evaluated)")
 
+    @on_models_stream
     def label_side(self, term="max", pivot=None, leave_out=None, num_pivots=None, seed=0,
                    progress=None, bound_budget=None):
         """(pivot, leave-out, t1, t3, how the pivot was found, degenerate labels). Beyond
@@ -627,6 +632,7 @@ class PairEngine:
     def _input_factors(self):
         return self.c1.input_factor, self.c2.input_factor
 
+    @on_models_stream
     def input_side(self, term="max", input_set=None, num_samples=200, seed=0,
                    paper_compat=False, sets_per_pivot=1):
         cands, how = candidate_input_sets(self.a, self.b, input_set, num_samples, seed,
@@ -690,6 +696,7 @@ class PairEngine:
             crits[sel] = m[cands[sel, 1:], (inv[sel] - b0)[:, None]].max(1)
         return crits
 
+    @on_models_stream
     def d_llv(self, lam=1e-5, combine="max", term="max", pivot=None, leave_out=None,
               input_set=None, num_samples=200, seed=0, paper_compat=False, num_pivots=None,
               sets_per_pivot=1, progress=None, pivot_budget=None) -> DLLVResult:
@@ -705,6 +712,7 @@ class PairEngine:
             degenerate_pairs=len(deg), degenerate_labels=deg, rejected_input_sets=rejected)
 
     # ------------------------------------------------------------------ d_SVD
+    @on_models_stream
     def d_svd(self, pivot: int, leave_out: int, input_set, max_sets: int = 1000,
               seed: int = 0) -> DSVDResult:
         if self.M1 != self.M2:
@@ -734,18 +742,21 @@ class PairEngine:
         return _svd_result(vals, mg, pivot, leave_out, iset, how)
 
     # ------------------------------------------------------------------ mCCA, d_rep
+    @on_models_stream
     def mcca_f(self, n_components=None) -> MCCAResult:
         C = self.mom.scatter
         return mcca_from_scatter(C[self.sF1, self.sF2], n_components,
                                  self.c1.whitening("f", "f1"), self.c2.whitening("f", "f2"),
                                  self.cdt == np.float64)
 
+    @on_models_stream
     def mcca_g(self, n_components=None) -> MCCAResult:
         S = self.label_moments.scatter
         return mcca_from_scatter(S[self.sF1, self.sF2], n_components,
                                  self.c1.whitening("g", "g1"), self.c2.whitening("g", "g2"),
                                  self.cdt == np.float64)
 
+    @on_models_stream
     def d_rep(self, sets=None, num_sets: int = 100, seed: int = 0) -> DRepResult:
         if self.M1 != self.M2:
             check_pair(self.a, self.b, same_dim=True, what="d_rep")
