@@ -102,8 +102,11 @@ step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clock
 step build-info 20 "$PYTHON" -c "import identirep, json; i = identirep.build_info(); \
 print(json.dumps(i)); assert i['cuda_pass_driver'], 'built without the CUDA pass driver'; \
 assert i['fused_gemm_wgmma'], 'built without the wgmma kernel'"
+# with pytest-timeout, a test that hangs is named (its stacks dumped) instead of eating the step
+TIMEOUT_OPTS=$("$PYTHON" -c "import pytest_timeout" 2>/dev/null \
+  && echo "--timeout=60 --timeout-method=thread" || true)
 step gpu-tests 150 env IDENTIREP_REQUIRE_GPU_TESTS=1 "$PYTHON" -m pytest -q -p no:cacheprovider \
-  tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py
+  $TIMEOUT_OPTS tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py
 step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \
   "$PYTHON" benchmarks/sanitize_case.py
 step racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 1 \
