@@ -126,25 +126,75 @@ def as_device(a, name: str = "array") -> DeviceArray:
     return DeviceArray(data, kind)
 
 
-def device_augmented(model):
-    """(f, g) of a Model on the device with the bias absorbed: f' = [f, 1], g' = [g, b].
+def on_device(model):
+    """``model`` with its arrays on the current GPU (itself when they are there already): CuPy
+    arrays (bfloat16 as CuPy's ml_dtypes bfloat16), or torch CUDA tensors for torch ones where
+    torch has CUDA. One copy of each array; the engine then runs every product there."""
+    from ._backends import is_gpu_array
+    from .model import Model
+    arrays = [model.f, model.g, model.bias]
+    if all(x is None or is_gpu_array(x) for x in arrays):
+        return model
+    cp = import_cupy()
 
-    Without a bias, zero-copy views. With one, copies: in the common dtype when f, g and b share
-    one, else widened to float32 (float64 when all three are float64)."""
+    def move(x):
+        if x is None or is_gpu_array(x):
+            return x
+        if type(x).__module__.split(".")[0] == "torch":
+            import torch
+            if torch.cuda.is_available():
+                return x.detach().to(f"cuda:{cp.cuda.Device().id}")
+            x = x.detach().cpu()
+            x = (x.view(torch.int16).numpy().view(np.uint16), "bits") \
+                if x.dtype == torch.bfloat16 else x.numpy()
+        if isinstance(x, tuple) or np.asarray(x).dtype.name == "bfloat16":
+            bits = x[0] if isinstance(x, tuple) else np.asarray(x).view(np.uint16)
+            return _bfloat16_on_device(cp, bits)
+        return cp.asarray(np.asarray(x))
+
+    return Model(*(move(x) for x in arrays), name=model.name, labels=model.labels,
+                 metadata=model.metadata)
+
+
+def _bfloat16_on_device(cp, bits):
+    """bfloat16 bit patterns (host uint16) as a device bfloat16 array: CuPy's (ml_dtypes), or
+    torch's where CuPy has none."""
+    try:
+        import ml_dtypes
+        return cp.asarray(bits).view(np.dtype(ml_dtypes.bfloat16))
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.from_numpy(bits.view(np.int16)).to(
+                f"cuda:{cp.cuda.Device().id}").view(torch.bfloat16)
+    except ImportError:
+        pass
+    raise IdentirepError(f"cannot put bfloat16 arrays on the GPU: this CuPy has no bfloat16 "
+                         f"({why}) and torch with CUDA is not installed; convert the model "
+                         "to float32, or install ml_dtypes for CuPy 14+")
+
+
+def device_augmented(model):
+    """(f, g) of a Model on the device with the bias absorbed: f' = [f, 1], g' = [g, b], as
+    Model.augmented(None) makes them: f' in f's kind, g' in the kind that holds g and b.
+
+    Without a bias, zero-copy views; with one, copies (rows padded for the fused GEMM)."""
+    from .model import common_kind
     f = as_device(model.f, "f")
     g = as_device(model.g, "g")
     if model.bias is None:
         return f, g
     cp = import_cupy()
     b = as_device(model.bias, "bias")
-    if f.kind == g.kind == b.kind:
-        one = 0x3F80 if f.kind == "bfloat16" else 1  # bfloat16 bits of 1.0
-        return (DeviceArray(_with_column(cp, f.data, one), f.kind),
-                DeviceArray(_with_column(cp, g.data, b.data), f.kind))
-    dt = np.float64 if f.kind == g.kind == b.kind == "float64" else np.float32
-    fw, gw, bw = (x.widened(dt) for x in (f, g, b))
-    kind = np.dtype(dt).name
-    return (DeviceArray(_with_column(cp, fw, 1), kind), DeviceArray(_with_column(cp, gw, bw), kind))
+    one = 0x3F80 if f.kind == "bfloat16" else 1  # bfloat16 bits of 1.0
+    fa = DeviceArray(_with_column(cp, f.data, one), f.kind)
+    if g.kind == b.kind:
+        return fa, DeviceArray(_with_column(cp, g.data, b.data), g.kind)
+    kind = common_kind(g.kind, b.kind)
+    dt = np.dtype(kind)
+    return fa, DeviceArray(_with_column(cp, g.widened(dt), b.widened(dt)), kind)
 
 
 def _with_column(cp, a, col):

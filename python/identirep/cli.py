@@ -26,7 +26,9 @@ def _add_measure_options(p):
     p.add_argument("--paper-compat", action="store_true",
                    help="draw input sets exactly like the paper's code (incl. its threshold quirk)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "cupy", "reference"))
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "cupy", "reference"),
+                   help="auto: where the arrays live (the CPU for model files); cuda, cupy: the "
+                        "models are copied to the GPU and every measure runs there")
 
 
 def _measure_kwargs(args):

@@ -8,7 +8,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from ._backends import on_caller_stream
+from ._backends import on_caller_stream, resolve
 from .errors import IdentirepError
 from .model import Model, check_pair
 from .progress import progress_bar
@@ -67,6 +67,9 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     pairs = list(itertools.combinations(range(K), 2))
     out_pairs = []
     cache = {}
+    if resolve(backend, *models) in ("cuda", "cupy"):   # each model to the device once
+        from ._cupy_pass import on_device
+        models = [on_device(m) for m in models]
 
     def caches(i, j):
         def get(cdt):

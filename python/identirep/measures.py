@@ -28,9 +28,9 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
     if backend == "reference":
         raise IdentirepError("the reference backend has no engine; call the measures directly")
     if backend in ("cuda", "cupy"):
-        # The pass runs on the device; the engine's small statistics stay on the host
-        # (PairEngine copies f and g to host float64).
-        from ._cupy_pass import cuda_pass, cupy_pass, device_augmented
+        # models on the host go to the device once; the pass and every product run there
+        from ._cupy_pass import cuda_pass, cupy_pass, device_augmented, on_device
+        a, b = on_device(a), on_device(b)
         f1, g1 = device_augmented(a)
         f2, g2 = device_augmented(b)
         run = cuda_pass if backend == "cuda" else cupy_pass

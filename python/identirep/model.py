@@ -113,14 +113,16 @@ class Model:
     def augmented(self, dtype=np.float64):
         """(f, g) as NumPy arrays with the bias absorbed: f' = [f, 1], g' = [g, b].
 
-        ``dtype=None`` keeps the stored float dtypes (no copy without a bias)."""
+        ``dtype=None`` keeps the stored float dtypes (no copy without a bias; g' in the kind
+        that holds both g and b: common_kind)."""
         f = to_numpy(self.f, dtype)
         g = to_numpy(self.g, dtype)
         if self.bias is None:
             return f, g
         b = to_numpy(self.bias, dtype)
+        gb = g.dtype if b.dtype == g.dtype else np.dtype(common_kind(g.dtype.name, b.dtype.name))
         return (np.hstack([f, np.ones((f.shape[0], 1), f.dtype)]),
-                np.hstack([g, b.astype(g.dtype)[:, None]]))
+                np.hstack([g.astype(gb, copy=False), b.astype(gb)[:, None]]))
 
     def numpy(self, dtype=np.float64):
         """(f, g, bias) as NumPy arrays of ``dtype`` (bias may be None)."""
@@ -130,6 +132,14 @@ class Model:
     def __repr__(self) -> str:
         b = ", bias" if self.bias is not None else ""
         return f"Model({self.name or 'unnamed'}: N={self.N}, V={self.V}, M={self.M}{b})"
+
+
+def common_kind(*kinds: str) -> str:
+    """The float kind that holds every value of these kinds: the kind they share, else
+    float64 when one is float64, else float32 (float16 and bfloat16 fit in it)."""
+    if len(set(kinds)) == 1:
+        return kinds[0]
+    return "float64" if "float64" in kinds else "float32"
 
 
 def to_numpy(a, dtype=None) -> np.ndarray:
