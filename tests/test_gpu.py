@@ -517,6 +517,21 @@ def test_engine_used_later_runs_on_torchs_stream_of_the_call(cupy, monkeypatch):
     np.testing.assert_allclose(got.value, want.value, rtol=1e-9)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_host_models_with_a_gpu_backend_run_on_the_gpu(cupy, backend):
+    a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=21)
+    e = ir.engine(a, b, backend=backend)
+    assert e.stats.backend == backend
+    for x in (e.a.f, e.a.g, e.c1.F, e.c1.G, e.c2.F, e.c2.G):
+        assert isinstance(x, cupy.ndarray)
+    got = ir.d_llv(a, b, backend=backend, num_pivots=10)
+    want = ir.d_llv(a, b, backend="cpu", num_pivots=10)
+    assert (got.pivot, got.leave_out, got.input_set) == (want.pivot, want.leave_out,
+                                                         want.input_set)
+    np.testing.assert_allclose(got.value, want.value, rtol=1e-9)
+
+
 # ------------------------------------------------------------------ the engine on a GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
