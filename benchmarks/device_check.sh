@@ -104,7 +104,7 @@ print(json.dumps(i)); assert i['cuda_pass_driver'], 'built without the CUDA pass
 assert i['fused_gemm_wgmma'], 'built without the wgmma kernel'"
 # with pytest-timeout, a test that hangs is named (its stacks dumped) instead of eating the step
 TIMEOUT_OPTS=$("$PYTHON" -c "import pytest_timeout" 2>/dev/null \
-  && echo "--timeout=60 --timeout-method=thread" || true)
+  && echo "--timeout=120 --timeout-method=thread" || true)
 step gpu-tests 150 env IDENTIREP_REQUIRE_GPU_TESTS=1 "$PYTHON" -m pytest -q -p no:cacheprovider \
   $TIMEOUT_OPTS tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py
 step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \

@@ -52,8 +52,8 @@ def test_split_products_are_those_of_a_float32_matmul():
 
 
 def test_a_wider_bias_is_not_rounded_to_the_kind_of_g():
-    # bfloat16 f and g with a float32 bias: the bias keeps its float32 values (g' = [g, b] in
-    # float32), as the same values stored as float32 give
+    # bfloat16 f and g with a float32 bias: the bias keeps its float32 values (f', g' widened
+    # to float32), as the same values stored as float32 give
     ml_dtypes = pytest.importorskip("ml_dtypes")
     import identirep as ir
     from conftest import random_pair
@@ -62,6 +62,6 @@ def test_a_wider_bias_is_not_rounded_to_the_kind_of_g():
     half = [ir.Model(m.f.astype(bf), m.g.astype(bf), (3 * m.bias).astype(np.float32))
             for m in (a, b)]
     wide = [ir.Model(m.f.astype(np.float32), m.g.astype(np.float32), m.bias) for m in half]
-    assert half[0].augmented(None)[1].dtype == np.float32
+    assert [x.dtype for x in half[0].augmented(None)] == [np.float32, np.float32]
     got, want = ir.kl(*half), ir.kl(*wide)
     np.testing.assert_allclose([got.kl12, got.kl21], [want.kl12, want.kl21], rtol=1e-6)

@@ -478,6 +478,9 @@ def test_gemm_mainloop_probe_writes_nothing(harness, tmp_path, bm):
     got = gemm_pass(harness, tmp_path, bits, n, v, (k1, k2), lds, "bf16", tr, tc, bm=bm,
                     env={"RUN_KERNELS_MAINLOOP_FIRST": "1"})
     assert_matches_gemm(got, cpu_pass(l1, l2, tr, tc), l1, l2)
+    # ... and issues the kernel's tensor-core instructions, every one of them
+    probe, kernel = np.fromfile(tmp_path / "mma_issued.out", np.float64)
+    assert probe == kernel > 0
 
 
 def test_wgmma_descriptor_bits_follow_the_ptx_table(harness):

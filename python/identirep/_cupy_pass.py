@@ -143,7 +143,9 @@ def on_device(model):
         if type(x).__module__.split(".")[0] == "torch":
             import torch
             if torch.cuda.is_available():
-                return x.detach().to(f"cuda:{cp.cuda.Device().id}")
+                t = x.detach().to(f"cuda:{cp.cuda.Device().id}")
+                torch.cuda.current_stream(t.device).synchronize()  # CuPy's stream reads it next
+                return t
             x = x.detach().cpu()
             x = (x.view(torch.int16).numpy().view(np.uint16), "bits") \
                 if x.dtype == torch.bfloat16 else x.numpy()
@@ -157,20 +159,26 @@ def on_device(model):
 
 
 def _bfloat16_on_device(cp, bits):
-    """bfloat16 bit patterns (host uint16) as a device bfloat16 array: CuPy's (ml_dtypes), or
-    torch's where CuPy has none."""
+    """bfloat16 bit patterns (host uint16) as a device bfloat16 array: CuPy's (ml_dtypes; its
+    support is checked on one element), or torch's where CuPy has none."""
     try:
         import ml_dtypes
-        return cp.asarray(bits).view(np.dtype(ml_dtypes.bfloat16))
-    except Exception as e:
-        why = f"{type(e).__name__}: {e}"
+        dt = np.dtype(ml_dtypes.bfloat16)
+        x = cp.asarray(bits).view(dt)
+        bool(cp.isfinite(x.reshape(-1)[:1]).all())  # what Model checks; CuPy < 14 cannot
+        return x
+    except MemoryError:
+        raise
+    except Exception as e:  # no ml_dtypes, or a CuPy without bfloat16 kernels
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     try:
         import torch
-        if torch.cuda.is_available():
-            return torch.from_numpy(bits.view(np.int16)).to(
-                f"cuda:{cp.cuda.Device().id}").view(torch.bfloat16)
     except ImportError:
-        pass
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        t = torch.from_numpy(bits.view(np.int16)).to(f"cuda:{cp.cuda.Device().id}")
+        torch.cuda.current_stream(t.device).synchronize()  # CuPy's stream reads it next
+        return t.view(torch.bfloat16)
     raise IdentirepError(f"cannot put bfloat16 arrays on the GPU: this CuPy has no bfloat16 "
                          f"({why}) and torch with CUDA is not installed; convert the model "
                          "to float32, or install ml_dtypes for CuPy 14+")
@@ -178,7 +186,9 @@ def _bfloat16_on_device(cp, bits):
 
 def device_augmented(model):
     """(f, g) of a Model on the device with the bias absorbed: f' = [f, 1], g' = [g, b], as
-    Model.augmented(None) makes them: f' in f's kind, g' in the kind that holds g and b.
+    Model.augmented(None) makes them: in the kind f, g and b share, else all widened to the
+    kind that holds the three (common_kind), so that no value is rounded and the pair keeps one
+    kind (the compiled pass takes it).
 
     Without a bias, zero-copy views; with one, copies (rows padded for the fused GEMM)."""
     from .model import common_kind
@@ -188,13 +198,14 @@ def device_augmented(model):
         return f, g
     cp = import_cupy()
     b = as_device(model.bias, "bias")
-    one = 0x3F80 if f.kind == "bfloat16" else 1  # bfloat16 bits of 1.0
-    fa = DeviceArray(_with_column(cp, f.data, one), f.kind)
-    if g.kind == b.kind:
-        return fa, DeviceArray(_with_column(cp, g.data, b.data), g.kind)
-    kind = common_kind(g.kind, b.kind)
+    if f.kind == g.kind == b.kind:
+        one = 0x3F80 if f.kind == "bfloat16" else 1  # bfloat16 bits of 1.0
+        return (DeviceArray(_with_column(cp, f.data, one), f.kind),
+                DeviceArray(_with_column(cp, g.data, b.data), f.kind))
+    kind = common_kind(f.kind, g.kind, b.kind)
     dt = np.dtype(kind)
-    return fa, DeviceArray(_with_column(cp, g.widened(dt), b.widened(dt)), kind)
+    return (DeviceArray(_with_column(cp, f.widened(dt), 1), kind),
+            DeviceArray(_with_column(cp, g.widened(dt), b.widened(dt)), kind))
 
 
 def _with_column(cp, a, col):

@@ -113,16 +113,17 @@ class Model:
     def augmented(self, dtype=np.float64):
         """(f, g) as NumPy arrays with the bias absorbed: f' = [f, 1], g' = [g, b].
 
-        ``dtype=None`` keeps the stored float dtypes (no copy without a bias; g' in the kind
-        that holds both g and b: common_kind)."""
+        ``dtype=None`` keeps the stored float dtypes (no copy without a bias; with one, f', g'
+        in the kind f, g and b share, else in the kind that holds all three: common_kind)."""
         f = to_numpy(self.f, dtype)
         g = to_numpy(self.g, dtype)
         if self.bias is None:
             return f, g
         b = to_numpy(self.bias, dtype)
-        gb = g.dtype if b.dtype == g.dtype else np.dtype(common_kind(g.dtype.name, b.dtype.name))
-        return (np.hstack([f, np.ones((f.shape[0], 1), f.dtype)]),
-                np.hstack([g.astype(gb, copy=False), b.astype(gb)[:, None]]))
+        kinds = {x.dtype.name for x in (f, g, b)}
+        dt = f.dtype if len(kinds) == 1 else np.dtype(common_kind(*kinds))
+        return (np.hstack([f.astype(dt, copy=False), np.ones((f.shape[0], 1), dt)]),
+                np.hstack([g.astype(dt, copy=False), b.astype(dt)[:, None]]))
 
     def numpy(self, dtype=np.float64):
         """(f, g, bias) as NumPy arrays of ``dtype`` (bias may be None)."""

@@ -17,7 +17,8 @@
 //     driver with the fused GEMM (lse_kl_gemm.cuh: LseKlGemm's launches per tile), blocks of
 //     BM (128 or 64) rows with mma.sync, or wg128 / wg64: with wgmma. With
 //     RUN_KERNELS_MAINLOOP_FIRST set, each tile's GEMM kernel runs first as the timing probe
-//     (mainloop_only, null shift and scratch: it must write nothing).
+//     (mainloop_only, null shift and scratch: it must write nothing), and mma_issued.out holds
+//     the tensor-core instructions issued by the probes and by the kernels (2 doubles).
 //   run_kernels shift bf16|f16 V K1 K2 DIR
 //     LseKlShiftKernel of f1 (K1), g1 (V x K1), f2 (K2), g2 (V x K2) -> shift.out (2 x V float)
 //   run_kernels pivot f32|f64 max|mean B V TOL DIR
@@ -226,6 +227,9 @@ void RunGemm(char** a, const std::string& dir) {
   using U = unsigned short;
   const Array<U> f1 = Read<U>(dir, "f1", N * ldf1), g1 = Read<U>(dir, "g1", V * ldg1),
                  f2 = Read<U>(dir, "f2", N * ldf2), g2 = Read<U>(dir, "g2", V * ldg2);
+  const bool probe = std::getenv("RUN_KERNELS_MAINLOOP_FIRST") != nullptr;
+  Array<double> mma_issued(2);  // tensor-core instructions of the probes and of the kernels
+  mma_issued.data()[0] = mma_issued.data()[1] = 0.0;
   RepeatedPass(dir, N, V, repeat, [&](PassState& s) {
     Array<double> row_work(k::LseKlGemmRowWorkElems(tr, tc));
     Array<double> col_work(k::LseKlGemmColWorkElems(tc));
@@ -246,16 +250,20 @@ void RunGemm(char** a, const std::string& dir) {
             k::LseKlShiftKernel<kBf16>(F1, G1, ldg1, K1, F2, G2, ldg2, K2, v, shift.data());
           });
         }
-        if (std::getenv("RUN_KERNELS_MAINLOOP_FIRST") != nullptr) {  // the timing probe
+        const unsigned long long issued0 = simt::g_mma_issued.load();
+        if (probe) {  // the timing probe
           simt::Launch(Grid(k::GemmSlabs(v), chunks), dim3(k::kGemmThreads), [&] {
             k::LseKlGemmKernel<kBf16, kBM, kWg>(F1, ldf1, G1, ldg1, K1, F2, ldf2, G2, ldg2, K2,
                                                 n, v, nullptr, nullptr, nullptr, true);
           });
         }
+        const unsigned long long issued1 = simt::g_mma_issued.load();
         simt::Launch(Grid(k::GemmSlabs(v), chunks), dim3(k::kGemmThreads), [&] {
           k::LseKlGemmKernel<kBf16, kBM, kWg>(F1, ldf1, G1, ldg1, K1, F2, ldf2, G2, ldg2, K2, n, v,
                                               shift.data(), row_work.data(), cw, false);
         });
+        mma_issued.data()[0] += static_cast<double>(issued1 - issued0);
+        mma_issued.data()[1] += static_cast<double>(simt::g_mma_issued.load() - issued1);
         if (moments) {
           simt::Launch(Grid(Ceil(v, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
             k::LseKlColMergeKernel<float>(shift.data(), shift.data() + v, n, v, c0, chunks, cw,
@@ -269,6 +277,7 @@ void RunGemm(char** a, const std::string& dir) {
       }
     }
   });
+  if (probe) Write(dir, "mma_issued.out", mma_issued);
 }
 
 // LseKlShiftKernel alone: shift.out (2 x V float32) from f1, g1, f2, g2 (row strides = K).

@@ -36,6 +36,9 @@ namespace simt {
 
 constexpr size_t kDynamicSharedBytes = 227 << 10;  // the most a block may have on sm_90
 
+// Tensor-core instructions issued (per thread: mma.sync and wgmma.mma_async), for tests.
+inline std::atomic<unsigned long long> g_mma_issued{0};
+
 inline unsigned long long BlockKey() {
   return (static_cast<unsigned long long>(g_launches) << 40) + 1 + blockIdx.x +
          (1ULL << 20) * blockIdx.y;
@@ -314,6 +317,7 @@ inline void Wgmma(float (&d)[kN / 2], unsigned long long da, unsigned long long 
     if (a.da != da || a.db != db || a.scale_d != scale_d || a.n != kN)
       simt::Fail("wgmma: operands differ across the warp");
   if (simt::self->lane == 0) simt::Warpgroups().Check({da, db, scale_d, kN});
+  simt::g_mma_issued.fetch_add(1, std::memory_order_relaxed);
   simt::WgmmaOf().Issue({d, kN, da, db, scale_d, kBf16});
 }
 
@@ -330,6 +334,7 @@ inline void Mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigne
   struct Frag {
     unsigned a[4], b[2];
   } mine{{a[0], a[1], a[2], a[3]}, {b0, b1}}, all[32];
+  simt::g_mma_issued.fetch_add(1, std::memory_order_relaxed);
   simt::WarpGather(&mine, all, sizeof mine);
   const auto half = [](unsigned word, int hi) {
     return static_cast<double>(ToFloat<kBf16>(static_cast<unsigned short>(word >> (16 * hi))));
