@@ -128,8 +128,9 @@ def as_device(a, name: str = "array") -> DeviceArray:
 
 def on_device(model):
     """``model`` with its arrays on the current GPU (itself when they are there already): CuPy
-    arrays (bfloat16 as CuPy's ml_dtypes bfloat16), or torch CUDA tensors for torch ones where
-    torch has CUDA. One copy of each array; the engine then runs every product there."""
+    arrays (bfloat16 as CuPy's ml_dtypes bfloat16 where its kernels take it, else torch CUDA
+    tensors), or torch CUDA tensors for torch ones where torch has CUDA. One copy of each
+    array; the engine then runs every product there."""
     from ._backends import is_gpu_array
     from .model import Model
     arrays = [model.f, model.g, model.bias]
@@ -147,12 +148,13 @@ def on_device(model):
                 torch.cuda.current_stream(t.device).synchronize()  # CuPy's stream reads it next
                 return t
             x = x.detach().cpu()
-            x = (x.view(torch.int16).numpy().view(np.uint16), "bits") \
-                if x.dtype == torch.bfloat16 else x.numpy()
-        if isinstance(x, tuple) or np.asarray(x).dtype.name == "bfloat16":
-            bits = x[0] if isinstance(x, tuple) else np.asarray(x).view(np.uint16)
-            return _bfloat16_on_device(cp, bits)
-        return cp.asarray(np.asarray(x))
+            if x.dtype == torch.bfloat16:
+                return _bfloat16_on_device(cp, x.view(torch.int16).numpy().view(np.uint16))
+            x = x.numpy()
+        host = np.asarray(x)
+        if host.dtype.name == "bfloat16":
+            return _bfloat16_on_device(cp, host.view(np.uint16))
+        return cp.asarray(host)
 
     return Model(*(move(x) for x in arrays), name=model.name, labels=model.labels,
                  metadata=model.metadata)
