@@ -8,7 +8,10 @@ arrays (ndim > 0) mixed into device operators, ufuncs, CuPy functions or ``devic
 them), and anything outside the CuPy subset listed here (each name exists in CuPy:
 test_device_paths_on_cpu checks them against an installed CuPy). Reductions give 0-d device
 arrays, as CuPy's do. Failed factorisations raise LinAlgError only under
-``cupyx.errstate(linalg="raise")`` and give a wrong result otherwise, as CuPy's do.
+``cupyx.errstate(linalg="raise")`` and give a wrong result otherwise, as CuPy's do. Streams run
+deferred work as late as their events allow. ``RawModule`` runs the kernels in the SIMT
+emulator's library (``load_kernel_library``), checking each argument against the kernel's
+parameter types.
 """
 from __future__ import annotations
 
@@ -322,6 +325,74 @@ class Device(_Context):
         self.id = int(device)
 
 
+#: the SIMT emulator's kernel library (tests/simt/launch_kernels.cpp, a ctypes.CDLL), which
+#: RawModule's kernels run on; None: RawModule is unavailable
+kernel_library = None
+
+#: numpy types of RawKernel arguments by the library's parameter codes (arrays: their dtype)
+_ARRAY_CODES = {"F": np.float32, "D": np.float64, "Q": np.int64}
+_SCALAR_CODES = {"f": (np.float32, "c_float"), "d": (np.float64, "c_double"),
+                 "q": (np.int64, "c_longlong"), "i": (np.int32, "c_int")}
+
+
+class RawKernel:
+    """A kernel of RawModule, run by the SIMT emulator on the CPU. Stricter than CuPy, which
+    passes any array as a pointer and converts scalars by their NumPy type: here an array must
+    have the dtype the parameter points to and a scalar the parameter's exact NumPy type, so a
+    wrong argument fails instead of reading garbage."""
+
+    def __init__(self, name):
+        import ctypes
+        sig = kernel_library.simt_signature(name.encode())
+        if sig is None:
+            raise AssertionError(f"no kernel {name!r} in the emulator's library")
+        self.name, self.signature, self._ct = name, sig.decode(), ctypes
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False):
+        ct = self._ct
+        if len(args) != len(self.signature):
+            raise AssertionError(f"{self.name}: {len(args)} arguments for "
+                                 f"{len(self.signature)} parameters")
+        values = []
+        for k, (a, code) in enumerate(zip(args, self.signature)):
+            if code in _ARRAY_CODES or code == "P":
+                if not isinstance(a, ndarray):
+                    raise AssertionError(f"{self.name}: argument {k} must be a device array")
+                if code != "P" and a.dtype != _ARRAY_CODES[code]:
+                    raise AssertionError(f"{self.name}: argument {k} is {a.dtype}, the kernel "
+                                         f"reads {np.dtype(_ARRAY_CODES[code])}")
+                values.append(ct.c_void_p(a._a.ctypes.data))
+            else:
+                want, ctype = _SCALAR_CODES[code]
+                if type(a) is not want:
+                    raise AssertionError(f"{self.name}: argument {k} is {type(a).__name__}, "
+                                         f"the kernel takes {want.__name__}")
+                values.append(getattr(ct, ctype)(a.item()))
+        params = (ct.c_void_p * len(values))(*(ct.cast(ct.pointer(v), ct.c_void_p)
+                                               for v in values))
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        b = tuple(block) + (1,) * (3 - len(block))
+        rc = kernel_library.simt_launch(self.name.encode(), *g, *b, params, len(values))
+        if rc != 0:
+            raise AssertionError(f"{self.name}: launch refused ({rc})")
+
+
+class RawModule:
+    """cupy.RawModule over the emulator's kernel library: every kernel asked for must be among
+    the name expressions, as CuPy needs for templates."""
+
+    def __init__(self, code=None, path=None, options=(), backend="nvrtc", translate_cucomplex=False,
+                 enable_cooperative_groups=False, name_expressions=None, jitify=False):
+        if kernel_library is None:
+            raise NotImplementedError("RawModule needs fake_cupy.kernel_library (the emulator)")
+        self.names = list(name_expressions or [])
+
+    def get_function(self, name):
+        if name not in self.names:
+            raise AssertionError(f"{name!r} is not among the name expressions")
+        return RawKernel(name)
+
+
 def _module(name, **attrs):
     m = types.ModuleType(name)
     m.__dict__.update(attrs)
@@ -330,6 +401,7 @@ def _module(name, **attrs):
 
 cupy = _module(
     "cupy", ndarray=ndarray, asarray=asarray, array=array, asnumpy=asnumpy, dtype=np.dtype,
+    RawModule=RawModule, RawKernel=RawKernel,
     inf=np.inf, nan=np.nan, newaxis=None,
     **{n: getattr(np, n) for n in DTYPES},
     **{n: _forward(getattr(np, n), n) for n in FUNCTIONS},
@@ -345,13 +417,31 @@ cuda_libs = _module("cupy_backends.cuda.libs", cublas=_module("cublas"),
                     cusolver=_module("cusolver"))
 
 
-def install(monkeypatch):
+def install(monkeypatch=None):
     """Make ``import cupy`` (and cupyx, and the CUDA libraries ``_backends.cupy_problem``
-    imports) give the stand-in; returns its ``cupy`` module."""
+    imports) give the stand-in (for good without ``monkeypatch``); returns its ``cupy``."""
     for name, mod in (("cupy", cupy), ("cupy.linalg", cupy.linalg), ("cupy.cuda", cupy.cuda),
                       ("cupyx", cupyx), ("cupy_backends", _module("cupy_backends")),
                       ("cupy_backends.cuda", _module("cupy_backends.cuda")),
                       ("cupy_backends.cuda.libs", cuda_libs)):
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setitem(_state, "linalg", "ignore")
+        if monkeypatch is None:
+            sys.modules[name] = mod
+        else:
+            monkeypatch.setitem(sys.modules, name, mod)
+    if monkeypatch is not None:
+        monkeypatch.setitem(_state, "linalg", "ignore")
     return cupy
+
+
+def load_kernel_library(path):
+    """Load the emulator's kernel library (tests/simt/launch_kernels.cpp) for RawModule."""
+    import ctypes
+    global kernel_library
+    lib = ctypes.CDLL(str(path))
+    lib.simt_signature.restype = ctypes.c_char_p
+    lib.simt_signature.argtypes = [ctypes.c_char_p]
+    lib.simt_launch.restype = ctypes.c_int
+    lib.simt_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [
+        ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+    kernel_library = lib
+    return lib

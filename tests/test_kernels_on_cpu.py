@@ -58,10 +58,23 @@ def harness(tmp_path_factory):
         pytest.skip(f"{cxx} cannot build C++20 with atomic waits and <ucontext.h>")
     exe = d / "run_kernels"
     cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-D__CUDACC_RTC__",
-           *launch_constants(), f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe)]
+           *launch_constants(), f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe),
+           "-ldl"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return exe
+
+
+@pytest.fixture(scope="session")
+def launch_library(harness):
+    """tests/simt/launch_kernels.cpp as a shared library (the emulator's RawModule kernels)."""
+    lib = harness.parent / "libsimt_launch.so"
+    cmd = [os.environ.get("CXX", "g++"), "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread",
+           "-D__CUDACC_RTC__", *launch_constants(), f"-I{KERNELS}",
+           str(SIMT / "launch_kernels.cpp"), "-o", str(lib), "-ldl"]
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return lib
 
 
 def run(exe, *args, workers=None, env=None):
@@ -304,6 +317,25 @@ def test_pivot_kernel_with_few_labels_matches_the_cpu_kernel(harness, tmp_path, 
     want = _core.pivot_criteria(*arrays, piv, 1e-5, mode)
     got = device_pivots(harness, tmp_path, arrays, piv, 1e-5, mode)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------ the cupy backend's launches
+@pytest.mark.parametrize("what, opts", [
+    ("pass", {"v": 70, "tile_rows": 16, "tile_cols": 40}),
+    ("pass", {"kind": "float64", "fused": True, "v": 70, "tile_cols": 40}),
+    ("pass", {"kind": "bfloat16", "tile_cols": 10, "overlap": False}),
+    ("pass", {"kind": "bfloat16", "half_gemm": "convert", "fused": True, "tile_rows": 16}),
+    ("pivots", {"xdtype": "float32", "mode": "max"}),
+    ("pivots", {"xdtype": "float64", "mode": "mean"})], ids=lambda x: str(x))
+def test_cupy_backend_launch_code_runs_the_kernels_on_the_cpu(launch_library, what, opts):
+    # the cupy backend's own Python launches (_CupyEpilogue, pivot_criteria_device: grids,
+    # argument order and types, scratch) through a RawModule whose kernels the emulator runs,
+    # every argument checked against the kernel's parameter types, against the CPU kernels
+    import json
+    r = subprocess.run([sys.executable, str(SIMT / "cupy_backend_case.py"), str(launch_library),
+                        what, json.dumps(opts)], check=False, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 0, f"status {r.returncode}: {r.stdout}{r.stderr[-3000:]}"
 
 
 # ------------------------------------------------------------------ the emulator itself

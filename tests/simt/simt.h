@@ -25,6 +25,7 @@
 #pragma once
 #undef _FORTIFY_SOURCE  // its longjmp check rejects the switch between fiber stacks
 
+#include <dlfcn.h>
 #include <elf.h>
 #include <math.h>
 #include <setjmp.h>
@@ -66,7 +67,9 @@ struct dim3 {
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
 
-extern "C" char __executable_start[];  // from the linker
+// The ELF object (the harness executable, or a shared library of kernels) whose symbol table
+// SharedRanges reads is the one holding this function.
+extern "C" __attribute__((used, noinline)) inline void identirep_simt_anchor() {}
 
 namespace simt {
 
@@ -88,12 +91,18 @@ inline unsigned long long g_seed = 0;  // of the schedules
 inline std::atomic<unsigned long long> g_progress{0};  // barrier phases completed
 
 // [begin, end) of every __shared__ variable: the function-local statics (mangled "_ZZ") of
-// functions in identirep::kernels, from the symbol table of /proc/self/exe, sorted.
+// functions in identirep::kernels, from the symbol table of the object holding
+// identirep_simt_anchor (/proc/self/exe, or the shared library: dladdr), sorted.
 inline const std::vector<std::pair<char*, char*>>& SharedRanges() {
   static const std::vector<std::pair<char*, char*>> ranges = [] {
     std::vector<std::pair<char*, char*>> out;
-    FILE* f = std::fopen("/proc/self/exe", "rb");
-    if (f == nullptr) Fail("cannot open /proc/self/exe");
+    Dl_info info{};
+    const void* anchor = reinterpret_cast<const void*>(&identirep_simt_anchor);
+    FILE* f = dladdr(anchor, &info) != 0 && info.dli_fname != nullptr && info.dli_fname[0]
+                  ? std::fopen(info.dli_fname, "rb")
+                  : nullptr;
+    if (f == nullptr) f = std::fopen("/proc/self/exe", "rb");
+    if (f == nullptr) Fail("cannot open the kernels' ELF file");
     std::vector<char> img;
     char buf[1 << 16];
     for (size_t got; (got = std::fread(buf, 1, sizeof buf, f)) > 0;)
@@ -102,7 +111,7 @@ inline const std::vector<std::pair<char*, char*>>& SharedRanges() {
     const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(img.data());
     if (img.size() < sizeof(Elf64_Ehdr) || std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 ||
         eh->e_ident[EI_CLASS] != ELFCLASS64)
-      Fail("/proc/self/exe is not a 64-bit ELF file");
+      Fail("the kernels' ELF file is not 64-bit ELF");
     const auto* sh = reinterpret_cast<const Elf64_Shdr*>(img.data() + eh->e_shoff);
     uintptr_t bias = 0;
     bool have_bias = false;
@@ -114,8 +123,8 @@ inline const std::vector<std::pair<char*, char*>>& SharedRanges() {
       const size_t count = sh[i].sh_size / sizeof(Elf64_Sym);
       for (size_t k = 0; k < count; ++k) {
         const char* name = names + sym[k].st_name;
-        if (std::strcmp(name, "__executable_start") == 0) {
-          bias = reinterpret_cast<uintptr_t>(__executable_start) - sym[k].st_value;
+        if (std::strcmp(name, "identirep_simt_anchor") == 0) {
+          bias = reinterpret_cast<uintptr_t>(anchor) - sym[k].st_value;
           have_bias = true;
         }
       }
@@ -127,7 +136,7 @@ inline const std::vector<std::pair<char*, char*>>& SharedRanges() {
                            reinterpret_cast<char*>(sym[k].st_value + sym[k].st_size));
       }
     }
-    if (!have_bias) Fail("no symbol table in /proc/self/exe (do not strip the harness)");
+    if (!have_bias) Fail("no symbol table in the kernels' ELF file (do not strip it)");
     for (auto& [b, e] : out) {
       b += bias;
       e += bias;

@@ -1,0 +1,76 @@
+"""The cupy backend's own launch code on the CPU: identirep's NVRTC launches (_CupyEpilogue,
+pivot_criteria_device) through the CuPy stand-in (tests/fake_cupy.py), whose RawModule runs the
+real kernels in the SIMT emulator's library (launch_kernels.cpp), checked against the compiled
+CPU kernels. Run by tests/test_kernels_on_cpu.py in its own process (an emulator failure ends
+the process):
+
+    python cupy_backend_case.py LIBRARY pass|pivots [options as JSON]
+
+Exit status 0: every result matched; 1: a mismatch (printed); 3: the emulator failed."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+import fake_cupy  # noqa: E402
+
+fake_cupy.load_kernel_library(sys.argv[1])
+cp = fake_cupy.install()
+
+from identirep import _bf16 as bf16  # noqa: E402
+from identirep import _core  # noqa: E402
+from identirep import _cupy_pass as gp  # noqa: E402
+from identirep.passes import cpu_pass  # noqa: E402
+from test_gpu import field_errors, logit_scale, make_pair  # noqa: E402
+
+
+def emulated_gemm_ex(cp, a, b, out, kind, beta=0.0):
+    x, y = ((bf16.to_f32(t) if kind == "bfloat16" else t.astype(np.float32)) for t in (a, b))
+    prod = x @ y.T
+    out[...] = prod if beta == 0.0 else prod + np.float32(beta) * out
+
+
+def run_pass(kind="float32", fused=False, overlap=True, half_gemm="cublas", n=40, v=37,
+             **tiles):
+    gp.gemm_ex = emulated_gemm_ex
+    f1, g1, f2, g2 = make_pair(11, n=n, v=v, m1=9, m2=6)
+    if kind == "bfloat16":
+        host = [bf16.to_f32(bf16.from_f32(x.astype(np.float32))) for x in (f1, g1, f2, g2)]
+        ops = [gp.DeviceArray(cp.asarray(bf16.from_f32(x)), kind) for x in host]
+    else:
+        host = [x.astype(kind) for x in (f1, g1, f2, g2)]
+        ops = [cp.asarray(x) for x in host]
+    got = gp.cupy_pass(*ops, fused_epilogue=fused, overlap=overlap, half_gemm=half_gemm,
+                       **tiles)
+    exact = [x.astype(np.float64) for x in host]
+    errs = field_errors(got, cpu_pass(*exact), logit_scale(*exact))
+    rtol = 1e-12 if kind == "float64" else 1e-5
+    return {k: e for k, e in errs.items() if not e <= rtol}
+
+
+def run_pivots(xdtype="float64", mode="max"):
+    rng = np.random.default_rng(31)
+    B, V = 37, 503
+    n1, n2 = (rng.random(V) + 1.0 for _ in range(2))
+    X1, X2 = ((0.3 * rng.standard_normal((B, V))).astype(xdtype) for _ in range(2))
+    A1, A2 = rng.random(V), rng.random(V)
+    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(V)
+    piv = rng.choice(V, B, replace=False)
+    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # a degenerate pair
+    want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, piv, 1e-5, mode)
+    dev = [cp.asarray(x) for x in (X1, X2, n1, n2, A1, A2, B12)]
+    got = gp.pivot_criteria_device(*dev, piv, 1e-5, mode, "cupy")
+    got = got.get() if isinstance(got, fake_cupy.ndarray) else np.asarray(got)
+    ok = np.allclose(got, want, rtol=1e-12, atol=0, equal_nan=True)
+    return {} if ok else {"crit": float(np.nanmax(np.abs(got - want)))}
+
+
+if __name__ == "__main__":
+    what, opts = sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    bad = (run_pass if what == "pass" else run_pivots)(**opts)
+    print(json.dumps(bad))
+    sys.exit(1 if bad else 0)
