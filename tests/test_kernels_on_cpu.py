@@ -326,11 +326,14 @@ def test_pivot_kernel_with_few_labels_matches_the_cpu_kernel(harness, tmp_path, 
     ("pass", {"kind": "bfloat16", "tile_cols": 10, "overlap": False}),
     ("pass", {"kind": "bfloat16", "half_gemm": "convert", "fused": True, "tile_rows": 16}),
     ("pivots", {"xdtype": "float32", "mode": "max"}),
-    ("pivots", {"xdtype": "float64", "mode": "mean"})], ids=lambda x: str(x))
+    ("pivots", {"xdtype": "float64", "mode": "mean"}),
+    ("compare", {"dtype": "float64"}),
+    ("compare", {"dtype": "float32", "bias": False, "M2": 5})], ids=lambda x: str(x))
 def test_cupy_backend_launch_code_runs_the_kernels_on_the_cpu(launch_library, what, opts):
     # the cupy backend's own Python launches (_CupyEpilogue, pivot_criteria_device: grids,
     # argument order and types, scratch) through a RawModule whose kernels the emulator runs,
-    # every argument checked against the kernel's parameter types, against the CPU kernels
+    # every argument checked against the kernel's parameter types, against the CPU kernels;
+    # and compare() end to end on that backend against the CPU engine
     import json
     r = subprocess.run([sys.executable, str(SIMT / "cupy_backend_case.py"), str(launch_library),
                         what, json.dumps(opts)], check=False, capture_output=True, text=True,

@@ -4,7 +4,7 @@ real kernels in the SIMT emulator's library (launch_kernels.cpp), checked agains
 CPU kernels. Run by tests/test_kernels_on_cpu.py in its own process (an emulator failure ends
 the process):
 
-    python cupy_backend_case.py LIBRARY pass|pivots [options as JSON]
+    python cupy_backend_case.py LIBRARY pass|pivots|compare [options as JSON]
 
 Exit status 0: every result matched; 1: a mismatch (printed); 3: the emulator failed."""
 import json
@@ -69,8 +69,47 @@ def run_pivots(xdtype="float64", mode="max"):
     return {} if ok else {"crit": float(np.nanmax(np.abs(got - want)))}
 
 
+def run_compare(dtype="float64", bias=True, M2=4):
+    """identirep.compare with backend "cupy" end to end (pass, pivot kernel, engine) against
+    the CPU engine."""
+    import identirep as ir
+    from conftest import random_pair
+    from identirep import _backends
+    _backends.gpu_backend = lambda: "cupy"
+    a, b = random_pair(N=301, V=53, M=5, M2=M2, bias=bias, seed=7)
+    dev = [ir.Model(cp.asarray(m.f, dtype=dtype), cp.asarray(m.g, dtype=dtype),
+                    bias=None if m.bias is None else cp.asarray(m.bias, dtype=dtype))
+           for m in (a, b)]
+    host = [ir.Model(m.f.astype(dtype), m.g.astype(dtype),
+                     bias=None if m.bias is None else m.bias.astype(dtype)) for m in (a, b)]
+    opts = dict(num_samples=30, max_label_sets=100, rep_sets=30)
+    got, want = ir.compare(*dev, **opts), ir.compare(*host, **opts)
+    rtol = 1e-10 if dtype == "float64" else 1e-5
+    bad = {}
+    if got.backend != "cupy":
+        bad["backend"] = got.backend
+    for name in ("kl", "d_llv", "d_logit", "mcca_f", "mcca_g", "d_svd", "d_rep"):
+        g, w = getattr(got, name), getattr(want, name)
+        if g is None or w is None:   # d_svd, d_rep need M1 == M2
+            if (g is None) != (w is None):
+                bad[name] = (g, w)
+            continue
+        g, w = g.to_dict(), w.to_dict()
+        for k, wv in w.items():
+            if k.endswith("seconds"):
+                continue
+            gv = g[k]
+            if isinstance(wv, float) or (isinstance(wv, list) and wv and
+                                         isinstance(wv[0], float)):
+                if not np.allclose(gv, wv, rtol=rtol, atol=1e-12):
+                    bad[f"{name}.{k}"] = (gv, wv)
+            elif gv != wv:
+                bad[f"{name}.{k}"] = (gv, wv)
+    return bad
+
+
 if __name__ == "__main__":
     what, opts = sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    bad = (run_pass if what == "pass" else run_pivots)(**opts)
+    bad = {"pass": run_pass, "pivots": run_pivots, "compare": run_compare}[what](**opts)
     print(json.dumps(bad))
     sys.exit(1 if bad else 0)
