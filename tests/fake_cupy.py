@@ -348,7 +348,8 @@ class RawKernel:
             raise AssertionError(f"no kernel {name!r} in the emulator's library")
         self.name, self.signature, self._ct = name, sig.decode(), ctypes
 
-    def __call__(self, grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False):
+    def __call__(self, grid, block, args, shared_mem=0, stream=None,
+                 enable_cooperative_groups=False):
         ct = self._ct
         if len(args) != len(self.signature):
             raise AssertionError(f"{self.name}: {len(args)} arguments for "
