@@ -257,29 +257,33 @@ def test_engine_methods_run_on_the_stream_current_when_called(monkeypatch):
         assert entered and entered[0] == 6
 
 
-@pytest.mark.parametrize("bf16_host", [False, True])
-def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, bf16_host):
-    # backend="cupy" (or "cuda") with host models: each model goes to the device once and
-    # every product runs there, with the CPU engine's results
-    ml_dtypes = pytest.importorskip("ml_dtypes") if bf16_host else None
+@pytest.mark.parametrize("kind", ["float64", "ml_dtypes", "torch"])
+def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, kind):
+    # backend="cupy" (or "cuda") with host models (NumPy, bfloat16 NumPy with a float32 bias,
+    # torch CPU bfloat16 tensors): each model goes to the device once and every product runs
+    # there, with the CPU engine's results
     monkeypatch.setattr(gp, "gemm_ex", _emulated_gemm_ex)
     a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=21)
-    if bf16_host:
-        bf = np.dtype(ml_dtypes.bfloat16)
+    bf = np.dtype(pytest.importorskip("ml_dtypes").bfloat16) if kind != "float64" else None
+    if kind == "ml_dtypes":
         a, b = (ir.Model(m.f.astype(bf), m.g.astype(bf), m.bias.astype(np.float32), name=m.name)
                 for m in (a, b))
+    elif kind == "torch":
+        torch = pytest.importorskip("torch")
+        a, b = (ir.Model(*(torch.from_numpy(x).to(torch.bfloat16) for x in (m.f, m.g, m.bias)),
+                         name=m.name) for m in (a, b))
     e = ir.engine(a, b, backend="cupy")
     for x in (e.a.f, e.a.g, e.a.bias, e.b.f, e.b.g, e.c1.F, e.c1.G, e.c2.F, e.c2.G):
         assert isinstance(x, fake_cupy.ndarray)
-    if bf16_host:
-        assert e.a.f.dtype == np.dtype(ml_dtypes.bfloat16) and e.c1.f_bits is not None
+    if bf is not None:
+        assert e.a.f.dtype == bf and e.c1.f_bits is not None
+    tol = np.float64 if kind == "float64" else np.float32
     got = ir.compare(a, b, backend="cupy", **OPTS)
     want = ir.compare(a, b, backend="cpu", **OPTS)
     assert got.backend == "cupy"
-    _assert_same(got, want, np.float32 if bf16_host else np.float64)
+    _assert_same(got, want, tol)
     m = ir.matrix([a, b], backend="cupy", **OPTS)
-    np.testing.assert_allclose(m.values["d_llv"][0, 1], want.d_llv.value,
-                               rtol=RTOL[np.float32 if bf16_host else np.float64])
+    np.testing.assert_allclose(m.values["d_llv"][0, 1], want.d_llv.value, rtol=RTOL[tol])
 
 
 # ------------------------------------------------------------------ the engine
