@@ -26,35 +26,6 @@ int GemmSmemBytes(int block_rows, bool wgmma) {
   return wgmma ? kernels::GemmShape<64, true>::kSmemBytes : kernels::GemmShape<64>::kSmemBytes;
 }
 
-}  // namespace
-
-std::string lse_kl_gemm_wgmma_problem(int device) {
-#ifndef IDENTIREP_WITH_WGMMA
-  (void)device;
-  return "this build has no wgmma kernel (it needs nvcc 12+ and CUDA architecture 90 among "
-         "CMAKE_CUDA_ARCHITECTURES)";
-#else
-  if (device < 0) return "";
-  int major = 0, minor = 0;
-  cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (err == cudaSuccess)
-    err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (err != cudaSuccess) return cudaGetErrorString(err);
-  if (major != 9 || minor != 0)
-    return "the wgmma kernel is sm_90a code: it runs on compute capability 9.0 only (H100, "
-           "H200), this GPU is " + std::to_string(major) + "." + std::to_string(minor);
-  return "";
-#endif
-}
-
-std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
-  if (n < 0 || v < 0) throw std::invalid_argument("lse_kl_gemm_work_elems: n, v must be >= 0");
-  return {kernels::LseKlGemmRowWorkElems(n, v), kernels::LseKlGemmColWorkElems(v),
-          kernels::LseKlGemmShiftElems(v)};
-}
-
-namespace {
-
 // The operands' kind and block shape, then (CheckOperands) their pointers and strides.
 void CheckShape(const GemmOperands& op, const std::string& what) {
   Require(op.kind == "bfloat16" || op.kind == "float16", what,
@@ -122,6 +93,32 @@ cudaError_t Dispatch(const GemmOperands& op, Fn&& fn) {
 }
 
 }  // namespace
+
+std::string lse_kl_gemm_wgmma_problem(int device) {
+#ifndef IDENTIREP_WITH_WGMMA
+  (void)device;
+  return "this build has no wgmma kernel (it needs nvcc 12+ and CUDA architecture 90 among "
+         "CMAKE_CUDA_ARCHITECTURES)";
+#else
+  if (device < 0) return "";
+  int major = 0, minor = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  if (major != 9 || minor != 0)
+    return "the wgmma kernel is sm_90a code: it runs on compute capability 9.0 only (H100, "
+           "H200), this GPU is " + std::to_string(major) + "." + std::to_string(minor);
+  return "";
+#endif
+}
+
+std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
+  if (n < 0 || v < 0) throw std::invalid_argument("lse_kl_gemm_work_elems: n, v must be >= 0");
+  return {kernels::LseKlGemmRowWorkElems(n, v), kernels::LseKlGemmColWorkElems(v),
+          kernels::LseKlGemmShiftElems(v)};
+}
+
 
 void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64_t col0,
                              uintptr_t state, int64_t state_ld, uintptr_t args, int64_t args_ld,
