@@ -24,10 +24,19 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_check_out}
 PYTHON=${PYTHON:-python}
 mkdir -p "$OUT"
+rm -f "$OUT"/*.log "$OUT"/bench_gpu*.md "$OUT"/device_check.md  # no stale results in the summary
 SANITIZER=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 export IDENTIREP_CUDA=ON
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 DEADLINE=$(( $(date +%s) + 470 ))
+ALL_STEPS=",build-tools,build,liger,nvidia-smi,build-info,gpu-tests,memcheck,racecheck,bench,bench-compare,"
+STEPS=${STEPS:-}
+for name in ${STEPS//,/ }; do
+  if [[ "$ALL_STEPS" != *",$name,"* ]]; then
+    echo "STEPS: no step '$name'; the steps are ${ALL_STEPS//,/ }" >&2
+    exit 2
+  fi
+done
 SUMMARY="$OUT/device_check.md"
 failed=0
 rows=()

@@ -371,8 +371,12 @@ class RawKernel:
                 values.append(getattr(ct, ctype)(a.item()))
         params = (ct.c_void_p * len(values))(*(ct.cast(ct.pointer(v), ct.c_void_p)
                                                for v in values))
-        g = tuple(grid) + (1,) * (3 - len(grid))
-        b = tuple(block) + (1,) * (3 - len(block))
+        g = tuple(int(x) for x in grid) + (1,) * (3 - len(grid))
+        b = tuple(int(x) for x in block) + (1,) * (3 - len(block))
+        if not (0 < g[0] < 2**31 and 0 < g[1] <= 65535 and 0 < g[2] <= 65535
+                and min(b) > 0 and b[0] * b[1] * b[2] <= 1024 and b[2] <= 64):
+            raise AssertionError(f"{self.name}: launch configuration {g} x {b} outside CUDA's "
+                                 "limits")
         rc = kernel_library.simt_launch(self.name.encode(), *g, *b, params, len(values))
         if rc != 0:
             raise AssertionError(f"{self.name}: launch refused ({rc})")
@@ -407,6 +411,18 @@ cupy = _module(
     **{n: getattr(np, n) for n in DTYPES},
     **{n: _forward(getattr(np, n), n) for n in FUNCTIONS},
     **{n: _forward(getattr(np, n), n, ufunc=True) for n in UFUNCS})
+def _undefined(fn):
+    """CuPy's ``empty``: memory nobody wrote holds garbage (0xff bytes: NaN, -1), as a
+    GPU's does, so that code that reads it before writing it fails."""
+    def call(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        out._a.view(np.uint8).reshape(-1)[...] = 0xFF
+        return out
+    call.__name__ = fn.__name__
+    return call
+
+
+cupy.empty, cupy.empty_like = _undefined(cupy.empty), _undefined(cupy.empty_like)
 cupy.linalg = _module("cupy.linalg",
                       **{n: _forward(getattr(np.linalg, n), n) for n in LINALG},
                       **{n: _checked(n) for n in LINALG_CHECKED})

@@ -69,8 +69,9 @@ def harness(tmp_path_factory):
 def launch_library(harness):
     """tests/simt/launch_kernels.cpp as a shared library (the emulator's RawModule kernels)."""
     lib = harness.parent / "libsimt_launch.so"
+    # -fno-gnu-unique: its __shared__ statics stay its own, whatever else the process loads
     cmd = [os.environ.get("CXX", "g++"), "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread",
-           "-D__CUDACC_RTC__", *launch_constants(), f"-I{KERNELS}",
+           "-fno-gnu-unique", "-D__CUDACC_RTC__", *launch_constants(), f"-I{KERNELS}",
            str(SIMT / "launch_kernels.cpp"), "-o", str(lib), "-ldl"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -325,6 +326,8 @@ def test_pivot_kernel_with_few_labels_matches_the_cpu_kernel(harness, tmp_path, 
     ("pass", {"kind": "float64", "fused": True, "v": 70, "tile_cols": 40}),
     ("pass", {"kind": "bfloat16", "tile_cols": 10, "overlap": False}),
     ("pass", {"kind": "bfloat16", "half_gemm": "convert", "fused": True, "tile_rows": 16}),
+    ("pass", {"n": 600, "v": 300}),   # several blocks and chunks per launch
+    ("pass", {"n": 600, "v": 300, "fused": True}),
     ("pivots", {"xdtype": "float32", "mode": "max"}),
     ("pivots", {"xdtype": "float64", "mode": "mean"}),
     ("compare", {"dtype": "float64"}),

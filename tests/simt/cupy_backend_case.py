@@ -47,9 +47,14 @@ def run_pass(kind="float32", fused=False, overlap=True, half_gemm="cublas", n=40
     got = gp.cupy_pass(*ops, fused_epilogue=fused, overlap=overlap, half_gemm=half_gemm,
                        **tiles)
     exact = [x.astype(np.float64) for x in host]
-    errs = field_errors(got, cpu_pass(*exact), logit_scale(*exact))
+    want = cpu_pass(*exact)
+    errs = field_errors(got, want, logit_scale(*exact))
     rtol = 1e-12 if kind == "float64" else 1e-5
-    return {k: e for k, e in errs.items() if not e <= rtol}
+    bad = {k: e for k, e in errs.items() if not e <= rtol}
+    wrong = int(np.count_nonzero(got.agree != want.agree))
+    if wrong:
+        bad["agree"] = wrong
+    return bad
 
 
 def run_pivots(xdtype="float64", mode="max"):

@@ -25,8 +25,8 @@
 #pragma once
 #undef _FORTIFY_SOURCE  // its longjmp check rejects the switch between fiber stacks
 
-#include <dlfcn.h>
 #include <elf.h>
+#include <link.h>
 #include <math.h>
 #include <setjmp.h>
 #include <sys/mman.h>
@@ -92,16 +92,33 @@ inline std::atomic<unsigned long long> g_progress{0};  // barrier phases complet
 
 // [begin, end) of every __shared__ variable: the function-local statics (mangled "_ZZ") of
 // functions in identirep::kernels, from the symbol table of the object holding
-// identirep_simt_anchor (/proc/self/exe, or the shared library: dladdr), sorted.
+// identirep_simt_anchor (the executable, or a shared library), sorted.
 inline const std::vector<std::pair<char*, char*>>& SharedRanges() {
   static const std::vector<std::pair<char*, char*>> ranges = [] {
     std::vector<std::pair<char*, char*>> out;
-    Dl_info info{};
     const void* anchor = reinterpret_cast<const void*>(&identirep_simt_anchor);
-    FILE* f = dladdr(anchor, &info) != 0 && info.dli_fname != nullptr && info.dli_fname[0]
-                  ? std::fopen(info.dli_fname, "rb")
-                  : nullptr;
-    if (f == nullptr) f = std::fopen("/proc/self/exe", "rb");
+    // the loaded object whose segments hold the anchor: a shared library names its file, the
+    // executable has no name here (dladdr would give argv[0])
+    struct Found {
+      uintptr_t addr;
+      const char* name;
+    } found{reinterpret_cast<uintptr_t>(anchor), nullptr};
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* data) -> int {
+          Found& fd = *static_cast<Found*>(data);
+          for (int k = 0; k < info->dlpi_phnum; ++k) {
+            const ElfW(Phdr)& ph = info->dlpi_phdr[k];
+            const uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+            if (ph.p_type == PT_LOAD && fd.addr >= lo && fd.addr < lo + ph.p_memsz) {
+              fd.name = info->dlpi_name;
+              return 1;
+            }
+          }
+          return 0;
+        },
+        &found);
+    FILE* f = std::fopen(found.name != nullptr && found.name[0] ? found.name : "/proc/self/exe",
+                         "rb");
     if (f == nullptr) Fail("cannot open the kernels' ELF file");
     std::vector<char> img;
     char buf[1 << 16];
