@@ -330,6 +330,7 @@ def test_pivot_kernel_with_few_labels_matches_the_cpu_kernel(harness, tmp_path, 
     ("pass", {"n": 600, "v": 300, "fused": True}),
     ("pivots", {"xdtype": "float32", "mode": "max"}),
     ("pivots", {"xdtype": "float64", "mode": "mean"}),
+    ("pivots", {"xdtype": "float32", "mode": "max", "strided": True}),
     ("compare", {"dtype": "float64"}),
     ("compare", {"dtype": "float32", "bias": False, "M2": 5})], ids=lambda x: str(x))
 def test_cupy_backend_launch_code_runs_the_kernels_on_the_cpu(launch_library, what, opts):

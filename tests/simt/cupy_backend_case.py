@@ -57,7 +57,7 @@ def run_pass(kind="float32", fused=False, overlap=True, half_gemm="cublas", n=40
     return bad
 
 
-def run_pivots(xdtype="float64", mode="max"):
+def run_pivots(xdtype="float64", mode="max", strided=False):
     rng = np.random.default_rng(31)
     B, V = 37, 503
     n1, n2 = (rng.random(V) + 1.0 for _ in range(2))
@@ -68,6 +68,11 @@ def run_pivots(xdtype="float64", mode="max"):
     X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # a degenerate pair
     want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, piv, 1e-5, mode)
     dev = [cp.asarray(x) for x in (X1, X2, n1, n2, A1, A2, B12)]
+    if strided:   # column-major cross products, float32 label vectors: converted for the kernel
+        dev = ([cp.asfortranarray(x) for x in dev[:2]] +
+               [cp.asarray(x, dtype=np.float32) for x in dev[2:]])
+        want = _core.pivot_criteria(X1, X2, *(x.astype(np.float32).astype(np.float64)
+                                              for x in (n1, n2, A1, A2, B12)), piv, 1e-5, mode)
     got = gp.pivot_criteria_device(*dev, piv, 1e-5, mode, "cupy")
     got = got.get() if isinstance(got, fake_cupy.ndarray) else np.asarray(got)
     ok = np.allclose(got, want, rtol=1e-12, atol=0, equal_nan=True)
