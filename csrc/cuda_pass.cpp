@@ -475,9 +475,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
 void lse_kl_gemm_mainloop_pass(const CudaOperand& f1, const CudaOperand& g1,
                                const CudaOperand& f2, const CudaOperand& g2, int gemm,
                                bool wgmma, uintptr_t stream, int device) {
-  const GemmOperands op = GemmView(f1, g1, f2, g2, gemm, wgmma);
-  Require(f2.rows == f1.rows && g2.rows == g1.rows,
-          "f1, f2 need the same rows and g1, g2 the same rows");
+  const GemmOperands op = GemmView(f1, g1, f2, g2, gemm, wgmma);  // checks the shapes too
   Require(device >= 0, "device must be >= 0");
   DeviceGuard guard(device);
   lse_kl_gemm_mainloop_cuda(op, f1.rows, g1.rows, stream);

@@ -189,12 +189,23 @@ class _HostEpilogue:
             stream._defer(work)
 
 
-def _emulated_gemm_ex(cp, a, b, out, kind, beta=0.0):
+def emulated_gemm_ex(cp, a, b, out, kind, beta=0.0):
     """cublasGemmEx of two half operands (bfloat16 as bits): float32 products of the exact
     values, summed in float32."""
     x, y = ((bf16.to_f32(t) if kind == "bfloat16" else t.astype(np.float32)) for t in (a, b))
     prod = x @ y.T
     out[...] = prod if beta == 0.0 else prod + np.float32(beta) * out
+
+
+def pass_operands(cp, kind, n, v):
+    """(host values, device operands) of a pass of make_pair(11) in ``kind`` (bfloat16 as
+    DeviceArrays of its bits, the host values those of the rounded operands)."""
+    f1, g1, f2, g2 = make_pair(11, n=n, v=v, m1=9, m2=6)
+    if kind == "bfloat16":
+        host = [bf16.to_f32(bf16.from_f32(x.astype(np.float32))) for x in (f1, g1, f2, g2)]
+        return host, [gp.DeviceArray(cp.asarray(bf16.from_f32(x)), kind) for x in host]
+    host = [x.astype(kind) for x in (f1, g1, f2, g2)]
+    return host, [cp.asarray(x) for x in host]
 
 
 @pytest.mark.parametrize("backend", ["cupy", "cuda"])
@@ -211,15 +222,9 @@ def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, backend, kind, 
     # by the CPU kernel on host copies, cublasGemmEx by its float32 emulation
     monkeypatch.setattr(gp, "_CupyEpilogue", _HostEpilogue)
     monkeypatch.setattr(gp, "_CudaEpilogue", _HostEpilogue)
-    monkeypatch.setattr(gp, "gemm_ex", _emulated_gemm_ex)
+    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
     monkeypatch.setattr(_HostEpilogue, "calls", [])
-    f1, g1, f2, g2 = make_pair(11, n=173, v=61, m1=9, m2=6)
-    if kind == "bfloat16":
-        host = [bf16.to_f32(bf16.from_f32(x.astype(np.float32))) for x in (f1, g1, f2, g2)]
-        ops = [gp.DeviceArray(dev.cp.asarray(bf16.from_f32(x)), kind) for x in host]
-    else:
-        host = [x.astype(kind) for x in (f1, g1, f2, g2)]
-        ops = [dev.cp.asarray(x) for x in host]
+    host, ops = pass_operands(dev.cp, kind, 173, 61)
     if kind in ("float32", "float64"):  # a column-major label operand
         ops[1] = dev.cp.asfortranarray(ops[1])
     kw = {"driver": False} if backend == "cuda" else {}
@@ -262,7 +267,7 @@ def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, kind
     # backend="cupy" (or "cuda") with host models (NumPy, bfloat16 NumPy with a float32 bias,
     # torch CPU bfloat16 tensors): each model goes to the device once and every product runs
     # there, with the CPU engine's results
-    monkeypatch.setattr(gp, "gemm_ex", _emulated_gemm_ex)
+    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
     a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=21)
     bf = np.dtype(pytest.importorskip("ml_dtypes").bfloat16) if kind != "float64" else None
     if kind == "ml_dtypes":

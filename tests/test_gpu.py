@@ -461,24 +461,38 @@ def test_compare_on_gpu_arrays_matches_cpu(cupy, source):
             assert gv[k] == w, k
 
 
-@pytest.mark.gpu
-def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
+def _cuda_torch():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA")
-    seen = []
-    real = gp._gpu_pass
+    return torch
+
+
+def _record_streams(monkeypatch, cupy, name):
+    """gp.<name> wrapped to record CuPy's current stream at each call; the list of them."""
+    seen, real = [], getattr(gp, name)
 
     def spy(*args, **kwargs):
         seen.append(cupy.cuda.get_current_stream().ptr)
         return real(*args, **kwargs)
-    monkeypatch.setattr(gp, "_gpu_pass", spy)
+    monkeypatch.setattr(gp, name, spy)
+    return seen
+
+
+def _on_torch(torch, m):
+    """Model m as torch CUDA tensors."""
+    return ir.Model(*(torch.from_numpy(x).cuda() for x in (m.f, m.g)),
+                    bias=torch.from_numpy(m.bias).cuda())
+
+
+@pytest.mark.gpu
+def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
+    torch = _cuda_torch()
+    seen = _record_streams(monkeypatch, cupy, "_gpu_pass")
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        ga, gb = (ir.Model(*(torch.from_numpy(x).cuda() for x in (m.f, m.g)),
-                           bias=torch.from_numpy(m.bias).cuda()) for m in (a, b))
-        got = ir.kl(ga, gb)
+        got = ir.kl(_on_torch(torch, a), _on_torch(torch, b))
     assert seen == [stream.cuda_stream] and stream.cuda_stream != 0
     want = ir.kl(a, b)
     np.testing.assert_allclose([got.kl12, got.kl21], [want.kl12, want.kl21], rtol=1e-9)
@@ -493,20 +507,10 @@ def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
 
 @pytest.mark.gpu
 def test_engine_used_later_runs_on_torchs_stream_of_the_call(cupy, monkeypatch):
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA")
-    seen = []
-    real = gp.pivot_criteria_device
-
-    def spy(*args, **kwargs):
-        seen.append(cupy.cuda.get_current_stream().ptr)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(gp, "pivot_criteria_device", spy)
+    torch = _cuda_torch()
+    seen = _record_streams(monkeypatch, cupy, "pivot_criteria_device")
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
-    ga, gb = (ir.Model(*(torch.from_numpy(x).cuda() for x in (m.f, m.g)),
-                       bias=torch.from_numpy(m.bias).cuda()) for m in (a, b))
-    e = ir.engine(ga, gb)
+    e = ir.engine(_on_torch(torch, a), _on_torch(torch, b))
     torch.cuda.synchronize()
     later = torch.cuda.Stream()
     with torch.cuda.stream(later):
@@ -549,20 +553,26 @@ def test_host_models_with_a_gpu_backend_run_on_the_gpu(cupy, backend, kind):
 
 
 # ------------------------------------------------------------------ the engine on a GPU
+def pivot_problem(xdtype, V, B=37, seed=31):
+    """Inputs of the pivot kernel: cross products X1, X2 (B x V, xdtype), label vectors n1,
+    n2, A1, A2, B12 and B pivots, with one degenerate pair (label 5, the first pivot)."""
+    rng = np.random.default_rng(seed)
+    n1, n2 = (rng.random(V) + 1.0 for _ in range(2))
+    X1, X2 = ((0.3 * rng.standard_normal((B, V))).astype(xdtype) for _ in range(2))
+    A1, A2 = rng.random(V), rng.random(V)
+    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(V)
+    piv = rng.choice(V, B, replace=False)
+    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # S1(5, piv[0]) ~ 0: a degenerate pair
+    return X1, X2, n1, n2, A1, A2, B12, piv
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["max", "mean"])
 @pytest.mark.parametrize("xdtype", [np.float64, np.float32])
 def test_device_pivot_criteria_match_the_cpu_kernel(cupy, backend, mode, xdtype):
     from identirep import _core
-    rng = np.random.default_rng(31)
-    B, Vp = 37, 5003
-    n1, n2 = (rng.random(Vp) + 1.0 for _ in range(2))
-    X1, X2 = ((0.3 * rng.standard_normal((B, Vp))).astype(xdtype) for _ in range(2))
-    A1, A2 = rng.random(Vp), rng.random(Vp)
-    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(Vp)
-    piv = rng.choice(Vp, B, replace=False)
-    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # S1(5, piv[0]) ~ 0: a degenerate pair
+    X1, X2, n1, n2, A1, A2, B12, piv = pivot_problem(xdtype, 5003)
     want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, piv, 1e-5, mode)
     dev = [cupy.asarray(x) for x in (X1, X2, n1, n2, A1, A2, B12)]
     assert dev[0].dtype == xdtype
