@@ -20,15 +20,19 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
           128 rows (one per SM) and of 64 (two per SM), mma.sync (sm_80+), then wgmma (the
           sm_90a kernel, gemm_wgmma=True; "-" where it cannot run); a second table gives
           each kernel's time without its epilogue too (the timing probe
-          _core.lse_kl_gemm_mainloop_cuda, one launch over N x V): the GEMMs' share of it;
+          _core.lse_kl_gemm_mainloop_cuda, one launch over N x V): the GEMMs' share of it.
+          Each kernel is first checked against the cuBLAS driver in a process of its own
+          (--gemm-check) and timed only if it passes, after every other column: one that
+          faults would leave this process's CUDA context unusable;
   cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
           it also computes the input gradient, as it always does), when liger_kernel imports.
 Times are CUDA-event medians over --repeats after --warmup runs; "x" columns are ratios to the
-floor. "mem" is the peak extra device memory of the cuda passes (CuPy pool growth from an
-empty pool, inputs excluded) and of the torch baselines (max_memory_allocated above the
-inputs).
+floor. A column that fails is noted under the table and the others are still measured.
+"mem" is the peak extra device memory of the cuda passes (CuPy pool growth from an empty pool,
+inputs excluded; for the fused GEMM the largest of its kernels) and of the torch baselines
+(max_memory_allocated above the inputs).
 ``--sweep`` adds a second table: the cuda pass for several label-tile widths, overlapped, serial
 and with the fused epilogue, to choose the defaults from.
 
@@ -38,7 +42,10 @@ and with the fused epilogue, to choose the defaults from.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -52,6 +59,11 @@ from identirep import _cupy_pass as gp
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
           (16384, 128256, 4096)]
 SWEEP_COLS = (1024, 2048, 4096, 8192)
+#: the fused GEMM kernels: row key and table name; their (gemm_block_rows, gemm_wgmma)
+GEMM_KERNELS = (("gemm_fused", "mma.sync 128"), ("gemm_fused64", "mma.sync 64"),
+                ("gemm_wg", "wgmma 128"), ("gemm_wg64", "wgmma 64"))
+GEMM_KINDS = {"gemm_fused": (128, False), "gemm_fused64": (64, False),
+              "gemm_wg": (128, True), "gemm_wg64": (64, True)}
 SWEEP_VARIANTS = {"overlap": {}, "serial": {"overlap": False},
                   "fused": {"fused_epilogue": True}}
 
@@ -136,98 +148,168 @@ def bench_shape(n, v, m, args, torch, row):
     f1, g1 = make_inputs(n, v, m, 1)
     f2, g2 = make_inputs(n, v, m, 2)
     # the floor: the faster of CuPy's and torch's bfloat16 GEMMs (each where it works)
-    floors = {}
     bf = cupy_bfloat16()
     if bf is not None:
-        try:
+        def cupy_floor():
             ops = [x.data.view(bf) for x in (f1, g1, f2, g2)]
             out = cp.empty((n, v), bf)
 
             def floor():
                 cp.matmul(ops[0], ops[1].T, out=out)
                 cp.matmul(ops[2], ops[3].T, out=out)
-            floors["cupy"] = cuda_ms(floor, args.warmup, args.repeats)
-        except Exception as e:  # CuPy's bfloat16 support has gaps
-            print(f"no CuPy bfloat16 floor: {type(e).__name__}: {e}", flush=True)
-        out = None
+            return cuda_ms(floor, args.warmup, args.repeats)
+        measure(row, ("floor", "cupy"), cupy_floor)   # CuPy's bfloat16 support has gaps
     if torch is not None:
-        tops = [torch.from_dlpack(x.data.view(cp.int16)).view(torch.bfloat16)
-                for x in (f1, g1, f2, g2)]
-        tout = torch.empty((n, v), dtype=torch.bfloat16, device="cuda")
+        def torch_floor():
+            tops = torch_bf16(torch, (f1, g1, f2, g2))
+            tout = torch.empty((n, v), dtype=torch.bfloat16, device="cuda")
 
-        def tfloor():
-            torch.matmul(tops[0], tops[1].T, out=tout)
-            torch.matmul(tops[2], tops[3].T, out=tout)
-        floors["torch"] = torch_ms(torch, tfloor, args.warmup, args.repeats)
-        del tout
+            def floor():
+                torch.matmul(tops[0], tops[1].T, out=tout)
+                torch.matmul(tops[2], tops[3].T, out=tout)
+            return torch_ms(torch, floor, args.warmup, args.repeats)
+        measure(row, ("floor", "torch"), torch_floor)
+    floors = {k[1]: t for k, t in row.items() if isinstance(k, tuple) and k[0] == "floor"}
     if floors:
         row["floor_by"] = min(floors, key=floors.get)
         row["floor"] = floors[row["floor_by"]]
     # the tiles of the default (overlapped) pass
     tr, tc = gp.tile_shape(n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2)
-    ws = cp.empty(tr * tc, cp.float32)
 
-    def gemm_tiles():
-        for c0 in range(0, v, tc):
-            c1 = min(v, c0 + tc)
-            for r0 in range(0, n, tr):
-                r1 = min(n, r0 + tr)
-                out = ws[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
-                for f, g in ((f1, g1), (f2, g2)):
-                    gp.gemm_ex(cp, f.data[r0:r1], g.data[c0:c1], out, "bfloat16")
-    row["gemm"] = cuda_ms(gemm_tiles, args.warmup, args.repeats)
-    ws = None  # release the tiles before the passes run
+    def gemm_tiles_ms():
+        ws = cp.empty(tr * tc, cp.float32)
+
+        def gemm_tiles():
+            for c0 in range(0, v, tc):
+                c1 = min(v, c0 + tc)
+                for r0 in range(0, n, tr):
+                    r1 = min(n, r0 + tr)
+                    out = ws[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+                    for f, g in ((f1, g1), (f2, g2)):
+                        gp.gemm_ex(cp, f.data[r0:r1], g.data[c0:c1], out, "bfloat16")
+        return cuda_ms(gemm_tiles, args.warmup, args.repeats)  # the tiles go with ws
+    measure(row, "gemm", gemm_tiles_ms)
     if identirep.build_info()["cuda_compiled"]:
-        row["epilogue"] = epilogue_ms(n, v, tr, tc, args)
-        row["epilogue_fused"] = epilogue_ms(n, v, *gp.tile_shape(
+        measure(row, "epilogue", lambda: epilogue_ms(n, v, tr, tc, args))
+        measure(row, "epilogue_fused", lambda: epilogue_ms(n, v, *gp.tile_shape(
             n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2, fused=True), args,
-            fused=True)
+            fused=True))
     kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
     if identirep.build_info()["cuda_compiled"]:
         run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
-        row["mem"] = pool_peak(run)
-        row["cuda"] = cuda_ms(run, args.warmup, args.repeats)
-        row["loop"] = cuda_ms(lambda: gp.cuda_pass(f1, g1, f2, g2, driver=False, **kw),
-                              args.warmup, args.repeats)
-        row["serial"] = cuda_ms(lambda: gp.cuda_pass(f1, g1, f2, g2, overlap=False, **kw),
-                                args.warmup, args.repeats)
-        run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
-        row["mem_fused"] = pool_peak(run)
-        row["fused"] = cuda_ms(run, args.warmup, args.repeats)
-        if identirep.build_info()["cuda_pass_driver"]:
-            wg = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id) == ""
-            for rows, wgmma, key in ((128, False, "gemm_fused"), (64, False, "gemm_fused64"),
-                                     (128, True, "gemm_wg"), (64, True, "gemm_wg64")):
-                if wgmma and not wg:
-                    continue
-                run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True,
-                                            gemm_block_rows=rows, gemm_wgmma=wgmma,
-                                            workspace_bytes=args.workspace))
-                row["mem_gemm"] = pool_peak(run)
-                row[key] = cuda_ms(run, args.warmup, args.repeats)
-                ops = gp.driver_operands([f1, g1, f2, g2], np.dtype(np.float32))
-                row[("mainloop", key)] = cuda_ms(
-                    lambda: _core.lse_kl_gemm_mainloop_cuda(
-                        *ops, gemm=rows, wgmma=wgmma, stream=cp.cuda.get_current_stream().ptr,
-                        device=cp.cuda.Device().id),
-                    args.warmup, args.repeats)
+        measure(row, "mem", lambda: pool_peak(run))
+        measure(row, "cuda", lambda: cuda_ms(run, args.warmup, args.repeats))
+        measure(row, "loop", lambda: cuda_ms(
+            lambda: gp.cuda_pass(f1, g1, f2, g2, driver=False, **kw), args.warmup, args.repeats))
+        measure(row, "serial", lambda: cuda_ms(
+            lambda: gp.cuda_pass(f1, g1, f2, g2, overlap=False, **kw), args.warmup,
+            args.repeats))
+        fused = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
+        measure(row, "mem_fused", lambda: pool_peak(fused))
+        measure(row, "fused", lambda: cuda_ms(fused, args.warmup, args.repeats))
         if args.sweep:
             for tc in SWEEP_COLS:
                 for variant, opts in SWEEP_VARIANTS.items():
-                    row[("sweep", tc, variant)] = cuda_ms(
+                    measure(row, ("sweep", tc, variant), lambda: cuda_ms(
                         lambda: gp.cuda_pass(f1, g1, f2, g2, workspace_bytes=args.workspace,
                                              tile_cols=tc, **opts),
-                        args.warmup, args.repeats)
-    run = (lambda: gp.cupy_pass(f1, g1, f2, g2, **kw))
-    run()  # NVRTC compile outside the timing
-    row["cupy"] = cuda_ms(run, args.warmup, args.repeats)
+                        args.warmup, args.repeats))
+    cupy_run = (lambda: gp.cupy_pass(f1, g1, f2, g2, **kw))
+    # the first run compiles the NVRTC kernels, outside the timing
+    measure(row, "cupy", lambda: (cupy_run(), cuda_ms(cupy_run, args.warmup, args.repeats))[1])
     if torch is not None and not args.no_torch:
-        row["torch"], row["torch_mem"] = naive_torch(torch, (f1, g1, f2, g2), args)
+        measure(row, ["torch", "torch_mem"], lambda: naive_torch(torch, (f1, g1, f2, g2), args))
         liger = liger_jsd(torch, (f1, g1, f2, g2), args)
         if isinstance(liger, str):
             row["liger_why"] = liger
         else:
             row["liger"], row["liger_mem"] = liger
+    # identirep's own GEMM kernels last: a kernel that faults leaves the CUDA context unusable
+    for key in args.gemm_ok:
+        rows, wgmma = GEMM_KINDS[key]
+        run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+                                    gemm_wgmma=wgmma, workspace_bytes=args.workspace))
+        measure(row, ("mem_gemm", key), lambda: pool_peak(run))
+        measure(row, key, lambda: cuda_ms(run, args.warmup, args.repeats))
+        measure(row, ("mainloop", key), lambda: mainloop_ms(rows, wgmma, (f1, g1, f2, g2), args))
+
+
+def mainloop_ms(rows, wgmma, arrays, args):
+    """The fused GEMM kernel without its epilogue (the timing probe), one launch over N x V."""
+    ops = gp.driver_operands(list(arrays), np.dtype(np.float32))
+    return cuda_ms(lambda: _core.lse_kl_gemm_mainloop_cuda(
+        *ops, gemm=rows, wgmma=wgmma, stream=cp.cuda.get_current_stream().ptr,
+        device=cp.cuda.Device().id), args.warmup, args.repeats)
+
+
+def measure(row, key, fn):
+    """row[key] = fn() (for a list of keys, fn() gives one value per key), or the failure noted
+    in row["errors"]: a column that fails leaves the others measured."""
+    try:
+        value = fn()
+    except Exception as e:
+        name = "/".join(str(k) for k in (key if isinstance(key, (list, tuple)) else [key]))
+        row.setdefault("errors", []).append(
+            f"{name}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        return
+    if isinstance(key, list):
+        row.update(zip(key, value))
+    else:
+        row[key] = value
+
+
+def gemm_check(rows, wgmma):
+    """Exit status 0 when the fused GEMM kernel of this kind gives the cuBLAS driver's results
+    on a small bfloat16 pair (odd sizes, two row and two label tiles), else 1, with why."""
+    f1, g1 = make_inputs(777, 9001, 72, 1)
+    f2, g2 = make_inputs(777, 9001, 40, 2)
+    kw = dict(tile_rows=400, tile_cols=5000)
+    got = gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wgmma,
+                       **kw)
+    want = gp.cuda_pass(f1, g1, f2, g2, **kw)
+    bad = []
+    for k in ("L1", "L2", "kl12", "kl21", "col_mean1", "col_m2_12"):
+        a, b = np.asarray(getattr(got, k)), np.asarray(getattr(want, k))
+        scale = max(float(np.abs(b).max()), 1.0)
+        if not (np.isfinite(a).all() and np.abs(a - b).max() <= 1e-4 * scale):
+            bad.append(f"{k} differs by {float(np.nanmax(np.abs(a - b))):.3g} (scale {scale:.3g})")
+    print("; ".join(bad) if bad else "ok", flush=True)
+    return 1 if bad else 0
+
+
+def gemm_check_command(rows, wgmma):
+    return [sys.executable, os.path.abspath(__file__), "--gemm-check", f"{rows},{int(wgmma)}"]
+
+
+def check_gemm_kernels(timeout=120):
+    """(kinds whose check passed, notes on the others): each fused GEMM kernel is first run in
+    a process of its own (gemm_check), so that one that faults or hangs costs only its own
+    columns, not every later measurement of this process."""
+    if not identirep.build_info()["cuda_pass_driver"]:
+        return [], ["fused GEMM kernels: built without the CUDA pass driver"]
+    wg_problem = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id)
+    notes, procs = [], {}
+    for key, (rows, wgmma) in GEMM_KINDS.items():
+        if wgmma and wg_problem:
+            notes.append(f"{key}: not run ({wg_problem})")
+            continue
+        procs[key] = subprocess.Popen(gemm_check_command(rows, wgmma), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+    ok = []
+    for key, p in procs.items():
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            notes.append(f"{key}: not timed: its check did not finish in {timeout} s")
+            continue
+        if p.returncode == 0:
+            ok.append(key)
+        else:
+            last = (out.strip().splitlines() or ["no output"])[-1][:300]
+            notes.append(f"{key}: not timed: its check failed (exit {p.returncode}): {last}")
+    return ok, notes
 
 
 def epilogue_ms(n, v, tr, tc, args, fused=False):
@@ -321,6 +403,9 @@ def table(rows):
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
                  if "floor" in r else "- (no bfloat16 matmul)")
+        gemm_mem = [r[("mem_gemm", k)] for k, _ in GEMM_KERNELS if ("mem_gemm", k) in r]
+        if gemm_mem:
+            r = {**r, "mem_gemm": max(gemm_mem)}
         mem = " / ".join(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
                          for k in ("mem", "mem_fused", "mem_gemm", "torch_mem", "liger_mem"))
         epi = f"{fmt_ms(r, 'epilogue')} ({fmt_ms(r, 'epilogue_fused')})"
@@ -331,11 +416,10 @@ def table(rows):
             "cupy", "torch", "liger")])
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
         notes += [f"{r['shape']}: {r[k]}" for k in ("liger_why", "error") if k in r]
+        notes += [f"{r['shape']}: {e}" for e in r.get("errors", [])]
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-GEMM_KERNELS = (("gemm_fused", "mma.sync 128"), ("gemm_fused64", "mma.sync 64"),
-                ("gemm_wg", "wgmma 128"), ("gemm_wg64", "wgmma 64"))
 
 
 def gemm_table(rows):
@@ -378,11 +462,19 @@ def main():
     p.add_argument("--sweep", action="store_true", help="also time the cuda pass for tile_cols "
                    f"in {SWEEP_COLS}: {', '.join(SWEEP_VARIANTS)}")
     p.add_argument("--out", default=None, help="also write the markdown table here")
+    p.add_argument("--gemm-check", default=None, metavar="ROWS,WGMMA",
+                   help="only check one fused GEMM kernel against the cuBLAS driver (exit 0 or 1)")
     args = p.parse_args()
+    if args.gemm_check:
+        rows, wgmma = (int(x) for x in args.gemm_check.split(","))
+        raise SystemExit(gemm_check(rows, bool(wgmma)))
+    args.gemm_ok, gemm_notes = check_gemm_kernels()
     torch = None if args.no_torch else import_torch()
     dev = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     head = (f"{dev['name'].decode()} | CuPy {cp.__version__} | identirep "
             f"{identirep.build_info()['version']} | bfloat16 inputs | median of {args.repeats}")
+    if gemm_notes:
+        head += "\n\nfused GEMM kernel checks: " + "; ".join(gemm_notes)
     rows = []
     for n, v, m in args.shape:
         t0 = time.perf_counter()

@@ -1,9 +1,13 @@
 """The GPU benchmarks' table code runs after minutes of device time: it must not fail on any
-mix of measured, missing and failed entries (checked here without a GPU)."""
+mix of measured, missing and failed entries, and one failing measurement or kernel must not
+cost the others (checked here without a GPU)."""
 import importlib
+import subprocess
 import sys
 import types
 from pathlib import Path
+
+import pytest
 
 BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks")
 
@@ -24,7 +28,8 @@ def test_tables_with_full_partial_and_failed_rows(monkeypatch, tmp_path):
     bench_gpu = _bench_gpu(monkeypatch)
     full = {"shape": "1 x 2 x 3", "flop": 1e12, "floor": 2.0, "floor_by": "cupy", "gemm": 2.1,
             "epilogue": 1.0, "epilogue_fused": 0.5, "cuda": 2.5, "serial": 3.0, "fused": 2.2,
-            "gemm_fused": 2.05, "gemm_fused64": 2.4, "gemm_wg": 1.9, "mem_gemm": 2 ** 28,
+            "gemm_fused": 2.05, "gemm_fused64": 2.4, "gemm_wg": 1.9,
+            ("mem_gemm", "gemm_fused"): 2 ** 27, ("mem_gemm", "gemm_wg"): 2 ** 28,
             "cupy": 2.6, "torch": 5.0, "liger": 7.0, "mem": 2 ** 29, "mem_fused": 2 ** 29,
             "torch_mem": 2 ** 31, "liger_mem": 2 ** 33}
     full.update({("sweep", tc, v): 2.2 for tc in bench_gpu.SWEEP_COLS
@@ -32,13 +37,15 @@ def test_tables_with_full_partial_and_failed_rows(monkeypatch, tmp_path):
     full.update({("mainloop", "gemm_fused"): 1.6, ("mainloop", "gemm_wg"): 1.2})
     partial = {"shape": "4 x 5 x 6", "flop": 1e12, "liger_why": "liger_kernel unavailable"}
     failed = {"shape": "7 x 8 x 9", "flop": 1e12, "floor": 1.0, "floor_by": "torch",
-              "error": "stopped: OutOfMemoryError: out of memory"}
+              "error": "stopped: OutOfMemoryError: out of memory",
+              "errors": ["cupy: CompileException: nvrtc failed"]}
     text = bench_gpu.report("card", [full, partial, failed])
     assert "| 1 x 2 x 3 | 2.0 (500, cupy) | 2.1 (1.05x) | 1.0 (0.50x) (0.5 (0.25x))" in text
     # fused, gemm-fused (mma.sync 128 / 64; wgmma 128 / 64, the last not measured), cupy
     assert "| 2.2 (1.10x) | 2.0 (1.02x) / 2.4 (1.20x); 1.9 (0.95x) / - | 2.6 (1.30x) |" in text
     assert "| 0.50 / 0.50 / 0.25 / 2.00 / 8.00 |" in text
     assert "4 x 5 x 6: liger_kernel unavailable" in text and "7 x 8 x 9: stopped" in text
+    assert "7 x 8 x 9: cupy: CompileException: nvrtc failed" in text
     assert text.count("| 4 x 5 x 6 |") == 3   # main table, fused GEMM table, sweep table
     assert ("| 1 x 2 x 3 | 2.0 (1.02x) / 1.6 (0.80x) | 2.4 (1.20x) / - | "
             "1.9 (0.95x) / 1.2 (0.60x) | - / - |") in text
@@ -46,3 +53,65 @@ def test_tables_with_full_partial_and_failed_rows(monkeypatch, tmp_path):
     out = tmp_path / "t.md"
     bench_gpu.emit(text, str(out), quiet=True)
     assert out.read_text() == text + "\n"
+
+
+def test_a_failing_measurement_is_noted_and_the_others_kept(monkeypatch):
+    bench_gpu = _bench_gpu(monkeypatch)
+    row = {}
+
+    def fails():
+        raise MemoryError("out of memory allocating 17179869184 bytes\nmore")
+    bench_gpu.measure(row, "cuda", lambda: 2.5)
+    bench_gpu.measure(row, ("sweep", 1024, "serial"), fails)
+    bench_gpu.measure(row, ["torch", "torch_mem"], lambda: (5.0, 2 ** 30))
+    bench_gpu.measure(row, "loop", lambda: 1 / 0)
+    assert row == {"cuda": 2.5, "torch": 5.0, "torch_mem": 2 ** 30,
+                   "errors": ["sweep/1024/serial: MemoryError: out of memory allocating "
+                              "17179869184 bytes", "loop: ZeroDivisionError: division by zero"]}
+
+
+def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch):
+    # each kernel checked in its own process: one that passes is timed; one that aborts (a
+    # fault), hangs or disagrees is not, with the reason in the table
+    bench_gpu = _bench_gpu(monkeypatch)
+    monkeypatch.setattr(bench_gpu.identirep, "build_info", lambda: {"cuda_pass_driver": True})
+    monkeypatch.setattr(bench_gpu, "_core", types.SimpleNamespace(
+        lse_kl_gemm_wgmma_problem=lambda device: ""))
+    monkeypatch.setattr(bench_gpu, "cp", types.SimpleNamespace(cuda=types.SimpleNamespace(
+        Device=lambda: types.SimpleNamespace(id=0))))
+    scripts = {(128, False): "print('ok')", (64, False): "import os; os.abort()",
+               (128, True): "import time; time.sleep(60)",
+               (64, True): "print('L1 differs by 0.5'); raise SystemExit(1)"}
+    monkeypatch.setattr(bench_gpu, "gemm_check_command",
+                        lambda rows, wgmma: [sys.executable, "-c", scripts[rows, wgmma]])
+    ok, notes = bench_gpu.check_gemm_kernels(timeout=5)
+    assert ok == ["gemm_fused"]
+    assert notes[0].startswith("gemm_fused64: not timed: its check failed (exit -6)")
+    assert notes[1:] == ["gemm_wg: not timed: its check did not finish in 5 s",
+                         "gemm_wg64: not timed: its check failed (exit 1): L1 differs by 0.5"]
+    # where wgmma cannot run, its kinds are not started, and the reason is given
+    monkeypatch.setattr(bench_gpu, "_core", types.SimpleNamespace(
+        lse_kl_gemm_wgmma_problem=lambda device: "compute capability 8.0, wgmma needs 9.0"))
+    scripts[64, False] = "print('ok')"
+    ok, notes = bench_gpu.check_gemm_kernels(timeout=5)
+    assert ok == ["gemm_fused", "gemm_fused64"]
+    assert notes == [f"{k}: not run (compute capability 8.0, wgmma needs 9.0)"
+                     for k in ("gemm_wg", "gemm_wg64")]
+    monkeypatch.setattr(bench_gpu.identirep, "build_info", lambda: {"cuda_pass_driver": False})
+    assert bench_gpu.check_gemm_kernels() == (
+        [], ["fused GEMM kernels: built without the CUDA pass driver"])
+
+
+def test_the_gemm_check_command_reaches_the_check():
+    # its own command line runs the check (argparse, the import of the benchmark); without a
+    # GPU the check itself fails, with a CUDA error rather than a usage error
+    pytest.importorskip("cupy")
+    sys.path.insert(0, BENCH)
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(BENCH)
+    p = subprocess.run(bench_gpu.gemm_check_command(64, True), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1 and "usage:" not in p.stderr
+    assert "in gemm_check" in p.stderr, p.stderr[-2000:]
