@@ -6,7 +6,10 @@
 # `pip download liger-kernel==0.8.5 --no-deps -d .whl`):
 #   1. build and install identirep with CUDA (pip, no build isolation, no dependencies);
 #   2. nvidia-smi summary;
-#   3. the GPU tests, which must not all skip (IDENTIREP_REQUIRE_GPU_TESTS=1);
+#   3. the GPU tests, which must not all skip (IDENTIREP_REQUIRE_GPU_TESTS=1), in three
+#      processes: those of identirep's own GEMM kernels (marker fused_gemm) and of its wgmma
+#      kernel (marker wgmma) apart, so that a kernel that faults or hangs (a fault leaves the
+#      process's CUDA context unusable) costs only its own tests;
 #   4. compute-sanitizer memcheck and racecheck on a tiny run of every kernel and of the
 #      compiled pass driver;
 #   5. benchmarks/bench_gpu.py (the passes, with the tile-width sweep) and
@@ -29,7 +32,8 @@ SANITIZER=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bi
 export IDENTIREP_CUDA=ON
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 DEADLINE=$(( $(date +%s) + 470 ))
-ALL_STEPS=",build-tools,build,liger,nvidia-smi,build-info,gpu-tests,memcheck,racecheck,bench,bench-compare,"
+ALL_STEPS=",build-tools,build,liger,nvidia-smi,build-info,gpu-tests,gpu-tests-gemm,gpu-tests-wgmma,\
+memcheck,racecheck,bench,bench-compare,"
 STEPS=${STEPS:-}
 for name in ${STEPS//,/ }; do
   if [[ "$ALL_STEPS" != *",$name,"* ]]; then
@@ -84,13 +88,19 @@ finish() {
     echo "|---|---|---|"
     printf '%s\n' "${rows[@]}"
     echo
-    echo "GPU tests: $(grep -v '^[[:space:]]*$' "$OUT/gpu-tests.log" 2>/dev/null | tail -n 1)"
-    for tool in memcheck racecheck; do
-      echo
-      echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" 2>/dev/null \
-        | tail -n 1 || echo 'no summary')"
+    for t in gpu-tests gpu-tests-gemm gpu-tests-wgmma; do
+      if [[ -f "$OUT/$t.log" ]]; then
+        echo "$t: $(grep -v '^[[:space:]]*$' "$OUT/$t.log" | tail -n 1)"
+        echo
+      fi
     done
-    echo
+    for tool in memcheck racecheck; do
+      if [[ -f "$OUT/$tool.log" ]]; then
+        line=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -n 1 || true)
+        echo "$tool: ${line:-no summary}"
+        echo
+      fi
+    done
     for b in bench_gpu bench_gpu_compare; do
       echo
       if [[ -s "$OUT/$b.md" ]]; then cat "$OUT/$b.md"; else echo "$b: no table"; fi
@@ -123,8 +133,14 @@ assert i['fused_gemm_wgmma'], 'built without the wgmma kernel'"
 # with pytest-timeout, a test that hangs is named (its stacks dumped) instead of eating the step
 TIMEOUT_OPTS=$("$PYTHON" -c "import pytest_timeout" 2>/dev/null \
   && echo "--timeout=120 --timeout-method=thread" || true)
-step gpu-tests 150 env IDENTIREP_REQUIRE_GPU_TESTS=1 "$PYTHON" -m pytest -q -p no:cacheprovider \
-  $TIMEOUT_OPTS tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py
+GPU_TESTS="tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py"
+gpu_tests() {  # gpu_tests NAME LIMIT MARKER_EXPRESSION
+  step "$1" "$2" env IDENTIREP_REQUIRE_GPU_TESTS=1 "$PYTHON" -m pytest -q -p no:cacheprovider \
+    $TIMEOUT_OPTS -m "$3" $GPU_TESTS
+}
+gpu_tests gpu-tests 120 "not fused_gemm"
+gpu_tests gpu-tests-gemm 45 "fused_gemm and not wgmma"
+gpu_tests gpu-tests-wgmma 45 "wgmma"
 step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \
   "$PYTHON" benchmarks/sanitize_case.py
 step racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 1 \

@@ -118,6 +118,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_bf16)
 
 
+@pytest.fixture(autouse=True)
+def _own_gemm_kernels_are_marked(request, monkeypatch):
+    """A GPU test that launches identirep's own GEMM kernels must carry the marker
+    `fused_gemm`, and `wgmma` for the sm_90a kernel: benchmarks/device_check.sh runs those in
+    processes of their own, so that a kernel that faults or hangs costs only its own tests."""
+    if request.node.get_closest_marker("gpu") is not None and CUDA_BUILT:
+        guard_own_gemm_kernels(request.node, monkeypatch)
+
+
+def guard_own_gemm_kernels(node, monkeypatch):
+    """Make the launchers of identirep's GEMM kernels fail the test ``node`` unless it carries
+    the markers of what it launches."""
+    from identirep import _core
+    from identirep import _cupy_pass as gp
+    if not hasattr(_core, "lse_kl_pass_cuda"):
+        return
+    marked = {m: node.get_closest_marker(m) is not None for m in ("fused_gemm", "wgmma")}
+
+    def guard(fn):
+        def call(*args, gemm=0, wgmma=False, **kwargs):
+            for name, used in (("fused_gemm", gemm), ("wgmma", wgmma)):
+                if used and not marked[name]:
+                    pytest.fail(f"this test launches identirep's own GEMM kernel (gemm={gemm}, "
+                                f"wgmma={wgmma}) without the marker {name!r}", pytrace=False)
+            return fn(*args, gemm=gemm, wgmma=wgmma, **kwargs)
+        return call
+    monkeypatch.setattr(gp, "_driver_pass", guard(gp._driver_pass))
+    monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda", guard(_core.lse_kl_gemm_mainloop_cuda))
+
+
 @pytest.fixture
 def needs_cuda_build():
     """Marks a test that needs the CUDA sources compiled in (but no GPU)."""

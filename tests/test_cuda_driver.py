@@ -418,11 +418,54 @@ def _gemm_kind(rows, cupy=None):
             "gemm_wgmma": wgmma}
 
 
-GEMM_KINDS = [("bfloat16", 128), ("float16", 128), ("bfloat16", 64),
-              ("bfloat16", "wg128"), ("float16", "wg128"), ("bfloat16", "wg64")]
+@needs_driver
+def test_gpu_tests_of_own_gemm_kernels_must_be_marked(monkeypatch):
+    # device_check runs them in processes of their own, found by their markers
+    from conftest import guard_own_gemm_kernels
+    calls = []
+    monkeypatch.setattr(gp, "_driver_pass", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda", lambda *a, **kw: calls.append(kw))
+
+    def node(*marks):
+        return SimpleNamespace(get_closest_marker=lambda m: m if m in marks else None)
+    with monkeypatch.context() as m:
+        guard_own_gemm_kernels(node(), m)
+        gp._driver_pass(1, gemm=0, wgmma=False)      # the cuBLAS driver: no marker needed
+        with pytest.raises(pytest.fail.Exception, match="without the marker 'fused_gemm'"):
+            gp._driver_pass(1, gemm=128, wgmma=False)
+        with pytest.raises(pytest.fail.Exception, match="without the marker 'fused_gemm'"):
+            _core.lse_kl_gemm_mainloop_cuda(1, gemm=64, wgmma=False)
+    with monkeypatch.context() as m:
+        guard_own_gemm_kernels(node("fused_gemm"), m)
+        gp._driver_pass(1, gemm=128, wgmma=False)
+        with pytest.raises(pytest.fail.Exception, match="without the marker 'wgmma'"):
+            gp._driver_pass(1, gemm=128, wgmma=True)
+    with monkeypatch.context() as m:
+        guard_own_gemm_kernels(node("fused_gemm", "wgmma"), m)
+        _core.lse_kl_gemm_mainloop_cuda(1, gemm=64, wgmma=True)
+    assert calls == [dict(gemm=0, wgmma=False), dict(gemm=128, wgmma=False),
+                     dict(gemm=64, wgmma=True)]
+
+
+def gemm_params(*values):
+    """Parameters of the fused GEMM tests (each a block-rows value as _gemm_kind takes it, or a
+    tuple ending in one), those of the wgmma kernel marked `wgmma`: device_check runs the
+    tests of identirep's own GEMM kernels (marker `fused_gemm`), and those of the wgmma kernel,
+    in processes of their own, so that a kernel that faults or hangs costs only its tests."""
+    out = []
+    for v in values:
+        v = v if isinstance(v, tuple) else (v,)
+        wg = isinstance(v[-1], str)
+        out.append(pytest.param(*v, marks=[pytest.mark.wgmma] if wg else []))
+    return out
+
+
+GEMM_KINDS = gemm_params(("bfloat16", 128), ("float16", 128), ("bfloat16", 64),
+                         ("bfloat16", "wg128"), ("float16", "wg128"), ("bfloat16", "wg64"))
 
 
 @pytest.mark.gpu
+@pytest.mark.fused_gemm
 @needs_driver
 @pytest.mark.parametrize("kind, rows", GEMM_KINDS)
 @pytest.mark.parametrize("shape,tiles", [((777, 9001, 37, 31), {}),
@@ -442,8 +485,9 @@ def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape,
 
 
 @pytest.mark.gpu
+@pytest.mark.fused_gemm
 @needs_driver
-@pytest.mark.parametrize("rows", [128, 64, "wg128", "wg64"])
+@pytest.mark.parametrize("rows", gemm_params(128, 64, "wg128", "wg64"))
 def test_fused_gemm_timing_probe_runs_and_writes_nothing(cupy, rows):
     # bench_gpu's kernel without its epilogue: launches (every kind), and a pass after it is
     # the pass without it
@@ -461,8 +505,9 @@ def test_fused_gemm_timing_probe_runs_and_writes_nothing(cupy, rows):
 
 
 @pytest.mark.gpu
+@pytest.mark.fused_gemm
 @needs_driver
-@pytest.mark.parametrize("rows", [128, "wg128"])
+@pytest.mark.parametrize("rows", gemm_params(128, "wg128"))
 @pytest.mark.parametrize("case", ["duplicate and zero labels", "logits of 1e4"])
 def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
     f1, g1, f2, g2 = make_pair(4, n=301, v=1037, m1=24, m2=16)
@@ -484,8 +529,9 @@ def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
 
 
 @pytest.mark.gpu
+@pytest.mark.fused_gemm
 @needs_driver
-@pytest.mark.parametrize("rows", [128, "wg64"])
+@pytest.mark.parametrize("rows", gemm_params(128, "wg64"))
 def test_fused_gemm_takes_biased_models(cupy, rows):
     # device_augmented pads [f, 1] and [g, b] to rows of 8 elements, which the fused GEMM needs
     a, b = random_pair(N=500, V=3000, M=24, bias=True, seed=3)
@@ -500,9 +546,10 @@ def test_fused_gemm_takes_biased_models(cupy, rows):
 
 
 @pytest.mark.gpu
+@pytest.mark.fused_gemm
 @needs_driver
 @pytest.mark.slow
-@pytest.mark.parametrize("rows", [128, "wg128"])
+@pytest.mark.parametrize("rows", gemm_params(128, "wg128"))
 def test_fused_gemm_more_than_2_31_logits_per_call(cupy, rows):
     # n * v = 2.15e9 logits in one call: 64-bit row records and offsets
     n, v, m = 16384, 131200, 8

@@ -1,0 +1,123 @@
+"""benchmarks/device_check.sh runs once per scarce GPU session: its steps, their order, the
+GPU test processes and the summary are checked here without a GPU, with every command it
+runs replaced by a stub that records its arguments."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "device_check.sh"
+GPU_TEST_FILES = ["tests/test_gpu.py", "tests/test_lse_kl_cuda.py", "tests/test_cuda_driver.py"]
+
+# python, compute-sanitizer and nvidia-smi: each call appends its arguments (one per line, then
+# a line "--") to $STUB_LOG, and fails when one of its arguments is $STUB_FAIL
+STUB = """#!/usr/bin/env bash
+{ printf '%s\\n' "$(basename "$0")" "$@"; echo --; } >> "$STUB_LOG"
+for a in "$@"; do [[ -n "${STUB_FAIL:-}" && "$a" == "$STUB_FAIL" ]] && exit 1; done
+exit 0
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils timeout")
+
+
+def run_check(tmp_path, **env):
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for name in ("python", "compute-sanitizer", "nvidia-smi"):
+        (stubs / name).write_text(STUB)
+        (stubs / name).chmod(0o755)
+    log, out = tmp_path / "calls.log", tmp_path / "out"
+    log.write_text("")
+    full_env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "OUT": str(out),
+                "PYTHON": str(stubs / "python"), "SANITIZER": str(stubs / "compute-sanitizer"),
+                "STUB_LOG": str(log), **env}
+    p = subprocess.run(["bash", str(SCRIPT)], env=full_env, capture_output=True, text=True,
+                       timeout=120)
+    calls = [c.strip("\n").split("\n") for c in log.read_text().split("--\n") if c.strip()]
+    summary = (out / "device_check.md").read_text() if (out / "device_check.md").exists() else ""
+    return p, calls, summary
+
+
+def pytest_calls(calls):
+    """{marker expression: the pytest arguments} of the GPU test steps."""
+    out = {}
+    for c in calls:
+        if c[:3] == ["python", "-m", "pytest"]:
+            out[c[c.index("-m", 3) + 1]] = c[3:]
+    return out
+
+
+def test_every_step_runs_in_order_and_the_summary_has_them(tmp_path):
+    p, calls, summary = run_check(tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [line.split("|")[1].strip() for line in summary.splitlines()
+            if line.startswith("| ") and "| ok |" in line]
+    assert rows == ["build-tools", "build", "liger", "nvidia-smi", "build-info", "gpu-tests",
+                    "gpu-tests-gemm", "gpu-tests-wgmma", "memcheck", "racecheck", "bench",
+                    "bench-compare"]
+    assert ["python", "-m", "pip", "install", "--no-build-isolation", "--no-deps", "."] in calls
+    tests = pytest_calls(calls)
+    assert list(tests) == ["not fused_gemm", "fused_gemm and not wgmma", "wgmma"]
+    for args in tests.values():
+        assert args[-3:] == GPU_TEST_FILES and "--timeout=120" in args
+    sanitized = [c for c in calls if c[0] == "compute-sanitizer"]
+    assert [c[2] for c in sanitized] == ["memcheck", "racecheck"]
+    assert all(c[-1] == "benchmarks/sanitize_case.py" for c in sanitized)
+    assert ["python", "benchmarks/bench_gpu.py", "--sweep", "--out",
+            f"{tmp_path}/out/bench_gpu.md"] in calls
+
+
+def test_a_failing_gpu_test_process_leaves_the_others_and_fails_the_check(tmp_path):
+    p, calls, summary = run_check(tmp_path, STUB_FAIL="not fused_gemm")
+    assert p.returncode == 1
+    assert "| gpu-tests | FAILED (exit 1) |" in summary
+    assert "| gpu-tests-gemm | ok |" in summary and "| gpu-tests-wgmma | ok |" in summary
+    assert "| bench-compare | ok |" in summary
+    assert "memcheck: no summary" in summary   # the stub prints none
+    assert list(pytest_calls(calls)) == ["not fused_gemm", "fused_gemm and not wgmma", "wgmma"]
+
+
+def test_a_failing_build_stops_before_the_gpu_steps(tmp_path):
+    p, calls, summary = run_check(tmp_path, STUB_FAIL="--no-build-isolation")
+    assert p.returncode == 1 and "| build | FAILED (exit 1) |" in summary
+    assert not pytest_calls(calls) and "gpu-tests" not in summary and "memcheck" not in summary
+
+
+def test_steps_reruns_the_named_steps_only(tmp_path):
+    p, calls, summary = run_check(tmp_path, STEPS="gpu-tests-wgmma,memcheck")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert list(pytest_calls(calls)) == ["wgmma"]
+    assert [c[2] for c in calls if c[0] == "compute-sanitizer"] == ["memcheck"]
+    assert "| build | ok |" in summary   # the build steps always run
+    for name in ("gpu-tests", "gpu-tests-gemm", "racecheck", "bench", "bench-compare"):
+        assert f"| {name} | not run (STEPS=gpu-tests-wgmma,memcheck) | 0 |" in summary
+    p, calls, _ = run_check(tmp_path, STEPS="gpu-test")
+    assert p.returncode == 2 and "no step 'gpu-test'" in p.stderr and not calls
+
+
+def test_the_gpu_test_processes_split_the_gpu_tests(tmp_path):
+    # every GPU test in exactly one of the three processes, and the fused GEMM tests (those of
+    # the wgmma kernel among them) in processes of their own
+    _, calls, _ = run_check(tmp_path)
+    collected = {}
+    for expr, args in pytest_calls(calls).items():
+        c = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider",
+                            "-m", expr, *GPU_TEST_FILES], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+        assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
+        collected[expr] = {line for line in c.stdout.splitlines() if "::" in line}
+    c = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider",
+                        *GPU_TEST_FILES], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    everything = {line for line in c.stdout.splitlines() if "::" in line}
+    parts = list(collected.values())
+    assert all(parts) and set().union(*parts) == everything
+    assert sum(map(len, parts)) == len(everything)
+    assert all("fused_gemm" in t for t in collected["fused_gemm and not wgmma"])
+    assert all("wg" in t for t in collected["wgmma"])
+    assert not any("wg" in t.split("[")[-1] for t in collected["not fused_gemm"]
+                   if "fused_gemm" in t)
