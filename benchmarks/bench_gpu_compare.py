@@ -6,7 +6,9 @@ At N=16384, V=128256, M=4096 (the shapes of the GPU targets) by default, for eac
   compare default   identirep.compare as it runs by default: the bounded exact pivot search;
   compare exact     the same with the plain exact search over all V pivots (--exact);
   phases            one sampled compare split into its steps (pass, engine set-up, label side,
-                    input side, d_SVD, d_rep, mCCA of f and g);
+                    input side, d_SVD, d_rep, mCCA of f and g), and the share of its dense
+                    algebra (every cupy.linalg call: Cholesky, inverses, eigenvalues; by kind
+                    and size);
   pivots bounded    PairEngine.label_side() (the bounded exact search) on an engine whose pass
                     is done, and
   pivots plain      PairEngine.label_side over all V pivots, both against
@@ -16,7 +18,8 @@ At N=16384, V=128256, M=4096 (the shapes of the GPU targets) by default, for eac
                     three bfloat16 GEMMs of an exact float32 split: 3x the bfloat16 floor at
                     best).
 Wall-clock seconds with the device synchronised, median of --repeats after one warm-up run
-(which also compiles the NVRTC kernels). Writes a markdown table (--out).
+(which also compiles the NVRTC kernels). A step that fails gives a "stopped" row with its
+error, and the next step runs. Writes a markdown table (--out).
 
     python benchmarks/bench_gpu_compare.py --out compare.md
     python benchmarks/bench_gpu_compare.py --shape 16384,50304,768 --exact
@@ -24,6 +27,7 @@ Wall-clock seconds with the device synchronised, median of --repeats after one w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -56,6 +60,36 @@ def model_array(x, torch):
     if bf is None:
         raise SystemExit("bfloat16 models need torch with CUDA, or CuPy with ml_dtypes")
     return x.data.view(bf)
+
+
+@contextlib.contextmanager
+def dense_algebra_timer():
+    """Times every cupy.linalg call made inside (device synchronised around each): yields a
+    dict {(name, shape): [calls, seconds]}, the cuSOLVER share of the steps timed inside."""
+    spent = {}
+    saved = {name: getattr(cp.linalg, name) for name in DENSE_ALGEBRA if hasattr(cp.linalg, name)}
+
+    def timed(name, fn):
+        def call(a, *args, **kwargs):
+            cp.cuda.Device().synchronize()
+            t0 = time.perf_counter()
+            r = fn(a, *args, **kwargs)
+            cp.cuda.Device().synchronize()
+            entry = spent.setdefault((name, "x".join(map(str, a.shape))), [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - t0
+            return r
+        return call
+    try:
+        for name, fn in saved.items():
+            setattr(cp.linalg, name, timed(name, fn))
+        yield spent
+    finally:
+        for name, fn in saved.items():
+            setattr(cp.linalg, name, fn)
+
+
+DENSE_ALGEBRA = ("cholesky", "inv", "eigh", "eigvalsh", "svd", "solve", "qr")
 
 
 def phases(a, b, backend):
@@ -119,28 +153,41 @@ def bench(n, v, m, args, torch):
     shape = f"N={n} V={v} M={m} bf16"
     backends = (["cuda"] if build_info()["cuda_compiled"] else []) + ["cupy"]
     for be in backends:
-        try:
-            yield from bench_backend(a, b, be, be == backends[0], shape, v, args, torch)
-        except Exception as e:
-            yield (be, shape, "stopped", float("nan"),
-                   f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        yield from bench_backend(a, b, be, be == backends[0], shape, v, args, torch)
         cp.get_default_memory_pool().free_all_blocks()
 
 
 def bench_backend(a, b, be, pivots, shape, v, args, torch):
-    t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
-    yield (be, shape, "compare, 256 sampled pivots", t, "")
-    rep = {}
-    t = wall(lambda: rep.__setitem__("r", ir.compare(a, b, backend=be)), args.repeats)
-    yield (be, shape, "compare, default (bounded exact pivot search)", t,
-           rep["r"].d_llv.pivot_search)
-    if args.exact:
+    """The rows of one backend; a step that fails yields a "stopped" row and the next one runs
+    (in this order: what the targets need first)."""
+    state = {}
+
+    def sampled():
+        t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
+        yield (be, shape, "compare, 256 sampled pivots", t, "")
+
+    def split():
+        with dense_algebra_timer() as dense:
+            ph, state["engine"] = phases(a, b, be)
+        yield (be, shape, "phases of one sampled compare", sum(ph.values()),
+               "; ".join(f"{k} {s:.3f} s" for k, s in ph.items()))
+        yield (be, shape, "of which dense algebra (cupy.linalg)",
+               sum(t for _, t in dense.values()),
+               "; ".join(f"{n} x {name} {shp} {t:.3f} s" for (name, shp), (n, t)
+                         in sorted(dense.items(), key=lambda kv: -kv[1][1])))
+
+    def default():
+        rep = {}
+        t = wall(lambda: rep.__setitem__("r", ir.compare(a, b, backend=be)), args.repeats)
+        yield (be, shape, "compare, default (bounded exact pivot search)", t,
+               rep["r"].d_llv.pivot_search)
+
+    def exact():
         t = wall(lambda: ir.compare(a, b, num_pivots=v, backend=be), 1, warmup=0)
         yield (be, shape, f"compare, exact pivots ({v})", t, "")
-    ph, e = phases(a, b, be)
-    yield (be, shape, "phases of one sampled compare", sum(ph.values()),
-           "; ".join(f"{k} {s:.3f} s" for k, s in ph.items()))
-    if pivots:
+
+    def pivot_search():
+        e = state.get("engine") or make_engine(a, b, be)
         out = {}
         tb = wall(lambda: out.__setitem__("bounded", e.label_side()), 1)
         t = wall(lambda: out.__setitem__("plain", e.label_side(num_pivots=v)), 1, warmup=0)
@@ -153,6 +200,17 @@ def bench_backend(a, b, be, pivots, shape, v, args, torch):
         yield (be, shape, f"plain exact pivot search ({v} pivots)", t,
                f"bf16 GEMM floor {fb:.3f} s ({t / fb:.2f}x), "
                f"float32 GEMM floor {f32:.3f} s ({t / f32:.2f}x)")
+
+    steps = [("compare, 256 sampled pivots", sampled), ("phases", split),
+             ("compare, default", default)]
+    steps += [("compare, exact pivots", exact)] if args.exact else []
+    steps += [("pivot search", pivot_search)] if pivots else []
+    for what, step in steps:
+        try:
+            yield from step()
+        except Exception as e:
+            yield (be, shape, f"{what}: stopped", float("nan"),
+                   f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
 
 
 def main():

@@ -406,7 +406,7 @@ def _module(name, **attrs):
 
 cupy = _module(
     "cupy", ndarray=ndarray, asarray=asarray, array=array, asnumpy=asnumpy, dtype=np.dtype,
-    RawModule=RawModule, RawKernel=RawKernel,
+    RawModule=RawModule, RawKernel=RawKernel, __version__="stand-in",
     inf=np.inf, nan=np.nan, newaxis=None,
     **{n: getattr(np, n) for n in DTYPES},
     **{n: _forward(getattr(np, n), n) for n in FUNCTIONS},
@@ -423,12 +423,43 @@ def _undefined(fn):
 
 
 cupy.empty, cupy.empty_like = _undefined(cupy.empty), _undefined(cupy.empty_like)
+
+
+class RandomState:
+    """cupy.random.RandomState: seeded device arrays (NumPy's stream of numbers, not CuPy's)."""
+
+    def __init__(self, seed=None):
+        self._rs = np.random.RandomState(seed)
+
+    def standard_normal(self, size=None, dtype=float):
+        return ndarray(np.asarray(self._rs.standard_normal(size), dtype=dtype))
+
+
+class MemoryPool:
+    """cupy.get_default_memory_pool(): nothing is cached here."""
+
+    def free_all_blocks(self, stream=None):
+        pass
+
+    def total_bytes(self):
+        return 0
+
+    def used_bytes(self):
+        return 0
+
+
+_pool = MemoryPool()
+cupy.random = _module("cupy.random", RandomState=RandomState)
+cupy.get_default_memory_pool = lambda: _pool
 cupy.linalg = _module("cupy.linalg",
                       **{n: _forward(getattr(np.linalg, n), n) for n in LINALG},
                       **{n: _checked(n) for n in LINALG_CHECKED})
 cupy.cuda = _module("cupy.cuda", Device=Device, Stream=Stream, Event=Event,
                     get_current_stream=get_current_stream,
-                    runtime=_module("cupy.cuda.runtime", getDeviceCount=lambda: 1))
+                    runtime=_module("cupy.cuda.runtime", getDeviceCount=lambda: 1,
+                                    getDeviceProperties=lambda device: {
+                                        "name": b"CuPy stand-in (CPU)", "major": 9,
+                                        "minor": 0}))
 cupyx = _module("cupyx", errstate=errstate)
 cuda_libs = _module("cupy_backends.cuda.libs", cublas=_module("cublas"),
                     cusolver=_module("cusolver"))
@@ -438,6 +469,7 @@ def install(monkeypatch=None):
     """Make ``import cupy`` (and cupyx, and the CUDA libraries ``_backends.cupy_problem``
     imports) give the stand-in (for good without ``monkeypatch``); returns its ``cupy``."""
     for name, mod in (("cupy", cupy), ("cupy.linalg", cupy.linalg), ("cupy.cuda", cupy.cuda),
+                      ("cupy.random", cupy.random),
                       ("cupyx", cupyx), ("cupy_backends", _module("cupy_backends")),
                       ("cupy_backends.cuda", _module("cupy_backends.cuda")),
                       ("cupy_backends.cuda.libs", cuda_libs)):

@@ -156,6 +156,8 @@ def test_fake_cupy_offers_only_what_cupy_has():
     F = fake_cupy
     for fake, real in ((F.cupy, cupy), (F.cupy.linalg, cupy.linalg), (F.cupy.cuda, cupy.cuda),
                        (F.cupy.cuda.runtime, cupy.cuda.runtime), (F.ndarray, cupy.ndarray),
+                       (F.cupy.random, cupy.random), (F.RandomState, cupy.random.RandomState),
+                       (F.MemoryPool, cupy.cuda.MemoryPool),
                        (F.Stream, cupy.cuda.Stream), (F.Event, cupy.cuda.Event),
                        (F.Device, cupy.cuda.Device),
                        (F.cupyx, cupyx)):
