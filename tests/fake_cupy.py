@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import time
 import types
 
 import numpy as np
@@ -256,11 +257,12 @@ class Event:
     """A stream event: the point of its stream's work when it was recorded."""
 
     def __init__(self, block=False, disable_timing=False, interprocess=False):
-        self.stream, self.at = None, None
+        self.stream, self.at, self.time = None, None, None
 
     def record(self, stream=None):
         self.stream = stream or get_current_stream()
         self.at = self.stream.issued
+        self.time = time.perf_counter()
 
     def synchronize(self):
         if self.stream is not None:
@@ -311,6 +313,13 @@ class Stream(_Context):
 
     def synchronize(self):
         self._run()
+
+
+def get_elapsed_time(start, end):
+    """Milliseconds between two recorded events (host clock: work runs when issued here)."""
+    if start.time is None or end.time is None:
+        raise AssertionError("elapsed time of an event that was never recorded")
+    return 1e3 * (end.time - start.time)
 
 
 def get_current_stream():
@@ -455,7 +464,7 @@ cupy.linalg = _module("cupy.linalg",
                       **{n: _forward(getattr(np.linalg, n), n) for n in LINALG},
                       **{n: _checked(n) for n in LINALG_CHECKED})
 cupy.cuda = _module("cupy.cuda", Device=Device, Stream=Stream, Event=Event,
-                    get_current_stream=get_current_stream,
+                    get_current_stream=get_current_stream, get_elapsed_time=get_elapsed_time,
                     runtime=_module("cupy.cuda.runtime", getDeviceCount=lambda: 1,
                                     getDeviceProperties=lambda device: {
                                         "name": b"CuPy stand-in (CPU)", "major": 9,

@@ -1,0 +1,89 @@
+"""The GPU benchmarks end to end on the CPU, through the CuPy stand-in of
+test_device_paths_on_cpu (the GPU passes, kernels and cublasGemmEx replaced by CPU versions):
+the benchmarks' own code (steps, measurement guards, phases, dense-algebra timer, pivot floors
+and tables) must run before it meets a GPU."""
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from identirep import _cupy_pass as gp
+from test_device_paths_on_cpu import dev, emulated_gemm_ex  # noqa: F401 (dev: a fixture)
+
+BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks")
+
+
+def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
+    pytest.importorskip("ml_dtypes")  # bfloat16 models without torch: CuPy's ml_dtypes bfloat16
+    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.syspath_prepend(BENCH)
+    for name in ("bench_gpu", "bench_gpu_compare"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    bgc = importlib.import_module("bench_gpu_compare")
+    out = tmp_path / "compare.md"
+    monkeypatch.setattr(sys, "argv", ["bench_gpu_compare.py", "--shape", "300,700,16",
+                                      "--repeats", "1", "--exact", "--out", str(out)])
+    monkeypatch.setattr(bgc, "import_torch", lambda: None)
+    bgc.main()
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| c")]
+    assert not [r for r in rows if "stopped" in r[2]], rows
+    for be in ("cuda", "cupy"):
+        assert [r[2] for r in rows if r[0] == f"| {be}"] == [
+            "compare, 256 sampled pivots", "phases of one sampled compare",
+            "of which dense algebra (cupy.linalg)", "compare, default (bounded exact pivot "
+            "search)", "compare, exact pivots (700)"] + (
+            ["bounded exact pivot search (default)", "plain exact pivot search (700 pivots)"]
+            if be == "cuda" else [])
+    dense = next(r for r in rows if r[2].startswith("of which"))
+    assert "6 x cholesky 16x16" in dense[4] and "6 x inv 16x16" in dense[4]
+
+
+def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
+    # bench_gpu.py with every GPU pass, epilogue and kernel replaced by a host stand-in that
+    # accepts their arguments: its columns, measurement guards and tables
+    pytest.importorskip("ml_dtypes")
+    from identirep import _core
+    from test_device_paths_on_cpu import _HostEpilogue, _host_pass
+    calls = []
+
+    def host_pass(backend):
+        def run(f1, g1, f2, g2, **kw):
+            calls.append((backend, tuple(sorted(kw))))
+            return _host_pass(backend, f1, g1, f2, g2)
+        return run
+    monkeypatch.setattr(gp, "cuda_pass", host_pass("cuda"))
+    monkeypatch.setattr(gp, "cupy_pass", host_pass("cupy"))
+    monkeypatch.setattr(gp, "_CudaEpilogue", _HostEpilogue)
+    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.setattr(gp, "driver_operands", lambda ops, dt: [(0, *x.shape) for x in ops])
+    monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda",
+                        lambda *ops, **kw: calls.append(("mainloop", tuple(sorted(kw)))),
+                        raising=False)
+    monkeypatch.syspath_prepend(BENCH)
+    monkeypatch.delitem(sys.modules, "bench_gpu", raising=False)
+    bg = importlib.import_module("bench_gpu")
+    monkeypatch.setattr(bg, "import_torch", lambda: None)
+    monkeypatch.setattr(bg.identirep, "build_info", lambda: {
+        "cuda_compiled": True, "cuda_pass_driver": True, "version": "test"})
+    monkeypatch.setattr(bg, "check_gemm_kernels", lambda: (
+        ["gemm_fused", "gemm_wg64"], ["gemm_fused64: not timed: its check failed (exit 1)"]))
+    out = tmp_path / "pass.md"
+    monkeypatch.setattr(sys, "argv", ["bench_gpu.py", "--shape", "64,300,8", "--repeats", "1",
+                                      "--warmup", "0", "--sweep", "--out", str(out)])
+    bg.main()
+    text = out.read_text()
+    assert "64 x 300 x 8:" not in text, text   # no failure notes
+    assert "fused GEMM kernel checks: gemm_fused64: not timed" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 64 x 300 x 8 |"))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    # floor, gemm tiles, epilogue (fused), cuda, loop, serial, fused, gemm-fused, cupy:
+    # measured; torch and liger: not run
+    assert all(c != "-" and not c.startswith("- ") for c in cells[:7]), cells
+    mma, wg = (half.split(" / ") for half in cells[7].split("; "))   # the checked kinds only
+    assert mma[0] != "-" and mma[1] == "-" and wg[0] == "-" and wg[1] != "-", cells[7]
+    assert cells[9:11] == ["-", "-"]
+    # cuda passes: the default's (memory peak, then timed), the loop, serial, the fused
+    # epilogue's (2), the sweep's (12) and 2 per fused GEMM kind that passed its check
+    assert sum(1 for k, _ in calls if k == "cuda") == 2 + 1 + 1 + 2 + 12 + 2 * 2
+    assert calls.count(("mainloop", ("device", "gemm", "stream", "wgmma"))) == 2
