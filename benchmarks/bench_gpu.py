@@ -33,6 +33,9 @@ floor. A column that fails is noted under the table and the others are still mea
 "mem" is the peak extra device memory of the cuda passes (CuPy pool growth from an empty pool,
 inputs excluded; for the fused GEMM the largest of its kernels) and of the torch baselines
 (max_memory_allocated above the inputs).
+A first table reads each shape against the pass targets: the fastest configuration's ratio
+to the floor (<= 1.25x at M >= 1536, <= 1.5x below), its peak extra memory (<= 1 GiB) and the
+cupy pass against the cuda pass (<= 2x).
 ``--sweep`` adds a second table: the cuda pass for several label-tile widths, overlapped, serial
 and with the fused epilogue, to choose the defaults from.
 
@@ -490,9 +493,50 @@ def main():
     emit(report(head, rows), args.out)
 
 
+#: the pass configurations a user can choose (cuda_pass options), by row key: what the
+#: targets are read against, with the row key of its peak memory where measured
+PASS_CHOICES = {"cuda": ("default", "mem"), "serial": ("overlap=False", None),
+                "loop": ("driver=False", None), "fused": ("fused_epilogue=True", "mem_fused"),
+                **{k: (f"fused_gemm=True ({name})", ("mem_gemm", k)) for k, name in GEMM_KERNELS},
+                **{("sweep", tc, v): (", ".join([f"tile_cols={tc}"] + [
+                    f"{a}={b}" for a, b in opts.items()]), None)
+                   for tc in SWEEP_COLS for v, opts in SWEEP_VARIANTS.items()}}
+
+
+def pass_target(m):
+    """The target ratio of the pass to its floor: 1.25x at M >= 1536, 1.5x below."""
+    return 1.25 if m >= 1536 else 1.5
+
+
+def targets_table(rows):
+    """Each shape against the targets: the fastest pass configuration and its ratio to the
+    floor, its peak extra memory (<= 1 GiB), and the cupy pass against the cuda pass (<= 2x)."""
+    lines = ["targets: the fastest pass configuration against the floor (<= 1.25x at M >= 1536,"
+             " <= 1.5x below), its peak extra memory (<= 1 GiB), the cupy pass against the cuda"
+             " pass (<= 2x)", "",
+             "| N x V x M | fastest pass | ratio to floor | target | met | peak extra GiB | "
+             "cupy / cuda | met |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        timed = {k: r[k] for k in PASS_CHOICES if k in r}
+        if "floor" not in r or not timed:
+            lines.append(f"| {r['shape']} | - | - | - | - | - | - | - |")
+            continue
+        best = min(timed, key=timed.get)
+        name, mem_key = PASS_CHOICES[best]
+        ratio, target = timed[best] / r["floor"], pass_target(int(r["shape"].split(" x ")[-1]))
+        mem = f"{r[mem_key] / 2 ** 30:.2f}" if mem_key in r else "-"
+        mem_ok = "" if mem_key not in r else (" (ok)" if r[mem_key] <= 2 ** 30 else " (over)")
+        cupy = (f"{r['cupy'] / r['cuda']:.2f}", "yes" if r["cupy"] <= 2 * r["cuda"] else "no") \
+            if "cupy" in r and "cuda" in r else ("-", "-")
+        lines.append(f"| {r['shape']} | {name} | {ratio:.2f}x | {target}x | "
+                     f"{'yes' if ratio <= target else 'no'} | {mem}{mem_ok} | {cupy[0]} | "
+                     f"{cupy[1]} |")
+    return "\n".join(lines)
+
+
 def report(head, rows):
     extra = [t for t in (gemm_table(rows), sweep_table(rows)) if t]
-    return "\n\n".join([head, table(rows)] + extra)
+    return "\n\n".join([head, targets_table(rows), table(rows)] + extra)
 
 
 def emit(text, out=None, quiet=False):

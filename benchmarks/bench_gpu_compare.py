@@ -19,7 +19,10 @@ At N=16384, V=128256, M=4096 (the shapes of the GPU targets) by default, for eac
                     best).
 Wall-clock seconds with the device synchronised, median of --repeats after one warm-up run
 (which also compiles the NVRTC kernels). A step that fails gives a "stopped" row with its
-error, and the next step runs. Writes a markdown table (--out).
+error, and the next step runs. The "target" column reads each row against the engine's
+targets, set for N=16384, V=128256, M=4096: compare under 1 s with sampled pivots and under
+3 s with the exact search, the exact pivot search within 1.5x its bf16 GEMM floor. Writes a
+markdown table (--out).
 
     python benchmarks/bench_gpu_compare.py --out compare.md
     python benchmarks/bench_gpu_compare.py --shape 16384,50304,768 --exact
@@ -144,8 +147,8 @@ def pivot_floor(e, torch, dtype):
 
 
 def bench(n, v, m, args, torch):
-    """Rows (backend, shape, what, seconds, notes), yielded as they are measured; a backend
-    that fails yields an error row and the next one runs."""
+    """Rows (backend, shape, what, seconds, notes, target), yielded as they are measured, for
+    each GPU backend in turn (bench_backend)."""
     f1, g1 = make_inputs(n, v, m, 1)
     f2, g2 = make_inputs(n, v, m, 2)
     a = ir.Model(model_array(f1, torch), model_array(g1, torch), name="a")
@@ -157,34 +160,40 @@ def bench(n, v, m, args, torch):
         cp.get_default_memory_pool().free_all_blocks()
 
 
+def met(ok, target):
+    """The target column: the target and whether this row meets it."""
+    return f"{target}: {'yes' if ok else 'no'}"
+
+
 def bench_backend(a, b, be, pivots, shape, v, args, torch):
-    """The rows of one backend; a step that fails yields a "stopped" row and the next one runs
-    (in this order: what the targets need first)."""
+    """The rows (backend, shape, what, seconds, notes, target) of one backend; a step that
+    fails yields a "stopped" row and the next one runs (in this order: what the targets need
+    first)."""
     state = {}
 
     def sampled():
         t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
-        yield (be, shape, "compare, 256 sampled pivots", t, "")
+        yield (be, shape, "compare, 256 sampled pivots", t, "", met(t <= 1.0, "< 1 s"))
 
     def split():
         with dense_algebra_timer() as dense:
             ph, state["engine"] = phases(a, b, be)
         yield (be, shape, "phases of one sampled compare", sum(ph.values()),
-               "; ".join(f"{k} {s:.3f} s" for k, s in ph.items()))
+               "; ".join(f"{k} {s:.3f} s" for k, s in ph.items()), "")
         yield (be, shape, "of which dense algebra (cupy.linalg)",
                sum(t for _, t in dense.values()),
                "; ".join(f"{n} x {name} {shp} {t:.3f} s" for (name, shp), (n, t)
-                         in sorted(dense.items(), key=lambda kv: -kv[1][1])))
+                         in sorted(dense.items(), key=lambda kv: -kv[1][1])), "")
 
     def default():
         rep = {}
         t = wall(lambda: rep.__setitem__("r", ir.compare(a, b, backend=be)), args.repeats)
         yield (be, shape, "compare, default (bounded exact pivot search)", t,
-               rep["r"].d_llv.pivot_search)
+               rep["r"].d_llv.pivot_search, met(t <= 3.0, "< 3 s"))
 
     def exact():
         t = wall(lambda: ir.compare(a, b, num_pivots=v, backend=be), 1, warmup=0)
-        yield (be, shape, f"compare, exact pivots ({v})", t, "")
+        yield (be, shape, f"compare, exact pivots ({v})", t, "", met(t <= 3.0, "< 3 s"))
 
     def pivot_search():
         e = state.get("engine") or make_engine(a, b, be)
@@ -196,10 +205,12 @@ def bench_backend(a, b, be, pivots, shape, v, args, torch):
         yield (be, shape, "bounded exact pivot search (default)", tb,
                f"{out['bounded'][4]}; same choice as the plain search: {same}; "
                f"bf16 GEMM floor {fb:.3f} s ({tb / fb:.2f}x), "
-               f"float32 GEMM floor {f32:.3f} s ({tb / f32:.2f}x)")
+               f"float32 GEMM floor {f32:.3f} s ({tb / f32:.2f}x)",
+               met(tb <= 1.5 * fb, "<= 1.5x the bf16 GEMM floor"))
         yield (be, shape, f"plain exact pivot search ({v} pivots)", t,
                f"bf16 GEMM floor {fb:.3f} s ({t / fb:.2f}x), "
-               f"float32 GEMM floor {f32:.3f} s ({t / f32:.2f}x)")
+               f"float32 GEMM floor {f32:.3f} s ({t / f32:.2f}x)",
+               met(t <= 1.5 * fb, "<= 1.5x the bf16 GEMM floor"))
 
     steps = [("compare, 256 sampled pivots", sampled), ("phases", split),
              ("compare, default", default)]
@@ -210,7 +221,7 @@ def bench_backend(a, b, be, pivots, shape, v, args, torch):
             yield from step()
         except Exception as e:
             yield (be, shape, f"{what}: stopped", float("nan"),
-                   f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+                   f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}", "")
 
 
 def main():
@@ -224,10 +235,10 @@ def main():
     dev = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     lines = [f"{dev['name'].decode()} | CuPy {cp.__version__} | identirep "
              f"{build_info()['version']} | wall seconds, median of {args.repeats}", "",
-             "| backend | shape | what | seconds | notes |", "|---|---|---|---|---|"]
+             "| backend | shape | what | seconds | target | notes |", "|---|---|---|---|---|---|"]
     for n, v, m in args.shape:
-        for be, shape, what, t, note in bench(n, v, m, args, torch):
-            lines.append(f"| {be} | {shape} | {what} | {t:.3f} | {note} |")
+        for be, shape, what, t, note, target in bench(n, v, m, args, torch):
+            lines.append(f"| {be} | {shape} | {what} | {t:.3f} | {target} | {note} |")
             print(lines[-1], flush=True)
             emit("\n".join(lines), args.out, quiet=True)   # what was measured survives a crash
     emit("\n".join(lines), args.out)

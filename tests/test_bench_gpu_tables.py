@@ -46,7 +46,13 @@ def test_tables_with_full_partial_and_failed_rows(monkeypatch, tmp_path):
     assert "| 0.50 / 0.50 / 0.25 / 2.00 / 8.00 |" in text
     assert "4 x 5 x 6: liger_kernel unavailable" in text and "7 x 8 x 9: stopped" in text
     assert "7 x 8 x 9: cupy: CompileException: nvrtc failed" in text
-    assert text.count("| 4 x 5 x 6 |") == 3   # main table, fused GEMM table, sweep table
+    # targets, main table, fused GEMM table, sweep table
+    assert text.count("| 4 x 5 x 6 |") == 4
+    # the fastest choice is the wgmma kernel (1.9 ms): 0.95x of the floor, target 1.5x at
+    # M = 3; its memory 0.25 GiB; cupy 2.6 / cuda 2.5
+    assert ("| 1 x 2 x 3 | fused_gemm=True (wgmma 128) | 0.95x | 1.5x | yes | 0.25 (ok) | "
+            "1.04 | yes |") in text
+    assert "| 4 x 5 x 6 | - | - | - | - | - | - | - |" in text
     assert ("| 1 x 2 x 3 | 2.0 (1.02x) / 1.6 (0.80x) | 2.4 (1.20x) / - | "
             "1.9 (0.95x) / 1.2 (0.60x) | - / - |") in text
     assert "| 1024 overlap | 1024 serial | 1024 fused |" in text
@@ -115,3 +121,21 @@ def test_the_gemm_check_command_reaches_the_check():
                        timeout=120)
     assert p.returncode == 1 and "usage:" not in p.stderr
     assert "in gemm_check" in p.stderr, p.stderr[-2000:]
+
+
+def test_targets_table_reads_each_target(monkeypatch):
+    bench_gpu = _bench_gpu(monkeypatch)
+    GiB = 2 ** 30
+    rows = [
+        # M >= 1536: 1.25x; the fastest is a sweep choice, whose memory is not measured
+        {"shape": "16384 x 151936 x 1536", "floor": 10.0, "cuda": 13.0, "mem": 0.5 * GiB,
+         ("sweep", 2048, "serial"): 12.4, "cupy": 27.0},
+        # M = 768: 1.5x; the fused epilogue is fastest but over 1 GiB; cupy within 2x
+        {"shape": "16384 x 50304 x 768", "floor": 4.0, "cuda": 6.4, "fused": 6.1,
+         "mem_fused": 1.5 * GiB, "cupy": 12.0},
+    ]
+    text = bench_gpu.targets_table(rows)
+    assert ("| 16384 x 151936 x 1536 | tile_cols=2048, overlap=False | 1.24x | 1.25x | yes | - "
+            "| 2.08 | no |") in text
+    assert ("| 16384 x 50304 x 768 | fused_epilogue=True | 1.52x | 1.5x | no | 1.50 (over) | "
+            "1.88 | yes |") in text

@@ -36,7 +36,11 @@ def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F
             ["bounded exact pivot search (default)", "plain exact pivot search (700 pivots)"]
             if be == "cuda" else [])
     dense = next(r for r in rows if r[2].startswith("of which"))
-    assert "6 x cholesky 16x16" in dense[4] and "6 x inv 16x16" in dense[4]
+    assert "6 x cholesky 16x16" in dense[5] and "6 x inv 16x16" in dense[5]
+    targets = {r[2]: r[4] for r in rows if r[0] == "| cuda"}
+    assert targets["compare, 256 sampled pivots"] in ("< 1 s: yes", "< 1 s: no")
+    assert targets["plain exact pivot search (700 pivots)"].startswith(
+        "<= 1.5x the bf16 GEMM floor: ")
 
 
 def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
@@ -75,7 +79,9 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
     text = out.read_text()
     assert "64 x 300 x 8:" not in text, text   # no failure notes
     assert "fused GEMM kernel checks: gemm_fused64: not timed" in text
-    row = next(line for line in text.splitlines() if line.startswith("| 64 x 300 x 8 |"))
+    lines = text.splitlines()
+    main = next(i for i, line in enumerate(lines) if line.startswith("| N x V x M | floor ms"))
+    row = lines[main + 2]
     cells = [c.strip() for c in row.split("|")[2:-1]]
     # floor, gemm tiles, epilogue (fused), cuda, loop, serial, fused, gemm-fused, cupy:
     # measured; torch and liger: not run
