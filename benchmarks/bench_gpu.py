@@ -21,9 +21,9 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
           sm_90a kernel, gemm_wgmma=True; "-" where it cannot run); a second table gives
           each kernel's time without its epilogue too (the timing probe
           _core.lse_kl_gemm_mainloop_cuda, one launch over N x V): the GEMMs' share of it.
-          Each kernel is first checked against the cuBLAS driver in a process of its own
-          (--gemm-check) and timed only if it passes, after every other column: one that
-          faults would leave this process's CUDA context unusable;
+          Each kernel (and its probe) is first checked against the cuBLAS driver in a process
+          of its own (--gemm-check) and timed only if it passes, after every other column of
+          every shape: one that faults would leave this process's CUDA context unusable;
   cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
@@ -227,14 +227,19 @@ def bench_shape(n, v, m, args, torch, row):
             row["liger_why"] = liger
         else:
             row["liger"], row["liger_mem"] = liger
-    # identirep's own GEMM kernels last: a kernel that faults leaves the CUDA context unusable
-    for key in args.gemm_ok:
-        rows, wgmma = GEMM_KINDS[key]
-        run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
-                                    gemm_wgmma=wgmma, workspace_bytes=args.workspace))
-        measure(row, ("mem_gemm", key), lambda: pool_peak(run))
-        measure(row, key, lambda: cuda_ms(run, args.warmup, args.repeats))
-        measure(row, ("mainloop", key), lambda: mainloop_ms(rows, wgmma, (f1, g1, f2, g2), args))
+
+
+def bench_gemm_kind(n, v, m, key, args, row):
+    """Time one fused GEMM kernel (``key`` of GEMM_KINDS) on one shape into ``row``: its pass,
+    peak memory and the kernel without its epilogue."""
+    rows, wgmma = GEMM_KINDS[key]
+    f1, g1 = make_inputs(n, v, m, 1)
+    f2, g2 = make_inputs(n, v, m, 2)
+    run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+                                gemm_wgmma=wgmma, workspace_bytes=args.workspace))
+    measure(row, ("mem_gemm", key), lambda: pool_peak(run))
+    measure(row, key, lambda: cuda_ms(run, args.warmup, args.repeats))
+    measure(row, ("mainloop", key), lambda: mainloop_ms(rows, wgmma, (f1, g1, f2, g2), args))
 
 
 def mainloop_ms(rows, wgmma, arrays, args):
@@ -267,12 +272,18 @@ def gemm_check(rows, wgmma):
     f1, g1 = make_inputs(777, 9001, 72, 1)
     f2, g2 = make_inputs(777, 9001, 40, 2)
     kw = dict(tile_rows=400, tile_cols=5000)
+    want = gp.cuda_pass(f1, g1, f2, g2, **kw)
     got = gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wgmma,
                        **kw)
-    want = gp.cuda_pass(f1, g1, f2, g2, **kw)
+    # the timing probe (the kernel without its epilogue) too, then the pass again: the same
+    mainloop_ms(rows, wgmma, (f1, g1, f2, g2), argparse.Namespace(warmup=0, repeats=1))
+    again = gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+                         gemm_wgmma=wgmma, **kw)
     bad = []
     for k in ("L1", "L2", "kl12", "kl21", "col_mean1", "col_m2_12"):
         a, b = np.asarray(getattr(got, k)), np.asarray(getattr(want, k))
+        if not np.array_equal(a, np.asarray(getattr(again, k)), equal_nan=True):
+            bad.append(f"{k} differs after the timing probe")
         scale = max(float(np.abs(b).max()), 1.0)
         if not (np.isfinite(a).all() and np.abs(a - b).max() <= 1e-4 * scale):
             bad.append(f"{k} differs by {float(np.nanmax(np.abs(a - b))):.3g} (scale {scale:.3g})")
@@ -284,10 +295,11 @@ def gemm_check_command(rows, wgmma):
     return [sys.executable, os.path.abspath(__file__), "--gemm-check", f"{rows},{int(wgmma)}"]
 
 
-def check_gemm_kernels(timeout=120):
+def check_gemm_kernels(timeout=60):
     """(kinds whose check passed, notes on the others): each fused GEMM kernel is first run in
-    a process of its own (gemm_check), so that one that faults or hangs costs only its own
-    columns, not every later measurement of this process."""
+    a process of its own (gemm_check; all at once, ``timeout`` seconds for all), so that one
+    that faults or hangs costs only its own columns, not every later measurement of this
+    process."""
     if not identirep.build_info()["cuda_pass_driver"]:
         return [], ["fused GEMM kernels: built without the CUDA pass driver"]
     wg_problem = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id)
@@ -298,10 +310,10 @@ def check_gemm_kernels(timeout=120):
             continue
         procs[key] = subprocess.Popen(gemm_check_command(rows, wgmma), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
-    ok = []
+    ok, deadline = [], time.monotonic() + timeout
     for key, p in procs.items():
         try:
-            out, _ = p.communicate(timeout=timeout)
+            out, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
             p.communicate()
@@ -487,10 +499,30 @@ def main():
             bench_shape(n, v, m, args, torch, row)
         except Exception as e:  # keep what was measured, and go on with the next shape
             row["error"] = f"stopped: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        cp.get_default_memory_pool().free_all_blocks()
-        print(f"{n} x {v} x {m}: {time.perf_counter() - t0:.1f} s", flush=True)
         emit(report(head, rows), args.out, quiet=True)  # the tables so far survive a crash
+        free_pool(row)
+        print(f"{n} x {v} x {m}: {time.perf_counter() - t0:.1f} s", flush=True)
+    # identirep's own GEMM kernels after everything else: one that faults leaves this
+    # process's CUDA context unusable, one that hangs the step's time used up
+    for key in args.gemm_ok:
+        for (n, v, m), row in zip(args.shape, rows):
+            try:
+                bench_gemm_kind(n, v, m, key, args, row)
+            except Exception as e:
+                row.setdefault("errors", []).append(
+                    f"{key}: stopped: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+            emit(report(head, rows), args.out, quiet=True)
+            free_pool(row)
     emit(report(head, rows), args.out)
+
+
+def free_pool(row):
+    """Return CuPy's cached blocks to the device (after a fault this may fail too: noted)."""
+    try:
+        cp.get_default_memory_pool().free_all_blocks()
+    except Exception as e:
+        row.setdefault("errors", []).append(f"freeing the memory pool: {type(e).__name__}: "
+                                            f"{(str(e).splitlines() or [''])[0][:200]}")
 
 
 #: the pass configurations a user can choose (cuda_pass options), by row key: what the

@@ -96,7 +96,7 @@ DENSE_ALGEBRA = ("cholesky", "inv", "eigh", "eigvalsh", "svd", "solve", "qr")
 
 
 def phases(a, b, backend):
-    """Seconds of each step of one compare with sampled pivots."""
+    """(seconds of each step of one compare with sampled pivots, its engine)."""
     out = {}
 
     def timed(name, fn):
@@ -160,6 +160,10 @@ def bench(n, v, m, args, torch):
         cp.get_default_memory_pool().free_all_blocks()
 
 
+#: the shape the engine's targets are set for
+TARGET_SHAPE = (16384, 128256, 4096)
+
+
 def met(ok, target):
     """The target column: the target and whether this row meets it."""
     return f"{target}: {'yes' if ok else 'no'}"
@@ -169,15 +173,18 @@ def bench_backend(a, b, be, pivots, shape, v, args, torch):
     """The rows (backend, shape, what, seconds, notes, target) of one backend; a step that
     fails yields a "stopped" row and the next one runs (in this order: what the targets need
     first)."""
-    state = {}
+    on_target = (a.N, a.V, a.M) == TARGET_SHAPE
+
+    def met_here(ok, target):
+        return met(ok, target) if on_target else ""
 
     def sampled():
         t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
-        yield (be, shape, "compare, 256 sampled pivots", t, "", met(t <= 1.0, "< 1 s"))
+        yield (be, shape, "compare, 256 sampled pivots", t, "", met_here(t < 1.0, "< 1 s"))
 
     def split():
         with dense_algebra_timer() as dense:
-            ph, state["engine"] = phases(a, b, be)
+            ph, _ = phases(a, b, be)
         yield (be, shape, "phases of one sampled compare", sum(ph.values()),
                "; ".join(f"{k} {s:.3f} s" for k, s in ph.items()), "")
         yield (be, shape, "of which dense algebra (cupy.linalg)",
@@ -189,14 +196,14 @@ def bench_backend(a, b, be, pivots, shape, v, args, torch):
         rep = {}
         t = wall(lambda: rep.__setitem__("r", ir.compare(a, b, backend=be)), args.repeats)
         yield (be, shape, "compare, default (bounded exact pivot search)", t,
-               rep["r"].d_llv.pivot_search, met(t <= 3.0, "< 3 s"))
+               rep["r"].d_llv.pivot_search, met_here(t < 3.0, "< 3 s"))
 
     def exact():
         t = wall(lambda: ir.compare(a, b, num_pivots=v, backend=be), 1, warmup=0)
-        yield (be, shape, f"compare, exact pivots ({v})", t, "", met(t <= 3.0, "< 3 s"))
+        yield (be, shape, f"compare, exact pivots ({v})", t, "", met_here(t < 3.0, "< 3 s"))
 
     def pivot_search():
-        e = state.get("engine") or make_engine(a, b, be)
+        e = make_engine(a, b, be)
         out = {}
         tb = wall(lambda: out.__setitem__("bounded", e.label_side()), 1)
         t = wall(lambda: out.__setitem__("plain", e.label_side(num_pivots=v)), 1, warmup=0)
@@ -206,11 +213,11 @@ def bench_backend(a, b, be, pivots, shape, v, args, torch):
                f"{out['bounded'][4]}; same choice as the plain search: {same}; "
                f"bf16 GEMM floor {fb:.3f} s ({tb / fb:.2f}x), "
                f"float32 GEMM floor {f32:.3f} s ({tb / f32:.2f}x)",
-               met(tb <= 1.5 * fb, "<= 1.5x the bf16 GEMM floor"))
+               met_here(tb <= 1.5 * fb, "<= 1.5x the bf16 GEMM floor"))
         yield (be, shape, f"plain exact pivot search ({v} pivots)", t,
                f"bf16 GEMM floor {fb:.3f} s ({t / fb:.2f}x), "
                f"float32 GEMM floor {f32:.3f} s ({t / f32:.2f}x)",
-               met(t <= 1.5 * fb, "<= 1.5x the bf16 GEMM floor"))
+               met_here(t <= 1.5 * fb, "<= 1.5x the bf16 GEMM floor"))
 
     steps = [("compare, 256 sampled pivots", sampled), ("phases", split),
              ("compare, default", default)]

@@ -17,10 +17,11 @@
 # Each step has a timeout and the whole check stays under 8 minutes. Logs and the summary table
 # go to $OUT (default ./device_check_out): $OUT/device_check.md. Exits non-zero if a step failed.
 # STEPS (comma-separated step names, default all) reruns some steps only, e.g. after a fix:
-# the build steps always run; the others not named are listed as not run.
+# the build steps always run; the others not named are listed as not run. The GPU test steps
+# are gpu-tests, gpu-tests-gemm (identirep's own GEMM kernels) and gpu-tests-wgmma.
 #
 #   bash benchmarks/device_check.sh
-#   STEPS=gpu-tests,memcheck,racecheck bash benchmarks/device_check.sh
+#   STEPS=gpu-tests-gemm,gpu-tests-wgmma,memcheck,racecheck bash benchmarks/device_check.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -130,17 +131,23 @@ step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clock
 step build-info 20 "$PYTHON" -c "import identirep, json; i = identirep.build_info(); \
 print(json.dumps(i)); assert i['cuda_pass_driver'], 'built without the CUDA pass driver'; \
 assert i['fused_gemm_wgmma'], 'built without the wgmma kernel'"
-# with pytest-timeout, a test that hangs is named (its stacks dumped) instead of eating the step
-TIMEOUT_OPTS=$("$PYTHON" -c "import pytest_timeout" 2>/dev/null \
-  && echo "--timeout=120 --timeout-method=thread" || true)
+# with pytest-timeout, a test that hangs is named (its stacks dumped) before the step's own
+# limit (what is left of it before the deadline) ends the process
+HAVE_PYTEST_TIMEOUT=$("$PYTHON" -c "import pytest_timeout" 2>/dev/null && echo 1 || true)
 GPU_TESTS="tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py"
 gpu_tests() {  # gpu_tests NAME LIMIT MARKER_EXPRESSION
+  local limit=$2 left opts=""
+  left=$(( DEADLINE - $(date +%s) ))
+  if (( left < limit )); then limit=$left; fi
+  if [[ -n "$HAVE_PYTEST_TIMEOUT" ]] && (( limit > 20 )); then
+    opts="--timeout=$(( limit - 15 < 120 ? limit - 15 : 120 )) --timeout-method=thread"
+  fi
   step "$1" "$2" env IDENTIREP_REQUIRE_GPU_TESTS=1 "$PYTHON" -m pytest -q -p no:cacheprovider \
-    $TIMEOUT_OPTS -m "$3" $GPU_TESTS
+    $opts -m "$3" $GPU_TESTS
 }
-gpu_tests gpu-tests 120 "not fused_gemm"
-gpu_tests gpu-tests-gemm 45 "fused_gemm and not wgmma"
-gpu_tests gpu-tests-wgmma 45 "wgmma"
+gpu_tests gpu-tests 150 "not fused_gemm"
+gpu_tests gpu-tests-gemm 60 "fused_gemm and not wgmma"
+gpu_tests gpu-tests-wgmma 60 "wgmma"
 step memcheck 45 "$SANITIZER" --tool memcheck --error-exitcode 1 \
   "$PYTHON" benchmarks/sanitize_case.py
 step racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 1 \

@@ -4,6 +4,7 @@ cost the others (checked here without a GPU)."""
 import importlib
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -95,6 +96,15 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch):
     assert notes[0].startswith("gemm_fused64: not timed: its check failed (exit -6)")
     assert notes[1:] == ["gemm_wg: not timed: its check did not finish in 5 s",
                          "gemm_wg64: not timed: its check failed (exit 1): L1 differs by 0.5"]
+    # the timeout is for all checks together: four that hang cost it once, not four times
+    monkeypatch.setattr(bench_gpu, "gemm_check_command",
+                        lambda rows, wgmma: [sys.executable, "-c", "import time; time.sleep(60)"])
+    t0 = time.monotonic()
+    ok, notes = bench_gpu.check_gemm_kernels(timeout=2)
+    assert time.monotonic() - t0 < 4 and ok == []
+    assert [n.split(":")[0] for n in notes] == list(bench_gpu.GEMM_KINDS)
+    monkeypatch.setattr(bench_gpu, "gemm_check_command",
+                        lambda rows, wgmma: [sys.executable, "-c", scripts[rows, wgmma]])
     # where wgmma cannot run, its kinds are not started, and the reason is given
     monkeypatch.setattr(bench_gpu, "_core", types.SimpleNamespace(
         lse_kl_gemm_wgmma_problem=lambda device: "compute capability 8.0, wgmma needs 9.0"))

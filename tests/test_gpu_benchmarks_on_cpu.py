@@ -25,6 +25,7 @@ def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F
     monkeypatch.setattr(sys, "argv", ["bench_gpu_compare.py", "--shape", "300,700,16",
                                       "--repeats", "1", "--exact", "--out", str(out)])
     monkeypatch.setattr(bgc, "import_torch", lambda: None)
+    monkeypatch.setattr(bgc, "TARGET_SHAPE", (300, 700, 16))  # rows read against the targets
     bgc.main()
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| c")]
     assert not [r for r in rows if "stopped" in r[2]], rows
@@ -53,7 +54,8 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
 
     def host_pass(backend):
         def run(f1, g1, f2, g2, **kw):
-            calls.append((backend, tuple(sorted(kw))))
+            calls.append((backend, kw.get("fused_gemm", False) and (
+                kw["gemm_block_rows"], kw.get("gemm_wgmma", False))))
             return _host_pass(backend, f1, g1, f2, g2)
         return run
     monkeypatch.setattr(gp, "cuda_pass", host_pass("cuda"))
@@ -62,7 +64,8 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
     monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
     monkeypatch.setattr(gp, "driver_operands", lambda ops, dt: [(0, *x.shape) for x in ops])
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda",
-                        lambda *ops, **kw: calls.append(("mainloop", tuple(sorted(kw)))),
+                        lambda *ops, gemm, wgmma, stream, device: calls.append(
+                            ("mainloop", (gemm, wgmma))),
                         raising=False)
     monkeypatch.syspath_prepend(BENCH)
     monkeypatch.delitem(sys.modules, "bench_gpu", raising=False)
@@ -85,11 +88,15 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
     cells = [c.strip() for c in row.split("|")[2:-1]]
     # floor, gemm tiles, epilogue (fused), cuda, loop, serial, fused, gemm-fused, cupy:
     # measured; torch and liger: not run
-    assert all(c != "-" and not c.startswith("- ") for c in cells[:7]), cells
+    assert all(c != "-" and not c.startswith("- ") for c in cells[:7] + [cells[8]]), cells
     mma, wg = (half.split(" / ") for half in cells[7].split("; "))   # the checked kinds only
     assert mma[0] != "-" and mma[1] == "-" and wg[0] == "-" and wg[1] != "-", cells[7]
     assert cells[9:11] == ["-", "-"]
     # cuda passes: the default's (memory peak, then timed), the loop, serial, the fused
     # epilogue's (2), the sweep's (12) and 2 per fused GEMM kind that passed its check
     assert sum(1 for k, _ in calls if k == "cuda") == 2 + 1 + 1 + 2 + 12 + 2 * 2
-    assert calls.count(("mainloop", ("device", "gemm", "stream", "wgmma"))) == 2
+    # the kinds that passed their checks, with their block rows and kernel, after the rest
+    gemm = [c for c in calls if c[1] or c[0] == "mainloop"]
+    assert gemm == [("cuda", (128, False))] * 2 + [("mainloop", (128, False))] + [
+        ("cuda", (64, True))] * 2 + [("mainloop", (64, True))]
+    assert calls[-6:] == gemm
