@@ -126,11 +126,13 @@ step liger 30 env PYTHON="$PYTHON" bash -c '
 if (( failed )); then finish; fi
 step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit \
   --format=csv
-# fails (after printing the facts) when the build lacks the compiled pass driver or the wgmma
-# kernel (the default architectures include 90)
-step build-info 20 "$PYTHON" -c "import identirep, json; i = identirep.build_info(); \
-print(json.dumps(i)); assert i['cuda_pass_driver'], 'built without the CUDA pass driver'; \
-assert i['fused_gemm_wgmma'], 'built without the wgmma kernel'"
+# identirep info (the build, the backends and why not, the GPUs, the cuBLAS file); fails when
+# the build lacks the compiled pass driver or the wgmma kernel (the default architectures
+# include 90)
+step build-info 20 env PYTHON="$PYTHON" bash -c '"$PYTHON" -m identirep.cli info && \
+  "$PYTHON" -c "import identirep; i = identirep.build_info(); \
+assert i[\"cuda_pass_driver\"], \"built without the CUDA pass driver\"; \
+assert i[\"fused_gemm_wgmma\"], \"built without the wgmma kernel\""'
 # with pytest-timeout, a test that hangs is named (its stacks dumped) before the step's own
 # limit (what is left of it before the deadline) ends the process
 HAVE_PYTEST_TIMEOUT=$("$PYTHON" -c "import pytest_timeout" 2>/dev/null && echo 1 || true)

@@ -468,7 +468,7 @@ cupy.cuda = _module("cupy.cuda", Device=Device, Stream=Stream, Event=Event,
                     runtime=_module("cupy.cuda.runtime", getDeviceCount=lambda: 1,
                                     getDeviceProperties=lambda device: {
                                         "name": b"CuPy stand-in (CPU)", "major": 9,
-                                        "minor": 0}))
+                                        "minor": 0, "totalGlobalMem": 80 << 30}))
 cupyx = _module("cupyx", errstate=errstate)
 cuda_libs = _module("cupy_backends.cuda.libs", cublas=_module("cublas"),
                     cusolver=_module("cusolver"))

@@ -114,3 +114,45 @@ def test_progress_bars_only_on_a_terminal(capsys):
         update(1.0)
         calls.append(1)
     assert calls == [1]
+
+
+def test_info_says_what_runs_here_and_why_not(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["build"] == ir.build_info() and info["version"] == ir.build_info()["version"]
+    backends = info["backends"]
+    assert backends["cpu"] is None and backends["reference"] is None
+    for name in ("cuda", "cupy"):   # None where it works, else the reason
+        assert backends[name] is None or isinstance(backends[name], str) and backends[name]
+    gpu_ok = backends["cuda"] is None or backends["cupy"] is None
+    assert (info["gpu_arrays"] is not None) == gpu_ok
+    assert (info["gpu_arrays_problem"] is None) == gpu_ok
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    for name, problem in backends.items():
+        assert f"  {name:<10} " + ("available" if problem is None else "not available: ") in text
+    assert text.startswith(f"identirep {info['version']}\nbuild: ")
+
+
+def test_info_with_a_gpu(monkeypatch, capsys):
+    # a GPU seen through the CuPy stand-in, cuBLAS found: GPU arrays go to the compiled backend
+    import fake_cupy
+    from identirep import _cupy_pass as gp
+    fake_cupy.install(monkeypatch)
+    monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
+    monkeypatch.setattr(gp, "load_cublas", lambda: "/opt/cuda/lib64/libcublas.so.13")
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    cuda = ir.build_info()["cuda_compiled"]
+    assert info["backends"]["cupy"] is None
+    assert info["gpu_arrays"] == ("cuda" if cuda else "cupy")
+    gpu = info["gpus"][0]
+    assert (gpu["name"], gpu["compute_capability"], gpu["memory_gib"]) == (
+        "CuPy stand-in (CPU)", "9.0", 80.0)
+    assert ("wgmma" in gpu) == cuda
+    if ir.build_info()["cuda_pass_driver"]:
+        assert info["cublas"] == "/opt/cuda/lib64/libcublas.so.13"
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert f"GPU arrays: backend {info['gpu_arrays']!r}" in text
+    assert "GPU 0: CuPy stand-in (CPU) (compute capability 9.0, 80.0 GiB" in text

@@ -61,6 +61,7 @@ def test_every_step_runs_in_order_and_the_summary_has_them(tmp_path):
                     "gpu-tests-gemm", "gpu-tests-wgmma", "memcheck", "racecheck", "bench",
                     "bench-compare"]
     assert ["python", "-m", "pip", "install", "--no-build-isolation", "--no-deps", "."] in calls
+    assert ["python", "-m", "identirep.cli", "info"] in calls
     tests = pytest_calls(calls)
     assert list(tests) == ["not fused_gemm", "fused_gemm and not wgmma", "wgmma"]
     # per-test timeouts within each step's limit (150, 60, 60 s): a hang is named by

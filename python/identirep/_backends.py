@@ -131,6 +131,51 @@ def cuda_problem() -> Optional[str]:
     return None
 
 
+def availability() -> dict:
+    """What this installation can run here, and why not where it cannot: the build, each
+    backend (None where it works, else the reason), the backend GPU arrays go to, the GPUs
+    CuPy sees, and the cuBLAS file of the cuda backend's pass driver (``identirep info``)."""
+    from ._build import build_info
+    info = build_info()
+    out = {"version": info["version"], "build": info,
+           "backends": {"cpu": None, "reference": None, "cuda": cuda_problem(),
+                        "cupy": cupy_problem()},
+           "IDENTIREP_BACKEND": os.environ.get("IDENTIREP_BACKEND") or None}
+    try:
+        out["gpu_arrays"], out["gpu_arrays_problem"] = gpu_backend(), None
+    except IdentirepError as e:
+        out["gpu_arrays"], out["gpu_arrays_problem"] = None, str(e)
+    out["gpus"] = _gpus(info)
+    if info.get("cuda_pass_driver"):
+        from ._cupy_pass import load_cublas
+        try:
+            out["cublas"], out["cublas_problem"] = load_cublas(), None
+        except IdentirepError as e:
+            out["cublas"], out["cublas_problem"] = None, str(e)
+    return out
+
+
+def _gpus(info) -> list:
+    """[{index, name, compute_capability, memory_gib, wgmma}] of the GPUs CuPy sees (wgmma:
+    None where the wgmma kernel runs on it, else why not; absent without a CUDA build)."""
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver: cupy_problem says why
+        return []
+    gpus = []
+    for i in range(count):
+        p = cupy.cuda.runtime.getDeviceProperties(i)
+        name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
+        gpu = {"index": i, "name": name, "compute_capability": f"{p['major']}.{p['minor']}",
+               "memory_gib": round(p.get("totalGlobalMem", 0) / 2 ** 30, 1)}
+        if info.get("cuda_compiled"):
+            from . import _core
+            gpu["wgmma"] = _core.lse_kl_gemm_wgmma_problem(i) or None
+        gpus.append(gpu)
+    return gpus
+
+
 def _torch_cuda_tensor(arrays):
     for a in arrays:
         if type(a).__module__.split(".")[0] == "torch" and getattr(a, "is_cuda", False):

@@ -1,4 +1,4 @@
-"""Command line: ``identirep demo | compare | matrix | extract | bench``.
+"""Command line: ``identirep demo | compare | matrix | extract | bench | info``.
 
 Exit codes: 0 ok, 2 bad input (the message says what and how to fix), 1 internal error.
 """
@@ -131,6 +131,40 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from ._backends import availability
+    info = availability()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    b = info["build"]
+    cpu = f"CPU core ({b.get('simd', '?')}, OpenMP {'on' if b.get('openmp') else 'off'})"
+    if b.get("cuda_compiled"):
+        cuda = (f"CUDA {b.get('cuda_version')} for {', '.join(b.get('cuda_architectures', []))}"
+                f" (pass driver: {'yes' if b.get('cuda_pass_driver') else 'no'}, wgmma kernel: "
+                f"{'yes' if b.get('fused_gemm_wgmma') else 'no'})")
+    else:
+        cuda = "no CUDA"
+    lines = [f"identirep {info['version']}", f"build: {cpu}; {cuda}", "backends:"]
+    for name, problem in info["backends"].items():
+        lines.append(f"  {name:<10} {'available' if problem is None else 'not available: ' + problem}")
+    lines.append("GPU arrays: " + (f"backend {info['gpu_arrays']!r}" if info["gpu_arrays"]
+                                   else "not processed here (neither GPU backend is available)"))
+    for g in info["gpus"]:
+        wg = ""
+        if "wgmma" in g:
+            wg = "; wgmma kernel: " + ("runs" if g["wgmma"] is None else g["wgmma"])
+        lines.append(f"GPU {g['index']}: {g['name']} (compute capability "
+                     f"{g['compute_capability']}, {g['memory_gib']} GiB{wg})")
+    if not info["gpus"]:
+        lines.append("GPUs: none visible to CuPy")
+    if "cublas" in info:
+        lines.append("cuBLAS of the pass driver: " + (info["cublas"] or info["cublas_problem"]))
+    lines.append(f"IDENTIREP_BACKEND: {info['IDENTIREP_BACKEND'] or 'unset'}")
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="identirep",
@@ -162,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", action="store_true")
     bn.add_argument("--out", help="also write the JSON results here")
     bn.set_defaults(func=cmd_bench)
+    i = sub.add_parser("info", help="what this installation can run here: build, backends, GPUs")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.set_defaults(func=cmd_info)
     try:
         from .extract import add_extract_parser
         add_extract_parser(sub)
