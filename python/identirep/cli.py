@@ -147,7 +147,8 @@ def cmd_info(args) -> int:
         cuda = "no CUDA"
     lines = [f"identirep {info['version']}", f"build: {cpu}; {cuda}", "backends:"]
     for name, problem in info["backends"].items():
-        lines.append(f"  {name:<10} {'available' if problem is None else 'not available: ' + problem}")
+        state = "available" if problem is None else f"not available: {problem}"
+        lines.append(f"  {name:<10} {state}")
     lines.append("GPU arrays: " + (f"backend {info['gpu_arrays']!r}" if info["gpu_arrays"]
                                    else "not processed here (neither GPU backend is available)"))
     for g in info["gpus"]:
