@@ -85,20 +85,32 @@ from identirep import build_info  # noqa: E402
 CUDA_BUILT = build_info()["cuda_compiled"]
 
 
-def _gpu_available() -> bool:
+def _gpu_problem():
+    """Why the GPU tests cannot run here (no CuPy, CuPy failing to import, no device), or None.
+    An import that warns counts as failing, as the warning would fail the tests (filterwarnings
+    = error)."""
     if importlib.util.find_spec("cupy") is None:
-        return False
-    import cupy
-
+        return "CuPy is not installed"
     try:
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except cupy.cuda.runtime.CUDARuntimeError:
-        return False
+        import cupy
+    except Exception as e:  # noqa: BLE001 - whatever stops it, say what
+        return f"importing CuPy failed: {type(e).__name__}: {e}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001 - CUDARuntimeError without a driver, or a warning
+        return f"CuPy sees no GPU: {type(e).__name__}: {e}"
+    return None if count > 0 else "CuPy sees 0 CUDA devices"
+
+
+def _gpu_available() -> bool:
+    return _gpu_problem() is None
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("IDENTIREP_REQUIRE_GPU_TESTS") and not (CUDA_BUILT and _gpu_available()):
-        raise pytest.UsageError("GPU tests required, but CUDA is not built or no GPU is visible")
+    if os.environ.get("IDENTIREP_REQUIRE_GPU_TESTS"):
+        problem = "CUDA is not built" if not CUDA_BUILT else _gpu_problem()
+        if problem:
+            raise pytest.UsageError(f"GPU tests required, but {problem}")
     need_cuda = pytest.mark.skip(reason="CUDA not built (rebuild with IDENTIREP_CUDA=ON)")
     no_gpu = pytest.mark.skip(reason="no GPU (needs CuPy and a CUDA device)")
     no_bf16 = pytest.mark.skip(reason="ml_dtypes not installed (bfloat16 NumPy arrays)")

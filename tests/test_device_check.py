@@ -124,3 +124,17 @@ def test_the_gpu_test_processes_split_the_gpu_tests(tmp_path):
     assert all("wg" in t for t in collected["wgmma"])
     assert not any("wg" in t.split("[")[-1] for t in collected["not fused_gemm"]
                    if "fused_gemm" in t)
+
+
+def test_required_gpu_tests_say_why_they_cannot_run():
+    # device_check sets IDENTIREP_REQUIRE_GPU_TESTS=1: without a GPU the run stops at once,
+    # saying why (no CUDA build, no CuPy, CuPy failing to import or seeing no device)
+    from conftest import CUDA_BUILT, _gpu_problem
+    problem = "CUDA is not built" if not CUDA_BUILT else _gpu_problem()
+    if problem is None:
+        pytest.skip("a GPU is visible here: the required GPU tests can run")
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", "-p", "no:cacheprovider",
+                        "tests/test_lse_kl_cuda.py"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "IDENTIREP_REQUIRE_GPU_TESTS": "1"}, timeout=300)
+    assert p.returncode != 0
+    assert f"GPU tests required, but {problem}" in p.stdout + p.stderr
