@@ -266,9 +266,20 @@ def measure(row, key, fn):
         row[key] = value
 
 
+#: gemm_check's exit status for a kernel that cannot run on this GPU (wgmma off compute
+#: capability 9.0)
+NOT_RUN = 3
+
+
 def gemm_check(rows, wgmma):
     """Exit status 0 when the fused GEMM kernel of this kind gives the cuBLAS driver's results
-    on a small bfloat16 pair (odd sizes, two row and two label tiles), else 1, with why."""
+    on a small bfloat16 pair (odd sizes, two row and two label tiles), 1 when it does not,
+    NOT_RUN when it cannot run here; the last line printed says why."""
+    if wgmma:
+        problem = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id)
+        if problem:
+            print(f"not run: {problem}", flush=True)
+            return NOT_RUN
     f1, g1 = make_inputs(777, 9001, 72, 1)
     f2, g2 = make_inputs(777, 9001, 40, 2)
     kw = dict(tile_rows=400, tile_cols=5000)
@@ -299,15 +310,12 @@ def check_gemm_kernels(timeout=60):
     """(kinds whose check passed, notes on the others): each fused GEMM kernel is first run in
     a process of its own (gemm_check; all at once, ``timeout`` seconds for all), so that one
     that faults or hangs costs only its own columns, not every later measurement of this
-    process."""
+    process. Called before this process uses CUDA (a GPU in exclusive-process mode would
+    refuse the checks a context)."""
     if not identirep.build_info()["cuda_pass_driver"]:
         return [], ["fused GEMM kernels: built without the CUDA pass driver"]
-    wg_problem = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id)
     notes, procs = [], {}
     for key, (rows, wgmma) in GEMM_KINDS.items():
-        if wgmma and wg_problem:
-            notes.append(f"{key}: not run ({wg_problem})")
-            continue
         procs[key] = subprocess.Popen(gemm_check_command(rows, wgmma), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
     ok, deadline = [], time.monotonic() + timeout
@@ -319,10 +327,12 @@ def check_gemm_kernels(timeout=60):
             p.communicate()
             notes.append(f"{key}: not timed: its check did not finish in {timeout} s")
             continue
+        last = (out.strip().splitlines() or ["no output"])[-1][:300]
         if p.returncode == 0:
             ok.append(key)
+        elif p.returncode == NOT_RUN:
+            notes.append(f"{key}: not run ({last.removeprefix('not run: ')})")
         else:
-            last = (out.strip().splitlines() or ["no output"])[-1][:300]
             notes.append(f"{key}: not timed: its check failed (exit {p.returncode}): {last}")
     return ok, notes
 

@@ -124,7 +124,7 @@ step liger 30 env PYTHON="$PYTHON" bash -c '
   "$PYTHON" -m pip install --no-index --no-deps --find-links .whl liger-kernel'
 
 if (( failed )); then finish; fi
-step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit \
+step nvidia-smi 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit,compute_mode \
   --format=csv
 # identirep info (the build, the backends and why not, the GPUs, the cuBLAS file); fails when
 # the build lacks the compiled pass driver or the wgmma kernel (the default architectures

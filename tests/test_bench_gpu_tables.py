@@ -82,10 +82,9 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch):
     # fault), hangs or disagrees is not, with the reason in the table
     bench_gpu = _bench_gpu(monkeypatch)
     monkeypatch.setattr(bench_gpu.identirep, "build_info", lambda: {"cuda_pass_driver": True})
-    monkeypatch.setattr(bench_gpu, "_core", types.SimpleNamespace(
-        lse_kl_gemm_wgmma_problem=lambda device: ""))
-    monkeypatch.setattr(bench_gpu, "cp", types.SimpleNamespace(cuda=types.SimpleNamespace(
-        Device=lambda: types.SimpleNamespace(id=0))))
+    # no CUDA in this process before the checks: they may need the GPU to themselves
+    monkeypatch.setattr(bench_gpu, "_core", None)
+    monkeypatch.setattr(bench_gpu, "cp", None)
     scripts = {(128, False): "print('ok')", (64, False): "import os; os.abort()",
                (128, True): "import time; time.sleep(60)",
                (64, True): "print('L1 differs by 0.5'); raise SystemExit(1)"}
@@ -105,10 +104,11 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch):
     assert [n.split(":")[0] for n in notes] == list(bench_gpu.GEMM_KINDS)
     monkeypatch.setattr(bench_gpu, "gemm_check_command",
                         lambda rows, wgmma: [sys.executable, "-c", scripts[rows, wgmma]])
-    # where wgmma cannot run, its kinds are not started, and the reason is given
-    monkeypatch.setattr(bench_gpu, "_core", types.SimpleNamespace(
-        lse_kl_gemm_wgmma_problem=lambda device: "compute capability 8.0, wgmma needs 9.0"))
+    # where wgmma cannot run, its checks say so (exit NOT_RUN) and the reason is given
     scripts[64, False] = "print('ok')"
+    for rows in (128, 64):
+        scripts[rows, True] = ("print('not run: compute capability 8.0, wgmma needs 9.0'); "
+                               f"raise SystemExit({bench_gpu.NOT_RUN})")
     ok, notes = bench_gpu.check_gemm_kernels(timeout=5)
     assert ok == ["gemm_fused", "gemm_fused64"]
     assert notes == [f"{k}: not run (compute capability 8.0, wgmma needs 9.0)"
@@ -127,7 +127,7 @@ def test_the_gemm_check_command_reaches_the_check():
         import bench_gpu
     finally:
         sys.path.remove(BENCH)
-    p = subprocess.run(bench_gpu.gemm_check_command(64, True), capture_output=True, text=True,
+    p = subprocess.run(bench_gpu.gemm_check_command(64, False), capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 1 and "usage:" not in p.stderr
     assert "in gemm_check" in p.stderr, p.stderr[-2000:]
