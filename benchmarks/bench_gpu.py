@@ -310,31 +310,47 @@ def check_gemm_kernels(timeout=60):
     """(kinds whose check passed, notes on the others): each fused GEMM kernel is first run in
     a process of its own (gemm_check; all at once, ``timeout`` seconds for all), so that one
     that faults or hangs costs only its own columns, not every later measurement of this
-    process. Called before this process uses CUDA (a GPU in exclusive-process mode would
-    refuse the checks a context)."""
+    process. Called before this process uses CUDA; checks that found the GPU busy (a GPU in
+    exclusive-process mode takes one process at a time) run again one after another."""
     if not identirep.build_info()["cuda_pass_driver"]:
         return [], ["fused GEMM kernels: built without the CUDA pass driver"]
-    notes, procs = [], {}
-    for key, (rows, wgmma) in GEMM_KINDS.items():
-        procs[key] = subprocess.Popen(gemm_check_command(rows, wgmma), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)
-    ok, deadline = [], time.monotonic() + timeout
+    results = _run_checks(list(GEMM_KINDS), timeout)
+    busy = [k for k, (rc, last) in results.items() if rc not in (0, None) and BUSY in last]
+    for key in busy:
+        results.update(_run_checks([key], timeout))
+    ok, notes = [], []
+    for key, (rc, last) in results.items():
+        if rc == 0:
+            ok.append(key)
+        elif rc is None:
+            notes.append(f"{key}: not timed: its check did not finish in {timeout} s")
+        elif rc == NOT_RUN:
+            notes.append(f"{key}: not run ({last.removeprefix('not run: ')})")
+        else:
+            notes.append(f"{key}: not timed: its check failed (exit {rc}): {last}")
+    return ok, notes
+
+
+#: what CUDA says when a GPU in exclusive-process mode is taken by another process
+BUSY = "busy or unavailable"
+
+
+def _run_checks(keys, timeout):
+    """{key: (exit status or None if it did not finish in ``timeout`` s, last output line)} of
+    the checks of these kinds, run at once."""
+    procs = {k: subprocess.Popen(gemm_check_command(*GEMM_KINDS[k]), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for k in keys}
+    out, deadline = {}, time.monotonic() + timeout
     for key, p in procs.items():
         try:
-            out, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            text, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
             p.communicate()
-            notes.append(f"{key}: not timed: its check did not finish in {timeout} s")
+            out[key] = (None, "")
             continue
-        last = (out.strip().splitlines() or ["no output"])[-1][:300]
-        if p.returncode == 0:
-            ok.append(key)
-        elif p.returncode == NOT_RUN:
-            notes.append(f"{key}: not run ({last.removeprefix('not run: ')})")
-        else:
-            notes.append(f"{key}: not timed: its check failed (exit {p.returncode}): {last}")
-    return ok, notes
+        out[key] = (p.returncode, (text.strip().splitlines() or ["no output"])[-1][:300])
+    return out
 
 
 def epilogue_ms(n, v, tr, tc, args, fused=False):

@@ -77,7 +77,7 @@ def test_a_failing_measurement_is_noted_and_the_others_kept(monkeypatch):
                               "17179869184 bytes", "loop: ZeroDivisionError: division by zero"]}
 
 
-def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch):
+def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch, tmp_path):
     # each kernel checked in its own process: one that passes is timed; one that aborts (a
     # fault), hangs or disagrees is not, with the reason in the table
     bench_gpu = _bench_gpu(monkeypatch)
@@ -102,6 +102,19 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch):
     ok, notes = bench_gpu.check_gemm_kernels(timeout=2)
     assert time.monotonic() - t0 < 4 and ok == []
     assert [n.split(":")[0] for n in notes] == list(bench_gpu.GEMM_KINDS)
+    monkeypatch.setattr(bench_gpu, "gemm_check_command",
+                        lambda rows, wgmma: [sys.executable, "-c", scripts[rows, wgmma]])
+    # on a GPU that takes one process at a time, the checks that found it busy run again,
+    # one after another
+    busy = ("import os, sys, time\nfrom pathlib import Path\nlock = Path(sys.argv[1])\n"
+            "try:\n    fd = os.open(lock, os.O_CREAT | os.O_EXCL)\nexcept FileExistsError:\n"
+            "    print('cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are busy or "
+            "unavailable'); raise SystemExit(1)\ntime.sleep(0.5); os.unlink(lock); print('ok')")
+    lock = tmp_path / "gpu.lock"
+    monkeypatch.setattr(bench_gpu, "gemm_check_command",
+                        lambda rows, wgmma: [sys.executable, "-c", busy, str(lock)])
+    ok, notes = bench_gpu.check_gemm_kernels(timeout=20)
+    assert ok == list(bench_gpu.GEMM_KINDS) and notes == []
     monkeypatch.setattr(bench_gpu, "gemm_check_command",
                         lambda rows, wgmma: [sys.executable, "-c", scripts[rows, wgmma]])
     # where wgmma cannot run, its checks say so (exit NOT_RUN) and the reason is given
