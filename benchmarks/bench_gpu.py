@@ -267,14 +267,20 @@ def measure(row, key, fn):
 
 
 #: gemm_check's exit status for a kernel that cannot run on this GPU (wgmma off compute
-#: capability 9.0)
-NOT_RUN = 3
+#: capability 9.0), and for a GPU taken by another process (exclusive-process mode)
+NOT_RUN, BUSY = 3, 4
 
 
 def gemm_check(rows, wgmma):
     """Exit status 0 when the fused GEMM kernel of this kind gives the cuBLAS driver's results
     on a small bfloat16 pair (odd sizes, two row and two label tiles), 1 when it does not,
-    NOT_RUN when it cannot run here; the last line printed says why."""
+    NOT_RUN when it cannot run here, BUSY when another process holds the GPU; the last line
+    printed says why."""
+    try:
+        cp.zeros(1)   # this process's CUDA context first: refused while another holds the GPU
+    except cp.cuda.runtime.CUDARuntimeError as e:
+        print(f"{type(e).__name__}: {e}", flush=True)
+        return BUSY if e.status == CUDA_ERROR_DEVICES_UNAVAILABLE else 1
     if wgmma:
         problem = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id)
         if problem:
@@ -311,19 +317,20 @@ def check_gemm_kernels(timeout=60):
     a process of its own (gemm_check; all at once, ``timeout`` seconds for all), so that one
     that faults or hangs costs only its own columns, not every later measurement of this
     process. Called before this process uses CUDA; checks that found the GPU busy (a GPU in
-    exclusive-process mode takes one process at a time) run again one after another."""
+    exclusive-process mode takes one process at a time) run again one after another, within
+    the same ``timeout``."""
     if not identirep.build_info()["cuda_pass_driver"]:
         return [], ["fused GEMM kernels: built without the CUDA pass driver"]
-    results = _run_checks(list(GEMM_KINDS), timeout)
-    busy = [k for k, (rc, last) in results.items() if rc not in (0, None) and BUSY in last]
-    for key in busy:
-        results.update(_run_checks([key], timeout))
+    deadline = time.monotonic() + timeout
+    results = _run_checks(list(GEMM_KINDS), deadline)
+    for key in [k for k, (rc, _) in results.items() if rc == BUSY]:
+        results.update(_run_checks([key], deadline))
     ok, notes = [], []
     for key, (rc, last) in results.items():
         if rc == 0:
             ok.append(key)
         elif rc is None:
-            notes.append(f"{key}: not timed: its check did not finish in {timeout} s")
+            notes.append(f"{key}: not timed: its check did not finish within {timeout} s")
         elif rc == NOT_RUN:
             notes.append(f"{key}: not run ({last.removeprefix('not run: ')})")
         else:
@@ -331,16 +338,18 @@ def check_gemm_kernels(timeout=60):
     return ok, notes
 
 
-#: what CUDA says when a GPU in exclusive-process mode is taken by another process
-BUSY = "busy or unavailable"
+#: cudaErrorDevicesUnavailable: a GPU in exclusive-process mode held by another process
+CUDA_ERROR_DEVICES_UNAVAILABLE = 46
 
 
-def _run_checks(keys, timeout):
-    """{key: (exit status or None if it did not finish in ``timeout`` s, last output line)} of
-    the checks of these kinds, run at once."""
+def _run_checks(keys, deadline):
+    """{key: (exit status, or None if it had not finished at ``deadline`` (time.monotonic),
+    last output line)} of the checks of these kinds, run at once."""
+    if time.monotonic() >= deadline:
+        return {k: (None, "") for k in keys}
     procs = {k: subprocess.Popen(gemm_check_command(*GEMM_KINDS[k]), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for k in keys}
-    out, deadline = {}, time.monotonic() + timeout
+    out = {}
     for key, p in procs.items():
         try:
             text, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
@@ -530,7 +539,7 @@ def main():
         print(f"{n} x {v} x {m}: {time.perf_counter() - t0:.1f} s", flush=True)
     # identirep's own GEMM kernels after everything else: one that faults leaves this
     # process's CUDA context unusable, one that hangs the step's time used up
-    for key in args.gemm_ok:
+    for i, key in enumerate(args.gemm_ok):
         for (n, v, m), row in zip(args.shape, rows):
             try:
                 bench_gemm_kind(n, v, m, key, args, row)
@@ -539,7 +548,24 @@ def main():
                     f"{key}: stopped: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
             emit(report(head, rows), args.out, quiet=True)
             free_pool(row)
+        broken = context_problem()
+        if broken:   # later kinds would only repeat this kind's fault: say whose it was
+            rest = ", ".join(args.gemm_ok[i + 1:]) or "none"
+            head += (f"\n\nthe CUDA context was unusable after timing {key} ({broken}); "
+                     f"not timed after it: {rest}")
+            break
     emit(report(head, rows), args.out)
+
+
+def context_problem():
+    """Why this process's CUDA context cannot be used any more (a kernel fault is sticky), or
+    ""."""
+    try:
+        cp.cuda.Device().synchronize()
+        cp.zeros(1).sum().item()
+    except Exception as e:
+        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+    return ""
 
 
 def free_pool(row):

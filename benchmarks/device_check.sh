@@ -32,7 +32,7 @@ rm -f "$OUT"/*.log "$OUT"/bench_gpu*.md "$OUT"/device_check.md  # no stale resul
 SANITIZER=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 export IDENTIREP_CUDA=ON
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-DEADLINE=$(( $(date +%s) + 470 ))
+DEADLINE=$(( $(date +%s) + ${CHECK_SECONDS:-470} ))  # the whole check: under 8 minutes
 ALL_STEPS=",build-tools,build,liger,nvidia-smi,build-info,gpu-tests,gpu-tests-gemm,gpu-tests-wgmma,\
 memcheck,racecheck,bench,bench-compare,"
 STEPS=${STEPS:-}
@@ -46,19 +46,40 @@ SUMMARY="$OUT/device_check.md"
 failed=0
 rows=()
 
+# the benchmarks run last: the steps before them (GPU tests, sanitizers) leave them this many
+# seconds of the deadline, but get 30 at least
+BENCH_RESERVE=${BENCH_RESERVE:-180}
+
+runs() {  # runs NAME: whether STEPS selects this step
+  [[ -z "${STEPS:-}" || ",$STEPS," == *",$1,"* ]]
+}
+
+step_limit() {  # step_limit NAME LIMIT: the seconds the step may take now
+  local name=$1 limit=$2 left spare
+  left=$(( DEADLINE - $(date +%s) ))
+  case "$name" in
+    gpu-tests*|memcheck|racecheck)
+      if runs bench || runs bench-compare; then
+        spare=$(( left - BENCH_RESERVE ))
+        if (( spare < 30 )); then spare=$(( left < 30 ? left : 30 )); fi
+        left=$spare
+      fi ;;
+  esac
+  echo $(( left < limit ? left : limit ))
+}
+
 # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with its log in $OUT/NAME.log (its tail on
-# stdout), within LIMIT_SECONDS and the global deadline; records status and time.
+# stdout), within LIMIT_SECONDS and the global deadline (step_limit); records status and time.
 step() {
-  local name=$1 limit=$2 rc=0 t0 left
+  local name=$1 limit=$2 rc=0 t0
   shift 2
   case "$name" in build-tools|build|liger|nvidia-smi|build-info) ;;
-    *) if [[ -n "${STEPS:-}" && ",$STEPS," != *",$name,"* ]]; then
+    *) if ! runs "$name"; then
          rows+=("| $name | not run (STEPS=$STEPS) | 0 |")
          return
        fi ;;
   esac
-  left=$(( DEADLINE - $(date +%s) ))
-  if (( left < limit )); then limit=$left; fi
+  limit=$(step_limit "$name" "$limit")
   if (( limit < 5 )); then
     rows+=("| $name | skipped (out of time) | 0 |")
     failed=1
@@ -138,9 +159,8 @@ assert i[\"fused_gemm_wgmma\"], \"built without the wgmma kernel\""'
 HAVE_PYTEST_TIMEOUT=$("$PYTHON" -c "import pytest_timeout" 2>/dev/null && echo 1 || true)
 GPU_TESTS="tests/test_gpu.py tests/test_lse_kl_cuda.py tests/test_cuda_driver.py"
 gpu_tests() {  # gpu_tests NAME LIMIT MARKER_EXPRESSION
-  local limit=$2 left opts=""
-  left=$(( DEADLINE - $(date +%s) ))
-  if (( left < limit )); then limit=$left; fi
+  local limit opts=""
+  limit=$(step_limit "$1" "$2")
   if [[ -n "$HAVE_PYTEST_TIMEOUT" ]] && (( limit > 20 )); then
     opts="--timeout=$(( limit - 15 < 120 ? limit - 15 : 120 )) --timeout-method=thread"
   fi

@@ -93,7 +93,7 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch, tmp_pa
     ok, notes = bench_gpu.check_gemm_kernels(timeout=5)
     assert ok == ["gemm_fused"]
     assert notes[0].startswith("gemm_fused64: not timed: its check failed (exit -6)")
-    assert notes[1:] == ["gemm_wg: not timed: its check did not finish in 5 s",
+    assert notes[1:] == ["gemm_wg: not timed: its check did not finish within 5 s",
                          "gemm_wg64: not timed: its check failed (exit 1): L1 differs by 0.5"]
     # the timeout is for all checks together: four that hang cost it once, not four times
     monkeypatch.setattr(bench_gpu, "gemm_check_command",
@@ -109,12 +109,20 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch, tmp_pa
     busy = ("import os, sys, time\nfrom pathlib import Path\nlock = Path(sys.argv[1])\n"
             "try:\n    fd = os.open(lock, os.O_CREAT | os.O_EXCL)\nexcept FileExistsError:\n"
             "    print('cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are busy or "
-            "unavailable'); raise SystemExit(1)\ntime.sleep(0.5); os.unlink(lock); print('ok')")
+            f"unavailable'); raise SystemExit({bench_gpu.BUSY})\n"
+            "time.sleep(0.5); os.unlink(lock); print('ok')")
     lock = tmp_path / "gpu.lock"
     monkeypatch.setattr(bench_gpu, "gemm_check_command",
                         lambda rows, wgmma: [sys.executable, "-c", busy, str(lock)])
     ok, notes = bench_gpu.check_gemm_kernels(timeout=20)
     assert ok == list(bench_gpu.GEMM_KINDS) and notes == []
+    # ... within the same timeout: a busy GPU whose holder never lets go costs it once
+    lock.touch()
+    t0 = time.monotonic()
+    ok, notes = bench_gpu.check_gemm_kernels(timeout=2)
+    assert time.monotonic() - t0 < 4 and ok == []
+    assert all("busy or unavailable" in n for n in notes), notes
+    lock.unlink()
     monkeypatch.setattr(bench_gpu, "gemm_check_command",
                         lambda rows, wgmma: [sys.executable, "-c", scripts[rows, wgmma]])
     # where wgmma cannot run, its checks say so (exit NOT_RUN) and the reason is given
@@ -133,7 +141,7 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch, tmp_pa
 
 def test_the_gemm_check_command_reaches_the_check():
     # its own command line runs the check (argparse, the import of the benchmark); without a
-    # GPU the check itself fails, with a CUDA error rather than a usage error
+    # GPU the check itself fails, with a CUDA error rather than a usage error or a traceback
     pytest.importorskip("cupy")
     sys.path.insert(0, BENCH)
     try:
@@ -142,8 +150,9 @@ def test_the_gemm_check_command_reaches_the_check():
         sys.path.remove(BENCH)
     p = subprocess.run(bench_gpu.gemm_check_command(64, False), capture_output=True, text=True,
                        timeout=120)
-    assert p.returncode == 1 and "usage:" not in p.stderr
-    assert "in gemm_check" in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 1 and "usage:" not in p.stderr, p.stderr[-2000:]
+    # gemm_check's first CUDA call (its context), refused here, reported on its last line
+    assert p.stdout.strip().splitlines()[-1].startswith("CUDARuntimeError: "), p.stdout
 
 
 def test_targets_table_reads_each_target(monkeypatch):

@@ -2,6 +2,7 @@
 GPU test processes and the summary are checked here without a GPU, with every command it
 runs replaced by a stub that records its arguments."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,5 +137,19 @@ def test_required_gpu_tests_say_why_they_cannot_run():
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", "-p", "no:cacheprovider",
                         "tests/test_lse_kl_cuda.py"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "IDENTIREP_REQUIRE_GPU_TESTS": "1"}, timeout=300)
+    # the reason as a fresh process finds it (an import that warns here may not warn twice)
     assert p.returncode != 0
-    assert f"GPU tests required, but {problem}" in p.stdout + p.stderr
+    assert re.search("GPU tests required, but (CUDA is not built|CuPy is not installed|"
+                     "importing CuPy failed|CuPy sees)", p.stdout + p.stderr), p.stderr
+
+
+def test_steps_before_the_benchmarks_leave_them_time(tmp_path):
+    # 250 s in all, 180 kept for the benchmarks: the GPU tests may take 70 s (their per-test
+    # timeout 55 s), not their own 150 s; without the benchmarks, the whole 150 s
+    p, calls, _ = run_check(tmp_path, CHECK_SECONDS="250", BENCH_RESERVE="180")
+    assert p.returncode == 0 and "== gpu-tests (limit 70s)" in p.stdout, p.stdout
+    assert "--timeout=55" in pytest_calls(calls)["not fused_gemm"]
+    p, calls, _ = run_check(tmp_path, CHECK_SECONDS="250", BENCH_RESERVE="180",
+                            STEPS="gpu-tests")
+    assert "== gpu-tests (limit 150s)" in p.stdout, p.stdout
+    assert "--timeout=120" in pytest_calls(calls)["not fused_gemm"]

@@ -99,6 +99,10 @@ def cupy_problem() -> Optional[str]:
         import cupy
     except ImportError:
         return f"CuPy is not installed ({CUPY_INSTALL})"
+    except Exception as e:  # a broken install, or a warning made an error
+        return f"importing CuPy failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+    if getattr(cupy.cuda.runtime, "is_hip", False):
+        return "this CuPy is a ROCm (HIP) build; identirep's GPU kernels are CUDA"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CUDARuntimeError without a driver, or a broken install
@@ -141,8 +145,8 @@ def availability() -> dict:
            "backends": {"cpu": None, "reference": None, "cuda": cuda_problem(),
                         "cupy": cupy_problem()},
            "IDENTIREP_BACKEND": os.environ.get("IDENTIREP_BACKEND") or None}
-    try:
-        out["gpu_arrays"], out["gpu_arrays_problem"] = gpu_backend(), None
+    try:  # what "auto" picks for a GPU array, IDENTIREP_BACKEND included
+        out["gpu_arrays"], out["gpu_arrays_problem"] = resolve_arrays("auto", [_GpuArray()]), None
     except IdentirepError as e:
         out["gpu_arrays"], out["gpu_arrays_problem"] = None, str(e)
     out["gpus"] = _gpus(info)
@@ -165,7 +169,11 @@ def _gpus(info) -> list:
         return []
     gpus = []
     for i in range(count):
-        p = cupy.cuda.runtime.getDeviceProperties(i)
+        try:
+            p = cupy.cuda.runtime.getDeviceProperties(i)
+        except Exception as e:  # a device in a bad state
+            gpus.append({"index": i, "problem": f"{type(e).__name__}: {e}"})
+            continue
         name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
         gpu = {"index": i, "name": name, "compute_capability": f"{p['major']}.{p['minor']}",
                "memory_gib": round(p.get("totalGlobalMem", 0) / 2 ** 30, 1)}
@@ -174,6 +182,11 @@ def _gpus(info) -> list:
             gpu["wgmma"] = _core.lse_kl_gemm_wgmma_problem(i) or None
         gpus.append(gpu)
     return gpus
+
+
+class _GpuArray:
+    """Stands for a GPU array where only its location matters (``availability``)."""
+    __cuda_array_interface__ = {}
 
 
 def _torch_cuda_tensor(arrays):

@@ -150,8 +150,11 @@ def cmd_info(args) -> int:
         state = "available" if problem is None else f"not available: {problem}"
         lines.append(f"  {name:<10} {state}")
     lines.append("GPU arrays: " + (f"backend {info['gpu_arrays']!r}" if info["gpu_arrays"]
-                                   else "not processed here (neither GPU backend is available)"))
+                                   else f"not processed here: {info['gpu_arrays_problem']}"))
     for g in info["gpus"]:
+        if "problem" in g:
+            lines.append(f"GPU {g['index']}: {g['problem']}")
+            continue
         wg = ""
         if "wgmma" in g:
             wg = "; wgmma kernel: " + ("runs" if g["wgmma"] is None else g["wgmma"])
