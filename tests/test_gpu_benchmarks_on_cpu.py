@@ -44,13 +44,13 @@ def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F
         "<= 1.5x the bf16 GEMM floor: ")
 
 
-def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
-    # bench_gpu.py with every GPU pass, epilogue and kernel replaced by a host stand-in that
-    # accepts their arguments: its columns, measurement guards and tables
+def _pass_benchmark(monkeypatch, calls):
+    """bench_gpu.py with every GPU pass, epilogue and kernel replaced by a host stand-in that
+    accepts their arguments (``calls`` records them); the fused GEMM kinds gemm_fused and
+    gemm_wg64 pass their checks."""
     pytest.importorskip("ml_dtypes")
     from identirep import _core
     from test_device_paths_on_cpu import _HostEpilogue, _host_pass
-    calls = []
 
     def host_pass(backend):
         def run(f1, g1, f2, g2, **kw):
@@ -75,6 +75,13 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
         "cuda_compiled": True, "cuda_pass_driver": True, "version": "test"})
     monkeypatch.setattr(bg, "check_gemm_kernels", lambda: (
         ["gemm_fused", "gemm_wg64"], ["gemm_fused64: not timed: its check failed (exit 1)"]))
+    return bg
+
+
+def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
+    # its columns, measurement guards and tables
+    calls = []
+    bg = _pass_benchmark(monkeypatch, calls)
     out = tmp_path / "pass.md"
     monkeypatch.setattr(sys, "argv", ["bench_gpu.py", "--shape", "64,300,8", "--repeats", "1",
                                       "--warmup", "0", "--sweep", "--out", str(out)])
@@ -100,3 +107,21 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
     assert gemm == [("cuda", (128, False))] * 2 + [("mainloop", (128, False))] + [
         ("cuda", (64, True))] * 2 + [("mainloop", (64, True))]
     assert calls[-6:] == gemm
+
+
+def test_after_a_kernel_fault_later_kernels_are_not_timed(dev, monkeypatch, tmp_path):  # noqa: F811
+    # a fault of the first fused GEMM kind leaves the context unusable: the second kind is not
+    # timed (its columns would only repeat the fault), and the table says whose fault it was
+    calls = []
+    bg = _pass_benchmark(monkeypatch, calls)
+    faults = iter(["CUDARuntimeError: cudaErrorIllegalAddress: an illegal memory access"])
+    monkeypatch.setattr(bg, "context_problem", lambda: next(faults, ""))
+    out = tmp_path / "pass.md"
+    monkeypatch.setattr(sys, "argv", ["bench_gpu.py", "--shape", "64,300,8", "--repeats", "1",
+                                      "--warmup", "0", "--out", str(out)])
+    bg.main()
+    text = out.read_text()
+    assert ("the CUDA context was unusable after timing gemm_fused (CUDARuntimeError: "
+            "cudaErrorIllegalAddress: an illegal memory access); not timed after it: "
+            "gemm_wg64") in text
+    assert [c for c in calls if c[1]] == [("cuda", (128, False))] * 2 + [("mainloop", (128, False))]
