@@ -58,6 +58,7 @@ import identirep
 from identirep import _bf16 as bf16
 from identirep import _core
 from identirep import _cupy_pass as gp
+from identirep._backends import why
 
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
           (16384, 128256, 4096)]
@@ -257,8 +258,7 @@ def measure(row, key, fn):
         value = fn()
     except Exception as e:
         name = "/".join(str(k) for k in (key if isinstance(key, (list, tuple)) else [key]))
-        row.setdefault("errors", []).append(
-            f"{name}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        row.setdefault("errors", []).append(f"{name}: {why(e, 200)}")
         return
     if isinstance(key, list):
         row.update(zip(key, value))
@@ -412,7 +412,7 @@ def liger_jsd(torch, arrays, args):
         return torch_ms(torch, run, args.warmup, args.repeats), mem
     except Exception as e:  # e.g. out of memory: it holds an N x V float32 loss buffer
         torch.cuda.empty_cache()
-        return f"liger failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        return f"liger failed ({why(e, 120)})"
 
 
 def naive_torch(torch, arrays, args):
@@ -533,7 +533,7 @@ def main():
         try:
             bench_shape(n, v, m, args, torch, row)
         except Exception as e:  # keep what was measured, and go on with the next shape
-            row["error"] = f"stopped: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            row["error"] = f"stopped: {why(e, 200)}"
         emit(report(head, rows), args.out, quiet=True)  # the tables so far survive a crash
         free_pool(row)
         print(f"{n} x {v} x {m}: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -544,8 +544,7 @@ def main():
             try:
                 bench_gemm_kind(n, v, m, key, args, row)
             except Exception as e:
-                row.setdefault("errors", []).append(
-                    f"{key}: stopped: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+                row.setdefault("errors", []).append(f"{key}: stopped: {why(e, 200)}")
             emit(report(head, rows), args.out, quiet=True)
             free_pool(row)
         broken = context_problem()
@@ -564,7 +563,7 @@ def context_problem():
         cp.cuda.Device().synchronize()
         cp.zeros(1).sum().item()
     except Exception as e:
-        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        return why(e, 200)
     return ""
 
 
@@ -573,8 +572,7 @@ def free_pool(row):
     try:
         cp.get_default_memory_pool().free_all_blocks()
     except Exception as e:
-        row.setdefault("errors", []).append(f"freeing the memory pool: {type(e).__name__}: "
-                                            f"{(str(e).splitlines() or [''])[0][:200]}")
+        row.setdefault("errors", []).append(f"freeing the memory pool: {why(e, 200)}")
 
 
 #: the pass configurations a user can choose (cuda_pass options), by row key: what the

@@ -39,6 +39,7 @@ import cupy as cp
 import identirep as ir
 from bench_gpu import cupy_bfloat16, emit, import_torch, make_inputs, parse_shape
 from identirep import build_info
+from identirep._backends import why
 from identirep.measures import engine as make_engine
 
 
@@ -164,11 +165,6 @@ def bench(n, v, m, args, torch):
 TARGET_SHAPE = (16384, 128256, 4096)
 
 
-def met(ok, target):
-    """The target column: the target and whether this row meets it."""
-    return f"{target}: {'yes' if ok else 'no'}"
-
-
 def bench_backend(a, b, be, pivots, shape, v, args, torch):
     """The rows (backend, shape, what, seconds, notes, target) of one backend; a step that
     fails yields a "stopped" row and the next one runs (in this order: what the targets need
@@ -176,7 +172,8 @@ def bench_backend(a, b, be, pivots, shape, v, args, torch):
     on_target = (a.N, a.V, a.M) == TARGET_SHAPE
 
     def met_here(ok, target):
-        return met(ok, target) if on_target else ""
+        """The target column: at the target shape, the target and whether the row meets it."""
+        return f"{target}: {'yes' if ok else 'no'}" if on_target else ""
 
     def sampled():
         t = wall(lambda: ir.compare(a, b, num_pivots=256, backend=be), args.repeats)
@@ -227,8 +224,7 @@ def bench_backend(a, b, be, pivots, shape, v, args, torch):
         try:
             yield from step()
         except Exception as e:
-            yield (be, shape, f"{what}: stopped", float("nan"),
-                   f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}", "")
+            yield (be, shape, f"{what}: stopped", float("nan"), why(e, 200), "")
 
 
 def main():

@@ -27,6 +27,13 @@ CUPY_INSTALL = ("pip install 'cupy-cuda13x[ctk]' (CUDA 13 drivers) or 'cupy-cuda
                 "(CUDA 12), or identirep[cupy]; [ctk] brings cuBLAS and cuSOLVER")
 
 
+def why(e: BaseException, limit: int = 0) -> str:
+    """An exception in one line: its type and the first line of its message (at most
+    ``limit`` characters of it when given)."""
+    first = (str(e).splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:limit] if limit else first}"
+
+
 def is_gpu_array(a) -> bool:
     mod = type(a).__module__.split(".")[0]
     if mod == "torch":
@@ -100,7 +107,7 @@ def cupy_problem() -> Optional[str]:
     except ImportError:
         return f"CuPy is not installed ({CUPY_INSTALL})"
     except Exception as e:  # a broken install, or a warning made an error
-        return f"importing CuPy failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+        return f"importing CuPy failed ({why(e)})"
     if getattr(cupy.cuda.runtime, "is_hip", False):
         return "this CuPy is a ROCm (HIP) build; identirep's GPU kernels are CUDA"
     try:
@@ -112,8 +119,7 @@ def cupy_problem() -> Optional[str]:
     try:  # CuPy finds these at run time; its wheel alone does not bring them
         from cupy_backends.cuda.libs import cublas, cusolver  # noqa: F401
     except Exception as e:
-        return (f"CuPy cannot load cuBLAS/cuSOLVER ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                f"{CUPY_INSTALL}")
+        return f"CuPy cannot load cuBLAS/cuSOLVER ({why(e)}); {CUPY_INSTALL}"
     return None
 
 

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _bf16 as bf16
-from ._backends import CUPY_INSTALL
+from ._backends import CUPY_INSTALL, why
 from ._stream import check_pass_shapes, finalize, init_state
 from .errors import IdentirepError
 from .passes import PassStats
@@ -172,7 +172,7 @@ def _bfloat16_on_device(cp, bits):
     except MemoryError:
         raise
     except Exception as e:  # no ml_dtypes, or a CuPy without bfloat16 kernels
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        reason = why(e)
     try:
         import torch
     except ImportError:
@@ -182,7 +182,7 @@ def _bfloat16_on_device(cp, bits):
         torch.cuda.current_stream(t.device).synchronize()  # CuPy's stream reads it next
         return t.view(torch.bfloat16)
     raise IdentirepError(f"cannot put bfloat16 arrays on the GPU: this CuPy has no bfloat16 "
-                         f"({why}) and torch with CUDA is not installed; convert the model "
+                         f"({reason}) and torch with CUDA is not installed; convert the model "
                          "to float32, or install ml_dtypes for CuPy 14+")
 
 
