@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.machinery
 import sys
 import time
 import types
@@ -409,6 +410,7 @@ class RawModule:
 
 def _module(name, **attrs):
     m = types.ModuleType(name)
+    m.__spec__ = importlib.machinery.ModuleSpec(name, None)  # for importlib.util.find_spec
     m.__dict__.update(attrs)
     return m
 

@@ -53,15 +53,20 @@ def dev(monkeypatch):
     for name in ("cupy", "cuda"):
         monkeypatch.setattr(gp, f"{name}_pass", functools.partial(_host_pass, name))
 
+    monkeypatch.setattr(gp, "pivot_criteria_device", host_pivot_criteria(cp, ns.pivot_calls))
+    return ns
+
+
+def host_pivot_criteria(cp, calls):
+    """A stand-in for ``_cupy_pass.pivot_criteria_device``: its conversions, then the compiled
+    CPU kernel on host copies; appends each call's backend to ``calls``."""
     def pivot_criteria(X1, X2, n1, n2, A1, A2, B12, pivots, tol, mode, backend):
-        # the conversions of pivot_criteria_device, then the CPU kernel on host copies
         xdt = np.float32 if X1.dtype == X2.dtype == np.float32 else np.float64
         X1, X2 = (cp.ascontiguousarray(x, dtype=xdt).get() for x in (X1, X2))
         vecs = [cp.ascontiguousarray(v, dtype=np.float64).get() for v in (n1, n2, A1, A2, B12)]
-        ns.pivot_calls.append(backend)
+        calls.append(backend)
         return _core.pivot_criteria(X1, X2, *vecs, np.asarray(pivots, np.int64), tol, mode)
-    monkeypatch.setattr(gp, "pivot_criteria_device", pivot_criteria)
-    return ns
+    return pivot_criteria
 
 
 def _models(cp, dtype=np.float64, **kw):

@@ -1,0 +1,33 @@
+"""pytest plugin (``-p gpu_standin``): the GPU tests of test_gpu.py on the CPU, through the CuPy
+stand-in (fake_cupy.py), so that their own code (fixtures, expected values, tolerances) is
+known to work before a GPU runs them. What needs a GPU is replaced as in
+test_device_paths_on_cpu.py: the epilogue kernels by the compiled CPU kernel on host copies,
+cublasGemmEx by its float32 emulation, the device pivot kernel by the CPU kernel; without the
+compiled pass driver the cuda backend runs its Python tile loop. torch reports no CUDA here,
+even on a GPU machine: the stand-in cannot take torch CUDA tensors."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+import fake_cupy
+
+fake_cupy.install()
+
+
+@pytest.fixture(autouse=True)
+def _gpu_on_the_cpu(monkeypatch):
+    from identirep import _cupy_pass as gp
+
+    import test_device_paths_on_cpu as cpu_paths
+    monkeypatch.setattr(gp, "_driver", lambda: None)
+    monkeypatch.setattr(gp, "driver_operands", lambda ops, kind: None)
+    monkeypatch.setattr(gp, "_CudaEpilogue", cpu_paths._HostEpilogue)
+    monkeypatch.setattr(gp, "_CupyEpilogue", cpu_paths._HostEpilogue)
+    monkeypatch.setattr(gp, "gemm_ex", cpu_paths.emulated_gemm_ex)
+    monkeypatch.setattr(gp, "pivot_criteria_device",
+                        cpu_paths.host_pivot_criteria(fake_cupy.cupy, []))
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
