@@ -35,7 +35,7 @@ def test_gpu_tests_pass_on_the_cupy_standin(tmp_path):
     for case in ET.parse(report).iter("testcase"):
         name = case.get("name")
         functions.add(name.split("[")[0])
-        outcome = next(iter(case), None)
+        outcome = next((c for c in case if c.tag in ("skipped", "failure", "error")), None)
         if outcome is None:
             passed.add(name.split("[")[0])
         elif outcome.tag == "skipped":
