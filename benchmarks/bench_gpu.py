@@ -63,11 +63,10 @@ from identirep._backends import why
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
           (16384, 128256, 4096)]
 SWEEP_COLS = (1024, 2048, 4096, 8192)
-#: the fused GEMM kernels: row key and table name; their (gemm_block_rows, gemm_wgmma)
-GEMM_KERNELS = (("gemm_fused", "mma.sync 128"), ("gemm_fused64", "mma.sync 64"),
-                ("gemm_wg", "wgmma 128"), ("gemm_wg64", "wgmma 64"))
-GEMM_KINDS = {"gemm_fused": (128, False), "gemm_fused64": (64, False),
-              "gemm_wg": (128, True), "gemm_wg64": (64, True)}
+#: the fused GEMM kernels by row key: (table name, gemm_block_rows, gemm_wgmma)
+GEMM_KINDS = {"gemm_fused": ("mma.sync 128", 128, False),
+              "gemm_fused64": ("mma.sync 64", 64, False),
+              "gemm_wg": ("wgmma 128", 128, True), "gemm_wg64": ("wgmma 64", 64, True)}
 SWEEP_VARIANTS = {"overlap": {}, "serial": {"overlap": False},
                   "fused": {"fused_epilogue": True}}
 
@@ -233,7 +232,7 @@ def bench_shape(n, v, m, args, torch, row):
 def bench_gemm_kind(n, v, m, key, args, row):
     """Time one fused GEMM kernel (``key`` of GEMM_KINDS) on one shape into ``row``: its pass,
     peak memory and the kernel without its epilogue."""
-    rows, wgmma = GEMM_KINDS[key]
+    _, rows, wgmma = GEMM_KINDS[key]
     f1, g1 = make_inputs(n, v, m, 1)
     f2, g2 = make_inputs(n, v, m, 2)
     run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
@@ -347,7 +346,7 @@ def _run_checks(keys, deadline):
     last output line)} of the checks of these kinds, run at once."""
     if time.monotonic() >= deadline:
         return {k: (None, "") for k in keys}
-    procs = {k: subprocess.Popen(gemm_check_command(*GEMM_KINDS[k]), stdout=subprocess.PIPE,
+    procs = {k: subprocess.Popen(gemm_check_command(*GEMM_KINDS[k][1:]), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for k in keys}
     out = {}
     for key, p in procs.items():
@@ -453,7 +452,7 @@ def table(rows):
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
                  if "floor" in r else "- (no bfloat16 matmul)")
-        gemm_mem = [r[("mem_gemm", k)] for k, _ in GEMM_KERNELS if ("mem_gemm", k) in r]
+        gemm_mem = [r[("mem_gemm", k)] for k in GEMM_KINDS if ("mem_gemm", k) in r]
         if gemm_mem:
             r = {**r, "mem_gemm": max(gemm_mem)}
         mem = " / ".join(f"{r[k] / 2 ** 30:.2f}" if k in r else "-"
@@ -470,19 +469,17 @@ def table(rows):
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-
-
 def gemm_table(rows):
     """The fused GEMM kernels: the pass, and the kernel without its epilogue (the timing
     probe: GEMMs and tile stores alone), ms (ratio to the floor)."""
-    if not any(("mainloop", k) in r for r in rows for k, _ in GEMM_KERNELS):
+    if not any(("mainloop", k) in r for r in rows for k in GEMM_KINDS):
         return ""
-    head = " | ".join(f"{name} pass / no epilogue" for _, name in GEMM_KERNELS)
+    head = " | ".join(f"{name} pass / no epilogue" for name, _, _ in GEMM_KINDS.values())
     lines = ["fused GEMM kernels: the pass, and the kernel without its epilogue (one launch)", "",
-             f"| N x V x M | {head} |", "|---|" + "---|" * len(GEMM_KERNELS)]
+             f"| N x V x M | {head} |", "|---|" + "---|" * len(GEMM_KINDS)]
     for r in rows:
         cells = " | ".join(f"{fmt_ms(r, k)} / {fmt_ms(r, ('mainloop', k))}"
-                           for k, _ in GEMM_KERNELS)
+                           for k in GEMM_KINDS)
         lines.append(f"| {r['shape']} | {cells} |")
     return "\n".join(lines)
 
@@ -579,7 +576,8 @@ def free_pool(row):
 #: targets are read against, with the row key of its peak memory where measured
 PASS_CHOICES = {"cuda": ("default", "mem"), "serial": ("overlap=False", None),
                 "loop": ("driver=False", None), "fused": ("fused_epilogue=True", "mem_fused"),
-                **{k: (f"fused_gemm=True ({name})", ("mem_gemm", k)) for k, name in GEMM_KERNELS},
+                **{k: (f"fused_gemm=True ({name})", ("mem_gemm", k))
+                   for k, (name, _, _) in GEMM_KINDS.items()},
                 **{("sweep", tc, v): (", ".join([f"tile_cols={tc}"] + [
                     f"{a}={b}" for a, b in opts.items()]), None)
                    for tc in SWEEP_COLS for v, opts in SWEEP_VARIANTS.items()}}
