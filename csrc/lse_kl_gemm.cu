@@ -119,7 +119,6 @@ std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
           kernels::LseKlGemmShiftElems(v)};
 }
 
-
 void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64_t col0,
                              uintptr_t state, int64_t state_ld, uintptr_t args, int64_t args_ld,
                              uintptr_t row_moments, int64_t row_ld, uintptr_t col_moments,

@@ -144,9 +144,7 @@ def on_device(model):
         if type(x).__module__.split(".")[0] == "torch":
             import torch
             if torch.cuda.is_available():
-                t = x.detach().to(f"cuda:{cp.cuda.Device().id}")
-                torch.cuda.current_stream(t.device).synchronize()  # CuPy's stream reads it next
-                return t
+                return _torch_to_device(cp, torch, x.detach())
             x = x.detach().cpu()
             if x.dtype == torch.bfloat16:
                 return _bfloat16_on_device(cp, x.view(torch.int16).numpy().view(np.uint16))
@@ -178,12 +176,19 @@ def _bfloat16_on_device(cp, bits):
     except ImportError:
         torch = None
     if torch is not None and torch.cuda.is_available():
-        t = torch.from_numpy(bits.view(np.int16)).to(f"cuda:{cp.cuda.Device().id}")
-        torch.cuda.current_stream(t.device).synchronize()  # CuPy's stream reads it next
-        return t.view(torch.bfloat16)
+        return _torch_to_device(cp, torch, torch.from_numpy(bits.view(np.int16))).view(
+            torch.bfloat16)
     raise IdentirepError(f"cannot put bfloat16 arrays on the GPU: this CuPy has no bfloat16 "
                          f"({reason}) and torch with CUDA is not installed; convert the model "
                          "to float32, or install ml_dtypes for CuPy 14+")
+
+
+def _torch_to_device(cp, torch, t):
+    """A torch tensor copied to CuPy's current GPU, the copy finished: CuPy's stream reads it
+    next."""
+    t = t.to(f"cuda:{cp.cuda.Device().id}")
+    torch.cuda.current_stream(t.device).synchronize()
+    return t
 
 
 def device_augmented(model):
