@@ -1,4 +1,4 @@
-"""Shared fixtures, tolerances and every skip of the test suite."""
+"""Fixtures and every skip of the test suite (shared helpers: helpers.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,48 +7,14 @@ import os
 import numpy as np
 import pytest
 
-import identirep as ir
-
-# per-dtype relative tolerance against the float64 reference
-RTOL = {np.float64: 1e-9, np.float32: 1e-4}
-
-
-def assert_close(actual, expected, dtype=np.float64, atol=0.0, what=""):
-    rtol = RTOL[dtype]
-    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
-    err = np.abs(actual - expected)
-    bound = rtol * np.abs(expected) + atol
-    assert np.all(err <= bound), (
-        f"{what}: max abs err {err.max():.3e}, max rel {np.max(err / np.maximum(np.abs(expected), 1e-300)):.3e} "
-        f"(rtol {rtol}, atol {atol})")
-
 
 def _has(mod):
     return importlib.util.find_spec(mod) is not None
 
 
-needs_torch = pytest.mark.skipif(not (_has("torch") and _has("transformers")),
-                                 reason="torch/transformers not installed (pip install '.[hf]')")
-needs_matplotlib = pytest.mark.skipif(not _has("matplotlib"), reason="matplotlib not installed")
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
-
-
-def random_pair(N=301, V=53, M=5, M2=None, seed=0, bias=False, scale=2.0, noise=0.5):
-    """Two related random models: b's embeddings are a's plus noise, g's are perturbed."""
-    rng = np.random.default_rng(seed)
-    M2 = M if M2 is None else M2
-    f1 = rng.standard_normal((N, M))
-    g1 = rng.standard_normal((V, M)) * scale / np.sqrt(M)
-    P = rng.standard_normal((M, M2))
-    f2 = f1 @ P + noise * rng.standard_normal((N, M2))
-    g2 = rng.standard_normal((V, M2)) * noise * scale / np.sqrt(M2) + g1 @ np.linalg.pinv(P).T
-    b1 = rng.standard_normal(V) if bias else None
-    b2 = rng.standard_normal(V) if bias else None
-    return ir.Model(f1, g1, bias=b1, name="a"), ir.Model(f2, g2, bias=b2, name="b")
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +94,11 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(no_gpu)
         if "bfloat16" in item.fixturenames and importlib.util.find_spec("ml_dtypes") is None:
             item.add_marker(no_bf16)
+        for mark in item.iter_markers("requires"):
+            missing = [m for m in mark.args if not _has(m)]
+            if missing:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"{', '.join(missing)} not installed (pip install '.[test]')"))
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 import identirep as ir
 from identirep import IdentirepError
 
-from conftest import random_pair
+from helpers import random_pair
 
 
 def model(N=50, V=10, M=3, seed=0, **kw):

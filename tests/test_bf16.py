@@ -56,7 +56,7 @@ def test_a_wider_bias_is_not_rounded_to_the_kind_of_g():
     # to float32), as the same values stored as float32 give
     ml_dtypes = pytest.importorskip("ml_dtypes")
     import identirep as ir
-    from conftest import random_pair
+    from helpers import random_pair
     bf = np.dtype(ml_dtypes.bfloat16)
     a, b = random_pair(N=200, V=40, M=6, bias=True, seed=5)
     half = [ir.Model(m.f.astype(bf), m.g.astype(bf), (3 * m.bias).astype(np.float32))

@@ -8,7 +8,7 @@ import pytest
 import identirep as ir
 from identirep import constructions
 
-from conftest import assert_close, random_pair
+from helpers import assert_close, random_pair
 
 E = importlib.import_module("identirep.engine")
 

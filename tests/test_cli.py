@@ -9,7 +9,7 @@ import pytest
 import identirep as ir
 from identirep.cli import main
 
-from conftest import random_pair
+from helpers import random_pair
 
 
 def test_demo_table_and_json(capsys):

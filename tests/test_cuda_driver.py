@@ -16,7 +16,8 @@ import identirep
 from identirep import IdentirepError, _core
 from identirep import _cupy_pass as gp
 from identirep.passes import numpy_pass
-from conftest import _gpu_available, random_pair
+from conftest import _gpu_available
+from helpers import random_pair
 from test_gpu import (ALL_FIELDS, assert_rows_and_columns, assert_stats_close,  # noqa: F401
                       bf16_round, bf16_value, logit_scale, make_pair, problem64)
 

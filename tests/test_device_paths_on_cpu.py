@@ -21,7 +21,7 @@ from identirep import _cupy_pass as gp
 from identirep.passes import cpu_pass
 
 import fake_cupy
-from conftest import random_pair
+from helpers import random_pair
 from test_gpu import assert_stats_close, logit_scale, make_pair
 from test_gpu import bounded_small  # noqa: F401 (a fixture, used by name)
 

@@ -4,7 +4,7 @@ import pytest
 
 import identirep as ir
 
-from conftest import assert_close, random_pair
+from helpers import assert_close, random_pair
 
 LLV_FIELDS = ("value", "t1", "t2", "t3", "t4")
 

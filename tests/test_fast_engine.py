@@ -9,7 +9,7 @@ from identirep import reference as ref
 from identirep.moments import Moments
 from identirep.passes import cpu_pass, numpy_pass
 
-from conftest import assert_close, random_pair
+from helpers import assert_close, random_pair
 
 FIELDS = ("L1", "L2", "kl12", "kl21", "H1", "H2", "row_m2_11", "row_m2_22", "row_m2_dd",
           "col_m2_11", "col_m2_22")

@@ -15,7 +15,7 @@ from identirep import IdentirepError, _backends
 from identirep import _cupy_pass as gp
 from identirep.passes import numpy_pass
 
-from conftest import random_pair
+from helpers import random_pair
 
 BACKENDS = ("cuda", "cupy")
 PASSES = {"cuda": gp.cuda_pass, "cupy": gp.cupy_pass}

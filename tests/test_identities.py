@@ -8,7 +8,7 @@ from identirep.engine import PairEngine, sqrt_factor
 from identirep.moments import Moments
 from identirep.passes import numpy_pass
 
-from conftest import assert_close, random_pair
+from helpers import assert_close, random_pair
 
 
 def test_kl_identity_per_input():

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 import identirep as ir
 from identirep import constructions as C
 
-from conftest import random_pair
+from helpers import random_pair
 
 
 @settings(max_examples=15, deadline=None)

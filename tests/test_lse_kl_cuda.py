@@ -6,7 +6,7 @@ import pytest
 
 from identirep import _core
 from identirep._stream import finalize, init_state
-from reference_softmax import assert_pass_close
+from helpers import assert_pass_close
 
 
 def test_argument_checks_need_no_gpu(needs_cuda_build):

@@ -5,7 +5,7 @@ import pytest
 import identirep as ir
 from identirep import constructions as C
 
-from conftest import assert_close
+from helpers import assert_close
 
 
 def test_matrix_matches_pairwise_compare():

@@ -58,7 +58,7 @@ def test_bound_with_reference_engine_small():
 def test_paper_compat_reproduces_a_port_of_the_paper_code():
     from identirep.baselines import paper_d_llv
 
-    from conftest import random_pair
+    from helpers import random_pair
     for seed in (0, 1):
         a, b = random_pair(N=400, V=30, M=3, seed=seed, noise=1.0)
         want = paper_d_llv(a.f, a.g, b.f, b.g, num_samples=60, seed=seed)

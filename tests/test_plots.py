@@ -2,12 +2,11 @@
 import json
 
 import numpy as np
+import pytest
 
 import identirep as ir
 from identirep import constructions as C
 from identirep.cli import main
-
-from conftest import needs_matplotlib
 
 
 def _models(tmp_path):
@@ -28,7 +27,7 @@ def _is_png(path, min_px=200):
     assert img[..., :3].std() > 0.05          # not a blank canvas
 
 
-@needs_matplotlib
+@pytest.mark.requires("matplotlib")
 def test_matrix_command_writes_csv_json_and_heatmaps(tmp_path, capsys):
     paths = _models(tmp_path)
     out = tmp_path / "out"
@@ -44,7 +43,7 @@ def test_matrix_command_writes_csv_json_and_heatmaps(tmp_path, capsys):
     _is_png(out / "kl_vs_d_llv.png")
 
 
-@needs_matplotlib
+@pytest.mark.requires("matplotlib")
 def test_compare_label_term_plot(tmp_path, capsys):
     paths = _models(tmp_path)
     png = tmp_path / "terms.png"

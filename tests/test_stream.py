@@ -6,7 +6,7 @@ import pytest
 
 from identirep import IdentirepError
 from identirep._stream import stream_pass
-from reference_softmax import assert_pass_close, logits64, pair_reference, stream_reference
+from helpers import assert_pass_close, logits64, pair_reference, stream_reference
 
 N, V, M1, M2 = 301, 1037, 37, 29
 
