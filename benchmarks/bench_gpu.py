@@ -58,7 +58,7 @@ import identirep
 from identirep import _bf16 as bf16
 from identirep import _core
 from identirep import _cupy_pass as gp
-from identirep._backends import why
+from identirep.errors import why
 
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
           (16384, 128256, 4096)]

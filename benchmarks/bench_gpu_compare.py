@@ -39,7 +39,7 @@ import cupy as cp
 import identirep as ir
 from bench_gpu import cupy_bfloat16, emit, import_torch, make_inputs, parse_shape
 from identirep import build_info
-from identirep._backends import why
+from identirep.errors import why
 from identirep.measures import engine as make_engine
 
 

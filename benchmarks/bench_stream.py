@@ -1,4 +1,4 @@
-"""Benchmark of the streaming pass (identirep._stream.stream_pass) against its GEMM floor.
+"""Benchmark of the streaming pass (identirep._cpu_pass.stream_pass) against its GEMM floor.
 
 For each shape (N inputs, V labels, M dimensions, both models of the same shape) prints:
   floor    two bare np.matmul GEMMs (f1 g1^T, f2 g2^T) into preallocated N x V outputs;
@@ -25,7 +25,8 @@ import numpy as np
 
 import identirep
 from identirep import _core
-from identirep._stream import _tile_shape, default_epilogue_threads, init_state, stream_pass
+from identirep._cpu_pass import _tile_shape, default_epilogue_threads, stream_pass
+from identirep.passes import init_state
 from identirep.baselines import naive_kl as naive
 from identirep.bench import interleaved_times
 

@@ -21,7 +21,7 @@ from identirep import _bf16 as bf16
 from identirep import _core
 from identirep import _cupy_pass as gp
 from identirep._cupy_pass import _CudaEpilogue, _CupyEpilogue
-from identirep._stream import init_state
+from identirep.passes import init_state
 
 
 def epilogue(compiled, n=37, v=301, tile=200, fused=False):

@@ -18,7 +18,7 @@ import identirep as ir
 from identirep import _backends, _core, sampling
 from identirep import _bf16 as bf16
 from identirep import _cupy_pass as gp
-from identirep.passes import cpu_pass
+from identirep._cpu_pass import cpu_pass
 
 import fake_cupy
 from helpers import random_pair

@@ -11,7 +11,7 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import identirep as ir
-from identirep import IdentirepError, _backends
+from identirep import IdentirepError, _arrays, _backends
 from identirep import _cupy_pass as gp
 from identirep.passes import numpy_pass
 
@@ -126,9 +126,9 @@ def test_gpu_arrays_without_a_working_backend(monkeypatch, cuda_compiled):
     monkeypatch.setattr(identirep._build, "build_info", lambda: {"cuda_compiled": cuda_compiled})
     monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
     fake = FakeCupyArray()
-    assert _backends.array_location(fake, None) == "gpu"
+    assert _arrays.array_location(fake, None) == "gpu"
     with pytest.raises(IdentirepError, match="some arrays are on a GPU and some on the CPU"):
-        _backends.array_location(fake, np.zeros(3))
+        _arrays.array_location(fake, np.zeros(3))
     why = "its device memory and the engine.s products come from CuPy" if cuda_compiled \
         else "without CUDA"
     with pytest.raises(IdentirepError, match=f"GPU arrays arrived but neither backend works: "
@@ -730,7 +730,7 @@ def test_split_bfloat16_cross_products_as_accurate_as_float32(cupy):
 def test_bfloat16_scatter_blocks_as_accurate_as_float32(cupy):
     # scatter blocks of bfloat16 data: one bfloat16 tensor-core GEMM against float32 GEMMs
     from identirep import _bf16 as bf16
-    from identirep.moments import scatter_blocks
+    from identirep._linalg import scatter_blocks
     rng = np.random.default_rng(9)
     bits = [bf16.from_f32((rng.standard_normal((20000, d)) + 0.1).astype(np.float32))
             for d in (64, 48)]

@@ -4,7 +4,8 @@ from scipy.special import logsumexp
 
 import identirep as ir
 from identirep import reference as ref
-from identirep.engine import PairEngine, sqrt_factor
+from identirep._linalg import sqrt_factor
+from identirep.engine import PairEngine
 from identirep.moments import Moments
 from identirep.passes import numpy_pass
 

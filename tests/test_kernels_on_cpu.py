@@ -19,7 +19,7 @@ import pytest
 from identirep import _bf16 as bf16
 from identirep import _core
 from identirep import _cupy_pass as gp
-from identirep._stream import finalize, init_state
+from identirep.passes import finalize, init_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMT = ROOT / "tests" / "simt"

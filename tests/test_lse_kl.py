@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from identirep import _core
-from identirep._stream import finalize, init_state
+from identirep.passes import finalize, init_state
 from helpers import PASS_RTOL, assert_pass_close, pair_reference
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from identirep import _core
-from identirep._stream import finalize, init_state
+from identirep.passes import finalize, init_state
 from helpers import assert_pass_close
 
 

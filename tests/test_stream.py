@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from identirep import IdentirepError
-from identirep._stream import stream_pass
+from identirep._cpu_pass import stream_pass
 from helpers import assert_pass_close, logits64, pair_reference, stream_reference
 
 N, V, M1, M2 = 301, 1037, 37, 29

@@ -17,44 +17,11 @@ import os
 import warnings
 from typing import Optional
 
-import numpy as np
 
-from .errors import IdentirepError
+from ._arrays import array_location
+from .errors import CUPY_INSTALL, IdentirepError, why
 
 BACKENDS = ("cpu", "cuda", "cupy", "reference")
-
-CUPY_INSTALL = ("pip install 'cupy-cuda13x[ctk]' (CUDA 13 drivers) or 'cupy-cuda12x[ctk]' "
-                "(CUDA 12), or identirep[cupy]; [ctk] brings cuBLAS and cuSOLVER")
-
-
-def why(e: BaseException, limit: int = 0) -> str:
-    """An exception in one line: its type and the first line of its message (at most
-    ``limit`` characters of it when given)."""
-    first = (str(e).splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first[:limit] if limit else first}"
-
-
-def is_gpu_array(a) -> bool:
-    mod = type(a).__module__.split(".")[0]
-    if mod == "torch":
-        return bool(getattr(a, "is_cuda", False))
-    return mod == "cupy" or hasattr(a, "__cuda_array_interface__")
-
-
-def array_module(x):
-    """cupy for a CuPy array, numpy otherwise: the engine keeps each model's arrays in one of
-    the two (``engine.ModelCache``) and writes its array code against this module."""
-    if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
-        return cupy
-    return np
-
-
-def array_location(*arrays) -> str:
-    locs = {"gpu" if is_gpu_array(a) else "cpu" for a in arrays if a is not None}
-    if len(locs) > 1:
-        raise IdentirepError("some arrays are on a GPU and some on the CPU; move them to one place")
-    return locs.pop() if locs else "cpu"
 
 
 def resolve(backend: str, *models) -> str:

@@ -27,10 +27,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _bf16 as bf16
-from ._backends import CUPY_INSTALL, why
-from ._stream import check_pass_shapes, finalize, init_state
+from .errors import CUPY_INSTALL, why
+from .passes import PassStats, check_pass_shapes, finalize, init_state
 from .errors import IdentirepError
-from .passes import PassStats
 
 DEFAULT_TILE_COLS = 4096
 HALF_KINDS = ("float16", "bfloat16")
@@ -131,7 +130,7 @@ def on_device(model):
     arrays (bfloat16 as CuPy's ml_dtypes bfloat16 where its kernels take it, else torch CUDA
     tensors), or torch CUDA tensors for torch ones where torch has CUDA. One copy of each
     array; the engine then runs every product there."""
-    from ._backends import is_gpu_array
+    from ._arrays import is_gpu_array
     from .model import Model
     arrays = [model.f, model.g, model.bias]
     if all(x is None or is_gpu_array(x) for x in arrays):

@@ -79,7 +79,7 @@ def _rows(label, shape, times, floor_key="floor", skip=(), notes=None):
 
 def bench_stream(n, v, m, repeats=3, naive=True) -> List[dict]:
     """KL + normaliser pass (stream_pass) and the engine's pass (+ logit moments)."""
-    from ._stream import stream_pass
+    from ._cpu_pass import stream_pass
     f1, g1, f2, g2 = _pair(n, v, m)
     out1, out2 = np.empty((n, v), np.float32), np.empty((n, v), np.float32)
 

@@ -9,18 +9,20 @@ Hg_k = f_k R_k with R_k R_k' = Sigma_kk; the pass gives Var_y l_k(x) and Cov_y(l
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional
 
 import numpy as np
 
 from . import sampling
-from ._backends import array_module, is_gpu_array, on_models_stream
+from ._arrays import array_module, is_gpu_array
+from ._backends import on_models_stream
 from ._build import build_info
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
-from .moments import Moments, scatter_blocks
+from ._linalg import (host_native, matmul64, quad_diag, rows64, scatter_blocks,
+                      singular_values, sqrt_factor, whiten)
+from .moments import Moments
 from .passes import PassStats, numpy_pass
 from .reference import (TIE_RTOL, _check_input_set, _check_llv_args, _combine, _rep_sets,
                         candidate_input_sets)
@@ -55,100 +57,6 @@ PIVOT_BLOCK_BYTES_DEVICE = 1 << 30
 DEGENERATE_RTOL = {"float64": 1e-10, "float32": 1e-5}
 
 
-def _linalg_raises(xp):
-    """A context in which failed factorisations raise LinAlgError (CuPy ignores them unless
-    asked; NumPy always raises)."""
-    if xp is np:
-        return contextlib.nullcontext()
-    import cupyx
-    return cupyx.errstate(linalg="raise")
-
-
-def sqrt_factor(S, xp=np):
-    """R with R R' = S for a symmetric positive semi-definite S: Cholesky when S is safely
-    positive definite, the eigen square root otherwise. Computed with ``xp`` (NumPy's LAPACK,
-    or cuSOLVER through CuPy) and returned there."""
-    S = xp.asarray(S)
-    try:
-        with _linalg_raises(xp):
-            L = xp.linalg.cholesky(S)
-        d = xp.diag(L)
-        if float(d.min()) > 1e-7 * float(d.max()):
-            return L
-    except np.linalg.LinAlgError:
-        pass
-    w, U = xp.linalg.eigh(S)
-    return U * xp.sqrt(xp.clip(w, 0.0, None))
-
-
-def whiten(S: np.ndarray, what: str, xp=np):
-    """W with W' S W = I on the range of S (host); columns of zero variance are an error.
-    Computed with ``xp`` and returned there."""
-    d = np.diag(S).copy()
-    scale = d.max() if d.size else 0.0
-    const = np.flatnonzero(d <= 1e-24 * max(scale, 1e-300))
-    if const.size:
-        raise IdentirepError(
-            f"{what} has constant column(s) {const[:10].tolist()}: canonical correlations are "
-            "undefined for features that do not vary; drop those columns")
-    s = 1.0 / np.sqrt(d)
-    R = xp.asarray(S * s[:, None] * s[None, :])
-    s = xp.asarray(s)
-    try:  # full rank: W = D^-1/2 L^-T from the Cholesky factor of the correlation matrix
-        with _linalg_raises(xp):
-            L = xp.linalg.cholesky(R)
-            dl = xp.diag(L)
-            if float(dl.min()) ** 2 > 1e-12 * float(dl.max()) ** 2:
-                return s[:, None] * xp.linalg.inv(L).T
-    except np.linalg.LinAlgError:
-        pass
-    w, U = xp.linalg.eigh(R)
-    keep = w > w.max() * 1e-13
-    return (s[:, None] * U[:, keep]) / xp.sqrt(w[keep])
-
-
-def _native(a) -> np.ndarray:
-    """A NumPy float32/float64 view of an array (float16/bfloat16 widened to float32)."""
-    a = to_numpy(a)
-    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
-
-
-def matmul64(A, B: np.ndarray, chunk: int = 8192, dtype=np.float64) -> np.ndarray:
-    """A @ B as host float64 for a tall A: in float64 (A converted chunk by chunk), or as one
-    ``dtype`` = float32 BLAS call (the float32 engine's precision). A device A (CuPy) is
-    multiplied there, in float64 when A is float64 or ``dtype`` is, and the result copied back."""
-    xp = array_module(A)
-    if xp is not np:
-        dt = np.float32 if (A.dtype == np.float32 and dtype == np.float32) else np.float64
-        return to_numpy(A.astype(dt, copy=False) @ xp.asarray(B, dtype=dt), np.float64)
-    if A.dtype == np.float64:
-        return A @ B
-    if dtype == np.float32:
-        return np.asarray(A @ B.astype(np.float32), np.float64)
-    return np.vstack([np.asarray(A[i:i + chunk], np.float64) @ B for i in range(0, len(A), chunk)])
-
-
-def rows64(X, idx):
-    """Rows ``idx`` of a host or device array as float64, where X lives (small subsets)."""
-    xp = array_module(X)
-    return X[xp.asarray(idx, dtype=np.int64)].astype(np.float64)
-
-
-def _quad_diag(L, C):
-    """diag(L C L') without forming it."""
-    return ((L @ C) * L).sum(1)
-
-
-def singular_values(T, precise: bool = True) -> np.ndarray:
-    """Singular values (host) of a small square matrix, on its device: LAPACK/cuSOLVER SVD, or
-    (``precise=False``, for the float32 engine) the square roots of the eigenvalues of T'T,
-    ~3x faster, with an absolute error of about 1e-8 * max singular value."""
-    xp = array_module(T)
-    if precise or len(T) < 64:
-        return to_numpy(xp.linalg.svd(T, compute_uv=False))
-    return np.sqrt(np.clip(to_numpy(xp.linalg.eigvalsh(T.T @ T)), 0.0, None))[::-1]
-
-
 def _mean_svd(K11d, K22d, K12, precise=True):
     if bool((K11d <= 0).any()) or bool((K22d <= 0).any()):
         return None
@@ -176,7 +84,7 @@ class ModelCache:
             self.F, self.G = _device_native(f), _device_native(g)
             self.f_bits, self.g_bits = (x.data if x.kind == "bfloat16" else None for x in (f, g))
         else:
-            self.F, self.G = _native(model.f), _native(model.g)
+            self.F, self.G = host_native(model.f), host_native(model.g)
         self.xp = array_module(self.F)
         self.bias = None if model.bias is None else to_numpy(model.bias, np.float64)
         self._cache = {}
@@ -730,7 +638,7 @@ class PairEngine:
         for i, s in enumerate(sets):
             L1 = rows64(self.G1, s) - G1p
             L2 = rows64(self.G2, s) - G2p
-            m = _mean_svd(_quad_diag(L1, C11), _quad_diag(L2, C22), L1 @ C12 @ L2.T, precise)
+            m = _mean_svd(quad_diag(L1, C11), quad_diag(L2, C22), L1 @ C12 @ L2.T, precise)
             if m is not None:
                 vals[i] = 1.0 - m
         iset = _check_input_set(input_set, self.N, M + 1)
@@ -738,7 +646,7 @@ class PairEngine:
         F1s, F2s = rows64(self.F1, iset), rows64(self.F2, iset)
         N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
         S11, S22, S12 = (xp.asarray(x) for x in (S[:M, :M], S[M:, M:], S[:M, M:]))
-        mg = _mean_svd(_quad_diag(N1, S11), _quad_diag(N2, S22), N1 @ S12 @ N2.T, precise)
+        mg = _mean_svd(quad_diag(N1, S11), quad_diag(N2, S22), N1 @ S12 @ N2.T, precise)
         return _svd_result(vals, mg, pivot, leave_out, iset, how)
 
     # ------------------------------------------------------------------ mCCA, d_rep

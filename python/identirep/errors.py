@@ -1,5 +1,17 @@
-"""Exceptions raised by identirep."""
+"""Exceptions raised by identirep, and the messages several layers share."""
 
 
 class IdentirepError(ValueError):
     """Bad input: the message says what is wrong and how to fix it."""
+
+
+#: what to install for the GPU backends
+CUPY_INSTALL = ("pip install 'cupy-cuda13x[ctk]' (CUDA 13 drivers) or 'cupy-cuda12x[ctk]' "
+                "(CUDA 12), or identirep[cupy]; [ctk] brings cuBLAS and cuSOLVER")
+
+
+def why(e: BaseException, limit: int = 0) -> str:
+    """An exception in one line: its type and the first line of its message (at most
+    ``limit`` characters of it when given)."""
+    first = (str(e).splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:limit] if limit else first}"

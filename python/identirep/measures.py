@@ -8,11 +8,12 @@ import numpy as np
 
 from . import reference as ref
 from ._backends import on_caller_stream, resolve
-from .engine import PairEngine, mcca_from_scatter, whiten
+from ._linalg import whiten
+from .engine import PairEngine, mcca_from_scatter
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
-from .passes import cpu_pass
+from ._cpu_pass import cpu_pass
 from .progress import progress_bar
 from .results import Report
 

@@ -24,13 +24,6 @@ class Moments:
         return cls(len(X), mean, Xc.T @ Xc)
 
     @classmethod
-    def from_blocks_blas(cls, blocks, dtype=np.float64, chunk: int = 8192) -> "Moments":
-        """``from_rows`` of the column-stacked ``blocks`` (same rows), for tall data, through
-        ``scatter_blocks``."""
-        n, means, S = scatter_blocks(blocks, dtype=dtype, chunk=chunk)
-        return cls.from_parts(n, means, S)
-
-    @classmethod
     def from_parts(cls, n: int, means, blocks) -> "Moments":
         """Moments of column-stacked variables from their means and scatter blocks
         ``blocks[(p, q)]`` (p <= q; every pair present)."""
@@ -66,62 +59,3 @@ def merge_stats(nA, meanA, m2A, nB, meanB, m2B):
     fac = np.where(n > 0, nA * nB / np.maximum(n, 1), 0.0)
     m2 = {k: m2A[k] + m2B[k] + deltas[k[0]] * deltas[k[1]] * fac for k in m2A}
     return n, means, m2
-
-
-def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, means=None,
-                   bits=None):
-    """Centred scatter blocks ``S[(p, q)] = sum_x (b_p(x) - mean_p)' (b_q(x) - mean_q)`` of
-    column blocks with the same rows, for the block pairs ``pairs`` (p <= q; default all).
-    Returns (n, means, S) with float64 means and blocks.
-
-    Products are NumPy BLAS calls in ``dtype`` (``a.T @ a`` is a syrk), accumulated in float64
-    per chunk of rows; float32 halves the time at a relative error of ~1e-6. Blocks whose means
-    are small against their spread (|mean| <= 3 sd in every column, sd from ~1024 rows spread
-    over the data) enter uncentred, straight from their storage (no copy), and the mean is
-    removed from the float64 result; the others are centred chunk by chunk first. Only
-    NumPy's BLAS is used: a second BLAS library's idle threads would spin against it (NOTES.md).
-    Device blocks (CuPy) are multiplied on the GPU; means and blocks come back to the host.
-    ``bits[i]``: the bfloat16 bit patterns of device block i (float32 values that are bfloat16,
-    or None): a float32 product of two such blocks entered raw is one bfloat16 tensor-core GEMM
-    (``_cupy_pass.gemm_ex``; exact products, float32 accumulation, as the float32 GEMM)."""
-    from ._backends import array_module
-    from .model import to_numpy
-    xp = array_module(blocks[0])   # NumPy, or CuPy for device blocks (products on the GPU)
-    n = blocks[0].shape[0]
-    blocks = [xp.asarray(b).reshape(n, -1) for b in blocks]
-    if pairs is None:
-        pairs = [(p, q) for p in range(len(blocks)) for q in range(p, len(blocks))]
-    if means is None:
-        means = [to_numpy(b.mean(0, dtype=np.float64)) for b in blocks]
-    used = sorted({i for pq in pairs for i in pq})
-    spread = {i: to_numpy(blocks[i][:: max(1, n // 1024)].var(0, dtype=np.float64)) for i in used}
-    raw = {i: blocks[i].dtype == np.dtype(dtype) and bool(np.all(means[i] ** 2 <= 9 * spread[i]))
-           for i in used}
-    dmeans = {j: xp.asarray(means[j], dtype=blocks[j].dtype) for j in used if not raw[j]}
-    S = {pq: np.zeros((means[pq[0]].size, means[pq[1]].size)) for pq in pairs}
-    bits = bits or [None] * len(blocks)
-    half = {(p, q) for p, q in pairs if raw[p] and raw[q] and np.dtype(dtype) == np.float32
-            and bits[p] is not None and bits[q] is not None}
-    step = n if all(raw.values()) else chunk
-    for i in range(0, n, step):
-        cs = {j: blocks[j][i:i + step] if raw[j] else
-              (blocks[j][i:i + step] - dmeans[j]).astype(dtype, copy=False)
-              for j in used}
-        for p, q in pairs:
-            if (p, q) in half:
-                S[p, q] += to_numpy(_bf16_gram(bits[p][i:i + step], bits[q][i:i + step]))
-            else:
-                S[p, q] += to_numpy(cs[p].T @ cs[q])  # one object on both sides: NumPy's syrk
-    for p, q in pairs:   # a block entered raw keeps its mean in the sums; centred ones sum to 0
-        if raw[p] and raw[q]:
-            S[p, q] -= n * np.outer(means[p], means[q])
-    return n, means, S
-
-
-def _bf16_gram(a_bits, b_bits):
-    """a' b (float32) of device bfloat16 bit arrays with the same rows: one cublasGemmEx."""
-    from . import _cupy_pass as gp
-    cp = gp.import_cupy()
-    out = cp.empty((a_bits.shape[1], b_bits.shape[1]), dtype=cp.float32)
-    gp.gemm_ex(cp, a_bits.T, b_bits.T, out, "bfloat16")
-    return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
+from .errors import IdentirepError
 from .moments import merge_stats
 
 
@@ -94,14 +95,57 @@ def numpy_pass(f1, g1, f2, g2, rows: int = 256, progress=None) -> PassStats:
                      backend="numpy", **out)
 
 
-def cpu_pass(f1, g1, f2, g2, progress=None, **kw) -> PassStats:
-    """The compiled CPU pass: BLAS GEMM tiles + the fused C++ epilogue (identirep._core)."""
-    from ._stream import stream_pass
-    o = stream_pass(f1, g1, f2, g2, progress=progress, moments=True, **kw)
-    r, c = o["row_moments"], o["col_moments"]
-    dt = "float64" if all(np.asarray(x).dtype == np.float64 for x in (f1, g1, f2, g2)) else "float32"
-    return PassStats(L1=o["L1"], L2=o["L2"], kl12=o["kl12"], kl21=o["kl21"], H1=o["H1"],
-                     H2=o["H2"], agree=o["top1_agree"], row_mean1=r[0], row_mean2=r[1],
-                     row_m2_11=r[2], row_m2_22=r[3], row_m2_dd=r[4], col_mean1=c[0],
-                     col_mean2=c[1], col_m2_11=c[2], col_m2_22=c[3], col_m2_12=c[4],
-                     backend="cpu", dtype=dt)
+# Rows of the (8, n) float64 state; args is (2, n) int64 [arg1, arg2].
+STATE_ROWS = ("m1", "s1", "a12", "e1", "m2", "s2", "a21", "e2")
+
+
+def init_state(n: int, xp=np):
+    """Fresh epilogue state for ``n`` inputs: (8, n) float64 and (2, n) int64 arrays (of
+    ``xp``, NumPy or CuPy)."""
+    state = xp.zeros((8, n), dtype=np.float64)
+    state[0] = -np.inf
+    state[4] = -np.inf
+    args = xp.full((2, n), -1, dtype=np.int64)
+    return state, args
+
+
+def finalize(state: np.ndarray, args: np.ndarray) -> dict:
+    """Per-input results from a filled state: log-normalisers, KL both ways, entropies, top-1.
+
+    Rows the epilogue never updated (no finite logit, e.g. NaN inputs) come out as NaN.
+    """
+    m1, s1, a12, e1, m2, s2, a21, e2 = state
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_s1 = np.log(s1)
+        log_s2 = np.log(s2)
+        L1 = m1 + log_s1
+        L2 = m2 + log_s2
+        # KL(p1||p2)(x) = sum_y p1 (l1 - l2) - L1 + L2, with sum_y p1 (l1 - l2) = a12 / s1.
+        out = {
+            "L1": L1,
+            "L2": L2,
+            "kl12": a12 / s1 - L1 + L2,
+            "kl21": a21 / s2 - L2 + L1,
+            "H1": log_s1 - e1 / s1,
+            "H2": log_s2 - e2 / s2,
+        }
+    empty = (s1 == 0) | (s2 == 0)
+    if empty.any():
+        for v in out.values():
+            v[empty] = np.nan
+    out["top1_agree"] = (args[0] == args[1]) & ~empty
+    return out
+
+
+def check_pass_shapes(f1, g1, f2, g2) -> None:
+    """The four operands of a pass agree: M per model, N and V across models."""
+    if f1.shape[1] != g1.shape[1]:
+        raise IdentirepError(f"f1 has {f1.shape[1]} dimensions but g1 has {g1.shape[1]}")
+    if f2.shape[1] != g2.shape[1]:
+        raise IdentirepError(f"f2 has {f2.shape[1]} dimensions but g2 has {g2.shape[1]}")
+    if f1.shape[0] != f2.shape[0]:
+        raise IdentirepError(f"f1 and f2 must have one row per shared input: "
+                             f"N={f1.shape[0]} vs N={f2.shape[0]}")
+    if g1.shape[0] != g2.shape[0]:
+        raise IdentirepError(f"g1 and g2 must have one row per shared label: "
+                             f"V={g1.shape[0]} vs V={g2.shape[0]}")

@@ -195,7 +195,7 @@ def _combine(combine, lam, t1, t2, t3, t4):
 
 def _constant_f(f) -> bool:
     """Whether f does not vary across inputs (on the GPU for device arrays: no host copy)."""
-    from ._backends import array_module, is_gpu_array
+    from ._arrays import array_module, is_gpu_array
     from .model import to_numpy
     if is_gpu_array(f):
         from ._cupy_pass import as_device
@@ -394,8 +394,8 @@ def _rep_map(g1, g2, b1, b2, s):
     """(A, c) with L1 A = L2 and L1 c = db, or None when L1 is singular (1-norm reciprocal
     condition number <= 1e-12); on the device of g1, g2 (NumPy's LAPACK or cuSOLVER). The
     biases b1, b2 are host arrays or None."""
-    from ._backends import array_module
-    from .engine import _linalg_raises
+    from ._arrays import array_module
+    from ._linalg import linalg_raises as _linalg_raises
     xp = array_module(g1)
     idx = xp.asarray(s, dtype=np.int64)
     L1 = g1[idx[1:]].astype(np.float64) - g1[idx[0]].astype(np.float64)

@@ -16,7 +16,7 @@ def distinct_inputs(*fs) -> np.ndarray:
 
     Rows are hashed (random odd multipliers on their bits, wrapping uint64 sums, O(N M)), on
     the GPU for device arrays; rows with equal hashes are compared exactly."""
-    from ._backends import is_gpu_array
+    from ._arrays import is_gpu_array
     from .model import to_numpy
     rng = np.random.default_rng(0x5EED)
     N = len(fs[0])

@@ -23,7 +23,7 @@ cp = fake_cupy.install()
 
 from identirep import _core  # noqa: E402
 from identirep import _cupy_pass as gp  # noqa: E402
-from identirep.passes import cpu_pass  # noqa: E402
+from identirep._cpu_pass import cpu_pass  # noqa: E402
 from test_device_paths_on_cpu import emulated_gemm_ex, pass_operands  # noqa: E402
 from test_gpu import field_errors, logit_scale, pivot_problem  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Pass 1 on the CPU: one streaming pass over (input tile, label tile) blocks.
+"""The streaming pass on the CPU: one pass over (input tile, label tile) blocks.
 
 Each block's two logit tiles come from a BLAS GEMM into a bounded workspace; the compiled
 epilogue (``_core.lse_kl_update``) folds them into O(N) running state, so the N x V logits
@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _core
 from .errors import IdentirepError
+from .passes import PassStats, check_pass_shapes, finalize, init_state
 
 # Default tile shape, tuned on a 2-core AVX-512 machine with OpenBLAS (benchmarks/bench_stream.py):
 # every GEMM call re-packs its label tile, so input tiles take as many rows as the workspace
@@ -31,48 +32,6 @@ def default_epilogue_threads() -> int:
     return 1 if threads <= 2 else 0
 
 
-# Rows of the (8, n) float64 state; args is (2, n) int64 [arg1, arg2].
-STATE_ROWS = ("m1", "s1", "a12", "e1", "m2", "s2", "a21", "e2")
-
-
-def init_state(n: int, xp=np):
-    """Fresh epilogue state for ``n`` inputs: (8, n) float64 and (2, n) int64 arrays (of
-    ``xp``, NumPy or CuPy)."""
-    state = xp.zeros((8, n), dtype=np.float64)
-    state[0] = -np.inf
-    state[4] = -np.inf
-    args = xp.full((2, n), -1, dtype=np.int64)
-    return state, args
-
-
-def finalize(state: np.ndarray, args: np.ndarray) -> dict:
-    """Per-input results from a filled state: log-normalisers, KL both ways, entropies, top-1.
-
-    Rows the epilogue never updated (no finite logit, e.g. NaN inputs) come out as NaN.
-    """
-    m1, s1, a12, e1, m2, s2, a21, e2 = state
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_s1 = np.log(s1)
-        log_s2 = np.log(s2)
-        L1 = m1 + log_s1
-        L2 = m2 + log_s2
-        # KL(p1||p2)(x) = sum_y p1 (l1 - l2) - L1 + L2, with sum_y p1 (l1 - l2) = a12 / s1.
-        out = {
-            "L1": L1,
-            "L2": L2,
-            "kl12": a12 / s1 - L1 + L2,
-            "kl21": a21 / s2 - L2 + L1,
-            "H1": log_s1 - e1 / s1,
-            "H2": log_s2 - e2 / s2,
-        }
-    empty = (s1 == 0) | (s2 == 0)
-    if empty.any():
-        for v in out.values():
-            v[empty] = np.nan
-    out["top1_agree"] = (args[0] == args[1]) & ~empty
-    return out
-
-
 def _check_operand(a, name: str) -> None:
     # Shape and dtype only: a finiteness scan would cost a pass over g; NaN/Inf inputs give
     # NaN/Inf results in the rows they touch (identirep.Model validates values).
@@ -86,20 +45,6 @@ def _check_operand(a, name: str) -> None:
         raise IdentirepError(
             f"{name} has dtype {a.dtype}; stream_pass needs floating-point arrays "
             "(float16, bfloat16, float32, float64)")
-
-
-def check_pass_shapes(f1, g1, f2, g2) -> None:
-    """The four operands of a pass agree: M per model, N and V across models."""
-    if f1.shape[1] != g1.shape[1]:
-        raise IdentirepError(f"f1 has {f1.shape[1]} dimensions but g1 has {g1.shape[1]}")
-    if f2.shape[1] != g2.shape[1]:
-        raise IdentirepError(f"f2 has {f2.shape[1]} dimensions but g2 has {g2.shape[1]}")
-    if f1.shape[0] != f2.shape[0]:
-        raise IdentirepError(f"f1 and f2 must have one row per shared input: "
-                             f"N={f1.shape[0]} vs N={f2.shape[0]}")
-    if g1.shape[0] != g2.shape[0]:
-        raise IdentirepError(f"g1 and g2 must have one row per shared label: "
-                             f"V={g1.shape[0]} vs V={g2.shape[0]}")
 
 
 def _compute_dtype(arrays, dtype) -> np.dtype:
@@ -211,3 +156,15 @@ def stream_pass(f1, g1, f2, g2, *, tile_rows: Optional[int] = None,
     if moments:
         out["row_moments"], out["col_moments"] = row_m, col_m
     return out
+
+
+def cpu_pass(f1, g1, f2, g2, progress=None, **kw) -> PassStats:
+    """The compiled CPU pass: BLAS GEMM tiles + the fused C++ epilogue (identirep._core)."""
+    o = stream_pass(f1, g1, f2, g2, progress=progress, moments=True, **kw)
+    r, c = o["row_moments"], o["col_moments"]
+    dt = "float64" if all(np.asarray(x).dtype == np.float64 for x in (f1, g1, f2, g2)) else "float32"
+    return PassStats(L1=o["L1"], L2=o["L2"], kl12=o["kl12"], kl21=o["kl21"], H1=o["H1"],
+                     H2=o["H2"], agree=o["top1_agree"], row_mean1=r[0], row_mean2=r[1],
+                     row_m2_11=r[2], row_m2_22=r[3], row_m2_dd=r[4], col_mean1=c[0],
+                     col_mean2=c[1], col_m2_11=c[2], col_m2_22=c[3], col_m2_12=c[4],
+                     backend="cpu", dtype=dt)
