@@ -119,7 +119,7 @@ def phases(a, b, backend):
 
 def pivot_floor(e, torch, dtype):
     """Seconds of the bare pivot-search GEMMs g[block] @ g^T (both models, the engine's blocks)."""
-    from identirep.engine import PIVOT_BLOCK_BYTES_DEVICE, PIVOT_BLOCK_DEVICE
+    from identirep._label_side import PIVOT_BLOCK_BYTES_DEVICE, PIVOT_BLOCK_DEVICE
     V = e.V
     step = max(1, min(PIVOT_BLOCK_DEVICE,
                       PIVOT_BLOCK_BYTES_DEVICE // (2 * V * cp.dtype(e.cdt).itemsize)))

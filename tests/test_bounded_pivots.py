@@ -10,7 +10,7 @@ from identirep import constructions
 
 from helpers import assert_close, random_pair
 
-E = importlib.import_module("identirep.engine")
+E = importlib.import_module("identirep._label_side")
 
 
 @pytest.fixture
@@ -69,8 +69,8 @@ def test_lower_bounds_never_exceed_the_criteria(small_bounds):
         e = ir.engine(a, b)
         rng = np.random.default_rng(0)
         hard = rng.choice(a.V, 30, replace=False)
-        lb = e._lower_bounds(hard, rng)
-        crit = e._criteria(np.arange(a.V), "max")
+        lb = e.labels.lower_bounds(hard, rng)
+        crit = e.labels.criteria(np.arange(a.V), "max")
         assert (lb <= crit * (1 + 1e-12)).all() and (lb > 0).mean() > 0.9
 
 
@@ -91,16 +91,16 @@ def test_compiled_bounds_match_their_array_oracle(dtype):
     rng = np.random.default_rng(5)
     piv = np.sort(rng.choice(a.V, 90, replace=False))
     lab = np.union1d(rng.choice(a.V, 150, replace=False), piv[:10])   # some pivots are labels
-    X1, X2 = e._cross(piv, lab)
-    got = _core.pivot_bounds(X1, X2, *e._vectors(np), piv, lab, E.BOUND_KAPPA * e.tol,
-                             e._bound_eps())
-    m2 = e._pair_m2(piv, lab, X1, X2)
+    X1, X2 = e.labels.cross(piv, lab)
+    got = _core.pivot_bounds(X1, X2, *e.labels.vectors(np), piv, lab, E.BOUND_KAPPA * e.tol,
+                             e.labels.bound_eps())
+    m2 = e.labels.pair_m2(piv, lab, X1, X2)
     second = np.sort(m2, axis=1)[:, -2]
     want = np.sqrt(np.where(np.isfinite(second), second, 0.0))
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
     assert (want > 0).mean() > 0.9
     with pytest.raises(ValueError, match="out of range"):
-        _core.pivot_bounds(X1, X2, *e._vectors(np), piv, lab + a.V, 1e-9, 0.0)
+        _core.pivot_bounds(X1, X2, *e.labels.vectors(np), piv, lab + a.V, 1e-9, 0.0)
 
 
 def test_pivot_budget_through_compare_matrix_and_the_cli(small_bounds, tmp_path, capsys):

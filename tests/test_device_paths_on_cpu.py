@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import identirep as ir
-from identirep import _backends, _core, sampling
+from identirep import _backends, _core, _input_side
 from identirep import _bf16 as bf16
 from identirep import _cupy_pass as gp
 from identirep._cpu_pass import cpu_pass
@@ -451,7 +451,7 @@ def test_engine_keeps_device_models_on_the_device(dev):
     rng = np.random.default_rng(2)
     piv = np.sort(rng.choice(97, 30, replace=False))
     lab = np.union1d(rng.choice(97, 40, replace=False), piv[:5])
-    np.testing.assert_allclose(e._row_bounds(piv, lab), want._row_bounds(piv, lab), rtol=1e-10,
+    np.testing.assert_allclose(e.labels.row_bounds(piv, lab), want.labels.row_bounds(piv, lab), rtol=1e-10,
                                atol=1e-12)
     for k, v in want.label_terms(4).items():
         np.testing.assert_allclose(e.label_terms(4)[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
@@ -463,9 +463,9 @@ def test_distinct_inputs_on_device_match_host(dev, dtype):
     f1, f2 = rng.standard_normal((5000, 7)).astype(dtype), rng.standard_normal((5000, 3))
     f1[[10, 4500, 4999]] = f1[3]
     f2[[10, 4500]] = f2[3]   # inputs 10 and 4500 repeat input 3; 4999 differs in f2
-    want = sampling.distinct_inputs(f1, f2)
+    want = _input_side.distinct_inputs(f1, f2)
     assert len(want) == 4998
-    got = sampling.distinct_inputs(dev.cp.asarray(f1), dev.cp.asarray(f2))
+    got = _input_side.distinct_inputs(dev.cp.asarray(f1), dev.cp.asarray(f2))
     np.testing.assert_array_equal(got, want)
 
 

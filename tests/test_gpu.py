@@ -600,7 +600,7 @@ def test_engine_keeps_gpu_models_on_the_device(cupy):
 def bounded_small(monkeypatch):
     """The bounded pivot search on a small vocabulary, several tree leaves, few seeds."""
     import importlib
-    E = importlib.import_module("identirep.engine")
+    E = importlib.import_module("identirep._label_side")
     monkeypatch.setattr(E, "EXACT_PIVOT_LIMIT", 50)
     monkeypatch.setattr(E, "BOUND_LEAF", 64)
     monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", 8)
@@ -629,7 +629,7 @@ def test_device_row_bounds_match_the_compiled_cpu_bounds(cupy):
     rng = np.random.default_rng(2)
     piv = np.sort(rng.choice(700, 80, replace=False))
     lab = np.union1d(rng.choice(700, 200, replace=False), piv[:10])
-    np.testing.assert_allclose(e._row_bounds(piv, lab), want._row_bounds(piv, lab), rtol=1e-9,
+    np.testing.assert_allclose(e.labels.row_bounds(piv, lab), want.labels.row_bounds(piv, lab), rtol=1e-9,
                                atol=1e-12)
 
 

@@ -5,7 +5,7 @@ from scipy.special import logsumexp
 import identirep as ir
 from identirep import reference as ref
 from identirep._linalg import sqrt_factor
-from identirep.engine import PairEngine
+from identirep._pair import PairEngine
 from identirep.moments import Moments
 from identirep.passes import numpy_pass
 
@@ -49,7 +49,7 @@ def test_rest_and_pivot_terms_are_quadratic_forms():
     lp2, _ = ref.log_probs(b)
     e = PairEngine(a, b)
     y0 = 7
-    rest, piv, t3, valid, _ = (x[:, 0] for x in e._label_block(np.array([y0])))
+    rest, piv, t3, valid, _ = (x[:, 0] for x in e.labels.block(np.array([y0])))
     D1 = (lp1 - lp1[:, [y0]]).var(0, ddof=1)
     D2 = (lp2 - lp2[:, [y0]]).var(0, ddof=1)
     m = np.arange(a.V) != y0

@@ -39,7 +39,7 @@ def test_matrix_needs_compatible_models():
 def test_matrix_computes_per_model_statistics_once(monkeypatch):
     """K models: moments of f and of g once per model (2K single-model products), not per pair."""
     import importlib
-    eng = importlib.import_module("identirep.engine")   # identirep.engine is also a function
+    eng = importlib.import_module("identirep._model_cache")
     calls = []
     orig = eng._single_moments
     monkeypatch.setattr(eng, "_single_moments",
@@ -58,7 +58,7 @@ def test_swapped_engine_equals_the_engine_of_the_swapped_pair():
     s, fresh = e.swapped(), ir.engine(b, a)
     assert s.stats.dtype == fresh.stats.dtype
     for x, y in ((s.mom.scatter, fresh.mom.scatter), (s.label_moments.scatter, fresh.label_moments.scatter),
-                 (s.A1, fresh.A1), (s.B12, fresh.B12)):
+                 (s.labels.A1, fresh.labels.A1), (s.labels.B12, fresh.labels.B12)):
         assert_close(x, y, atol=1e-10)
     assert_close(s.d_llv(num_samples=10).value, fresh.d_llv(num_samples=10).value)
 

@@ -10,6 +10,7 @@ import contextlib
 import numpy as np
 
 from ._arrays import array_module
+from ._rules import constant_columns_message
 from .errors import IdentirepError
 from .model import to_numpy
 from .moments import Moments
@@ -48,9 +49,7 @@ def whiten(S: np.ndarray, what: str, xp=np):
     scale = d.max() if d.size else 0.0
     const = np.flatnonzero(d <= 1e-24 * max(scale, 1e-300))
     if const.size:
-        raise IdentirepError(
-            f"{what} has constant column(s) {const[:10].tolist()}: canonical correlations are "
-            "undefined for features that do not vary; drop those columns")
+        raise IdentirepError(constant_columns_message(what, const))
     s = 1.0 / np.sqrt(d)
     R = xp.asarray(S * s[:, None] * s[None, :])
     s = xp.asarray(s)

@@ -49,7 +49,7 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     Per-model statistics (moments of f and g, whitenings, input-side factors) are computed
     once per model (``ModelCache``) and shared by all of its pairs; each pair adds only its
     cross products and the quantities that depend on its pass."""
-    from .engine import ModelCache
+    from ._model_cache import ModelCache
     from .measures import _report_from_engine, engine
     t0 = time.perf_counter()
     models = list(models)

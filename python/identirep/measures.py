@@ -6,10 +6,11 @@ from typing import Optional
 
 import numpy as np
 
+from . import _rules as rules
 from . import reference as ref
 from ._backends import on_caller_stream, resolve
 from ._linalg import whiten
-from .engine import PairEngine, mcca_from_scatter
+from ._pair import PairEngine, mcca_from_scatter
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
@@ -109,7 +110,7 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto"):
         raise IdentirepError("mcca takes arrays (e.g. a.f, b.f), not models")
     x = to_numpy(x)  # GPU arrays: the scatter matrices are small, computed on the host
     y = to_numpy(y)
-    ref._check_cca_inputs(x, y, n_components)
+    rules.check_cca_inputs(x, y, n_components)
     if backend == "reference":
         return ref.mcca_reference(x, y, n_components)
     mom = Moments.from_rows(np.hstack([x.astype(np.float64), y.astype(np.float64)]))

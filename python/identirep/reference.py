@@ -1,20 +1,25 @@
-"""Float64 NumPy oracle of every quantity. Materialises the N x V logits: small inputs only.
+"""The float64 oracle of every quantity: the plainest computation of each definition.
 
-Semantics follow the paper's reference code (see NOTES.md for the documented differences:
-tie rule, degenerate pairs, the input-set threshold quirk behind ``paper_compat``).
+It materialises the N x V logits (small inputs only), searches pivots and leave-outs by filling
+the whole V x V criterion table, loops over label sets, and shares no numerical code with the
+fast engine: only the rules of ``_rules`` (argument checks, the tie rule, the seeded candidate
+draws, the choice among candidate input sets, error messages). Semantics follow the paper's
+reference code; the documented differences (tie rule, degenerate pairs, the input-set
+threshold quirk behind ``paper_compat``) are in docs/design.md.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import logsumexp
 
+from . import _rules as rules
 from . import sampling
 from .errors import IdentirepError
-from .model import Model, check_pair
+from .model import Model, check_pair, to_numpy
 from .results import DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult
 
-TIE_RTOL = 1e-12
-DEGENERATE_RTOL = 1e-10
+TIE_RTOL = rules.TIE_RTOL
+DEGENERATE_RTOL = rules.DEGENERATE_RTOL
 
 
 def logits(model: Model) -> np.ndarray:
@@ -72,16 +77,6 @@ def _pair_terms(lp1, lp2, raw1, raw2, i0, tol):
     return rest, piv, t3, deg
 
 
-def _first_within(values: np.ndarray):
-    """Row-major first index whose value is within TIE_RTOL of the finite minimum."""
-    finite = np.isfinite(values)
-    if not finite.any():
-        return None
-    mu = values[finite].min()
-    cand = np.flatnonzero((values <= mu + TIE_RTOL * abs(mu)) & finite)
-    return np.unravel_index(cand[0], values.shape)
-
-
 def _reduce(rest, piv, t3, keep, term):
     if term == "max":
         return max(rest[keep].max(), piv[keep].max()), t3[keep].max()
@@ -106,11 +101,9 @@ def _label_side(lp1T, lp2T, raw1T, raw2T, term, pivot, leave_out, tol, candidate
             keep = valid & (idx != l)
             if keep.any():
                 crit[y0, l] = _reduce(rest, piv, t3, keep, term)[0]
-    choice = _first_within(crit)
+    choice = rules.first_within(crit)
     if choice is None:
-        raise IdentirepError(
-            "every label pair is degenerate (identical unembeddings, or constant features): "
-            "d_LLV is undefined; check that g has distinct rows and f varies across inputs")
+        raise IdentirepError(rules.ALL_LABEL_PAIRS_DEGENERATE)
     y0, l = int(choice[0]), int(choice[1])
     rest, piv, t3, valid, deg = per_pivot[y0]
     keep = valid & (idx != l)
@@ -124,29 +117,43 @@ def _input_terms(lp1, lp2, raw1, raw2, cset, tol):
     return rest[1:], piv[1:], t4[1:], deg[1:]
 
 
+def _constant(f) -> bool:
+    """Whether f does not vary across inputs (float64, on the host)."""
+    f = to_numpy(f, np.float64)
+    return float(f.std(0).max()) <= 1e-12 * float(np.abs(f).max())
+
+
+def distinct_inputs(a: Model, b: Model) -> np.ndarray:
+    """Sorted first occurrences of the distinct inputs, an input being its rows of f in both
+    models bit for bit: by sorting the rows' bit patterns."""
+    bits = np.hstack([to_numpy(m.f, np.float64).view(np.uint64) for m in (a, b)])
+    return np.sort(np.unique(bits, axis=0, return_index=True)[1]).astype(np.int64)
+
+
 def d_llv_reference(a: Model, b: Model, lam: float = 1e-5, combine: str = "max",
                     term: str = "max", pivot=None, leave_out=None, input_set=None,
                     num_samples: int = 200, seed: int = 0, paper_compat: bool = False,
                     degenerate_rtol: float = DEGENERATE_RTOL, pivot_candidates=None,
                     sets_per_pivot: int = 1) -> DLLVResult:
     check_pair(a, b)
-    _check_llv_args(a, b, combine, term, pivot, leave_out, lam)
+    rules.check_llv_args(a, b, combine, term, pivot, leave_out, lam, _constant)
     lp1, _ = log_probs(a)
     lp2, _ = log_probs(b)
     raw1, raw2 = logits(a), logits(b)
     y0, l, t1, t3, deg = _label_side(lp1.T, lp2.T, raw1.T, raw2.T, term,
                                       pivot, leave_out, degenerate_rtol, pivot_candidates)
-    cands, how = candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat,
-                                      sets_per_pivot)
+    cands, how = rules.candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat,
+                                            sets_per_pivot, lambda: distinct_inputs(a, b))
     crits = np.empty(len(cands))
     for i, c in enumerate(cands):
         rest, piv, _, dg = _input_terms(lp1, lp2, raw1, raw2, c, degenerate_rtol)
         crits[i] = np.inf if dg.any() else max(rest.max(), piv.max())
-    k, rejected = _choose_input_set(crits, paper_compat and input_set is None)
+    k, rejected = rules.choose_input_set(crits, paper_compat and input_set is None)
     rest, piv, t4s, _ = _input_terms(lp1, lp2, raw1, raw2, cands[k], degenerate_rtol)
     t2 = float(max(rest.max(), piv.max()))
     t4 = float(t4s.max() if term == "max" else t4s.mean())
-    value = _combine(combine, lam, t1, t2, t3, t4)
+    terms = (t1, t2, lam * t3, lam * t4)
+    value = float(max(terms) if combine == "max" else sum(terms))
     deg_labels = [int(i) for i in np.flatnonzero(deg) if i != y0]
     return DLLVResult(
         value=value, t1=t1, t2=t2, t3=t3, t4=t4, lam=lam, combine=combine, term=term,
@@ -156,93 +163,6 @@ def d_llv_reference(a: Model, b: Model, lam: float = 1e-5, combine: str = "max",
         input_search=how,
         num_input_candidates=len(cands), degenerate_pairs=len(deg_labels),
         degenerate_labels=deg_labels, rejected_input_sets=rejected)
-
-
-def candidate_input_sets(a: Model, b: Model, input_set, num_samples, seed, paper_compat,
-                         sets_per_pivot):
-    """The input diversity sets every engine evaluates, (K, M + 1), and how they were drawn:
-    the given set, or seeded candidates from the distinct inputs (all inputs for
-    ``paper_compat``)."""
-    set_size = max(a.M, b.M) + 1
-    if input_set is not None:
-        return _check_input_set(input_set, a.N, set_size)[None, :], "given"
-    pool = None if paper_compat else sampling.distinct_inputs(a.f, b.f)
-    cands, how = sampling.input_candidates(a.N, set_size, num_samples, seed, paper_compat,
-                                           sets_per_pivot, pool)
-    return cands, f"min over {len(cands)} {how} candidates"
-
-
-def _choose_input_set(crits: np.ndarray, paper_compat: bool):
-    rejected = int(np.isinf(crits).sum())
-    if rejected == len(crits):
-        raise IdentirepError(
-            "every candidate input set contains inputs whose log-likelihoods coincide "
-            "(duplicate f rows); deduplicate the inputs or raise num_samples")
-    if paper_compat:
-        best, k = 1.0, 0
-        for i, c in enumerate(crits):
-            if c < best:
-                best, k = c, i
-        return k, rejected
-    return int(_first_within(crits)[0]), rejected
-
-
-def _combine(combine, lam, t1, t2, t3, t4):
-    if combine == "max":
-        return float(max(t1, t2, lam * t3, lam * t4))
-    return float(t1 + t2 + lam * t3 + lam * t4)
-
-
-def _constant_f(f) -> bool:
-    """Whether f does not vary across inputs (on the GPU for device arrays: no host copy)."""
-    from ._arrays import array_module, is_gpu_array
-    from .model import to_numpy
-    if is_gpu_array(f):
-        from ._cupy_pass import as_device
-        d = as_device(f, "f")
-        f = d.widened(np.float64 if d.kind == "float64" else np.float32)
-    else:
-        f = to_numpy(f)
-        if f.dtype not in (np.float32, np.float64):
-            f = f.astype(np.float32)
-    xp = array_module(f)
-    return float(f.std(0, dtype=np.float64).max()) <= 1e-12 * float(xp.abs(f).max())
-
-
-def _check_llv_args(a, b, combine, term, pivot, leave_out, lam):
-    if combine not in ("max", "sum"):
-        raise IdentirepError(f"combine must be 'max' or 'sum', got {combine!r}")
-    if term not in ("max", "mean"):
-        raise IdentirepError(f"term must be 'max' or 'mean', got {term!r}")
-    if not np.isfinite(lam) or lam < 0:
-        raise IdentirepError(f"lam must be a finite non-negative number, got {lam}")
-    if a.V < 3:
-        raise IdentirepError(f"d_LLV needs at least 3 labels (pivot, leave-out, one more); V={a.V}")
-    need = max(a.M, b.M) + 2
-    if a.N < need:
-        raise IdentirepError(
-            f"d_LLV needs N >= M + 2 inputs (a diversity set of M + 1 plus variance); "
-            f"N={a.N}, M={max(a.M, b.M)}")
-    for m in (a, b):
-        if _constant_f(m.f):
-            raise IdentirepError(
-                f"f of {m.name or 'a model'} is constant across inputs: every label pair is "
-                "degenerate and d_LLV is undefined; the inputs must differ")
-    for nm, v in (("pivot", pivot), ("leave_out", leave_out)):
-        if v is not None and not (isinstance(v, (int, np.integer)) and 0 <= v < a.V):
-            raise IdentirepError(f"{nm} must be a label index in [0, {a.V}), got {v!r}")
-    if pivot is not None and leave_out is not None and pivot == leave_out:
-        raise IdentirepError("pivot and leave_out must be different labels")
-
-
-def _check_input_set(input_set, n_inputs, set_size):
-    s = np.asarray(input_set)
-    if s.ndim != 1 or s.size != set_size or s.dtype.kind not in "iu":
-        raise IdentirepError(
-            f"input_set must be {set_size} integer input indices (pivot first, then M), got {input_set!r}")
-    if s.min() < 0 or s.max() >= n_inputs or len(set(s.tolist())) != s.size:
-        raise IdentirepError(f"input_set must hold distinct indices in [0, {n_inputs})")
-    return s.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------- d_SVD
@@ -268,40 +188,26 @@ def d_svd_reference(a: Model, b: Model, pivot: int, leave_out: int, input_set,
     f1, g1, _ = a.numpy()
     f2, g2, _ = b.numpy()
     M = a.M
-    rem = _svd_remaining(pivot, leave_out, a.V)
+    rem = rules.svd_remaining(pivot, leave_out, a.V)
     sets, how = sampling.label_sets(rem, M, max_sets, seed)
-    vals = np.full(len(sets), np.nan)
-    for i, s in enumerate(sets):
+    per_set = []
+    for s in sets:
         m = msvd(f1 @ (g1[s] - g1[pivot]).T, f2 @ (g2[s] - g2[pivot]).T)
-        if m is not None:
-            vals[i] = 1.0 - m
-    iset = _check_input_set(input_set, a.N, M + 1)
+        per_set.append(np.nan if m is None else 1.0 - m)
+    iset = rules.check_input_set(input_set, a.N, M + 1)
     mg = msvd(g1 @ (f1[iset[1:]] - f1[iset[0]]).T, g2 @ (f2[iset[1:]] - f2[iset[0]]).T)
-    return _svd_result(vals, mg, pivot, leave_out, iset, how)
-
-
-def _svd_remaining(pivot, leave_out, V):
-    """The labels other than the pivot and the leave-out (both checked)."""
-    for name, v in (("pivot", pivot), ("leave_out", leave_out)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < V:
-            raise IdentirepError(f"{name} must be a label index in [0, {V}), got {v!r}")
-    if pivot == leave_out:
-        raise IdentirepError(f"pivot and leave_out must differ, both are {pivot}")
-    return np.setdiff1d(np.arange(V), [pivot, leave_out])
-
-
-def _svd_result(vals, mg, pivot, leave_out, iset, how):
-    ok = np.isfinite(vals)
-    if not ok.any() and mg is None:
-        raise IdentirepError("every diversity set is degenerate (constant transformed features)")
-    fmax = float(vals[ok].max()) if ok.any() else float("nan")
+    finite = [v for v in per_set if not np.isnan(v)]
+    if not finite and mg is None:
+        raise IdentirepError(rules.ALL_SVD_SETS_DEGENERATE)
+    fmax = max(finite) if finite else float("nan")
     dg = float("nan") if mg is None else 1.0 - mg
     return DSVDResult(
-        max_d_svd=float(np.nanmax([fmax, dg])), max_d_svd_f=fmax, d_svd_g=dg,
-        mean_d_svd_f=float(vals[ok].mean()) if ok.any() else float("nan"),
+        max_d_svd=float(fmax if np.isnan(dg) else dg if np.isnan(fmax) else max(fmax, dg)),
+        max_d_svd_f=float(fmax), d_svd_g=float(dg),
+        mean_d_svd_f=float(sum(finite) / len(finite)) if finite else float("nan"),
         pivot=int(pivot), leave_out=int(leave_out), input_set=[int(i) for i in iset],
-        num_label_sets=len(vals), label_set_search=how,
-        skipped_label_sets=int((~ok).sum()), d_svd_f_per_set=vals)
+        num_label_sets=len(per_set), label_set_search=how,
+        skipped_label_sets=len(per_set) - len(finite), d_svd_f_per_set=np.array(per_set))
 
 
 # ----------------------------------------------------------------------------------- mCCA
@@ -311,9 +217,7 @@ def _orth_basis(X, what):
     scale = np.abs(X).max() if X.size else 0.0
     const = np.flatnonzero(sd <= 1e-12 * max(scale, 1e-300))
     if const.size:
-        raise IdentirepError(
-            f"{what} has constant column(s) {const[:10].tolist()}: canonical correlations are "
-            "undefined for features that do not vary; drop those columns")
+        raise IdentirepError(rules.constant_columns_message(what, const.tolist()))
     U, s, _ = np.linalg.svd(Xc, full_matrices=False)
     r = int((s > s[0] * max(Xc.shape) * np.finfo(float).eps).sum())
     return U[:, :r]
@@ -329,30 +233,12 @@ def canonical_correlations(X: np.ndarray, Y: np.ndarray, what=("x", "y")) -> np.
 def mcca_reference(x, y, n_components=None) -> MCCAResult:
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
-    _check_cca_inputs(x, y, n_components)
+    rules.check_cca_inputs(x, y, n_components)
     rho = canonical_correlations(x, y)
-    return _mcca_result(rho, n_components, min(x.shape[1], y.shape[1]))
-
-
-def _check_cca_inputs(x, y, n_components):
-    if x.ndim != 2 or y.ndim != 2:
-        raise IdentirepError("mcca needs two 2-d arrays (samples x features)")
-    if x.shape[0] != y.shape[0]:
-        raise IdentirepError(f"mcca needs the same samples in both: {x.shape[0]} vs {y.shape[0]} rows")
-    if x.shape[0] < 2:
-        raise IdentirepError("mcca needs at least 2 samples")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise IdentirepError("mcca inputs contain NaN or Inf")
-    if n_components is not None and not (1 <= n_components <= min(x.shape[1], y.shape[1])):
-        raise IdentirepError(
-            f"n_components must be in [1, {min(x.shape[1], y.shape[1])}], got {n_components}")
-
-
-def _mcca_result(rho, n_components, dim):
-    n = n_components or dim
-    r = np.zeros(n)
-    r[:min(n, len(rho))] = rho[:n]
-    return MCCAResult(value=float(r.mean()), correlations=[float(v) for v in r], n_components=n)
+    n = n_components or min(x.shape[1], y.shape[1])
+    # correlations beyond the data's rank are 0
+    corr = [float(rho[i]) if i < len(rho) else 0.0 for i in range(n)]
+    return MCCAResult(value=float(np.mean(corr)), correlations=corr, n_components=n)
 
 
 # ----------------------------------------------------------------------------------- d_logit
@@ -366,61 +252,44 @@ def d_logit_reference(a: Model, b: Model) -> DLogitResult:
 
 
 # ----------------------------------------------------------------------------------- d_rep
-def d_rep_reference(a: Model, b: Model, sets=None, num_sets: int = 100, seed: int = 0) -> DRepResult:
-    check_pair(a, b, same_dim=True, what="d_rep")
-    f1, g1, b1 = a.numpy()
-    f2, g2, b2 = b.numpy()
-    sets = _rep_sets(sets, a.V, a.M, num_sets, seed)
-    vals = np.full(len(sets), np.nan)
-    for i, s in enumerate(sets):
-        sol = _rep_map(g1, g2, b1, b2, s)
-        if sol is not None:
-            A, c = sol
-            r = f1 - f2 @ A.T - c
-            vals[i] = (r * r).sum(1).mean()
-    return _rep_result(vals, sets)
-
-
-def _rep_sets(sets, V, M, num_sets, seed):
-    if sets is None:
-        return sampling.diversity_sets(V, M, num_sets, seed)
-    s = np.asarray(sets)
-    if s.ndim != 2 or s.shape[1] != M + 1 or s.dtype.kind not in "iu" or s.min() < 0 or s.max() >= V:
-        raise IdentirepError(f"sets must be an integer array (S, M + 1 = {M + 1}) of label indices")
-    return s.astype(np.int64)
-
-
 def _rep_map(g1, g2, b1, b2, s):
-    """(A, c) with L1 A = L2 and L1 c = db, or None when L1 is singular (1-norm reciprocal
-    condition number <= 1e-12); on the device of g1, g2 (NumPy's LAPACK or cuSOLVER). The
-    biases b1, b2 are host arrays or None."""
-    from ._arrays import array_module
-    from ._linalg import linalg_raises as _linalg_raises
-    xp = array_module(g1)
-    idx = xp.asarray(s, dtype=np.int64)
-    L1 = g1[idx[1:]].astype(np.float64) - g1[idx[0]].astype(np.float64)
-    L2 = g2[idx[1:]].astype(np.float64) - g2[idx[0]].astype(np.float64)
-    try:
-        with _linalg_raises(xp):
-            inv = xp.linalg.inv(L1)
-    except np.linalg.LinAlgError:
-        return None
-    with np.errstate(over="ignore", invalid="ignore"):
-        rcond = 1.0 / (np.float64(xp.abs(L1).sum(0).max()) * np.float64(xp.abs(inv).sum(0).max()))
-    if not rcond > 1e-12:
-        return None
+    """(A, c) with L1 A = L2 and L1 c = b2 - b1 differences, or None when L1 is singular by
+    the rule (1-norm reciprocal condition number <= REP_MIN_RCOND)."""
+    L1 = g1[s[1:]] - g1[s[0]]
+    L2 = g2[s[1:]] - g2[s[0]]
     db = np.zeros(len(s) - 1)
     if b2 is not None:
         db += b2[s[1:]] - b2[s[0]]
     if b1 is not None:
         db -= b1[s[1:]] - b1[s[0]]
-    return inv @ L2, inv @ xp.asarray(db)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            rcond = 1.0 / np.linalg.cond(L1, 1)
+        if not rcond > rules.REP_MIN_RCOND:
+            return None
+        return np.linalg.solve(L1, L2), np.linalg.solve(L1, db)
+    except np.linalg.LinAlgError:
+        return None
 
 
-def _rep_result(vals, sets):
-    ok = np.isfinite(vals)
-    if not ok.any():
-        raise IdentirepError("every diversity set has a singular label-difference matrix")
-    return DRepResult(value=float(vals[ok].max()), mean=float(vals[ok].mean()),
-                      min=float(vals[ok].min()), num_sets=len(vals),
-                      skipped_sets=int((~ok).sum()), sets=sets.tolist(), per_set=vals)
+def d_rep_reference(a: Model, b: Model, sets=None, num_sets: int = 100, seed: int = 0) -> DRepResult:
+    check_pair(a, b, same_dim=True, what="d_rep")
+    f1, g1, b1 = a.numpy()
+    f2, g2, b2 = b.numpy()
+    sets = rules.rep_sets(sets, a.V, a.M, num_sets, seed)
+    per_set = []
+    for s in sets:
+        sol = _rep_map(g1, g2, b1, b2, s)
+        if sol is None:
+            per_set.append(np.nan)
+            continue
+        A, c = sol
+        r = f1 - f2 @ A.T - c
+        per_set.append(float((r * r).sum(1).mean()))
+    finite = [v for v in per_set if not np.isnan(v)]
+    if not finite:
+        raise IdentirepError(rules.ALL_REP_SETS_SINGULAR)
+    return DRepResult(value=float(max(finite)), mean=float(sum(finite) / len(finite)),
+                      min=float(min(finite)), num_sets=len(per_set),
+                      skipped_sets=len(per_set) - len(finite), sets=sets.tolist(),
+                      per_set=np.array(per_set))

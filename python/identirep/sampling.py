@@ -10,39 +10,6 @@ import numpy as np
 from .errors import IdentirepError
 
 
-def distinct_inputs(*fs) -> np.ndarray:
-    """Sorted indices of the first occurrence of each distinct input, an input being its rows
-    in every f (language-model data repeats contexts: every text's first position, say).
-
-    Rows are hashed (random odd multipliers on their bits, wrapping uint64 sums, O(N M)), on
-    the GPU for device arrays; rows with equal hashes are compared exactly."""
-    from ._arrays import is_gpu_array
-    from .model import to_numpy
-    rng = np.random.default_rng(0x5EED)
-    N = len(fs[0])
-    h = np.zeros(N, np.uint64)
-    for f in fs:
-        if is_gpu_array(f):
-            from ._cupy_pass import as_device, import_cupy
-            xp, f = import_cupy(), as_device(f).data   # bfloat16: its uint16 bits
-        else:
-            xp, f = np, to_numpy(f)
-        bits = xp.ascontiguousarray(f).reshape(N, -1).view(xp.uint8)
-        bits = xp.ascontiguousarray(bits[:, : bits.shape[1] // 4 * 4]).view(xp.uint32)
-        mult = xp.asarray(rng.integers(1, 2**63, bits.shape[1], dtype=np.uint64) | np.uint64(1))
-        for i in range(0, N, 4096):
-            h[i:i + 4096] += to_numpy(
-                (bits[i:i + 4096].astype(xp.uint64) * mult).sum(1, dtype=xp.uint64))
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
-    keep = np.ones(N, bool)
-    for j in np.flatnonzero(hs[1:] == hs[:-1]) + 1:   # equal hashes (stable: a < b): compare
-        a, b = order[j - 1], order[j]
-        if all(np.array_equal(to_numpy(f[int(a)]), to_numpy(f[int(b)])) for f in fs):
-            keep[b] = False
-    return np.flatnonzero(keep).astype(np.int64)
-
-
 def input_candidates(n_inputs: int, set_size: int, num_samples: int, seed: int,
                      paper_compat: bool = False, sets_per_pivot: int = 1,
                      pool=None) -> Tuple[np.ndarray, str]:

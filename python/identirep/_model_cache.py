@@ -1,0 +1,96 @@
+"""Statistics of one model alone (``ModelCache``: moments of f and of g, their whitenings,
+the input-side factor), computed once and shared by every pair the model is part of, and the
+pair moments built from them (only the pair's cross blocks are new products)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._arrays import array_module, is_gpu_array
+from ._linalg import host_native, scatter_blocks, sqrt_factor, whiten
+from .model import Model, to_numpy
+from .moments import Moments
+
+
+class ModelCache:
+    """Statistics of one model alone, computed once and shared by every pair it is part of
+    (``matrix``): moments of f and of g, their whitenings and the input-side factor.
+    ``cdt`` is the compute dtype of the BLAS products (the pair pass's)."""
+
+    def __init__(self, model: Model, cdt=np.float64):
+        self.model, self.cdt = model, np.dtype(cdt).type
+        # f and g stay where they live, in their float32/float64 storage (half types widened to
+        # float32; no V x M float64 copies); rows that enter small dense algebra are converted
+        # when taken
+        # f_bits, g_bits: a device f's and g's bfloat16 bits (None for other kinds), for
+        # tensor-core products at float32 accuracy (scatter_blocks, LabelSide.cross)
+        self.f_bits = self.g_bits = None
+        if is_gpu_array(model.f):
+            from ._cupy_pass import as_device
+            f, g = as_device(model.f, "f"), as_device(model.g, "g")
+            self.F, self.G = _device_native(f), _device_native(g)
+            self.f_bits, self.g_bits = (x.data if x.kind == "bfloat16" else None for x in (f, g))
+        else:
+            self.F, self.G = host_native(model.f), host_native(model.g)
+        self.xp = array_module(self.F)
+        self.bias = None if model.bias is None else to_numpy(model.bias, np.float64)
+        self._cache = {}
+
+    def _get(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def f_moments(self):
+        """(mean, scatter) of f over inputs."""
+        return self._get("f", lambda: _single_moments(self.F, self.cdt, self.f_bits))
+
+    @property
+    def g_moments(self):
+        """(mean, scatter) of g over labels."""
+        return self._get("g", lambda: _single_moments(self.G, self.cdt, self.g_bits))
+
+    def whitening(self, which: str, what: str):
+        S = (self.f_moments if which == "f" else self.g_moments)[1]
+        return self._get("W" + which, lambda: whiten(S, what, self.xp))
+
+    @property
+    def input_factor(self):
+        """(H, |H|^2 per row), H = f R with R R' the label covariance of g: squared distances
+        between rows of H are the input-side D(x, x0) (docs/design.md)."""
+        def make():
+            H = self.F @ sqrt_factor(self.g_moments[1] / (self.model.V - 1), self.xp)
+            return H, (H * H).sum(1)
+        return self._get("H", make)
+
+
+def _device_native(x):
+    """A DeviceArray as a CuPy float32/float64 array (half types widened to float32)."""
+    return x.data if x.kind in ("float32", "float64") else x.widened(np.float32)
+
+
+def _single_moments(X, cdt, bits=None):
+    _, (mean,), S = scatter_blocks([X], dtype=cdt, bits=[bits])
+    return mean, S[0, 0]
+
+
+def pair_moments(c1: ModelCache, c2: ModelCache, extra=(), which: str = "f") -> Moments:
+    """Moments of [x1, x2, *extra] (x = f or g) from the models' cached own blocks and the
+    pair's cross blocks (the only products computed here)."""
+    X1, X2 = (c1.F, c2.F) if which == "f" else (c1.G, c2.G)
+    bits = [c1.f_bits, c2.f_bits] if which == "f" else [c1.g_bits, c2.g_bits]
+    own1, own2 = (c1.f_moments, c2.f_moments) if which == "f" else (c1.g_moments, c2.g_moments)
+    k = 2 + len(extra)
+    pairs = [(p, q) for p in range(k) for q in range(p, k) if (p, q) not in ((0, 0), (1, 1))]
+    extra = [np.asarray(e, np.float64).reshape(len(e), -1) for e in extra]
+    means = [own1[0], own2[0]] + [e.mean(0) for e in extra]
+    extra = [c1.xp.asarray(e) for e in extra]     # next to f: the products run where f lives
+    n, means, S = scatter_blocks([X1, X2, *extra], pairs, c1.cdt, means=means,
+                                 bits=bits + [None] * len(extra))
+    S[0, 0], S[1, 1] = own1[1], own2[1]
+    return Moments.from_parts(n, means, S)
+
+
+def permuted_moments(m: Moments, order) -> Moments:
+    """The moments of the same variables in the order ``order``."""
+    return Moments(m.n, m.mean[order], m.scatter[np.ix_(order, order)])

@@ -1,0 +1,289 @@
+"""The pair engine: every measure of one model pair from its streaming pass and small
+sufficient statistics (docs/design.md). It composes the models' caches (``_model_cache``), the
+label side (``_label_side``) and the input side (``_input_side``); d_SVD, mCCA and d_rep are
+small dense algebra on the pair's scatter matrices, run where the models live."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from . import _rules as rules
+from . import sampling
+from ._arrays import array_module
+from ._backends import on_models_stream
+from ._build import build_info
+from ._input_side import InputSide
+from ._label_side import LabelSide
+from ._linalg import linalg_raises, quad_diag, rows64, singular_values
+from ._model_cache import ModelCache, pair_moments, permuted_moments
+from .errors import IdentirepError
+from .model import Model, check_pair, to_numpy
+from .moments import Moments
+from .passes import PassStats, numpy_pass
+from .results import DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult
+
+#: relative tolerance of degenerate pairs by the dtype the logits were computed in: the label
+#: sums of squares come from the pass, the cross terms from float64 scatter matrices.
+DEGENERATE_RTOL = {"float64": rules.DEGENERATE_RTOL, "float32": 1e-5}
+
+
+class PairEngine:
+    """Sufficient statistics of one model pair, computed once, shared by every measure.
+
+    ``caches`` are the two models' ``ModelCache`` objects (made here when not given)."""
+
+    def __init__(self, a: Model, b: Model, stats: Optional[PassStats] = None,
+                 degenerate_rtol: Optional[float] = None, caches=None, _moments=None):
+        check_pair(a, b)
+        self.a, self.b = a, b
+        self.N, self.V, self.M1, self.M2 = a.N, a.V, a.M, b.M
+        if stats is None:
+            f1, g1 = a.augmented()
+            f2, g2 = b.augmented()
+            stats = numpy_pass(f1, g1, f2, g2)
+        self.stats = stats
+        if degenerate_rtol is None:
+            degenerate_rtol = DEGENERATE_RTOL[stats.dtype]
+        self.tol = degenerate_rtol
+        self.cdt = np.float32 if stats.dtype == "float32" else np.float64
+        if caches is None:
+            caches = (ModelCache(a, self.cdt), ModelCache(b, self.cdt))
+        if any(c.cdt != self.cdt for c in caches):
+            raise IdentirepError("model caches were made for another compute dtype")
+        self.c1, self.c2 = caches
+        self.F1, self.G1, self.b1 = self.c1.F, self.c1.G, self.c1.bias
+        self.F2, self.G2, self.b2 = self.c2.F, self.c2.G, self.c2.bias
+        self.mom, self._label_mom = _moments if _moments is not None else (
+            pair_moments(self.c1, self.c2, (stats.L1, stats.L2)), None)
+        M1, M2 = self.M1, self.M2
+        self.sF1, self.sF2 = slice(0, M1), slice(M1, M1 + M2)
+        # the compiled CUDA kernels ("cuda") or the same ones through NVRTC ("cupy")
+        self.gpu_backend = (stats.backend if stats.backend in ("cuda", "cupy") else
+                            "cuda" if build_info().get("cuda_compiled") else "cupy")
+        self.labels = LabelSide(self.c1, self.c2, stats, self.mom.scatter, self.tol,
+                                self.gpu_backend)
+        self.inputs = InputSide(self.c1, self.c2, stats, self.tol)
+
+    # ------------------------------------------------------------------ shared statistics
+    @property
+    def label_moments(self) -> Moments:
+        """Moments over labels of [g1(y), g2(y)] (un-augmented)."""
+        if self._label_mom is None:
+            self._label_mom = pair_moments(self.c1, self.c2, which="g")
+        return self._label_mom
+
+    @on_models_stream
+    def swapped(self) -> "PairEngine":
+        """The engine of (b, a), from the same pass and the same moments (permuted)."""
+        M1, M2 = self.M1, self.M2
+        pu = np.r_[M1:M1 + M2, 0:M1, M1 + M2 + 1, M1 + M2]
+        mom = permuted_moments(self.mom, pu)
+        lab = None if self._label_mom is None else permuted_moments(self._label_mom, pu[:-2])
+        return PairEngine(self.b, self.a, self.stats.swapped(), self.tol, (self.c2, self.c1),
+                          _moments=(mom, lab))
+
+    @on_models_stream
+    def label_terms(self, pivot: int):
+        """Per-label rest, piv, t3 and validity against one pivot (for plots and inspection)."""
+        rest, piv, t3, valid, _ = (x[:, 0] for x in self.labels.block(np.array([pivot])))
+        return {"rest": rest, "piv": piv, "t3": t3, "valid": valid}
+
+    # ------------------------------------------------------------------ KL, d_logit
+    @on_models_stream
+    def kl(self) -> KLResult:
+        s = self.stats
+        # KL >= 0; clip the roundoff of (near-)identical distributions
+        kl12, kl21 = np.maximum(s.kl12, 0.0), np.maximum(s.kl21, 0.0)
+        return KLResult(kl12=float(kl12.mean()), kl21=float(kl21.mean()),
+                        top1_agreement=float(s.agree.mean()), entropy1=float(s.H1.mean()),
+                        entropy2=float(s.H2.mean()), per_input_kl12=kl12,
+                        per_input_kl21=kl21)
+
+    @on_models_stream
+    def d_logit(self) -> DLogitResult:
+        sq = float(self.stats.row_m2_dd.mean())
+        return DLogitResult(value=math.sqrt(max(sq, 0.0)), value_sq=sq)
+
+    # ------------------------------------------------------------------ d_LLV
+    @on_models_stream
+    def label_side(self, term="max", pivot=None, leave_out=None, num_pivots=None, seed=0,
+                   progress=None, bound_budget=None):
+        """(pivot, leave-out, t1, t3, how the pivot was found, degenerate labels): see
+        ``LabelSide.search``."""
+        return self.labels.search(term, pivot, leave_out, num_pivots, seed, progress,
+                                  bound_budget)
+
+    @on_models_stream
+    def input_side(self, term="max", input_set=None, num_samples=200, seed=0,
+                   paper_compat=False, sets_per_pivot=1):
+        """(input set, t2, t4, how the candidates were drawn, their number, how many were
+        rejected): see ``InputSide.search``."""
+        return self.inputs.search(term, input_set, num_samples, seed, paper_compat,
+                                  sets_per_pivot)
+
+    @on_models_stream
+    def d_llv(self, lam=1e-5, combine="max", term="max", pivot=None, leave_out=None,
+              input_set=None, num_samples=200, seed=0, paper_compat=False, num_pivots=None,
+              sets_per_pivot=1, progress=None, pivot_budget=None) -> DLLVResult:
+        rules.check_llv_args(self.a, self.b, combine, term, pivot, leave_out, lam,
+                             constant_features)
+        y0, l, t1, t3, how, deg = self.label_side(term, pivot, leave_out, num_pivots, seed, progress,
+                                                  pivot_budget)
+        iset, t2, t4, ihow, ncand, rejected = self.input_side(
+            term, input_set, num_samples, seed, paper_compat, sets_per_pivot)
+        if combine == "max":
+            value = float(max(t1, t2, lam * t3, lam * t4))
+        else:
+            value = float(t1 + t2 + lam * t3 + lam * t4)
+        return DLLVResult(
+            value=value, t1=t1, t2=t2, t3=t3, t4=t4,
+            lam=lam, combine=combine, term=term, pivot=y0, leave_out=l, input_set=iset,
+            pivot_search=how, input_search=ihow, num_input_candidates=ncand,
+            degenerate_pairs=len(deg), degenerate_labels=deg, rejected_input_sets=rejected)
+
+    # ------------------------------------------------------------------ d_SVD
+    @on_models_stream
+    def d_svd(self, pivot: int, leave_out: int, input_set, max_sets: int = 1000,
+              seed: int = 0) -> DSVDResult:
+        if self.M1 != self.M2:
+            check_pair(self.a, self.b, same_dim=True, what="d_SVD")
+        M, xp = self.M1, self.c1.xp       # the O(M^3) work runs where the models live
+        precise = self.cdt == np.float64
+        C = self.mom.scatter
+        C11, C22, C12 = (xp.asarray(C[i, j]) for i, j in
+                         ((self.sF1, self.sF1), (self.sF2, self.sF2), (self.sF1, self.sF2)))
+        rem = rules.svd_remaining(pivot, leave_out, self.V)
+        sets, how = sampling.label_sets(rem, M, max_sets, seed)
+        vals = np.full(len(sets), np.nan)
+        G1p, G2p = rows64(self.G1, [pivot])[0], rows64(self.G2, [pivot])[0]
+        for i, s in enumerate(sets):
+            L1 = rows64(self.G1, s) - G1p
+            L2 = rows64(self.G2, s) - G2p
+            m = _mean_svd(quad_diag(L1, C11), quad_diag(L2, C22), L1 @ C12 @ L2.T, precise)
+            if m is not None:
+                vals[i] = 1.0 - m
+        iset = rules.check_input_set(input_set, self.N, M + 1)
+        S = self.label_moments.scatter
+        F1s, F2s = rows64(self.F1, iset), rows64(self.F2, iset)
+        N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
+        S11, S22, S12 = (xp.asarray(x) for x in (S[:M, :M], S[M:, M:], S[:M, M:]))
+        mg = _mean_svd(quad_diag(N1, S11), quad_diag(N2, S22), N1 @ S12 @ N2.T, precise)
+        ok = np.isfinite(vals)
+        if not ok.any() and mg is None:
+            raise IdentirepError(rules.ALL_SVD_SETS_DEGENERATE)
+        fmax = float(vals[ok].max()) if ok.any() else float("nan")
+        dg = float("nan") if mg is None else 1.0 - mg
+        return DSVDResult(
+            max_d_svd=float(np.nanmax([fmax, dg])), max_d_svd_f=fmax, d_svd_g=dg,
+            mean_d_svd_f=float(vals[ok].mean()) if ok.any() else float("nan"),
+            pivot=int(pivot), leave_out=int(leave_out), input_set=[int(i) for i in iset],
+            num_label_sets=len(vals), label_set_search=how,
+            skipped_label_sets=int((~ok).sum()), d_svd_f_per_set=vals)
+
+    # ------------------------------------------------------------------ mCCA, d_rep
+    @on_models_stream
+    def mcca_f(self, n_components=None) -> MCCAResult:
+        C = self.mom.scatter
+        return mcca_from_scatter(C[self.sF1, self.sF2], n_components,
+                                 self.c1.whitening("f", "f1"), self.c2.whitening("f", "f2"),
+                                 self.cdt == np.float64)
+
+    @on_models_stream
+    def mcca_g(self, n_components=None) -> MCCAResult:
+        S = self.label_moments.scatter
+        return mcca_from_scatter(S[self.sF1, self.sF2], n_components,
+                                 self.c1.whitening("g", "g1"), self.c2.whitening("g", "g2"),
+                                 self.cdt == np.float64)
+
+    @on_models_stream
+    def d_rep(self, sets=None, num_sets: int = 100, seed: int = 0) -> DRepResult:
+        """mean_x ||f1(x) - A f2(x) - c||^2 per set from the moments of [f1, f2]:
+        |mu1 - A mu2 - c|^2 + tr(C11 - 2 A' C12 + A C22 A') / N."""
+        if self.M1 != self.M2:
+            check_pair(self.a, self.b, same_dim=True, what="d_rep")
+        sets = rules.rep_sets(sets, self.V, self.M1, num_sets, seed)
+        xp = self.c1.xp
+        C, mu = self.mom.scatter, self.mom.mean
+        C11, C22, C12 = (xp.asarray(C[i, j]) for i, j in
+                         ((self.sF1, self.sF1), (self.sF2, self.sF2), (self.sF1, self.sF2)))
+        mu1, mu2 = xp.asarray(mu[self.sF1]), xp.asarray(mu[self.sF2])
+        trC11 = float(xp.trace(C11))
+        vals = np.full(len(sets), np.nan)
+        for i, s in enumerate(sets):
+            sol = _rep_map(rows64(self.G1, s), rows64(self.G2, s),
+                           None if self.b1 is None else self.b1[s],
+                           None if self.b2 is None else self.b2[s])
+            if sol is None:
+                continue
+            A, c = sol
+            e = mu1 - A @ mu2 - c
+            tr = trC11 - 2 * float(xp.sum(A * C12)) + float(xp.sum((A @ C22) * A))
+            vals[i] = float(e @ e) + tr / self.N
+        ok = np.isfinite(vals)
+        if not ok.any():
+            raise IdentirepError(rules.ALL_REP_SETS_SINGULAR)
+        return DRepResult(value=float(vals[ok].max()), mean=float(vals[ok].mean()),
+                          min=float(vals[ok].min()), num_sets=len(vals),
+                          skipped_sets=int((~ok).sum()), sets=sets.tolist(), per_set=vals)
+
+
+def constant_features(f) -> bool:
+    """Whether f does not vary across inputs, where f lives (device arrays: no host copy)."""
+    from ._arrays import is_gpu_array
+    if is_gpu_array(f):
+        from ._cupy_pass import as_device
+        d = as_device(f, "f")
+        f = d.widened(np.float64 if d.kind == "float64" else np.float32)
+    else:
+        f = to_numpy(f)
+        if f.dtype not in (np.float32, np.float64):
+            f = f.astype(np.float32)
+    xp = array_module(f)
+    return float(f.std(0, dtype=np.float64).max()) <= 1e-12 * float(xp.abs(f).max())
+
+
+def _mean_svd(K11d, K22d, K12, precise=True):
+    """Mean singular value of the correlation-scaled cross block, None when a side has a
+    constant transformed feature."""
+    if bool((K11d <= 0).any()) or bool((K22d <= 0).any()):
+        return None
+    xp = array_module(K12)
+    T = K12 / xp.sqrt(K11d)[:, None] / xp.sqrt(K22d)[None, :]
+    return float(singular_values(T, precise).mean())
+
+
+def _rep_map(G1s, G2s, b1s, b2s):
+    """(A, c) with L1 A = L2 and L1 c = the bias differences, from the float64 rows of one set
+    (pivot first) of each model, on their device; None when L1 is singular by the rule
+    (1-norm reciprocal condition number <= REP_MIN_RCOND). Biases: host rows or None."""
+    xp = array_module(G1s)
+    L1, L2 = G1s[1:] - G1s[0], G2s[1:] - G2s[0]
+    try:
+        with linalg_raises(xp):
+            inv = xp.linalg.inv(L1)
+    except np.linalg.LinAlgError:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        rcond = 1.0 / (np.float64(xp.abs(L1).sum(0).max()) * np.float64(xp.abs(inv).sum(0).max()))
+    if not rcond > rules.REP_MIN_RCOND:
+        return None
+    db = np.zeros(len(G1s) - 1)
+    if b2s is not None:
+        db += b2s[1:] - b2s[0]
+    if b1s is not None:
+        db -= b1s[1:] - b1s[0]
+    return inv @ L2, inv @ xp.asarray(db)
+
+
+def mcca_from_scatter(S12, n_components, W1, W2, precise=True) -> MCCAResult:
+    """mCCA from the cross scatter (host) and the whitenings (W' S W = I) of both sides, on
+    the whitenings' device: the mean of the first ``n_components`` canonical correlations,
+    those beyond the data's rank counting 0."""
+    T = W1.T @ array_module(W1).asarray(S12) @ W2
+    rho = np.clip(singular_values(T, precise), 0.0, 1.0)
+    n = n_components or min(W1.shape[0], W2.shape[0])
+    r = np.zeros(n)
+    r[:min(n, len(rho))] = rho[:n]
+    return MCCAResult(value=float(r.mean()), correlations=[float(v) for v in r], n_components=n)
