@@ -84,7 +84,7 @@ def cmd_matrix(args) -> int:
     import numpy as np
 
     from .io import load_model
-    from .matrix import matrix
+    from ._matrix import matrix
     models = [load_model(p) for p in args.models]
     res = matrix(models, **_measure_kwargs(args))
     payload = res.to_dict()
