@@ -25,7 +25,8 @@ def assert_close(actual, expected, dtype=np.float64, *, rtol=None, atol=0.0, sca
     ``|actual - expected| <= rtol * max(|expected|, scale) + atol`` elementwise, with rtol from
     TOLERANCES unless given (``scale`` is the size of the terms a result is a difference of).
     For float16/bfloat16, ``plain`` is the same quantity computed plainly in that precision, and
-    the error may be at most twice the plain computation's (plus ``atol``)."""
+    the error may be at most twice the plain computation's (or ``atol``, a floor for when the
+    plain computation happens to be exact)."""
     actual, expected = np.asarray(actual, float), np.asarray(expected, float)
     err = np.abs(actual - expected)
     name = _dtype_name(dtype)
@@ -33,8 +34,8 @@ def assert_close(actual, expected, dtype=np.float64, *, rtol=None, atol=0.0, sca
         if plain is None:
             raise TypeError(f"assert_close of {name} results needs `plain`, the same quantity "
                             "computed plainly in that precision")
-        bound = 2.0 * np.abs(np.asarray(plain, float) - expected) + atol
-        rule = f"2 x the plain {name} error + {atol}"
+        bound = np.maximum(2.0 * np.abs(np.asarray(plain, float) - expected), atol)
+        rule = f"2 x the plain {name} error, at least {atol}"
     else:
         if rtol is None:
             rtol = TOLERANCES[np.dtype(dtype)]
@@ -109,3 +110,46 @@ def assert_pass_close(actual: dict, expected: dict, dtype, scale=1.0, check_top1
         assert_close(a, e, dtype, rtol=PASS_RTOL[np.dtype(dtype)], scale=scale, what=k)
     if check_top1:
         np.testing.assert_array_equal(actual["top1_agree"], expected["top1_agree"])
+
+
+# ------------------------------------------------------------------ the package's imports
+def import_graph() -> dict:
+    """identirep's module -> the identirep modules it imports, from the source (every
+    ``import`` and ``from ... import`` statement, those inside functions included; the
+    compiled core counts as the module ``identirep._core``)."""
+    import ast
+    from pathlib import Path
+    root = Path(ir.__file__).resolve().parent
+    files = {}
+    for p in root.rglob("*.py"):
+        parts = p.relative_to(root.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    known = set(files) | {"identirep._core"}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                base = (f"{base}.{node.module}" if node.module else base) if node.level \
+                    else node.module or ""
+                for a in node.names:   # from package import submodule, or a name of a module
+                    deps.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+        graph[name] = {d for d in deps if d in known and d != name}
+    return graph
+
+
+def imported_by(graph: dict, module: str) -> set:
+    """Every identirep module ``module`` imports, directly or not."""
+    seen, todo = set(), [module]
+    while todo:
+        for d in graph.get(todo.pop(), ()):
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
