@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from identirep import IdentirepError, load_model
+from identirep import _hf
 from identirep import extract as ex
 
 WORDS = 116                     # tokenizer size: 4 special tokens + WORDS words = 120
@@ -68,7 +69,7 @@ def build(tmp_path_factory, torch, transformers, tokenizer, hf_class):
 def _reference_logits(transformers, torch, model_dir, texts, tokenizer):
     """The model's logits at every position of every text, each text run alone (N x V_TOK)."""
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, **{ex._dtype_kwarg(transformers): torch.float32})
+        model_dir, **{_hf.dtype_kwarg(transformers): torch.float32})
     model.eval()
     out = []
     with torch.inference_mode():
@@ -197,7 +198,7 @@ def test_logit_scaling_is_folded_into_f(build, identity, kind, scaling, factor, 
     assert "folded into f and b" in e.metadata["logit_scaling"]
     assert identity(d, e) < TOL
     # without the fold, the check catches the scale and names it
-    monkeypatch.setattr(ex, "LOGIT_SCALES", ())
+    monkeypatch.setattr(_hf, "LOGIT_SCALES", ())
     with pytest.raises(IdentirepError, match=r"extraction check failed .* logits are 0\.25 x "
                                              r"\(f\.g \+ b\) .* logit scaling identirep does not know"):
         _extract(d)
@@ -298,7 +299,7 @@ def test_bad_arguments(gpt2_pair, tmp_path):
 def test_missing_hf_dependencies_are_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(IdentirepError, match=r'needs torch and transformers .*pip install "identirep\[hf\]"'):
-        ex._require_hf()
+        _hf.require_hf()
 
 
 def test_import_does_not_load_torch():

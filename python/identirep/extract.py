@@ -33,41 +33,13 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ._hf import (CHECK_TOLERANCE, ExtractionCheck, as_numpy, check_extraction, config_facts,
+                  dtype_kwarg, fill_f, load_or_explain, logit_scale, numpy_dtype, pre_head_scaling,
+                  require_hf, scaled)
 from .errors import IdentirepError
 from .model import Model
 
 __all__ = ["extract", "Extraction", "ExtractionCheck", "add_extract_parser"]
-
-#: Largest relative error of the extraction check, per computation dtype.
-CHECK_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
-
-#: Constant factors applied to the lm_head output: model_type prefix -> (attribute, operation).
-LOGIT_SCALES = (
-    ("cohere", "logit_scale", "multiplies"),
-    ("granite", "logits_scaling", "divides"),
-    ("hyperclovax", "logits_scaling", "multiplies"),
-    ("falcon_h1", "lm_head_multiplier", "multiplies"),
-)
-
-_INSTALL_HINT = 'pip install "identirep[hf]"'
-
-
-@dataclass
-class ExtractionCheck:
-    """f . g + b recomputed against the model's own logits at sampled positions.
-
-    ``max_rel_error`` is the largest, over the checked positions x, of
-    max_y |recomputed - logits| / max_y |logits|.
-    """
-
-    positions: int
-    max_abs_error: float
-    max_rel_error: float
-    tolerance: float
-
-    def as_dict(self) -> dict:
-        return {"positions": self.positions, "max_abs_error": self.max_abs_error,
-                "max_rel_error": self.max_rel_error, "tolerance": self.tolerance}
 
 
 @dataclass(eq=False)
@@ -113,17 +85,6 @@ class Extraction:
                 f"M={self.M}{b}, check max rel error {self.check.max_rel_error:.2e})")
 
 
-def _require_hf():
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        raise IdentirepError(
-            f"extracting from Hugging Face models needs torch and transformers ({e.msg}); "
-            f"install them with: {_INSTALL_HINT}") from None
-    return torch, transformers
-
-
 def _read_texts(texts) -> list:
     if isinstance(texts, (str, os.PathLike)):
         p = Path(texts)
@@ -140,67 +101,6 @@ def _read_texts(texts) -> list:
     if not texts:
         raise IdentirepError("texts is empty; give at least one text")
     return list(texts)
-
-
-def _dtype_kwarg(transformers) -> str:
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
-def _logit_scale(model_type: str, cfg):
-    """(factor applied to the lm_head output, description) from the config."""
-    for prefix, attr, op in LOGIT_SCALES:
-        value = getattr(cfg, attr, None)
-        if model_type.startswith(prefix) and value is not None:
-            factor = float(value) if op == "multiplies" else 1.0 / float(value)
-            return factor, f"config.{attr}={float(value)!r} ({op} the logits), folded into f and b"
-    return 1.0, None
-
-
-def _pre_head_scaling(model_type: str, cfg):
-    if model_type.startswith("minicpm") and getattr(cfg, "dim_model_base", None):
-        k = cfg.hidden_size / cfg.dim_model_base
-        return (f"hidden states divided by hidden_size/dim_model_base={k!r} before the lm_head; "
-                "captured in f")
-    return None
-
-
-_CONFIG_FACTS = ("model_type", "architectures", "hidden_size", "n_embd", "num_hidden_layers",
-                 "n_layer", "vocab_size", "tie_word_embeddings", "max_position_embeddings",
-                 "n_positions", "final_logit_softcapping", "logit_scale", "logits_scaling",
-                 "lm_head_multiplier", "dim_model_base", "scale_width")
-
-
-def _config_facts(cfg) -> dict:
-    out = {}
-    for k in _CONFIG_FACTS:
-        v = getattr(cfg, k, None)
-        if isinstance(v, (bool, int, float, str)) or (isinstance(v, list) and v):
-            out[k] = v
-    return out
-
-
-class _Captured(Exception):
-    """Raised by the lm_head pre-hook: the forward pass has produced f; stop it there."""
-
-
-def _progress_reporter(progress, total: int):
-    """(update(n), close()) for a callable, a rich bar on a terminal, or nothing."""
-    if callable(progress):
-        done = [0]
-
-        def update(n):
-            done[0] += n
-            progress(done[0], total)
-        return update, lambda: None
-    if progress is True or (progress is None and sys.stderr.isatty()):
-        from rich.console import Console
-        from rich.progress import Progress
-        bar = Progress(console=Console(stderr=True), transient=True)
-        task = bar.add_task("extracting", total=total)
-        bar.start()
-        return (lambda n: bar.advance(task, n)), bar.stop
-    return (lambda n: None), (lambda: None)
 
 
 def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: int = 8,
@@ -233,13 +133,13 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
             f"{model_dir} is not a local model directory (no config.json); give the directory "
             "written by save_pretrained — identirep never downloads models")
     texts = _read_texts(texts)
-    torch, transformers = _require_hf()
+    torch, transformers = require_hf()
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise IdentirepError(f"device must be a torch device such as 'cpu' or 'cuda': {e}") from None
 
-    cfg = _load(lambda: transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True),
+    cfg = load_or_explain(lambda: transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True),
                 f"could not read the model config in {model_dir}")
     tcfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     model_type = str(getattr(tcfg, "model_type", None) or getattr(cfg, "model_type", ""))
@@ -252,12 +152,12 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
             "compares. Pass allow_softcap=True (--allow-softcap) to extract the factors of the "
             "pre-cap logits z = f.g + b; comparisons will then ignore the cap")
 
-    tok = _load(lambda: transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True),
+    tok = load_or_explain(lambda: transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True),
                 f"could not load a tokenizer from {model_dir} (it needs its tokenizer files, "
                 "e.g. tokenizer.json and tokenizer_config.json)")
     torch_dtype = getattr(torch, dtype)
-    model = _load(lambda: transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, local_files_only=True, **{_dtype_kwarg(transformers): torch_dtype}),
+    model = load_or_explain(lambda: transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, local_files_only=True, **{dtype_kwarg(transformers): torch_dtype}),
         f"could not load a causal language model from {model_dir}")
     model.eval()
     try:
@@ -273,7 +173,7 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
             "logits are not f(x).g(y)")
     rows, M = weight.shape
     V = min(len(tok), rows)
-    scale, scale_note = _logit_scale(model_type, tcfg)
+    scale, scale_note = logit_scale(model_type, tcfg)
 
     limit = getattr(tcfg, "max_position_embeddings", None) or getattr(tcfg, "n_positions", None)
     eff_length = min(max_length, int(limit)) if limit else max_length
@@ -290,7 +190,7 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     N = int(offsets[-1])
 
-    np_dtype, stored = _numpy_dtype(dtype)
+    np_dtype, stored = numpy_dtype(dtype)
     f_out = np.empty((N, M), dtype=np_dtype)
     token_ids = np.concatenate([np.asarray(ids[i], dtype=np.int64) for i in keep])
     positions = np.stack([np.repeat(np.asarray(keep, dtype=np.int64), lengths),
@@ -298,15 +198,15 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None and tok.pad_token_id < rows else 0
     seqs = [ids[i] for i in keep]
-    pad_positions = _fill_f(model, torch, head, seqs, offsets, f_out, pad_id, batch_size,
+    pad_positions = fill_f(model, torch, head, seqs, offsets, f_out, pad_id, batch_size,
                             scale, device, progress)
 
     with torch.inference_mode():
-        g = _as_numpy(weight[:V], np_dtype, torch)
+        g = as_numpy(weight[:V], np_dtype, torch)
         bias = getattr(head, "bias", None)
-        b = None if bias is None else _as_numpy(_scaled(bias[:V], scale, torch), np_dtype, torch)
+        b = None if bias is None else as_numpy(scaled(bias[:V], scale, torch), np_dtype, torch)
 
-    check = _check(model, torch, seqs, offsets, f_out, g, b, cap, dtype, seed, check_positions,
+    check = check_extraction(model, torch, seqs, offsets, f_out, g, b, cap, dtype, seed, check_positions,
                    f"{model_dir} ({model_type}, logit scale folded: {scale:g})")
     label_ids = np.arange(V, dtype=np.int64)
     labels = [t if t is not None else f"<id {i}>"
@@ -317,7 +217,7 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         "source": "huggingface",
         "model_dir": str(model_dir.resolve()),
         "model_type": model_type,
-        "config": _config_facts(tcfg),
+        "config": config_facts(tcfg),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__.split("+")[0],
         "dtype": dtype,
@@ -345,7 +245,7 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
             "the softmax runs over the tokenizer's tokens only")
     if scale_note:
         meta["logit_scaling"] = scale_note
-    pre = _pre_head_scaling(model_type, tcfg)
+    pre = pre_head_scaling(model_type, tcfg)
     if pre:
         meta["hidden_scaling"] = pre
     if cap is not None:
@@ -357,135 +257,6 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         from .io import save_model
         save_model(ext.to_model(), out)
     return ext
-
-
-def _load(fn, message):
-    try:
-        return fn()
-    except (OSError, ValueError, KeyError) as e:
-        raise IdentirepError(f"{message}: {e}") from None
-
-
-def _numpy_dtype(dtype: str):
-    if dtype != "bfloat16":
-        return np.dtype(dtype), dtype
-    try:
-        import ml_dtypes
-    except ImportError:
-        return np.dtype(np.float32), "float32 (computed in bfloat16; install ml_dtypes to keep it)"
-    return np.dtype(ml_dtypes.bfloat16), "bfloat16"
-
-
-def _fill_f(model, torch, head, seqs, offsets, f_out, pad_id, batch_size, scale, device,
-            progress) -> int:
-    """Run the texts in right-padded batches; write the scaled lm_head inputs into f_out.
-
-    Returns the number of padding positions skipped. The pre-hook stops each forward pass at
-    the lm_head, so no batch x length x V logits are ever computed here.
-    """
-    captured = {}
-
-    def hook(module, args, kwargs):
-        captured["h"] = args[0] if args else kwargs["input"]
-        raise _Captured
-
-    lengths = np.diff(offsets)
-    order = np.argsort(-lengths, kind="stable")   # similar lengths together: less padding
-    update, close = _progress_reporter(progress, int(offsets[-1]))
-    handle = head.register_forward_pre_hook(hook, with_kwargs=True)
-    pad_positions = 0
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                input_ids = torch.full((len(batch), int(lengths[batch].max())), pad_id,
-                                       dtype=torch.long)
-                mask = torch.zeros_like(input_ids)
-                for r, j in enumerate(batch):
-                    input_ids[r, :lengths[j]] = torch.as_tensor(seqs[j])
-                    mask[r, :lengths[j]] = 1
-                pad_positions += int((mask == 0).sum())
-                h = _capture(model, captured, input_ids.to(device), mask.to(device))
-                for r, j in enumerate(batch):
-                    rows_f = _scaled(h[r, :lengths[j]], scale, torch)
-                    f_out[offsets[j]:offsets[j + 1]] = _as_numpy(rows_f, f_out.dtype, torch)
-                update(int(lengths[batch].sum()))
-    finally:
-        handle.remove()
-        close()
-    return pad_positions
-
-
-def _capture(model, captured, input_ids, mask):
-    captured.clear()
-    try:
-        model(input_ids=input_ids, attention_mask=mask, use_cache=False)
-    except _Captured:
-        return captured["h"]
-    raise IdentirepError("the output embedding (lm_head) was not called during the forward "
-                         "pass; cannot capture its input")
-
-
-def _scaled(t, scale: float, torch):
-    if scale == 1.0:
-        return t
-    wide = t.double() if t.dtype == torch.float64 else t.float()
-    return wide * scale
-
-
-def _as_numpy(t, np_dtype, torch) -> np.ndarray:
-    t = t.detach().cpu()
-    if np_dtype.name == "bfloat16":
-        t = t.to(torch.bfloat16).contiguous()
-        return t.view(torch.int16).numpy().view(np.uint16).view(np_dtype)
-    if t.dtype == torch.bfloat16:
-        t = t.float()
-    return t.numpy().astype(np_dtype, copy=False)
-
-
-def _check(model, torch, seqs, offsets, f, g, b, cap, dtype, seed, k, where) -> ExtractionCheck:
-    """Recompute logits at ``k`` sampled positions and compare with the model's own logits,
-    each text run alone (no padding, no batching)."""
-    N, V = f.shape[0], g.shape[0]
-    rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(N, size=min(k, N), replace=False))
-    text_of = np.searchsorted(offsets, picked, side="right") - 1
-    g64 = g.astype(np.float64)
-    b64 = None if b is None else b.astype(np.float64)
-    worst_abs, worst_rel = 0.0, 0.0
-    fit = []
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for j in np.unique(text_of):
-            sel = picked[text_of == j]
-            pos = torch.as_tensor(sel - offsets[j], device=device)
-            input_ids = torch.as_tensor([seqs[j]], dtype=torch.long, device=device)
-            logits = model(input_ids=input_ids, use_cache=False).logits[0, pos, :V]
-            logits = logits.double().cpu().numpy()
-            raw = f[sel].astype(np.float64) @ g64.T
-            if b64 is not None:
-                raw += b64
-            recomputed = cap * np.tanh(raw / cap) if cap is not None else raw
-            err = np.abs(recomputed - logits).max(axis=1)
-            size = np.maximum(np.abs(logits).max(axis=1), np.finfo(np.float64).tiny)
-            worst_abs = max(worst_abs, float(err.max()))
-            worst_rel = max(worst_rel, float((err / size).max()))
-            fit.append((raw, logits))
-    check = ExtractionCheck(len(picked), worst_abs, worst_rel, CHECK_TOLERANCE[dtype])
-    if worst_rel > check.tolerance:
-        raw = np.concatenate([r for r, _ in fit])
-        logits = np.concatenate([lg for _, lg in fit])
-        ratio = float((raw * logits).sum() / max((raw * raw).sum(), np.finfo(float).tiny))
-        resid = np.abs(ratio * raw - logits).max() / max(np.abs(logits).max(), 1e-300)
-        hint = (f" The model's logits are {ratio:.6g} x (f.g + b) at the checked positions: "
-                "the architecture applies a logit scaling identirep does not know."
-                if resid <= check.tolerance else
-                " The architecture may transform the lm_head output non-linearly.")
-        raise IdentirepError(
-            f"extraction check failed for {where}: f.g + b differs from the model's logits "
-            f"by up to {worst_rel:.3g} relative ({worst_abs:.3g} absolute) over {len(picked)} "
-            f"positions, above the {dtype} tolerance {check.tolerance:g}.{hint}")
-    return check
 
 
 def add_extract_parser(subparsers):
