@@ -1,4 +1,4 @@
-"""Every closed-form identity of DESIGN.md against brute force (float64)."""
+"""Every closed-form identity of docs/design.md against brute force (float64)."""
 import numpy as np
 from scipy.special import logsumexp
 
