@@ -5,6 +5,10 @@ For each input x (over labels y) and each label y (over inputs x) it returns:
   moments of the logits (means, centred sums of squares of l1, l2 and of l1 - l2);
 - columns: the input moments of the logits of each label (means, centred sums of squares of
   l1, l2 and their cross sum).
+
+This module is the pass's contract, shared by every backend: ``PassStats``, the layout of the
+epilogue's running state (``init_state``, ``finalize``), the operands' shape checks, and the
+chunked NumPy pass that the compiled passes are tested against.
 """
 from __future__ import annotations
 
