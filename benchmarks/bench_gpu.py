@@ -57,7 +57,8 @@ import cupy as cp
 import identirep
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep import _cupy_pass as gp
+from identirep.gpu import arrays, cublas, cuda_backend, cupy_backend, plans
+from identirep.gpu.state import pass_state
 from identirep.errors import why
 
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
@@ -112,8 +113,8 @@ def make_inputs(n, v, m, seed):
     rs = cp.random.RandomState(seed)
     f = rs.standard_normal((n, m), dtype=cp.float32)
     g = rs.standard_normal((v, m), dtype=cp.float32) * float(3.0 / np.sqrt(m))  # stays float32
-    return (gp.DeviceArray(bf16.from_f32(f), "bfloat16"),
-            gp.DeviceArray(bf16.from_f32(g), "bfloat16"))
+    return (arrays.DeviceArray(bf16.from_f32(f), "bfloat16"),
+            arrays.DeviceArray(bf16.from_f32(g), "bfloat16"))
 
 
 def cupy_bfloat16():
@@ -177,7 +178,7 @@ def bench_shape(n, v, m, args, torch, row):
         row["floor_by"] = min(floors, key=floors.get)
         row["floor"] = floors[row["floor_by"]]
     # the tiles of the default (overlapped) pass
-    tr, tc = gp.tile_shape(n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2)
+    tr, tc = plans.tile_shape(n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2)
 
     def gemm_tiles_ms():
         ws = cp.empty(tr * tc, cp.float32)
@@ -189,35 +190,35 @@ def bench_shape(n, v, m, args, torch, row):
                     r1 = min(n, r0 + tr)
                     out = ws[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
                     for f, g in ((f1, g1), (f2, g2)):
-                        gp.gemm_ex(cp, f.data[r0:r1], g.data[c0:c1], out, "bfloat16")
+                        cublas.gemm_ex(cp, f.data[r0:r1], g.data[c0:c1], out, "bfloat16")
         return cuda_ms(gemm_tiles, args.warmup, args.repeats)  # the tiles go with ws
     measure(row, "gemm", gemm_tiles_ms)
     if identirep.build_info()["cuda_compiled"]:
         measure(row, "epilogue", lambda: epilogue_ms(n, v, tr, tc, args))
-        measure(row, "epilogue_fused", lambda: epilogue_ms(n, v, *gp.tile_shape(
+        measure(row, "epilogue_fused", lambda: epilogue_ms(n, v, *plans.tile_shape(
             n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2, fused=True), args,
             fused=True))
     kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
     if identirep.build_info()["cuda_compiled"]:
-        run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
+        run = (lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, **kw))
         measure(row, "mem", lambda: pool_peak(run))
         measure(row, "cuda", lambda: cuda_ms(run, args.warmup, args.repeats))
         measure(row, "loop", lambda: cuda_ms(
-            lambda: gp.cuda_pass(f1, g1, f2, g2, driver=False, **kw), args.warmup, args.repeats))
+            lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, driver=False, **kw), args.warmup, args.repeats))
         measure(row, "serial", lambda: cuda_ms(
-            lambda: gp.cuda_pass(f1, g1, f2, g2, overlap=False, **kw), args.warmup,
+            lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, overlap=False, **kw), args.warmup,
             args.repeats))
-        fused = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
+        fused = (lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
         measure(row, "mem_fused", lambda: pool_peak(fused))
         measure(row, "fused", lambda: cuda_ms(fused, args.warmup, args.repeats))
         if args.sweep:
             for tc in SWEEP_COLS:
                 for variant, opts in SWEEP_VARIANTS.items():
                     measure(row, ("sweep", tc, variant), lambda: cuda_ms(
-                        lambda: gp.cuda_pass(f1, g1, f2, g2, workspace_bytes=args.workspace,
+                        lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, workspace_bytes=args.workspace,
                                              tile_cols=tc, **opts),
                         args.warmup, args.repeats))
-    cupy_run = (lambda: gp.cupy_pass(f1, g1, f2, g2, **kw))
+    cupy_run = (lambda: cupy_backend.cupy_pass(f1, g1, f2, g2, **kw))
     # the first run compiles the NVRTC kernels, outside the timing
     measure(row, "cupy", lambda: (cupy_run(), cuda_ms(cupy_run, args.warmup, args.repeats))[1])
     if torch is not None and not args.no_torch:
@@ -235,7 +236,7 @@ def bench_gemm_kind(n, v, m, key, args, row):
     _, rows, wgmma = GEMM_KINDS[key]
     f1, g1 = make_inputs(n, v, m, 1)
     f2, g2 = make_inputs(n, v, m, 2)
-    run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+    run = (lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
                                 gemm_wgmma=wgmma, workspace_bytes=args.workspace))
     measure(row, ("mem_gemm", key), lambda: pool_peak(run))
     measure(row, key, lambda: cuda_ms(run, args.warmup, args.repeats))
@@ -244,7 +245,7 @@ def bench_gemm_kind(n, v, m, key, args, row):
 
 def mainloop_ms(rows, wgmma, arrays, args):
     """The fused GEMM kernel without its epilogue (the timing probe), one launch over N x V."""
-    ops = gp.driver_operands(list(arrays), np.dtype(np.float32))
+    ops = cuda_backend.driver_operands(list(arrays), np.dtype(np.float32))
     return cuda_ms(lambda: _core.lse_kl_gemm_mainloop_cuda(
         *ops, gemm=rows, wgmma=wgmma, stream=cp.cuda.get_current_stream().ptr,
         device=cp.cuda.Device().id), args.warmup, args.repeats)
@@ -288,12 +289,12 @@ def gemm_check(rows, wgmma):
     f1, g1 = make_inputs(777, 9001, 72, 1)
     f2, g2 = make_inputs(777, 9001, 40, 2)
     kw = dict(tile_rows=400, tile_cols=5000)
-    want = gp.cuda_pass(f1, g1, f2, g2, **kw)
-    got = gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wgmma,
+    want = cuda_backend.cuda_pass(f1, g1, f2, g2, **kw)
+    got = cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wgmma,
                        **kw)
     # the timing probe (the kernel without its epilogue) too, then the pass again: the same
     mainloop_ms(rows, wgmma, (f1, g1, f2, g2), argparse.Namespace(warmup=0, repeats=1))
-    again = gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+    again = cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
                          gemm_wgmma=wgmma, **kw)
     bad = []
     for k in ("L1", "L2", "kl12", "kl21", "col_mean1", "col_m2_12"):
@@ -364,11 +365,11 @@ def _run_checks(keys, deadline):
 def epilogue_ms(n, v, tr, tc, args, fused=False):
     """The compiled epilogue alone over the pass's tiles (one random tile pair reused): what
     the pass adds to its GEMM tiles when nothing overlaps."""
-    ep = gp._CudaEpilogue(cp, tc, np.dtype(np.float32), tr, fused)
+    ep = cuda_backend._CudaEpilogue(cp, tc, np.dtype(np.float32), tr, fused)
     rs = cp.random.RandomState(3)
     l1 = rs.standard_normal((tr, tc), dtype=cp.float32)
     l2 = rs.standard_normal((tr, tc), dtype=cp.float32)
-    state, args_, row_m, col_m = gp._pass_state(cp, n, v)
+    state, args_, row_m, col_m = pass_state(cp, n, v)
 
     def run():
         for c0 in range(0, v, tc):

@@ -19,8 +19,9 @@ import cupy as cp
 
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep import _cupy_pass as gp
-from identirep._cupy_pass import _CudaEpilogue, _CupyEpilogue
+from identirep.gpu import cuda_backend
+from identirep.gpu.cuda_backend import _CudaEpilogue
+from identirep.gpu.cupy_backend import NvrtcEpilogue
 from identirep.passes import init_state
 
 
@@ -30,7 +31,7 @@ def epilogue(compiled, n=37, v=301, tile=200, fused=False):
     l2 = cp.asarray(rng.standard_normal((n, v)))
     state, args = (cp.asarray(a) for a in init_state(n))
     row_m, col_m = cp.zeros((5, n)), cp.zeros((5, v))
-    run = (_CudaEpilogue if compiled else _CupyEpilogue)(cp, tile, np.float64, 20, fused)
+    run = (_CudaEpilogue if compiled else NvrtcEpilogue)(cp, tile, np.float64, 20, fused)
     for c0 in range(0, v, tile):
         c1 = min(v, c0 + tile)
         for r0, r1 in ((0, 20), (20, n)):
@@ -59,7 +60,7 @@ def pivots(B=5, V=301):
 def driver():
     """The pass driver (when built) and the Python loop on a tiny float64 pair: [L1, kl12, col
     means] of each, or [] without the driver."""
-    from identirep._cupy_pass import cuda_pass
+    from identirep.gpu.cuda_backend import cuda_pass
     if not hasattr(_core, "lse_kl_pass_cuda"):
         return []
     rng = np.random.default_rng(2)
@@ -73,7 +74,8 @@ def driver():
 def gemm():
     """[L1, kl12, col_m2_12] of the fused GEMM passes (mma.sync, and wgmma where it runs) and
     of the cuBLAS driver on a tiny bfloat16 pair, or [] without the driver."""
-    from identirep._cupy_pass import DeviceArray, cuda_pass
+    from identirep.gpu.arrays import DeviceArray
+    from identirep.gpu.cuda_backend import cuda_pass
     if not hasattr(_core, "lse_kl_pass_cuda"):
         return []
     rng = np.random.default_rng(3)
@@ -90,7 +92,7 @@ def gemm():
     out = [cuda_pass(*ops, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wg, **kw)
            for rows, wg in kinds]
     out.append(cuda_pass(*ops, **kw))
-    tuples = gp.driver_operands(ops, np.dtype(np.float32))
+    tuples = cuda_backend.driver_operands(ops, np.dtype(np.float32))
     for rows, wg in kinds:  # the benchmarks' timing probe, for the memory checker
         _core.lse_kl_gemm_mainloop_cuda(*tuples, gemm=rows, wgmma=wg,
                                         stream=cp.cuda.get_current_stream().ptr,

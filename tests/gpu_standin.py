@@ -18,15 +18,15 @@ fake_cupy.install()
 
 @pytest.fixture(autouse=True)
 def _gpu_on_the_cpu(monkeypatch):
-    from identirep import _cupy_pass as gp
+    from identirep.gpu import cublas, cuda_backend, cupy_backend, pivots
 
     import test_device_paths_on_cpu as cpu_paths
-    monkeypatch.setattr(gp, "_driver", lambda: None)
-    monkeypatch.setattr(gp, "driver_operands", lambda ops, kind: None)
-    monkeypatch.setattr(gp, "_CudaEpilogue", cpu_paths._HostEpilogue)
-    monkeypatch.setattr(gp, "_CupyEpilogue", cpu_paths._HostEpilogue)
-    monkeypatch.setattr(gp, "gemm_ex", cpu_paths.emulated_gemm_ex)
-    monkeypatch.setattr(gp, "pivot_criteria_device",
+    monkeypatch.setattr(cuda_backend, "_driver", lambda: None)
+    monkeypatch.setattr(cuda_backend, "driver_operands", lambda ops, kind: None)
+    monkeypatch.setattr(cuda_backend, "_CudaEpilogue", cpu_paths._HostEpilogue)
+    monkeypatch.setattr(cupy_backend, "NvrtcEpilogue", cpu_paths._HostEpilogue)
+    monkeypatch.setattr(cublas, "gemm_ex", cpu_paths.emulated_gemm_ex)
+    monkeypatch.setattr(pivots, "pivot_criteria_device",
                         cpu_paths.host_pivot_criteria(fake_cupy.cupy, []))
     if importlib.util.find_spec("torch") is not None:
         import torch

@@ -14,7 +14,7 @@ import pytest
 
 import identirep
 from identirep import IdentirepError, _core
-from identirep import _cupy_pass as gp
+from identirep.gpu import arrays, cublas, cuda_backend, nvrtc, plans
 from identirep.passes import numpy_pass
 from conftest import _gpu_available
 from helpers import random_pair
@@ -85,7 +85,7 @@ def test_gemm_plan_is_the_python_one(layout_a, layout_b):
          "gappy": rng.standard_normal((14, 10))[::2, ::2]}[layout_a]
     b = {"C": b, "F": np.asfortranarray(b), "strided": rng.standard_normal((30, 8))[4:13, 1:6],
          "gappy": rng.standard_normal((18, 10))[::2, ::2]}[layout_b]
-    want = gp.gemm_nt_args(a, b)
+    want = cublas.gemm_nt_args(a, b)
     got = _core.gemm_nt_plan(op(a), op(b))
     assert (tuple(got) if got else None) == want
 
@@ -101,31 +101,31 @@ def test_driver_workspace_fits_the_tile_plan(fused, overlap, dtype):
     assert cublas >= 4 << 20
     for n, v, ws in ((16384, 128256, 1 << 30), (1001, 50257, 40 << 20), (7, 3, 33 << 20),
                      (50000, 262144, 1 << 30)):
-        tr, tc = gp.tile_shape(n, v, 0, 0, it, None, None, ws, nbuf, fused, gp.driver_reserve())
+        tr, tc = plans.tile_shape(n, v, 0, 0, it, None, None, ws, nbuf, fused, cuda_backend.driver_reserve())
         size = _core.lse_kl_pass_cuda_workspace(tr, tc, dtype, overlap, fused, False)
-        parts = cublas + 2 * nbuf * tr * tc * it + 8 * sum(gp.epilogue_scratch(tr, tc, fused))
-        assert parts <= size <= min(ws, parts + gp.driver_reserve() - cublas)
+        parts = cublas + 2 * nbuf * tr * tc * it + 8 * sum(plans.epilogue_scratch(tr, tc, fused))
+        assert parts <= size <= min(ws, parts + cuda_backend.driver_reserve() - cublas)
     with pytest.raises(IdentirepError, match="too small"):
-        gp.tile_shape(7, 3, 0, 0, it, None, None, cublas, nbuf, fused, gp.driver_reserve())
+        plans.tile_shape(7, 3, 0, 0, it, None, None, cublas, nbuf, fused, cuda_backend.driver_reserve())
 
 
 @needs_driver
 def test_fused_gemm_workspace_and_tiles():
     # no logit tiles, no cuBLAS workspace: the row records, column sums and shifts, aligned
     for n, v in ((16384, 128256), (1001, 50257), (7, 3)):
-        tr, tc = gp.gemm_tile_shape(n, v, None, None, 1 << 30)
-        assert (tr, tc) == (n, min(v, gp.GEMM_TILE_COLS))
+        tr, tc = cuda_backend.gemm_tile_shape(n, v, None, None, 1 << 30)
+        assert (tr, tc) == (n, min(v, cuda_backend.GEMM_TILE_COLS))
         row, col, shift = _core.lse_kl_gemm_work_elems(tr, tc)
-        assert row == -(-tc // 128) * gp.ROW_FIELDS * tr and col == 64 * 5 * tc and shift == 2 * tc
+        assert row == -(-tc // 128) * nvrtc.ROW_FIELDS * tr and col == 64 * 5 * tc and shift == 2 * tc
         size = _core.lse_kl_pass_cuda_workspace(tr, tc, "float32", False, False, True)
         assert 8 * (row + col) + 4 * shift <= size <= 8 * (row + col) + 4 * shift + 3 * 256
     # 1 << 26 bytes: the labels shrink first (to 128), then the rows
-    tr, tc = gp.gemm_tile_shape(16384, 128256, None, None, 1 << 26)
-    assert tc < gp.GEMM_TILE_COLS and _core.lse_kl_pass_cuda_workspace(
+    tr, tc = cuda_backend.gemm_tile_shape(16384, 128256, None, None, 1 << 26)
+    assert tc < cuda_backend.GEMM_TILE_COLS and _core.lse_kl_pass_cuda_workspace(
         tr, tc, "float32", False, False, True) <= 1 << 26
-    assert gp.gemm_tile_shape(1 << 20, 4096, None, None, 1 << 26)[1] == 128
+    assert cuda_backend.gemm_tile_shape(1 << 20, 4096, None, None, 1 << 26)[1] == 128
     with pytest.raises(IdentirepError, match="too small for the fused GEMM"):
-        gp.gemm_tile_shape(16384, 4096, 16384, 4096, 1 << 20)
+        cuda_backend.gemm_tile_shape(16384, 4096, 16384, 4096, 1 << 20)
     with pytest.raises(ValueError, match="float32 logits"):
         _core.lse_kl_pass_cuda_workspace(10, 10, "float64", False, False, True)
 
@@ -133,19 +133,19 @@ def test_fused_gemm_workspace_and_tiles():
 def test_fused_gemm_takes_aligned_half_rows_only():
     u16 = np.zeros((40, 32), np.uint16)
     bf = [_fake_device(u16[:10, :20], "bfloat16"), _fake_device(u16[:20, :20], "bfloat16")] * 2
-    assert gp.gemm_problem(bf) == ""
+    assert cuda_backend.gemm_problem(bf) == ""
     f16 = [_fake_device(x.view(np.float16)) for x in (u16[:10, :20], u16[:20, :20])] * 2
-    assert gp.gemm_problem(f16) == ""
-    assert "of one kind" in gp.gemm_problem(bf[:2] + f16[2:])
+    assert cuda_backend.gemm_problem(f16) == ""
+    assert "of one kind" in cuda_backend.gemm_problem(bf[:2] + f16[2:])
     f32 = [_fake_device(np.zeros((10, 4), np.float32))] * 4
-    assert "float16 or bfloat16" in gp.gemm_problem(f32)
-    assert "contiguous rows" in gp.gemm_problem(
+    assert "float16 or bfloat16" in cuda_backend.gemm_problem(f32)
+    assert "contiguous rows" in cuda_backend.gemm_problem(
         [_fake_device(np.asfortranarray(u16[:10, :20]), "bfloat16")] + bf[1:])
-    assert "multiple of 8" in gp.gemm_problem(
+    assert "multiple of 8" in cuda_backend.gemm_problem(
         [_fake_device(np.zeros((10, 20), np.uint16), "bfloat16")] + bf[1:])
     shifted = _fake_device(u16[:10, :20], "bfloat16")
     shifted.data.data.ptr += 2
-    assert "16-byte aligned" in gp.gemm_problem([shifted] + bf[1:])
+    assert "16-byte aligned" in cuda_backend.gemm_problem([shifted] + bf[1:])
 
 
 @needs_driver
@@ -180,9 +180,9 @@ def test_driver_checks_fused_gemm_arguments_before_touching_a_device():
     run(c_begin=5, c_end=5, gemm=64)
     run(c_begin=5, c_end=5, gemm=64, wgmma=True)
     with pytest.raises(IdentirepError, match="gemm_block_rows must be 128 or 64"):
-        gp.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, fused_gemm=True, gemm_block_rows=96)
+        cuda_backend.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, fused_gemm=True, gemm_block_rows=96)
     with pytest.raises(IdentirepError, match="gemm_wgmma=True is a kind of the fused GEMM"):
-        gp.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, gemm_wgmma=True)
+        cuda_backend.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, gemm_wgmma=True)
 
 
 @needs_driver
@@ -209,16 +209,16 @@ def test_cublas_loader_reports_what_it_tried(tmp_path):
 @needs_driver
 def test_cublas_loads_where_it_is_installed():
     major = _core.cublas_header_major()
-    files = [p for p in gp.cublas_candidates(major) if os.path.sep in p]
+    files = [p for p in cublas.cublas_candidates(major) if os.path.sep in p]
     try:
-        path = gp.load_cublas()
+        path = cublas.load_cublas()
     except IdentirepError as e:
         if files:
             raise
         pytest.skip(f"no libcublas.so.{major} on this machine ({e})")
     assert Path(path).name.startswith(f"libcublas.so.{major}") and Path(path).is_file()
     assert _core.cublas_version()[0] == major
-    assert gp.load_cublas() == path  # loaded once
+    assert cublas.load_cublas() == path  # loaded once
 
 
 @needs_driver
@@ -256,7 +256,7 @@ def test_driver_without_a_gpu_raises_a_clear_error():
     if _gpu_available():
         pytest.skip("a GPU is visible")
     try:
-        gp.load_cublas()
+        cublas.load_cublas()
     except IdentirepError:
         pytest.skip("no libcublas here")
     a, g = np.empty((10, 4), np.float32), np.empty((20, 4), np.float32)
@@ -313,30 +313,30 @@ def test_driver_takes_native_pairs_and_leaves_the_rest_to_the_python_loop():
     f, g = np.empty((10, 4), np.float32), np.empty((20, 4), np.float32)
     u16 = (np.empty((10, 4), np.uint16), np.empty((20, 4), np.uint16))
     ops = [_fake_device(x) for x in (f, g, f, g)]
-    got = gp.driver_operands(ops, np.dtype(np.float32))
+    got = cuda_backend.driver_operands(ops, np.dtype(np.float32))
     assert [t[1:] for t in got] == [(10, 4, 4, 1, "float32"), (20, 4, 4, 1, "float32")] * 2
     bf = [_fake_device(x, "bfloat16") for x in u16]
-    assert gp.driver_operands(bf + ops[2:], np.dtype(np.float32)) is not None
-    assert gp.driver_operands([bf[0], ops[1]] + ops[2:], np.dtype(np.float32)) is None
+    assert cuda_backend.driver_operands(bf + ops[2:], np.dtype(np.float32)) is not None
+    assert cuda_backend.driver_operands([bf[0], ops[1]] + ops[2:], np.dtype(np.float32)) is None
     f64 = [_fake_device(x.astype(np.float64)) for x in (f, g)]
-    assert gp.driver_operands(f64 + ops[2:], np.dtype(np.float32)) is None
-    assert gp.driver_operands(f64 * 2, np.dtype(np.float64)) is not None
+    assert cuda_backend.driver_operands(f64 + ops[2:], np.dtype(np.float32)) is None
+    assert cuda_backend.driver_operands(f64 * 2, np.dtype(np.float64)) is not None
     gappy = _fake_device(np.empty((40, 8), np.float32)[::2, ::2])
-    assert gp.driver_operands([ops[0], gappy] + ops[2:], np.dtype(np.float32)) is None
+    assert cuda_backend.driver_operands([ops[0], gappy] + ops[2:], np.dtype(np.float32)) is None
     fortran = _fake_device(np.asfortranarray(g))
-    got = gp.driver_operands([ops[0], fortran] + ops[2:], np.dtype(np.float32))
+    got = cuda_backend.driver_operands([ops[0], fortran] + ops[2:], np.dtype(np.float32))
     assert got[1][1:] == (20, 4, 1, 20, "float32")
 
 
 def test_driver_calls_cover_the_labels_in_tile_groups():
-    assert gp.label_groups(16384, 128256, 4096, progress=False) == [(0, 128256)]
-    assert gp.label_groups(16384, 128256, 4096, progress=True) == [(0, 128256)]  # short
+    assert cuda_backend.label_groups(16384, 128256, 4096, progress=False) == [(0, 128256)]
+    assert cuda_backend.label_groups(16384, 128256, 4096, progress=True) == [(0, 128256)]  # short
     n, v, tc = 1 << 20, 128256, 4096
-    groups = gp.label_groups(n, v, tc, progress=True)
-    assert len(groups) == gp.PROGRESS_GROUPS and groups[0][0] == 0 and groups[-1][1] == v
+    groups = cuda_backend.label_groups(n, v, tc, progress=True)
+    assert len(groups) == cuda_backend.PROGRESS_GROUPS and groups[0][0] == 0 and groups[-1][1] == v
     assert all(a[1] == b[0] and a[0] % tc == 0 and a[0] < a[1] for a, b in zip(groups,
                                                                             groups[1:]))
-    assert gp.label_groups(1 << 23, 3 * tc, tc, progress=True) == [
+    assert cuda_backend.label_groups(1 << 23, 3 * tc, tc, progress=True) == [
         (0, tc), (tc, 2 * tc), (2 * tc, 3 * tc)]
 
 
@@ -344,12 +344,12 @@ def test_driver_calls_cover_the_labels_in_tile_groups():
 @pytest.fixture
 def spy(monkeypatch):
     calls = []
-    real = gp._driver_pass
+    real = cuda_backend._driver_pass
 
     def wrapped(*a, **k):
         calls.append(1)
         return real(*a, **k)
-    monkeypatch.setattr(gp, "_driver_pass", wrapped)
+    monkeypatch.setattr(cuda_backend, "_driver_pass", wrapped)
     return calls
 
 
@@ -359,7 +359,7 @@ def spy(monkeypatch):
 @pytest.mark.parametrize("tiles", [{}, {"tile_rows": 300, "tile_cols": 7777}])
 def test_driver_float64_pass_matches_numpy(cupy, problem64, spy, fused, tiles):
     arrays, ref, scale = problem64
-    got = gp.cuda_pass(*(cupy.asarray(a) for a in arrays), fused_epilogue=fused, **tiles)
+    got = cuda_backend.cuda_pass(*(cupy.asarray(a) for a in arrays), fused_epilogue=fused, **tiles)
     assert spy and (got.backend, got.dtype) == ("cuda", "float64")
     assert_stats_close(got, ref, 1e-9, scale)
 
@@ -372,14 +372,14 @@ def test_driver_and_python_loop_agree(cupy, spy, dtype, overlap):
     f1, g1, f2, g2 = make_pair(3, n=777, v=9001)
     kw = dict(tile_cols=2000, tile_rows=500, overlap=overlap)
     if dtype == "bfloat16":
-        arrays = [gp.DeviceArray(cupy.asarray((a.astype(np.float32).view(np.uint32) >> 16)
+        arrays = [arrays.DeviceArray(cupy.asarray((a.astype(np.float32).view(np.uint32) >> 16)
                                               .astype(np.uint16)), "bfloat16")
                   for a in (f1, g1, f2, g2)]
     else:
         arrays = [cupy.asarray(a.astype(dtype)) for a in (f1, g1, f2, g2)]
-    a = gp.cuda_pass(*arrays, **kw)
+    a = cuda_backend.cuda_pass(*arrays, **kw)
     assert spy
-    b = gp.cuda_pass(*arrays, driver=False, **kw)
+    b = cuda_backend.cuda_pass(*arrays, driver=False, **kw)
     scale = logit_scale(f1, g1, f2, g2)
     # the same GEMMs (cuBLAS may pick other kernels for another handle) and the same epilogue
     assert_stats_close(a, b, 1e-6, scale, agree_slack=2)
@@ -389,10 +389,10 @@ def test_driver_and_python_loop_agree(cupy, spy, dtype, overlap):
 @needs_driver
 def test_driver_runs_on_the_callers_stream(cupy, spy):
     arrays = [cupy.asarray(a.astype(np.float32)) for a in make_pair(5, n=300, v=5000)]
-    ref = gp.cuda_pass(*arrays, tile_cols=1000)
+    ref = cuda_backend.cuda_pass(*arrays, tile_cols=1000)
     s = cupy.cuda.Stream(non_blocking=True)
     with s:
-        got = gp.cuda_pass(*arrays, tile_cols=1000)
+        got = cuda_backend.cuda_pass(*arrays, tile_cols=1000)
     for k in ALL_FIELDS:
         np.testing.assert_array_equal(getattr(got, k), getattr(ref, k), err_msg=k)
 
@@ -401,7 +401,7 @@ def _half_arrays(cupy, arrays, kind):
     """Device operands of kind float16 or bfloat16 (as its bits) and their exact values."""
     if kind == "bfloat16":
         bits = [bf16_round(a) for a in arrays]
-        return [gp.DeviceArray(cupy.asarray(b), kind) for b in bits], [bf16_value(b)
+        return [arrays.DeviceArray(cupy.asarray(b), kind) for b in bits], [bf16_value(b)
                                                                        for b in bits]
     halves = [a.astype(np.float16) for a in arrays]
     return [cupy.asarray(h) for h in halves], [h.astype(np.float64) for h in halves]
@@ -424,23 +424,23 @@ def test_gpu_tests_of_own_gemm_kernels_must_be_marked(monkeypatch):
     # device_check runs them in processes of their own, found by their markers
     from conftest import guard_own_gemm_kernels
     calls = []
-    monkeypatch.setattr(gp, "_driver_pass", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(cuda_backend, "_driver_pass", lambda *a, **kw: calls.append(kw))
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda", lambda *a, **kw: calls.append(kw))
 
     def node(*marks):
         return SimpleNamespace(get_closest_marker=lambda m: m if m in marks else None)
     with monkeypatch.context() as m:
         guard_own_gemm_kernels(node(), m)
-        gp._driver_pass(1, gemm=0, wgmma=False)      # the cuBLAS driver: no marker needed
+        cuda_backend._driver_pass(1, gemm=0, wgmma=False)      # the cuBLAS driver: no marker needed
         with pytest.raises(pytest.fail.Exception, match="without the marker 'fused_gemm'"):
-            gp._driver_pass(1, gemm=128, wgmma=False)
+            cuda_backend._driver_pass(1, gemm=128, wgmma=False)
         with pytest.raises(pytest.fail.Exception, match="without the marker 'fused_gemm'"):
             _core.lse_kl_gemm_mainloop_cuda(1, gemm=64, wgmma=False)
     with monkeypatch.context() as m:
         guard_own_gemm_kernels(node("fused_gemm"), m)
-        gp._driver_pass(1, gemm=128, wgmma=False)
+        cuda_backend._driver_pass(1, gemm=128, wgmma=False)
         with pytest.raises(pytest.fail.Exception, match="without the marker 'wgmma'"):
-            gp._driver_pass(1, gemm=128, wgmma=True)
+            cuda_backend._driver_pass(1, gemm=128, wgmma=True)
     with monkeypatch.context() as m:
         guard_own_gemm_kernels(node("fused_gemm", "wgmma"), m)
         _core.lse_kl_gemm_mainloop_cuda(1, gemm=64, wgmma=True)
@@ -477,11 +477,11 @@ GEMM_KINDS = gemm_params(("bfloat16", 128), ("float16", 128), ("bfloat16", 64),
 def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape, tiles):
     n, v, m1, m2 = shape
     arrays, vals = _half_arrays(cupy, make_pair(7, n=n, v=v, m1=m1, m2=m2), kind)
-    got = gp.cuda_pass(*arrays, **_gemm_kind(rows, cupy), **tiles)
+    got = cuda_backend.cuda_pass(*arrays, **_gemm_kind(rows, cupy), **tiles)
     assert (got.backend, got.dtype) == ("cuda", "float32")
     scale = logit_scale(*vals)
     # both are float32 tensor-core sums of the same products, in other orders
-    assert_stats_close(got, gp.cuda_pass(*arrays, **tiles), 1e-5, scale, agree_slack=2)
+    assert_stats_close(got, cuda_backend.cuda_pass(*arrays, **tiles), 1e-5, scale, agree_slack=2)
     assert_stats_close(got, numpy_pass(*vals), 1e-4, scale, agree_slack=2)
 
 
@@ -494,13 +494,13 @@ def test_fused_gemm_timing_probe_runs_and_writes_nothing(cupy, rows):
     # the pass without it
     arrays, _ = _half_arrays(cupy, make_pair(8, n=513, v=700, m1=520, m2=264), "bfloat16")
     kw = _gemm_kind(rows, cupy)
-    want = gp.cuda_pass(*arrays, **kw)
-    ops = gp.driver_operands([gp.as_device(a) for a in arrays], np.dtype(np.float32))
+    want = cuda_backend.cuda_pass(*arrays, **kw)
+    ops = cuda_backend.driver_operands([arrays.as_device(a) for a in arrays], np.dtype(np.float32))
     assert ops is not None
     _core.lse_kl_gemm_mainloop_cuda(*ops, gemm=kw["gemm_block_rows"], wgmma=kw["gemm_wgmma"],
                                     stream=cupy.cuda.get_current_stream().ptr,
                                     device=cupy.cuda.Device().id)
-    got = gp.cuda_pass(*arrays, **kw)
+    got = cuda_backend.cuda_pass(*arrays, **kw)
     for k in ALL_FIELDS:
         np.testing.assert_array_equal(getattr(got, k), getattr(want, k), err_msg=k)
 
@@ -520,7 +520,7 @@ def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
             g[10:20] = g[5]  # untrained tokens sharing one unembedding
             g[-7:] = 0.0     # padding rows
     arrays, vals = _half_arrays(cupy, (f1, g1, f2, g2), "bfloat16")
-    got = gp.cuda_pass(*arrays, **_gemm_kind(rows, cupy), tile_cols=300)
+    got = cuda_backend.cuda_pass(*arrays, **_gemm_kind(rows, cupy), tile_cols=300)
     assert np.isfinite(got.L1).all() and np.isfinite(got.kl12).all()
     assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=3)
     if case != "logits of 1e4":
@@ -536,13 +536,13 @@ def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
 def test_fused_gemm_takes_biased_models(cupy, rows):
     # device_augmented pads [f, 1] and [g, b] to rows of 8 elements, which the fused GEMM needs
     a, b = random_pair(N=500, V=3000, M=24, bias=True, seed=3)
-    models = [SimpleNamespace(**{k: gp.DeviceArray(cupy.asarray(bf16_round(getattr(m, k))),
+    models = [SimpleNamespace(**{k: arrays.DeviceArray(cupy.asarray(bf16_round(getattr(m, k))),
                                                    "bfloat16") for k in ("f", "g", "bias")})
               for m in (a, b)]
-    ops = [x for m in models for x in gp.device_augmented(m)]
-    assert gp.gemm_problem(ops) == ""
+    ops = [x for m in models for x in arrays.device_augmented(m)]
+    assert cuda_backend.gemm_problem(ops) == ""
     vals = [bf16_value(cupy.asnumpy(o.data)) for o in ops]
-    got = gp.cuda_pass(*ops, **_gemm_kind(rows, cupy))
+    got = cuda_backend.cuda_pass(*ops, **_gemm_kind(rows, cupy))
     assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=2)
 
 
@@ -556,6 +556,6 @@ def test_fused_gemm_more_than_2_31_logits_per_call(cupy, rows):
     n, v, m = 16384, 131200, 8
     rng = np.random.default_rng(5)
     bits = [bf16_round(rng.standard_normal(s)) for s in ((n, m), (v, m), (n, m), (v, m))]
-    got = gp.cuda_pass(*[gp.DeviceArray(cupy.asarray(b), "bfloat16") for b in bits],
+    got = cuda_backend.cuda_pass(*[arrays.DeviceArray(cupy.asarray(b), "bfloat16") for b in bits],
                        **_gemm_kind(rows, cupy), tile_cols=v, workspace_bytes=24 << 30)
     assert_rows_and_columns(got, *(bf16_value(b) for b in bits))

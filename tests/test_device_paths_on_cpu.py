@@ -17,7 +17,7 @@ import pytest
 import identirep as ir
 from identirep import _backends, _core, sampling
 from identirep import _bf16 as bf16
-from identirep import _cupy_pass as gp
+from identirep.gpu import arrays, cublas, cuda_backend, cupy_backend, nvrtc, pivots, streams
 from identirep._cpu_pass import cpu_pass
 
 import fake_cupy
@@ -26,8 +26,8 @@ from test_gpu import assert_stats_close, logit_scale, make_pair
 from test_gpu import bounded_small  # noqa: F401 (a fixture, used by name)
 
 RTOL = {np.float64: 1e-10, np.float32: 1e-5}
-PIVOT_CRITERIA_DEVICE = gp.pivot_criteria_device   # the fixture replaces it
-PASSES = {"cupy": gp.cupy_pass, "cuda": gp.cuda_pass}  # and these
+PIVOT_CRITERIA_DEVICE = pivots.pivot_criteria_device   # the fixture replaces it
+PASSES = {"cupy": cupy_backend.cupy_pass, "cuda": cuda_backend.cuda_pass}  # and these
 #: compare / matrix options: fewer d_SVD and d_rep sets than by default (each set is a few
 #: small device operations)
 OPTS = dict(num_samples=30, max_label_sets=100, rep_sets=30)
@@ -37,7 +37,7 @@ def _host_pass(backend, f1, g1, f2, g2, *, progress=None):
     """The GPU pass as the compiled CPU pass of the device operands' host copies."""
     ops = []
     for x in (f1, g1, f2, g2):
-        assert isinstance(x, gp.DeviceArray) and isinstance(x.data, fake_cupy.ndarray)
+        assert isinstance(x, arrays.DeviceArray) and isinstance(x.data, fake_cupy.ndarray)
         ops.append(bf16.to_f32(x.data.get()) if x.kind == "bfloat16" else x.data.get())
     return dataclasses.replace(cpu_pass(*ops, progress=progress), backend=backend)
 
@@ -50,15 +50,15 @@ def dev(monkeypatch):
     monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
     ns = types.SimpleNamespace(cp=cp, backend="cupy", pivot_calls=[])
     monkeypatch.setattr(_backends, "gpu_backend", lambda: ns.backend)
-    for name in ("cupy", "cuda"):
-        monkeypatch.setattr(gp, f"{name}_pass", functools.partial(_host_pass, name))
+    monkeypatch.setattr(cupy_backend, "cupy_pass", functools.partial(_host_pass, "cupy"))
+    monkeypatch.setattr(cuda_backend, "cuda_pass", functools.partial(_host_pass, "cuda"))
 
-    monkeypatch.setattr(gp, "pivot_criteria_device", host_pivot_criteria(cp, ns.pivot_calls))
+    monkeypatch.setattr(pivots, "pivot_criteria_device", host_pivot_criteria(cp, ns.pivot_calls))
     return ns
 
 
 def host_pivot_criteria(cp, calls):
-    """A stand-in for ``_cupy_pass.pivot_criteria_device``: its conversions, then the compiled
+    """A stand-in for ``gpu.pivots.pivot_criteria_device``: its conversions, then the compiled
     CPU kernel on host copies; appends each call's backend to ``calls``."""
     def pivot_criteria(X1, X2, n1, n2, A1, A2, B12, pivots, tol, mode, backend):
         xdt = np.float32 if X1.dtype == X2.dtype == np.float32 else np.float64
@@ -210,7 +210,7 @@ def pass_operands(cp, kind, n, v):
     f1, g1, f2, g2 = make_pair(11, n=n, v=v, m1=9, m2=6)
     if kind == "bfloat16":
         host = [bf16.to_f32(bf16.from_f32(x.astype(np.float32))) for x in (f1, g1, f2, g2)]
-        return host, [gp.DeviceArray(cp.asarray(bf16.from_f32(x)), kind) for x in host]
+        return host, [arrays.DeviceArray(cp.asarray(bf16.from_f32(x)), kind) for x in host]
     host = [x.astype(kind) for x in (f1, g1, f2, g2)]
     return host, [cp.asarray(x) for x in host]
 
@@ -227,9 +227,9 @@ def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, backend, kind, 
     # _gpu_pass itself (backend "cupy", and "cuda" with driver=False): tiles, buffers, the
     # second stream and its events, widened or half GEMM tiles; the epilogue kernels replaced
     # by the CPU kernel on host copies, cublasGemmEx by its float32 emulation
-    monkeypatch.setattr(gp, "_CupyEpilogue", _HostEpilogue)
-    monkeypatch.setattr(gp, "_CudaEpilogue", _HostEpilogue)
-    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.setattr(cupy_backend, "NvrtcEpilogue", _HostEpilogue)
+    monkeypatch.setattr(cuda_backend, "_CudaEpilogue", _HostEpilogue)
+    monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     monkeypatch.setattr(_HostEpilogue, "calls", [])
     host, ops = pass_operands(dev.cp, kind, 173, 61)
     if kind in ("float32", "float64"):  # a column-major label operand
@@ -256,8 +256,8 @@ def test_engine_methods_run_on_the_stream_current_when_called(monkeypatch):
     def caller_stream(arrays):
         entered.append(len(arrays))
         yield
-    monkeypatch.setattr(_backends, "_torch_cuda_tensor", lambda arrays: arrays[0])
-    monkeypatch.setattr(_backends, "caller_stream", caller_stream)
+    monkeypatch.setattr(streams, "_torch_cuda_tensor", lambda arrays: arrays[0])
+    monkeypatch.setattr(streams, "caller_stream", caller_stream)
     a, b = random_pair(N=120, V=40, M=4, bias=True, seed=3)
     e = ir.engine(a, b)
     assert entered == [6]   # f, g, bias of both models
@@ -274,7 +274,7 @@ def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, kind
     # backend="cupy" (or "cuda") with host models (NumPy, bfloat16 NumPy with a float32 bias,
     # torch CPU bfloat16 tensors): each model goes to the device once and every product runs
     # there, with the CPU engine's results
-    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=21)
     bf = np.dtype(pytest.importorskip("ml_dtypes").bfloat16) if kind != "float64" else None
     if kind == "ml_dtypes":
@@ -345,7 +345,7 @@ def test_bfloat16_models_on_device_use_bfloat16_products(dev, monkeypatch, kw):
         assert a.dtype == b.dtype == np.uint16 and out.dtype == np.float32
         prod = bf16.to_f32(a) @ bf16.to_f32(b).T
         out[...] = prod if beta == 0.0 else prod + np.float32(beta) * out
-    monkeypatch.setattr(gp, "gemm_ex", gemm_ex)
+    monkeypatch.setattr(cublas, "gemm_ex", gemm_ex)
     bf = np.dtype(ml_dtypes.bfloat16)
     a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=13)
     got = ir.d_llv(*(_on(dev.cp, m, bf, np.float32) for m in (a, b)), **kw)
@@ -489,7 +489,7 @@ def test_device_pivot_criteria_launch(dev, monkeypatch, mode, xdtypes):
     def get_function(name):
         launched.append(name)
         return kernel
-    monkeypatch.setattr(gp, "_pivot_module", lambda _: types.SimpleNamespace(
+    monkeypatch.setattr(nvrtc, "pivot_module", lambda _: types.SimpleNamespace(
         get_function=get_function))
     rng = np.random.default_rng(31)
     B, V = 37, 503
@@ -505,7 +505,7 @@ def test_device_pivot_criteria_launch(dev, monkeypatch, mode, xdtypes):
     dX1 = cp.asfortranarray(cp.asarray(X1))   # converted to C order for the kernel
     got = PIVOT_CRITERIA_DEVICE(dX1, *(cp.asarray(x) for x in (X2, n1, n2, A1, A2, B12)), piv,
                                 1e-5, mode, "cupy")
-    assert launched == [gp.PIVOT_KERNELS["float" if xdt == np.float32 else "double"]]
+    assert launched == [nvrtc.PIVOT_KERNELS["float" if xdt == np.float32 else "double"]]
     assert isinstance(got, np.ndarray) and got.dtype == np.float64
     np.testing.assert_array_equal(got, want)
 

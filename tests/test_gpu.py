@@ -12,13 +12,13 @@ from numpy.lib.stride_tricks import as_strided
 
 import identirep as ir
 from identirep import IdentirepError, _arrays, _backends
-from identirep import _cupy_pass as gp
+from identirep.gpu import arrays, cublas, cuda_backend, cupy_backend, nvrtc, pivots, plans
 from identirep.passes import numpy_pass
 
 from helpers import random_pair
 
 BACKENDS = ("cuda", "cupy")
-PASSES = {"cuda": gp.cuda_pass, "cupy": gp.cupy_pass}
+PASSES = {"cuda": cuda_backend.cuda_pass, "cupy": cupy_backend.cupy_pass}
 N, V, M1, M2 = 1001, 50257, 37, 31
 ROW_FIELDS = ("L1", "L2", "kl12", "kl21", "H1", "H2", "row_mean1", "row_mean2")
 ROW_SSQ = ("row_m2_11", "row_m2_22", "row_m2_dd")
@@ -96,7 +96,7 @@ def test_cupy_backend_without_cupy_says_what_to_install(monkeypatch):
     with pytest.raises(IdentirepError, match="backend='cuda' is not available"):
         ir.kl(a, b, backend="cuda")
     with pytest.raises(IdentirepError, match="the GPU backends need CuPy"):
-        gp.cupy_pass(a.f, a.g, b.f, b.g)
+        cupy_backend.cupy_pass(a.f, a.g, b.f, b.g)
 
 
 def test_cupy_without_its_cuda_libraries_is_not_a_working_backend(monkeypatch):
@@ -143,24 +143,24 @@ def _strip_host_code(text):
 
 @pytest.mark.parametrize("name", ["lse_kl.cuh", "lse_kl_gemm.cuh", "pivot_terms.cuh"])
 def test_kernel_headers_need_no_headers_under_nvrtc(name):
-    kernels = _strip_host_code(gp.kernel_source(name))
+    kernels = _strip_host_code(nvrtc.kernel_source(name))
     assert "#include" not in kernels and "std::" not in kernels
     assert "cudaError_t" not in kernels and "<<<" not in kernels
 
 
 def test_cupy_launch_geometry_matches_the_header():
-    text = gp.kernel_source("lse_kl.cuh")
-    for const, value in (("kLseKlThreads", gp.LSE_KL_THREADS), ("kColRows", gp.COL_ROWS),
-                         ("kColMaxChunks", gp.COL_MAX_CHUNKS),
-                         ("kColMinChunkRows", gp.COL_MIN_CHUNK_ROWS),
-                         ("kSlabCols", gp.SLAB_COLS), ("kSlabThreads", gp.SLAB_THREADS),
-                         ("kRowFields", gp.ROW_FIELDS), ("kFusedMaxChunks", gp.FUSED_MAX_CHUNKS),
-                         ("kFusedMinChunkRows", gp.FUSED_MIN_CHUNK_ROWS)):
+    text = nvrtc.kernel_source("lse_kl.cuh")
+    for const, value in (("kLseKlThreads", nvrtc.LSE_KL_THREADS), ("kColRows", nvrtc.COL_ROWS),
+                         ("kColMaxChunks", nvrtc.COL_MAX_CHUNKS),
+                         ("kColMinChunkRows", nvrtc.COL_MIN_CHUNK_ROWS),
+                         ("kSlabCols", nvrtc.SLAB_COLS), ("kSlabThreads", nvrtc.SLAB_THREADS),
+                         ("kRowFields", nvrtc.ROW_FIELDS), ("kFusedMaxChunks", nvrtc.FUSED_MAX_CHUNKS),
+                         ("kFusedMinChunkRows", nvrtc.FUSED_MIN_CHUNK_ROWS)):
         assert re.search(rf"{const} = {value};", text), const
-    for t, rows in gp.SLAB_ROWS.items():
+    for t, rows in nvrtc.SLAB_ROWS.items():
         assert re.search(rf"struct SlabRows<{t}> {{\s*static constexpr int value = {rows};", text)
-    assert [gp.col_chunks(n) for n in (1, 64, 65, 1000, 10 ** 6)] == [1, 1, 2, 16, 16]
-    assert [gp.fused_chunks(n) for n in (1, 256, 257, 16384, 10 ** 6)] == [1, 1, 2, 64, 64]
+    assert [nvrtc.col_chunks(n) for n in (1, 64, 65, 1000, 10 ** 6)] == [1, 1, 2, 16, 16]
+    assert [nvrtc.fused_chunks(n) for n in (1, 256, 257, 16384, 10 ** 6)] == [1, 1, 2, 64, 64]
 
 
 def _col_major(x, rows, cols, ld):
@@ -174,14 +174,14 @@ def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((7, 5)), rng.standard_normal((9, 5))
     gappy = rng.standard_normal((14, 10))[::2, ::2]  # neither rows nor columns contiguous
-    assert gp.gemm_nt_args(gappy, b) is None and gp.gemm_nt_args(a, gappy) is None
+    assert cublas.gemm_nt_args(gappy, b) is None and cublas.gemm_nt_args(a, gappy) is None
     a = {"C": a, "F": np.asfortranarray(a), "one row": a[2:3],
          "rows of F": np.asfortranarray(rng.standard_normal((20, 5)))[3:10]}[layout_a]
     b = {"C": b, "F": np.asfortranarray(b), "one column": b,
          "strided": rng.standard_normal((30, 8))[4:13, 1:6]}[layout_b]
     if layout_b == "one column":
         a, b = np.ascontiguousarray(a[:, :1]), np.ascontiguousarray(b[:, :1])
-    transa, transb, m, n, k, lda, ldb, ldc = gp.gemm_nt_args(a, b)
+    transa, transb, m, n, k, lda, ldb, ldc = cublas.gemm_nt_args(a, b)
     A = _col_major(b, *((m, k) if transa == 0 else (k, m)), lda)
     B = _col_major(a, *((k, n) if transb == 0 else (n, k)), ldb)
     out_t = (A if transa == 0 else A.T) @ (B if transb == 0 else B.T)
@@ -192,17 +192,17 @@ def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
 @pytest.mark.parametrize("buffers", [1, 2])
 def test_tile_shape_fits_the_workspace(buffers):
     def need(r, c, m):
-        return 4 * (2 * buffers * r * c + (r + c) * m) + 8 * 5 * gp.COL_MAX_CHUNKS * c
-    assert gp.tile_shape(16384, 131200, 8, 8, 4, None, 131200, buffers * 24 << 30,
+        return 4 * (2 * buffers * r * c + (r + c) * m) + 8 * 5 * nvrtc.COL_MAX_CHUNKS * c
+    assert plans.tile_shape(16384, 131200, 8, 8, 4, None, 131200, buffers * 24 << 30,
                          buffers) == (16384, 131200)
     for n, v, m, ws in ((16384, 50304, 1536, 1 << 30), (10, 100, 4, 20000), (7, 3, 2, 10 ** 9),
                         (16384, 128256, 0, 1 << 30)):
-        tr, tc = gp.tile_shape(n, v, m // 2, m // 2, 4, None, None, ws, buffers)
+        tr, tc = plans.tile_shape(n, v, m // 2, m // 2, 4, None, None, ws, buffers)
         assert 1 <= tr <= n and 1 <= tc <= v and need(tr, tc, m) <= ws
-        if tc == min(v, gp.DEFAULT_TILE_COLS):  # rows shrink first, and only as needed
+        if tc == min(v, plans.DEFAULT_TILE_COLS):  # rows shrink first, and only as needed
             assert tr == n or need(min(n, 2 * tr), tc, m) > ws
     with pytest.raises(IdentirepError, match="too small"):
-        gp.tile_shape(10, 10, 1, 1, 4, None, None, 100)
+        plans.tile_shape(10, 10, 1, 1, 4, None, None, 100)
 
 
 # ------------------------------------------------------------------ on a GPU
@@ -266,7 +266,7 @@ def _bf16_inputs(cp, bits, source):
         if not torch.cuda.is_available():
             pytest.skip("torch has no CUDA")
         return [torch.from_numpy(b.view(np.int16)).cuda().view(torch.bfloat16) for b in bits]
-    return [gp.DeviceArray(cp.asarray(b), "bfloat16") for b in bits]
+    return [arrays.DeviceArray(cp.asarray(b), "bfloat16") for b in bits]
 
 
 @pytest.mark.gpu
@@ -336,8 +336,8 @@ def test_one_tile_of_more_than_2_31_logits(cupy, backend):
     f1, g1, f2, g2 = (a.astype(np.float64) for a in arrays)
     # one pair of logit tiles (no overlap) of all n x v logits fits 24 GiB
     from identirep import _core
-    reserve = gp.driver_reserve() if hasattr(_core, "cublas_workspace_bytes") else 0
-    assert gp.tile_shape(n, v, 0, 0, 4, None, v, 24 << 30, 1, False, reserve) == (n, v)
+    reserve = cuda_backend.driver_reserve() if hasattr(_core, "cublas_workspace_bytes") else 0
+    assert plans.tile_shape(n, v, 0, 0, 4, None, v, 24 << 30, 1, False, reserve) == (n, v)
     got = PASSES[backend](*[cupy.asarray(a) for a in arrays], workspace_bytes=24 << 30,
                           tile_cols=v, overlap=False)
     cupy.get_default_memory_pool().free_all_blocks()
@@ -369,8 +369,8 @@ def assert_rows_and_columns(got, f1, g1, f2, g2, rtol=1e-4):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_cuda_and_cupy_backends_agree(cupy, dtype):
     arrays = [cupy.asarray(a.astype(dtype)) for a in make_pair(6, n=513, v=3001)]
-    a = gp.cuda_pass(*arrays, tile_cols=1000, tile_rows=200)
-    b = gp.cupy_pass(*arrays, tile_cols=1000, tile_rows=200)
+    a = cuda_backend.cuda_pass(*arrays, tile_cols=1000, tile_rows=200)
+    b = cupy_backend.cupy_pass(*arrays, tile_cols=1000, tile_rows=200)
     rtol = 1e-12 if dtype == np.float64 else 1e-6
     for k in ALL_FIELDS:
         np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=rtol, atol=rtol, err_msg=k)
@@ -468,14 +468,14 @@ def _cuda_torch():
     return torch
 
 
-def _record_streams(monkeypatch, cupy, name):
-    """gp.<name> wrapped to record CuPy's current stream at each call; the list of them."""
-    seen, real = [], getattr(gp, name)
+def _record_streams(monkeypatch, cupy, module, name):
+    """module.<name> wrapped to record CuPy's current stream at each call; the list of them."""
+    seen, real = [], getattr(module, name)
 
     def spy(*args, **kwargs):
         seen.append(cupy.cuda.get_current_stream().ptr)
         return real(*args, **kwargs)
-    monkeypatch.setattr(gp, name, spy)
+    monkeypatch.setattr(module, name, spy)
     return seen
 
 
@@ -488,7 +488,7 @@ def _on_torch(torch, m):
 @pytest.mark.gpu
 def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
     torch = _cuda_torch()
-    seen = _record_streams(monkeypatch, cupy, "_gpu_pass")
+    seen = _record_streams(monkeypatch, cupy, cuda_backend, "cuda_pass")
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
@@ -508,7 +508,7 @@ def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
 @pytest.mark.gpu
 def test_engine_used_later_runs_on_torchs_stream_of_the_call(cupy, monkeypatch):
     torch = _cuda_torch()
-    seen = _record_streams(monkeypatch, cupy, "pivot_criteria_device")
+    seen = _record_streams(monkeypatch, cupy, pivots, "pivot_criteria_device")
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
     e = ir.engine(_on_torch(torch, a), _on_torch(torch, b))
     torch.cuda.synchronize()
@@ -576,7 +576,7 @@ def test_device_pivot_criteria_match_the_cpu_kernel(cupy, backend, mode, xdtype)
     want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, piv, 1e-5, mode)
     dev = [cupy.asarray(x) for x in (X1, X2, n1, n2, A1, A2, B12)]
     assert dev[0].dtype == xdtype
-    got = gp.pivot_criteria_device(*dev, piv, 1e-5, mode, backend)
+    got = pivots.pivot_criteria_device(*dev, piv, 1e-5, mode, backend)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
@@ -647,41 +647,41 @@ def test_matrix_of_gpu_models_matches_cpu(cupy):
 
 def _nvrtc():
     try:
-        from cupy_backends.cuda.libs import nvrtc
-        nvrtc.getVersion()
+        from cupy_backends.cuda.libs import nvrtc as lib
+        lib.getVersion()
     except Exception as e:  # no CuPy, or no NVRTC library
         pytest.skip(f"CuPy's NVRTC is not available ({type(e).__name__})")
-    return nvrtc
+    return lib
 
 
 @pytest.mark.parametrize("name", ["lse_kl.cuh", "pivot_terms.cuh"])
 def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(name):
     """The cupy backend's run-time compilation, without a GPU: each header under NVRTC with
     the exact name expressions it launches (sm_90 PTX)."""
-    nvrtc = _nvrtc()
-    exprs = ([n for t in ("float", "double") for n in gp.kernel_names(t).values()]
-             if name == "lse_kl.cuh" else list(gp.PIVOT_KERNELS.values()))
-    lowered, ptx = _nvrtc_compile(nvrtc, [name], exprs)
+    lib = _nvrtc()
+    exprs = ([n for t in ("float", "double") for n in nvrtc.kernel_names(t).values()]
+             if name == "lse_kl.cuh" else list(nvrtc.PIVOT_KERNELS.values()))
+    lowered, ptx = _nvrtc_compile(lib, [name], exprs)
     assert all(x.startswith("_ZN9identirep7kernels") for x in lowered)
     assert ".entry" in ptx
 
 
-def _nvrtc_compile(nvrtc, headers, exprs, arch="compute_90"):
+def _nvrtc_compile(lib, headers, exprs, arch="compute_90"):
     """The kernel headers, in order, as one NVRTC program for arch with these name
     expressions: (lowered names, PTX)."""
-    src = "\n".join(l for name in headers for l in gp.kernel_source(name).splitlines()
+    src = "\n".join(l for name in headers for l in nvrtc.kernel_source(name).splitlines()
                     if l.strip() != "#pragma once")
-    prog = nvrtc.createProgram(src, headers[-1], [], [])
+    prog = lib.createProgram(src, headers[-1], [], [])
     for e in exprs:
-        nvrtc.addNameExpression(prog, e)
+        lib.addNameExpression(prog, e)
     try:
-        nvrtc.compileProgram(prog, ["-std=c++17", f"-arch={arch}"])
-    except nvrtc.NVRTCError as e:
-        pytest.fail(f"{headers[-1]}: {e}\n{nvrtc.getProgramLog(prog)}")
+        lib.compileProgram(prog, ["-std=c++17", f"-arch={arch}"])
+    except lib.NVRTCError as e:
+        pytest.fail(f"{headers[-1]}: {e}\n{lib.getProgramLog(prog)}")
     try:
-        return [nvrtc.getLoweredName(prog, e) for e in exprs], nvrtc.getPTX(prog).decode()
+        return [lib.getLoweredName(prog, e) for e in exprs], lib.getPTX(prog).decode()
     finally:
-        nvrtc.destroyProgram(prog)
+        lib.destroyProgram(prog)
 
 
 def test_nvrtc_compiles_the_fused_gemm_kernel():
@@ -720,7 +720,7 @@ def test_split_bfloat16_cross_products_as_accurate_as_float32(cupy):
     L = rng.standard_normal((300, 1024)).astype(np.float32)
     g_bits = bf16.from_f32(rng.standard_normal((5000, 1024)).astype(np.float32))
     exact = L.astype(np.float64) @ bf16.to_f32(g_bits).astype(np.float64).T
-    got = cupy.asnumpy(gp.split_bf16_matmul(cupy.asarray(L), cupy.asarray(g_bits)))
+    got = cupy.asnumpy(cublas.split_bf16_matmul(cupy.asarray(L), cupy.asarray(g_bits)))
     plain = cupy.asnumpy(cupy.asarray(L) @ bf16.to_f32(cupy.asarray(g_bits)).T)
     err, err32 = np.abs(got - exact).max(), np.abs(plain - exact).max()
     assert err <= 2 * err32 + 1e-7 * np.abs(exact).max(), (err, err32)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from identirep import _cupy_pass as gp
+from identirep.gpu import cublas, cuda_backend, cupy_backend
 from test_device_paths_on_cpu import dev, emulated_gemm_ex  # noqa: F401 (dev: a fixture)
 
 BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks")
@@ -16,7 +16,7 @@ BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks")
 
 def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
     pytest.importorskip("ml_dtypes")  # bfloat16 models without torch: CuPy's ml_dtypes bfloat16
-    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     monkeypatch.syspath_prepend(BENCH)
     for name in ("bench_gpu", "bench_gpu_compare"):
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -58,11 +58,11 @@ def _pass_benchmark(monkeypatch, calls):
                 kw["gemm_block_rows"], kw.get("gemm_wgmma", False))))
             return _host_pass(backend, f1, g1, f2, g2)
         return run
-    monkeypatch.setattr(gp, "cuda_pass", host_pass("cuda"))
-    monkeypatch.setattr(gp, "cupy_pass", host_pass("cupy"))
-    monkeypatch.setattr(gp, "_CudaEpilogue", _HostEpilogue)
-    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
-    monkeypatch.setattr(gp, "driver_operands", lambda ops, dt: [(0, *x.shape) for x in ops])
+    monkeypatch.setattr(cuda_backend, "cuda_pass", host_pass("cuda"))
+    monkeypatch.setattr(cupy_backend, "cupy_pass", host_pass("cupy"))
+    monkeypatch.setattr(cuda_backend, "_CudaEpilogue", _HostEpilogue)
+    monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.setattr(cuda_backend, "driver_operands", lambda ops, dt: [(0, *x.shape) for x in ops])
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda",
                         lambda *ops, gemm, wgmma, stream, device: calls.append(
                             ("mainloop", (gemm, wgmma))),

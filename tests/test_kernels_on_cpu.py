@@ -1,6 +1,6 @@
 """The CUDA kernels of csrc/kernels/lse_kl.cuh and pivot_terms.cuh without a GPU: compiled by g++
 against a SIMT emulator (tests/simt/simt.h: concurrent threads, barriers, warp shuffles, shared
-memory undefined at block start), launched as identirep/_cupy_pass.py launches their NVRTC
+memory undefined at block start), launched as identirep/gpu/cupy_backend.py launches their NVRTC
 build (tests/simt/run_kernels.cpp), and checked against the compiled CPU kernels.
 
 IDENTIREP_SIMT_KERNELS=<dir> runs the same tests on the kernel headers of another folder (a
@@ -18,7 +18,7 @@ import pytest
 
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep import _cupy_pass as gp
+from identirep.gpu import nvrtc, plans
 from identirep.passes import finalize, init_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +32,12 @@ TIMEOUT = 120
 
 
 def launch_constants():
-    """-D macros: the launch geometry of _cupy_pass.py, which run_kernels.cpp uses as is."""
+    """-D macros: the launch geometry of identirep.gpu.nvrtc, which run_kernels.cpp uses as is."""
     names = ("LSE_KL_THREADS", "COL_ROWS", "COL_MAX_CHUNKS", "COL_MIN_CHUNK_ROWS",
              "MERGE_THREADS", "SLAB_COLS", "SLAB_THREADS", "ROW_FIELDS", "FUSED_MAX_CHUNKS",
              "FUSED_MIN_CHUNK_ROWS", "PIVOT_THREADS")
-    out = {name: getattr(gp, name) for name in names}
-    out.update(SLAB_ROWS_FLOAT=gp.SLAB_ROWS["float"], SLAB_ROWS_DOUBLE=gp.SLAB_ROWS["double"])
+    out = {name: getattr(nvrtc, name) for name in names}
+    out.update(SLAB_ROWS_FLOAT=nvrtc.SLAB_ROWS["float"], SLAB_ROWS_DOUBLE=nvrtc.SLAB_ROWS["double"])
     return [f"-D{k}={v}" for k, v in out.items()]
 
 
@@ -111,10 +111,10 @@ def emulated_pass(exe, tmp_path, inputs, n, v, *args, workers=None, env=None):
 
 
 def device_pass(exe, tmp_path, l1, l2, v, tr, tc, fused, moments=True, repeat=1, workers=None):
-    """The emulated pass of _gpu_pass (label tiles outer, row tiles inner) over the first v
+    """The emulated pass of the cupy backend's tile loop (label tiles outer, row tiles inner) over the first v
     columns of l1, l2 (n x ld arrays): state, args, row and column moments."""
     n = l1.shape[0]
-    row_work, col_work = gp.epilogue_scratch(tr, tc, fused)
+    row_work, col_work = plans.epilogue_scratch(tr, tc, fused)
     return emulated_pass(exe, tmp_path, {"l1": l1, "l2": l2}, n, v, "epilogue",
                          "f32" if l1.dtype == np.float32 else "f64", int(fused), int(moments),
                          n, v, l1.shape[1], l2.shape[1], tr, tc, row_work, col_work, repeat,

@@ -33,7 +33,7 @@
 // as on the CPU. Indexing is 64-bit throughout (a tile may hold more than 2^31 logits).
 //
 // The same text compiles with nvcc (kernels + launchers) and with NVRTC (kernels only, for the
-// CuPy fallback, identirep/_cupy_pass.py): under __CUDACC_RTC__ no header is included and the
+// cupy backend, identirep/gpu/nvrtc.py): under __CUDACC_RTC__ no header is included and the
 // host launchers are left out.
 #pragma once
 

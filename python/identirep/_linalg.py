@@ -159,7 +159,7 @@ def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, mean
 
 def _bf16_gram(a_bits, b_bits):
     """a' b (float32) of device bfloat16 bit arrays with the same rows: one cublasGemmEx."""
-    from . import _cupy_pass as gp
+    from .gpu import cublas as gp
     cp = gp.import_cupy()
     out = cp.empty((a_bits.shape[1], b_bits.shape[1]), dtype=cp.float32)
     gp.gemm_ex(cp, a_bits.T, b_bits.T, out, "bfloat16")

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import sampling
 from ._arrays import array_module, is_gpu_array
-from ._backends import on_models_stream
+from .gpu.streams import on_models_stream
 from ._build import build_info
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
@@ -79,7 +79,7 @@ class ModelCache:
         # tensor-core products at float32 accuracy (scatter_blocks, PairEngine._cross)
         self.f_bits = self.g_bits = None
         if is_gpu_array(model.f):
-            from ._cupy_pass import as_device
+            from .gpu.arrays import as_device
             f, g = as_device(model.f, "f"), as_device(model.g, "g")
             self.F, self.G = _device_native(f), _device_native(g)
             self.f_bits, self.g_bits = (x.data if x.kind == "bfloat16" else None for x in (f, g))
@@ -260,7 +260,7 @@ class PairEngine:
         xp = self.c1.xp
         X = self._cross(y0s) if X is None else X
         if xp is not np:
-            from ._cupy_pass import pivot_criteria_device
+            from .gpu.pivots import pivot_criteria_device
             return pivot_criteria_device(X[0], X[1], *self._vectors(xp), y0s, self.tol, term,
                                          self.gpu_backend)
         return _core.pivot_criteria(X[0], X[1], *self._vectors(np),
@@ -346,7 +346,7 @@ class PairEngine:
                           (self.c2, self.G2, self._cross_blocks[1])):
             L = G[p].astype(self.cdt, copy=False) @ Ckk
             if c.g_bits is not None and self.cdt == np.float32:
-                from ._cupy_pass import split_bf16_matmul
+                from .gpu.cublas import split_bf16_matmul
                 out.append(split_bf16_matmul(L, c.g_bits if q is None else c.g_bits[q]))
             else:
                 out.append(L @ (G if q is None else G[q]).T.astype(self.cdt, copy=False))

@@ -7,8 +7,9 @@ from typing import Optional
 import numpy as np
 
 from . import reference as ref
-from ._backends import on_caller_stream, resolve
+from ._backends import resolve
 from ._linalg import whiten
+from .gpu.streams import on_caller_stream
 from .engine import PairEngine, mcca_from_scatter
 from .errors import IdentirepError
 from .model import Model, check_pair, to_numpy
@@ -30,7 +31,9 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
         raise IdentirepError("the reference backend has no engine; call the measures directly")
     if backend in ("cuda", "cupy"):
         # models on the host go to the device once; the pass and every product run there
-        from ._cupy_pass import cuda_pass, cupy_pass, device_augmented, on_device
+        from .gpu.arrays import device_augmented, on_device
+        from .gpu.cuda_backend import cuda_pass
+        from .gpu.cupy_backend import cupy_pass
         a, b = on_device(a), on_device(b)
         f1, g1 = device_augmented(a)
         f2, g2 = device_augmented(b)

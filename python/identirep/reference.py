@@ -198,7 +198,7 @@ def _constant_f(f) -> bool:
     from ._arrays import array_module, is_gpu_array
     from .model import to_numpy
     if is_gpu_array(f):
-        from ._cupy_pass import as_device
+        from .gpu.arrays import as_device
         d = as_device(f, "f")
         f = d.widened(np.float64 if d.kind == "float64" else np.float32)
     else:

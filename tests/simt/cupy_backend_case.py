@@ -22,7 +22,7 @@ fake_cupy.load_kernel_library(sys.argv[1])
 cp = fake_cupy.install()
 
 from identirep import _core  # noqa: E402
-from identirep import _cupy_pass as gp  # noqa: E402
+from identirep.gpu import cublas, cupy_backend, pivots  # noqa: E402
 from identirep._cpu_pass import cpu_pass  # noqa: E402
 from test_device_paths_on_cpu import emulated_gemm_ex, pass_operands  # noqa: E402
 from test_gpu import field_errors, logit_scale, pivot_problem  # noqa: E402
@@ -30,9 +30,9 @@ from test_gpu import field_errors, logit_scale, pivot_problem  # noqa: E402
 
 def run_pass(kind="float32", fused=False, overlap=True, half_gemm="cublas", n=40, v=37,
              **tiles):
-    gp.gemm_ex = emulated_gemm_ex
+    cublas.gemm_ex = emulated_gemm_ex
     host, ops = pass_operands(cp, kind, n, v)
-    got = gp.cupy_pass(*ops, fused_epilogue=fused, overlap=overlap, half_gemm=half_gemm,
+    got = cupy_backend.cupy_pass(*ops, fused_epilogue=fused, overlap=overlap, half_gemm=half_gemm,
                        **tiles)
     exact = [x.astype(np.float64) for x in host]
     want = cpu_pass(*exact)
@@ -54,7 +54,7 @@ def run_pivots(xdtype="float64", mode="max", strided=False):
                [cp.asarray(x, dtype=np.float32) for x in dev[2:]])
         want = _core.pivot_criteria(X1, X2, *(x.astype(np.float32).astype(np.float64)
                                               for x in (n1, n2, A1, A2, B12)), piv, 1e-5, mode)
-    got = gp.pivot_criteria_device(*dev, piv, 1e-5, mode, "cupy")
+    got = pivots.pivot_criteria_device(*dev, piv, 1e-5, mode, "cupy")
     got = got.get() if isinstance(got, fake_cupy.ndarray) else np.asarray(got)
     ok = np.allclose(got, want, rtol=1e-12, atol=0, equal_nan=True)
     return {} if ok else {"crit": float(np.nanmax(np.abs(got - want)))}

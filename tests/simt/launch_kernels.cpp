@@ -1,4 +1,4 @@
-// The NVRTC kernels of identirep/_cupy_pass.py (kernel_names, PIVOT_KERNELS) in the SIMT emulator
+// The NVRTC kernels of identirep/gpu/nvrtc.py (kernel_names, PIVOT_KERNELS) in the SIMT emulator
 // (simt.h), as a shared library that a stand-in for cupy.RawModule (tests/fake_cupy.py) calls
 // with the arguments the real launches pass, so that the Python launch code itself runs on the
 // CPU. Built by tests/test_kernels_on_cpu.py:

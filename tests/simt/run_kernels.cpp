@@ -1,5 +1,5 @@
 // The CUDA kernels of csrc/kernels/lse_kl.cuh and pivot_terms.cuh run on the CPU in the SIMT
-// emulator simt.h, launched as identirep/_cupy_pass.py launches their NVRTC build
+// emulator simt.h, launched as identirep/gpu/cupy_backend.py launches their NVRTC build
 // (_CupyEpilogue.__call__, pivot_criteria_device). The launch constants of that module come in
 // as macros; tests/test_kernels_on_cpu.py builds this with
 //   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -D<constants> -I csrc/kernels run_kernels.cpp
@@ -112,7 +112,7 @@ void Write(const std::string& dir, const std::string& name, const Array<T>& a) {
 
 Index Ceil(Index a, Index b) { return (a + b - 1) / b; }
 Index Clamp(Index x, Index lo, Index hi) { return x < lo ? lo : (x > hi ? hi : x); }
-// col_chunks / fused_chunks of _cupy_pass.py
+// col_chunks / fused_chunks of identirep.gpu.nvrtc
 Index ColChunks(Index n) { return Clamp(Ceil(n, COL_MIN_CHUNK_ROWS), 1, COL_MAX_CHUNKS); }
 Index FusedChunks(Index n) { return Clamp(Ceil(n, FUSED_MIN_CHUNK_ROWS), 1, FUSED_MAX_CHUNKS); }
 
