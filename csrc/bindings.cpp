@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "ops.h"
+#include "plan.h"
 #ifdef IDENTIREP_WITH_CUDA
 #include "cuda_ops.h"
 #endif
@@ -62,6 +63,24 @@ tolerance times its safety factor; eps: rounding allowance. Returns (B,) float64
 
   m.def("build_info", &identirep::build_info, "Compile-time facts about this build.");
 
+  // The launch table of the CUDA kernels (csrc/kernels/launch_table.h), in every build: the
+  // cupy backend launches their NVRTC build with it.
+  m.def("launch_table", &identirep::launch_table,
+        "The CUDA kernels' launch geometry (kernels/launch_table.h): {name: value}.");
+  m.def("lse_kl_col_chunks", &identirep::lse_kl_col_chunks, py::arg("n"),
+        "Row chunks of the column kernel for a tile of n rows (ColChunks).");
+  m.def("lse_kl_fused_chunks", &identirep::lse_kl_fused_chunks, py::arg("n"),
+        "Row chunks of the one-read epilogue for a tile of n rows (FusedChunks).");
+  m.def("lse_kl_cuda_col_work_elems", &identirep::lse_kl_cuda_col_work_elems, py::arg("v"),
+        "float64 elements of the col_work scratch of lse_kl_update_cuda for v labels.");
+  m.def("lse_kl_cuda_fused_work_elems", &identirep::lse_kl_cuda_fused_work_elems, py::arg("n"),
+        py::arg("v"),
+        "float64 elements (row_work, col_work) of the fused epilogue for an n x v tile.");
+  m.def("lse_kl_gemm_work_elems", &identirep::lse_kl_gemm_work_elems, py::arg("n"),
+        py::arg("v"),
+        "(row_work float64, col_work float64, shift float32) elements of the fused GEMM for an "
+        "n x v tile.");
+
 #ifdef IDENTIREP_WITH_CUDA
   m.def("lse_kl_update_cuda", &identirep::lse_kl_update_cuda, py::arg("l1"), py::arg("l2"),
         py::arg("n"), py::arg("v"), py::arg("ld1"), py::arg("ld2"), py::arg("col0"),
@@ -81,22 +100,10 @@ row_ld; col_moments float64 (5, col_ld) (labels col0 .. col0+v-1, count row0), w
 col_work: a float64 device scratch of lse_kl_cuda_col_work_elems(v) elements. row_work: when
 given, the fused one-read epilogue runs (scratch sizes: lse_kl_cuda_fused_work_elems).)doc");
 
-  m.def("lse_kl_cuda_fused_work_elems", &identirep::lse_kl_cuda_fused_work_elems, py::arg("n"),
-        py::arg("v"),
-        "float64 elements (row_work, col_work) of the fused epilogue for an n x v tile.");
-
   m.def("lse_kl_gemm_wgmma_problem", &identirep::lse_kl_gemm_wgmma_problem,
         py::arg("device") = -1,
         "Why the wgmma fused GEMM cannot run on this CUDA device ('' if it can; device -1: "
         "whether this build has it).");
-
-  m.def("lse_kl_gemm_work_elems", &identirep::lse_kl_gemm_work_elems, py::arg("n"),
-        py::arg("v"),
-        "(row_work float64, col_work float64, shift float32) elements of the fused GEMM for an "
-        "n x v tile.");
-
-  m.def("lse_kl_cuda_col_work_elems", &identirep::lse_kl_cuda_col_work_elems, py::arg("v"),
-        "float64 elements of the col_work scratch of lse_kl_update_cuda for v labels.");
 
   m.def("pivot_criteria_cuda", &identirep::pivot_criteria_cuda, py::arg("X1"), py::arg("X2"),
         py::arg("ld1"), py::arg("ld2"), py::arg("n1"), py::arg("n2"), py::arg("A1"),

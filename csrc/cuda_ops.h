@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "plan.h"
+
 namespace identirep {
 
 // l1, l2: n x v logit tiles (dtype "float32" or "float64"), row strides ld1, ld2 (elements).
@@ -16,8 +18,8 @@ namespace identirep {
 // in csrc/kernels/lse_kl.h. Optional (0: skipped): row_moments float64 5 x n (row stride
 // row_ld), col_moments float64 5 x col_ld (labels col0 .. col0+v-1 of it are updated, inputs
 // seen so far: row0), which needs col_work, a float64 scratch of lse_kl_cuda_col_work_elems(v)
-// elements (reusable once the stream has passed this call). With row_work (a float64 scratch
-// of lse_kl_cuda_fused_work_elems(n, v).first elements) the fused one-read epilogue runs
+// elements (plan.h; reusable once the stream has passed this call). With row_work (a float64
+// scratch of lse_kl_cuda_fused_work_elems(n, v).first elements) the fused one-read epilogue runs
 // instead, and col_work must hold .second elements. Throws std::invalid_argument on bad
 // arguments and std::runtime_error when a launch fails.
 void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_t ld1,
@@ -26,12 +28,6 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
                         uintptr_t stream, uintptr_t row_moments, int64_t row_ld,
                         uintptr_t col_moments, int64_t col_ld, int64_t row0, uintptr_t col_work,
                         uintptr_t row_work);
-
-// Doubles of column scratch that lse_kl_update_cuda needs for a tile of v labels.
-int64_t lse_kl_cuda_col_work_elems(int64_t v);
-
-// Doubles of (row_work, col_work) that the fused epilogue needs for an n x v tile.
-std::pair<int64_t, int64_t> lse_kl_cuda_fused_work_elems(int64_t n, int64_t v);
 
 // Label-side pivot criteria (kernels/pivot_terms.cuh): X1, X2 B x V of x_dtype "float32" or
 // "float64" (row strides ld1, ld2), n1, n2, A1, A2, B12 float64 V, pivots int64 B, crit float64
@@ -56,9 +52,6 @@ struct GemmOperands {
 
 // Why the wgmma kernel cannot run on `device` ("" if it can; device < 0: whether it is built).
 std::string lse_kl_gemm_wgmma_problem(int device);
-
-// (row_work doubles, col_work doubles, shift floats) of lse_kl_gemm_update_cuda for n x v.
-std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v);
 
 // Why an operand (data pointer, row stride, columns) cannot go to the fused GEMM; "" if it can.
 inline std::string lse_kl_gemm_operand_problem(uintptr_t ptr, int64_t ld, int64_t k) {

@@ -11,7 +11,7 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import identirep as ir
-from identirep import IdentirepError, _arrays, _backends
+from identirep import IdentirepError, _arrays, _backends, _core
 from identirep.gpu import arrays, cublas, cuda_backend, cupy_backend, nvrtc, pivots, plans
 from identirep.passes import numpy_pass
 
@@ -141,26 +141,25 @@ def _strip_host_code(text):
     return re.sub(r"#ifndef __CUDACC_RTC__.*?#endif[^\n]*", "", text, flags=re.S)
 
 
-@pytest.mark.parametrize("name", ["lse_kl.cuh", "lse_kl_gemm.cuh", "pivot_terms.cuh"])
+@pytest.mark.parametrize("name", nvrtc.KERNEL_HEADERS)
 def test_kernel_headers_need_no_headers_under_nvrtc(name):
+    # under NVRTC a header includes nothing but the kernel headers installed with it, and the
+    # program of it (those written in place) includes nothing at all
     kernels = _strip_host_code(nvrtc.kernel_source(name))
-    assert "#include" not in kernels and "std::" not in kernels
-    assert "cudaError_t" not in kernels and "<<<" not in kernels
+    includes = re.findall(r'#\s*include\s*[<"]([^>"]+)[>"]', kernels)
+    assert set(includes) <= set(nvrtc.KERNEL_HEADERS), includes
+    assert "std::" not in kernels and "cudaError_t" not in kernels and "<<<" not in kernels
+    program = _strip_host_code(nvrtc.kernel_program(name))
+    assert "#include" not in program and "#pragma once" not in program
+    assert program.count("constexpr int kLseKlThreads") <= 1   # each header once
 
 
-def test_cupy_launch_geometry_matches_the_header():
-    text = nvrtc.kernel_source("lse_kl.cuh")
-    for const, value in (("kLseKlThreads", nvrtc.LSE_KL_THREADS), ("kColRows", nvrtc.COL_ROWS),
-                         ("kColMaxChunks", nvrtc.COL_MAX_CHUNKS),
-                         ("kColMinChunkRows", nvrtc.COL_MIN_CHUNK_ROWS),
-                         ("kSlabCols", nvrtc.SLAB_COLS), ("kSlabThreads", nvrtc.SLAB_THREADS),
-                         ("kRowFields", nvrtc.ROW_FIELDS), ("kFusedMaxChunks", nvrtc.FUSED_MAX_CHUNKS),
-                         ("kFusedMinChunkRows", nvrtc.FUSED_MIN_CHUNK_ROWS)):
-        assert re.search(rf"{const} = {value};", text), const
-    for t, rows in nvrtc.SLAB_ROWS.items():
-        assert re.search(rf"struct SlabRows<{t}> {{\s*static constexpr int value = {rows};", text)
-    assert [nvrtc.col_chunks(n) for n in (1, 64, 65, 1000, 10 ** 6)] == [1, 1, 2, 16, 16]
-    assert [nvrtc.fused_chunks(n) for n in (1, 256, 257, 16384, 10 ** 6)] == [1, 1, 2, 64, 64]
+def test_chunk_counts_of_the_launch_table():
+    assert [_core.lse_kl_col_chunks(n) for n in (1, 64, 65, 1000, 10 ** 6)] == [1, 1, 2, 16, 16]
+    assert [_core.lse_kl_fused_chunks(n) for n in (1, 256, 257, 16384, 10 ** 6)] == [
+        1, 1, 2, 64, 64]
+    assert nvrtc.kernel_names("float")["rows"] == (
+        f"identirep::kernels::LseKlKernel<float, {nvrtc.LAUNCH['lse_kl_threads']}>")
 
 
 def _col_major(x, rows, cols, ld):
@@ -192,7 +191,7 @@ def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
 @pytest.mark.parametrize("buffers", [1, 2])
 def test_tile_shape_fits_the_workspace(buffers):
     def need(r, c, m):
-        return 4 * (2 * buffers * r * c + (r + c) * m) + 8 * 5 * nvrtc.COL_MAX_CHUNKS * c
+        return 4 * (2 * buffers * r * c + (r + c) * m) + 8 * _core.lse_kl_cuda_col_work_elems(c)
     assert plans.tile_shape(16384, 131200, 8, 8, 4, None, 131200, buffers * 24 << 30,
                          buffers) == (16384, 131200)
     for n, v, m, ws in ((16384, 50304, 1536, 1 << 30), (10, 100, 4, 20000), (7, 3, 2, 10 ** 9),
@@ -667,10 +666,9 @@ def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(name):
 
 
 def _nvrtc_compile(lib, headers, exprs, arch="compute_90"):
-    """The kernel headers, in order, as one NVRTC program for arch with these name
-    expressions: (lowered names, PTX)."""
-    src = "\n".join(l for name in headers for l in nvrtc.kernel_source(name).splitlines()
-                    if l.strip() != "#pragma once")
+    """The NVRTC programs of these kernel headers (kernel_program), in order, as one program for
+    arch with these name expressions: (lowered names, PTX)."""
+    src = "".join(nvrtc.kernel_program(name) for name in headers)
     prog = lib.createProgram(src, headers[-1], [], [])
     for e in exprs:
         lib.addNameExpression(prog, e)
@@ -685,12 +683,12 @@ def _nvrtc_compile(lib, headers, exprs, arch="compute_90"):
 
 
 def test_nvrtc_compiles_the_fused_gemm_kernel():
-    """lse_kl_gemm.cuh (after lse_kl.cuh, as the emulator includes them) under NVRTC: its inline
-    PTX (mma.sync, ldmatrix, cp.async) and dynamic shared memory compile for sm_90."""
+    """lse_kl_gemm.cuh (with lse_kl.cuh, which it includes) under NVRTC: its inline PTX
+    (mma.sync, ldmatrix, cp.async) and dynamic shared memory compile for sm_90."""
     exprs = ([f"identirep::kernels::LseKlGemmKernel<{b}, {m}>" for b in ("true", "false")
               for m in (128, 64)]
              + [f"identirep::kernels::LseKlShiftKernel<{b}>" for b in ("true", "false")])
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
+    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl_gemm.cuh"], exprs)
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
     assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned" in ptx
     assert "wgmma" not in ptx
@@ -701,13 +699,12 @@ def test_nvrtc_compiles_the_wgmma_gemm_kernel_for_sm_90a_only():
     for plain sm_90 they compile to a trap (the launcher checks the GPU first)."""
     exprs = [f"identirep::kernels::LseKlGemmKernel<{b}, {m}, true>" for b in ("true", "false")
              for m in (128, 64)]
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs,
-                            arch="compute_90a")
+    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl_gemm.cuh"], exprs, arch="compute_90a")
     for n in (128, 64):
         for t in ("bf16", "f16"):
             assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t}" in ptx
     assert "wgmma.wait_group.sync.aligned 1" in ptx and "fence.proxy.async" in ptx
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
+    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl_gemm.cuh"], exprs)
     assert "wgmma" not in ptx and "trap" in ptx
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep.gpu import nvrtc, plans
+from identirep.gpu import plans
 from identirep.passes import finalize, init_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,16 +29,6 @@ DTYPES = {"f32": np.float32, "f64": np.float64}
 RTOL_LSE = {"f32": 1e-5, "f64": 1e-12}
 RTOL = 1e-12
 TIMEOUT = 120
-
-
-def launch_constants():
-    """-D macros: the launch geometry of identirep.gpu.nvrtc, which run_kernels.cpp uses as is."""
-    names = ("LSE_KL_THREADS", "COL_ROWS", "COL_MAX_CHUNKS", "COL_MIN_CHUNK_ROWS",
-             "MERGE_THREADS", "SLAB_COLS", "SLAB_THREADS", "ROW_FIELDS", "FUSED_MAX_CHUNKS",
-             "FUSED_MIN_CHUNK_ROWS", "PIVOT_THREADS")
-    out = {name: getattr(nvrtc, name) for name in names}
-    out.update(SLAB_ROWS_FLOAT=nvrtc.SLAB_ROWS["float"], SLAB_ROWS_DOUBLE=nvrtc.SLAB_ROWS["double"])
-    return [f"-D{k}={v}" for k, v in out.items()]
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +48,7 @@ def harness(tmp_path_factory):
         pytest.skip(f"{cxx} cannot build C++20 with atomic waits and <ucontext.h>")
     exe = d / "run_kernels"
     cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-D__CUDACC_RTC__",
-           *launch_constants(), f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe),
+           f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe),
            "-ldl"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -71,7 +61,7 @@ def launch_library(harness):
     lib = harness.parent / "libsimt_launch.so"
     # -fno-gnu-unique: its __shared__ statics stay its own, whatever else the process loads
     cmd = [os.environ.get("CXX", "g++"), "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread",
-           "-fno-gnu-unique", "-D__CUDACC_RTC__", *launch_constants(), f"-I{KERNELS}",
+           "-fno-gnu-unique", "-D__CUDACC_RTC__", f"-I{KERNELS}",
            str(SIMT / "launch_kernels.cpp"), "-o", str(lib), "-ldl"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -23,16 +23,17 @@
 //   column phase: thread t sums label t % BN over half t / BN of the rows, in registers across
 //     the chunk; row phase: 4 threads per row reduce the row's slab (max and first argmax, mean,
 //     six LSE/KL sums relative to the slab max, centred squares) into its record.
-// Deterministic for a given launch (no atomics). Under __CUDACC_RTC__ nothing is included; the
+// Deterministic for a given launch (no atomics). Slabs (kGemmBN) and scratch sizes:
+// kernels/launch_table.h. Under __CUDACC_RTC__ no CUDA or standard header is included; the
 // SIMT emulator (tests/simt) defines IDENTIREP_SIMT and supplies the mma, ldmatrix, cp.async
 // and wgmma primitives below.
 #pragma once
 
 #ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
+#endif
 
 #include "lse_kl.cuh"
-#endif
 
 #ifndef IDENTIREP_DYNAMIC_SHARED
 #define IDENTIREP_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
@@ -41,7 +42,6 @@
 namespace identirep {
 namespace kernels {
 
-constexpr int kGemmBN = 128;  // labels of a slab
 constexpr int kGemmBK = 32;   // K of a pipeline stage
 constexpr int kGemmStages = 4;
 constexpr int kGemmThreads = 256;
@@ -87,16 +87,6 @@ template <int kBM>
 __host__ __device__ inline Index GemmChunks(Index n) {
   return ChunkCount(n, GemmShape<kBM>::kMinChunkRows, kFusedMaxChunks);
 }
-__host__ __device__ inline Index GemmSlabs(Index v) { return SlabCount(v, kGemmBN); }
-// Scratch of LseKlGemm for an n x v tile: row_work and col_work (the one-read epilogue's
-// layout, with 128-label slabs) in doubles, shift in floats.
-__host__ __device__ inline Index LseKlGemmRowWorkElems(Index n, Index v) {
-  return SlabRecordElems(n, v, kGemmBN);
-}
-__host__ __device__ inline Index LseKlGemmColWorkElems(Index v) {
-  return LseKlFusedColWorkElems(v);
-}
-__host__ __device__ inline Index LseKlGemmShiftElems(Index v) { return 2 * v; }
 
 namespace mma {
 

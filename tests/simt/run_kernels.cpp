@@ -1,8 +1,8 @@
 // The CUDA kernels of csrc/kernels/lse_kl.cuh and pivot_terms.cuh run on the CPU in the SIMT
 // emulator simt.h, launched as identirep/gpu/cupy_backend.py launches their NVRTC build
-// (_CupyEpilogue.__call__, pivot_criteria_device). The launch constants of that module come in
-// as macros; tests/test_kernels_on_cpu.py builds this with
-//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -D<constants> -I csrc/kernels run_kernels.cpp
+// (NvrtcEpilogue.__call__, pivot_criteria_device), with the geometry of their launch table
+// (kernels/launch_table.h); tests/test_kernels_on_cpu.py builds this with
+//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -I csrc/kernels run_kernels.cpp
 // Arrays are raw files in DIR (C order, float64 / int64 unless said otherwise):
 //   run_kernels epilogue f32|f64 FUSED MOMENTS N V LD1 LD2 TR TC ROW_WORK COL_WORK REPEAT DIR
 //     l1, l2: N x LD1, N x LD2 logits (f32|f64); state 8 x N, args 2 x N, row_m 5 x N,
@@ -111,13 +111,6 @@ void Write(const std::string& dir, const std::string& name, const Array<T>& a) {
 }
 
 Index Ceil(Index a, Index b) { return (a + b - 1) / b; }
-Index Clamp(Index x, Index lo, Index hi) { return x < lo ? lo : (x > hi ? hi : x); }
-// col_chunks / fused_chunks of identirep.gpu.nvrtc
-Index ColChunks(Index n) { return Clamp(Ceil(n, COL_MIN_CHUNK_ROWS), 1, COL_MAX_CHUNKS); }
-Index FusedChunks(Index n) { return Clamp(Ceil(n, FUSED_MIN_CHUNK_ROWS), 1, FUSED_MAX_CHUNKS); }
-
-template <typename T>
-constexpr int kSlabRows = std::is_same_v<T, float> ? SLAB_ROWS_FLOAT : SLAB_ROWS_DOUBLE;
 
 dim3 Grid(Index x, Index y = 1) { return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y)); }
 
@@ -165,28 +158,28 @@ struct Epilogue {
     double* col_work = moments ? work.data() : nullptr;
     Index chunks = 1;
     if (fused) {
-      chunks = FusedChunks(n);
-      simt::Launch(Grid(Ceil(v, SLAB_COLS), chunks), dim3(SLAB_THREADS), [&] {
-        k::LseKlSlabKernel<T, kSlabRows<T>>(l1, ld1, l2, ld2, n, v, row_work.data(), col_work);
+      chunks = k::FusedChunks(n);
+      simt::Launch(Grid(Ceil(v, k::kSlabCols), chunks), dim3(k::kSlabThreads), [&] {
+        k::LseKlSlabKernel<T, k::SlabRows<T>::value>(l1, ld1, l2, ld2, n, v, row_work.data(), col_work);
       });
     } else {
-      simt::Launch(Grid(n), dim3(LSE_KL_THREADS), [&] {
-        k::LseKlKernel<T, LSE_KL_THREADS>(l1, ld1, l2, ld2, v, c0, state, N, args, N, row_m, N);
+      simt::Launch(Grid(n), dim3(k::kLseKlThreads), [&] {
+        k::LseKlKernel<T, k::kLseKlThreads>(l1, ld1, l2, ld2, v, c0, state, N, args, N, row_m, N);
       });
       if (moments) {
-        chunks = ColChunks(n);
-        simt::Launch(Grid(Ceil(v, 32), chunks), dim3(32, COL_ROWS), [&] {
-          k::LseKlColKernel<T, COL_ROWS>(l1, ld1, l2, ld2, n, v, col_work);
+        chunks = k::ColChunks(n);
+        simt::Launch(Grid(Ceil(v, 32), chunks), dim3(32, k::kColRows), [&] {
+          k::LseKlColKernel<T, k::kColRows>(l1, ld1, l2, ld2, n, v, col_work);
         });
       }
     }
     if (moments) {
-      simt::Launch(Grid(Ceil(v, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+      simt::Launch(Grid(Ceil(v, k::kMergeThreads)), dim3(k::kMergeThreads), [&] {
         k::LseKlColMergeKernel<T>(l1, l2, n, v, c0, chunks, col_work, s.col_m.data(), V, r0);
       });
     }
     if (fused) {
-      simt::Launch(Grid(Ceil(n, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+      simt::Launch(Grid(Ceil(n, k::kMergeThreads)), dim3(k::kMergeThreads), [&] {
         k::LseKlRowMergeKernel<T>(n, v, c0, row_work.data(), state, N, args, N, row_m, N);
       });
     }
@@ -265,12 +258,12 @@ void RunGemm(char** a, const std::string& dir) {
         mma_issued.data()[0] += static_cast<double>(issued1 - issued0);
         mma_issued.data()[1] += static_cast<double>(simt::g_mma_issued.load() - issued1);
         if (moments) {
-          simt::Launch(Grid(Ceil(v, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+          simt::Launch(Grid(Ceil(v, k::kMergeThreads)), dim3(k::kMergeThreads), [&] {
             k::LseKlColMergeKernel<float>(shift.data(), shift.data() + v, n, v, c0, chunks, cw,
                                           s.col_m.data(), V, r0);
           });
         }
-        simt::Launch(Grid(Ceil(n, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+        simt::Launch(Grid(Ceil(n, k::kMergeThreads)), dim3(k::kMergeThreads), [&] {
           k::LseKlRowMergeKernel<float, k::kGemmBN>(n, v, c0, row_work.data(), state, N, args,
                                                     N, row_m, N);
         });
@@ -306,8 +299,8 @@ void RunPivot(char** a, const std::string& dir) {
     vec.push_back(Read<double>(dir, name, V));
   const Array<Index> pivots = Read<Index>(dir, "pivots", B);
   Array<double> crit(B);
-  simt::Launch(Grid(B), dim3(PIVOT_THREADS), [&] {
-    k::PivotCriteriaKernel<TX, PIVOT_THREADS>(
+  simt::Launch(Grid(B), dim3(k::kPivotThreads), [&] {
+    k::PivotCriteriaKernel<TX, k::kPivotThreads>(
         X1.data(), V, X2.data(), V, vec[0].data(), vec[1].data(), vec[2].data(), vec[3].data(),
         vec[4].data(), pivots.data(), V, tol, mode == "max" ? 0 : 1, crit.data());
   });

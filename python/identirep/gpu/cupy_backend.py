@@ -7,6 +7,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .. import _core
 from ..passes import PassStats
 from . import nvrtc
 from .plans import epilogue_scratch, pass_operands
@@ -48,21 +49,21 @@ class NvrtcEpilogue:
         self.row_work = cp.empty(rows, dtype=cp.float64) if fused else None
 
     def __call__(self, l1, l2, c0, r0, state, args, row_m, col_m):
-        i64 = np.int64
+        i64, t = np.int64, nvrtc.LAUNCH
         n, v = l1.shape
         N, V = state.shape[1], col_m.shape[1]
         ld1, ld2 = i64(l1.strides[0] // l1.itemsize), i64(l2.strides[0] // l2.itemsize)
-        merge = nvrtc.MERGE_THREADS
+        merge = t["merge_threads"]
         if self.row_work is not None:
-            chunks = nvrtc.fused_chunks(n)
-            self.slab((-(-v // nvrtc.SLAB_COLS), chunks), (nvrtc.SLAB_THREADS,),
+            chunks = _core.lse_kl_fused_chunks(n)
+            self.slab((-(-v // t["slab_cols"]), chunks), (t["slab_threads"],),
                       (l1, ld1, l2, ld2, i64(n), i64(v), self.row_work, self.work))
         else:
-            self.rows((n,), (nvrtc.LSE_KL_THREADS,),
+            self.rows((n,), (t["lse_kl_threads"],),
                       (l1, ld1, l2, ld2, i64(v), i64(c0), state[:, r0:], i64(N), args[:, r0:],
                        i64(N), row_m[:, r0:], i64(N)))
-            chunks = nvrtc.col_chunks(n)
-            self.cols((-(-v // 32), chunks), (32, nvrtc.COL_ROWS),
+            chunks = _core.lse_kl_col_chunks(n)
+            self.cols((-(-v // 32), chunks), (32, t["col_rows"]),
                       (l1, ld1, l2, ld2, i64(n), i64(v), self.work))
         self.merge((-(-v // merge),), (merge,),
                    (l1, l2, i64(n), i64(v), i64(c0), i64(chunks), self.work, col_m, i64(V),

@@ -1,30 +1,23 @@
 """The CUDA kernel headers as NVRTC programs: the cupy backend compiles the kernels of
-kernels/lse_kl.cuh and kernels/pivot_terms.cuh at run time (CuPy's RawModule), launching them
-with the geometry below (the template arguments and constants of those headers)."""
+kernels/lse_kl.cuh and kernels/pivot_terms.cuh at run time (CuPy's RawModule) and launches them
+with the geometry of their launch table (kernels/launch_table.h, read here through
+``_core.launch_table()``: the numbers the compiled launchers use, in every build)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from .. import _core
 from ..errors import IdentirepError
 
-# Launch geometry of the NVRTC-compiled kernels (template arguments of kernels/lse_kl.cuh).
-LSE_KL_THREADS = 256
-COL_ROWS = 8
-COL_MAX_CHUNKS = 16
-COL_MIN_CHUNK_ROWS = 64
-MERGE_THREADS = 256
-# The fused (one-read) epilogue: LseKlSlabKernel / LseKlRowMergeKernel of kernels/lse_kl.cuh.
-SLAB_COLS = 256
-SLAB_THREADS = 256
-SLAB_ROWS = {"float": 16, "double": 8}
-ROW_FIELDS = 15
-FUSED_MAX_CHUNKS = 64
-FUSED_MIN_CHUNK_ROWS = 256
-PIVOT_THREADS = 256   # kPivotThreads of kernels/pivot_terms.cuh
-
+#: the launch table of the kernels (kernels/launch_table.h): threads, chunks, slab shapes
+LAUNCH = _core.launch_table()
+#: the kernel headers installed with identirep (identirep/kernels), which include each other
+KERNEL_HEADERS = ("launch_table.h", "lse_kl.cuh", "lse_kl_gemm.cuh", "pivot_terms.cuh")
 #: the pivot kernel for float32 / float64 cross products
-PIVOT_KERNELS = {t: f"identirep::kernels::PivotCriteriaKernel<{t}, {PIVOT_THREADS}>"
+PIVOT_KERNELS = {t: f"identirep::kernels::PivotCriteriaKernel<{t}, {LAUNCH['pivot_threads']}>"
                  for t in ("float", "double")}
+_INCLUDE = re.compile(r'\s*#\s*include\s*[<"]([\w.]+)[>"]')
 _MODULES = {}
 
 
@@ -38,33 +31,42 @@ def kernel_source(name: str) -> str:
                          f"({here / 'kernels'}); reinstall identirep")
 
 
+def kernel_program(name: str) -> str:
+    """The NVRTC program of a kernel header: its text with the kernel headers it includes
+    written in place (each once, as ``#pragma once`` has it), so that NVRTC needs no include
+    path and CuPy's cache of compiled modules is keyed on every line compiled. CUDA and standard
+    headers stay where they are, behind the headers' ``__CUDACC_RTC__`` guards."""
+    seen = set()
+
+    def expand(header):
+        seen.add(header)
+        out = []
+        for line in kernel_source(header).splitlines():
+            m = _INCLUDE.match(line)
+            if m and m[1] in KERNEL_HEADERS:
+                out += expand(m[1]) if m[1] not in seen else []
+            elif line.strip() != "#pragma once":
+                out.append(line)
+        return out
+    return "\n".join(expand(name)) + "\n"
+
+
 def kernel_names(t: str) -> dict:
     """Instantiations of the lse_kl.cuh kernels for element type ``t`` ("float" | "double")."""
     ns = "identirep::kernels::"
-    return {"rows": f"{ns}LseKlKernel<{t}, {LSE_KL_THREADS}>",
-            "cols": f"{ns}LseKlColKernel<{t}, {COL_ROWS}>",
+    return {"rows": f"{ns}LseKlKernel<{t}, {LAUNCH['lse_kl_threads']}>",
+            "cols": f"{ns}LseKlColKernel<{t}, {LAUNCH['col_rows']}>",
             "merge": f"{ns}LseKlColMergeKernel<{t}>",
-            "slab": f"{ns}LseKlSlabKernel<{t}, {SLAB_ROWS[t]}>",
+            "slab": f"{ns}LseKlSlabKernel<{t}, {LAUNCH['slab_rows_' + t]}>",
             "row_merge": f"{ns}LseKlRowMergeKernel<{t}>"}
-
-
-def col_chunks(n: int) -> int:
-    """Row chunks of the column kernel for a tile of n rows (ColChunks in lse_kl.cuh)."""
-    return max(1, min(COL_MAX_CHUNKS, -(-n // COL_MIN_CHUNK_ROWS)))
-
-
-def fused_chunks(n: int) -> int:
-    """Row chunks of the fused epilogue for a tile of n rows (FusedChunks in lse_kl.cuh)."""
-    return max(1, min(FUSED_MAX_CHUNKS, -(-n // FUSED_MIN_CHUNK_ROWS)))
 
 
 def _program(cp, header, names):
     """The RawModule of one kernel header on CuPy's current device (compiled once)."""
     key = (header, cp.cuda.Device().id)
     if key not in _MODULES:
-        src = "\n".join(line for line in kernel_source(header).splitlines()
-                        if line.strip() != "#pragma once")
-        _MODULES[key] = cp.RawModule(code=src, options=("-std=c++17",), name_expressions=names)
+        _MODULES[key] = cp.RawModule(code=kernel_program(header), options=("-std=c++17",),
+                                     name_expressions=names)
     return _MODULES[key]
 
 

@@ -43,7 +43,7 @@ def pivot_criteria_device(X1, X2, n1, n2, A1, A2, B12, pivots, tol: float, mode:
     else:
         kern = nvrtc.pivot_module(cp).get_function(
             nvrtc.PIVOT_KERNELS["float" if xdt == cp.float32 else "double"])
-        kern((B,), (nvrtc.PIVOT_THREADS,),
+        kern((B,), (nvrtc.LAUNCH["pivot_threads"],),
              (X1, np.int64(V), X2, np.int64(V), *vecs, piv, np.int64(V), np.float64(tol),
               np.int32(0 if mode == "max" else 1), crit))
     return crit.get()

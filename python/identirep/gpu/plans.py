@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
 from ..errors import IdentirepError
 from ..passes import check_pass_shapes
 from .arrays import as_device, import_cupy
-from .nvrtc import COL_MAX_CHUNKS, FUSED_MAX_CHUNKS, ROW_FIELDS, SLAB_COLS
 
 DEFAULT_TILE_COLS = 4096
 
@@ -69,5 +69,5 @@ def epilogue_scratch(rows, cols, fused=False):
     """float64 elements (row scratch, column scratch) of the epilogue for a rows x cols tile
     (LseKlColWorkElems, or LseKlFusedRowWorkElems and LseKlFusedColWorkElems)."""
     if not fused:
-        return 0, COL_MAX_CHUNKS * 5 * cols
-    return -(-cols // SLAB_COLS) * ROW_FIELDS * rows, FUSED_MAX_CHUNKS * 5 * cols
+        return 0, _core.lse_kl_cuda_col_work_elems(cols)
+    return _core.lse_kl_cuda_fused_work_elems(rows, cols)
