@@ -177,8 +177,8 @@ def bench_shape(n, v, m, args, torch, row):
     if floors:
         row["floor_by"] = min(floors, key=floors.get)
         row["floor"] = floors[row["floor_by"]]
-    # the tiles of the default (overlapped) pass
-    tr, tc = plans.tile_shape(n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2)
+    # the tiles of the default (overlapped) pass driver, and of its fused epilogue
+    tr, tc = driver_tiles(n, v, args)
 
     def gemm_tiles_ms():
         ws = cp.empty(tr * tc, cp.float32)
@@ -195,9 +195,8 @@ def bench_shape(n, v, m, args, torch, row):
     measure(row, "gemm", gemm_tiles_ms)
     if identirep.build_info()["cuda_compiled"]:
         measure(row, "epilogue", lambda: epilogue_ms(n, v, tr, tc, args))
-        measure(row, "epilogue_fused", lambda: epilogue_ms(n, v, *plans.tile_shape(
-            n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2, fused=True), args,
-            fused=True))
+        measure(row, "epilogue_fused", lambda: epilogue_ms(
+            n, v, *driver_tiles(n, v, args, fused=True), args, fused=True))
     kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
     if identirep.build_info()["cuda_compiled"]:
         run = (lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, **kw))
@@ -228,6 +227,12 @@ def bench_shape(n, v, m, args, torch, row):
             row["liger_why"] = liger
         else:
             row["liger"], row["liger_mem"] = liger
+
+
+def driver_tiles(n, v, args, fused=False):
+    """(rows, cols) of the tiles of the pass driver's default (overlapped) bfloat16 pass."""
+    return plans.cuda_tiles(n, v, "float32", None, args.tile_cols, args.workspace, True, fused,
+                            False)[:2]
 
 
 def bench_gemm_kind(n, v, m, key, args, row):

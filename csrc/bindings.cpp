@@ -81,6 +81,44 @@ tolerance times its safety factor; eps: rounding allowance. Returns (B,) float64
         "(row_work float64, col_work float64, shift float32) elements of the fused GEMM for an "
         "n x v tile.");
 
+  // The plans of the GPU passes (csrc/plan.cpp), in every build.
+  m.def(
+      "blas_layout",
+      [](int64_t rows, int64_t cols, int64_t s0, int64_t s1) -> py::object {
+        const identirep::BlasLayout l = identirep::blas_layout(rows, cols, s0, s1);
+        if (l.ld == 0) return py::none();
+        return py::make_tuple(l.row ? "row" : "col", l.ld);
+      },
+      py::arg("rows"), py::arg("cols"), py::arg("s0"), py::arg("s1"),
+      "(\"row\" | \"col\", leading dimension) of a rows x cols array with element strides "
+      "(s0, s1) whose rows (or columns) are contiguous, or None: cuBLAS needs a copy.");
+  m.def("gemm_nt_plan", &identirep::gemm_nt_plan, py::arg("a"), py::arg("b"),
+        "cublasGemmEx (transa, transb, m, n, k, lda, ldb, ldc) for the row-major a @ b' (r x c, "
+        "leading dimension c); a (r x k), b (c x k) as (rows, cols, s0, s1) in elements; None "
+        "when one has neither rows nor columns contiguous (it needs a copy).");
+  m.def("cublas_workspace_bytes", &identirep::cublas_workspace_bytes,
+        "Bytes of cuBLAS workspace inside the pass driver's workspace.");
+  m.def("lse_kl_pass_cuda_workspace", &identirep::lse_kl_pass_cuda_workspace,
+        py::arg("tile_rows"), py::arg("tile_cols"), py::arg("dtype"), py::arg("overlap"),
+        py::arg("fused"), py::arg("gemm") = false,
+        "Bytes of device workspace lse_kl_pass_cuda needs.");
+  m.def("plan_cupy_pass", &identirep::plan_cupy_pass, py::arg("n"), py::arg("v"),
+        py::arg("converted_cols"), py::arg("itemsize"), py::arg("tile_rows"),
+        py::arg("tile_cols"), py::arg("workspace_bytes"), py::arg("overlap"), py::arg("fused"),
+        R"doc((tile_rows, tile_cols, overlap) of the cupy backend's tile loop over n x v logits.
+
+All rows when they fit and tile_cols labels (None: 4096), shrunk until the logit tiles (two
+pairs with overlap), the widened operand tiles (converted_cols columns of itemsize bytes) and
+the epilogue's scratch fit in workspace_bytes; overlap only with more than one tile.)doc");
+  m.def("plan_cuda_pass", &identirep::plan_cuda_pass, py::arg("n"), py::arg("v"),
+        py::arg("dtype"), py::arg("tile_rows"), py::arg("tile_cols"), py::arg("workspace_bytes"),
+        py::arg("overlap"), py::arg("fused"), py::arg("gemm"),
+        R"doc((tile_rows, tile_cols, overlap, workspace bytes) of the pass driver's calls.
+
+dtype: "float32" or "float64" logits. cuBLAS tiles as plan_cupy_pass's, with the driver's cuBLAS
+workspace reserved; gemm (the fused GEMM kernel): all rows and 16384 labels (or the given
+ones), labels halved down to 128, then rows, until its scratch fits in workspace_bytes.)doc");
+
 #ifdef IDENTIREP_WITH_CUDA
   m.def("lse_kl_update_cuda", &identirep::lse_kl_update_cuda, py::arg("l1"), py::arg("l2"),
         py::arg("n"), py::arg("v"), py::arg("ld1"), py::arg("ld2"), py::arg("col0"),
@@ -125,20 +163,6 @@ pivots: int64 (B,); crit: float64 (B,), written. mode 'max' or 'mean'. A pivot o
         "(major, minor, patch) of the loaded cuBLAS.");
   m.def("cublas_header_major", &identirep::cublas_header_major,
         "Major version of the cuBLAS headers this module was built against.");
-  m.def(
-      "gemm_nt_plan",
-      [](const py::tuple& a, const py::tuple& b) {
-        return identirep::gemm_nt_plan(Operand(a), Operand(b));
-      },
-      py::arg("a"), py::arg("b"),
-      "cublasGemmEx (transa, transb, m, n, k, lda, ldb, ldc) for a @ b^T; operands as in "
-      "lse_kl_pass_cuda (only shapes and strides read); [] when one needs a copy.");
-  m.def("cublas_workspace_bytes", &identirep::cublas_workspace_bytes,
-        "Bytes of cuBLAS workspace inside the pass driver's workspace.");
-  m.def("lse_kl_pass_cuda_workspace", &identirep::lse_kl_pass_cuda_workspace,
-        py::arg("tile_rows"), py::arg("tile_cols"), py::arg("dtype"), py::arg("overlap"),
-        py::arg("fused"), py::arg("gemm") = false,
-        "Bytes of device workspace lse_kl_pass_cuda needs.");
   m.def(
       "lse_kl_pass_cuda",
       [](const py::tuple& f1, const py::tuple& g1, const py::tuple& f2, const py::tuple& g2,

@@ -93,17 +93,6 @@ std::string cublas_load(const std::vector<std::string>& candidates);
 // (major, minor, patch) of the loaded cuBLAS, and the major of the headers built against.
 std::vector<int> cublas_version();
 int cublas_header_major();
-// Bytes of the cuBLAS workspace inside lse_kl_pass_cuda's workspace.
-int64_t cublas_workspace_bytes();
-
-// cublasGemmEx arguments (transa, transb, m, n, k, lda, ldb, ldc) for the row-major
-// a @ b^T (out: a.rows x b.rows, ld b.rows); empty when a or b has neither rows nor columns
-// contiguous (only shapes and strides are read).
-std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b);
-
-// Bytes of workspace lse_kl_pass_cuda needs for tile_rows x tile_cols tiles.
-int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const std::string& dtype,
-                                   bool overlap, bool fused, bool gemm);
 
 // The pass over labels [c_begin, c_end): for each label tile (tile_cols), for each row tile
 // (tile_rows), the logit tiles f_k g_k' (cublasGemmEx; f_k, g_k of one kind; float32 output

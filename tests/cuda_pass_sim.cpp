@@ -1,5 +1,5 @@
-// The CUDA pass driver (csrc/cuda_pass.cpp and its plans, csrc/plan.cpp, included unchanged) on
-// the CPU, with the CUDA runtime, cuBLAS and the epilogue replaced by stand-ins: streams and events become a task
+// The CUDA pass driver (csrc/cuda_pass.cpp, included unchanged, with its plans: csrc/plan.cpp)
+// on the CPU, with the CUDA runtime, cuBLAS and the epilogue replaced by stand-ins: streams and events become a task
 // graph, cublasGemmEx a column-major CPU GEMM, the epilogue a copy of its tiles that declares
 // what it reads and writes. Each configuration checks that
 //   - no two tasks unordered by the graph touch the same bytes, one of them writing (the
@@ -11,10 +11,10 @@
 //     next work.
 // Built and run by tests/test_cuda_driver.py (no GPU needed):
 //   g++ -std=c++17 -O1 -DIDENTIREP_WITH_CUDA -DIDENTIREP_WITH_CUBLAS -I csrc -isystem <cuda
-//       include> -isystem <cublas include> tests/cuda_pass_sim.cpp -o sim && ./sim [full]
+//       include> -isystem <cublas include> tests/cuda_pass_sim.cpp csrc/plan.cpp -o sim
+//   ./sim [full]
 // ("full": every layout pair in every shape, ~30 s).
 #include "cuda_pass.cpp"
-#include "plan.cpp"
 
 #include <algorithm>
 #include <cmath>

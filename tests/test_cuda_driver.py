@@ -73,59 +73,48 @@ def test_build_backend_asks_for_cublas_headers_only_when_needed(monkeypatch, tmp
     assert b.cublas_requirement() == []
 
 
-@needs_driver
-@pytest.mark.parametrize("layout_a", ["C", "F", "rows of F", "one row", "gappy"])
-@pytest.mark.parametrize("layout_b", ["C", "F", "strided", "gappy"])
-def test_gemm_plan_is_the_python_one(layout_a, layout_b):
-    # gemm_nt_args is checked against a NumPy emulation of cuBLAS in test_gpu.py.
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((7, 5)), rng.standard_normal((9, 5))
-    a = {"C": a, "F": np.asfortranarray(a), "one row": a[2:3],
-         "rows of F": np.asfortranarray(rng.standard_normal((20, 5)))[3:10],
-         "gappy": rng.standard_normal((14, 10))[::2, ::2]}[layout_a]
-    b = {"C": b, "F": np.asfortranarray(b), "strided": rng.standard_normal((30, 8))[4:13, 1:6],
-         "gappy": rng.standard_normal((18, 10))[::2, ::2]}[layout_b]
-    want = cublas.gemm_nt_args(a, b)
-    got = _core.gemm_nt_plan(op(a), op(b))
-    assert (tuple(got) if got else None) == want
-
-
-@needs_driver
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_driver_workspace_fits_the_tile_plan(fused, overlap, dtype):
+    # the driver's tiles and workspace (csrc/plan.cpp, in every build): its cuBLAS workspace,
+    # the logit tiles and the epilogue's scratch, aligned, within workspace_bytes
     it = np.dtype(dtype).itemsize
-    nbuf = 2 if overlap else 1
     cublas = _core.cublas_workspace_bytes()
     assert cublas >= 4 << 20
     for n, v, ws in ((16384, 128256, 1 << 30), (1001, 50257, 40 << 20), (7, 3, 33 << 20),
                      (50000, 262144, 1 << 30)):
-        tr, tc = plans.tile_shape(n, v, 0, 0, it, None, None, ws, nbuf, fused, cuda_backend.driver_reserve())
-        size = _core.lse_kl_pass_cuda_workspace(tr, tc, dtype, overlap, fused, False)
-        parts = cublas + 2 * nbuf * tr * tc * it + 8 * sum(plans.epilogue_scratch(tr, tc, fused))
-        assert parts <= size <= min(ws, parts + cuda_backend.driver_reserve() - cublas)
+        tr, tc, over, size = plans.cuda_tiles(n, v, dtype, None, None, ws, overlap, fused, False)
+        assert over == (overlap and (tr, tc) != (n, v))
+        assert size == _core.lse_kl_pass_cuda_workspace(tr, tc, dtype, over, fused, False)
+        scratch = (sum(_core.lse_kl_cuda_fused_work_elems(tr, tc)) if fused else
+                   _core.lse_kl_cuda_col_work_elems(tc))
+        parts = cublas + 2 * (2 if over else 1) * tr * tc * it + 8 * scratch
+        assert parts <= size <= min(ws, parts + 6 * 256)
     with pytest.raises(IdentirepError, match="too small"):
-        plans.tile_shape(7, 3, 0, 0, it, None, None, cublas, nbuf, fused, cuda_backend.driver_reserve())
+        plans.cuda_tiles(7, 3, dtype, None, None, cublas, overlap, fused, False)
 
 
-@needs_driver
 def test_fused_gemm_workspace_and_tiles():
     # no logit tiles, no cuBLAS workspace: the row records, column sums and shifts, aligned
     for n, v in ((16384, 128256), (1001, 50257), (7, 3)):
-        tr, tc = cuda_backend.gemm_tile_shape(n, v, None, None, 1 << 30)
-        assert (tr, tc) == (n, min(v, cuda_backend.GEMM_TILE_COLS))
+        tr, tc, over, size = plans.cuda_tiles(n, v, "float32", None, None, 1 << 30, True, False,
+                                              True)
+        assert (tr, tc, over) == (n, min(v, 16384), False)
         row, col, shift = _core.lse_kl_gemm_work_elems(tr, tc)
         assert row == -(-tc // 128) * 15 * tr and col == 64 * 5 * tc and shift == 2 * tc
-        size = _core.lse_kl_pass_cuda_workspace(tr, tc, "float32", False, False, True)
+        assert size == _core.lse_kl_pass_cuda_workspace(tr, tc, "float32", False, False, True)
         assert 8 * (row + col) + 4 * shift <= size <= 8 * (row + col) + 4 * shift + 3 * 256
     # 1 << 26 bytes: the labels shrink first (to 128), then the rows
-    tr, tc = cuda_backend.gemm_tile_shape(16384, 128256, None, None, 1 << 26)
-    assert tc < cuda_backend.GEMM_TILE_COLS and _core.lse_kl_pass_cuda_workspace(
-        tr, tc, "float32", False, False, True) <= 1 << 26
-    assert cuda_backend.gemm_tile_shape(1 << 20, 4096, None, None, 1 << 26)[1] == 128
+    tr, tc, _, size = plans.cuda_tiles(16384, 128256, "float32", None, None, 1 << 26, False,
+                                       False, True)
+    assert tc < 16384 and size <= 1 << 26
+    assert plans.cuda_tiles(1 << 20, 4096, "float32", None, None, 1 << 26, False, False,
+                            True)[1] == 128
     with pytest.raises(IdentirepError, match="too small for the fused GEMM"):
-        cuda_backend.gemm_tile_shape(16384, 4096, 16384, 4096, 1 << 20)
+        plans.cuda_tiles(16384, 4096, "float32", 16384, 4096, 1 << 20, False, False, True)
+    with pytest.raises(IdentirepError, match="float32 logits"):
+        plans.cuda_tiles(10, 10, "float64", None, None, 1 << 30, False, False, True)
     with pytest.raises(ValueError, match="float32 logits"):
         _core.lse_kl_pass_cuda_workspace(10, 10, "float64", False, False, True)
 
@@ -295,7 +284,7 @@ def test_driver_schedule_in_simulation(tmp_path):
     exe = tmp_path / "sim"
     r = subprocess.run([cxx, "-std=c++17", "-O1", "-DIDENTIREP_WITH_CUDA",
                         "-DIDENTIREP_WITH_CUBLAS", "-I", str(root / "csrc"), "-isystem", cuda_inc,
-                        "-isystem", blas_inc, str(src), "-o", str(exe)],
+                        "-isystem", blas_inc, str(src), str(root / "csrc" / "plan.cpp"), "-o", str(exe)],
                        capture_output=True, text=True, check=False, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([str(exe)], capture_output=True, text=True, check=False, timeout=600)

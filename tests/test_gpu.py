@@ -169,18 +169,23 @@ def _col_major(x, rows, cols, ld):
 @pytest.mark.parametrize("layout_a", ["C", "F", "rows of F", "one row"])
 @pytest.mark.parametrize("layout_b", ["C", "F", "strided", "one column"])
 def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
-    # Emulates cublasGemmEx (column-major, op(A) op(B)) on the same memory with NumPy.
+    # The one plan of a logit tile's cublasGemmEx (csrc/plan.cpp: the pass driver's, and
+    # gemm_ex's) against an emulation of cublasGemmEx (column-major, op(A) op(B)) on the same
+    # memory with NumPy.
+    def plan(a, b):
+        return _core.gemm_nt_plan(cublas.strides2d(a), cublas.strides2d(b))
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((7, 5)), rng.standard_normal((9, 5))
     gappy = rng.standard_normal((14, 10))[::2, ::2]  # neither rows nor columns contiguous
-    assert cublas.gemm_nt_args(gappy, b) is None and cublas.gemm_nt_args(a, gappy) is None
+    assert plan(gappy, b) is None and plan(a, gappy) is None
+    assert not cublas.blas_ready(gappy) and cublas.blas_ready(a) and cublas.blas_ready(b.T)
     a = {"C": a, "F": np.asfortranarray(a), "one row": a[2:3],
          "rows of F": np.asfortranarray(rng.standard_normal((20, 5)))[3:10]}[layout_a]
     b = {"C": b, "F": np.asfortranarray(b), "one column": b,
          "strided": rng.standard_normal((30, 8))[4:13, 1:6]}[layout_b]
     if layout_b == "one column":
         a, b = np.ascontiguousarray(a[:, :1]), np.ascontiguousarray(b[:, :1])
-    transa, transb, m, n, k, lda, ldb, ldc = cublas.gemm_nt_args(a, b)
+    transa, transb, m, n, k, lda, ldb, ldc = plan(a, b)
     A = _col_major(b, *((m, k) if transa == 0 else (k, m)), lda)
     B = _col_major(a, *((k, n) if transb == 0 else (n, k)), ldb)
     out_t = (A if transa == 0 else A.T) @ (B if transb == 0 else B.T)
@@ -188,20 +193,27 @@ def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
     np.testing.assert_allclose(out_t.T, a @ b.T, rtol=1e-14)
 
 
-@pytest.mark.parametrize("buffers", [1, 2])
-def test_tile_shape_fits_the_workspace(buffers):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_tile_shape_fits_the_workspace(overlap):
+    # the cupy backend's tiles (csrc/plan.cpp): two pairs of logit tiles with the overlap, the
+    # widened operand tiles (m columns) and the column scratch fit the workspace
+    buffers = 2 if overlap else 1
+
     def need(r, c, m):
         return 4 * (2 * buffers * r * c + (r + c) * m) + 8 * _core.lse_kl_cuda_col_work_elems(c)
-    assert plans.tile_shape(16384, 131200, 8, 8, 4, None, 131200, buffers * 24 << 30,
-                         buffers) == (16384, 131200)
+    assert plans.cupy_tiles(16384, 131200, 16, 4, None, 131200, buffers * 24 << 30, overlap,
+                            False) == (16384, 131200, False)
     for n, v, m, ws in ((16384, 50304, 1536, 1 << 30), (10, 100, 4, 20000), (7, 3, 2, 10 ** 9),
                         (16384, 128256, 0, 1 << 30)):
-        tr, tc = plans.tile_shape(n, v, m // 2, m // 2, 4, None, None, ws, buffers)
+        tr, tc, over = plans.cupy_tiles(n, v, m, 4, None, None, ws, overlap, False)
         assert 1 <= tr <= n and 1 <= tc <= v and need(tr, tc, m) <= ws
-        if tc == min(v, plans.DEFAULT_TILE_COLS):  # rows shrink first, and only as needed
+        assert over == (overlap and (tr, tc) != (n, v))   # one tile: nothing to overlap
+        if tc == min(v, 4096):  # the default label tile: rows shrink first, only as needed
             assert tr == n or need(min(n, 2 * tr), tc, m) > ws
     with pytest.raises(IdentirepError, match="too small"):
-        plans.tile_shape(10, 10, 1, 1, 4, None, None, 100)
+        plans.cupy_tiles(10, 10, 2, 4, None, None, 100, overlap, False)
+    with pytest.raises(IdentirepError, match="tile_cols must be >= 1, got 0"):
+        plans.cupy_tiles(10, 10, 2, 4, None, 0, 1 << 20, overlap, False)
 
 
 # ------------------------------------------------------------------ on a GPU
@@ -334,9 +346,10 @@ def test_one_tile_of_more_than_2_31_logits(cupy, backend):
     arrays = [a.astype(np.float32) for a in (f1, g1, f2, g2)]
     f1, g1, f2, g2 = (a.astype(np.float64) for a in arrays)
     # one pair of logit tiles (no overlap) of all n x v logits fits 24 GiB
-    from identirep import _core
-    reserve = cuda_backend.driver_reserve() if hasattr(_core, "cublas_workspace_bytes") else 0
-    assert plans.tile_shape(n, v, 0, 0, 4, None, v, 24 << 30, 1, False, reserve) == (n, v)
+    tiles = (plans.cuda_tiles(n, v, "float32", None, v, 24 << 30, False, False, False)
+             if backend == "cuda" else
+             plans.cupy_tiles(n, v, 0, 4, None, v, 24 << 30, False, False))
+    assert tiles[:2] == (n, v)
     got = PASSES[backend](*[cupy.asarray(a) for a in arrays], workspace_bytes=24 << 30,
                           tile_cols=v, overlap=False)
     cupy.get_default_memory_pool().free_all_blocks()

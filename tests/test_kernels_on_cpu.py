@@ -18,7 +18,6 @@ import pytest
 
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep.gpu import plans
 from identirep.passes import finalize, init_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +103,8 @@ def device_pass(exe, tmp_path, l1, l2, v, tr, tc, fused, moments=True, repeat=1,
     """The emulated pass of the cupy backend's tile loop (label tiles outer, row tiles inner) over the first v
     columns of l1, l2 (n x ld arrays): state, args, row and column moments."""
     n = l1.shape[0]
-    row_work, col_work = plans.epilogue_scratch(tr, tc, fused)
+    row_work, col_work = (_core.lse_kl_cuda_fused_work_elems(tr, tc) if fused else
+                          (0, _core.lse_kl_cuda_col_work_elems(tc)))
     return emulated_pass(exe, tmp_path, {"l1": l1, "l2": l2}, n, v, "epilogue",
                          "f32" if l1.dtype == np.float32 else "f64", int(fused), int(moments),
                          n, v, l1.shape[1], l2.shape[1], tr, tc, row_work, col_work, repeat,

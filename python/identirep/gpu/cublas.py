@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _bf16 as bf16
+from .. import _core
 from ..errors import IdentirepError
 from .arrays import import_cupy
 
 # cuBLAS / CUDA enums (cublas_api.h, library_types.h).
 _CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF = 0, 2, 14
-_CUBLAS_OP_N, _CUBLAS_OP_T = 0, 1
 _CUBLAS_COMPUTE_32F = 68
 _CUBLAS_GEMM_DEFAULT = -1
 
@@ -36,7 +36,6 @@ def cublas_candidates(major: int) -> list:
 def load_cublas() -> str:
     """Load libcublas into the pass driver (once); returns its file, or raises IdentirepError
     with the places tried."""
-    from .. import _core
     try:
         _core.cublas_version()
         return _core.cublas_load([])  # loaded already: its file
@@ -56,36 +55,21 @@ def load_cublas() -> str:
             "backend='cupy'") from e
 
 
-def _blas_layout(x):
-    """("row" | "col", leading dimension) of a 2-d array whose rows (or columns) are contiguous,
-    or None when it needs a copy first."""
+def strides2d(x):
+    """(rows, cols, s0, s1) of a 2-d array, strides in elements, or None when a stride is not a
+    whole number of elements (it needs a copy)."""
     it = x.itemsize
-    rows, cols = x.shape
     s0, s1 = x.strides
-    if (cols == 1 or s1 == it) and s0 % it == 0:
-        ld = s0 // it if rows > 1 else cols
-        if ld >= cols and ld < 2 ** 31:
-            return "row", max(ld, 1)
-    if (rows == 1 or s0 == it) and s1 % it == 0:
-        ld = s1 // it if cols > 1 else rows
-        if ld >= rows and ld < 2 ** 31:
-            return "col", max(ld, 1)
-    return None
-
-
-def gemm_nt_args(a, b):
-    """cublasGemmEx arguments (transa, transb, m, n, k, lda, ldb, ldc) that compute the
-    row-major product a @ b^T (r x c, leading dimension c) as the column-major product
-    out^T (c x r) = op(b) (c x k) . op(a) (k x r); None when a or b needs a contiguous copy.
-    Only .shape, .strides and .itemsize of a (r x k) and b (c x k) are read."""
-    la, lb = _blas_layout(a), _blas_layout(b)
-    if la is None or lb is None:
+    if s0 % it or s1 % it:
         return None
-    r, k = a.shape
-    c = b.shape[0]
-    op_b = _CUBLAS_OP_T if lb[0] == "row" else _CUBLAS_OP_N
-    op_a = _CUBLAS_OP_N if la[0] == "row" else _CUBLAS_OP_T
-    return op_b, op_a, c, r, k, lb[1], la[1], c
+    return (*x.shape, s0 // it, s1 // it)
+
+
+def blas_ready(x) -> bool:
+    """Whether cuBLAS (and the pass driver) can read the 2-d array x as it is: rows or columns
+    contiguous (``_core.blas_layout``, the driver's own rule), else it needs a copy."""
+    s = strides2d(x)
+    return s is not None and _core.blas_layout(*s) is not None
 
 
 def gemm_ex(cp, a, b, out, kind: str, beta: float = 0.0) -> None:
@@ -97,11 +81,12 @@ def gemm_ex(cp, a, b, out, kind: str, beta: float = 0.0) -> None:
     if out.shape != (a.shape[0], b.shape[0]) or out.dtype != np.float32 \
             or not out.flags.c_contiguous:
         raise IdentirepError("gemm_ex: out must be a C-contiguous float32 (r, c) array")
-    if _blas_layout(a) is None:
+    if not blas_ready(a):
         a = cp.ascontiguousarray(a)
-    if _blas_layout(b) is None:
+    if not blas_ready(b):
         b = cp.ascontiguousarray(b)
-    transa, transb, m, n, k, lda, ldb, ldc = gemm_nt_args(a, b)
+    # the driver's plan of a logit tile (csrc/plan.cpp): out' = op(b) op(a), column-major
+    transa, transb, m, n, k, lda, ldb, ldc = _core.gemm_nt_plan(strides2d(a), strides2d(b))
     code = _CUDA_R_16BF if kind == "bfloat16" else _CUDA_R_16F
     one = np.ones(1, dtype=np.float32)
     zero = np.full(1, beta, dtype=np.float32)

@@ -15,7 +15,7 @@ from ..errors import IdentirepError
 from ..passes import PassStats
 from . import cublas
 from .arrays import HALF_KINDS
-from .plans import pass_operands, tile_shape
+from .plans import cuda_tiles, pass_operands
 from .state import pass_state, pass_stats
 from .tile_loop import tile_loop
 
@@ -97,13 +97,8 @@ class _CudaEpilogue:
             col_moments=col_m.data.ptr, col_ld=V, row0=r0, col_work=self.work.data.ptr,
             row_work=0 if self.row_work is None else self.row_work.data.ptr)
 
+
 # ------------------------------------------------------------------ the compiled driver
-def driver_reserve() -> int:
-    """Bytes of the driver's workspace beyond tiles and epilogue scratch: its cuBLAS workspace
-    and the alignment of its pieces (PlanWorkspace in csrc/cuda_pass.cpp)."""
-    return _core.cublas_workspace_bytes() + 6 * 256
-
-
 def _driver():
     """_core when it has the pass driver and cuBLAS loads, None without the driver; an
     IdentirepError when the driver is built but cuBLAS cannot be loaded."""
@@ -125,14 +120,11 @@ def driver_operands(ops, dt):
             it = x.data.itemsize
             if any(st % it for st in x.data.strides):
                 return None
-            if cublas._blas_layout(x.data) is None:
+            if not cublas.blas_ready(x.data):
                 return None
             out.append((x.data.data.ptr, x.shape[0], x.shape[1], x.data.strides[0] // it,
                         x.data.strides[1] // it, x.kind))
     return out
-
-
-GEMM_TILE_COLS = 16384  # labels per call of the fused GEMM (fewer partial waves of blocks)
 
 
 def gemm_problem(ops) -> str:
@@ -168,41 +160,10 @@ def label_groups(n, v, tc, progress: bool):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def gemm_tile_shape(n, v, tile_rows, tile_cols, workspace_bytes):
-    """(rows, cols) of the fused GEMM's calls: all rows and GEMM_TILE_COLS labels (or the
-    given ones), halved until its scratch fits in ``workspace_bytes``."""
-    for name, t in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
-        if t is not None and int(t) < 1:
-            raise IdentirepError(f"{name} must be >= 1, got {t}")
-    tr = min(n, int(tile_rows)) if tile_rows else n
-    tc = min(v, int(tile_cols)) if tile_cols else min(v, GEMM_TILE_COLS)
-
-    def need(r, c):
-        return _core.lse_kl_pass_cuda_workspace(r, c, "float32", False, False, True)
-
-    while need(tr, tc) > workspace_bytes:
-        if tile_cols is None and tc > 128:
-            tc = max(128, tc // 2)
-        elif tile_rows is None and tr > 1:
-            tr = max(1, tr // 2)
-        else:
-            raise IdentirepError(
-                f"workspace_bytes={workspace_bytes} is too small for the fused GEMM with "
-                f"{tr} x {tc} tiles ({need(tr, tc)} bytes)")
-    return tr, tc
-
-
 def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, progress,
                  overlap, fused, gemm=0, wgmma=False) -> PassStats:
-    nbuf = 2 if overlap else 1
-    if gemm:
-        tr, tc = gemm_tile_shape(n, v, tile_rows, tile_cols, workspace_bytes)
-    else:
-        tr, tc = tile_shape(n, v, 0, 0, dt.itemsize, tile_rows, tile_cols, workspace_bytes,
-                            nbuf, fused, driver_reserve())
-    if -(-n // tr) * -(-v // tc) == 1:
-        overlap = False  # nothing to overlap
-    size = _core.lse_kl_pass_cuda_workspace(tr, tc, dt.name, overlap, fused, gemm != 0)
+    tr, tc, overlap, size = cuda_tiles(n, v, dt.name, tile_rows, tile_cols, workspace_bytes,
+                                       overlap, fused, gemm)
     work = cp.empty(size, dtype=cp.uint8)
     state, args, row_m, col_m = pass_state(cp, n, v)
     stream = cp.cuda.get_current_stream()

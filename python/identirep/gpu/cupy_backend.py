@@ -10,7 +10,7 @@ import numpy as np
 from .. import _core
 from ..passes import PassStats
 from . import nvrtc
-from .plans import epilogue_scratch, pass_operands
+from .plans import pass_operands
 from .tile_loop import tile_loop
 
 
@@ -44,7 +44,8 @@ class NvrtcEpilogue:
         names = nvrtc.kernel_names("float" if dt == np.float32 else "double")
         self.rows, self.cols, self.merge, self.slab, self.row_merge = (
             mod.get_function(names[k]) for k in ("rows", "cols", "merge", "slab", "row_merge"))
-        rows, cols = epilogue_scratch(tr, tc, fused)
+        rows, cols = (_core.lse_kl_cuda_fused_work_elems(tr, tc) if fused else
+                      (0, _core.lse_kl_cuda_col_work_elems(tc)))
         self.work = cp.empty(cols, dtype=cp.float64)
         self.row_work = cp.empty(rows, dtype=cp.float64) if fused else None
 

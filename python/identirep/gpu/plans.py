@@ -1,5 +1,6 @@
 """What both GPU passes check and plan before their tile loops: the operands on the device and
-their shapes, and the shape of the logit tiles that fit the workspace."""
+their shapes, and the shape of the tiles that fit the workspace (planned in C++, csrc/plan.cpp,
+the one place both backends take it from)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,6 @@ from .. import _core
 from ..errors import IdentirepError
 from ..passes import check_pass_shapes
 from .arrays import as_device, import_cupy
-
-DEFAULT_TILE_COLS = 4096
-
 
 def pass_operands(f1, g1, f2, g2, half_gemm):
     """(cupy, the four operands as checked DeviceArrays, the compute dtype: float64 when all
@@ -34,40 +32,25 @@ def _check_shapes(ops):
     check_pass_shapes(f1, g1, f2, g2)
 
 
-def tile_shape(n, v, m1, m2, itemsize, tile_rows, tile_cols, workspace_bytes, buffers=1,
-               fused=False, slack=0):
-    """(rows, cols) of the logit tiles: all rows when they fit, ``tile_cols`` labels (default
-    DEFAULT_TILE_COLS), shrunk until ``buffers`` pairs of logit tiles, the widened operand
-    tiles (m1 + m2 columns; 0 for operands used as they are), the epilogue's scratch
-    (``epilogue_scratch``) and ``slack`` bytes fit in ``workspace_bytes``."""
-    for name, t in (("tile_rows", tile_rows), ("tile_cols", tile_cols)):
-        if t is not None and int(t) < 1:
-            raise IdentirepError(f"{name} must be >= 1, got {t}")
-    tiles = 2 * buffers
-
-    def need(r, c):
-        return slack + itemsize * (tiles * r * c + (r + c) * (m1 + m2)) + 8 * sum(
-            epilogue_scratch(r, c, fused))
-
-    tc = min(v, int(tile_cols) if tile_cols else DEFAULT_TILE_COLS)
-    tr = min(n, int(tile_rows)) if tile_rows else n
-    while need(tr, tc) > workspace_bytes and (tr > 1 or tc > 1):
-        if tile_rows is None and tr > 1:
-            per_row = itemsize * (tiles * tc + m1 + m2)
-            tr = max(1, min(tr // 2, (workspace_bytes - need(0, tc)) // per_row))
-        elif tc > 1:
-            tc = max(1, tc // 2)
-        else:
-            tr = max(1, tr // 2)
-    if need(tr, tc) > workspace_bytes:
-        raise IdentirepError(f"workspace_bytes={workspace_bytes} is too small for even one 1 x 1 "
-                             f"tile; need at least {need(1, 1)} bytes")
-    return tr, min(tc, 0x7FFFFFFF)
+def cupy_tiles(n, v, converted_cols, itemsize, tile_rows, tile_cols, workspace_bytes, overlap,
+               fused):
+    """(tile rows, tile cols, overlap) of the cupy backend's loop (``_core.plan_cupy_pass``,
+    csrc/plan.cpp): all rows when they fit and ``tile_cols`` labels (default 4096), shrunk
+    until the logit tiles, the widened operand tiles (``converted_cols`` columns) and the
+    epilogue's scratch fit in ``workspace_bytes``."""
+    return _planned(_core.plan_cupy_pass, n, v, converted_cols, itemsize, tile_rows, tile_cols,
+                    workspace_bytes, overlap, fused)
 
 
-def epilogue_scratch(rows, cols, fused=False):
-    """float64 elements (row scratch, column scratch) of the epilogue for a rows x cols tile
-    (LseKlColWorkElems, or LseKlFusedRowWorkElems and LseKlFusedColWorkElems)."""
-    if not fused:
-        return 0, _core.lse_kl_cuda_col_work_elems(cols)
-    return _core.lse_kl_cuda_fused_work_elems(rows, cols)
+def cuda_tiles(n, v, dtype, tile_rows, tile_cols, workspace_bytes, overlap, fused, gemm):
+    """(tile rows, tile cols, overlap, workspace bytes) of the pass driver's calls
+    (``_core.plan_cuda_pass``, csrc/plan.cpp; ``gemm``: the fused GEMM kernel's)."""
+    return _planned(_core.plan_cuda_pass, n, v, dtype, tile_rows, tile_cols, workspace_bytes,
+                    overlap, fused, bool(gemm))
+
+
+def _planned(plan, n, v, *args):
+    try:
+        return plan(n, v, *args)
+    except ValueError as e:   # a tile size below 1, a workspace too small for one tile
+        raise IdentirepError(str(e)) from None

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import cublas
 from .arrays import HALF_KINDS, DeviceArray
-from .plans import tile_shape
+from .plans import cupy_tiles
 from .state import pass_state, pass_stats
 
 
@@ -49,14 +49,12 @@ def tile_loop(cp, ops, dt, backend, epilogue_class, workspace_bytes, tile_cols, 
     f1, g1, f2, g2 = ops
     n, v = f1.shape[0], g1.shape[0]
     pairs = [GemmPair(cp, f, g, dt, half_gemm) for f, g in ((f1, g1), (f2, g2))]
-    converted = [0 if p.half else p.f.shape[1] for p in pairs]  # widths of widened copies
-    nbuf = 2 if overlap else 1
-    tr, tc = tile_shape(n, v, *converted, dt.itemsize, tile_rows, tile_cols, workspace_bytes,
-                        nbuf, fused)
+    converted = sum(0 if p.half else p.f.shape[1] for p in pairs)  # columns widened per tile
+    tr, tc, overlap = cupy_tiles(n, v, converted, dt.itemsize, tile_rows, tile_cols,
+                                 workspace_bytes, overlap, fused)
+    nbuf = 2 if overlap else 1   # one tile: nothing to overlap
     n_row_tiles = -(-n // tr)
     n_tiles = n_row_tiles * -(-v // tc)
-    if n_tiles == 1:
-        nbuf = 1  # nothing to overlap
     epilogue = epilogue_class(cp, tc, dt, tr, fused)
 
     state, args, row_m, col_m = pass_state(cp, n, v)
