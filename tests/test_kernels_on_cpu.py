@@ -47,7 +47,7 @@ def harness(tmp_path_factory):
         pytest.skip(f"{cxx} cannot build C++20 with atomic waits and <ucontext.h>")
     exe = d / "run_kernels"
     cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-D__CUDACC_RTC__",
-           f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe),
+           f"-I{SIMT}", f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe),
            "-ldl"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -2,7 +2,7 @@
 // emulator simt.h, launched as identirep/gpu/cupy_backend.py launches their NVRTC build
 // (NvrtcEpilogue.__call__, pivot_criteria_device), with the geometry of their launch table
 // (kernels/launch_table.h); tests/test_kernels_on_cpu.py builds this with
-//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -I csrc/kernels run_kernels.cpp
+//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -I tests/simt -I csrc/kernels run_kernels.cpp
 // Arrays are raw files in DIR (C order, float64 / int64 unless said otherwise):
 //   run_kernels epilogue f32|f64 FUSED MOMENTS N V LD1 LD2 TR TC ROW_WORK COL_WORK REPEAT DIR
 //     l1, l2: N x LD1, N x LD2 logits (f32|f64); state 8 x N, args 2 x N, row_m 5 x N,
@@ -38,7 +38,9 @@
 #error "compile with -D__CUDACC_RTC__ (the kernels' NVRTC build: device code only)"
 #endif
 #include "simt.h"
-#include "simt_mma.h"
+// the emulator's primitives of the fused GEMM (this folder is on the include path before
+// csrc/kernels: lse_kl_gemm.cuh's <gemm_primitives.cuh> is this one too)
+#include <gemm_primitives.cuh>
 
 #include "lse_kl.cuh"
 #include "lse_kl_gemm.cuh"
@@ -348,7 +350,7 @@ __global__ void FreshShared(int* fresh) {
 // (kSkew: descriptors that differ across the warpgroup).
 template <bool kFence, bool kSkew>
 __global__ void WgmmaToy(const unsigned short* src, float* out) {
-  IDENTIREP_DYNAMIC_SHARED(sh);
+  IDENTIREP_GEMM_DYNAMIC_SHARED(sh);
   const unsigned pad = (1024 - mma::SmemAddr(sh) % 1024) % 1024;
   unsigned char* base = sh + pad;
   for (unsigned i = threadIdx.x; i < 128 * 8; i += blockDim.x) {

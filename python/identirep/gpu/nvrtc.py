@@ -13,7 +13,8 @@ from ..errors import IdentirepError
 #: the launch table of the kernels (kernels/launch_table.h): threads, chunks, slab shapes
 LAUNCH = _core.launch_table()
 #: the kernel headers installed with identirep (identirep/kernels), which include each other
-KERNEL_HEADERS = ("launch_table.h", "lse_kl.cuh", "lse_kl_gemm.cuh", "pivot_terms.cuh")
+KERNEL_HEADERS = ("launch_table.h", "lse_kl.cuh", "lse_kl_gemm.cuh", "gemm_primitives.cuh",
+                  "pivot_terms.cuh")
 #: the pivot kernel for float32 / float64 cross products
 PIVOT_KERNELS = {t: f"identirep::kernels::PivotCriteriaKernel<{t}, {LAUNCH['pivot_threads']}>"
                  for t in ("float", "double")}
