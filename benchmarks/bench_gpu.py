@@ -57,7 +57,8 @@ import cupy as cp
 import identirep
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep.gpu import arrays, cublas, cuda_backend, cupy_backend, plans
+from identirep.gpu import cublas, cuda_backend, cupy_backend, plans
+from identirep.gpu.arrays import DeviceArray
 from identirep.gpu.state import pass_state
 from identirep.errors import why
 
@@ -113,8 +114,8 @@ def make_inputs(n, v, m, seed):
     rs = cp.random.RandomState(seed)
     f = rs.standard_normal((n, m), dtype=cp.float32)
     g = rs.standard_normal((v, m), dtype=cp.float32) * float(3.0 / np.sqrt(m))  # stays float32
-    return (arrays.DeviceArray(bf16.from_f32(f), "bfloat16"),
-            arrays.DeviceArray(bf16.from_f32(g), "bfloat16"))
+    return (DeviceArray(bf16.from_f32(f), "bfloat16"),
+            DeviceArray(bf16.from_f32(g), "bfloat16"))
 
 
 def cupy_bfloat16():
@@ -250,10 +251,10 @@ def bench_gemm_kind(n, v, m, key, args, row):
 
 def mainloop_ms(rows, wgmma, arrays, args):
     """The fused GEMM kernel without its epilogue (the timing probe), one launch over N x V."""
-    ops = cuda_backend.driver_operands(list(arrays), np.dtype(np.float32))
+    ops = [x.data for x in arrays]   # DeviceArrays: bfloat16 as its bits
     return cuda_ms(lambda: _core.lse_kl_gemm_mainloop_cuda(
-        *ops, gemm=rows, wgmma=wgmma, stream=cp.cuda.get_current_stream().ptr,
-        device=cp.cuda.Device().id), args.warmup, args.repeats)
+        *ops, gemm=rows, wgmma=wgmma, stream=cp.cuda.get_current_stream().ptr),
+        args.warmup, args.repeats)
 
 
 def measure(row, key, fn):

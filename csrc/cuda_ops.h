@@ -114,6 +114,14 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       const std::string& dtype, bool overlap, bool fused, int gemm,
                       uintptr_t stream, int device, bool wgmma = false);
 
+// The fused GEMM's view of the four operands of lse_kl_pass_cuda with gemm = block_rows (128 or
+// 64) and wgmma; throws std::invalid_argument, saying which and why, unless they are float16 or
+// bfloat16 of one kind with contiguous rows, row strides a multiple of 8 and 16-byte aligned
+// data (no device is touched).
+GemmOperands lse_kl_gemm_operands(const CudaOperand& f1, const CudaOperand& g1,
+                                  const CudaOperand& f2, const CudaOperand& g2, int block_rows,
+                                  bool wgmma);
+
 // lse_kl_gemm_mainloop_cuda over the whole of f1, g1, f2, g2 (operands as lse_kl_pass_cuda's
 // with gemm = 128 or 64 and wgmma) on `stream` of `device`: one launch.
 void lse_kl_gemm_mainloop_pass(const CudaOperand& f1, const CudaOperand& g1,

@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_ops.h"
+#include "device_guard.h"
 
 namespace identirep {
 namespace {
@@ -112,8 +113,8 @@ GemmPair MakePair(const CudaOperand& f, const CudaOperand& g, int which, bool f6
           "pair " + name + " is " + f.kind + " in a " + (f64 ? "float64" : "float32") + " pass");
   Require(f.cols == g.cols && f.cols > 0 && f.rows > 0 && g.rows > 0,
           "f" + name + " and g" + name + " must be non-empty with the same number of columns");
-  const BlasLayout lf = blas_layout(f.rows, f.cols, f.s0, f.s1);
-  const BlasLayout lg = blas_layout(g.rows, g.cols, g.s0, g.s1);
+  const BlasLayout lf = BlasLayoutOf(f.rows, f.cols, f.s0, f.s1);
+  const BlasLayout lg = BlasLayoutOf(g.rows, g.cols, g.s0, g.s1);
   Require(lf.ld > 0 && lg.ld > 0, "f" + name + " and g" + name +
                                       " need contiguous rows or columns (copy them first)");
   Require(f.cols < (int64_t{1} << 31), "more than 2^31 - 1 columns");
@@ -130,20 +131,6 @@ struct Event {
   cudaEvent_t e = nullptr;
   bool recorded = false;
   ~Event() { if (e) cudaEventDestroy(e); }
-};
-
-// Restores the caller's current device.
-struct DeviceGuard {
-  int previous = -1;
-  explicit DeviceGuard(int device) {
-    CheckCuda(cudaGetDevice(&previous), "cudaGetDevice");
-    if (previous != device) CheckCuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() {
-    int now = -1;
-    if (previous >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous)
-      cudaSetDevice(previous);
-  }
 };
 
 cublasHandle_t Handle(const CublasApi& api, int device) {
@@ -233,12 +220,11 @@ std::vector<int> cublas_version() {
 
 int cublas_header_major() { return CUBLAS_VER_MAJOR; }
 
-namespace {
-
 // The fused GEMM's view of the four operands (checked: one half kind, rows contiguous, row
 // strides and pointers as lse_kl_gemm_update_cuda needs).
-GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
-                      const CudaOperand& g2, int block_rows, bool wgmma) {
+GemmOperands lse_kl_gemm_operands(const CudaOperand& f1, const CudaOperand& g1,
+                                  const CudaOperand& f2, const CudaOperand& g2, int block_rows,
+                                  bool wgmma) {
   const CudaOperand* ops[4] = {&f1, &g1, &f2, &g2};
   const char* names[4] = {"f1", "g1", "f2", "g2"};
   int64_t ld[4];  // row strides; a single row's is any multiple of 8 that holds it
@@ -260,6 +246,8 @@ GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   return {f1.ptr,  g1.ptr,  f2.ptr,  g2.ptr, ld[0], ld[1], ld[2], ld[3],
           f1.cols, f2.cols, f1.kind, block_rows, wgmma};
 }
+
+namespace {
 
 // The pass with the fused GEMM kernel: label tiles outer, row tiles inner, one stream.
 void GemmPass(const GemmOperands& op, int64_t n, int64_t v, int64_t c_begin, int64_t c_end,
@@ -298,7 +286,8 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   Require(!gemm || !f64, "the fused GEMM computes float32 logits (dtype \"float32\")");
   const GemmPair p1 = MakePair(f1, g1, 1, f64), p2 = MakePair(f2, g2, 2, f64);
   Require(!wgmma || gemm, "wgmma is a kind of the fused GEMM (gemm = 128 or 64)");
-  const GemmOperands gemm_ops = gemm ? GemmView(f1, g1, f2, g2, gemm, wgmma) : GemmOperands{};
+  const GemmOperands gemm_ops =
+      gemm ? lse_kl_gemm_operands(f1, g1, f2, g2, gemm, wgmma) : GemmOperands{};
   const int64_t n = f1.rows, v = g1.rows;
   Require(f2.rows == n && g2.rows == v, "f1, f2 need the same rows and g1, g2 the same rows");
   Require(0 <= c_begin && c_begin <= c_end && c_end <= v, "need 0 <= c_begin <= c_end <= V");
@@ -316,7 +305,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                                           " < the " + std::to_string(w.total) + " this needs");
   if (c_begin == c_end) return;
   if (gemm) {  // no cuBLAS
-    DeviceGuard guard(device);
+    DeviceGuard guard(device, "lse_kl_pass_cuda");
     GemmPass(gemm_ops, n, v, c_begin, c_end, tr, tc, state, args, row_moments, col_moments,
              reinterpret_cast<char*>(workspace), w, reinterpret_cast<cudaStream_t>(stream));
     return;
@@ -324,7 +313,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
 
   const CublasApi& api = Api();
   std::lock_guard<std::mutex> lock(g_pass_mutex);
-  DeviceGuard guard(device);
+  DeviceGuard guard(device, "lse_kl_pass_cuda");
   auto* main = reinterpret_cast<cudaStream_t>(stream);
   const cublasHandle_t h = Handle(api, device);
   char* base = reinterpret_cast<char*>(workspace);
@@ -402,9 +391,9 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
 void lse_kl_gemm_mainloop_pass(const CudaOperand& f1, const CudaOperand& g1,
                                const CudaOperand& f2, const CudaOperand& g2, int gemm,
                                bool wgmma, uintptr_t stream, int device) {
-  const GemmOperands op = GemmView(f1, g1, f2, g2, gemm, wgmma);  // checks the shapes too
+  const GemmOperands op = lse_kl_gemm_operands(f1, g1, f2, g2, gemm, wgmma);  // checks the shapes too
   Require(device >= 0, "device must be >= 0");
-  DeviceGuard guard(device);
+  DeviceGuard guard(device, "lse_kl_gemm_mainloop_cuda");
   lse_kl_gemm_mainloop_cuda(op, f1.rows, g1.rows, stream);
 }
 

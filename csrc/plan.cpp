@@ -154,7 +154,7 @@ std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
 }
 
 // ---------------------------------------------------------------- cuBLAS
-BlasLayout blas_layout(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
+BlasLayout BlasLayoutOf(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
   constexpr int64_t kMaxLd = (int64_t{1} << 31) - 1;
   if (cols == 1 || s1 == 1) {
     const int64_t ld = rows > 1 ? s0 : cols;
@@ -167,12 +167,19 @@ BlasLayout blas_layout(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
   return {true, 0};
 }
 
+std::optional<std::pair<std::string, int64_t>> blas_layout(int64_t rows, int64_t cols, int64_t s0,
+                                                           int64_t s1) {
+  const BlasLayout l = BlasLayoutOf(rows, cols, s0, s1);
+  if (l.ld == 0) return std::nullopt;
+  return std::make_pair(std::string(l.row ? "row" : "col"), l.ld);
+}
+
 std::optional<std::vector<int64_t>> gemm_nt_plan(const Strides2d& a, const Strides2d& b) {
   const auto [ra, ca, a0, a1] = a;
   const auto [rb, cb, b0, b1] = b;
   Require(ca == cb, "gemm_nt_plan: a and b need the same number of columns, got " +
                         std::to_string(ca) + " and " + std::to_string(cb));
-  const BlasLayout la = blas_layout(ra, ca, a0, a1), lb = blas_layout(rb, cb, b0, b1);
+  const BlasLayout la = BlasLayoutOf(ra, ca, a0, a1), lb = BlasLayoutOf(rb, cb, b0, b1);
   if (la.ld == 0 || lb.ld == 0) return std::nullopt;
   return std::vector<int64_t>{labels_op(lb), rows_op(la), rb, ra, ca, lb.ld, la.ld, rb};
 }

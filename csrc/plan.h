@@ -37,7 +37,10 @@ struct BlasLayout {
   bool row;
   int64_t ld;
 };
-BlasLayout blas_layout(int64_t rows, int64_t cols, int64_t s0, int64_t s1);
+BlasLayout BlasLayoutOf(int64_t rows, int64_t cols, int64_t s0, int64_t s1);
+// For Python: ("row" | "col", ld), or nothing when neither is contiguous (a copy is needed).
+std::optional<std::pair<std::string, int64_t>> blas_layout(int64_t rows, int64_t cols, int64_t s0,
+                                                           int64_t s1);
 
 // out^T (c x r) = op(labels block) op(rows block) in cuBLAS's column-major terms, for the
 // row-major logits out (r x c) = rows @ labels': a row-major block is its transpose there.

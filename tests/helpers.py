@@ -109,3 +109,23 @@ def assert_pass_close(actual: dict, expected: dict, dtype, scale=1.0, check_top1
         assert_close(a, e, dtype, rtol=PASS_RTOL[np.dtype(dtype)], scale=scale, what=k)
     if check_top1:
         np.testing.assert_array_equal(actual["top1_agree"], expected["top1_agree"])
+
+
+# ------------------------------------------------------------------ GPU arrays without a GPU
+class FakeGpuArray:
+    """An array the compiled CUDA entry points read through ``__cuda_array_interface__``, over
+    a made-up device pointer: their checks that need no device (dtype, shape, strides,
+    alignment, writable outputs) run on it; a launch would need real device memory."""
+
+    def __init__(self, shape, dtype, ptr=1 << 20, strides=None, readonly=False):
+        """``strides`` in elements (None: C-contiguous)."""
+        dt = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.__cuda_array_interface__ = {
+            "shape": self.shape, "typestr": dt.str, "data": (ptr, readonly), "version": 3,
+            "strides": None if strides is None else tuple(s * dt.itemsize for s in strides)}
+
+    @classmethod
+    def like(cls, a, ptr=1 << 20, dtype=None):
+        """The shape and strides of NumPy array ``a``, its dtype or ``dtype``."""
+        return cls(a.shape, dtype or a.dtype, ptr, [s // a.itemsize for s in a.strides])

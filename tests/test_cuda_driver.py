@@ -14,23 +14,17 @@ import pytest
 
 import identirep
 from identirep import IdentirepError, _core
-from identirep.gpu import arrays, cublas, cuda_backend, plans
+from identirep.gpu import cublas, cuda_backend, plans
+from identirep.gpu.arrays import DeviceArray, as_device, device_augmented
 from identirep.passes import numpy_pass
 from conftest import _gpu_available
-from helpers import random_pair
+from helpers import FakeGpuArray, random_pair
 from test_gpu import (ALL_FIELDS, assert_rows_and_columns, assert_stats_close,  # noqa: F401
                       bf16_round, bf16_value, logit_scale, make_pair, problem64)
 
 DRIVER = identirep.build_info()["cuda_pass_driver"]
 needs_driver = pytest.mark.skipif(not DRIVER, reason="the CUDA pass driver is not built "
                                   "(CUDA or the cuBLAS headers were missing at build time)")
-
-
-def op(a, kind=None, ptr=1):
-    """A NumPy array as a driver operand tuple (element strides; only shapes are read)."""
-    it = a.itemsize
-    return (ptr, a.shape[0], a.shape[1], a.strides[0] // it, a.strides[1] // it,
-            kind or a.dtype.name)
 
 
 def test_driver_built_wherever_cuda_is():
@@ -137,39 +131,52 @@ def test_fused_gemm_takes_aligned_half_rows_only():
     assert "16-byte aligned" in cuda_backend.gemm_problem([shifted] + bf[1:])
 
 
+def pass_arrays(n=10, v=20, m=8, kind=np.float32, ws=1 << 30):
+    """Arguments of _core.lse_kl_pass_cuda as arrays over made-up device memory (aligned):
+    f1, g1, f2, g2 of ``kind``, the pass state, a workspace of ``ws`` bytes."""
+    return dict(f1=FakeGpuArray((n, m), kind, 1 << 12), g1=FakeGpuArray((v, m), kind, 1 << 13),
+                f2=FakeGpuArray((n, m), kind, 1 << 14), g2=FakeGpuArray((v, m), kind, 1 << 15),
+                state=FakeGpuArray((8, n), np.float64, 1 << 16),
+                args=FakeGpuArray((2, n), np.int64, 1 << 17),
+                row_moments=FakeGpuArray((5, n), np.float64, 1 << 18),
+                col_moments=FakeGpuArray((5, v), np.float64, 1 << 19),
+                workspace=FakeGpuArray((ws,), np.uint8, 1 << 20))
+
+
+def run_pass(arrays, **kw):
+    """_core.lse_kl_pass_cuda of ``pass_arrays()`` with the arrays and options in ``kw``; by
+    default over an empty label range, which checks every argument and touches no device."""
+    args = {**arrays, "c_begin": 0, "c_end": 0, "tile_rows": 10, "tile_cols": 20}
+    args.update(kw)
+    _core.lse_kl_pass_cuda(**args)
+
+
 @needs_driver
 def test_driver_checks_fused_gemm_arguments_before_touching_a_device():
-    a, g = np.empty((10, 8), np.uint16), np.empty((20, 8), np.uint16)
-    ptrs = dict(state=8, args=8, row_moments=8, col_moments=8, workspace=256)
-
-    def run(f1=op(a, "bfloat16", 256), g1=op(g, "bfloat16", 512), f2=op(a, "bfloat16", 256),
-            g2=op(g, "bfloat16", 512), dtype="float32", ws=1 << 30, **kw):
-        args = dict(c_begin=0, c_end=20, tile_rows=10, tile_cols=20, gemm=128, **ptrs)
-        args.update(kw)
-        _core.lse_kl_pass_cuda(f1, g1, f2, g2, workspace_bytes=ws, dtype=dtype, **args)
-
-    f32 = np.empty((10, 8), np.float32), np.empty((20, 8), np.float32)
+    bf = pass_arrays(kind=np.uint16)   # bfloat16 bits
+    half = pass_arrays(kind=np.float16)
     cases = [
-        (dict(f1=op(f32[0]), g1=op(f32[1]), f2=op(f32[0]), g2=op(f32[1])),
-         "float16 or bfloat16 operands of one kind"),
-        (dict(f2=op(a, "float16", 256), g2=op(g, "float16", 512)), "of one kind; f2 is float16"),
-        (dict(dtype="float64"), "float32 logits"),
-        (dict(g1=op(np.asfortranarray(g), "bfloat16", 512)), "contiguous rows; g1"),
-        (dict(g2=op(np.empty((20, 12), np.uint16)[:, :8], "bfloat16", 512)),
+        (pass_arrays(), {}, "float16 or bfloat16 operands of one kind"),
+        ({**bf, "f2": half["f2"], "g2": half["g2"]}, {}, "of one kind; f2 is float16"),
+        ({**bf, "g1": FakeGpuArray((20, 8), np.uint16, 1 << 13, strides=(1, 20))}, {},
+         "contiguous rows; g1"),
+        ({**bf, "g2": FakeGpuArray((20, 8), np.uint16, 1 << 15, strides=(12, 1))}, {},
          "g2: its row stride \\(12\\) is not a multiple of 8"),
-        (dict(f1=op(a, "bfloat16", 264)), "f1: its data is not 16-byte aligned"),
-        (dict(ws=100), "workspace_bytes 100"),
-        (dict(gemm=32), "128 or 64 rows, got 32"),
-        (dict(gemm=0, wgmma=True), "wgmma is a kind of the fused GEMM"),
+        ({**bf, "f1": FakeGpuArray((10, 8), np.uint16, (1 << 12) + 8)}, {},
+         "f1: its data is not 16-byte aligned"),
+        (pass_arrays(kind=np.uint16, ws=100), {}, "workspace_bytes 100"),
+        (bf, {"gemm": 32}, "128 or 64 rows, got 32"),
+        (bf, {"gemm": 0, "wgmma": True}, "wgmma is a kind of the fused GEMM"),
     ]
-    for kw, msg in cases:
+    for arrays, kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            run(**kw)
-    run(c_begin=5, c_end=5)  # an empty label range is a no-op
-    run(c_begin=5, c_end=5, gemm=64)
-    run(c_begin=5, c_end=5, gemm=64, wgmma=True)
+            run_pass(arrays, **{"gemm": 128, **kw})
+    run_pass(bf, gemm=128, c_begin=5, c_end=5)  # an empty label range is a no-op
+    run_pass(bf, gemm=64)
+    run_pass(half, gemm=64, wgmma=True)
     with pytest.raises(IdentirepError, match="gemm_block_rows must be 128 or 64"):
-        cuda_backend.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, fused_gemm=True, gemm_block_rows=96)
+        cuda_backend.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, fused_gemm=True,
+                               gemm_block_rows=96)
     with pytest.raises(IdentirepError, match="gemm_wgmma=True is a kind of the fused GEMM"):
         cuda_backend.cuda_pass(*[np.zeros((4, 8), np.float16)] * 4, gemm_wgmma=True)
 
@@ -212,46 +219,55 @@ def test_cublas_loads_where_it_is_installed():
 
 @needs_driver
 def test_driver_checks_its_arguments_before_touching_a_device():
-    a, g = np.empty((10, 4), np.float32), np.empty((20, 4), np.float32)
-    ptrs = dict(state=8, args=8, row_moments=8, col_moments=8, workspace=256)
-
-    def run(f1=op(a), g1=op(g), f2=op(a), g2=op(g), dtype="float32", ws=1 << 30, **kw):
-        args = dict(c_begin=0, c_end=20, tile_rows=10, tile_cols=20, **ptrs)
-        args.update(kw)
-        _core.lse_kl_pass_cuda(f1, g1, f2, g2, workspace_bytes=ws, dtype=dtype, **args)
-
+    # each argument checked, with its name and the reason, before any device is touched
+    ok = pass_arrays()
+    f64 = pass_arrays(kind=np.float64)
     cases = [
-        (dict(f1=op(a, ptr=0)), "null pointer"),
-        (dict(g1=op(g, "bfloat16")), "widen one first"),
-        (dict(dtype="float64"), "in a float64 pass"),
-        (dict(f2=op(a, "float64"), g2=op(g, "float64")), "in a float32 pass"),
-        (dict(g2=op(np.empty((20, 3), np.float32))), "same number of columns"),
-        (dict(g1=op(np.empty((40, 8), np.float32)[::2, ::2])), "contiguous rows or columns"),
-        (dict(g1=op(g, "int8"), f1=op(a, "int8")), "float16, bfloat16, float32 or float64"),
-        (dict(c_end=21), "c_end <= V"),
-        (dict(state=0), "null state"),
-        (dict(ws=100), "workspace_bytes 100"),
-        (dict(workspace=8 + 256 * 4), "256-byte aligned"),
-        (dict(dtype="float16"), "dtype must be"),
+        ({"f1": np.zeros((10, 8), np.float32)}, "f1 must be a GPU array with "
+         "__cuda_array_interface__"),
+        ({"f1": FakeGpuArray((10, 8), np.float32, 0)}, "f1 has a null data pointer"),
+        ({"g1": FakeGpuArray((20, 8), np.uint16, 1 << 13)}, "widen one first"),
+        ({"f2": f64["f2"], "g2": f64["g2"]}, "pair 2 is float64 in a float32 pass"),
+        ({"g2": FakeGpuArray((20, 3), np.float32, 1 << 15)}, "same number of columns"),
+        ({"g1": FakeGpuArray((20, 8), np.float32, 1 << 13, strides=(16, 2))},
+         "contiguous rows or columns"),
+        ({"g1": FakeGpuArray((20, 8), np.int8), "f1": FakeGpuArray((10, 8), np.int8)},
+         "f1 has dtype \\|i1; the pass takes float16, bfloat16"),
+        ({"f1": FakeGpuArray((10, 8, 1), np.float32)}, "f1 must be a 2-d array"),
+        ({}, "c_end <= V", {"c_begin": 21, "c_end": 21}),
+        ({"state": FakeGpuArray((8, 10), np.float64, 0)}, "state has a null data pointer"),
+        ({"state": FakeGpuArray((8, 10), np.float32)}, "state must be a \\(8, 10\\) float64 "
+         "array, got \\(8, 10\\) float32"),
+        ({"args": FakeGpuArray((2, 11), np.int64)}, "args must be a \\(2, 10\\) int64"),
+        ({"col_moments": FakeGpuArray((5, 20), np.float64, strides=(40, 1))},
+         "col_moments must be C-contiguous"),
+        ({"row_moments": FakeGpuArray((5, 10), np.float64, readonly=True)},
+         "row_moments is read-only"),
+        ({"workspace": FakeGpuArray((100,), np.uint8)}, "workspace_bytes 100"),
+        ({"workspace": FakeGpuArray((1 << 30,), np.uint8, (1 << 20) + 1024 + 8)},
+         "256-byte aligned"),
+        ({"workspace": FakeGpuArray((1 << 20,), np.float32)}, "workspace must be a 1-d uint8"),
     ]
-    for kw, msg in cases:
+    for case in cases:
+        arrays, msg, kw = (*case, {}) if len(case) == 2 else case
         with pytest.raises(ValueError, match=msg):
-            run(**kw)
-    run(c_begin=5, c_end=5)  # an empty label range is a no-op
+            run_pass({**ok, **arrays}, **kw)
+    run_pass(ok, c_begin=5, c_end=5)  # an empty label range is a no-op
+    run_pass(f64)
 
 
 @needs_driver
 def test_driver_without_a_gpu_raises_a_clear_error():
     if _gpu_available():
         pytest.skip("a GPU is visible")
-    try:
-        cublas.load_cublas()
-    except IdentirepError:
-        pytest.skip("no libcublas here")
-    a, g = np.empty((10, 4), np.float32), np.empty((20, 4), np.float32)
-    with pytest.raises(RuntimeError, match="lse_kl_pass_cuda: cuda"):
-        _core.lse_kl_pass_cuda(op(a), op(g), op(a), op(g), 0, 20, 10, 20, 8, 8, 8, 8, 256,
-                               1 << 30, "float32")
+    # without a CUDA driver the runtime cannot say where a pointer lives; with one (and no GPU
+    # CuPy sees), the made-up pointers are no device memory
+    why = "cannot tell the device of f1 \\(cudaPointerGetAttributes: |f1 is not in GPU memory"
+    with pytest.raises((RuntimeError, ValueError), match=f"lse_kl_pass_cuda: ({why})"):
+        run_pass(pass_arrays(), c_end=20)
+    bf = pass_arrays(kind=np.uint16)
+    with pytest.raises((RuntimeError, ValueError), match=f"lse_kl_gemm_mainloop_cuda: ({why})"):
+        _core.lse_kl_gemm_mainloop_cuda(bf["f1"], bf["g1"], bf["f2"], bf["g2"], gemm=64)
 
 
 def _include_dir(header, dirs):
@@ -303,7 +319,7 @@ def test_driver_takes_native_pairs_and_leaves_the_rest_to_the_python_loop():
     u16 = (np.empty((10, 4), np.uint16), np.empty((20, 4), np.uint16))
     ops = [_fake_device(x) for x in (f, g, f, g)]
     got = cuda_backend.driver_operands(ops, np.dtype(np.float32))
-    assert [t[1:] for t in got] == [(10, 4, 4, 1, "float32"), (20, 4, 4, 1, "float32")] * 2
+    assert got == [o.data for o in ops]   # the arrays themselves
     bf = [_fake_device(x, "bfloat16") for x in u16]
     assert cuda_backend.driver_operands(bf + ops[2:], np.dtype(np.float32)) is not None
     assert cuda_backend.driver_operands([bf[0], ops[1]] + ops[2:], np.dtype(np.float32)) is None
@@ -314,7 +330,7 @@ def test_driver_takes_native_pairs_and_leaves_the_rest_to_the_python_loop():
     assert cuda_backend.driver_operands([ops[0], gappy] + ops[2:], np.dtype(np.float32)) is None
     fortran = _fake_device(np.asfortranarray(g))
     got = cuda_backend.driver_operands([ops[0], fortran] + ops[2:], np.dtype(np.float32))
-    assert got[1][1:] == (20, 4, 1, 20, "float32")
+    assert got[1] is fortran.data
 
 
 def test_driver_calls_cover_the_labels_in_tile_groups():
@@ -361,7 +377,7 @@ def test_driver_and_python_loop_agree(cupy, spy, dtype, overlap):
     f1, g1, f2, g2 = make_pair(3, n=777, v=9001)
     kw = dict(tile_cols=2000, tile_rows=500, overlap=overlap)
     if dtype == "bfloat16":
-        arrays = [arrays.DeviceArray(cupy.asarray((a.astype(np.float32).view(np.uint32) >> 16)
+        arrays = [DeviceArray(cupy.asarray((a.astype(np.float32).view(np.uint32) >> 16)
                                               .astype(np.uint16)), "bfloat16")
                   for a in (f1, g1, f2, g2)]
     else:
@@ -390,7 +406,7 @@ def _half_arrays(cupy, arrays, kind):
     """Device operands of kind float16 or bfloat16 (as its bits) and their exact values."""
     if kind == "bfloat16":
         bits = [bf16_round(a) for a in arrays]
-        return [arrays.DeviceArray(cupy.asarray(b), kind) for b in bits], [bf16_value(b)
+        return [DeviceArray(cupy.asarray(b), kind) for b in bits], [bf16_value(b)
                                                                        for b in bits]
     halves = [a.astype(np.float16) for a in arrays]
     return [cupy.asarray(h) for h in halves], [h.astype(np.float64) for h in halves]
@@ -484,11 +500,9 @@ def test_fused_gemm_timing_probe_runs_and_writes_nothing(cupy, rows):
     arrays, _ = _half_arrays(cupy, make_pair(8, n=513, v=700, m1=520, m2=264), "bfloat16")
     kw = _gemm_kind(rows, cupy)
     want = cuda_backend.cuda_pass(*arrays, **kw)
-    ops = cuda_backend.driver_operands([arrays.as_device(a) for a in arrays], np.dtype(np.float32))
-    assert ops is not None
+    ops = [as_device(a).data for a in arrays]   # bfloat16 as its bits
     _core.lse_kl_gemm_mainloop_cuda(*ops, gemm=kw["gemm_block_rows"], wgmma=kw["gemm_wgmma"],
-                                    stream=cupy.cuda.get_current_stream().ptr,
-                                    device=cupy.cuda.Device().id)
+                                    stream=cupy.cuda.get_current_stream().ptr)
     got = cuda_backend.cuda_pass(*arrays, **kw)
     for k in ALL_FIELDS:
         np.testing.assert_array_equal(getattr(got, k), getattr(want, k), err_msg=k)
@@ -525,10 +539,10 @@ def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
 def test_fused_gemm_takes_biased_models(cupy, rows):
     # device_augmented pads [f, 1] and [g, b] to rows of 8 elements, which the fused GEMM needs
     a, b = random_pair(N=500, V=3000, M=24, bias=True, seed=3)
-    models = [SimpleNamespace(**{k: arrays.DeviceArray(cupy.asarray(bf16_round(getattr(m, k))),
+    models = [SimpleNamespace(**{k: DeviceArray(cupy.asarray(bf16_round(getattr(m, k))),
                                                    "bfloat16") for k in ("f", "g", "bias")})
               for m in (a, b)]
-    ops = [x for m in models for x in arrays.device_augmented(m)]
+    ops = [x for m in models for x in device_augmented(m)]
     assert cuda_backend.gemm_problem(ops) == ""
     vals = [bf16_value(cupy.asnumpy(o.data)) for o in ops]
     got = cuda_backend.cuda_pass(*ops, **_gemm_kind(rows, cupy))
@@ -545,6 +559,6 @@ def test_fused_gemm_more_than_2_31_logits_per_call(cupy, rows):
     n, v, m = 16384, 131200, 8
     rng = np.random.default_rng(5)
     bits = [bf16_round(rng.standard_normal(s)) for s in ((n, m), (v, m), (n, m), (v, m))]
-    got = cuda_backend.cuda_pass(*[arrays.DeviceArray(cupy.asarray(b), "bfloat16") for b in bits],
+    got = cuda_backend.cuda_pass(*[DeviceArray(cupy.asarray(b), "bfloat16") for b in bits],
                        **_gemm_kind(rows, cupy), tile_cols=v, workspace_bytes=24 << 30)
     assert_rows_and_columns(got, *(bf16_value(b) for b in bits))

@@ -17,7 +17,8 @@ import pytest
 import identirep as ir
 from identirep import _backends, _core, sampling
 from identirep import _bf16 as bf16
-from identirep.gpu import arrays, cublas, cuda_backend, cupy_backend, nvrtc, pivots, streams
+from identirep.gpu import cublas, cuda_backend, cupy_backend, nvrtc, pivots, streams
+from identirep.gpu.arrays import DeviceArray
 from identirep._cpu_pass import cpu_pass
 
 import fake_cupy
@@ -37,7 +38,7 @@ def _host_pass(backend, f1, g1, f2, g2, *, progress=None):
     """The GPU pass as the compiled CPU pass of the device operands' host copies."""
     ops = []
     for x in (f1, g1, f2, g2):
-        assert isinstance(x, arrays.DeviceArray) and isinstance(x.data, fake_cupy.ndarray)
+        assert isinstance(x, DeviceArray) and isinstance(x.data, fake_cupy.ndarray)
         ops.append(bf16.to_f32(x.data.get()) if x.kind == "bfloat16" else x.data.get())
     return dataclasses.replace(cpu_pass(*ops, progress=progress), backend=backend)
 
@@ -210,7 +211,7 @@ def pass_operands(cp, kind, n, v):
     f1, g1, f2, g2 = make_pair(11, n=n, v=v, m1=9, m2=6)
     if kind == "bfloat16":
         host = [bf16.to_f32(bf16.from_f32(x.astype(np.float32))) for x in (f1, g1, f2, g2)]
-        return host, [arrays.DeviceArray(cp.asarray(bf16.from_f32(x)), kind) for x in host]
+        return host, [DeviceArray(cp.asarray(bf16.from_f32(x)), kind) for x in host]
     host = [x.astype(kind) for x in (f1, g1, f2, g2)]
     return host, [cp.asarray(x) for x in host]
 

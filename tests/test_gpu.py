@@ -12,7 +12,8 @@ from numpy.lib.stride_tricks import as_strided
 
 import identirep as ir
 from identirep import IdentirepError, _arrays, _backends, _core
-from identirep.gpu import arrays, cublas, cuda_backend, cupy_backend, nvrtc, pivots, plans
+from identirep.gpu import cublas, cuda_backend, cupy_backend, nvrtc, pivots, plans
+from identirep.gpu.arrays import DeviceArray
 from identirep.passes import numpy_pass
 
 from helpers import random_pair
@@ -277,7 +278,7 @@ def _bf16_inputs(cp, bits, source):
         if not torch.cuda.is_available():
             pytest.skip("torch has no CUDA")
         return [torch.from_numpy(b.view(np.int16)).cuda().view(torch.bfloat16) for b in bits]
-    return [arrays.DeviceArray(cp.asarray(b), "bfloat16") for b in bits]
+    return [DeviceArray(cp.asarray(b), "bfloat16") for b in bits]
 
 
 @pytest.mark.gpu

@@ -62,10 +62,8 @@ def _pass_benchmark(monkeypatch, calls):
     monkeypatch.setattr(cupy_backend, "cupy_pass", host_pass("cupy"))
     monkeypatch.setattr(cuda_backend, "_CudaEpilogue", _HostEpilogue)
     monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
-    monkeypatch.setattr(cuda_backend, "driver_operands", lambda ops, dt: [(0, *x.shape) for x in ops])
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda",
-                        lambda *ops, gemm, wgmma, stream, device: calls.append(
-                            ("mainloop", (gemm, wgmma))),
+                        lambda *ops, gemm, wgmma, stream: calls.append(("mainloop", (gemm, wgmma))),
                         raising=False)
     monkeypatch.syspath_prepend(BENCH)
     monkeypatch.delitem(sys.modules, "bench_gpu", raising=False)

@@ -87,15 +87,11 @@ class _CudaEpilogue:
         self.row_work = cp.empty(rows, dtype=cp.float64) if fused else None
 
     def __call__(self, l1, l2, c0, r0, state, args, row_m, col_m):
-        n, v = l1.shape
-        N, V = state.shape[1], col_m.shape[1]
-        ptr = (lambda a, row0: a.data.ptr + row0 * a.itemsize)
+        rows = slice(r0, r0 + l1.shape[0])
         self.core.lse_kl_update_cuda(
-            l1.data.ptr, l2.data.ptr, n, v, l1.strides[0] // l1.itemsize,
-            l2.strides[0] // l2.itemsize, c0, ptr(state, r0), N, ptr(args, r0), N, self.dtype,
-            self.cp.cuda.get_current_stream().ptr, row_moments=ptr(row_m, r0), row_ld=N,
-            col_moments=col_m.data.ptr, col_ld=V, row0=r0, col_work=self.work.data.ptr,
-            row_work=0 if self.row_work is None else self.row_work.data.ptr)
+            l1, l2, state[:, rows], args[:, rows], c0, row_moments=row_m[:, rows],
+            col_moments=col_m, row0=r0, col_work=self.work, row_work=self.row_work,
+            stream=self.cp.cuda.get_current_stream().ptr)
 
 
 # ------------------------------------------------------------------ the compiled driver
@@ -109,21 +105,17 @@ def _driver():
 
 
 def driver_operands(ops, dt):
-    """The four operands as the driver's (ptr, rows, cols, stride0, stride1, kind) tuples, or
-    None when one of them needs the Python loop (a pair of two kinds, a float64 pair in a
-    float32 pass, a layout with neither rows nor columns contiguous)."""
+    """The four operands as the device arrays the driver takes (bfloat16 as its bits), or None
+    when one of them needs the Python loop (a pair of two kinds, a float64 pair in a float32
+    pass, a layout with neither rows nor columns contiguous)."""
     out = []
     for f, g in (ops[0:2], ops[2:4]):
         if f.kind != g.kind or (f.kind == "float64") != (dt == np.float64):
             return None
         for x in (f, g):
-            it = x.data.itemsize
-            if any(st % it for st in x.data.strides):
-                return None
             if not cublas.blas_ready(x.data):
                 return None
-            out.append((x.data.data.ptr, x.shape[0], x.shape[1], x.data.strides[0] // it,
-                        x.data.strides[1] // it, x.kind))
+            out.append(x.data)
     return out
 
 
@@ -168,9 +160,9 @@ def _driver_pass(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, 
     state, args, row_m, col_m = pass_state(cp, n, v)
     stream = cp.cuda.get_current_stream()
     for c0, c1 in label_groups(n, v, tc, progress is not None):
-        _core.lse_kl_pass_cuda(*operands, c0, c1, tr, tc, state.data.ptr, args.data.ptr,
-                               row_m.data.ptr, col_m.data.ptr, work.data.ptr, size, dt.name,
-                               overlap, fused, gemm, stream.ptr, cp.cuda.Device().id, wgmma)
+        _core.lse_kl_pass_cuda(*operands, state, args, row_m, col_m, work, c0, c1, tr, tc,
+                               overlap=overlap, fused=fused, gemm=gemm, wgmma=wgmma,
+                               stream=stream.ptr)
         if progress is not None and c1 < v:
             stream.synchronize()
             progress(c1 / v)

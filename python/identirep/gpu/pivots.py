@@ -37,9 +37,8 @@ def pivot_criteria_device(X1, X2, n1, n2, A1, A2, B12, pivots, tol: float, mode:
         if not hasattr(_core, "pivot_criteria_cuda"):
             raise IdentirepError("the cuda backend needs identirep built with CUDA "
                                  "(IDENTIREP_CUDA=ON pip install .); backend='cupy' does not")
-        _core.pivot_criteria_cuda(X1.data.ptr, X2.data.ptr, V, V, *(v.data.ptr for v in vecs),
-                                  piv.data.ptr, B, V, float(tol), mode, crit.data.ptr,
-                                  cp.cuda.get_current_stream().ptr, np.dtype(xdt).name)
+        _core.pivot_criteria_cuda(X1, X2, *vecs, piv, float(tol), mode, crit,
+                                  cp.cuda.get_current_stream().ptr)
     else:
         kern = nvrtc.pivot_module(cp).get_function(
             nvrtc.PIVOT_KERNELS["float" if xdt == cp.float32 else "double"])
