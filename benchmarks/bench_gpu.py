@@ -10,13 +10,12 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
           brackets the fused one-read epilogue over the fused pass's tiles;
   cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments,
           the epilogue of each tile overlapped with the next tile's GEMMs on a second stream),
-          through the compiled pass driver (one call for the whole tile loop) when built;
-  loop    the same tiles and kernels driven from Python (cuda_pass(driver=False): CuPy's
-          cuBLAS tiles, one epilogue call per tile), the pass before the driver;
+          through the compiled pass driver (one call for the whole tile loop);
   serial  the cuda pass without the overlap (one stream, all N rows per tile);
   fused   the cuda pass with the fused one-read epilogue (fused_epilogue=True), overlapped;
-  gemm-fused  the cuda pass with the logits computed and reduced in one kernel
-          (fused_gemm=True: csrc/kernels/lse_kl_gemm.cuh, no logit in memory), with blocks of
+  gemm-fused  the cuda pass with the logits computed and reduced in one kernel (experimental
+          until a GPU has confirmed it: fused_gemm=True, csrc/kernels/lse_kl_gemm.cuh, no
+          logit in memory), with blocks of
           128 rows (one per SM) and of 64 (two per SM), mma.sync (sm_80+), then wgmma (the
           sm_90a kernel, gemm_wgmma=True; "-" where it cannot run); a second table gives
           each kernel's time without its epilogue too (the timing probe
@@ -24,7 +23,8 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
           Each kernel (and its probe) is first checked against the cuBLAS driver in a process
           of its own (--gemm-check) and timed only if it passes, after every other column of
           every shape: one that faults would leave this process's CUDA context unusable;
-  cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
+  cupy    the cupy pass (a Python tile loop: CuPy's cuBLAS tiles, the same epilogue kernels
+          compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
           it also computes the input gradient, as it always does), when liger_kernel imports.
@@ -199,12 +199,10 @@ def bench_shape(n, v, m, args, torch, row):
         measure(row, "epilogue_fused", lambda: epilogue_ms(
             n, v, *driver_tiles(n, v, args, fused=True), args, fused=True))
     kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
-    if identirep.build_info()["cuda_compiled"]:
+    if identirep.build_info()["cuda_pass_driver"]:
         run = (lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, **kw))
         measure(row, "mem", lambda: pool_peak(run))
         measure(row, "cuda", lambda: cuda_ms(run, args.warmup, args.repeats))
-        measure(row, "loop", lambda: cuda_ms(
-            lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, driver=False, **kw), args.warmup, args.repeats))
         measure(row, "serial", lambda: cuda_ms(
             lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, overlap=False, **kw), args.warmup,
             args.repeats))
@@ -215,8 +213,9 @@ def bench_shape(n, v, m, args, torch, row):
             for tc in SWEEP_COLS:
                 for variant, opts in SWEEP_VARIANTS.items():
                     measure(row, ("sweep", tc, variant), lambda: cuda_ms(
-                        lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, workspace_bytes=args.workspace,
-                                             tile_cols=tc, **opts),
+                        lambda: cuda_backend.cuda_pass(f1, g1, f2, g2,
+                                                       workspace_bytes=args.workspace,
+                                                       tile_cols=tc, **opts),
                         args.warmup, args.repeats))
     cupy_run = (lambda: cupy_backend.cupy_pass(f1, g1, f2, g2, **kw))
     # the first run compiles the NVRTC kernels, outside the timing
@@ -371,17 +370,25 @@ def _run_checks(keys, deadline):
 def epilogue_ms(n, v, tr, tc, args, fused=False):
     """The compiled epilogue alone over the pass's tiles (one random tile pair reused): what
     the pass adds to its GEMM tiles when nothing overlaps."""
-    ep = cuda_backend._CudaEpilogue(cp, tc, np.dtype(np.float32), tr, fused)
+    rows, cols = (_core.lse_kl_cuda_fused_work_elems(tr, tc) if fused else
+                  (0, _core.lse_kl_cuda_col_work_elems(tc)))
+    col_work = cp.empty(cols, cp.float64)
+    row_work = cp.empty(rows, cp.float64) if fused else None
     rs = cp.random.RandomState(3)
     l1 = rs.standard_normal((tr, tc), dtype=cp.float32)
     l2 = rs.standard_normal((tr, tc), dtype=cp.float32)
     state, args_, row_m, col_m = pass_state(cp, n, v)
 
     def run():
+        stream = cp.cuda.get_current_stream().ptr
         for c0 in range(0, v, tc):
             for r0 in range(0, n, tr):
                 r, c = min(tr, n - r0), min(tc, v - c0)
-                ep(l1[:r, :c], l2[:r, :c], c0, r0, state, args_, row_m, col_m)
+                rows = slice(r0, r0 + r)
+                _core.lse_kl_update_cuda(l1[:r, :c], l2[:r, :c], state[:, rows], args_[:, rows],
+                                         c0, row_moments=row_m[:, rows], col_moments=col_m,
+                                         row0=r0, col_work=col_work, row_work=row_work,
+                                         stream=stream)
     return cuda_ms(run, args.warmup, args.repeats)
 
 
@@ -450,11 +457,11 @@ def fmt_ms(row, key):
 
 def table(rows):
     lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms (fused) | "
-             "cuda pass ms | python loop ms | serial ms | fused pass ms | gemm-fused pass ms "
+             "cuda pass ms | serial ms | fused pass ms | gemm-fused pass ms "
              "(mma.sync 128 / 64-row blocks; wgmma 128 / 64) | "
              "cupy pass ms | torch naive ms | liger fused JSD ms | peak extra GiB (cuda / fused "
              "/ gemm-fused / torch / liger) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
@@ -468,7 +475,7 @@ def table(rows):
         gemm_fused = (f"{fmt_ms(r, 'gemm_fused')} / {fmt_ms(r, 'gemm_fused64')}; "
                       f"{fmt_ms(r, 'gemm_wg')} / {fmt_ms(r, 'gemm_wg64')}")
         cells = " | ".join([fmt_ms(r, "gemm"), epi] + [fmt_ms(r, k) for k in (
-            "cuda", "loop", "serial", "fused")] + [gemm_fused] + [fmt_ms(r, k) for k in (
+            "cuda", "serial", "fused")] + [gemm_fused] + [fmt_ms(r, k) for k in (
             "cupy", "torch", "liger")])
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
         notes += [f"{r['shape']}: {r[k]}" for k in ("liger_why", "error") if k in r]
@@ -582,7 +589,7 @@ def free_pool(row):
 #: the pass configurations a user can choose (cuda_pass options), by row key: what the
 #: targets are read against, with the row key of its peak memory where measured
 PASS_CHOICES = {"cuda": ("default", "mem"), "serial": ("overlap=False", None),
-                "loop": ("driver=False", None), "fused": ("fused_epilogue=True", "mem_fused"),
+                "fused": ("fused_epilogue=True", "mem_fused"),
                 **{k: (f"fused_gemm=True ({name})", ("mem_gemm", k))
                    for k, (name, _, _) in GEMM_KINDS.items()},
                 **{("sweep", tc, v): (", ".join([f"tile_cols={tc}"] + [

@@ -114,7 +114,6 @@ def guard_own_gemm_kernels(node, monkeypatch):
     """Make the launchers of identirep's GEMM kernels fail the test ``node`` unless it carries
     the markers of what it launches."""
     from identirep import _core
-    from identirep.gpu import cuda_backend
     if not hasattr(_core, "lse_kl_pass_cuda"):
         return
     marked = {m: node.get_closest_marker(m) is not None for m in ("fused_gemm", "wgmma")}
@@ -127,7 +126,7 @@ def guard_own_gemm_kernels(node, monkeypatch):
                                 f"wgmma={wgmma}) without the marker {name!r}", pytrace=False)
             return fn(*args, gemm=gemm, wgmma=wgmma, **kwargs)
         return call
-    monkeypatch.setattr(cuda_backend, "_driver_pass", guard(cuda_backend._driver_pass))
+    monkeypatch.setattr(_core, "lse_kl_pass_cuda", guard(_core.lse_kl_pass_cuda))
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda", guard(_core.lse_kl_gemm_mainloop_cuda))
 
 

@@ -133,6 +133,16 @@ class ndarray(NDArrayOperatorsMixin):
     def tolist(self):
         return self._a.tolist()
 
+    @property
+    def __cuda_array_interface__(self):
+        """Its host buffer described as CuPy describes device memory (version 3): the compiled
+        entry points read it, and run their argument checks on it (a launch would need a
+        GPU)."""
+        a = self._a
+        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3,
+                "data": (a.ctypes.data if a.size else 0, not a.flags.writeable),
+                "strides": None if a.flags.c_contiguous else a.strides}
+
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
                         "`.get()` to construct a NumPy array explicitly.")
@@ -424,11 +434,13 @@ cupy = _module(
     **{n: _forward(getattr(np, n), n, ufunc=True) for n in UFUNCS})
 def _undefined(fn):
     """CuPy's ``empty``: memory nobody wrote holds garbage (0xff bytes: NaN, -1), as a
-    GPU's does, so that code that reads it before writing it fails."""
+    GPU's does, so that code that reads it before writing it fails; 256-byte aligned, as
+    cudaMalloc's memory is."""
     def call(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        out._a.view(np.uint8).reshape(-1)[...] = 0xFF
-        return out
+        a = fn(*args, **kwargs)._a   # its shape, dtype and strides (memory order)
+        raw = np.full(a.nbytes + 256, 0xFF, np.uint8)
+        return ndarray(np.ndarray(a.shape, a.dtype, buffer=raw, offset=-raw.ctypes.data % 256,
+                                  strides=a.strides))
     call.__name__ = fn.__name__
     return call
 

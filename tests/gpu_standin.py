@@ -1,10 +1,11 @@
 """pytest plugin (``-p gpu_standin``): the GPU tests of test_gpu.py on the CPU, through the CuPy
 stand-in (fake_cupy.py), so that their own code (fixtures, expected values, tolerances) is
 known to work before a GPU runs them. What needs a GPU is replaced as in
-test_device_paths_on_cpu.py: the epilogue kernels by the compiled CPU kernel on host copies,
-cublasGemmEx by its float32 emulation, the device pivot kernel by the CPU kernel; without the
-compiled pass driver the cuda backend runs its Python tile loop. torch reports no CUDA here,
-even on a GPU machine: the stand-in cannot take torch CUDA tensors."""
+test_device_paths_on_cpu.py: the compiled pass driver by its emulation (its own argument checks,
+then its tiles through the compiled CPU epilogue), the NVRTC epilogue kernels by the compiled
+CPU kernel on host copies, cublasGemmEx by its float32 emulation, the device pivot kernel by the
+CPU kernel. torch reports no CUDA here, even on a GPU machine: the stand-in cannot take torch
+CUDA tensors."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,12 +19,13 @@ fake_cupy.install()
 
 @pytest.fixture(autouse=True)
 def _gpu_on_the_cpu(monkeypatch):
-    from identirep.gpu import cublas, cuda_backend, cupy_backend, pivots
+    from identirep import _core
+    from identirep.gpu import cublas, cupy_backend, pivots
 
     import test_device_paths_on_cpu as cpu_paths
-    monkeypatch.setattr(cuda_backend, "_driver", lambda: None)
-    monkeypatch.setattr(cuda_backend, "driver_operands", lambda ops, kind: None)
-    monkeypatch.setattr(cuda_backend, "_CudaEpilogue", cpu_paths._HostEpilogue)
+    monkeypatch.setattr(_core, "lse_kl_pass_cuda", cpu_paths.emulated_pass_driver(
+        getattr(_core, "lse_kl_pass_cuda", None)), raising=False)
+    monkeypatch.setattr(cublas, "load_cublas", lambda: "emulated")
     monkeypatch.setattr(cupy_backend, "NvrtcEpilogue", cpu_paths._HostEpilogue)
     monkeypatch.setattr(cublas, "gemm_ex", cpu_paths.emulated_gemm_ex)
     monkeypatch.setattr(pivots, "pivot_criteria_device",

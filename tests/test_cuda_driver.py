@@ -14,7 +14,7 @@ import pytest
 
 import identirep
 from identirep import IdentirepError, _core
-from identirep.gpu import cublas, cuda_backend, plans
+from identirep.gpu import cublas, cuda_backend, cupy_backend, plans
 from identirep.gpu.arrays import DeviceArray, as_device, device_augmented
 from identirep.passes import numpy_pass
 from conftest import _gpu_available
@@ -111,24 +111,6 @@ def test_fused_gemm_workspace_and_tiles():
         plans.cuda_tiles(10, 10, "float64", None, None, 1 << 30, False, False, True)
     with pytest.raises(ValueError, match="float32 logits"):
         _core.lse_kl_pass_cuda_workspace(10, 10, "float64", False, False, True)
-
-
-def test_fused_gemm_takes_aligned_half_rows_only():
-    u16 = np.zeros((40, 32), np.uint16)
-    bf = [_fake_device(u16[:10, :20], "bfloat16"), _fake_device(u16[:20, :20], "bfloat16")] * 2
-    assert cuda_backend.gemm_problem(bf) == ""
-    f16 = [_fake_device(x.view(np.float16)) for x in (u16[:10, :20], u16[:20, :20])] * 2
-    assert cuda_backend.gemm_problem(f16) == ""
-    assert "of one kind" in cuda_backend.gemm_problem(bf[:2] + f16[2:])
-    f32 = [_fake_device(np.zeros((10, 4), np.float32))] * 4
-    assert "float16 or bfloat16" in cuda_backend.gemm_problem(f32)
-    assert "contiguous rows" in cuda_backend.gemm_problem(
-        [_fake_device(np.asfortranarray(u16[:10, :20]), "bfloat16")] + bf[1:])
-    assert "multiple of 8" in cuda_backend.gemm_problem(
-        [_fake_device(np.zeros((10, 20), np.uint16), "bfloat16")] + bf[1:])
-    shifted = _fake_device(u16[:10, :20], "bfloat16")
-    shifted.data.data.ptr += 2
-    assert "16-byte aligned" in cuda_backend.gemm_problem([shifted] + bf[1:])
 
 
 def pass_arrays(n=10, v=20, m=8, kind=np.float32, ws=1 << 30):
@@ -307,32 +289,6 @@ def test_driver_schedule_in_simulation(tmp_path):
     assert r.returncode == 0 and r.stdout.strip().endswith(", 0 failed"), r.stdout[-3000:]
 
 
-def _fake_device(a, kind=None):
-    """Enough of a DeviceArray (over a NumPy array) for driver_operands."""
-    data = SimpleNamespace(itemsize=a.itemsize, strides=a.strides, shape=a.shape,
-                           data=SimpleNamespace(ptr=a.ctypes.data))
-    return SimpleNamespace(data=data, shape=a.shape, kind=kind or a.dtype.name)
-
-
-def test_driver_takes_native_pairs_and_leaves_the_rest_to_the_python_loop():
-    f, g = np.empty((10, 4), np.float32), np.empty((20, 4), np.float32)
-    u16 = (np.empty((10, 4), np.uint16), np.empty((20, 4), np.uint16))
-    ops = [_fake_device(x) for x in (f, g, f, g)]
-    got = cuda_backend.driver_operands(ops, np.dtype(np.float32))
-    assert got == [o.data for o in ops]   # the arrays themselves
-    bf = [_fake_device(x, "bfloat16") for x in u16]
-    assert cuda_backend.driver_operands(bf + ops[2:], np.dtype(np.float32)) is not None
-    assert cuda_backend.driver_operands([bf[0], ops[1]] + ops[2:], np.dtype(np.float32)) is None
-    f64 = [_fake_device(x.astype(np.float64)) for x in (f, g)]
-    assert cuda_backend.driver_operands(f64 + ops[2:], np.dtype(np.float32)) is None
-    assert cuda_backend.driver_operands(f64 * 2, np.dtype(np.float64)) is not None
-    gappy = _fake_device(np.empty((40, 8), np.float32)[::2, ::2])
-    assert cuda_backend.driver_operands([ops[0], gappy] + ops[2:], np.dtype(np.float32)) is None
-    fortran = _fake_device(np.asfortranarray(g))
-    got = cuda_backend.driver_operands([ops[0], fortran] + ops[2:], np.dtype(np.float32))
-    assert got[1] is fortran.data
-
-
 def test_driver_calls_cover_the_labels_in_tile_groups():
     assert cuda_backend.label_groups(16384, 128256, 4096, progress=False) == [(0, 128256)]
     assert cuda_backend.label_groups(16384, 128256, 4096, progress=True) == [(0, 128256)]  # short
@@ -348,13 +304,14 @@ def test_driver_calls_cover_the_labels_in_tile_groups():
 # ------------------------------------------------------------------ on a GPU
 @pytest.fixture
 def spy(monkeypatch):
+    """The calls of the compiled pass driver."""
     calls = []
-    real = cuda_backend._driver_pass
+    real = _core.lse_kl_pass_cuda
 
     def wrapped(*a, **k):
         calls.append(1)
         return real(*a, **k)
-    monkeypatch.setattr(cuda_backend, "_driver_pass", wrapped)
+    monkeypatch.setattr(_core, "lse_kl_pass_cuda", wrapped)
     return calls
 
 
@@ -373,7 +330,7 @@ def test_driver_float64_pass_matches_numpy(cupy, problem64, spy, fused, tiles):
 @needs_driver
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("overlap", [True, False])
-def test_driver_and_python_loop_agree(cupy, spy, dtype, overlap):
+def test_driver_and_the_cupy_tile_loop_agree(cupy, spy, dtype, overlap):
     f1, g1, f2, g2 = make_pair(3, n=777, v=9001)
     kw = dict(tile_cols=2000, tile_rows=500, overlap=overlap)
     if dtype == "bfloat16":
@@ -384,9 +341,10 @@ def test_driver_and_python_loop_agree(cupy, spy, dtype, overlap):
         arrays = [cupy.asarray(a.astype(dtype)) for a in (f1, g1, f2, g2)]
     a = cuda_backend.cuda_pass(*arrays, **kw)
     assert spy
-    b = cuda_backend.cuda_pass(*arrays, driver=False, **kw)
+    b = cupy_backend.cupy_pass(*arrays, **kw)
     scale = logit_scale(f1, g1, f2, g2)
-    # the same GEMMs (cuBLAS may pick other kernels for another handle) and the same epilogue
+    # the same tiles, cuBLAS GEMMs (which may pick other kernels for another handle) and the
+    # same epilogue kernels (compiled by nvcc, and by NVRTC)
     assert_stats_close(a, b, 1e-6, scale, agree_slack=2)
 
 
@@ -429,23 +387,23 @@ def test_gpu_tests_of_own_gemm_kernels_must_be_marked(monkeypatch):
     # device_check runs them in processes of their own, found by their markers
     from conftest import guard_own_gemm_kernels
     calls = []
-    monkeypatch.setattr(cuda_backend, "_driver_pass", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(_core, "lse_kl_pass_cuda", lambda *a, **kw: calls.append(kw))
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda", lambda *a, **kw: calls.append(kw))
 
     def node(*marks):
         return SimpleNamespace(get_closest_marker=lambda m: m if m in marks else None)
     with monkeypatch.context() as m:
         guard_own_gemm_kernels(node(), m)
-        cuda_backend._driver_pass(1, gemm=0, wgmma=False)      # the cuBLAS driver: no marker needed
+        _core.lse_kl_pass_cuda(1, gemm=0, wgmma=False)      # the cuBLAS driver: no marker needed
         with pytest.raises(pytest.fail.Exception, match="without the marker 'fused_gemm'"):
-            cuda_backend._driver_pass(1, gemm=128, wgmma=False)
+            _core.lse_kl_pass_cuda(1, gemm=128, wgmma=False)
         with pytest.raises(pytest.fail.Exception, match="without the marker 'fused_gemm'"):
             _core.lse_kl_gemm_mainloop_cuda(1, gemm=64, wgmma=False)
     with monkeypatch.context() as m:
         guard_own_gemm_kernels(node("fused_gemm"), m)
-        cuda_backend._driver_pass(1, gemm=128, wgmma=False)
+        _core.lse_kl_pass_cuda(1, gemm=128, wgmma=False)
         with pytest.raises(pytest.fail.Exception, match="without the marker 'wgmma'"):
-            cuda_backend._driver_pass(1, gemm=128, wgmma=True)
+            _core.lse_kl_pass_cuda(1, gemm=128, wgmma=True)
     with monkeypatch.context() as m:
         guard_own_gemm_kernels(node("fused_gemm", "wgmma"), m)
         _core.lse_kl_gemm_mainloop_cuda(1, gemm=64, wgmma=True)
@@ -542,8 +500,7 @@ def test_fused_gemm_takes_biased_models(cupy, rows):
     models = [SimpleNamespace(**{k: DeviceArray(cupy.asarray(bf16_round(getattr(m, k))),
                                                    "bfloat16") for k in ("f", "g", "bias")})
               for m in (a, b)]
-    ops = [x for m in models for x in device_augmented(m)]
-    assert cuda_backend.gemm_problem(ops) == ""
+    ops = [x for m in models for x in device_augmented(m)]   # taken as they are, or refused
     vals = [bf16_value(cupy.asnumpy(o.data)) for o in ops]
     got = cuda_backend.cuda_pass(*ops, **_gemm_kind(rows, cupy))
     assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=2)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import identirep as ir
-from identirep import _backends, _core, sampling
+from identirep import IdentirepError, _backends, _core, sampling
 from identirep import _bf16 as bf16
 from identirep.gpu import cublas, cuda_backend, cupy_backend, nvrtc, pivots, streams
 from identirep.gpu.arrays import DeviceArray
@@ -197,6 +197,15 @@ class _HostEpilogue:
             stream._defer(work)
 
 
+def host_lse_kl_update_cuda(l1, l2, state, args, col0, row_moments=None, col_moments=None,
+                            row0=0, col_work=None, row_work=None, stream=0):
+    """A stand-in for the compiled epilogue ``_core.lse_kl_update_cuda`` on the CuPy stand-in's
+    arrays: the compiled CPU epilogue on their host buffers, in place."""
+    _core.lse_kl_update(l1._a, l2._a, state._a, args._a, col0, 1,
+                        None if row_moments is None else row_moments._a,
+                        None if col_moments is None else col_moments._a, row0)
+
+
 def emulated_gemm_ex(cp, a, b, out, kind, beta=0.0):
     """cublasGemmEx of two half operands (bfloat16 as bits): float32 products of the exact
     values, summed in float32."""
@@ -216,35 +225,148 @@ def pass_operands(cp, kind, n, v):
     return host, [cp.asarray(x) for x in host]
 
 
-@pytest.mark.parametrize("backend", ["cupy", "cuda"])
+def emulated_pass_driver(real):
+    """A stand-in for the compiled pass driver ``_core.lse_kl_pass_cuda`` on the CuPy
+    stand-in's arrays: the driver's own argument checks (``real``, the compiled function, over
+    an empty label range: every check, no device; None in a build without it) on their host
+    buffers, then its tiles (label tiles outer, row tiles inner) with logits as cuBLAS makes
+    them (float32 products of the exact values summed in float32; float64 for a float64 pass)
+    through the compiled CPU epilogue, into the pass state in place. The fused GEMM's calls get
+    the same logits."""
+
+    def driver(f1, g1, f2, g2, state, args, row_moments, col_moments, workspace, c_begin, c_end,
+               tile_rows, tile_cols, *, overlap=True, fused=False, gemm=0, wgmma=False,
+               stream=0):
+        ops = (f1, g1, f2, g2)
+        if real is not None:
+            real(*ops, state, args, row_moments, col_moments, workspace, c_begin, c_begin,
+                 tile_rows, tile_cols, overlap=overlap, fused=fused, gemm=gemm, wgmma=wgmma,
+                 stream=stream)
+        f64 = all(x.dtype == np.float64 for x in ops)
+        vals = [bf16.to_f32(x._a) if x.dtype == np.uint16 else
+                x._a.astype(np.float64 if f64 else np.float32) for x in ops]
+        n, v = f1.shape[0], g1.shape[0]
+        tr, tc = min(tile_rows, n), min(tile_cols, v)
+        for c0 in range(c_begin, c_end, tc):
+            c1 = min(c_end, c0 + tc)
+            for r0 in range(0, n, tr):
+                rows = slice(r0, min(n, r0 + tr))
+                l1, l2 = (f[rows] @ g[c0:c1].T for f, g in ((vals[0], vals[1]),
+                                                             (vals[2], vals[3])))
+                _core.lse_kl_update(l1, l2, state._a[:, rows], args._a[:, rows], c0, 1,
+                                    row_moments._a[:, rows], col_moments._a, r0)
+    return driver
+
+
 @pytest.mark.parametrize("kind, half_gemm", [("float64", "cublas"), ("float32", "cublas"),
                                              ("bfloat16", "cublas"), ("bfloat16", "convert"),
                                              ("float16", "cublas")])
 @pytest.mark.parametrize("tiles", [{"tile_rows": 70, "tile_cols": 20}, {"tile_cols": 7},
                                    {}], ids=["row_and_label_tiles", "label_tiles", "one_tile"])
 @pytest.mark.parametrize("overlap", [True, False])
-def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, backend, kind, half_gemm,
-                                               tiles, overlap):
-    # _gpu_pass itself (backend "cupy", and "cuda" with driver=False): tiles, buffers, the
-    # second stream and its events, widened or half GEMM tiles; the epilogue kernels replaced
-    # by the CPU kernel on host copies, cublasGemmEx by its float32 emulation
+def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, kind, half_gemm, tiles,
+                                               overlap):
+    # the cupy backend's tile loop itself: tiles, buffers, the second stream and its events,
+    # widened or half GEMM tiles; the epilogue kernels replaced by the CPU kernel on host
+    # copies, cublasGemmEx by its float32 emulation
     monkeypatch.setattr(cupy_backend, "NvrtcEpilogue", _HostEpilogue)
-    monkeypatch.setattr(cuda_backend, "_CudaEpilogue", _HostEpilogue)
     monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     monkeypatch.setattr(_HostEpilogue, "calls", [])
     host, ops = pass_operands(dev.cp, kind, 173, 61)
     if kind in ("float32", "float64"):  # a column-major label operand
         ops[1] = dev.cp.asfortranarray(ops[1])
-    kw = {"driver": False} if backend == "cuda" else {}
-    got = PASSES[backend](*ops, half_gemm=half_gemm, overlap=overlap, **tiles, **kw)
-    assert got.backend == backend and got.dtype == ("float64" if kind == "float64"
-                                                    else "float32")
+    got = PASSES["cupy"](*ops, half_gemm=half_gemm, overlap=overlap, **tiles)
+    assert got.backend == "cupy" and got.dtype == ("float64" if kind == "float64"
+                                                   else "float32")
     n_tiles = (-(-173 // tiles.get("tile_rows", 173))) * (-(-61 // tiles.get("tile_cols", 61)))
     assert len(_HostEpilogue.calls) == n_tiles
     exact = [x.astype(np.float64) for x in host]
     # float32 logits (exact products, float32 sums) against float64 ones
     assert_stats_close(got, cpu_pass(*exact), 1e-12 if kind == "float64" else 1e-5,
                        logit_scale(*exact))
+
+
+@pytest.mark.skipif(not hasattr(_core, "lse_kl_pass_cuda"),
+                    reason="the CUDA pass driver is not built")
+@pytest.mark.parametrize("kinds, half_gemm", [
+    (("float64",) * 4, "cublas"), (("float32",) * 4, "cublas"), (("bfloat16",) * 4, "cublas"),
+    (("float16",) * 4, "cublas"), (("bfloat16",) * 4, "convert"),
+    (("float16", "float32", "float32", "float32"), "cublas"),   # a pair of two kinds
+    (("float64", "float64", "float32", "float32"), "cublas")],  # a float64 pair, float32 pass
+    ids=["float64", "float32", "bfloat16", "float16", "bfloat16 convert", "float16 with float32",
+         "float64 with float32"])
+@pytest.mark.parametrize("layout", ["C", "F", "gappy"])
+def test_cuda_backend_converts_what_the_driver_does_not_take(monkeypatch, kinds, half_gemm,
+                                                             layout):
+    # the cuda backend's one launch path: whatever the operands, the compiled driver runs, on
+    # operands it takes (its own checks pass: the stand-in calls them), converted on the device
+    # where needed, never into an N x V array; the pass gives the CPU pass's statistics
+    cp = fake_cupy.install(monkeypatch)
+    calls = []
+    driver = emulated_pass_driver(_core.lse_kl_pass_cuda)
+
+    def recording(*args, **kw):
+        calls.append(args[:4])
+        return driver(*args, **kw)
+    monkeypatch.setattr(_core, "lse_kl_pass_cuda", recording)
+    monkeypatch.setattr(cublas, "load_cublas", lambda: "emulated")
+    n, v = 173, 61
+    f1, g1, f2, g2 = make_pair(11, n=n, v=v, m1=9, m2=6)
+    host, ops = [], []
+    for x, kind in zip((f1, g1, f2, g2), kinds):
+        if kind == "bfloat16":
+            bits = bf16.from_f32(x.astype(np.float32))
+            host.append(bf16.to_f32(bits).astype(np.float64))
+            dev = DeviceArray(cp.asarray(bits), kind)
+        else:
+            host.append(x.astype(kind).astype(np.float64))
+            dev = cp.asarray(x.astype(kind))
+        if layout != "C":   # the label operands column-major, or every other row and column
+            data = dev.data if isinstance(dev, DeviceArray) else dev
+            if layout == "F":
+                data = cp.asfortranarray(data)
+            else:
+                big = cp.zeros((2 * data.shape[0], 2 * data.shape[1]), data.dtype)
+                big[::2, ::2] = data
+                data = big[::2, ::2]
+            dev = DeviceArray(data, kind) if isinstance(dev, DeviceArray) else data
+        ops.append(dev)
+    got = cuda_backend.cuda_pass(*ops, half_gemm=half_gemm, tile_rows=70, tile_cols=20)
+    f64 = all(k == "float64" for k in kinds)
+    # pairs of one kind the driver takes stay as they are (bfloat16 as its bits); the others
+    # are widened to float32: mixed pairs, a float64 pair in a float32 pass, "convert"
+    taken = [k if kinds[2 * (i // 2)] == kinds[2 * (i // 2) + 1] and (k != "float64" or f64)
+             and not (k in ("float16", "bfloat16") and half_gemm == "convert") else "float32"
+             for i, k in enumerate(kinds)]
+    want = [(s, "uint16" if k == "bfloat16" else k)
+            for s, k in zip([(n, 9), (v, 9), (n, 6), (v, 6)], taken)]
+    assert calls and all([(a.shape, a.dtype.name) for a in c] == want for c in calls)
+    for i, op in enumerate(ops):   # what the driver takes, it takes as it is: no copy
+        if layout != "gappy" and taken[i] == kinds[i]:
+            assert calls[0][i] is (op.data if isinstance(op, DeviceArray) else op)
+    assert (got.backend, got.dtype) == ("cuda", "float64" if f64 else "float32")
+    assert_stats_close(got, cpu_pass(*host), 1e-12 if f64 else 1e-5, logit_scale(*host))
+
+
+def test_a_cuda_build_without_the_pass_driver_has_no_cuda_backend(monkeypatch):
+    # the cuda backend is the compiled driver only: without it (no cuBLAS headers at build
+    # time) the backend is unavailable, saying why, and GPU arrays go to the cupy backend
+    import identirep._build
+    fake_cupy.install(monkeypatch)
+    monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
+    monkeypatch.setattr(identirep._build, "build_info", lambda: {"cuda_compiled": True,
+                                                                 "cuda_pass_driver": False})
+    monkeypatch.setattr(_core, "lse_kl_update_cuda", lambda *a, **k: None, raising=False)
+    monkeypatch.delattr(_core, "lse_kl_pass_cuda", raising=False)
+    assert "without the pass driver: the cuBLAS headers were missing" in _backends.cuda_problem()
+    assert _backends.gpu_backend() == "cupy"
+    a, b = random_pair(N=40, V=7, M=2)
+    with pytest.raises(IdentirepError, match="backend='cuda' is not available: identirep was "
+                                             "built with CUDA but without the pass driver"):
+        ir.kl(*(_on(fake_cupy.cupy, m) for m in (a, b)), backend="cuda")
+    with pytest.raises(IdentirepError, match="the cuda backend is not available: identirep was "
+                                             "built with CUDA but without the pass driver"):
+        cuda_backend.cuda_pass(*[fake_cupy.cupy.zeros((4, 3))] * 4)
 
 
 def test_engine_methods_run_on_the_stream_current_when_called(monkeypatch):

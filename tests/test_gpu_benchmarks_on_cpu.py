@@ -50,7 +50,7 @@ def _pass_benchmark(monkeypatch, calls):
     gemm_wg64 pass their checks."""
     pytest.importorskip("ml_dtypes")
     from identirep import _core
-    from test_device_paths_on_cpu import _HostEpilogue, _host_pass
+    from test_device_paths_on_cpu import _host_pass, host_lse_kl_update_cuda
 
     def host_pass(backend):
         def run(f1, g1, f2, g2, **kw):
@@ -60,7 +60,7 @@ def _pass_benchmark(monkeypatch, calls):
         return run
     monkeypatch.setattr(cuda_backend, "cuda_pass", host_pass("cuda"))
     monkeypatch.setattr(cupy_backend, "cupy_pass", host_pass("cupy"))
-    monkeypatch.setattr(cuda_backend, "_CudaEpilogue", _HostEpilogue)
+    monkeypatch.setattr(_core, "lse_kl_update_cuda", host_lse_kl_update_cuda, raising=False)
     monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda",
                         lambda *ops, gemm, wgmma, stream: calls.append(("mainloop", (gemm, wgmma))),
@@ -91,15 +91,15 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
     main = next(i for i, line in enumerate(lines) if line.startswith("| N x V x M | floor ms"))
     row = lines[main + 2]
     cells = [c.strip() for c in row.split("|")[2:-1]]
-    # floor, gemm tiles, epilogue (fused), cuda, loop, serial, fused, gemm-fused, cupy:
-    # measured; torch and liger: not run
-    assert all(c != "-" and not c.startswith("- ") for c in cells[:7] + [cells[8]]), cells
-    mma, wg = (half.split(" / ") for half in cells[7].split("; "))   # the checked kinds only
-    assert mma[0] != "-" and mma[1] == "-" and wg[0] == "-" and wg[1] != "-", cells[7]
-    assert cells[9:11] == ["-", "-"]
-    # cuda passes: the default's (memory peak, then timed), the loop, serial, the fused
-    # epilogue's (2), the sweep's (12) and 2 per fused GEMM kind that passed its check
-    assert sum(1 for k, _ in calls if k == "cuda") == 2 + 1 + 1 + 2 + 12 + 2 * 2
+    # floor, gemm tiles, epilogue (fused), cuda, serial, fused, gemm-fused, cupy: measured;
+    # torch and liger: not run
+    assert all(c != "-" and not c.startswith("- ") for c in cells[:6] + [cells[7]]), cells
+    mma, wg = (half.split(" / ") for half in cells[6].split("; "))   # the checked kinds only
+    assert mma[0] != "-" and mma[1] == "-" and wg[0] == "-" and wg[1] != "-", cells[6]
+    assert cells[8:10] == ["-", "-"]
+    # cuda passes: the default's (memory peak, then timed), serial, the fused epilogue's (2),
+    # the sweep's (12) and 2 per fused GEMM kind that passed its check
+    assert sum(1 for k, _ in calls if k == "cuda") == 2 + 1 + 2 + 12 + 2 * 2
     # the kinds that passed their checks, with their block rows and kernel, after the rest
     gemm = [c for c in calls if c[1] or c[0] == "mainloop"]
     assert gemm == [("cuda", (128, False))] * 2 + [("mainloop", (128, False))] + [

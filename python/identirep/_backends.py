@@ -3,8 +3,8 @@
 ``backend="auto"`` picks cpu for NumPy arrays and a GPU backend for CuPy / torch-CUDA arrays
 (anything with ``__cuda_array_interface__``): "cuda" (the compiled CUDA code: the pass driver,
 cuBLAS tiles and epilogue in one compiled loop, with libcublas loaded at run time) when the
-extension was built with CUDA and CuPy sees a GPU, else "cupy" (the same kernels compiled at
-run time by CuPy, GEMM tiles from CuPy's cuBLAS) when CuPy sees a GPU. Both keep device memory
+extension was built with CUDA and its pass driver and CuPy sees a GPU, else "cupy" (the same
+kernels compiled at run time by CuPy, GEMM tiles from CuPy's cuBLAS) when CuPy sees a GPU. Both keep device memory
 and the engine's other products in CuPy.
 The environment variable IDENTIREP_BACKEND overrides "auto". A backend that is not available
 fails loudly with what to do instead; nothing silently falls back to a slower path.
@@ -87,20 +87,23 @@ def cupy_problem() -> Optional[str]:
 
 
 def cuda_problem() -> Optional[str]:
-    """Why the cuda backend cannot run here, or None."""
+    """Why the cuda backend cannot run here, or None: it needs the CUDA build with its pass
+    driver, CuPy with a GPU, and cuBLAS for the driver."""
     from ._build import build_info
+    from .gpu.cuda_backend import NO_CUDA, driver_problem
     if not build_info().get("cuda_compiled"):
-        return ("identirep was built without CUDA (rebuild on a machine with nvcc: "
-                "IDENTIREP_CUDA=ON pip install .)")
+        return NO_CUDA
     problem = cupy_problem()
     if problem is not None:
         return "its device memory and the engine's products come from CuPy, and " + problem
-    if build_info().get("cuda_pass_driver"):
-        from .gpu.cublas import load_cublas
-        try:
-            load_cublas()
-        except IdentirepError as e:
-            return str(e)
+    problem = driver_problem()
+    if problem is not None:
+        return problem
+    from .gpu.cublas import load_cublas
+    try:
+        load_cublas()
+    except IdentirepError as e:
+        return str(e)
     return None
 
 

@@ -6,9 +6,10 @@
 // Arrays are raw files in DIR (C order, float64 / int64 unless said otherwise):
 //   run_kernels epilogue f32|f64 FUSED MOMENTS N V LD1 LD2 TR TC ROW_WORK COL_WORK REPEAT DIR
 //     l1, l2: N x LD1, N x LD2 logits (f32|f64); state 8 x N, args 2 x N, row_m 5 x N,
-//     col_m 5 x V. The pass of _gpu_pass (label tiles of TC outer, row tiles of TR inner, each
-//     a view of l1, l2) with scratch arrays of ROW_WORK and COL_WORK doubles
-//     (epilogue_scratch) updates them into state.out, args.out, row_m.out, col_m.out.
+//     col_m 5 x V. The pass of the cupy backend's tile loop (label tiles of TC outer, row
+//     tiles of TR inner, each a view of l1, l2) with scratch arrays of ROW_WORK and COL_WORK
+//     doubles (the scratch sizes of the launch table) updates them into state.out, args.out,
+//     row_m.out, col_m.out.
 //     MOMENTS 0: no moments (null pointers, as the compiled launchers LseKl / LseKlFused do
 //     without them). REPEAT > 1: the pass again from the same inputs, bitwise equal or fail.
 //   run_kernels gemm bf16|f16 BM MOMENTS N V K1 K2 LDF1 LDG1 LDF2 LDG2 TR TC REPEAT DIR

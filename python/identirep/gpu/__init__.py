@@ -5,7 +5,8 @@ Modules by concern (docs/gpu.md has the map):
 - ``streams``: running CuPy work on the caller's stream (torch's, for torch CUDA tensors);
 - ``cublas``: the pass driver's cuBLAS loader, ``cublasGemmEx`` through CuPy, the bfloat16 split;
 - ``nvrtc``: the CUDA kernel headers as NVRTC programs, their names and launch table;
-- ``tiles``: what both passes share: operand checks, tile plans, the device pass state;
+- ``plans``: what both passes share before their loops: operands, tile plans (compiled);
+- ``state``: the device state of a pass and its statistics;
 - ``cuda_backend``: the "cuda" backend (the compiled pass driver);
 - ``cupy_backend``: the "cupy" backend (a Python tile loop over NVRTC-compiled kernels);
 - ``pivots``: the label-side pivot criteria on the device.
