@@ -16,70 +16,12 @@ from identirep.gpu import cublas, cuda_backend, cupy_backend, nvrtc, pivots, pla
 from identirep.gpu.arrays import DeviceArray
 from identirep.passes import numpy_pass
 
-from helpers import random_pair
+from helpers import (ALL_FIELDS, COL_FIELDS, COL_SSQ, assert_rows_and_columns,
+                     assert_stats_close, bf16_round, bf16_value, field_errors, logit_scale,
+                     make_pair, pivot_problem, random_pair)
 
 BACKENDS = ("cuda", "cupy")
 PASSES = {"cuda": cuda_backend.cuda_pass, "cupy": cupy_backend.cupy_pass}
-N, V, M1, M2 = 1001, 50257, 37, 31
-ROW_FIELDS = ("L1", "L2", "kl12", "kl21", "H1", "H2", "row_mean1", "row_mean2")
-ROW_SSQ = ("row_m2_11", "row_m2_22", "row_m2_dd")
-COL_FIELDS = ("col_mean1", "col_mean2")
-COL_SSQ = ("col_m2_11", "col_m2_22", "col_m2_12")
-ALL_FIELDS = ROW_FIELDS + ROW_SSQ + COL_FIELDS + COL_SSQ
-
-
-# ------------------------------------------------------------------ helpers
-def make_pair(seed=0, n=N, v=V, m1=M1, m2=M2, g_scale=0.5):
-    rng = np.random.default_rng(seed)
-    f1 = rng.standard_normal((n, m1))
-    g1 = rng.standard_normal((v, m1)) * g_scale
-    f2 = f1[:, :m2] + 0.3 * rng.standard_normal((n, m2))
-    g2 = g1[:, :m2] + 0.3 * g_scale * rng.standard_normal((v, m2))
-    return f1, g1, f2, g2
-
-
-def logit_scale(f1, g1, f2, g2, rows=256):
-    """Per-row max |logit| of both models (the size of what L, KL and H are differences of)."""
-    out = np.empty(f1.shape[0])
-    for r0 in range(0, f1.shape[0], rows):
-        sl = slice(r0, r0 + rows)
-        out[sl] = np.maximum(np.abs(f1[sl] @ g1.T).max(1), np.abs(f2[sl] @ g2.T).max(1))
-    return out
-
-
-def field_errors(got, ref, scale):
-    """Per field: max of |got - ref| / (|ref| + natural scale of the field)."""
-    s_row, s_col = scale, scale.max()
-    n, v = len(ref.L1), len(ref.col_mean1)
-    size = {**{k: s_row for k in ROW_FIELDS}, **{k: v * s_row ** 2 for k in ROW_SSQ},
-            **{k: s_col for k in COL_FIELDS}, **{k: n * s_col ** 2 for k in COL_SSQ}}
-    return {k: float(np.max(np.abs(getattr(got, k) - getattr(ref, k))
-                            / (np.abs(getattr(ref, k)) + size[k]))) for k in ALL_FIELDS}
-
-
-def assert_stats_close(got, ref, rtol, scale, agree_slack=0):
-    errs = field_errors(got, ref, scale)
-    bad = {k: e for k, e in errs.items() if not e <= rtol}
-    assert not bad, f"relative errors above {rtol}: {bad}"
-    assert np.count_nonzero(got.agree != ref.agree) <= agree_slack
-
-
-def bf16_round(x):
-    """float32 -> bfloat16 bit patterns (uint16), round to nearest even."""
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def bf16_value(bits):
-    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-
-
-@pytest.fixture(scope="module")
-def problem64():
-    f1, g1, f2, g2 = make_pair(0)
-    return (f1, g1, f2, g2), numpy_pass(f1, g1, f2, g2), logit_scale(f1, g1, f2, g2)
-
-
 @pytest.fixture(scope="module")
 def problem_bf16():
     bits = [bf16_round(a) for a in make_pair(1)]
@@ -357,27 +299,6 @@ def test_one_tile_of_more_than_2_31_logits(cupy, backend):
     assert_rows_and_columns(got, f1, g1, f2, g2)
 
 
-def assert_rows_and_columns(got, f1, g1, f2, g2, rtol=1e-4):
-    """A big pass checked on a few rows and columns, computed in float64 from the operands."""
-    n, v = f1.shape[0], g1.shape[0]
-    rows, cols = np.unique([0, 1, n // 2, n - 1]), np.unique([0, v // 2 + 7, v - 1])
-    l1, l2 = f1[rows] @ g1.T, f2[rows] @ g2.T
-    c1, c2 = f1 @ g1[cols].T, f2 @ g2[cols].T
-    L1 = l1.max(1) + np.log(np.exp(l1 - l1.max(1, keepdims=True)).sum(1))
-    L2 = l2.max(1) + np.log(np.exp(l2 - l2.max(1, keepdims=True)).sum(1))
-    kl12 = (np.exp(l1 - L1[:, None]) * (l1 - l2)).sum(1) - L1 + L2
-    cross = ((c1 - c1.mean(0)) * (c2 - c2.mean(0))).sum(0)
-    s = max(np.abs(x).max() for x in (l1, l2, c1, c2))
-    checks = {"L1": (got.L1[rows], L1, s), "L2": (got.L2[rows], L2, s),
-              "kl12": (got.kl12[rows], kl12, s), "row_mean1": (got.row_mean1[rows], l1.mean(1), s),
-              "row_m2_dd": (got.row_m2_dd[rows], (l1 - l2).var(1) * v, v * s ** 2),
-              "col_mean2": (got.col_mean2[cols], c2.mean(0), s),
-              "col_m2_12": (got.col_m2_12[cols], cross, n * s ** 2)}
-    for k, (have, want, size) in checks.items():
-        err = np.abs(have - want) / (np.abs(want) + size)
-        assert err.max() <= rtol, (k, have, want)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_cuda_and_cupy_backends_agree(cupy, dtype):
@@ -566,19 +487,6 @@ def test_host_models_with_a_gpu_backend_run_on_the_gpu(cupy, backend, kind):
 
 
 # ------------------------------------------------------------------ the engine on a GPU
-def pivot_problem(xdtype, V, B=37, seed=31):
-    """Inputs of the pivot kernel: cross products X1, X2 (B x V, xdtype), label vectors n1,
-    n2, A1, A2, B12 and B pivots, with one degenerate pair (label 5, the first pivot)."""
-    rng = np.random.default_rng(seed)
-    n1, n2 = (rng.random(V) + 1.0 for _ in range(2))
-    X1, X2 = ((0.3 * rng.standard_normal((B, V))).astype(xdtype) for _ in range(2))
-    A1, A2 = rng.random(V), rng.random(V)
-    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(V)
-    piv = rng.choice(V, B, replace=False)
-    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # S1(5, piv[0]) ~ 0: a degenerate pair
-    return X1, X2, n1, n2, A1, A2, B12, piv
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["max", "mean"])
@@ -607,16 +515,6 @@ def test_engine_keeps_gpu_models_on_the_device(cupy):
             (want_r.pivot, want_r.leave_out, want_r.input_set)
         np.testing.assert_allclose(got_r.value, want_r.value, rtol=1e-9)
     np.testing.assert_allclose(e.mcca_g().value, want.mcca_g().value, rtol=1e-9)
-
-
-@pytest.fixture
-def bounded_small(monkeypatch):
-    """The bounded pivot search on a small vocabulary, several tree leaves, few seeds."""
-    import importlib
-    E = importlib.import_module("identirep.engine")
-    monkeypatch.setattr(E, "EXACT_PIVOT_LIMIT", 50)
-    monkeypatch.setattr(E, "BOUND_LEAF", 64)
-    monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", 8)
 
 
 def _gpu_and_cpu_engines(cupy, **kw):

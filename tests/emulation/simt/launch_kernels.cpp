@@ -1,7 +1,7 @@
 // The NVRTC kernels of identirep/gpu/nvrtc.py (kernel_names, PIVOT_KERNELS) in the SIMT emulator
-// (simt.h), as a shared library that a stand-in for cupy.RawModule (tests/fake_cupy.py) calls
+// (simt.h), as a shared library that a stand-in for cupy.RawModule (fake_cupy.py) calls
 // with the arguments the real launches pass, so that the Python launch code itself runs on the
-// CPU. Built by tests/test_kernels_on_cpu.py:
+// CPU. Built by tests/emulation/test_kernels_on_cpu.py:
 //   g++ -std=c++20 -shared -fPIC -pthread -D__CUDACC_RTC__ -I csrc/kernels
 //       launch_kernels.cpp -o libsimt_launch.so
 // The template arguments are those of the launch table (kernels/launch_table.h), which

@@ -1,7 +1,7 @@
 """pytest plugin (``-p gpu_standin``): the GPU tests of test_gpu.py on the CPU, through the CuPy
 stand-in (fake_cupy.py), so that their own code (fixtures, expected values, tolerances) is
-known to work before a GPU runs them. What needs a GPU is replaced as in
-test_device_paths_on_cpu.py: the compiled pass driver by its emulation (its own argument checks,
+known to work before a GPU runs them. What needs a GPU is replaced by the stand-ins of
+standins.py: the compiled pass driver by its emulation (its own argument checks,
 then its tiles through the compiled CPU epilogue), the NVRTC epilogue kernels by the compiled
 CPU kernel on host copies, cublasGemmEx by its float32 emulation, the device pivot kernel by the
 CPU kernel. torch reports no CUDA here, even on a GPU machine: the stand-in cannot take torch
@@ -22,14 +22,14 @@ def _gpu_on_the_cpu(monkeypatch):
     from identirep import _core
     from identirep.gpu import cublas, cupy_backend, pivots
 
-    import test_device_paths_on_cpu as cpu_paths
-    monkeypatch.setattr(_core, "lse_kl_pass_cuda", cpu_paths.emulated_pass_driver(
+    import standins
+    monkeypatch.setattr(_core, "lse_kl_pass_cuda", standins.emulated_pass_driver(
         getattr(_core, "lse_kl_pass_cuda", None)), raising=False)
     monkeypatch.setattr(cublas, "load_cublas", lambda: "emulated")
-    monkeypatch.setattr(cupy_backend, "NvrtcEpilogue", cpu_paths._HostEpilogue)
-    monkeypatch.setattr(cublas, "gemm_ex", cpu_paths.emulated_gemm_ex)
+    monkeypatch.setattr(cupy_backend, "NvrtcEpilogue", standins.HostEpilogue)
+    monkeypatch.setattr(cublas, "gemm_ex", standins.emulated_gemm_ex)
     monkeypatch.setattr(pivots, "pivot_criteria_device",
-                        cpu_paths.host_pivot_criteria(fake_cupy.cupy, []))
+                        standins.host_pivot_criteria(fake_cupy.cupy, []))
     if importlib.util.find_spec("torch") is not None:
         import torch
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

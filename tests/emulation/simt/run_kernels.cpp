@@ -1,8 +1,8 @@
 // The CUDA kernels of csrc/kernels/lse_kl.cuh and pivot_terms.cuh run on the CPU in the SIMT
 // emulator simt.h, launched as identirep/gpu/cupy_backend.py launches their NVRTC build
 // (NvrtcEpilogue.__call__, pivot_criteria_device), with the geometry of their launch table
-// (kernels/launch_table.h); tests/test_kernels_on_cpu.py builds this with
-//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -I tests/simt -I csrc/kernels run_kernels.cpp
+// (kernels/launch_table.h); tests/emulation/test_kernels_on_cpu.py builds this with
+//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -I tests/emulation/simt -I csrc/kernels run_kernels.cpp
 // Arrays are raw files in DIR (C order, float64 / int64 unless said otherwise):
 //   run_kernels epilogue f32|f64 FUSED MOMENTS N V LD1 LD2 TR TC ROW_WORK COL_WORK REPEAT DIR
 //     l1, l2: N x LD1, N x LD2 logits (f32|f64); state 8 x N, args 2 x N, row_m 5 x N,
@@ -443,7 +443,7 @@ int main(int argc, char** argv) {
       else SyncAfterExit(out.data());
     });
   } else {
-    Die("usage: see the comment at the top of tests/simt/run_kernels.cpp");
+    Die("usage: see the comment at the top of tests/emulation/simt/run_kernels.cpp");
   }
   return 0;
 }

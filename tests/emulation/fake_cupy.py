@@ -6,7 +6,7 @@ indexing by a device array, ``host[...] = device`` and the compiled core refuse 
 arrays (ndim > 0) mixed into device operators, ufuncs, CuPy functions or ``device[...] =``
 (only ``asarray`` / ``array`` copy host data over; host index arrays are taken, as CuPy copies
 them), and anything outside the CuPy subset listed here (each name exists in CuPy:
-test_device_paths_on_cpu checks them against an installed CuPy). Reductions give 0-d device
+tests/emulation/test_device_paths_on_cpu.py checks them against an installed CuPy). Reductions give 0-d device
 arrays, as CuPy's do. Failed factorisations raise LinAlgError only under
 ``cupyx.errstate(linalg="raise")`` and give a wrong result otherwise, as CuPy's do. Streams run
 deferred work as late as their events allow. ``RawModule`` runs the kernels in the SIMT
@@ -345,7 +345,7 @@ class Device(_Context):
         self.id = int(device)
 
 
-#: the SIMT emulator's kernel library (tests/simt/launch_kernels.cpp, a ctypes.CDLL), which
+#: the SIMT emulator's kernel library (simt/launch_kernels.cpp, a ctypes.CDLL), which
 #: RawModule's kernels run on; None: RawModule is unavailable
 kernel_library = None
 
@@ -506,7 +506,7 @@ def install(monkeypatch=None):
 
 
 def load_kernel_library(path):
-    """Load the emulator's kernel library (tests/simt/launch_kernels.cpp) for RawModule."""
+    """Load the emulator's kernel library (simt/launch_kernels.cpp) for RawModule."""
     import ctypes
     global kernel_library
     lib = ctypes.CDLL(str(path))

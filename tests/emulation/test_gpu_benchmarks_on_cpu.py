@@ -1,7 +1,7 @@
-"""The GPU benchmarks end to end on the CPU, through the CuPy stand-in of
-test_device_paths_on_cpu (the GPU passes, kernels and cublasGemmEx replaced by CPU versions):
-the benchmarks' own code (steps, measurement guards, phases, dense-algebra timer, pivot floors
-and tables) must run before it meets a GPU."""
+"""The GPU benchmarks end to end on the CPU, through the CuPy stand-in (the dev fixture: the GPU
+passes, kernels and cublasGemmEx replaced by CPU versions, standins.py): the benchmarks' own
+code (steps, measurement guards, phases, dense-algebra timer, pivot floors and tables) must run
+before it meets a GPU."""
 import importlib
 import sys
 from pathlib import Path
@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from identirep.gpu import cublas, cuda_backend, cupy_backend
-from test_device_paths_on_cpu import dev, emulated_gemm_ex  # noqa: F401 (dev: a fixture)
+from standins import emulated_gemm_ex, host_lse_kl_update_cuda, host_pass as host_gpu_pass
 
-BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks")
+pytestmark = pytest.mark.emulation
+
+BENCH = str(Path(__file__).resolve().parents[2] / "benchmarks")
 
 
-def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
+def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):
     pytest.importorskip("ml_dtypes")  # bfloat16 models without torch: CuPy's ml_dtypes bfloat16
     monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     monkeypatch.syspath_prepend(BENCH)
@@ -50,13 +52,12 @@ def _pass_benchmark(monkeypatch, calls):
     gemm_wg64 pass their checks."""
     pytest.importorskip("ml_dtypes")
     from identirep import _core
-    from test_device_paths_on_cpu import _host_pass, host_lse_kl_update_cuda
 
     def host_pass(backend):
         def run(f1, g1, f2, g2, **kw):
             calls.append((backend, kw.get("fused_gemm", False) and (
                 kw["gemm_block_rows"], kw.get("gemm_wgmma", False))))
-            return _host_pass(backend, f1, g1, f2, g2)
+            return host_gpu_pass(backend, f1, g1, f2, g2)
         return run
     monkeypatch.setattr(cuda_backend, "cuda_pass", host_pass("cuda"))
     monkeypatch.setattr(cupy_backend, "cupy_pass", host_pass("cupy"))
@@ -76,7 +77,7 @@ def _pass_benchmark(monkeypatch, calls):
     return bg
 
 
-def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
+def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):
     # its columns, measurement guards and tables
     calls = []
     bg = _pass_benchmark(monkeypatch, calls)
@@ -107,7 +108,7 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
     assert calls[-6:] == gemm
 
 
-def test_after_a_kernel_fault_later_kernels_are_not_timed(dev, monkeypatch, tmp_path):  # noqa: F811
+def test_after_a_kernel_fault_later_kernels_are_not_timed(dev, monkeypatch, tmp_path):
     # a fault of the first fused GEMM kind leaves the context unusable: the second kind is not
     # timed (its columns would only repeat the fault), and the table says whose fault it was
     calls = []

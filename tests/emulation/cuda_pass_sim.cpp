@@ -9,9 +9,9 @@
 //     is one call or two (labels [0, c) and [c, V));
 //   - when a GEMM fails mid-pass, the epilogues already queued are ordered before the caller's
 //     next work.
-// Built and run by tests/test_cuda_driver.py (no GPU needed):
+// Built and run by tests/emulation/test_cuda_pass_sim.py (no GPU needed):
 //   g++ -std=c++17 -O1 -DIDENTIREP_WITH_CUDA -DIDENTIREP_WITH_CUBLAS -I csrc -isystem <cuda
-//       include> -isystem <cublas include> tests/cuda_pass_sim.cpp csrc/plan.cpp -o sim
+//       include> -isystem <cublas include> tests/emulation/cuda_pass_sim.cpp csrc/plan.cpp -o sim
 //   ./sim [full]
 // ("full": every layout pair in every shape, ~30 s).
 #include "cuda_pass.cpp"
