@@ -39,7 +39,8 @@ void pivot_criteria_cuda(uintptr_t X1, uintptr_t X2, int64_t ld1, int64_t ld2, u
                          const std::string& mode, uintptr_t crit, uintptr_t stream,
                          const std::string& x_dtype);
 
-// The logits and the epilogue in one kernel (kernels/lse_kl_gemm.cuh) for float16/bfloat16
+// Experimental until a GPU has confirmed it (opt-in: the pass driver's gemm):
+// the logits and the epilogue in one kernel (kernels/lse_kl_gemm.cuh) for float16/bfloat16
 // operands: f_k (n x k_k) and g_k (v x k_k) with contiguous rows (row strides ld, a multiple of
 // 8 elements; pointers 16-byte aligned), kind "float16" or "bfloat16" for both pairs.
 struct GemmOperands {

@@ -1,6 +1,8 @@
 // CUDA: the logit GEMM and the streaming epilogue in one kernel, for float16/bfloat16 operands
 // (tensor cores, float32 accumulation: mma.sync m16n8k16 on sm_80 and newer, or, kWg, wgmma
-// m64nNk16 on sm_90a, built by csrc/lse_kl_wgmma.cu alone). No logit tile goes to
+// m64nNk16 on sm_90a, built by csrc/lse_kl_wgmma.cu alone). Experimental until a GPU has
+// confirmed it (benchmarks/device_check.sh): opt-in only (cuda_pass(fused_gemm=True)); the
+// SIMT emulator checks its logic, not its PTX. No logit tile goes to
 // memory: each block computes l1 = f1 g1' and l2 = f2 g2' for a BM x BN sub-tile into shared
 // memory and reduces it there, with the arithmetic of LseKlSlabKernel (kernels/lse_kl.cuh).
 //
