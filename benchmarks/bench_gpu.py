@@ -295,8 +295,8 @@ def gemm_check(rows, wgmma):
     f2, g2 = make_inputs(777, 9001, 40, 2)
     kw = dict(tile_rows=400, tile_cols=5000)
     want = cuda_backend.cuda_pass(f1, g1, f2, g2, **kw)
-    got = cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wgmma,
-                       **kw)
+    got = cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+                                 gemm_wgmma=wgmma, **kw)
     # the timing probe (the kernel without its epilogue) too, then the pass again: the same
     mainloop_ms(rows, wgmma, (f1, g1, f2, g2), argparse.Namespace(warmup=0, repeats=1))
     again = cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,

@@ -22,6 +22,8 @@ from helpers import (ALL_FIELDS, COL_FIELDS, COL_SSQ, assert_rows_and_columns,
 
 BACKENDS = ("cuda", "cupy")
 PASSES = {"cuda": cuda_backend.cuda_pass, "cupy": cupy_backend.cupy_pass}
+
+
 @pytest.fixture(scope="module")
 def problem_bf16():
     bits = [bf16_round(a) for a in make_pair(1)]

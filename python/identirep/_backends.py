@@ -4,8 +4,8 @@
 (anything with ``__cuda_array_interface__``): "cuda" (the compiled CUDA code: the pass driver,
 cuBLAS tiles and epilogue in one compiled loop, with libcublas loaded at run time) when the
 extension was built with CUDA and its pass driver and CuPy sees a GPU, else "cupy" (the same
-kernels compiled at run time by CuPy, GEMM tiles from CuPy's cuBLAS) when CuPy sees a GPU. Both keep device memory
-and the engine's other products in CuPy.
+kernels compiled at run time by CuPy, GEMM tiles from CuPy's cuBLAS) when CuPy sees a GPU.
+Both keep device memory and the engine's other products in CuPy.
 The environment variable IDENTIREP_BACKEND overrides "auto". A backend that is not available
 fails loudly with what to do instead; nothing silently falls back to a slower path.
 """

@@ -313,7 +313,8 @@ def test_bfloat16_models_on_device_use_bfloat16_products(dev, monkeypatch, kw):
     assert betas.count("0") - splits >= 5   # f1, f2, f1'f2, g1, g2 scatter blocks
     # float32 on the host (one float32 GEMM per product) and float64, of the same values
     plain = ir.d_llv(*(model_on(np, m, bf, np.float32) for m in (a, b)), **kw)
-    exact = ir.d_llv(*(model_on(np, model_on(np, m, bf, np.float32), np.float64) for m in (a, b)), **kw)
+    exact = ir.d_llv(*(model_on(np, model_on(np, m, bf, np.float32), np.float64)
+                       for m in (a, b)), **kw)
     assert (got.pivot, got.leave_out, got.input_set) == (exact.pivot, exact.leave_out,
                                                         exact.input_set)
     for k in ("value", "t1", "t2", "t3", "t4"):

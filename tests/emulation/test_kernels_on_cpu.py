@@ -62,7 +62,8 @@ def emulated_pass(exe, tmp_path, inputs, n, v, *args, workers=None, env=None):
 
 
 def device_pass(exe, tmp_path, l1, l2, v, tr, tc, fused, moments=True, repeat=1, workers=None):
-    """The emulated pass of the cupy backend's tile loop (label tiles outer, row tiles inner) over the first v
+    """The emulated pass of the cupy backend's tile loop (label tiles outer, row tiles inner)
+    over the first v
     columns of l1, l2 (n x ld arrays): state, args, row and column moments."""
     n = l1.shape[0]
     row_work, col_work = (_core.lse_kl_cuda_fused_work_elems(tr, tc) if fused else
@@ -96,7 +97,7 @@ def rel_err(got, want, size):
 
 def assert_matches_cpu(got, want, l1, l2, dt, moments=True):
     """Exact running maxima and argmax; the sums within RTOL_LSE[dt], the moments within RTOL,
-    of their natural scale (as test_gpu.py's field_errors): max |logit| of the row for the LSE
+    of their natural scale (as helpers.field_errors): max |logit| of the row for the LSE
     state and row means, v or n times its square for sums of squares, the largest row's for
     the columns."""
     n, v = l1.shape

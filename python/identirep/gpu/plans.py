@@ -10,6 +10,7 @@ from ..errors import IdentirepError
 from ..passes import check_pass_shapes
 from .arrays import as_device, import_cupy
 
+
 def pass_operands(f1, g1, f2, g2, half_gemm):
     """(cupy, the four operands as checked DeviceArrays, the compute dtype: float64 when all
     four are float64, float32 otherwise)."""
