@@ -128,6 +128,9 @@ class Checks {
     }
     a.present = true;
     Require(a.ptr != 0 || a.size() == 0, std::string(name) + " has a null data pointer");
+    Require(a.ptr % static_cast<uintptr_t>(a.itemsize) == 0,
+            std::string(name) + "'s data is not aligned to its " + std::to_string(a.itemsize) +
+                "-byte elements");
     return a;
   }
 

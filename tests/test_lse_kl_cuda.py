@@ -26,6 +26,8 @@ def test_argument_checks_need_no_gpu(needs_cuda_build):
          "l1 must be a GPU array with __cuda_array_interface__"),
         ({"col0": -1}, "col0 and row0 must be >= 0"),
         ({"l1": G((4, 4), np.float32, 0)}, "l1 has a null data pointer"),
+        ({"l2": G((4, 4), np.float32, (1 << 13) + 2)},
+         "l2's data is not aligned to its 4-byte elements"),
         ({"l2": G((4, 4), np.float64)}, "l2 must be a \\(4, 4\\) float32 array"),
         ({"l1": G((4, 4), np.float32, strides=(1, 4))}, "l1 needs contiguous rows"),
         ({"state": G((8, 5), np.float64)}, "state must be a \\(8, 4\\) float64 array"),
