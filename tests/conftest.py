@@ -146,6 +146,16 @@ def without_gpu():
     CUDA build and a GPU CuPy sees)."""
 
 
+@pytest.fixture(scope="session")
+def nvrtc_compiler():
+    """NVRTC (helpers.Nvrtc), or skip where no libnvrtc loads."""
+    from helpers import Nvrtc
+    try:
+        return Nvrtc()
+    except OSError as e:
+        pytest.skip(f"NVRTC is not available ({e})")
+
+
 @pytest.fixture(scope="module")
 def problem64():
     """A float64 pass larger than any tile (make_pair), its NumPy statistics and logit scale."""

@@ -252,3 +252,62 @@ def guard_own_gemm_kernels(node, monkeypatch):
         return call
     monkeypatch.setattr(_core, "lse_kl_pass_cuda", guard(_core.lse_kl_pass_cuda))
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda", guard(_core.lse_kl_gemm_mainloop_cuda))
+
+
+# ------------------------------------------------------------------ NVRTC without CuPy
+class Nvrtc:
+    """NVRTC through ctypes (the library NVIDIA's wheel nvidia-cuda-nvrtc, which nvidia-cublas
+    brings, or the CUDA toolkit holds): the cupy backend's run-time compilation, checkable
+    without CuPy or a GPU. ``Nvrtc()`` raises OSError when no libnvrtc loads."""
+
+    def __init__(self):
+        import ctypes
+        import glob
+        import importlib.util
+        import os
+        spec = importlib.util.find_spec("nvidia")
+        dirs = [os.path.join(d, "*", "lib") for d in (spec.submodule_search_locations or [])
+                ] if spec else []
+        roots = [os.environ.get(k) for k in ("CUDA_HOME", "CUDA_PATH")] + ["/usr/local/cuda"]
+        dirs += [os.path.join(r, sub) for r in roots if r for sub in ("lib64", "targets/*/lib")]
+        tried = []
+        for path in [p for d in dirs for p in sorted(glob.glob(os.path.join(d, "libnvrtc.so*")))
+                     ] + ["libnvrtc.so"]:
+            try:
+                self.lib = ctypes.CDLL(path)
+                break
+            except OSError as e:
+                tried.append(f"{path}: {e}")
+        else:
+            raise OSError("no libnvrtc loads: " + ("; ".join(tried) or "none found"))
+        self.ct = ctypes
+
+    def compile(self, source, name, expressions, options):
+        """(the lowered names of ``expressions``, PTX) of ``source`` compiled with
+        ``options``; AssertionError with NVRTC's log when it does not compile."""
+        ct, lib = self.ct, self.lib
+        prog = ct.c_void_p()
+        assert lib.nvrtcCreateProgram(ct.byref(prog), source.encode(), name.encode(), 0, None,
+                                      None) == 0
+        try:
+            for e in expressions:
+                assert lib.nvrtcAddNameExpression(prog, e.encode()) == 0, e
+            opts = (ct.c_char_p * len(options))(*(o.encode() for o in options))
+            if lib.nvrtcCompileProgram(prog, len(options), opts) != 0:
+                size = ct.c_size_t()
+                lib.nvrtcGetProgramLogSize(prog, ct.byref(size))
+                log = ct.create_string_buffer(size.value)
+                lib.nvrtcGetProgramLog(prog, log)
+                raise AssertionError(f"{name} does not compile:\n{log.value.decode()[:4000]}")
+            lowered = []
+            for e in expressions:
+                out = ct.c_char_p()
+                assert lib.nvrtcGetLoweredName(prog, e.encode(), ct.byref(out)) == 0, e
+                lowered.append(out.value.decode())
+            size = ct.c_size_t()
+            lib.nvrtcGetPTXSize(prog, ct.byref(size))
+            ptx = ct.create_string_buffer(size.value)
+            lib.nvrtcGetPTX(prog, ptx)
+            return lowered, ptx.value.decode()
+        finally:
+            lib.nvrtcDestroyProgram(ct.byref(prog))

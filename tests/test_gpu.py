@@ -558,67 +558,47 @@ def test_matrix_of_gpu_models_matches_cpu(cupy):
         np.testing.assert_allclose(got.values[k], want.values[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
-def _nvrtc():
-    try:
-        from cupy_backends.cuda.libs import nvrtc as lib
-        lib.getVersion()
-    except Exception as e:  # no CuPy, or no NVRTC library
-        pytest.skip(f"CuPy's NVRTC is not available ({type(e).__name__})")
-    return lib
-
-
 @pytest.mark.parametrize("name", ["lse_kl.cuh", "pivot_terms.cuh"])
-def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(name):
-    """The cupy backend's run-time compilation, without a GPU: each header under NVRTC with
+def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(nvrtc_compiler, name):
+    """The cupy backend's run-time compilation, without a GPU: each header's NVRTC program with
     the exact name expressions it launches (sm_90 PTX)."""
-    lib = _nvrtc()
     exprs = ([n for t in ("float", "double") for n in nvrtc.kernel_names(t).values()]
              if name == "lse_kl.cuh" else list(nvrtc.PIVOT_KERNELS.values()))
-    lowered, ptx = _nvrtc_compile(lib, [name], exprs)
+    lowered, ptx = _nvrtc_compile(nvrtc_compiler, name, exprs)
     assert all(x.startswith("_ZN9identirep7kernels") for x in lowered)
     assert ".entry" in ptx
 
 
-def _nvrtc_compile(lib, headers, exprs, arch="compute_90"):
-    """The NVRTC programs of these kernel headers (kernel_program), in order, as one program for
-    arch with these name expressions: (lowered names, PTX)."""
-    src = "".join(nvrtc.kernel_program(name) for name in headers)
-    prog = lib.createProgram(src, headers[-1], [], [])
-    for e in exprs:
-        lib.addNameExpression(prog, e)
-    try:
-        lib.compileProgram(prog, ["-std=c++17", f"-arch={arch}"])
-    except lib.NVRTCError as e:
-        pytest.fail(f"{headers[-1]}: {e}\n{lib.getProgramLog(prog)}")
-    try:
-        return [lib.getLoweredName(prog, e) for e in exprs], lib.getPTX(prog).decode()
-    finally:
-        lib.destroyProgram(prog)
+def _nvrtc_compile(compiler, header, exprs, arch="compute_90"):
+    """The NVRTC program of a kernel header (kernel_program) for arch with these name
+    expressions: (lowered names, PTX)."""
+    return compiler.compile(nvrtc.kernel_program(header), header, exprs,
+                            ["-std=c++17", f"-arch={arch}"])
 
 
-def test_nvrtc_compiles_the_fused_gemm_kernel():
+def test_nvrtc_compiles_the_fused_gemm_kernel(nvrtc_compiler):
     """lse_kl_gemm.cuh (with lse_kl.cuh, which it includes) under NVRTC: its inline PTX
     (mma.sync, ldmatrix, cp.async) and dynamic shared memory compile for sm_90."""
     exprs = ([f"identirep::kernels::LseKlGemmKernel<{b}, {m}>" for b in ("true", "false")
               for m in (128, 64)]
              + [f"identirep::kernels::LseKlShiftKernel<{b}>" for b in ("true", "false")])
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl_gemm.cuh"], exprs)
+    _, ptx = _nvrtc_compile(nvrtc_compiler, "lse_kl_gemm.cuh", exprs)
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
     assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned" in ptx
     assert "wgmma" not in ptx
 
 
-def test_nvrtc_compiles_the_wgmma_gemm_kernel_for_sm_90a_only():
+def test_nvrtc_compiles_the_wgmma_gemm_kernel_for_sm_90a_only(nvrtc_compiler):
     """The wgmma kernels under NVRTC: their PTX for sm_90a (wgmma, the async proxy fence);
     for plain sm_90 they compile to a trap (the launcher checks the GPU first)."""
     exprs = [f"identirep::kernels::LseKlGemmKernel<{b}, {m}, true>" for b in ("true", "false")
              for m in (128, 64)]
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl_gemm.cuh"], exprs, arch="compute_90a")
+    _, ptx = _nvrtc_compile(nvrtc_compiler, "lse_kl_gemm.cuh", exprs, arch="compute_90a")
     for n in (128, 64):
         for t in ("bf16", "f16"):
             assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t}" in ptx
     assert "wgmma.wait_group.sync.aligned 1" in ptx and "fence.proxy.async" in ptx
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl_gemm.cuh"], exprs)
+    _, ptx = _nvrtc_compile(nvrtc_compiler, "lse_kl_gemm.cuh", exprs)
     assert "wgmma" not in ptx and "trap" in ptx
 
 
