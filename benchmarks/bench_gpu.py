@@ -10,13 +10,12 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
           brackets the fused one-read epilogue over the fused pass's tiles;
   cuda    identirep's cuda pass (GEMM tiles + compiled epilogue with row/column moments,
           the epilogue of each tile overlapped with the next tile's GEMMs on a second stream),
-          through the compiled pass driver (one call for the whole tile loop) when built;
-  loop    the same tiles and kernels driven from Python (cuda_pass(driver=False): CuPy's
-          cuBLAS tiles, one epilogue call per tile), the pass before the driver;
+          through the compiled pass driver (one call for the whole tile loop);
   serial  the cuda pass without the overlap (one stream, all N rows per tile);
   fused   the cuda pass with the fused one-read epilogue (fused_epilogue=True), overlapped;
-  gemm-fused  the cuda pass with the logits computed and reduced in one kernel
-          (fused_gemm=True: csrc/kernels/lse_kl_gemm.cuh, no logit in memory), with blocks of
+  gemm-fused  the cuda pass with the logits computed and reduced in one kernel (experimental
+          until a GPU has confirmed it: fused_gemm=True, csrc/kernels/lse_kl_gemm.cuh, no
+          logit in memory), with blocks of
           128 rows (one per SM) and of 64 (two per SM), mma.sync (sm_80+), then wgmma (the
           sm_90a kernel, gemm_wgmma=True; "-" where it cannot run); a second table gives
           each kernel's time without its epilogue too (the timing probe
@@ -24,7 +23,8 @@ For each shape (N inputs, V labels, M dimensions, both models of the same shape)
           Each kernel (and its probe) is first checked against the cuBLAS driver in a process
           of its own (--gemm-check) and timed only if it passes, after every other column of
           every shape: one that faults would leave this process's CUDA context unusable;
-  cupy    the cupy pass (same kernels compiled by NVRTC, overlapped);
+  cupy    the cupy pass (a Python tile loop: CuPy's cuBLAS tiles, the same epilogue kernels
+          compiled by NVRTC, overlapped);
   torch   naive: row chunks of float32 logits through torch.log_softmax, KL both ways;
   liger   Liger-Kernel's LigerFusedLinearJSD(jsd_beta=0), forward under no_grad (forward KL;
           it also computes the input gradient, as it always does), when liger_kernel imports.
@@ -57,7 +57,9 @@ import cupy as cp
 import identirep
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep import _cupy_pass as gp
+from identirep.gpu import cublas, cuda_backend, cupy_backend, plans
+from identirep.gpu.arrays import DeviceArray
+from identirep.gpu.state import pass_state
 from identirep.errors import why
 
 SHAPES = [(16384, 50304, 768), (16384, 151936, 1536), (16384, 262144, 2304),
@@ -112,8 +114,8 @@ def make_inputs(n, v, m, seed):
     rs = cp.random.RandomState(seed)
     f = rs.standard_normal((n, m), dtype=cp.float32)
     g = rs.standard_normal((v, m), dtype=cp.float32) * float(3.0 / np.sqrt(m))  # stays float32
-    return (gp.DeviceArray(bf16.from_f32(f), "bfloat16"),
-            gp.DeviceArray(bf16.from_f32(g), "bfloat16"))
+    return (DeviceArray(bf16.from_f32(f), "bfloat16"),
+            DeviceArray(bf16.from_f32(g), "bfloat16"))
 
 
 def cupy_bfloat16():
@@ -176,8 +178,8 @@ def bench_shape(n, v, m, args, torch, row):
     if floors:
         row["floor_by"] = min(floors, key=floors.get)
         row["floor"] = floors[row["floor_by"]]
-    # the tiles of the default (overlapped) pass
-    tr, tc = gp.tile_shape(n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2)
+    # the tiles of the default (overlapped) pass driver, and of its fused epilogue
+    tr, tc = driver_tiles(n, v, args)
 
     def gemm_tiles_ms():
         ws = cp.empty(tr * tc, cp.float32)
@@ -189,35 +191,33 @@ def bench_shape(n, v, m, args, torch, row):
                     r1 = min(n, r0 + tr)
                     out = ws[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
                     for f, g in ((f1, g1), (f2, g2)):
-                        gp.gemm_ex(cp, f.data[r0:r1], g.data[c0:c1], out, "bfloat16")
+                        cublas.gemm_ex(cp, f.data[r0:r1], g.data[c0:c1], out, "bfloat16")
         return cuda_ms(gemm_tiles, args.warmup, args.repeats)  # the tiles go with ws
     measure(row, "gemm", gemm_tiles_ms)
     if identirep.build_info()["cuda_compiled"]:
         measure(row, "epilogue", lambda: epilogue_ms(n, v, tr, tc, args))
-        measure(row, "epilogue_fused", lambda: epilogue_ms(n, v, *gp.tile_shape(
-            n, v, 0, 0, 4, None, args.tile_cols, args.workspace, buffers=2, fused=True), args,
-            fused=True))
+        measure(row, "epilogue_fused", lambda: epilogue_ms(
+            n, v, *driver_tiles(n, v, args, fused=True), args, fused=True))
     kw = dict(workspace_bytes=args.workspace, tile_cols=args.tile_cols)
-    if identirep.build_info()["cuda_compiled"]:
-        run = (lambda: gp.cuda_pass(f1, g1, f2, g2, **kw))
+    if identirep.build_info()["cuda_pass_driver"]:
+        run = (lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, **kw))
         measure(row, "mem", lambda: pool_peak(run))
         measure(row, "cuda", lambda: cuda_ms(run, args.warmup, args.repeats))
-        measure(row, "loop", lambda: cuda_ms(
-            lambda: gp.cuda_pass(f1, g1, f2, g2, driver=False, **kw), args.warmup, args.repeats))
         measure(row, "serial", lambda: cuda_ms(
-            lambda: gp.cuda_pass(f1, g1, f2, g2, overlap=False, **kw), args.warmup,
+            lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, overlap=False, **kw), args.warmup,
             args.repeats))
-        fused = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
+        fused = (lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, fused_epilogue=True, **kw))
         measure(row, "mem_fused", lambda: pool_peak(fused))
         measure(row, "fused", lambda: cuda_ms(fused, args.warmup, args.repeats))
         if args.sweep:
             for tc in SWEEP_COLS:
                 for variant, opts in SWEEP_VARIANTS.items():
                     measure(row, ("sweep", tc, variant), lambda: cuda_ms(
-                        lambda: gp.cuda_pass(f1, g1, f2, g2, workspace_bytes=args.workspace,
-                                             tile_cols=tc, **opts),
+                        lambda: cuda_backend.cuda_pass(f1, g1, f2, g2,
+                                                       workspace_bytes=args.workspace,
+                                                       tile_cols=tc, **opts),
                         args.warmup, args.repeats))
-    cupy_run = (lambda: gp.cupy_pass(f1, g1, f2, g2, **kw))
+    cupy_run = (lambda: cupy_backend.cupy_pass(f1, g1, f2, g2, **kw))
     # the first run compiles the NVRTC kernels, outside the timing
     measure(row, "cupy", lambda: (cupy_run(), cuda_ms(cupy_run, args.warmup, args.repeats))[1])
     if torch is not None and not args.no_torch:
@@ -229,13 +229,19 @@ def bench_shape(n, v, m, args, torch, row):
             row["liger"], row["liger_mem"] = liger
 
 
+def driver_tiles(n, v, args, fused=False):
+    """(rows, cols) of the tiles of the pass driver's default (overlapped) bfloat16 pass."""
+    return plans.cuda_tiles(n, v, "float32", None, args.tile_cols, args.workspace, True, fused,
+                            False)[:2]
+
+
 def bench_gemm_kind(n, v, m, key, args, row):
     """Time one fused GEMM kernel (``key`` of GEMM_KINDS) on one shape into ``row``: its pass,
     peak memory and the kernel without its epilogue."""
     _, rows, wgmma = GEMM_KINDS[key]
     f1, g1 = make_inputs(n, v, m, 1)
     f2, g2 = make_inputs(n, v, m, 2)
-    run = (lambda: gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+    run = (lambda: cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
                                 gemm_wgmma=wgmma, workspace_bytes=args.workspace))
     measure(row, ("mem_gemm", key), lambda: pool_peak(run))
     measure(row, key, lambda: cuda_ms(run, args.warmup, args.repeats))
@@ -244,10 +250,10 @@ def bench_gemm_kind(n, v, m, key, args, row):
 
 def mainloop_ms(rows, wgmma, arrays, args):
     """The fused GEMM kernel without its epilogue (the timing probe), one launch over N x V."""
-    ops = gp.driver_operands(list(arrays), np.dtype(np.float32))
+    ops = [x.data for x in arrays]   # DeviceArrays: bfloat16 as its bits
     return cuda_ms(lambda: _core.lse_kl_gemm_mainloop_cuda(
-        *ops, gemm=rows, wgmma=wgmma, stream=cp.cuda.get_current_stream().ptr,
-        device=cp.cuda.Device().id), args.warmup, args.repeats)
+        *ops, gemm=rows, wgmma=wgmma, stream=cp.cuda.get_current_stream().ptr),
+        args.warmup, args.repeats)
 
 
 def measure(row, key, fn):
@@ -288,12 +294,12 @@ def gemm_check(rows, wgmma):
     f1, g1 = make_inputs(777, 9001, 72, 1)
     f2, g2 = make_inputs(777, 9001, 40, 2)
     kw = dict(tile_rows=400, tile_cols=5000)
-    want = gp.cuda_pass(f1, g1, f2, g2, **kw)
-    got = gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wgmma,
-                       **kw)
+    want = cuda_backend.cuda_pass(f1, g1, f2, g2, **kw)
+    got = cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+                                 gemm_wgmma=wgmma, **kw)
     # the timing probe (the kernel without its epilogue) too, then the pass again: the same
     mainloop_ms(rows, wgmma, (f1, g1, f2, g2), argparse.Namespace(warmup=0, repeats=1))
-    again = gp.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
+    again = cuda_backend.cuda_pass(f1, g1, f2, g2, fused_gemm=True, gemm_block_rows=rows,
                          gemm_wgmma=wgmma, **kw)
     bad = []
     for k in ("L1", "L2", "kl12", "kl21", "col_mean1", "col_m2_12"):
@@ -364,17 +370,25 @@ def _run_checks(keys, deadline):
 def epilogue_ms(n, v, tr, tc, args, fused=False):
     """The compiled epilogue alone over the pass's tiles (one random tile pair reused): what
     the pass adds to its GEMM tiles when nothing overlaps."""
-    ep = gp._CudaEpilogue(cp, tc, np.dtype(np.float32), tr, fused)
+    rows, cols = (_core.lse_kl_cuda_fused_work_elems(tr, tc) if fused else
+                  (0, _core.lse_kl_cuda_col_work_elems(tc)))
+    col_work = cp.empty(cols, cp.float64)
+    row_work = cp.empty(rows, cp.float64) if fused else None
     rs = cp.random.RandomState(3)
     l1 = rs.standard_normal((tr, tc), dtype=cp.float32)
     l2 = rs.standard_normal((tr, tc), dtype=cp.float32)
-    state, args_, row_m, col_m = gp._pass_state(cp, n, v)
+    state, args_, row_m, col_m = pass_state(cp, n, v)
 
     def run():
+        stream = cp.cuda.get_current_stream().ptr
         for c0 in range(0, v, tc):
             for r0 in range(0, n, tr):
                 r, c = min(tr, n - r0), min(tc, v - c0)
-                ep(l1[:r, :c], l2[:r, :c], c0, r0, state, args_, row_m, col_m)
+                rows = slice(r0, r0 + r)
+                _core.lse_kl_update_cuda(l1[:r, :c], l2[:r, :c], state[:, rows], args_[:, rows],
+                                         c0, row_moments=row_m[:, rows], col_moments=col_m,
+                                         row0=r0, col_work=col_work, row_work=row_work,
+                                         stream=stream)
     return cuda_ms(run, args.warmup, args.repeats)
 
 
@@ -443,11 +457,11 @@ def fmt_ms(row, key):
 
 def table(rows):
     lines = ["| N x V x M | floor ms (TFLOP/s) | gemm tiles ms | epilogue ms (fused) | "
-             "cuda pass ms | python loop ms | serial ms | fused pass ms | gemm-fused pass ms "
+             "cuda pass ms | serial ms | fused pass ms | gemm-fused pass ms "
              "(mma.sync 128 / 64-row blocks; wgmma 128 / 64) | "
              "cupy pass ms | torch naive ms | liger fused JSD ms | peak extra GiB (cuda / fused "
              "/ gemm-fused / torch / liger) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for r in rows:
         floor = (f"{r['floor']:.1f} ({r['flop'] / r['floor'] / 1e9:.0f}, {r['floor_by']})"
@@ -461,7 +475,7 @@ def table(rows):
         gemm_fused = (f"{fmt_ms(r, 'gemm_fused')} / {fmt_ms(r, 'gemm_fused64')}; "
                       f"{fmt_ms(r, 'gemm_wg')} / {fmt_ms(r, 'gemm_wg64')}")
         cells = " | ".join([fmt_ms(r, "gemm"), epi] + [fmt_ms(r, k) for k in (
-            "cuda", "loop", "serial", "fused")] + [gemm_fused] + [fmt_ms(r, k) for k in (
+            "cuda", "serial", "fused")] + [gemm_fused] + [fmt_ms(r, k) for k in (
             "cupy", "torch", "liger")])
         lines.append(f"| {r['shape']} | {floor} | {cells} | {mem} |")
         notes += [f"{r['shape']}: {r[k]}" for k in ("liger_why", "error") if k in r]
@@ -575,7 +589,7 @@ def free_pool(row):
 #: the pass configurations a user can choose (cuda_pass options), by row key: what the
 #: targets are read against, with the row key of its peak memory where measured
 PASS_CHOICES = {"cuda": ("default", "mem"), "serial": ("overlap=False", None),
-                "loop": ("driver=False", None), "fused": ("fused_epilogue=True", "mem_fused"),
+                "fused": ("fused_epilogue=True", "mem_fused"),
                 **{k: (f"fused_gemm=True ({name})", ("mem_gemm", k))
                    for k, (name, _, _) in GEMM_KINDS.items()},
                 **{("sweep", tc, v): (", ".join([f"tile_cols={tc}"] + [

@@ -7,9 +7,9 @@ Runs the compiled epilogue and the NVRTC-compiled one of the cupy backend on the
 both also as the fused one-read epilogue, and
 the compiled pivot kernel (both modes, float64 and float32 cross products, one pivot out of
 range) once each; then the compiled pass driver (cuBLAS tiles, overlapped epilogue on a second
-stream) on a tiny pair, against the same pass driven from Python, and the fused GEMM kernel
-(both block shapes; bfloat16, odd sizes, padded rows, two row tiles x two label tiles) against
-the cuBLAS driver.
+stream) on a tiny pair, against the cupy backend's tile loop on the same pair, and the fused
+GEMM kernels (experimental: both block shapes; bfloat16, odd sizes, padded rows, two row tiles
+x two label tiles) against the cuBLAS driver.
 Exits non-zero when a result is not finite or two versions disagree.
 """
 from __future__ import annotations
@@ -19,8 +19,7 @@ import cupy as cp
 
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep import _cupy_pass as gp
-from identirep._cupy_pass import _CudaEpilogue, _CupyEpilogue
+from identirep.gpu.cupy_backend import NvrtcEpilogue
 from identirep.passes import init_state
 
 
@@ -30,12 +29,28 @@ def epilogue(compiled, n=37, v=301, tile=200, fused=False):
     l2 = cp.asarray(rng.standard_normal((n, v)))
     state, args = (cp.asarray(a) for a in init_state(n))
     row_m, col_m = cp.zeros((5, n)), cp.zeros((5, v))
-    run = (_CudaEpilogue if compiled else _CupyEpilogue)(cp, tile, np.float64, 20, fused)
+    run = (compiled_epilogue if compiled else NvrtcEpilogue)(cp, tile, np.float64, 20, fused)
     for c0 in range(0, v, tile):
         c1 = min(v, c0 + tile)
         for r0, r1 in ((0, 20), (20, n)):
             run(l1[r0:r1, c0:c1], l2[r0:r1, c0:c1], c0, r0, state, args, row_m, col_m)
     return [state, row_m, col_m]
+
+
+def compiled_epilogue(cp, tc, dt, tr, fused):
+    """The compiled epilogue (_core.lse_kl_update_cuda) with its scratch for tiles of at most
+    tr x tc, called as the cupy backend's NvrtcEpilogue is."""
+    rows, cols = (_core.lse_kl_cuda_fused_work_elems(tr, tc) if fused else
+                  (0, _core.lse_kl_cuda_col_work_elems(tc)))
+    col_work = cp.empty(cols, cp.float64)
+    row_work = cp.empty(rows, cp.float64) if fused else None
+
+    def run(l1, l2, c0, r0, state, args, row_m, col_m):
+        r = slice(r0, r0 + l1.shape[0])
+        _core.lse_kl_update_cuda(l1, l2, state[:, r], args[:, r], c0, row_moments=row_m[:, r],
+                                 col_moments=col_m, row0=r0, col_work=col_work,
+                                 row_work=row_work, stream=cp.cuda.get_current_stream().ptr)
+    return run
 
 
 def pivots(B=5, V=301):
@@ -49,31 +64,32 @@ def pivots(B=5, V=301):
     for X in (X64, X64.astype(cp.float32)):
         for mode in ("max", "mean"):
             crit = cp.empty(B)
-            _core.pivot_criteria_cuda(X.data.ptr, X.data.ptr, V, V, *(a.data.ptr for a in d), B,
-                                      V, 1e-5, mode, crit.data.ptr,
-                                      cp.cuda.get_current_stream().ptr, X.dtype.name)
+            _core.pivot_criteria_cuda(X, X, *d, 1e-5, mode, crit,
+                                      cp.cuda.get_current_stream().ptr)
             out.append(crit[:-1])
     return out
 
 
 def driver():
-    """The pass driver (when built) and the Python loop on a tiny float64 pair: [L1, kl12, col
-    means] of each, or [] without the driver."""
-    from identirep._cupy_pass import cuda_pass
+    """The pass driver (when built) and the cupy backend's tile loop on a tiny float64 pair:
+    [L1, kl12, col means] of each, or [] without the driver."""
+    from identirep.gpu.cuda_backend import cuda_pass
+    from identirep.gpu.cupy_backend import cupy_pass
     if not hasattr(_core, "lse_kl_pass_cuda"):
         return []
     rng = np.random.default_rng(2)
     f1, g1, f2, g2 = (cp.asarray(rng.standard_normal(s)) for s in ((37, 5), (301, 5), (37, 4),
                                                                  (301, 4)))
     kw = dict(tile_rows=20, tile_cols=200)
-    out = [cuda_pass(f1, g1, f2, g2, driver=d, **kw) for d in (True, False)]
+    out = [run(f1, g1, f2, g2, **kw) for run in (cuda_pass, cupy_pass)]
     return [[cp.asarray(getattr(o, k)) for k in ("L1", "kl12", "col_mean1")] for o in out]
 
 
 def gemm():
     """[L1, kl12, col_m2_12] of the fused GEMM passes (mma.sync, and wgmma where it runs) and
     of the cuBLAS driver on a tiny bfloat16 pair, or [] without the driver."""
-    from identirep._cupy_pass import DeviceArray, cuda_pass
+    from identirep.gpu.arrays import DeviceArray
+    from identirep.gpu.cuda_backend import cuda_pass
     if not hasattr(_core, "lse_kl_pass_cuda"):
         return []
     rng = np.random.default_rng(3)
@@ -90,11 +106,9 @@ def gemm():
     out = [cuda_pass(*ops, fused_gemm=True, gemm_block_rows=rows, gemm_wgmma=wg, **kw)
            for rows, wg in kinds]
     out.append(cuda_pass(*ops, **kw))
-    tuples = gp.driver_operands(ops, np.dtype(np.float32))
     for rows, wg in kinds:  # the benchmarks' timing probe, for the memory checker
-        _core.lse_kl_gemm_mainloop_cuda(*tuples, gemm=rows, wgmma=wg,
-                                        stream=cp.cuda.get_current_stream().ptr,
-                                        device=cp.cuda.Device().id)
+        _core.lse_kl_gemm_mainloop_cuda(*(o.data for o in ops), gemm=rows, wgmma=wg,
+                                        stream=cp.cuda.get_current_stream().ptr)
     return [[cp.asarray(getattr(o, k)) for k in ("L1", "kl12", "col_m2_12")] for o in out]
 
 

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "plan.h"
+
 namespace identirep {
 
 // l1, l2: n x v logit tiles (dtype "float32" or "float64"), row strides ld1, ld2 (elements).
@@ -16,8 +18,8 @@ namespace identirep {
 // in csrc/kernels/lse_kl.h. Optional (0: skipped): row_moments float64 5 x n (row stride
 // row_ld), col_moments float64 5 x col_ld (labels col0 .. col0+v-1 of it are updated, inputs
 // seen so far: row0), which needs col_work, a float64 scratch of lse_kl_cuda_col_work_elems(v)
-// elements (reusable once the stream has passed this call). With row_work (a float64 scratch
-// of lse_kl_cuda_fused_work_elems(n, v).first elements) the fused one-read epilogue runs
+// elements (plan.h; reusable once the stream has passed this call). With row_work (a float64
+// scratch of lse_kl_cuda_fused_work_elems(n, v).first elements) the fused one-read epilogue runs
 // instead, and col_work must hold .second elements. Throws std::invalid_argument on bad
 // arguments and std::runtime_error when a launch fails.
 void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_t ld1,
@@ -26,12 +28,6 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
                         uintptr_t stream, uintptr_t row_moments, int64_t row_ld,
                         uintptr_t col_moments, int64_t col_ld, int64_t row0, uintptr_t col_work,
                         uintptr_t row_work);
-
-// Doubles of column scratch that lse_kl_update_cuda needs for a tile of v labels.
-int64_t lse_kl_cuda_col_work_elems(int64_t v);
-
-// Doubles of (row_work, col_work) that the fused epilogue needs for an n x v tile.
-std::pair<int64_t, int64_t> lse_kl_cuda_fused_work_elems(int64_t n, int64_t v);
 
 // Label-side pivot criteria (kernels/pivot_terms.cuh): X1, X2 B x V of x_dtype "float32" or
 // "float64" (row strides ld1, ld2), n1, n2, A1, A2, B12 float64 V, pivots int64 B, crit float64
@@ -43,7 +39,8 @@ void pivot_criteria_cuda(uintptr_t X1, uintptr_t X2, int64_t ld1, int64_t ld2, u
                          const std::string& mode, uintptr_t crit, uintptr_t stream,
                          const std::string& x_dtype);
 
-// The logits and the epilogue in one kernel (kernels/lse_kl_gemm.cuh) for float16/bfloat16
+// Experimental until a GPU has confirmed it (opt-in: the pass driver's gemm):
+// the logits and the epilogue in one kernel (kernels/lse_kl_gemm.cuh) for float16/bfloat16
 // operands: f_k (n x k_k) and g_k (v x k_k) with contiguous rows (row strides ld, a multiple of
 // 8 elements; pointers 16-byte aligned), kind "float16" or "bfloat16" for both pairs.
 struct GemmOperands {
@@ -56,9 +53,6 @@ struct GemmOperands {
 
 // Why the wgmma kernel cannot run on `device` ("" if it can; device < 0: whether it is built).
 std::string lse_kl_gemm_wgmma_problem(int device);
-
-// (row_work doubles, col_work doubles, shift floats) of lse_kl_gemm_update_cuda for n x v.
-std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v);
 
 // Why an operand (data pointer, row stride, columns) cannot go to the fused GEMM; "" if it can.
 inline std::string lse_kl_gemm_operand_problem(uintptr_t ptr, int64_t ld, int64_t k) {
@@ -100,17 +94,6 @@ std::string cublas_load(const std::vector<std::string>& candidates);
 // (major, minor, patch) of the loaded cuBLAS, and the major of the headers built against.
 std::vector<int> cublas_version();
 int cublas_header_major();
-// Bytes of the cuBLAS workspace inside lse_kl_pass_cuda's workspace.
-int64_t cublas_workspace_bytes();
-
-// cublasGemmEx arguments (transa, transb, m, n, k, lda, ldb, ldc) for the row-major
-// a @ b^T (out: a.rows x b.rows, ld b.rows); empty when a or b has neither rows nor columns
-// contiguous (only shapes and strides are read).
-std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b);
-
-// Bytes of workspace lse_kl_pass_cuda needs for tile_rows x tile_cols tiles.
-int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const std::string& dtype,
-                                   bool overlap, bool fused, bool gemm);
 
 // The pass over labels [c_begin, c_end): for each label tile (tile_cols), for each row tile
 // (tile_rows), the logit tiles f_k g_k' (cublasGemmEx; f_k, g_k of one kind; float32 output
@@ -131,6 +114,14 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                       uintptr_t col_moments, uintptr_t workspace, int64_t workspace_bytes,
                       const std::string& dtype, bool overlap, bool fused, int gemm,
                       uintptr_t stream, int device, bool wgmma = false);
+
+// The fused GEMM's view of the four operands of lse_kl_pass_cuda with gemm = block_rows (128 or
+// 64) and wgmma; throws std::invalid_argument, saying which and why, unless they are float16 or
+// bfloat16 of one kind with contiguous rows, row strides a multiple of 8 and 16-byte aligned
+// data (no device is touched).
+GemmOperands lse_kl_gemm_operands(const CudaOperand& f1, const CudaOperand& g1,
+                                  const CudaOperand& f2, const CudaOperand& g2, int block_rows,
+                                  bool wgmma);
 
 // lse_kl_gemm_mainloop_cuda over the whole of f1, g1, f2, g2 (operands as lse_kl_pass_cuda's
 // with gemm = 128 or 64 and wgmma) on `stream` of `device`: one launch.

@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_ops.h"
+#include "device_guard.h"
 
 namespace identirep {
 namespace {
@@ -29,11 +30,8 @@ using GemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOpe
                                     const void*, cudaDataType, int, const void*, void*,
                                     cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
 static_assert(std::is_same_v<decltype(static_cast<GemmExFn>(&cublasGemmEx)), GemmExFn>);
-
-// cuBLAS workspace of each pass, inside the pass's own workspace (the size NVIDIA recommends for
-// Hopper): a handle's default workspace is shared by every stream the handle is set to, so
-// passes on different streams would race on it.
-constexpr int64_t kCublasWorkspace = int64_t{32} << 20;
+// The GEMM plan (plan.h) names cuBLAS's operations without its headers.
+static_assert(kGemmOpN == CUBLAS_OP_N && kGemmOpT == CUBLAS_OP_T, "cublasOperation_t values");
 
 struct CublasApi {
   void* lib = nullptr;
@@ -81,30 +79,6 @@ void Require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("lse_kl_pass_cuda: " + what);
 }
 
-struct Layout {
-  bool row;    // rows contiguous (row-major) or columns contiguous
-  int64_t ld;  // leading dimension in elements
-};
-
-// The BLAS layout of a rows x cols array with element strides (s0, s1); ld 0: neither.
-Layout BlasLayout(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
-  constexpr int64_t kMaxLd = (int64_t{1} << 31) - 1;
-  if (cols == 1 || s1 == 1) {
-    const int64_t ld = rows > 1 ? s0 : cols;
-    if (ld >= cols && ld <= kMaxLd) return {true, std::max<int64_t>(ld, 1)};
-  }
-  if (rows == 1 || s0 == 1) {
-    const int64_t ld = cols > 1 ? s1 : rows;
-    if (ld >= rows && ld <= kMaxLd) return {false, std::max<int64_t>(ld, 1)};
-  }
-  return {true, 0};
-}
-
-// out^T (c x r) = op(A) op(B) with A the labels' block (c x k) and B the rows' block (r x k):
-// a row-major block is its transpose in column-major terms.
-cublasOperation_t LabelsOp(const Layout& l) { return l.row ? CUBLAS_OP_T : CUBLAS_OP_N; }
-cublasOperation_t RowsOp(const Layout& l) { return l.row ? CUBLAS_OP_N : CUBLAS_OP_T; }
-
 struct Kind {
   cudaDataType type;
   int64_t size;
@@ -123,7 +97,7 @@ Kind KindOf(const std::string& kind) {
 struct GemmPair {
   const char* f;
   const char* g;
-  Layout lf, lg;
+  BlasLayout lf, lg;  // plan.h
   int64_t sf, sg;  // row strides in bytes (the offset of row r is r * sf)
   int64_t k;
   cudaDataType type;
@@ -139,43 +113,13 @@ GemmPair MakePair(const CudaOperand& f, const CudaOperand& g, int which, bool f6
           "pair " + name + " is " + f.kind + " in a " + (f64 ? "float64" : "float32") + " pass");
   Require(f.cols == g.cols && f.cols > 0 && f.rows > 0 && g.rows > 0,
           "f" + name + " and g" + name + " must be non-empty with the same number of columns");
-  const Layout lf = BlasLayout(f.rows, f.cols, f.s0, f.s1);
-  const Layout lg = BlasLayout(g.rows, g.cols, g.s0, g.s1);
+  const BlasLayout lf = BlasLayoutOf(f.rows, f.cols, f.s0, f.s1);
+  const BlasLayout lg = BlasLayoutOf(g.rows, g.cols, g.s0, g.s1);
   Require(lf.ld > 0 && lg.ld > 0, "f" + name + " and g" + name +
                                       " need contiguous rows or columns (copy them first)");
   Require(f.cols < (int64_t{1} << 31), "more than 2^31 - 1 columns");
   return {reinterpret_cast<const char*>(f.ptr), reinterpret_cast<const char*>(g.ptr), lf, lg,
           f.s0 * kd.size, g.s0 * kd.size, f.cols, kd.type};
-}
-
-int64_t Align(int64_t bytes) { return (bytes + 255) / 256 * 256; }
-
-struct WorkspaceLayout {
-  int64_t cublas, col_work, row_work, tiles, total;  // byte offsets of the pieces, and the size
-};
-
-// With gemm (the fused GEMM kernel) there are no logit tiles and no cuBLAS workspace; "tiles"
-// then holds the column shifts (2 tc floats).
-WorkspaceLayout PlanWorkspace(int64_t tr, int64_t tc, bool f64, bool overlap, bool fused,
-                              bool gemm) {
-  int64_t col, row;
-  if (gemm) {
-    const std::vector<int64_t> e = lse_kl_gemm_work_elems(tr, tc);
-    row = e[0];
-    col = e[1];
-  } else {
-    col = fused ? lse_kl_cuda_fused_work_elems(tr, tc).second : lse_kl_cuda_col_work_elems(tc);
-    row = fused ? lse_kl_cuda_fused_work_elems(tr, tc).first : 0;
-  }
-  WorkspaceLayout w;
-  w.cublas = 0;
-  w.col_work = gemm ? 0 : kCublasWorkspace;
-  w.row_work = w.col_work + Align(8 * col);
-  w.tiles = w.row_work + Align(8 * row);
-  const int64_t tile = Align(tr * tc * (f64 ? 8 : 4));
-  w.total = w.tiles + (gemm ? Align(4 * lse_kl_gemm_work_elems(tr, tc)[2])
-                            : (overlap ? 4 : 2) * tile);
-  return w;
 }
 
 // RAII for the per-call side stream and events.
@@ -187,20 +131,6 @@ struct Event {
   cudaEvent_t e = nullptr;
   bool recorded = false;
   ~Event() { if (e) cudaEventDestroy(e); }
-};
-
-// Restores the caller's current device.
-struct DeviceGuard {
-  int previous = -1;
-  explicit DeviceGuard(int device) {
-    CheckCuda(cudaGetDevice(&previous), "cudaGetDevice");
-    if (previous != device) CheckCuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() {
-    int now = -1;
-    if (previous >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous)
-      cudaSetDevice(previous);
-  }
 };
 
 cublasHandle_t Handle(const CublasApi& api, int device) {
@@ -218,7 +148,8 @@ cublasHandle_t Handle(const CublasApi& api, int device) {
 // out^T = op(g block) . op(f block).
 void Logits(const CublasApi& api, cublasHandle_t h, const GemmPair& p, int64_t r0, int64_t r,
             int64_t c0, int64_t c, void* out, bool f64) {
-  const cublasOperation_t ta = LabelsOp(p.lg), tb = RowsOp(p.lf);
+  const auto ta = static_cast<cublasOperation_t>(labels_op(p.lg));
+  const auto tb = static_cast<cublasOperation_t>(rows_op(p.lf));
   const void* a = p.g + c0 * p.sg;
   const void* b = p.f + r0 * p.sf;
   const float one32 = 1.0f, zero32 = 0.0f;
@@ -289,29 +220,11 @@ std::vector<int> cublas_version() {
 
 int cublas_header_major() { return CUBLAS_VER_MAJOR; }
 
-int64_t cublas_workspace_bytes() { return kCublasWorkspace; }
-
-std::vector<int64_t> gemm_nt_plan(const CudaOperand& a, const CudaOperand& b) {
-  const Layout la = BlasLayout(a.rows, a.cols, a.s0, a.s1);
-  const Layout lb = BlasLayout(b.rows, b.cols, b.s0, b.s1);
-  if (la.ld == 0 || lb.ld == 0) return {};
-  return {LabelsOp(lb), RowsOp(la), b.rows, a.rows, a.cols, lb.ld, la.ld, b.rows};
-}
-
-int64_t lse_kl_pass_cuda_workspace(int64_t tile_rows, int64_t tile_cols, const std::string& dtype,
-                                   bool overlap, bool fused, bool gemm) {
-  Require(tile_rows >= 1 && tile_cols >= 1, "tile_rows and tile_cols must be >= 1");
-  Require(dtype == "float32" || dtype == "float64", "dtype must be float32 or float64");
-  Require(!gemm || dtype == "float32", "the fused GEMM computes float32 logits");
-  return PlanWorkspace(tile_rows, tile_cols, dtype == "float64", overlap, fused, gemm).total;
-}
-
-namespace {
-
 // The fused GEMM's view of the four operands (checked: one half kind, rows contiguous, row
 // strides and pointers as lse_kl_gemm_update_cuda needs).
-GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOperand& f2,
-                      const CudaOperand& g2, int block_rows, bool wgmma) {
+GemmOperands lse_kl_gemm_operands(const CudaOperand& f1, const CudaOperand& g1,
+                                  const CudaOperand& f2, const CudaOperand& g2, int block_rows,
+                                  bool wgmma) {
   const CudaOperand* ops[4] = {&f1, &g1, &f2, &g2};
   const char* names[4] = {"f1", "g1", "f2", "g2"};
   int64_t ld[4];  // row strides; a single row's is any multiple of 8 that holds it
@@ -333,6 +246,8 @@ GemmOperands GemmView(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   return {f1.ptr,  g1.ptr,  f2.ptr,  g2.ptr, ld[0], ld[1], ld[2], ld[3],
           f1.cols, f2.cols, f1.kind, block_rows, wgmma};
 }
+
+namespace {
 
 // The pass with the fused GEMM kernel: label tiles outer, row tiles inner, one stream.
 void GemmPass(const GemmOperands& op, int64_t n, int64_t v, int64_t c_begin, int64_t c_end,
@@ -371,7 +286,8 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
   Require(!gemm || !f64, "the fused GEMM computes float32 logits (dtype \"float32\")");
   const GemmPair p1 = MakePair(f1, g1, 1, f64), p2 = MakePair(f2, g2, 2, f64);
   Require(!wgmma || gemm, "wgmma is a kind of the fused GEMM (gemm = 128 or 64)");
-  const GemmOperands gemm_ops = gemm ? GemmView(f1, g1, f2, g2, gemm, wgmma) : GemmOperands{};
+  const GemmOperands gemm_ops =
+      gemm ? lse_kl_gemm_operands(f1, g1, f2, g2, gemm, wgmma) : GemmOperands{};
   const int64_t n = f1.rows, v = g1.rows;
   Require(f2.rows == n && g2.rows == v, "f1, f2 need the same rows and g1, g2 the same rows");
   Require(0 <= c_begin && c_begin <= c_end && c_end <= v, "need 0 <= c_begin <= c_end <= V");
@@ -389,7 +305,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
                                           " < the " + std::to_string(w.total) + " this needs");
   if (c_begin == c_end) return;
   if (gemm) {  // no cuBLAS
-    DeviceGuard guard(device);
+    DeviceGuard guard(device, "lse_kl_pass_cuda");
     GemmPass(gemm_ops, n, v, c_begin, c_end, tr, tc, state, args, row_moments, col_moments,
              reinterpret_cast<char*>(workspace), w, reinterpret_cast<cudaStream_t>(stream));
     return;
@@ -397,7 +313,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
 
   const CublasApi& api = Api();
   std::lock_guard<std::mutex> lock(g_pass_mutex);
-  DeviceGuard guard(device);
+  DeviceGuard guard(device, "lse_kl_pass_cuda");
   auto* main = reinterpret_cast<cudaStream_t>(stream);
   const cublasHandle_t h = Handle(api, device);
   char* base = reinterpret_cast<char*>(workspace);
@@ -412,7 +328,7 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
 
   char* col_work = base + w.col_work;
   const uintptr_t row_work = fused ? reinterpret_cast<uintptr_t>(base + w.row_work) : 0;
-  const int64_t tile_bytes = Align(tr * tc * (f64 ? 8 : 4));
+  const int64_t tile_bytes = AlignWorkspace(tr * tc * (f64 ? 8 : 4));
   const int nbuf = overlap ? 2 : 1;
 
   Stream side;
@@ -475,9 +391,9 @@ void lse_kl_pass_cuda(const CudaOperand& f1, const CudaOperand& g1, const CudaOp
 void lse_kl_gemm_mainloop_pass(const CudaOperand& f1, const CudaOperand& g1,
                                const CudaOperand& f2, const CudaOperand& g2, int gemm,
                                bool wgmma, uintptr_t stream, int device) {
-  const GemmOperands op = GemmView(f1, g1, f2, g2, gemm, wgmma);  // checks the shapes too
+  const GemmOperands op = lse_kl_gemm_operands(f1, g1, f2, g2, gemm, wgmma);  // checks the shapes too
   Require(device >= 0, "device must be >= 0");
-  DeviceGuard guard(device);
+  DeviceGuard guard(device, "lse_kl_gemm_mainloop_cuda");
   lse_kl_gemm_mainloop_cuda(op, f1.rows, g1.rows, stream);
 }
 

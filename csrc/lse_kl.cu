@@ -37,17 +37,6 @@ bool Disjoint(int64_t rows, int64_t cols, int64_t ld) {
 
 }  // namespace
 
-int64_t lse_kl_cuda_col_work_elems(int64_t v) {
-  if (v < 0) throw std::invalid_argument("lse_kl_cuda_col_work_elems: v must be >= 0");
-  return kernels::LseKlColWorkElems(v);
-}
-
-std::pair<int64_t, int64_t> lse_kl_cuda_fused_work_elems(int64_t n, int64_t v) {
-  if (n < 0 || v < 0)
-    throw std::invalid_argument("lse_kl_cuda_fused_work_elems: n and v must be >= 0");
-  return {kernels::LseKlFusedRowWorkElems(n, v), kernels::LseKlFusedColWorkElems(v)};
-}
-
 void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_t ld1,
                         int64_t ld2, int64_t col0, uintptr_t state, int64_t state_ld,
                         uintptr_t args, int64_t args_ld, const std::string& dtype,

@@ -113,12 +113,6 @@ std::string lse_kl_gemm_wgmma_problem(int device) {
 #endif
 }
 
-std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
-  if (n < 0 || v < 0) throw std::invalid_argument("lse_kl_gemm_work_elems: n, v must be >= 0");
-  return {kernels::LseKlGemmRowWorkElems(n, v), kernels::LseKlGemmColWorkElems(v),
-          kernels::LseKlGemmShiftElems(v)};
-}
-
 void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64_t col0,
                              uintptr_t state, int64_t state_ld, uintptr_t args, int64_t args_ld,
                              uintptr_t row_moments, int64_t row_ld, uintptr_t col_moments,

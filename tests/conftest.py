@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+# the CPU emulation of the GPU code (tests/emulation): its CuPy stand-in (fake_cupy) serves
+# tests outside that folder too
+sys.path.insert(1, str(Path(__file__).resolve().parent / "emulation"))
+
+from helpers import guard_own_gemm_kernels, make_pair, logit_scale  # noqa: E402
 
 
 def _has(mod):
@@ -49,6 +57,7 @@ def hf_class(transformers):
 from identirep import build_info  # noqa: E402
 
 CUDA_BUILT = build_info()["cuda_compiled"]
+CUDA_DRIVER = build_info()["cuda_pass_driver"]
 
 
 def _gpu_problem():
@@ -78,12 +87,23 @@ def pytest_collection_modifyitems(config, items):
         if problem:
             raise pytest.UsageError(f"GPU tests required, but {problem}")
     need_cuda = pytest.mark.skip(reason="CUDA not built (rebuild with IDENTIREP_CUDA=ON)")
+    need_driver = pytest.mark.skip(reason="the CUDA pass driver is not built (CUDA or the "
+                                   "cuBLAS headers were missing at build time)")
     no_gpu = pytest.mark.skip(reason="no GPU (needs CuPy and a CUDA device)")
+    a_gpu = pytest.mark.skip(reason="the GPU tests can run here (CUDA is built and CuPy sees a "
+                             "GPU): this checks what happens where they cannot")
     no_bf16 = pytest.mark.skip(reason="ml_dtypes not installed (bfloat16 NumPy arrays)")
     gpu = None
     for item in items:
         if "needs_cuda_build" in item.fixturenames and not CUDA_BUILT:
             item.add_marker(need_cuda)
+        if "needs_cuda_driver" in item.fixturenames and not CUDA_DRIVER:
+            item.add_marker(need_driver)
+        if "without_gpu" in item.fixturenames and CUDA_BUILT:
+            if gpu is None:
+                gpu = _gpu_available()
+            if gpu:
+                item.add_marker(a_gpu)
         if item.get_closest_marker("gpu") is not None:
             if not CUDA_BUILT:
                 item.add_marker(need_cuda)
@@ -110,30 +130,48 @@ def _own_gemm_kernels_are_marked(request, monkeypatch):
         guard_own_gemm_kernels(request.node, monkeypatch)
 
 
-def guard_own_gemm_kernels(node, monkeypatch):
-    """Make the launchers of identirep's GEMM kernels fail the test ``node`` unless it carries
-    the markers of what it launches."""
-    from identirep import _core
-    from identirep import _cupy_pass as gp
-    if not hasattr(_core, "lse_kl_pass_cuda"):
-        return
-    marked = {m: node.get_closest_marker(m) is not None for m in ("fused_gemm", "wgmma")}
-
-    def guard(fn):
-        def call(*args, gemm=0, wgmma=False, **kwargs):
-            for name, used in (("fused_gemm", gemm), ("wgmma", wgmma)):
-                if used and not marked[name]:
-                    pytest.fail(f"this test launches identirep's own GEMM kernel (gemm={gemm}, "
-                                f"wgmma={wgmma}) without the marker {name!r}", pytrace=False)
-            return fn(*args, gemm=gemm, wgmma=wgmma, **kwargs)
-        return call
-    monkeypatch.setattr(gp, "_driver_pass", guard(gp._driver_pass))
-    monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda", guard(_core.lse_kl_gemm_mainloop_cuda))
-
-
 @pytest.fixture
 def needs_cuda_build():
     """Marks a test that needs the CUDA sources compiled in (but no GPU)."""
+
+
+@pytest.fixture
+def needs_cuda_driver():
+    """Marks a test that needs the compiled CUDA pass driver (but no GPU)."""
+
+
+@pytest.fixture
+def without_gpu():
+    """Marks a test of what happens where the GPU tests cannot run (skipped where they can: a
+    CUDA build and a GPU CuPy sees)."""
+
+
+@pytest.fixture(scope="session")
+def nvrtc_compiler():
+    """NVRTC (helpers.Nvrtc), or skip where no libnvrtc loads."""
+    from helpers import Nvrtc
+    try:
+        return Nvrtc()
+    except OSError as e:
+        pytest.skip(f"NVRTC is not available ({e})")
+
+
+@pytest.fixture(scope="module")
+def problem64():
+    """A float64 pass larger than any tile (make_pair), its NumPy statistics and logit scale."""
+    from identirep.passes import numpy_pass
+    f1, g1, f2, g2 = make_pair(0)
+    return (f1, g1, f2, g2), numpy_pass(f1, g1, f2, g2), logit_scale(f1, g1, f2, g2)
+
+
+@pytest.fixture
+def bounded_small(monkeypatch):
+    """The bounded pivot search on a small vocabulary, several tree leaves, few seeds."""
+    import importlib
+    E = importlib.import_module("identirep._label_side")
+    monkeypatch.setattr(E, "EXACT_PIVOT_LIMIT", 50)
+    monkeypatch.setattr(E, "BOUND_LEAF", 64)
+    monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", 8)
 
 
 @pytest.fixture

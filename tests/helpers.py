@@ -1,6 +1,8 @@
 """Helpers shared by the tests: the tolerance table and its one comparison, random model pairs,
-and the brute-force float64 oracle of the streaming pass. Tests import these from here, never
-from each other or from conftest.py (which holds fixtures and decides every skip)."""
+and the brute-force float64 oracle of the streaming pass; for the GPU tests, their problems and
+checks, arrays the compiled CUDA entry points read without a GPU, and the guard of identirep's
+own GEMM kernels. Tests import these from here, never from each other or from conftest.py
+(which holds fixtures and decides every skip)."""
 from __future__ import annotations
 
 import numpy as np
@@ -153,3 +155,203 @@ def imported_by(graph: dict, module: str) -> set:
                 seen.add(d)
                 todo.append(d)
     return seen
+
+
+# ------------------------------------------------------------------ GPU arrays without a GPU
+class FakeGpuArray:
+    """An array the compiled CUDA entry points read through ``__cuda_array_interface__``, over
+    a made-up device pointer: their checks that need no device (dtype, shape, strides,
+    alignment, writable outputs) run on it; a launch would need real device memory."""
+
+    def __init__(self, shape, dtype, ptr=1 << 20, strides=None, readonly=False):
+        """``strides`` in elements (None: C-contiguous)."""
+        dt = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.__cuda_array_interface__ = {
+            "shape": self.shape, "typestr": dt.str, "data": (ptr, readonly), "version": 3,
+            "strides": None if strides is None else tuple(s * dt.itemsize for s in strides)}
+
+    @classmethod
+    def like(cls, a, ptr=1 << 20, dtype=None):
+        """The shape and strides of NumPy array ``a``, its dtype or ``dtype``."""
+        return cls(a.shape, dtype or a.dtype, ptr, [s // a.itemsize for s in a.strides])
+
+
+# ------------------------------------------------------------------ GPU passes
+#: a pass that does not fit one tile of any kernel (vocabulary of GPT-2, odd sizes)
+GPU_N, GPU_V, GPU_M1, GPU_M2 = 1001, 50257, 37, 31
+ROW_FIELDS = ("L1", "L2", "kl12", "kl21", "H1", "H2", "row_mean1", "row_mean2")
+ROW_SSQ = ("row_m2_11", "row_m2_22", "row_m2_dd")
+COL_FIELDS = ("col_mean1", "col_mean2")
+COL_SSQ = ("col_m2_11", "col_m2_22", "col_m2_12")
+ALL_FIELDS = ROW_FIELDS + ROW_SSQ + COL_FIELDS + COL_SSQ
+
+
+def make_pair(seed=0, n=GPU_N, v=GPU_V, m1=GPU_M1, m2=GPU_M2, g_scale=0.5):
+    """Operands f1, g1, f2, g2 (float64) of a pass: model 2 close to model 1."""
+    rng = np.random.default_rng(seed)
+    f1 = rng.standard_normal((n, m1))
+    g1 = rng.standard_normal((v, m1)) * g_scale
+    f2 = f1[:, :m2] + 0.3 * rng.standard_normal((n, m2))
+    g2 = g1[:, :m2] + 0.3 * g_scale * rng.standard_normal((v, m2))
+    return f1, g1, f2, g2
+
+
+def logit_scale(f1, g1, f2, g2, rows=256):
+    """Per-row max |logit| of both models (the size of what L, KL and H are differences of)."""
+    out = np.empty(f1.shape[0])
+    for r0 in range(0, f1.shape[0], rows):
+        sl = slice(r0, r0 + rows)
+        out[sl] = np.maximum(np.abs(f1[sl] @ g1.T).max(1), np.abs(f2[sl] @ g2.T).max(1))
+    return out
+
+
+def field_scales(ref, scale):
+    """The natural size of each field of a pass (``scale``: per-row max |logit|): row fields
+    the row's scale, sums of squares over v labels v times its square, columns the largest."""
+    s_row, s_col = scale, scale.max()
+    n, v = len(ref.L1), len(ref.col_mean1)
+    return {**{k: s_row for k in ROW_FIELDS}, **{k: v * s_row ** 2 for k in ROW_SSQ},
+            **{k: s_col for k in COL_FIELDS}, **{k: n * s_col ** 2 for k in COL_SSQ}}
+
+
+def field_errors(got, ref, scale):
+    """Per field: max of |got - ref| / (|ref| + natural scale of the field)."""
+    return {k: float(np.max(np.abs(getattr(got, k) - getattr(ref, k))
+                            / (np.abs(getattr(ref, k)) + size)))
+            for k, size in field_scales(ref, scale).items()}
+
+
+def assert_stats_close(got, ref, rtol, scale, agree_slack=0):
+    """Every field of pass ``got`` within ``rtol`` of ``ref`` relative to |ref| plus the
+    field's natural scale (``assert_close`` with atol = rtol x that scale); top-1 agreement in
+    all but ``agree_slack`` rows."""
+    for k, size in field_scales(ref, scale).items():
+        assert_close(getattr(got, k), getattr(ref, k), rtol=rtol, atol=rtol * size, what=k)
+    assert np.count_nonzero(got.agree != ref.agree) <= agree_slack
+
+
+def assert_rows_and_columns(got, f1, g1, f2, g2, rtol=1e-4):
+    """A big pass checked on a few rows and columns, computed in float64 from the operands."""
+    n, v = f1.shape[0], g1.shape[0]
+    rows, cols = np.unique([0, 1, n // 2, n - 1]), np.unique([0, v // 2 + 7, v - 1])
+    l1, l2 = f1[rows] @ g1.T, f2[rows] @ g2.T
+    c1, c2 = f1 @ g1[cols].T, f2 @ g2[cols].T
+    L1 = l1.max(1) + np.log(np.exp(l1 - l1.max(1, keepdims=True)).sum(1))
+    L2 = l2.max(1) + np.log(np.exp(l2 - l2.max(1, keepdims=True)).sum(1))
+    kl12 = (np.exp(l1 - L1[:, None]) * (l1 - l2)).sum(1) - L1 + L2
+    cross = ((c1 - c1.mean(0)) * (c2 - c2.mean(0))).sum(0)
+    s = max(np.abs(x).max() for x in (l1, l2, c1, c2))
+    checks = {"L1": (got.L1[rows], L1, s), "L2": (got.L2[rows], L2, s),
+              "kl12": (got.kl12[rows], kl12, s), "row_mean1": (got.row_mean1[rows], l1.mean(1), s),
+              "row_m2_dd": (got.row_m2_dd[rows], (l1 - l2).var(1) * v, v * s ** 2),
+              "col_mean2": (got.col_mean2[cols], c2.mean(0), s),
+              "col_m2_12": (got.col_m2_12[cols], cross, n * s ** 2)}
+    for k, (have, want, size) in checks.items():
+        assert_close(have, want, rtol=rtol, atol=rtol * size, what=k)
+
+
+def bf16_round(x):
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_value(bits):
+    """float64 values of bfloat16 bit patterns."""
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def pivot_problem(xdtype, V, B=37, seed=31):
+    """Inputs of the pivot kernel: cross products X1, X2 (B x V, xdtype), label vectors n1,
+    n2, A1, A2, B12 and B pivots, with one degenerate pair (label 5, the first pivot)."""
+    rng = np.random.default_rng(seed)
+    n1, n2 = (rng.random(V) + 1.0 for _ in range(2))
+    X1, X2 = ((0.3 * rng.standard_normal((B, V))).astype(xdtype) for _ in range(2))
+    A1, A2 = rng.random(V), rng.random(V)
+    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(V)
+    piv = rng.choice(V, B, replace=False)
+    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # S1(5, piv[0]) ~ 0: a degenerate pair
+    return X1, X2, n1, n2, A1, A2, B12, piv
+
+
+def guard_own_gemm_kernels(node, monkeypatch):
+    """Make the launchers of identirep's GEMM kernels (the pass driver with gemm, the timing
+    probe) fail the test ``node`` unless it carries the markers of what it launches:
+    benchmarks/device_check.sh runs those tests in processes of their own."""
+    import pytest
+
+    from identirep import _core
+    if not hasattr(_core, "lse_kl_pass_cuda"):
+        return
+    marked = {m: node.get_closest_marker(m) is not None for m in ("fused_gemm", "wgmma")}
+
+    def guard(fn):
+        def call(*args, gemm=0, wgmma=False, **kwargs):
+            for name, used in (("fused_gemm", gemm), ("wgmma", wgmma)):
+                if used and not marked[name]:
+                    pytest.fail(f"this test launches identirep's own GEMM kernel (gemm={gemm}, "
+                                f"wgmma={wgmma}) without the marker {name!r}", pytrace=False)
+            return fn(*args, gemm=gemm, wgmma=wgmma, **kwargs)
+        return call
+    monkeypatch.setattr(_core, "lse_kl_pass_cuda", guard(_core.lse_kl_pass_cuda))
+    monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda", guard(_core.lse_kl_gemm_mainloop_cuda))
+
+
+# ------------------------------------------------------------------ NVRTC without CuPy
+class Nvrtc:
+    """NVRTC through ctypes (the library NVIDIA's wheel nvidia-cuda-nvrtc, which nvidia-cublas
+    brings, or the CUDA toolkit holds): the cupy backend's run-time compilation, checkable
+    without CuPy or a GPU. ``Nvrtc()`` raises OSError when no libnvrtc loads."""
+
+    def __init__(self):
+        import ctypes
+        import glob
+        import importlib.util
+        import os
+        spec = importlib.util.find_spec("nvidia")
+        dirs = [os.path.join(d, "*", "lib") for d in (spec.submodule_search_locations or [])
+                ] if spec else []
+        roots = [os.environ.get(k) for k in ("CUDA_HOME", "CUDA_PATH")] + ["/usr/local/cuda"]
+        dirs += [os.path.join(r, sub) for r in roots if r for sub in ("lib64", "targets/*/lib")]
+        tried = []
+        for path in [p for d in dirs for p in sorted(glob.glob(os.path.join(d, "libnvrtc.so*")))
+                     ] + ["libnvrtc.so"]:
+            try:
+                self.lib = ctypes.CDLL(path)
+                break
+            except OSError as e:
+                tried.append(f"{path}: {e}")
+        else:
+            raise OSError("no libnvrtc loads: " + ("; ".join(tried) or "none found"))
+        self.ct = ctypes
+
+    def compile(self, source, name, expressions, options):
+        """(the lowered names of ``expressions``, PTX) of ``source`` compiled with
+        ``options``; AssertionError with NVRTC's log when it does not compile."""
+        ct, lib = self.ct, self.lib
+        prog = ct.c_void_p()
+        assert lib.nvrtcCreateProgram(ct.byref(prog), source.encode(), name.encode(), 0, None,
+                                      None) == 0
+        try:
+            for e in expressions:
+                assert lib.nvrtcAddNameExpression(prog, e.encode()) == 0, e
+            opts = (ct.c_char_p * len(options))(*(o.encode() for o in options))
+            if lib.nvrtcCompileProgram(prog, len(options), opts) != 0:
+                size = ct.c_size_t()
+                lib.nvrtcGetProgramLogSize(prog, ct.byref(size))
+                log = ct.create_string_buffer(size.value)
+                lib.nvrtcGetProgramLog(prog, log)
+                raise AssertionError(f"{name} does not compile:\n{log.value.decode()[:4000]}")
+            lowered = []
+            for e in expressions:
+                out = ct.c_char_p()
+                assert lib.nvrtcGetLoweredName(prog, e.encode(), ct.byref(out)) == 0, e
+                lowered.append(out.value.decode())
+            size = ct.c_size_t()
+            lib.nvrtcGetPTXSize(prog, ct.byref(size))
+            ptx = ct.create_string_buffer(size.value)
+            lib.nvrtcGetPTX(prog, ptx)
+            return lowered, ptx.value.decode()
+        finally:
+            lib.nvrtcDestroyProgram(ct.byref(prog))

@@ -137,7 +137,7 @@ def test_info_says_what_runs_here_and_why_not(capsys):
 def test_info_with_a_gpu(monkeypatch, capsys):
     # a GPU seen through the CuPy stand-in, cuBLAS found: GPU arrays go to the compiled backend
     import fake_cupy
-    from identirep import _cupy_pass as gp
+    from identirep.gpu import cublas as gp
     fake_cupy.install(monkeypatch)
     monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
     monkeypatch.setattr(gp, "load_cublas", lambda: "/opt/cuda/lib64/libcublas.so.13")

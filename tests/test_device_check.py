@@ -127,13 +127,9 @@ def test_the_gpu_test_processes_split_the_gpu_tests(tmp_path):
                    if "fused_gemm" in t)
 
 
-def test_required_gpu_tests_say_why_they_cannot_run():
+def test_required_gpu_tests_say_why_they_cannot_run(without_gpu):
     # device_check sets IDENTIREP_REQUIRE_GPU_TESTS=1: without a GPU the run stops at once,
     # saying why (no CUDA build, no CuPy, CuPy failing to import or seeing no device)
-    from conftest import CUDA_BUILT, _gpu_problem
-    problem = "CUDA is not built" if not CUDA_BUILT else _gpu_problem()
-    if problem is None:
-        pytest.skip("a GPU is visible here: the required GPU tests can run")
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", "-p", "no:cacheprovider",
                         "tests/test_lse_kl_cuda.py"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "IDENTIREP_REQUIRE_GPU_TESTS": "1"}, timeout=300)

@@ -11,72 +11,17 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import identirep as ir
-from identirep import IdentirepError, _arrays, _backends
-from identirep import _cupy_pass as gp
+from identirep import IdentirepError, _arrays, _backends, _core
+from identirep.gpu import cublas, cuda_backend, cupy_backend, nvrtc, pivots, plans
+from identirep.gpu.arrays import DeviceArray
 from identirep.passes import numpy_pass
 
-from helpers import random_pair
+from helpers import (ALL_FIELDS, COL_FIELDS, COL_SSQ, assert_rows_and_columns,
+                     assert_stats_close, bf16_round, bf16_value, field_errors, logit_scale,
+                     make_pair, pivot_problem, random_pair)
 
 BACKENDS = ("cuda", "cupy")
-PASSES = {"cuda": gp.cuda_pass, "cupy": gp.cupy_pass}
-N, V, M1, M2 = 1001, 50257, 37, 31
-ROW_FIELDS = ("L1", "L2", "kl12", "kl21", "H1", "H2", "row_mean1", "row_mean2")
-ROW_SSQ = ("row_m2_11", "row_m2_22", "row_m2_dd")
-COL_FIELDS = ("col_mean1", "col_mean2")
-COL_SSQ = ("col_m2_11", "col_m2_22", "col_m2_12")
-ALL_FIELDS = ROW_FIELDS + ROW_SSQ + COL_FIELDS + COL_SSQ
-
-
-# ------------------------------------------------------------------ helpers
-def make_pair(seed=0, n=N, v=V, m1=M1, m2=M2, g_scale=0.5):
-    rng = np.random.default_rng(seed)
-    f1 = rng.standard_normal((n, m1))
-    g1 = rng.standard_normal((v, m1)) * g_scale
-    f2 = f1[:, :m2] + 0.3 * rng.standard_normal((n, m2))
-    g2 = g1[:, :m2] + 0.3 * g_scale * rng.standard_normal((v, m2))
-    return f1, g1, f2, g2
-
-
-def logit_scale(f1, g1, f2, g2, rows=256):
-    """Per-row max |logit| of both models (the size of what L, KL and H are differences of)."""
-    out = np.empty(f1.shape[0])
-    for r0 in range(0, f1.shape[0], rows):
-        sl = slice(r0, r0 + rows)
-        out[sl] = np.maximum(np.abs(f1[sl] @ g1.T).max(1), np.abs(f2[sl] @ g2.T).max(1))
-    return out
-
-
-def field_errors(got, ref, scale):
-    """Per field: max of |got - ref| / (|ref| + natural scale of the field)."""
-    s_row, s_col = scale, scale.max()
-    n, v = len(ref.L1), len(ref.col_mean1)
-    size = {**{k: s_row for k in ROW_FIELDS}, **{k: v * s_row ** 2 for k in ROW_SSQ},
-            **{k: s_col for k in COL_FIELDS}, **{k: n * s_col ** 2 for k in COL_SSQ}}
-    return {k: float(np.max(np.abs(getattr(got, k) - getattr(ref, k))
-                            / (np.abs(getattr(ref, k)) + size[k]))) for k in ALL_FIELDS}
-
-
-def assert_stats_close(got, ref, rtol, scale, agree_slack=0):
-    errs = field_errors(got, ref, scale)
-    bad = {k: e for k, e in errs.items() if not e <= rtol}
-    assert not bad, f"relative errors above {rtol}: {bad}"
-    assert np.count_nonzero(got.agree != ref.agree) <= agree_slack
-
-
-def bf16_round(x):
-    """float32 -> bfloat16 bit patterns (uint16), round to nearest even."""
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def bf16_value(bits):
-    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-
-
-@pytest.fixture(scope="module")
-def problem64():
-    f1, g1, f2, g2 = make_pair(0)
-    return (f1, g1, f2, g2), numpy_pass(f1, g1, f2, g2), logit_scale(f1, g1, f2, g2)
+PASSES = {"cuda": cuda_backend.cuda_pass, "cupy": cupy_backend.cupy_pass}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +41,7 @@ def test_cupy_backend_without_cupy_says_what_to_install(monkeypatch):
     with pytest.raises(IdentirepError, match="backend='cuda' is not available"):
         ir.kl(a, b, backend="cuda")
     with pytest.raises(IdentirepError, match="the GPU backends need CuPy"):
-        gp.cupy_pass(a.f, a.g, b.f, b.g)
+        cupy_backend.cupy_pass(a.f, a.g, b.f, b.g)
 
 
 def test_cupy_without_its_cuda_libraries_is_not_a_working_backend(monkeypatch):
@@ -141,26 +86,25 @@ def _strip_host_code(text):
     return re.sub(r"#ifndef __CUDACC_RTC__.*?#endif[^\n]*", "", text, flags=re.S)
 
 
-@pytest.mark.parametrize("name", ["lse_kl.cuh", "lse_kl_gemm.cuh", "pivot_terms.cuh"])
+@pytest.mark.parametrize("name", nvrtc.KERNEL_HEADERS)
 def test_kernel_headers_need_no_headers_under_nvrtc(name):
-    kernels = _strip_host_code(gp.kernel_source(name))
-    assert "#include" not in kernels and "std::" not in kernels
-    assert "cudaError_t" not in kernels and "<<<" not in kernels
+    # under NVRTC a header includes nothing but the kernel headers installed with it, and the
+    # program of it (those written in place) includes nothing at all
+    kernels = _strip_host_code(nvrtc.kernel_source(name))
+    includes = re.findall(r'#\s*include\s*[<"]([^>"]+)[>"]', kernels)
+    assert set(includes) <= set(nvrtc.KERNEL_HEADERS), includes
+    assert "std::" not in kernels and "cudaError_t" not in kernels and "<<<" not in kernels
+    program = _strip_host_code(nvrtc.kernel_program(name))
+    assert "#include" not in program and "#pragma once" not in program
+    assert program.count("constexpr int kLseKlThreads") <= 1   # each header once
 
 
-def test_cupy_launch_geometry_matches_the_header():
-    text = gp.kernel_source("lse_kl.cuh")
-    for const, value in (("kLseKlThreads", gp.LSE_KL_THREADS), ("kColRows", gp.COL_ROWS),
-                         ("kColMaxChunks", gp.COL_MAX_CHUNKS),
-                         ("kColMinChunkRows", gp.COL_MIN_CHUNK_ROWS),
-                         ("kSlabCols", gp.SLAB_COLS), ("kSlabThreads", gp.SLAB_THREADS),
-                         ("kRowFields", gp.ROW_FIELDS), ("kFusedMaxChunks", gp.FUSED_MAX_CHUNKS),
-                         ("kFusedMinChunkRows", gp.FUSED_MIN_CHUNK_ROWS)):
-        assert re.search(rf"{const} = {value};", text), const
-    for t, rows in gp.SLAB_ROWS.items():
-        assert re.search(rf"struct SlabRows<{t}> {{\s*static constexpr int value = {rows};", text)
-    assert [gp.col_chunks(n) for n in (1, 64, 65, 1000, 10 ** 6)] == [1, 1, 2, 16, 16]
-    assert [gp.fused_chunks(n) for n in (1, 256, 257, 16384, 10 ** 6)] == [1, 1, 2, 64, 64]
+def test_chunk_counts_of_the_launch_table():
+    assert [_core.lse_kl_col_chunks(n) for n in (1, 64, 65, 1000, 10 ** 6)] == [1, 1, 2, 16, 16]
+    assert [_core.lse_kl_fused_chunks(n) for n in (1, 256, 257, 16384, 10 ** 6)] == [
+        1, 1, 2, 64, 64]
+    assert nvrtc.kernel_names("float")["rows"] == (
+        f"identirep::kernels::LseKlKernel<float, {nvrtc.LAUNCH['lse_kl_threads']}>")
 
 
 def _col_major(x, rows, cols, ld):
@@ -170,18 +114,23 @@ def _col_major(x, rows, cols, ld):
 @pytest.mark.parametrize("layout_a", ["C", "F", "rows of F", "one row"])
 @pytest.mark.parametrize("layout_b", ["C", "F", "strided", "one column"])
 def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
-    # Emulates cublasGemmEx (column-major, op(A) op(B)) on the same memory with NumPy.
+    # The one plan of a logit tile's cublasGemmEx (csrc/plan.cpp: the pass driver's, and
+    # gemm_ex's) against an emulation of cublasGemmEx (column-major, op(A) op(B)) on the same
+    # memory with NumPy.
+    def plan(a, b):
+        return _core.gemm_nt_plan(cublas.strides2d(a), cublas.strides2d(b))
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((7, 5)), rng.standard_normal((9, 5))
     gappy = rng.standard_normal((14, 10))[::2, ::2]  # neither rows nor columns contiguous
-    assert gp.gemm_nt_args(gappy, b) is None and gp.gemm_nt_args(a, gappy) is None
+    assert plan(gappy, b) is None and plan(a, gappy) is None
+    assert not cublas.blas_ready(gappy) and cublas.blas_ready(a) and cublas.blas_ready(b.T)
     a = {"C": a, "F": np.asfortranarray(a), "one row": a[2:3],
          "rows of F": np.asfortranarray(rng.standard_normal((20, 5)))[3:10]}[layout_a]
     b = {"C": b, "F": np.asfortranarray(b), "one column": b,
          "strided": rng.standard_normal((30, 8))[4:13, 1:6]}[layout_b]
     if layout_b == "one column":
         a, b = np.ascontiguousarray(a[:, :1]), np.ascontiguousarray(b[:, :1])
-    transa, transb, m, n, k, lda, ldb, ldc = gp.gemm_nt_args(a, b)
+    transa, transb, m, n, k, lda, ldb, ldc = plan(a, b)
     A = _col_major(b, *((m, k) if transa == 0 else (k, m)), lda)
     B = _col_major(a, *((k, n) if transb == 0 else (n, k)), ldb)
     out_t = (A if transa == 0 else A.T) @ (B if transb == 0 else B.T)
@@ -189,20 +138,27 @@ def test_gemm_ex_arguments_compute_a_times_b_transposed(layout_a, layout_b):
     np.testing.assert_allclose(out_t.T, a @ b.T, rtol=1e-14)
 
 
-@pytest.mark.parametrize("buffers", [1, 2])
-def test_tile_shape_fits_the_workspace(buffers):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_tile_shape_fits_the_workspace(overlap):
+    # the cupy backend's tiles (csrc/plan.cpp): two pairs of logit tiles with the overlap, the
+    # widened operand tiles (m columns) and the column scratch fit the workspace
+    buffers = 2 if overlap else 1
+
     def need(r, c, m):
-        return 4 * (2 * buffers * r * c + (r + c) * m) + 8 * 5 * gp.COL_MAX_CHUNKS * c
-    assert gp.tile_shape(16384, 131200, 8, 8, 4, None, 131200, buffers * 24 << 30,
-                         buffers) == (16384, 131200)
+        return 4 * (2 * buffers * r * c + (r + c) * m) + 8 * _core.lse_kl_cuda_col_work_elems(c)
+    assert plans.cupy_tiles(16384, 131200, 16, 4, None, 131200, buffers * 24 << 30, overlap,
+                            False) == (16384, 131200, False)
     for n, v, m, ws in ((16384, 50304, 1536, 1 << 30), (10, 100, 4, 20000), (7, 3, 2, 10 ** 9),
                         (16384, 128256, 0, 1 << 30)):
-        tr, tc = gp.tile_shape(n, v, m // 2, m // 2, 4, None, None, ws, buffers)
+        tr, tc, over = plans.cupy_tiles(n, v, m, 4, None, None, ws, overlap, False)
         assert 1 <= tr <= n and 1 <= tc <= v and need(tr, tc, m) <= ws
-        if tc == min(v, gp.DEFAULT_TILE_COLS):  # rows shrink first, and only as needed
+        assert over == (overlap and (tr, tc) != (n, v))   # one tile: nothing to overlap
+        if tc == min(v, 4096):  # the default label tile: rows shrink first, only as needed
             assert tr == n or need(min(n, 2 * tr), tc, m) > ws
     with pytest.raises(IdentirepError, match="too small"):
-        gp.tile_shape(10, 10, 1, 1, 4, None, None, 100)
+        plans.cupy_tiles(10, 10, 2, 4, None, None, 100, overlap, False)
+    with pytest.raises(IdentirepError, match="tile_cols must be >= 1, got 0"):
+        plans.cupy_tiles(10, 10, 2, 4, None, 0, 1 << 20, overlap, False)
 
 
 # ------------------------------------------------------------------ on a GPU
@@ -266,7 +222,7 @@ def _bf16_inputs(cp, bits, source):
         if not torch.cuda.is_available():
             pytest.skip("torch has no CUDA")
         return [torch.from_numpy(b.view(np.int16)).cuda().view(torch.bfloat16) for b in bits]
-    return [gp.DeviceArray(cp.asarray(b), "bfloat16") for b in bits]
+    return [DeviceArray(cp.asarray(b), "bfloat16") for b in bits]
 
 
 @pytest.mark.gpu
@@ -335,42 +291,22 @@ def test_one_tile_of_more_than_2_31_logits(cupy, backend):
     arrays = [a.astype(np.float32) for a in (f1, g1, f2, g2)]
     f1, g1, f2, g2 = (a.astype(np.float64) for a in arrays)
     # one pair of logit tiles (no overlap) of all n x v logits fits 24 GiB
-    from identirep import _core
-    reserve = gp.driver_reserve() if hasattr(_core, "cublas_workspace_bytes") else 0
-    assert gp.tile_shape(n, v, 0, 0, 4, None, v, 24 << 30, 1, False, reserve) == (n, v)
+    tiles = (plans.cuda_tiles(n, v, "float32", None, v, 24 << 30, False, False, False)
+             if backend == "cuda" else
+             plans.cupy_tiles(n, v, 0, 4, None, v, 24 << 30, False, False))
+    assert tiles[:2] == (n, v)
     got = PASSES[backend](*[cupy.asarray(a) for a in arrays], workspace_bytes=24 << 30,
                           tile_cols=v, overlap=False)
     cupy.get_default_memory_pool().free_all_blocks()
     assert_rows_and_columns(got, f1, g1, f2, g2)
 
 
-def assert_rows_and_columns(got, f1, g1, f2, g2, rtol=1e-4):
-    """A big pass checked on a few rows and columns, computed in float64 from the operands."""
-    n, v = f1.shape[0], g1.shape[0]
-    rows, cols = np.unique([0, 1, n // 2, n - 1]), np.unique([0, v // 2 + 7, v - 1])
-    l1, l2 = f1[rows] @ g1.T, f2[rows] @ g2.T
-    c1, c2 = f1 @ g1[cols].T, f2 @ g2[cols].T
-    L1 = l1.max(1) + np.log(np.exp(l1 - l1.max(1, keepdims=True)).sum(1))
-    L2 = l2.max(1) + np.log(np.exp(l2 - l2.max(1, keepdims=True)).sum(1))
-    kl12 = (np.exp(l1 - L1[:, None]) * (l1 - l2)).sum(1) - L1 + L2
-    cross = ((c1 - c1.mean(0)) * (c2 - c2.mean(0))).sum(0)
-    s = max(np.abs(x).max() for x in (l1, l2, c1, c2))
-    checks = {"L1": (got.L1[rows], L1, s), "L2": (got.L2[rows], L2, s),
-              "kl12": (got.kl12[rows], kl12, s), "row_mean1": (got.row_mean1[rows], l1.mean(1), s),
-              "row_m2_dd": (got.row_m2_dd[rows], (l1 - l2).var(1) * v, v * s ** 2),
-              "col_mean2": (got.col_mean2[cols], c2.mean(0), s),
-              "col_m2_12": (got.col_m2_12[cols], cross, n * s ** 2)}
-    for k, (have, want, size) in checks.items():
-        err = np.abs(have - want) / (np.abs(want) + size)
-        assert err.max() <= rtol, (k, have, want)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_cuda_and_cupy_backends_agree(cupy, dtype):
     arrays = [cupy.asarray(a.astype(dtype)) for a in make_pair(6, n=513, v=3001)]
-    a = gp.cuda_pass(*arrays, tile_cols=1000, tile_rows=200)
-    b = gp.cupy_pass(*arrays, tile_cols=1000, tile_rows=200)
+    a = cuda_backend.cuda_pass(*arrays, tile_cols=1000, tile_rows=200)
+    b = cupy_backend.cupy_pass(*arrays, tile_cols=1000, tile_rows=200)
     rtol = 1e-12 if dtype == np.float64 else 1e-6
     for k in ALL_FIELDS:
         np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=rtol, atol=rtol, err_msg=k)
@@ -468,14 +404,14 @@ def _cuda_torch():
     return torch
 
 
-def _record_streams(monkeypatch, cupy, name):
-    """gp.<name> wrapped to record CuPy's current stream at each call; the list of them."""
-    seen, real = [], getattr(gp, name)
+def _record_streams(monkeypatch, cupy, module, name):
+    """module.<name> wrapped to record CuPy's current stream at each call; the list of them."""
+    seen, real = [], getattr(module, name)
 
     def spy(*args, **kwargs):
         seen.append(cupy.cuda.get_current_stream().ptr)
         return real(*args, **kwargs)
-    monkeypatch.setattr(gp, name, spy)
+    monkeypatch.setattr(module, name, spy)
     return seen
 
 
@@ -488,7 +424,7 @@ def _on_torch(torch, m):
 @pytest.mark.gpu
 def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
     torch = _cuda_torch()
-    seen = _record_streams(monkeypatch, cupy, "_gpu_pass")
+    seen = _record_streams(monkeypatch, cupy, cuda_backend, "cuda_pass")
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
@@ -508,7 +444,7 @@ def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
 @pytest.mark.gpu
 def test_engine_used_later_runs_on_torchs_stream_of_the_call(cupy, monkeypatch):
     torch = _cuda_torch()
-    seen = _record_streams(monkeypatch, cupy, "pivot_criteria_device")
+    seen = _record_streams(monkeypatch, cupy, pivots, "pivot_criteria_device")
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
     e = ir.engine(_on_torch(torch, a), _on_torch(torch, b))
     torch.cuda.synchronize()
@@ -553,19 +489,6 @@ def test_host_models_with_a_gpu_backend_run_on_the_gpu(cupy, backend, kind):
 
 
 # ------------------------------------------------------------------ the engine on a GPU
-def pivot_problem(xdtype, V, B=37, seed=31):
-    """Inputs of the pivot kernel: cross products X1, X2 (B x V, xdtype), label vectors n1,
-    n2, A1, A2, B12 and B pivots, with one degenerate pair (label 5, the first pivot)."""
-    rng = np.random.default_rng(seed)
-    n1, n2 = (rng.random(V) + 1.0 for _ in range(2))
-    X1, X2 = ((0.3 * rng.standard_normal((B, V))).astype(xdtype) for _ in range(2))
-    A1, A2 = rng.random(V), rng.random(V)
-    B12 = 0.5 * np.sqrt(A1 * A2) * rng.standard_normal(V)
-    piv = rng.choice(V, B, replace=False)
-    X1[0, 5] = 0.5 * (n1[5] + n1[piv[0]])   # S1(5, piv[0]) ~ 0: a degenerate pair
-    return X1, X2, n1, n2, A1, A2, B12, piv
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["max", "mean"])
@@ -576,7 +499,7 @@ def test_device_pivot_criteria_match_the_cpu_kernel(cupy, backend, mode, xdtype)
     want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, piv, 1e-5, mode)
     dev = [cupy.asarray(x) for x in (X1, X2, n1, n2, A1, A2, B12)]
     assert dev[0].dtype == xdtype
-    got = gp.pivot_criteria_device(*dev, piv, 1e-5, mode, backend)
+    got = pivots.pivot_criteria_device(*dev, piv, 1e-5, mode, backend)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
@@ -594,16 +517,6 @@ def test_engine_keeps_gpu_models_on_the_device(cupy):
             (want_r.pivot, want_r.leave_out, want_r.input_set)
         np.testing.assert_allclose(got_r.value, want_r.value, rtol=1e-9)
     np.testing.assert_allclose(e.mcca_g().value, want.mcca_g().value, rtol=1e-9)
-
-
-@pytest.fixture
-def bounded_small(monkeypatch):
-    """The bounded pivot search on a small vocabulary, several tree leaves, few seeds."""
-    import importlib
-    E = importlib.import_module("identirep._label_side")
-    monkeypatch.setattr(E, "EXACT_PIVOT_LIMIT", 50)
-    monkeypatch.setattr(E, "BOUND_LEAF", 64)
-    monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", 8)
 
 
 def _gpu_and_cpu_engines(cupy, **kw):
@@ -629,7 +542,8 @@ def test_device_row_bounds_match_the_compiled_cpu_bounds(cupy):
     rng = np.random.default_rng(2)
     piv = np.sort(rng.choice(700, 80, replace=False))
     lab = np.union1d(rng.choice(700, 200, replace=False), piv[:10])
-    np.testing.assert_allclose(e.labels.row_bounds(piv, lab), want.labels.row_bounds(piv, lab), rtol=1e-9,
+    np.testing.assert_allclose(e.labels.row_bounds(piv, lab), want.labels.row_bounds(piv, lab),
+                               rtol=1e-9,
                                atol=1e-12)
 
 
@@ -645,69 +559,47 @@ def test_matrix_of_gpu_models_matches_cpu(cupy):
         np.testing.assert_allclose(got.values[k], want.values[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
-def _nvrtc():
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-        nvrtc.getVersion()
-    except Exception as e:  # no CuPy, or no NVRTC library
-        pytest.skip(f"CuPy's NVRTC is not available ({type(e).__name__})")
-    return nvrtc
-
-
 @pytest.mark.parametrize("name", ["lse_kl.cuh", "pivot_terms.cuh"])
-def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(name):
-    """The cupy backend's run-time compilation, without a GPU: each header under NVRTC with
+def test_nvrtc_compiles_the_kernels_the_cupy_backend_launches(nvrtc_compiler, name):
+    """The cupy backend's run-time compilation, without a GPU: each header's NVRTC program with
     the exact name expressions it launches (sm_90 PTX)."""
-    nvrtc = _nvrtc()
-    exprs = ([n for t in ("float", "double") for n in gp.kernel_names(t).values()]
-             if name == "lse_kl.cuh" else list(gp.PIVOT_KERNELS.values()))
-    lowered, ptx = _nvrtc_compile(nvrtc, [name], exprs)
+    exprs = ([n for t in ("float", "double") for n in nvrtc.kernel_names(t).values()]
+             if name == "lse_kl.cuh" else list(nvrtc.PIVOT_KERNELS.values()))
+    lowered, ptx = _nvrtc_compile(nvrtc_compiler, name, exprs)
     assert all(x.startswith("_ZN9identirep7kernels") for x in lowered)
     assert ".entry" in ptx
 
 
-def _nvrtc_compile(nvrtc, headers, exprs, arch="compute_90"):
-    """The kernel headers, in order, as one NVRTC program for arch with these name
+def _nvrtc_compile(compiler, header, exprs, arch="compute_90"):
+    """The NVRTC program of a kernel header (kernel_program) for arch with these name
     expressions: (lowered names, PTX)."""
-    src = "\n".join(l for name in headers for l in gp.kernel_source(name).splitlines()
-                    if l.strip() != "#pragma once")
-    prog = nvrtc.createProgram(src, headers[-1], [], [])
-    for e in exprs:
-        nvrtc.addNameExpression(prog, e)
-    try:
-        nvrtc.compileProgram(prog, ["-std=c++17", f"-arch={arch}"])
-    except nvrtc.NVRTCError as e:
-        pytest.fail(f"{headers[-1]}: {e}\n{nvrtc.getProgramLog(prog)}")
-    try:
-        return [nvrtc.getLoweredName(prog, e) for e in exprs], nvrtc.getPTX(prog).decode()
-    finally:
-        nvrtc.destroyProgram(prog)
+    return compiler.compile(nvrtc.kernel_program(header), header, exprs,
+                            ["-std=c++17", f"-arch={arch}"])
 
 
-def test_nvrtc_compiles_the_fused_gemm_kernel():
-    """lse_kl_gemm.cuh (after lse_kl.cuh, as the emulator includes them) under NVRTC: its inline
-    PTX (mma.sync, ldmatrix, cp.async) and dynamic shared memory compile for sm_90."""
+def test_nvrtc_compiles_the_fused_gemm_kernel(nvrtc_compiler):
+    """lse_kl_gemm.cuh (with lse_kl.cuh, which it includes) under NVRTC: its inline PTX
+    (mma.sync, ldmatrix, cp.async) and dynamic shared memory compile for sm_90."""
     exprs = ([f"identirep::kernels::LseKlGemmKernel<{b}, {m}>" for b in ("true", "false")
               for m in (128, 64)]
              + [f"identirep::kernels::LseKlShiftKernel<{b}>" for b in ("true", "false")])
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
+    _, ptx = _nvrtc_compile(nvrtc_compiler, "lse_kl_gemm.cuh", exprs)
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
     assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned" in ptx
     assert "wgmma" not in ptx
 
 
-def test_nvrtc_compiles_the_wgmma_gemm_kernel_for_sm_90a_only():
+def test_nvrtc_compiles_the_wgmma_gemm_kernel_for_sm_90a_only(nvrtc_compiler):
     """The wgmma kernels under NVRTC: their PTX for sm_90a (wgmma, the async proxy fence);
     for plain sm_90 they compile to a trap (the launcher checks the GPU first)."""
     exprs = [f"identirep::kernels::LseKlGemmKernel<{b}, {m}, true>" for b in ("true", "false")
              for m in (128, 64)]
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs,
-                            arch="compute_90a")
+    _, ptx = _nvrtc_compile(nvrtc_compiler, "lse_kl_gemm.cuh", exprs, arch="compute_90a")
     for n in (128, 64):
         for t in ("bf16", "f16"):
             assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t}" in ptx
     assert "wgmma.wait_group.sync.aligned 1" in ptx and "fence.proxy.async" in ptx
-    _, ptx = _nvrtc_compile(_nvrtc(), ["lse_kl.cuh", "lse_kl_gemm.cuh"], exprs)
+    _, ptx = _nvrtc_compile(nvrtc_compiler, "lse_kl_gemm.cuh", exprs)
     assert "wgmma" not in ptx and "trap" in ptx
 
 
@@ -720,7 +612,7 @@ def test_split_bfloat16_cross_products_as_accurate_as_float32(cupy):
     L = rng.standard_normal((300, 1024)).astype(np.float32)
     g_bits = bf16.from_f32(rng.standard_normal((5000, 1024)).astype(np.float32))
     exact = L.astype(np.float64) @ bf16.to_f32(g_bits).astype(np.float64).T
-    got = cupy.asnumpy(gp.split_bf16_matmul(cupy.asarray(L), cupy.asarray(g_bits)))
+    got = cupy.asnumpy(cublas.split_bf16_matmul(cupy.asarray(L), cupy.asarray(g_bits)))
     plain = cupy.asnumpy(cupy.asarray(L) @ bf16.to_f32(cupy.asarray(g_bits)).T)
     err, err32 = np.abs(got - exact).max(), np.abs(plain - exact).max()
     assert err <= 2 * err32 + 1e-7 * np.abs(exact).max(), (err, err32)

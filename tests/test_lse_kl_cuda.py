@@ -6,18 +6,38 @@ import pytest
 
 from identirep import _core
 from identirep.passes import finalize, init_state
-from helpers import assert_pass_close
+from helpers import FakeGpuArray, assert_pass_close
+
+
+def update_arrays(n=4, v=4, dtype=np.float32):
+    """Arguments of _core.lse_kl_update_cuda over made-up device memory."""
+    G = FakeGpuArray
+    return dict(l1=G((n, v), dtype, 1 << 12), l2=G((n, v), dtype, 1 << 13),
+                state=G((8, n), np.float64, 1 << 14), args=G((2, n), np.int64, 1 << 15), col0=0)
 
 
 def test_argument_checks_need_no_gpu(needs_cuda_build):
-    with pytest.raises(ValueError, match='dtype must be "float32" or "float64"'):
-        _core.lse_kl_update_cuda(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "float16")
-    with pytest.raises(ValueError, match="col0 must be >= 0"):
-        _core.lse_kl_update_cuda(0, 0, 4, 4, 4, 4, -1, 0, 4, 0, 4, "float32")
-    with pytest.raises(ValueError, match="null device pointer"):
-        _core.lse_kl_update_cuda(0, 0, 4, 4, 4, 4, 0, 0, 4, 0, 4, "float32")
+    # each array checked, with its name and the reason, before any device is touched
+    G = FakeGpuArray
+    cases = [
+        ({"l1": G((4, 4), np.float16), "l2": G((4, 4), np.float16)},
+         "l1 must be a 2-d float32 or float64 array, got \\(4, 4\\) float16"),
+        ({"l1": np.zeros((4, 4), np.float32)},
+         "l1 must be a GPU array with __cuda_array_interface__"),
+        ({"col0": -1}, "col0 and row0 must be >= 0"),
+        ({"l1": G((4, 4), np.float32, 0)}, "l1 has a null data pointer"),
+        ({"l2": G((4, 4), np.float32, (1 << 13) + 2)},
+         "l2's data is not aligned to its 4-byte elements"),
+        ({"l2": G((4, 4), np.float64)}, "l2 must be a \\(4, 4\\) float32 array"),
+        ({"l1": G((4, 4), np.float32, strides=(1, 4))}, "l1 needs contiguous rows"),
+        ({"state": G((8, 5), np.float64)}, "state must be a \\(8, 4\\) float64 array"),
+        ({"args": G((2, 4), np.int64, readonly=True)}, "args is read-only"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            _core.lse_kl_update_cuda(**{**update_arrays(), **kw})
     # nothing to do: returns without touching the device
-    _core.lse_kl_update_cuda(0, 0, 0, 5, 5, 5, 0, 0, 0, 0, 0, "float64")
+    _core.lse_kl_update_cuda(**update_arrays(n=0, v=5, dtype=np.float64))
 
 
 @pytest.mark.gpu
@@ -42,10 +62,8 @@ def test_matches_cpu_epilogue(cupy, dtype, fused):
     for c0 in range(0, v, tile):
         c1 = min(v, c0 + tile)
         _core.lse_kl_update(l1[:, c0:c1], l2[:, c0:c1], cpu_state, cpu_args, c0)
-        _core.lse_kl_update_cuda(
-            d1.data.ptr + c0 * d1.itemsize, d2.data.ptr + c0 * d2.itemsize, n, c1 - c0,
-            d1.shape[1], d2.shape[1], c0, dstate.data.ptr, n, dargs.data.ptr, n,
-            np.dtype(dtype).name, stream.ptr, row_work=0 if row_work is None else row_work.data.ptr)
+        _core.lse_kl_update_cuda(d1[:, c0:c1], d2[:, c0:c1], dstate, dargs, c0,
+                                 row_work=row_work, stream=stream.ptr)
     stream.synchronize()
     got = finalize(cupy.asnumpy(dstate), cupy.asnumpy(dargs))
     np.testing.assert_array_equal(cupy.asnumpy(dargs), cpu_args)
@@ -56,20 +74,38 @@ def test_matches_cpu_epilogue(cupy, dtype, fused):
 def test_moment_and_pivot_argument_checks_need_no_gpu(needs_cuda_build):
     assert _core.lse_kl_cuda_col_work_elems(10) == 5 * 16 * 10
     assert _core.lse_kl_cuda_fused_work_elems(10, 300) == (2 * 15 * 10, 64 * 5 * 300)
-    base = (8, 8, 4, 4, 4, 4, 0, 8, 4, 8, 4, "float32")
-    with pytest.raises(ValueError, match="col_moments needs col_work"):
-        _core.lse_kl_update_cuda(*base, col_moments=8, col_ld=4)
-    with pytest.raises(ValueError, match="col_ld >= col0 \\+ v"):
-        _core.lse_kl_update_cuda(*base, col_moments=8, col_ld=3, col_work=8)
-    with pytest.raises(ValueError, match="row_moments overlap"):
-        _core.lse_kl_update_cuda(*base, row_moments=8, row_ld=2)
-    with pytest.raises(ValueError, match="row0 must be >= 0"):
-        _core.lse_kl_update_cuda(*base, row0=-1)
-    with pytest.raises(ValueError, match="mode must be 'max' or 'mean'"):
-        _core.pivot_criteria_cuda(0, 0, 4, 4, 0, 0, 0, 0, 0, 0, 2, 4, 1e-10, "min", 0)
-    with pytest.raises(ValueError, match="null device pointer"):
-        _core.pivot_criteria_cuda(0, 0, 4, 4, 0, 0, 0, 0, 0, 0, 2, 4, 1e-10, "max", 0)
-    _core.pivot_criteria_cuda(0, 0, 4, 4, 0, 0, 0, 0, 0, 0, 0, 4, 1e-10, "max", 0)  # B = 0
+    G = FakeGpuArray
+    base, cm = update_arrays(), G((5, 4), np.float64, 1 << 16)
+    cases = [
+        ({"col_moments": cm}, "col_moments needs col_work"),
+        ({"col_moments": G((5, 3), np.float64), "col_work": G((320,), np.float64)},
+         "col_moments has 3 labels, fewer than col0 \\+ v = 4"),
+        ({"col_moments": cm, "col_work": G((319,), np.float64)},
+         "col_work must be a 1-d float64 array of at least 320 elements"),
+        ({"row_work": G((10,), np.float64)},
+         "row_work must be a 1-d float64 array of at least 60 elements"),
+        ({"row_moments": G((5, 2), np.float64)}, "row_moments must be a \\(5, 4\\) float64"),
+        ({"row0": -1}, "col0 and row0 must be >= 0"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            _core.lse_kl_update_cuda(**{**base, **kw})
+    vec = G((4,), np.float64)
+    piv = dict(X1=G((2, 4), np.float64), X2=G((2, 4), np.float64), n1=vec, n2=vec, A1=vec,
+               A2=vec, B12=vec, pivots=G((2,), np.int64), tol=1e-10, mode="max",
+               crit=G((2,), np.float64))
+    cases = [
+        ({"mode": "min"}, "mode must be 'max' or 'mean'"),
+        ({"X2": G((2, 4), np.float32)}, "X2 must be a \\(2, 4\\) float64 array"),
+        ({"A2": G((4,), np.float32)}, "A2 must be a 1-d float64 array of 4 elements"),
+        ({"pivots": G((3,), np.int64)}, "pivots must be a 1-d int64 array of 2 elements"),
+        ({"crit": G((2,), np.float64, 0)}, "crit has a null data pointer"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            _core.pivot_criteria_cuda(**{**piv, **kw})
+    _core.pivot_criteria_cuda(**{**piv, "X1": G((0, 4), np.float64), "X2": G((0, 4), np.float64),
+                                 "pivots": G((0,), np.int64), "crit": G((0,), np.float64)})
 
 
 @pytest.mark.gpu
@@ -91,7 +127,6 @@ def test_moments_match_cpu_epilogue(cupy, dtype, fused):
         cols, row_work = _core.lse_kl_cuda_col_work_elems(600), None
     work = cupy.empty(cols, cupy.float64)
     state, args, row_m, col_m = gpu
-    ptr = (lambda a, r0: a.data.ptr + r0 * a.itemsize)
     stream = cupy.cuda.get_current_stream()
     for c0 in range(0, v, 600):
         c1 = min(v, c0 + 600)
@@ -99,10 +134,9 @@ def test_moments_match_cpu_epilogue(cupy, dtype, fused):
             _core.lse_kl_update(l1[r0:r1, c0:c1], l2[r0:r1, c0:c1], cpu[0][:, r0:r1],
                                 cpu[1][:, r0:r1], c0, 1, cpu[2][:, r0:r1], cpu[3], r0)
             _core.lse_kl_update_cuda(
-                ptr(d1[r0], c0), ptr(d2[r0], c0), r1 - r0, c1 - c0, v, v, c0, ptr(state, r0), n,
-                ptr(args, r0), n, np.dtype(dtype).name, stream.ptr, row_moments=ptr(row_m, r0),
-                row_ld=n, col_moments=col_m.data.ptr, col_ld=v, row0=r0, col_work=work.data.ptr,
-                row_work=0 if row_work is None else row_work.data.ptr)
+                d1[r0:r1, c0:c1], d2[r0:r1, c0:c1], state[:, r0:r1], args[:, r0:r1], c0,
+                row_moments=row_m[:, r0:r1], col_moments=col_m, row0=r0, col_work=work,
+                row_work=row_work, stream=stream.ptr)
     got = [cupy.asnumpy(a) for a in gpu]
     np.testing.assert_array_equal(got[1], cpu[1])
     assert_pass_close(finalize(got[0], got[1]), finalize(cpu[0], cpu[1]), dtype, 60.0)
@@ -126,13 +160,10 @@ def test_pivot_criteria_match_cpu(cupy, mode):
     want = _core.pivot_criteria(X1, X2, n1, n2, A1, A2, B12, pivots, 1e-10, mode)
     d = [cupy.asarray(a) for a in (X1, X2, n1, n2, A1, A2, B12, pivots)]
     crit = cupy.full(B, -1.0)
-    _core.pivot_criteria_cuda(*(a.data.ptr for a in d[:2]), V, V, *(a.data.ptr for a in d[2:]),
-                              B, V, 1e-10, mode, crit.data.ptr,
-                              cupy.cuda.get_current_stream().ptr)
+    _core.pivot_criteria_cuda(*d, 1e-10, mode, crit, cupy.cuda.get_current_stream().ptr)
     np.testing.assert_allclose(cupy.asnumpy(crit), want, rtol=1e-12)
     bad = cupy.asarray(np.array([0, V], np.int64))  # out of range: NaN, not a crash
-    _core.pivot_criteria_cuda(d[0].data.ptr, d[1].data.ptr, V, V, *(a.data.ptr for a in d[2:7]),
-                              bad.data.ptr, 2, V, 1e-10, mode, crit.data.ptr,
+    _core.pivot_criteria_cuda(d[0][:2], d[1][:2], *d[2:7], bad, 1e-10, mode, crit[:2],
                               cupy.cuda.get_current_stream().ptr)
     out = cupy.asnumpy(crit[:2])
     np.testing.assert_allclose(out[0], want[2], rtol=1e-12)

@@ -32,26 +32,21 @@
 // double for float64), everything else (block reductions, the state, all moments) in float64,
 // as on the CPU. Indexing is 64-bit throughout (a tile may hold more than 2^31 logits).
 //
+// Launch geometry (threads, chunks) and scratch sizes: kernels/launch_table.h.
+//
 // The same text compiles with nvcc (kernels + launchers) and with NVRTC (kernels only, for the
-// CuPy fallback, identirep/_cupy_pass.py): under __CUDACC_RTC__ no header is included and the
-// host launchers are left out.
+// cupy backend, identirep/gpu/nvrtc.py): under __CUDACC_RTC__ no CUDA or standard header is
+// included (launch_table.h includes none) and the host launchers are left out.
 #pragma once
 
 #ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
 #endif
 
+#include "launch_table.h"
+
 namespace identirep {
 namespace kernels {
-
-// 64-bit signed index, spelled without <cstdint> so that NVRTC compiles this file as is.
-using Index = long long;
-static_assert(sizeof(Index) == 8, "Index must be 64-bit");
-
-constexpr int kLseKlThreads = 256;  // threads per row block of LseKlKernel
-constexpr int kColRows = 8;         // warps (row lanes) per block of LseKlColKernel
-constexpr int kColMaxChunks = 16;   // row chunks of one tile in the column kernel, at most
-constexpr Index kColMinChunkRows = 64;
 
 namespace cuda_detail {
 
@@ -175,20 +170,6 @@ __device__ __forceinline__ void MergeRowMoments(double na, double nb, double b1,
 }
 
 }  // namespace cuda_detail
-
-// Chunks of n rows of at least min_rows each (the last may have fewer), 1 to max_chunks.
-__host__ __device__ inline Index ChunkCount(Index n, Index min_rows, Index max_chunks) {
-  const Index by_rows = (n + min_rows - 1) / min_rows;
-  return by_rows < 1 ? 1 : (by_rows > max_chunks ? max_chunks : by_rows);
-}
-
-// Row chunks of the column kernel for a tile of n rows (>= 1 row each).
-__host__ __device__ inline Index ColChunks(Index n) {
-  return ChunkCount(n, kColMinChunkRows, kColMaxChunks);
-}
-
-// Size of the col_work scratch of a tile of v labels, in doubles.
-__host__ __device__ inline Index LseKlColWorkElems(Index v) { return kColMaxChunks * 5 * v; }
 
 template <typename T, int kThreads>
 __global__ void __launch_bounds__(kThreads)
@@ -409,41 +390,19 @@ __global__ void LseKlColMergeKernel(const T* __restrict__ l1, const T* __restric
 //    tail of LseKlKernel does.
 // Same formulas; the sums are grouped differently (per slab, then merged), so results agree
 // with the three-kernel epilogue to rounding, not bit for bit. Deterministic, no atomics.
-constexpr int kSlabCols = 256;
-constexpr int kSlabThreads = 256;             // one label per thread in the column phase
 constexpr int kSlabStride = kSlabCols + 16;   // rows of a sub-tile in shared memory
-constexpr int kRowFields = 15;  // m1 j1 m2 j2 s1 a12 e1 s2 a21 e2 mean1 mean2 q11 q22 qdd
-constexpr int kFusedMaxChunks = 64;
-constexpr Index kFusedMinChunkRows = 256;
 
 // Rows of a sub-tile in shared memory: 2 x kRows x kSlabStride elements fit in 48 KiB.
 template <typename T>
 struct SlabRows;
 template <>
 struct SlabRows<float> {
-  static constexpr int value = 16;
+  static constexpr int value = kSlabRowsFloat;
 };
 template <>
 struct SlabRows<double> {
-  static constexpr int value = 8;
+  static constexpr int value = kSlabRowsDouble;
 };
-
-__host__ __device__ inline Index FusedChunks(Index n) {
-  return ChunkCount(n, kFusedMinChunkRows, kFusedMaxChunks);
-}
-// Slabs of `cols` labels in a tile of v labels, and the doubles of their row records.
-__host__ __device__ inline Index SlabCount(Index v, Index cols) { return (v + cols - 1) / cols; }
-__host__ __device__ inline Index SlabRecordElems(Index n, Index v, Index cols) {
-  return SlabCount(v, cols) * kRowFields * n;
-}
-__host__ __device__ inline Index FusedSlabs(Index v) { return SlabCount(v, kSlabCols); }
-// Scratch of the fused epilogue for an n x v tile, in doubles.
-__host__ __device__ inline Index LseKlFusedRowWorkElems(Index n, Index v) {
-  return SlabRecordElems(n, v, kSlabCols);
-}
-__host__ __device__ inline Index LseKlFusedColWorkElems(Index v) {
-  return kFusedMaxChunks * 5 * v;
-}
 
 namespace cuda_detail {
 
@@ -666,7 +625,6 @@ cudaError_t LseKl(const T* l1, Index ld1, const T* l2, Index ld2, Index n, Index
                                                                        mom.col_work);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  constexpr int kMergeThreads = 256;
   const Index merge_blocks = (v + kMergeThreads - 1) / kMergeThreads;
   LseKlColMergeKernel<T><<<static_cast<unsigned>(merge_blocks), kMergeThreads, 0, stream>>>(
       l1, l2, n, v, col0, chunks, mom.col_work, mom.col, mom.col_ld, mom.row0);
@@ -680,7 +638,6 @@ template <typename T, int kCols>
 cudaError_t LaunchMerges(const T* k1, const T* k2, Index n, Index v, Index col0, Index chunks,
                          const double* row_work, double* state, Index state_ld, Index* args,
                          Index args_ld, const DeviceLogitMoments& mom, cudaStream_t stream) {
-  constexpr int kMergeThreads = 256;
   if (mom.col != nullptr) {
     LseKlColMergeKernel<T><<<static_cast<unsigned>((v + kMergeThreads - 1) / kMergeThreads),
                              kMergeThreads, 0, stream>>>(k1, k2, n, v, col0, chunks, mom.col_work,

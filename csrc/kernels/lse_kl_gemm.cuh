@@ -1,6 +1,8 @@
 // CUDA: the logit GEMM and the streaming epilogue in one kernel, for float16/bfloat16 operands
 // (tensor cores, float32 accumulation: mma.sync m16n8k16 on sm_80 and newer, or, kWg, wgmma
-// m64nNk16 on sm_90a, built by csrc/lse_kl_wgmma.cu alone). No logit tile goes to
+// m64nNk16 on sm_90a, built by csrc/lse_kl_wgmma.cu alone). Experimental until a GPU has
+// confirmed it (benchmarks/device_check.sh): opt-in only (cuda_pass(fused_gemm=True)); the
+// SIMT emulator checks its logic, not its PTX. No logit tile goes to
 // memory: each block computes l1 = f1 g1' and l2 = f2 g2' for a BM x BN sub-tile into shared
 // memory and reduces it there, with the arithmetic of LseKlSlabKernel (kernels/lse_kl.cuh).
 //
@@ -23,25 +25,27 @@
 //   column phase: thread t sums label t % BN over half t / BN of the rows, in registers across
 //     the chunk; row phase: 4 threads per row reduce the row's slab (max and first argmax, mean,
 //     six LSE/KL sums relative to the slab max, centred squares) into its record.
-// Deterministic for a given launch (no atomics). Under __CUDACC_RTC__ nothing is included; the
-// SIMT emulator (tests/simt) defines IDENTIREP_SIMT and supplies the mma, ldmatrix, cp.async
-// and wgmma primitives below.
+// Deterministic for a given launch (no atomics). Slabs (kGemmBN) and scratch sizes:
+// kernels/launch_table.h. Under __CUDACC_RTC__ no CUDA or standard header is included.
+//
+// The tensor-core and shared-memory primitives (mma.sync, ldmatrix, cp.async, wgmma, the proxy
+// fence, the dynamic shared memory) come from gemm_primitives.cuh, included with angle brackets:
+// the first of that name on the include path. The builds put csrc/kernels there; the SIMT
+// emulator (tests/emulation/simt) puts its own gemm_primitives.cuh, which emulates them on the
+// CPU, before it. Nothing else in this file differs between the two.
 #pragma once
 
 #ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
+#endif
+
+#include <gemm_primitives.cuh>
 
 #include "lse_kl.cuh"
-#endif
-
-#ifndef IDENTIREP_DYNAMIC_SHARED
-#define IDENTIREP_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
-#endif
 
 namespace identirep {
 namespace kernels {
 
-constexpr int kGemmBN = 128;  // labels of a slab
 constexpr int kGemmBK = 32;   // K of a pipeline stage
 constexpr int kGemmStages = 4;
 constexpr int kGemmThreads = 256;
@@ -87,170 +91,8 @@ template <int kBM>
 __host__ __device__ inline Index GemmChunks(Index n) {
   return ChunkCount(n, GemmShape<kBM>::kMinChunkRows, kFusedMaxChunks);
 }
-__host__ __device__ inline Index GemmSlabs(Index v) { return SlabCount(v, kGemmBN); }
-// Scratch of LseKlGemm for an n x v tile: row_work and col_work (the one-read epilogue's
-// layout, with 128-label slabs) in doubles, shift in floats.
-__host__ __device__ inline Index LseKlGemmRowWorkElems(Index n, Index v) {
-  return SlabRecordElems(n, v, kGemmBN);
-}
-__host__ __device__ inline Index LseKlGemmColWorkElems(Index v) {
-  return LseKlFusedColWorkElems(v);
-}
-__host__ __device__ inline Index LseKlGemmShiftElems(Index v) { return 2 * v; }
 
 namespace mma {
-
-#ifndef IDENTIREP_SIMT
-__device__ __forceinline__ unsigned SmemAddr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, of which the first src_bytes are read and the rest zero-filled.
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
-               "r"(src_bytes));
-#endif
-}
-
-__device__ __forceinline__ void CpAsyncCommit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-// Waits until at most `kPending` of this thread's committed groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-#endif
-}
-
-// Four 8 x 8 matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void LdMatrixX4(unsigned (&r)[4], const void* row) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(SmemAddr(row)));
-#endif
-}
-
-// d += a b: a 16 x 16 (row), b 16 x 8 (col), float32 d, in the PTX fragment layouts.
-template <bool kBf16>
-__device__ __forceinline__ void Mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                         unsigned b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (kBf16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-#endif
-}
-
-// The async proxy (wgmma) sees this thread's earlier generic-proxy writes to shared memory
-// (cp.async included) once a barrier follows.
-__device__ __forceinline__ void FenceProxyAsync() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void WgmmaFence() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void WgmmaCommit() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-
-// Keeps the compiler from moving accesses of these registers across this point (wgmma writes
-// its accumulators asynchronously: read them only between a wait and the next issue).
-template <int kN>
-__device__ __forceinline__ void PinRegisters(float (&d)[kN]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// Waits until at most `kPending` of the warpgroup's committed wgmma groups are in flight.
-template <int kPending>
-__device__ __forceinline__ void WgmmaWait() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-#endif
-}
-
-// wgmma.mma_async m64nNk16 with float32 accumulators d[N / 2] of element type T ("bf16" or
-// "f16"); operands da, db, scale_d.
-#define IDENTIREP_WGMMA_N128(T)                                                                    \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                        \
-               "wgmma.mma_async.sync.aligned.m64n128k16.f32." T "." T " {"                         \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "                                \
-               "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "                      \
-               "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "                      \
-               "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                      \
-               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, "                      \
-               "%60, %61, %62, %63"                                                                \
-               "}, %64, %65, p, 1, 1, 0, 0;\n}\n"                                                  \
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),           \
-                 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),         \
-                 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),     \
-                 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),     \
-                 "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),     \
-                 "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),     \
-                 "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),     \
-                 "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),     \
-                 "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),     \
-                 "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),     \
-                 "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                \
-               : "l"(da), "l"(db), "r"(scale_d))
-#define IDENTIREP_WGMMA_N64(T)                                                                     \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                        \
-               "wgmma.mma_async.sync.aligned.m64n64k16.f32." T "." T " {"                          \
-               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "                                \
-               "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "                      \
-               "%24, %25, %26, %27, %28, %29, %30, %31"                                            \
-               "}, %32, %33, p, 1, 1, 0, 0;\n}\n"                                                  \
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),           \
-                 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),         \
-                 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),     \
-                 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),     \
-                 "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),     \
-                 "+f"(d[30]), "+f"(d[31])                                                          \
-               : "l"(da), "l"(db), "r"(scale_d))
-
-// d (64 x kN over the warpgroup, in the wgmma accumulator layout) = a b' + (scale_d ? d : 0):
-// a (64 x 16) and b (kN x 16) K-major in shared memory, given by descriptors (MatrixDesc).
-template <bool kBf16, int kN>
-__device__ __forceinline__ void Wgmma(float (&d)[kN / 2], unsigned long long da,
-                                      unsigned long long db, int scale_d) {
-  static_assert(kN == 64 || kN == 128, "wgmma N of 64 or 128");
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  if constexpr (kN == 128) {
-    if constexpr (kBf16) IDENTIREP_WGMMA_N128("bf16");
-    else IDENTIREP_WGMMA_N128("f16");
-  } else {
-    if constexpr (kBf16) IDENTIREP_WGMMA_N64("bf16");
-    else IDENTIREP_WGMMA_N64("f16");
-  }
-#endif
-}
-#undef IDENTIREP_WGMMA_N128
-#undef IDENTIREP_WGMMA_N64
-#endif  // IDENTIREP_SIMT
 
 // wgmma shared-memory matrix descriptor of a K-major operand in the 128-byte swizzle: rows of
 // 128 bytes, 8-row groups 1024 bytes apart (stride byte offset), at shared address `addr`
@@ -545,7 +387,7 @@ __global__ void __launch_bounds__(kGemmThreads, GemmShape<kBM, kWg>::kBlocksPerS
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   if constexpr (kWg) __trap();  // wgmma needs sm_90a; the launcher checks first
 #endif
-  IDENTIREP_DYNAMIC_SHARED(smem);
+  IDENTIREP_GEMM_DYNAMIC_SHARED(smem);
   float* s1 = reinterpret_cast<float*>(smem);
   using Shape = GemmShape<kBM, kWg>;
   // wgmma's swizzle follows shared addresses: its pipeline starts at a multiple of 1024

@@ -10,19 +10,20 @@
 // the count of valid labels, their sum and the two largest values (a multiset: a repeated
 // maximum is also the second largest, as in the CPU kernel's "max over y != argmax"); the block
 // merges them with warp shuffles and thread 0 writes the criterion. All arithmetic in float64.
-// Compiles with nvcc (kernel + launcher) and NVRTC (kernel only), like kernels/lse_kl.cuh.
+// Compiles with nvcc (kernel + launcher) and NVRTC (kernel only), like kernels/lse_kl.cuh;
+// its block size is kPivotThreads of kernels/launch_table.h.
 #pragma once
 
 #ifndef __CUDACC_RTC__
 #include <cuda_runtime.h>
 #endif
 
+#include "launch_table.h"
+
 namespace identirep {
 namespace kernels {
 
 using PivotIndex = long long;
-
-constexpr int kPivotThreads = 256;
 
 namespace pivot_detail {
 

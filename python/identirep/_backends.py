@@ -3,20 +3,16 @@
 ``backend="auto"`` picks cpu for NumPy arrays and a GPU backend for CuPy / torch-CUDA arrays
 (anything with ``__cuda_array_interface__``): "cuda" (the compiled CUDA code: the pass driver,
 cuBLAS tiles and epilogue in one compiled loop, with libcublas loaded at run time) when the
-extension was built with CUDA and CuPy sees a GPU, else "cupy" (the same kernels compiled at
-run time by CuPy, GEMM tiles from CuPy's cuBLAS) when CuPy sees a GPU. Both keep device memory
-and the engine's other products in CuPy.
+extension was built with CUDA and its pass driver and CuPy sees a GPU, else "cupy" (the same
+kernels compiled at run time by CuPy, GEMM tiles from CuPy's cuBLAS) when CuPy sees a GPU.
+Both keep device memory and the engine's other products in CuPy.
 The environment variable IDENTIREP_BACKEND overrides "auto". A backend that is not available
 fails loudly with what to do instead; nothing silently falls back to a slower path.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import warnings
 from typing import Optional
-
 
 from ._arrays import array_location
 from .errors import CUPY_INSTALL, IdentirepError, why
@@ -91,20 +87,23 @@ def cupy_problem() -> Optional[str]:
 
 
 def cuda_problem() -> Optional[str]:
-    """Why the cuda backend cannot run here, or None."""
+    """Why the cuda backend cannot run here, or None: it needs the CUDA build with its pass
+    driver, CuPy with a GPU, and cuBLAS for the driver."""
     from ._build import build_info
+    from .gpu.cuda_backend import NO_CUDA, driver_problem
     if not build_info().get("cuda_compiled"):
-        return ("identirep was built without CUDA (rebuild on a machine with nvcc: "
-                "IDENTIREP_CUDA=ON pip install .)")
+        return NO_CUDA
     problem = cupy_problem()
     if problem is not None:
         return "its device memory and the engine's products come from CuPy, and " + problem
-    if build_info().get("cuda_pass_driver"):
-        from ._cupy_pass import load_cublas
-        try:
-            load_cublas()
-        except IdentirepError as e:
-            return str(e)
+    problem = driver_problem()
+    if problem is not None:
+        return problem
+    from .gpu.cublas import load_cublas
+    try:
+        load_cublas()
+    except IdentirepError as e:
+        return str(e)
     return None
 
 
@@ -124,7 +123,7 @@ def availability() -> dict:
         out["gpu_arrays"], out["gpu_arrays_problem"] = None, str(e)
     out["gpus"] = _gpus(info)
     if info.get("cuda_pass_driver"):
-        from ._cupy_pass import load_cublas
+        from .gpu.cublas import load_cublas
         try:
             out["cublas"], out["cublas_problem"] = load_cublas(), None
         except IdentirepError as e:
@@ -160,74 +159,3 @@ def _gpus(info) -> list:
 class _GpuArray:
     """Stands for a GPU array where only its location matters (``availability``)."""
     __cuda_array_interface__ = {}
-
-
-def _torch_cuda_tensor(arrays):
-    for a in arrays:
-        if type(a).__module__.split(".")[0] == "torch" and getattr(a, "is_cuda", False):
-            return a
-    return None
-
-
-@contextlib.contextmanager
-def caller_stream(arrays):
-    """Run the CuPy work inside on the caller's stream: for torch CUDA tensors, torch's current
-    stream on their device (CuPy arrays already run on CuPy's current stream, the caller's)."""
-    t = _torch_cuda_tensor(arrays)
-    if t is None:
-        yield
-        return
-    import cupy
-    import torch
-    dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    ts = torch.cuda.current_stream(dev)
-    with cupy.cuda.Device(dev):
-        # ExternalStream: deprecated in CuPy 14, but it never destroys the handle, while a
-        # Stream.from_external without CuPy's guard for foreign streams would destroy torch's
-        # stream when freed
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            external = getattr(cupy.cuda, "ExternalStream", None)
-            if ts.cuda_stream == 0:
-                stream = cupy.cuda.Stream.null
-            elif external is not None:
-                stream = external(ts.cuda_stream, dev)
-            else:  # the CUDA stream protocol
-                stream = cupy.cuda.Stream.from_external(ts)
-        with stream:
-            yield
-
-
-def model_arrays(values):
-    """f, g and bias of every Model in ``values`` (and in lists or tuples among them)."""
-    from .model import Model
-    out = []
-    for v in values:
-        for m in (v if isinstance(v, (list, tuple)) else (v,)):
-            if isinstance(m, Model):
-                out += [x for x in (m.f, m.g, m.bias) if x is not None]
-    return out
-
-
-def _on(arrays, fn, args, kwargs):
-    if _torch_cuda_tensor(arrays) is None:
-        return fn(*args, **kwargs)
-    with caller_stream(arrays):
-        return fn(*args, **kwargs)
-
-
-def on_caller_stream(fn):
-    """Decorator: run ``fn`` inside :func:`caller_stream` of the models among its arguments."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return _on(model_arrays(list(args) + list(kwargs.values())), fn, args, kwargs)
-    return wrapper
-
-
-def on_models_stream(method):
-    """Decorator of a method of an object with models ``a`` and ``b`` (PairEngine): run it
-    inside :func:`caller_stream` of their arrays, the stream current when it is called."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        return _on(model_arrays([self.a, self.b]), method, (self, *args), kwargs)
-    return wrapper

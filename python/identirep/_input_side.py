@@ -98,7 +98,7 @@ def distinct_inputs(*fs) -> np.ndarray:
     h = np.zeros(N, np.uint64)
     for f in fs:
         if is_gpu_array(f):
-            from ._cupy_pass import as_device, import_cupy
+            from .gpu.arrays import as_device, import_cupy
             xp, f = import_cupy(), as_device(f).data   # bfloat16: its uint16 bits
         else:
             xp, f = np, to_numpy(f)

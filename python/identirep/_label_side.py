@@ -100,7 +100,7 @@ class LabelSide:
         xp = self.c1.xp
         X = self.cross(y0s) if X is None else X
         if xp is not np:
-            from ._cupy_pass import pivot_criteria_device
+            from .gpu.pivots import pivot_criteria_device
             return pivot_criteria_device(X[0], X[1], *self.vectors(xp), y0s, self.tol, term,
                                          self.gpu_backend)
         return _core.pivot_criteria(X[0], X[1], *self.vectors(np),
@@ -186,7 +186,7 @@ class LabelSide:
                           (self.c2, self.G2, self._cross_blocks[1])):
             L = G[p].astype(self.cdt, copy=False) @ Ckk
             if c.g_bits is not None and self.cdt == np.float32:
-                from ._cupy_pass import split_bf16_matmul
+                from .gpu.cublas import split_bf16_matmul
                 out.append(split_bf16_matmul(L, c.g_bits if q is None else c.g_bits[q]))
             else:
                 out.append(L @ (G if q is None else G[q]).T.astype(self.cdt, copy=False))

@@ -123,7 +123,7 @@ def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, mean
     Device blocks (CuPy) are multiplied on the GPU; means and blocks come back to the host.
     ``bits[i]``: the bfloat16 bit patterns of device block i (float32 values that are bfloat16,
     or None): a float32 product of two such blocks entered raw is one bfloat16 tensor-core GEMM
-    (``_cupy_pass.gemm_ex``; exact products, float32 accumulation, as the float32 GEMM)."""
+    (``gpu.cublas.gemm_ex``; exact products, float32 accumulation, as the float32 GEMM)."""
     xp = array_module(blocks[0])   # NumPy, or CuPy for device blocks (products on the GPU)
     n = blocks[0].shape[0]
     blocks = [xp.asarray(b).reshape(n, -1) for b in blocks]
@@ -158,7 +158,7 @@ def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, mean
 
 def _bf16_gram(a_bits, b_bits):
     """a' b (float32) of device bfloat16 bit arrays with the same rows: one cublasGemmEx."""
-    from . import _cupy_pass as gp
+    from .gpu import cublas as gp
     cp = gp.import_cupy()
     out = cp.empty((a_bits.shape[1], b_bits.shape[1]), dtype=cp.float32)
     gp.gemm_ex(cp, a_bits.T, b_bits.T, out, "bfloat16")

@@ -8,7 +8,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from ._backends import on_caller_stream, resolve
+from ._backends import resolve
+from .gpu.streams import on_caller_stream
 from .errors import IdentirepError
 from .model import Model, check_pair
 from .progress import progress_bar
@@ -68,7 +69,7 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     out_pairs = []
     cache = {}
     if resolve(backend, *models) in ("cuda", "cupy"):   # each model to the device once
-        from ._cupy_pass import on_device
+        from .gpu.arrays import on_device
         models = [on_device(m) for m in models]
 
     def caches(i, j):

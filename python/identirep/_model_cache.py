@@ -25,7 +25,7 @@ class ModelCache:
         # tensor-core products at float32 accuracy (scatter_blocks, LabelSide.cross)
         self.f_bits = self.g_bits = None
         if is_gpu_array(model.f):
-            from ._cupy_pass import as_device
+            from .gpu.arrays import as_device
             f, g = as_device(model.f, "f"), as_device(model.g, "g")
             self.F, self.G = _device_native(f), _device_native(g)
             self.f_bits, self.g_bits = (x.data if x.kind == "bfloat16" else None for x in (f, g))

@@ -12,13 +12,13 @@ import numpy as np
 from . import _rules as rules
 from . import sampling
 from ._arrays import array_module
-from ._backends import on_models_stream
 from ._build import build_info
 from ._input_side import InputSide
 from ._label_side import LabelSide
 from ._linalg import linalg_raises, quad_diag, rows64, singular_values
 from ._model_cache import ModelCache, pair_moments, permuted_moments
 from .errors import IdentirepError
+from .gpu.streams import on_models_stream
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
 from .passes import PassStats, numpy_pass
@@ -233,7 +233,7 @@ def constant_features(f) -> bool:
     """Whether f does not vary across inputs, where f lives (device arrays: no host copy)."""
     from ._arrays import is_gpu_array
     if is_gpu_array(f):
-        from ._cupy_pass import as_device
+        from .gpu.arrays import as_device
         d = as_device(f, "f")
         f = d.widened(np.float64 if d.kind == "float64" else np.float32)
     else:

@@ -8,10 +8,11 @@ import numpy as np
 
 from . import _rules as rules
 from . import reference as ref
-from ._backends import on_caller_stream, resolve
+from ._backends import resolve
 from ._linalg import whiten
 from ._pair import PairEngine, mcca_from_scatter
 from .errors import IdentirepError
+from .gpu.streams import on_caller_stream
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
 from ._cpu_pass import cpu_pass
@@ -31,7 +32,9 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
         raise IdentirepError("the reference backend has no engine; call the measures directly")
     if backend in ("cuda", "cupy"):
         # models on the host go to the device once; the pass and every product run there
-        from ._cupy_pass import cuda_pass, cupy_pass, device_augmented, on_device
+        from .gpu.arrays import device_augmented, on_device
+        from .gpu.cuda_backend import cuda_pass
+        from .gpu.cupy_backend import cupy_pass
         a, b = on_device(a), on_device(b)
         f1, g1 = device_augmented(a)
         f2, g2 = device_augmented(b)

@@ -1,9 +1,11 @@
-// The NVRTC kernels of identirep/_cupy_pass.py (kernel_names, PIVOT_KERNELS) in the SIMT emulator
-// (simt.h), as a shared library that a stand-in for cupy.RawModule (tests/fake_cupy.py) calls
+// The NVRTC kernels of identirep/gpu/nvrtc.py (kernel_names, PIVOT_KERNELS) in the SIMT emulator
+// (simt.h), as a shared library that a stand-in for cupy.RawModule (fake_cupy.py) calls
 // with the arguments the real launches pass, so that the Python launch code itself runs on the
-// CPU. Built by tests/test_kernels_on_cpu.py:
-//   g++ -std=c++20 -shared -fPIC -pthread -D__CUDACC_RTC__ -D<constants> -I csrc/kernels
+// CPU. Built by tests/emulation/test_kernels_on_cpu.py:
+//   g++ -std=c++20 -shared -fPIC -pthread -D__CUDACC_RTC__ -I csrc/kernels
 //       launch_kernels.cpp -o libsimt_launch.so
+// The template arguments are those of the launch table (kernels/launch_table.h), which
+// identirep.gpu.nvrtc reads through _core.launch_table().
 // simt_signature(name): one code per kernel parameter, or null for a kernel it does not have:
 //   F, D, Q: pointers to float, double, long long (the array's dtype must match); P: another
 //   pointer; f, d, q, i: float, double, long long, int.
@@ -66,23 +68,23 @@ std::string N(const char* kernel, const char* type, int param = -1) {
 
 const std::map<std::string, Entry>& Table() {
   static const std::map<std::string, Entry> table = {
-      {N("LseKlKernel", "float", LSE_KL_THREADS), Make(&k::LseKlKernel<float, LSE_KL_THREADS>)},
-      {N("LseKlKernel", "double", LSE_KL_THREADS),
-       Make(&k::LseKlKernel<double, LSE_KL_THREADS>)},
-      {N("LseKlColKernel", "float", COL_ROWS), Make(&k::LseKlColKernel<float, COL_ROWS>)},
-      {N("LseKlColKernel", "double", COL_ROWS), Make(&k::LseKlColKernel<double, COL_ROWS>)},
+      {N("LseKlKernel", "float", k::kLseKlThreads), Make(&k::LseKlKernel<float, k::kLseKlThreads>)},
+      {N("LseKlKernel", "double", k::kLseKlThreads),
+       Make(&k::LseKlKernel<double, k::kLseKlThreads>)},
+      {N("LseKlColKernel", "float", k::kColRows), Make(&k::LseKlColKernel<float, k::kColRows>)},
+      {N("LseKlColKernel", "double", k::kColRows), Make(&k::LseKlColKernel<double, k::kColRows>)},
       {N("LseKlColMergeKernel", "float"), Make(&k::LseKlColMergeKernel<float>)},
       {N("LseKlColMergeKernel", "double"), Make(&k::LseKlColMergeKernel<double>)},
-      {N("LseKlSlabKernel", "float", SLAB_ROWS_FLOAT),
-       Make(&k::LseKlSlabKernel<float, SLAB_ROWS_FLOAT>)},
-      {N("LseKlSlabKernel", "double", SLAB_ROWS_DOUBLE),
-       Make(&k::LseKlSlabKernel<double, SLAB_ROWS_DOUBLE>)},
+      {N("LseKlSlabKernel", "float", k::kSlabRowsFloat),
+       Make(&k::LseKlSlabKernel<float, k::kSlabRowsFloat>)},
+      {N("LseKlSlabKernel", "double", k::kSlabRowsDouble),
+       Make(&k::LseKlSlabKernel<double, k::kSlabRowsDouble>)},
       {N("LseKlRowMergeKernel", "float"), Make(&k::LseKlRowMergeKernel<float>)},
       {N("LseKlRowMergeKernel", "double"), Make(&k::LseKlRowMergeKernel<double>)},
-      {N("PivotCriteriaKernel", "float", PIVOT_THREADS),
-       Make(&k::PivotCriteriaKernel<float, PIVOT_THREADS>)},
-      {N("PivotCriteriaKernel", "double", PIVOT_THREADS),
-       Make(&k::PivotCriteriaKernel<double, PIVOT_THREADS>)},
+      {N("PivotCriteriaKernel", "float", k::kPivotThreads),
+       Make(&k::PivotCriteriaKernel<float, k::kPivotThreads>)},
+      {N("PivotCriteriaKernel", "double", k::kPivotThreads),
+       Make(&k::PivotCriteriaKernel<double, k::kPivotThreads>)},
   };
   return table;
 }

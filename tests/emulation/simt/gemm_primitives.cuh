@@ -1,5 +1,7 @@
-// The tensor-core primitives of csrc/kernels/lse_kl_gemm.cuh for the SIMT emulator (simt.h):
-// include after simt.h and before the kernel header.
+// The primitives of the fused GEMM kernel for the SIMT emulator (simt.h): the emulator's
+// csrc/kernels/gemm_primitives.cuh, of the same names. lse_kl_gemm.cuh includes
+// <gemm_primitives.cuh>, and the emulator's builds put this folder on the include path before
+// csrc/kernels, so this one is found first; simt.h must be included before it.
 // - mma.sync.m16n8k16 (row.col, float32 accumulate) in the PTX ISA's fragment layouts: the warp
 //   gathers its fragments and each lane computes its four outputs (products summed in double,
 //   added to the accumulator, rounded to float32 once per instruction);
@@ -28,8 +30,9 @@
 #include <unordered_map>
 #include <vector>
 
-#define IDENTIREP_SIMT 1
-#define IDENTIREP_DYNAMIC_SHARED(name) \
+// the block's dynamic shared memory: a __shared__ array (simt.h: per block) of the most a block
+// may have
+#define IDENTIREP_GEMM_DYNAMIC_SHARED(name) \
   __shared__ unsigned char name[simt::kDynamicSharedBytes] __attribute__((aligned(16)))
 
 namespace simt {

@@ -1,14 +1,13 @@
 """The CUDA kernels of csrc/kernels/lse_kl.cuh and pivot_terms.cuh without a GPU: compiled by g++
-against a SIMT emulator (tests/simt/simt.h: concurrent threads, barriers, warp shuffles, shared
-memory undefined at block start), launched as identirep/_cupy_pass.py launches their NVRTC
-build (tests/simt/run_kernels.cpp), and checked against the compiled CPU kernels.
+against a SIMT emulator (simt/simt.h: concurrent threads, barriers, warp shuffles, shared
+memory undefined at block start), launched as identirep/gpu/cupy_backend.py launches their NVRTC
+build (simt/run_kernels.cpp), and checked against the compiled CPU kernels.
 
 IDENTIREP_SIMT_KERNELS=<dir> runs the same tests on the kernel headers of another folder (a
 modified copy, to see that a broken kernel fails them)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,64 +17,16 @@ import pytest
 
 from identirep import _bf16 as bf16
 from identirep import _core
-from identirep import _cupy_pass as gp
 from identirep.passes import finalize, init_state
 
-ROOT = Path(__file__).resolve().parents[1]
-SIMT = ROOT / "tests" / "simt"
-KERNELS = Path(os.environ.get("IDENTIREP_SIMT_KERNELS", ROOT / "csrc" / "kernels"))
+pytestmark = pytest.mark.emulation
+
+SIMT = Path(__file__).resolve().parent / "simt"
 DTYPES = {"f32": np.float32, "f64": np.float64}
 # float32 tiles sum the LSE/KL terms in float32 (on the CPU too); everything else in float64
 RTOL_LSE = {"f32": 1e-5, "f64": 1e-12}
 RTOL = 1e-12
 TIMEOUT = 120
-
-
-def launch_constants():
-    """-D macros: the launch geometry of _cupy_pass.py, which run_kernels.cpp uses as is."""
-    names = ("LSE_KL_THREADS", "COL_ROWS", "COL_MAX_CHUNKS", "COL_MIN_CHUNK_ROWS",
-             "MERGE_THREADS", "SLAB_COLS", "SLAB_THREADS", "ROW_FIELDS", "FUSED_MAX_CHUNKS",
-             "FUSED_MIN_CHUNK_ROWS", "PIVOT_THREADS")
-    out = {name: getattr(gp, name) for name in names}
-    out.update(SLAB_ROWS_FLOAT=gp.SLAB_ROWS["float"], SLAB_ROWS_DOUBLE=gp.SLAB_ROWS["double"])
-    return [f"-D{k}={v}" for k, v in out.items()]
-
-
-@pytest.fixture(scope="session")
-def harness(tmp_path_factory):
-    if sys.platform != "linux":
-        pytest.skip("the SIMT emulator needs Linux (glibc fibers, its own ELF symbol table)")
-    cxx = os.environ.get("CXX", "g++")
-    if shutil.which(cxx) is None:
-        pytest.skip(f"no C++ compiler ({cxx})")
-    d = tmp_path_factory.mktemp("simt")
-    probe = d / "probe.cpp"
-    probe.write_text("#include <atomic>\n#include <bit>\n#include <ucontext.h>\n"
-                     "int main() { std::atomic<unsigned> a{0}; a.notify_all();\n"
-                     "  return std::bit_cast<int>(0.0f); }\n")
-    if subprocess.run([cxx, "-std=c++20", "-pthread", str(probe), "-o", str(d / "probe")],
-                      check=False, capture_output=True).returncode != 0:
-        pytest.skip(f"{cxx} cannot build C++20 with atomic waits and <ucontext.h>")
-    exe = d / "run_kernels"
-    cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-D__CUDACC_RTC__",
-           *launch_constants(), f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe),
-           "-ldl"]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return exe
-
-
-@pytest.fixture(scope="session")
-def launch_library(harness):
-    """tests/simt/launch_kernels.cpp as a shared library (the emulator's RawModule kernels)."""
-    lib = harness.parent / "libsimt_launch.so"
-    # -fno-gnu-unique: its __shared__ statics stay its own, whatever else the process loads
-    cmd = [os.environ.get("CXX", "g++"), "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread",
-           "-fno-gnu-unique", "-D__CUDACC_RTC__", *launch_constants(), f"-I{KERNELS}",
-           str(SIMT / "launch_kernels.cpp"), "-o", str(lib), "-ldl"]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return lib
 
 
 def run(exe, *args, workers=None, env=None):
@@ -111,10 +62,12 @@ def emulated_pass(exe, tmp_path, inputs, n, v, *args, workers=None, env=None):
 
 
 def device_pass(exe, tmp_path, l1, l2, v, tr, tc, fused, moments=True, repeat=1, workers=None):
-    """The emulated pass of _gpu_pass (label tiles outer, row tiles inner) over the first v
+    """The emulated pass of the cupy backend's tile loop (label tiles outer, row tiles inner)
+    over the first v
     columns of l1, l2 (n x ld arrays): state, args, row and column moments."""
     n = l1.shape[0]
-    row_work, col_work = gp.epilogue_scratch(tr, tc, fused)
+    row_work, col_work = (_core.lse_kl_cuda_fused_work_elems(tr, tc) if fused else
+                          (0, _core.lse_kl_cuda_col_work_elems(tc)))
     return emulated_pass(exe, tmp_path, {"l1": l1, "l2": l2}, n, v, "epilogue",
                          "f32" if l1.dtype == np.float32 else "f64", int(fused), int(moments),
                          n, v, l1.shape[1], l2.shape[1], tr, tc, row_work, col_work, repeat,
@@ -144,7 +97,7 @@ def rel_err(got, want, size):
 
 def assert_matches_cpu(got, want, l1, l2, dt, moments=True):
     """Exact running maxima and argmax; the sums within RTOL_LSE[dt], the moments within RTOL,
-    of their natural scale (as test_gpu.py's field_errors): max |logit| of the row for the LSE
+    of their natural scale (as helpers.field_errors): max |logit| of the row for the LSE
     state and row means, v or n times its square for sums of squares, the largest row's for
     the columns."""
     n, v = l1.shape

@@ -7,107 +7,27 @@ operands) and the device pivot kernel (the compiled CPU kernel of host copies)."
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import types
 
 import numpy as np
 import pytest
 
 import identirep as ir
-from identirep import _backends, _core, _input_side
+from identirep import IdentirepError, _backends, _core, _input_side
 from identirep import _bf16 as bf16
-from identirep import _cupy_pass as gp
+from identirep.gpu import cublas, cuda_backend, cupy_backend, nvrtc, pivots, streams
+from identirep.gpu.arrays import DeviceArray
 from identirep._cpu_pass import cpu_pass
 
 import fake_cupy
-from helpers import random_pair
-from test_gpu import assert_stats_close, logit_scale, make_pair
-from test_gpu import bounded_small  # noqa: F401 (a fixture, used by name)
+from helpers import assert_stats_close, logit_scale, make_pair, random_pair
+from standins import (OPTS, RTOL, HostEpilogue, assert_same_results, device_models,
+                      emulated_gemm_ex, emulated_pass_driver, model_on, pass_operands)
 
-RTOL = {np.float64: 1e-10, np.float32: 1e-5}
-PIVOT_CRITERIA_DEVICE = gp.pivot_criteria_device   # the fixture replaces it
-PASSES = {"cupy": gp.cupy_pass, "cuda": gp.cuda_pass}  # and these
-#: compare / matrix options: fewer d_SVD and d_rep sets than by default (each set is a few
-#: small device operations)
-OPTS = dict(num_samples=30, max_label_sets=100, rep_sets=30)
+pytestmark = pytest.mark.emulation
 
-
-def _host_pass(backend, f1, g1, f2, g2, *, progress=None):
-    """The GPU pass as the compiled CPU pass of the device operands' host copies."""
-    ops = []
-    for x in (f1, g1, f2, g2):
-        assert isinstance(x, gp.DeviceArray) and isinstance(x.data, fake_cupy.ndarray)
-        ops.append(bf16.to_f32(x.data.get()) if x.kind == "bfloat16" else x.data.get())
-    return dataclasses.replace(cpu_pass(*ops, progress=progress), backend=backend)
-
-
-@pytest.fixture
-def dev(monkeypatch):
-    """The stand-in as ``cupy``, GPU arrays resolving to backend "cupy" (``dev.backend``), the
-    GPU pass and pivot kernel replaced; ``dev.pivot_calls`` lists the kernel's backends."""
-    cp = fake_cupy.install(monkeypatch)
-    monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
-    ns = types.SimpleNamespace(cp=cp, backend="cupy", pivot_calls=[])
-    monkeypatch.setattr(_backends, "gpu_backend", lambda: ns.backend)
-    for name in ("cupy", "cuda"):
-        monkeypatch.setattr(gp, f"{name}_pass", functools.partial(_host_pass, name))
-
-    monkeypatch.setattr(gp, "pivot_criteria_device", host_pivot_criteria(cp, ns.pivot_calls))
-    return ns
-
-
-def host_pivot_criteria(cp, calls):
-    """A stand-in for ``_cupy_pass.pivot_criteria_device``: its conversions, then the compiled
-    CPU kernel on host copies; appends each call's backend to ``calls``."""
-    def pivot_criteria(X1, X2, n1, n2, A1, A2, B12, pivots, tol, mode, backend):
-        xdt = np.float32 if X1.dtype == X2.dtype == np.float32 else np.float64
-        X1, X2 = (cp.ascontiguousarray(x, dtype=xdt).get() for x in (X1, X2))
-        vecs = [cp.ascontiguousarray(v, dtype=np.float64).get() for v in (n1, n2, A1, A2, B12)]
-        calls.append(backend)
-        return _core.pivot_criteria(X1, X2, *vecs, np.asarray(pivots, np.int64), tol, mode)
-    return pivot_criteria
-
-
-def _models(cp, dtype=np.float64, **kw):
-    """(device models, CPU models) of the same values in ``dtype``."""
-    a, b = random_pair(**kw)
-    return [_on(cp, m, dtype) for m in (a, b)], [_on(np, m, dtype) for m in (a, b)]
-
-
-def _on(xp, m, dtype=np.float64, bias_dtype=None):
-    """Model ``m`` with its arrays in ``xp`` (NumPy, or the stand-in's device) as ``dtype``
-    (the bias as ``bias_dtype``, default ``dtype``)."""
-    bias = None if m.bias is None else xp.asarray(m.bias, dtype=bias_dtype or dtype)
-    return ir.Model(xp.asarray(m.f, dtype=dtype), xp.asarray(m.g, dtype=dtype), bias=bias,
-                    name=m.name)
-
-
-def _fields(r, prefix=""):
-    """Every field of a result, nested results flattened, internal arrays included."""
-    out = {}
-    for f in dataclasses.fields(r):
-        v = getattr(r, f.name)
-        if dataclasses.is_dataclass(v):
-            out.update(_fields(v, f"{prefix}{f.name}."))
-        elif not f.name.endswith("seconds"):
-            out[prefix + f.name] = v
-    return out
-
-
-def _assert_same(got, want, dtype=np.float64):
-    """The same results, on the host: floats and float arrays within the dtype's tolerance,
-    everything else exactly."""
-    got, want = _fields(got), _fields(want)
-    assert got.keys() == want.keys()
-    for k, w in want.items():
-        g = got[k]
-        assert not isinstance(g, fake_cupy.ndarray), f"{k} is left on the device"
-        if isinstance(w, (float, np.ndarray)) or (isinstance(w, list) and w
-                                                  and isinstance(w[0], float)):
-            np.testing.assert_allclose(g, w, rtol=RTOL[dtype], atol=1e-12, err_msg=k)
-        elif k != "backend":
-            assert g == w, k
+PIVOT_CRITERIA_DEVICE = pivots.pivot_criteria_device   # the dev fixture replaces it
+PASSES = {"cupy": cupy_backend.cupy_pass, "cuda": cuda_backend.cuda_pass}  # and these
 
 
 # ------------------------------------------------------------------ the stand-in itself
@@ -171,79 +91,115 @@ def test_fake_cupy_offers_only_what_cupy_has():
 
 
 # ------------------------------------------------------------------ the Python tile loop
-class _HostEpilogue:
-    """The epilogue kernels' update (the compiled CPU kernel) on host copies of a tile and of
-    the device state, written back: stands in for both backends' epilogues, as work of the
-    current stream (on a second stream it runs as late as its events allow)."""
-    calls = []
-
-    def __init__(self, cp, tc, dt, tr=1, fused=False):
-        self.cp = cp
-
-    def __call__(self, l1, l2, c0, r0, state, args, row_m, col_m):
-        def work():
-            n = l1.shape[0]
-            s, a, rm, cm = (x.get() for x in (state, args, row_m, col_m))
-            _core.lse_kl_update(l1.get(), l2.get(), s[:, r0:r0 + n], a[:, r0:r0 + n], c0, 1,
-                                rm[:, r0:r0 + n], cm, r0)
-            for dev_x, host_x in zip((state, args, row_m, col_m), (s, a, rm, cm)):
-                dev_x[...] = self.cp.asarray(host_x)
-            self.calls.append((l1.shape, c0, r0))
-        stream = self.cp.cuda.get_current_stream()
-        if stream is self.cp.cuda.Stream.null:
-            work()
-        else:
-            stream._defer(work)
-
-
-def emulated_gemm_ex(cp, a, b, out, kind, beta=0.0):
-    """cublasGemmEx of two half operands (bfloat16 as bits): float32 products of the exact
-    values, summed in float32."""
-    x, y = ((bf16.to_f32(t) if kind == "bfloat16" else t.astype(np.float32)) for t in (a, b))
-    prod = x @ y.T
-    out[...] = prod if beta == 0.0 else prod + np.float32(beta) * out
-
-
-def pass_operands(cp, kind, n, v):
-    """(host values, device operands) of a pass of make_pair(11) in ``kind`` (bfloat16 as
-    DeviceArrays of its bits, the host values those of the rounded operands)."""
-    f1, g1, f2, g2 = make_pair(11, n=n, v=v, m1=9, m2=6)
-    if kind == "bfloat16":
-        host = [bf16.to_f32(bf16.from_f32(x.astype(np.float32))) for x in (f1, g1, f2, g2)]
-        return host, [gp.DeviceArray(cp.asarray(bf16.from_f32(x)), kind) for x in host]
-    host = [x.astype(kind) for x in (f1, g1, f2, g2)]
-    return host, [cp.asarray(x) for x in host]
-
-
-@pytest.mark.parametrize("backend", ["cupy", "cuda"])
 @pytest.mark.parametrize("kind, half_gemm", [("float64", "cublas"), ("float32", "cublas"),
                                              ("bfloat16", "cublas"), ("bfloat16", "convert"),
                                              ("float16", "cublas")])
 @pytest.mark.parametrize("tiles", [{"tile_rows": 70, "tile_cols": 20}, {"tile_cols": 7},
                                    {}], ids=["row_and_label_tiles", "label_tiles", "one_tile"])
 @pytest.mark.parametrize("overlap", [True, False])
-def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, backend, kind, half_gemm,
-                                               tiles, overlap):
-    # _gpu_pass itself (backend "cupy", and "cuda" with driver=False): tiles, buffers, the
-    # second stream and its events, widened or half GEMM tiles; the epilogue kernels replaced
-    # by the CPU kernel on host copies, cublasGemmEx by its float32 emulation
-    monkeypatch.setattr(gp, "_CupyEpilogue", _HostEpilogue)
-    monkeypatch.setattr(gp, "_CudaEpilogue", _HostEpilogue)
-    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
-    monkeypatch.setattr(_HostEpilogue, "calls", [])
+def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, kind, half_gemm, tiles,
+                                               overlap):
+    # the cupy backend's tile loop itself: tiles, buffers, the second stream and its events,
+    # widened or half GEMM tiles; the epilogue kernels replaced by the CPU kernel on host
+    # copies, cublasGemmEx by its float32 emulation
+    monkeypatch.setattr(cupy_backend, "NvrtcEpilogue", HostEpilogue)
+    monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.setattr(HostEpilogue, "calls", [])
     host, ops = pass_operands(dev.cp, kind, 173, 61)
     if kind in ("float32", "float64"):  # a column-major label operand
         ops[1] = dev.cp.asfortranarray(ops[1])
-    kw = {"driver": False} if backend == "cuda" else {}
-    got = PASSES[backend](*ops, half_gemm=half_gemm, overlap=overlap, **tiles, **kw)
-    assert got.backend == backend and got.dtype == ("float64" if kind == "float64"
-                                                    else "float32")
+    got = PASSES["cupy"](*ops, half_gemm=half_gemm, overlap=overlap, **tiles)
+    assert got.backend == "cupy" and got.dtype == ("float64" if kind == "float64"
+                                                   else "float32")
     n_tiles = (-(-173 // tiles.get("tile_rows", 173))) * (-(-61 // tiles.get("tile_cols", 61)))
-    assert len(_HostEpilogue.calls) == n_tiles
+    assert len(HostEpilogue.calls) == n_tiles
     exact = [x.astype(np.float64) for x in host]
     # float32 logits (exact products, float32 sums) against float64 ones
     assert_stats_close(got, cpu_pass(*exact), 1e-12 if kind == "float64" else 1e-5,
                        logit_scale(*exact))
+
+
+@pytest.mark.skipif(not hasattr(_core, "lse_kl_pass_cuda"),
+                    reason="the CUDA pass driver is not built")
+@pytest.mark.parametrize("kinds, half_gemm", [
+    (("float64",) * 4, "cublas"), (("float32",) * 4, "cublas"), (("bfloat16",) * 4, "cublas"),
+    (("float16",) * 4, "cublas"), (("bfloat16",) * 4, "convert"),
+    (("float16", "float32", "float32", "float32"), "cublas"),   # a pair of two kinds
+    (("float64", "float64", "float32", "float32"), "cublas")],  # a float64 pair, float32 pass
+    ids=["float64", "float32", "bfloat16", "float16", "bfloat16 convert", "float16 with float32",
+         "float64 with float32"])
+@pytest.mark.parametrize("layout", ["C", "F", "gappy"])
+def test_cuda_backend_converts_what_the_driver_does_not_take(monkeypatch, kinds, half_gemm,
+                                                             layout):
+    # the cuda backend's one launch path: whatever the operands, the compiled driver runs, on
+    # operands it takes (its own checks pass: the stand-in calls them), converted on the device
+    # where needed, never into an N x V array; the pass gives the CPU pass's statistics
+    cp = fake_cupy.install(monkeypatch)
+    calls = []
+    driver = emulated_pass_driver(_core.lse_kl_pass_cuda)
+
+    def recording(*args, **kw):
+        calls.append(args[:4])
+        return driver(*args, **kw)
+    monkeypatch.setattr(_core, "lse_kl_pass_cuda", recording)
+    monkeypatch.setattr(cublas, "load_cublas", lambda: "emulated")
+    n, v = 173, 61
+    f1, g1, f2, g2 = make_pair(11, n=n, v=v, m1=9, m2=6)
+    host, ops = [], []
+    for x, kind in zip((f1, g1, f2, g2), kinds):
+        if kind == "bfloat16":
+            bits = bf16.from_f32(x.astype(np.float32))
+            host.append(bf16.to_f32(bits).astype(np.float64))
+            dev = DeviceArray(cp.asarray(bits), kind)
+        else:
+            host.append(x.astype(kind).astype(np.float64))
+            dev = cp.asarray(x.astype(kind))
+        if layout != "C":   # the label operands column-major, or every other row and column
+            data = dev.data if isinstance(dev, DeviceArray) else dev
+            if layout == "F":
+                data = cp.asfortranarray(data)
+            else:
+                big = cp.zeros((2 * data.shape[0], 2 * data.shape[1]), data.dtype)
+                big[::2, ::2] = data
+                data = big[::2, ::2]
+            dev = DeviceArray(data, kind) if isinstance(dev, DeviceArray) else data
+        ops.append(dev)
+    got = cuda_backend.cuda_pass(*ops, half_gemm=half_gemm, tile_rows=70, tile_cols=20)
+    f64 = all(k == "float64" for k in kinds)
+    # pairs of one kind the driver takes stay as they are (bfloat16 as its bits); the others
+    # are widened to float32: mixed pairs, a float64 pair in a float32 pass, "convert"
+    taken = [k if kinds[2 * (i // 2)] == kinds[2 * (i // 2) + 1] and (k != "float64" or f64)
+             and not (k in ("float16", "bfloat16") and half_gemm == "convert") else "float32"
+             for i, k in enumerate(kinds)]
+    want = [(s, "uint16" if k == "bfloat16" else k)
+            for s, k in zip([(n, 9), (v, 9), (n, 6), (v, 6)], taken)]
+    assert calls and all([(a.shape, a.dtype.name) for a in c] == want for c in calls)
+    for i, op in enumerate(ops):   # what the driver takes, it takes as it is: no copy
+        if layout != "gappy" and taken[i] == kinds[i]:
+            assert calls[0][i] is (op.data if isinstance(op, DeviceArray) else op)
+    assert (got.backend, got.dtype) == ("cuda", "float64" if f64 else "float32")
+    assert_stats_close(got, cpu_pass(*host), 1e-12 if f64 else 1e-5, logit_scale(*host))
+
+
+def test_a_cuda_build_without_the_pass_driver_has_no_cuda_backend(monkeypatch):
+    # the cuda backend is the compiled driver only: without it (no cuBLAS headers at build
+    # time) the backend is unavailable, saying why, and GPU arrays go to the cupy backend
+    import identirep._build
+    fake_cupy.install(monkeypatch)
+    monkeypatch.delenv("IDENTIREP_BACKEND", raising=False)
+    monkeypatch.setattr(identirep._build, "build_info", lambda: {"cuda_compiled": True,
+                                                                 "cuda_pass_driver": False})
+    monkeypatch.setattr(_core, "lse_kl_update_cuda", lambda *a, **k: None, raising=False)
+    monkeypatch.delattr(_core, "lse_kl_pass_cuda", raising=False)
+    assert "without the pass driver: the cuBLAS headers were missing" in _backends.cuda_problem()
+    assert _backends.gpu_backend() == "cupy"
+    a, b = random_pair(N=40, V=7, M=2)
+    with pytest.raises(IdentirepError, match="backend='cuda' is not available: identirep was "
+                                             "built with CUDA but without the pass driver"):
+        ir.kl(*(model_on(fake_cupy.cupy, m) for m in (a, b)), backend="cuda")
+    with pytest.raises(IdentirepError, match="the cuda backend is not available: identirep was "
+                                             "built with CUDA but without the pass driver"):
+        cuda_backend.cuda_pass(*[fake_cupy.cupy.zeros((4, 3))] * 4)
 
 
 def test_engine_methods_run_on_the_stream_current_when_called(monkeypatch):
@@ -256,8 +212,8 @@ def test_engine_methods_run_on_the_stream_current_when_called(monkeypatch):
     def caller_stream(arrays):
         entered.append(len(arrays))
         yield
-    monkeypatch.setattr(_backends, "_torch_cuda_tensor", lambda arrays: arrays[0])
-    monkeypatch.setattr(_backends, "caller_stream", caller_stream)
+    monkeypatch.setattr(streams, "_torch_cuda_tensor", lambda arrays: arrays[0])
+    monkeypatch.setattr(streams, "caller_stream", caller_stream)
     a, b = random_pair(N=120, V=40, M=4, bias=True, seed=3)
     e = ir.engine(a, b)
     assert entered == [6]   # f, g, bias of both models
@@ -274,7 +230,7 @@ def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, kind
     # backend="cupy" (or "cuda") with host models (NumPy, bfloat16 NumPy with a float32 bias,
     # torch CPU bfloat16 tensors): each model goes to the device once and every product runs
     # there, with the CPU engine's results
-    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=21)
     bf = np.dtype(pytest.importorskip("ml_dtypes").bfloat16) if kind != "float64" else None
     if kind == "ml_dtypes":
@@ -293,7 +249,7 @@ def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, kind
     got = ir.compare(a, b, backend="cupy", **OPTS)
     want = ir.compare(a, b, backend="cpu", **OPTS)
     assert got.backend == "cupy"
-    _assert_same(got, want, tol)
+    assert_same_results(got, want, tol)
     m = ir.matrix([a, b], backend="cupy", **OPTS)
     np.testing.assert_allclose(m.values["d_llv"][0, 1], want.d_llv.value, rtol=RTOL[tol])
 
@@ -303,21 +259,21 @@ def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, kind
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("M2", [5, 4])
 def test_compare_on_device_matches_cpu(dev, dtype, bias, M2):
-    (ga, gb), (a, b) = _models(dev.cp, dtype, N=301, V=53, M=5, M2=M2, bias=bias, seed=7)
+    (ga, gb), (a, b) = device_models(dev.cp, dtype, N=301, V=53, M=5, M2=M2, bias=bias, seed=7)
     got = ir.compare(ga, gb, **OPTS)
     want = ir.compare(a, b, **OPTS)
     assert (got.backend, want.backend) == ("cupy", "cpu")
     assert dev.pivot_calls and set(dev.pivot_calls) == {"cupy"}
-    _assert_same(got, want, dtype)
+    assert_same_results(got, want, dtype)
 
 
 def test_cuda_backend_takes_the_same_device_paths(dev, monkeypatch):
     dev.backend = "cuda"
     monkeypatch.setattr(_backends, "cuda_problem", lambda: None)   # no cuBLAS needed
-    (ga, gb), (a, b) = _models(dev.cp, N=301, V=53, M=5, bias=True, seed=8)
+    (ga, gb), (a, b) = device_models(dev.cp, N=301, V=53, M=5, bias=True, seed=8)
     got = ir.compare(ga, gb, **OPTS)
     assert got.backend == "cuda" and set(dev.pivot_calls) == {"cuda"}
-    _assert_same(got, ir.compare(a, b, **OPTS))
+    assert_same_results(got, ir.compare(a, b, **OPTS))
 
 
 @pytest.mark.parametrize("kinds", [((np.float16,) * 2,) * 2,
@@ -327,9 +283,9 @@ def test_cuda_backend_takes_the_same_device_paths(dev, monkeypatch):
 def test_half_and_mixed_precision_on_device_match_cpu(dev, kinds):
     """``kinds``: per model, the dtype of f and g and that of the bias."""
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=12)
-    got = ir.compare(*(_on(dev.cp, m, *k) for m, k in zip((a, b), kinds)), **OPTS)
-    want = ir.compare(*(_on(np, m, *k) for m, k in zip((a, b), kinds)), **OPTS)
-    _assert_same(got, want, np.float32)
+    got = ir.compare(*(model_on(dev.cp, m, *k) for m, k in zip((a, b), kinds)), **OPTS)
+    want = ir.compare(*(model_on(np, m, *k) for m, k in zip((a, b), kinds)), **OPTS)
+    assert_same_results(got, want, np.float32)
 
 
 @pytest.mark.parametrize("kw", [{}, {"num_pivots": 20}], ids=["exact", "sampled"])
@@ -345,10 +301,10 @@ def test_bfloat16_models_on_device_use_bfloat16_products(dev, monkeypatch, kw):
         assert a.dtype == b.dtype == np.uint16 and out.dtype == np.float32
         prod = bf16.to_f32(a) @ bf16.to_f32(b).T
         out[...] = prod if beta == 0.0 else prod + np.float32(beta) * out
-    monkeypatch.setattr(gp, "gemm_ex", gemm_ex)
+    monkeypatch.setattr(cublas, "gemm_ex", gemm_ex)
     bf = np.dtype(ml_dtypes.bfloat16)
     a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=13)
-    got = ir.d_llv(*(_on(dev.cp, m, bf, np.float32) for m in (a, b)), **kw)
+    got = ir.d_llv(*(model_on(dev.cp, m, bf, np.float32) for m in (a, b)), **kw)
     assert calls and {k for k, _ in calls} == {"bfloat16"}
     # per call: 0 a new product, 1 a part added to one; a split product is "011"
     betas = "".join("1" if beta else "0" for _, beta in calls)
@@ -356,8 +312,9 @@ def test_bfloat16_models_on_device_use_bfloat16_products(dev, monkeypatch, kw):
     assert splits >= 2 and betas.count("1") == 2 * splits
     assert betas.count("0") - splits >= 5   # f1, f2, f1'f2, g1, g2 scatter blocks
     # float32 on the host (one float32 GEMM per product) and float64, of the same values
-    plain = ir.d_llv(*(_on(np, m, bf, np.float32) for m in (a, b)), **kw)
-    exact = ir.d_llv(*(_on(np, _on(np, m, bf, np.float32), np.float64) for m in (a, b)), **kw)
+    plain = ir.d_llv(*(model_on(np, m, bf, np.float32) for m in (a, b)), **kw)
+    exact = ir.d_llv(*(model_on(np, model_on(np, m, bf, np.float32), np.float64)
+                       for m in (a, b)), **kw)
     assert (got.pivot, got.leave_out, got.input_set) == (exact.pivot, exact.leave_out,
                                                         exact.input_set)
     for k in ("value", "t1", "t2", "t3", "t4"):
@@ -370,10 +327,10 @@ def test_bfloat16_models_on_device_use_bfloat16_products(dev, monkeypatch, kw):
                                 {"sets_per_pivot": 3, "combine": "sum"}],
                          ids=["exact", "sampled", "given", "sets per pivot"])
 def test_d_llv_on_device_matches_cpu(dev, term, kw):
-    (ga, gb), (a, b) = _models(dev.cp, N=301, V=53, M=5, M2=4, bias=True, seed=9)
+    (ga, gb), (a, b) = device_models(dev.cp, N=301, V=53, M=5, M2=4, bias=True, seed=9)
     got = ir.d_llv(ga, gb, term=term, num_samples=30, **kw)
     want = ir.d_llv(a, b, term=term, num_samples=30, **kw)
-    _assert_same(got, want)
+    assert_same_results(got, want)
 
 
 @pytest.mark.usefixtures("bounded_small")
@@ -381,19 +338,19 @@ def test_d_llv_on_device_matches_cpu(dev, term, kw):
 @pytest.mark.parametrize("kw", [{"term": "max"}, {"term": "max", "pivot_budget": 12},
                                 {"term": "mean"}], ids=["bounded", "budget", "sampled"])
 def test_pivot_search_beyond_the_exact_limit_on_device_matches_cpu(dev, dtype, kw):
-    (ga, gb), (a, b) = _models(dev.cp, dtype, N=400, V=700, M=6, seed=3, noise=0.1, bias=True)
+    (ga, gb), (a, b) = device_models(dev.cp, dtype, N=400, V=700, M=6, seed=3, noise=0.1, bias=True)
     got = ir.d_llv(ga, gb, num_samples=20, **kw)
     want = ir.d_llv(a, b, num_samples=20, **kw)
     assert ("bounded search" in want.pivot_search or "not proven exact" in want.pivot_search
             if kw["term"] == "max" else "sampled" in want.pivot_search)
-    _assert_same(got, want, dtype)
+    assert_same_results(got, want, dtype)
 
 
 def test_each_measure_on_device_matches_cpu(dev):
-    (ga, gb), (a, b) = _models(dev.cp, N=301, V=53, M=5, bias=True, seed=10)
+    (ga, gb), (a, b) = device_models(dev.cp, N=301, V=53, M=5, bias=True, seed=10)
     for fn in (ir.d_svd, ir.d_rep, ir.d_logit, ir.kl):
-        _assert_same(fn(ga, gb), fn(a, b))
-    _assert_same(ir.mcca(ga.f, gb.f), ir.mcca(a.f, b.f))
+        assert_same_results(fn(ga, gb), fn(a, b))
+    assert_same_results(ir.mcca(ga.f, gb.f), ir.mcca(a.f, b.f))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -401,8 +358,8 @@ def test_matrix_of_device_models_matches_cpu(dev, dtype):
     from identirep import constructions as C
     base = C.random_model(N=150, V=21, M=3, seed=0, bias=True, name="base")
     models = [base, C.perturbed_copy(base, 0.3, seed=1), C.linear_transform(base, seed=2)]
-    got = ir.matrix([_on(dev.cp, m, dtype) for m in models], **OPTS)
-    want = ir.matrix([_on(np, m, dtype) for m in models], **OPTS)
+    got = ir.matrix([model_on(dev.cp, m, dtype) for m in models], **OPTS)
+    want = ir.matrix([model_on(np, m, dtype) for m in models], **OPTS)
     assert got.pairs == want.pairs
     for k in want.values:
         np.testing.assert_allclose(got.values[k], want.values[k], rtol=RTOL[dtype], atol=1e-12,
@@ -417,33 +374,33 @@ def test_rank_deficient_and_repeated_data_on_device_match_cpu(dev):
         m.f[[20, 40]] = m.f[10]
         m.g[6:12] = m.g[5]
     a.f[:, 4] = a.f[:, 0] - 2 * a.f[:, 1]
-    got = ir.compare(*(_on(dev.cp, m) for m in (a, b)), **OPTS)
+    got = ir.compare(*(model_on(dev.cp, m) for m in (a, b)), **OPTS)
     want = ir.compare(a, b, **OPTS)
     assert "from 299 distinct inputs" in want.d_llv.input_search
     assert want.d_rep.skipped_sets > 0
-    _assert_same(got, want)
+    assert_same_results(got, want)
 
 
 def test_rank_deficient_label_covariance_on_device_matches_cpu(dev):
     # collinear g columns: the input-side factor and the g whitening by eigenvectors
-    (ga, gb), (a, b) = _models(dev.cp, N=301, V=53, M=5, seed=14)
+    (ga, gb), (a, b) = device_models(dev.cp, N=301, V=53, M=5, seed=14)
     for m in (a, ga):
         m.g[:, 3] = m.g[:, 0] + m.g[:, 1]
     e, want = ir.engine(ga, gb), ir.engine(a, b)
-    _assert_same(e.d_llv(num_samples=30), want.d_llv(num_samples=30))
-    _assert_same(e.mcca_g(), want.mcca_g())
+    assert_same_results(e.d_llv(num_samples=30), want.d_llv(num_samples=30))
+    assert_same_results(e.mcca_g(), want.mcca_g())
 
 
 def test_float32_mcca_of_wide_models_on_device_matches_cpu(dev):
     # M >= 64 in float32: singular values from the eigenvalues of T'T
-    (ga, gb), (a, b) = _models(dev.cp, np.float32, N=400, V=90, M=64, seed=15)
+    (ga, gb), (a, b) = device_models(dev.cp, np.float32, N=400, V=90, M=64, seed=15)
     e, want = ir.engine(ga, gb), ir.engine(a, b)
-    _assert_same(e.mcca_f(), want.mcca_f(), np.float32)
-    _assert_same(e.mcca_g(), want.mcca_g(), np.float32)
+    assert_same_results(e.mcca_f(), want.mcca_f(), np.float32)
+    assert_same_results(e.mcca_g(), want.mcca_g(), np.float32)
 
 
 def test_engine_keeps_device_models_on_the_device(dev):
-    (ga, gb), (a, b) = _models(dev.cp, N=301, V=97, M=6, seed=11)
+    (ga, gb), (a, b) = device_models(dev.cp, N=301, V=97, M=6, seed=11)
     e, want = ir.engine(ga, gb), ir.engine(a, b)
     assert e.c1.xp is dev.cp and isinstance(e.G1, dev.cp.ndarray)
     assert isinstance(e.c2.input_factor[0], dev.cp.ndarray)
@@ -451,7 +408,8 @@ def test_engine_keeps_device_models_on_the_device(dev):
     rng = np.random.default_rng(2)
     piv = np.sort(rng.choice(97, 30, replace=False))
     lab = np.union1d(rng.choice(97, 40, replace=False), piv[:5])
-    np.testing.assert_allclose(e.labels.row_bounds(piv, lab), want.labels.row_bounds(piv, lab), rtol=1e-10,
+    np.testing.assert_allclose(e.labels.row_bounds(piv, lab), want.labels.row_bounds(piv, lab),
+                               rtol=1e-10,
                                atol=1e-12)
     for k, v in want.label_terms(4).items():
         np.testing.assert_allclose(e.label_terms(4)[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
@@ -489,7 +447,7 @@ def test_device_pivot_criteria_launch(dev, monkeypatch, mode, xdtypes):
     def get_function(name):
         launched.append(name)
         return kernel
-    monkeypatch.setattr(gp, "_pivot_module", lambda _: types.SimpleNamespace(
+    monkeypatch.setattr(nvrtc, "pivot_module", lambda _: types.SimpleNamespace(
         get_function=get_function))
     rng = np.random.default_rng(31)
     B, V = 37, 503
@@ -505,13 +463,13 @@ def test_device_pivot_criteria_launch(dev, monkeypatch, mode, xdtypes):
     dX1 = cp.asfortranarray(cp.asarray(X1))   # converted to C order for the kernel
     got = PIVOT_CRITERIA_DEVICE(dX1, *(cp.asarray(x) for x in (X2, n1, n2, A1, A2, B12)), piv,
                                 1e-5, mode, "cupy")
-    assert launched == [gp.PIVOT_KERNELS["float" if xdt == np.float32 else "double"]]
+    assert launched == [nvrtc.PIVOT_KERNELS["float" if xdt == np.float32 else "double"]]
     assert isinstance(got, np.ndarray) and got.dtype == np.float64
     np.testing.assert_array_equal(got, want)
 
 
 def test_save_model_of_device_arrays(dev, tmp_path):
     a, _ = random_pair(N=31, V=7, M=3, bias=True, seed=16)
-    back = ir.load_model(ir.save_model(_on(dev.cp, a), tmp_path / "a.npz"))
+    back = ir.load_model(ir.save_model(model_on(dev.cp, a), tmp_path / "a.npz"))
     for x, y in zip((back.f, back.g, back.bias), (a.f, a.g, a.bias)):
         np.testing.assert_array_equal(x, y)

@@ -1,7 +1,7 @@
 """The cupy backend's own launch code on the CPU: identirep's NVRTC launches (_CupyEpilogue,
-pivot_criteria_device) through the CuPy stand-in (tests/fake_cupy.py), whose RawModule runs the
+pivot_criteria_device) through the CuPy stand-in (fake_cupy.py), whose RawModule runs the
 real kernels in the SIMT emulator's library (launch_kernels.cpp), checked against the compiled
-CPU kernels. Run by tests/test_kernels_on_cpu.py in its own process (an emulator failure ends
+CPU kernels. Run by test_kernels_on_cpu.py in its own process (an emulator failure ends
 the process):
 
     python cupy_backend_case.py LIBRARY pass|pivots|compare [options as JSON]
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
+EMULATION = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(EMULATION), str(EMULATION.parent)]
 
 import fake_cupy  # noqa: E402
 
@@ -22,17 +22,17 @@ fake_cupy.load_kernel_library(sys.argv[1])
 cp = fake_cupy.install()
 
 from identirep import _core  # noqa: E402
-from identirep import _cupy_pass as gp  # noqa: E402
+from identirep.gpu import cublas, cupy_backend, pivots  # noqa: E402
 from identirep._cpu_pass import cpu_pass  # noqa: E402
-from test_device_paths_on_cpu import emulated_gemm_ex, pass_operands  # noqa: E402
-from test_gpu import field_errors, logit_scale, pivot_problem  # noqa: E402
+from helpers import field_errors, logit_scale, pivot_problem  # noqa: E402
+from standins import emulated_gemm_ex, pass_operands  # noqa: E402
 
 
 def run_pass(kind="float32", fused=False, overlap=True, half_gemm="cublas", n=40, v=37,
              **tiles):
-    gp.gemm_ex = emulated_gemm_ex
+    cublas.gemm_ex = emulated_gemm_ex
     host, ops = pass_operands(cp, kind, n, v)
-    got = gp.cupy_pass(*ops, fused_epilogue=fused, overlap=overlap, half_gemm=half_gemm,
+    got = cupy_backend.cupy_pass(*ops, fused_epilogue=fused, overlap=overlap, half_gemm=half_gemm,
                        **tiles)
     exact = [x.astype(np.float64) for x in host]
     want = cpu_pass(*exact)
@@ -54,7 +54,7 @@ def run_pivots(xdtype="float64", mode="max", strided=False):
                [cp.asarray(x, dtype=np.float32) for x in dev[2:]])
         want = _core.pivot_criteria(X1, X2, *(x.astype(np.float32).astype(np.float64)
                                               for x in (n1, n2, A1, A2, B12)), piv, 1e-5, mode)
-    got = gp.pivot_criteria_device(*dev, piv, 1e-5, mode, "cupy")
+    got = pivots.pivot_criteria_device(*dev, piv, 1e-5, mode, "cupy")
     got = got.get() if isinstance(got, fake_cupy.ndarray) else np.asarray(got)
     ok = np.allclose(got, want, rtol=1e-12, atol=0, equal_nan=True)
     return {} if ok else {"crit": float(np.nanmax(np.abs(got - want)))}
@@ -65,13 +65,13 @@ def run_compare(dtype="float64", bias=True, M2=4):
     the CPU engine (an AssertionError on a difference)."""
     import identirep as ir
     from identirep import _backends
-    from test_device_paths_on_cpu import OPTS, _assert_same, _models
+    from standins import OPTS, assert_same_results, device_models
     _backends.gpu_backend = lambda: "cupy"
     dt = np.dtype(dtype).type
-    dev, host = _models(cp, dt, N=301, V=53, M=5, M2=M2, bias=bias, seed=7)
+    dev, host = device_models(cp, dt, N=301, V=53, M=5, M2=M2, bias=bias, seed=7)
     got, want = ir.compare(*dev, **OPTS), ir.compare(*host, **OPTS)
     assert got.backend == "cupy"
-    _assert_same(got, want, dt)
+    assert_same_results(got, want, dt)
     return {}
 
 

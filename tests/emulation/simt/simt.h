@@ -508,7 +508,7 @@ T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = 32) {
 
 namespace simt {
 // All 32 lanes' `bytes` (<= 64) from `mine` into all[32 * bytes], lane by lane: the exchange
-// behind ldmatrix and mma.sync (tests/simt/simt_mma.h). Every lane of the warp takes part.
+// behind ldmatrix and mma.sync (gemm_primitives.cuh of this folder). Every lane of the warp takes part.
 inline void WarpGather(const void* mine, void* all, size_t bytes) {
   Fiber& me = *self;
   Warp& w = *me.warp;

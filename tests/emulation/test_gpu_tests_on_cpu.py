@@ -1,5 +1,7 @@
 """The GPU tests of test_gpu.py, run on the CPU through the CuPy stand-in (gpu_standin.py, in a
-process of its own): each must pass, or skip only for what the stand-in cannot provide."""
+process of its own): each must pass, or skip only for what the stand-in cannot provide. A slow
+re-run of other tests (marker standin): not in the default run; .ci/run runs it as a step of
+its own (pytest -m standin)."""
 from __future__ import annotations
 
 import os
@@ -11,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CUDA_BUILT
+pytestmark = [pytest.mark.emulation, pytest.mark.standin]
 
-TESTS = Path(__file__).resolve().parent
+EMULATION = Path(__file__).resolve().parent
+TESTS = EMULATION.parent
 #: the one skip allowed on the stand-in (gpu_standin.py makes torch report no CUDA)
 STANDIN_SKIPS = (r"torch has no CUDA",)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CUDA_BUILT, reason="CUDA not built (the GPU tests skip without it)")
-def test_gpu_tests_pass_on_the_cupy_standin(tmp_path):
+def test_gpu_tests_pass_on_the_cupy_standin(tmp_path, needs_cuda_build):
     report = tmp_path / "gpu_tests.xml"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(TESTS)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        [str(EMULATION), str(TESTS)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     for name in ("IDENTIREP_REQUIRE_GPU_TESTS", "IDENTIREP_BACKEND"):
         env.pop(name, None)
     proc = subprocess.run(

@@ -1,14 +1,15 @@
 // The CUDA kernels of csrc/kernels/lse_kl.cuh and pivot_terms.cuh run on the CPU in the SIMT
-// emulator simt.h, launched as identirep/_cupy_pass.py launches their NVRTC build
-// (_CupyEpilogue.__call__, pivot_criteria_device). The launch constants of that module come in
-// as macros; tests/test_kernels_on_cpu.py builds this with
-//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -D<constants> -I csrc/kernels run_kernels.cpp
+// emulator simt.h, launched as identirep/gpu/cupy_backend.py launches their NVRTC build
+// (NvrtcEpilogue.__call__, pivot_criteria_device), with the geometry of their launch table
+// (kernels/launch_table.h); tests/emulation/test_kernels_on_cpu.py builds this with
+//   g++ -std=c++20 -pthread -D__CUDACC_RTC__ -I tests/emulation/simt -I csrc/kernels run_kernels.cpp
 // Arrays are raw files in DIR (C order, float64 / int64 unless said otherwise):
 //   run_kernels epilogue f32|f64 FUSED MOMENTS N V LD1 LD2 TR TC ROW_WORK COL_WORK REPEAT DIR
 //     l1, l2: N x LD1, N x LD2 logits (f32|f64); state 8 x N, args 2 x N, row_m 5 x N,
-//     col_m 5 x V. The pass of _gpu_pass (label tiles of TC outer, row tiles of TR inner, each
-//     a view of l1, l2) with scratch arrays of ROW_WORK and COL_WORK doubles
-//     (epilogue_scratch) updates them into state.out, args.out, row_m.out, col_m.out.
+//     col_m 5 x V. The pass of the cupy backend's tile loop (label tiles of TC outer, row
+//     tiles of TR inner, each a view of l1, l2) with scratch arrays of ROW_WORK and COL_WORK
+//     doubles (the scratch sizes of the launch table) updates them into state.out, args.out,
+//     row_m.out, col_m.out.
 //     MOMENTS 0: no moments (null pointers, as the compiled launchers LseKl / LseKlFused do
 //     without them). REPEAT > 1: the pass again from the same inputs, bitwise equal or fail.
 //   run_kernels gemm bf16|f16 BM MOMENTS N V K1 K2 LDF1 LDG1 LDF2 LDG2 TR TC REPEAT DIR
@@ -38,7 +39,9 @@
 #error "compile with -D__CUDACC_RTC__ (the kernels' NVRTC build: device code only)"
 #endif
 #include "simt.h"
-#include "simt_mma.h"
+// the emulator's primitives of the fused GEMM (this folder is on the include path before
+// csrc/kernels: lse_kl_gemm.cuh's <gemm_primitives.cuh> is this one too)
+#include <gemm_primitives.cuh>
 
 #include "lse_kl.cuh"
 #include "lse_kl_gemm.cuh"
@@ -111,13 +114,6 @@ void Write(const std::string& dir, const std::string& name, const Array<T>& a) {
 }
 
 Index Ceil(Index a, Index b) { return (a + b - 1) / b; }
-Index Clamp(Index x, Index lo, Index hi) { return x < lo ? lo : (x > hi ? hi : x); }
-// col_chunks / fused_chunks of _cupy_pass.py
-Index ColChunks(Index n) { return Clamp(Ceil(n, COL_MIN_CHUNK_ROWS), 1, COL_MAX_CHUNKS); }
-Index FusedChunks(Index n) { return Clamp(Ceil(n, FUSED_MIN_CHUNK_ROWS), 1, FUSED_MAX_CHUNKS); }
-
-template <typename T>
-constexpr int kSlabRows = std::is_same_v<T, float> ? SLAB_ROWS_FLOAT : SLAB_ROWS_DOUBLE;
 
 dim3 Grid(Index x, Index y = 1) { return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y)); }
 
@@ -165,28 +161,28 @@ struct Epilogue {
     double* col_work = moments ? work.data() : nullptr;
     Index chunks = 1;
     if (fused) {
-      chunks = FusedChunks(n);
-      simt::Launch(Grid(Ceil(v, SLAB_COLS), chunks), dim3(SLAB_THREADS), [&] {
-        k::LseKlSlabKernel<T, kSlabRows<T>>(l1, ld1, l2, ld2, n, v, row_work.data(), col_work);
+      chunks = k::FusedChunks(n);
+      simt::Launch(Grid(Ceil(v, k::kSlabCols), chunks), dim3(k::kSlabThreads), [&] {
+        k::LseKlSlabKernel<T, k::SlabRows<T>::value>(l1, ld1, l2, ld2, n, v, row_work.data(), col_work);
       });
     } else {
-      simt::Launch(Grid(n), dim3(LSE_KL_THREADS), [&] {
-        k::LseKlKernel<T, LSE_KL_THREADS>(l1, ld1, l2, ld2, v, c0, state, N, args, N, row_m, N);
+      simt::Launch(Grid(n), dim3(k::kLseKlThreads), [&] {
+        k::LseKlKernel<T, k::kLseKlThreads>(l1, ld1, l2, ld2, v, c0, state, N, args, N, row_m, N);
       });
       if (moments) {
-        chunks = ColChunks(n);
-        simt::Launch(Grid(Ceil(v, 32), chunks), dim3(32, COL_ROWS), [&] {
-          k::LseKlColKernel<T, COL_ROWS>(l1, ld1, l2, ld2, n, v, col_work);
+        chunks = k::ColChunks(n);
+        simt::Launch(Grid(Ceil(v, 32), chunks), dim3(32, k::kColRows), [&] {
+          k::LseKlColKernel<T, k::kColRows>(l1, ld1, l2, ld2, n, v, col_work);
         });
       }
     }
     if (moments) {
-      simt::Launch(Grid(Ceil(v, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+      simt::Launch(Grid(Ceil(v, k::kMergeThreads)), dim3(k::kMergeThreads), [&] {
         k::LseKlColMergeKernel<T>(l1, l2, n, v, c0, chunks, col_work, s.col_m.data(), V, r0);
       });
     }
     if (fused) {
-      simt::Launch(Grid(Ceil(n, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+      simt::Launch(Grid(Ceil(n, k::kMergeThreads)), dim3(k::kMergeThreads), [&] {
         k::LseKlRowMergeKernel<T>(n, v, c0, row_work.data(), state, N, args, N, row_m, N);
       });
     }
@@ -265,12 +261,12 @@ void RunGemm(char** a, const std::string& dir) {
         mma_issued.data()[0] += static_cast<double>(issued1 - issued0);
         mma_issued.data()[1] += static_cast<double>(simt::g_mma_issued.load() - issued1);
         if (moments) {
-          simt::Launch(Grid(Ceil(v, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+          simt::Launch(Grid(Ceil(v, k::kMergeThreads)), dim3(k::kMergeThreads), [&] {
             k::LseKlColMergeKernel<float>(shift.data(), shift.data() + v, n, v, c0, chunks, cw,
                                           s.col_m.data(), V, r0);
           });
         }
-        simt::Launch(Grid(Ceil(n, MERGE_THREADS)), dim3(MERGE_THREADS), [&] {
+        simt::Launch(Grid(Ceil(n, k::kMergeThreads)), dim3(k::kMergeThreads), [&] {
           k::LseKlRowMergeKernel<float, k::kGemmBN>(n, v, c0, row_work.data(), state, N, args,
                                                     N, row_m, N);
         });
@@ -306,8 +302,8 @@ void RunPivot(char** a, const std::string& dir) {
     vec.push_back(Read<double>(dir, name, V));
   const Array<Index> pivots = Read<Index>(dir, "pivots", B);
   Array<double> crit(B);
-  simt::Launch(Grid(B), dim3(PIVOT_THREADS), [&] {
-    k::PivotCriteriaKernel<TX, PIVOT_THREADS>(
+  simt::Launch(Grid(B), dim3(k::kPivotThreads), [&] {
+    k::PivotCriteriaKernel<TX, k::kPivotThreads>(
         X1.data(), V, X2.data(), V, vec[0].data(), vec[1].data(), vec[2].data(), vec[3].data(),
         vec[4].data(), pivots.data(), V, tol, mode == "max" ? 0 : 1, crit.data());
   });
@@ -355,7 +351,7 @@ __global__ void FreshShared(int* fresh) {
 // (kSkew: descriptors that differ across the warpgroup).
 template <bool kFence, bool kSkew>
 __global__ void WgmmaToy(const unsigned short* src, float* out) {
-  IDENTIREP_DYNAMIC_SHARED(sh);
+  IDENTIREP_GEMM_DYNAMIC_SHARED(sh);
   const unsigned pad = (1024 - mma::SmemAddr(sh) % 1024) % 1024;
   unsigned char* base = sh + pad;
   for (unsigned i = threadIdx.x; i < 128 * 8; i += blockDim.x) {
@@ -447,7 +443,7 @@ int main(int argc, char** argv) {
       else SyncAfterExit(out.data());
     });
   } else {
-    Die("usage: see the comment at the top of tests/simt/run_kernels.cpp");
+    Die("usage: see the comment at the top of tests/emulation/simt/run_kernels.cpp");
   }
   return 0;
 }

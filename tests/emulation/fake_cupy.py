@@ -6,7 +6,7 @@ indexing by a device array, ``host[...] = device`` and the compiled core refuse 
 arrays (ndim > 0) mixed into device operators, ufuncs, CuPy functions or ``device[...] =``
 (only ``asarray`` / ``array`` copy host data over; host index arrays are taken, as CuPy copies
 them), and anything outside the CuPy subset listed here (each name exists in CuPy:
-test_device_paths_on_cpu checks them against an installed CuPy). Reductions give 0-d device
+tests/emulation/test_device_paths_on_cpu.py checks them against an installed CuPy). Reductions give 0-d device
 arrays, as CuPy's do. Failed factorisations raise LinAlgError only under
 ``cupyx.errstate(linalg="raise")`` and give a wrong result otherwise, as CuPy's do. Streams run
 deferred work as late as their events allow. ``RawModule`` runs the kernels in the SIMT
@@ -132,6 +132,16 @@ class ndarray(NDArrayOperatorsMixin):
 
     def tolist(self):
         return self._a.tolist()
+
+    @property
+    def __cuda_array_interface__(self):
+        """Its host buffer described as CuPy describes device memory (version 3): the compiled
+        entry points read it, and run their argument checks on it (a launch would need a
+        GPU)."""
+        a = self._a
+        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3,
+                "data": (a.ctypes.data if a.size else 0, not a.flags.writeable),
+                "strides": None if a.flags.c_contiguous else a.strides}
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
@@ -335,7 +345,7 @@ class Device(_Context):
         self.id = int(device)
 
 
-#: the SIMT emulator's kernel library (tests/simt/launch_kernels.cpp, a ctypes.CDLL), which
+#: the SIMT emulator's kernel library (simt/launch_kernels.cpp, a ctypes.CDLL), which
 #: RawModule's kernels run on; None: RawModule is unavailable
 kernel_library = None
 
@@ -424,11 +434,13 @@ cupy = _module(
     **{n: _forward(getattr(np, n), n, ufunc=True) for n in UFUNCS})
 def _undefined(fn):
     """CuPy's ``empty``: memory nobody wrote holds garbage (0xff bytes: NaN, -1), as a
-    GPU's does, so that code that reads it before writing it fails."""
+    GPU's does, so that code that reads it before writing it fails; 256-byte aligned, as
+    cudaMalloc's memory is."""
     def call(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        out._a.view(np.uint8).reshape(-1)[...] = 0xFF
-        return out
+        a = fn(*args, **kwargs)._a   # its shape, dtype and strides (memory order)
+        raw = np.full(a.nbytes + 256, 0xFF, np.uint8)
+        return ndarray(np.ndarray(a.shape, a.dtype, buffer=raw, offset=-raw.ctypes.data % 256,
+                                  strides=a.strides))
     call.__name__ = fn.__name__
     return call
 
@@ -494,7 +506,7 @@ def install(monkeypatch=None):
 
 
 def load_kernel_library(path):
-    """Load the emulator's kernel library (tests/simt/launch_kernels.cpp) for RawModule."""
+    """Load the emulator's kernel library (simt/launch_kernels.cpp) for RawModule."""
     import ctypes
     global kernel_library
     lib = ctypes.CDLL(str(path))

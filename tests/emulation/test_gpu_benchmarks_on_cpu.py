@@ -1,22 +1,24 @@
-"""The GPU benchmarks end to end on the CPU, through the CuPy stand-in of
-test_device_paths_on_cpu (the GPU passes, kernels and cublasGemmEx replaced by CPU versions):
-the benchmarks' own code (steps, measurement guards, phases, dense-algebra timer, pivot floors
-and tables) must run before it meets a GPU."""
+"""The GPU benchmarks end to end on the CPU, through the CuPy stand-in (the dev fixture: the GPU
+passes, kernels and cublasGemmEx replaced by CPU versions, standins.py): the benchmarks' own
+code (steps, measurement guards, phases, dense-algebra timer, pivot floors and tables) must run
+before it meets a GPU."""
 import importlib
 import sys
 from pathlib import Path
 
 import pytest
 
-from identirep import _cupy_pass as gp
-from test_device_paths_on_cpu import dev, emulated_gemm_ex  # noqa: F401 (dev: a fixture)
+from identirep.gpu import cublas, cuda_backend, cupy_backend
+from standins import emulated_gemm_ex, host_lse_kl_update_cuda, host_pass as host_gpu_pass
 
-BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks")
+pytestmark = pytest.mark.emulation
+
+BENCH = str(Path(__file__).resolve().parents[2] / "benchmarks")
 
 
-def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
+def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):
     pytest.importorskip("ml_dtypes")  # bfloat16 models without torch: CuPy's ml_dtypes bfloat16
-    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
+    monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     monkeypatch.syspath_prepend(BENCH)
     for name in ("bench_gpu", "bench_gpu_compare"):
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -50,22 +52,19 @@ def _pass_benchmark(monkeypatch, calls):
     gemm_wg64 pass their checks."""
     pytest.importorskip("ml_dtypes")
     from identirep import _core
-    from test_device_paths_on_cpu import _HostEpilogue, _host_pass
 
     def host_pass(backend):
         def run(f1, g1, f2, g2, **kw):
             calls.append((backend, kw.get("fused_gemm", False) and (
                 kw["gemm_block_rows"], kw.get("gemm_wgmma", False))))
-            return _host_pass(backend, f1, g1, f2, g2)
+            return host_gpu_pass(backend, f1, g1, f2, g2)
         return run
-    monkeypatch.setattr(gp, "cuda_pass", host_pass("cuda"))
-    monkeypatch.setattr(gp, "cupy_pass", host_pass("cupy"))
-    monkeypatch.setattr(gp, "_CudaEpilogue", _HostEpilogue)
-    monkeypatch.setattr(gp, "gemm_ex", emulated_gemm_ex)
-    monkeypatch.setattr(gp, "driver_operands", lambda ops, dt: [(0, *x.shape) for x in ops])
+    monkeypatch.setattr(cuda_backend, "cuda_pass", host_pass("cuda"))
+    monkeypatch.setattr(cupy_backend, "cupy_pass", host_pass("cupy"))
+    monkeypatch.setattr(_core, "lse_kl_update_cuda", host_lse_kl_update_cuda, raising=False)
+    monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     monkeypatch.setattr(_core, "lse_kl_gemm_mainloop_cuda",
-                        lambda *ops, gemm, wgmma, stream, device: calls.append(
-                            ("mainloop", (gemm, wgmma))),
+                        lambda *ops, gemm, wgmma, stream: calls.append(("mainloop", (gemm, wgmma))),
                         raising=False)
     monkeypatch.syspath_prepend(BENCH)
     monkeypatch.delitem(sys.modules, "bench_gpu", raising=False)
@@ -78,7 +77,7 @@ def _pass_benchmark(monkeypatch, calls):
     return bg
 
 
-def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  # noqa: F811
+def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):
     # its columns, measurement guards and tables
     calls = []
     bg = _pass_benchmark(monkeypatch, calls)
@@ -93,15 +92,15 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
     main = next(i for i, line in enumerate(lines) if line.startswith("| N x V x M | floor ms"))
     row = lines[main + 2]
     cells = [c.strip() for c in row.split("|")[2:-1]]
-    # floor, gemm tiles, epilogue (fused), cuda, loop, serial, fused, gemm-fused, cupy:
-    # measured; torch and liger: not run
-    assert all(c != "-" and not c.startswith("- ") for c in cells[:7] + [cells[8]]), cells
-    mma, wg = (half.split(" / ") for half in cells[7].split("; "))   # the checked kinds only
-    assert mma[0] != "-" and mma[1] == "-" and wg[0] == "-" and wg[1] != "-", cells[7]
-    assert cells[9:11] == ["-", "-"]
-    # cuda passes: the default's (memory peak, then timed), the loop, serial, the fused
-    # epilogue's (2), the sweep's (12) and 2 per fused GEMM kind that passed its check
-    assert sum(1 for k, _ in calls if k == "cuda") == 2 + 1 + 1 + 2 + 12 + 2 * 2
+    # floor, gemm tiles, epilogue (fused), cuda, serial, fused, gemm-fused, cupy: measured;
+    # torch and liger: not run
+    assert all(c != "-" and not c.startswith("- ") for c in cells[:6] + [cells[7]]), cells
+    mma, wg = (half.split(" / ") for half in cells[6].split("; "))   # the checked kinds only
+    assert mma[0] != "-" and mma[1] == "-" and wg[0] == "-" and wg[1] != "-", cells[6]
+    assert cells[8:10] == ["-", "-"]
+    # cuda passes: the default's (memory peak, then timed), serial, the fused epilogue's (2),
+    # the sweep's (12) and 2 per fused GEMM kind that passed its check
+    assert sum(1 for k, _ in calls if k == "cuda") == 2 + 1 + 2 + 12 + 2 * 2
     # the kinds that passed their checks, with their block rows and kernel, after the rest
     gemm = [c for c in calls if c[1] or c[0] == "mainloop"]
     assert gemm == [("cuda", (128, False))] * 2 + [("mainloop", (128, False))] + [
@@ -109,7 +108,7 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):  #
     assert calls[-6:] == gemm
 
 
-def test_after_a_kernel_fault_later_kernels_are_not_timed(dev, monkeypatch, tmp_path):  # noqa: F811
+def test_after_a_kernel_fault_later_kernels_are_not_timed(dev, monkeypatch, tmp_path):
     # a fault of the first fused GEMM kind leaves the context unusable: the second kind is not
     # timed (its columns would only repeat the fault), and the table says whose fault it was
     calls = []

@@ -1,5 +1,5 @@
-// The CUDA pass driver (csrc/cuda_pass.cpp, included unchanged) on the CPU, with the CUDA
-// runtime, cuBLAS and the epilogue replaced by stand-ins: streams and events become a task
+// The CUDA pass driver (csrc/cuda_pass.cpp, included unchanged, with its plans: csrc/plan.cpp)
+// on the CPU, with the CUDA runtime, cuBLAS and the epilogue replaced by stand-ins: streams and events become a task
 // graph, cublasGemmEx a column-major CPU GEMM, the epilogue a copy of its tiles that declares
 // what it reads and writes. Each configuration checks that
 //   - no two tasks unordered by the graph touch the same bytes, one of them writing (the
@@ -9,9 +9,10 @@
 //     is one call or two (labels [0, c) and [c, V));
 //   - when a GEMM fails mid-pass, the epilogues already queued are ordered before the caller's
 //     next work.
-// Built and run by tests/test_cuda_driver.py (no GPU needed):
+// Built and run by tests/emulation/test_cuda_pass_sim.py (no GPU needed):
 //   g++ -std=c++17 -O1 -DIDENTIREP_WITH_CUDA -DIDENTIREP_WITH_CUBLAS -I csrc -isystem <cuda
-//       include> -isystem <cublas include> tests/cuda_pass_sim.cpp -o sim && ./sim [full]
+//       include> -isystem <cublas include> tests/emulation/cuda_pass_sim.cpp csrc/plan.cpp -o sim
+//   ./sim [full]
 // ("full": every layout pair in every shape, ~30 s).
 #include "cuda_pass.cpp"
 
@@ -196,11 +197,6 @@ void StateRanges(std::vector<Range>& rs, int64_t n, int64_t v, int64_t col0, uin
 }  // namespace
 
 namespace identirep {
-// The scratch sizes of csrc/kernels/lse_kl.cuh (checked against Python's in the tests).
-int64_t lse_kl_cuda_col_work_elems(int64_t v) { return 16 * 5 * v; }
-std::pair<int64_t, int64_t> lse_kl_cuda_fused_work_elems(int64_t n, int64_t v) {
-  return {(v + 255) / 256 * 15 * n, 64 * 5 * v};
-}
 void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_t ld1,
                         int64_t ld2, int64_t col0, uintptr_t state, int64_t state_ld,
                         uintptr_t args, int64_t args_ld, const std::string& dtype,
@@ -229,13 +225,9 @@ void lse_kl_update_cuda(uintptr_t l1, uintptr_t l2, int64_t n, int64_t v, int64_
   });
 }
 
-// The fused GEMM: its scratch sizes (kernels/lse_kl_gemm.cuh), and a stand-in that computes
-// its tile's logits from the operands it is given (bfloat16) as the epilogue stand-in stores
-// them, declaring what the kernels read and write.
+// The fused GEMM: a stand-in that computes its tile's logits from the operands it is given
+// (bfloat16) as the epilogue stand-in stores them, declaring what the kernels read and write.
 int g_block_rows = 0;  // what the pass was asked for
-std::vector<int64_t> lse_kl_gemm_work_elems(int64_t n, int64_t v) {
-  return {(v + 127) / 128 * 15 * n, 64 * 5 * v, 2 * v};
-}
 void lse_kl_gemm_update_cuda(const GemmOperands& op, int64_t n, int64_t v, int64_t col0,
                              uintptr_t state, int64_t state_ld, uintptr_t args, int64_t args_ld,
                              uintptr_t row_moments, int64_t row_ld, uintptr_t col_moments,
