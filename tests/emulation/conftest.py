@@ -42,9 +42,11 @@ def dev(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def harness(tmp_path_factory):
-    """simt/run_kernels.cpp built with the SIMT emulator and the kernel headers (skipped where
-    the emulator cannot run: it needs Linux and a C++20 compiler with <ucontext.h>)."""
+def simt_builds(tmp_path_factory):
+    """The SIMT emulator's two programs, compiled side by side (each takes seconds): its
+    harness (simt/run_kernels.cpp) and the library of its RawModule kernels
+    (simt/launch_kernels.cpp), both with the kernel headers. Skipped where the emulator cannot
+    run: it needs Linux and a C++20 compiler with <ucontext.h>."""
     if sys.platform != "linux":
         pytest.skip("the SIMT emulator needs Linux (glibc fibers, its own ELF symbol table)")
     cxx = os.environ.get("CXX", "g++")
@@ -58,25 +60,34 @@ def harness(tmp_path_factory):
     if subprocess.run([cxx, "-std=c++20", "-pthread", str(probe), "-o", str(d / "probe")],
                       check=False, capture_output=True).returncode != 0:
         pytest.skip(f"{cxx} cannot build C++20 with atomic waits and <ucontext.h>")
-    exe = d / "run_kernels"
-    cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-D__CUDACC_RTC__",
-           f"-I{SIMT}", f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o", str(exe),
-           "-ldl"]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    exe, lib = d / "run_kernels", d / "libsimt_launch.so"
+    common = [cxx, "-std=c++20", "-O1", "-pthread", "-D__CUDACC_RTC__"]
+    # -fno-gnu-unique: the library's __shared__ statics stay its own, whatever else the
+    # process loads
+    builds = [common + [f"-I{SIMT}", f"-I{KERNELS}", str(SIMT / "run_kernels.cpp"), "-o",
+                        str(exe), "-ldl"],
+              common + ["-shared", "-fPIC", "-fno-gnu-unique", f"-I{KERNELS}",
+                        str(SIMT / "launch_kernels.cpp"), "-o", str(lib), "-ldl"]]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for cmd in builds]
+    errors = [p.communicate()[1] for p in procs]
+    errors = [(e or f"exit {p.returncode}") if p.returncode else "" for e, p in zip(errors, procs)]
+    return exe, lib, errors
+
+
+@pytest.fixture(scope="session")
+def harness(simt_builds):
+    """simt/run_kernels.cpp built with the SIMT emulator and the kernel headers."""
+    exe, _, errors = simt_builds
+    assert not errors[0], errors[0]
     return exe
 
 
 @pytest.fixture(scope="session")
-def launch_library(harness):
+def launch_library(simt_builds):
     """simt/launch_kernels.cpp as a shared library (the emulator's RawModule kernels)."""
-    lib = harness.parent / "libsimt_launch.so"
-    # -fno-gnu-unique: its __shared__ statics stay its own, whatever else the process loads
-    cmd = [os.environ.get("CXX", "g++"), "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread",
-           "-fno-gnu-unique", "-D__CUDACC_RTC__", f"-I{KERNELS}",
-           str(SIMT / "launch_kernels.cpp"), "-o", str(lib), "-ldl"]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    _, lib, errors = simt_builds
+    assert not errors[1], errors[1]
     return lib
 
 
