@@ -5,6 +5,9 @@ own GEMM kernels. Tests import these from here, never from each other or from co
 (which holds fixtures and decides every skip)."""
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 from scipy.special import logsumexp
 
@@ -115,35 +118,85 @@ def assert_pass_close(actual: dict, expected: dict, dtype, scale=1.0, check_top1
 
 
 # ------------------------------------------------------------------ the package's imports
-def import_graph() -> dict:
-    """identirep's module -> the identirep modules it imports, from the source (every
-    ``import`` and ``from ... import`` statement, those inside functions included; the
-    compiled core counts as the module ``identirep._core``)."""
-    import ast
-    from pathlib import Path
-    root = Path(ir.__file__).resolve().parent
-    files = {}
-    for p in root.rglob("*.py"):
-        parts = p.relative_to(root.parent).with_suffix("").parts
-        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
-    known = set(files) | {"identirep._core"}
-    graph = {}
-    for name, path in files.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                base = package
-                for _ in range(node.level - 1):
-                    base = base.rpartition(".")[0]
-                base = (f"{base}.{node.module}" if node.module else base) if node.level \
-                    else node.module or ""
-                for a in node.names:   # from package import submodule, or a name of a module
-                    deps.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
-        graph[name] = {d for d in deps if d in known and d != name}
-    return graph
+# Read from the sources with ast: what a module imports wherever in it, resolved to identirep
+# modules (``from . import x`` is an import of the submodule x; ``from .m import name`` of m;
+# the compiled core is identirep._core).
+PACKAGE = Path(__file__).resolve().parents[1] / "python" / "identirep"
+#: modules of the package that are not Python sources
+COMPILED = {"identirep._core"}
+#: what the GPU layer may import, besides its own modules
+GPU_MAY_IMPORT = {"identirep.errors", "identirep._arrays", "identirep._bf16",
+                  "identirep._build", "identirep._core", "identirep.model", "identirep.passes"}
+
+
+def module_names():
+    """{dotted name: source file} of every module of the package."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("identirep",) + path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports_of(name, path, modules):
+    """The identirep modules that module ``name`` imports, anywhere in it."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    known = set(modules) | COMPILED
+
+    def resolve(target):
+        while target not in known and "." in target:   # an attribute of a module
+            target = target.rsplit(".", 1)[0]
+        return target
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {resolve(a.name) for a in node.names if a.name.split(".")[0] == "identirep"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "identirep":
+                continue
+            for a in node.names:   # a submodule imported by name, else a name of target
+                sub = f"{target}.{a.name}"
+                out.add(sub if sub in known else resolve(target))
+    return out - {name}
+
+
+def import_graph():
+    modules = module_names()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph):
+    """One cycle of the graph as a list of modules (its first one again at the end), or []."""
+    state, stack = {}, []
+
+    def visit(u):
+        state[u] = "open"
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == "open":
+                return stack[stack.index(v):] + [v]
+            if v not in state:
+                cycle = visit(v)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[u] = "done"
+        return []
+
+    for u in sorted(graph):
+        if u not in state:
+            cycle = visit(u)
+            if cycle:
+                return cycle
+    return []
 
 
 def imported_by(graph: dict, module: str) -> set:

@@ -1,88 +1,18 @@
-"""The import graph of python/identirep has no cycle, counting the imports inside functions, and
-the GPU layer (identirep.gpu) imports nothing above it. Read from the sources with ast: what a
-module imports wherever in it, resolved to identirep modules (``from . import x`` is an import of
-the submodule x; ``from .m import name`` of m; the compiled core is identirep._core)."""
+"""The import graph of python/identirep (helpers.import_graph) has no cycle, counting the imports
+inside functions; the GPU layer (identirep.gpu) imports nothing above it; the package rebinds
+no submodule's name."""
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+import importlib
+import pkgutil
 
-PACKAGE = Path(__file__).resolve().parents[1] / "python" / "identirep"
-#: modules of the package that are not Python sources
-COMPILED = {"identirep._core"}
+import identirep
+
+from helpers import find_cycle, import_graph
+
 #: what the GPU layer may import, besides its own modules
 GPU_MAY_IMPORT = {"identirep.errors", "identirep._arrays", "identirep._bf16",
                   "identirep._build", "identirep._core", "identirep.model", "identirep.passes"}
-
-
-def module_names():
-    """{dotted name: source file} of every module of the package."""
-    out = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = ("identirep",) + path.relative_to(PACKAGE).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = path
-    return out
-
-
-def imports_of(name, path, modules):
-    """The identirep modules that module ``name`` imports, anywhere in it."""
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    known = set(modules) | COMPILED
-
-    def resolve(target):
-        while target not in known and "." in target:   # an attribute of a module
-            target = target.rsplit(".", 1)[0]
-        return target
-
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out |= {resolve(a.name) for a in node.names if a.name.split(".")[0] == "identirep"}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            if target.split(".")[0] != "identirep":
-                continue
-            for a in node.names:   # a submodule imported by name, else a name of target
-                sub = f"{target}.{a.name}"
-                out.add(sub if sub in known else resolve(target))
-    return out - {name}
-
-
-def import_graph():
-    modules = module_names()
-    return {name: imports_of(name, path, modules) for name, path in modules.items()}
-
-
-def find_cycle(graph):
-    """One cycle of the graph as a list of modules (its first one again at the end), or []."""
-    state, stack = {}, []
-
-    def visit(u):
-        state[u] = "open"
-        stack.append(u)
-        for v in sorted(graph.get(u, ())):
-            if state.get(v) == "open":
-                return stack[stack.index(v):] + [v]
-            if v not in state:
-                cycle = visit(v)
-                if cycle:
-                    return cycle
-        stack.pop()
-        state[u] = "done"
-        return []
-
-    for u in sorted(graph):
-        if u not in state:
-            cycle = visit(u)
-            if cycle:
-                return cycle
-    return []
 
 
 def test_the_graph_is_read_from_every_kind_of_import():
@@ -105,3 +35,11 @@ def test_the_gpu_layer_imports_nothing_above_it():
         if name.startswith("identirep.gpu"):
             above = {d for d in deps if not d.startswith("identirep.gpu")} - GPU_MAY_IMPORT
             assert not above, f"{name} imports {sorted(above)}"
+
+
+def test_no_submodule_name_is_rebound_by_the_package():
+    # identirep.<name> is the submodule wherever a submodule has that name: a function of the
+    # same name bound by __init__ would make "import identirep.<name> as m" give the function
+    for info in pkgutil.iter_modules(identirep.__path__):
+        module = importlib.import_module(f"identirep.{info.name}")
+        assert getattr(identirep, info.name, module) is module, info.name
