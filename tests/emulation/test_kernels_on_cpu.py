@@ -300,7 +300,7 @@ def test_pivot_kernel_with_few_labels_matches_the_cpu_kernel(harness, tmp_path, 
     pytest.param("compare", {"dtype": "float64"}, marks=pytest.mark.slow),
     ("compare", {"dtype": "float32", "bias": False, "M2": 5})], ids=lambda x: str(x))
 def test_cupy_backend_launch_code_runs_the_kernels_on_the_cpu(launch_library, what, opts):
-    # the cupy backend's own Python launches (_CupyEpilogue, pivot_criteria_device: grids,
+    # the cupy backend's own Python launches (NvrtcEpilogue, pivot_criteria_device: grids,
     # argument order and types, scratch) through a RawModule whose kernels the emulator runs,
     # every argument checked against the kernel's parameter types, against the CPU kernels;
     # and compare() end to end on that backend against the CPU engine

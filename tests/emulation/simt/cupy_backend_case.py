@@ -1,4 +1,4 @@
-"""The cupy backend's own launch code on the CPU: identirep's NVRTC launches (_CupyEpilogue,
+"""The cupy backend's own launch code on the CPU: identirep's NVRTC launches (NvrtcEpilogue,
 pivot_criteria_device) through the CuPy stand-in (fake_cupy.py), whose RawModule runs the
 real kernels in the SIMT emulator's library (launch_kernels.cpp), checked against the compiled
 CPU kernels. Run by test_kernels_on_cpu.py in its own process (an emulator failure ends

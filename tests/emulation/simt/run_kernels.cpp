@@ -146,7 +146,7 @@ void RepeatedPass(const std::string& dir, Index N, Index V, int repeat, Pass pas
   Write(dir, "col_m.out", first.col_m);
 }
 
-// _CupyEpilogue: its scratch arrays, one call per tile.
+// NvrtcEpilogue: its scratch arrays, one call per tile.
 template <typename T>
 struct Epilogue {
   bool fused, moments;
