@@ -143,6 +143,10 @@ class Checks {
     Require(a.Cols() <= 1 || a.strides[1] == 1,
             a.name + " needs contiguous rows (its column stride is " +
                 std::to_string(a.strides[1]) + " elements)");
+    Require(a.Rows() <= 1 || a.strides[0] >= a.Cols() || a.strides[0] <= -a.Cols(),
+            "the rows of " + a.name + " overlap (its row stride is " +
+                std::to_string(a.strides[0]) + " elements for " + std::to_string(a.Cols()) +
+                " columns)");
   }
   // a is C-contiguous (rows, cols) of dtype.
   void Contiguous(const Array& a, const std::string& dtype, int64_t rows, int64_t cols) const {
@@ -151,12 +155,12 @@ class Checks {
             a.name + " must be C-contiguous (its row stride is " + std::to_string(a.strides[0]) +
                 " elements for " + std::to_string(a.Cols()) + " columns)");
   }
-  // a is a contiguous 1-d array of dtype with n elements (n < 0: at least -n).
-  void Vector(const Array& a, const std::string& dtype, int64_t n) const {
-    Require(a.ndim() == 1 && a.dtype == dtype && (n >= 0 ? a.shape[0] == n : a.shape[0] >= -n),
+  // a is a contiguous 1-d array of dtype with n elements (at_least: n or more).
+  void Vector(const Array& a, const std::string& dtype, int64_t n, bool at_least = false) const {
+    Require(a.ndim() == 1 && a.dtype == dtype && (at_least ? a.shape[0] >= n : a.shape[0] == n),
             a.name + " must be a 1-d " + dtype + " array of " +
-                (n >= 0 ? std::to_string(n) : "at least " + std::to_string(-n)) +
-                " elements, got " + a.Describe());
+                (at_least ? "at least " : "") + std::to_string(n) + " elements, got " +
+                a.Describe());
     Require(a.shape[0] <= 1 || a.strides[0] == 1, a.name + " must be contiguous");
   }
   void Writable(const Array& a) const { Require(!a.readonly, a.name + " is read-only"); }
@@ -251,11 +255,11 @@ void lse_kl_update_cuda(py::handle l1_, py::handle l2_, py::handle state_, py::h
   }
   const auto fused = lse_kl_cuda_fused_work_elems(n, v);
   if (cw.present) {
-    c.Vector(cw, "float64", -(rw.present ? fused.second : lse_kl_cuda_col_work_elems(v)));
+    c.Vector(cw, "float64", rw.present ? fused.second : lse_kl_cuda_col_work_elems(v), true);
     c.Writable(cw);
   }
   if (rw.present) {
-    c.Vector(rw, "float64", -fused.first);
+    c.Vector(rw, "float64", fused.first, true);
     c.Writable(rw);
   }
   c.Require(col0 >= 0 && row0 >= 0, "col0 and row0 must be >= 0, got " + std::to_string(col0) +
@@ -323,7 +327,7 @@ void lse_kl_pass_cuda(py::handle f1_, py::handle g1_, py::handle f2_, py::handle
   c.Contiguous(ag, "int64", 2, n);
   c.Contiguous(rm, "float64", 5, n);
   c.Contiguous(cm, "float64", 5, v);
-  c.Vector(ws, "uint8", -1);
+  c.Vector(ws, "uint8", 1, true);
   for (const Array* out : {&st, &ag, &rm, &cm, &ws}) c.Writable(*out);
   // an empty label range: every check of the pass below, and no device touched
   const int device = c_begin == c_end ? 0 : c.Device({&f1, &g1, &f2, &g2, &st, &ag, &rm, &cm, &ws});

@@ -4,7 +4,10 @@
 // (dtype, shape, strides, alignment, writable outputs, all on one device: the memory type and
 // device of each pointer, cudaPointerGetAttributes), names the argument and the reason when one
 // does not fit, and runs the operation on `stream` (a cudaStream_t as an integer, 0: the legacy
-// default stream) of the arrays' device, without the GIL. Nothing synchronises.
+// default stream) of the arrays' device, without the GIL. Nothing synchronises. The `stream`
+// entry of a version-3 interface is not read, and the stream is not checked against the
+// arrays' device: the caller passes the stream the arrays are ready on, one of their device
+// (identirep's callers pass CuPy's current stream, on the current device).
 //
 // bfloat16 arrives as its 16-bit patterns: a uint16 or int16 array is bfloat16 to these
 // functions (CuPy has no bfloat16 dtype of its own, and torch's does not cross

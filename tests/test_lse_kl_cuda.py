@@ -32,12 +32,17 @@ def test_argument_checks_need_no_gpu(needs_cuda_build):
         ({"l1": G((4, 4), np.float32, strides=(1, 4))}, "l1 needs contiguous rows"),
         ({"state": G((8, 5), np.float64)}, "state must be a \\(8, 4\\) float64 array"),
         ({"args": G((2, 4), np.int64, readonly=True)}, "args is read-only"),
+        ({"state": G((8, 4), np.float64, strides=(0, 1))}, "the rows of state overlap"),
+        ({"l1": G((4, 4), np.float32, strides=(2, 1))}, "the rows of l1 overlap"),
     ]
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
             _core.lse_kl_update_cuda(**{**update_arrays(), **kw})
-    # nothing to do: returns without touching the device
+    # nothing to do: returns without touching the device, whatever scratch is given
     _core.lse_kl_update_cuda(**update_arrays(n=0, v=5, dtype=np.float64))
+    _core.lse_kl_update_cuda(**update_arrays(n=0, v=5), row_work=G((1000,), np.float64),
+                             col_moments=G((5, 5), np.float64), col_work=G((2000,), np.float64))
+    _core.lse_kl_update_cuda(**update_arrays(n=3, v=0), row_work=G((1000,), np.float64))
 
 
 @pytest.mark.gpu
