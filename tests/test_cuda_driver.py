@@ -105,6 +105,11 @@ def test_fused_gemm_workspace_and_tiles():
         plans.cuda_tiles(16384, 4096, "float32", 16384, 4096, 1 << 20, False, False, True)
     with pytest.raises(IdentirepError, match="float32 logits"):
         plans.cuda_tiles(10, 10, "float64", None, None, 1 << 30, False, False, True)
+    # sizes given as floats are taken as the integers they are, as everywhere else
+    assert plans.cuda_tiles(100, 5000, "float32", 64.0, 4096.0, 2e9, True, False, False) == \
+        plans.cuda_tiles(100, 5000, "float32", 64, 4096, 2 * 10 ** 9, True, False, False)
+    with pytest.raises(IdentirepError, match="tile_cols must be an integer, got 'wide'"):
+        plans.cupy_tiles(100, 5000, 0, 4, None, "wide", 1 << 30, True, False)
     with pytest.raises(ValueError, match="float32 logits"):
         _core.lse_kl_pass_cuda_workspace(10, 10, "float64", False, False, True)
 

@@ -55,7 +55,11 @@ def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
     instead of the mma.sync one (sm_80+).
 
     Same arguments and results as :func:`identirep.gpu.cupy_backend.cupy_pass` (backend
-    "cuda"); needs identirep built with CUDA and its pass driver.
+    "cuda"); needs identirep built with CUDA and its pass driver. Memory: the tiles, the
+    epilogue's scratch and cuBLAS's workspace stay within ``workspace_bytes``; operands
+    converted for the driver (``driver_operands``: mixed kinds, a float64 model beside a
+    float32 one, ``half_gemm="convert"``, layouts with neither rows nor columns contiguous)
+    are whole-array copies beside it, O((N + V) M).
     """
     if fused_gemm and gemm_block_rows not in (64, 128):
         raise IdentirepError(f"gemm_block_rows must be 128 or 64, got {gemm_block_rows!r}")
@@ -66,6 +70,10 @@ def cuda_pass(f1, g1, f2, g2, *, workspace_bytes: int = 1 << 30,
         raise IdentirepError(f"the cuda backend is not available: {problem}; backend='cupy' "
                              "needs only CuPy and a GPU")
     cp, ops, dt = pass_operands(f1, g1, f2, g2, half_gemm)
+    if gemm_wgmma:  # before anything is allocated: which GPUs run it is known here
+        problem = _core.lse_kl_gemm_wgmma_problem(cp.cuda.Device().id)
+        if problem:
+            raise IdentirepError(f"gemm_wgmma=True: {problem}")
     if fused_gemm:  # no cuBLAS
         operands, gemm = [o.data for o in ops], int(gemm_block_rows)
     else:
@@ -127,7 +135,8 @@ def _run_driver(cp, operands, n, v, dt, workspace_bytes, tile_cols, tile_rows, p
                                    overlap=overlap, fused=fused, gemm=gemm, wgmma=wgmma,
                                    stream=stream.ptr)
         except ValueError as e:  # operands the fused GEMM cannot take: the driver says why
-            raise IdentirepError(str(e)) from None
+            raise IdentirepError(f"fused_gemm=True cannot take these operands: {e}" if gemm
+                                 else str(e)) from None
         if progress is not None and c1 < v:
             stream.synchronize()
             progress(c1 / v)

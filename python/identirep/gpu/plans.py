@@ -39,6 +39,8 @@ def cupy_tiles(n, v, converted_cols, itemsize, tile_rows, tile_cols, workspace_b
     csrc/plan.cpp): all rows when they fit and ``tile_cols`` labels (default 4096), shrunk
     until the logit tiles, the widened operand tiles (``converted_cols`` columns) and the
     epilogue's scratch fit in ``workspace_bytes``."""
+    tile_rows, tile_cols, workspace_bytes = _integers(tile_rows=tile_rows, tile_cols=tile_cols,
+                                                      workspace_bytes=workspace_bytes)
     return _planned(_core.plan_cupy_pass, n, v, converted_cols, itemsize, tile_rows, tile_cols,
                     workspace_bytes, overlap, fused)
 
@@ -46,8 +48,21 @@ def cupy_tiles(n, v, converted_cols, itemsize, tile_rows, tile_cols, workspace_b
 def cuda_tiles(n, v, dtype, tile_rows, tile_cols, workspace_bytes, overlap, fused, gemm):
     """(tile rows, tile cols, overlap, workspace bytes) of the pass driver's calls
     (``_core.plan_cuda_pass``, csrc/plan.cpp; ``gemm``: the fused GEMM kernel's)."""
+    tile_rows, tile_cols, workspace_bytes = _integers(tile_rows=tile_rows, tile_cols=tile_cols,
+                                                      workspace_bytes=workspace_bytes)
     return _planned(_core.plan_cuda_pass, n, v, dtype, tile_rows, tile_cols, workspace_bytes,
                     overlap, fused, bool(gemm))
+
+
+def _integers(**sizes):
+    """The sizes as Python ints (None stays None): 4096.0 is 4096, as everywhere else."""
+    out = []
+    for name, x in sizes.items():
+        try:
+            out.append(None if x is None else int(x))
+        except (TypeError, ValueError):
+            raise IdentirepError(f"{name} must be an integer, got {x!r}") from None
+    return out
 
 
 def _planned(plan, n, v, *args):
