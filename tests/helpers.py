@@ -124,9 +124,6 @@ def assert_pass_close(actual: dict, expected: dict, dtype, scale=1.0, check_top1
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "identirep"
 #: modules of the package that are not Python sources
 COMPILED = {"identirep._core"}
-#: what the GPU layer may import, besides its own modules
-GPU_MAY_IMPORT = {"identirep.errors", "identirep._arrays", "identirep._bf16",
-                  "identirep._build", "identirep._core", "identirep.model", "identirep.passes"}
 
 
 def module_names():

@@ -13,6 +13,30 @@ from helpers import find_cycle, import_graph
 #: what the GPU layer may import, besides its own modules
 GPU_MAY_IMPORT = {"identirep.errors", "identirep._arrays", "identirep._bf16",
                   "identirep._build", "identirep._core", "identirep.model", "identirep.passes"}
+#: the layers of docs/design.md section 4, lowest first: a module imports only modules of its
+#: own layer or of layers before it ("gpu" stands for every module of identirep.gpu)
+LAYERS = [
+    ["_core"],
+    ["errors", "model", "results", "moments", "_arrays", "_bf16", "_build", "progress"],
+    ["sampling", "_rules"],
+    ["reference"],
+    ["passes", "_cpu_pass", "gpu"],
+    ["_linalg"],
+    ["_model_cache", "_label_side", "_input_side", "_pair"],
+    ["_backends", "measures", "_matrix"],
+    ["io", "extract", "_hf", "constructions", "baselines", "bench", "report", "plots", "demo",
+     "cli"],
+    [""],
+]
+
+
+def layer_of(module: str) -> int:
+    short = module[len("identirep."):] if module.startswith("identirep.") else ""
+    short = "gpu" if short == "gpu" or short.startswith("gpu.") else short
+    for i, names in enumerate(LAYERS):
+        if short in names:
+            return i
+    raise AssertionError(f"{module} is in no layer of LAYERS (docs/design.md section 4)")
 
 
 def test_the_graph_is_read_from_every_kind_of_import():
@@ -43,3 +67,9 @@ def test_no_submodule_name_is_rebound_by_the_package():
     for info in pkgutil.iter_modules(identirep.__path__):
         module = importlib.import_module(f"identirep.{info.name}")
         assert getattr(identirep, info.name, module) is module, info.name
+
+
+def test_every_import_goes_down_the_layers():
+    upward = [f"{name} -> {dep}" for name, deps in import_graph().items() for dep in deps
+              if layer_of(dep) > layer_of(name)]
+    assert not upward, "imports that go up the layers of docs/design.md: " + ", ".join(upward)

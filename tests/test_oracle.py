@@ -19,10 +19,19 @@ def test_the_reference_imports_no_engine_backend_or_gpu_module():
     assert imported_by(import_graph(), "identirep.reference") <= ORACLE_MAY_IMPORT
 
 
-def test_the_shared_rules_hold_no_numerics():
+def test_the_shared_rules_import_only_the_draws_and_the_errors():
     # the rules module and what it imports stay below the engine, the backends and the oracle
     assert imported_by(import_graph(), "identirep._rules") <= {"identirep.sampling",
                                                               "identirep.errors"}
+
+
+def test_no_pass_linear_algebra_or_engine_module_imports_the_oracle():
+    graph = import_graph()
+    engine = [m for m in graph if m.startswith("identirep.gpu") or m in {
+        "identirep.passes", "identirep._cpu_pass", "identirep._linalg", "identirep._model_cache",
+        "identirep._label_side", "identirep._input_side", "identirep._pair"}]
+    assert len(engine) > 10
+    assert not [m for m in engine if "identirep.reference" in imported_by(graph, m)]
 
 
 # ------------------------------------------------------------------ engine vs reference
