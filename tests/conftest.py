@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,6 +43,65 @@ def transformers(torch):
 def ml_dtypes():
     """ml_dtypes (NumPy bfloat16), or skip."""
     return pytest.importorskip("ml_dtypes", reason="ml_dtypes is not installed")
+
+
+@pytest.fixture
+def torch_cuda():
+    """torch with CUDA, or skip (torch missing, or without CUDA here)."""
+    torch = pytest.importorskip("torch",
+                                reason="torch is not installed (pip install '.[test]')")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    return torch
+
+
+@pytest.fixture
+def cupy_without_cublas():
+    """The real CuPy where its cuBLAS/cuSOLVER cannot be loaded, or skip."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        from cupy_backends.cuda.libs import cublas  # noqa: F401
+    except ImportError:
+        return cupy
+    pytest.skip("cuBLAS loads here")
+
+
+@pytest.fixture
+def cublas_library():
+    """The libcublas file the pass driver loads, or skip where none is installed."""
+    from identirep import IdentirepError, _core
+    from identirep.gpu import cublas
+    major = _core.cublas_header_major()
+    files = [p for p in cublas.cublas_candidates(major) if os.path.sep in p]
+    try:
+        return cublas.load_cublas()
+    except IdentirepError as e:
+        if files:
+            raise
+        pytest.skip(f"no libcublas.so.{major} on this machine ({e})")
+
+
+@pytest.fixture
+def wgmma_ready(cupy):
+    """Skip unless the wgmma kernel runs on the current GPU (compute capability 9.0, built)."""
+    from identirep import _core
+    problem = _core.lse_kl_gemm_wgmma_problem(cupy.cuda.Device().id)
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def wgmma_objects():
+    """The sm_90a objects of this checkout's build for this Python (nm to read them), or skip."""
+    import sys
+    from pathlib import Path
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}-"
+    builds = [d for d in Path(__file__).resolve().parents[1].glob("build/*/CMakeFiles")
+              if d.parent.name.startswith(tag)]
+    objs = [o for d in builds for o in d.glob("identirep_wgmma.dir/**/*.o")]
+    if not objs or shutil.which("nm") is None:
+        pytest.skip("no wgmma object in this checkout's build (or no nm)")
+    return objs
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +179,28 @@ def pytest_collection_modifyitems(config, items):
             if missing:
                 item.add_marker(pytest.mark.skip(
                     reason=f"{', '.join(missing)} not installed (pip install '.[test]')"))
+        for mark in item.iter_markers("requires_programs"):
+            missing = [p for p in mark.args if shutil.which(p) is None]
+            if missing:
+                item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(missing)} on PATH"))
+    _leave_out_by_default(config, items)
+
+
+#: markers of the tests the default run leaves out; .ci/run runs them: pytest -m "standin or slow"
+LEFT_OUT = ("standin", "slow")
+
+
+def _leave_out_by_default(config, items):
+    """Without -m, and unless tests are named by node id, the tests marked standin or slow are
+    deselected (any -m expression, even -m "", selects by itself)."""
+    if config.option.markexpr or any("::" in str(a) for a in config.args):
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if any(item.get_closest_marker(m) for m in LEFT_OUT) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(autouse=True)

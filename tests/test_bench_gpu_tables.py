@@ -139,10 +139,10 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch, tmp_pa
         [], ["fused GEMM kernels: built without the CUDA pass driver"])
 
 
+@pytest.mark.requires("cupy")
 def test_the_gemm_check_command_reaches_the_check():
     # its own command line runs the check (argparse, the import of the benchmark); without a
     # GPU the check itself fails, with a CUDA error rather than a usage error or a traceback
-    pytest.importorskip("cupy")
     sys.path.insert(0, BENCH)
     try:
         import bench_gpu

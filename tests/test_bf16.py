@@ -1,7 +1,6 @@
 """bfloat16 bit patterns (identirep._bf16): rounding, widening, and the exact three-part split
 behind the GPU's bfloat16 pivot cross products."""
 import numpy as np
-import pytest
 
 from identirep import _bf16 as bf16
 
@@ -14,8 +13,7 @@ def wide_float32(n, seed):
     return x
 
 
-def test_rounding_matches_ml_dtypes_and_widening_is_exact():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+def test_rounding_matches_ml_dtypes_and_widening_is_exact(ml_dtypes):
     x = wide_float32(100000, 0)
     bits = bf16.from_f32(x)
     np.testing.assert_array_equal(bits, x.astype(ml_dtypes.bfloat16).view(np.uint16))
@@ -51,10 +49,9 @@ def test_split_products_are_those_of_a_float32_matmul():
     assert np.abs(one_part - exact).max() > 1e-4 * np.abs(exact).max()  # bfloat16 L would not do
 
 
-def test_a_wider_bias_is_not_rounded_to_the_kind_of_g():
+def test_a_wider_bias_is_not_rounded_to_the_kind_of_g(ml_dtypes):
     # bfloat16 f and g with a float32 bias: the bias keeps its float32 values (f', g' widened
     # to float32), as the same values stored as float32 give
-    ml_dtypes = pytest.importorskip("ml_dtypes")
     import identirep as ir
     from helpers import random_pair
     bf = np.dtype(ml_dtypes.bfloat16)

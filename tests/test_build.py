@@ -2,12 +2,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 
 import identirep
 from identirep import _core
@@ -62,16 +57,11 @@ def _defined_symbols(obj):
             if len(parts) == 3 and parts[1] in "TWVDBR" and not parts[2].startswith("DW.ref.")}
 
 
-def test_the_sm90a_object_defines_nothing_another_object_defines():
+def test_the_sm90a_object_defines_nothing_another_object_defines(wgmma_objects):
     # The wgmma object holds sm_90a code only. A function defined in it and in another object
     # (a launcher template instantiated in both) is linked once, maybe as its copy, whose
     # kernel launches then find no image on any GPU but compute capability 9.0.
-    tag = f"cp{sys.version_info.major}{sys.version_info.minor}-"
-    builds = [d for d in Path(__file__).resolve().parents[1].glob("build/*/CMakeFiles")
-              if d.parent.name.startswith(tag)]
-    objs = [o for d in builds for o in d.glob("identirep_wgmma.dir/**/*.o")]
-    if not objs or shutil.which("nm") is None:
-        pytest.skip("no wgmma object in this checkout's build (or no nm)")
+    objs = wgmma_objects
     assert len(objs) == 1, objs
     others = [o for o in objs[0].parents[2].glob("_core.dir/**/*.o")]
     assert others

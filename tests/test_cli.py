@@ -88,8 +88,7 @@ def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
         assert s in out
 
 
-def test_compare_bfloat16_safetensors(tmp_path, capsys):
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+def test_compare_bfloat16_safetensors(tmp_path, capsys, ml_dtypes):
     a, b = random_pair(N=150, V=40, M=4, seed=5)
     for m, p in ((a, "a.safetensors"), (b, "b.safetensors")):
         ir.save_model(ir.Model(m.f.astype(ml_dtypes.bfloat16), m.g.astype(ml_dtypes.bfloat16)),

@@ -186,15 +186,8 @@ def test_cublas_loader_reports_what_it_tried(tmp_path):
 
 
 @pytest.mark.usefixtures("needs_cuda_driver")
-def test_cublas_loads_where_it_is_installed():
-    major = _core.cublas_header_major()
-    files = [p for p in cublas.cublas_candidates(major) if os.path.sep in p]
-    try:
-        path = cublas.load_cublas()
-    except IdentirepError as e:
-        if files:
-            raise
-        pytest.skip(f"no libcublas.so.{major} on this machine ({e})")
+def test_cublas_loads_where_it_is_installed(cublas_library):
+    major, path = _core.cublas_header_major(), cublas_library
     assert Path(path).name.startswith(f"libcublas.so.{major}") and Path(path).is_file()
     assert _core.cublas_version()[0] == major
     assert cublas.load_cublas() == path  # loaded once
@@ -332,14 +325,12 @@ def _half_arrays(cupy, arrays, kind):
     return [cupy.asarray(h) for h in halves], [h.astype(np.float64) for h in halves]
 
 
-def _gemm_kind(rows, cupy=None):
+def _gemm_kind(rows, request):
     """cuda_pass arguments of a fused GEMM kind: 128 or 64 (mma.sync), "wg128" or "wg64"
     (wgmma; skipped where that cannot run: another GPU than compute capability 9.0)."""
     wgmma = isinstance(rows, str)
-    if wgmma and cupy is not None:
-        problem = _core.lse_kl_gemm_wgmma_problem(cupy.cuda.Device().id)
-        if problem:
-            pytest.skip(problem)
+    if wgmma:
+        request.getfixturevalue("wgmma_ready")
     return {"fused_gemm": True, "gemm_block_rows": int(str(rows).removeprefix("wg")),
             "gemm_wgmma": wgmma}
 
@@ -398,10 +389,11 @@ GEMM_KINDS = gemm_params(("bfloat16", 128), ("float16", 128), ("bfloat16", 64),
                                                                 "tile_cols": 300}),
                                          ((513, 700, 520, 264), {}),  # many k-tiles
                                          ((1, 1, 8, 8), {})])
-def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape, tiles):
+def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape, tiles,
+                                                       request):
     n, v, m1, m2 = shape
     arrays, vals = _half_arrays(cupy, make_pair(7, n=n, v=v, m1=m1, m2=m2), kind)
-    got = cuda_backend.cuda_pass(*arrays, **_gemm_kind(rows, cupy), **tiles)
+    got = cuda_backend.cuda_pass(*arrays, **_gemm_kind(rows, request), **tiles)
     assert (got.backend, got.dtype) == ("cuda", "float32")
     scale = logit_scale(*vals)
     # both are float32 tensor-core sums of the same products, in other orders
@@ -413,11 +405,11 @@ def test_fused_gemm_matches_the_cublas_driver_and_numpy(cupy, kind, rows, shape,
 @pytest.mark.fused_gemm
 @pytest.mark.usefixtures("needs_cuda_driver")
 @pytest.mark.parametrize("rows", gemm_params(128, 64, "wg128", "wg64"))
-def test_fused_gemm_timing_probe_runs_and_writes_nothing(cupy, rows):
+def test_fused_gemm_timing_probe_runs_and_writes_nothing(cupy, rows, request):
     # bench_gpu's kernel without its epilogue: launches (every kind), and a pass after it is
     # the pass without it
     arrays, _ = _half_arrays(cupy, make_pair(8, n=513, v=700, m1=520, m2=264), "bfloat16")
-    kw = _gemm_kind(rows, cupy)
+    kw = _gemm_kind(rows, request)
     want = cuda_backend.cuda_pass(*arrays, **kw)
     ops = [as_device(a).data for a in arrays]   # bfloat16 as its bits
     _core.lse_kl_gemm_mainloop_cuda(*ops, gemm=kw["gemm_block_rows"], wgmma=kw["gemm_wgmma"],
@@ -432,7 +424,7 @@ def test_fused_gemm_timing_probe_runs_and_writes_nothing(cupy, rows):
 @pytest.mark.usefixtures("needs_cuda_driver")
 @pytest.mark.parametrize("rows", gemm_params(128, "wg128"))
 @pytest.mark.parametrize("case", ["duplicate and zero labels", "logits of 1e4"])
-def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
+def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows, request):
     f1, g1, f2, g2 = make_pair(4, n=301, v=1037, m1=24, m2=16)
     if case == "logits of 1e4":
         f1 *= 2e3
@@ -442,7 +434,7 @@ def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
             g[10:20] = g[5]  # untrained tokens sharing one unembedding
             g[-7:] = 0.0     # padding rows
     arrays, vals = _half_arrays(cupy, (f1, g1, f2, g2), "bfloat16")
-    got = cuda_backend.cuda_pass(*arrays, **_gemm_kind(rows, cupy), tile_cols=300)
+    got = cuda_backend.cuda_pass(*arrays, **_gemm_kind(rows, request), tile_cols=300)
     assert np.isfinite(got.L1).all() and np.isfinite(got.kl12).all()
     assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=3)
     if case != "logits of 1e4":
@@ -455,7 +447,7 @@ def test_fused_gemm_on_degenerate_labels_and_extreme_logits(cupy, case, rows):
 @pytest.mark.fused_gemm
 @pytest.mark.usefixtures("needs_cuda_driver")
 @pytest.mark.parametrize("rows", gemm_params(128, "wg64"))
-def test_fused_gemm_takes_biased_models(cupy, rows):
+def test_fused_gemm_takes_biased_models(cupy, rows, request):
     # device_augmented pads [f, 1] and [g, b] to rows of 8 elements, which the fused GEMM needs
     a, b = random_pair(N=500, V=3000, M=24, bias=True, seed=3)
     models = [SimpleNamespace(**{k: DeviceArray(cupy.asarray(bf16_round(getattr(m, k))),
@@ -463,7 +455,7 @@ def test_fused_gemm_takes_biased_models(cupy, rows):
               for m in (a, b)]
     ops = [x for m in models for x in device_augmented(m)]   # taken as they are, or refused
     vals = [bf16_value(cupy.asnumpy(o.data)) for o in ops]
-    got = cuda_backend.cuda_pass(*ops, **_gemm_kind(rows, cupy))
+    got = cuda_backend.cuda_pass(*ops, **_gemm_kind(rows, request))
     assert_stats_close(got, numpy_pass(*vals), 1e-4, logit_scale(*vals), agree_slack=2)
 
 
@@ -472,11 +464,11 @@ def test_fused_gemm_takes_biased_models(cupy, rows):
 @pytest.mark.usefixtures("needs_cuda_driver")
 @pytest.mark.slow
 @pytest.mark.parametrize("rows", gemm_params(128, "wg128"))
-def test_fused_gemm_more_than_2_31_logits_per_call(cupy, rows):
+def test_fused_gemm_more_than_2_31_logits_per_call(cupy, rows, request):
     # n * v = 2.15e9 logits in one call: 64-bit row records and offsets
     n, v, m = 16384, 131200, 8
     rng = np.random.default_rng(5)
     bits = [bf16_round(rng.standard_normal(s)) for s in ((n, m), (v, m), (n, m), (v, m))]
     got = cuda_backend.cuda_pass(*[DeviceArray(cupy.asarray(b), "bfloat16") for b in bits],
-                       **_gemm_kind(rows, cupy), tile_cols=v, workspace_bytes=24 << 30)
+                       **_gemm_kind(rows, request), tile_cols=v, workspace_bytes=24 << 30)
     assert_rows_and_columns(got, *(bf16_value(b) for b in bits))

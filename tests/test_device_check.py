@@ -1,9 +1,10 @@
 """benchmarks/device_check.sh runs once per scarce GPU session: its steps, their order, the
 GPU test processes and the summary are checked here without a GPU, with every command it
 runs replaced by a stub that records its arguments."""
+import ast
+import collections
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,7 @@ for a in "$@"; do [[ -n "${STUB_FAIL:-}" && "$a" == "$STUB_FAIL" ]] && exit 1; d
 exit 0
 """
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils timeout")
+pytestmark = pytest.mark.requires_programs("bash", "timeout")
 
 
 def run_check(tmp_path, **env):
@@ -106,23 +106,35 @@ def test_steps_reruns_the_named_steps_only(tmp_path):
 
 def test_the_gpu_test_processes_split_the_gpu_tests(tmp_path):
     # every GPU test in exactly one of the three processes, and the fused GEMM tests (those of
-    # the wgmma kernel among them) in processes of their own
+    # the wgmma kernel among them) in processes of their own: one collection of every GPU test
+    # with its markers, each process's marker expression evaluated on them (and, or, not and
+    # names: Python's own grammar)
     _, calls, _ = run_check(tmp_path)
-    collected = {}
-    for expr, args in pytest_calls(calls).items():
-        c = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider",
-                            "-m", expr, *GPU_TEST_FILES], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
-        assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
-        collected[expr] = {line for line in c.stdout.splitlines() if "::" in line}
-    c = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider",
-                        "-m", "", *GPU_TEST_FILES], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)   # -m "": every test, none deselected by default
-    everything = {line for line in c.stdout.splitlines() if "::" in line}
+    (tmp_path / "print_markers.py").write_text(
+        "def pytest_collection_modifyitems(items):\n"
+        "    for item in items:\n"
+        "        marks = sorted({m.name for m in item.iter_markers()})\n"
+        "        print('ITEM', repr((item.nodeid, marks)))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    c = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-s", "-p",
+                        "no:cacheprovider", "-p", "print_markers", "-m", "slow or not slow",
+                        *GPU_TEST_FILES], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
+    items = dict(ast.literal_eval(line[5:]) for line in c.stdout.splitlines()
+                 if line.startswith("ITEM "))
+    assert len(items) > 100 and any("slow" in m for m in items.values())
+
+    def selected(expr):
+        return {t for t, marks in items.items()
+                if eval(expr, {"__builtins__": {}}, collections.defaultdict(
+                    bool, {m: True for m in marks}))}
+    collected = {expr: selected(expr) for expr in pytest_calls(calls)}
     parts = list(collected.values())
-    assert all(parts) and set().union(*parts) == everything
-    assert sum(map(len, parts)) == len(everything)
-    assert all("fused_gemm" in t for t in collected["fused_gemm and not wgmma"])
+    assert len(parts) == 3 and all(parts) and set().union(*parts) == set(items)
+    assert sum(map(len, parts)) == len(items)
+    assert all("fused_gemm" in items[t] for t in collected["fused_gemm and not wgmma"])
     assert all("wg" in t for t in collected["wgmma"])
     assert not any("wg" in t.split("[")[-1] for t in collected["not fused_gemm"]
                    if "fused_gemm" in t)
@@ -143,11 +155,11 @@ def test_required_gpu_tests_say_why_they_cannot_run(without_gpu):
 def test_steps_before_the_benchmarks_leave_them_time(tmp_path):
     # 250 s in all, 180 kept for the benchmarks: the GPU tests may take 70 s (their per-test
     # timeout 55 s), not their own 150 s; without the benchmarks, the whole 150 s
-    # (the deadline is kept in whole seconds: a second boundary crossed by the stubbed steps
-    # before takes one second off)
+    # (the deadline is kept in whole seconds: each second boundary the stubbed steps before it
+    # cross takes a second off, and they take about a second)
     p, calls, _ = run_check(tmp_path, CHECK_SECONDS="250", BENCH_RESERVE="180")
     limit = re.search(r"== gpu-tests \(limit (\d+)s\)", p.stdout)
-    assert p.returncode == 0 and limit and 67 <= int(limit[1]) <= 70, p.stdout
+    assert p.returncode == 0 and limit and 68 <= int(limit[1]) <= 70, p.stdout
     assert f"--timeout={int(limit[1]) - 15}" in pytest_calls(calls)["not fused_gemm"]
     p, calls, _ = run_check(tmp_path, CHECK_SECONDS="250", BENCH_RESERVE="180",
                             STEPS="gpu-tests")

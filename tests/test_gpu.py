@@ -44,15 +44,11 @@ def test_cupy_backend_without_cupy_says_what_to_install(monkeypatch):
         cupy_backend.cupy_pass(a.f, a.g, b.f, b.g)
 
 
-def test_cupy_without_its_cuda_libraries_is_not_a_working_backend(monkeypatch):
+def test_cupy_without_its_cuda_libraries_is_not_a_working_backend(monkeypatch,
+                                                                 cupy_without_cublas):
     """CuPy's wheel alone does not bring cuBLAS/cuSOLVER: with a GPU but without them, the
     backend is reported unavailable with the install command, not at the first product."""
-    cupy = pytest.importorskip("cupy")
-    try:
-        from cupy_backends.cuda.libs import cublas  # noqa: F401
-        pytest.skip("cuBLAS loads here")
-    except ImportError:
-        pass
+    cupy = cupy_without_cublas
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
     assert re.search(r"cannot load cuBLAS/cuSOLVER .*cupy-cuda13x\[ctk\]", _backends.cupy_problem())
 
@@ -216,11 +212,9 @@ def _plain_float32(cp, vals):
     return type("Plain", (), {k: cp.asnumpy(x).astype(np.float64) for k, x in out.items()})
 
 
-def _bf16_inputs(cp, bits, source):
+def _bf16_inputs(cp, bits, source, request):
     if source == "torch":
-        torch = pytest.importorskip("torch")
-        if not torch.cuda.is_available():
-            pytest.skip("torch has no CUDA")
+        torch = request.getfixturevalue("torch_cuda")
         return [torch.from_numpy(b.view(np.int16)).cuda().view(torch.bfloat16) for b in bits]
     return [DeviceArray(cp.asarray(b), "bfloat16") for b in bits]
 
@@ -230,9 +224,9 @@ def _bf16_inputs(cp, bits, source):
 @pytest.mark.parametrize("source,half_gemm", [("torch", "cublas"), ("bits", "cublas"),
                                               ("bits", "convert")])
 def test_bfloat16_error_at_most_twice_plain_float32(cupy, problem_bf16, backend, source,
-                                                    half_gemm):
+                                                    half_gemm, request):
     bits, vals, ref, scale = problem_bf16
-    got = PASSES[backend](*_bf16_inputs(cupy, bits, source), half_gemm=half_gemm)
+    got = PASSES[backend](*_bf16_inputs(cupy, bits, source, request), half_gemm=half_gemm)
     assert got.dtype == "float32"
     ours = field_errors(got, ref, scale)
     plain = field_errors(_plain_float32(cupy, vals), ref, scale)
@@ -375,12 +369,10 @@ def _report_values(r):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("source", ["cupy", "torch", "cupy backend"])
-def test_compare_on_gpu_arrays_matches_cpu(cupy, source):
+def test_compare_on_gpu_arrays_matches_cpu(cupy, source, request):
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=7)
     if source == "torch":
-        torch = pytest.importorskip("torch")
-        if not torch.cuda.is_available():
-            pytest.skip("torch has no CUDA")
+        torch = request.getfixturevalue("torch_cuda")
         move = lambda x: torch.from_numpy(x).cuda()  # noqa: E731
     else:
         move = cupy.asarray
@@ -395,13 +387,6 @@ def test_compare_on_gpu_arrays_matches_cpu(cupy, source):
             np.testing.assert_allclose(gv[k], w, rtol=1e-9, atol=1e-12, err_msg=k)
         else:
             assert gv[k] == w, k
-
-
-def _cuda_torch():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA")
-    return torch
 
 
 def _record_streams(monkeypatch, cupy, module, name):
@@ -422,8 +407,8 @@ def _on_torch(torch, m):
 
 
 @pytest.mark.gpu
-def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
-    torch = _cuda_torch()
+def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch, torch_cuda):
+    torch = torch_cuda
     seen = _record_streams(monkeypatch, cupy, cuda_backend, "cuda_pass")
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
     stream = torch.cuda.Stream()
@@ -442,8 +427,8 @@ def test_torch_inputs_run_on_torchs_current_stream(cupy, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_engine_used_later_runs_on_torchs_stream_of_the_call(cupy, monkeypatch):
-    torch = _cuda_torch()
+def test_engine_used_later_runs_on_torchs_stream_of_the_call(cupy, monkeypatch, torch_cuda):
+    torch = torch_cuda
     seen = _record_streams(monkeypatch, cupy, pivots, "pivot_criteria_device")
     a, b = random_pair(N=301, V=53, M=5, bias=True, seed=9)
     e = ir.engine(_on_torch(torch, a), _on_torch(torch, b))
@@ -457,17 +442,17 @@ def test_engine_used_later_runs_on_torchs_stream_of_the_call(cupy, monkeypatch):
     np.testing.assert_allclose(got.value, want.value, rtol=1e-9)
 
 
-def _host_models(kind):
+def _host_models(kind, request):
     """A host pair: float64 NumPy, bfloat16 NumPy (ml_dtypes) with a float32 bias, or torch
     CPU bfloat16 tensors."""
     a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=21)
     if kind == "float64":
         return a, b
     if kind == "ml_dtypes":
-        bf = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+        bf = np.dtype(request.getfixturevalue("ml_dtypes").bfloat16)
         return [ir.Model(m.f.astype(bf), m.g.astype(bf), m.bias.astype(np.float32))
                 for m in (a, b)]
-    torch = pytest.importorskip("torch")
+    torch = request.getfixturevalue("torch")
     return [ir.Model(*(torch.from_numpy(x).to(torch.bfloat16) for x in (m.f, m.g, m.bias)))
             for m in (a, b)]
 
@@ -475,8 +460,8 @@ def _host_models(kind):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["float64", "ml_dtypes", "torch"])
-def test_host_models_with_a_gpu_backend_run_on_the_gpu(cupy, backend, kind):
-    a, b = _host_models(kind)
+def test_host_models_with_a_gpu_backend_run_on_the_gpu(cupy, backend, kind, request):
+    a, b = _host_models(kind, request)
     e = ir.engine(a, b, backend=backend)
     assert e.stats.backend == backend
     for x in (e.c1.F, e.c1.G, e.c2.F, e.c2.G):

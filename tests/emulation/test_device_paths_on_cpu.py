@@ -75,9 +75,10 @@ def test_fake_cupy_linalg_fails_loudly_only_under_errstate(dev):
             fn(a)
 
 
+@pytest.mark.requires("cupy", "cupyx")   # the real ones: importing them needs no GPU
 def test_fake_cupy_offers_only_what_cupy_has():
-    cupy = pytest.importorskip("cupy")   # the real one: importing it needs no GPU
-    cupyx = pytest.importorskip("cupyx")
+    import cupy
+    import cupyx
     F = fake_cupy
     for fake, real in ((F.cupy, cupy), (F.cupy.linalg, cupy.linalg), (F.cupy.cuda, cupy.cuda),
                        (F.cupy.cuda.runtime, cupy.cuda.runtime), (F.ndarray, cupy.ndarray),
@@ -119,8 +120,7 @@ def test_python_tile_loop_matches_the_cpu_pass(dev, monkeypatch, kind, half_gemm
                        logit_scale(*exact))
 
 
-@pytest.mark.skipif(not hasattr(_core, "lse_kl_pass_cuda"),
-                    reason="the CUDA pass driver is not built")
+@pytest.mark.usefixtures("needs_cuda_driver")
 @pytest.mark.parametrize("kinds, half_gemm", [
     (("float64",) * 4, "cublas"), (("float32",) * 4, "cublas"), (("bfloat16",) * 4, "cublas"),
     (("float16",) * 4, "cublas"), (("bfloat16",) * 4, "convert"),
@@ -225,19 +225,24 @@ def test_engine_methods_run_on_the_stream_current_when_called(monkeypatch):
         assert entered and entered[0] == 6
 
 
-@pytest.mark.parametrize("kind", ["float64", "ml_dtypes", "torch"])
+@pytest.mark.parametrize("kind", [
+    "float64", pytest.param("ml_dtypes", marks=pytest.mark.requires("ml_dtypes")),
+    pytest.param("torch", marks=pytest.mark.requires("ml_dtypes", "torch"))])
 def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, kind):
     # backend="cupy" (or "cuda") with host models (NumPy, bfloat16 NumPy with a float32 bias,
     # torch CPU bfloat16 tensors): each model goes to the device once and every product runs
     # there, with the CPU engine's results
     monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     a, b = random_pair(N=301, V=53, M=5, M2=4, bias=True, seed=21)
-    bf = np.dtype(pytest.importorskip("ml_dtypes").bfloat16) if kind != "float64" else None
+    bf = None
+    if kind != "float64":
+        import ml_dtypes
+        bf = np.dtype(ml_dtypes.bfloat16)
     if kind == "ml_dtypes":
         a, b = (ir.Model(m.f.astype(bf), m.g.astype(bf), m.bias.astype(np.float32), name=m.name)
                 for m in (a, b))
     elif kind == "torch":
-        torch = pytest.importorskip("torch")
+        import torch
         a, b = (ir.Model(*(torch.from_numpy(x).to(torch.bfloat16) for x in (m.f, m.g, m.bias)),
                          name=m.name) for m in (a, b))
     e = ir.engine(a, b, backend="cupy")
@@ -289,11 +294,10 @@ def test_half_and_mixed_precision_on_device_match_cpu(dev, kinds):
 
 
 @pytest.mark.parametrize("kw", [{}, {"num_pivots": 20}], ids=["exact", "sampled"])
-def test_bfloat16_models_on_device_use_bfloat16_products(dev, monkeypatch, kw):
+def test_bfloat16_models_on_device_use_bfloat16_products(dev, monkeypatch, kw, ml_dtypes):
     # bfloat16 f and g on the device enter their scatter matrices as they are (one bfloat16
     # GEMM per block pair) and the pivot cross products through three bfloat16 GEMMs of an
     # exact split (here cublasGemmEx emulated: float32 products of the exact values)
-    ml_dtypes = pytest.importorskip("ml_dtypes")
     calls = []
 
     def gemm_ex(cp, a, b, out, kind, beta=0.0):

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.emulation
 BENCH = str(Path(__file__).resolve().parents[2] / "benchmarks")
 
 
+@pytest.mark.requires("ml_dtypes")   # bfloat16 models without torch: CuPy's ml_dtypes bfloat16
 def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):
-    pytest.importorskip("ml_dtypes")  # bfloat16 models without torch: CuPy's ml_dtypes bfloat16
     monkeypatch.setattr(cublas, "gemm_ex", emulated_gemm_ex)
     monkeypatch.syspath_prepend(BENCH)
     for name in ("bench_gpu", "bench_gpu_compare"):
@@ -49,8 +49,7 @@ def test_every_step_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):
 def _pass_benchmark(monkeypatch, calls):
     """bench_gpu.py with every GPU pass, epilogue and kernel replaced by a host stand-in that
     accepts their arguments (``calls`` records them); the fused GEMM kinds gemm_fused and
-    gemm_wg64 pass their checks."""
-    pytest.importorskip("ml_dtypes")
+    gemm_wg64 pass their checks (its tests carry the marker requires("ml_dtypes"))."""
     from identirep import _core
 
     def host_pass(backend):
@@ -77,6 +76,7 @@ def _pass_benchmark(monkeypatch, calls):
     return bg
 
 
+@pytest.mark.requires("ml_dtypes")
 def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):
     # its columns, measurement guards and tables
     calls = []
@@ -108,6 +108,7 @@ def test_the_pass_benchmark_runs_on_a_tiny_shape(dev, monkeypatch, tmp_path):
     assert calls[-6:] == gemm
 
 
+@pytest.mark.requires("ml_dtypes")
 def test_after_a_kernel_fault_later_kernels_are_not_timed(dev, monkeypatch, tmp_path):
     # a fault of the first fused GEMM kind leaves the context unusable: the second kind is not
     # timed (its columns would only repeat the fault), and the table says whose fault it was
