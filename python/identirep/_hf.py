@@ -199,7 +199,8 @@ def as_numpy(t, np_dtype, torch) -> np.ndarray:
     return t.numpy().astype(np_dtype, copy=False)
 
 
-def check_extraction(model, torch, seqs, offsets, f, g, b, cap, dtype, seed, k, where) -> ExtractionCheck:
+def check_extraction(model, torch, seqs, offsets, f, g, b, cap, dtype, seed, k,
+                     where) -> ExtractionCheck:
     """Recompute logits at ``k`` sampled positions and compare with the model's own logits,
     each text run alone (no padding, no batching)."""
     N, V = f.shape[0], g.shape[0]

@@ -139,8 +139,9 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
     except (RuntimeError, TypeError) as e:
         raise IdentirepError(f"device must be a torch device such as 'cpu' or 'cuda': {e}") from None
 
-    cfg = load_or_explain(lambda: transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True),
-                f"could not read the model config in {model_dir}")
+    cfg = load_or_explain(
+        lambda: transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True),
+        f"could not read the model config in {model_dir}")
     tcfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     model_type = str(getattr(tcfg, "model_type", None) or getattr(cfg, "model_type", ""))
     cap = getattr(tcfg, "final_logit_softcapping", None)
@@ -152,9 +153,10 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
             "compares. Pass allow_softcap=True (--allow-softcap) to extract the factors of the "
             "pre-cap logits z = f.g + b; comparisons will then ignore the cap")
 
-    tok = load_or_explain(lambda: transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True),
-                f"could not load a tokenizer from {model_dir} (it needs its tokenizer files, "
-                "e.g. tokenizer.json and tokenizer_config.json)")
+    tok = load_or_explain(
+        lambda: transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True),
+        f"could not load a tokenizer from {model_dir} (it needs its tokenizer files, "
+        "e.g. tokenizer.json and tokenizer_config.json)")
     torch_dtype = getattr(torch, dtype)
     model = load_or_explain(lambda: transformers.AutoModelForCausalLM.from_pretrained(
         model_dir, local_files_only=True, **{dtype_kwarg(transformers): torch_dtype}),
@@ -199,15 +201,16 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
     pad_id = tok.pad_token_id if tok.pad_token_id is not None and tok.pad_token_id < rows else 0
     seqs = [ids[i] for i in keep]
     pad_positions = fill_f(model, torch, head, seqs, offsets, f_out, pad_id, batch_size,
-                            scale, device, progress)
+                           scale, device, progress)
 
     with torch.inference_mode():
         g = as_numpy(weight[:V], np_dtype, torch)
         bias = getattr(head, "bias", None)
         b = None if bias is None else as_numpy(scaled(bias[:V], scale, torch), np_dtype, torch)
 
-    check = check_extraction(model, torch, seqs, offsets, f_out, g, b, cap, dtype, seed, check_positions,
-                   f"{model_dir} ({model_type}, logit scale folded: {scale:g})")
+    check = check_extraction(model, torch, seqs, offsets, f_out, g, b, cap, dtype, seed,
+                             check_positions,
+                             f"{model_dir} ({model_type}, logit scale folded: {scale:g})")
     label_ids = np.arange(V, dtype=np.int64)
     labels = [t if t is not None else f"<id {i}>"
               for i, t in enumerate(tok.convert_ids_to_tokens(label_ids.tolist()))]
