@@ -15,10 +15,8 @@ from identirep._cpu_pass import cpu_pass
 from identirep.gpu.arrays import DeviceArray
 
 import fake_cupy
-from helpers import make_pair, random_pair
+from helpers import AGREEMENT_RTOL, assert_close, make_pair, random_pair
 
-#: results of the engine on the stand-in against the CPU engine's, by compute dtype
-RTOL = {np.float64: 1e-10, np.float32: 1e-5}
 #: compare / matrix options: fewer d_SVD and d_rep sets than by default (each set is a few
 #: small device operations)
 OPTS = dict(num_samples=30, max_label_sets=100, rep_sets=30)
@@ -82,7 +80,7 @@ def assert_same_results(got, want, dtype=np.float64):
         assert not isinstance(g, fake_cupy.ndarray), f"{k} is left on the device"
         if isinstance(w, (float, np.ndarray)) or (isinstance(w, list) and w
                                                   and isinstance(w[0], float)):
-            np.testing.assert_allclose(g, w, rtol=RTOL[dtype], atol=1e-12, err_msg=k)
+            assert_close(g, w, rtol=AGREEMENT_RTOL[dtype], atol=1e-12, what=k)
         elif k != "backend":
             assert g == w, k
 

@@ -20,8 +20,8 @@ from identirep.gpu.arrays import DeviceArray
 from identirep._cpu_pass import cpu_pass
 
 import fake_cupy
-from helpers import assert_stats_close, logit_scale, make_pair, random_pair
-from standins import (OPTS, RTOL, HostEpilogue, assert_same_results, device_models,
+from helpers import AGREEMENT_RTOL, assert_stats_close, logit_scale, make_pair, random_pair
+from standins import (OPTS, HostEpilogue, assert_same_results, device_models,
                       emulated_gemm_ex, emulated_pass_driver, model_on, pass_operands)
 
 pytestmark = pytest.mark.emulation
@@ -256,7 +256,7 @@ def test_host_models_with_a_gpu_backend_run_on_the_device(dev, monkeypatch, kind
     assert got.backend == "cupy"
     assert_same_results(got, want, tol)
     m = ir.matrix([a, b], backend="cupy", **OPTS)
-    np.testing.assert_allclose(m.values["d_llv"][0, 1], want.d_llv.value, rtol=RTOL[tol])
+    np.testing.assert_allclose(m.values["d_llv"][0, 1], want.d_llv.value, rtol=AGREEMENT_RTOL[tol])
 
 
 # ------------------------------------------------------------------ the engine
@@ -366,7 +366,7 @@ def test_matrix_of_device_models_matches_cpu(dev, dtype):
     want = ir.matrix([model_on(np, m, dtype) for m in models], **OPTS)
     assert got.pairs == want.pairs
     for k in want.values:
-        np.testing.assert_allclose(got.values[k], want.values[k], rtol=RTOL[dtype], atol=1e-12,
+        np.testing.assert_allclose(got.values[k], want.values[k], rtol=AGREEMENT_RTOL[dtype], atol=1e-12,
                                    err_msg=k)
 
 

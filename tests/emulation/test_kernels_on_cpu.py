@@ -19,13 +19,13 @@ from identirep import _bf16 as bf16
 from identirep import _core
 from identirep.passes import finalize, init_state
 
+from helpers import KERNEL_GEMM_RTOL, KERNEL_MOMENTS_RTOL, KERNEL_SUMS_RTOL
+
 pytestmark = pytest.mark.emulation
 
 SIMT = Path(__file__).resolve().parent / "simt"
 DTYPES = {"f32": np.float32, "f64": np.float64}
 # float32 tiles sum the LSE/KL terms in float32 (on the CPU too); everything else in float64
-RTOL_LSE = {"f32": 1e-5, "f64": 1e-12}
-RTOL = 1e-12
 TIMEOUT = 120
 
 
@@ -96,7 +96,7 @@ def rel_err(got, want, size):
 
 
 def assert_matches_cpu(got, want, l1, l2, dt, moments=True):
-    """Exact running maxima and argmax; the sums within RTOL_LSE[dt], the moments within RTOL,
+    """Exact running maxima and argmax; the sums within KERNEL_SUMS_RTOL[dt], the moments within KERNEL_MOMENTS_RTOL,
     of their natural scale (as helpers.field_errors): max |logit| of the row for the LSE
     state and row means, v or n times its square for sums of squares, the largest row's for
     the columns."""
@@ -111,9 +111,9 @@ def assert_matches_cpu(got, want, l1, l2, dt, moments=True):
         s = ws[1 if row < 4 else 5]
         errs[k] = rel_err(gs[row], ws[row], (np.abs(s) + 1.0) * scale)
         errs[k][np.isnan(s)] = 0.0  # finalises to NaN whatever a and e hold
-    bad = {k: float(np.max(e)) for k, e in errs.items() if not np.all(e <= RTOL_LSE[dt])}
+    bad = {k: float(np.max(e)) for k, e in errs.items() if not np.all(e <= KERNEL_SUMS_RTOL[dt])}
     if moments:
-        bad.update(moment_errors(got, want, scale, RTOL))
+        bad.update(moment_errors(got, want, scale, KERNEL_MOMENTS_RTOL))
     assert not bad, f"relative errors above tolerance: {bad}"
 
 
@@ -382,12 +382,11 @@ def gemm_pass(exe, tmp_path, bits, n, v, ks, lds, kind, tr, tc, moments=True, re
                          *lds, tr, tc, repeat, workers=workers, env=env)
 
 
-RTOL_GEMM = 2e-5  # float32 logits from float32 tensor-core sums against exact ones
 
 
 def assert_matches_gemm(got, want, l1, l2):
     """The fused GEMM pass against the exact (float64 logits) CPU pass: the finalised per-input
-    results and the moments within RTOL_GEMM of their natural scale (as assert_matches_cpu);
+    results and the moments within KERNEL_GEMM_RTOL of their natural scale (as assert_matches_cpu);
     the argmax equal wherever the top two logits are further apart than that."""
     n, v = l1.shape
     scale = np.maximum(np.abs(l1).max(1), np.abs(l2).max(1))
@@ -395,14 +394,14 @@ def assert_matches_gemm(got, want, l1, l2):
     bad = {}
     for k in ("L1", "L2", "kl12", "kl21", "H1", "H2"):
         e = np.abs(g[k] - w[k]) / (scale + 1.0)
-        if not np.all(e <= RTOL_GEMM):
+        if not np.all(e <= KERNEL_GEMM_RTOL):
             bad[k] = float(np.nanmax(e))
     for a, l in enumerate((l1, l2)):
         top2 = np.sort(l, 1)[:, -2:] if v > 1 else np.zeros((n, 2))
-        clear = (top2[:, 1] - top2[:, 0]) > RTOL_GEMM * scale
+        clear = (top2[:, 1] - top2[:, 0]) > KERNEL_GEMM_RTOL * scale
         if not np.array_equal(got["args"][a][clear], want["args"][a][clear]):
             bad[f"args[{a}]"] = int(np.sum(got["args"][a] != want["args"][a]))
-    bad.update(moment_errors(got, want, scale, RTOL_GEMM))
+    bad.update(moment_errors(got, want, scale, KERNEL_GEMM_RTOL))
     assert not bad, f"relative errors above tolerance: {bad}"
 
 
@@ -458,7 +457,7 @@ def test_fused_gemm_kernel_without_moments_and_deterministic(harness, tmp_path, 
     want = cpu_pass(l1, l2, 100, 150, moments=False)
     g, w = finalize(got["state"], got["args"]), finalize(want["state"], want["args"])
     for key in ("L1", "L2", "kl12", "kl21", "H1", "H2"):
-        np.testing.assert_allclose(g[key], w[key], rtol=0, atol=RTOL_GEMM * 10, err_msg=key)
+        np.testing.assert_allclose(g[key], w[key], rtol=0, atol=KERNEL_GEMM_RTOL * 10, err_msg=key)
 
 
 @pytest.mark.parametrize("bm", ["wg128", "wg64"])
