@@ -201,7 +201,7 @@ class LabelSide:
         X1, X2 = self.cross(piv, lab)
         xp = array_module(X1)
         if xp is np:
-                return _core.pivot_bounds(X1, X2, *self.vectors(np),
+            return _core.pivot_bounds(X1, X2, *self.vectors(np),
                                       np.ascontiguousarray(piv, np.int64),
                                       np.ascontiguousarray(lab, np.int64),
                                       BOUND_KAPPA * self.tol, self.bound_eps())

@@ -9,8 +9,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from ._backends import resolve
-from .gpu.streams import on_caller_stream
 from .errors import IdentirepError
+from .gpu.streams import on_caller_stream
 from .model import Model, check_pair
 from .progress import progress_bar
 from .results import _Result

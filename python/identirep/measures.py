@@ -9,13 +9,13 @@ import numpy as np
 from . import _rules as rules
 from . import reference as ref
 from ._backends import resolve
+from ._cpu_pass import cpu_pass
 from ._linalg import whiten
 from ._pair import PairEngine, mcca_from_scatter
 from .errors import IdentirepError
 from .gpu.streams import on_caller_stream
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
-from ._cpu_pass import cpu_pass
 from .progress import progress_bar
 from .results import Report
 

@@ -1,7 +1,7 @@
 """The GPU tests of test_gpu.py, run on the CPU through the CuPy stand-in (gpu_standin.py, in a
 process of its own): each must pass, or skip only for what the stand-in cannot provide. A slow
-re-run of other tests (marker standin): not in the default run; .ci/run runs it as a step of
-its own (pytest -m standin)."""
+re-run of other tests (marker standin): not in the default run; .ci/run runs it in a step of
+its own (pytest -m "standin or slow")."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,6 @@ TESTS = EMULATION.parent
 STANDIN_SKIPS = (r"torch has no CUDA",)
 
 
-@pytest.mark.slow
 def test_gpu_tests_pass_on_the_cupy_standin(tmp_path, needs_cuda_build):
     report = tmp_path / "gpu_tests.xml"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
