@@ -172,19 +172,25 @@ CASES = {
     "one_row_two_label_tiles": (lambda dt: logit_pair(1, 1, 301, dt), 301, (3, 0), 1, 200),
     "sanitize_case_tiles": (lambda dt: logit_pair(2, 37, 301, dt), 301, (5, 0), 20, 200),
     "slabs_and_row_chunks": (lambda dt: logit_pair(5, 300, 1100, dt), 1100, (0, 7), 271, 600),
+    # several row chunks of the column kernel (a 130-row tile: 3) and a second row tile, for
+    # the row and column kernels (the fused ones have slabs_and_row_chunks)
+    "row_chunks": (lambda dt: logit_pair(6, 140, 300, dt), 300, (0, 5), 130, 300),
     "extreme_logits": (extreme_logits, 700, (3, 1), 20, 300),
     "nan_labels": (nan_logits, 700, (0, 0), 40, 700),
 }
 
 
 def _epilogue_params():
-    """(case, dt, fused) of every case; the float64 row and column kernels on the largest case
-    are a long variant (marker slow): the float32 ones run the same launch geometry on it."""
+    """(case, dt, fused) of every case; the row and column kernels on the largest case are a
+    long variant (marker slow): row_chunks runs them on several row chunks at a quarter of the
+    cost."""
     out = []
     for case in CASES:
         for dt in ("f64", "f32"):
             for fused, kernels in ((False, "row_col_kernels"), (True, "fused")):
-                long = (case, dt, fused) == ("slabs_and_row_chunks", "f64", False)
+                if case == "row_chunks" and fused:
+                    continue
+                long = case == "slabs_and_row_chunks" and not fused
                 out.append(pytest.param(case, dt, fused, id=f"{case}-{dt}-{kernels}",
                                         marks=[pytest.mark.slow] if long else []))
     return out
