@@ -90,10 +90,10 @@ def test_gemm_kernel_checks_keep_what_passes_and_say_why_not(monkeypatch, tmp_pa
                (64, True): "print('L1 differs by 0.5'); raise SystemExit(1)"}
     monkeypatch.setattr(bench_gpu, "gemm_check_command",
                         lambda rows, wgmma: [sys.executable, "-c", scripts[rows, wgmma]])
-    ok, notes = bench_gpu.check_gemm_kernels(timeout=3)
+    ok, notes = bench_gpu.check_gemm_kernels(timeout=2)
     assert ok == ["gemm_fused"]
     assert notes[0].startswith("gemm_fused64: not timed: its check failed (exit -6)")
-    assert notes[1:] == ["gemm_wg: not timed: its check did not finish within 3 s",
+    assert notes[1:] == ["gemm_wg: not timed: its check did not finish within 2 s",
                          "gemm_wg64: not timed: its check failed (exit 1): L1 differs by 0.5"]
     # the timeout is for all checks together: four that hang cost it once, not four times
     monkeypatch.setattr(bench_gpu, "gemm_check_command",
