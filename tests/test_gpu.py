@@ -528,8 +528,7 @@ def test_device_row_bounds_match_the_compiled_cpu_bounds(cupy):
     piv = np.sort(rng.choice(700, 80, replace=False))
     lab = np.union1d(rng.choice(700, 200, replace=False), piv[:10])
     np.testing.assert_allclose(e.labels.row_bounds(piv, lab), want.labels.row_bounds(piv, lab),
-                               rtol=1e-9,
-                               atol=1e-12)
+                               rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.gpu

@@ -413,8 +413,7 @@ def test_engine_keeps_device_models_on_the_device(dev):
     piv = np.sort(rng.choice(97, 30, replace=False))
     lab = np.union1d(rng.choice(97, 40, replace=False), piv[:5])
     np.testing.assert_allclose(e.labels.row_bounds(piv, lab), want.labels.row_bounds(piv, lab),
-                               rtol=1e-10,
-                               atol=1e-12)
+                               rtol=1e-10, atol=1e-12)
     for k, v in want.label_terms(4).items():
         np.testing.assert_allclose(e.label_terms(4)[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
 
