@@ -1,5 +1,5 @@
-"""benchmarks/device_check.sh runs once per scarce GPU session: its steps, their order, the
-GPU test processes and the summary are checked here without a GPU, with every command it
+"""benchmarks/device_check.sh runs once on a GPU machine's scarce time: its steps, their order,
+the GPU test processes and the summary are checked here without a GPU, with every command it
 runs replaced by a stub that records its arguments."""
 import ast
 import collections
