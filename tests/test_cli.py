@@ -131,3 +131,23 @@ def test_info_says_what_runs_here_and_why_not(capsys):
     for name, problem in backends.items():
         assert f"  {name:<10} " + ("available" if problem is None else "not available: ") in text
     assert text.startswith(f"identirep {info['version']}\nbuild: ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "a", "b", "--seed", "-1"], "argument --seed: must be >= 0, got -1; the seed"),
+    (["compare", "a", "b", "--seed", "x"], "argument --seed: expected an integer >= 0, got 'x'"),
+    (["compare", "a", "b", "--num-samples", "0"], "argument --num-samples: must be >= 1, got 0"),
+    (["matrix", "a", "b", "--sets-per-pivot", "0"], "argument --sets-per-pivot: must be >= 1"),
+    (["compare", "a", "b", "--num-pivots", "-3"], "--num-pivots: must be >= 1, got -3; the number"),
+    (["matrix", "a", "b", "--pivot-budget", "0"], "--pivot-budget: must be >= 1, got 0; the most"),
+    (["compare", "a", "b", "--lam", "-1"], "argument --lam: must be a finite number >= 0, got '-1'"),
+    (["compare", "a", "b", "--lam", "nan"], "argument --lam: must be a finite number >= 0"),
+    (["compare", "a", "b", "--lam", "inf"], "argument --lam: must be a finite number >= 0"),
+    (["demo", "--seed", "-2"], "argument --seed: must be >= 0, got -2"),
+    (["bench", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+])
+def test_bad_option_values_exit_2_before_any_work(argv, message, capsys):
+    """Checked while parsing: the model paths 'a' and 'b' do not exist and are never read."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -290,6 +290,7 @@ def test_bad_arguments(gpt2_pair, tmp_path):
         (dict(model_dir=d, texts=TEXTS, dtype="int8"), "dtype must be one of float64, float32"),
         (dict(model_dir=d, texts=TEXTS, batch_size=0), "batch_size must be a positive integer"),
         (dict(model_dir=d, texts=TEXTS, device="nonsense"), "device must be a torch device"),
+        (dict(model_dir=d, texts=TEXTS, seed=-1), "seed must be a non-negative integer"),
     ]
     for kwargs, message in cases:
         with pytest.raises(IdentirepError, match=message):

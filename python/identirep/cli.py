@@ -6,26 +6,69 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
 
 from .errors import IdentirepError
 
 
+def int_at_least(low: int, hint: str):
+    """An argparse ``type``: an integer >= ``low``; a bad value exits 2 with ``hint``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}, got {text!r}; {hint}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}; {hint}")
+        return value
+    return parse
+
+
+def non_negative_float(hint: str):
+    """An argparse ``type``: a finite float >= 0; a bad value exits 2 with ``hint``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number >= 0, got {text!r}; {hint}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number >= 0, got {text!r}; {hint}")
+        return value
+    return parse
+
+
+#: the --seed of every command
+SEED = int_at_least(0, "the seed of NumPy's random generator is a non-negative integer, "
+                       "e.g. --seed 0")
+
+
 def _add_measure_options(p):
-    p.add_argument("--lam", type=float, default=1e-5, help="weight of terms t3, t4 (default 1e-5)")
+    p.add_argument("--lam", type=non_negative_float("the weight of terms t3, t4, e.g. --lam 1e-5"),
+                   default=1e-5, help="weight of terms t3, t4 (default 1e-5)")
     p.add_argument("--combine", choices=("max", "sum"), default="max")
     p.add_argument("--term", choices=("max", "mean"), default="max")
-    p.add_argument("--num-samples", type=int, default=200, help="candidate input pivots (default 200)")
-    p.add_argument("--sets-per-pivot", type=int, default=1)
-    p.add_argument("--num-pivots", type=int, default=None,
-                   help="sample this many label pivots instead of the exact search")
-    p.add_argument("--pivot-budget", type=int, default=None,
+    p.add_argument("--num-samples", type=int_at_least(1, "the number of candidate input sets, "
+                                                         "e.g. the default 200"),
+                   default=200, help="candidate input pivots (default 200)")
+    p.add_argument("--sets-per-pivot", type=int_at_least(1, "input sets per input pivot, e.g. "
+                                                            "the default 1"), default=1)
+    p.add_argument("--num-pivots", type=int_at_least(1, "the number of sampled label pivots; "
+                                                        "leave it out for the exact search"),
+                   default=None, help="sample this many label pivots instead of the exact search")
+    p.add_argument("--pivot-budget", type=int_at_least(1, "the most pivots the exact search "
+                                                          "evaluates; leave it out for the "
+                                                          "default"),
+                   default=None,
                    help="most pivots the exact search evaluates beyond 4096 labels "
                         "(default 2048 on a CPU, all on a GPU); the result says when it stopped")
     p.add_argument("--paper-compat", action="store_true",
                    help="draw input sets exactly like the paper's code (incl. its threshold quirk)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "cupy", "reference"),
                    help="auto: where the arrays live (the CPU for model files); cuda, cupy: the "
                         "models are copied to the GPU and every measure runs there")
@@ -175,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Closeness in distribution and representational similarity of softmax-family models.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the paper's point on built-in models, in seconds")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=SEED, default=0)
     d.add_argument("--json", action="store_true", help="print JSON instead of a table")
     d.add_argument("--out", help="also write the JSON report to this file")
     d.set_defaults(func=cmd_demo)
@@ -196,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_matrix)
     bn = sub.add_parser("bench", help="run the benchmark suite here; ratios to the GEMM floor")
     bn.add_argument("--quick", action="store_true", help="smaller paper-port case, fewer rows")
-    bn.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    bn.add_argument("--repeats", type=int_at_least(1, "interleaved rounds, e.g. the default 3"),
+                    default=3, help="interleaved rounds (default 3)")
     bn.add_argument("--json", action="store_true")
     bn.add_argument("--out", help="also write the JSON results here")
     bn.set_defaults(func=cmd_bench)
@@ -212,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:   # --help, --version (0); a bad option (2, with its message)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except IdentirepError as e:

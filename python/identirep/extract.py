@@ -127,6 +127,10 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
                         ("check_positions", check_positions)):
         if not isinstance(value, int) or value < 1:
             raise IdentirepError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise IdentirepError(
+            f"seed must be a non-negative integer (it seeds NumPy's random generator), "
+            f"got {seed!r}")
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise IdentirepError(
