@@ -151,3 +151,33 @@ def test_bad_option_values_exit_2_before_any_work(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_output_paths_are_checked_before_any_model_is_read(tmp_path, capsys):
+    """The model paths do not exist: each command stops at its output path first."""
+    missing, a, b = tmp_path / "no" / "such", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    (tmp_path / "file.txt").write_text("x")
+    cases = [
+        (["compare", a, b, "--out", str(missing / "r.json")], "does not exist; create it first"),
+        (["compare", a, b, "--plot", str(missing / "p.png")], "--plot"),
+        (["compare", a, b, "--out", str(tmp_path)], "is a directory; give a file name"),
+        (["matrix", a, b, "--out", str(tmp_path / "file.txt")], "is a file; --out takes a dir"),
+        (["matrix", a, b, "--out", str(tmp_path / "file.txt" / "m")], "cannot be created"),
+        (["demo", "--out", str(missing / "d.json")], "does not exist"),
+        (["bench", "--out", str(missing / "b.json")], "does not exist"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "no such file" not in err and "Traceback" not in err, err
+
+
+def test_plots_without_matplotlib_are_refused_before_the_computation(tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # as where it is not installed
+    a = str(tmp_path / "a.npz")
+    assert main(["compare", a, a, "--plot", str(tmp_path / "p.png")]) == 2
+    assert '--plot needs matplotlib: pip install "identirep[plot]"' in capsys.readouterr().err
+    assert main(["matrix", a, a, "--out", str(tmp_path / "m")]) == 2
+    assert "or pass --no-plots" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -291,7 +291,10 @@ def test_bad_arguments(gpt2_pair, tmp_path):
         (dict(model_dir=d, texts=TEXTS, batch_size=0), "batch_size must be a positive integer"),
         (dict(model_dir=d, texts=TEXTS, device="nonsense"), "device must be a torch device"),
         (dict(model_dir=d, texts=TEXTS, seed=-1), "seed must be a non-negative integer"),
+        (dict(model_dir=d, texts=TEXTS, out=tmp_path / "m.txt"), "unknown model file format"),
+        (dict(model_dir=d, texts=TEXTS, out=tmp_path / "t.txt" / "m.npz"), "t.txt is a file"),
     ]
+    (tmp_path / "t.txt").write_text("a file")
     for kwargs, message in cases:
         with pytest.raises(IdentirepError, match=message):
             ex.extract(**kwargs, progress=False)

@@ -255,3 +255,19 @@ def test_numpy_values_in_metadata_are_stored(tmp_path):
                       metadata={"err": np.float32(0.5), "ids": np.arange(3)})
     meta = load_metadata(path)
     assert meta["err"] == 0.5 and meta["ids"] == [0, 1, 2]
+
+
+def test_check_output_refuses_what_save_model_could_not_write(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "d.npz").mkdir()
+    for path, message in ((tmp_path / "m.h5", "unknown model file format '.h5'"),
+                          (tmp_path / "file" / "m.npz", "file is a file, not a directory"),
+                          (tmp_path / "file" / "deeper" / "m", "file is a file, not a directory"),
+                          (tmp_path / "d.npz", "d.npz is a directory; give a file name")):
+        with pytest.raises(IdentirepError, match=message):
+            iio.check_output(path)
+    # what save_model writes: a new file in a directory still to be created, a directory
+    for path in (tmp_path / "new" / "sub" / "m.safetensors", tmp_path / "new_dir"):
+        assert iio.check_output(path) == path
+        save_model(_model(), path)
+    assert not (tmp_path / "d.npz" / "x").exists()

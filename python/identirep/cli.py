@@ -5,10 +5,13 @@ Exit codes: 0 ok, 2 bad input (the message says what and how to fix), 1 internal
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
 import sys
 import traceback
+from pathlib import Path
 
 from .errors import IdentirepError
 
@@ -74,6 +77,47 @@ def _add_measure_options(p):
                         "models are copied to the GPU and every measure runs there")
 
 
+def check_out_file(path, option: str) -> None:
+    """An output file (--out, --plot): its directory must exist and be writable. Checked
+    before any model is read, so that a typo does not cost the whole computation."""
+    p = Path(path)
+    if p.is_dir():
+        raise IdentirepError(f"{option} {path} is a directory; give a file name in it, "
+                             f"e.g. {p / 'report.json'}")
+    parent = p.parent
+    if not parent.is_dir():
+        raise IdentirepError(f"{option} {path}: the directory {parent} does not exist; create "
+                             "it first (mkdir -p) or give a path in an existing directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise IdentirepError(f"{option} {path}: cannot write there (permission denied); give "
+                             "a path in a directory you can write to")
+
+
+def check_out_dir(path, option: str) -> None:
+    """An output directory (matrix --out): an existing writable directory, or one that can be
+    created (its nearest existing parent is a writable directory)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise IdentirepError(f"{option} {path} is a file; {option} takes a directory (it is "
+                             "created when missing)")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise IdentirepError(f"{option} {path}: {existing} is a file, so the directory cannot "
+                             "be created; give another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise IdentirepError(f"{option} {path}: cannot write in {existing} (permission "
+                             "denied); give a directory you can write to")
+
+
+def check_plotting(option: str, alternative: str = "") -> None:
+    """Plots need matplotlib: say so before the computation, not after it."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise IdentirepError(f'{option} needs matplotlib: pip install "identirep[plot]"'
+                             + (f", or {alternative}" if alternative else ""))
+
+
 def _measure_kwargs(args):
     return dict(lam=args.lam, combine=args.combine, term=args.term, num_samples=args.num_samples,
                 seed=args.seed, num_pivots=args.num_pivots, sets_per_pivot=args.sets_per_pivot,
@@ -94,6 +138,8 @@ def _emit(payload, args, render):
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
+    if args.out:
+        check_out_file(args.out, "--out")
     if args.json or args.out:
         payload = run_demo(args.seed, as_json=True)
         _emit(payload, args, lambda: run_demo(args.seed))
@@ -106,6 +152,11 @@ def cmd_compare(args) -> int:
     from .io import load_model
     from .measures import _report_from_engine, compare, engine
     from .report import render_report
+    if args.out:
+        check_out_file(args.out, "--out")
+    if args.plot:
+        check_out_file(args.plot, "--plot")
+        check_plotting("--plot")
     a = load_model(args.model_a)
     b = load_model(args.model_b)
     kw = _measure_kwargs(args)
@@ -122,12 +173,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    import os
-
     import numpy as np
 
     from .io import load_model
     from ._matrix import matrix
+    if args.out:
+        check_out_dir(args.out, "--out")
+        if not args.no_plots:
+            check_plotting("--out (its heatmaps)", "pass --no-plots")
     models = [load_model(p) for p in args.models]
     res = matrix(models, **_measure_kwargs(args))
     payload = res.to_dict()
@@ -165,6 +218,8 @@ def cmd_matrix(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import markdown, run_suite
+    if args.out:
+        check_out_file(args.out, "--out")
     say = (lambda s: print(f"running: {s}", file=sys.stderr)) if not args.json else None
     res = run_suite(quick=args.quick, progress=say, repeats=args.repeats)
     if args.out:

@@ -131,6 +131,9 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         raise IdentirepError(
             f"seed must be a non-negative integer (it seeds NumPy's random generator), "
             f"got {seed!r}")
+    if out is not None:   # a bad output path fails now, not after the extraction
+        from .io import check_output
+        check_output(out)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise IdentirepError(

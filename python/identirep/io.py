@@ -32,7 +32,7 @@ from . import _bf16 as bf16
 from .errors import IdentirepError
 from .model import Model
 
-__all__ = ["load_model", "save_model", "load_metadata", "SUPPORTED_FORMATS"]
+__all__ = ["load_model", "save_model", "load_metadata", "check_output", "SUPPORTED_FORMATS"]
 
 SUPPORTED_FORMATS = (
     ".safetensors (preferred), .npz, or a directory of .npy files "
@@ -184,6 +184,29 @@ def save_model(model: Model, path, metadata: Optional[dict] = None) -> Path:
     if labels is not None:
         (path / "labels.json").write_text(_dumps(labels, "labels"), encoding="utf-8")
     (path / "meta.json").write_text(meta_json, encoding="utf-8")
+    return path
+
+
+def check_output(path) -> Path:
+    """Raise unless :func:`save_model` can write to ``path``: a known format, and a directory
+    that exists or can be created, writable. Nothing is written; call it before a long
+    computation whose result goes there."""
+    path = Path(path)
+    fmt = _format_of(path, writing=True)
+    if fmt != "dir" and path.is_dir():
+        raise IdentirepError(f"{path} is a directory; give a file name for the "
+                             f"{path.suffix} file, or a directory path without extension")
+    if fmt == "dir" and path.exists() and not path.is_dir():
+        raise IdentirepError(f"{path} is a file; give a directory, or a .safetensors or .npz "
+                             "file name")
+    existing = path if fmt == "dir" else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise IdentirepError(f"cannot write {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK) or (
+            path.is_file() and not os.access(path, os.W_OK)):
+        raise IdentirepError(f"cannot write {path}: permission denied in {existing}")
     return path
 
 
