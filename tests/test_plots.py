@@ -1,12 +1,15 @@
-"""Plots and the matrix command: files are written and are real images."""
+"""Plots and the matrix command: files are written and are real images; each figure is
+built without saving and its axes inspected (colour scales, labels, the text it shows)."""
 import json
-
-import numpy as np
-import pytest
+from types import SimpleNamespace
 
 import identirep as ir
+import numpy as np
+import pytest
 from identirep import constructions as C
+from identirep._matrix import MEASURES
 from identirep.cli import main
+from identirep.plots import heatmap_figure
 
 
 def _models(tmp_path):
@@ -49,3 +52,98 @@ def test_compare_label_term_plot(tmp_path, capsys):
     png = tmp_path / "terms.png"
     assert main(["compare", paths[0], paths[1], "--plot", str(png), "--num-samples", "20"]) == 0
     _is_png(png)
+
+
+# ---------------------------------------------------------------- figures, inspected directly
+# (the figure builders are what heatmap / kl_vs_llv / label_terms save)
+
+def _result(measure, off, names=("a", "b", "c")):
+    """A stand-in for a MatrixResult: one measure, ``off`` off the diagonal."""
+    K = len(names)
+    vals = np.full((K, K), off, float) if np.isscalar(off) else np.array(off, float)
+    np.fill_diagonal(vals, MEASURES.get(measure, (0.0, None))[0])
+    return SimpleNamespace(names=list(names), values={measure: vals})
+
+
+def _heat(measure, off, names=("a", "b", "c")):
+    import matplotlib.pyplot as plt
+    fig = heatmap_figure(_result(measure, off, names), measure)
+    ax = fig.axes[0]
+    im = ax.images[0]
+    rgba = im.to_rgba(im.get_array())
+    cbar_label = fig.axes[1].get_ylabel()
+    texts = [t.get_text() for t in ax.texts]
+    plt.close(fig)
+    return im.norm, rgba, cbar_label, texts, fig
+
+
+def _gap(c1, c2):
+    return float(np.abs(np.asarray(c1[:3]) - np.asarray(c2[:3])).max())
+
+
+DISTANCES = ("kl", "d_llv", "d_logit", "max_d_svd", "d_rep")
+
+
+@pytest.mark.requires("matplotlib")
+@pytest.mark.parametrize("measure", DISTANCES)
+def test_distance_heatmap_is_anchored_at_zero_so_tiny_values_stay_dark(measure):
+    # identical models (d ~ 2e-8 everywhere) used to fill the whole colour range
+    norm, tiny, label, _, _ = _heat(measure, 2e-8)
+    assert norm.vmin == 0 and norm.vmax >= 1
+    assert "0 = identical" in label
+    assert _gap(tiny[0, 1], tiny[0, 0]) < 0.02        # off-diagonal looks like identical
+    _, large, _, _, _ = _heat(measure, 0.98 if measure == "max_d_svd" else 50.0)
+    assert _gap(large[0, 1], large[0, 0]) > 0.5       # a large distance does not
+
+
+@pytest.mark.requires("matplotlib")
+@pytest.mark.parametrize("measure", ("mcca_f", "mcca_g", "top1_agreement"))
+def test_similarity_heatmap_uses_the_fixed_unit_range(measure):
+    norm, rgba, label, _, _ = _heat(measure, 0.999)
+    assert (norm.vmin, norm.vmax) == (0, 1)
+    assert "1 = identical" in label and "fixed scale 0 to 1" in label
+    assert _gap(rgba[0, 1], rgba[0, 0]) < 0.02        # 0.999 looks like identical (1)
+    _, rgba, _, _, _ = _heat(measure, 0.05)
+    assert _gap(rgba[0, 1], rgba[0, 0]) > 0.5
+
+
+@pytest.mark.requires("matplotlib")
+def test_max_d_svd_uses_the_fixed_unit_range_and_marks_cells_outside_it():
+    norm, _, label, texts, fig = _heat("max_d_svd", [[0, 0.3, 1.2], [0.3, 0, 0.5], [0.1, 0.2, 0]])
+    assert (norm.vmin, norm.vmax) == (0, 1) and "fixed scale 0 to 1" in label
+    assert "1.200*" in texts and "0.300" in texts        # only the cell outside is marked
+    assert "outside the colour scale" in fig.axes[0].get_xlabel()
+
+
+@pytest.mark.requires("matplotlib")
+@pytest.mark.parametrize("measure", ("kl", "d_rep"))
+def test_heavy_tailed_heatmap_is_log_above_a_small_threshold(measure):
+    from matplotlib.colors import SymLogNorm
+    off = [[0, 0.2, 2e4], [0.2, 0, 2e4], [2e4, 2e4, 0]]
+    norm, rgba, label, _, _ = _heat(measure, off)
+    assert isinstance(norm, SymLogNorm) and norm.vmin == 0 and norm.vmax == 2e4
+    assert "log above" in label
+    assert 0.3 < float(norm(0.2)) < 0.8                 # 0.2 is not crushed by the outlier
+    assert _gap(rgba[0, 1], rgba[0, 0]) > 0.2 and _gap(rgba[0, 1], rgba[0, 2]) > 0.2
+
+
+@pytest.mark.requires("matplotlib")
+@pytest.mark.parametrize("measure", ("d_llv", "mcca_f", "kl"))
+def test_heatmap_cell_text_contrasts_with_its_cell(measure):
+    import matplotlib.colors as mc
+    import matplotlib.pyplot as plt
+    off = np.array([[0, 0.01, 0.5], [0.9, 0, 3.0], [np.nan, 0.7, 0]])
+    if measure == "mcca_f":
+        off = np.clip(off, 0, 1)
+    fig = heatmap_figure(_result(measure, off), measure)
+    ax = fig.axes[0]
+    im = ax.images[0]
+
+    def lum(c):
+        return float(np.dot(mc.to_rgb(c), [0.2126, 0.7152, 0.0722]))
+    for t in ax.texts:
+        j, i = (round(p) for p in t.get_position())
+        v = im.get_array()[i, j]
+        cell = mc.to_rgb(im.cmap.get_bad()) if np.ma.is_masked(v) else im.to_rgba(v)
+        assert abs(lum(t.get_color()) - lum(cell)) > 0.4, (t.get_text(), t.get_color(), cell)
+    plt.close(fig)

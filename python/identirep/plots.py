@@ -1,8 +1,23 @@
-"""Plots (matplotlib, optional extra ``[plot]``): heatmaps, per-label terms, KL vs d_LLV."""
+"""Plots (matplotlib, optional extra ``[plot]``): heatmaps, per-label terms, KL vs d_LLV.
+
+Every heatmap uses one colour convention: dark = identical. Its colour scale is fixed per
+measure (``SCALES``), never stretched to the values at hand, so a matrix of round-off-sized
+distances stays dark:
+
+- similarities in [0, 1] (mCCA, top-1 agreement): the fixed range 0 to 1, 1 (identical) dark;
+- d_SVD, a dissimilarity in [0, 1]: the fixed range 0 to 1, 0 dark;
+- d_LLV and d_logit: linear from 0 to the larger of a floor (1) and the largest value;
+- KL and d_rep, heavy-tailed: from 0, linear up to a small threshold and logarithmic above it,
+  to the larger of a floor (1) and the largest value.
+
+A cell outside its measure's scale is marked ``*`` and named in a note under the heatmap.
+Model names and token strings are shown literally (never parsed as mathtext), with control
+characters escaped and long strings shortened.
+"""
 from __future__ import annotations
 
 import os
-from typing import List
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,6 +26,38 @@ from .errors import IdentirepError
 TITLES = {"kl": "KL(row || column)", "d_llv": "d_LLV", "d_logit": "d_logit",
           "mcca_f": "mCCA of f", "mcca_g": "mCCA of g", "max_d_svd": "max d_SVD",
           "d_rep": "d_rep (row ~ A column)", "top1_agreement": "top-1 agreement"}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How one measure is coloured.
+
+    ``kind``: "similarity" (fixed [lo, hi], hi = identical), "bounded" (a dissimilarity with
+    the fixed range [lo, hi], lo = identical) or "distance" (from 0 to max(floor, largest
+    value); ``linthresh`` set: linear below it, logarithmic above)."""
+    kind: str
+    lo: float = 0.0
+    hi: float = 1.0
+    floor: float = 1.0
+    linthresh: float | None = None
+    what: str = "distance"
+
+
+SCALES = {
+    "kl": Scale("distance", linthresh=1e-3, what="KL in nats"),
+    "d_llv": Scale("distance"),
+    "d_logit": Scale("distance"),
+    "d_rep": Scale("distance", linthresh=1e-3),
+    "max_d_svd": Scale("bounded", what="dissimilarity"),
+    "d_svd": Scale("bounded", what="dissimilarity"),
+    "d_svd_f": Scale("bounded", what="dissimilarity"),
+    "d_svd_g": Scale("bounded", what="dissimilarity"),
+    "mcca_f": Scale("similarity", what="similarity"),
+    "mcca_g": Scale("similarity", what="similarity"),
+    "top1_agreement": Scale("similarity", what="agreement"),
+}
+_DEFAULT_SCALE = Scale("distance", what="value")
+_CMAP = "viridis"
 
 
 def _pyplot():
@@ -23,31 +70,100 @@ def _pyplot():
     return plt
 
 
-def heatmap(result, measure: str, path) -> str:
+def shown(s, width: int = 24) -> str:
+    """``s`` as a plot shows it: control characters escaped, shortened to ``width``
+    characters with a trailing ellipsis. Put it in a Text with ``parse_math=False``."""
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(s))
+    return s if len(s) <= width else s[:width - 1] + "\u2026"
+
+
+def _g(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def color_scale(measure: str, values):
+    """(norm, cmap, colorbar label, out-of-scale mask) for a K x K matrix of ``measure``."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize, SymLogNorm
+    s = SCALES.get(measure, _DEFAULT_SCALE)
+    vals = np.asarray(values, float)
+    off = ~np.eye(*vals.shape, dtype=bool) if vals.ndim == 2 and vals.shape[0] == vals.shape[1] \
+        else np.ones(vals.shape, bool)
+    finite = vals[off & np.isfinite(vals)]
+    cmap = colormaps[_CMAP].with_extremes(bad="0.85")
+    if s.kind == "similarity":
+        lo, hi = s.lo, s.hi
+        cmap = cmap.reversed()
+        label = f"{s.what}, {_g(hi)} = identical (dark)\nfixed scale {_g(lo)} to {_g(hi)}"
+    elif s.kind == "bounded":
+        lo, hi = s.lo, s.hi
+        label = f"{s.what}, {_g(lo)} = identical (dark)\nfixed scale {_g(lo)} to {_g(hi)}"
+    else:
+        lo = 0.0
+        hi = max(s.floor, float(finite.max()) if finite.size else 0.0)
+        scale = (f"linear to {_g(s.linthresh)}, log above" if s.linthresh
+                 else "linear")
+        label = f"{s.what}, 0 = identical (dark)\n{scale}, 0 to max({_g(s.floor)}, largest)"
+    if s.kind == "distance" and s.linthresh:
+        norm = SymLogNorm(linthresh=s.linthresh, linscale=1.0, vmin=lo, vmax=hi, base=10)
+    else:
+        norm = Normalize(vmin=lo, vmax=hi)
+    tol = 1e-9 * (hi - lo)
+    with np.errstate(invalid="ignore"):
+        outside = np.isfinite(vals) & ((vals < lo - tol) | (vals > hi + tol))
+    return norm, cmap, label, outside
+
+
+def _cell_text(v: float) -> str:
+    if not np.isfinite(v):
+        return "-"
+    return f"{v:.2e}" if v and (abs(v) < 1e-2 or abs(v) >= 1e3) else f"{v:.3f}"
+
+
+def _text_color(rgba) -> str:
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
+
+
+def heatmap_figure(result, measure: str):
+    """The heatmap of ``result.values[measure]`` as a matplotlib figure (not saved)."""
     plt = _pyplot()
-    vals = result.values[measure]
+    vals = np.asarray(result.values[measure], float)
     K = len(result.names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * K, 1.0 + 0.8 * K))
-    im = ax.imshow(vals, cmap="viridis")
-    ax.set_xticks(range(K), result.names, rotation=45, ha="right")
-    ax.set_yticks(range(K), result.names)
-    finite = vals[np.isfinite(vals)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0
+    names = [shown(n) for n in result.names]
+    norm, cmap, label, outside = color_scale(measure, vals)
+    fig, ax = plt.subplots(figsize=(2.4 + 0.9 * K, 1.6 + 0.8 * K))
+    im = ax.imshow(vals, cmap=cmap, norm=norm)
+    ax.set_xticks(range(K), names, rotation=45, ha="right", parse_math=False)
+    ax.set_yticks(range(K), names, parse_math=False)
     for i in range(K):
         for j in range(K):
             v = vals[i, j]
-            txt = "-" if not np.isfinite(v) else (f"{v:.2e}" if v and (abs(v) < 1e-2 or abs(v) >= 1e3) else f"{v:.3f}")
-            ax.text(j, i, txt, ha="center", va="center", fontsize=8,
-                    color="black" if np.isfinite(v) and v > mid else "white")
-    ax.set_title(TITLES.get(measure, measure))
-    fig.colorbar(im, ax=ax, shrink=0.8)
+            color = "black" if not np.isfinite(v) else _text_color(im.to_rgba(v))
+            ax.text(j, i, _cell_text(v) + ("*" if outside[i, j] else ""), ha="center",
+                    va="center", fontsize=8, color=color, parse_math=False)
+    ax.set_title(TITLES.get(measure, measure), parse_math=False)
+    above = bool((outside & (vals > norm.vmax)).any())
+    below = bool((outside & (vals < norm.vmin)).any())
+    extend = {(True, True): "both", (True, False): "max", (False, True): "min"}.get((above, below), "neither")
+    cb = fig.colorbar(im, ax=ax, shrink=0.8, extend=extend)
+    cb.set_label(label, fontsize=8, parse_math=False)
+    if outside.any():
+        ax.set_xlabel(f"* outside the colour scale {_g(norm.vmin)} to {_g(norm.vmax)}",
+                      fontsize=8, parse_math=False)
     fig.tight_layout()
+    return fig
+
+
+def heatmap(result, measure: str, path) -> str:
+    plt = _pyplot()
+    fig = heatmap_figure(result, measure)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
 
 
-def heatmaps(result, out_dir) -> List[str]:
+def heatmaps(result, out_dir) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     return [heatmap(result, m, os.path.join(out_dir, f"heatmap_{m}.png")) for m in result.values]
 
@@ -75,6 +191,7 @@ def kl_vs_llv(result, path) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
+
 
 
 def label_terms(engine, d, path) -> str:
