@@ -9,7 +9,7 @@ import pytest
 from identirep import constructions as C
 from identirep._matrix import MEASURES
 from identirep.cli import main
-from identirep.plots import heatmap_figure
+from identirep.plots import heatmap_figure, kl_vs_llv_figure
 
 
 def _models(tmp_path):
@@ -147,3 +147,56 @@ def test_heatmap_cell_text_contrasts_with_its_cell(measure):
         cell = mc.to_rgb(im.cmap.get_bad()) if np.ma.is_masked(v) else im.to_rgba(v)
         assert abs(lum(t.get_color()) - lum(cell)) > 0.4, (t.get_text(), t.get_color(), cell)
     plt.close(fig)
+
+
+@pytest.mark.requires("matplotlib")
+def test_kl_vs_llv_labels_each_point_by_model_names():
+    import matplotlib.pyplot as plt
+    names = ["base", "noisy", "a model with a very long name indeed"]
+    kl = np.array([[0, 0.2, 5.0], [0.2, 0, 5.1], [4.8, 5.0, 0]])
+    llv = np.array([[0, 0.4, 2.4], [0.4, 0, 2.5], [2.4, 2.5, 0]])
+    fig = kl_vs_llv_figure(SimpleNamespace(names=names, values={"kl": kl, "d_llv": llv}))
+    ax = fig.axes[0]
+    notes = [t.get_text() for t in ax.texts]
+    assert "base vs noisy" in notes
+    assert "base vs a model with a very\u2026" in "\n".join(notes)   # shortened to 20
+    assert not any("-" in n and n.replace("-", "").isdigit() for n in notes)   # no "0-1"
+    # the three pairs, each annotated at its own point: (mean KL, d_LLV)
+    pts = {tuple(np.round(a.xy, 6)) for a in ax.texts}
+    assert pts == {(0.2, 0.4), (4.9, 2.4), (5.05, 2.5)}
+    # no two annotations overlap
+    r = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(r) for a in ax.texts]
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(3) for j in range(i + 1, 3))
+    plt.close(fig)
+
+
+@pytest.mark.requires("matplotlib")
+def test_kl_vs_llv_pairs_at_one_spot_share_an_annotation():
+    import matplotlib.pyplot as plt
+    kl = np.zeros((3, 3))
+    kl[0, 2] = kl[2, 0] = 1e-16
+    llv = np.full((3, 3), 3e-8)
+    fig = kl_vs_llv_figure(SimpleNamespace(names=["x", "y", "z"], values={"kl": kl, "d_llv": llv}))
+    (note,) = fig.axes[0].texts
+    assert note.get_text().split("\n") == ["x vs y", "x vs z", "y vs z"]
+    plt.close(fig)
+
+
+TRICKY = ["$x", "a$\\frac$b", "50% $\\alpha$", "tab\there"]
+
+
+@pytest.mark.requires("matplotlib")
+def test_user_text_is_shown_literally():
+    import matplotlib.pyplot as plt
+    kl = np.ones((4, 4))
+    res = SimpleNamespace(names=TRICKY, values={"kl": kl, "d_llv": kl})
+    for fig in (heatmap_figure(res, "kl"), kl_vs_llv_figure(res)):
+        fig.canvas.draw()                 # "$\frac$" would fail to parse as mathtext
+        shown = [t for t in fig.findobj(lambda a: hasattr(a, "get_parse_math"))
+                 if any(n.split("\t")[0] in t.get_text() for n in TRICKY)]
+        assert shown and all(not t.get_parse_math() for t in shown)
+        joined = "\n".join(t.get_text() for t in shown)
+        assert "$x" in joined and "a$\\frac$b" in joined and "50% $\\alpha$" in joined
+        assert "tab\\there" in joined     # control characters escaped, not drawn
+        plt.close(fig)

@@ -168,30 +168,83 @@ def heatmaps(result, out_dir) -> list[str]:
     return [heatmap(result, m, os.path.join(out_dir, f"heatmap_{m}.png")) for m in result.values]
 
 
-def kl_vs_llv(result, path) -> str:
-    """One point per pair of models: symmetrised KL against d_LLV, annotated 'i-j'."""
+def kl_vs_llv_figure(result, width: int = 20):
+    """One point per pair of models, symmetrised KL against d_LLV, annotated
+    "name_i vs name_j" (each name shortened to ``width`` characters); pairs at the same spot
+    (e.g. models identical in distribution) share one annotation, a line each."""
     plt = _pyplot()
     K = len(result.names)
-    kl = result.values["kl"]
-    llv = result.values["d_llv"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i in range(K):
-        for j in range(i + 1, K):
-            x, y = 0.5 * (kl[i, j] + kl[j, i]), llv[i, j]
-            ax.scatter(x, y, color="C0")
-            ax.annotate(f"{i}-{j}", (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    kl = np.asarray(result.values["kl"], float)
+    llv = np.asarray(result.values["d_llv"], float)
+    pts = [(0.5 * (kl[i, j] + kl[j, i]), llv[i, j],
+            f"{shown(result.names[i], width)} vs {shown(result.names[j], width)}")
+           for i in range(K) for j in range(i + 1, K)]
+    pts = [p for p in pts if np.isfinite(p[0]) and np.isfinite(p[1])]
+    fig, ax = plt.subplots(figsize=(8, 5))
     ax.set_xscale("symlog", linthresh=1e-4)
-    ax.set_xlabel("(KL(p_i || p_j) + KL(p_j || p_i)) / 2")
-    ax.set_ylabel("d_LLV")
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0")
+    # both axes from 0 to at least 1, as the heatmaps: round-off-sized values sit at 0
+    xmax = max([1.0] + [1.5 * p[0] for p in pts])
+    ymax = max([1.0] + [1.08 * p[1] for p in pts])
+    ax.set_xlim(-2e-5, xmax)
+    ax.set_ylim(-0.03 * ymax, ymax)
+    ax.set_xlabel("(KL(p_i || p_j) + KL(p_j || p_i)) / 2, linear below 1e-4, log above",
+                  parse_math=False)
+    ax.set_ylabel("d_LLV (first model ~ second)", parse_math=False)
     ax.set_title("closeness in distribution vs d_LLV")
     ax.grid(alpha=0.3)
-    legend = "\n".join(f"{i}: {n}" for i, n in enumerate(result.names))
-    ax.text(1.02, 1.0, legend, transform=ax.transAxes, fontsize=8, va="top")
     fig.tight_layout()
+    # group the pairs drawn on the same spot (4 pixels apart at most)
+    xy = ax.transData.transform([(p[0], p[1]) for p in pts]) if pts else np.zeros((0, 2))
+    groups: list[list[int]] = []
+    for k in range(len(pts)):
+        for grp in groups:
+            if np.abs(xy[k] - xy[grp[0]]).max() <= 4:
+                grp.append(k)
+                break
+        else:
+            groups.append([k])
+    mid = ax.transAxes.transform((0.5, 0.5))[0]
+    notes = []
+    for grp in sorted(groups, key=lambda grp: -xy[grp[0], 1]):
+        x, y, _ = pts[grp[0]]
+        left = xy[grp[0], 0] <= mid
+        notes.append(ax.annotate("\n".join(pts[k][2] for k in grp), (x, y), fontsize=8,
+                                 xytext=(5 if left else -5, 3), textcoords="offset points",
+                                 ha="left" if left else "right", va="bottom", parse_math=False,
+                                 arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6}))
+        notes[-1].arrow_patch.set_visible(False)
+    _unoverlap(fig, notes)
+    return fig
+
+
+def _unoverlap(fig, notes) -> None:
+    """Move annotations (placed top first) down until none overlaps one placed before it;
+    a moved one shows its line to its point."""
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    placed = []
+    for a in notes:
+        for _ in range(50):
+            box = a.get_window_extent(renderer)
+            hit = [b for b in placed if box.overlaps(b)]
+            if not hit:
+                break
+            dy = (box.y1 - min(b.y0 for b in hit)) / px_per_pt + 2
+            x, y = a.xyann
+            a.xyann = (x, y - dy)
+            a.arrow_patch.set_visible(True)
+        placed.append(a.get_window_extent(renderer))
+
+
+def kl_vs_llv(result, path) -> str:
+    """One point per pair of models: symmetrised KL against d_LLV, annotated by model names."""
+    plt = _pyplot()
+    fig = kl_vs_llv_figure(result)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
-
 
 
 def label_terms(engine, d, path) -> str:
