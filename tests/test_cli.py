@@ -181,3 +181,14 @@ def test_plots_without_matplotlib_are_refused_before_the_computation(tmp_path, m
     assert main(["matrix", a, a, "--out", str(tmp_path / "m")]) == 2
     assert "or pass --no-plots" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_matrix_tables_show_model_names_literally(tmp_path, capsys):
+    a, b = random_pair(N=60, V=9, M=2)
+    paths = []
+    for m, name in ((a, "[/bold]"), (b, "[red]b")):
+        paths.append(str(ir.save_model(ir.Model(m.f, m.g, name=name), tmp_path / f"{len(paths)}.npz")))
+    out = tmp_path / "[b]out"
+    assert main(["matrix", *paths, "--num-samples", "5", "--no-plots", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "[/bold]" in text and "[red]b" in text and f"to {out}" in text.replace("\n", "")

@@ -199,20 +199,23 @@ def cmd_matrix(args) -> int:
         print(json.dumps(payload, indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .report import fmt
     console = Console(width=None if sys.stdout.isatty() else 120)
+    names = [escape(n) for n in res.names]   # user text: "[b]" is a name, not markup
     for m in ("d_llv", "kl", "mcca_f"):
         t = Table(title=f"{m} (row vs column)")
         t.add_column("")
-        for n in res.names:
+        for n in names:
             t.add_column(n, justify="right")
-        for n, row in zip(res.names, res.values[m]):
+        for n, row in zip(names, res.values[m]):
             t.add_row(n, *(fmt(float(v), 3) if np.isfinite(v) else "-" for v in row))
         console.print(t)
     if args.out:
-        console.print(f"wrote CSV, JSON{'' if args.no_plots else ' and PNG heatmaps'} to {args.out}")
+        console.print(f"wrote CSV, JSON{'' if args.no_plots else ' and PNG heatmaps'} to "
+                      f"{escape(str(args.out))}")
     return 0
 
 
