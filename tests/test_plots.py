@@ -9,7 +9,13 @@ import pytest
 from identirep import constructions as C
 from identirep._matrix import MEASURES
 from identirep.cli import main
-from identirep.plots import heatmap_figure, kl_vs_llv_figure
+from identirep.plots import (
+    heatmap_figure,
+    kl_vs_llv_figure,
+    label_terms,
+    label_terms_figure,
+    top_labels,
+)
 
 
 def _models(tmp_path):
@@ -200,3 +206,69 @@ def test_user_text_is_shown_literally():
         assert "$x" in joined and "a$\\frac$b" in joined and "50% $\\alpha$" in joined
         assert "tab\\there" in joined     # control characters escaped, not drawn
         plt.close(fig)
+
+
+def _terms(V, seed=0):
+    rng = np.random.default_rng(seed)
+    rest, piv = rng.gamma(2, 0.05, V), rng.gamma(2, 0.04, V)
+    valid = np.ones(V, bool)
+    valid[[7, 100 % V, 2000 % V]] = False          # 7 is the pivot
+    m = np.maximum(rest, piv)
+    leave_out = int(np.argmax(np.where(valid, m, -1)))
+    t1 = float(np.sort(m[valid])[-2])
+    terms = {"rest": rest, "piv": piv, "t3": rest, "valid": valid}
+    return terms, SimpleNamespace(pivot=7, leave_out=leave_out, t1=t1), m, valid
+
+
+@pytest.mark.requires("matplotlib")
+def test_label_terms_at_32000_labels_is_an_overview_and_named_top_labels():
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection
+    V = 32000
+    terms, d, m, valid = _terms(V)
+    tokens = [f"tok{i}" for i in range(V)]
+    tokens[d.leave_out] = "$x"
+    fig = label_terms_figure(terms, d, tokens=tokens)
+    ax, ax2 = fig.axes
+    # no 32000-point scatter: the overview is one line of the sorted terms
+    assert all(len(c.get_offsets()) < 100 for c in fig.findobj(PathCollection))
+    (line,) = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 100]
+    y = np.asarray(line.get_ydata())
+    assert len(y) == valid.sum() and (np.diff(y) <= 0).all() and ax.get_xscale() == "log"
+    assert "2 degenerate labels excluded" in [t.get_text() for t in ax.texts]
+    # the top 10 by max(rest, piv), largest first, named by their token strings
+    top = np.flatnonzero(valid)[np.argsort(-m[valid])][:10]
+    labels = [t.get_text() for t in ax2.get_yticklabels()]
+    assert labels == [f'"{tokens[i]}" ({i})' for i in top]
+    assert labels[0] == f'"$x" ({d.leave_out})'
+    assert all(not t.get_parse_math() for t in ax2.get_yticklabels())
+    widths = [p.get_width() for p in ax2.patches]
+    assert np.allclose(widths, m[top])
+    colors = [p.get_facecolor() for p in ax2.patches]
+    assert colors[0] != colors[1] and len({c for c in colors[1:]}) == 1   # leave-out stands out
+    fig.canvas.draw()
+    plt.close(fig)
+
+
+@pytest.mark.requires("matplotlib")
+def test_label_terms_without_tokens_names_labels_by_id():
+    import matplotlib.pyplot as plt
+    terms, d, _, _ = _terms(40)
+    fig = label_terms_figure(terms, d, top=5)
+    labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    assert labels == [f"label {y}" for y, _, _ in top_labels(terms, 5)]
+    assert labels[0] == f"label {d.leave_out}" and len(labels) == 5
+    plt.close(fig)
+    with pytest.raises(ir.IdentirepError, match="tokens has 3 strings for 40 labels"):
+        top_labels(terms, 5, tokens=["a", "b", "c"])
+
+
+@pytest.mark.requires("matplotlib")
+def test_label_terms_of_a_real_pair_writes_the_named_plot(tmp_path):
+    from identirep.measures import engine
+    base = C.random_model(N=200, V=40, M=3, scale=3, seed=0)
+    other = C.perturbed_copy(base, 0.3, seed=1)
+    d = ir.d_llv(base, other)
+    e = engine(base, other, "auto")
+    path = label_terms(e, d, tmp_path / "t.png", tokens=[f"w{i}" for i in range(40)])
+    _is_png(path)

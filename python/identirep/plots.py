@@ -17,6 +17,7 @@ characters escaped and long strings shortened.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,34 +248,76 @@ def kl_vs_llv(result, path) -> str:
     return str(path)
 
 
-def label_terms(engine, d, path) -> str:
-    """Per-label terms max(rest, piv) at the chosen pivot; pivot and leave-out marked."""
+def _label_name(y: int, tokens) -> str:
+    if tokens is not None and tokens[y] is not None:
+        return f'"{shown(tokens[y], 20)}" ({y})'
+    return f"label {y}"
+
+
+def top_labels(terms: dict, top: int = 10, tokens: Sequence[str] | None = None):
+    """The ``top`` valid labels with the largest max(rest, piv), largest first, as
+    (label id, term, name) with name the shown token string and id, else "label <id>"."""
+    m = np.maximum(np.asarray(terms["rest"], float), np.asarray(terms["piv"], float))
+    ok = np.asarray(terms["valid"], bool) & np.isfinite(m)
+    if tokens is not None and len(tokens) != len(m):
+        raise IdentirepError(f"tokens has {len(tokens)} strings for {len(m)} labels")
+    idx = np.flatnonzero(ok)
+    idx = idx[np.argsort(-m[idx], kind="stable")][:top]
+    return [(int(y), float(m[y]), _label_name(int(y), tokens)) for y in idx]
+
+
+def label_terms_figure(terms: dict, d, tokens: Sequence[str] | None = None, top: int = 10):
+    """The per-label terms figure from ``terms`` (``engine.label_terms(d.pivot)``).
+
+    Left: the overview, max(rest, piv) of every valid label sorted in decreasing order
+    against its rank (a line, readable at any V; log ranks for V > 100), with t1 and the
+    leave-out. Right: the ``top`` labels by name (token strings when given)."""
     plt = _pyplot()
-    t = engine.label_terms(d.pivot)
-    m = np.maximum(t["rest"], t["piv"])
-    y = np.arange(len(m))
-    ok = t["valid"].copy()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
-    ax.scatter(y[ok], m[ok], s=6 if len(m) > 500 else 14, color="C0", label="max(rest, piv)")
-    bad = ~ok
-    bad[d.pivot] = False
-    if bad.any():
-        ax.scatter(y[bad], np.zeros(bad.sum()), marker="x", color="C3", label="degenerate (excluded)")
-    ax.axvline(d.pivot, color="C2", lw=1.5, label=f"pivot {d.pivot}")
-    ax.scatter([d.leave_out], [m[d.leave_out]], s=60, facecolors="none", edgecolors="C1",
-               label=f"leave-out {d.leave_out}")
+    m = np.maximum(np.asarray(terms["rest"], float), np.asarray(terms["piv"], float))
+    V = len(m)
+    ok = np.asarray(terms["valid"], bool) & np.isfinite(m)
+    rows = top_labels(terms, top, tokens)
+    order = np.flatnonzero(ok)
+    order = order[np.argsort(-m[order], kind="stable")]
+    ranks = np.arange(1, len(order) + 1)
+    excluded = int((~ok).sum()) - (0 if ok[d.pivot] else 1)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    ax.plot(ranks, m[order], color="C0", lw=1.2, marker="o" if len(order) <= 60 else None,
+            ms=3, label=f"max(rest, piv), {len(order)} labels")
+    lo = np.flatnonzero(order == d.leave_out)
+    if lo.size:
+        ax.scatter([lo[0] + 1], [m[d.leave_out]], s=70, facecolors="none", edgecolors="C1", lw=1.5,
+                   zorder=3, label=f"leave-out {_label_name(d.leave_out, tokens)}")
     ax.axhline(d.t1, color="gray", ls="--", lw=1, label=f"t1 = {d.t1:.4g}")
-    ax.set_xlabel("label y")
-    ax.set_ylabel("term")
-    ax.set_title(f"label-side d_LLV terms against pivot {d.pivot}")
-    ax.legend(fontsize=8)
-    keep = ok.copy()
-    keep[d.leave_out] = False
-    ax2.hist(m[keep], bins=min(50, max(5, keep.sum() // 5)), color="C0", orientation="horizontal")
-    ax2.axhline(d.t1, color="gray", ls="--", lw=1)
-    ax2.set_xlabel("labels")
-    ax2.set_title("distribution")
+    if len(order) > 100:
+        ax.set_xscale("log")
+    ax.set_xlabel("rank of the label (largest term first)")
+    ax.set_ylabel("max(rest, piv)")
+    ax.set_title(f"label-side d_LLV terms against pivot {_label_name(d.pivot, tokens)}", parse_math=False)
+    if excluded:
+        ax.text(0.99, 0.02, f"{excluded} degenerate label{'s' * (excluded != 1)} excluded",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="C3")
+    leg = ax.legend(fontsize=8, loc="upper right")
+    for t in leg.get_texts():
+        t.set_parse_math(False)
+    ax.grid(alpha=0.3)
+    pos = np.arange(len(rows))
+    ax2.barh(pos, [v for _, v, _ in rows],
+             color=["C1" if y == d.leave_out else "C0" for y, _, _ in rows])
+    ax2.set_yticks(pos, [n for _, _, n in rows], fontsize=8, parse_math=False)
+    ax2.invert_yaxis()
+    ax2.axvline(d.t1, color="gray", ls="--", lw=1)
+    ax2.set_xlabel("max(rest, piv)")
+    ax2.set_title(f"top {len(rows)} of {V} labels (orange: leave-out)")
     fig.tight_layout()
+    return fig
+
+
+def label_terms(engine, d, path, tokens: Sequence[str] | None = None, top: int = 10) -> str:
+    """Per-label terms max(rest, piv) at the chosen pivot: the sorted overview with t1 and
+    the leave-out, and the ``top`` labels, named by ``tokens`` (label id -> string) when given."""
+    plt = _pyplot()
+    fig = label_terms_figure(engine.label_terms(d.pivot), d, tokens, top)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
