@@ -192,3 +192,30 @@ def test_matrix_tables_show_model_names_literally(tmp_path, capsys):
     assert main(["matrix", *paths, "--num-samples", "5", "--no-plots", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "[/bold]" in text and "[red]b" in text and f"to {out}" in text.replace("\n", "")
+
+
+def _pyproject_version():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    return re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE).group(1)
+
+
+def test_version(capsys):
+    assert ir.__version__ == _pyproject_version()
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"identirep {ir.__version__}\n"
+    # without installed metadata (a source tree on sys.path): the version in pyproject.toml
+    code = ("import importlib.metadata as m\n"
+            "def missing(name): raise m.PackageNotFoundError(name)\n"
+            "m.version = missing\n"
+            "import identirep; print(identirep.__version__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == _pyproject_version()
+
+
+def test_package_is_marked_typed():
+    """py.typed sits in the package directory; the wheel copies every file of it that git does
+    not ignore (scikit-build-core's wheel.packages)."""
+    from pathlib import Path
+    assert (Path(ir.__file__).parent / "py.typed").is_file()

@@ -22,3 +22,23 @@ __all__ = [
     "DLLVResult", "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult", "load_model",
     "save_model", "load_metadata", "matrix", "MatrixResult", "build_info",
 ]
+
+
+def _version() -> str:
+    """The installed distribution's version, else (a source tree on sys.path) pyproject's."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("identirep")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+        try:
+            text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+        except OSError:
+            return "unknown"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        return found.group(1) if found else "unknown"
+
+
+__version__ = _version()
+del _version

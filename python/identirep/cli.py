@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="identirep",
         description="Closeness in distribution and representational similarity of softmax-family models.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"identirep {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the paper's point on built-in models, in seconds")
     d.add_argument("--seed", type=SEED, default=0)
