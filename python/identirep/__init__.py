@@ -8,6 +8,7 @@ from . import constructions, reference
 from ._build import build_info
 from ._matrix import MatrixResult, matrix
 from ._pair import PairEngine
+from .cli import package_version as _package_version
 from .errors import IdentirepError
 from .io import load_metadata, load_model, save_model
 from .measures import compare, d_llv, d_logit, d_rep, d_svd, engine, kl, mcca
@@ -24,21 +25,5 @@ __all__ = [
 ]
 
 
-def _version() -> str:
-    """The installed distribution's version, else (a source tree on sys.path) pyproject's."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("identirep")
-    except PackageNotFoundError:
-        import re
-        from pathlib import Path
-        try:
-            text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-        except OSError:
-            return "unknown"
-        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-        return found.group(1) if found else "unknown"
-
-
-__version__ = _version()
-del _version
+__version__ = _package_version()
+del _package_version

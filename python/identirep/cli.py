@@ -16,6 +16,22 @@ from pathlib import Path
 from .errors import IdentirepError
 
 
+def package_version() -> str:
+    """The installed distribution's version, else (a source tree on sys.path) the version in
+    pyproject.toml, else "unknown". ``identirep.__version__`` holds it."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("identirep")
+    except PackageNotFoundError:
+        import re
+        try:
+            text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+        except OSError:
+            return "unknown"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        return found.group(1) if found else "unknown"
+
+
 def int_at_least(low: int, hint: str):
     """An argparse ``type``: an integer >= ``low``; a bad value exits 2 with ``hint``."""
     def parse(text: str) -> int:
@@ -274,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="identirep",
         description="Closeness in distribution and representational similarity of softmax-family models.")
-    from . import __version__
-    p.add_argument("--version", action="version", version=f"identirep {__version__}")
+    p.add_argument("--version", action="version", version=f"identirep {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the paper's point on built-in models, in seconds")
     d.add_argument("--seed", type=SEED, default=0)
