@@ -112,7 +112,7 @@ def phases(a, b, backend):
     e = timed("pass + engine set-up", lambda: make_engine(a, b, backend))
     d = timed("d_llv (label + input side)", lambda: e.d_llv(num_pivots=256))
     timed("d_svd", lambda: e.d_svd(d.pivot, d.leave_out, d.input_set, 2, 0))
-    timed("d_rep", lambda: e.d_rep(None, 2, 0))
+    timed("d_rep", lambda: e.d_rep(None, 2, 1, 0))
     timed("mcca f + g", lambda: (e.mcca_f(), e.mcca_g()))
     return out
 

@@ -89,7 +89,7 @@ def test_kl_logit_mcca_rep_svd_match_reference():
     a, b = random_pair(N=157, V=23, M=3, bias=True, seed=16)
     for fn, fields in ((ir.kl, ("kl12", "kl21", "top1_agreement", "entropy1", "entropy2")),
                        (ir.d_logit, ("value", "value_sq")),
-                       (ir.d_rep, ("value", "mean", "min"))):
+                       (ir.d_rep, ("value", "median", "min", "max", "followup"))):
         got, want = fn(a, b), fn(a, b, backend="reference")
         for k in fields:
             assert_close(getattr(got, k), getattr(want, k), atol=1e-14, what=f"{fn.__name__}.{k}")
@@ -120,7 +120,11 @@ def test_compare_report_matches_reference_and_serialises():
     json.dumps(dg)
     for sec in ("kl", "d_llv", "d_logit", "mcca_f", "mcca_g", "d_svd", "d_rep"):
         for k, v in dw[sec].items():
-            if isinstance(v, float) or (isinstance(v, list) and v and isinstance(v[0], float)):
+            if isinstance(v, dict) and all(isinstance(x, float) for x in v.values()):
+                assert dg[sec][k].keys() == v.keys(), (sec, k)
+                assert_close([dg[sec][k][q] for q in v], list(v.values()), atol=1e-13,
+                             what=f"{sec}.{k}")
+            elif isinstance(v, float) or (isinstance(v, list) and v and isinstance(v[0], float)):
                 assert_close(dg[sec][k], v, atol=1e-13, what=f"{sec}.{k}")
             else:
                 assert dg[sec][k] == v, (sec, k)

@@ -81,6 +81,7 @@ def check_mcca(a, b):
 def check_d_rep(a, b):
     got, want = ir.d_rep(a, b), ir.d_rep(a, b, backend="reference")
     assert_close(got.per_set, want.per_set, atol=1e-14, what="per_set")
+    assert_close(got.cond_per_set, want.cond_per_set, what="cond_per_set")
 
 
 def _scale_output(fn, key, factor):
@@ -112,10 +113,9 @@ def _wrong_final_terms(final_terms):
     return wrong
 
 
-def _wrong_rep_map(rep_map):
+def _wrong_rep_maps(rep_maps):
     def wrong(*args):
-        sol = rep_map(*args)
-        return None if sol is None else (sol[0] * (1 + 1e-6), sol[1])
+        return [None if s is None else (s[0] * (1 + 1e-6),) + s[1:] for s in rep_maps(*args)]
     return wrong
 
 
@@ -129,7 +129,7 @@ MUTANTS = {
                          lambda f: lambda self, *a, **k: f(self, *a, **k)[::-1]),
     "d_svd": (check_d_svd, (_pair, "quad_diag"), lambda f: _scale_result(f, 1 + 1e-6)),
     "mcca": (check_mcca, (_pair, "singular_values"), lambda f: _scale_result(f, 1 - 1e-6)),
-    "d_rep": (check_d_rep, (_pair, "_rep_map"), _wrong_rep_map),
+    "d_rep": (check_d_rep, (_pair, "_rep_maps"), _wrong_rep_maps),
 }
 
 

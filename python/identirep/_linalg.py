@@ -10,7 +10,7 @@ import contextlib
 import numpy as np
 
 from ._arrays import array_module
-from ._rules import constant_columns_message
+from ._rules import MCCA_RANK_RTOL, no_varying_column_message
 from .errors import IdentirepError
 from .model import to_numpy
 from .moments import Moments
@@ -42,28 +42,38 @@ def sqrt_factor(S, xp=np):
     return U * xp.sqrt(xp.clip(w, 0.0, None))
 
 
-def whiten(S: np.ndarray, what: str, xp=np):
-    """W with W' S W = I on the range of S (host); columns of zero variance are an error.
-    Computed with ``xp`` and returned there."""
+def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float64"]):
+    """W (d x r) with W' S W = I_r on the column space of the data whose scatter is S (host):
+    columns of zero variance are left out, and of the correlation matrix R the directions
+    with an eigenvalue above ``rtol`` x the largest are kept (the rank rule of
+    ``_rules.MCCA_RANK_RTOL``). Computed with ``xp`` and returned there."""
     d = np.diag(S).copy()
     scale = d.max() if d.size else 0.0
-    const = np.flatnonzero(d <= 1e-24 * max(scale, 1e-300))
-    if const.size:
-        raise IdentirepError(constant_columns_message(what, const))
-    s = 1.0 / np.sqrt(d)
-    R = xp.asarray(S * s[:, None] * s[None, :])
+    var = d > 1e-24 * max(scale, 1e-300)
+    if not var.any():
+        raise IdentirepError(no_varying_column_message(what))
+    idx = np.flatnonzero(var)
+    s = 1.0 / np.sqrt(d[idx])
+    R = xp.asarray(S[np.ix_(idx, idx)] * s[:, None] * s[None, :])
     s = xp.asarray(s)
-    try:  # full rank: W = D^-1/2 L^-T from the Cholesky factor of the correlation matrix
+    W = None
+    try:  # surely full rank: W = D^-1/2 L^-T from the Cholesky factor of R
         with linalg_raises(xp):
-            L = xp.linalg.cholesky(R)
-            dl = xp.diag(L)
-            if float(dl.min()) ** 2 > 1e-12 * float(dl.max()) ** 2:
-                return s[:, None] * xp.linalg.inv(L).T
+            Li = xp.linalg.inv(xp.linalg.cholesky(R))
+        # lambda_min(R) >= 1 / ||L^-1||_F^2 and lambda_max(R) <= tr R = r
+        if 1.0 / float((Li * Li).sum()) > rtol * len(idx):
+            W = s[:, None] * Li.T
     except np.linalg.LinAlgError:
         pass
-    w, U = xp.linalg.eigh(R)
-    keep = w > w.max() * 1e-13
-    return (s[:, None] * U[:, keep]) / xp.sqrt(w[keep])
+    if W is None:
+        w, U = xp.linalg.eigh(R)
+        keep = w > rtol * w.max()
+        W = (s[:, None] * U[:, keep]) / xp.sqrt(w[keep])
+    if len(idx) == len(d):
+        return W
+    full = xp.zeros((len(d), W.shape[1]), dtype=W.dtype)
+    full[xp.asarray(idx)] = W
+    return full
 
 
 def host_native(a) -> np.ndarray:

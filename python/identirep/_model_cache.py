@@ -7,6 +7,7 @@ import numpy as np
 
 from ._arrays import array_module, is_gpu_array
 from ._linalg import host_native, scatter_blocks, sqrt_factor, whiten
+from ._rules import MCCA_RANK_RTOL
 from .model import Model, to_numpy
 from .moments import Moments
 
@@ -50,9 +51,14 @@ class ModelCache:
         """(mean, scatter) of g over labels."""
         return self._get("g", lambda: _single_moments(self.G, self.cdt, self.g_bits))
 
+    @property
+    def rank_rtol(self) -> float:
+        """mCCA's rank rule at this compute dtype (``_rules.MCCA_RANK_RTOL``)."""
+        return MCCA_RANK_RTOL["float64" if self.cdt == np.float64 else "float32"]
+
     def whitening(self, which: str, what: str):
         S = (self.f_moments if which == "f" else self.g_moments)[1]
-        return self._get("W" + which, lambda: whiten(S, what, self.xp))
+        return self._get("W" + which, lambda: whiten(S, what, self.xp, self.rank_rtol))
 
     @property
     def input_factor(self):

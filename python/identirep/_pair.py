@@ -188,22 +188,25 @@ class PairEngine:
         C = self.mom.scatter
         return mcca_from_scatter(C[self.sF1, self.sF2], n_components,
                                  self.c1.whitening("f", "f1"), self.c2.whitening("f", "f2"),
-                                 self.cdt == np.float64)
+                                 self.cdt == np.float64, self.c1.rank_rtol)
 
     @on_models_stream
     def mcca_g(self, n_components=None) -> MCCAResult:
         S = self.label_moments.scatter
         return mcca_from_scatter(S[self.sF1, self.sF2], n_components,
                                  self.c1.whitening("g", "g1"), self.c2.whitening("g", "g2"),
-                                 self.cdt == np.float64)
+                                 self.cdt == np.float64, self.c1.rank_rtol)
 
     @on_models_stream
-    def d_rep(self, sets=None, num_sets: int = 100, seed: int = 0) -> DRepResult:
-        """mean_x ||f1(x) - A f2(x) - c||^2 per set from the moments of [f1, f2]:
-        |mu1 - A mu2 - c|^2 + tr(C11 - 2 A' C12 + A C22 A') / N."""
-        if self.M1 != self.M2:
-            check_pair(self.a, self.b, same_dim=True, what="d_rep")
-        sets = rules.rep_sets(sets, self.V, self.M1, num_sets, seed)
+    def d_rep(self, sets=None, num_pivots: Optional[int] = None,
+              sets_per_pivot: Optional[int] = None, seed: int = 0,
+              max_cond=rules.REP_COND_RULE, unsquared: bool = False) -> DRepResult:
+        """Per set, mean_x ||f1(x) - A f2(x) - c||^2 from the moments of [f1, f2]:
+        |mu1 - A mu2 - c|^2 + tr(C11 - 2 A C12' + A C22 A') / N; sets of M1 labels, A is
+        M1 x M2. ``unsquared`` adds mean_x ||f1 - A f2 - c|| per set (an O(N M1 M2) pass)."""
+        rules.check_max_cond(max_cond)
+        sets, num_pivots, sets_per_pivot = rules.rep_sets(sets, self.V, self.M1, num_pivots,
+                                                         sets_per_pivot, seed)
         xp = self.c1.xp
         C, mu = self.mom.scatter, self.mom.mean
         C11, C22, C12 = (xp.asarray(C[i, j]) for i, j in
@@ -211,22 +214,29 @@ class PairEngine:
         mu1, mu2 = xp.asarray(mu[self.sF1]), xp.asarray(mu[self.sF2])
         trC11 = float(xp.trace(C11))
         vals = np.full(len(sets), np.nan)
-        for i, s in enumerate(sets):
-            sol = _rep_map(rows64(self.G1, s), rows64(self.G2, s),
-                           None if self.b1 is None else self.b1[s],
-                           None if self.b2 is None else self.b2[s])
-            if sol is None:
-                continue
-            A, c = sol
-            e = mu1 - A @ mu2 - c
-            tr = trC11 - 2 * float(xp.sum(A * C12)) + float(xp.sum((A @ C22) * A))
-            vals[i] = float(e @ e) + tr / self.N
-        ok = np.isfinite(vals)
-        if not ok.any():
-            raise IdentirepError(rules.ALL_REP_SETS_SINGULAR)
-        return DRepResult(value=float(vals[ok].max()), mean=float(vals[ok].mean()),
-                          min=float(vals[ok].min()), num_sets=len(vals),
-                          skipped_sets=int((~ok).sum()), sets=sets.tolist(), per_set=vals)
+        cond = np.full(len(sets), np.inf)
+        norms = np.full(len(sets), np.nan) if unsquared else None
+        # sets in batches of about 2^22 matrix entries: one batched LAPACK call per batch
+        step = max(1, (1 << 22) // (self.M1 * max(self.M1, self.M2)))
+        for i0 in range(0, len(sets), step):
+            batch = sets[i0:i0 + step]
+            sols = _rep_maps(rows64(self.G1, batch.ravel()).reshape(*batch.shape, self.M1),
+                             rows64(self.G2, batch.ravel()).reshape(*batch.shape, self.M2),
+                             None if self.b1 is None else self.b1[batch],
+                             None if self.b2 is None else self.b2[batch])
+            for k, sol in enumerate(sols):
+                if sol is None:
+                    continue
+                A, c, cond[i0 + k] = sol
+                e = mu1 - A @ mu2 - c
+                tr = trC11 - 2 * float(xp.sum(A * C12)) + float(xp.sum((A @ C22) * A))
+                vals[i0 + k] = float(e @ e) + tr / self.N
+                if unsquared:
+                    norms[i0 + k] = _mean_norm(self.F1, self.F2, A, c)
+        used, thr = rules.rep_used_sets(cond, max_cond)
+        fields = rules.rep_summary(vals, used, thr, max_cond,
+                                   num_pivots, sets_per_pivot, norms)
+        return DRepResult(**fields, sets=sets.tolist(), per_set=vals, cond_per_set=cond)
 
 
 def constant_features(f) -> bool:
@@ -254,36 +264,64 @@ def _mean_svd(K11d, K22d, K12, precise=True):
     return float(singular_values(T, precise).mean())
 
 
-def _rep_map(G1s, G2s, b1s, b2s):
-    """(A, c) with L1 A = L2 and L1 c = the bias differences, from the float64 rows of one set
-    (pivot first) of each model, on their device; None when L1 is singular by the rule
-    (1-norm reciprocal condition number <= REP_MIN_RCOND). Biases: host rows or None."""
+def _rep_maps(G1s, G2s, b1s, b2s):
+    """Per set, (A, c, cond_1(L1)) with L1 A = L2 and L1 c = the bias differences, from the
+    float64 rows (S, M1 + 1, M_k) of each model's sets (pivot first), on their device; None for
+    a set whose L1 is singular by the rule (1-norm reciprocal condition number <=
+    REP_MIN_RCOND). Biases: host rows (S, M1 + 1) or None."""
     xp = array_module(G1s)
-    L1, L2 = G1s[1:] - G1s[0], G2s[1:] - G2s[0]
+    L1, L2 = G1s[:, 1:] - G1s[:, :1], G2s[:, 1:] - G2s[:, :1]
+    db = np.zeros(L1.shape[:2])
+    if b2s is not None:
+        db += b2s[:, 1:] - b2s[:, :1]
+    if b1s is not None:
+        db -= b1s[:, 1:] - b1s[:, :1]
     try:
         with linalg_raises(xp):
             inv = xp.linalg.inv(L1)
-    except np.linalg.LinAlgError:
-        return None
-    with np.errstate(over="ignore", invalid="ignore"):
-        rcond = 1.0 / (np.float64(xp.abs(L1).sum(0).max()) * np.float64(xp.abs(inv).sum(0).max()))
-    if not rcond > rules.REP_MIN_RCOND:
-        return None
-    db = np.zeros(len(G1s) - 1)
-    if b2s is not None:
-        db += b2s[1:] - b2s[0]
-    if b1s is not None:
-        db -= b1s[1:] - b1s[0]
-    return inv @ L2, inv @ xp.asarray(db)
+        invs = [inv[k] for k in range(len(L1))]
+    except np.linalg.LinAlgError:   # one singular set: the others one by one
+        invs = []
+        for k in range(len(L1)):
+            try:
+                with linalg_raises(xp):
+                    invs.append(xp.linalg.inv(L1[k]))
+            except np.linalg.LinAlgError:
+                invs.append(None)
+    out = []
+    for k, ik in enumerate(invs):
+        if ik is None:
+            out.append(None)
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            cond = (np.float64(xp.abs(L1[k]).sum(0).max()) *
+                    np.float64(xp.abs(ik).sum(0).max()))
+        if not 1.0 / cond > rules.REP_MIN_RCOND:
+            out.append(None)
+            continue
+        out.append((ik @ L2[k], ik @ xp.asarray(db[k]), float(cond)))
+    return out
 
 
-def mcca_from_scatter(S12, n_components, W1, W2, precise=True) -> MCCAResult:
-    """mCCA from the cross scatter (host) and the whitenings (W' S W = I) of both sides, on
-    the whitenings' device: the mean of the first ``n_components`` canonical correlations,
-    those beyond the data's rank counting 0."""
+def _mean_norm(F1, F2, A, c, chunk: int = 8192) -> float:
+    """mean_x ||f1(x) - A f2(x) - c|| in float64, chunk by chunk of rows, where F lives."""
+    xp = array_module(F1)
+    total = 0.0
+    for i in range(0, F1.shape[0], chunk):
+        r = (F1[i:i + chunk].astype(np.float64) - F2[i:i + chunk].astype(np.float64) @ A.T - c)
+        total += float(xp.sqrt((r * r).sum(1)).sum())
+    return total / F1.shape[0]
+
+
+def mcca_from_scatter(S12, n_components, W1, W2, precise=True,
+                      rtol=rules.MCCA_RANK_RTOL["float64"]) -> MCCAResult:
+    """mCCA from the cross scatter (host) and the whitenings of both sides' column spaces
+    (W' S W = I_r, ``_linalg.whiten``), on the whitenings' device: the mean of the first
+    min(``n_components``, r1, r2) canonical correlations (default: all min(r1, r2))."""
     T = W1.T @ array_module(W1).asarray(S12) @ W2
+    r1, r2 = W1.shape[1], W2.shape[1]
     rho = np.clip(singular_values(T, precise), 0.0, 1.0)
-    n = n_components or min(W1.shape[0], W2.shape[0])
-    r = np.zeros(n)
-    r[:min(n, len(rho))] = rho[:n]
-    return MCCAResult(value=float(r.mean()), correlations=[float(v) for v in r], n_components=n)
+    n = min(n_components or min(r1, r2), r1, r2)
+    corr = [float(v) for v in rho[:n]]
+    return MCCAResult(value=float(np.mean(corr)), correlations=corr, n_components=n,
+                      rank1=r1, rank2=r2, rank_rtol=rtol)

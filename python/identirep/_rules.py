@@ -15,21 +15,42 @@ TIE_RTOL = 1e-12
 #: a label (input) pair is degenerate when, for either model, its variance is at most this
 #: fraction of the two variances it is a difference of (float64 logits)
 DEGENERATE_RTOL = 1e-10
-#: a d_rep set is skipped when its label-difference matrix has a 1-norm reciprocal condition
-#: number at or below this
+#: a d_rep set is singular (never used) when its label-difference matrix has a 1-norm
+#: reciprocal condition number at or below this
 REP_MIN_RCOND = 1e-12
+#: d_rep's default condition-number rule: a set is used when the 1-norm condition number of
+#: its label-difference matrix L1 is at most the median over the drawn non-singular sets (the
+#: better-conditioned half). A set's d_rep grows like cond(L1)^2 times the models' mismatch,
+#: so without a rule the mean over sets is ruled by its worst-conditioned sets and moves by
+#: orders of magnitude with the seed (docs/design.md, "d_rep").
+REP_COND_RULE = "median"
 
 ALL_LABEL_PAIRS_DEGENERATE = (
     "every label pair is degenerate (identical unembeddings, or constant features): "
     "d_LLV is undefined; check that g has distinct rows and f varies across inputs")
 ALL_SVD_SETS_DEGENERATE = "every diversity set is degenerate (constant transformed features)"
-ALL_REP_SETS_SINGULAR = "every diversity set has a singular label-difference matrix"
+ALL_REP_SETS_SINGULAR = (
+    "every d_rep label set has a singular label-difference matrix g(y_i) - g(y0) of the first "
+    "model: its unembeddings do not span M dimensions (duplicated or linearly dependent "
+    "columns of g, or too few distinct labels). Drop the dependent columns of f and g (the "
+    "logits do not change when g's column space is kept), or pass sets= of labels whose "
+    "unembeddings are linearly independent")
+NO_REP_SET_WITHIN_RULE = (
+    "no d_rep label set satisfies the condition-number rule max_cond={rule!r} "
+    "(smallest condition number {best:.3g}): raise max_cond, or pass max_cond=None to use "
+    "every non-singular set")
 
 
-def constant_columns_message(what: str, const) -> str:
-    ids = [int(i) for i in const][:10]
-    return (f"{what} has constant column(s) {ids}: canonical correlations are undefined for "
-            "features that do not vary; drop those columns")
+#: mCCA's rank rule: a data set's column space is spanned by the directions of its correlation
+#: matrix (columns of zero variance left out) whose eigenvalue (variance) exceeds this
+#: fraction of the largest; by the dtype the scatter matrices were computed in (float32 sums
+#: carry a relative error of about 1e-6). Canonical correlations are taken on those spaces.
+MCCA_RANK_RTOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+def no_varying_column_message(what: str) -> str:
+    return (f"{what} has no column that varies across samples: canonical correlations are "
+            "undefined; the data must vary")
 
 
 def first_within(values: np.ndarray):
@@ -127,14 +148,90 @@ def svd_remaining(pivot, leave_out, V) -> np.ndarray:
     return np.setdiff1d(np.arange(V), [pivot, leave_out])
 
 
-def rep_sets(sets, V, M, num_sets, seed) -> np.ndarray:
-    """d_rep's (pivot, M labels) sets: the given ones, checked, or a seeded draw."""
+def rep_budget(M1, V, rep_sets=None):
+    """(num_pivots, sets_per_pivot) of d_rep's default draw: ``rep_sets`` sets in all (default
+    500 up to M1 = 64, 64 up to 256, 8 up to 1024, 2 beyond: each costs O(M^3)) over
+    min(sets, V, 100) pivots."""
+    if rep_sets is None:
+        rep_sets = 500 if M1 <= 64 else 64 if M1 <= 256 else 8 if M1 <= 1024 else 2
+    if isinstance(rep_sets, bool) or not isinstance(rep_sets, (int, np.integer)) or rep_sets < 1:
+        raise IdentirepError(f"rep_sets must be an integer >= 1, got {rep_sets!r}")
+    P = min(int(rep_sets), V, 100)
+    return P, max(1, int(rep_sets) // P)
+
+
+def rep_sets(sets, V, M, num_pivots, sets_per_pivot, seed):
+    """(sets, num_pivots, sets_per_pivot) of d_rep: the given (pivot, M labels) sets, checked
+    (no pivot counts), or the follow-up paper's draw of ``num_pivots`` pivots x
+    ``sets_per_pivot`` sets (None: ``rep_budget``'s defaults); M is the first model's
+    dimension."""
     if sets is None:
-        return sampling.diversity_sets(V, M, num_sets, seed)
+        P, C = rep_budget(M, V)
+        P = P if num_pivots is None else num_pivots
+        C = C if sets_per_pivot is None else sets_per_pivot
+        return sampling.rep_sets(V, M, P, C, seed), P, C
     s = np.asarray(sets)
-    if s.ndim != 2 or s.shape[1] != M + 1 or s.dtype.kind not in "iu" or s.min() < 0 or s.max() >= V:
-        raise IdentirepError(f"sets must be an integer array (S, M + 1 = {M + 1}) of label indices")
-    return s.astype(np.int64)
+    if (s.ndim != 2 or s.shape[1] != M + 1 or s.shape[0] < 1 or s.dtype.kind not in "iu"
+            or s.min() < 0 or s.max() >= V):
+        raise IdentirepError(
+            f"sets must be an integer array (S, M + 1 = {M + 1}) of label indices in [0, {V})")
+    if any(len(set(row)) != M + 1 for row in s.tolist()):
+        raise IdentirepError("each d_rep set must hold M + 1 distinct labels (pivot first)")
+    return s.astype(np.int64), None, None
+
+
+def check_max_cond(max_cond) -> None:
+    if max_cond is None or max_cond == REP_COND_RULE:
+        return
+    if (isinstance(max_cond, bool) or not isinstance(max_cond, (int, float, np.integer, np.floating))
+            or not max_cond >= 1):
+        raise IdentirepError(
+            f"max_cond must be 'median', None (every non-singular set) or a number >= 1, got "
+            f"{max_cond!r}")
+
+
+def rep_used_sets(cond: np.ndarray, max_cond):
+    """(used mask, threshold) of d_rep's condition-number rule from the 1-norm condition
+    numbers of the sets' L1 (inf: singular). ``max_cond``: "median" (REP_COND_RULE), a number,
+    or None (every non-singular set)."""
+    check_max_cond(max_cond)
+    finite = np.isfinite(cond)
+    if not finite.any():
+        raise IdentirepError(ALL_REP_SETS_SINGULAR)
+    if max_cond is None:
+        thr = float("inf")
+    elif max_cond == REP_COND_RULE:
+        thr = float(np.median(cond[finite]))
+    else:
+        thr = float(max_cond)
+    used = finite & (cond <= thr)
+    if not used.any():
+        raise IdentirepError(NO_REP_SET_WITHIN_RULE.format(rule=max_cond,
+                                                           best=float(cond[finite].min())))
+    return used, thr
+
+
+REP_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def rep_summary(per_set: np.ndarray, used: np.ndarray, thr: float, max_cond,
+                num_pivots, sets_per_pivot, unsquared=None) -> dict:
+    """The fields of DRepResult from the per-set values (NaN: singular) and the rule's choice:
+    the same assembly on both sides."""
+    v = per_set[used]
+    ok = np.isfinite(per_set)
+    total = len(per_set)
+    q = np.quantile(v, REP_QUANTILES)
+    return dict(
+        value=float(v.mean()), median=float(q[2]),
+        quantiles={f"q{int(round(p * 100)):02d}": float(x) for p, x in zip(REP_QUANTILES, q)},
+        min=float(v.min()), max=float(v.max()),
+        followup=float(per_set[ok].mean() / total),
+        unsquared=None if unsquared is None else float(np.mean(unsquared[used])),
+        num_sets=total, used_sets=int(used.sum()),
+        ill_conditioned_sets=int((ok & ~used).sum()), singular_sets=int((~ok).sum()),
+        max_cond=max_cond, cond_threshold=thr,
+        num_pivots=num_pivots, sets_per_pivot=sets_per_pivot)
 
 
 def check_cca_inputs(x, y, n_components) -> None:

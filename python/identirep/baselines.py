@@ -92,3 +92,28 @@ def paper_d_llv(f1, g1, f2, g2, lam=1e-5, num_samples=200, seed=0):
     value = max(t1.max(), t2.max(), lam * t3.max(), lam * t4.max())
     return dict(value=value, t1=t1.max(), t2=t2.max(), pivot=pivot, leave_out=lo,
                 input_set=[int(i) for i in choice])
+
+
+def followup_d_rep(f1, f2, g1, g2, num_pivots=100, num_combinations=200, seed=0):
+    """A NumPy port of the follow-up paper's d_rep (Logit Distance Bounds Representational
+    Similarity, 2026): g centred over labels; ``num_pivots`` distinct pivots drawn with
+    ``np.random.default_rng(seed)``, then per pivot ``num_combinations`` sets of M1 labels
+    among the others (indices into g without the pivot); per set A = L1^-1 L2 and the sum
+    over inputs of ||f1(x) - A f2(x)||^2 divided by N * P * C; the mean over the P * C sets."""
+    rng = np.random.default_rng(seed)
+    V, M1 = g1.shape
+    N = f1.shape[0]
+    pivots = rng.choice(np.arange(V), num_pivots, replace=False)
+    c1, c2 = g1 - g1.mean(0), g2 - g2.mean(0)
+    vals = []
+    for p in pivots:
+        keep = np.arange(V) != p
+        n1, n2 = c1[keep], c2[keep]
+        for _ in range(num_combinations):
+            idx = rng.choice(range(V - 1), M1, replace=False)
+            L1 = n1[idx] - c1[p]
+            L2 = n2[idx] - c2[p]
+            A = np.linalg.inv(L1) @ L2
+            r = f1 - f2 @ A.T
+            vals.append((r ** 2).sum(1).sum() / (N * num_pivots * num_combinations))
+    return float(np.mean(vals))

@@ -17,7 +17,7 @@ from .gpu.streams import on_caller_stream
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
 from .progress import progress_bar
-from .results import Report
+from .results import Failure, Report
 
 
 @on_caller_stream
@@ -132,13 +132,50 @@ def d_logit(a: Model, b: Model, backend: str = "auto"):
 
 
 @on_caller_stream
-def d_rep(a: Model, b: Model, sets=None, num_sets: int = 100, seed: int = 0,
+def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
+          sets_per_pivot: Optional[int] = None, seed: int = 0, *, max_cond=rules.REP_COND_RULE, unsquared: bool = False,
           backend: str = "auto"):
-    """mean_x ||f_a(x) - A f_b(x) - c||^2 for A = L_a^-1 L_b over diversity sets (max, mean)."""
-    check_pair(a, b, same_dim=True, what="d_rep")
+    """d_rep, the follow-up paper's linear-identifiability dissimilarity.
+
+    Parameters
+    ----------
+    a, b : Model
+        The models; M1 and M2 may differ (A is M1 x M2).
+    sets : array (S, M1 + 1) of label ids, optional
+        The label sets (pivot first); default: ``num_pivots`` distinct pivots x
+        ``sets_per_pivot`` sets of M1 other labels, drawn as the follow-up's code draws them
+        after ``np.random.default_rng(seed)``. Defaults: 500 sets in all up to M1 = 64, 64 up
+        to 256, 8 up to 1024, 2 beyond (each costs O(M^3)), over min(sets, V, 100) pivots.
+    max_cond : "median", float or None
+        The condition-number rule: a set is used when cond_1(L1) is at most the median over
+        the drawn sets ("median"), at most this number, or always when not singular (None).
+
+    Returns
+    -------
+    DRepResult
+        ``value``: the mean over the used sets of mean_x ||f_a(x) - A f_b(x) - c||^2 (squared
+        units of f_a), with A = L_a^-1 L_b and c the bias offsets; ``quantiles`` over those
+        sets; ``followup``: the follow-up paper's number (mean over every non-singular set,
+        divided once more by the number of sets); how many sets were used, ill-conditioned or
+        singular.
+    """
+    check_pair(a, b)
+    kw = dict(sets=sets, num_pivots=num_pivots, sets_per_pivot=sets_per_pivot, seed=seed,
+              max_cond=max_cond, unsquared=unsquared)
     if resolve(backend, a, b) == "reference":
-        return ref.d_rep_reference(a, b, sets, num_sets, seed)
-    return engine(a, b, backend).d_rep(sets, num_sets, seed)
+        return ref.d_rep_reference(a, b, **kw)
+    return engine(a, b, backend).d_rep(**kw)
+
+
+#: how each measure that can fail for a pair is fixed, when its error does not say
+FIXES = {
+    "d_llv": "check that g has distinct rows and f varies across inputs (see the error)",
+    "d_svd": "d_SVD needs d_LLV's pivot and input set and equal dimensions; compare the "
+             "representations with mCCA or d_rep, which take M1 != M2",
+    "d_rep": "drop linearly dependent columns of f and g, or pass max_cond=None",
+    "mcca_f": "the embeddings must vary across inputs",
+    "mcca_g": "the unembeddings must vary across labels",
+}
 
 
 @on_caller_stream
@@ -147,33 +184,45 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
             sets_per_pivot: int = 1, paper_compat: bool = False, max_label_sets: Optional[int] = None,
             rep_sets: Optional[int] = None, pivot_budget: Optional[int] = None,
             backend: str = "auto", progress=None) -> Report:
-    """Every measure for one pair, from a single streaming pass."""
+    """Every measure for one pair, from a single streaming pass.
+
+    A measure that cannot be computed for this pair (e.g. d_SVD when M1 != M2, d_rep when g
+    has dependent columns) is ``None`` in the report, and ``report.failures[name]`` says why
+    and how to fix it; the other measures are still computed. ``max_label_sets`` and
+    ``rep_sets`` are the numbers of d_SVD and d_rep label sets (defaults fall with M: each set
+    costs O(M^3)); ``progress`` is a callback or a bar (see ``identirep.progress``)."""
     t0 = time.perf_counter()
     check_pair(a, b)
     be = resolve(backend, a, b)
     llv = dict(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
                paper_compat=paper_compat, sets_per_pivot=sets_per_pivot)
-    same = a.M == b.M
-    max_label_sets, rep_sets = _budgets(max(a.M, b.M), max_label_sets, rep_sets)
     if be == "reference":
-        k = ref.kl_reference(a, b)
         cands = None
         if num_pivots is not None:
             from .sampling import pivot_sample
             cands = pivot_sample(a.V, num_pivots, seed)
-        d = ref.d_llv_reference(a, b, pivot_candidates=cands, **llv)
-        dl = ref.d_logit_reference(a, b)
-        mf = ref.mcca_reference(a.numpy()[0], b.numpy()[0])
-        mg = ref.mcca_reference(a.numpy()[1], b.numpy()[1])
-        sv = ref.d_svd_reference(a, b, d.pivot, d.leave_out, d.input_set, max_label_sets, seed) if same else None
-        dr = ref.d_rep_reference(a, b, None, rep_sets, seed) if same else None
-    else:
-        with progress_bar("streaming pass", 1.0, progress) as update:
-            e = engine(a, b, be, progress=update)
-        return _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
-                                   max_label_sets=max_label_sets, rep_sets=rep_sets,
-                                   pivot_budget=pivot_budget, **llv)
-    return _finish_report(a, b, be, k, d, dl, mf, mg, sv, dr, t0)
+        M = max(a.M, b.M)
+        max_label_sets = _budgets(M, max_label_sets)
+        rp = rules.rep_budget(a.M, a.V, rep_sets)
+
+        def svd(d):
+            return ref.d_svd_reference(a, b, d.pivot, d.leave_out, d.input_set, max_label_sets,
+                                       seed)
+        steps = {
+            "kl": lambda d: ref.kl_reference(a, b),
+            "d_llv": lambda d: ref.d_llv_reference(a, b, pivot_candidates=cands, **llv),
+            "d_logit": lambda d: ref.d_logit_reference(a, b),
+            "mcca_f": lambda d: ref.mcca_reference(a.numpy()[0], b.numpy()[0]),
+            "mcca_g": lambda d: ref.mcca_reference(a.numpy()[1], b.numpy()[1]),
+            "d_svd": svd,
+            "d_rep": lambda d: ref.d_rep_reference(a, b, None, *rp, seed),
+        }
+        return _run_steps(a, b, be, steps, t0, progress=None)
+    with progress_bar("streaming pass", 1.0, progress) as update:
+        e = engine(a, b, be, progress=update)
+    return _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
+                               max_label_sets=max_label_sets, rep_sets=rep_sets,
+                               pivot_budget=pivot_budget, **llv)
 
 
 def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
@@ -182,42 +231,62 @@ def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
                         pivot_budget=None) -> Report:
     t0 = time.perf_counter() if t0 is None else t0
     a, b = e.a, e.b
-    same = a.M == b.M
-    max_label_sets, rep_sets = _budgets(max(a.M, b.M), max_label_sets, rep_sets)
-    with progress_bar("pivot search", 1.0) as update:
-        d = e.d_llv(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
-                    paper_compat=paper_compat, sets_per_pivot=sets_per_pivot,
-                    num_pivots=num_pivots, progress=update, pivot_budget=pivot_budget)
-    # O(M^3) each: minutes at M = 4096 on a CPU
-    steps = [("d_svd", lambda: e.d_svd(d.pivot, d.leave_out, d.input_set, max_label_sets, seed)
-              if same else None),
-             ("d_rep", lambda: e.d_rep(None, rep_sets, seed) if same else None),
-             ("mcca_f", e.mcca_f), ("mcca_g", e.mcca_g)]
-    out = {}
-    with progress_bar("d_SVD, d_rep, mCCA", len(steps)) as update:
-        for i, (name, fn) in enumerate(steps):
-            out[name] = fn()
+    max_label_sets = _budgets(max(a.M, b.M), max_label_sets)
+    rp = rules.rep_budget(a.M, a.V, rep_sets)
+
+    def llv(d):
+        with progress_bar("pivot search", 1.0) as update:
+            return e.d_llv(lam=lam, combine=combine, term=term, num_samples=num_samples,
+                           seed=seed, paper_compat=paper_compat, sets_per_pivot=sets_per_pivot,
+                           num_pivots=num_pivots, progress=update, pivot_budget=pivot_budget)
+    # d_SVD, d_rep, mCCA: O(M^3) each, minutes at M = 4096 on a CPU
+    steps = {
+        "kl": lambda d: e.kl(), "d_llv": llv, "d_logit": lambda d: e.d_logit(),
+        "d_svd": lambda d: e.d_svd(d.pivot, d.leave_out, d.input_set, max_label_sets, seed),
+        "d_rep": lambda d: e.d_rep(None, *rp, seed),
+        "mcca_f": lambda d: e.mcca_f(), "mcca_g": lambda d: e.mcca_g(),
+    }
+    return _run_steps(a, b, backend, steps, t0, progress="d_SVD, d_rep, mCCA")
+
+
+def _run_steps(a, b, be, steps, t0, progress) -> Report:
+    """Run each measure; one that raises IdentirepError becomes a ``Failure`` (reason, fix)."""
+    out, failures = {}, {}
+
+    def run(name):
+        try:
+            if name == "d_svd" and a.M != b.M:
+                raise IdentirepError(
+                    f"d_SVD compares representations of equal dimension; M1={a.M}, M2={b.M}")
+            if name == "d_svd" and out.get("d_llv") is None:
+                raise IdentirepError("d_SVD uses d_LLV's pivot, leave-out and input set, and "
+                                     "d_LLV could not be computed")
+            out[name] = steps[name](out.get("d_llv"))
+        except IdentirepError as err:
+            out[name] = None
+            failures[name] = Failure(reason=str(err),
+                                     fix=getattr(err, "fix", None) or FIXES.get(name, ""))
+    for name in ("kl", "d_llv", "d_logit"):
+        run(name)
+    slow = ("d_svd", "d_rep", "mcca_f", "mcca_g")
+    with progress_bar(progress or "measures", len(slow), None if progress else False) as update:
+        for i, name in enumerate(slow):
+            run(name)
             update(i + 1)
-    return _finish_report(a, b, backend, e.kl(), d, e.d_logit(), out["mcca_f"], out["mcca_g"],
-                          out["d_svd"], out["d_rep"], t0)
-
-
-def _budgets(M, max_label_sets, rep_sets):
-    """Default numbers of d_SVD label sets and d_rep sets: each costs O(M^3)."""
-    if max_label_sets is None:
-        max_label_sets = 1000 if M <= 16 else 64 if M <= 64 else 16 if M <= 256 else 2
-    if rep_sets is None:
-        rep_sets = 100 if M <= 64 else 16 if M <= 256 else 2
-    return max_label_sets, rep_sets
-
-
-def _finish_report(a, b, be, k, d, dl, mf, mg, sv, dr, t0) -> Report:
     notes = []
     M = max(a.M, b.M)
-    if a.M != b.M:
-        notes.append(f"d_SVD and d_rep need equal dimensions (M={a.M} vs M={b.M}): skipped")
-    if sv is not None and np.isfinite(sv.max_d_svd) and sv.max_d_svd > 2 * M * d.value + 1e-9:
+    sv, d = out["d_svd"], out["d_llv"]
+    if (sv is not None and d is not None and np.isfinite(sv.max_d_svd)
+            and sv.max_d_svd > 2 * M * d.value + 1e-9):
         notes.append("max d_SVD exceeds the bound 2 M d_LLV")
     return Report(name1=a.name or "model 1", name2=b.name or "model 2", N=a.N, V=a.V,
-                  M1=a.M, M2=b.M, backend=be, kl=k, d_llv=d, d_logit=dl, mcca_f=mf, mcca_g=mg,
-                  d_svd=sv, d_rep=dr, seconds=time.perf_counter() - t0, notes=notes)
+                  M1=a.M, M2=b.M, backend=be, kl=out["kl"], d_llv=d, d_logit=out["d_logit"],
+                  mcca_f=out["mcca_f"], mcca_g=out["mcca_g"], d_svd=sv, d_rep=out["d_rep"],
+                  seconds=time.perf_counter() - t0, notes=notes, failures=failures)
+
+
+def _budgets(M, max_label_sets):
+    """The default number of d_SVD label sets: each costs O(M^3)."""
+    if max_label_sets is None:
+        max_label_sets = 1000 if M <= 16 else 64 if M <= 256 else 2
+    return max_label_sets

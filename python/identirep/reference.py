@@ -211,34 +211,39 @@ def d_svd_reference(a: Model, b: Model, pivot: int, leave_out: int, input_set,
 
 
 # ----------------------------------------------------------------------------------- mCCA
-def _orth_basis(X, what):
+def _orth_basis(X, what, rtol):
+    """An orthonormal basis of the column space of the centred, standardised X by the rank
+    rule (columns of zero variance left out; singular values s with s^2 > rtol * s_max^2)."""
     Xc = X - X.mean(0)
     sd = Xc.std(0)
     scale = np.abs(X).max() if X.size else 0.0
-    const = np.flatnonzero(sd <= 1e-12 * max(scale, 1e-300))
-    if const.size:
-        raise IdentirepError(rules.constant_columns_message(what, const.tolist()))
-    U, s, _ = np.linalg.svd(Xc, full_matrices=False)
-    r = int((s > s[0] * max(Xc.shape) * np.finfo(float).eps).sum())
-    return U[:, :r]
+    var = sd > 1e-12 * max(scale, 1e-300)
+    if not var.any():
+        raise IdentirepError(rules.no_varying_column_message(what))
+    Z = Xc[:, var] / sd[var]
+    U, s, _ = np.linalg.svd(Z, full_matrices=False)
+    return U[:, s ** 2 > rtol * s[0] ** 2]
 
 
-def canonical_correlations(X: np.ndarray, Y: np.ndarray, what=("x", "y")) -> np.ndarray:
-    """Exact canonical correlations (descending) of two data sets with matching rows."""
-    U1 = _orth_basis(np.asarray(X, np.float64), what[0])
-    U2 = _orth_basis(np.asarray(Y, np.float64), what[1])
-    return np.clip(np.linalg.svd(U1.T @ U2, compute_uv=False), 0.0, 1.0)
+def canonical_correlations(X: np.ndarray, Y: np.ndarray, what=("x", "y"),
+                           rtol: float = rules.MCCA_RANK_RTOL["float64"]):
+    """(exact canonical correlations, descending, rank of X, rank of Y) of two data sets with
+    matching rows, on their column spaces by the rank rule."""
+    U1 = _orth_basis(np.asarray(X, np.float64), what[0], rtol)
+    U2 = _orth_basis(np.asarray(Y, np.float64), what[1], rtol)
+    rho = np.clip(np.linalg.svd(U1.T @ U2, compute_uv=False), 0.0, 1.0)
+    return rho, U1.shape[1], U2.shape[1]
 
 
-def mcca_reference(x, y, n_components=None) -> MCCAResult:
+def mcca_reference(x, y, n_components=None, rtol=rules.MCCA_RANK_RTOL["float64"]) -> MCCAResult:
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     rules.check_cca_inputs(x, y, n_components)
-    rho = canonical_correlations(x, y)
-    n = n_components or min(x.shape[1], y.shape[1])
-    # correlations beyond the data's rank are 0
-    corr = [float(rho[i]) if i < len(rho) else 0.0 for i in range(n)]
-    return MCCAResult(value=float(np.mean(corr)), correlations=corr, n_components=n)
+    rho, r1, r2 = canonical_correlations(x, y, rtol=rtol)
+    n = min(n_components or min(r1, r2), r1, r2)
+    corr = [float(v) for v in rho[:n]]
+    return MCCAResult(value=float(np.mean(corr)), correlations=corr, n_components=n,
+                      rank1=r1, rank2=r2, rank_rtol=rtol)
 
 
 # ----------------------------------------------------------------------------------- d_logit
@@ -253,8 +258,8 @@ def d_logit_reference(a: Model, b: Model) -> DLogitResult:
 
 # ----------------------------------------------------------------------------------- d_rep
 def _rep_map(g1, g2, b1, b2, s):
-    """(A, c) with L1 A = L2 and L1 c = b2 - b1 differences, or None when L1 is singular by
-    the rule (1-norm reciprocal condition number <= REP_MIN_RCOND)."""
+    """(A, c, cond_1(L1)) with L1 A = L2 and L1 c = b2 - b1 differences, or None when L1 is
+    singular by the rule (1-norm reciprocal condition number <= REP_MIN_RCOND)."""
     L1 = g1[s[1:]] - g1[s[0]]
     L2 = g2[s[1:]] - g2[s[0]]
     db = np.zeros(len(s) - 1)
@@ -264,32 +269,38 @@ def _rep_map(g1, g2, b1, b2, s):
         db -= b1[s[1:]] - b1[s[0]]
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            rcond = 1.0 / np.linalg.cond(L1, 1)
-        if not rcond > rules.REP_MIN_RCOND:
+            cond = float(np.linalg.cond(L1, 1))
+        if not 1.0 / cond > rules.REP_MIN_RCOND:
             return None
-        return np.linalg.solve(L1, L2), np.linalg.solve(L1, db)
+        return np.linalg.solve(L1, L2), np.linalg.solve(L1, db), cond
     except np.linalg.LinAlgError:
         return None
 
 
-def d_rep_reference(a: Model, b: Model, sets=None, num_sets: int = 100, seed: int = 0) -> DRepResult:
-    check_pair(a, b, same_dim=True, what="d_rep")
+def d_rep_reference(a: Model, b: Model, sets=None, num_pivots=None, sets_per_pivot=None,
+                    seed: int = 0, max_cond=rules.REP_COND_RULE,
+                    unsquared: bool = False) -> DRepResult:
+    check_pair(a, b)
+    rules.check_max_cond(max_cond)
     f1, g1, b1 = a.numpy()
     f2, g2, b2 = b.numpy()
-    sets = rules.rep_sets(sets, a.V, a.M, num_sets, seed)
-    per_set = []
-    for s in sets:
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    g1, g2 = np.asarray(g1, np.float64), np.asarray(g2, np.float64)
+    sets, num_pivots, sets_per_pivot = rules.rep_sets(sets, a.V, a.M, num_pivots,
+                                                      sets_per_pivot, seed)
+    per_set = np.full(len(sets), np.nan)
+    cond = np.full(len(sets), np.inf)
+    norms = np.full(len(sets), np.nan)
+    for i, s in enumerate(sets):
         sol = _rep_map(g1, g2, b1, b2, s)
         if sol is None:
-            per_set.append(np.nan)
             continue
-        A, c = sol
+        A, c, cond[i] = sol
         r = f1 - f2 @ A.T - c
-        per_set.append(float((r * r).sum(1).mean()))
-    finite = [v for v in per_set if not np.isnan(v)]
-    if not finite:
-        raise IdentirepError(rules.ALL_REP_SETS_SINGULAR)
-    return DRepResult(value=float(max(finite)), mean=float(sum(finite) / len(finite)),
-                      min=float(min(finite)), num_sets=len(per_set),
-                      skipped_sets=len(per_set) - len(finite), sets=sets.tolist(),
-                      per_set=np.array(per_set))
+        sq = (r * r).sum(1)
+        per_set[i] = float(sq.mean())
+        norms[i] = float(np.sqrt(sq).mean())
+    used, thr = rules.rep_used_sets(cond, max_cond)
+    fields = rules.rep_summary(per_set, used, thr, max_cond,
+                               num_pivots, sets_per_pivot, norms if unsquared else None)
+    return DRepResult(**fields, sets=sets.tolist(), per_set=per_set, cond_per_set=cond)

@@ -20,31 +20,51 @@ def fmt(v, digits: int = 4) -> str:
 
 
 def report_rows(r: Report) -> List[Tuple[str, str, str]]:
-    """(measure, value, detail) rows of one comparison."""
-    d = r.d_llv
+    """(measure, value, detail) rows of one comparison; a measure that could not be computed
+    shows its reason and fix. Distances are 0 for identical models, similarities 1."""
+    k, d = r.kl, r.d_llv
     rows = [
-        ("KL(1||2)", fmt(r.kl.kl12), "mean over inputs"),
-        ("KL(2||1)", fmt(r.kl.kl21), ""),
-        ("top-1 agreement", fmt(r.kl.top1_agreement), f"entropies {fmt(r.kl.entropy1)} / {fmt(r.kl.entropy2)}"),
-        ("d_LLV", fmt(d.value), f"{d.combine}(t1, t2, lam t3, lam t4), lam={d.lam:g}, term={d.term}"),
-        ("  t1 (labels)", fmt(d.t1), f"pivot {d.pivot}, leave-out {d.leave_out}; {d.pivot_search}"),
-        ("  t2 (inputs)", fmt(d.t2), f"input set {_short(d.input_set)}; {d.input_search}"),
-        ("  t3, t4", f"{fmt(d.t3)}, {fmt(d.t4)}", "sqrt-variance gaps"),
-        ("d_logit", fmt(r.d_logit.value), "sqrt E_x ||c1(x) - c2(x)||^2, centred logits"),
+        ("KL(1||2)", fmt(k.kl12), "distance (0 = same p), nats, mean over inputs"),
+        ("KL(2||1)", fmt(k.kl21), ""),
+        ("top-1 agreement", fmt(k.top1_agreement),
+         f"similarity (1 = same); entropies {fmt(k.entropy1)} / {fmt(k.entropy2)}"),
     ]
-    if d.degenerate_pairs:
-        rows.append(("  degenerate labels", str(d.degenerate_pairs), _short(d.degenerate_labels)))
-    if r.mcca_f is not None:
-        rows.append(("mCCA f", fmt(r.mcca_f.value), f"{r.mcca_f.n_components} canonical correlations"))
-    if r.mcca_g is not None:
-        rows.append(("mCCA g", fmt(r.mcca_g.value), ""))
+    if d is not None:
+        rows += [
+            ("d_LLV", fmt(d.value), f"distance (0 = identifiably equal); {d.combine}(t1, t2, "
+                                    f"lam t3, lam t4), lam={d.lam:g}, term={d.term}"),
+            ("  t1 (labels)", fmt(d.t1), f"pivot {d.pivot}, leave-out {d.leave_out}; {d.pivot_search}"),
+            ("  t2 (inputs)", fmt(d.t2), f"input set {_short(d.input_set)}; {d.input_search}"),
+            ("  t3, t4", f"{fmt(d.t3)}, {fmt(d.t4)}", "sqrt-variance gaps"),
+        ]
+        if d.degenerate_pairs:
+            rows.append(("  degenerate labels", str(d.degenerate_pairs), _short(d.degenerate_labels)))
+    rows.append(("d_logit", fmt(r.d_logit.value),
+                 f"distance (metric), logit units, grows with V={r.V}: sqrt E_x ||c1 - c2||^2"))
+    for name, label in (("mcca_f", "mCCA f"), ("mcca_g", "mCCA g")):
+        m = getattr(r, name)
+        if m is not None:
+            rows.append((label, fmt(m.value), f"similarity (1 = same up to linear maps); mean "
+                                              f"of {m.n_components} canonical correlations, "
+                                              f"ranks {m.rank1}/{m.rank2}"))
     if r.d_svd is not None:
         s = r.d_svd
-        rows.append(("max d_SVD", fmt(s.max_d_svd), f"f: max over {s.label_set_search} label sets; g: chosen input set"))
-        rows.append(("  d_SVD f / g", f"{fmt(s.max_d_svd_f)} / {fmt(s.d_svd_g)}",
-                     f"bound 2 M d_LLV = {fmt(2 * r.M1 * d.value)}"))
+        rows.append(("max d_SVD", fmt(s.max_d_svd), f"distance in [0, 1]; f: max over "
+                                                    f"{s.label_set_search} label sets; g: chosen input set"))
+        bound = f"bound 2 M d_LLV = {fmt(2 * r.M1 * d.value)}" if d is not None else ""
+        rows.append(("  d_SVD f / g", f"{fmt(s.max_d_svd_f)} / {fmt(s.d_svd_g)}", bound))
     if r.d_rep is not None:
-        rows.append(("d_rep", fmt(r.d_rep.value), f"max over {r.d_rep.num_sets} diversity sets (mean {fmt(r.d_rep.mean)})"))
+        p = r.d_rep
+        q = p.quantiles
+        rows.append(("d_rep", fmt(p.value),
+                     f"distance, squared units of f1; mean over {p.used_sets} of {p.num_sets} "
+                     f"label sets (cond rule {p.max_cond}: {p.ill_conditioned_sets} left out, "
+                     f"{p.singular_sets} singular)"))
+        rows.append(("  d_rep spread", f"{fmt(q['q05'], 3)} .. {fmt(q['q95'], 3)}",
+                     f"5-95% over sets, median {fmt(p.median, 3)}; follow-up's number "
+                     f"{fmt(p.followup, 3)}"))
+    for name, fail in r.failures.items():
+        rows.append((name, "not computed", f"{fail.reason} -- fix: {fail.fix}"))
     return rows
 
 
@@ -60,13 +80,15 @@ def render_report(r: Report, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
     console = console or Console(width=None if sys.stdout.isatty() else 120)
-    t = Table(title=f"{r.name1} vs {r.name2}  (N={r.N}, V={r.V}, M={r.M1}/{r.M2}, "
+    from rich.markup import escape
+    t = Table(title=f"{escape(r.name1)} vs {escape(r.name2)}  (N={r.N}, V={r.V}, M={r.M1}/{r.M2}, "
                     f"{r.backend}, {r.seconds:.2f} s)")
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_column("detail", overflow="fold")
+    from rich.markup import escape
     for row in report_rows(r):
-        t.add_row(*row)
+        t.add_row(*(escape(c) for c in row))
     console.print(t)
     for n in r.notes:
-        console.print(f"note: {n}")
+        console.print(f"note: {escape(n)}")

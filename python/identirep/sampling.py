@@ -127,7 +127,15 @@ def label_sets(remaining: np.ndarray, size: int, max_sets: int, seed: int) -> Tu
     out = np.empty((max_sets, size), np.int64)
     for i in range(max_sets):
         out[i] = np.sort(rng.choice(remaining.size, size, replace=False))
-    return remaining[out], f"sampled {max_sets} of {count}"
+    return remaining[out], f"sampled {max_sets} of {_count(count)}"
+
+
+def _count(n: int) -> str:
+    """A count for people: exact up to 12 digits, else in scientific notation."""
+    if n < 10 ** 12:
+        return str(n)
+    digits = str(n)
+    return f"{digits[0]}.{digits[1:3]}e{len(digits) - 1}"
 
 
 def pivot_sample(n_labels: int, num_pivots: int, seed: int) -> np.ndarray:
@@ -138,12 +146,28 @@ def pivot_sample(n_labels: int, num_pivots: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_labels, num_pivots, replace=False)).astype(np.int64)
 
 
-def diversity_sets(n_labels: int, size: int, num_sets: int, seed: int) -> np.ndarray:
-    """Random (pivot, size labels) sets, shape (num_sets, size + 1); column 0 is the pivot."""
+def rep_sets(n_labels: int, size: int, num_pivots: int, sets_per_pivot: int,
+             seed: int) -> np.ndarray:
+    """d_rep's label sets as the follow-up paper's code draws them after
+    ``np.random.default_rng(seed)``: ``num_pivots`` distinct pivots, then for each pivot in turn
+    ``sets_per_pivot`` sets of ``size`` distinct labels among the others. Shape
+    (num_pivots * sets_per_pivot, size + 1); column 0 is the pivot."""
     if n_labels < size + 1:
-        raise IdentirepError(f"a diversity set needs {size + 1} labels but V={n_labels}")
+        raise IdentirepError(
+            f"a d_rep label set needs {size + 1} labels (a pivot and M = {size}) but V={n_labels}")
+    for name, v in (("num_pivots", num_pivots), ("sets_per_pivot", sets_per_pivot)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise IdentirepError(f"{name} must be an integer >= 1, got {v!r}")
+    if num_pivots > n_labels:
+        raise IdentirepError(f"num_pivots={num_pivots} exceeds the V={n_labels} labels")
     rng = np.random.default_rng(seed)
-    out = np.empty((num_sets, size + 1), np.int64)
-    for i in range(num_sets):
-        out[i] = rng.choice(n_labels, size + 1, replace=False)
+    pivots = rng.choice(n_labels, num_pivots, replace=False)
+    out = np.empty((num_pivots * sets_per_pivot, size + 1), np.int64)
+    k = 0
+    for p in pivots:
+        for _ in range(sets_per_pivot):
+            idx = rng.choice(n_labels - 1, size, replace=False)
+            out[k, 0] = p
+            out[k, 1:] = idx + (idx >= p)     # an index among the labels other than the pivot
+            k += 1
     return out

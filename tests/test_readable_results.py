@@ -1,0 +1,104 @@
+"""Numbers that mean what they say: mCCA on rank-deficient data, reports that carry every
+measure that could be computed (and why not the others), what each result is, results as
+numbers, and human output that stays short."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import identirep as ir
+from identirep.errors import IdentirepError
+
+from helpers import random_pair
+
+BACKENDS = ("cpu", "reference")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mcca_of_data_with_a_duplicated_column_is_on_its_column_space(backend):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    X[:, 4] = X[:, 1]
+    r = ir.mcca(X, X, backend=backend)
+    assert (r.rank1, r.rank2, r.n_components) == (4, 4, 4)
+    assert r.value == pytest.approx(1.0, abs=1e-12)
+    # a linearly dependent column, and a linear map of the data: still its column space
+    Y = X.copy()
+    Y[:, 4] = X[:, 0] - 2 * X[:, 3]
+    r = ir.mcca(Y @ rng.standard_normal((5, 5)), X, backend=backend)
+    assert (r.rank1, r.rank2) == (4, 4) and r.value == pytest.approx(1.0, abs=1e-10)
+    # n_components beyond the ranks: the mean stays over the meaningful components
+    assert ir.mcca(X, X, n_components=5, backend=backend).n_components == 4
+
+
+def test_mcca_rank_rule_follows_the_stated_tolerance():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 4))
+    for rel, rank in ((1e-4, 4), (1e-8, 3)):   # variance ratio rel^2 against rtol 1e-12
+        Z = X.copy()
+        Z[:, 3] = X[:, 0] + rel * X[:, 3]
+        for be in BACKENDS:
+            r = ir.mcca(Z, X, backend=be)
+            assert r.rank1 == rank and r.rank_rtol == 1e-12, (rel, be, r)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_failing_measure_does_not_sink_compare(backend):
+    a, b = random_pair(N=200, V=40, M=4, seed=2)
+    g = a.g.copy()
+    g[:, 3] = g[:, 2]                         # a duplicated g column: d_rep has no set
+    r = ir.compare(ir.Model(a.f, g, name="dup"), b, num_samples=20, backend=backend)
+    assert r.d_rep is None and set(r.failures) == {"d_rep"}
+    assert "singular" in r.failures["d_rep"].reason and "drop" in r.failures["d_rep"].fix
+    for m in (r.kl, r.d_llv, r.d_logit, r.mcca_f, r.mcca_g, r.d_svd):
+        assert m is not None and math.isfinite(float(m))
+    assert r.mcca_g.rank1 == 3
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["d_rep"] is None and d["failures"]["d_rep"]["fix"]
+    from identirep.report import report_rows
+    rows = {row[0]: row for row in report_rows(r)}
+    assert rows["d_rep"][1] == "not computed" and "fix:" in rows["d_rep"][2]
+
+
+def test_unequal_dimensions_give_every_measure_but_d_svd():
+    a, b = random_pair(N=200, V=40, M=3, M2=5, seed=3)
+    r = ir.compare(a, b, num_samples=20)
+    assert set(r.failures) == {"d_svd"} and "M1=3, M2=5" in r.failures["d_svd"].reason
+    assert r.d_rep is not None and r.mcca_f.n_components == 3
+
+
+def test_each_result_says_what_it_is_and_is_a_number():
+    a, b = random_pair(N=150, V=30, M=3, seed=4)
+    r = ir.compare(a, b, num_samples=20)
+    kinds = {"kl": "distance", "d_llv": "distance", "d_logit": "distance",
+             "mcca_f": "similarity", "mcca_g": "similarity", "d_svd": "distance",
+             "d_rep": "distance"}
+    d = r.to_dict()
+    for name, kind in kinds.items():
+        res = getattr(r, name)
+        assert res.meaning.kind == kind and d[name]["meaning"]["kind"] == kind
+        assert d[name]["meaning"]["invariance"] and isinstance(d[name]["meaning"]["metric"], bool)
+        assert float(res) == d[name]["value"] == res.value
+        assert (res < float(res) + 1) and (res >= float(res)) and not (res > float(res))
+    assert "grows with V" in r.d_logit.meaning.scale
+    assert float(ir.kl(a, b)) == ir.kl(a, b).kl12
+
+
+def test_human_output_is_short_and_json_complete():
+    a, b = random_pair(N=150, V=300, M=4, seed=5)
+    r = ir.compare(a, b, num_samples=20)
+    assert len(repr(r.d_rep)) < 1000 and len(repr(r)) < 4000
+    assert len(r.to_dict()["d_rep"]["sets"]) == r.d_rep.num_sets
+    from identirep.sampling import label_sets
+    _, how = label_sets(np.arange(32000), 257, 2, 0)
+    assert len(how) < 40 and "e6" in how, how
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_bad_rep_options_are_refused(bad):
+    a, b = random_pair(N=60, V=20, M=3)
+    with pytest.raises(IdentirepError):
+        ir.compare(a, b, num_samples=5, rep_sets=0)
+    with pytest.raises(IdentirepError):
+        ir.d_rep(a, b, max_cond=bad)
