@@ -130,3 +130,35 @@ def test_d_svd_rejects_bad_pivot_and_leave_out(backend, pivot, leave_out, msg):
     a, b = model(seed=1), model(seed=2)
     with pytest.raises(IdentirepError, match=msg):
         ir.d_svd(a, b, pivot=pivot, leave_out=leave_out, input_set=[0, 1, 2, 3], backend=backend)
+
+
+def test_masked_labels_are_refused_with_the_fix_or_dropped():
+    rng = np.random.default_rng(4)
+    f, g, b = rng.standard_normal((30, 3)), rng.standard_normal((8, 3)), rng.standard_normal(8)
+    b[[2, 5]] = -np.inf
+    with pytest.raises(IdentirepError) as e:
+        ir.Model(f, g, b)
+    msg = str(e.value)
+    for part in ("bias is -inf for 2 label(s) (ids [2, 5])", "masked or padded",
+                 "drop_masked_labels=True", "--drop-masked-labels"):
+        assert part in msg
+    names = list("abcdefgh")
+    m = ir.Model(f, g, b, labels=names, drop_masked_labels=True)
+    keep = [0, 1, 3, 4, 6, 7]
+    assert m.V == 6 and m.dropped_labels.tolist() == [2, 5]
+    assert np.array_equal(m.g, g[keep]) and np.array_equal(m.bias, b[keep])
+    assert m.labels == [names[i] for i in keep]
+    assert m.metadata["masked_labels_dropped"]["ids"] == [2, 5]
+    # a compared model's masked labels go too, with or without a bias here
+    assert ir.Model(f, g, b, drop_masked_labels=[7]).dropped_labels.tolist() == [2, 5, 7]
+    assert ir.Model(f, g, drop_masked_labels=[7]).V == 7
+    assert ir.Model(f, g, drop_masked_labels=True).dropped_labels.size == 0
+    for bad in (np.nan, np.inf):       # not a mask: still refused
+        b2 = np.zeros(8)
+        b2[3] = bad
+        with pytest.raises(IdentirepError, match="bias contains NaN or Inf"):
+            ir.Model(f, g, b2, drop_masked_labels=True)
+    with pytest.raises(IdentirepError, match="label ids in \\[0, 8\\)"):
+        ir.Model(f, g, b, drop_masked_labels=[8])
+    with pytest.raises(IdentirepError, match="leaves 1 of the V=8 labels"):
+        ir.Model(f, g, np.r_[[0.0], np.full(7, -np.inf)], drop_masked_labels=True)

@@ -219,3 +219,30 @@ def test_package_is_marked_typed():
     not ignore (scikit-build-core's wheel.packages)."""
     from pathlib import Path
     assert (Path(ir.__file__).parent / "py.typed").is_file()
+
+
+def test_drop_masked_labels(tmp_path, capsys):
+    a, b = random_pair(N=40, V=12, M=2, bias=True)
+    biases = [np.array(a.bias), np.array(b.bias)]
+    biases[0][[3, 7]] = -np.inf
+    biases[1][[7, 10]] = -np.inf
+    paths = []
+    for m, bias, name in ((a, biases[0], "a.npz"), (b, biases[1], "b.npz")):
+        np.savez(tmp_path / name, f=m.f, g=m.g, b=bias)
+        paths.append(str(tmp_path / name))
+    assert main(["compare", *paths, "--num-samples", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "bias is -inf for 2 label(s) (ids [3, 7])" in err and "--drop-masked-labels" in err
+    assert main(["compare", *paths, "--num-samples", "5", "--json", "--drop-masked-labels"]) == 0
+    out, err = capsys.readouterr()
+    note = "dropped 3 label(s) whose bias is -inf in either model (masked or padded): ids [3, 7, 10]"
+    assert note in err
+    got = json.loads(out)
+    assert got["V"] == 9 and any(note in n for n in got["notes"])
+    keep = np.setdiff1d(np.arange(12), [3, 7, 10])
+    want = ir.compare(*(ir.Model(m.f, m.g[keep], bias[keep]) for m, bias in zip((a, b), biases)),
+                      num_samples=5)
+    assert got["d_llv"]["value"] == pytest.approx(want.d_llv.value, rel=1e-12)
+    assert main(["matrix", *paths, "--num-samples", "5", "--json", "--drop-masked-labels"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["dropped_labels"] == [3, 7, 10] and "in any model" in err

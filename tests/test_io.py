@@ -271,3 +271,26 @@ def test_check_output_refuses_what_save_model_could_not_write(tmp_path):
         assert iio.check_output(path) == path
         save_model(_model(), path)
     assert not (tmp_path / "d.npz" / "x").exists()
+
+
+def test_masked_labels_dropped_from_every_model_compared(tmp_path):
+    a, b = _model(seed=1, labels=False), _model(seed=2, labels=False)
+    ba, bb = np.array(a.bias), np.array(b.bias)
+    ba[[1, 4]] = -np.inf
+    bb[[4, 9]] = -np.inf
+    paths = [_write_raw(tmp_path, "safetensors", {"f": a.f, "g": a.g, "b": ba}, "a"),
+             _write_raw(tmp_path, "npz", {"f": b.f, "g": b.g, "b": bb}, "b")]
+    with pytest.raises(IdentirepError, match=r"a.safetensors: bias is -inf for 2 label.s. "
+                                             r".ids \[1, 4\]."):
+        load_model(paths[0])
+    assert load_model(paths[0], drop_masked_labels=True).dropped_labels.tolist() == [1, 4]
+    with pytest.raises(IdentirepError, match="bias is -inf"):
+        iio.load_models(paths)
+    ma, mb = iio.load_models(paths, drop_masked_labels=True)
+    for m, src in ((ma, a), (mb, b)):   # the union, from both: the same 8 labels
+        assert m.V == 8 and m.dropped_labels.tolist() == [1, 4, 9]
+        assert np.array_equal(m.g, np.delete(np.asarray(src.g), [1, 4, 9], axis=0))
+        assert np.isfinite(m.bias).all()
+    # what was dropped is stored with the model
+    again = load_model(save_model(ma, tmp_path / "kept.safetensors"))
+    assert again.V == 8 and again.metadata["masked_labels_dropped"]["ids"] == [1, 4, 9]

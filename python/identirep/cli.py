@@ -88,6 +88,9 @@ def _add_measure_options(p):
     p.add_argument("--paper-compat", action="store_true",
                    help="draw input sets exactly like the paper's code (incl. its threshold quirk)")
     p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--drop-masked-labels", action="store_true",
+                   help="drop the labels whose bias is -inf (masked or padded) in any model "
+                        "from every model; the output lists them")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "cupy", "reference"),
                    help="auto: where the arrays live (the CPU for model files); cuda, cupy: the "
                         "models are copied to the GPU and every measure runs there")
@@ -134,6 +137,18 @@ def check_plotting(option: str, alternative: str = "") -> None:
                              + (f", or {alternative}" if alternative else ""))
 
 
+def _dropped_note(models, which: str):
+    """What --drop-masked-labels dropped, for the report and stderr (None: nothing)."""
+    from .model import first_ids
+    ids = models[0].dropped_labels
+    if not len(ids):
+        return None
+    V = models[0].V
+    return (f"dropped {len(ids)} label(s) whose bias is -inf in {which} (masked or padded): "
+            f"ids {first_ids(ids)} of V={V + len(ids)}; V={V} labels remain, and the label "
+            "indices of the results (pivot, leave-out) count the remaining labels only")
+
+
 def _measure_kwargs(args):
     return dict(lam=args.lam, combine=args.combine, term=args.term, num_samples=args.num_samples,
                 seed=args.seed, num_pivots=args.num_pivots, sets_per_pivot=args.sets_per_pivot,
@@ -165,7 +180,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .io import load_model
+    from .io import load_models
     from .measures import _report_from_engine, compare, engine
     from .report import render_report
     if args.out:
@@ -173,8 +188,10 @@ def cmd_compare(args) -> int:
     if args.plot:
         check_out_file(args.plot, "--plot")
         check_plotting("--plot")
-    a = load_model(args.model_a)
-    b = load_model(args.model_b)
+    a, b = load_models([args.model_a, args.model_b], args.drop_masked_labels)
+    dropped = _dropped_note([a, b], "either model")
+    if dropped:
+        print(f"identirep: {dropped}", file=sys.stderr)
     kw = _measure_kwargs(args)
     if args.plot:
         from .plots import label_terms
@@ -184,6 +201,8 @@ def cmd_compare(args) -> int:
         label_terms(e, r.d_llv, args.plot)
     else:
         r = compare(a, b, **kw)
+    if dropped:
+        r.notes.append(dropped)
     _emit(r.to_dict(), args, lambda: render_report(r))
     return 0
 
@@ -191,15 +210,21 @@ def cmd_compare(args) -> int:
 def cmd_matrix(args) -> int:
     import numpy as np
 
-    from .io import load_model
+    from .io import load_models
     from ._matrix import matrix
     if args.out:
         check_out_dir(args.out, "--out")
         if not args.no_plots:
             check_plotting("--out (its heatmaps)", "pass --no-plots")
-    models = [load_model(p) for p in args.models]
+    models = load_models(args.models, args.drop_masked_labels)
+    dropped = _dropped_note(models, "any model")
+    if dropped:
+        print(f"identirep: {dropped}", file=sys.stderr)
     res = matrix(models, **_measure_kwargs(args))
     payload = res.to_dict()
+    if dropped:
+        payload["dropped_labels"] = models[0].dropped_labels.tolist()
+        payload["notes"] = [dropped]
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         for m in res.values:

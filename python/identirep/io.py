@@ -24,15 +24,16 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _bf16 as bf16
 from .errors import IdentirepError
-from .model import Model
+from .model import Model, masked_labels
 
-__all__ = ["load_model", "save_model", "load_metadata", "check_output", "SUPPORTED_FORMATS"]
+__all__ = ["load_model", "load_models", "save_model", "load_metadata", "check_output",
+           "SUPPORTED_FORMATS"]
 
 SUPPORTED_FORMATS = (
     ".safetensors (preferred), .npz, or a directory of .npy files "
@@ -228,15 +229,46 @@ def _write_safetensors(path: Path, host: dict, bits: list, strings: dict) -> Non
 
 # ----------------------------------------------------------------------------- load
 
-def load_model(path, name: Optional[str] = None) -> Model:
+def load_model(path, name: Optional[str] = None,
+               drop_masked_labels: Union[bool, Sequence[int]] = False) -> Model:
     """Read a model written by :func:`save_model` (or by hand in one of the three layouts).
 
     ``name`` defaults to the stored ``metadata["name"]``, else the file or directory name.
+    ``drop_masked_labels=True`` drops the labels whose bias is -inf (masked or padded labels;
+    refused otherwise); to compare models, :func:`load_models` drops the labels masked in any
+    of them from all of them.
     """
+    return _model_from(_read(path), name, drop_masked_labels)
+
+
+def load_models(paths, drop_masked_labels: bool = False) -> List[Model]:
+    """Read models to be compared with each other. With ``drop_masked_labels``, the labels whose
+    bias is -inf in any of them are dropped from every one of them, so that all keep the same
+    label set; each model's ``dropped_labels`` lists them (original ids)."""
+    raw = [_read(p) for p in paths]
+    if not drop_masked_labels:
+        return [_model_from(r, None, False) for r in raw]
+    masked = np.empty(0, np.int64)
+    for path, arrays, _, _, _ in raw:
+        bias = arrays.get("b", arrays.get("bias"))
+        if bias is not None and getattr(bias, "ndim", 0) == 1:
+            try:
+                masked = np.union1d(masked, masked_labels(bias))
+            except (TypeError, ValueError) as e:
+                raise IdentirepError(f"{path}: unreadable bias ({e})") from None
+    return [_model_from(r, None, masked) for r in raw]
+
+
+def _read(path):
     path = Path(path)
     fmt = _format_of(path, writing=False)
     reader = {"safetensors": _read_safetensors, "npz": _read_npz, "dir": _read_dir}[fmt]
     arrays, labels, meta = reader(path)
+    return path, arrays, labels, meta, fmt
+
+
+def _model_from(raw, name, drop_masked_labels) -> Model:
+    path, arrays, labels, meta, fmt = raw
     for k in ("f", "g"):
         if k not in arrays:
             found = sorted(arrays) + (["labels"] if labels is not None else [])
@@ -252,7 +284,8 @@ def load_model(path, name: Optional[str] = None) -> Model:
     bias = arrays.get("b", arrays.get("bias"))
     name = name if name is not None else meta.get("name", path.stem if fmt != "dir" else path.name)
     try:
-        return Model(arrays["f"], arrays["g"], bias, name=name, labels=labels, metadata=meta)
+        return Model(arrays["f"], arrays["g"], bias, name=name, labels=labels, metadata=meta,
+                     drop_masked_labels=drop_masked_labels)
     except IdentirepError as e:
         raise IdentirepError(f"{path}: {e}") from None
 

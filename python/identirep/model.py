@@ -1,8 +1,8 @@
 """The model type: embeddings f (N x M), unembeddings g (V x M), optional bias b (V)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import InitVar, dataclass, field
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -15,8 +15,45 @@ def _dtype_name(a) -> str:
     return str(getattr(a, "dtype", type(a).__name__))
 
 
-def check_array(a, name: str, ndim: int) -> None:
-    """Validate shape, dtype and finiteness of one input array (any array library)."""
+#: how a -inf bias is explained, and what to do about it
+MASKED_LABELS = (
+    "bias is -inf for {count} label(s) (ids {ids}): masked or padded labels, which the model "
+    "never predicts; their log-probabilities are -inf, so the log-likelihood measures are "
+    "undefined for them. Drop them: "
+    "drop_masked_labels=True (Model, load_model), or --drop-masked-labels (identirep compare, "
+    "matrix: the labels masked in either model are dropped from both)")
+
+
+def first_ids(ids, n: int = 10) -> str:
+    """Label ids for a message: the first ``n``, then how many more."""
+    ids = [int(i) for i in ids]
+    more = f", ... {len(ids) - n} more" if len(ids) > n else ""
+    return "[" + ", ".join(str(i) for i in ids[:n]) + more + "]"
+
+
+def masked_labels(bias) -> np.ndarray:
+    """The sorted ids of the labels whose bias is -inf (masked or padded labels); any array
+    library, None for no bias."""
+    if bias is None:
+        return np.empty(0, np.int64)
+    return np.flatnonzero(to_numpy(bias, np.float32) == -np.inf).astype(np.int64)
+
+
+def _take_rows(a, keep: np.ndarray):
+    """Rows ``keep`` of an array of any library, in it."""
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch":
+        import torch
+        return a[torch.as_tensor(keep, device=a.device)]
+    if mod == "cupy":
+        import cupy
+        return a[cupy.asarray(keep)]
+    return np.asarray(a)[keep]
+
+
+def check_array(a, name: str, ndim: int, masked_ok: bool = False) -> None:
+    """Validate shape, dtype and finiteness of one input array (any array library); with
+    ``masked_ok``, -inf entries are allowed (a bias: masked labels)."""
     shape = getattr(a, "shape", None)
     if shape is None:
         raise IdentirepError(f"{name} must be an array, got {type(a).__name__}")
@@ -31,7 +68,14 @@ def check_array(a, name: str, ndim: int) -> None:
             f"{name} has dtype {dname}; identirep needs floating-point arrays "
             f"({', '.join(_FLOAT_KINDS)}). Convert with .astype(np.float32)")
     if not _all_finite(a):
+        if masked_ok and _all_finite_or_minus_inf(a):
+            return
         raise IdentirepError(f"{name} contains NaN or Inf values; clean the data first")
+
+
+def _all_finite_or_minus_inf(a) -> bool:
+    x = to_numpy(a, np.float32)
+    return bool((np.isfinite(x) | (x == -np.inf)).all())
 
 
 def _all_finite(a) -> bool:
@@ -58,6 +102,13 @@ class Model:
     Arrays may live in NumPy (CPU engine) or on a GPU (CuPy / torch CUDA tensors).
     ``metadata`` holds free-form facts about where the arrays came from (extraction
     settings, storage conversions); :func:`identirep.save_model` stores it with the arrays.
+
+    A bias of -inf marks a masked or padded label, which the model never predicts; such a
+    model is refused unless ``drop_masked_labels`` is given: ``True`` drops those labels (their
+    rows of g, bias and labels), a sequence of label ids drops these too (to keep the label
+    set of a model compared with this one: :func:`identirep.io.load_models` does this).
+    ``dropped_labels`` holds the original ids of the dropped labels, and
+    ``metadata["masked_labels_dropped"]`` records them.
     """
 
     f: object
@@ -66,8 +117,11 @@ class Model:
     name: Optional[str] = None
     labels: Optional[Sequence[str]] = field(default=None, repr=False)
     metadata: dict = field(default_factory=dict, repr=False)
+    drop_masked_labels: InitVar[Union[bool, Sequence[int]]] = False
+    dropped_labels: np.ndarray = field(init=False, repr=False,
+                                       default_factory=lambda: np.empty(0, np.int64))
 
-    def __post_init__(self):
+    def __post_init__(self, drop_masked_labels):
         if isinstance(self.f, (list, tuple)):
             self.f = np.asarray(self.f)
         if isinstance(self.g, (list, tuple)):
@@ -81,7 +135,7 @@ class Model:
                 f"f has {self.f.shape[1]} dimensions but g has {self.g.shape[1]}; "
                 "f(x) and g(y) must live in the same space (M)")
         if self.bias is not None:
-            check_array(self.bias, "bias", 1)
+            check_array(self.bias, "bias", 1, masked_ok=True)
             if self.bias.shape[0] != self.g.shape[0]:
                 raise IdentirepError(
                     f"bias has {self.bias.shape[0]} entries but g has {self.g.shape[0]} labels")
@@ -95,8 +149,43 @@ class Model:
         if not isinstance(self.metadata, dict):
             raise IdentirepError(
                 f"metadata must be a dict, got {type(self.metadata).__name__}")
+        self._drop_masked(drop_masked_labels)
         if self.V < 2:
             raise IdentirepError("a model needs at least 2 labels")
+
+    def _drop_masked(self, drop) -> None:
+        masked = masked_labels(self.bias) if self.bias is not None else np.empty(0, np.int64)
+        if drop is False or drop is None:
+            if len(masked):
+                raise IdentirepError(MASKED_LABELS.format(count=len(masked),
+                                                          ids=first_ids(masked)))
+            return
+        V = self.V
+        ids = masked
+        if drop is not True:
+            given = np.asarray(list(drop))
+            if given.size and (given.dtype.kind not in "iu" or given.min() < 0 or given.max() >= V):
+                raise IdentirepError(
+                    f"drop_masked_labels must be True, False or label ids in [0, {V}), got "
+                    f"{first_ids(given) if given.dtype.kind in 'iu' else repr(drop)}")
+            ids = np.union1d(masked, given.astype(np.int64))
+        if not len(ids):
+            return
+        keep = np.setdiff1d(np.arange(V), ids)
+        if len(keep) < 2:
+            raise IdentirepError(
+                f"dropping the {len(ids)} masked labels leaves {len(keep)} of the V={V} labels; "
+                "a model needs at least 2")
+        self.g = _take_rows(self.g, keep)
+        if self.bias is not None:
+            self.bias = _take_rows(self.bias, keep)
+        if self.labels is not None:
+            self.labels = [self.labels[i] for i in keep.tolist()]
+        self.dropped_labels = ids
+        self.metadata = dict(self.metadata)
+        self.metadata["masked_labels_dropped"] = {
+            "count": len(ids), "V_before": V, "ids": ids.tolist(),
+            "why": "bias -inf (masked or padded) here or in a model compared with this one"}
 
     @property
     def N(self) -> int:
