@@ -66,3 +66,19 @@ def test_paper_compat_reproduces_a_port_of_the_paper_code():
         assert (got.pivot, got.leave_out, got.input_set) == (want["pivot"], want["leave_out"], want["input_set"])
         for k in ("value", "t1", "t2"):
             assert abs(getattr(got, k) - want[k]) <= 1e-9 * abs(want[k])
+
+
+def test_paper_compat_takes_the_first_models_dimension_for_input_sets():
+    """The paper's code takes M1 + 1 inputs per set; identirep max(M1, M2) + 1 by default.
+    At N = 500 with M1 = 8 < M2 = 12, 50 disjoint sets fit the paper's draw (450 inputs) but
+    not sets of 13 (650): paper_compat accepts them and reproduces the paper."""
+    from identirep.baselines import paper_d_llv
+
+    from helpers import random_pair
+    a, b = random_pair(N=500, V=30, M=8, M2=12, seed=4, noise=1.0)
+    want = paper_d_llv(a.f, a.g, b.f, b.g, num_samples=50, seed=0)
+    got = ir.d_llv(a, b, num_samples=50, seed=0, paper_compat=True)
+    assert len(got.input_set) == 9 and got.input_set == want["input_set"]
+    assert (got.pivot, got.leave_out) == (want["pivot"], want["leave_out"])
+    assert abs(got.value - want["value"]) <= 1e-9 * abs(want["value"])
+    assert len(ir.d_llv(a, b, num_samples=50, seed=0).input_set) == 13

@@ -110,7 +110,9 @@ def candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat, sets_
     given set, or seeded candidates from the distinct inputs (all inputs for
     ``paper_compat``). ``distinct()`` gives the sorted first occurrences of the distinct
     inputs (each side finds them its own way); it is called only when needed."""
-    set_size = max(a.M, b.M) + 1
+    # max(M1, M2) + 1 inputs, so that either model's M differences can span its space; the
+    # paper's code takes M1 + 1 (the first model's dimension), and paper_compat follows it
+    set_size = (a.M if paper_compat else max(a.M, b.M)) + 1
     if input_set is not None:
         return check_input_set(input_set, a.N, set_size)[None, :], "given"
     pool = None if paper_compat else distinct()
