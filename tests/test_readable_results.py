@@ -102,3 +102,19 @@ def test_bad_rep_options_are_refused(bad):
         ir.compare(a, b, num_samples=5, rep_sets=0)
     with pytest.raises(IdentirepError):
         ir.d_rep(a, b, max_cond=bad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overflowing_logits_and_zero_pivots_have_their_own_messages(backend, recwarn):
+    a, b = random_pair(N=80, V=20, M=3, seed=6)
+    big = ir.Model(a.f * 1e200, a.g)
+    for fn in (ir.compare, ir.kl, ir.d_llv, ir.d_logit, ir.d_rep):
+        with pytest.raises(IdentirepError, match=r"logits reach about .*e\+200.*rescale"):
+            fn(big, b, backend=backend)
+    f32 = ir.Model((a.f * 1e16).astype(np.float32), a.g.astype(np.float32))
+    with pytest.raises(IdentirepError, match="float32"):
+        ir.kl(f32, b, backend=backend)
+    for fn in (ir.compare, ir.d_llv):
+        with pytest.raises(IdentirepError, match="num_pivots must be an integer >= 1"):
+            fn(a, b, num_pivots=0, backend=backend)
+    assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]

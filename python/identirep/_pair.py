@@ -129,6 +129,7 @@ class PairEngine:
               sets_per_pivot=1, progress=None, pivot_budget=None) -> DLLVResult:
         rules.check_llv_args(self.a, self.b, combine, term, pivot, leave_out, lam,
                              constant_features)
+        rules.check_num_pivots(num_pivots)
         y0, l, t1, t3, how, deg = self.label_side(term, pivot, leave_out, num_pivots, seed, progress,
                                                   pivot_budget)
         iset, t2, t4, ihow, ncand, rejected = self.input_side(

@@ -53,6 +53,50 @@ def no_varying_column_message(what: str) -> str:
             "undefined; the data must vary")
 
 
+#: the largest bound on |logit| (max ||f(x)|| max ||g(y)|| + max |b|) whose squares and
+#: variances can be summed without overflow, by the dtype the logits are computed in
+LOGIT_LIMIT = {"float64": 1e100, "float32": 1e15}
+
+
+def check_logit_scale(a, b) -> None:
+    """Refuse models whose logits are too large to be squared and summed (finite values such
+    as an f entry of 1e200 would overflow into NaN terms), naming the scale."""
+    for m, nm in ((a, "first"), (b, "second")):
+        bound, parts = _logit_bound(m)
+        if not parts.startswith("max"):
+            continue
+        kind = "float64" if all(np.dtype(x.dtype) == np.float64 for x in (m.f, m.g)) else "float32"
+        if not bound <= LOGIT_LIMIT[kind]:
+            raise IdentirepError(
+                f"the {nm} model's logits reach about {bound:.3g} ({parts}), beyond the "
+                f"{LOGIT_LIMIT[kind]:.0e} that {kind} sums of squared log-likelihoods allow; "
+                "rescale f and g to their trained scale (the measures are not invariant to "
+                "the logits' scale), or check the data for corrupted values")
+
+
+def _logit_bound(m):
+    from ._arrays import is_gpu_array
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = []
+        for x in (m.f, m.g):
+            if is_gpu_array(x):     # device arrays: checked by the pass (no host copy here)
+                return 0.0, "device arrays"
+            top = float(np.abs(x).max()) if x.size else 0.0
+            # ||row|| <= sqrt(M) max |entry|: one pass, no overflow below 1e150
+            norms.append(top * np.sqrt(x.shape[1]))
+        bias = 0.0 if m.bias is None else float(np.abs(np.asarray(m.bias, np.float64)).max())
+    return norms[0] * norms[1] + bias, f"max |f| {norms[0]:.3g} x max |g| {norms[1]:.3g}, scaled by sqrt(M)"
+
+
+def check_num_pivots(num_pivots) -> None:
+    if num_pivots is None:
+        return
+    if isinstance(num_pivots, bool) or not isinstance(num_pivots, (int, np.integer)) or num_pivots < 1:
+        raise IdentirepError(
+            f"num_pivots must be an integer >= 1 (the label pivots to sample) or None for the "
+            f"exact search, got {num_pivots!r}")
+
+
 def first_within(values: np.ndarray):
     """The tie rule: the row-major first index whose value is within TIE_RTOL of the finite
     minimum, or None when no value is finite."""

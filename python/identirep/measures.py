@@ -27,6 +27,7 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
     ``caches(compute_dtype)`` may return the two models' ``ModelCache`` objects (``matrix``
     shares them between pairs)."""
     check_pair(a, b)
+    rules.check_logit_scale(a, b)
     backend = resolve(backend, a, b)
     if backend == "reference":
         raise IdentirepError("the reference backend has no engine; call the measures directly")
@@ -52,6 +53,7 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
 def kl(a: Model, b: Model, backend: str = "auto"):
     """Mean KL(p_a || p_b) and KL(p_b || p_a) over the inputs (plus top-1 agreement, entropies)."""
     if resolve(backend, a, b) == "reference":
+        rules.check_logit_scale(a, b)
         return ref.kl_reference(a, b)
     return engine(a, b, backend).kl()
 
@@ -74,7 +76,9 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
     kw = dict(lam=lam, combine=combine, term=term, pivot=pivot, leave_out=leave_out,
               input_set=input_set, num_samples=num_samples, seed=seed, paper_compat=paper_compat,
               sets_per_pivot=sets_per_pivot)
+    rules.check_num_pivots(num_pivots)
     if resolve(backend, a, b) == "reference":
+        rules.check_logit_scale(a, b)
         cands = None
         if num_pivots is not None and pivot is None:
             from .sampling import pivot_sample
@@ -95,6 +99,8 @@ def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[i
     """
     check_pair(a, b, same_dim=True, what="d_SVD")
     be = resolve(backend, a, b)
+    if be == "reference":
+        rules.check_logit_scale(a, b)
     eng = None if be == "reference" else engine(a, b, be)
     if pivot is None or leave_out is None or input_set is None:
         r = (eng.d_llv(seed=seed, **llv) if eng is not None
@@ -127,6 +133,7 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto"):
 def d_logit(a: Model, b: Model, backend: str = "auto"):
     """d_logit: root mean over inputs of the squared distance of label-centred logits."""
     if resolve(backend, a, b) == "reference":
+        rules.check_logit_scale(a, b)
         return ref.d_logit_reference(a, b)
     return engine(a, b, backend).d_logit()
 
@@ -163,6 +170,7 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
     kw = dict(sets=sets, num_pivots=num_pivots, sets_per_pivot=sets_per_pivot, seed=seed,
               max_cond=max_cond, unsquared=unsquared)
     if resolve(backend, a, b) == "reference":
+        rules.check_logit_scale(a, b)
         return ref.d_rep_reference(a, b, **kw)
     return engine(a, b, backend).d_rep(**kw)
 
@@ -196,7 +204,9 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     be = resolve(backend, a, b)
     llv = dict(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
                paper_compat=paper_compat, sets_per_pivot=sets_per_pivot)
+    rules.check_num_pivots(num_pivots)
     if be == "reference":
+        rules.check_logit_scale(a, b)
         cands = None
         if num_pivots is not None:
             from .sampling import pivot_sample
