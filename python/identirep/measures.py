@@ -17,15 +17,31 @@ from .gpu.streams import on_caller_stream
 from .model import Model, check_pair, to_numpy
 from .moments import Moments
 from .progress import progress_bar
-from .results import Failure, Report
+from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, Failure, KLResult,
+                      MCCAResult, Report)
 
 
 @on_caller_stream
 def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None) -> PairEngine:
     """Run the streaming pass for a pair once; every measure can then be read off it.
 
-    ``caches(compute_dtype)`` may return the two models' ``ModelCache`` objects (``matrix``
-    shares them between pairs)."""
+    Parameters
+    ----------
+    a, b : Model
+        Models on the same inputs and labels (M may differ).
+    backend : {"auto", "cpu", "cuda", "cupy"}
+        "auto" follows where the arrays live (host arrays: "cpu").
+    progress : callable, optional
+        ``progress(fraction)`` during the pass.
+    caches : callable, optional
+        ``caches(compute_dtype)`` returns the two models' ``ModelCache`` objects (``matrix``
+        shares them between pairs).
+
+    Returns
+    -------
+    PairEngine
+        ``.kl()``, ``.d_llv()``, ``.d_svd()``, ``.mcca_f()``, ``.mcca_g()``, ``.d_logit()``,
+        ``.d_rep()`` from the one pass."""
     check_pair(a, b)
     rules.check_logit_scale(a, b)
     backend = resolve(backend, a, b)
@@ -50,8 +66,20 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
 
 
 @on_caller_stream
-def kl(a: Model, b: Model, backend: str = "auto"):
-    """Mean KL(p_a || p_b) and KL(p_b || p_a) over the inputs (plus top-1 agreement, entropies)."""
+def kl(a: Model, b: Model, backend: str = "auto") -> KLResult:
+    """Mean KL divergence over the inputs, both directions.
+
+    Parameters
+    ----------
+    a, b : Model
+        Models on the same inputs and labels.
+    backend : {"auto", "cpu", "cuda", "cupy", "reference"}
+
+    Returns
+    -------
+    KLResult
+        ``kl12`` = mean_x KL(p_a(.|x) || p_b(.|x)) (the headline, nats), ``kl21``, top-1
+        agreement and both mean entropies."""
     if resolve(backend, a, b) == "reference":
         rules.check_logit_scale(a, b)
         return ref.kl_reference(a, b)
@@ -63,9 +91,32 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
           pivot: Optional[int] = None, leave_out: Optional[int] = None, input_set=None,
           num_samples: int = 200, seed: int = 0, *, num_pivots: Optional[int] = None,
           sets_per_pivot: int = 1, paper_compat: bool = False, pivot_budget: Optional[int] = None,
-          backend: str = "auto"):
+          backend: str = "auto") -> DLLVResult:
     """The log-likelihood variance distance d_LLV^lambda with all four terms.
 
+    Parameters
+    ----------
+    a, b : Model
+        Models on the same inputs and labels; N >= max(M1, M2) + 2 and V >= 3.
+    lam : float
+        Weight of the sqrt-variance gap terms t3, t4.
+    combine : {"max", "sum"}
+        How t1, t2, lam t3, lam t4 combine.
+    term : {"max", "mean"}
+        Max or mean over labels (inputs) of each term, as the paper's ``dist_type``.
+    num_samples : int
+        Candidate input sets (or input pivots with ``sets_per_pivot`` > 1).
+    seed : int
+        Every draw (input sets, sampled pivots) is seeded.
+
+    Returns
+    -------
+    DLLVResult
+        ``value`` (a distance: 0 when the models are equal up to the identifiable linear maps),
+        the four terms, and every choice (pivot, leave-out, input set) with how it was found.
+
+    Notes
+    -----
     ``pivot``/``leave_out``/``input_set`` fix the choices the search would make; ``num_pivots``
     samples that many pivots instead of the exact search (default: exact, by a bounded search
     beyond 4096 labels; ``pivot_search`` in the result says which ran, and ``pivot_budget``
@@ -92,10 +143,24 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
 
 @on_caller_stream
 def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[int] = None,
-          input_set=None, max_sets: int = 1000, seed: int = 0, *, backend: str = "auto", **llv):
+          input_set=None, max_sets: int = 1000, seed: int = 0, *, backend: str = "auto",
+          **llv) -> DSVDResult:
     """PLS-SVD dissimilarity of f over label diversity sets and of g over the input set.
 
-    Choices not given are taken from d_LLV (its pivot, leave-out and input set).
+    Parameters
+    ----------
+    a, b : Model
+        Models of equal dimension M on the same inputs and labels.
+    pivot, leave_out, input_set : optional
+        d_LLV's choices; those not given are taken from ``d_llv(a, b, seed=seed, **llv)``.
+    max_sets : int
+        Every set of M labels among the V - 2 others up to this many, else a seeded sample.
+
+    Returns
+    -------
+    DSVDResult
+        ``max_d_svd`` (a distance in [0, 1]) = max of ``max_d_svd_f`` (over label sets) and
+        ``d_svd_g`` (the input set); the paper bounds it by 2 M d_LLV.
     """
     check_pair(a, b, same_dim=True, what="d_SVD")
     be = resolve(backend, a, b)
@@ -113,8 +178,22 @@ def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[i
     return eng.d_svd(pivot, leave_out, input_set, max_sets, seed)
 
 
-def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto"):
-    """Mean of the first ``n_components`` exact canonical correlations of two data sets."""
+def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto") -> MCCAResult:
+    """Mean exact canonical correlation of two data sets with matching rows.
+
+    Parameters
+    ----------
+    x, y : array (n, d1), (n, d2)
+        NumPy, torch or CuPy arrays (e.g. ``a.f`` and ``b.f``).
+    n_components : int, optional
+        At most this many leading correlations (never beyond min(rank x, rank y)).
+    backend : {"auto", "reference"}
+
+    Returns
+    -------
+    MCCAResult
+        ``value`` (a similarity in [0, 1]), the correlations, and the ranks of x and y by the
+        stated rank rule (``rank_rtol``): the correlations are taken on the column spaces."""
     if isinstance(x, Model) or isinstance(y, Model):
         raise IdentirepError("mcca takes arrays (e.g. a.f, b.f), not models")
     x = to_numpy(x)  # GPU arrays: the scatter matrices are small, computed on the host
@@ -130,8 +209,13 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto"):
 
 
 @on_caller_stream
-def d_logit(a: Model, b: Model, backend: str = "auto"):
-    """d_logit: root mean over inputs of the squared distance of label-centred logits."""
+def d_logit(a: Model, b: Model, backend: str = "auto") -> DLogitResult:
+    """d_logit: root mean over inputs of the squared distance of label-centred logits.
+
+    Returns
+    -------
+    DLogitResult
+        ``value`` (a distance in logit units; it grows with V) and ``value_sq``."""
     if resolve(backend, a, b) == "reference":
         rules.check_logit_scale(a, b)
         return ref.d_logit_reference(a, b)
@@ -141,7 +225,7 @@ def d_logit(a: Model, b: Model, backend: str = "auto"):
 @on_caller_stream
 def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
           sets_per_pivot: Optional[int] = None, seed: int = 0, *, max_cond=rules.REP_COND_RULE, unsquared: bool = False,
-          backend: str = "auto"):
+          backend: str = "auto") -> DRepResult:
     """d_rep, the follow-up paper's linear-identifiability dissimilarity.
 
     Parameters
@@ -194,11 +278,29 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
             backend: str = "auto", progress=None) -> Report:
     """Every measure for one pair, from a single streaming pass.
 
-    A measure that cannot be computed for this pair (e.g. d_SVD when M1 != M2, d_rep when g
-    has dependent columns) is ``None`` in the report, and ``report.failures[name]`` says why
-    and how to fix it; the other measures are still computed. ``max_label_sets`` and
-    ``rep_sets`` are the numbers of d_SVD and d_rep label sets (defaults fall with M: each set
-    costs O(M^3)); ``progress`` is a callback or a bar (see ``identirep.progress``)."""
+    Parameters
+    ----------
+    a, b : Model
+        Models on the same inputs and labels (M may differ).
+    lam, combine, term, num_samples, seed, num_pivots, sets_per_pivot, paper_compat,
+    pivot_budget
+        d_LLV's options (see ``d_llv``); ``seed`` seeds every draw of every measure.
+    max_label_sets : int, optional
+        d_SVD's label sets (default 1000 up to M = 16, 64 up to 256, 2 beyond).
+    rep_sets : int, optional
+        d_rep's label sets in all (default 500 up to M1 = 64, 64 up to 256, 8 up to 1024, 2
+        beyond); each set of either costs O(M^3).
+    backend : {"auto", "cpu", "cuda", "cupy", "reference"}
+    progress : callable, optional
+        ``progress(fraction)`` during the streaming pass (bars appear on a terminal anyway).
+
+    Returns
+    -------
+    Report
+        Every measure's result (each says what it is: ``result.meaning``). A measure that
+        cannot be computed for this pair (d_SVD when M1 != M2, d_rep when g has dependent
+        columns, ...) is ``None``, and ``report.failures[name]`` says why and how to fix it;
+        the others are still computed."""
     t0 = time.perf_counter()
     check_pair(a, b)
     be = resolve(backend, a, b)
