@@ -367,3 +367,30 @@ def test_extract_two_seeds_and_compare_from_the_command_line(gpt2_pair, tmp_path
             else:
                 assert got[sec][k] == v
     assert got["kl"]["kl12"] > 0 and got["d_llv"]["value"] > 0
+
+
+def test_missing_tokenizer_is_named_before_the_model_loads(gpt2_pair, tmp_path, monkeypatch,
+                                                           transformers):
+    """A model directory without tokenizer files (transformers then builds an empty tokenizer):
+    the error names the missing files and the fix, and the weights are never read."""
+    import shutil
+    d = tmp_path / "no-tokenizer"
+    d.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(gpt2_pair[0] / name, d / name)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
+    with pytest.raises(IdentirepError) as e:
+        _extract(d)
+    msg = str(e.value)
+    for part in ("has no usable tokenizer", "all special, so every text would tokenize to nothing",
+                 "none of the tokenizer files (tokenizer.json, tokenizer.model",
+                 "found config.json, model.safetensors", ".save_pretrained("):
+        assert part in msg, msg
+    # tokenizer files that hold no regular token are named as such
+    (d / "vocab.json").write_text("{}")
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(IdentirepError, match=r"tokenizer files \(vocab.json\) hold no regular"):
+        _extract(d)

@@ -115,6 +115,34 @@ def _progress_reporter(progress, total: int):
     return (lambda n: None), (lambda: None)
 
 
+#: files of which a tokenizer directory holds at least one: the vocabulary of a fast
+#: tokenizer, a SentencePiece model, a BPE or WordPiece vocabulary, a tiktoken file
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "tokenizer.tiktoken")
+
+
+def check_tokenizer(tok, model_dir) -> None:
+    """Refuse a tokenizer without a regular token: transformers builds such an empty tokenizer
+    from a directory without tokenizer files, and every text then tokenizes to nothing."""
+    special = set(getattr(tok, "all_special_ids", None) or [])
+    if any(i not in special for i in tok.get_vocab().values()):
+        return
+    present = [f for f in TOKENIZER_FILES if (model_dir / f).is_file()]
+    if present:
+        where = (f"its tokenizer files ({', '.join(present)}) hold no regular token: they may "
+                 "be truncated, or belong to another model")
+    else:
+        found = sorted(p.name for p in model_dir.iterdir())
+        where = (f"it has none of the tokenizer files ({', '.join(TOKENIZER_FILES)}; found "
+                 f"{', '.join(found[:12])}{', ...' if len(found) > 12 else ''})")
+    raise IdentirepError(
+        f"{model_dir} has no usable tokenizer: the tokenizer loaded from it has {len(tok)} "
+        f"token(s), all special, so every text would tokenize to nothing; {where}. Save the "
+        "model's tokenizer next to it: AutoTokenizer.from_pretrained(SOURCE)"
+        f".save_pretrained('{model_dir}'), SOURCE being where the model came from "
+        "(identirep reads local files only)")
+
+
 def load_or_explain(fn, message):
     try:
         return fn()

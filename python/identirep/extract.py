@@ -33,9 +33,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ._hf import (CHECK_TOLERANCE, ExtractionCheck, as_numpy, check_extraction, config_facts,
-                  dtype_kwarg, fill_f, load_or_explain, logit_scale, numpy_dtype, pre_head_scaling,
-                  require_hf, scaled)
+from ._hf import (CHECK_TOLERANCE, ExtractionCheck, as_numpy, check_extraction,
+                  check_tokenizer, config_facts, dtype_kwarg, fill_f, load_or_explain,
+                  logit_scale, numpy_dtype, pre_head_scaling, require_hf, scaled)
 from .errors import IdentirepError
 from .model import Model
 
@@ -164,6 +164,7 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         lambda: transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True),
         f"could not load a tokenizer from {model_dir} (it needs its tokenizer files, "
         "e.g. tokenizer.json and tokenizer_config.json)")
+    check_tokenizer(tok, model_dir)   # before the model: its weights take the time
     torch_dtype = getattr(torch, dtype)
     model = load_or_explain(lambda: transformers.AutoModelForCausalLM.from_pretrained(
         model_dir, local_files_only=True, **{dtype_kwarg(transformers): torch_dtype}),
@@ -189,7 +190,9 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
     ids = tok(texts, add_special_tokens=True, truncation=True, max_length=eff_length)["input_ids"]
     keep = [i for i, s in enumerate(ids) if len(s) > 0]
     if not keep:
-        raise IdentirepError("every text tokenized to zero tokens")
+        raise IdentirepError(
+            f"every text tokenized to zero tokens (the tokenizer has {len(tok)} tokens); "
+            "give texts with words the tokenizer knows")
     top = max(max(ids[i]) for i in keep)
     if top >= rows:
         raise IdentirepError(
