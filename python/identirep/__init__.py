@@ -8,7 +8,6 @@ from . import constructions, reference
 from ._build import build_info
 from ._matrix import MatrixResult, matrix
 from ._pair import PairEngine
-from .cli import package_version as _package_version
 from .errors import IdentirepError
 from .io import load_metadata, load_model, save_model
 from .measures import compare, d_llv, d_logit, d_rep, d_svd, engine, kl, mcca
@@ -25,5 +24,11 @@ __all__ = [
 ]
 
 
-__version__ = _package_version()
-del _package_version
+def __getattr__(name):
+    # __version__ on first use: importing the command line here would make
+    # "python -m identirep.cli" run a second copy of it
+    if name == "__version__":
+        from .cli import package_version
+        globals()["__version__"] = version = package_version()
+        return version
+    raise AttributeError(f"module 'identirep' has no attribute {name!r}")
