@@ -246,3 +246,36 @@ def test_drop_masked_labels(tmp_path, capsys):
     assert main(["matrix", *paths, "--num-samples", "5", "--json", "--drop-masked-labels"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["dropped_labels"] == [3, 7, 10] and "in any model" in err
+
+
+def test_input_set_limit_says_what_is_meaningful_and_affordable():
+    from identirep.cli import MAX_INPUT_SETS, input_set_limit
+    assert input_set_limit(300, 10) == (MAX_INPUT_SETS, input_set_limit(300, 10)[1])
+    assert input_set_limit(300, 10, sets_per_pivot=4)[0] == 300       # distinct pivots
+    limit, why = input_set_limit(12, 2)                                 # 12 x C(11, 2) sets
+    assert limit == 660 and "only 660 distinct candidate sets" in why
+    assert input_set_limit(12, 2, paper_compat=True)[0] == 4           # disjoint sets of 3
+    limit, why = input_set_limit(100_000, 4096)                         # an LLM: memory binds
+    assert limit == (1 << 26) // 4097 and "512 MiB" in why
+
+
+def test_too_many_input_sets_are_refused(tmp_path, capsys):
+    a, b = random_pair(N=12, V=6, M=2)
+    paths = [str(ir.save_model(m, tmp_path / f"{m.name}.npz")) for m in (a, b)]
+    cases = [   # the cap needs no model: the paths are checked later
+        (["compare", "x", "y", "--num-samples", "10000000"],
+         "at most 1000000 candidate sets", "--num-samples 1000000 or less"),
+        (["matrix", "x", "y", "--num-samples", "600000", "--sets-per-pivot", "2"],
+         "--num-samples 600000 x --sets-per-pivot 2", "--num-samples 500000 or less"),
+        (["compare", *paths, "--num-samples", "661"],
+         "N=12 inputs make only 660 distinct", "--num-samples 660 or less"),
+        (["compare", *paths, "--num-samples", "5", "--paper-compat"],
+         "hold 4 disjoint sets of M + 1 = 3", "--num-samples 4 or less"),
+        (["matrix", *paths, "--num-samples", "13", "--sets-per-pivot", "2", "--no-plots"],
+         "a distinct input pivot, and there are N=12", "(or a smaller --sets-per-pivot)"),
+    ]
+    for argv, why, fix in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert why in err and fix in err and "Traceback" not in err, err
+    assert main(["compare", *paths, "--num-samples", "4", "--paper-compat", "--json"]) == 0

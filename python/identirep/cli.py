@@ -137,6 +137,80 @@ def check_plotting(option: str, alternative: str = "") -> None:
                              + (f", or {alternative}" if alternative else ""))
 
 
+#: the most candidate input sets (num_samples x sets_per_pivot) a comparison draws: drawing and
+#: evaluating one costs O(M) (a million sets: about 10 s at M = 10 on one CPU core)
+MAX_INPUT_SETS = 1_000_000
+#: the most input indices the candidate sets hold together, sets x (M + 1): 512 MiB of int64
+MAX_INPUT_SET_INDICES = 1 << 26
+
+
+def _comb_capped(n: int, k: int, cap: int) -> int:
+    """C(n, k), or a number above ``cap`` when C(n, k) is (without computing a huge one)."""
+    if k < 0 or k > n:
+        return 0
+    k = min(k, n - k)
+    c = 1
+    for i in range(k):
+        c = c * (n - i) // (i + 1)
+        if c > cap:
+            return cap + 1
+    return c
+
+
+def input_set_limit(N: int, M: int, sets_per_pivot: int = 1, paper_compat: bool = False):
+    """(the largest num_samples, why) for candidate input sets of M + 1 of N inputs: the sets
+    must be affordable (MAX_INPUT_SETS sets, MAX_INPUT_SET_INDICES indices) and meaningful
+    (no more than the distinct sets there are; distinct pivots with sets_per_pivot > 1;
+    disjoint sets with paper_compat)."""
+    s, size = sets_per_pivot, M + 1
+    limits = [(MAX_INPUT_SETS // s, (
+        f"identirep draws at most {MAX_INPUT_SETS} candidate sets (num_samples x "
+        "sets_per_pivot): each costs O(M) time, and a million take about 10 s on a CPU core"))]
+    limits.append((MAX_INPUT_SET_INDICES // (size * s), (
+        f"the sets would hold more than {MAX_INPUT_SET_INDICES} input indices of M + 1 = "
+        f"{size} each (512 MiB)")))
+    cap = MAX_INPUT_SETS * s
+    distinct = N * _comb_capped(N - 1, M, cap)
+    if distinct <= cap:
+        limits.append((distinct // s, (
+            f"N={N} inputs make only {distinct} distinct candidate sets (a pivot and M = {M} "
+            "other inputs); more would repeat them")))
+    if s > 1:
+        limits.append((N, (
+            f"--sets-per-pivot > 1 gives each set a distinct input pivot, and there are N={N} "
+            "inputs")))
+    if paper_compat:
+        limits.append((N // size, (
+            f"--paper-compat draws disjoint sets, and N={N} inputs hold {N // size} disjoint "
+            f"sets of M + 1 = {size}")))
+    return min(limits, key=lambda x: x[0])
+
+
+def check_input_sets(args, pairs) -> None:
+    """--num-samples (x --sets-per-pivot) against input_set_limit for each (N, M) of
+    ``pairs`` (M: the larger dimension of a pair); without pairs, the cap alone."""
+    s = args.sets_per_pivot
+    for N, M in pairs or [(None, None)]:
+        if N is None:
+            limit, why = MAX_INPUT_SETS // s, input_set_limit(10**9, 1, s)[1]
+        else:
+            limit, why = input_set_limit(N, M, s, args.paper_compat)
+        if args.num_samples <= limit:
+            continue
+        asked = f"--num-samples {args.num_samples}" + (
+            f" x --sets-per-pivot {s}" if s > 1 else "")
+        if limit < 1:
+            fix = f"N={N} inputs are too few for sets of M + 1 = {M + 1}"
+        else:
+            fix = f"give --num-samples {limit} or less" + (
+                " (or a smaller --sets-per-pivot)" if s > 1 else "")
+        raise IdentirepError(f"{asked} candidate input sets is too many: {why}; {fix}")
+
+
+def _pairs_of(models):
+    return sorted({(a.N, max(a.M, b.M)) for i, a in enumerate(models) for b in models[i + 1:]})
+
+
 def _dropped_note(models, which: str):
     """What --drop-masked-labels dropped, for the report and stderr (None: nothing)."""
     from .model import first_ids
@@ -183,12 +257,15 @@ def cmd_compare(args) -> int:
     from .io import load_models
     from .measures import _report_from_engine, compare, engine
     from .report import render_report
+    check_input_sets(args, [])
     if args.out:
         check_out_file(args.out, "--out")
     if args.plot:
         check_out_file(args.plot, "--plot")
         check_plotting("--plot")
     a, b = load_models([args.model_a, args.model_b], args.drop_masked_labels)
+    if a.N == b.N:   # else compare says the inputs differ
+        check_input_sets(args, _pairs_of([a, b]))
     dropped = _dropped_note([a, b], "either model")
     if dropped:
         print(f"identirep: {dropped}", file=sys.stderr)
@@ -212,11 +289,14 @@ def cmd_matrix(args) -> int:
 
     from .io import load_models
     from ._matrix import matrix
+    check_input_sets(args, [])
     if args.out:
         check_out_dir(args.out, "--out")
         if not args.no_plots:
             check_plotting("--out (its heatmaps)", "pass --no-plots")
     models = load_models(args.models, args.drop_masked_labels)
+    if len({m.N for m in models}) == 1:   # else matrix says the inputs differ
+        check_input_sets(args, _pairs_of(models))
     dropped = _dropped_note(models, "any model")
     if dropped:
         print(f"identirep: {dropped}", file=sys.stderr)
