@@ -279,3 +279,13 @@ def test_too_many_input_sets_are_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert why in err and fix in err and "Traceback" not in err, err
     assert main(["compare", *paths, "--num-samples", "4", "--paper-compat", "--json"]) == 0
+
+
+def test_paper_compat_input_sets_hold_the_first_models_dimension(tmp_path, capsys):
+    a, b = random_pair(N=12, V=6, M=2, M2=3)
+    paths = [str(ir.save_model(m, tmp_path / f"{m.name}.npz")) for m in (a, b)]
+    # sets of M1 + 1 = 3: 4 disjoint ones in N=12 (M2 + 1 = 4 would allow only 3)
+    assert main(["compare", *paths, "--num-samples", "4", "--paper-compat", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["d_llv"]["input_search"]
+    assert main(["compare", *paths[::-1], "--num-samples", "4", "--paper-compat"]) == 2
+    assert "hold 3 disjoint sets of M + 1 = 4" in capsys.readouterr().err

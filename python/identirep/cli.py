@@ -208,6 +208,8 @@ def check_input_sets(args, pairs) -> None:
 
 
 def _pairs_of(models):
+    """(N, set size - 1) of the pairs of ``matrix``: each pair runs both ways, so the larger M
+    (also with --paper-compat, whose sets hold M of the first model + 1)."""
     return sorted({(a.N, max(a.M, b.M)) for i, a in enumerate(models) for b in models[i + 1:]})
 
 
@@ -264,8 +266,8 @@ def cmd_compare(args) -> int:
         check_out_file(args.plot, "--plot")
         check_plotting("--plot")
     a, b = load_models([args.model_a, args.model_b], args.drop_masked_labels)
-    if a.N == b.N:   # else compare says the inputs differ
-        check_input_sets(args, _pairs_of([a, b]))
+    if a.N == b.N:   # else compare says the inputs differ; --paper-compat sets hold M1 + 1
+        check_input_sets(args, [(a.N, a.M if args.paper_compat else max(a.M, b.M))])
     dropped = _dropped_note([a, b], "either model")
     if dropped:
         print(f"identirep: {dropped}", file=sys.stderr)
