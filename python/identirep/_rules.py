@@ -53,39 +53,30 @@ def no_varying_column_message(what: str) -> str:
             "undefined; the data must vary")
 
 
-#: the largest bound on |logit| (max ||f(x)|| max ||g(y)|| + max |b|) whose squares and
-#: variances can be summed without overflow, by the dtype the logits are computed in
-LOGIT_LIMIT = {"float64": 1e100, "float32": 1e15}
+#: the most candidate input sets (num_samples x sets_per_pivot) and the most indices they may
+#: hold: each set costs O(M) time, and a million take about 10 s on a CPU core
+MAX_INPUT_SETS = 1_000_000
+MAX_INPUT_SET_INDICES = 1 << 26
 
 
-def check_logit_scale(a, b) -> None:
-    """Refuse models whose logits are too large to be squared and summed (finite values such
-    as an f entry of 1e200 would overflow into NaN terms), naming the scale."""
-    for m, nm in ((a, "first"), (b, "second")):
-        bound, parts = _logit_bound(m)
-        if not parts.startswith("max"):
-            continue
-        kind = "float64" if all(np.dtype(x.dtype) == np.float64 for x in (m.f, m.g)) else "float32"
-        if not bound <= LOGIT_LIMIT[kind]:
-            raise IdentirepError(
-                f"the {nm} model's logits reach about {bound:.3g} ({parts}), beyond the "
-                f"{LOGIT_LIMIT[kind]:.0e} that {kind} sums of squared log-likelihoods allow; "
-                "rescale f and g to their trained scale (the measures are not invariant to "
-                "the logits' scale), or check the data for corrupted values")
+def _count_arg(name, v, minimum=1, none_ok=False):
+    if v is None and none_ok:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise IdentirepError(f"{name} must be an integer >= {minimum}, got {v!r}")
 
 
-def _logit_bound(m):
-    from ._arrays import is_gpu_array
-    with np.errstate(over="ignore", invalid="ignore"):
-        norms = []
-        for x in (m.f, m.g):
-            if is_gpu_array(x):     # device arrays: checked by the pass (no host copy here)
-                return 0.0, "device arrays"
-            top = float(np.abs(x).max()) if x.size else 0.0
-            # ||row|| <= sqrt(M) max |entry|: one pass, no overflow below 1e150
-            norms.append(top * np.sqrt(x.shape[1]))
-        bias = 0.0 if m.bias is None else float(np.abs(np.asarray(m.bias, np.float64)).max())
-    return norms[0] * norms[1] + bias, f"max |f| {norms[0]:.3g} x max |g| {norms[1]:.3g}, scaled by sqrt(M)"
+def check_options(seed=0, num_samples=1, sets_per_pivot=1, pivot_budget=None) -> None:
+    """The counts and the seed every measure takes, before any work."""
+    _count_arg("seed", seed, 0)
+    _count_arg("num_samples", num_samples)
+    _count_arg("sets_per_pivot", sets_per_pivot)
+    _count_arg("pivot_budget", pivot_budget, none_ok=True)
+    if num_samples * sets_per_pivot > MAX_INPUT_SETS:
+        raise IdentirepError(
+            f"num_samples x sets_per_pivot = {num_samples * sets_per_pivot} candidate input "
+            f"sets: identirep draws at most {MAX_INPUT_SETS} (each set costs O(M) time; a "
+            "million take about 10 s on a CPU core); lower num_samples")
 
 
 def check_num_pivots(num_pivots) -> None:
@@ -157,6 +148,14 @@ def candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat, sets_
     # max(M1, M2) + 1 inputs, so that either model's M differences can span its space; the
     # paper's code takes M1 + 1 (the first model's dimension), and paper_compat follows it
     set_size = (a.M if paper_compat else max(a.M, b.M)) + 1
+    check_options(seed, num_samples, sets_per_pivot)
+    total = num_samples * sets_per_pivot
+    if total > MAX_INPUT_SETS or total * set_size > MAX_INPUT_SET_INDICES:
+        raise IdentirepError(
+            f"num_samples x sets_per_pivot = {total} candidate input sets of {set_size} inputs: "
+            f"identirep draws at most {MAX_INPUT_SETS} sets and {MAX_INPUT_SET_INDICES} indices "
+            "(each set costs O(M) time; a million take about 10 s on a CPU core); lower "
+            "num_samples")
     if input_set is not None:
         return check_input_set(input_set, a.N, set_size)[None, :], "given"
     pool = None if paper_compat else distinct()

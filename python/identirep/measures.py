@@ -14,7 +14,7 @@ from ._linalg import whiten
 from ._pair import PairEngine, mcca_from_scatter
 from .errors import IdentirepError
 from .gpu.streams import on_caller_stream
-from .model import Model, check_pair, to_numpy
+from .model import Model, check_logit_scale, check_pair, to_numpy
 from .moments import Moments
 from .progress import progress_bar
 from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, Failure, KLResult,
@@ -43,7 +43,7 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
         ``.kl()``, ``.d_llv()``, ``.d_svd()``, ``.mcca_f()``, ``.mcca_g()``, ``.d_logit()``,
         ``.d_rep()`` from the one pass."""
     check_pair(a, b)
-    rules.check_logit_scale(a, b)
+    check_logit_scale(a, b)
     backend = resolve(backend, a, b)
     if backend == "reference":
         raise IdentirepError("the reference backend has no engine; call the measures directly")
@@ -81,7 +81,7 @@ def kl(a: Model, b: Model, backend: str = "auto") -> KLResult:
         ``kl12`` = mean_x KL(p_a(.|x) || p_b(.|x)) (the headline, nats), ``kl21``, top-1
         agreement and both mean entropies."""
     if resolve(backend, a, b) == "reference":
-        rules.check_logit_scale(a, b)
+        check_logit_scale(a, b)
         return ref.kl_reference(a, b)
     return engine(a, b, backend).kl()
 
@@ -128,8 +128,9 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
               input_set=input_set, num_samples=num_samples, seed=seed, paper_compat=paper_compat,
               sets_per_pivot=sets_per_pivot)
     rules.check_num_pivots(num_pivots)
+    rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
     if resolve(backend, a, b) == "reference":
-        rules.check_logit_scale(a, b)
+        check_logit_scale(a, b)
         cands = None
         if num_pivots is not None and pivot is None:
             from .sampling import pivot_sample
@@ -163,9 +164,10 @@ def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[i
         ``d_svd_g`` (the input set); the paper bounds it by 2 M d_LLV.
     """
     check_pair(a, b, same_dim=True, what="d_SVD")
+    rules.check_options(seed)
     be = resolve(backend, a, b)
     if be == "reference":
-        rules.check_logit_scale(a, b)
+        check_logit_scale(a, b)
     eng = None if be == "reference" else engine(a, b, be)
     if pivot is None or leave_out is None or input_set is None:
         r = (eng.d_llv(seed=seed, **llv) if eng is not None
@@ -217,7 +219,7 @@ def d_logit(a: Model, b: Model, backend: str = "auto") -> DLogitResult:
     DLogitResult
         ``value`` (a distance in logit units; it grows with V) and ``value_sq``."""
     if resolve(backend, a, b) == "reference":
-        rules.check_logit_scale(a, b)
+        check_logit_scale(a, b)
         return ref.d_logit_reference(a, b)
     return engine(a, b, backend).d_logit()
 
@@ -251,10 +253,11 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
         singular.
     """
     check_pair(a, b)
+    rules.check_options(seed)
     kw = dict(sets=sets, num_pivots=num_pivots, sets_per_pivot=sets_per_pivot, seed=seed,
               max_cond=max_cond, unsquared=unsquared)
     if resolve(backend, a, b) == "reference":
-        rules.check_logit_scale(a, b)
+        check_logit_scale(a, b)
         return ref.d_rep_reference(a, b, **kw)
     return engine(a, b, backend).d_rep(**kw)
 
@@ -307,8 +310,9 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     llv = dict(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
                paper_compat=paper_compat, sets_per_pivot=sets_per_pivot)
     rules.check_num_pivots(num_pivots)
+    rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
     if be == "reference":
-        rules.check_logit_scale(a, b)
+        check_logit_scale(a, b)
         cands = None
         if num_pivots is not None:
             from .sampling import pivot_sample

@@ -232,6 +232,45 @@ def common_kind(*kinds: str) -> str:
     return "float64" if "float64" in kinds else "float32"
 
 
+#: the largest bound on |logit| (sqrt(M) max |f| x sqrt(M) max |g| + max |b|) whose squares
+#: and variances can be summed without overflow, by the dtype the logits are computed in
+LOGIT_LIMIT = {"float64": 1e100, "float32": 1e15}
+
+
+def max_abs(a) -> float:
+    """max |a| as a float64 number, where the array lives (NaN for an unknown array type)."""
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch":
+        return float(a.detach().abs().max().double().item()) if a.numel() else 0.0
+    if mod == "cupy":
+        return float(abs(a).max()) if a.size else 0.0
+    if mod == "numpy" or isinstance(a, np.ndarray):
+        x = a.astype(np.float32) if a.dtype.name == "bfloat16" else a
+        return float(np.abs(x).max()) if x.size else 0.0
+    return float("nan")
+
+
+def check_logit_scale(a: "Model", b: "Model") -> None:
+    """Refuse models whose logits are too large to be squared and summed (finite values such
+    as an f entry of 1e200 would overflow into NaN terms), naming the scale."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for m, nm in ((a, "first"), (b, "second")):
+            fs, gs = (max_abs(x) * np.sqrt(x.shape[1]) for x in (m.f, m.g))
+            if not (np.isfinite(fs) and np.isfinite(gs)) and np.isnan(fs + gs):
+                continue            # an array type whose maximum is not read here
+            bias = 0.0 if m.bias is None else max_abs(m.bias)
+            bound = fs * gs + bias
+            kind = ("float64" if all(_dtype_name(x).endswith("float64") for x in (m.f, m.g))
+                    else "float32")
+            if not bound <= LOGIT_LIMIT[kind]:
+                raise IdentirepError(
+                    f"the {nm} model's logits reach about {bound:.3g} (sqrt(M) max |f| {fs:.3g} "
+                    f"x sqrt(M) max |g| {gs:.3g}), beyond the {LOGIT_LIMIT[kind]:.0e} that "
+                    f"{kind} sums of squared log-likelihoods allow; rescale f and g to their "
+                    "trained scale (the measures are not invariant to the logits' scale), or "
+                    "check the data for corrupted values")
+
+
 def to_numpy(a, dtype=None) -> np.ndarray:
     """Copy-free where possible conversion of NumPy/CuPy/torch arrays to NumPy."""
     mod = type(a).__module__.split(".")[0]
