@@ -118,3 +118,20 @@ def test_overflowing_logits_and_zero_pivots_have_their_own_messages(backend, rec
         with pytest.raises(IdentirepError, match="num_pivots must be an integer >= 1"):
             fn(a, b, num_pivots=0, backend=backend)
     assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("opts", [dict(seed=-1), dict(seed=1.5), dict(num_samples=2.5),
+                                  dict(num_samples=None), dict(num_samples=10**7),
+                                  dict(sets_per_pivot=0), dict(pivot_budget=0)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_counts_and_seeds_are_refused_before_any_work(opts, backend):
+    a, b = random_pair(N=60, V=20, M=3)
+    with pytest.raises(IdentirepError, match="must be an integer|at most"):
+        ir.compare(a, b, backend=backend, **opts)
+    if backend == "cpu":
+        with pytest.raises(IdentirepError, match="must be an integer|at most"):
+            ir.matrix([a, b], **opts)
+    if "seed" in opts:
+        for fn in (ir.d_rep, ir.d_svd, ir.d_llv):
+            with pytest.raises(IdentirepError, match="seed must be an integer >= 0"):
+                fn(a, b, backend=backend, **opts)

@@ -53,6 +53,10 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     from ._model_cache import ModelCache
     from .measures import _report_from_engine, engine
     t0 = time.perf_counter()
+    from ._rules import check_num_pivots, check_options
+    check_options(opts.get("seed", 0), opts.get("num_samples", 200),
+                  opts.get("sets_per_pivot", 1), opts.get("pivot_budget"))
+    check_num_pivots(opts.get("num_pivots"))
     models = list(models)
     if len(models) < 2:
         raise IdentirepError("matrix needs at least two models")

@@ -13,6 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from ._rules import MAX_INPUT_SET_INDICES, MAX_INPUT_SETS
 from .errors import IdentirepError
 
 
@@ -137,11 +138,6 @@ def check_plotting(option: str, alternative: str = "") -> None:
                              + (f", or {alternative}" if alternative else ""))
 
 
-#: the most candidate input sets (num_samples x sets_per_pivot) a comparison draws: drawing and
-#: evaluating one costs O(M) (a million sets: about 10 s at M = 10 on one CPU core)
-MAX_INPUT_SETS = 1_000_000
-#: the most input indices the candidate sets hold together, sets x (M + 1): 512 MiB of int64
-MAX_INPUT_SET_INDICES = 1 << 26
 
 
 def _comb_capped(n: int, k: int, cap: int) -> int:
@@ -277,7 +273,12 @@ def cmd_compare(args) -> int:
         backend = kw.pop("backend")
         e = engine(a, b, backend)
         r = _report_from_engine(e, backend=e.stats.backend, **kw)
-        label_terms(e, r.d_llv, args.plot)
+        if r.d_llv is not None:
+            labels = a.labels if a.labels is not None else b.labels
+            label_terms(e, r.d_llv, args.plot, tokens=labels)
+        else:
+            r.notes.append(f"--plot: no plot, d_LLV could not be computed "
+                           f"({r.failures['d_llv'].reason})")
     else:
         r = compare(a, b, **kw)
     if dropped:
