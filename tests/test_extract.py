@@ -394,3 +394,12 @@ def test_missing_tokenizer_is_named_before_the_model_loads(gpt2_pair, tmp_path, 
     (d / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(IdentirepError, match=r"tokenizer files \(vocab.json\) hold no regular"):
         _extract(d)
+
+
+def test_size_note_says_which_measures_a_small_extraction_misses():
+    from identirep.extract import size_note
+    assert size_note(1000, 50000, 768) == ""
+    note = size_note(300, 50000, 768)
+    assert "N >= M + 2 = 770" in note and "KL, d_logit, mCCA" in note
+    note = size_note(1000, 500, 768)
+    assert "V >= M + 2 = 770" in note and "d_rep's V >= M + 1 = 769" in note

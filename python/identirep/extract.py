@@ -313,4 +313,24 @@ def _run_extract(args) -> int:
     print(f"check over {c.positions} positions: max abs error {c.max_abs_error:.3g}, "
           f"max rel error {c.max_rel_error:.3g} (tolerance {c.tolerance:g})")
     print(f"wrote {args.out}")
+    short = size_note(ext.N, ext.V, ext.M)
+    if short:
+        print(f"note: {short}", file=sys.stderr)
     return 0
+
+
+def size_note(N: int, V: int, M: int) -> str:
+    """What a model of these sizes can be compared with, when it is too small for d_LLV
+    and d_SVD (N >= M + 2 inputs) or d_SVD's label sets (V >= M + 2 labels: a pivot, a
+    leave-out and M more; d_rep needs M + 1); '' when every measure applies."""
+    missing = []
+    if N < M + 2:
+        missing.append(f"d_LLV and d_SVD need N >= M + 2 = {M + 2} positions (give more or "
+                       "longer texts)")
+    if V < M + 2:
+        missing.append(f"d_SVD's label sets need V >= M + 2 = {M + 2} labels"
+                       + (f" and d_rep's V >= M + 1 = {M + 1}" if V < M + 1 else ""))
+    if not missing:
+        return ""
+    return ("; ".join(missing) + ". compare reports the other measures (KL, d_logit, mCCA) "
+            "and says why these are missing")
