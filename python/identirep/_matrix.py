@@ -47,6 +47,22 @@ class MatrixResult(_Result):
 def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **opts) -> MatrixResult:
     """Compare every pair of ``models``: one pass per unordered pair gives both directions.
 
+    Parameters
+    ----------
+    models : sequence of Model
+        At least two models on the same inputs and labels.
+    backend : {"auto", "cpu", "cuda", "cupy"}
+    progress : bool, optional
+        A bar over the pairs on stderr (None: when stderr is a terminal).
+    **opts
+        ``compare``'s options (lam, combine, term, num_samples, seed, num_pivots, ...).
+
+    Returns
+    -------
+    MatrixResult
+        ``names``, ``values[measure]`` (K x K; row i, column j compares model i with model
+        j), the choices per pair, and ``to_csv``/``to_dict``.
+
     Per-model statistics (moments of f and g, whitenings, input-side factors) are computed
     once per model (``ModelCache``) and shared by all of its pairs; each pair adds only its
     cross products and the quantities that depend on its pass."""

@@ -127,11 +127,22 @@ def _replace_atomically(path: Path, write) -> None:
 # ----------------------------------------------------------------------------- save
 
 def save_model(model: Model, path, metadata: Optional[dict] = None) -> Path:
-    """Write ``model`` (f, g, bias, labels, metadata) to ``path``; return the path.
+    """Write ``model`` (f, g, bias, labels, metadata) to ``path``.
 
-    The format follows the path: ``*.safetensors`` (preferred), ``*.npz``, or a directory
-    (a path without extension, or an existing directory). ``metadata`` (JSON-serialisable)
-    is merged over ``model.metadata``; the model's name is stored as ``metadata["name"]``.
+    Parameters
+    ----------
+    model : Model
+    path : str or Path
+        The format follows the path: ``*.safetensors`` (preferred), ``*.npz``, or a directory
+        (a path without extension, or an existing directory).
+    metadata : dict, optional
+        JSON-serialisable; merged over ``model.metadata``; the model's name is stored as
+        ``metadata["name"]``.
+
+    Returns
+    -------
+    Path
+        The path written.
     """
     if not isinstance(model, Model):
         raise IdentirepError(f"save_model needs an identirep.Model, got {type(model).__name__}")
@@ -233,10 +244,21 @@ def load_model(path, name: Optional[str] = None,
                drop_masked_labels: Union[bool, Sequence[int]] = False) -> Model:
     """Read a model written by :func:`save_model` (or by hand in one of the three layouts).
 
-    ``name`` defaults to the stored ``metadata["name"]``, else the file or directory name.
-    ``drop_masked_labels=True`` drops the labels whose bias is -inf (masked or padded labels;
-    refused otherwise); to compare models, :func:`load_models` drops the labels masked in any
-    of them from all of them.
+    Parameters
+    ----------
+    path : str or Path
+        ``*.safetensors``, ``*.npz`` or a directory of ``.npy`` files, holding ``f``
+        (N x M), ``g`` (V x M) and optionally ``b`` (or ``bias``, V).
+    name : str, optional
+        Defaults to the stored ``metadata["name"]``, else the file or directory name.
+    drop_masked_labels : bool or sequence of int
+        True drops the labels whose bias is -inf (masked or padded labels; refused
+        otherwise); to compare models, :func:`load_models` drops the labels masked in any of
+        them from all of them.
+
+    Returns
+    -------
+    Model
     """
     return _model_from(_read(path), name, drop_masked_labels)
 
@@ -291,7 +313,18 @@ def _model_from(raw, name, drop_masked_labels) -> Model:
 
 
 def load_metadata(path) -> dict:
-    """The metadata stored with a model file, without reading its arrays."""
+    """The metadata stored with a model file, without reading its arrays.
+
+    Parameters
+    ----------
+    path : str or Path
+        A model file or directory (see :func:`load_model`).
+
+    Returns
+    -------
+    dict
+        The stored metadata ({} when there is none).
+    """
     path = Path(path)
     fmt = _format_of(path, writing=False)
     if fmt == "safetensors":

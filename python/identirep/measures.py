@@ -214,6 +214,12 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto") -> MCC
 def d_logit(a: Model, b: Model, backend: str = "auto") -> DLogitResult:
     """d_logit: root mean over inputs of the squared distance of label-centred logits.
 
+    Parameters
+    ----------
+    a, b : Model
+        Models on the same inputs and labels (M may differ).
+    backend : {"auto", "cpu", "cuda", "cupy", "reference"}
+
     Returns
     -------
     DLogitResult
