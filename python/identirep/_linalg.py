@@ -25,28 +25,85 @@ def linalg_raises(xp):
     return cupyx.errstate(linalg="raise")
 
 
+_THREADS_LOCAL = []   # [NumPy's OpenBLAS openblas_set_num_threads_local or None], found once
+
+
+def _blas_threads_local():
+    """NumPy's OpenBLAS ``openblas_set_num_threads_local`` (sets the calling thread's BLAS
+    thread count, returns the previous one), or None where it cannot be found (another BLAS,
+    an OpenBLAS before 0.3.27, a platform without /proc/self/maps)."""
+    if not _THREADS_LOCAL:
+        fn = None
+        try:
+            import ctypes
+            import os
+            roots = tuple(os.path.join(os.path.dirname(os.path.dirname(np.__file__)), d)
+                          for d in ("numpy.libs", "numpy"))   # wheels: numpy.libs/, numpy/.libs
+            with open("/proc/self/maps") as fh:
+                libs = sorted({ln.split(None, 5)[-1].strip() for ln in fh
+                               if "openblas" in ln.lower() and ".so" in ln})
+            for path in libs:
+                if path.startswith(roots):
+                    f = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+                    if f is not None:
+                        f.argtypes, f.restype = [ctypes.c_int], ctypes.c_int
+                        fn = f
+                        break
+        except (OSError, ValueError, AttributeError):
+            fn = None
+        _THREADS_LOCAL.append(fn)
+    return _THREADS_LOCAL[0]
+
+
+@contextlib.contextmanager
+def serial_lapack(xp=np):
+    """Run NumPy's LAPACK on one thread inside the block (host arrays; a no-op for device
+    arrays or where NumPy's OpenBLAS cannot be reached). Factorisations and eigensolvers are
+    made of many small, synchronised steps: with 2 threads on 2 cores shared with other work,
+    a 2048 x 2048 Cholesky took 0.3-1.1 s instead of 0.18 s, eigvalsh 5-12 s instead of 0.7 s.
+    Large GEMMs keep every thread (they gain from it)."""
+    fn = _blas_threads_local() if xp is np else None
+    if fn is None:
+        yield
+        return
+    old = fn(1)
+    try:
+        yield
+    finally:
+        fn(max(1, old))
+
+
 def sqrt_factor(S, xp=np):
     """R with R R' = S for a symmetric positive semi-definite S: Cholesky when S is safely
     positive definite, the eigen square root otherwise. Computed with ``xp`` (NumPy's LAPACK,
     or cuSOLVER through CuPy) and returned there."""
     S = xp.asarray(S)
     try:
-        with linalg_raises(xp):
+        with linalg_raises(xp), serial_lapack(xp):
             L = xp.linalg.cholesky(S)
-        d = xp.diag(L)
-        if float(d.min()) > 1e-7 * float(d.max()):
+        if _safe_cholesky(L):
             return L
     except np.linalg.LinAlgError:
         pass
-    w, U = xp.linalg.eigh(S)
+    return _eigen_sqrt(S, xp)
+
+
+def _safe_cholesky(L) -> bool:
+    d = L.diagonal()
+    return float(d.min()) > 1e-7 * float(d.max())
+
+
+def _eigen_sqrt(S, xp):
+    with serial_lapack(xp):
+        w, U = xp.linalg.eigh(S)
     return U * xp.sqrt(xp.clip(w, 0.0, None))
 
 
-def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float64"]):
-    """W (d x r) with W' S W = I_r on the column space of the data whose scatter is S (host):
-    columns of zero variance are left out, and of the correlation matrix R the directions
-    with an eigenvalue above ``rtol`` x the largest are kept (the rank rule of
-    ``_rules.MCCA_RANK_RTOL``). Computed with ``xp`` and returned there."""
+def correlation_factor(S: np.ndarray, what: str, xp=np) -> dict:
+    """The parts of the data whose scatter is S (host) that ``whiten`` and
+    ``sqrt_factor_from`` share: ``idx`` the columns of non-zero variance, ``d`` the diagonal of
+    S, ``s`` = d[idx]^-1/2, ``R`` the correlation matrix of those columns and ``L`` its
+    Cholesky factor (None when it fails), on ``xp``; ``whiten`` adds ``Li`` = L^-1."""
     d = np.diag(S).copy()
     scale = d.max() if d.size else 0.0
     var = d > 1e-24 * max(scale, 1e-300)
@@ -55,18 +112,52 @@ def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float6
     idx = np.flatnonzero(var)
     s = 1.0 / np.sqrt(d[idx])
     R = xp.asarray(S[np.ix_(idx, idx)] * s[:, None] * s[None, :])
+    try:
+        with linalg_raises(xp), serial_lapack(xp):
+            L = xp.linalg.cholesky(R)
+    except np.linalg.LinAlgError:
+        L = None
+    return {"idx": idx, "d": d, "s": s, "R": R, "L": L}
+
+
+def sqrt_factor_from(parts: dict, S: np.ndarray, c: float, xp=np):
+    """``sqrt_factor(c S)`` from S's ``correlation_factor`` parts: its Cholesky factor is
+    (c d)^1/2 L when every column varies and that factor is safe, as ``sqrt_factor`` checks;
+    otherwise ``sqrt_factor(c S)`` itself."""
+    L, d = parts["L"], parts["d"]
+    if L is not None and len(parts["idx"]) == len(d):
+        Lc = xp.asarray(np.sqrt(c * d))[:, None] * L
+        if _safe_cholesky(Lc):
+            return Lc
+    return sqrt_factor(c * S, xp)
+
+
+def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float64"],
+           parts: dict = None):
+    """W (d x r) with W' S W = I_r on the column space of the data whose scatter is S (host):
+    columns of zero variance are left out, and of the correlation matrix R the directions
+    with an eigenvalue above ``rtol`` x the largest are kept (the rank rule of
+    ``_rules.MCCA_RANK_RTOL``). Computed with ``xp`` and returned there. ``parts``: S's
+    ``correlation_factor``, when already made (it is completed with L^-1)."""
+    if parts is None:
+        parts = correlation_factor(S, what, xp)
+    idx, s, R, L = parts["idx"], parts["s"], parts["R"], parts["L"]
+    d = parts["d"]
     s = xp.asarray(s)
     W = None
-    try:  # surely full rank: W = D^-1/2 L^-T from the Cholesky factor of R
-        with linalg_raises(xp):
-            Li = xp.linalg.inv(xp.linalg.cholesky(R))
-        # lambda_min(R) >= 1 / ||L^-1||_F^2 and lambda_max(R) <= tr R = r
-        if 1.0 / float((Li * Li).sum()) > rtol * len(idx):
+    if L is not None:   # surely full rank: W = D^-1/2 L^-T from the Cholesky factor of R
+        if "Li" not in parts:
+            try:
+                with linalg_raises(xp):
+                    parts["Li"] = lower_inverse(L, xp)
+            except np.linalg.LinAlgError:
+                parts["Li"] = None
+        Li = parts["Li"]
+        if Li is not None and _surely_full_rank(R, Li, rtol, xp):
             W = s[:, None] * Li.T
-    except np.linalg.LinAlgError:
-        pass
     if W is None:
-        w, U = xp.linalg.eigh(R)
+        with serial_lapack(xp):
+            w, U = xp.linalg.eigh(R)
         keep = w > rtol * w.max()
         W = (s[:, None] * U[:, keep]) / xp.sqrt(w[keep])
     if len(idx) == len(d):
@@ -74,6 +165,43 @@ def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float6
     full = xp.zeros((len(d), W.shape[1]), dtype=W.dtype)
     full[xp.asarray(idx)] = W
     return full
+
+
+#: ``lower_inverse`` inverts blocks up to this size with LAPACK, larger ones by halves
+TRI_INV_BLOCK = 256
+
+
+def lower_inverse(L, xp=np):
+    """L^-1 of a lower-triangular L by halves: [[A, 0], [B, C]]^-1 = [[A^-1, 0],
+    [-C^-1 B A^-1, C^-1]], the blocks of at most TRI_INV_BLOCK rows inverted by LAPACK (on one
+    thread) and the rest in GEMMs (about M^3 / 3 flops, where LAPACK's general inverse of the
+    whole takes ~2 M^3 in slower steps). Raises LinAlgError where L is singular."""
+    n = L.shape[0]
+    if n <= TRI_INV_BLOCK:
+        with serial_lapack(xp):
+            return xp.tril(xp.linalg.inv(L))   # LU's roundoff above the diagonal dropped
+    h = n // 2
+    Ai, Ci = lower_inverse(L[:h, :h], xp), lower_inverse(L[h:, h:], xp)
+    out = xp.zeros_like(L)
+    out[:h, :h], out[h:, h:] = Ai, Ci
+    out[h:, :h] = -(Ci @ L[h:, :h]) @ Ai
+    return out
+
+
+def _surely_full_rank(R, Li, rtol, xp) -> bool:
+    """Whether every eigenvalue of R (Li = L^-1, L L' = R) exceeds ``rtol`` x the largest:
+    lambda_max(R) <= min(tr R, ||R||_1) = min(r, ||R||_1), and lambda_min(R) = 1 / ||L^-1||_2^2
+    with ||L^-1||_2^2 bounded by ||L^-1||_F^2, by ||L^-1||_1 ||L^-1||_inf, and, when neither
+    suffices, by ||R^-1||_1 (R^-1 = L^-T L^-1, one symmetric product)."""
+    r = R.shape[0]
+    top = rtol * min(float(r), float(xp.abs(R).sum(0).max()))
+    fro = float((Li * Li).sum())
+    if 1.0 / fro > top:
+        return True
+    A = xp.abs(Li)
+    if 1.0 / (float(A.sum(0).max()) * float(A.sum(1).max())) > top:
+        return True
+    return 1.0 / float(xp.abs(Li.T @ Li).sum(0).max()) > top
 
 
 def host_native(a) -> np.ndarray:
@@ -114,8 +242,11 @@ def singular_values(T, precise: bool = True) -> np.ndarray:
     ~3x faster, with an absolute error of about 1e-8 * max singular value."""
     xp = array_module(T)
     if precise or len(T) < 64:
-        return to_numpy(xp.linalg.svd(T, compute_uv=False))
-    return np.sqrt(np.clip(to_numpy(xp.linalg.eigvalsh(T.T @ T)), 0.0, None))[::-1]
+        with serial_lapack(xp):
+            return to_numpy(xp.linalg.svd(T, compute_uv=False))
+    G = T.T @ T
+    with serial_lapack(xp):
+        return np.sqrt(np.clip(to_numpy(xp.linalg.eigvalsh(G)), 0.0, None))[::-1]
 
 
 def scatter_blocks(blocks, pairs=None, dtype=np.float64, chunk: int = 8192, means=None,

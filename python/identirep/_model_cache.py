@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import array_module, is_gpu_array
-from ._linalg import host_native, scatter_blocks, sqrt_factor, whiten
+from ._linalg import correlation_factor, host_native, scatter_blocks, sqrt_factor_from, whiten
 from ._rules import MCCA_RANK_RTOL
+from .errors import IdentirepError
 from .model import Model, to_numpy
 from .moments import Moments
 
@@ -56,16 +57,29 @@ class ModelCache:
         """mCCA's rank rule at this compute dtype (``_rules.MCCA_RANK_RTOL``)."""
         return MCCA_RANK_RTOL["float64" if self.cdt == np.float64 else "float32"]
 
+    def correlation(self, which: str, what: str) -> dict:
+        """``_linalg.correlation_factor`` of f's or g's scatter: the Cholesky factor of the
+        correlation matrix, shared by the whitening and (g) the input-side factor."""
+        S = (self.f_moments if which == "f" else self.g_moments)[1]
+        return self._get("R" + which, lambda: correlation_factor(S, what, self.xp))
+
     def whitening(self, which: str, what: str):
         S = (self.f_moments if which == "f" else self.g_moments)[1]
-        return self._get("W" + which, lambda: whiten(S, what, self.xp, self.rank_rtol))
+        return self._get("W" + which, lambda: whiten(S, what, self.xp, self.rank_rtol,
+                                                     parts=self.correlation(which, what)))
 
     @property
     def input_factor(self):
         """(H, |H|^2 per row), H = f R with R R' the label covariance of g: squared distances
         between rows of H are the input-side D(x, x0) (docs/design.md)."""
         def make():
-            H = self.F @ sqrt_factor(self.g_moments[1] / (self.model.V - 1), self.xp)
+            S = self.g_moments[1]
+            c = 1.0 / (self.model.V - 1)
+            try:
+                parts = self.correlation("g", "g")
+            except IdentirepError:   # g constant: the plain factor (zeros), as before
+                parts = {"L": None, "idx": (), "d": np.diag(S)}
+            H = self.F @ sqrt_factor_from(parts, S, c, self.xp)
             return H, (H * H).sum(1)
         return self._get("H", make)
 

@@ -1,0 +1,90 @@
+"""The factorizations the engine shares between measures: the correlation Cholesky factor
+(whitening, input-side factor), the triangular inverse, the full-rank certificate of the
+whitening, LAPACK on one thread."""
+import numpy as np
+import pytest
+
+from identirep import _linalg as la
+
+
+def _scatter(X):
+    Xc = X - X.mean(0)
+    return Xc.T @ Xc
+
+
+def _eigh_rank(S, rtol):
+    d = np.diag(S)
+    idx = np.flatnonzero(d > 1e-24 * d.max())
+    s = 1 / np.sqrt(d[idx])
+    w = np.linalg.eigvalsh(S[np.ix_(idx, idx)] * s[:, None] * s[None, :])
+    return int((w > rtol * w.max()).sum())
+
+
+@pytest.mark.parametrize("rtol", [1e-12, 1e-5])
+def test_whitening_keeps_the_eigen_rank_rule(rtol):
+    rng = np.random.default_rng(0)
+    cases = []
+    for n, m in ((400, 30), (70, 60), (61, 60)):        # well and badly conditioned
+        cases.append(rng.standard_normal((n, m)))
+    X = rng.standard_normal((300, 20))
+    cases.append(np.hstack([X, X[:, :3] @ rng.standard_normal((3, 4))]))  # dependent columns
+    Y = rng.standard_normal((300, 12))
+    Y[:, 5] = 1.0                                                         # a constant column
+    cases.append(Y)
+    Z = rng.standard_normal((300, 10))
+    Z[:, 9] = Z[:, 8] + 1e-4 * rng.standard_normal(300)   # an eigenvalue near the threshold
+    cases.append(Z)
+    for X in cases:
+        S = _scatter(X)
+        W = la.whiten(S, "x", rtol=rtol)
+        assert W.shape == (S.shape[0], _eigh_rank(S, rtol))
+        np.testing.assert_allclose(W.T @ S @ W, np.eye(W.shape[1]), atol=1e-6)
+
+
+def test_whitening_reuses_the_shared_factor():
+    S = _scatter(np.random.default_rng(1).standard_normal((200, 15)))
+    parts = la.correlation_factor(S, "x")
+    W = la.whiten(S, "x", parts=parts)
+    assert "Li" in parts
+    np.testing.assert_array_equal(la.whiten(S, "x", parts=parts), W)
+    np.testing.assert_allclose(W, la.whiten(S, "x"), rtol=1e-12, atol=0)
+
+
+def test_lower_inverse_by_halves(monkeypatch):
+    monkeypatch.setattr(la, "TRI_INV_BLOCK", 3)
+    rng = np.random.default_rng(2)
+    for n in (1, 4, 7, 16, 33):
+        L = np.tril(rng.standard_normal((n, n))) + 3 * np.eye(n)
+        Li = la.lower_inverse(L)
+        np.testing.assert_allclose(Li, np.linalg.inv(L), rtol=1e-10, atol=1e-13)
+        assert not np.triu(Li, 1).any()
+    with pytest.raises(np.linalg.LinAlgError):
+        la.lower_inverse(np.tril(np.ones((9, 9))) - np.eye(9))
+
+
+def test_sqrt_factor_from_the_correlation_factor():
+    rng = np.random.default_rng(3)
+    S = _scatter(rng.standard_normal((200, 12)))
+    parts = la.correlation_factor(S, "g")
+    c = 1 / 199
+    np.testing.assert_allclose(la.sqrt_factor_from(parts, S, c), la.sqrt_factor(c * S),
+                               rtol=1e-10, atol=1e-14)
+    X = rng.standard_normal((200, 6))
+    X[:, 2] = 0.0                           # constant column: the eigen square root, as before
+    S = _scatter(X)
+    R = la.sqrt_factor_from(la.correlation_factor(S, "g"), S, c)
+    np.testing.assert_allclose(R @ R.T, c * S, atol=1e-12)
+
+
+def test_serial_lapack_restores_the_thread_count():
+    fn = la._blas_threads_local()
+    if fn is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS with per-thread thread counts")
+    before = fn(2)
+    try:
+        with la.serial_lapack():
+            inside = fn(1)
+        after = fn(2)
+        assert inside == 1 and after == 2
+    finally:
+        fn(before)
