@@ -1,10 +1,17 @@
 """The factorizations the engine shares between measures: the correlation Cholesky factor
-(whitening, input-side factor), the triangular inverse, the full-rank certificate of the
-whitening, LAPACK on one thread."""
+(whitening, input-side factor, the pivot search's lower bounds), the triangular inverse and
+product, the full-rank certificate of the whitening, LAPACK on one thread."""
+import importlib
+
 import numpy as np
 import pytest
 
+import identirep as ir
 from identirep import _linalg as la
+
+from helpers import random_pair
+
+E = importlib.import_module("identirep._label_side")
 
 
 def _scatter(X):
@@ -74,6 +81,43 @@ def test_sqrt_factor_from_the_correlation_factor():
     S = _scatter(X)
     R = la.sqrt_factor_from(la.correlation_factor(S, "g"), S, c)
     np.testing.assert_allclose(R @ R.T, c * S, atol=1e-12)
+
+
+def test_times_lower_skips_the_zero_blocks(monkeypatch):
+    monkeypatch.setattr(E, "TRI_BLOCK", 2)
+    rng = np.random.default_rng(4)
+    for m in (3, 5, 9):
+        A, R = rng.standard_normal((7, m)), np.tril(rng.standard_normal((m, m)))
+        np.testing.assert_allclose(E.times_lower(A, R), A @ R, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_factored_lower_bounds_keep_the_search_exact(monkeypatch, dtype):
+    monkeypatch.setattr(E, "EXACT_PIVOT_LIMIT", 50)
+    monkeypatch.setattr(E, "BOUND_LEAF", 64)
+    monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", 8)
+    monkeypatch.setattr(E, "TRI_BLOCK", 2)      # the blocked triangular product at M = 9
+    for seed, noise, dup in ((0, 0.5, False), (1, 1e-6, False), (2, 0.1, True)):
+        a, b = random_pair(N=300, V=500, M=9, seed=seed, noise=noise, bias=seed == 1)
+        g1, g2 = a.g.astype(dtype), b.g.astype(dtype)
+        if dup:
+            g1[:20], g2[:20] = g1[20:40], g2[20:40]
+        e = ir.engine(ir.Model(a.f.astype(dtype), g1, bias=a.bias),
+                      ir.Model(b.f.astype(dtype), g2, bias=b.bias))
+        assert e.labels.factors() is not None
+        rng = np.random.default_rng(seed)
+        hard = rng.choice(a.V, 25, replace=False)
+        lb = e.labels.lower_bounds(hard, rng)
+        crit = e.labels.criteria(np.arange(a.V), "max")
+        assert (lb <= crit * (1 + 1e-12)).all() and (lb > 0).mean() > 0.9
+        # the factored products are the plain ones up to rounding
+        leaf = np.sort(rng.choice(a.V, 40, replace=False))
+        lab = np.concatenate([leaf, np.setdiff1d(hard, leaf)])
+        np.testing.assert_allclose(e.labels.leaf_bounds(leaf, hard), e.labels.row_bounds(leaf, lab),
+                                   rtol=1e-3 if dtype == np.float32 else 1e-9, atol=1e-6)
+        got, want = e.label_side("max"), e.label_side("max", num_pivots=a.V)
+        assert "bounded search" in got[4]
+        assert got[:4] == want[:4] and got[5] == want[5]
 
 
 def test_serial_lapack_restores_the_thread_count():

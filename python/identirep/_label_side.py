@@ -44,6 +44,8 @@ PIVOT_BLOCK_BYTES = 128 << 20
 #: on a GPU: larger blocks
 PIVOT_BLOCK_DEVICE = 1024
 PIVOT_BLOCK_BYTES_DEVICE = 1 << 30
+#: column blocks of the lower-triangular factor in ``times_lower`` (the lower bounds' products)
+TRI_BLOCK = 256
 
 
 class LabelSide:
@@ -70,6 +72,7 @@ class LabelSide:
         self.B12 = stats.col_m2_12 - GC1[:, 1] - GC2[:, 0] + C[iL1, iL2]
         self._device_vectors = None
         self._cross_blocks = None  # C_kk in the compute dtype, where g lives (cross)
+        self._factors = None       # R_k R_k' = C_kk (the lower bounds' products), or False
 
     def block(self, y0s: np.ndarray):
         """rest, piv, t3 and validity for every label y (rows) against pivots y0s (cols)."""
@@ -201,15 +204,56 @@ class LabelSide:
         X1, X2 = self.cross(piv, lab)
         xp = array_module(X1)
         if xp is np:
-            return _core.pivot_bounds(X1, X2, *self.vectors(np),
-                                      np.ascontiguousarray(piv, np.int64),
-                                      np.ascontiguousarray(lab, np.int64),
-                                      BOUND_KAPPA * self.tol, self.bound_eps())
+            return self._compiled_bounds(piv, lab, X1, X2)
         m2 = self.pair_m2(piv, lab, X1, X2)
         if m2.shape[1] < 2:
             return np.zeros(len(piv))
         second = to_numpy(xp.partition(m2, m2.shape[1] - 2, axis=1)[:, -2])
         return np.sqrt(np.where(np.isfinite(second), second, 0.0))
+
+    def _compiled_bounds(self, piv, lab, X1, X2):
+        return _core.pivot_bounds(X1, X2, *self.vectors(np), np.ascontiguousarray(piv, np.int64),
+                                  np.ascontiguousarray(lab, np.int64), BOUND_KAPPA * self.tol,
+                                  self.bound_eps())
+
+    def leaf_bounds(self, leaf, hard):
+        """``row_bounds(leaf, leaf + hard)`` for a tree leaf (distinct labels): on the CPU, from
+        Z_k = g_k(leaf) R_k with R_k R_k' = C_kk lower triangular (``factors``), as
+        X_k = Z_k [Z_k; g_k(hard) R_k]': a triangular product and a symmetric one, about half
+        the flops of g_k(leaf) C_kk g_k(lab)'. Elsewhere, or without the factors, row_bounds."""
+        hard = np.setdiff1d(hard, leaf)
+        lab = np.concatenate([leaf, hard])
+        R = self.factors()
+        if R is None:
+            return self.row_bounds(leaf, lab)
+        X = []
+        for G, Rk in ((self.G1, R[0]), (self.G2, R[1])):
+            Z = times_lower(G[leaf].astype(self.cdt, copy=False), Rk)
+            Zh = times_lower(G[hard].astype(self.cdt, copy=False), Rk)
+            Xk = np.empty((len(leaf), len(lab)), dtype=self.cdt)
+            Xk[:, :len(leaf)] = Z @ Z.T        # one object on both sides: NumPy's syrk
+            Xk[:, len(leaf):] = Z @ Zh.T
+            X.append(Xk)
+        return self._compiled_bounds(leaf, lab, *X)
+
+    def factors(self):
+        """Per model, R_k (host, compute dtype, lower triangular) with R_k R_k' = C_kk: the
+        Cholesky factor of f_k's correlation (shared with the f whitening) scaled by the
+        standard deviations; None for device models, a constant column or a failed Cholesky."""
+        if self._factors is None:
+            out = []
+            for c in (self.c1, self.c2):
+                try:
+                    parts = None if c.xp is not np else c.correlation("f", "f")
+                except IdentirepError:
+                    parts = None
+                if parts is None or parts["L"] is None or len(parts["idx"]) != len(parts["d"]):
+                    out = False
+                    break
+                out.append(np.ascontiguousarray(np.sqrt(parts["d"])[:, None] * parts["L"],
+                                                dtype=self.cdt))
+            self._factors = out
+        return self._factors or None
 
     def pair_m2(self, piv, lab, X1, X2):
         """Lower bounds of max(rest^2, piv^2) as the pivot kernel computes it, for pivots
@@ -277,7 +321,7 @@ class LabelSide:
         leaves = self.tree_leaves(self.label_coords(rng), BOUND_LEAF, rng)
         for i, I in enumerate(leaves):
             I = np.sort(I)
-            lb[I] = self.row_bounds(I, np.union1d(I, hard))
+            lb[I] = self.leaf_bounds(I, hard)
             if progress is not None:
                 progress((i + 1) / len(leaves))
         return lb
@@ -290,8 +334,9 @@ class LabelSide:
         pivots sorted, their criteria, description)."""
         V = self.V
         rng = np.random.default_rng(seed)
-        tick = (lambda lo, hi: None if progress is None else
-                (lambda f: progress(lo + (hi - lo) * f)))
+
+        def tick(lo, hi):
+            return None if progress is None else (lambda f: progress(lo + (hi - lo) * f))
         seeds = sampling.pivot_sample(V, BOUND_SEED_PIVOTS, seed)
         crit = {}
         # the seed pivots' criteria, and the labels that make them: their 4 largest m each
@@ -371,3 +416,16 @@ class LabelSide:
         keep[l] = False
         t1, t3v = self.final_terms(rest, piv, t3, keep, term)
         return y0, l, t1, t3v, how, [int(i) for i in np.flatnonzero(deg)]
+
+
+def times_lower(A, R):
+    """A @ R for a lower-triangular R, skipping its zero blocks: column block j of the product
+    needs only the rows of R from j on, (B + 1) / 2B of the flops for B blocks of TRI_BLOCK."""
+    M = R.shape[0]
+    if M <= 2 * TRI_BLOCK:
+        return A @ R
+    out = np.empty((A.shape[0], M), dtype=np.result_type(A, R))
+    for j0 in range(0, M, TRI_BLOCK):
+        j1 = min(M, j0 + TRI_BLOCK)
+        out[:, j0:j1] = A[:, j0:] @ R[j0:, j0:j1]
+    return out
