@@ -74,21 +74,25 @@ def test_sqrt_factor_from_the_correlation_factor():
     S = _scatter(rng.standard_normal((200, 12)))
     parts = la.correlation_factor(S, "g")
     c = 1 / 199
-    np.testing.assert_allclose(la.sqrt_factor_from(parts, S, c), la.sqrt_factor(c * S),
-                               rtol=1e-10, atol=1e-14)
+    R, lower = la.sqrt_factor_from(parts, S, c)
+    assert lower
+    np.testing.assert_allclose(R, la.sqrt_factor(c * S), rtol=1e-10, atol=1e-14)
     X = rng.standard_normal((200, 6))
     X[:, 2] = 0.0                           # constant column: the eigen square root, as before
     S = _scatter(X)
-    R = la.sqrt_factor_from(la.correlation_factor(S, "g"), S, c)
+    R, lower = la.sqrt_factor_from(la.correlation_factor(S, "g"), S, c)
     np.testing.assert_allclose(R @ R.T, c * S, atol=1e-12)
 
 
 def test_times_lower_skips_the_zero_blocks(monkeypatch):
-    monkeypatch.setattr(E, "TRI_BLOCK", 2)
+    monkeypatch.setattr(la, "TRI_BLOCK", 2)
     rng = np.random.default_rng(4)
     for m in (3, 5, 9):
         A, R = rng.standard_normal((7, m)), np.tril(rng.standard_normal((m, m)))
-        np.testing.assert_allclose(E.times_lower(A, R), A @ R, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(la.times_lower(A, R), A @ R, rtol=1e-12, atol=1e-12)
+        got = la.times_lower(A.astype(np.float32), R)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, A.astype(np.float32) @ R, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -96,7 +100,7 @@ def test_factored_lower_bounds_keep_the_search_exact(monkeypatch, dtype):
     monkeypatch.setattr(E, "EXACT_PIVOT_LIMIT", 50)
     monkeypatch.setattr(E, "BOUND_LEAF", 64)
     monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", 8)
-    monkeypatch.setattr(E, "TRI_BLOCK", 2)      # the blocked triangular product at M = 9
+    monkeypatch.setattr(la, "TRI_BLOCK", 2)     # the blocked triangular product at M = 9
     for seed, noise, dup in ((0, 0.5, False), (1, 1e-6, False), (2, 0.1, True)):
         a, b = random_pair(N=300, V=500, M=9, seed=seed, noise=noise, bias=seed == 1)
         g1, g2 = a.g.astype(dtype), b.g.astype(dtype)

@@ -16,7 +16,7 @@ import numpy as np
 from . import _core, sampling
 from . import _rules as rules
 from ._arrays import array_module
-from ._linalg import matmul64, rows64
+from ._linalg import matmul64, rows64, times_lower
 from .errors import IdentirepError
 from .model import to_numpy
 
@@ -44,8 +44,6 @@ PIVOT_BLOCK_BYTES = 128 << 20
 #: on a GPU: larger blocks
 PIVOT_BLOCK_DEVICE = 1024
 PIVOT_BLOCK_BYTES_DEVICE = 1 << 30
-#: column blocks of the lower-triangular factor in ``times_lower`` (the lower bounds' products)
-TRI_BLOCK = 256
 
 
 class LabelSide:
@@ -73,6 +71,7 @@ class LabelSide:
         self._device_vectors = None
         self._cross_blocks = None  # C_kk in the compute dtype, where g lives (cross)
         self._factors = None       # R_k R_k' = C_kk (the lower bounds' products), or False
+        self._hard_rows = None     # (labels, their g_k R_k): the rows every leaf bound takes
 
     def block(self, y0s: np.ndarray):
         """rest, piv, t3 and validity for every label y (rows) against pivots y0s (cols)."""
@@ -221,38 +220,34 @@ class LabelSide:
         Z_k = g_k(leaf) R_k with R_k R_k' = C_kk lower triangular (``factors``), as
         X_k = Z_k [Z_k; g_k(hard) R_k]': a triangular product and a symmetric one, about half
         the flops of g_k(leaf) C_kk g_k(lab)'. Elsewhere, or without the factors, row_bounds."""
-        hard = np.setdiff1d(hard, leaf)
-        lab = np.concatenate([leaf, hard])
+        hard = np.unique(np.asarray(hard, dtype=np.int64))
+        out = ~np.isin(hard, leaf)
+        lab = np.concatenate([leaf, hard[out]])
         R = self.factors()
         if R is None:
             return self.row_bounds(leaf, lab)
+        key = hard.tobytes()
+        if self._hard_rows is None or self._hard_rows[0] != key:   # the same for every leaf
+            self._hard_rows = (key, [times_lower(G[hard].astype(self.cdt, copy=False), Rk)
+                                     for G, Rk in ((self.G1, R[0]), (self.G2, R[1]))])
         X = []
-        for G, Rk in ((self.G1, R[0]), (self.G2, R[1])):
+        for G, Rk, Zh in ((self.G1, R[0], self._hard_rows[1][0]),
+                          (self.G2, R[1], self._hard_rows[1][1])):
             Z = times_lower(G[leaf].astype(self.cdt, copy=False), Rk)
-            Zh = times_lower(G[hard].astype(self.cdt, copy=False), Rk)
             Xk = np.empty((len(leaf), len(lab)), dtype=self.cdt)
             Xk[:, :len(leaf)] = Z @ Z.T        # one object on both sides: NumPy's syrk
-            Xk[:, len(leaf):] = Z @ Zh.T
+            Xk[:, len(leaf):] = Z @ Zh[out].T
             X.append(Xk)
         return self._compiled_bounds(leaf, lab, *X)
 
     def factors(self):
-        """Per model, R_k (host, compute dtype, lower triangular) with R_k R_k' = C_kk: the
-        Cholesky factor of f_k's correlation (shared with the f whitening) scaled by the
-        standard deviations; None for device models, a constant column or a failed Cholesky."""
+        """Per model, R_k (host, compute dtype, lower triangular) with R_k R_k' = C_kk, the
+        models' shared ``scatter_factor`` of f; None for device models, a constant column or a
+        failed Cholesky factorisation."""
         if self._factors is None:
-            out = []
-            for c in (self.c1, self.c2):
-                try:
-                    parts = None if c.xp is not np else c.correlation("f", "f")
-                except IdentirepError:
-                    parts = None
-                if parts is None or parts["L"] is None or len(parts["idx"]) != len(parts["d"]):
-                    out = False
-                    break
-                out.append(np.ascontiguousarray(np.sqrt(parts["d"])[:, None] * parts["L"],
-                                                dtype=self.cdt))
-            self._factors = out
+            R = [None if c.xp is not np else c.scatter_factor("f") for c in (self.c1, self.c2)]
+            self._factors = (False if any(r is None for r in R) else
+                             [np.ascontiguousarray(r, dtype=self.cdt) for r in R])
         return self._factors or None
 
     def pair_m2(self, piv, lab, X1, X2):
@@ -416,16 +411,3 @@ class LabelSide:
         keep[l] = False
         t1, t3v = self.final_terms(rest, piv, t3, keep, term)
         return y0, l, t1, t3v, how, [int(i) for i in np.flatnonzero(deg)]
-
-
-def times_lower(A, R):
-    """A @ R for a lower-triangular R, skipping its zero blocks: column block j of the product
-    needs only the rows of R from j on, (B + 1) / 2B of the flops for B blocks of TRI_BLOCK."""
-    M = R.shape[0]
-    if M <= 2 * TRI_BLOCK:
-        return A @ R
-    out = np.empty((A.shape[0], M), dtype=np.result_type(A, R))
-    for j0 in range(0, M, TRI_BLOCK):
-        j1 = min(M, j0 + TRI_BLOCK)
-        out[:, j0:j1] = A[:, j0:] @ R[j0:, j0:j1]
-    return out

@@ -121,15 +121,36 @@ def correlation_factor(S: np.ndarray, what: str, xp=np) -> dict:
 
 
 def sqrt_factor_from(parts: dict, S: np.ndarray, c: float, xp=np):
-    """``sqrt_factor(c S)`` from S's ``correlation_factor`` parts: its Cholesky factor is
-    (c d)^1/2 L when every column varies and that factor is safe, as ``sqrt_factor`` checks;
-    otherwise ``sqrt_factor(c S)`` itself."""
+    """(``sqrt_factor(c S)``, whether it is lower triangular) from S's ``correlation_factor``
+    parts: its Cholesky factor is (c d)^1/2 L when every column varies and that factor is
+    safe, as ``sqrt_factor`` checks; otherwise ``sqrt_factor(c S)`` itself."""
     L, d = parts["L"], parts["d"]
     if L is not None and len(parts["idx"]) == len(d):
         Lc = xp.asarray(np.sqrt(c * d))[:, None] * L
         if _safe_cholesky(Lc):
-            return Lc
-    return sqrt_factor(c * S, xp)
+            return Lc, True
+    return sqrt_factor(c * S, xp), False
+
+
+#: column blocks of the lower-triangular factor in ``times_lower``
+TRI_BLOCK = 256
+
+
+def times_lower(A, R):
+    """A @ R for a lower-triangular R, skipping its zero blocks: column block j of the product
+    needs only the rows of R from j on, (B + 1) / 2B of the flops for B blocks of TRI_BLOCK.
+    Where A lives (NumPy or CuPy), in the wider dtype of the two."""
+    M = R.shape[0]
+    if M <= 2 * TRI_BLOCK:
+        return A @ R
+    xp = array_module(A)
+    dt = xp.result_type(A, R)
+    A, R = A.astype(dt, copy=False), R.astype(dt, copy=False)
+    out = xp.empty((A.shape[0], M), dtype=dt)
+    for j0 in range(0, M, TRI_BLOCK):
+        j1 = min(M, j0 + TRI_BLOCK)
+        out[:, j0:j1] = A[:, j0:] @ R[j0:, j0:j1]
+    return out
 
 
 def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float64"],

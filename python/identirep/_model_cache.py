@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import array_module, is_gpu_array
-from ._linalg import correlation_factor, host_native, scatter_blocks, sqrt_factor_from, whiten
+from ._linalg import (correlation_factor, host_native, scatter_blocks, sqrt_factor_from,
+                      times_lower, whiten)
 from ._rules import MCCA_RANK_RTOL
 from .errors import IdentirepError
 from .model import Model, to_numpy
@@ -63,6 +64,20 @@ class ModelCache:
         S = (self.f_moments if which == "f" else self.g_moments)[1]
         return self._get("R" + which, lambda: correlation_factor(S, what, self.xp))
 
+    def scatter_factor(self, which: str):
+        """Lower-triangular R with R R' = f's or g's scatter (float64, where the model lives),
+        the correlation Cholesky factor scaled by the standard deviations; None when a column
+        is constant or the Cholesky factorisation failed."""
+        def make():
+            try:
+                parts = self.correlation(which, which)
+            except IdentirepError:
+                return None
+            if parts["L"] is None or len(parts["idx"]) != len(parts["d"]):
+                return None
+            return self.xp.asarray(np.sqrt(parts["d"]))[:, None] * parts["L"]
+        return self._get("C" + which, make)
+
     def whitening(self, which: str, what: str):
         S = (self.f_moments if which == "f" else self.g_moments)[1]
         return self._get("W" + which, lambda: whiten(S, what, self.xp, self.rank_rtol,
@@ -79,7 +94,8 @@ class ModelCache:
                 parts = self.correlation("g", "g")
             except IdentirepError:   # g constant: the plain factor (zeros), as before
                 parts = {"L": None, "idx": (), "d": np.diag(S)}
-            H = self.F @ sqrt_factor_from(parts, S, c, self.xp)
+            R, lower = sqrt_factor_from(parts, S, c, self.xp)
+            H = times_lower(self.F, R) if lower else self.F @ R
             return H, (H * H).sum(1)
         return self._get("H", make)
 
