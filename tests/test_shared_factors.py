@@ -136,3 +136,18 @@ def test_serial_lapack_restores_the_thread_count():
         assert inside == 1 and after == 2
     finally:
         fn(before)
+
+
+def test_quad_diag_from_the_factor_and_parallel_singular_values(monkeypatch):
+    rng = np.random.default_rng(6)
+    S = _scatter(rng.standard_normal((300, 12)))
+    R = np.linalg.cholesky(S)
+    L = rng.standard_normal((12, 12))
+    np.testing.assert_allclose(la.quad_diag(L, S, R), la.quad_diag(L, S), rtol=1e-10)
+    monkeypatch.setattr(la, "PARALLEL_SVD_MIN", 4)      # the threaded path at small sizes
+    Ts = [rng.standard_normal((n, n)) for n in (5, 9, 70)] + [None]
+    for precise in (True, False):
+        got = la.mean_singular_values(Ts, precise)
+        assert got[-1] is None
+        want = [np.linalg.svd(T, compute_uv=False).mean() for T in Ts[:-1]]
+        np.testing.assert_allclose(got[:-1], want, rtol=1e-7)
