@@ -201,7 +201,8 @@ def lower_inverse(L, xp=np):
     n = L.shape[0]
     if n <= TRI_INV_BLOCK:
         with serial_lapack(xp):
-            return xp.tril(xp.linalg.inv(L))   # LU's roundoff above the diagonal dropped
+            Li = xp.linalg.inv(L)
+        return np.tril(Li) if xp is np else Li   # LU's roundoff above the diagonal dropped
     h = n // 2
     Ai, Ci = lower_inverse(L[:h, :h], xp), lower_inverse(L[h:, h:], xp)
     out = xp.zeros_like(L)
