@@ -24,6 +24,10 @@ LLAMA = (1024, 32000, 2048)
 #: input side: N >= 200 (M + 1) so that the paper's 200 disjoint sets fit; V of a Llama-2 vocabulary
 INPUT = (16384, 32000, 64)
 INPUT_QUICK = (2048, 2000, 8)
+#: compare with its defaults (exact pivot search, every measure) against the KL pass alone, at
+#: a Llama-2-like head with 4096 inputs; quick mode a quarter of each size but N
+COMPARE_KL = (4096, 32000, 2048)
+COMPARE_KL_QUICK = (2048, 8000, 512)
 
 
 def interleaved_times(fns: Dict[str, Callable], warmup: int, repeats: int, sparse=()) -> dict:
@@ -123,6 +127,25 @@ def bench_compare(n, v, m, repeats=3, num_pivots=256) -> List[dict]:
     rows += _rows("compare", shape, times, floor_key="all GEMMs", skip=("floor",),
                   notes={"compare": "floor = pass + label Gram + pivot GEMMs"})
     return rows
+
+
+def bench_compare_kl(n, v, m, repeats=3) -> List[dict]:
+    """``compare`` with its defaults (every measure, the exact pivot search) against the KL pass
+    alone (``engine(a, b).kl()``: the streaming pass every measure starts from), interleaved;
+    the ratio is the median over rounds of compare time / KL-pass time of the same round."""
+    from .measures import compare, engine
+    f1, g1, f2, g2 = _pair(n, v, m)
+    a, b = Model(f1, g1), Model(f2, g2)
+    out = {}
+    times = interleaved_times({"KL pass": lambda: engine(a, b).kl(),
+                               "compare": lambda: out.__setitem__("r", compare(a, b))}, 0, repeats)
+    r = out["r"]
+    svd_sets = r.d_svd.num_label_sets if r.d_svd is not None else 0
+    rep_sets = r.d_rep.num_sets if r.d_rep is not None else 0
+    note = (f"floor = the KL pass (engine(a, b).kl()) in the same rounds; pivot search: "
+            f"{r.d_llv.pivot_search}; {svd_sets} d_SVD and {rep_sets} d_rep label sets")
+    return _rows("compare vs KL", f"N={n} V={v} M={m} f32", times, floor_key="KL pass",
+                 notes={"compare": note})
 
 
 def bench_pivots(v, m, n=1024, repeats=3) -> List[dict]:
@@ -281,6 +304,8 @@ def run_suite(quick: bool = False, progress: Callable[[str], None] = None, repea
     steps = [("stream GPT-2", lambda: bench_stream(*GPT2, repeats=r)),
              ("stream N=1024 V=32000 M=2048", lambda: bench_stream(*LLAMA, repeats=r, naive=not quick)),
              ("compare GPT-2", lambda: bench_compare(*GPT2, repeats=r)),
+             ("compare vs KL pass", lambda: bench_compare_kl(*(COMPARE_KL_QUICK if quick else COMPARE_KL),
+                                                             repeats=r)),
              ("pivots", lambda: bench_pivots(2048, 768, repeats=r)
               + ([] if quick else bench_pivots(4096, 768, repeats=r))),
              ("bounded pivot search", lambda: bench_bounded_pivots(8192, 128, repeats=r) if quick
