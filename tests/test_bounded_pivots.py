@@ -113,7 +113,7 @@ def test_pivot_budget_through_compare_matrix_and_the_cli(small_bounds, tmp_path,
     assert "bounded search" in ir.compare(a, b, num_samples=10).d_llv.pivot_search
     m = ir.matrix([a, b], num_samples=10, pivot_budget=8)
     assert m.pairs[0]["pivot"] == r.d_llv.pivot
-    with pytest.raises(ir.IdentirepError, match="pivot_budget must be >= 1"):
+    with pytest.raises(ir.IdentirepError, match="pivot_budget must be an integer >= 1"):
         ir.d_llv(a, b, num_samples=10, pivot_budget=0)
     ir.save_model(a, tmp_path / "a.npz")
     ir.save_model(b, tmp_path / "b.npz")
