@@ -6,6 +6,7 @@ the host: a second BLAS library's idle threads would spin against it (NOTES.md).
 from __future__ import annotations
 
 import contextlib
+import threading
 import os
 
 import numpy as np
@@ -26,52 +27,37 @@ def linalg_raises(xp):
     return cupyx.errstate(linalg="raise")
 
 
-_THREADS_LOCAL = []   # [NumPy's OpenBLAS openblas_set_num_threads_local or None], found once
-
-
-def _blas_threads_local():
-    """NumPy's OpenBLAS ``openblas_set_num_threads_local`` (sets the calling thread's BLAS
-    thread count, returns the previous one), or None where it cannot be found (another BLAS,
-    an OpenBLAS before 0.3.27, a platform without /proc/self/maps)."""
-    if not _THREADS_LOCAL:
-        fn = None
-        try:
-            import ctypes
-            import os
-            roots = tuple(os.path.join(os.path.dirname(os.path.dirname(np.__file__)), d)
-                          for d in ("numpy.libs", "numpy"))   # wheels: numpy.libs/, numpy/.libs
-            with open("/proc/self/maps") as fh:
-                libs = sorted({ln.split(None, 5)[-1].strip() for ln in fh
-                               if "openblas" in ln.lower() and ".so" in ln})
-            for path in libs:
-                if path.startswith(roots):
-                    f = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
-                    if f is not None:
-                        f.argtypes, f.restype = [ctypes.c_int], ctypes.c_int
-                        fn = f
-                        break
-        except (OSError, ValueError, AttributeError):
-            fn = None
-        _THREADS_LOCAL.append(fn)
-    return _THREADS_LOCAL[0]
+_SERIAL = {"depth": 0, "limit": None, "controller": None}
+_SERIAL_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def serial_lapack(xp=np):
-    """Run NumPy's LAPACK on one thread inside the block (host arrays; a no-op for device
-    arrays or where NumPy's OpenBLAS cannot be reached). Factorisations and eigensolvers are
-    made of many small, synchronised steps: with 2 threads on 2 cores shared with other work,
-    a 2048 x 2048 Cholesky took 0.3-1.1 s instead of 0.18 s, eigvalsh 5-12 s instead of 0.7 s.
-    Large GEMMs keep every thread (they gain from it)."""
-    fn = _blas_threads_local() if xp is np else None
-    if fn is None:
+    """Run the BLAS/LAPACK libraries on one thread inside the block (host arrays; a no-op for
+    device arrays), through threadpoolctl: for work that runs on parallel threads of its own
+    (``mean_singular_values``), so that k threads use k cores, not k x the BLAS threads. (On
+    a quiet machine a lone factorisation is faster with every BLAS thread: a 2048 x 2048
+    compare took 28 s with them and 31 s with LAPACK on one thread, so single calls keep
+    them.) The limit is process-wide, so nested blocks share one: it is set by the first to
+    enter and lifted by the last to leave."""
+    if xp is not np:
         yield
         return
-    old = fn(1)
+    with _SERIAL_LOCK:
+        if _SERIAL["depth"] == 0:
+            if _SERIAL["controller"] is None:
+                from threadpoolctl import ThreadpoolController
+                _SERIAL["controller"] = ThreadpoolController()
+            _SERIAL["limit"] = _SERIAL["controller"].limit(limits=1, user_api="blas")
+        _SERIAL["depth"] += 1
     try:
         yield
     finally:
-        fn(max(1, old))
+        with _SERIAL_LOCK:
+            _SERIAL["depth"] -= 1
+            if _SERIAL["depth"] == 0:
+                _SERIAL["limit"].restore_original_limits()
+                _SERIAL["limit"] = None
 
 
 def sqrt_factor(S, xp=np):
@@ -80,7 +66,7 @@ def sqrt_factor(S, xp=np):
     or cuSOLVER through CuPy) and returned there."""
     S = xp.asarray(S)
     try:
-        with linalg_raises(xp), serial_lapack(xp):
+        with linalg_raises(xp):
             L = xp.linalg.cholesky(S)
         if _safe_cholesky(L):
             return L
@@ -95,8 +81,7 @@ def _safe_cholesky(L) -> bool:
 
 
 def _eigen_sqrt(S, xp):
-    with serial_lapack(xp):
-        w, U = xp.linalg.eigh(S)
+    w, U = xp.linalg.eigh(S)
     return U * xp.sqrt(xp.clip(w, 0.0, None))
 
 
@@ -114,7 +99,7 @@ def correlation_factor(S: np.ndarray, what: str, xp=np) -> dict:
     s = 1.0 / np.sqrt(d[idx])
     R = xp.asarray(S[np.ix_(idx, idx)] * s[:, None] * s[None, :])
     try:
-        with linalg_raises(xp), serial_lapack(xp):
+        with linalg_raises(xp):
             L = xp.linalg.cholesky(R)
     except np.linalg.LinAlgError:
         L = None
@@ -178,8 +163,7 @@ def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float6
         if Li is not None and _surely_full_rank(R, Li, rtol, xp):
             W = s[:, None] * Li.T
     if W is None:
-        with serial_lapack(xp):
-            w, U = xp.linalg.eigh(R)
+        w, U = xp.linalg.eigh(R)
         keep = w > rtol * w.max()
         W = (s[:, None] * U[:, keep]) / xp.sqrt(w[keep])
     if len(idx) == len(d):
@@ -200,8 +184,7 @@ def lower_inverse(L, xp=np):
     whole takes ~2 M^3 in slower steps). Raises LinAlgError where L is singular."""
     n = L.shape[0]
     if n <= TRI_INV_BLOCK:
-        with serial_lapack(xp):
-            Li = xp.linalg.inv(L)
+        Li = xp.linalg.inv(L)
         return np.tril(Li) if xp is np else Li   # LU's roundoff above the diagonal dropped
     h = n // 2
     Ai, Ci = lower_inverse(L[:h, :h], xp), lower_inverse(L[h:, h:], xp)
@@ -269,11 +252,9 @@ def singular_values(T, precise: bool = True) -> np.ndarray:
     ~3x faster, with an absolute error of about 1e-8 * max singular value."""
     xp = array_module(T)
     if precise or len(T) < 64:
-        with serial_lapack(xp):
-            return to_numpy(xp.linalg.svd(T, compute_uv=False))
+        return to_numpy(xp.linalg.svd(T, compute_uv=False))
     G = T.T @ T
-    with serial_lapack(xp):
-        return np.sqrt(np.clip(to_numpy(xp.linalg.eigvalsh(G)), 0.0, None))[::-1]
+    return np.sqrt(np.clip(to_numpy(xp.linalg.eigvalsh(G)), 0.0, None))[::-1]
 
 
 #: ``mean_singular_values`` runs host matrices of at least this many rows on parallel threads
@@ -292,15 +273,14 @@ def mean_singular_values(Ts, precise: bool = True) -> list:
     xp = array_module(Ts[todo[0]])
 
     def one(i):
-        with serial_lapack(xp):
-            return float(singular_values(Ts[i], precise).mean())
+        return float(singular_values(Ts[i], precise).mean())
     workers = min(len(todo), os.cpu_count() or 1)
     if xp is not np or workers < 2 or len(Ts[todo[0]]) < PARALLEL_SVD_MIN:
         for i in todo:
             out[i] = float(singular_values(Ts[i], precise).mean())
         return out
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(workers) as pool:
+    with serial_lapack(xp), ThreadPoolExecutor(workers) as pool:
         for i, v in zip(todo, pool.map(one, todo)):
             out[i] = v
     return out
