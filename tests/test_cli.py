@@ -79,12 +79,15 @@ def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
     monkeypatch.setattr(bench, "GPT2", (64, 500, 16))
     monkeypatch.setattr(bench, "LLAMA", (32, 300, 24))
     monkeypatch.setattr(bench, "INPUT_QUICK", (1024, 64, 4))
+    monkeypatch.setattr(bench, "COMPARE_KL_QUICK", (256, 600, 16))
+    paper = bench.bench_paper
+    monkeypatch.setattr(bench, "bench_paper", lambda v=300, n=1000, m=32: paper(v=60, n=300, m=8))
     orig = bench.bench_pivots
     monkeypatch.setattr(bench, "bench_pivots", lambda v, m, repeats=3: orig(v // 16, 16, n=64, repeats=repeats))
     assert main(["bench", "--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     for s in ("KL + L pass", "compare", "exact pivot search", "paper port", "same choices: True",
-              "input_side (20000 sets)", "same choice: True"):
+              "input_side (20000 sets)", "same choice: True", "compare vs KL"):
         assert s in out
 
 

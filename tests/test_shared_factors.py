@@ -101,6 +101,7 @@ def test_factored_lower_bounds_keep_the_search_exact(monkeypatch, dtype):
     monkeypatch.setattr(E, "BOUND_LEAF", 64)
     monkeypatch.setattr(E, "BOUND_SEED_PIVOTS", 8)
     monkeypatch.setattr(la, "TRI_BLOCK", 2)     # the blocked triangular product at M = 9
+    monkeypatch.setattr(E, "FACTORED_BOUNDS_MIN_M", 1)   # the factored bounds at M = 9
     for seed, noise, dup in ((0, 0.5, False), (1, 1e-6, False), (2, 0.1, True)):
         a, b = random_pair(N=300, V=500, M=9, seed=seed, noise=noise, bias=seed == 1)
         g1, g2 = a.g.astype(dtype), b.g.astype(dtype)
@@ -121,6 +122,10 @@ def test_factored_lower_bounds_keep_the_search_exact(monkeypatch, dtype):
                                    rtol=1e-3 if dtype == np.float32 else 1e-9, atol=1e-6)
         got, want = e.label_side("max"), e.label_side("max", num_pivots=a.V)
         assert "bounded search" in got[4]
+        e.labels._factors = None       # below FACTORED_BOUNDS_MIN_M: the compiled row bounds
+        monkeypatch.setattr(E, "FACTORED_BOUNDS_MIN_M", 10)
+        assert e.labels.factors() is None
+        monkeypatch.setattr(E, "FACTORED_BOUNDS_MIN_M", 1)
         assert got[:4] == want[:4] and got[5] == want[5]
 
 
