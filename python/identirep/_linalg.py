@@ -241,7 +241,7 @@ def quad_diag(L, C, R=None):
     """diag(L C L') without forming it; given R (lower triangular, R R' = C), as the squared
     row norms of L R (a triangular product: about half the flops, and no cancellation)."""
     if R is None:
-        return ((L @ C) * L).sum(1)
+        return ((L @ C) * L).sum(-1)     # also for a stack of L (S x M x M)
     LR = times_lower(L, R)
     return (LR * LR).sum(1)
 

@@ -175,16 +175,23 @@ class PairEngine:
             N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
             S11, S22, S12 = (xp.asarray(x) for x in (S[:M, :M], S[M:, M:], S[:M, M:]))
             return _scaled_cross(N1, N2, S11, S22, S12, Rg, self.cdt)
-        # a few matrices at a time (their singular values on parallel threads), O(M^2) memory
-        step = max(1, min(len(sets) + 1, os.cpu_count() or 1))
-        means = []
-        for i0 in range(0, len(sets) + 1, step):
-            means += mean_singular_values([scaled(i) for i in range(i0, min(i0 + step, len(sets) + 1))],
-                                          precise)
-        for i, m in enumerate(means[:-1]):
-            if m is not None:
-                vals[i] = 1.0 - m
-        mg = means[-1]
+        if xp is np and M < SVD_BATCH_MAX_M:   # small M: every label set in one batched call
+            vals = _batched_d_svd(rows64(self.G1, sets.ravel()).reshape(*sets.shape, M) - G1p,
+                                  rows64(self.G2, sets.ravel()).reshape(*sets.shape, M) - G2p,
+                                  C11, C22, C12, self.cdt)
+            mg = mean_singular_values([scaled(len(sets))], precise)[0]
+        else:
+            # a few matrices at a time (their singular values on parallel threads), O(M^2)
+            # memory
+            step = max(1, min(len(sets) + 1, os.cpu_count() or 1))
+            means = []
+            for i0 in range(0, len(sets) + 1, step):
+                means += mean_singular_values(
+                    [scaled(i) for i in range(i0, min(i0 + step, len(sets) + 1))], precise)
+            for i, m in enumerate(means[:-1]):
+                if m is not None:
+                    vals[i] = 1.0 - m
+            mg = means[-1]
         ok = np.isfinite(vals)
         if not ok.any() and mg is None:
             raise IdentirepError(rules.ALL_SVD_SETS_DEGENERATE)
@@ -239,15 +246,19 @@ class PairEngine:
                              rows64(self.G2, batch.ravel()).reshape(*batch.shape, self.M2),
                              None if self.b1 is None else self.b1[batch],
                              None if self.b2 is None else self.b2[batch])
-            for k, sol in enumerate(sols):
-                if sol is None:
-                    continue
-                A, c, cond[i0 + k] = sol
-                e = mu1 - A @ mu2 - c
-                tr = trC11 - 2 * float(xp.sum(A * C12)) + float(xp.sum((A @ C22) * A))
-                vals[i0 + k] = float(e @ e) + tr / self.N
-                if unsquared:
-                    norms[i0 + k] = _mean_norm(self.F1, self.F2, A, c)
+            idx = [k for k, sol in enumerate(sols) if sol is not None]
+            if not idx:
+                continue
+            A = xp.stack([sols[k][0] for k in idx])
+            c = xp.stack([sols[k][1] for k in idx])
+            e = mu1 - A @ mu2 - c
+            tr = (trC11 - 2 * (A * C12).sum((1, 2)) + ((A @ C22) * A).sum((1, 2)))
+            at = i0 + np.asarray(idx)
+            vals[at] = to_numpy((e * e).sum(1) + tr / self.N)
+            cond[at] = [sols[k][2] for k in idx]
+            if unsquared:
+                for j, k in enumerate(idx):
+                    norms[i0 + k] = _mean_norm(self.F1, self.F2, A[j], c[j])
         used, thr = rules.rep_used_sets(cond, max_cond)
         fields = rules.rep_summary(vals, used, thr, max_cond,
                                    num_pivots, sets_per_pivot, norms)
@@ -288,6 +299,29 @@ def _scaled_cross(L1, L2, C11, C22, C12, R=(None, None), dtype=np.float64):
     return K12 / xp.sqrt(K11d)[:, None] / xp.sqrt(K22d)[None, :]
 
 
+#: d_SVD takes every label set in one batched LAPACK call below this M (host models)
+SVD_BATCH_MAX_M = 64
+
+
+def _batched_d_svd(L1, L2, C11, C22, C12, dtype=np.float64) -> np.ndarray:
+    """d_SVD = 1 - mean singular value of each set's correlation-scaled cross block, for a
+    stack of label-difference matrices L_k (S x M x M, host float64; NaN for a set with a
+    constant transformed feature): ``_scaled_cross`` and ``singular_values`` for all sets at
+    once (products in ``dtype``)."""
+    def c(x):
+        return x.astype(dtype, copy=False)
+    L1, L2 = c(L1), c(L2)
+    K11d = quad_diag(L1, c(C11)).astype(np.float64)
+    K22d = quad_diag(L2, c(C22)).astype(np.float64)
+    out = np.full(len(L1), np.nan)
+    ok = (K11d > 0).all(1) & (K22d > 0).all(1)
+    if ok.any():
+        K12 = (L1[ok] @ c(C12) @ np.swapaxes(L2[ok], 1, 2)).astype(np.float64)
+        T = K12 / np.sqrt(K11d[ok])[:, :, None] / np.sqrt(K22d[ok])[:, None, :]
+        out[ok] = 1.0 - np.linalg.svd(T, compute_uv=False).mean(1)
+    return out
+
+
 def _rep_maps(G1s, G2s, b1s, b2s):
     """Per set, (A, c, cond_1(L1)) with L1 A = L2 and L1 c = the bias differences, from the
     float64 rows (S, M1 + 1, M_k) of each model's sets (pivot first), on their device; None for
@@ -303,18 +337,21 @@ def _rep_maps(G1s, G2s, b1s, b2s):
     try:
         with linalg_raises(xp):
             inv = xp.linalg.inv(L1)
-        invs = [inv[k] for k in range(len(L1))]
     except np.linalg.LinAlgError:   # one singular set: the others one by one
-        invs = []
-        for k in range(len(L1)):
-            try:
-                with linalg_raises(xp):
-                    invs.append(xp.linalg.inv(L1[k]))
-            except np.linalg.LinAlgError:
-                invs.append(None)
+        inv = None
+    if inv is not None:             # every set at once
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            cond = to_numpy(xp.abs(L1).sum(1).max(-1) * xp.abs(inv).sum(1).max(-1))
+            ok = 1.0 / cond > rules.REP_MIN_RCOND
+        A = inv @ L2
+        c = (inv @ xp.asarray(db)[:, :, None])[:, :, 0]
+        return [(A[k], c[k], float(cond[k])) if ok[k] else None for k in range(len(L1))]
     out = []
-    for k, ik in enumerate(invs):
-        if ik is None:
+    for k in range(len(L1)):
+        try:
+            with linalg_raises(xp):
+                ik = xp.linalg.inv(L1[k])
+        except np.linalg.LinAlgError:
             out.append(None)
             continue
         with np.errstate(over="ignore", invalid="ignore"):

@@ -257,24 +257,26 @@ def d_logit_reference(a: Model, b: Model) -> DLogitResult:
 
 
 # ----------------------------------------------------------------------------------- d_rep
-def _rep_map(g1, g2, b1, b2, s):
-    """(A, c, cond_1(L1)) with L1 A = L2 and L1 c = b2 - b1 differences, or None when L1 is
-    singular by the rule (1-norm reciprocal condition number <= REP_MIN_RCOND)."""
-    L1 = g1[s[1:]] - g1[s[0]]
-    L2 = g2[s[1:]] - g2[s[0]]
-    db = np.zeros(len(s) - 1)
+def _rep_maps(g1, g2, b1, b2, sets):
+    """Per set, (A, c, cond_1(L1)) with L1 A = L2 and L1 c = b2 - b1 differences, or None when
+    L1 is singular by the rule (1-norm reciprocal condition number <= REP_MIN_RCOND)."""
+    L1 = g1[sets[:, 1:]] - g1[sets[:, :1]]
+    L2 = g2[sets[:, 1:]] - g2[sets[:, :1]]
+    db = np.zeros(L1.shape[:2])
     if b2 is not None:
-        db += b2[s[1:]] - b2[s[0]]
+        db += b2[sets[:, 1:]] - b2[sets[:, :1]]
     if b1 is not None:
-        db -= b1[s[1:]] - b1[s[0]]
-    try:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            cond = float(np.linalg.cond(L1, 1))
-        if not 1.0 / cond > rules.REP_MIN_RCOND:
-            return None
-        return np.linalg.solve(L1, L2), np.linalg.solve(L1, db), cond
-    except np.linalg.LinAlgError:
-        return None
+        db -= b1[sets[:, 1:]] - b1[sets[:, :1]]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        cond = np.linalg.cond(L1, 1)          # inf or NaN for a singular L1
+        ok = 1.0 / cond > rules.REP_MIN_RCOND
+    out = [None] * len(sets)
+    if ok.any():
+        A = np.linalg.solve(L1[ok], L2[ok])
+        c = np.linalg.solve(L1[ok], db[ok][:, :, None])[:, :, 0]
+        for j, k in enumerate(np.flatnonzero(ok)):
+            out[k] = (A[j], c[j], float(cond[k]))
+    return out
 
 
 def d_rep_reference(a: Model, b: Model, sets=None, num_pivots=None, sets_per_pivot=None,
@@ -291,8 +293,7 @@ def d_rep_reference(a: Model, b: Model, sets=None, num_pivots=None, sets_per_piv
     per_set = np.full(len(sets), np.nan)
     cond = np.full(len(sets), np.inf)
     norms = np.full(len(sets), np.nan)
-    for i, s in enumerate(sets):
-        sol = _rep_map(g1, g2, b1, b2, s)
+    for i, sol in enumerate(_rep_maps(g1, g2, b1, b2, sets)):
         if sol is None:
             continue
         A, c, cond[i] = sol
