@@ -366,8 +366,11 @@ def test_matrix_of_device_models_matches_cpu(dev, dtype):
     want = ir.matrix([model_on(np, m, dtype) for m in models], **OPTS)
     assert got.pairs == want.pairs
     for k in want.values:
-        np.testing.assert_allclose(got.values[k], want.values[k], rtol=AGREEMENT_RTOL[dtype], atol=1e-12,
-                                   err_msg=k)
+        # d_SVD is 1 minus a mean of correlations: its rounding is relative to 1, and the host
+        # takes small-M label sets in one batched call, the device one by one
+        atol = AGREEMENT_RTOL[dtype] if k == "max_d_svd" else 1e-12
+        np.testing.assert_allclose(got.values[k], want.values[k], rtol=AGREEMENT_RTOL[dtype],
+                                   atol=atol, err_msg=k)
 
 
 def test_rank_deficient_and_repeated_data_on_device_match_cpu(dev):
