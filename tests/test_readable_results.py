@@ -135,3 +135,19 @@ def test_bad_counts_and_seeds_are_refused_before_any_work(opts, backend):
         for fn in (ir.d_rep, ir.d_svd, ir.d_llv):
             with pytest.raises(IdentirepError, match="seed must be an integer >= 0"):
                 fn(a, b, backend=backend, **opts)
+
+
+def test_float32_engine_mcca_rank_rule_keeps_real_directions_and_drops_dependent_ones():
+    # full-rank g whose smallest correlation eigenvalue is ~7e-6 of the largest: every
+    # direction is real, as the float64 reference says; float32 sums leave ~1e-7 on a
+    # dependent column, which the float32 rule (1e-6) drops
+    a, b = random_pair(N=900, V=700, M=300, seed=7, noise=0.3)
+    A, B = (ir.Model(m.f.astype(np.float32), m.g.astype(np.float32)) for m in (a, b))
+    e = ir.engine(A, B)
+    got, want = e.mcca_g(), ir.mcca(A.g, B.g, backend="reference")
+    assert (got.rank1, got.rank2) == (want.rank1, want.rank2) == (300, 300)
+    assert got.rank_rtol == 1e-6 and abs(got.value - want.value) <= 1e-5 * want.value
+    f = a.f.copy()
+    f[:, 299], f[:, 298] = f[:, 0], 2 * f[:, 1] - f[:, 2]
+    e = ir.engine(ir.Model(f.astype(np.float32), A.g), B)
+    assert e.mcca_f().rank1 == 298
