@@ -50,7 +50,7 @@ def test_one_failing_measure_does_not_sink_compare(backend):
     g[:, 3] = g[:, 2]                         # a duplicated g column: d_rep has no set
     r = ir.compare(ir.Model(a.f, g, name="dup"), b, num_samples=20, backend=backend)
     assert r.d_rep is None and set(r.failures) == {"d_rep"}
-    assert "singular" in r.failures["d_rep"].reason and "drop" in r.failures["d_rep"].fix
+    assert "singular" in r.failures["d_rep"].reason and "row space" in r.failures["d_rep"].fix
     for m in (r.kl, r.d_llv, r.d_logit, r.mcca_f, r.mcca_g, r.d_svd):
         assert m is not None and math.isfinite(float(m))
     assert r.mcca_g.rank1 == 3
@@ -59,6 +59,18 @@ def test_one_failing_measure_does_not_sink_compare(backend):
     from identirep.report import report_rows
     rows = {row[0]: row for row in report_rows(r)}
     assert rows["d_rep"][1] == "not computed" and "fix:" in rows["d_rep"][2]
+
+
+def test_each_failure_says_its_own_fix():
+    a, b = random_pair(N=5, V=6, M=6, seed=3)
+    r = ir.compare(a, b, num_samples=2)
+    f = r.failures
+    assert set(f) == {"d_llv", "d_svd", "d_rep"}
+    assert "N >= M + 2" in f["d_llv"].reason and "at least 8 distinct inputs" in f["d_llv"].fix
+    assert "d_LLV could not be computed" in f["d_svd"].reason
+    assert "V=6" in f["d_rep"].reason and "V >= M1 + 1" in f["d_rep"].fix
+    with pytest.raises(IdentirepError, match="; fix: evaluate the models on at least 8"):
+        ir.d_llv(a, b)
 
 
 def test_unequal_dimensions_give_every_measure_but_d_svd():

@@ -402,7 +402,7 @@ class LabelSide:
             how = f"exact over {V} labels" if len(cands) == V else f"sampled {len(cands)} of {V}"
             crit = self.criteria(cands, term, leave_out, progress)
         if not np.isfinite(crit).any():
-            raise IdentirepError(rules.ALL_LABEL_PAIRS_DEGENERATE)
+            raise IdentirepError(rules.ALL_LABEL_PAIRS_DEGENERATE, fix=rules.LABEL_PAIRS_FIX)
         mu = crit[np.isfinite(crit)].min()
         thr = mu + rules.TIE_RTOL * abs(mu)
         y0 = int(cands[np.flatnonzero(crit <= thr)[0]])

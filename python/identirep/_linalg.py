@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ._arrays import array_module
-from ._rules import MCCA_RANK_RTOL, no_varying_column_message
+from ._rules import MCCA_RANK_RTOL, NO_VARYING_COLUMN_FIX, no_varying_column_message
 from .errors import IdentirepError
 from .model import to_numpy
 from .moments import Moments
@@ -94,7 +94,7 @@ def correlation_factor(S: np.ndarray, what: str, xp=np) -> dict:
     scale = d.max() if d.size else 0.0
     var = d > 1e-24 * max(scale, 1e-300)
     if not var.any():
-        raise IdentirepError(no_varying_column_message(what))
+        raise IdentirepError(no_varying_column_message(what), fix=NO_VARYING_COLUMN_FIX)
     idx = np.flatnonzero(var)
     s = 1.0 / np.sqrt(d[idx])
     R = xp.asarray(S[np.ix_(idx, idx)] * s[:, None] * s[None, :])

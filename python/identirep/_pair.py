@@ -194,7 +194,7 @@ class PairEngine:
             mg = means[-1]
         ok = np.isfinite(vals)
         if not ok.any() and mg is None:
-            raise IdentirepError(rules.ALL_SVD_SETS_DEGENERATE)
+            raise IdentirepError(rules.ALL_SVD_SETS_DEGENERATE, fix=rules.SVD_SETS_FIX)
         fmax = float(vals[ok].max()) if ok.any() else float("nan")
         dg = float("nan") if mg is None else 1.0 - mg
         return DSVDResult(

@@ -27,18 +27,23 @@ REP_COND_RULE = "median"
 
 ALL_LABEL_PAIRS_DEGENERATE = (
     "every label pair is degenerate (identical unembeddings, or constant features): "
-    "d_LLV is undefined; check that g has distinct rows and f varies across inputs")
+    "d_LLV is undefined")
+LABEL_PAIRS_FIX = "give g distinct rows (drop duplicated labels) and f inputs that differ"
 ALL_SVD_SETS_DEGENERATE = "every diversity set is degenerate (constant transformed features)"
+SVD_SETS_FIX = ("f or g do not vary along some direction of every label (input) set: drop "
+                "the constant or linearly dependent directions of f and g")
 ALL_REP_SETS_SINGULAR = (
     "every d_rep label set has a singular label-difference matrix g(y_i) - g(y0) of the first "
-    "model: its unembeddings do not span M dimensions (duplicated or linearly dependent "
-    "columns of g, or too few distinct labels). Drop the dependent columns of f and g (the "
-    "logits do not change when g's column space is kept), or pass sets= of labels whose "
-    "unembeddings are linearly independent")
+    "model: its unembeddings do not span its M dimensions (duplicated or linearly dependent "
+    "columns of g, or too few distinct labels)")
+REP_SINGULAR_FIX = (
+    "express f and g in a basis of g's row space (with g = U S V' of rank r, use f V_r and "
+    "g V_r: the logits do not change), or pass d_rep(sets=) labels whose unembeddings are "
+    "linearly independent")
 NO_REP_SET_WITHIN_RULE = (
     "no d_rep label set satisfies the condition-number rule max_cond={rule!r} "
-    "(smallest condition number {best:.3g}): raise max_cond, or pass max_cond=None to use "
-    "every non-singular set")
+    "(smallest condition number {best:.3g})")
+REP_RULE_FIX = "raise max_cond, or pass max_cond=None to use every non-singular set"
 
 
 #: mCCA's rank rule: a data set's column space is spanned by the directions of its correlation
@@ -51,7 +56,10 @@ MCCA_RANK_RTOL = {"float64": 1e-12, "float32": 1e-6}
 
 def no_varying_column_message(what: str) -> str:
     return (f"{what} has no column that varies across samples: canonical correlations are "
-            "undefined; the data must vary")
+            "undefined")
+
+
+NO_VARYING_COLUMN_FIX = "give data that varies across samples (inputs or labels)"
 
 
 #: the most candidate input sets (num_samples x sets_per_pivot) and the most indices they may
@@ -111,17 +119,20 @@ def check_llv_args(a, b, combine, term, pivot, leave_out, lam,
     if not np.isfinite(lam) or lam < 0:
         raise IdentirepError(f"lam must be a finite non-negative number, got {lam}")
     if a.V < 3:
-        raise IdentirepError(f"d_LLV needs at least 3 labels (pivot, leave-out, one more); V={a.V}")
+        raise IdentirepError(f"d_LLV needs at least 3 labels (pivot, leave-out, one more); V={a.V}",
+                             fix="compare models with at least 3 labels")
     need = max(a.M, b.M) + 2
     if a.N < need:
         raise IdentirepError(
             f"d_LLV needs N >= M + 2 inputs (a diversity set of M + 1 plus variance); "
-            f"N={a.N}, M={max(a.M, b.M)}")
+            f"N={a.N}, M={max(a.M, b.M)}",
+            fix=f"evaluate the models on at least {need} distinct inputs (more or longer texts)")
     for m in (a, b):
         if is_constant(m.f):
             raise IdentirepError(
                 f"f of {m.name or 'a model'} is constant across inputs: every label pair is "
-                "degenerate and d_LLV is undefined; the inputs must differ")
+                "degenerate and d_LLV is undefined",
+                fix="evaluate the models on inputs whose embeddings differ")
     for nm, v in (("pivot", pivot), ("leave_out", leave_out)):
         if v is not None and not (isinstance(v, (int, np.integer)) and 0 <= v < a.V):
             raise IdentirepError(f"{nm} must be a label index in [0, {a.V}), got {v!r}")
@@ -173,7 +184,7 @@ def choose_input_set(crits: np.ndarray, paper_compat: bool):
     if rejected == len(crits):
         raise IdentirepError(
             "every candidate input set contains inputs whose log-likelihoods coincide "
-            "(duplicate f rows); deduplicate the inputs or raise num_samples")
+            "(duplicate f rows)", fix="deduplicate the inputs or raise num_samples")
     if paper_compat:
         best, k = 1.0, 0
         for i, c in enumerate(crits):
@@ -243,7 +254,7 @@ def rep_used_sets(cond: np.ndarray, max_cond):
     check_max_cond(max_cond)
     finite = np.isfinite(cond)
     if not finite.any():
-        raise IdentirepError(ALL_REP_SETS_SINGULAR)
+        raise IdentirepError(ALL_REP_SETS_SINGULAR, fix=REP_SINGULAR_FIX)
     if max_cond is None:
         thr = float("inf")
     elif max_cond == REP_COND_RULE:
@@ -253,7 +264,8 @@ def rep_used_sets(cond: np.ndarray, max_cond):
     used = finite & (cond <= thr)
     if not used.any():
         raise IdentirepError(NO_REP_SET_WITHIN_RULE.format(rule=max_cond,
-                                                           best=float(cond[finite].min())))
+                                                           best=float(cond[finite].min())),
+                             fix=REP_RULE_FIX)
     return used, thr
 
 

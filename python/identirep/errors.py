@@ -2,7 +2,12 @@
 
 
 class IdentirepError(ValueError):
-    """Bad input: the message says what is wrong and how to fix it."""
+    """Bad input: the message says what is wrong and how to fix it. ``reason`` is what is
+    wrong; ``fix``, when given apart, how to fix it (the message then ends with it)."""
+
+    def __init__(self, message: str, fix: str = None):
+        self.reason, self.fix = message, fix
+        super().__init__(message if fix is None else f"{message}; fix: {fix}")
 
 
 #: what to install for the GPU backends

@@ -12,7 +12,7 @@ from ._backends import resolve
 from ._cpu_pass import cpu_pass
 from ._linalg import whiten
 from ._pair import PairEngine, mcca_from_scatter
-from .errors import IdentirepError
+from .errors import IdentirepError, why
 from .gpu.streams import on_caller_stream
 from .model import Model, check_logit_scale, check_pair, to_numpy
 from .moments import Moments
@@ -268,15 +268,8 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
     return engine(a, b, backend).d_rep(**kw)
 
 
-#: how each measure that can fail for a pair is fixed, when its error does not say
-FIXES = {
-    "d_llv": "check that g has distinct rows and f varies across inputs (see the error)",
-    "d_svd": "d_SVD needs d_LLV's pivot and input set and equal dimensions; compare the "
-             "representations with mCCA or d_rep, which take M1 != M2",
-    "d_rep": "drop linearly dependent columns of f and g, or pass max_cond=None",
-    "mcca_f": "the embeddings must vary across inputs",
-    "mcca_g": "the unembeddings must vary across labels",
-}
+#: the fix of a failed measure whose error gives none apart (its message then says it)
+FIX_IN_REASON = "see the reason, which says what the models or options must satisfy"
 
 
 @on_caller_stream
@@ -379,15 +372,21 @@ def _run_steps(a, b, be, steps, t0, progress) -> Report:
         try:
             if name == "d_svd" and a.M != b.M:
                 raise IdentirepError(
-                    f"d_SVD compares representations of equal dimension; M1={a.M}, M2={b.M}")
+                    f"d_SVD compares representations of equal dimension; M1={a.M}, M2={b.M}",
+                    fix="compare the representations with mCCA or d_rep, which take M1 != M2")
             if name == "d_svd" and out.get("d_llv") is None:
                 raise IdentirepError("d_SVD uses d_LLV's pivot, leave-out and input set, and "
-                                     "d_LLV could not be computed")
+                                     "d_LLV could not be computed",
+                                     fix="fix what d_LLV's failure says")
             out[name] = steps[name](out.get("d_llv"))
         except IdentirepError as err:
             out[name] = None
-            failures[name] = Failure(reason=str(err),
-                                     fix=getattr(err, "fix", None) or FIXES.get(name, ""))
+            failures[name] = Failure(reason=err.reason, fix=err.fix or FIX_IN_REASON)
+        except (ArithmeticError, np.linalg.LinAlgError, MemoryError) as err:
+            # a numerical failure of one measure: the others stand, and the report says so
+            out[name] = None
+            failures[name] = Failure(reason=f"internal error: {why(err)}",
+                                     fix="please report it with the models' shapes and options")
     for name in ("kl", "d_llv", "d_logit"):
         run(name)
     slow = ("d_svd", "d_rep", "mcca_f", "mcca_g")

@@ -103,7 +103,7 @@ def _label_side(lp1T, lp2T, raw1T, raw2T, term, pivot, leave_out, tol, candidate
                 crit[y0, l] = _reduce(rest, piv, t3, keep, term)[0]
     choice = rules.first_within(crit)
     if choice is None:
-        raise IdentirepError(rules.ALL_LABEL_PAIRS_DEGENERATE)
+        raise IdentirepError(rules.ALL_LABEL_PAIRS_DEGENERATE, fix=rules.LABEL_PAIRS_FIX)
     y0, l = int(choice[0]), int(choice[1])
     rest, piv, t3, valid, deg = per_pivot[y0]
     keep = valid & (idx != l)
@@ -198,7 +198,7 @@ def d_svd_reference(a: Model, b: Model, pivot: int, leave_out: int, input_set,
     mg = msvd(g1 @ (f1[iset[1:]] - f1[iset[0]]).T, g2 @ (f2[iset[1:]] - f2[iset[0]]).T)
     finite = [v for v in per_set if not np.isnan(v)]
     if not finite and mg is None:
-        raise IdentirepError(rules.ALL_SVD_SETS_DEGENERATE)
+        raise IdentirepError(rules.ALL_SVD_SETS_DEGENERATE, fix=rules.SVD_SETS_FIX)
     fmax = max(finite) if finite else float("nan")
     dg = float("nan") if mg is None else 1.0 - mg
     return DSVDResult(
@@ -219,7 +219,7 @@ def _orth_basis(X, what, rtol):
     scale = np.abs(X).max() if X.size else 0.0
     var = sd > 1e-12 * max(scale, 1e-300)
     if not var.any():
-        raise IdentirepError(rules.no_varying_column_message(what))
+        raise IdentirepError(rules.no_varying_column_message(what), fix=rules.NO_VARYING_COLUMN_FIX)
     Z = Xc[:, var] / sd[var]
     U, s, _ = np.linalg.svd(Z, full_matrices=False)
     return U[:, s ** 2 > rtol * s[0] ** 2]

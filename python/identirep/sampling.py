@@ -27,7 +27,8 @@ def input_candidates(n_inputs: int, set_size: int, num_samples: int, seed: int,
         if len(pool) < set_size:
             raise IdentirepError(
                 f"an input diversity set needs {set_size} distinct inputs (M + 1) but only "
-                f"{len(pool)} of the N={n_inputs} inputs are distinct")
+                f"{len(pool)} of the N={n_inputs} inputs are distinct",
+                fix=f"evaluate the models on at least {set_size} distinct inputs")
         cands, how = input_candidates(len(pool), set_size, num_samples, seed, False,
                                       sets_per_pivot)
         return np.asarray(pool)[cands], f"{how} (from {len(pool)} distinct inputs)"
@@ -118,7 +119,8 @@ def label_sets(remaining: np.ndarray, size: int, max_sets: int, seed: int) -> Tu
     if remaining.size < size:
         raise IdentirepError(
             f"a label diversity set needs {size} labels besides the pivot and the leave-out, "
-            f"but only {remaining.size} remain (V too small for M={size})")
+            f"but only {remaining.size} remain (V too small for M={size})",
+            fix=f"d_SVD needs V >= M + 2 = {size + 2} labels; use mCCA or d_rep instead")
     count = math.comb(remaining.size, size)
     if count <= max_sets:
         combos = np.array(list(itertools.combinations(range(remaining.size), size)), np.int64)
@@ -154,7 +156,8 @@ def rep_sets(n_labels: int, size: int, num_pivots: int, sets_per_pivot: int,
     (num_pivots * sets_per_pivot, size + 1); column 0 is the pivot."""
     if n_labels < size + 1:
         raise IdentirepError(
-            f"a d_rep label set needs {size + 1} labels (a pivot and M = {size}) but V={n_labels}")
+            f"a d_rep label set needs {size + 1} labels (a pivot and M = {size}) but V={n_labels}",
+            fix="d_rep needs V >= M1 + 1 labels; compare the representations with mCCA")
     for name, v in (("num_pivots", num_pivots), ("sets_per_pivot", sets_per_pivot)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise IdentirepError(f"{name} must be an integer >= 1, got {v!r}")
