@@ -259,10 +259,26 @@ class PairEngine:
             if unsquared:
                 for j, k in enumerate(idx):
                     norms[i0 + k] = _mean_norm(self.F1, self.F2, A[j], c[j])
+        vals = np.maximum(vals, 0.0)    # the closed form's roundoff for (near-)equal models
         used, thr = rules.rep_used_sets(cond, max_cond)
-        fields = rules.rep_summary(vals, used, thr, max_cond,
-                                   num_pivots, sets_per_pivot, norms)
+        fields = _rep_summary(vals, used, thr, max_cond, num_pivots, sets_per_pivot, norms)
         return DRepResult(**fields, sets=sets.tolist(), per_set=vals, cond_per_set=cond)
+
+
+def _rep_summary(per_set, used, thr, max_cond, num_pivots, sets_per_pivot, unsquared=None):
+    """DRepResult's fields from the per-set values (NaN: singular) and the rule's choice."""
+    v = per_set[used]
+    ok = np.isfinite(per_set)
+    q = np.quantile(v, rules.REP_QUANTILES)
+    return dict(
+        value=float(v.mean()), median=float(q[2]),
+        quantiles={f"q{round(p * 100):02d}": float(x) for p, x in zip(rules.REP_QUANTILES, q)},
+        min=float(v.min()), max=float(v.max()),
+        followup=float(per_set[ok].mean() / len(per_set)),
+        unsquared=None if unsquared is None else float(unsquared[used].mean()),
+        num_sets=len(per_set), used_sets=int(used.sum()), excluded_sets=int((ok & ~used).sum()),
+        singular_sets=int((~ok).sum()), max_cond=max_cond, cond_threshold=thr,
+        num_pivots=num_pivots, sets_per_pivot=sets_per_pivot)
 
 
 def constant_features(f) -> bool:

@@ -269,27 +269,8 @@ def rep_used_sets(cond: np.ndarray, max_cond):
     return used, thr
 
 
+#: the quantiles of d_rep's per-set values each side reports (5, 25, 50, 75, 95 %)
 REP_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-
-
-def rep_summary(per_set: np.ndarray, used: np.ndarray, thr: float, max_cond,
-                num_pivots, sets_per_pivot, unsquared=None) -> dict:
-    """The fields of DRepResult from the per-set values (NaN: singular) and the rule's choice:
-    the same assembly on both sides."""
-    v = per_set[used]
-    ok = np.isfinite(per_set)
-    total = len(per_set)
-    q = np.quantile(v, REP_QUANTILES)
-    return dict(
-        value=float(v.mean()), median=float(q[2]),
-        quantiles={f"q{int(round(p * 100)):02d}": float(x) for p, x in zip(REP_QUANTILES, q)},
-        min=float(v.min()), max=float(v.max()),
-        followup=float(per_set[ok].mean() / total),
-        unsquared=None if unsquared is None else float(np.mean(unsquared[used])),
-        num_sets=total, used_sets=int(used.sum()),
-        ill_conditioned_sets=int((ok & ~used).sum()), singular_sets=int((~ok).sum()),
-        max_cond=max_cond, cond_threshold=thr,
-        num_pivots=num_pivots, sets_per_pivot=sets_per_pivot)
 
 
 def check_cca_inputs(x, y, n_components) -> None:

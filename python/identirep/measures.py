@@ -255,7 +255,7 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
         ``value``: the mean over the used sets of mean_x ||f_a(x) - A f_b(x) - c||^2 (squared
         units of f_a), with A = L_a^-1 L_b and c the bias offsets; ``quantiles`` over those
         sets; ``followup``: the follow-up paper's number (mean over every non-singular set,
-        divided once more by the number of sets); how many sets were used, ill-conditioned or
+        divided once more by the number of sets); how many sets were used, left out by the rule or
         singular.
     """
     check_pair(a, b)
@@ -409,5 +409,5 @@ def _run_steps(a, b, be, steps, t0, progress) -> Report:
 def _budgets(M, max_label_sets):
     """The default number of d_SVD label sets: each costs O(M^3)."""
     if max_label_sets is None:
-        max_label_sets = 1000 if M <= 16 else 64 if M <= 256 else 2
+        max_label_sets = 1000 if M <= 16 else 64 if M <= 64 else 16 if M <= 256 else 2
     return max_label_sets

@@ -302,6 +302,16 @@ def d_rep_reference(a: Model, b: Model, sets=None, num_pivots=None, sets_per_piv
         per_set[i] = float(sq.mean())
         norms[i] = float(np.sqrt(sq).mean())
     used, thr = rules.rep_used_sets(cond, max_cond)
-    fields = rules.rep_summary(per_set, used, thr, max_cond,
-                               num_pivots, sets_per_pivot, norms if unsquared else None)
+    vals = [float(x) for x, u in zip(per_set, used) if u]
+    fine = [float(x) for x in per_set if not np.isnan(x)]
+    q = np.quantile(vals, rules.REP_QUANTILES)
+    fields = dict(
+        value=sum(vals) / len(vals), median=float(q[2]), min=min(vals), max=max(vals),
+        quantiles={f"q{round(p * 100):02d}": float(x) for p, x in zip(rules.REP_QUANTILES, q)},
+        followup=sum(fine) / len(fine) / len(per_set),
+        unsquared=(sum(float(x) for x, u in zip(norms, used) if u) / len(vals)
+                   if unsquared else None),
+        num_sets=len(per_set), used_sets=len(vals), excluded_sets=len(fine) - len(vals),
+        singular_sets=len(per_set) - len(fine), max_cond=max_cond, cond_threshold=thr,
+        num_pivots=num_pivots, sets_per_pivot=sets_per_pivot)
     return DRepResult(**fields, sets=sets.tolist(), per_set=per_set, cond_per_set=cond)

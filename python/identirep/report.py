@@ -44,7 +44,7 @@ def report_rows(r: Report) -> List[Tuple[str, str, str]]:
     for name, label in (("mcca_f", "mCCA f"), ("mcca_g", "mCCA g")):
         m = getattr(r, name)
         if m is not None:
-            rows.append((label, fmt(m.value), f"similarity (1 = same up to linear maps); mean "
+            rows.append((label, fmt(m.value), f"similarity (1 = same up to affine maps); mean "
                                               f"of {m.n_components} canonical correlations, "
                                               f"ranks {m.rank1}/{m.rank2}"))
     if r.d_svd is not None:
@@ -56,9 +56,10 @@ def report_rows(r: Report) -> List[Tuple[str, str, str]]:
     if r.d_rep is not None:
         p = r.d_rep
         q = p.quantiles
+        few = " (too few sets for a spread)" if p.used_sets < 5 else ""
         rows.append(("d_rep", fmt(p.value),
                      f"distance, squared units of f1; mean over {p.used_sets} of {p.num_sets} "
-                     f"label sets (cond rule {p.max_cond}: {p.ill_conditioned_sets} left out, "
+                     f"label sets{few} (cond rule {p.max_cond}: {p.excluded_sets} left out, "
                      f"{p.singular_sets} singular)"))
         rows.append(("  d_rep spread", f"{fmt(q['q05'], 3)} .. {fmt(q['q95'], 3)}",
                      f"5-95% over sets, median {fmt(p.median, 3)}; follow-up's number "

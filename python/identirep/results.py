@@ -200,7 +200,7 @@ class DRepResult(_Result):
     followup: float
     num_sets: int
     used_sets: int
-    ill_conditioned_sets: int
+    excluded_sets: int
     singular_sets: int
     max_cond: Any
     cond_threshold: float
