@@ -208,13 +208,23 @@ def test_version(capsys):
     assert ir.__version__ == _pyproject_version()
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"identirep {ir.__version__}\n"
-    # without installed metadata (a source tree on sys.path): the version in pyproject.toml
-    code = ("import importlib.metadata as m\n"
-            "def missing(name): raise m.PackageNotFoundError(name)\n"
-            "m.version = missing\n"
-            "import identirep; print(identirep.__version__)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == _pyproject_version()
+
+
+def test_version_without_installed_metadata(monkeypatch, tmp_path):
+    """A source tree on sys.path has no distribution metadata: the version in the tree's
+    pyproject.toml, else "unknown"."""
+    import importlib.metadata as md
+
+    import identirep.cli as cli
+
+    def missing(name):
+        raise md.PackageNotFoundError(name)
+    monkeypatch.setattr(md, "version", missing)
+    (tmp_path / "python" / "identirep").mkdir(parents=True)
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "python" / "identirep" / "cli.py"))
+    assert cli.package_version() == "unknown"
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "identirep"\nversion = "9.8.7"\n')
+    assert cli.package_version() == "9.8.7"
 
 
 def test_package_is_marked_typed():

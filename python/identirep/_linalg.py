@@ -39,7 +39,8 @@ def serial_lapack(xp=np):
     a quiet machine a lone factorisation is faster with every BLAS thread: a 2048 x 2048
     compare took 28 s with them and 31 s with LAPACK on one thread, so single calls keep
     them.) The limit is process-wide, so nested blocks share one: it is set by the first to
-    enter and lifted by the last to leave."""
+    enter and lifted by the last to leave, so a caller's own threadpoolctl limit entered and
+    left inside such a block is undone by it."""
     if xp is not np:
         yield
         return

@@ -263,8 +263,10 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
             kind = ("float64" if all(_dtype_name(x).endswith("float64") for x in (m.f, m.g))
                     else "float32")
             if not bound <= LOGIT_LIMIT[kind]:
+                size = (f"{bound:.3g}" if np.isfinite(bound) else
+                        f"1e{np.log10(fs) + np.log10(gs):.0f}")
                 raise IdentirepError(
-                    f"the {nm} model's logits reach about {bound:.3g} (sqrt(M) max |f| {fs:.3g} "
+                    f"the {nm} model's logits reach about {size} (sqrt(M) max |f| {fs:.3g} "
                     f"x sqrt(M) max |g| {gs:.3g}), beyond the {LOGIT_LIMIT[kind]:.0e} that "
                     f"{kind} sums of squared log-likelihoods allow; rescale f and g to their "
                     "trained scale (the measures are not invariant to the logits' scale), or "
