@@ -288,7 +288,8 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     pivot_budget
         d_LLV's options (see ``d_llv``); ``seed`` seeds every draw of every measure.
     max_label_sets : int, optional
-        d_SVD's label sets (default 1000 up to M = 16, 64 up to 256, 2 beyond).
+        d_SVD's label sets (default 1000 up to M = 16, 64 up to 64, 16 up to 256, 2
+        beyond).
     rep_sets : int, optional
         d_rep's label sets in all (default 500 up to M1 = 64, 64 up to 256, 8 up to 1024, 2
         beyond); each set of either costs O(M^3).
