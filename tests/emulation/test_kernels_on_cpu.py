@@ -460,7 +460,12 @@ def test_fused_gemm_kernel_with_large_logits_and_tied_labels(harness, tmp_path, 
     assert_matches_gemm(got, cpu_pass(l1, l2, n, v), l1, l2)
 
 
-@pytest.mark.parametrize("bm", [128, 64, "wg128", "wg64"])
+#: the 64-row tiles of a check that every tile shape passes elsewhere: the slow step only
+SLOW_64 = [128, pytest.param(64, marks=pytest.mark.slow), "wg128",
+           pytest.param("wg64", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("bm", SLOW_64)
 def test_fused_gemm_kernel_without_moments_and_deterministic(harness, tmp_path, bm):
     # null moment pointers (no shift kernel, no column sums); every CUDA thread on its own OS
     # thread, the pass run twice bit for bit
@@ -488,7 +493,7 @@ def test_wgmma_gemm_under_both_extreme_schedules(harness, tmp_path, bm, wgmma, c
     assert_matches_gemm(got, cpu_pass(l1, l2, tr, tc), l1, l2)
 
 
-@pytest.mark.parametrize("bm", [128, 64, "wg128", "wg64"])
+@pytest.mark.parametrize("bm", SLOW_64)
 def test_gemm_mainloop_probe_writes_nothing(harness, tmp_path, bm):
     # the timing probe (mainloop_only, null shift and scratch) runs before each tile's kernel:
     # a write through a null pointer would fault, a write elsewhere would change the results
