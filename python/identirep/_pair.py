@@ -207,16 +207,17 @@ class PairEngine:
     # ------------------------------------------------------------------ mCCA, d_rep
     @on_models_stream
     def mcca_f(self, n_components=None) -> MCCAResult:
-        C = self.mom.scatter
-        return mcca_from_scatter(C[self.sF1, self.sF2], n_components,
-                                 self.c1.whitening("f", "f1"), self.c2.whitening("f", "f2"),
-                                 self.cdt == np.float64, self.c1.rank_rtol)
+        return self._mcca("f", self.mom.scatter, n_components)
 
     @on_models_stream
     def mcca_g(self, n_components=None) -> MCCAResult:
-        S = self.label_moments.scatter
-        return mcca_from_scatter(S[self.sF1, self.sF2], n_components,
-                                 self.c1.whitening("g", "g1"), self.c2.whitening("g", "g2"),
+        return self._mcca("g", self.label_moments.scatter, n_components)
+
+    def _mcca(self, which, scatter, n_components) -> MCCAResult:
+        """mCCA of the two models' f (over inputs) or g (over labels) from the pair's scatter."""
+        return mcca_from_scatter(scatter[self.sF1, self.sF2], n_components,
+                                 self.c1.whitening(which, which + "1"),
+                                 self.c2.whitening(which, which + "2"),
                                  self.cdt == np.float64, self.c1.rank_rtol)
 
     @on_models_stream
