@@ -33,33 +33,32 @@ def package_version() -> str:
         return found.group(1) if found else "unknown"
 
 
-def int_at_least(low: int, hint: str):
-    """An argparse ``type``: an integer >= ``low``; a bad value exits 2 with ``hint``."""
-    def parse(text: str) -> int:
+def _checked(convert, ok, expected: str, bad, hint: str):
+    """An argparse ``type``: ``convert(text)`` that must satisfy ``ok``; a bad value exits 2
+    with what was ``expected`` (text that does not convert) or ``bad(text, value)``, and
+    ``hint``."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected an integer >= {low}, got {text!r}; {hint}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}; {hint}")
+                f"expected {expected}, got {text!r}; {hint}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{bad(text, value)}; {hint}")
         return value
     return parse
+
+
+def int_at_least(low: int, hint: str):
+    """An argparse ``type``: an integer >= ``low``; a bad value exits 2 with ``hint``."""
+    return _checked(int, lambda v: v >= low, f"an integer >= {low}",
+                    lambda text, v: f"must be >= {low}, got {v}", hint)
 
 
 def non_negative_float(hint: str):
     """An argparse ``type``: a finite float >= 0; a bad value exits 2 with ``hint``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a finite number >= 0, got {text!r}; {hint}") from None
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(
-                f"must be a finite number >= 0, got {text!r}; {hint}")
-        return value
-    return parse
+    return _checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
+                    lambda text, v: f"must be a finite number >= 0, got {text!r}", hint)
 
 
 #: the --seed of every command
