@@ -36,7 +36,17 @@ def masked_labels(bias) -> np.ndarray:
     library, None for no bias."""
     if bias is None:
         return np.empty(0, np.int64)
-    return np.flatnonzero(to_numpy(bias, np.float32) == -np.inf).astype(np.int64)
+    return np.flatnonzero(_host_values(bias) == -np.inf).astype(np.int64)
+
+
+def _host_values(a) -> np.ndarray:
+    """``a`` as a NumPy array of a dtype that holds its values exactly: floats as they are
+    (bfloat16 as float32), anything else as float64. Never a narrower float: a float64 of
+    1e300 cast to float32 would overflow to inf (and -1e300 read as a masked label)."""
+    x = to_numpy(a)
+    if x.dtype.name == "bfloat16":
+        return x.astype(np.float32)
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
 
 
 def _take_rows(a, keep: np.ndarray):
@@ -74,7 +84,7 @@ def check_array(a, name: str, ndim: int, masked_ok: bool = False) -> None:
 
 
 def _all_finite_or_minus_inf(a) -> bool:
-    x = to_numpy(a, np.float32)
+    x = _host_values(a)
     return bool((np.isfinite(x) | (x == -np.inf)).all())
 
 
