@@ -83,6 +83,41 @@ def check_array(a, name: str, ndim: int, masked_ok: bool = False) -> None:
         raise IdentirepError(f"{name} contains NaN or Inf values; clean the data first")
 
 
+def _from_list(a, name: str, rows: str):
+    """A nested list or tuple as a NumPy array (else ``a`` as it is); a ragged one (rows of
+    different lengths) is refused."""
+    if not isinstance(a, (list, tuple)):
+        return a
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError):
+        raise IdentirepError(f"{name} is a ragged nested list (rows of different lengths or "
+                             "mixed types)", fix=f"give {rows}") from None
+
+
+def label_names(labels) -> list:
+    """The label names as a list of strings: a sequence (list, tuple, 1-d array) of strings;
+    integers are taken as names too ("17"). Anything else is refused, naming the first bad
+    entry."""
+    if isinstance(labels, np.ndarray) and labels.ndim != 1:
+        raise IdentirepError(f"labels must be a 1-d sequence of names, got an array of shape "
+                             f"{labels.shape}", fix="give one string per label (V of them)")
+    if isinstance(labels, (str, bytes, dict)) or not isinstance(labels, (Sequence, np.ndarray)):
+        raise IdentirepError(f"labels must be a sequence of names (one string per label), got "
+                             f"{type(labels).__name__}",
+                             fix="pass a list of V strings, e.g. the token strings")
+    out = []
+    for i, s in enumerate(labels):
+        if isinstance(s, str):
+            out.append(str(s))
+        elif isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)):
+            out.append(str(int(s)))
+        else:
+            raise IdentirepError(f"labels[{i}] is {type(s).__name__} {s!r:.60}, not a name",
+                                 fix="give a flat list of V strings, one per label")
+    return out
+
+
 def _all_finite_or_minus_inf(a) -> bool:
     x = _host_values(a)
     return bool((np.isfinite(x) | (x == -np.inf)).all())
@@ -132,12 +167,12 @@ class Model:
                                        default_factory=lambda: np.empty(0, np.int64))
 
     def __post_init__(self, drop_masked_labels):
-        if isinstance(self.f, (list, tuple)):
-            self.f = np.asarray(self.f)
-        if isinstance(self.g, (list, tuple)):
-            self.g = np.asarray(self.g)
-        if isinstance(self.bias, (list, tuple)):
-            self.bias = np.asarray(self.bias)
+        self.f = _from_list(self.f, "f (embeddings)", "one row of M numbers per input")
+        self.g = _from_list(self.g, "g (unembeddings)", "one row of M numbers per label")
+        self.bias = _from_list(self.bias, "bias", "one number per label")
+        if self.name is not None and not isinstance(self.name, str):
+            raise IdentirepError(f"name must be a string or None, got {type(self.name).__name__} "
+                                 f"{self.name!r}", fix=f"pass name=str(...), e.g. {str(self.name)!r}")
         check_array(self.f, "f (embeddings)", 2)
         check_array(self.g, "g (unembeddings)", 2)
         if self.f.shape[1] != self.g.shape[1]:
@@ -150,7 +185,7 @@ class Model:
                 raise IdentirepError(
                     f"bias has {self.bias.shape[0]} entries but g has {self.g.shape[0]} labels")
         if self.labels is not None:
-            self.labels = [str(s) for s in self.labels]
+            self.labels = label_names(self.labels)
             if len(self.labels) != self.g.shape[0]:
                 raise IdentirepError(
                     f"{len(self.labels)} label names given for {self.g.shape[0]} labels")
@@ -165,6 +200,13 @@ class Model:
 
     def _drop_masked(self, drop) -> None:
         masked = masked_labels(self.bias) if self.bias is not None else np.empty(0, np.int64)
+        if isinstance(drop, (bool, np.bool_)):
+            drop = bool(drop)
+        elif drop is not None and (isinstance(drop, (str, bytes, dict))
+                                   or not hasattr(drop, "__iter__")):
+            raise IdentirepError(
+                f"drop_masked_labels must be True, False or a sequence of label ids, got "
+                f"{type(drop).__name__} {drop!r}")
         if drop is False or drop is None:
             if len(masked):
                 raise IdentirepError(MASKED_LABELS.format(count=len(masked),
@@ -173,8 +215,12 @@ class Model:
         V = self.V
         ids = masked
         if drop is not True:
-            given = np.asarray(list(drop))
-            if given.size and (given.dtype.kind not in "iu" or given.min() < 0 or given.max() >= V):
+            try:
+                given = np.asarray(list(drop))
+            except (TypeError, ValueError):
+                given = np.asarray([None])     # ragged or mixed: refused below
+            if given.ndim != 1 or given.size and (given.dtype.kind not in "iu" or given.min() < 0
+                                                  or given.max() >= V):
                 raise IdentirepError(
                     f"drop_masked_labels must be True, False or label ids in [0, {V}), got "
                     f"{first_ids(given) if given.dtype.kind in 'iu' else repr(drop)}")
