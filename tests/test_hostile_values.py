@@ -65,3 +65,104 @@ def test_model_arguments_that_are_accepted():
                  drop_masked_labels=np.True_)
     assert m.labels[:3] == ["0", "1", "2"] and type(m.labels[0]) is str and m.name == "m"
     assert ir.Model(_f, _g, drop_masked_labels=np.array([1, 2])).V == V - 2
+
+
+@pytest.fixture(scope="module")
+def pair():
+    (f1, g1), (f2, g2) = arrays(1), arrays(2)
+    return ir.Model(f1, g1, name="a"), ir.Model(f2, g2, name="b")
+
+
+#: (measure, option, bad value, what the message says)
+BAD_OPTIONS = [
+    *[(fn, k, v, msg) for fn in ("compare", "d_llv") for k, v, msg in (
+        ("num_samples", 2.5, "num_samples must be an integer >= 1, got 2.5"),
+        ("num_samples", None, "num_samples must be an integer >= 1, got NoneType None"),
+        ("num_samples", "5", "num_samples must be an integer >= 1, got str '5'"),
+        ("num_samples", True, "num_samples must be an integer"),
+        ("seed", -1, "seed must be an integer >= 0, got -1"),
+        ("seed", np.float64(2.0), "seed must be an integer"),
+        ("num_pivots", -1, "num_pivots must be an integer >= 1"),
+        ("num_pivots", 0, "num_pivots must be an integer >= 1"),
+        ("num_pivots", "3", "num_pivots must be an integer >= 1"),
+        ("sets_per_pivot", None, "sets_per_pivot must be an integer >= 1"),
+        ("pivot_budget", 1.5, "pivot_budget must be an integer >= 1 or None"),
+        ("lam", "x", "lam must be a finite number >= 0, got str 'x'"),
+        ("lam", None, "lam must be a finite number >= 0, got NoneType None"),
+        ("lam", np.nan, "lam must be a finite number >= 0, got nan"),
+        ("lam", np.inf, "lam must be a finite number >= 0, got inf"),
+        ("lam", -1e-5, "lam must be a finite number >= 0, got -1e-05"),
+        ("lam", True, "lam must be a finite number"),
+        ("lam", [1.0], "lam must be a finite number >= 0, got list"),
+        ("combine", None, "combine must be 'max' or 'sum', got None"),
+        ("term", ["max"], "term must be 'max' or 'mean'"),
+        ("paper_compat", "False", "paper_compat must be True or False, got str 'False'"),
+        ("paper_compat", 1, "paper_compat must be True or False, got 1"),
+        ("paper_compat", None, "paper_compat must be True or False"),
+        ("backend", 3, "unknown backend 3"),
+    )],
+    ("compare", "max_label_sets", 0, "max_label_sets must be an integer >= 1 or None, got 0"),
+    ("compare", "max_label_sets", -1, "max_label_sets must be an integer >= 1"),
+    ("compare", "max_label_sets", 2.5, "max_label_sets must be an integer >= 1"),
+    ("compare", "rep_sets", 0, "rep_sets must be an integer >= 1"),
+    ("compare", "rep_sets", "4", "rep_sets must be an integer >= 1"),
+    ("compare", "progress", "x", "progress must be a callable"),
+    ("d_svd", "max_sets", 0, "max_sets must be an integer >= 1, got 0"),
+    ("d_svd", "max_sets", None, "max_sets must be an integer >= 1"),
+    ("d_svd", "max_sets", 2.5, "max_sets must be an integer >= 1"),
+    ("d_svd", "seed", -1, "seed must be an integer >= 0"),
+    ("d_svd", "lam", "x", "lam must be a finite number"),
+    ("d_svd", "paper_compat", "yes", "paper_compat must be True or False"),
+    ("d_svd", "bogus", 1, "unknown option\\(s\\) bogus of d_svd"),
+    ("d_rep", "num_pivots", 0, "num_pivots must be an integer >= 1"),
+    ("d_rep", "num_pivots", 2.5, "num_pivots must be an integer >= 1"),
+    ("d_rep", "sets_per_pivot", 0, "sets_per_pivot must be an integer >= 1 or None"),
+    ("d_rep", "seed", -1, "seed must be an integer >= 0"),
+    ("d_rep", "max_cond", np.nan, "max_cond must be 'median', None"),
+    ("d_rep", "max_cond", "x", "max_cond must be 'median', None"),
+    ("d_rep", "unsquared", "no", "unsquared must be True or False, got str 'no'"),
+    ("d_rep", "sets", "abc", "sets must be an integer array"),
+    ("kl", "backend", "tpu", "unknown backend 'tpu'"),
+    ("d_logit", "backend", "tpu", "unknown backend 'tpu'"),
+    ("mcca", "n_components", 2.5, "n_components must be an integer >= 1 or None, got 2.5"),
+    ("mcca", "n_components", "2", "n_components must be an integer >= 1"),
+    ("mcca", "n_components", 0, "n_components must be an integer >= 1"),
+    ("mcca", "backend", "cuda", "mcca's backend must be 'auto', 'cpu' or 'reference'"),
+    ("matrix", "lam", "x", "lam must be a finite number"),
+    ("matrix", "seed", -1, "seed must be an integer >= 0"),
+    ("matrix", "num_samples", 2.5, "num_samples must be an integer >= 1"),
+    ("matrix", "max_label_sets", 0, "max_label_sets must be an integer >= 1"),
+    ("matrix", "bogus", 1, "unknown option\\(s\\) bogus"),
+]
+
+
+def _call(fn, a, b, **kw):
+    if fn == "mcca":
+        return ir.mcca(a.f, b.f, **kw)
+    if fn == "matrix":
+        return ir.matrix([a, b], **kw)
+    quick = {} if fn in ("kl", "d_logit", "d_rep") or "num_samples" in kw else {"num_samples": 5}
+    return getattr(ir, fn)(a, b, **quick, **kw)
+
+
+@pytest.mark.parametrize("fn, option, value, message", BAD_OPTIONS,
+                         ids=[f"{fn}-{k}={v!r}" for fn, k, v, _ in BAD_OPTIONS])
+def test_bad_option_values_raise_identirep_error(pair, fn, option, value, message):
+    """Each public function's options: the wrong type, range, NaN or inf, a string for a
+    bool, None; checked before any work (compare never turns them into a failure)."""
+    with pytest.raises(IdentirepError, match=message):
+        _call(fn, *pair, **{option: value})
+
+
+@pytest.mark.parametrize("fn, option, value", [
+    ("compare", "num_samples", np.int64(5)), ("compare", "seed", np.uint8(3)),
+    ("compare", "num_pivots", np.int32(4)), ("compare", "pivot_budget", np.int64(16)),
+    ("compare", "lam", np.float32(1e-5)), ("compare", "lam", 0),
+    ("compare", "paper_compat", np.False_), ("compare", "max_label_sets", np.int16(3)),
+    ("compare", "rep_sets", np.int64(4)), ("d_svd", "max_sets", np.int64(3)),
+    ("d_rep", "num_pivots", np.int64(3)), ("d_rep", "unsquared", np.True_),
+    ("mcca", "n_components", np.int64(2)), ("mcca", "backend", "cpu"),
+])
+def test_numpy_scalars_are_accepted_as_options(pair, fn, option, value):
+    r = _call(fn, *pair, **{option: value})
+    assert not getattr(r, "failures", None)

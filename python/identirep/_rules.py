@@ -68,19 +68,50 @@ MAX_INPUT_SETS = 1_000_000
 MAX_INPUT_SET_INDICES = 1 << 26
 
 
-def _count_arg(name, v, minimum=1, none_ok=False):
+def check_count(name, v, minimum=1, none_ok=False) -> None:
+    """An integer option (Python or NumPy integer, not a bool) of at least ``minimum``; None
+    too with ``none_ok``."""
     if v is None and none_ok:
         return
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise IdentirepError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise IdentirepError(f"{name} must be an integer >= {minimum}"
+                             f"{' or None' if none_ok else ''}, got {_shown(v)}")
+
+
+def _shown(v) -> str:
+    """A given value for a message: its type where that is the problem, and its repr."""
+    kind = type(v).__name__
+    return repr(v) if isinstance(v, (int, float, np.integer, np.floating)) else f"{kind} {v!r:.80}"
+
+
+def check_number(name, v, minimum=0.0) -> None:
+    """A finite real number (Python or NumPy, not a bool or a string) of at least ``minimum``."""
+    if (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
+            or not np.isfinite(v) or v < minimum):
+        raise IdentirepError(f"{name} must be a finite number >= {minimum:g}, got {_shown(v)}")
+
+
+def check_flag(name, v) -> None:
+    """A boolean option: True or False (a NumPy bool too), never a string such as "False"."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise IdentirepError(f"{name} must be True or False, got {_shown(v)}")
+
+
+def check_llv_options(lam, combine, term) -> None:
+    """d_LLV's options that do not depend on the models."""
+    if combine not in ("max", "sum"):
+        raise IdentirepError(f"combine must be 'max' or 'sum', got {combine!r}")
+    if term not in ("max", "mean"):
+        raise IdentirepError(f"term must be 'max' or 'mean', got {term!r}")
+    check_number("lam", lam)
 
 
 def check_options(seed=0, num_samples=1, sets_per_pivot=1, pivot_budget=None) -> None:
     """The counts and the seed every measure takes, before any work."""
-    _count_arg("seed", seed, 0)
-    _count_arg("num_samples", num_samples)
-    _count_arg("sets_per_pivot", sets_per_pivot)
-    _count_arg("pivot_budget", pivot_budget, none_ok=True)
+    check_count("seed", seed, 0)
+    check_count("num_samples", num_samples)
+    check_count("sets_per_pivot", sets_per_pivot)
+    check_count("pivot_budget", pivot_budget, none_ok=True)
     if num_samples * sets_per_pivot > MAX_INPUT_SETS:
         raise IdentirepError(
             f"num_samples x sets_per_pivot = {num_samples * sets_per_pivot} candidate input "
@@ -112,12 +143,7 @@ def check_llv_args(a, b, combine, term, pivot, leave_out, lam,
                    is_constant: Callable[[object], bool]) -> None:
     """The arguments of d_LLV, in the order the errors are reported. ``is_constant(f)`` says
     whether an f does not vary across inputs (each side computes it its own way)."""
-    if combine not in ("max", "sum"):
-        raise IdentirepError(f"combine must be 'max' or 'sum', got {combine!r}")
-    if term not in ("max", "mean"):
-        raise IdentirepError(f"term must be 'max' or 'mean', got {term!r}")
-    if not np.isfinite(lam) or lam < 0:
-        raise IdentirepError(f"lam must be a finite non-negative number, got {lam}")
+    check_llv_options(lam, combine, term)
     if a.V < 3:
         raise IdentirepError(f"d_LLV needs at least 3 labels (pivot, leave-out, one more); V={a.V}",
                              fix="compare models with at least 3 labels")
@@ -211,8 +237,7 @@ def rep_budget(M1, V, rep_sets=None):
     min(sets, V, 100) pivots."""
     if rep_sets is None:
         rep_sets = 500 if M1 <= 64 else 64 if M1 <= 256 else 8 if M1 <= 1024 else 2
-    if isinstance(rep_sets, bool) or not isinstance(rep_sets, (int, np.integer)) or rep_sets < 1:
-        raise IdentirepError(f"rep_sets must be an integer >= 1, got {rep_sets!r}")
+    check_count("rep_sets", rep_sets)
     P = min(int(rep_sets), V, 100)
     return P, max(1, int(rep_sets) // P)
 
@@ -282,6 +307,7 @@ def check_cca_inputs(x, y, n_components) -> None:
         raise IdentirepError("mcca needs at least 2 samples")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise IdentirepError("mcca inputs contain NaN or Inf")
+    check_count("n_components", n_components, none_ok=True)
     if n_components is not None and not (1 <= n_components <= min(x.shape[1], y.shape[1])):
         raise IdentirepError(
             f"n_components must be in [1, {min(x.shape[1], y.shape[1])}], got {n_components}")

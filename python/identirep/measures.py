@@ -127,6 +127,8 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
     kw = dict(lam=lam, combine=combine, term=term, pivot=pivot, leave_out=leave_out,
               input_set=input_set, num_samples=num_samples, seed=seed, paper_compat=paper_compat,
               sets_per_pivot=sets_per_pivot)
+    rules.check_llv_options(lam, combine, term)
+    rules.check_flag("paper_compat", paper_compat)
     rules.check_num_pivots(num_pivots)
     rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
     if resolve(backend, a, b) == "reference":
@@ -140,6 +142,11 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
         e = engine(a, b, backend, progress=update)
     with progress_bar("pivot search", 1.0) as update:
         return e.d_llv(num_pivots=num_pivots, progress=update, pivot_budget=pivot_budget, **kw)
+
+
+#: the options of d_LLV's search that d_svd passes on (``**llv``)
+_LLV_SEARCH_OPTIONS = {"lam", "combine", "term", "num_samples", "num_pivots", "sets_per_pivot",
+                       "paper_compat", "pivot_budget"}
 
 
 @on_caller_stream
@@ -165,6 +172,13 @@ def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[i
     """
     check_pair(a, b, same_dim=True, what="d_SVD")
     rules.check_options(seed)
+    rules.check_count("max_sets", max_sets)
+    unknown = set(llv) - _LLV_SEARCH_OPTIONS
+    if unknown:
+        raise IdentirepError(f"unknown option(s) {', '.join(sorted(unknown))} of d_svd",
+                             fix="its other options go to d_llv's search: "
+                                 + ", ".join(sorted(_LLV_SEARCH_OPTIONS)))
+    check_compare_options(seed=seed, **llv)
     be = resolve(backend, a, b)
     if be == "reference":
         check_logit_scale(a, b)
@@ -198,6 +212,9 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto") -> MCC
         stated rank rule (``rank_rtol``): the correlations are taken on the column spaces."""
     if isinstance(x, Model) or isinstance(y, Model):
         raise IdentirepError("mcca takes arrays (e.g. a.f, b.f), not models")
+    if backend not in (None, "auto", "cpu", "reference"):
+        raise IdentirepError(f"mcca's backend must be 'auto', 'cpu' or 'reference', got "
+                             f"{backend!r}", fix="mcca runs on the host: leave backend out")
     x = to_numpy(x)  # GPU arrays: the scatter matrices are small, computed on the host
     y = to_numpy(y)
     rules.check_cca_inputs(x, y, n_components)
@@ -260,6 +277,10 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
     """
     check_pair(a, b)
     rules.check_options(seed)
+    rules.check_num_pivots(num_pivots)
+    rules.check_count("sets_per_pivot", sets_per_pivot, none_ok=True)
+    rules.check_max_cond(max_cond)
+    rules.check_flag("unsquared", unsquared)
     kw = dict(sets=sets, num_pivots=num_pivots, sets_per_pivot=sets_per_pivot, seed=seed,
               max_cond=max_cond, unsquared=unsquared)
     if resolve(backend, a, b) == "reference":
@@ -309,8 +330,11 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     be = resolve(backend, a, b)
     llv = dict(lam=lam, combine=combine, term=term, num_samples=num_samples, seed=seed,
                paper_compat=paper_compat, sets_per_pivot=sets_per_pivot)
-    rules.check_num_pivots(num_pivots)
-    rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
+    check_compare_options(num_pivots=num_pivots, max_label_sets=max_label_sets,
+                          rep_sets=rep_sets, pivot_budget=pivot_budget, **llv)
+    if progress is not None and not isinstance(progress, (bool, np.bool_)) and not callable(progress):
+        raise IdentirepError(f"progress must be a callable progress(fraction), True, False or "
+                             f"None, got {type(progress).__name__} {progress!r:.60}")
     if be == "reference":
         check_logit_scale(a, b)
         cands = None
@@ -341,10 +365,30 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
                                pivot_budget=pivot_budget, **llv)
 
 
+def check_compare_options(lam=1e-5, combine="max", term="max", num_samples=200, seed=0,
+                          paper_compat=False, sets_per_pivot=1, num_pivots=None,
+                          max_label_sets=None, rep_sets=None, pivot_budget=None) -> None:
+    """``compare``'s options that do not depend on the models, before any work: a bad one
+    raises here, never as one measure's failure in the report."""
+    rules.check_llv_options(lam, combine, term)
+    rules.check_flag("paper_compat", paper_compat)
+    rules.check_num_pivots(num_pivots)
+    rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
+    rules.check_count("max_label_sets", max_label_sets, none_ok=True)
+    rules.check_count("rep_sets", rep_sets, none_ok=True)
+
+
 def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
                         max_label_sets=None, rep_sets=None, lam=1e-5, combine="max", term="max",
                         num_samples=200, seed=0, paper_compat=False, sets_per_pivot=1,
-                        pivot_budget=None) -> Report:
+                        pivot_budget=None, **unknown) -> Report:
+    if unknown:
+        raise IdentirepError(
+            f"unknown option(s) {', '.join(sorted(unknown))}",
+            fix="compare's options are lam, combine, term, num_samples, seed, num_pivots, "
+                "sets_per_pivot, paper_compat, max_label_sets, rep_sets, pivot_budget")
+    check_compare_options(lam, combine, term, num_samples, seed, paper_compat, sets_per_pivot,
+                          num_pivots, max_label_sets, rep_sets, pivot_budget)
     t0 = time.perf_counter() if t0 is None else t0
     a, b = e.a, e.b
     max_label_sets = _budgets(max(a.M, b.M), max_label_sets)
