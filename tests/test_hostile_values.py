@@ -166,3 +166,11 @@ def test_bad_option_values_raise_identirep_error(pair, fn, option, value, messag
 def test_numpy_scalars_are_accepted_as_options(pair, fn, option, value):
     r = _call(fn, *pair, **{option: value})
     assert not getattr(r, "failures", None)
+
+
+def test_a_progress_callable_is_called_and_flags_are_flags(pair, capsys):
+    seen = []
+    ir.compare(*pair, num_samples=5, progress=seen.append)
+    assert seen and seen[-1] == pytest.approx(1.0)
+    ir.compare(*pair, num_samples=5, progress=False)
+    assert capsys.readouterr().err == ""

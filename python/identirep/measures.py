@@ -358,7 +358,12 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
             "d_rep": lambda d: ref.d_rep_reference(a, b, None, *rp, seed),
         }
         return _run_steps(a, b, be, steps, t0, progress=None)
-    with progress_bar("streaming pass", 1.0, progress) as update:
+    call = progress if callable(progress) else None
+    with progress_bar("streaming pass", 1.0, None if call else progress) as bar:
+        def update(fraction):
+            bar(fraction)
+            if call is not None:
+                call(fraction)
         e = engine(a, b, be, progress=update)
     return _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
                                max_label_sets=max_label_sets, rep_sets=rep_sets,
