@@ -34,8 +34,13 @@ def _cases(dtype, V=700):
     return out
 
 
+@pytest.mark.parametrize("open_limit", [None, 0, 10 ** 9])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_bounded_search_matches_the_plain_exact_search(small_bounds, dtype):
+def test_bounded_search_matches_the_plain_exact_search(small_bounds, monkeypatch, dtype,
+                                                       open_limit):
+    # open_limit 0: the tree's bounds after the hard labels' always; 10 ** 9: never
+    if open_limit is not None:
+        monkeypatch.setattr(E.LabelSide, "open_limit", lambda self: open_limit)
     for a, b in _cases(dtype):
         e = ir.engine(a, b)
         got = e.label_side("max")
@@ -72,6 +77,19 @@ def test_lower_bounds_never_exceed_the_criteria(small_bounds):
         lb = e.labels.lower_bounds(hard, rng)
         crit = e.labels.criteria(np.arange(a.V), "max")
         assert (lb <= crit * (1 + 1e-12)).all() and (lb > 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hard_label_bounds_are_the_row_bounds_and_never_exceed_the_criteria(small_bounds, dtype):
+    for a, b in _cases(dtype):
+        e = ir.engine(a, b)
+        hard = np.sort(np.random.default_rng(0).choice(a.V, 30, replace=False))
+        lb = e.labels.hard_bounds(hard)
+        crit = e.labels.criteria(np.arange(a.V), "max")
+        assert (lb <= crit * (1 + 1e-12)).all() and (lb > 0).mean() > 0.9
+        # the same bounds as the cross products' (g C) g' association gives, to rounding
+        np.testing.assert_allclose(lb, e.labels.row_bounds(np.arange(a.V), hard),
+                                   rtol=1e-4 if dtype == np.float32 else 1e-10)
 
 
 def test_budget_reached_says_the_result_is_not_proven(small_bounds):

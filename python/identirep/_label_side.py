@@ -42,6 +42,8 @@ BOUND_KAPPA = 10.0
 BOUND_RTOL = 1e-9
 #: the allowance is BOUND_NOISE * sqrt(M1 + M2) * eps * (size of the terms) * (1 + (n + n0) / S)
 BOUND_NOISE = 16.0
+#: pivots per block of the hard-label bounds (``hard_bounds``)
+HARD_BOUND_ROWS = 8192
 PIVOT_BLOCK = 256
 #: the pivot blocks' cross products (2 x B x V in the compute dtype) take at most this many bytes
 PIVOT_BLOCK_BYTES = 128 << 20
@@ -176,20 +178,22 @@ class LabelSide:
                                     (self.n1, self.n2, self.A1, self.A2, self.B12)]
         return self._device_vectors
 
+    def cross_blocks(self):
+        """C_11 and C_22 (f's scatter blocks) in the compute dtype, where g lives."""
+        if self._cross_blocks is None:
+            self._cross_blocks = [self.c1.xp.asarray(self.C[sl, sl], dtype=self.cdt)
+                                  for sl in (self.sF1, self.sF2)]
+        return self._cross_blocks
+
     def cross(self, piv, lab=None):
         """X_k = g_k(piv)' C_kk g_k(lab) (len(piv) x len(lab); all labels when ``lab`` is
         None) in the compute dtype, where g lives. A bfloat16 g on a GPU is multiplied as it
         is, in bfloat16 GEMMs of the exact split of the left factor (split_bf16_matmul)."""
         xp = self.c1.xp
-        if self._cross_blocks is None:
-            C = self.C
-            self._cross_blocks = [xp.asarray(C[sl, sl], dtype=self.cdt)
-                                  for sl in (self.sF1, self.sF2)]
         p = xp.asarray(piv, dtype=np.int64)
         q = None if lab is None else xp.asarray(lab, dtype=np.int64)
         out = []
-        for c, G, Ckk in ((self.c1, self.G1, self._cross_blocks[0]),
-                          (self.c2, self.G2, self._cross_blocks[1])):
+        for c, G, Ckk in zip((self.c1, self.c2), (self.G1, self.G2), self.cross_blocks()):
             L = G[p].astype(self.cdt, copy=False) @ Ckk
             if c.g_bits is not None and self.cdt == np.float32:
                 from .gpu.cublas import split_bf16_matmul
@@ -316,6 +320,27 @@ class LabelSide:
             stack += [idx[part[:h]], idx[part[h:]]]
         return out
 
+    def hard_bounds(self, hard) -> np.ndarray:
+        """Per pivot (host), the lower bound of its 'max' criterion from the ``hard`` labels
+        alone: ``row_bounds(every label, hard)``, with X_k = g_k (C_kk g_k(hard)') in blocks of
+        HARD_BOUND_ROWS pivots, one V x M x |hard| product per model (``cross`` would take a
+        V x M x M one)."""
+        hard = np.asarray(hard, dtype=np.int64)
+        Y = [Ckk @ G[hard].T.astype(self.cdt, copy=False)
+             for G, Ckk in zip((self.G1, self.G2), self.cross_blocks())]
+        lb = np.empty(self.V)
+        for i in range(0, self.V, HARD_BOUND_ROWS):
+            j = min(self.V, i + HARD_BOUND_ROWS)
+            X = [G[i:j].astype(self.cdt, copy=False) @ Yk for G, Yk in zip((self.G1, self.G2), Y)]
+            lb[i:j] = self._compiled_bounds(np.arange(i, j, dtype=np.int64), hard, *X)
+        return lb
+
+    def open_limit(self) -> int:
+        """Most pivots the hard-label bounds may leave open before the tree's bounds are
+        computed too: a quarter of what those cost in pivot evaluations (a pivot's row is
+        ~4 V M flops; the tree's bounds ~2 V M (M + BOUND_LEAF) with the factors)."""
+        return (min(self.c1.model.M, self.c2.model.M) + BOUND_LEAF) // 4
+
     def lower_bounds(self, hard, rng, progress=None):
         """Per pivot, a lower bound of its 'max' criterion: the second largest m over a subset
         of its labels (its tree leaf and the ``hard`` labels), 0 with fewer than two."""
@@ -332,9 +357,11 @@ class LabelSide:
     def bounded_search(self, seed, budget, progress=None):
         """Exact 'max' pivot search by branch and bound. Criteria are evaluated (full rows,
         ``pivot_criteria``) for a seeded sample, then for the other pivots in increasing order
-        of a cheap lower bound, until every pivot left has a bound above the best criterion
-        (plus BOUND_RTOL): those cannot be the minimum nor tie with it. Returns (evaluated
-        pivots sorted, their criteria, description)."""
+        of a lower bound, until every pivot left has a bound above the best criterion (plus
+        BOUND_RTOL): those cannot be the minimum nor tie with it. On the host the bounds come
+        first from the hard labels alone (``hard_bounds``); where those leave more than
+        ``open_limit`` pivots to evaluate, the tree's tighter bounds (``lower_bounds``) take
+        over. Returns (evaluated pivots sorted, their criteria, description)."""
         V = self.V
         rng = np.random.default_rng(seed)
 
@@ -352,7 +379,28 @@ class LabelSide:
             top = np.argpartition(-m2, 4, axis=1)[:, :4]
             hard.append(top[np.isfinite(np.take_along_axis(m2, top, 1))])
         hard = np.unique(np.concatenate(hard))
-        lb = self.lower_bounds(hard, rng, tick(0.05, 0.5))
+        left = None
+        if self.c1.xp is np:
+            lb = self.hard_bounds(hard)
+            left = self._evaluate_below(lb, crit, min(budget, len(crit) + self.open_limit()),
+                                        tick(0.05, 0.5))
+        if left != 0:
+            lb = self.lower_bounds(hard, rng, tick(0.05, 0.5))
+            left = self._evaluate_below(lb, crit, budget, tick(0.5, 0.99))
+        cands = np.array(sorted(crit), dtype=np.int64)
+        if left:
+            return cands, np.array([crit[y] for y in cands]), (
+                f"best of {len(cands)} pivots of {V} by lower bound, not proven exact: "
+                f"{left} pivots whose lower bounds do not exceed its criterion were not "
+                f"evaluated (budget {budget})")
+        return cands, np.array([crit[y] for y in cands]), (
+            f"exact over {V} labels (bounded search: {len(cands)} pivots evaluated)")
+
+    def _evaluate_below(self, lb, crit, budget, progress=None) -> int:
+        """Evaluate (into ``crit``) the pivots not in ``crit`` in increasing order of their
+        lower bounds ``lb`` while a bound does not exceed the best criterion (plus BOUND_RTOL),
+        up to ``budget`` pivots in ``crit`` in all. Returns how many pivots are left whose
+        bounds do not exceed the best criterion (0: the best is proven the minimum)."""
         best = min(crit.values())
         order = np.array([y for y in np.argsort(lb, kind="stable").tolist() if y not in crit],
                          dtype=np.int64)
@@ -361,12 +409,7 @@ class LabelSide:
         # order is sorted by bound: the pivots still to evaluate are a prefix of order[pos:]
         while pos < len(order) and lb[order[pos]] <= best * (1 + BOUND_RTOL):
             if len(crit) >= budget:
-                left = int(np.count_nonzero(lb[order[pos:]] <= best * (1 + BOUND_RTOL)))
-                cands = np.array(sorted(crit), dtype=np.int64)
-                return cands, np.array([crit[y] for y in cands]), (
-                    f"best of {len(cands)} pivots of {V} by lower bound, not proven exact: "
-                    f"{left} pivots whose lower bounds do not exceed its criterion were not "
-                    f"evaluated (budget {budget})")
+                return int(np.count_nonzero(lb[order[pos:]] <= best * (1 + BOUND_RTOL)))
             blk = order[pos:pos + min(step, budget - len(crit))]
             blk = blk[lb[blk] <= best * (1 + BOUND_RTOL)]
             pos += len(blk)
@@ -375,10 +418,8 @@ class LabelSide:
             crit.update(zip(blk.tolist(), c))
             best = min(best, float(c.min()))
             if progress is not None:
-                progress(min(0.99, 0.5 + 0.5 * pos / max(1, len(order))))
-        cands = np.array(sorted(crit), dtype=np.int64)
-        return cands, np.array([crit[y] for y in cands]), (
-            f"exact over {V} labels (bounded search: {len(cands)} pivots evaluated)")
+                progress(min(1.0, pos / max(1, len(order))))
+        return 0
 
     def search(self, term="max", pivot=None, leave_out=None, num_pivots=None, seed=0,
                progress=None, bound_budget=None):
