@@ -17,23 +17,38 @@ NumPy has no bfloat16 of its own: with ``ml_dtypes`` installed, bfloat16 arrays 
 ``ml_dtypes.bfloat16``; without it they are widened to float32 (exactly) and
 ``model.metadata["converted"]`` says so. ``.npz`` and ``.npy`` cannot hold bfloat16, so such
 arrays are stored there as their uint16 bit patterns, listed under ``meta["storage"]``.
+
+Loading reads only what a model uses (``f``, ``g``, ``b``/``bias``, labels, metadata); other
+arrays or members are left unread. Before anything is allocated, each array's declared size
+(shape x item size, from its header) is checked against the bytes that hold it and against
+:data:`MAX_ARRAY_BYTES`; stored JSON is held to :data:`MAX_JSON_BYTES` and
+:data:`MAX_JSON_DEPTH`. ``.npz`` members must be stored or deflated (what NumPy writes), not
+encrypted; big-endian arrays load in native byte order; object arrays are never unpickled.
+Whatever is wrong with a file raises :class:`~identirep.errors.IdentirepError`.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
+import stat
 import struct
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _bf16 as bf16
-from .errors import IdentirepError
+from .errors import IdentirepError, why
 from .model import Model, masked_labels
 
 __all__ = ["load_model", "load_models", "save_model", "load_metadata", "check_output",
-           "SUPPORTED_FORMATS"]
+           "SUPPORTED_FORMATS", "MAX_ARRAY_BYTES", "MAX_JSON_BYTES", "MAX_JSON_DEPTH",
+           "MAX_NPY_HEADER_BYTES"]
 
 SUPPORTED_FORMATS = (
     ".safetensors (preferred), .npz, or a directory of .npy files "
@@ -44,6 +59,19 @@ _META_KEY = "identirep.metadata"
 _STORAGE = "storage"          # reserved metadata key describing on-disk encodings
 _BF16_BITS = "bfloat16_as_uint16"
 _ROLES = {"f": "the embeddings, N x M", "g": "the unembeddings, V x M"}
+_ARRAY_KEYS = ("f", "g", "b", "bias")   # the arrays a model uses; others are left unread
+
+#: Largest array a model file may declare (shape x item size), checked before anything is
+#: allocated; every array must also fit in the file that holds it.
+MAX_ARRAY_BYTES = 256 * 2**30
+#: Largest stored JSON text: metadata and label names (characters in .npz ``meta``).
+MAX_JSON_BYTES = 64 * 2**20
+#: Deepest nesting of JSON lists and objects in stored metadata.
+MAX_JSON_DEPTH = 100
+#: Longest .npy header (NumPy's own default limit).
+MAX_NPY_HEADER_BYTES = 10_000
+_DEFLATE_MAX_RATIO = 1032       # deflate expands data at most 1032-fold
+_CHUNK = 8 * 2**20              # array data is read in chunks of this many bytes
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -57,18 +85,36 @@ def _ml_dtypes():
 
 
 def _format_of(path: Path, writing: bool) -> str:
-    if not writing and not path.exists():
-        raise IdentirepError(f"{path}: no such file or directory")
+    st = None if writing else _stat_existing(path)
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return "safetensors"
-    if suffix == ".npz":
-        return "npz"
-    if path.is_dir() or (writing and suffix == "" and not path.exists()):
+    if suffix in (".safetensors", ".npz"):
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise IdentirepError(f"{path} is {what}, not a {suffix} file",
+                                 fix=f"give the path of a {suffix} file")
+        return suffix[1:]
+    if (st is not None and stat.S_ISDIR(st.st_mode)) or (
+            writing and suffix == "" and not path.exists()):
+        return "dir"
+    if writing and path.is_dir():
         return "dir"
     what = f"'{suffix}'" if suffix else "(a file without extension)"
     raise IdentirepError(
         f"{path}: unknown model file format {what}; supported: {SUPPORTED_FORMATS}")
+
+
+def _stat_existing(path: Path) -> os.stat_result:
+    """os.stat of a path to read; IdentirepError when it is missing or cannot be reached."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise IdentirepError(f"{path} is a symbolic link to a missing file "
+                                 f"({os.readlink(path)})", fix="point it at the file") from None
+        raise IdentirepError(f"{path}: no such file or directory") from None
+    except (OSError, ValueError) as e:   # a link loop, permissions, a NUL in the name
+        raise IdentirepError(f"{path} cannot be opened: {getattr(e, 'strerror', None) or e}",
+                             fix="give the path of a readable model file") from None
 
 
 def _to_host(a, key: str):
@@ -107,13 +153,6 @@ def _dumps(obj, what: str) -> str:
         raise IdentirepError(f"{what} must be JSON-serialisable: {e}") from None
 
 
-def _loads(text: str, path: Path, what: str):
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise IdentirepError(f"{path}: {what} is not valid JSON ({e})") from None
-
-
 def _replace_atomically(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -148,7 +187,7 @@ def save_model(model: Model, path, metadata: Optional[dict] = None) -> Path:
         raise IdentirepError(f"save_model needs an identirep.Model, got {type(model).__name__}")
     if metadata is not None and not isinstance(metadata, dict):
         raise IdentirepError(f"metadata must be a dict, got {type(metadata).__name__}")
-    path = Path(path)
+    path = _as_path(path)
     fmt = _format_of(path, writing=True)
     meta = dict(model.metadata)
     meta.update(metadata or {})
@@ -203,7 +242,7 @@ def check_output(path) -> Path:
     """Raise unless :func:`save_model` can write to ``path``: a known format, and a directory
     that exists or can be created, writable. Nothing is written; call it before a long
     computation whose result goes there."""
-    path = Path(path)
+    path = _as_path(path)
     fmt = _format_of(path, writing=True)
     if fmt != "dir" and path.is_dir():
         raise IdentirepError(f"{path} is a directory; give a file name for the "
@@ -259,6 +298,12 @@ def load_model(path, name: Optional[str] = None,
     Returns
     -------
     Model
+
+    Only the arrays a model uses (``f``, ``g``, ``b`` or ``bias``), ``labels`` and ``meta``
+    are read; other members are left unread. A damaged, truncated or foreign file, or one
+    over the limits (:data:`MAX_ARRAY_BYTES`, :data:`MAX_JSON_BYTES`,
+    :data:`MAX_JSON_DEPTH`), raises :class:`~identirep.errors.IdentirepError` before
+    anything large is allocated.
     """
     return _model_from(_read(path), name, drop_masked_labels)
 
@@ -267,11 +312,14 @@ def load_models(paths, drop_masked_labels: bool = False) -> List[Model]:
     """Read models to be compared with each other. With ``drop_masked_labels``, the labels whose
     bias is -inf in any of them are dropped from every one of them, so that all keep the same
     label set; each model's ``dropped_labels`` lists them (original ids)."""
+    if isinstance(paths, (str, bytes, os.PathLike)) or not hasattr(paths, "__iter__"):
+        raise IdentirepError(f"load_models needs a list of paths, got {type(paths).__name__}",
+                             fix="pass [path_a, path_b, ...], or call load_model for one")
     raw = [_read(p) for p in paths]
     if not drop_masked_labels:
         return [_model_from(r, None, False) for r in raw]
     masked = np.empty(0, np.int64)
-    for path, arrays, _, _, _ in raw:
+    for path, arrays, *_ in raw:
         bias = arrays.get("b", arrays.get("bias"))
         if bias is not None and getattr(bias, "ndim", 0) == 1:
             try:
@@ -282,29 +330,35 @@ def load_models(paths, drop_masked_labels: bool = False) -> List[Model]:
 
 
 def _read(path):
-    path = Path(path)
+    path = _as_path(path)
     fmt = _format_of(path, writing=False)
     reader = {"safetensors": _read_safetensors, "npz": _read_npz, "dir": _read_dir}[fmt]
-    arrays, labels, meta = reader(path)
-    return path, arrays, labels, meta, fmt
+    arrays, names, labels, meta = reader(path)
+    arrays, meta = _decode_bits(path, arrays, meta)
+    return path, arrays, names, labels, meta, fmt
 
 
 def _model_from(raw, name, drop_masked_labels) -> Model:
-    path, arrays, labels, meta, fmt = raw
+    path, arrays, names, labels, meta, fmt = raw
     for k in ("f", "g"):
         if k not in arrays:
-            found = sorted(arrays) + (["labels"] if labels is not None else [])
+            found = sorted(names) + (["labels"] if labels is not None else [])
             raise IdentirepError(
                 f"{path}: no array '{k}' ({_ROLES[k]}); found {found}. A model file needs "
                 "'f' (N x M) and 'g' (V x M), and optionally 'b' (V)")
-    if not isinstance(meta, dict):
-        raise IdentirepError(f"{path}: stored metadata must be a JSON object")
-    if labels is not None and not isinstance(labels, list):
-        raise IdentirepError(f"{path}: stored labels must be a list of names")
     if "b" in arrays and "bias" in arrays:
         raise IdentirepError(f"{path} holds both 'b' and 'bias'; keep one of them")
     bias = arrays.get("b", arrays.get("bias"))
-    name = name if name is not None else meta.get("name", path.stem if fmt != "dir" else path.name)
+    if name is None:
+        name = meta.get("name")
+        if name is None:
+            name = path.stem if fmt != "dir" else path.name
+        elif isinstance(name, (int, float)) and not isinstance(name, bool):
+            name = str(name)
+        elif not isinstance(name, str):
+            raise IdentirepError(f"{path}: the stored metadata 'name' is a "
+                                 f"{type(name).__name__}, not a string",
+                                 fix="store the name as a JSON string, or pass name=")
     try:
         return Model(arrays["f"], arrays["g"], bias, name=name, labels=labels, metadata=meta,
                      drop_masked_labels=drop_masked_labels)
@@ -325,21 +379,96 @@ def load_metadata(path) -> dict:
     dict
         The stored metadata ({} when there is none).
     """
-    path = Path(path)
+    path = _as_path(path)
     fmt = _format_of(path, writing=False)
     if fmt == "safetensors":
         meta = _safetensors_strings(path).get(_META_KEY)
-        meta = {} if meta is None else _loads(meta, path, "metadata")
+        meta = {} if meta is None else _loads(meta, f"{path}: metadata '{_META_KEY}'")
     elif fmt == "npz":
-        with _open_npz(path) as z:
-            meta = _loads(str(z["meta"]), path, "meta") if "meta" in z.files else {}
+        with _open_zip(path) as zf:
+            members = _npz_members(zf)
+            meta = _npz_meta(zf, members, path)
     else:
-        p = path / "meta.json"
-        meta = _loads(p.read_text(encoding="utf-8"), p, "meta.json") if p.exists() else {}
-    if not isinstance(meta, dict):
-        raise IdentirepError(f"{path}: stored metadata must be a JSON object")
+        meta = _dir_json(path, "meta.json", {})
+    _check_meta(meta, path)
     meta.pop(_STORAGE, None)
     return meta
+
+
+def _as_path(path) -> Path:
+    """``path`` as a Path; IdentirepError for what is not a path."""
+    if isinstance(path, (str, os.PathLike)):
+        try:
+            return Path(path)
+        except TypeError:
+            pass
+    raise IdentirepError(f"a model path must be a str or os.PathLike, got {type(path).__name__}",
+                         fix="pass the path of a .safetensors or .npz file, or of a directory "
+                             "of .npy files")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**20 else f"{n} bytes"
+
+
+def _check_meta(meta, where) -> None:
+    if not isinstance(meta, dict):
+        raise IdentirepError(f"{where}: stored metadata must be a JSON object, got "
+                             f"{type(meta).__name__}", fix="store the metadata as a JSON object "
+                             "({...})")
+
+
+def _check_labels(labels, where):
+    """Stored label names: a list of strings (None when there are none)."""
+    if labels is None:
+        return None
+    if not isinstance(labels, list):
+        raise IdentirepError(f"{where}: stored labels must be a list of names, got "
+                             f"{type(labels).__name__}", fix=_LABELS_FIX)
+    bad = next((i for i, s in enumerate(labels) if not isinstance(s, str)), None)
+    if bad is not None:
+        raise IdentirepError(f"{where}: stored labels must be strings; label {bad} is "
+                             f"{str(labels[bad])[:40]!r} ({type(labels[bad]).__name__})",
+                             fix=_LABELS_FIX)
+    return labels
+
+
+_LABELS_FIX = "store one string per row of g (a JSON list of strings, or a 1-d str array in .npz)"
+
+
+def _loads(text: str, where: str):
+    """Parse stored JSON text within :data:`MAX_JSON_BYTES` and :data:`MAX_JSON_DEPTH`."""
+    if len(text) > MAX_JSON_BYTES:
+        raise IdentirepError(f"{where} is {_gib(len(text))} of JSON, over the limit of "
+                             f"{_gib(MAX_JSON_BYTES)}", fix="store less metadata")
+    too_deep = IdentirepError(f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep",
+                              fix="store flatter metadata")
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as e:
+        raise IdentirepError(f"{where} is not valid JSON ({e})",
+                             fix="re-save the model, or repair the JSON") from None
+    stack = [(obj, 1)]
+    while stack:
+        o, depth = stack.pop()
+        if isinstance(o, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise too_deep
+            stack.extend((v, depth + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return obj
+
+
+# -------------------------------------------------------------------- load: safetensors
+
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
+                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _safetensors_error(path: Path, e: Exception) -> IdentirepError:
+    return IdentirepError(f"{path} is not a readable safetensors file: {why(e, 300)}",
+                          fix="re-save it with safetensors or identirep.save_model")
 
 
 def _safetensors_strings(path: Path) -> dict:
@@ -348,36 +477,44 @@ def _safetensors_strings(path: Path) -> dict:
         with safe_open(str(path), framework="np") as fh:
             return dict(fh.metadata() or {})
     except Exception as e:  # safetensors raises its own error types
-        raise IdentirepError(f"{path} is not a readable safetensors file: {e}") from None
+        raise _safetensors_error(path, e) from None
 
 
 def _read_safetensors(path: Path):
     from safetensors import safe_open
-    ml = _ml_dtypes()
     arrays, converted = {}, {}
     try:
         with safe_open(str(path), framework="np") as fh:
             strings = dict(fh.metadata() or {})
-            for k in fh.keys():
-                dt = fh.get_slice(k).get_dtype()
-                if dt == "BF16" and ml is None:
+            names = list(fh.keys())
+            for k in (k for k in _ARRAY_KEYS if k in names):
+                sl = fh.get_slice(k)
+                dt, shape = sl.get_dtype(), sl.get_shape()
+                _check_declared(f"{path}: tensor '{k}'", dt, _ST_ITEMSIZE.get(dt, 1), shape,
+                                MAX_ARRAY_BYTES, os.path.getsize(path))
+                if dt == "BF16" and _ml_dtypes() is None:
                     arrays[k] = bf16.to_f32(_raw_safetensors_tensor(path, k, np.uint16))
                     converted[k] = "bfloat16 -> float32 (exact; install ml_dtypes to keep bfloat16)"
                 else:
                     arrays[k] = fh.get_tensor(k)
     except IdentirepError:
         raise
-    except Exception as e:
-        raise IdentirepError(f"{path} is not a readable safetensors file: {e}") from None
-    meta = _loads(strings[_META_KEY], path, "metadata") if _META_KEY in strings else {}
-    labels = _loads(strings[_LABELS_KEY], path, "labels") if _LABELS_KEY in strings else None
+    except Exception as e:  # safetensors raises its own error types
+        raise _safetensors_error(path, e) from None
+    meta = (_loads(strings[_META_KEY], f"{path}: metadata '{_META_KEY}'")
+            if _META_KEY in strings else {})
+    labels = (_loads(strings[_LABELS_KEY], f"{path}: metadata '{_LABELS_KEY}'")
+              if _LABELS_KEY in strings else None)
+    _check_meta(meta, path)
+    labels = _check_labels(labels, path)
     if converted:
         meta["converted"] = converted
-    return arrays, labels, meta
+    return arrays, names, labels, meta
 
 
 def _raw_safetensors_tensor(path: Path, key: str, dtype) -> np.ndarray:
-    """One tensor's bytes as ``dtype``, read from the safetensors header's offsets."""
+    """One tensor's bytes as ``dtype``, read from the safetensors header's offsets (the file
+    has been checked by ``safe_open`` first)."""
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
@@ -388,52 +525,309 @@ def _raw_safetensors_tensor(path: Path, key: str, dtype) -> np.ndarray:
     return a.astype(dtype).reshape(info["shape"])
 
 
-def _open_npz(path: Path):
+# ------------------------------------------------------------------ load: .npy and .npz
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_FIX = "re-save it with numpy.save / numpy.savez or identirep.save_model"
+
+
+_OVER_LIMIT_FIX = ("check that the file is the intended one; split or shrink the arrays "
+                   "(fewer inputs N)")
+
+
+def _check_declared(where: str, dtype: str, itemsize: int, shape, limit: int, available: int,
+                    over_limit_fix: str = _OVER_LIMIT_FIX) -> int:
+    """Bytes of an array of ``shape`` x ``itemsize``; refused over ``limit`` or over the
+    ``available`` bytes that hold it, before anything is allocated."""
+    nbytes = itemsize
+    for s in shape:
+        nbytes *= s
+    declared = f"{where}: its header declares {dtype} {tuple(shape)} = {_gib(nbytes)}"
+    if nbytes > limit:
+        raise IdentirepError(f"{declared}, over the limit of {_gib(limit)}", fix=over_limit_fix)
+    if nbytes > available:
+        raise IdentirepError(f"{declared}, but only {_gib(max(available, 0))} follow: "
+                             "truncated or damaged", fix=_NPY_FIX)
+    return nbytes
+
+
+def _read_exact(fh, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = fh.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _npy_header(fh, where: str):
+    """(dtype, shape, fortran_order, header bytes) of the .npy stream ``fh``; IdentirepError
+    for anything but a plain NumPy header (object arrays included: never unpickled)."""
+    start = _read_exact(fh, 8)
+    if not start:
+        raise IdentirepError(f"{where}: empty (0 bytes), not a .npy array", fix=_NPY_FIX)
+    if len(start) < 8 or not start.startswith(_NPY_MAGIC):
+        raise IdentirepError(f"{where}: not a valid .npy array (no NumPy header; foreign or "
+                             "damaged data)", fix=_NPY_FIX)
+    version = (start[6], start[7])
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise IdentirepError(f"{where}: unknown .npy format version {version[0]}.{version[1]}",
+                             fix=_NPY_FIX)
+    size_bytes = 2 if version == (1, 0) else 4
+    raw = _read_exact(fh, size_bytes)
+    n = int.from_bytes(raw, "little")
+    if len(raw) < size_bytes or n > MAX_NPY_HEADER_BYTES:
+        what = ("truncated" if len(raw) < size_bytes else
+                f"{n} bytes long, over the limit of {MAX_NPY_HEADER_BYTES}")
+        raise IdentirepError(f"{where}: .npy header {what}", fix=_NPY_FIX)
+    raw = _read_exact(fh, n)
+    if len(raw) < n:
+        raise IdentirepError(f"{where}: .npy header truncated", fix=_NPY_FIX)
+    d = _npy_literal(raw, version)
+    shown = raw[:60].decode("latin1").strip()
+    bad = IdentirepError(f"{where}: malformed .npy header ({shown!r}"
+                         f"{'...' if n > 60 else ''})", fix=_NPY_FIX)
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise bad
+    shape, fortran = d["shape"], d["fortran_order"]
+    if (not isinstance(shape, tuple) or len(shape) > 64 or not isinstance(fortran, bool)
+            or any(type(s) is not int or s < 0 for s in shape)):
+        raise bad
     try:
-        return np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise IdentirepError(f"{path} is not a readable .npz file: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dt = np.lib.format.descr_to_dtype(d["descr"])
+    except Exception:  # descr is whatever the header held: any error means a bad header
+        raise IdentirepError(f"{where}: the .npy header names no valid dtype "
+                             f"({str(d['descr'])[:60]!r})", fix=_NPY_FIX) from None
+    if dt.hasobject:
+        raise IdentirepError(f"{where}: holds Python objects (dtype {dt}), which identirep "
+                             "never unpickles", fix="store numeric arrays (labels as str)")
+    if dt.fields is not None or dt.subdtype is not None or dt.itemsize == 0:
+        raise IdentirepError(f"{where}: has dtype {dt}; identirep reads plain numeric arrays",
+                             fix="store a plain float array (e.g. float32)")
+    return dt, shape, fortran, 8 + size_bytes + n
+
+
+def _npy_literal(raw: bytes, version):
+    try:
+        text = raw.decode("latin1" if version < (3, 0) else "utf8")
+    except UnicodeDecodeError:
+        return None
+    for attempt in (text, re.sub(r"(?<=\d)L\b", "", text)):   # Python 2 writers' 3L
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return ast.literal_eval(attempt)
+        except Exception:  # SyntaxError, ValueError, MemoryError, ...: a bad header
+            continue
+    return None
+
+
+def _read_npy(fh, available: int, where: str, limit: int,
+              over_limit_fix: str = _OVER_LIMIT_FIX) -> np.ndarray:
+    """The array in .npy stream ``fh`` holding ``available`` bytes: the header's declared
+    size is checked against ``limit`` and ``available`` before allocating, and the data is
+    read in place (in chunks); big-endian data is converted to native byte order."""
+    dt, shape, fortran, header = _npy_header(fh, where)
+    nbytes = _check_declared(where, str(dt), dt.itemsize, shape, limit, available - header,
+                             over_limit_fix)
+    try:
+        buf = np.empty(nbytes, np.uint8)
+    except MemoryError:
+        raise IdentirepError(f"{where}: not enough memory for {_gib(nbytes)}",
+                             fix="load it on a machine with more memory") from None
+    view, pos = memoryview(buf), 0
+    while pos < nbytes:
+        got = fh.readinto(view[pos:pos + _CHUNK])
+        if not got:
+            raise IdentirepError(f"{where}: truncated ({_gib(pos)} of {_gib(nbytes)} of "
+                                 "array data)", fix=_NPY_FIX)
+        pos += got
+    a = buf.view(dt)
+    a = a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+    if not dt.isnative:
+        a = a.byteswap(inplace=True).view(dt.newbyteorder("="))
+    return a
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except _ZIP_ERRORS as e:
+        raise IdentirepError(f"{path} is not a readable .npz file: {why(e, 200)}",
+                             fix="re-save it with numpy.savez or identirep.save_model") from None
+
+
+#: what reading a damaged zip archive or member raises
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError,
+               NotImplementedError, ValueError, struct.error, MemoryError)
+
+
+def _npz_members(zf: zipfile.ZipFile) -> dict:
+    """key -> ZipInfo, keys as NumPy names them (``.npy`` dropped)."""
+    return {(i.filename[:-4] if i.filename.endswith(".npy") else i.filename): i
+            for i in zf.infolist()}
+
+
+def _npz_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, key: str,
+               limit: int = None, over_limit_fix: str = _OVER_LIMIT_FIX) -> np.ndarray:
+    """One member of an .npz, checked before it is read: not encrypted, stored or deflated
+    (what NumPy writes), sizes consistent with the archive and with its .npy header."""
+    where = f"{path}: unreadable array '{key}' (member {info.filename})"
+    limit = MAX_ARRAY_BYTES if limit is None else limit
+    if info.flag_bits & 0x1:
+        raise IdentirepError(f"{where}: encrypted", fix="re-save it without a password")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise IdentirepError(
+            f"{where}: zip compression method {info.compress_type} is not supported",
+            fix="re-save it with numpy.savez or numpy.savez_compressed (stored or deflated)")
+    archive = os.path.getsize(path)
+    if (info.compress_size > archive
+            or info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
+            or info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 4096):
+        raise IdentirepError(
+            f"{where}: the zip directory declares {_gib(info.file_size)} "
+            f"({_gib(info.compress_size)} compressed) in a {_gib(archive)} archive: damaged",
+            fix=_NPY_FIX)
+    try:
+        with zf.open(info) as fh:
+            a = _read_npy(fh, info.file_size, where, limit, over_limit_fix)
+            if fh.read(1):    # reached the member's end: the CRC has been checked
+                raise IdentirepError(f"{where}: data after the array", fix=_NPY_FIX)
+    except IdentirepError:
+        raise
+    except _ZIP_ERRORS as e:
+        raise IdentirepError(f"{where}: damaged ({why(e, 200)})", fix=_NPY_FIX) from None
+    return a
+
+
+def _npz_meta(zf, members: dict, path: Path):
+    if "meta" not in members:
+        return {}
+    # a str array holds 4 bytes a character: MAX_JSON_BYTES characters at most
+    a = _npz_array(zf, members["meta"], path, "meta", 4 * MAX_JSON_BYTES,
+                   over_limit_fix="store less metadata")
+    if a.ndim != 0 or a.dtype.kind != "U":
+        raise IdentirepError(f"{path}: 'meta' must be a JSON string (a 0-d str array), got "
+                             f"shape {a.shape} dtype {a.dtype}",
+                             fix="store meta=np.array(json.dumps(metadata))")
+    return _loads(_text(a, path, "meta"), f"{path}: 'meta'")
+
+
+def _text(a: np.ndarray, path: Path, key: str):
+    """str (0-d) or list of str (1-d) of a NumPy str array."""
+    try:
+        return a.tolist()
+    except (ValueError, UnicodeError) as e:   # code points beyond Unicode
+        raise IdentirepError(f"{path}: '{key}' holds invalid text ({e})",
+                             fix=_LABELS_FIX) from None
 
 
 def _read_npz(path: Path):
-    with _open_npz(path) as z:
-        try:
-            arrays = {k: z[k] for k in z.files if k not in ("labels", "meta")}
-            labels = [str(s) for s in z["labels"].tolist()] if "labels" in z.files else None
-            meta = _loads(str(z["meta"]), path, "meta") if "meta" in z.files else {}
-        except ValueError as e:
-            raise IdentirepError(f"{path}: unreadable array ({e})") from None
-    return _decode_bits(arrays, labels, meta)
+    with _open_zip(path) as zf:
+        members = _npz_members(zf)
+        arrays = {k: _npz_array(zf, members[k], path, k) for k in _ARRAY_KEYS if k in members}
+        labels = None
+        if "labels" in members:
+            a = _npz_array(zf, members["labels"], path, "labels")
+            if a.ndim != 1 or a.dtype.kind != "U":
+                raise IdentirepError(f"{path}: 'labels' must be a 1-d str array, got shape "
+                                     f"{a.shape} dtype {a.dtype}", fix=_LABELS_FIX)
+            labels = _text(a, path, "labels")
+        meta = _npz_meta(zf, members, path)
+    _check_meta(meta, path)
+    names = [k for k in members if k not in ("labels", "meta")]
+    return arrays, names, labels, meta
+
+
+def _regular_file(p: Path) -> int:
+    """The size of ``p``, which must be a regular file (following links)."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise IdentirepError(f"{p} is a symbolic link to a missing file "
+                                 f"({os.readlink(p)})", fix="point it at the file") from None
+        raise IdentirepError(f"{p}: no such file or directory") from None
+    except OSError as e:   # a link loop, permissions, ...
+        raise IdentirepError(f"{p} cannot be opened: {e.strerror or e}",
+                             fix="make it a readable file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IdentirepError(f"{p} is a directory, not a file", fix="make it a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise IdentirepError(f"{p} is not a regular file (a device, pipe or socket)",
+                             fix="make it a file")
+    return st.st_size
+
+
+def _dir_npy(p: Path, key: str) -> np.ndarray:
+    size = _regular_file(p)
+    try:
+        with open(p, "rb") as fh:
+            return _read_npy(fh, size, f"{p}: unreadable array '{key}'", MAX_ARRAY_BYTES)
+    except OSError as e:
+        raise IdentirepError(f"{p} cannot be read: {e.strerror or e}",
+                             fix="make it a readable file") from None
+
+
+def _dir_json(path: Path, name: str, default):
+    p = path / name
+    if not os.path.lexists(p):
+        return default
+    size = _regular_file(p)
+    if size > MAX_JSON_BYTES:
+        raise IdentirepError(f"{p} is {_gib(size)}, over the limit of {_gib(MAX_JSON_BYTES)}",
+                             fix="store less in it")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise IdentirepError(f"{p} cannot be read: {e.strerror or e}",
+                             fix="make it a readable file") from None
+    except UnicodeDecodeError as e:
+        raise IdentirepError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})",
+                             fix="save it as UTF-8") from None
+    return _loads(text, str(p))
 
 
 def _read_dir(path: Path):
-    arrays = {}
-    for p in sorted(path.glob("*.npy")):
-        try:
-            arrays[p.stem] = np.load(p, allow_pickle=False)
-        except ValueError as e:
-            raise IdentirepError(f"{p} is not a readable .npy file: {e}") from None
-    lp, mp = path / "labels.json", path / "meta.json"
-    labels = _loads(lp.read_text(encoding="utf-8"), lp, "labels.json") if lp.exists() else None
-    meta = _loads(mp.read_text(encoding="utf-8"), mp, "meta.json") if mp.exists() else {}
-    return _decode_bits(arrays, labels, meta)
+    try:
+        files = sorted(os.listdir(path))
+    except OSError as e:
+        raise IdentirepError(f"{path} cannot be listed: {e.strerror or e}",
+                             fix="make it a readable directory") from None
+    names = [n[:-4] for n in files if n.endswith(".npy")]
+    arrays = {k: _dir_npy(path / f"{k}.npy", k) for k in _ARRAY_KEYS if k in names}
+    labels = _check_labels(_dir_json(path, "labels.json", None), path / "labels.json")
+    meta = _dir_json(path, "meta.json", {})
+    _check_meta(meta, path / "meta.json")
+    return arrays, names, labels, meta
 
 
-def _decode_bits(arrays: dict, labels, meta):
-    if not isinstance(meta, dict):
-        return arrays, labels, meta
-    storage = meta.pop(_STORAGE, {}) or {}
-    ml = _ml_dtypes()
+def _decode_bits(path: Path, arrays: dict, meta: dict):
+    """Undo the bfloat16-as-uint16 encoding listed under ``meta["storage"]``."""
+    storage = meta.pop(_STORAGE, None) or {}
+    bits = storage.get(_BF16_BITS, []) if isinstance(storage, dict) else None
+    if not isinstance(bits, list) or not all(isinstance(k, str) for k in bits):
+        raise IdentirepError(
+            f"{path}: malformed metadata '{_STORAGE}': {json.dumps(storage)[:80]}",
+            fix=f'it must read {{"{_BF16_BITS}": ["f", "g", ...]}}, or be removed')
+    bits = [k for k in bits if k in arrays]
+    for k in bits:
+        if arrays[k].dtype != np.uint16:
+            raise IdentirepError(
+                f"{path}: metadata '{_STORAGE}' lists '{k}' as bfloat16 bits, but '{k}' has "
+                f"dtype {arrays[k].dtype}, not uint16",
+                fix=f"remove '{k}' from metadata['{_STORAGE}']['{_BF16_BITS}']")
+    ml = _ml_dtypes() if bits else None    # imported only when needed (it takes a while)
     converted = {}
-    for k in storage.get(_BF16_BITS, []):
-        if k not in arrays:
-            continue
-        bits = arrays[k].view(np.uint16)
+    for k in bits:
         if ml is not None:
-            arrays[k] = bits.view(ml.bfloat16)
+            arrays[k] = arrays[k].view(ml.bfloat16)
         else:
-            arrays[k] = bf16.to_f32(bits)
+            arrays[k] = bf16.to_f32(arrays[k])
             converted[k] = "bfloat16 -> float32 (exact; install ml_dtypes to keep bfloat16)"
     if converted:
         meta["converted"] = converted
-    return arrays, labels, meta
+    return arrays, meta
