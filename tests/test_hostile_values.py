@@ -174,3 +174,18 @@ def test_a_progress_callable_is_called_and_flags_are_flags(pair, capsys):
     assert seen and seen[-1] == pytest.approx(1.0)
     ir.compare(*pair, num_samples=5, progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_d_rep_beyond_float64_is_refused_naming_the_scales(backend):
+    """Each model within the limits, but d_rep (squared units of f1, through L1^-1) beyond
+    float64: an IdentirepError for d_rep, a failure of d_rep alone in compare."""
+    (f1, g1), (f2, g2) = arrays(1), arrays(2)
+    a, b = ir.Model(f1 * 1e90, g1 * 1e-95), ir.Model(f2 * 1e45, g2 * 1e45)
+    message = "d_rep exceeds the float64 range .*max \\|f1\\| 2.71e\\+90"
+    with pytest.raises(IdentirepError, match=message):
+        ir.d_rep(a, b, backend=backend)
+    r = ir.compare(a, b, num_samples=5, backend=backend)
+    assert "d_rep exceeds the float64 range" in r.failures["d_rep"].reason
+    assert r.failures["d_rep"].fix.startswith("rescale the first model")
+    assert np.isfinite(r.kl.kl12) and r.mcca_f is not None

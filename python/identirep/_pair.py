@@ -239,8 +239,23 @@ class PairEngine:
         vals = np.full(len(sets), np.nan)
         cond = np.full(len(sets), np.inf)
         norms = np.full(len(sets), np.nan) if unsquared else None
-        # sets in batches of about 2^22 matrix entries: one batched LAPACK call per batch
+        # sets in batches of about 2^22 matrix entries: one batched LAPACK call per batch;
+        # a set whose value overflows float64 is named below (rep_overflow), not warned about
         step = max(1, (1 << 22) // (self.M1 * max(self.M1, self.M2)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._rep_sets(sets, step, vals, cond, norms, C11, C22, C12, mu1, mu2, trC11)
+        overflow = np.isfinite(cond) & ~np.isfinite(vals)
+        if overflow.any():
+            raise rep_overflow_error(self.a, int(overflow.sum()), len(sets))
+        vals = np.maximum(vals, 0.0)    # the closed form's roundoff for (near-)equal models
+        used, thr = rules.rep_used_sets(cond, max_cond)
+        fields = _rep_summary(vals, used, thr, max_cond, num_pivots, sets_per_pivot, norms)
+        return DRepResult(**fields, sets=sets.tolist(), per_set=vals, cond_per_set=cond)
+
+    def _rep_sets(self, sets, step, vals, cond, norms, C11, C22, C12, mu1, mu2, trC11):
+        """d_rep's per-set values and condition numbers (into ``vals``, ``cond``, ``norms``)."""
+        xp = self.c1.xp
+        unsquared = norms is not None
         for i0 in range(0, len(sets), step):
             batch = sets[i0:i0 + step]
             sols = _rep_maps(rows64(self.G1, batch.ravel()).reshape(*batch.shape, self.M1),
@@ -260,10 +275,13 @@ class PairEngine:
             if unsquared:
                 for j, k in enumerate(idx):
                     norms[i0 + k] = _mean_norm(self.F1, self.F2, A[j], c[j])
-        vals = np.maximum(vals, 0.0)    # the closed form's roundoff for (near-)equal models
-        used, thr = rules.rep_used_sets(cond, max_cond)
-        fields = _rep_summary(vals, used, thr, max_cond, num_pivots, sets_per_pivot, norms)
-        return DRepResult(**fields, sets=sets.tolist(), per_set=vals, cond_per_set=cond)
+
+
+def rep_overflow_error(a: Model, bad: int, total: int) -> IdentirepError:
+    """``rules.rep_overflow`` with the first model's scales (read on the error path only)."""
+    from .model import max_abs
+    return rules.rep_overflow(bad, total, max_abs(a.f),
+                              np.abs(to_numpy(a.g, np.float64)).max(1))
 
 
 def _rep_summary(per_set, used, thr, max_cond, num_pivots, sets_per_pivot, unsquared=None):

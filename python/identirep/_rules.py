@@ -294,6 +294,24 @@ def rep_used_sets(cond: np.ndarray, max_cond):
     return used, thr
 
 
+def rep_overflow(bad: int, total: int, f1_max: float, g1_row_max) -> IdentirepError:
+    """The error of d_rep sets whose value overflows float64 (a non-singular set with an inf
+    or NaN value), naming the scales: d_rep is in squared units of the first model's f, and
+    A = L1^-1 L2 divides by the first model's label differences. ``g1_row_max``: max |g1|
+    of each label."""
+    rows = [float(x) for x in g1_row_max if x > 0]
+    spread = (f"; the largest entry of its g rows ranges from {min(rows):.3g} to "
+              f"{max(rows):.3g}" if rows else "")
+    return IdentirepError(
+        f"d_rep exceeds the float64 range (about 1.8e308) in {bad} of the {total} label sets: "
+        f"it is in squared units of the first model's f (max |f1| {f1_max:.3g}), and its map "
+        "A = L1^-1 L2 divides the second model's label differences by the first model's "
+        f"g(y_i) - g(y0), which are tiny next to them{spread}",
+        fix="rescale the first model to its trained scale: f1 * c and g1 / c leave its "
+            "logits unchanged and multiply d_rep by c^2; or pass d_rep(sets=) label sets "
+            "whose unembeddings are not negligible; or check the data for corrupted values")
+
+
 #: the quantiles of d_rep's per-set values each side reports (5, 25, 50, 75, 95 %)
 REP_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 

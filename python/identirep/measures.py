@@ -11,7 +11,7 @@ from . import reference as ref
 from ._backends import resolve
 from ._cpu_pass import cpu_pass
 from ._linalg import whiten
-from ._pair import PairEngine, mcca_from_scatter
+from ._pair import PairEngine, mcca_from_scatter, rep_overflow_error
 from .errors import IdentirepError, why
 from .gpu.streams import on_caller_stream
 from .model import Model, check_logit_scale, check_pair, to_numpy
@@ -285,8 +285,19 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
               max_cond=max_cond, unsquared=unsquared)
     if resolve(backend, a, b) == "reference":
         check_logit_scale(a, b)
-        return ref.d_rep_reference(a, b, **kw)
+        return _d_rep_reference(a, b, **kw)
     return engine(a, b, backend).d_rep(**kw)
+
+
+def _d_rep_reference(a, b, **kw) -> DRepResult:
+    """The reference's d_rep, with the engine's rule for sets whose value overflows float64
+    (an IdentirepError naming the scales, not a warning and an inf)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = ref.d_rep_reference(a, b, **kw)
+    overflow = np.isfinite(r.cond_per_set) & ~np.isfinite(r.per_set)
+    if overflow.any():
+        raise rep_overflow_error(a, int(overflow.sum()), len(r.per_set))
+    return r
 
 
 #: the fix of a failed measure whose error gives none apart (its message then says it)
@@ -355,7 +366,8 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
             "mcca_f": lambda d: ref.mcca_reference(a.numpy()[0], b.numpy()[0]),
             "mcca_g": lambda d: ref.mcca_reference(a.numpy()[1], b.numpy()[1]),
             "d_svd": svd,
-            "d_rep": lambda d: ref.d_rep_reference(a, b, None, *rp, seed),
+            "d_rep": lambda d: _d_rep_reference(a, b, sets=None, num_pivots=rp[0],
+                                                sets_per_pivot=rp[1], seed=seed),
         }
         return _run_steps(a, b, be, steps, t0, progress=None)
     call = progress if callable(progress) else None
