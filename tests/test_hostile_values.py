@@ -176,6 +176,52 @@ def test_a_progress_callable_is_called_and_flags_are_flags(pair, capsys):
     assert capsys.readouterr().err == ""
 
 
+def _extreme(case):
+    """(first model, second model) with one extreme scale in the first (see EXTREME)."""
+    dtype = np.float32 if case.startswith("f32") else np.float64
+    (f, g), (f2, g2) = arrays(1, dtype), arrays(2, dtype)
+    b = None
+    kind, value = case.split(":")[1], float(case.split(":")[2])
+    if kind == "g_entry":            # one entry of g, f as it is: the logits grow
+        g[5, 2] = value
+    elif kind == "g_entry_f_small":  # one entry of g, f as small: logits stay, g's moments not
+        g[5, 2] = value
+        f /= dtype(value)
+    elif kind == "g_row":
+        g[5] = value
+    elif kind == "f_all":
+        f *= dtype(value)
+    elif kind == "g_all":
+        g *= dtype(value)
+    elif kind == "g_all_f_large":
+        g *= dtype(value)
+        f /= dtype(value)
+    elif kind == "bias":
+        b = np.zeros(V, dtype)
+        b[4] = value
+    elif kind == "bias_ramp_f_small":  # logits ~ the bias: inputs differ by 1e-300 of them
+        b = (value * np.arange(V) / V).astype(dtype)
+        f /= dtype(value)
+    return ir.Model(f, g, b), ir.Model(f2, g2)
+
+
+@pytest.mark.parametrize("case", ["f32:g_entry:1e10", "f64:g_row:1e50", "f32:f_all:1e-10",
+                                  "f64:bias:-1e90", "f64:f_all:1e-90",
+                                  "f64:bias_ramp_f_small:1e100"])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_extreme_values_within_the_limits_give_numbers_or_reasons(case, backend):
+    """Within the limits every measure is a finite number, or a failure that says why: never
+    a NaN headline, a NumPy warning (filterwarnings = error) or a raw LinAlgError."""
+    r = ir.compare(*_extreme(case), num_samples=5, backend=backend)
+    for name in ("kl", "d_llv", "d_logit", "mcca_f", "mcca_g", "d_svd", "d_rep"):
+        res = getattr(r, name)
+        assert (res is None) == (name in r.failures), name
+        if res is not None:
+            assert np.isfinite(float(res)), name
+    for fail in r.failures.values():
+        assert "internal error" not in fail.reason
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_d_rep_beyond_float64_is_refused_naming_the_scales(backend):
     """Each model within the limits, but d_rep (squared units of f1, through L1^-1) beyond

@@ -37,7 +37,8 @@ class InputSide:
             D1 = to_numpy(((H1 - H1[x0]) ** 2).sum(1))
             D2 = to_numpy(((H2 - H2[x0]) ** 2).sum(1))
             deg = (D1 <= self.tol * (a1 + a1[x0])) | (D2 <= self.tol * (a2 + a2[x0]))
-            with np.errstate(divide="ignore", invalid="ignore"):
+            # a ratio a / D overflows only where D < 1e-308 a: a degenerate pair (tol >> 1e-308)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 q1, q2 = np.sqrt(D1), np.sqrt(D2)
                 cross = 2.0 / (q1 * q2)
                 rest = np.sqrt(np.clip(a1 / D1 + a2 / D2 - c12 * cross, 0, None))
@@ -77,7 +78,7 @@ class InputSide:
             D1, D2 = D
             deg = ((D1 <= self.tol * (a1[:, None] + a1[P][None, :]))
                    | (D2 <= self.tol * (a2[:, None] + a2[P][None, :])))
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # as in terms
                 cross = 2.0 / np.sqrt(D1 * D2)
                 r2 = a1[:, None] / D1 + a2[:, None] / D2 - c12[:, None] * cross
                 p2 = a1[P][None, :] / D1 + a2[P][None, :] / D2 - c12[P][None, :] * cross
