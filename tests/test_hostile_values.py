@@ -205,6 +205,52 @@ def _extreme(case):
     return ir.Model(f, g, b), ir.Model(f2, g2)
 
 
+EXTREME = [
+    ("f32:g_entry:1e20", "logits reach about 1.08e\\+21 .*beyond the 1e\\+15 that float32"),
+    ("f32:g_entry_f_small:1e20", "g reaches 1e\\+20 .*beyond the 1e\\+15 that float32 sums of its "
+                                 "squares .*fix: balance the factors: f \\* c and g / c"),
+    ("f64:g_entry:1e200", "logits reach about 1.08e\\+201 .*beyond the 1e\\+100 that float64"),
+    ("f64:g_entry_f_small:1e200", "g reaches 1e\\+200 .*beyond the 1e\\+100 that float64"),
+    ("f32:g_row:1e20", "logits reach about .*e\\+21"),
+    ("f64:g_row:1e160", "logits reach about .*e\\+161"),
+    ("f32:bias:1e20", "logits reach about 1e\\+20 .*\\+ max \\|b\\| 1e\\+20"),
+    ("f32:f_all:1e-30", "logits are at most about .*e-29 .*below the 1e-15 under which float32"),
+    ("f64:f_all:1e-300", "logits are at most about .*e-300 .*below the 1e-100 under which float64"),
+    ("f64:f_all:1e-310", "logits are at most about .*below the 1e-100"),
+    ("f32:g_all_f_large:1e-20", "f reaches .*e\\+20 .*beyond the 1e\\+15.*cast f and g to float64"),
+    ("f64:g_all_f_large:1e-120", "f reaches .*e\\+120 .*beyond the 1e\\+100"),
+    ("f64:g_all_f_large:1e120", "g reaches .*e\\+120 .*beyond the 1e\\+100 .*max \\|f\\| is .*e-120"),
+    ("f64:g_all:1e-101", "g reaches .*e-101 .*below the 1e-100 under which float64 sums of its "
+                         "squares"),
+]
+
+
+@pytest.mark.parametrize("case, message", EXTREME, ids=[c for c, _ in EXTREME])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_extreme_finite_values_are_refused_naming_their_scale(case, message, backend):
+    """Finite values whose squares or products would overflow (or underflow) the dtype the
+    measures are computed in: refused before any work, by every measure."""
+    a, b = _extreme(case)
+    for fn in (ir.compare, ir.kl, ir.d_logit):
+        with pytest.raises(IdentirepError, match=message):
+            fn(a, b, backend=backend)
+
+
+@pytest.mark.parametrize("case", ["f32:g_entry_f_small:1e20", "f64:g_entry_f_small:1e200",
+                                  "f64:g_all_f_large:1e-120"])
+def test_the_balancing_fix_works(case):
+    """The fix of a refused factor, f * c and g / c, leaves the logits (so KL) unchanged and
+    the measures computable."""
+    a, b = _extreme(case)
+    with pytest.raises(IdentirepError) as e:
+        ir.kl(a, b)
+    c = float(e.value.fix.split("c = ")[1].split()[0])
+    fixed = ir.Model(a.f * a.f.dtype.type(c), a.g / a.g.dtype.type(c))
+    r = ir.compare(fixed, b, num_samples=5)
+    assert r.kl.kl12 == pytest.approx(ir.kl(fixed, b, backend="reference").kl12, rel=1e-3)
+    assert np.isfinite(r.kl.kl12) and np.isfinite(r.d_logit.value)
+
+
 @pytest.mark.parametrize("case", ["f32:g_entry:1e10", "f64:g_row:1e50", "f32:f_all:1e-10",
                                   "f64:bias:-1e90", "f64:f_all:1e-90",
                                   "f64:bias_ramp_f_small:1e100"])

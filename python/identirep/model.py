@@ -289,7 +289,11 @@ def common_kind(*kinds: str) -> str:
 
 
 #: the largest bound on |logit| (sqrt(M) max |f| x sqrt(M) max |g| + max |b|) whose squares
-#: and variances can be summed without overflow, by the dtype the logits are computed in
+#: and variances can be summed without overflow, by the dtype the logits are computed in. The
+#: same limit holds for f and g on their own (sqrt(M) max |f|, sqrt(M) max |g|): the measures
+#: sum their squares and products too (second moments, scatter matrices), in the same dtype.
+#: Its reciprocal is the floor of each nonzero scale, below which the squares underflow (to
+#: subnormal numbers or 0) and the variances lose their digits.
 LOGIT_LIMIT = {"float64": 1e100, "float32": 1e15}
 
 
@@ -307,8 +311,12 @@ def max_abs(a) -> float:
 
 
 def check_logit_scale(a: "Model", b: "Model") -> None:
-    """Refuse models whose logits are too large to be squared and summed (finite values such
-    as an f entry of 1e200 would overflow into NaN terms), naming the scale."""
+    """Refuse models whose logits, f or g are too large or too small to be squared and summed
+    in the dtype they are computed in, naming the scale: an f entry of 1e200, or a float32 g
+    entry of 1e20 next to a tiny f, would overflow into inf and NaN terms; a float32 f of
+    1e-30 would underflow to zero variances. Each scale (the logits' bound, sqrt(M) max |f|,
+    sqrt(M) max |g|) must lie within [1 / LOGIT_LIMIT, LOGIT_LIMIT] of the dtype (a zero
+    array aside: that is a constant, refused by the measures that need variation)."""
     with np.errstate(over="ignore", invalid="ignore"):
         for m, nm in ((a, "first"), (b, "second")):
             fs, gs = (max_abs(x) * np.sqrt(x.shape[1]) for x in (m.f, m.g))
@@ -318,15 +326,45 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
             bound = fs * gs + bias
             kind = ("float64" if all(_dtype_name(x).endswith("float64") for x in (m.f, m.g))
                     else "float32")
-            if not bound <= LOGIT_LIMIT[kind]:
+            limit = LOGIT_LIMIT[kind]
+            cast = (", or cast f and g to float64 (limits 1e-100 to 1e100)"
+                    if kind == "float32" else "")
+            parts = f"sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}" + (
+                f" + max |b| {bias:.3g}" if bias else "")
+            if not bound <= limit:
                 size = (f"{bound:.3g}" if np.isfinite(bound) else
                         f"1e{np.log10(fs) + np.log10(gs):.0f}")
                 raise IdentirepError(
-                    f"the {nm} model's logits reach about {size} (sqrt(M) max |f| {fs:.3g} "
-                    f"x sqrt(M) max |g| {gs:.3g}), beyond the {LOGIT_LIMIT[kind]:.0e} that "
-                    f"{kind} sums of squared log-likelihoods allow; rescale f and g to their "
-                    "trained scale (the measures are not invariant to the logits' scale), or "
-                    "check the data for corrupted values")
+                    f"the {nm} model's logits reach about {size} ({parts}), beyond the "
+                    f"{limit:.0e} that {kind} sums of squared log-likelihoods allow; rescale f "
+                    "and g to their trained scale (the measures are not invariant to the "
+                    f"logits' scale){cast}, or check the data for corrupted values")
+            if 0 < bound < 1 / limit:
+                raise IdentirepError(
+                    f"the {nm} model's logits are at most about {bound:.3g} ({parts}), below "
+                    f"the {1 / limit:.0e} under which {kind} squares underflow: their "
+                    "variances lose their digits and every label looks alike; rescale f and g "
+                    "to their trained scale (the measures are not invariant to the logits' "
+                    f"scale){cast}, or check the data for corrupted values")
+            # a factor too large first (its squares overflow), then one too small
+            for what, scale, other in sorted((("f", fs, gs), ("g", gs, fs)),
+                                             key=lambda x: x[1] <= limit):
+                if scale <= limit and not 0 < scale < 1 / limit:
+                    continue
+                # the logits are within the limits: so are f c and g / c with c = sqrt(gs /
+                # fs), both sqrt(fs gs), unless a bias makes the logits
+                c = np.sqrt(gs) / np.sqrt(fs)
+                side = (f"beyond the {limit:.0e} that {kind} sums of its squares (its second "
+                        "moments) allow" if scale > limit else
+                        f"below the {1 / limit:.0e} under which {kind} sums of its squares "
+                        "(its second moments) underflow")
+                raise IdentirepError(
+                    f"the {nm} model's {what} reaches {scale / np.sqrt(m.M):.3g} (sqrt(M) max "
+                    f"|{what}| {scale:.3g}), {side}, though its logits stay within the limits "
+                    f"(sqrt(M) max |{'g' if what == 'f' else 'f'}| is {other:.3g})",
+                    fix=f"balance the factors: f * c and g / c with c = {c:.3g} leave every "
+                        "logit unchanged (and every measure but d_rep, which is in squared "
+                        f"units of f and scales by c^2){cast}")
 
 
 def to_numpy(a, dtype=None) -> np.ndarray:
