@@ -281,3 +281,26 @@ def test_d_rep_beyond_float64_is_refused_naming_the_scales(backend):
     assert "d_rep exceeds the float64 range" in r.failures["d_rep"].reason
     assert r.failures["d_rep"].fix.startswith("rescale the first model")
     assert np.isfinite(r.kl.kl12) and r.mcca_f is not None
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e300])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_mcca_of_arrays_at_any_float64_scale(pair, scale, backend):
+    """Canonical correlations do not depend on the arrays' scale: huge or tiny arrays give the
+    same numbers (scaled by a power of 2 first), with no overflow."""
+    a, b = pair
+    want = ir.mcca(a.g, b.g, backend=backend)
+    got = ir.mcca(a.g * scale, b.g, backend=backend)
+    assert got.correlations == pytest.approx(want.correlations, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("x, message", [
+    (np.array([["a", "b"]] * 5), "mcca's x has dtype <U1; it needs real numbers"),
+    (np.ones((5, 2), complex), "mcca's x has dtype complex128"),
+    (np.array([[1, None]] * 5), "mcca's x has dtype object"),
+    ([[1.0, 2.0], [3.0]], "a nested list here is ragged"),
+    (np.ones(5), "two 2-d arrays"),
+])
+def test_mcca_refuses_what_is_not_a_data_set(x, message):
+    with pytest.raises(IdentirepError, match=message):
+        ir.mcca(x, np.random.default_rng(0).standard_normal((5, 2)))

@@ -323,6 +323,10 @@ def check_cca_inputs(x, y, n_components) -> None:
         raise IdentirepError(f"mcca needs the same samples in both: {x.shape[0]} vs {y.shape[0]} rows")
     if x.shape[0] < 2:
         raise IdentirepError("mcca needs at least 2 samples")
+    for nm, a in (("x", x), ("y", y)):
+        if a.dtype.kind not in "biuf" and a.dtype.name != "bfloat16":
+            raise IdentirepError(f"mcca's {nm} has dtype {a.dtype}; it needs real numbers",
+                                 fix="convert with .astype(np.float64)")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise IdentirepError("mcca inputs contain NaN or Inf")
     check_count("n_components", n_components, none_ok=True)

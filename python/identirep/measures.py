@@ -215,9 +215,15 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto") -> MCC
     if backend not in (None, "auto", "cpu", "reference"):
         raise IdentirepError(f"mcca's backend must be 'auto', 'cpu' or 'reference', got "
                              f"{backend!r}", fix="mcca runs on the host: leave backend out")
-    x = to_numpy(x)  # GPU arrays: the scatter matrices are small, computed on the host
-    y = to_numpy(y)
+    try:   # GPU arrays: the scatter matrices are small, computed on the host
+        x, y = to_numpy(x), to_numpy(y)
+    except (TypeError, ValueError):
+        raise IdentirepError("mcca takes two 2-d arrays (samples x features); a nested list "
+                             "here is ragged (rows of different lengths)") from None
     rules.check_cca_inputs(x, y, n_components)
+    # canonical correlations do not change when x or y is multiplied by a number: arrays
+    # whose squares would overflow (or underflow) float64 are scaled by a power of 2
+    x, y = _within_square_range(x), _within_square_range(y)
     if backend == "reference":
         return ref.mcca_reference(x, y, n_components)
     mom = Moments.from_rows(np.hstack([x.astype(np.float64), y.astype(np.float64)]))
@@ -225,6 +231,16 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto") -> MCC
     S = mom.scatter
     return mcca_from_scatter(S[:d, d:], n_components, whiten(S[:d, :d], "x"),
                              whiten(S[d:, d:], "y"))
+
+
+def _within_square_range(x: np.ndarray) -> np.ndarray:
+    """``x`` as float64, times the power of 2 that brings its largest magnitude near 1 when
+    that magnitude is beyond 1e100 or below 1e-100 (exact: only the exponents change)."""
+    x = np.asarray(x, np.float64)
+    top = float(np.abs(x).max()) if x.size else 0.0
+    if top == 0.0 or 1e-100 <= top <= 1e100:
+        return x
+    return np.ldexp(x, -np.frexp(top)[1])
 
 
 @on_caller_stream
