@@ -304,3 +304,51 @@ def test_mcca_of_arrays_at_any_float64_scale(pair, scale, backend):
 def test_mcca_refuses_what_is_not_a_data_set(x, message):
     with pytest.raises(IdentirepError, match=message):
         ir.mcca(x, np.random.default_rng(0).standard_normal((5, 2)))
+
+
+#: user text that rich would read as markup or emoji, mathtext, control characters
+HOSTILE_TEXT = ["[/bold]", "[b]x[/b] :smile: $x^$", "tail\\", "a\\[b]", "\x1b[31mred\nline"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_TEXT)
+def test_report_tables_show_user_text_literally(pair, name):
+    """Names, notes and failure reasons are shown as they are (control characters escaped):
+    never parsed as rich markup (a MarkupError) or emoji codes."""
+    import io
+
+    from rich.console import Console
+
+    from identirep.report import render_report
+    a, b = pair
+    r = ir.compare(ir.Model(a.f, a.g, name=name), ir.Model(b.f, b.g, name=name + "2"),
+                   num_samples=5)
+    r.notes.append(name)
+    buf = io.StringIO()
+    render_report(r, Console(file=buf, width=400))
+    shown = name.replace("\x1b", "\\x1b").replace("\n", "\\n")
+    lines = buf.getvalue().splitlines()
+    assert f"{shown} vs {shown}2" in lines[0] and lines[-1] == f"note: {shown}"
+    assert "\x1b" not in buf.getvalue()
+
+
+def _run_cli(argv, capsys):
+    from identirep.cli import main
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out, err
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT[:4])
+def test_cli_tables_show_names_labels_and_paths_literally(pair, text, tmp_path, capsys):
+    a, b = pair
+    labels = [f"{text}{i}" for i in range(V)]
+    d = tmp_path / "".join("_" if c in "/\\" else c for c in text)   # "[_bold]"
+    d.mkdir()
+    pa = ir.save_model(ir.Model(a.f, a.g, name=text, labels=labels), d / "a.npz")
+    pb = ir.save_model(ir.Model(b.f, b.g, name=text + "2", labels=labels), d / "b.npz")
+    code, out, _ = _run_cli(["compare", str(pa), str(pb), "--num-samples", "5"], capsys)
+    assert code == 0 and f"{text} vs {text}2" in out
+    code, out, _ = _run_cli(["matrix", str(pa), str(pb), "--num-samples", "5", "--no-plots",
+                             "--out", str(d / "m")], capsys)
+    assert code == 0 and text in out and str(d / "m") in out.replace("\n", "")

@@ -322,12 +322,12 @@ def cmd_matrix(args) -> int:
         print(json.dumps(payload, indent=2))
         return 0
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    from .report import fmt
+    from .report import fmt, literal
     console = Console(width=None if sys.stdout.isatty() else 120)
-    names = [escape(n) for n in res.names]   # user text: "[b]" is a name, not markup
+    names = [literal(n) for n in res.names]   # user text: "[b]" is a name, not markup
     for m in ("d_llv", "kl", "mcca_f"):
         t = Table(title=f"{m} (row vs column)")
         t.add_column("")
@@ -337,8 +337,9 @@ def cmd_matrix(args) -> int:
             t.add_row(n, *(fmt(float(v), 3) if np.isfinite(v) else "-" for v in row))
         console.print(t)
     if args.out:
-        console.print(f"wrote CSV, JSON{'' if args.no_plots else ' and PNG heatmaps'} to "
-                      f"{escape(str(args.out))}")
+        console.print(Text.assemble(
+            f"wrote CSV, JSON{'' if args.no_plots else ' and PNG heatmaps'} to ",
+            literal(args.out)))
     return 0
 
 

@@ -75,21 +75,30 @@ def _short(xs: Iterable, n: int = 6) -> str:
     return f"[{body}{', ...' if len(xs) > n else ''}] ({len(xs)})" if len(xs) > n else f"[{body}]"
 
 
+def literal(s):
+    """User text (model names, token strings, paths, messages that quote them) for rich
+    output: a ``rich.text.Text``, never read as markup ("[/bold]") or emoji codes (":x:"),
+    with control characters and line breaks escaped ("\\x1b") so that the text cannot
+    restyle the terminal or break a table's rows."""
+    from rich.text import Text
+    return Text("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(s)))
+
+
 def render_report(r: Report, console=None) -> None:
     import sys
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
     console = console or Console(width=None if sys.stdout.isatty() else 120)
-    from rich.markup import escape
-    t = Table(title=f"{escape(r.name1)} vs {escape(r.name2)}  (N={r.N}, V={r.V}, M={r.M1}/{r.M2}, "
-                    f"{r.backend}, {r.seconds:.2f} s)")
+    t = Table(title=Text.assemble(
+        literal(r.name1), " vs ", literal(r.name2),
+        f"  (N={r.N}, V={r.V}, M={r.M1}/{r.M2}, {r.backend}, {r.seconds:.2f} s)"))
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_column("detail", overflow="fold")
-    from rich.markup import escape
     for row in report_rows(r):
-        t.add_row(*(escape(c) for c in row))
+        t.add_row(*(literal(c) for c in row))
     console.print(t)
     for n in r.notes:
-        console.print(f"note: {escape(n)}")
+        console.print(Text.assemble("note: ", literal(n)))
