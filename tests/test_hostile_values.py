@@ -339,7 +339,7 @@ def _run_cli(argv, capsys):
     return code, out, err
 
 
-@pytest.mark.parametrize("text", HOSTILE_TEXT[:4])
+@pytest.mark.parametrize("text", HOSTILE_TEXT[:2])
 def test_cli_tables_show_names_labels_and_paths_literally(pair, text, tmp_path, capsys):
     a, b = pair
     labels = [f"{text}{i}" for i in range(V)]
@@ -352,3 +352,65 @@ def test_cli_tables_show_names_labels_and_paths_literally(pair, text, tmp_path, 
     code, out, _ = _run_cli(["matrix", str(pa), str(pb), "--num-samples", "5", "--no-plots",
                              "--out", str(d / "m")], capsys)
     assert code == 0 and text in out and str(d / "m") in out.replace("\n", "")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, pair):
+    d = tmp_path_factory.mktemp("hostile")
+    a, b = pair
+    big = ir.Model(a.f.astype(np.float32), a.g.astype(np.float32).copy())
+    big.g[5, 2] = 1e20
+    return {"a": str(ir.save_model(a, d / "a.npz")), "b": str(ir.save_model(b, d / "b.npz")),
+            "big": str(ir.save_model(big, d / "big.npz")), "dir": d}
+
+
+CLI_BAD = [
+    (["compare", "A", "B", "--num-pivots", "0"], "--num-pivots: must be >= 1, got 0"),
+    (["compare", "A", "B", "--num-pivots", "-1"], "--num-pivots: must be >= 1, got -1"),
+    (["compare", "A", "B", "--seed", "-1"], "--seed: must be >= 0, got -1"),
+    (["compare", "A", "B", "--seed", "1.5"], "--seed: expected an integer >= 0, got '1.5'"),
+    (["compare", "A", "B", "--num-samples", "2.5"], "--num-samples: expected an integer >= 1"),
+    (["compare", "A", "B", "--num-samples", "nan"], "--num-samples: expected an integer >= 1"),
+    (["compare", "A", "B", "--sets-per-pivot", "0"], "--sets-per-pivot: must be >= 1"),
+    (["compare", "A", "B", "--pivot-budget", "-5"], "--pivot-budget: must be >= 1"),
+    (["compare", "A", "B", "--lam", "nan"], "--lam: must be a finite number >= 0"),
+    (["compare", "A", "B", "--lam=-inf"], "--lam: must be a finite number >= 0"),
+    (["compare", "A", "B", "--lam", "1e309"], "--lam: must be a finite number >= 0"),
+    (["compare", "A", "B", "--lam", "x"], "--lam: expected a finite number >= 0, got 'x'"),
+    (["compare", "A", "B", "--combine", "min"], "--combine: invalid choice: 'min'"),
+    (["compare", "A", "B", "--backend", "tpu"], "--backend: invalid choice: 'tpu'"),
+    (["compare", "A", "B", "--num-samples", "99999999999999999999"], "is too many"),
+    (["compare", "BIG", "B", "--num-samples", "5"], "logits reach about 1.08e+21"),
+    (["matrix", "A", "B", "--num-pivots", "0"], "--num-pivots: must be >= 1, got 0"),
+    (["matrix", "A", "B", "--seed", "-1"], "--seed: must be >= 0"),
+    (["matrix", "A", "--num-samples", "5"], "matrix needs at least two models"),
+    (["matrix", "A", "BIG", "--num-samples", "5", "--no-plots"], "logits reach about"),
+    (["demo", "--seed", "-1"], "--seed: must be >= 0"),
+    (["demo", "--seed", "2.0"], "--seed: expected an integer >= 0"),
+    (["bench", "--repeats", "0"], "--repeats: must be >= 1"),
+    (["bench", "--repeats", "1.5"], "--repeats: expected an integer >= 1"),
+    (["extract", "D", "--texts", "T", "-o", "O.npz", "--max-length", "0"],
+     "max_length must be a positive integer, got 0"),
+    (["extract", "D", "--texts", "T", "-o", "O.npz", "--batch-size", "-1"],
+     "batch_size must be a positive integer, got -1"),
+    (["extract", "D", "--texts", "T", "-o", "O.npz", "--check-positions", "0"],
+     "check_positions must be a positive integer"),
+    (["extract", "D", "--texts", "T", "-o", "O.npz", "--seed", "-1"],
+     "seed must be a non-negative integer"),
+    (["extract", "D", "--texts", "T", "-o", "O.npz", "--max-length", "2.5"],
+     "--max-length: invalid int value: '2.5'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CLI_BAD, ids=[" ".join(a) for a, _ in CLI_BAD])
+def test_cli_bad_values_exit_2_with_one_line(argv, message, files, capsys):
+    """Every command's bad option values and extreme model files: exit code 2 and the reason
+    on one line (after argparse's usage line, for parsing errors), no traceback."""
+    sub = {"A": files["a"], "B": files["b"], "BIG": files["big"],
+           "D": str(files["dir"] / "no_model"), "T": str(files["dir"] / "no.txt")}
+    code, out, err = _run_cli([sub.get(x, x) for x in argv], capsys)
+    assert code == 2, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("identirep") and message in last, err
+    assert [line for line in err.strip().splitlines() if not line.startswith(("usage", " "))] \
+        == [last], err
