@@ -68,6 +68,20 @@ MAX_INPUT_SETS = 1_000_000
 MAX_INPUT_SET_INDICES = 1 << 26
 
 
+#: the most label sets d_SVD or d_rep evaluates (max_label_sets, max_sets, rep_sets, d_rep's
+#: num_pivots x sets_per_pivot): each costs O(M^3) time, and a million take minutes at M = 4
+MAX_LABEL_SETS = 1_000_000
+
+
+def check_label_sets(name, v, none_ok=False) -> None:
+    """A count of d_SVD or d_rep label sets: an integer in [1, MAX_LABEL_SETS]."""
+    check_count(name, v, none_ok=none_ok)
+    if v is not None and v > MAX_LABEL_SETS:
+        raise IdentirepError(f"{name}={v} label sets: identirep evaluates at most "
+                             f"{MAX_LABEL_SETS} (each costs O(M^3) time)",
+                             fix=f"lower {name.replace(' x ', ' or ')}")
+
+
 def check_count(name, v, minimum=1, none_ok=False) -> None:
     """An integer option (Python or NumPy integer, not a bool) of at least ``minimum``; None
     too with ``none_ok``."""
@@ -237,7 +251,7 @@ def rep_budget(M1, V, rep_sets=None):
     min(sets, V, 100) pivots."""
     if rep_sets is None:
         rep_sets = 500 if M1 <= 64 else 64 if M1 <= 256 else 8 if M1 <= 1024 else 2
-    check_count("rep_sets", rep_sets)
+    check_label_sets("rep_sets", rep_sets)
     P = min(int(rep_sets), V, 100)
     return P, max(1, int(rep_sets) // P)
 
@@ -251,6 +265,9 @@ def rep_sets(sets, V, M, num_pivots, sets_per_pivot, seed):
         P, C = rep_budget(M, V)
         P = P if num_pivots is None else num_pivots
         C = C if sets_per_pivot is None else sets_per_pivot
+        check_count("num_pivots", P)
+        check_count("sets_per_pivot", C)
+        check_label_sets("num_pivots x sets_per_pivot", P * C)
         return sampling.rep_sets(V, M, P, C, seed), P, C
     s = np.asarray(sets)
     if (s.ndim != 2 or s.shape[1] != M + 1 or s.shape[0] < 1 or s.dtype.kind not in "iu"

@@ -172,7 +172,7 @@ def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[i
     """
     check_pair(a, b, same_dim=True, what="d_SVD")
     rules.check_options(seed)
-    rules.check_count("max_sets", max_sets)
+    rules.check_label_sets("max_sets", max_sets)
     unknown = set(llv) - _LLV_SEARCH_OPTIONS
     if unknown:
         raise IdentirepError(f"unknown option(s) {', '.join(sorted(unknown))} of d_svd",
@@ -294,7 +294,9 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
     check_pair(a, b)
     rules.check_options(seed)
     rules.check_num_pivots(num_pivots)
-    rules.check_count("sets_per_pivot", sets_per_pivot, none_ok=True)
+    rules.check_label_sets("sets_per_pivot", sets_per_pivot, none_ok=True)
+    if num_pivots is not None and sets_per_pivot is not None:
+        rules.check_label_sets("num_pivots x sets_per_pivot", num_pivots * sets_per_pivot)
     rules.check_max_cond(max_cond)
     rules.check_flag("unsquared", unsquared)
     kw = dict(sets=sets, num_pivots=num_pivots, sets_per_pivot=sets_per_pivot, seed=seed,
@@ -407,8 +409,8 @@ def check_compare_options(lam=1e-5, combine="max", term="max", num_samples=200, 
     rules.check_flag("paper_compat", paper_compat)
     rules.check_num_pivots(num_pivots)
     rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
-    rules.check_count("max_label_sets", max_label_sets, none_ok=True)
-    rules.check_count("rep_sets", rep_sets, none_ok=True)
+    rules.check_label_sets("max_label_sets", max_label_sets, none_ok=True)
+    rules.check_label_sets("rep_sets", rep_sets, none_ok=True)
 
 
 def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
