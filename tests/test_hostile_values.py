@@ -111,7 +111,7 @@ BAD_OPTIONS = [
                                    "at most 1000000"),
     ("compare", "max_label_sets", 2**70, "max_label_sets=.* label sets: .* at most 1000000"),
     ("d_svd", "max_sets", 10**7, "max_sets=10000000 label sets"),
-    ("d_rep", "sets_per_pivot", 10**6, "num_pivots x sets_per_pivot=10000000 label sets.*"
+    ("d_rep", "sets_per_pivot", 10**6, "num_pivots x sets_per_pivot=30000000 label sets.*"
                                       "fix: lower num_pivots or sets_per_pivot"),
     ("d_svd", "max_sets", 0, "max_sets must be an integer >= 1, got 0"),
     ("d_svd", "max_sets", None, "max_sets must be an integer >= 1"),
