@@ -194,7 +194,9 @@ def check_input_sets(args, pairs) -> None:
             continue
         asked = f"--num-samples {args.num_samples}" + (
             f" x --sets-per-pivot {s}" if s > 1 else "")
-        if limit < 1:
+        if s > MAX_INPUT_SETS:      # not even one set per pivot fits the cap
+            fix = f"give --sets-per-pivot {MAX_INPUT_SETS} or less"
+        elif limit < 1:
             fix = f"N={N} inputs are too few for sets of M + 1 = {M + 1}"
         else:
             fix = f"give --num-samples {limit} or less" + (
