@@ -134,6 +134,9 @@ BAD_OPTIONS = [
     ("mcca", "n_components", "2", "n_components must be an integer >= 1"),
     ("mcca", "n_components", 0, "n_components must be an integer >= 1"),
     ("mcca", "backend", "cuda", "mcca's backend must be 'auto', 'cpu' or 'reference'"),
+    ("engine", "progress", "x", "progress must be a callable or None, got str 'x'"),
+    ("engine", "caches", 3, "caches must be a callable or None"),
+    ("engine", "backend", "reference", "the reference backend has no engine"),
     ("matrix", "lam", "x", "lam must be a finite number"),
     ("matrix", "seed", -1, "seed must be an integer >= 0"),
     ("matrix", "num_samples", 2.5, "num_samples must be an integer >= 1"),
@@ -147,6 +150,8 @@ def _call(fn, a, b, **kw):
         return ir.mcca(a.f, b.f, **kw)
     if fn == "matrix":
         return ir.matrix([a, b], **kw)
+    if fn == "engine":
+        return ir.engine(a, b, **kw)
     quick = {} if fn in ("kl", "d_logit", "d_rep") or "num_samples" in kw else {"num_samples": 5}
     return getattr(ir, fn)(a, b, **quick, **kw)
 

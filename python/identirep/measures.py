@@ -43,6 +43,10 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
         ``.kl()``, ``.d_llv()``, ``.d_svd()``, ``.mcca_f()``, ``.mcca_g()``, ``.d_logit()``,
         ``.d_rep()`` from the one pass."""
     check_pair(a, b)
+    for name, fn in (("progress", progress), ("caches", caches)):
+        if fn is not None and not callable(fn):
+            raise IdentirepError(f"{name} must be a callable or None, got "
+                                 f"{type(fn).__name__} {fn!r:.60}")
     check_logit_scale(a, b)
     backend = resolve(backend, a, b)
     if backend == "reference":
