@@ -186,10 +186,12 @@ _HEADER = "{'descr': '<f8', 'fortran_order': False, 'shape': (6, 3), }"
      "declares float64 (200000, 200000) = 298 GiB, over the limit of 256 GiB"),
     (npy_raw("{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 400000)}", b"\0" * 64),
      "= 149 GiB, but only 64 bytes follow"),
+    (npy_raw("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4611686018427387904)}"),
+     "with a dimension beyond the limit of 256 GiB"),
 ], ids=["empty", "short-magic", "random", "pickle", "version", "size-cut", "header-cut",
         "syntax", "token", "call", "fortran-not-bool", "negative", "extra-key", "nesting",
         "header-too-long", "dtype", "object", "structured", "data-cut", "over-limit",
-        "declared-huge"])
+        "declared-huge", "empty-but-huge-dimension"])
 @pytest.mark.parametrize("fmt", ["dir", "npz"])
 def test_bad_npy(tmp_path, data, fragment, fmt):
     if fmt == "dir":

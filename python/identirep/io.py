@@ -539,12 +539,16 @@ def _check_declared(where: str, dtype: str, itemsize: int, shape, limit: int, av
                     over_limit_fix: str = _OVER_LIMIT_FIX) -> int:
     """Bytes of an array of ``shape`` x ``itemsize``; refused over ``limit`` or over the
     ``available`` bytes that hold it, before anything is allocated."""
-    nbytes = itemsize
+    nbytes = span = itemsize
     for s in shape:
         nbytes *= s
+        span *= max(s, 1)    # an empty array's other dimensions must be sane too
     declared = f"{where}: its header declares {dtype} {tuple(shape)} = {_gib(nbytes)}"
     if nbytes > limit:
         raise IdentirepError(f"{declared}, over the limit of {_gib(limit)}", fix=over_limit_fix)
+    if span > limit:
+        raise IdentirepError(f"{declared}, with a dimension beyond the limit of {_gib(limit)}",
+                             fix=_NPY_FIX)
     if nbytes > available:
         raise IdentirepError(f"{declared}, but only {_gib(max(available, 0))} follow: "
                              "truncated or damaged", fix=_NPY_FIX)
