@@ -290,6 +290,18 @@ def test_bad_labels(tmp_path, fmt, labels, fragment):
     refused(p, fragment)
 
 
+@pytest.mark.parametrize("code", [0x11000000, 0x110000, 0xD800])
+@pytest.mark.parametrize("key", ["labels", "meta"])
+def test_npz_text_beyond_unicode(tmp_path, key, code):
+    # NumPy str arrays hold any 32-bit code: a damaged one must not reach the tables
+    a = np.array(["ab"] * 5) if key == "labels" else np.array("{}")
+    raw = bytearray(a.tobytes())
+    raw[:4] = code.to_bytes(4, "little")
+    bad = np.frombuffer(bytes(raw), dtype=a.dtype).reshape(a.shape)
+    p = npz(tmp_path, _good() + array_members(**{key: bad}))
+    refused(p, f"'{key}' holds invalid text (code point {code:#x} is not a Unicode character)")
+
+
 # ----------------------------------------------------------------------------- safetensors
 
 def test_bad_safetensors(tmp_path):

@@ -721,7 +721,15 @@ def _npz_meta(zf, members: dict, path: Path):
 
 
 def _text(a: np.ndarray, path: Path, key: str):
-    """str (0-d) or list of str (1-d) of a NumPy str array."""
+    """str (0-d) or list of str (1-d) of a NumPy str array: its code points must be Unicode
+    scalar values (no surrogates, none beyond U+10FFFF), which NumPy does not check."""
+    cp = np.ascontiguousarray(a).view(np.uint32)
+    bad = (cp > 0x10FFFF) | ((cp >= 0xD800) & (cp <= 0xDFFF))
+    if bad.any():
+        raise IdentirepError(f"{path}: '{key}' holds invalid text (code point "
+                             f"{int(cp[bad].flat[0]):#x} is not a Unicode character)",
+                             fix=_LABELS_FIX if key == "labels" else
+                             "store meta=np.array(json.dumps(metadata))")
     try:
         return a.tolist()
     except (ValueError, UnicodeError) as e:   # code points beyond Unicode
