@@ -162,3 +162,28 @@ def test_masked_labels_are_refused_with_the_fix_or_dropped():
         ir.Model(f, g, b, drop_masked_labels=[8])
     with pytest.raises(IdentirepError, match="leaves 1 of the V=8 labels"):
         ir.Model(f, g, np.r_[[0.0], np.full(7, -np.inf)], drop_masked_labels=True)
+
+
+def test_float32_logits_too_small_to_resolve_are_refused():
+    from identirep import constructions as C
+    from identirep.model import FLOAT32_MIN_LOGIT_SPREAD
+    a = C.random_model(N=300, V=30, M=8, seed=0)
+    b = C.perturbed_copy(a, 0.3, seed=1)
+
+    def pair(s, dt):
+        return (ir.Model((a.f * s).astype(dt), a.g.astype(dt)),
+                ir.Model((b.f * s).astype(dt), b.g.astype(dt)))
+    # at f x 1e-8 the float32 pass's normalisers swamp the logits (d_LLV 0.85 against 0.33)
+    for s in (1e-8, 1e-4):
+        with pytest.raises(IdentirepError, match="that float32 resolves") as e:
+            ir.d_llv(*pair(s, np.float32), num_samples=20)
+        assert "cast f and g to float64" in e.value.fix
+        ir.d_llv(*pair(s, np.float64), num_samples=20)         # float64 resolves them
+    # just above the floor (logit bound 2.7e-2) float32 agrees with float64 within 1e-5
+    s = 1e-3
+    A, _ = pair(s, np.float32)
+    spread = float(np.abs(A.f).max() * np.abs(A.g).max() * A.M)
+    assert FLOAT32_MIN_LOGIT_SPREAD < spread < 3 * FLOAT32_MIN_LOGIT_SPREAD
+    got = ir.d_llv(*pair(s, np.float32), num_samples=20).value
+    want = ir.d_llv(*pair(s, np.float64), num_samples=20).value
+    assert abs(got / want - 1) < 1e-5
