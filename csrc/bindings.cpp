@@ -24,7 +24,9 @@ l1, l2: (n, v) float32 or float64 arrays (same dtype and shape, contiguous rows,
 stride): logits of model 1 and 2 for n inputs and labels col0 .. col0+v-1.
 state: (8, n) float64, rows [m1, s1, a12, e1, m2, s2, a21, e2], updated in place.
 args: (2, n) int64, rows [arg1, arg2] (global argmax label), updated in place.
-threads: OpenMP threads for the rows (0: the OpenMP default).
+threads: OpenMP threads for the rows (0: the OpenMP default; more than it, or than n, are not
+started). col0 + v and row0 + n must fit in int64; every argument is checked (ValueError,
+TypeError) before any element is read or written.
 Initialise state with m = -inf and zeros, args with -1; feed the label tiles of a row in
 increasing col0 order. Releases the GIL.
 row_moments: optional (5, n) float64, rows [mean l1, mean l2, ssq l1, ssq l2, ssq (l1 - l2)]

@@ -1,8 +1,8 @@
 // Argument checks and dtype dispatch for the CPU fused epilogue (kernels/lse_kl.h).
 #include <cstdint>
+#include <limits>
 #include <sstream>
 #include <string>
-#include <utility>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -45,7 +45,9 @@ std::string ShapeStr(const py::array& a) {
 std::string DtypeStr(const py::array& a) { return std::string(py::str(a.dtype())); }
 
 // Row stride in elements of a 2-d array whose rows are contiguous; throws ValueError otherwise.
+// An empty array has no element to reach (NumPy gives it zero strides): any strides serve.
 int64_t RowStride(const py::array& a, const char* name) {
+  if (a.size() == 0) return 0;
   const int64_t item = a.itemsize();
   if (reinterpret_cast<uintptr_t>(a.data()) % item != 0)
     throw py::value_error(std::string(kOp) + name + " is not aligned; pass a copy " +
@@ -76,6 +78,15 @@ void CheckState(const py::array& a, const char* name, const py::dtype& want, con
     throw py::value_error(std::string(kOp) + name + " must be writeable");
 }
 
+// The rows of a 2-d output of `cols` columns (row stride ld, elements) must not overlap: the
+// kernel writes each element of each row.
+void CheckRowsApart(int64_t ld, int64_t cols, const char* name) {
+  if (cols > 0 && ld < cols && ld > -cols)
+    throw py::value_error(std::string(kOp) + "the rows of " + name + " overlap (row stride " +
+                          std::to_string(ld) + " elements for " + std::to_string(cols) +
+                          " columns)");
+}
+
 }  // namespace
 
 void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::handle args_h,
@@ -100,26 +111,33 @@ void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::han
   if (l1.shape(0) != l2.shape(0) || l1.shape(1) != l2.shape(1))
     throw py::value_error(std::string(kOp) + "l1 and l2 must have the same shape, got " +
                           ShapeStr(l1) + " and " + ShapeStr(l2));
-  if (col0 < 0)
-    throw py::value_error(std::string(kOp) + "col0 must be >= 0, got " + std::to_string(col0));
   if (threads < 0)
     throw py::value_error(std::string(kOp) + "threads must be >= 0 (0: OpenMP default), got " +
                           std::to_string(threads));
   const py::ssize_t n = l1.shape(0);
   const py::ssize_t v = l1.shape(1);
+  // The tile holds labels col0 .. col0+v-1 and inputs row0 .. row0+n-1: both ranges must be
+  // representable (the kernel stores col0 + j in args). Compared as `a > max - b`, without
+  // forming a sum that can overflow.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  if (col0 < 0)
+    throw py::value_error(std::string(kOp) + "col0 must be >= 0, got " + std::to_string(col0));
+  if (col0 > kMax - v)
+    throw py::value_error(std::string(kOp) + "col0 + v must fit in int64, got col0 = " +
+                          std::to_string(col0) + " for v = " + std::to_string(v) + " labels");
+  if (row0 < 0)
+    throw py::value_error(std::string(kOp) + "row0 must be >= 0, got " + std::to_string(row0));
+  if (row0 > kMax - n)
+    throw py::value_error(std::string(kOp) + "row0 + n must fit in int64, got row0 = " +
+                          std::to_string(row0) + " for n = " + std::to_string(n) + " rows");
   CheckState(state, "state", py::dtype::of<double>(), "float64", 8, n);
   CheckState(args, "args", py::dtype::of<int64_t>(), "int64", 2, n);
   const int64_t ld1 = RowStride(l1, "l1");
   const int64_t ld2 = RowStride(l2, "l2");
   const int64_t state_ld = RowStride(state, "state");
   const int64_t args_ld = RowStride(args, "args");
-  for (auto [ld, name] : {std::pair<int64_t, const char*>{state_ld, "state"},
-                           std::pair<int64_t, const char*>{args_ld, "args"}}) {
-    if (n > 0 && (ld < n && ld > -n))
-      throw py::value_error(std::string(kOp) + "the rows of " + name + " overlap (row stride " +
-                            std::to_string(ld) + " elements for " + std::to_string(n) +
-                            " columns)");
-  }
+  CheckRowsApart(state_ld, n, "state");
+  CheckRowsApart(args_ld, n, "args");
   kernels::LogitMoments mom{nullptr, 0, nullptr, 0, row0};
   py::array row_m, col_m;
   if (!row_moments_h.is_none()) {
@@ -127,19 +145,20 @@ void lse_kl_update(py::handle l1_h, py::handle l2_h, py::handle state_h, py::han
     CheckState(row_m, "row_moments", py::dtype::of<double>(), "float64", 5, n);
     mom.row = static_cast<double*>(const_cast<void*>(row_m.data()));
     mom.row_ld = RowStride(row_m, "row_moments");
+    CheckRowsApart(mom.row_ld, n, "row_moments");
   }
   if (!col_moments_h.is_none()) {
     col_m = AsArray(col_moments_h, "col_moments");
+    // labels col0 .. col0+v-1 of it are written: col0 + v <= V (no overflow: V, v >= 0)
     if (!col_m.dtype().is(py::dtype::of<double>()) || col_m.ndim() != 2 || col_m.shape(0) != 5 ||
-        col_m.shape(1) < col0 + v || !col_m.writeable())
+        col0 > col_m.shape(1) - v || !col_m.writeable())
       throw py::value_error(std::string(kOp) + "col_moments must be a writeable float64 (5, V) "
                             "array with V >= col0 + v = " + std::to_string(col0 + v) +
                             ", got " + DtypeStr(col_m) + " " + ShapeStr(col_m));
     mom.col = static_cast<double*>(const_cast<void*>(col_m.data()));
     mom.col_ld = RowStride(col_m, "col_moments");
+    CheckRowsApart(mom.col_ld, col_m.shape(1), "col_moments");
   }
-  if (row0 < 0)
-    throw py::value_error(std::string(kOp) + "row0 must be >= 0, got " + std::to_string(row0));
   const kernels::LogitMoments* mp = (mom.row || mom.col) ? &mom : nullptr;
   if (n == 0 || v == 0) return;
 

@@ -347,7 +347,8 @@ inline void ColAccumulateRows(const T* l1, int64_t ld1, const T* l2, int64_t ld2
   }
 }
 
-// Fold a tile's shifted column sums (n rows, shifts k1, k2) into the column moments.
+// Fold a tile's shifted column sums (n rows, shifts k1, k2) into the column moments: writes
+// labels col0 .. col0+v-1 of mom.col, which the caller has checked lie inside it.
 template <typename T>
 inline void ColMerge(const double* acc, const T* k1, const T* k2, int64_t n, int64_t v,
                      int64_t col0, const LogitMoments& mom) {
@@ -378,8 +379,10 @@ inline void ColMerge(const double* acc, const T* k1, const T* k2, int64_t n, int
 }  // namespace detail
 
 // Update the state with one pair of logit tiles (n x v, row strides ld1, ld2). Host code,
-// parallel over rows when built with OpenMP: `threads` > 0 caps the thread count, 0 takes the
-// OpenMP default; small tiles run on the calling thread.
+// parallel over rows when built with OpenMP: `threads` > 0 caps the thread count (at most the
+// OpenMP default and n), 0 takes the OpenMP default; small tiles run on the calling thread.
+// The caller checks the ranges (csrc/lse_kl.cpp): col0 + v fits in int64 (args get col0 + j),
+// and with column moments, labels col0 .. col0+v-1 lie inside their col_ld-wide rows.
 template <typename T>
 void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, int64_t v,
                  int64_t col0, LseKlState st, int threads = 0,
@@ -390,8 +393,13 @@ void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, 
   std::vector<double> total(cols ? 5 * v : 0, 0.0);
   int nt = 1;
 #ifdef _OPENMP
-  nt = threads > 0 ? threads : omp_get_max_threads();
-  if (n < 2 || n * v < detail::kParallelWork) nt = 1;
+  // `threads` caps the OpenMP default, and no more threads than rows: a count beyond them
+  // would only have the runtime allocate (or fail to start) idle threads.
+  const int most = omp_get_max_threads();
+  nt = threads > 0 && threads < most ? threads : most;
+  if (nt > n) nt = static_cast<int>(n);
+  // n * v < kParallelWork, without forming n * v
+  if (n < 2 || v <= (detail::kParallelWork - 1) / n) nt = 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #else
   (void)threads;
