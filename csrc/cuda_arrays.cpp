@@ -3,6 +3,7 @@
 #include "cuda_arrays.h"
 
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -31,7 +32,10 @@ struct Array {
   bool readonly = false;
 
   int64_t ndim() const { return static_cast<int64_t>(shape.size()); }
+  // (Parse checks that the extents are >= 0 and that this product fits in int64.)
   int64_t size() const {
+    for (int64_t d : shape)
+      if (d == 0) return 0;  // before any product: the other extents may be huge
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     return n;
@@ -127,6 +131,27 @@ class Checks {
       Fail(std::string(name) + ": its __cuda_array_interface__ is malformed (" + e.what() + ")");
     }
     a.present = true;
+    // Extents >= 0; unless it is empty, its bytes and the bytes its strides span fit in
+    // int64: the operations index it with int64 offsets (checked as `a > max / b`).
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    bool empty = false;
+    for (int64_t e : a.shape) {
+      Require(e >= 0, std::string(name) + " has a negative extent (" + std::to_string(e) +
+                          ") in its shape " + a.Describe());
+      empty = empty || e == 0;
+    }
+    int64_t bytes = a.itemsize, span = 0;  // span: from the first element to the farthest
+    for (size_t i = 0; !empty && i < a.shape.size(); ++i) {
+      const int64_t e = a.shape[i], st = a.strides[i];
+      Require(bytes <= kMax / e, std::string(name) + " has more bytes than int64 holds");
+      bytes *= e;
+      if (e == 1) continue;
+      const int64_t step = st < 0 ? (st == std::numeric_limits<int64_t>::min() ? kMax : -st) : st;
+      Require(step <= kMax / a.itemsize / (e - 1) &&
+                  step * a.itemsize * (e - 1) <= kMax - span,
+              std::string(name) + "'s strides span more bytes than int64 holds");
+      span += step * a.itemsize * (e - 1);
+    }
     Require(a.ptr != 0 || a.size() == 0, std::string(name) + " has a null data pointer");
     Require(a.ptr % static_cast<uintptr_t>(a.itemsize) == 0,
             std::string(name) + "'s data is not aligned to its " + std::to_string(a.itemsize) +
@@ -238,6 +263,15 @@ void lse_kl_update_cuda(py::handle l1_, py::handle l2_, py::handle state_, py::h
   const int64_t n = l1.Rows(), v = l1.Cols();
   c.Matrix(st, "float64", 8, n);
   c.Matrix(ag, "int64", 2, n);
+  // labels col0 .. col0+v-1 and inputs row0 .. row0+n-1 representable (args get col0 + j),
+  // compared as `a > max - b`, without a sum that can overflow
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  c.Require(col0 >= 0 && row0 >= 0, "col0 and row0 must be >= 0, got " + std::to_string(col0) +
+                                        " and " + std::to_string(row0));
+  c.Require(col0 <= kMax - v && row0 <= kMax - n,
+            "col0 + v and row0 + n must fit in int64, got col0 = " + std::to_string(col0) +
+                ", row0 = " + std::to_string(row0) + " for an " + std::to_string(n) + " x " +
+                std::to_string(v) + " tile");
   c.Writable(st);
   c.Writable(ag);
   if (rm.present) {
@@ -247,23 +281,24 @@ void lse_kl_update_cuda(py::handle l1_, py::handle l2_, py::handle state_, py::h
   if (cm.present) {
     c.Matrix(cm, "float64", 5, -1);
     c.Writable(cm);
-    c.Require(cm.Cols() >= col0 + v, "col_moments has " + std::to_string(cm.Cols()) +
+    c.Require(col0 <= cm.Cols() - v, "col_moments has " + std::to_string(cm.Cols()) +
                                          " labels, fewer than col0 + v = " +
                                          std::to_string(col0 + v));
     c.Require(cw.present, "col_moments needs col_work (lse_kl_cuda_col_work_elems(v) float64, "
                           "or the second of lse_kl_cuda_fused_work_elems(n, v) with row_work)");
   }
-  const auto fused = lse_kl_cuda_fused_work_elems(n, v);
+  // the scratch sizes only when scratch is given (they may not fit in int64 otherwise)
   if (cw.present) {
-    c.Vector(cw, "float64", rw.present ? fused.second : lse_kl_cuda_col_work_elems(v), true);
+    c.Vector(cw, "float64",
+             rw.present ? lse_kl_cuda_fused_work_elems(n, v).second
+                        : lse_kl_cuda_col_work_elems(v),
+             true);
     c.Writable(cw);
   }
   if (rw.present) {
-    c.Vector(rw, "float64", fused.first, true);
+    c.Vector(rw, "float64", lse_kl_cuda_fused_work_elems(n, v).first, true);
     c.Writable(rw);
   }
-  c.Require(col0 >= 0 && row0 >= 0, "col0 and row0 must be >= 0, got " + std::to_string(col0) +
-                                        " and " + std::to_string(row0));
   if (n == 0 || v == 0) return;
   const int device = c.Device({&l1, &l2, &st, &ag, &rm, &cm, &cw, &rw});
   py::gil_scoped_release release;
@@ -329,6 +364,8 @@ void lse_kl_pass_cuda(py::handle f1_, py::handle g1_, py::handle f2_, py::handle
   c.Contiguous(cm, "float64", 5, v);
   c.Vector(ws, "uint8", 1, true);
   for (const Array* out : {&st, &ag, &rm, &cm, &ws}) c.Writable(*out);
+  // the label range before any device is asked about the arrays (the driver checks it too)
+  c.Require(0 <= c_begin && c_begin <= c_end && c_end <= v, "need 0 <= c_begin <= c_end <= V");
   // an empty label range: every check of the pass below, and no device touched
   const int device = c_begin == c_end ? 0 : c.Device({&f1, &g1, &f2, &g2, &st, &ag, &rm, &cm, &ws});
   py::gil_scoped_release release;
