@@ -164,9 +164,10 @@ def test_masked_labels_are_refused_with_the_fix_or_dropped():
         ir.Model(f, g, np.r_[[0.0], np.full(7, -np.inf)], drop_masked_labels=True)
 
 
-def test_float32_logits_too_small_to_resolve_are_refused():
+def test_logits_too_small_to_resolve_are_refused():
     from identirep import constructions as C
-    from identirep.model import FLOAT32_MIN_LOGIT_SPREAD
+    from identirep.model import MIN_LOGIT_SPREAD
+    FLOAT32_MIN_LOGIT_SPREAD = MIN_LOGIT_SPREAD["float32"]
     a = C.random_model(N=300, V=30, M=8, seed=0)
     b = C.perturbed_copy(a, 0.3, seed=1)
 
@@ -178,7 +179,7 @@ def test_float32_logits_too_small_to_resolve_are_refused():
         with pytest.raises(IdentirepError, match="that float32 resolves") as e:
             ir.d_llv(*pair(s, np.float32), num_samples=20)
         assert "cast f and g to float64" in e.value.fix
-        ir.d_llv(*pair(s, np.float64), num_samples=20)         # float64 resolves them
+    ir.d_llv(*pair(1e-4, np.float64), num_samples=20)          # float64 resolves these
     # just above the floor (logit bound 2.7e-2) float32 agrees with float64 within 1e-5
     s = 1e-3
     A, _ = pair(s, np.float32)
@@ -187,3 +188,12 @@ def test_float32_logits_too_small_to_resolve_are_refused():
     got = ir.d_llv(*pair(s, np.float32), num_samples=20).value
     want = ir.d_llv(*pair(s, np.float64), num_samples=20).value
     assert abs(got / want - 1) < 1e-5
+    # float64: at f x 1e-20 the engine gave 866 where the reference found every pair degenerate
+    with pytest.raises(IdentirepError, match="below the 1e-06 that float64 resolves") as e:
+        ir.d_llv(*pair(1e-20, np.float64), num_samples=20)
+    assert "cast" not in e.value.fix
+    # just above its floor the engine and the reference agree to 1e-8
+    A, B = pair(1e-5, np.float64)
+    assert MIN_LOGIT_SPREAD["float64"] < float(np.abs(A.f).max() * np.abs(A.g).max() * A.M)
+    got, want = (ir.d_llv(A, B, num_samples=20, backend=be).value for be in ("cpu", "reference"))
+    assert abs(got / want - 1) < 1e-8

@@ -295,11 +295,12 @@ def common_kind(*kinds: str) -> str:
 #: Its reciprocal is the floor of each nonzero scale, below which the squares underflow (to
 #: subnormal numbers or 0) and the variances lose their digits.
 LOGIT_LIMIT = {"float64": 1e100, "float32": 1e15}
-#: float32 models whose input-dependent logits (sqrt(M) max |f| x sqrt(M) max |g|) stay below
-#: this are refused: the float32 pass's log-normalisers (about log V, ~1e-7 relative rounding)
-#: no longer resolve their differences between inputs (at 3e-3, d_LLV moves by ~2e-4; at
-#: 3e-2 by 4e-6 against float64, within the float32 agreement of 1e-5)
-FLOAT32_MIN_LOGIT_SPREAD = 1e-2
+#: models whose input-dependent logits (sqrt(M) max |f| x sqrt(M) max |g|) stay below this
+#: are refused: log-normalisers (about log V) round by eps log V, which swamps logit
+#: differences this small. float32: at 3e-3 d_LLV moves by ~2e-4, at 3e-2 by 4e-6 against
+#: float64 (its agreement is 1e-5); float64: at 3e-7 the engine and the reference differ by
+#: 6e-9, at 3e-11 by 5e-5, at 3e-19 one of them finds every label pair degenerate
+MIN_LOGIT_SPREAD = {"float64": 1e-6, "float32": 1e-2}
 
 
 def max_abs(a) -> float:
@@ -351,15 +352,6 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
                     "variances lose their digits and every label looks alike; rescale f and g "
                     "to their trained scale (the measures are not invariant to the logits' "
                     f"scale){cast}, or check the data for corrupted values")
-            if kind == "float32" and 0 < fs * gs < FLOAT32_MIN_LOGIT_SPREAD:
-                raise IdentirepError(
-                    f"the {nm} model's logits vary with the input by at most about "
-                    f"{fs * gs:.3g} (sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}), "
-                    f"below the {FLOAT32_MIN_LOGIT_SPREAD:.0e} that float32 resolves: the "
-                    "float32 pass's log-normalisers (about log V) round by ~1e-7, which "
-                    "swamps differences this small",
-                    fix="cast f and g to float64, or rescale f and g to their trained scale "
-                        "(the measures are not invariant to the logits' scale)")
             # a factor too large first (its squares overflow), then one too small
             for what, scale, other in sorted((("f", fs, gs), ("g", gs, fs)),
                                              key=lambda x: x[1] <= limit):
@@ -379,6 +371,16 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
                     fix=f"balance the factors: f * c and g / c with c = {c:.3g} leave every "
                         "logit unchanged (and every measure but d_rep, which is in squared "
                         f"units of f and scales by c^2){cast}")
+            if 0 < fs * gs < MIN_LOGIT_SPREAD[kind]:
+                raise IdentirepError(
+                    f"the {nm} model's logits vary with the input by at most about "
+                    f"{fs * gs:.3g} (sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}), "
+                    f"below the {MIN_LOGIT_SPREAD[kind]:.0e} that {kind} resolves: "
+                    f"log-normalisers (about log V) round by ~{np.finfo(kind).eps:.0e} of "
+                    "themselves, which swamps differences this small",
+                    fix=("cast f and g to float64 (limit 1e-6), or " if kind == "float32" else "")
+                    + "rescale f and g to their trained scale (the measures are not invariant "
+                      "to the logits' scale)")
 
 
 def to_numpy(a, dtype=None) -> np.ndarray:
