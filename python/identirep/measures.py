@@ -365,9 +365,7 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
                paper_compat=paper_compat, sets_per_pivot=sets_per_pivot)
     check_compare_options(num_pivots=num_pivots, max_label_sets=max_label_sets,
                           rep_sets=rep_sets, pivot_budget=pivot_budget, **llv)
-    if progress is not None and not isinstance(progress, (bool, np.bool_)) and not callable(progress):
-        raise IdentirepError(f"progress must be a callable progress(fraction), True, False or "
-                             f"None, got {type(progress).__name__} {progress!r:.60}")
+    check_progress(progress)
     if be == "reference":
         check_logit_scale(a, b)
         cands = None
@@ -404,11 +402,21 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
                                pivot_budget=pivot_budget, **llv)
 
 
+#: compare's options after the models (``matrix`` passes them on)
+COMPARE_OPTIONS = ("lam", "combine", "term", "num_samples", "seed", "num_pivots",
+                   "sets_per_pivot", "paper_compat", "max_label_sets", "rep_sets", "pivot_budget")
+
+
 def check_compare_options(lam=1e-5, combine="max", term="max", num_samples=200, seed=0,
                           paper_compat=False, sets_per_pivot=1, num_pivots=None,
-                          max_label_sets=None, rep_sets=None, pivot_budget=None) -> None:
+                          max_label_sets=None, rep_sets=None, pivot_budget=None,
+                          **unknown) -> None:
     """``compare``'s options that do not depend on the models, before any work: a bad one
-    raises here, never as one measure's failure in the report."""
+    (or one that is not an option of compare) raises here, never as one measure's failure in
+    the report."""
+    if unknown:
+        raise IdentirepError(f"unknown option(s) {', '.join(sorted(unknown))}",
+                             fix="compare's options are " + ", ".join(COMPARE_OPTIONS))
     rules.check_llv_options(lam, combine, term)
     rules.check_flag("paper_compat", paper_compat)
     rules.check_num_pivots(num_pivots)
@@ -417,17 +425,19 @@ def check_compare_options(lam=1e-5, combine="max", term="max", num_samples=200, 
     rules.check_label_sets("rep_sets", rep_sets, none_ok=True)
 
 
+def check_progress(progress) -> None:
+    """A progress option: a callable ``progress(fraction)``, True, False or None."""
+    if progress is not None and not isinstance(progress, (bool, np.bool_)) and not callable(progress):
+        raise IdentirepError(f"progress must be a callable progress(fraction), True, False or "
+                             f"None, got {type(progress).__name__} {progress!r:.60}")
+
+
 def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
                         max_label_sets=None, rep_sets=None, lam=1e-5, combine="max", term="max",
                         num_samples=200, seed=0, paper_compat=False, sets_per_pivot=1,
                         pivot_budget=None, **unknown) -> Report:
-    if unknown:
-        raise IdentirepError(
-            f"unknown option(s) {', '.join(sorted(unknown))}",
-            fix="compare's options are lam, combine, term, num_samples, seed, num_pivots, "
-                "sets_per_pivot, paper_compat, max_label_sets, rep_sets, pivot_budget")
     check_compare_options(lam, combine, term, num_samples, seed, paper_compat, sets_per_pivot,
-                          num_pivots, max_label_sets, rep_sets, pivot_budget)
+                          num_pivots, max_label_sets, rep_sets, pivot_budget, **unknown)
     t0 = time.perf_counter() if t0 is None else t0
     a, b = e.a, e.b
     max_label_sets = _budgets(max(a.M, b.M), max_label_sets)
