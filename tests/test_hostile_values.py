@@ -433,3 +433,40 @@ def test_cli_bad_values_exit_2_with_one_line(argv, message, files, capsys):
     assert last.startswith("identirep") and message in last, err
     assert [line for line in err.strip().splitlines() if not line.startswith(("usage", " "))] \
         == [last], err
+
+
+@pytest.mark.parametrize("models, kw, message", [
+    (None, {}, "matrix takes a list of at least two identirep.Model objects, got NoneType"),
+    ("abc", {}, "matrix takes a list .* got str 'abc'"),
+    (5, {}, "matrix takes a list .* got int 5"),
+    ([], {}, "matrix needs at least two models, got 0"),
+    (["A"], {}, "matrix needs at least two models, got 1"),
+    (["A", "x"], {}, "models\\[1\\] is str 'x', not an identirep.Model"),
+    (["A", "B"], {"progress": "x"}, "progress must be a callable progress\\(fraction\\)"),
+    (["A", "B"], {"progress": 2}, "progress must be a callable"),
+    (["A", "B"], {"lam": "x"}, "lam must be a finite number >= 0, got str 'x'"),
+    (["A", "B"], {"num_samples": 2.5}, "num_samples must be an integer >= 1, got 2.5"),
+    (["A", "B"], {"seed": -1}, "seed must be an integer >= 0, got -1"),
+    (["A", "B"], {"paper_compat": "no"}, "paper_compat must be True or False"),
+    (["A", "B"], {"bogus": 1}, "unknown option\\(s\\) bogus; fix: compare's options are lam"),
+], ids=lambda v: repr(v)[:30])
+def test_matrix_refuses_what_is_not_a_list_of_models_before_any_pass(pair, monkeypatch, models,
+                                                                     kw, message):
+    """Not a list of at least two Models, a progress that is neither a flag nor a callable,
+    a bad or unknown option: an IdentirepError before the first pair's pass."""
+    import identirep.measures as measures
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a pair's pass ran before the arguments were checked")
+    monkeypatch.setattr(measures, "engine", no_pass)
+    if isinstance(models, list):
+        models = [{"A": pair[0], "B": pair[1]}.get(m, m) for m in models]
+    with pytest.raises(IdentirepError, match=message):
+        ir.matrix(models, **kw)
+
+
+def test_matrix_calls_a_progress_callable_per_pair(pair):
+    seen = []
+    ir.matrix([*pair, pair[0]], num_samples=5, progress=seen.append)
+    assert seen == pytest.approx([1 / 3, 2 / 3, 1.0])
+

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
@@ -52,10 +53,12 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     models : sequence of Model
         At least two models on the same inputs and labels.
     backend : {"auto", "cpu", "cuda", "cupy"}
-    progress : bool, optional
-        A bar over the pairs on stderr (None: when stderr is a terminal).
+    progress : bool or callable, optional
+        A bar over the pairs on stderr (None: when stderr is a terminal), or a callable
+        ``progress(fraction)`` called after each pair.
     **opts
-        ``compare``'s options (lam, combine, term, num_samples, seed, num_pivots, ...).
+        ``compare``'s options (lam, combine, term, num_samples, seed, num_pivots, ...),
+        checked before the first pair.
 
     Returns
     -------
@@ -67,15 +70,11 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     once per model (``ModelCache``) and shared by all of its pairs; each pair adds only its
     cross products and the quantities that depend on its pass."""
     from ._model_cache import ModelCache
-    from .measures import _report_from_engine, engine
+    from .measures import _report_from_engine, check_compare_options, check_progress, engine
     t0 = time.perf_counter()
-    from ._rules import check_num_pivots, check_options
-    check_options(opts.get("seed", 0), opts.get("num_samples", 200),
-                  opts.get("sets_per_pivot", 1), opts.get("pivot_budget"))
-    check_num_pivots(opts.get("num_pivots"))
-    models = list(models)
-    if len(models) < 2:
-        raise IdentirepError("matrix needs at least two models")
+    check_compare_options(**opts)
+    check_progress(progress)
+    models = _model_list(models)
     for m in models[1:]:
         check_pair(models[0], m)
     names = [m.name or f"model {i}" for i, m in enumerate(models)]
@@ -100,7 +99,9 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
             return cache[i, cdt], cache[j, cdt]
         return get
 
-    with progress_bar(f"{len(pairs)} model pairs", len(pairs), progress) as update:
+    call = progress if callable(progress) else None
+    with progress_bar(f"{len(pairs)} model pairs", len(pairs),
+                      None if call else progress) as update:
         for done, (i, j) in enumerate(pairs):
             e = engine(models[i], models[j], backend, caches=caches(i, j))
             for (p, q), eng in (((i, j), e), ((j, i), e.swapped())):
@@ -110,4 +111,24 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
                 out_pairs.append({"i": p, "j": q, "pivot": r.d_llv.pivot,
                                   "leave_out": r.d_llv.leave_out, "input_set": r.d_llv.input_set})
             update(done + 1)
+            if call is not None:
+                call((done + 1) / len(pairs))
     return MatrixResult(names=names, values=values, seconds=time.perf_counter() - t0, pairs=out_pairs)
+
+
+def _model_list(models) -> List[Model]:
+    """``models`` as a list of at least two Models, else an IdentirepError saying what it is."""
+    if isinstance(models, (str, bytes, Model)) or not isinstance(models, Iterable):
+        raise IdentirepError(f"matrix takes a list of at least two identirep.Model objects, got "
+                             f"{type(models).__name__} {models!r:.60}",
+                             fix="pass e.g. [load_model(p) for p in paths]")
+    models = list(models)
+    for i, m in enumerate(models):
+        if not isinstance(m, Model):
+            raise IdentirepError(f"models[{i}] is {type(m).__name__} {m!r:.60}, not an "
+                                 "identirep.Model", fix="load each model with load_model or "
+                                                        "make it with Model(f, g, b)")
+    if len(models) < 2:
+        raise IdentirepError(f"matrix needs at least two models, got {len(models)}",
+                             fix="pass two or more models; compare one pair with compare")
+    return models
