@@ -69,3 +69,70 @@ def test_swapped_pass_keeps_its_dtype():
     e = ir.engine(a32, b)
     assert e.stats.dtype == "float32" and e.swapped().stats.dtype == "float32"
     assert e.swapped().cdt == np.float32
+
+
+def _with_a_model_too_wide_for_d_llv(tmp_path=None):
+    """Two models of M = 4 and a third of M = 39 on N = 40 inputs: d_LLV (and so d_SVD) needs
+    N >= M + 2 and fails for both pairs with the third; KL, d_logit, mCCA work for all."""
+    rng = np.random.default_rng(0)
+    models = [ir.Model(rng.standard_normal((40, M)), rng.standard_normal((30, M)), name=n)
+              for n, M in (("a", 4), ("b", 4), ("wide", 39))]
+    paths = [str(ir.save_model(m, tmp_path / f"{m.name}.npz")) for m in models] if tmp_path else None
+    return models, paths
+
+
+def test_matrix_keeps_the_pairs_it_computed_and_says_why_the_others_failed(tmp_path, capsys):
+    import json
+
+    from identirep.cli import main
+    models, paths = _with_a_model_too_wide_for_d_llv(tmp_path)
+    m = ir.matrix(models, num_samples=5)
+    assert np.isfinite(m.values["kl"]).all() and np.isfinite(m.values["mcca_f"]).all()
+    assert np.isfinite(m.values["d_llv"][0, 1]) and np.isfinite(m.values["d_llv"][1, 0])
+    for i, j in ((0, 2), (2, 0), (1, 2), (2, 1)):
+        assert np.isnan(m.values["d_llv"][i, j]) and np.isnan(m.values["max_d_svd"][i, j])
+        fail = m.failure("d_llv", i, j)
+        assert "d_LLV needs N >= M + 2 inputs" in fail["reason"] and "41" in fail["fix"]
+        assert m.failure("max_d_svd", i, j)["reason"]
+        assert m.failure("kl", i, j) is None
+    assert {(f["i"], f["j"]) for f in m.failures} == {(0, 2), (2, 0), (1, 2), (2, 1)}
+    assert m.pairs[2] == {"i": 0, "j": 2, "pivot": None, "leave_out": None, "input_set": None}
+    d = m.to_dict()
+    assert d["values"]["d_llv"][0][2] is None and d["values"]["d_llv"][0][1] is not None
+    assert any(f["measure"] == "d_llv" and "N >= M + 2" in f["reason"] for f in d["failures"])
+    assert m.to_csv("d_llv").splitlines()[1].endswith(",")       # a missing value: empty
+    # the command line: exit 0, the failures in the JSON, "-" (never nan) in the tables
+    assert main(["matrix", *paths, "--num-samples", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["values"]["d_llv"][2][0] is None
+    assert {f["measure"] for f in out["failures"] if (f["i"], f["j"]) == (2, 0)} \
+        >= {"d_llv", "max_d_svd"}
+    assert main(["matrix", *paths, "--num-samples", "5", "--out", str(tmp_path / "m"),
+                 "--no-plots"]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "nan" not in out and " - " in out
+    saved = json.loads((tmp_path / "m" / "matrix.json").read_text())
+    assert saved["failures"] == m.failures
+
+
+def test_a_matrix_of_which_nothing_could_be_computed_is_an_error(monkeypatch, tmp_path, capsys):
+    """When every measure fails for every pair, matrix raises with the reasons (the command
+    line exits 2 with them) rather than return a matrix of missing values."""
+    from identirep import measures
+    from identirep.cli import main
+    from identirep.results import Failure, Report
+
+    def nothing(e, **kw):
+        fail = Failure(reason="no luck", fix="try other models")
+        return Report(name1="x", name2="y", N=e.N, V=e.V, M1=e.M1, M2=e.M2, backend="cpu",
+                      kl=None, d_llv=None, d_logit=None, failures={
+                          k: fail for k in ("kl", "d_llv", "d_logit", "mcca_f", "mcca_g",
+                                            "d_svd", "d_rep")})
+    monkeypatch.setattr(measures, "_report_from_engine", nothing)
+    models, paths = _with_a_model_too_wide_for_d_llv(tmp_path)
+    with pytest.raises(ir.IdentirepError, match="no measure could be computed for any pair of "
+                                                "models \\(kl of a vs b: no luck\\); fix: try"):
+        ir.matrix(models[:2])
+    assert main(["matrix", *paths[:2], "--num-samples", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no luck" in err.strip().splitlines()[-1]

@@ -5,7 +5,7 @@ import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -23,19 +23,31 @@ MEASURES = {
     "d_logit": (0.0, lambda r: r.d_logit.value),
     "mcca_f": (1.0, lambda r: r.mcca_f.value),
     "mcca_g": (1.0, lambda r: r.mcca_g.value),
-    "max_d_svd": (0.0, lambda r: r.d_svd.max_d_svd if r.d_svd is not None else np.nan),
-    "d_rep": (0.0, lambda r: r.d_rep.value if r.d_rep is not None else np.nan),
+    "max_d_svd": (0.0, lambda r: r.d_svd.max_d_svd),
+    "d_rep": (0.0, lambda r: r.d_rep.value),
     "top1_agreement": (1.0, lambda r: r.kl.top1_agreement),
 }
+#: measure name -> the Report's field it is read from (None there: a failure, with its reason)
+SOURCE = {"kl": "kl", "d_llv": "d_llv", "d_logit": "d_logit", "mcca_f": "mcca_f",
+          "mcca_g": "mcca_g", "max_d_svd": "d_svd", "d_rep": "d_rep", "top1_agreement": "kl"}
 
 
 @dataclass
 class MatrixResult(_Result):
-    """``values[measure][i][j]`` compares model i (first) with model j (second)."""
+    """``values[measure][i][j]`` compares model i (first) with model j (second); NaN where
+    that measure could not be computed for that pair, and ``failures`` then holds an entry
+    ``{i, j, measure, reason, fix}`` saying why."""
     names: List[str]
     values: Dict[str, np.ndarray]
     seconds: float = 0.0
     pairs: List[dict] = field(default_factory=list)
+    failures: List[dict] = field(default_factory=list)
+
+    def failure(self, measure: str, i: int, j: int) -> Optional[dict]:
+        """Why ``values[measure][i][j]`` could not be computed (``{i, j, measure, reason,
+        fix}``), or None when it was."""
+        return next((f for f in self.failures
+                     if f["measure"] == measure and f["i"] == i and f["j"] == j), None)
 
     def to_csv(self, measure: str) -> str:
         rows = ["," + ",".join(self.names)]
@@ -64,7 +76,12 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     -------
     MatrixResult
         ``names``, ``values[measure]`` (K x K; row i, column j compares model i with model
-        j), the choices per pair, and ``to_csv``/``to_dict``.
+        j), the choices per pair, the ``failures`` and ``to_csv``/``to_dict``. A measure that
+        cannot be computed for a pair (d_LLV when N < M + 2, d_SVD when M1 != M2, ...) is NaN
+        there (null in JSON, empty in CSV, "-" in tables), and ``failures`` says why and how
+        to fix it, as ``compare``'s ``Report.failures``; the other values are still computed.
+        When no measure could be computed for any pair, matrix raises IdentirepError with the
+        reasons.
 
     Per-model statistics (moments of f and g, whitenings, input-side factors) are computed
     once per model (``ModelCache``) and shared by all of its pairs; each pair adds only its
@@ -85,7 +102,7 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     for k, (diag, _) in MEASURES.items():
         np.fill_diagonal(values[k], diag)
     pairs = list(itertools.combinations(range(K), 2))
-    out_pairs = []
+    out_pairs, failures = [], []
     cache = {}
     if resolve(backend, *models) in ("cuda", "cupy"):   # each model to the device once
         from .gpu.arrays import on_device
@@ -107,13 +124,23 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
             for (p, q), eng in (((i, j), e), ((j, i), e.swapped())):
                 r = _report_from_engine(eng, backend=e.stats.backend, **opts)
                 for k, (_, read) in MEASURES.items():
-                    values[k][p, q] = read(r)
-                out_pairs.append({"i": p, "j": q, "pivot": r.d_llv.pivot,
-                                  "leave_out": r.d_llv.leave_out, "input_set": r.d_llv.input_set})
+                    fail = r.failures.get(SOURCE[k])
+                    if fail is None:
+                        values[k][p, q] = read(r)
+                    else:
+                        failures.append({"i": p, "j": q, "measure": k, "reason": fail.reason,
+                                         "fix": fail.fix})
+                d = r.d_llv       # None: d_LLV failed, and its choices with it
+                out_pairs.append({"i": p, "j": q, "pivot": None if d is None else d.pivot,
+                                  "leave_out": None if d is None else d.leave_out,
+                                  "input_set": None if d is None else d.input_set})
             update(done + 1)
             if call is not None:
                 call((done + 1) / len(pairs))
-    return MatrixResult(names=names, values=values, seconds=time.perf_counter() - t0, pairs=out_pairs)
+    if len(failures) == len(MEASURES) * len(pairs) * 2:
+        raise _nothing_computed(names, failures)
+    return MatrixResult(names=names, values=values, seconds=time.perf_counter() - t0,
+                        pairs=out_pairs, failures=failures)
 
 
 def _model_list(models) -> List[Model]:
@@ -132,3 +159,15 @@ def _model_list(models) -> List[Model]:
         raise IdentirepError(f"matrix needs at least two models, got {len(models)}",
                              fix="pass two or more models; compare one pair with compare")
     return models
+
+
+def _nothing_computed(names, failures) -> IdentirepError:
+    """The error of a matrix none of whose values could be computed: each distinct reason once,
+    with the first pair and measure that gave it."""
+    seen = {}
+    for f in failures:
+        seen.setdefault(f["reason"], f)
+    why = "; ".join(f"{f['measure']} of {names[f['i']]} vs {names[f['j']]}: {reason}"
+                    for reason, f in seen.items())
+    return IdentirepError(f"no measure could be computed for any pair of models ({why})",
+                          fix="; ".join(dict.fromkeys(f["fix"] for f in seen.values())))
