@@ -470,3 +470,66 @@ def test_matrix_calls_a_progress_callable_per_pair(pair):
     ir.matrix([*pair, pair[0]], num_samples=5, progress=seen.append)
     assert seen == pytest.approx([1 / 3, 2 / 3, 1.0])
 
+
+@pytest.fixture(scope="module")
+def pair_engine(pair):
+    return ir.engine(*pair)
+
+
+#: (PairEngine method, its arguments, what the message says)
+ENGINE_BAD = [
+    ("d_svd", dict(pivot=0, leave_out=1, input_set=range(5), max_sets=-1),
+     "max_sets must be an integer >= 1, got -1"),
+    ("d_svd", dict(pivot=0, leave_out=1, input_set=range(5), seed=-1),
+     "seed must be an integer >= 0, got -1"),
+    ("d_svd", dict(pivot=99, leave_out=1, input_set=range(5)),
+     "pivot must be a label index in \\[0, 30\\), got 99"),
+    ("d_svd", dict(pivot=0, leave_out=1, input_set=[0, 1]), "input_set must be 5 integer"),
+    ("mcca_f", dict(n_components=2.5), "n_components must be an integer >= 1 or None, got 2.5"),
+    ("mcca_g", dict(n_components="2"), "n_components must be an integer >= 1"),
+    ("mcca_g", dict(n_components=99), "n_components must be in \\[1, 4\\], got 99"),
+    ("label_terms", dict(pivot="x"), "pivot must be an integer >= 0, got str 'x'"),
+    ("label_terms", dict(pivot=99), "pivot must be a label index in \\[0, 30\\), got 99"),
+    ("label_terms", dict(pivot=True), "pivot must be an integer >= 0, got True"),
+    ("d_llv", dict(paper_compat="yes"), "paper_compat must be True or False, got str 'yes'"),
+    ("d_llv", dict(num_samples=2.5), "num_samples must be an integer >= 1, got 2.5"),
+    ("d_llv", dict(seed=-1), "seed must be an integer >= 0"),
+    ("d_llv", dict(pivot_budget=0), "pivot_budget must be an integer >= 1 or None"),
+    ("d_llv", dict(progress="x"), "progress must be a callable or None, got str 'x'"),
+    ("d_rep", dict(unsquared="x"), "unsquared must be True or False, got str 'x'"),
+    ("d_rep", dict(seed=-1), "seed must be an integer >= 0"),
+    ("d_rep", dict(num_pivots=0), "num_pivots must be an integer >= 1"),
+    ("d_rep", dict(sets_per_pivot=2.5), "sets_per_pivot must be an integer >= 1 or None"),
+    ("label_side", dict(term="x"), "term must be 'max' or 'mean', got 'x'"),
+    ("label_side", dict(pivot=99), "pivot must be a label index in \\[0, 30\\), got 99"),
+    ("label_side", dict(leave_out=-1), "leave_out must be an integer >= 0, got -1"),
+    ("label_side", dict(pivot=3, leave_out=3), "pivot and leave_out must be different labels"),
+    ("label_side", dict(num_pivots=0), "num_pivots must be an integer >= 1"),
+    ("label_side", dict(seed=-1), "seed must be an integer >= 0"),
+    ("label_side", dict(bound_budget=0), "pivot_budget must be an integer >= 1 or None, got 0"),
+    ("label_side", dict(progress=3), "progress must be a callable or None, got int 3"),
+    ("input_side", dict(term=None), "term must be 'max' or 'mean', got None"),
+    ("input_side", dict(num_samples=2.5), "num_samples must be an integer >= 1, got 2.5"),
+    ("input_side", dict(seed=-1), "seed must be an integer >= 0"),
+    ("input_side", dict(paper_compat="yes"), "paper_compat must be True or False"),
+    ("input_side", dict(sets_per_pivot=0), "sets_per_pivot must be an integer >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("method, kw, message", ENGINE_BAD,
+                         ids=[f"{m}-{kw}"[:60] for m, kw, _ in ENGINE_BAD])
+def test_engine_methods_check_their_arguments(pair_engine, method, kw, message):
+    """``identirep.engine(a, b)``'s methods check their arguments as the functions do: never
+    a raw ValueError, IndexError or TypeError, and never a string taken for True."""
+    with pytest.raises(IdentirepError, match=message):
+        getattr(pair_engine, method)(**kw)
+
+
+def test_engine_methods_take_numpy_integers(pair_engine):
+    i = np.int64
+    assert pair_engine.label_terms(i(3))["valid"].shape == (V,)
+    r = pair_engine.d_svd(i(0), i(1), np.arange(5), max_sets=i(5), seed=np.uint8(1))
+    assert r.num_label_sets == 5
+    assert pair_engine.mcca_g(n_components=i(2)).n_components == 2
+    assert pair_engine.d_llv(num_samples=i(5), paper_compat=np.False_).value > 0
+

@@ -88,6 +88,7 @@ class PairEngine:
     @on_models_stream
     def label_terms(self, pivot: int):
         """Per-label rest, piv, t3 and validity against one pivot (for plots and inspection)."""
+        _check_label("pivot", pivot, self.V)
         rest, piv, t3, valid, _ = (x[:, 0] for x in self.labels.block(np.array([pivot])))
         return {"rest": rest, "piv": piv, "t3": t3, "valid": valid}
 
@@ -113,6 +114,15 @@ class PairEngine:
                    progress=None, bound_budget=None):
         """(pivot, leave-out, t1, t3, how the pivot was found, degenerate labels): see
         ``LabelSide.search``."""
+        _check_term(term)
+        for name, v in (("pivot", pivot), ("leave_out", leave_out)):
+            if v is not None:
+                _check_label(name, v, self.V)
+        if pivot is not None and pivot == leave_out:
+            raise IdentirepError("pivot and leave_out must be different labels")
+        rules.check_num_pivots(num_pivots)
+        rules.check_options(seed, pivot_budget=bound_budget)
+        _check_callable("progress", progress)
         return self.labels.search(term, pivot, leave_out, num_pivots, seed, progress,
                                   bound_budget)
 
@@ -121,6 +131,9 @@ class PairEngine:
                    paper_compat=False, sets_per_pivot=1):
         """(input set, t2, t4, how the candidates were drawn, their number, how many were
         rejected): see ``InputSide.search``."""
+        _check_term(term)
+        rules.check_options(seed, num_samples, sets_per_pivot)
+        rules.check_flag("paper_compat", paper_compat)
         return self.inputs.search(term, input_set, num_samples, seed, paper_compat,
                                   sets_per_pivot)
 
@@ -128,6 +141,9 @@ class PairEngine:
     def d_llv(self, lam=1e-5, combine="max", term="max", pivot=None, leave_out=None,
               input_set=None, num_samples=200, seed=0, paper_compat=False, num_pivots=None,
               sets_per_pivot=1, progress=None, pivot_budget=None) -> DLLVResult:
+        rules.check_flag("paper_compat", paper_compat)
+        rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
+        _check_callable("progress", progress)
         rules.check_llv_args(self.a, self.b, combine, term, pivot, leave_out, lam,
                              constant_features)
         rules.check_num_pivots(num_pivots)
@@ -151,6 +167,10 @@ class PairEngine:
               seed: int = 0) -> DSVDResult:
         if self.M1 != self.M2:
             check_pair(self.a, self.b, same_dim=True, what="d_SVD")
+        rules.check_label_sets("max_sets", max_sets)
+        rules.check_options(seed)
+        rem = rules.svd_remaining(pivot, leave_out, self.V)
+        iset = rules.check_input_set(input_set, self.N, self.M1 + 1)
         M, xp = self.M1, self.c1.xp       # the O(M^3) work runs where the models live
         precise = self.cdt == np.float64
         C = self.mom.scatter
@@ -158,11 +178,9 @@ class PairEngine:
                          ((self.sF1, self.sF1), (self.sF2, self.sF2), (self.sF1, self.sF2)))
         # diag(L C_kk L') as row norms of L R_k, R_k R_k' = C_kk the models' shared factors
         Rf = (self.c1.scatter_factor("f"), self.c2.scatter_factor("f"))
-        rem = rules.svd_remaining(pivot, leave_out, self.V)
         sets, how = sampling.label_sets(rem, M, max_sets, seed)
         vals = np.full(len(sets), np.nan)
         G1p, G2p = rows64(self.G1, [pivot])[0], rows64(self.G2, [pivot])[0]
-        iset = rules.check_input_set(input_set, self.N, M + 1)
         S = self.label_moments.scatter
         Rg = (self.c1.scatter_factor("g"), self.c2.scatter_factor("g"))
 
@@ -215,6 +233,10 @@ class PairEngine:
 
     def _mcca(self, which, scatter, n_components) -> MCCAResult:
         """mCCA of the two models' f (over inputs) or g (over labels) from the pair's scatter."""
+        rules.check_count("n_components", n_components, none_ok=True)
+        if n_components is not None and n_components > min(self.M1, self.M2):
+            raise IdentirepError(f"n_components must be in [1, {min(self.M1, self.M2)}], got "
+                                 f"{n_components}", fix="leave it out for every correlation")
         return mcca_from_scatter(scatter[self.sF1, self.sF2], n_components,
                                  self.c1.whitening(which, which + "1"),
                                  self.c2.whitening(which, which + "2"),
@@ -227,7 +249,11 @@ class PairEngine:
         """Per set, mean_x ||f1(x) - A f2(x) - c||^2 from the moments of [f1, f2]:
         |mu1 - A mu2 - c|^2 + tr(C11 - 2 A C12' + A C22 A') / N; sets of M1 labels, A is
         M1 x M2. ``unsquared`` adds mean_x ||f1 - A f2 - c|| per set (an O(N M1 M2) pass)."""
+        rules.check_options(seed)
+        rules.check_num_pivots(num_pivots)
+        rules.check_label_sets("sets_per_pivot", sets_per_pivot, none_ok=True)
         rules.check_max_cond(max_cond)
+        rules.check_flag("unsquared", unsquared)
         sets, num_pivots, sets_per_pivot = rules.rep_sets(sets, self.V, self.M1, num_pivots,
                                                          sets_per_pivot, seed)
         xp = self.c1.xp
@@ -275,6 +301,24 @@ class PairEngine:
             if unsquared:
                 for j, k in enumerate(idx):
                     norms[i0 + k] = _mean_norm(self.F1, self.F2, A[j], c[j])
+
+
+def _check_label(name: str, v, V: int) -> None:
+    """A label index option (pivot, leave_out): an integer in [0, V)."""
+    rules.check_count(name, v, 0)
+    if v >= V:
+        raise IdentirepError(f"{name} must be a label index in [0, {V}), got {v!r}")
+
+
+def _check_term(term) -> None:
+    """d_LLV's ``term`` ("max" or "mean"), by d_LLV's option rule (its other options valid)."""
+    rules.check_llv_options(0.0, "max", term)
+
+
+def _check_callable(name: str, fn) -> None:
+    if fn is not None and not callable(fn):
+        raise IdentirepError(f"{name} must be a callable or None, got "
+                             f"{type(fn).__name__} {fn!r:.60}")
 
 
 def rep_overflow_error(a: Model, bad: int, total: int) -> IdentirepError:
