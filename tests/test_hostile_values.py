@@ -533,3 +533,30 @@ def test_engine_methods_take_numpy_integers(pair_engine):
     assert pair_engine.mcca_g(n_components=i(2)).n_components == 2
     assert pair_engine.d_llv(num_samples=i(5), paper_compat=np.False_).value > 0
 
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(max_length=np.int64(8)), "is not a local model directory"),
+    (dict(batch_size=np.int32(2), check_positions=np.uint16(3), seed=np.int64(1)),
+     "is not a local model directory"),
+    (dict(allow_softcap=np.True_, progress=lambda done, total: None, device="cpu"),
+     "is not a local model directory"),
+    (dict(max_length=2.5), "max_length must be a positive integer, got 2.5"),
+    (dict(batch_size=True), "batch_size must be a positive integer, got True"),
+    (dict(check_positions="8"), "check_positions must be a positive integer, got str '8'"),
+    (dict(seed=np.int64(-1)), "seed must be a non-negative integer .*got np.int64\\(-1\\)"),
+    (dict(seed=1.0), "seed must be a non-negative integer"),
+    (dict(dtype=["float32"]), "dtype must be one of float64, float32"),
+    (dict(allow_softcap="no"), "allow_softcap must be True or False, got str 'no'"),
+    (dict(progress="x"), "progress must be a callable progress\\(done, total\\)"),
+    (dict(device=None), "device must be a torch device such as 'cpu' or 'cuda', got NoneType"),
+    (dict(device=2.5), "device must be a torch device"),
+    (dict(model_dir=None), "model_dir must be a str or os.PathLike, got NoneType"),
+], ids=lambda v: repr(v)[:40])
+def test_extract_options_are_checked_before_any_model_is_loaded(tmp_path, kw, message):
+    """NumPy integers are integers, bools and strings are not; every option is checked before
+    torch or a model is loaded (here there is none: a good set of options gets as far as the
+    missing model directory)."""
+    from identirep.extract import extract
+    kw = {"model_dir": tmp_path / "no_model"} | kw
+    with pytest.raises(IdentirepError, match=message):
+        extract(texts=["a text"], **kw)

@@ -25,6 +25,7 @@ extraction runs. Models and tokenizers are read from local files only; nothing i
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from . import _rules as rules
 from ._hf import (CHECK_TOLERANCE, ExtractionCheck, as_numpy, check_extraction,
                   check_tokenizer, config_facts, dtype_kwarg, fill_f, load_or_explain,
                   logit_scale, numpy_dtype, pre_head_scaling, require_hf, scaled)
@@ -121,19 +123,19 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
     ``device`` is the torch device the model runs on ("cpu", "cuda", "cuda:1", ...).
     With ``out``, the result is also written there by :func:`identirep.save_model`.
     """
-    if dtype not in CHECK_TOLERANCE:
-        raise IdentirepError(f"dtype must be one of {', '.join(CHECK_TOLERANCE)}, got {dtype!r}")
-    for name, value in (("max_length", max_length), ("batch_size", batch_size),
-                        ("check_positions", check_positions)):
-        if not isinstance(value, int) or value < 1:
-            raise IdentirepError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise IdentirepError(
-            f"seed must be a non-negative integer (it seeds NumPy's random generator), "
-            f"got {seed!r}")
+    check_extract_options(dtype, max_length, batch_size, check_positions, allow_softcap, seed,
+                          progress, device)
+    # NumPy integers as Python ints: the tokenizer and the metadata (JSON) take those
+    max_length, batch_size, check_positions, seed = (
+        int(v) for v in (max_length, batch_size, check_positions, seed))
+    allow_softcap = bool(allow_softcap)
     if out is not None:   # a bad output path fails now, not after the extraction
         from .io import check_output
         check_output(out)
+    if not isinstance(model_dir, (str, os.PathLike)):
+        raise IdentirepError(f"model_dir must be a str or os.PathLike, got "
+                             f"{type(model_dir).__name__} {model_dir!r:.60}",
+                             fix="give the directory written by save_pretrained")
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise IdentirepError(
@@ -270,6 +272,37 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         from .io import save_model
         save_model(ext.to_model(), out)
     return ext
+
+
+def check_extract_options(dtype="float32", max_length=512, batch_size=8, check_positions=64,
+                          allow_softcap=False, seed=0, progress=None, device="cpu") -> None:
+    """``extract``'s options, before torch or any model is loaded: counts are Python or
+    NumPy integers (not bools), flags True or False."""
+    if not isinstance(dtype, str) or dtype not in CHECK_TOLERANCE:
+        raise IdentirepError(f"dtype must be one of {', '.join(CHECK_TOLERANCE)}, got {dtype!r}")
+    for name, value in (("max_length", max_length), ("batch_size", batch_size),
+                        ("check_positions", check_positions)):
+        _count(name, value, 1, "a positive integer")
+    _count("seed", seed, 0, "a non-negative integer (it seeds NumPy's random generator)")
+    rules.check_flag("allow_softcap", allow_softcap)
+    if progress is not None and not isinstance(progress, (bool, np.bool_)) and not callable(progress):
+        raise IdentirepError(f"progress must be a callable progress(done, total), True, False "
+                             f"or None, got {type(progress).__name__} {progress!r:.60}")
+    torch = sys.modules.get("torch")   # a torch.device comes with torch imported
+    if isinstance(device, (bool, np.bool_)) or not (
+            isinstance(device, (str, numbers.Integral))
+            or (torch is not None and isinstance(device, torch.device))):
+        raise IdentirepError(f"device must be a torch device such as 'cpu' or 'cuda', got "
+                             f"{type(device).__name__} {device!r:.60}")
+
+
+def _count(name: str, value, minimum: int, what: str) -> None:
+    """``rules.check_count`` (a Python or NumPy integer, not a bool, >= ``minimum``) in
+    extract's words."""
+    try:
+        rules.check_count(name, value, minimum)
+    except IdentirepError:
+        raise IdentirepError(f"{name} must be {what}, got {rules._shown(value)}") from None
 
 
 def add_extract_parser(subparsers):
