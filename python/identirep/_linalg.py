@@ -140,6 +140,27 @@ def times_lower(A, R):
     return out
 
 
+def times_upper(A, U):
+    """A @ U for an upper-triangular U (host), skipping its zero blocks: column block j of
+    the product needs only the rows of U up to its end (as ``times_lower``)."""
+    M = U.shape[0]
+    if M <= 2 * TRI_BLOCK:
+        return A @ U
+    dt = np.result_type(A, U)
+    A, U = A.astype(dt, copy=False), U.astype(dt, copy=False)
+    out = np.empty((A.shape[0], U.shape[1]), dtype=dt)
+    for j0 in range(0, U.shape[1], TRI_BLOCK):
+        j1 = min(U.shape[1], j0 + TRI_BLOCK)
+        out[:, j0:j1] = A[:, :j1] @ U[:j1, j0:j1]
+    return out
+
+
+def is_upper(W) -> bool:
+    """Whether a square host matrix is upper triangular (exact zeros below the diagonal)."""
+    return (isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[0] == W.shape[1]
+            and not np.tril(W, -1).any())
+
+
 def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float64"],
            parts: dict = None):
     """W (d x r) with W' S W = I_r on the column space of the data whose scatter is S (host):
@@ -189,8 +210,8 @@ def lower_inverse(L, xp=np):
         return np.tril(Li) if xp is np else Li   # LU's roundoff above the diagonal dropped
     h = n // 2
     Ai, Ci = lower_inverse(L[:h, :h], xp), lower_inverse(L[h:, h:], xp)
-    out = xp.zeros_like(L)
-    out[:h, :h], out[h:, h:] = Ai, Ci
+    out = xp.empty_like(L)
+    out[:h, :h], out[h:, h:], out[:h, h:] = Ai, Ci, 0
     out[h:, :h] = -(Ci @ L[h:, :h]) @ Ai
     return out
 

@@ -16,7 +16,8 @@ from ._arrays import array_module
 from ._build import build_info
 from ._input_side import InputSide
 from ._label_side import LabelSide
-from ._linalg import linalg_raises, mean_singular_values, quad_diag, rows64, singular_values
+from ._linalg import (is_upper, linalg_raises, mean_singular_values, quad_diag, rows64,
+                      singular_values, times_upper)
 from ._model_cache import ModelCache, pair_moments, permuted_moments
 from .errors import IdentirepError
 from .gpu.streams import on_models_stream
@@ -458,7 +459,10 @@ def mcca_from_scatter(S12, n_components, W1, W2, precise=True,
     """mCCA from the cross scatter (host) and the whitenings of both sides' column spaces
     (W' S W = I_r, ``_linalg.whiten``), on the whitenings' device: the mean of the first
     min(``n_components``, r1, r2) canonical correlations (default: all min(r1, r2))."""
-    T = W1.T @ array_module(W1).asarray(S12) @ W2
+    if is_upper(W1) and is_upper(W2):   # full-rank whitenings D^-1/2 L^-T: half the flops
+        T = times_upper(times_upper(S12, W2).T, W1).T
+    else:
+        T = W1.T @ array_module(W1).asarray(S12) @ W2
     r1, r2 = W1.shape[1], W2.shape[1]
     rho = np.clip(singular_values(T, precise), 0.0, 1.0)
     n = min(n_components or min(r1, r2), r1, r2)

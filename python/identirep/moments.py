@@ -30,7 +30,8 @@ class Moments:
         offs = np.cumsum([0] + [np.size(m) for m in means])
         S = np.empty((offs[-1], offs[-1]))
         for (p, q), B in blocks.items():
-            S[offs[p]:offs[p + 1], offs[q]:offs[q + 1]] = B
+            if p != q:     # a diagonal block is written once, transposed, as before
+                S[offs[p]:offs[p + 1], offs[q]:offs[q + 1]] = B
             S[offs[q]:offs[q + 1], offs[p]:offs[p + 1]] = np.asarray(B).T
         return cls(n, np.concatenate([np.atleast_1d(m) for m in means]), S)
 
