@@ -43,6 +43,25 @@ def test_mcca_rank_rule_follows_the_stated_tolerance():
             assert r.rank1 == rank and r.rank_rtol == 1e-12, (rel, be, r)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_constant_column_is_constant_at_any_offset_in_engine_and_reference(dtype):
+    # rows of g all equal: its centred columns are rounding (~1e-16 of the values) in
+    # float64, which must not count as variation (the engine once gave mcca_g 0.53)
+    a, b = random_pair(N=40, V=30, M=4, seed=3)
+    const = ir.Model(b.f.astype(dtype), np.tile(b.g[:1] + 3.7, (30, 1)).astype(dtype))
+    A = ir.Model(a.f.astype(dtype), a.g.astype(dtype))
+    for be in BACKENDS:
+        r = ir.compare(A, const, num_samples=5, backend=be)
+        assert r.mcca_g is None and "no column that varies" in r.failures["mcca_g"].reason
+    with pytest.raises(IdentirepError, match="g2 has no column that varies"):
+        ir.engine(A, const).mcca_g()
+    # one constant column among varying ones is left out of the rank, as by the reference
+    X = np.random.default_rng(4).standard_normal((50, 4)).astype(dtype)
+    X[:, 2] = dtype(1e8 / 3)
+    for be in BACKENDS:
+        assert ir.mcca(X, X, backend=be).rank1 == 3
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_failing_measure_does_not_sink_compare(backend):
     a, b = random_pair(N=200, V=40, M=4, seed=2)

@@ -86,14 +86,26 @@ def _eigen_sqrt(S, xp):
     return U * xp.sqrt(xp.clip(w, 0.0, None))
 
 
-def correlation_factor(S: np.ndarray, what: str, xp=np) -> dict:
+#: a column varies when its standard deviation exceeds this fraction of the data's largest
+#: magnitude (the reference's rule, ``reference._orth_basis``): a constant column's rounding
+#: (~1e-16 of its values) is no variation
+CONSTANT_COLUMN_RTOL = 1e-12
+
+
+def correlation_factor(S: np.ndarray, what: str, xp=np, n: int = None,
+                       magnitude: float = None) -> dict:
     """The parts of the data whose scatter is S (host) that ``whiten`` and
     ``sqrt_factor_from`` share: ``idx`` the columns of non-zero variance, ``d`` the diagonal of
     S, ``s`` = d[idx]^-1/2, ``R`` the correlation matrix of those columns and ``L`` its
-    Cholesky factor (None when it fails), on ``xp``; ``whiten`` adds ``Li`` = L^-1."""
+    Cholesky factor (None when it fails), on ``xp``; ``whiten`` adds ``Li`` = L^-1. Given the
+    data's rows ``n`` and largest magnitude max |x|, a column varies when sqrt(d / n) >
+    CONSTANT_COLUMN_RTOL max |x|; without them, when d > 1e-24 max d."""
     d = np.diag(S).copy()
-    scale = d.max() if d.size else 0.0
-    var = d > 1e-24 * max(scale, 1e-300)
+    if n and magnitude is not None and np.isfinite(magnitude):
+        var = (d > 0) & (np.sqrt(np.maximum(d, 0.0) / n) > CONSTANT_COLUMN_RTOL * magnitude)
+    else:
+        scale = d.max() if d.size else 0.0
+        var = d > 1e-24 * max(scale, 1e-300)
     if not var.any():
         raise IdentirepError(no_varying_column_message(what), fix=NO_VARYING_COLUMN_FIX)
     idx = np.flatnonzero(var)
@@ -162,14 +174,14 @@ def is_upper(W) -> bool:
 
 
 def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float64"],
-           parts: dict = None):
+           parts: dict = None, n: int = None, magnitude: float = None):
     """W (d x r) with W' S W = I_r on the column space of the data whose scatter is S (host):
     columns of zero variance are left out, and of the correlation matrix R the directions
     with an eigenvalue above ``rtol`` x the largest are kept (the rank rule of
     ``_rules.MCCA_RANK_RTOL``). Computed with ``xp`` and returned there. ``parts``: S's
     ``correlation_factor``, when already made (it is completed with L^-1)."""
     if parts is None:
-        parts = correlation_factor(S, what, xp)
+        parts = correlation_factor(S, what, xp, n, magnitude)
     idx, s, R, L = parts["idx"], parts["s"], parts["R"], parts["L"]
     d = parts["d"]
     s = xp.asarray(s)
