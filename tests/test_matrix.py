@@ -111,6 +111,10 @@ def test_matrix_keeps_the_pairs_it_computed_and_says_why_the_others_failed(tmp_p
                  "--no-plots"]) == 0
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "nan" not in out and " - " in out
+    # under the tables, each reason once, with the cells it left empty
+    text = " ".join(out.split())
+    assert "not computed (d_llv" in text and "d_LLV needs N >= M + 2 inputs" in text
+    assert text.count("d_LLV needs N >= M + 2 inputs") == 1
     saved = json.loads((tmp_path / "m" / "matrix.json").read_text())
     assert saved["failures"] == m.failures
 

@@ -338,6 +338,15 @@ def cmd_matrix(args) -> int:
         for n, row in zip(names, res.values[m]):
             t.add_row(n, *(fmt(float(v), 3) if np.isfinite(v) else "-" for v in row))
         console.print(t)
+    # "-": not computed; each distinct reason once, with the pairs it stopped
+    reasons = {}
+    for f in res.failures:
+        reasons.setdefault((f["reason"], f.get("fix")), []).append(
+            f"{f['measure']} {res.names[f['i']]} vs {res.names[f['j']]}")
+    for (reason, fix), where in reasons.items():
+        shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
+        console.print(Text.assemble("not computed (", literal(shown), "): ", literal(reason),
+                                    *((("; fix: ", literal(fix)) if fix else ()))))
     if args.out:
         console.print(Text.assemble(
             f"wrote CSV, JSON{'' if args.no_plots else ' and PNG heatmaps'} to ",
