@@ -17,7 +17,7 @@ from ._build import build_info
 from ._input_side import InputSide
 from ._label_side import LabelSide
 from ._linalg import (is_upper, linalg_raises, mean_singular_values, quad_diag, rows64,
-                      singular_values, times_upper)
+                      singular_values, times_lower, times_upper)
 from ._model_cache import ModelCache, pair_moments, permuted_moments
 from .errors import IdentirepError
 from .gpu.streams import on_models_stream
@@ -295,13 +295,24 @@ class PairEngine:
             A = xp.stack([sols[k][0] for k in idx])
             c = xp.stack([sols[k][1] for k in idx])
             e = mu1 - A @ mu2 - c
-            tr = (trC11 - 2 * (A * C12).sum((1, 2)) + ((A @ C22) * A).sum((1, 2)))
+            tr = trC11 - 2 * (A * C12).sum((1, 2)) + self._quad_c22(A, C22)
             at = i0 + np.asarray(idx)
             vals[at] = to_numpy((e * e).sum(1) + tr / self.N)
             cond[at] = [sols[k][2] for k in idx]
             if unsquared:
                 for j, k in enumerate(idx):
                     norms[i0 + k] = _mean_norm(self.F1, self.F2, A[j], c[j])
+
+
+    def _quad_c22(self, A, C22):
+        """tr(A C22 A') per matrix of the stack A (S x M1 x M2): ||A R2||_F^2 with R2 R2' =
+        C22 the second model's shared scatter factor (a triangular product, half the flops
+        of A C22), else from C22 itself."""
+        R2 = self.c2.scatter_factor("f") if self.c1.xp is np else None
+        if R2 is None:
+            return ((A @ C22) * A).sum((1, 2))
+        AR = times_lower(A.reshape(-1, A.shape[-1]), R2).reshape(A.shape)
+        return (AR * AR).sum((1, 2))
 
 
 def _check_label(name: str, v, V: int) -> None:
