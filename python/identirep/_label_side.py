@@ -371,8 +371,11 @@ class LabelSide:
         crit = {}
         # the seed pivots' criteria, and the labels that make them: their 4 largest m each
         hard = []
-        for j0 in range(0, len(seeds), 16):
-            blk = seeds[j0:j0 + 16]
+        # seed rows per block: pair_m2's ~16 float64 temporaries of rows x V within
+        # PIVOT_BLOCK_BYTES (each block reads both g once)
+        rows = int(min(64, max(16, PIVOT_BLOCK_BYTES // (16 * 8 * V))))
+        for j0 in range(0, len(seeds), rows):
+            blk = seeds[j0:j0 + rows]
             X = self.cross(blk)
             crit.update(zip(blk.tolist(), to_numpy(self.pivot_criteria(blk, "max", X))))
             m2 = to_numpy(self.pair_m2(blk, np.arange(V), *X))
