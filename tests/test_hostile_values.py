@@ -165,6 +165,37 @@ def test_bad_option_values_raise_identirep_error(pair, fn, option, value, messag
         _call(fn, *pair, **{option: value})
 
 
+@pytest.mark.parametrize("fn, options, message", [
+    # NumPy integers whose product wraps in int64 (the draw once crashed the process)
+    ("d_llv", dict(num_samples=np.int64(1024), sets_per_pivot=np.int64(2 ** 54)),
+     "num_samples x sets_per_pivot = 18446744073709551616 candidate input sets"),
+    ("compare", dict(num_samples=np.int64(1024), sets_per_pivot=np.int64(2 ** 54)),
+     "= 18446744073709551616 candidate input sets"),
+    ("d_rep", dict(num_pivots=np.int64(2 ** 32), sets_per_pivot=np.int64(2 ** 32)),
+     "label sets: identirep evaluates at most"),
+    # values NumPy cannot take as a number or a truth value
+    ("compare", dict(lam=2 ** 1100), "lam must be a finite number"),
+    ("compare", dict(combine=np.array(["max", "sum"])), "combine must be 'max' or 'sum'"),
+    ("d_llv", dict(term=np.array(["max"])), "term must be 'max' or 'mean'"),
+    ("d_rep", dict(max_cond=np.array([1.0, 2.0])), "max_cond must be 'median', None"),
+    ("d_rep", dict(max_cond=float("nan")), "max_cond must be 'median', None"),
+])
+def test_option_values_numpy_cannot_handle_raise_identirep_error(pair, fn, options, message):
+    with pytest.raises(IdentirepError, match=message):
+        _call(fn, *pair, **options)
+
+
+def test_a_drop_list_that_is_not_flat_is_refused():
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal(8)
+    b[2] = -np.inf
+    for drop in ([[0]], [[0, 1], [2, 3]]):
+        with pytest.raises(IdentirepError, match="drop_masked_labels must be True, False or "
+                                                 "label ids"):
+            ir.Model(rng.standard_normal((30, 3)), rng.standard_normal((8, 3)), b,
+                     drop_masked_labels=drop)
+
+
 @pytest.mark.parametrize("fn, option, value", [
     ("compare", "num_samples", np.int64(5)), ("compare", "seed", np.uint8(3)),
     ("compare", "num_pivots", np.int32(4)), ("compare", "pivot_budget", np.int64(16)),

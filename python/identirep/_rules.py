@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import numpy as np
 
 from . import sampling
@@ -101,8 +103,17 @@ def _shown(v) -> str:
 def check_number(name, v, minimum=0.0) -> None:
     """A finite real number (Python or NumPy, not a bool or a string) of at least ``minimum``."""
     if (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
-            or not np.isfinite(v) or v < minimum):
+            or not _finite(v) or v < minimum):
         raise IdentirepError(f"{name} must be a finite number >= {minimum:g}, got {_shown(v)}")
+
+
+def _finite(v) -> bool:
+    """Whether a real number is finite, for Python ints of any size too (np.isfinite fails
+    beyond int64; a float of one overflows)."""
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def check_flag(name, v) -> None:
@@ -113,9 +124,9 @@ def check_flag(name, v) -> None:
 
 def check_llv_options(lam, combine, term) -> None:
     """d_LLV's options that do not depend on the models."""
-    if combine not in ("max", "sum"):
+    if not isinstance(combine, str) or combine not in ("max", "sum"):
         raise IdentirepError(f"combine must be 'max' or 'sum', got {combine!r}")
-    if term not in ("max", "mean"):
+    if not isinstance(term, str) or term not in ("max", "mean"):
         raise IdentirepError(f"term must be 'max' or 'mean', got {term!r}")
     check_number("lam", lam)
 
@@ -126,9 +137,10 @@ def check_options(seed=0, num_samples=1, sets_per_pivot=1, pivot_budget=None) ->
     check_count("num_samples", num_samples)
     check_count("sets_per_pivot", sets_per_pivot)
     check_count("pivot_budget", pivot_budget, none_ok=True)
-    if num_samples * sets_per_pivot > MAX_INPUT_SETS:
+    total = int(num_samples) * int(sets_per_pivot)    # Python ints: NumPy's would wrap
+    if total > MAX_INPUT_SETS:
         raise IdentirepError(
-            f"num_samples x sets_per_pivot = {num_samples * sets_per_pivot} candidate input "
+            f"num_samples x sets_per_pivot = {total} candidate input "
             f"sets: identirep draws at most {MAX_INPUT_SETS} (each set costs O(M) time; a "
             "million take about 10 s on a CPU core); lower num_samples")
 
@@ -201,7 +213,7 @@ def candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat, sets_
     # paper's code takes M1 + 1 (the first model's dimension), and paper_compat follows it
     set_size = (a.M if paper_compat else max(a.M, b.M)) + 1
     check_options(seed, num_samples, sets_per_pivot)
-    total = num_samples * sets_per_pivot
+    total = int(num_samples) * int(sets_per_pivot)
     if total > MAX_INPUT_SETS or total * set_size > MAX_INPUT_SET_INDICES:
         raise IdentirepError(
             f"num_samples x sets_per_pivot = {total} candidate input sets of {set_size} inputs: "
@@ -267,7 +279,7 @@ def rep_sets(sets, V, M, num_pivots, sets_per_pivot, seed):
         C = C if sets_per_pivot is None else sets_per_pivot
         check_count("num_pivots", P)
         check_count("sets_per_pivot", C)
-        check_label_sets("num_pivots x sets_per_pivot", P * C)
+        check_label_sets("num_pivots x sets_per_pivot", int(P) * int(C))
         return sampling.rep_sets(V, M, P, C, seed), P, C
     s = np.asarray(sets)
     if (s.ndim != 2 or s.shape[1] != M + 1 or s.shape[0] < 1 or s.dtype.kind not in "iu"
@@ -280,10 +292,10 @@ def rep_sets(sets, V, M, num_pivots, sets_per_pivot, seed):
 
 
 def check_max_cond(max_cond) -> None:
-    if max_cond is None or max_cond == REP_COND_RULE:
+    if max_cond is None or (isinstance(max_cond, str) and max_cond == REP_COND_RULE):
         return
     if (isinstance(max_cond, bool) or not isinstance(max_cond, (int, float, np.integer, np.floating))
-            or not max_cond >= 1):
+            or not _finite(max_cond) and max_cond != float("inf") or not max_cond >= 1):
         raise IdentirepError(
             f"max_cond must be 'median', None (every non-singular set) or a number >= 1, got "
             f"{max_cond!r}")

@@ -302,7 +302,8 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
     rules.check_num_pivots(num_pivots)
     rules.check_label_sets("sets_per_pivot", sets_per_pivot, none_ok=True)
     if num_pivots is not None and sets_per_pivot is not None:
-        rules.check_label_sets("num_pivots x sets_per_pivot", num_pivots * sets_per_pivot)
+        rules.check_label_sets("num_pivots x sets_per_pivot",
+                               int(num_pivots) * int(sets_per_pivot))
     rules.check_max_cond(max_cond)
     rules.check_flag("unsquared", unsquared)
     kw = dict(sets=sets, num_pivots=num_pivots, sets_per_pivot=sets_per_pivot, seed=seed,

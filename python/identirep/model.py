@@ -223,7 +223,7 @@ class Model:
                                                   or given.max() >= V):
                 raise IdentirepError(
                     f"drop_masked_labels must be True, False or label ids in [0, {V}), got "
-                    f"{first_ids(given) if given.dtype.kind in 'iu' else repr(drop)}")
+                    f"{first_ids(given) if given.ndim == 1 and given.dtype.kind in 'iu' else repr(drop):.200}")
             ids = np.union1d(masked, given.astype(np.int64))
         if not len(ids):
             return
