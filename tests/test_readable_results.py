@@ -60,6 +60,17 @@ def test_a_constant_column_is_constant_at_any_offset_in_engine_and_reference(dty
     X[:, 2] = dtype(1e8 / 3)
     for be in BACKENDS:
         assert ir.mcca(X, X, backend=be).rank1 == 3
+    # a column shifted far from zero keeps its variation (mCCA is affine invariant), next
+    # to a column of small spread
+    rng = np.random.default_rng(5)
+    x = np.c_[rng.standard_normal(300), 1e-4 * rng.standard_normal(300)]
+    y = x @ rng.standard_normal((2, 2)) + rng.standard_normal((300, 2))
+    shifted = x + np.array([1e9, 0.0])
+    for be in BACKENDS:
+        want = ir.mcca(x, y, backend=be)
+        got = ir.mcca(shifted, y, backend=be)
+        assert got.rank1 == want.rank1 == 2
+        assert got.value == pytest.approx(want.value, rel=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

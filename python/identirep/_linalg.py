@@ -12,7 +12,8 @@ import os
 import numpy as np
 
 from ._arrays import array_module
-from ._rules import MCCA_RANK_RTOL, NO_VARYING_COLUMN_FIX, no_varying_column_message
+from ._rules import (CONSTANT_COLUMN_RTOL, MCCA_RANK_RTOL, NO_VARYING_COLUMN_FIX,
+                     no_varying_column_message)
 from .errors import IdentirepError
 from .model import to_numpy
 from .moments import Moments
@@ -86,23 +87,19 @@ def _eigen_sqrt(S, xp):
     return U * xp.sqrt(xp.clip(w, 0.0, None))
 
 
-#: a column varies when its standard deviation exceeds this fraction of the data's largest
-#: magnitude (the reference's rule, ``reference._orth_basis``): a constant column's rounding
-#: (~1e-16 of its values) is no variation
-CONSTANT_COLUMN_RTOL = 1e-12
-
-
 def correlation_factor(S: np.ndarray, what: str, xp=np, n: int = None,
-                       magnitude: float = None) -> dict:
+                       mean: np.ndarray = None) -> dict:
     """The parts of the data whose scatter is S (host) that ``whiten`` and
     ``sqrt_factor_from`` share: ``idx`` the columns of non-zero variance, ``d`` the diagonal of
     S, ``s`` = d[idx]^-1/2, ``R`` the correlation matrix of those columns and ``L`` its
     Cholesky factor (None when it fails), on ``xp``; ``whiten`` adds ``Li`` = L^-1. Given the
-    data's rows ``n`` and largest magnitude max |x|, a column varies when sqrt(d / n) >
-    CONSTANT_COLUMN_RTOL max |x|; without them, when d > 1e-24 max d."""
+    data's rows ``n`` and column means, a column varies when sd = sqrt(d / n) >
+    CONSTANT_COLUMN_RTOL sqrt(mean^2 + sd^2); without them, when d > 1e-24 max d."""
     d = np.diag(S).copy()
-    if n and magnitude is not None and np.isfinite(magnitude):
-        var = (d > 0) & (np.sqrt(np.maximum(d, 0.0) / n) > CONSTANT_COLUMN_RTOL * magnitude)
+    if n and mean is not None:
+        var = np.maximum(d, 0.0) / n
+        rms2 = np.asarray(mean, np.float64) ** 2 + var
+        var = (d > 0) & (var > CONSTANT_COLUMN_RTOL ** 2 * rms2)
     else:
         scale = d.max() if d.size else 0.0
         var = d > 1e-24 * max(scale, 1e-300)
@@ -174,14 +171,14 @@ def is_upper(W) -> bool:
 
 
 def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float64"],
-           parts: dict = None, n: int = None, magnitude: float = None):
+           parts: dict = None, n: int = None, mean: np.ndarray = None):
     """W (d x r) with W' S W = I_r on the column space of the data whose scatter is S (host):
     columns of zero variance are left out, and of the correlation matrix R the directions
     with an eigenvalue above ``rtol`` x the largest are kept (the rank rule of
     ``_rules.MCCA_RANK_RTOL``). Computed with ``xp`` and returned there. ``parts``: S's
     ``correlation_factor``, when already made (it is completed with L^-1)."""
     if parts is None:
-        parts = correlation_factor(S, what, xp, n, magnitude)
+        parts = correlation_factor(S, what, xp, n, mean)
     idx, s, R, L = parts["idx"], parts["s"], parts["R"], parts["L"]
     d = parts["d"]
     s = xp.asarray(s)

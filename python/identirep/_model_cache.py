@@ -10,7 +10,7 @@ from ._linalg import (correlation_factor, host_native, scatter_blocks, sqrt_fact
                       times_lower, whiten)
 from ._rules import MCCA_RANK_RTOL
 from .errors import IdentirepError
-from .model import Model, max_abs, to_numpy
+from .model import Model, to_numpy
 from .moments import Moments
 
 
@@ -61,10 +61,9 @@ class ModelCache:
     def correlation(self, which: str, what: str) -> dict:
         """``_linalg.correlation_factor`` of f's or g's scatter: the Cholesky factor of the
         correlation matrix, shared by the whitening and (g) the input-side factor."""
-        S = (self.f_moments if which == "f" else self.g_moments)[1]
-        X = self.F if which == "f" else self.G
-        return self._get("R" + which, lambda: correlation_factor(S, what, self.xp, len(X),
-                                                                 max_abs(X)))
+        mean, S = self.f_moments if which == "f" else self.g_moments
+        n = len(self.F if which == "f" else self.G)
+        return self._get("R" + which, lambda: correlation_factor(S, what, self.xp, n, mean))
 
     def scatter_factor(self, which: str):
         """Lower-triangular R with R R' = f's or g's scatter (float64, where the model lives),

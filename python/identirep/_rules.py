@@ -48,6 +48,12 @@ NO_REP_SET_WITHIN_RULE = (
 REP_RULE_FIX = "raise max_cond, or pass max_cond=None to use every non-singular set"
 
 
+#: a column varies when its standard deviation exceeds this fraction of its own root mean
+#: square, sqrt(mean^2 + sd^2) (the reference's rule, ``reference._orth_basis``): a constant
+#: column's rounding (~1e-16 of its values) is no variation, whatever its offset, and a
+#: shifted column keeps its variation
+CONSTANT_COLUMN_RTOL = 1e-12
+
 #: mCCA's rank rule: a data set's column space is spanned by the directions of its correlation
 #: matrix (columns of zero variance left out) whose eigenvalue (variance) exceeds this
 #: fraction of the largest; by the dtype the scatter matrices were computed in (float32 sums

@@ -14,7 +14,7 @@ from ._linalg import whiten
 from ._pair import PairEngine, mcca_from_scatter, rep_overflow_error
 from .errors import IdentirepError, why
 from .gpu.streams import on_caller_stream
-from .model import Model, check_logit_scale, check_pair, max_abs, to_numpy
+from .model import Model, check_logit_scale, check_pair, to_numpy
 from .moments import Moments
 from .progress import progress_bar
 from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, Failure, KLResult,
@@ -233,10 +233,10 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto") -> MCC
     mom = Moments.from_rows(np.hstack([x.astype(np.float64), y.astype(np.float64)]))
     d = x.shape[1]
     S = mom.scatter
-    n = len(x)
+    n, mu = len(x), mom.mean
     return mcca_from_scatter(S[:d, d:], n_components,
-                             whiten(S[:d, :d], "x", n=n, magnitude=max_abs(x)),
-                             whiten(S[d:, d:], "y", n=n, magnitude=max_abs(y)))
+                             whiten(S[:d, :d], "x", n=n, mean=mu[:d]),
+                             whiten(S[d:, d:], "y", n=n, mean=mu[d:]))
 
 
 def _within_square_range(x: np.ndarray) -> np.ndarray:

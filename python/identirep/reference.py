@@ -232,10 +232,11 @@ def d_svd_reference(a: Model, b: Model, pivot: int, leave_out: int, input_set,
 def _orth_basis(X, what, rtol):
     """An orthonormal basis of the column space of the centred, standardised X by the rank
     rule (columns of zero variance left out; singular values s with s^2 > rtol * s_max^2)."""
-    Xc = X - X.mean(0)
+    mu = X.mean(0)
+    Xc = X - mu
     sd = Xc.std(0)
-    scale = np.abs(X).max() if X.size else 0.0
-    var = sd > 1e-12 * max(scale, 1e-300)
+    # a column varies when its sd exceeds 1e-12 of its own root mean square (any offset)
+    var = (sd > 0) & (sd > rules.CONSTANT_COLUMN_RTOL * np.sqrt(mu ** 2 + sd ** 2))
     if not var.any():
         raise IdentirepError(rules.no_varying_column_message(what), fix=rules.NO_VARYING_COLUMN_FIX)
     Z = Xc[:, var] / sd[var]
