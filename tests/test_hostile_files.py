@@ -246,8 +246,8 @@ def test_entry_that_is_not_a_file(tmp_path, case, name):
     ("meta.json", b'{"a":' * 120 + b"1" + b"}" * 120, "nested more than 100 levels"),
     ("meta.json", b'"text"', "must be a JSON object, got str"),
     ("meta.json", b'{"name": {"x": 1}}', "'name' is a dict, not a string"),
-    ("labels.json", json.dumps(list(range(5))).encode(), "label 0 is '0' (int)"),
-    ("labels.json", b'{"a": 1}', "stored labels must be a list of names, got dict"),
+    ("labels.json", json.dumps([0.5, 1, 2, 3, 4]).encode(), "labels[0] is float 0.5, not a name"),
+    ("labels.json", b'{"a": 1}', "stored labels: labels must be a sequence of names"),
     ("labels.json", json.dumps(["a"] * 4).encode(), "4 label names given for 5 labels"),
     ("meta.json", b'{"storage": 5}', "malformed metadata 'storage'"),
     ("meta.json", b'{"storage": {"bfloat16_as_uint16": 3}}', "malformed metadata 'storage'"),
@@ -274,20 +274,34 @@ def _safetensors(tmp_path, strings=None, **arrays):
 @pytest.mark.parametrize("fmt", ["safetensors", "npz", "dir"])
 @pytest.mark.parametrize("labels, fragment", [
     (np.array(7), None), (["a", "b"], "2 label names given for 5 labels"),
-    ([1, 2, 3, 4, 5], None), ("abcde", None)])
+    ([1.5, 2.5, 3.5, 4.5, 5.5], None), ("abcde", None)])
 def test_bad_labels(tmp_path, fmt, labels, fragment):
     if fmt == "safetensors":
         text = json.dumps(labels.tolist() if isinstance(labels, np.ndarray) else labels)
         p = _safetensors(tmp_path, {"identirep.labels": text}, f=F, g=G)
-        fragment = fragment or "stored labels must be"
+        fragment = fragment or "stored labels: "
     elif fmt == "npz":
         p = npz(tmp_path, _good() + array_members(labels=np.array(labels)))
         fragment = fragment or "'labels' must be a 1-d str array"
     else:
         text = json.dumps(labels.tolist() if isinstance(labels, np.ndarray) else labels)
         p = model_dir(tmp_path, {"f.npy": npy(F), "g.npy": npy(G), "labels.json": text.encode()})
-        fragment = fragment or "stored labels must be"
+        fragment = fragment or "stored labels: "
     refused(p, fragment)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz", "dir"])
+def test_integer_labels_load_as_names(tmp_path, fmt):
+    # as Model(labels=...) takes them: token ids written as labels stay readable
+    ids = list(range(G.shape[0]))
+    if fmt == "safetensors":
+        p = _safetensors(tmp_path, {"identirep.labels": json.dumps(ids)}, f=F, g=G)
+    elif fmt == "npz":
+        p = npz(tmp_path, _good() + array_members(labels=np.array(ids)))
+    else:
+        p = model_dir(tmp_path, {"f.npy": npy(F), "g.npy": npy(G),
+                                 "labels.json": json.dumps(ids).encode()})
+    assert load_model(p).labels == [str(i) for i in ids]
 
 
 @pytest.mark.parametrize("code", [0x11000000, 0x110000, 0xD800])
@@ -322,7 +336,7 @@ def test_bad_safetensors(tmp_path):
     ("identirep.metadata", "{oops", "metadata 'identirep.metadata' is not valid JSON"),
     ("identirep.metadata", "[]", "must be a JSON object"),
     ("identirep.labels", "[" * 5000 + "]" * 5000, "nested more than 100 levels"),
-    ("identirep.labels", "{}", "stored labels must be a list of names"),
+    ("identirep.labels", "{}", "stored labels: labels must be a sequence of names"),
 ])
 def test_bad_safetensors_strings(tmp_path, key, text, fragment):
     p = _safetensors(tmp_path, {key: text}, f=F, g=G)

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import _bf16 as bf16
 from .errors import IdentirepError, why
-from .model import Model, masked_labels
+from .model import Model, label_names, masked_labels
 
 __all__ = ["load_model", "load_models", "save_model", "load_metadata", "check_output",
            "SUPPORTED_FORMATS", "MAX_ARRAY_BYTES", "MAX_JSON_BYTES", "MAX_JSON_DEPTH",
@@ -419,18 +419,14 @@ def _check_meta(meta, where) -> None:
 
 
 def _check_labels(labels, where):
-    """Stored label names: a list of strings (None when there are none)."""
+    """Stored label names, by ``Model``'s rule (``model.label_names``: strings, integers
+    taken as names); None when there are none."""
     if labels is None:
         return None
-    if not isinstance(labels, list):
-        raise IdentirepError(f"{where}: stored labels must be a list of names, got "
-                             f"{type(labels).__name__}", fix=_LABELS_FIX)
-    bad = next((i for i, s in enumerate(labels) if not isinstance(s, str)), None)
-    if bad is not None:
-        raise IdentirepError(f"{where}: stored labels must be strings; label {bad} is "
-                             f"{str(labels[bad])[:40]!r} ({type(labels[bad]).__name__})",
-                             fix=_LABELS_FIX)
-    return labels
+    try:
+        return label_names(labels)
+    except IdentirepError as e:
+        raise IdentirepError(f"{where}: stored labels: {e.reason}", fix=_LABELS_FIX) from None
 
 
 _LABELS_FIX = "store one string per row of g (a JSON list of strings, or a 1-d str array in .npz)"
@@ -730,11 +726,7 @@ def _text(a: np.ndarray, path: Path, key: str):
                              f"{int(cp[bad].flat[0]):#x} is not a Unicode character)",
                              fix=_LABELS_FIX if key == "labels" else
                              "store meta=np.array(json.dumps(metadata))")
-    try:
-        return a.tolist()
-    except (ValueError, UnicodeError) as e:   # code points beyond Unicode
-        raise IdentirepError(f"{path}: '{key}' holds invalid text ({e})",
-                             fix=_LABELS_FIX) from None
+    return a.tolist()
 
 
 def _read_npz(path: Path):
@@ -744,10 +736,10 @@ def _read_npz(path: Path):
         labels = None
         if "labels" in members:
             a = _npz_array(zf, members["labels"], path, "labels")
-            if a.ndim != 1 or a.dtype.kind != "U":
+            if a.ndim != 1 or a.dtype.kind not in "Uiu":
                 raise IdentirepError(f"{path}: 'labels' must be a 1-d str array, got shape "
                                      f"{a.shape} dtype {a.dtype}", fix=_LABELS_FIX)
-            labels = _text(a, path, "labels")
+            labels = _text(a, path, "labels") if a.dtype.kind == "U" else label_names(a)
         meta = _npz_meta(zf, members, path)
     _check_meta(meta, path)
     names = [k for k in members if k not in ("labels", "meta")]
