@@ -358,8 +358,8 @@ class LabelSide:
         """Exact 'max' pivot search by branch and bound. Criteria are evaluated (full rows,
         ``pivot_criteria``) for a seeded sample, then for the other pivots in increasing order
         of a lower bound, until every pivot left has a bound above the best criterion (plus
-        BOUND_RTOL): those cannot be the minimum nor tie with it. On the host the bounds come
-        first from the hard labels alone (``hard_bounds``); where those leave more than
+        BOUND_RTOL): those cannot be the minimum nor tie with it. On the host, from
+        FACTORED_BOUNDS_MIN_M on, the bounds come first from the hard labels alone (``hard_bounds``); where those leave more than
         ``open_limit`` pivots to evaluate, the tree's tighter bounds (``lower_bounds``) take
         over. Returns (evaluated pivots sorted, their criteria, description)."""
         V = self.V
@@ -383,12 +383,14 @@ class LabelSide:
             hard.append(top[np.isfinite(np.take_along_axis(m2, top, 1))])
         hard = np.unique(np.concatenate(hard))
         left = None
-        if self.c1.xp is np:
+        # the hard labels' bounds first where the tree's are dear (V M^2 per model, from
+        # FACTORED_BOUNDS_MIN_M on) and the budget leaves pivots to evaluate
+        if self.c1.xp is np and self.factors() is not None and budget > len(crit):
             lb = self.hard_bounds(hard)
             left = self._evaluate_below(lb, crit, min(budget, len(crit) + self.open_limit()),
-                                        tick(0.05, 0.5))
+                                        tick(0.05, 0.25))
         if left != 0:
-            lb = self.lower_bounds(hard, rng, tick(0.05, 0.5))
+            lb = self.lower_bounds(hard, rng, tick(0.25, 0.5))
             left = self._evaluate_below(lb, crit, budget, tick(0.5, 0.99))
         cands = np.array(sorted(crit), dtype=np.int64)
         if left:
