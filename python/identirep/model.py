@@ -319,10 +319,12 @@ def max_abs(a) -> float:
 def check_logit_scale(a: "Model", b: "Model") -> None:
     """Refuse models whose logits, f or g are too large or too small to be squared and summed
     in the dtype they are computed in, naming the scale: an f entry of 1e200, or a float32 g
-    entry of 1e20 next to a tiny f, would overflow into inf and NaN terms; a float32 f of
-    1e-30 would underflow to zero variances. Each scale (the logits' bound, sqrt(M) max |f|,
-    sqrt(M) max |g|) must lie within [1 / LOGIT_LIMIT, LOGIT_LIMIT] of the dtype (a zero
-    array aside: that is a constant, refused by the measures that need variation)."""
+    entry of 1e20 next to a tiny f, would overflow into inf and NaN terms; logits that vary
+    by less than MIN_LOGIT_SPREAD are lost in the log-normalisers' rounding. The logits'
+    bound must stay within LOGIT_LIMIT, their input-dependent part sqrt(M) max |f| x sqrt(M)
+    max |g| above MIN_LOGIT_SPREAD, and sqrt(M) max |f|, sqrt(M) max |g| each within
+    [1 / LOGIT_LIMIT, LOGIT_LIMIT] of the dtype (a zero array aside: that is a constant,
+    refused by the measures that need variation). A fix is offered only where it works."""
     with np.errstate(over="ignore", invalid="ignore"):
         for m, nm in ((a, "first"), (b, "second")):
             fs, gs = (max_abs(x) * np.sqrt(x.shape[1]) for x in (m.f, m.g))
@@ -333,8 +335,11 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
             kind = ("float64" if all(_dtype_name(x).endswith("float64") for x in (m.f, m.g))
                     else "float32")
             limit = LOGIT_LIMIT[kind]
+            spread = fs * gs          # the input-dependent part of the logits
+            f64 = LOGIT_LIMIT["float64"]
             cast = (", or cast f and g to float64 (limits 1e-100 to 1e100)"
-                    if kind == "float32" else "")
+                    if kind == "float32" and bound <= f64
+                    and MIN_LOGIT_SPREAD["float64"] <= spread else "")
             parts = f"sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}" + (
                 f" + max |b| {bias:.3g}" if bias else "")
             if not bound <= limit:
@@ -345,13 +350,19 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
                     f"{limit:.0e} that {kind} sums of squared log-likelihoods allow; rescale f "
                     "and g to their trained scale (the measures are not invariant to the "
                     f"logits' scale){cast}, or check the data for corrupted values")
-            if 0 < bound < 1 / limit:
+            # logits too small to resolve: neither balancing nor (below 1e-6) float64 helps
+            if 0 < spread < MIN_LOGIT_SPREAD[kind]:
                 raise IdentirepError(
-                    f"the {nm} model's logits are at most about {bound:.3g} ({parts}), below "
-                    f"the {1 / limit:.0e} under which {kind} squares underflow: their "
-                    "variances lose their digits and every label looks alike; rescale f and g "
-                    "to their trained scale (the measures are not invariant to the logits' "
-                    f"scale){cast}, or check the data for corrupted values")
+                    f"the {nm} model's logits vary with the input by at most about "
+                    f"{spread:.3g} (sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}), "
+                    f"below the {MIN_LOGIT_SPREAD[kind]:.0e} that {kind} resolves: "
+                    f"log-normalisers (about log V) round by ~{np.finfo(kind).eps:.0e} of "
+                    "themselves, which swamps differences this small (balancing f against g "
+                    "leaves them as they are)",
+                    fix=("cast f and g to float64 (limit 1e-6), or "
+                         if kind == "float32" and spread >= MIN_LOGIT_SPREAD["float64"] else "")
+                    + "rescale f and g to their trained scale (the measures are not invariant "
+                      "to the logits' scale)")
             # a factor too large first (its squares overflow), then one too small
             for what, scale, other in sorted((("f", fs, gs), ("g", gs, fs)),
                                              key=lambda x: x[1] <= limit):
@@ -371,16 +382,6 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
                     fix=f"balance the factors: f * c and g / c with c = {c:.3g} leave every "
                         "logit unchanged (and every measure but d_rep, which is in squared "
                         f"units of f and scales by c^2){cast}")
-            if 0 < fs * gs < MIN_LOGIT_SPREAD[kind]:
-                raise IdentirepError(
-                    f"the {nm} model's logits vary with the input by at most about "
-                    f"{fs * gs:.3g} (sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}), "
-                    f"below the {MIN_LOGIT_SPREAD[kind]:.0e} that {kind} resolves: "
-                    f"log-normalisers (about log V) round by ~{np.finfo(kind).eps:.0e} of "
-                    "themselves, which swamps differences this small",
-                    fix=("cast f and g to float64 (limit 1e-6), or " if kind == "float32" else "")
-                    + "rescale f and g to their trained scale (the measures are not invariant "
-                      "to the logits' scale)")
 
 
 def to_numpy(a, dtype=None) -> np.ndarray:
