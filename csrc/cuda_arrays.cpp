@@ -32,7 +32,8 @@ struct Array {
   bool readonly = false;
 
   int64_t ndim() const { return static_cast<int64_t>(shape.size()); }
-  // (Parse checks that the extents are >= 0 and that this product fits in int64.)
+  // (Parse checks that the extents are >= 0 and, unless one is 0, that this product fits in
+  // int64.)
   int64_t size() const {
     for (int64_t d : shape)
       if (d == 0) return 0;  // before any product: the other extents may be huge
@@ -51,22 +52,28 @@ struct Array {
   }
 };
 
+// A typestr as messages show it: at most 32 characters (one may be any length).
+std::string Clip(const std::string& typestr) {
+  return typestr.size() <= 32 ? typestr : typestr.substr(0, 29) + "...";
+}
+
 // numpy's typestr (byte order, kind, size) -> the dtype these operations know (bfloat16: its
-// bits), or the typestr itself; itemsize 0 when it has none.
-std::string DtypeOf(const std::string& typestr, int64_t* itemsize) {
-  *itemsize = 0;
-  if (typestr.size() < 3 || typestr[0] == '>') return typestr;
+// bits), or the typestr itself (clipped); *sized: whether it ends in a size (digits after its
+// byte order and kind; big-endian ones count as having none).
+std::string DtypeOf(const std::string& typestr, bool* sized) {
+  *sized = false;
+  if (typestr.size() < 3 || typestr[0] == '>') return Clip(typestr);
   const std::string k = typestr.substr(1);
   for (char ch : k.substr(1))
-    if (ch < '0' || ch > '9') return typestr;
-  *itemsize = std::stoll(k.substr(1));
+    if (ch < '0' || ch > '9') return Clip(typestr);
+  *sized = true;
   if (k == "f2") return "float16";
   if (k == "f4") return "float32";
   if (k == "f8") return "float64";
   if (k == "u2" || k == "i2") return "bfloat16";
   if (k == "i8") return "int64";
   if (k == "u1") return "uint8";
-  return typestr;
+  return Clip(typestr);
 }
 
 // The checks of one entry point: its name starts every message.
@@ -99,40 +106,42 @@ class Checks {
            std::string(py::str(py::type::handle_of(obj).attr("__name__"))) + " (" +
            e.what() + ")");
     }
+    std::string typestr;
+    std::vector<int64_t> bytes;  // its strides as given, in bytes
+    bool strided = false;        // false: none given (C-contiguous)
     try {
       const py::dict d = cai.cast<py::dict>();
       for (py::handle x : d["shape"].cast<py::tuple>()) a.shape.push_back(x.cast<int64_t>());
-      a.dtype = DtypeOf(d["typestr"].cast<std::string>(), &a.itemsize);
+      typestr = d["typestr"].cast<std::string>();
       const py::tuple data = d["data"].cast<py::tuple>();
       a.ptr = data[0].cast<uintptr_t>();
       a.readonly = data[1].cast<bool>();
       if (d.contains("mask") && !d["mask"].is_none())
         Fail(std::string(name) + " is a masked array");
-      std::vector<int64_t> bytes;
-      if (d.contains("strides") && !d["strides"].is_none()) {
+      strided = d.contains("strides") && !d["strides"].is_none();
+      if (strided)
         for (py::handle x : d["strides"].cast<py::tuple>()) bytes.push_back(x.cast<int64_t>());
-      } else {  // C-contiguous
-        bytes.assign(a.shape.size(), a.itemsize);
-        for (size_t i = a.shape.size(); i-- > 1;) bytes[i - 1] = bytes[i] * a.shape[i];
-      }
-      Require(a.itemsize > 0, std::string(name) + " has dtype " + a.dtype +
-                                  ", not one of fixed-size numbers");
-      Require(bytes.size() == a.shape.size(),
-              std::string(name) + ": its __cuda_array_interface__ is malformed");
-      for (int64_t b : bytes) {
-        Require(b % a.itemsize == 0, std::string(name) + " has a stride of " +
-                                         std::to_string(b) + " bytes, not a multiple of its " +
-                                         std::to_string(a.itemsize) + "-byte elements");
-        a.strides.push_back(b / a.itemsize);
-      }
     } catch (py::cast_error& e) {
       Fail(std::string(name) + ": its __cuda_array_interface__ is malformed (" + e.what() + ")");
     } catch (py::error_already_set& e) {  // a key missing
       Fail(std::string(name) + ": its __cuda_array_interface__ is malformed (" + e.what() + ")");
     }
-    a.present = true;
-    // Extents >= 0; unless it is empty, its bytes and the bytes its strides span fit in
-    // int64: the operations index it with int64 offsets (checked as `a > max / b`).
+    // The item size first (1 to 16 bytes), then the extents (>= 0): every size and stride
+    // below is computed from them, each product checked before it is formed (`a > max / b`),
+    // so that none overflows.
+    bool sized = false;
+    a.dtype = DtypeOf(typestr, &sized);
+    Require(sized, std::string(name) + " has dtype " + a.dtype +
+                       ", not one of fixed-size numbers");
+    try {
+      a.itemsize = std::stoll(typestr.substr(2));  // digits only (DtypeOf)
+    } catch (std::exception&) {  // out of range
+      Fail(std::string(name) + " has typestr '" + Clip(typestr) +
+           "', whose item size does not fit in int64 (it must be 1 to 16 bytes)");
+    }
+    Require(a.itemsize >= 1 && a.itemsize <= 16,
+            std::string(name) + " has typestr '" + Clip(typestr) + "', an item size of " +
+                std::to_string(a.itemsize) + " bytes (it must be 1 to 16 bytes)");
     constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
     bool empty = false;
     for (int64_t e : a.shape) {
@@ -140,11 +149,37 @@ class Checks {
                           ") in its shape " + a.Describe());
       empty = empty || e == 0;
     }
-    int64_t bytes = a.itemsize, span = 0;  // span: from the first element to the farthest
+    // Unless it is empty, its bytes fit in int64 (then so does each of its C-order strides,
+    // none more than its bytes).
+    int64_t total = a.itemsize;
+    for (size_t i = 0; !empty && i < a.shape.size(); ++i) {
+      Require(total <= kMax / a.shape[i], std::string(name) + " has more bytes than int64 holds");
+      total *= a.shape[i];
+    }
+    if (strided) {
+      Require(bytes.size() == a.shape.size(),
+              std::string(name) + ": its __cuda_array_interface__ is malformed");
+    } else {  // C-contiguous: an empty array's strides may still not fit
+      bytes.assign(a.shape.size(), a.itemsize);
+      for (size_t i = a.shape.size(); i-- > 1;) {
+        Require(a.shape[i] == 0 || bytes[i] <= kMax / a.shape[i],
+                std::string(name) + ": a C-order stride of its shape " + a.Describe() +
+                    " does not fit in int64");
+        bytes[i - 1] = bytes[i] * a.shape[i];
+      }
+    }
+    for (int64_t b : bytes) {
+      Require(b % a.itemsize == 0, std::string(name) + " has a stride of " + std::to_string(b) +
+                                       " bytes, not a multiple of its " +
+                                       std::to_string(a.itemsize) + "-byte elements");
+      a.strides.push_back(b / a.itemsize);
+    }
+    a.present = true;
+    // Unless it is empty, the bytes its strides span fit in int64: the operations index it
+    // with int64 offsets.
+    int64_t span = 0;  // from the first element to the farthest
     for (size_t i = 0; !empty && i < a.shape.size(); ++i) {
       const int64_t e = a.shape[i], st = a.strides[i];
-      Require(bytes <= kMax / e, std::string(name) + " has more bytes than int64 holds");
-      bytes *= e;
       if (e == 1) continue;
       const int64_t step = st < 0 ? (st == std::numeric_limits<int64_t>::min() ? kMax : -st) : st;
       Require(step <= kMax / a.itemsize / (e - 1) &&

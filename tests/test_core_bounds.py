@@ -1,7 +1,9 @@
 """Every compiled entry point (identirep._core) checks its offsets, counts and sizes before it
 reads or writes an element: offsets near 2**63 - 1, negative ones, mismatched lengths, shape
 products beyond int64. Each case must raise a Python exception, never overflow or write out of
-bounds (.ci/sanitize runs this file under AddressSanitizer and UBSan)."""
+bounds. .ci/sanitize runs this file under AddressSanitizer and UBSan in a CPU-only build, where
+the tests of the CUDA entry points' host checks (needs_cuda_build) are skipped: those run
+without sanitizers, in a build with CUDA."""
 from __future__ import annotations
 
 import numpy as np
@@ -392,8 +394,86 @@ def test_cuda_entry_points_accept_empty_arrays_with_huge_other_extents():
     # an empty array's other extents multiply to nothing: no size overflows, nothing touched
     G = FakeGpuArray
     _core.lse_kl_update_cuda(**{**_update_cuda_args(n=0, v=4), "col0": MAX - 4})
-    _core.lse_kl_update_cuda(l1=G((0, 2**62), np.float32, 0), l2=G((0, 2**62), np.float32, 0),
+    # C-contiguous: its row stride, 2**62 bytes, still fits in int64
+    _core.lse_kl_update_cuda(l1=G((0, 2**60), np.float32, 0), l2=G((0, 2**60), np.float32, 0),
                              state=G((8, 0), np.float64, 0), args=G((2, 0), np.int64, 0), col0=0)
+    # strides given: any that fit serve, no element is addressed
+    _core.lse_kl_update_cuda(l1=G((0, 2**62), np.float32, 0, strides=(1, 1)),
+                             l2=G((0, 2**62), np.float32, 0, strides=(1, 1)),
+                             state=G((8, 0), np.float64, 0), args=G((2, 0), np.int64, 0), col0=0)
+
+
+@pytest.mark.usefixtures("needs_cuda_build")
+@pytest.mark.parametrize("name", ["l1", "state"])
+@pytest.mark.parametrize("shape, match", [
+    ((2, 3, 2**62), "{} has more bytes than int64 holds"),
+    ((2**62, 2**62), "{} has more bytes than int64 holds"),
+    ((2**21, 2**21, 2**21), "{} has more bytes than int64 holds"),
+    ((MAX, 2), "{} has more bytes than int64 holds"),
+    # empty: no bytes, but its C-order (default) strides are computed, and do not fit
+    ((0, 2**62), ("{}: a C-order stride of its shape \\(0, 4611686018427387904\\) \\w+ "
+                  "does not fit in int64")),
+    ((3, 0, 2**62), "{}: a C-order stride of its shape .* does not fit in int64"),
+    ((0, MAX, 2), "{}: a C-order stride of its shape .* does not fit in int64"),
+])
+def test_cuda_host_checks_default_strides_of_huge_shapes(name, shape, match):
+    # no strides given (C-contiguous): the extents are checked before any stride is formed
+    # (a product past int64 would be undefined behaviour, and wrap)
+    dtype = np.float32 if name == "l1" else np.float64
+    with pytest.raises(ValueError, match=match.format(name)):
+        _core.lse_kl_update_cuda(**{**_update_cuda_args(), name: FakeGpuArray(shape, dtype)})
+
+
+def _typestr(typestr, shape=(4, 4), strides=None, ptr=1 << 12):
+    a = FakeGpuArray(shape, np.float32, ptr)
+    a.__cuda_array_interface__.update(typestr=typestr, strides=strides)
+    return a
+
+
+@pytest.mark.usefixtures("needs_cuda_build")
+@pytest.mark.parametrize("strides", [None, (16, 4)])
+@pytest.mark.parametrize("typestr, match", [
+    ("<f0", "l1 has typestr '<f0', an item size of 0 bytes \\(it must be 1 to 16 bytes\\)"),
+    ("|V0", "l1 has typestr '\\|V0', an item size of 0 bytes"),
+    ("<f00", "l1 has typestr '<f00', an item size of 0 bytes"),
+    ("<f17", "l1 has typestr '<f17', an item size of 17 bytes"),
+    ("|V32", "l1 has typestr '\\|V32', an item size of 32 bytes"),
+    ("<f9223372036854775807", "an item size of 9223372036854775807 bytes"),  # was a -4 stride
+    ("<f9223372036854775808", "whose item size does not fit in int64"),       # was IndexError
+    ("<f" + "9" * 40, "l1 has typestr '<f9{27}\\.\\.\\.', whose item size does not fit"),
+    ("<f" + "1" * 100_000, "whose item size does not fit in int64"),
+    (">f4", "l1 has dtype >f4, not one of fixed-size numbers"),
+    ("<f", "l1 has dtype <f, not one of fixed-size numbers"),
+    ("<f-4", "l1 has dtype <f-4, not one of fixed-size numbers"),
+    ("<f 4", "l1 has dtype <f 4, not one of fixed-size numbers"),
+])
+def test_cuda_host_checks_item_sizes(typestr, match, strides):
+    # the item size is 1 to 16 bytes, read from the typestr's digits however many there are
+    # (ValueError, never a wrapped size or the parser's own exception); shown clipped
+    with pytest.raises(ValueError, match=match) as info:
+        _core.lse_kl_update_cuda(**{**_update_cuda_args(), "l1": _typestr(typestr,
+                                                                           strides=strides)})
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.usefixtures("needs_cuda_build")
+def test_cuda_host_checks_item_sizes_in_range():
+    # sizes the parser knows are accepted as such, leading zeros and all; others of 1 to 16
+    # bytes are parsed, then refused by the entry point's dtype check
+    for typestr, match in (("<f16", "got \\(4, 4\\) <f16"), ("<c8", "got \\(4, 4\\) <c8"),
+                           ("<f04", "got \\(4, 4\\) <f04"),
+                           ("<f" + "0" * 60 + "4", "got \\(4, 4\\) <f0{27}\\.\\.\\.")):
+        with pytest.raises(ValueError, match=match):
+            _core.lse_kl_update_cuda(**{**_update_cuda_args(), "l1": _typestr(typestr)})
+    # a known typestr with explicit strides: its item size divides them (l1 and l2 pass; the
+    # next check, of state, fails before any device is asked about the arrays)
+    with pytest.raises(ValueError, match="state must be a \\(8, 4\\) float64 array"):
+        _core.lse_kl_update_cuda(**{**_update_cuda_args(), "l1": _typestr("<f4", strides=(16, 4)),
+                                    "l2": _typestr("<f4", strides=(32, 4), ptr=1 << 13),
+                                    "state": FakeGpuArray((8, 5), np.float64, 1 << 14)})
+    with pytest.raises(ValueError, match="l1 has a stride of 6 bytes, not a multiple of its "
+                                         "4-byte elements"):
+        _core.lse_kl_update_cuda(**{**_update_cuda_args(), "l1": _typestr("<f4", strides=(6, 4))})
 
 
 @pytest.mark.usefixtures("needs_cuda_build")
