@@ -39,9 +39,10 @@ def _cases(dtype, V=700):
 def test_bounded_search_matches_the_plain_exact_search(small_bounds, monkeypatch, dtype,
                                                        open_limit):
     # open_limit 0: the tree's bounds after the hard labels' always; 10 ** 9: never (the
-    # two stages run from FACTORED_BOUNDS_MIN_M on: lowered to these M)
+    # two stages run from HARD_BOUNDS_MIN_M on: lowered to these M)
     if open_limit is not None:
         monkeypatch.setattr(E, "FACTORED_BOUNDS_MIN_M", 2)
+        monkeypatch.setattr(E, "HARD_BOUNDS_MIN_M", 2)
         monkeypatch.setattr(E.LabelSide, "open_limit", lambda self: open_limit)
     for a, b in _cases(dtype):
         e = ir.engine(a, b)

@@ -44,6 +44,10 @@ BOUND_RTOL = 1e-9
 BOUND_NOISE = 16.0
 #: pivots per block of the hard-label bounds (``hard_bounds``)
 HARD_BOUND_ROWS = 8192
+#: the hard labels' bounds come first from this M on (N=2048, two cores: at M=256 they cost
+#: more pivot rows than they save, 0.95 s against 0.75 s; at M=768 the search takes 1.2 s
+#: against 3.0 s, at M=2048 1.1 s against 5.3 s)
+HARD_BOUNDS_MIN_M = 512
 PIVOT_BLOCK = 256
 #: the pivot blocks' cross products (2 x B x V in the compute dtype) take at most this many bytes
 PIVOT_BLOCK_BYTES = 128 << 20
@@ -359,7 +363,7 @@ class LabelSide:
         ``pivot_criteria``) for a seeded sample, then for the other pivots in increasing order
         of a lower bound, until every pivot left has a bound above the best criterion (plus
         BOUND_RTOL): those cannot be the minimum nor tie with it. On the host, from
-        FACTORED_BOUNDS_MIN_M on, the bounds come first from the hard labels alone (``hard_bounds``); where those leave more than
+        HARD_BOUNDS_MIN_M on, the bounds come first from the hard labels alone (``hard_bounds``); where those leave more than
         ``open_limit`` pivots to evaluate, the tree's tighter bounds (``lower_bounds``) take
         over. Returns (evaluated pivots sorted, their criteria, description)."""
         V = self.V
@@ -384,8 +388,9 @@ class LabelSide:
         hard = np.unique(np.concatenate(hard))
         left = None
         # the hard labels' bounds first where the tree's are dear (V M^2 per model, from
-        # FACTORED_BOUNDS_MIN_M on) and the budget leaves pivots to evaluate
-        if self.c1.xp is np and self.factors() is not None and budget > len(crit):
+        # HARD_BOUNDS_MIN_M on) and the budget leaves pivots to evaluate
+        if (self.c1.xp is np and min(self.c1.model.M, self.c2.model.M) >= HARD_BOUNDS_MIN_M
+                and self.factors() is not None and budget > len(crit)):
             lb = self.hard_bounds(hard)
             left = self._evaluate_below(lb, crit, min(budget, len(crit) + self.open_limit()),
                                         tick(0.05, 0.25))
