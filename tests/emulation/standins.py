@@ -81,6 +81,10 @@ def assert_same_results(got, want, dtype=np.float64):
         if isinstance(w, (float, np.ndarray)) or (isinstance(w, list) and w
                                                   and isinstance(w[0], float)):
             assert_close(g, w, rtol=AGREEMENT_RTOL[dtype], atol=1e-12, what=k)
+        elif isinstance(w, dict) and w and all(isinstance(v, float) for v in w.values()):
+            assert g.keys() == w.keys(), k          # e.g. d_rep's quantiles: floats by name
+            for q in w:
+                assert_close(g[q], w[q], rtol=AGREEMENT_RTOL[dtype], atol=1e-12, what=f"{k}.{q}")
         elif k != "backend":
             assert g == w, k
 
