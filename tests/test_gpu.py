@@ -385,6 +385,11 @@ def test_compare_on_gpu_arrays_matches_cpu(cupy, source, request):
     for k, w in wv.items():
         if isinstance(w, float) or (isinstance(w, list) and w and isinstance(w[0], float)):
             np.testing.assert_allclose(gv[k], w, rtol=1e-9, atol=1e-12, err_msg=k)
+        elif isinstance(w, dict) and w and all(isinstance(v, float) for v in w.values()):
+            assert gv[k].keys() == w.keys(), k     # d_rep's quantiles: floats by name
+            for q in w:
+                np.testing.assert_allclose(gv[k][q], w[q], rtol=1e-9, atol=1e-12,
+                                           err_msg=f"{k}.{q}")
         else:
             assert gv[k] == w, k
 
