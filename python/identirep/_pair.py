@@ -123,7 +123,7 @@ class PairEngine:
             raise IdentirepError("pivot and leave_out must be different labels")
         rules.check_num_pivots(num_pivots)
         rules.check_options(seed, pivot_budget=bound_budget)
-        _check_callable("progress", progress)
+        rules.check_callable("progress", progress)
         return self.labels.search(term, pivot, leave_out, num_pivots, seed, progress,
                                   bound_budget)
 
@@ -144,7 +144,7 @@ class PairEngine:
               sets_per_pivot=1, progress=None, pivot_budget=None) -> DLLVResult:
         rules.check_flag("paper_compat", paper_compat)
         rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
-        _check_callable("progress", progress)
+        rules.check_callable("progress", progress)
         rules.check_llv_args(self.a, self.b, combine, term, pivot, leave_out, lam,
                              constant_features)
         rules.check_num_pivots(num_pivots)
@@ -326,11 +326,6 @@ def _check_term(term) -> None:
     """d_LLV's ``term`` ("max" or "mean"), by d_LLV's option rule (its other options valid)."""
     rules.check_llv_options(0.0, "max", term)
 
-
-def _check_callable(name: str, fn) -> None:
-    if fn is not None and not callable(fn):
-        raise IdentirepError(f"{name} must be a callable or None, got "
-                             f"{type(fn).__name__} {fn!r:.60}")
 
 
 def rep_overflow_error(a: Model, bad: int, total: int) -> IdentirepError:

@@ -122,6 +122,17 @@ def _finite(v) -> bool:
         return False
 
 
+def check_callable(name, fn, flags_ok=False, signature="a callable") -> None:
+    """A callable option or None (and True/False with ``flags_ok``: a progress bar on or off),
+    named in the message by ``signature``."""
+    if fn is None or callable(fn):
+        return
+    if flags_ok and isinstance(fn, (bool, np.bool_)):
+        return
+    raise IdentirepError(f"{name} must be {signature}{', True, False' if flags_ok else ''} or "
+                         f"None, got {type(fn).__name__} {fn!r:.60}")
+
+
 def check_flag(name, v) -> None:
     """A boolean option: True or False (a NumPy bool too), never a string such as "False"."""
     if not isinstance(v, (bool, np.bool_)):

@@ -285,9 +285,7 @@ def check_extract_options(dtype="float32", max_length=512, batch_size=8, check_p
         _count(name, value, 1, "a positive integer")
     _count("seed", seed, 0, "a non-negative integer (it seeds NumPy's random generator)")
     rules.check_flag("allow_softcap", allow_softcap)
-    if progress is not None and not isinstance(progress, (bool, np.bool_)) and not callable(progress):
-        raise IdentirepError(f"progress must be a callable progress(done, total), True, False "
-                             f"or None, got {type(progress).__name__} {progress!r:.60}")
+    rules.check_callable("progress", progress, True, "a callable progress(done, total)")
     torch = sys.modules.get("torch")   # a torch.device comes with torch imported
     if isinstance(device, (bool, np.bool_)) or not (
             isinstance(device, (str, numbers.Integral))

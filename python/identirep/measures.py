@@ -44,9 +44,7 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
         ``.d_rep()`` from the one pass."""
     check_pair(a, b)
     for name, fn in (("progress", progress), ("caches", caches)):
-        if fn is not None and not callable(fn):
-            raise IdentirepError(f"{name} must be a callable or None, got "
-                                 f"{type(fn).__name__} {fn!r:.60}")
+        rules.check_callable(name, fn)
     check_logit_scale(a, b)
     backend = resolve(backend, a, b)
     if backend == "reference":
@@ -430,9 +428,7 @@ def check_compare_options(lam=1e-5, combine="max", term="max", num_samples=200, 
 
 def check_progress(progress) -> None:
     """A progress option: a callable ``progress(fraction)``, True, False or None."""
-    if progress is not None and not isinstance(progress, (bool, np.bool_)) and not callable(progress):
-        raise IdentirepError(f"progress must be a callable progress(fraction), True, False or "
-                             f"None, got {type(progress).__name__} {progress!r:.60}")
+    rules.check_callable("progress", progress, True, "a callable progress(fraction)")
 
 
 def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
