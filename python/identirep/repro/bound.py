@@ -331,9 +331,10 @@ def render_bound(res: BoundResult, console=None) -> None:
                   f"{fmt(min(ys), 3)} .. {fmt(max(ys), 3)}",
                   fmt(max(p["ratio"] for p in ps), 3), f"{under} of {len(ps)}")
     console.print(t)
-    console.print("  x = 2 M d_LLV: d_LLV a distance (lam = 1e-5, max/max, best of 100 input "
-                  "sets), M the dimension of f and g; y = max d_SVD: a distance in [0, 1], the "
-                  "larger of d_SVD of f (max over label sets) and of g (d_LLV's input set).",
+    console.print("  x = 2 M d_LLV: d_LLV a distance (lam = 1e-5, max/max; constructed pairs: "
+                  "best of 100 input sets, trained pairs: as their width run computed it), M "
+                  "the dimension of f and g; y = max d_SVD: a distance in [0, 1], the larger of "
+                  "d_SVD of f (max over label sets) and of g (d_LLV's input set).",
                   highlight=False)
     s = res.summary()
     if s["over"]:
