@@ -14,7 +14,8 @@ from helpers import find_cycle, import_graph
 GPU_MAY_IMPORT = {"identirep.errors", "identirep._arrays", "identirep._bf16",
                   "identirep._build", "identirep._core", "identirep.model", "identirep.passes"}
 #: the layers of docs/design.md section 4, lowest first: a module imports only modules of its
-#: own layer or of layers before it ("gpu" stands for every module of identirep.gpu)
+#: own layer or of layers before it ("gpu" stands for every module of identirep.gpu, "repro"
+#: for every module of identirep.repro)
 LAYERS = [
     ["_core"],
     ["errors", "model", "results", "moments", "_arrays", "_bf16", "_build", "progress"],
@@ -25,14 +26,15 @@ LAYERS = [
     ["_model_cache", "_label_side", "_input_side", "_pair"],
     ["_backends", "measures", "_matrix"],
     ["io", "extract", "_hf", "constructions", "baselines", "bench", "report", "plots", "demo",
-     "cli"],
+     "cli", "repro"],
     [""],
 ]
 
 
 def layer_of(module: str) -> int:
     short = module[len("identirep."):] if module.startswith("identirep.") else ""
-    short = "gpu" if short == "gpu" or short.startswith("gpu.") else short
+    for package in ("gpu", "repro"):
+        short = package if short == package or short.startswith(package + ".") else short
     for i, names in enumerate(LAYERS):
         if short in names:
             return i

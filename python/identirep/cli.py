@@ -1,4 +1,4 @@
-"""Command line: ``identirep demo | compare | matrix | extract | bench | info``.
+"""Command line: ``identirep demo | compare | matrix | extract | bench | info | repro``.
 
 Exit codes: 0 ok, 2 bad input (the message says what and how to fix), 1 internal error.
 """
@@ -446,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_extract_parser(sub)
     except ImportError:
         pass
+    from .repro.cli import add_repro_parser
+    add_repro_parser(sub)
     return p
 
 
