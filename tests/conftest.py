@@ -187,13 +187,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 #: markers of the tests the default run leaves out; .ci/run runs them: pytest -m "standin or slow"
-#: (fuzz: pytest -m fuzz)
-LEFT_OUT = ("standin", "slow", "fuzz")
+#: (fuzz: pytest -m fuzz; repro: pytest -m repro)
+LEFT_OUT = ("standin", "slow", "fuzz", "repro")
 
 
 def _leave_out_by_default(config, items):
-    """Without -m, and unless tests are named by node id, the tests marked standin, slow or
-    fuzz are deselected (any -m expression, even -m "", selects by itself)."""
+    """Without -m, and unless tests are named by node id, the tests marked standin, slow,
+    fuzz or repro are deselected (any -m expression, even -m "", selects by itself)."""
     if config.option.markexpr or any("::" in str(a) for a in config.args):
         return
     keep, drop = [], []
