@@ -149,7 +149,7 @@ def test_width_driver_end_to_end_and_reuse(tmp_path, capsys):
     got = json.loads(capsys.readouterr().out)
     assert got == json.loads((out / "width_results.json").read_text())
     assert got["mode"] == "custom" and got["checkpoints"] == {
-        "trained": 10, "reused": 0, "dir": str(out / "checkpoints")}
+        "trained": 10, "reused": 0, "dir": "checkpoints"}
     assert any("600 training steps instead of 15000" in d for d in got["differences_from_paper"])
     narrow, wide = got["widths"]
     # width 8 learns too slowly for 600 steps: reported, left out of the means
@@ -175,7 +175,7 @@ def test_width_driver_end_to_end_and_reuse(tmp_path, capsys):
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 200_000
     ckpts = sorted((out / "checkpoints").rglob("*.safetensors"))
-    assert len(ckpts) == 10
+    assert sorted(out / m["checkpoint"] for m in got["models"]) == ckpts and len(ckpts) == 10
     import identirep as ir
     meta = ir.load_metadata(ckpts[0])
     assert {"width", "seed", "classes", "steps", "test_accuracy", "settings"} <= set(meta)

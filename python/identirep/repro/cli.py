@@ -162,5 +162,5 @@ def cmd_width(args) -> int:
         print(json.dumps(payload, indent=2))
     else:
         from .render import render_width
-        render_width(payload)
+        render_width(payload, args.out)
     return 0

@@ -1,6 +1,7 @@
 """The width experiment's results as a terminal table (rich), every number named."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..report import fmt, literal
@@ -33,7 +34,8 @@ def finding_lines(payload: dict):
     return [f"finding: {out[0]}; {out[1]}: {verdict}"]
 
 
-def render_width(payload: dict, console=None) -> None:
+def render_width(payload: dict, out=".", console=None) -> None:
+    """The table and what its numbers are; ``out``: the directory the files were written to."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -82,4 +84,5 @@ def render_width(payload: dict, console=None) -> None:
                  f"total {s['total']:.0f} s.")
     for line in lines:
         console.print(literal(line))
-    console.print(Text.assemble("wrote ", literal(", ".join(payload["files"].values()))))
+    files = [os.path.join(out, f) for f in payload["files"].values()]
+    console.print(Text.assemble("wrote ", literal(", ".join(files))))

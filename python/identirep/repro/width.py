@@ -10,7 +10,7 @@ distributions closer in d_LLV and more similar representations (smaller max d_SV
 
 ``run`` writes OUT/width_results.json (settings, per-width summary, per-pair records),
 OUT/pairs.csv, OUT/widths.csv and the figures (``figures``); checkpoints live under
-OUT/checkpoints and are reused.
+OUT/checkpoints and are reused. Paths in the results are relative to OUT.
 """
 from __future__ import annotations
 
@@ -176,7 +176,8 @@ def measure_width(root, plan: Plan, width: int) -> Tuple[dict, List[dict], List[
         models.append({"width": width, "seed": s, "test_accuracy": meta["test_accuracy"],
                        "train_nll": meta["train_nll"], "train_seconds": meta["train_seconds"],
                        "trained_with_seeds": meta["trained_with_seeds"],
-                       "checkpoint": str(checkpoint_path(root, settings, width, s))})
+                       "checkpoint": checkpoint_path(root, settings, width, s).relative_to(
+                           root.parent).as_posix()})
     ok = [(m, meta) for m, meta in loaded if meta["test_accuracy"] > MIN_ACCURACY]
     pairs = [pair_record(width, a, b, ma, mb, plan.seed)
              for (a, ma), (b, mb) in itertools.combinations(ok, 2)]
@@ -273,7 +274,7 @@ def run(plan: Plan, out, device: str = "cpu", jobs: int = 1,
         "fields": FIELDS,
         "seconds": {"training": train_seconds, "measuring": t2 - t1, "total": t2 - t0},
         "checkpoints": {"trained": sum(len(v) for v in todo.values()), "reused": reused,
-                        "dir": str(root)},
+                        "dir": root.name},
     }
     payload = _jsonable(payload)
     payload["files"] = write_outputs(payload, out)
@@ -304,7 +305,8 @@ def width_rows(widths: List[dict]) -> Tuple[List[dict], List[str]]:
 
 
 def write_outputs(payload: dict, out: Path) -> Dict[str, str]:
-    """width_results.json, pairs.csv, widths.csv and the figures, under ``out``."""
+    """width_results.json, pairs.csv, widths.csv and the figures, under ``out``; returns
+    their names."""
     from .figures import width_figures
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "width_results.json", "pairs_csv": out / "pairs.csv",
@@ -314,7 +316,7 @@ def write_outputs(payload: dict, out: Path) -> Dict[str, str]:
     rows, wkeys = width_rows(payload["widths"])
     _csv(files["widths_csv"], rows, wkeys)
     files.update(width_figures(payload, out))
-    names = {k: str(v) for k, v in files.items()}
+    names = {k: v.name for k, v in files.items()}
     payload = {**payload, "files": names}
     tmp = files["json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
