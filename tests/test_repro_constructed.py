@@ -5,17 +5,8 @@ import json
 
 import pytest
 
-from identirep.cli import build_parser, main
+from identirep.cli import main
 from identirep.repro import bound, table1
-
-
-def _cli_has_repro() -> bool:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return "repro" in sub.choices
-
-
-needs_repro_cli = pytest.mark.skipif(not _cli_has_repro(),
-                                     reason="identirep has no repro command yet")
 
 
 def run(driver, argv) -> int:
@@ -154,7 +145,6 @@ def test_out_that_is_a_file_exits_2_before_any_work(tmp_path, capsys):
         assert "is a file" in capsys.readouterr().err
 
 
-@needs_repro_cli
 def test_command_line(tmp_path, capsys):
     assert main(["repro", "table1", "--rhos", "3,18", "--inputs-per-class", "30",
                  "--json"]) == 0
