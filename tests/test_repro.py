@@ -167,6 +167,10 @@ def test_width_driver_end_to_end_and_reuse(tmp_path, capsys):
         assert p["d_svd_max"] == max(p["d_svd_f"], p["d_svd_g"]) <= p["bound"] + 1e-9
     assert wide["d_llv"]["mean"] == pytest.approx(np.mean([p["d_llv"] for p in pairs]))
     assert got["finding"]["compared"] is None    # one width with enough seeds
+    from scipy.stats import spearmanr
+    rho = spearmanr([p["kl_sym"] for p in pairs], [p["d_llv"] for p in pairs])[0]
+    assert got["kl_vs_d_llv"]["per_width"] == {"64": {"spearman": pytest.approx(rho),
+                                                      "pairs": 10}}
     with open(out / "pairs.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(got["pairs"]) and float(rows[0]["d_llv"]) == got["pairs"][0]["d_llv"]

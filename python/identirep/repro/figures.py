@@ -75,7 +75,10 @@ def kl_figure(payload: dict):
     ax.set_xlabel("(KL(a || b) + KL(b || a)) / 2, nats, mean over test inputs",
                   parse_math=False)
     ax.set_ylabel("d_LLV (lam = 1e-5, max/max)", parse_math=False)
-    ax.set_title("closeness in KL against d_LLV, per pair of seeds", fontsize=10)
+    rho = payload["kl_vs_d_llv"]["all"]["spearman"]
+    ax.set_title("closeness in KL against d_LLV, per pair of seeds"
+                 + (f"\nSpearman rank correlation {rho:.2f}" if rho is not None else ""),
+                 fontsize=10)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

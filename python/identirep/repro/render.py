@@ -71,6 +71,13 @@ def render_width(payload: dict, out=".", console=None) -> None:
         if not w["enough_seeds"]:
             lines.append(f"width {w['width']}: {w['status']}")
     lines += finding_lines(payload)
+    kd = payload["kl_vs_d_llv"]
+    if kd["all"]["spearman"] is not None:
+        per = ", ".join(f"width {w}: {fmt(v['spearman'], 2)}" for w, v in kd["per_width"].items()
+                        if v["spearman"] is not None)
+        lines.append(f"KL sym against d_LLV: Spearman rank correlation "
+                     f"{fmt(kd['all']['spearman'], 2)} over {kd['all']['pairs']} pairs ({per}); "
+                     "near 0: closeness in KL says little about d_LLV.")
     diff = payload["differences_from_paper"]
     if diff:
         lines.append(f"{payload['mode']} mode differs from the paper: " + "; ".join(diff)

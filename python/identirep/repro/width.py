@@ -219,6 +219,24 @@ def finding(widths: List[dict]) -> dict:
     return out
 
 
+def kl_vs_d_llv(pairs: List[dict], widths: List[dict]) -> dict:
+    """Spearman's rank correlation of the symmetrised KL and d_LLV over the pairs of the
+    widths with enough admissible seeds, all together and per width: whether pairs closer in
+    KL are closer in d_LLV."""
+    from scipy.stats import spearmanr
+
+    def rho(ps):
+        ps = [p for p in ps if p["kl_sym"] is not None and p["d_llv"] is not None]
+        if len(ps) < 3:
+            return {"spearman": None, "pairs": len(ps)}
+        r = spearmanr([p["kl_sym"] for p in ps], [p["d_llv"] for p in ps])[0]
+        return {"spearman": float(r), "pairs": len(ps)}
+    ok = {w["width"] for w in widths if w["enough_seeds"]}
+    used = [p for p in pairs if p["width"] in ok]
+    return {"kl": "(kl_ab + kl_ba) / 2", "all": rho(used),
+            "per_width": {str(w): rho([p for p in used if p["width"] == w]) for w in sorted(ok)}}
+
+
 # ------------------------------------------------------------------------------ the run
 
 def missing(root, plan: Plan) -> Dict[int, List[int]]:
@@ -271,6 +289,7 @@ def run(plan: Plan, out, device: str = "cpu", jobs: int = 1,
         "pairs": pairs,
         "models": models,
         "finding": finding(widths),
+        "kl_vs_d_llv": kl_vs_d_llv(pairs, widths),
         "fields": FIELDS,
         "seconds": {"training": train_seconds, "measuring": t2 - t1, "total": t2 - t0},
         "checkpoints": {"trained": sum(len(v) for v in todo.values()), "reused": reused,
