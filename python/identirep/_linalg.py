@@ -107,7 +107,10 @@ def correlation_factor(S: np.ndarray, what: str, xp=np, n: int = None,
         raise IdentirepError(no_varying_column_message(what), fix=NO_VARYING_COLUMN_FIX)
     idx = np.flatnonzero(var)
     s = 1.0 / np.sqrt(d[idx])
-    R = xp.asarray(S[np.ix_(idx, idx)] * s[:, None] * s[None, :])
+    R = S[np.ix_(idx, idx)] if len(idx) < len(d) else np.array(S)
+    R *= s[:, None]     # a copy of S's block: scaled in place
+    R *= s[None, :]
+    R = xp.asarray(R)
     try:
         with linalg_raises(xp):
             L = xp.linalg.cholesky(R)
@@ -166,8 +169,13 @@ def times_upper(A, U):
 
 def is_upper(W) -> bool:
     """Whether a square host matrix is upper triangular (exact zeros below the diagonal)."""
-    return (isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[0] == W.shape[1]
-            and not np.tril(W, -1).any())
+    if not (isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[0] == W.shape[1]):
+        return False
+    for i in range(0, len(W), TRI_BLOCK):   # by row blocks: no copy of W
+        j = min(len(W), i + TRI_BLOCK)
+        if W[i:j, :i].any() or np.tril(W[i:j, i:j], -1).any():
+            return False
+    return True
 
 
 def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float64"],
@@ -273,8 +281,9 @@ def quad_diag(L, C, R=None):
     row norms of L R (a triangular product: about half the flops, and no cancellation)."""
     if R is None:
         return ((L @ C) * L).sum(-1)     # also for a stack of L (S x M x M)
-    LR = times_lower(L, R)
-    return (LR * LR).sum(1)
+    LR = times_lower(L, R)     # a new array: squared in place
+    LR *= LR
+    return LR.sum(1)
 
 
 def singular_values(T, precise: bool = True) -> np.ndarray:

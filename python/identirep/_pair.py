@@ -175,24 +175,27 @@ class PairEngine:
         M, xp = self.M1, self.c1.xp       # the O(M^3) work runs where the models live
         precise = self.cdt == np.float64
         C = self.mom.scatter
-        C11, C22, C12 = (xp.asarray(C[i, j]) for i, j in
+        # the blocks and factors in the compute dtype once (not per set): the products run
+        # in it
+        C11, C22, C12 = (xp.asarray(C[i, j]).astype(self.cdt, copy=False) for i, j in
                          ((self.sF1, self.sF1), (self.sF2, self.sF2), (self.sF1, self.sF2)))
         # diag(L C_kk L') as row norms of L R_k, R_k R_k' = C_kk the models' shared factors
-        Rf = (self.c1.scatter_factor("f"), self.c2.scatter_factor("f"))
+        Rf = tuple(_in(self.cdt, c.scatter_factor("f")) for c in (self.c1, self.c2))
         sets, how = sampling.label_sets(rem, M, max_sets, seed)
         vals = np.full(len(sets), np.nan)
         G1p, G2p = rows64(self.G1, [pivot])[0], rows64(self.G2, [pivot])[0]
-        S = self.label_moments.scatter
-        Rg = (self.c1.scatter_factor("g"), self.c2.scatter_factor("g"))
 
         def scaled(i):   # T of label set i (i < len(sets)), or of the input set (i = len(sets))
             if i < len(sets):
-                L1 = rows64(self.G1, sets[i]) - G1p
-                L2 = rows64(self.G2, sets[i]) - G2p
+                L1 = _row_differences(self.G1, sets[i], pivot, self.cdt)
+                L2 = _row_differences(self.G2, sets[i], pivot, self.cdt)
                 return _scaled_cross(L1, L2, C11, C22, C12, Rf, self.cdt)
             F1s, F2s = rows64(self.F1, iset), rows64(self.F2, iset)
             N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
-            S11, S22, S12 = (xp.asarray(x) for x in (S[:M, :M], S[M:, M:], S[:M, M:]))
+            S = self.label_moments.scatter
+            S11, S22, S12 = (xp.asarray(x).astype(self.cdt, copy=False)
+                             for x in (S[:M, :M], S[M:, M:], S[:M, M:]))
+            Rg = tuple(_in(self.cdt, c.scatter_factor("g")) for c in (self.c1, self.c2))
             return _scaled_cross(N1, N2, S11, S22, S12, Rg, self.cdt)
         if xp is np and M < SVD_BATCH_MAX_M:   # small M: every label set in one batched call
             vals = _batched_d_svd(rows64(self.G1, sets.ravel()).reshape(*sets.shape, M) - G1p,
@@ -312,7 +315,8 @@ class PairEngine:
         if R2 is None:
             return ((A @ C22) * A).sum((1, 2))
         AR = times_lower(A.reshape(-1, A.shape[-1]), R2).reshape(A.shape)
-        return (AR * AR).sum((1, 2))
+        AR *= AR    # a new array: squared in place
+        return AR.sum((1, 2))
 
 
 def _check_label(name: str, v, V: int) -> None:
@@ -381,8 +385,24 @@ def _scaled_cross(L1, L2, C11, C22, C12, R=(None, None), dtype=np.float64):
     if bool((K11d <= 0).any()) or bool((K22d <= 0).any()):
         return None
     xp = array_module(L1)
-    K12 = (L1 @ c(C12) @ L2.T).astype(np.float64)
-    return K12 / xp.sqrt(K11d)[:, None] / xp.sqrt(K22d)[None, :]
+    K12 = (L1 @ c(C12) @ L2.T).astype(np.float64)    # a new array: scaled in place
+    K12 /= xp.sqrt(K11d)[:, None]
+    K12 /= xp.sqrt(K22d)[None, :]
+    return K12
+
+
+def _in(dtype, x):
+    """``x`` in ``dtype`` (None stays None)."""
+    return None if x is None else x.astype(dtype, copy=False)
+
+
+def _row_differences(X, idx, p, dtype):
+    """X[idx] - X[p] in ``dtype``, where X lives: in X's own dtype when that is ``dtype``
+    (one gather, one subtraction), else through float64."""
+    xp = array_module(X)
+    if X.dtype == dtype:
+        return X[xp.asarray(idx, dtype=np.int64)] - X[int(p)]
+    return (rows64(X, idx) - rows64(X, [p])[0]).astype(dtype)
 
 
 #: d_SVD takes every label set in one batched LAPACK call below this M (host models)
