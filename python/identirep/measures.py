@@ -9,6 +9,7 @@ import numpy as np
 from . import _rules as rules
 from . import reference as ref
 from ._backends import resolve
+from ._heap import retained_heap
 from ._cpu_pass import cpu_pass
 from ._linalg import whiten
 from ._pair import PairEngine, mcca_from_scatter, rep_overflow_error
@@ -454,7 +455,8 @@ def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
         "d_rep": lambda d: e.d_rep(None, *rp, seed),
         "mcca_f": lambda d: e.mcca_f(), "mcca_g": lambda d: e.mcca_g(),
     }
-    return _run_steps(a, b, backend, steps, t0, progress="d_SVD, d_rep, mCCA")
+    with retained_heap():   # the measures' M x M temporaries reuse freed memory
+        return _run_steps(a, b, backend, steps, t0, progress="d_SVD, d_rep, mCCA")
 
 
 def _run_steps(a, b, be, steps, t0, progress) -> Report:

@@ -1,0 +1,79 @@
+"""The measures' allocation setting (``_heap.retained_heap``): freed large blocks are reused
+inside it, and the memory goes back to the system when it ends."""
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from identirep import _heap
+
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or _heap.glibc() is None,
+                                reason="glibc's allocator only")
+
+
+def _faults_of_fresh_block(nbytes: int) -> int:
+    """Minor page faults of allocating and writing a block of ``nbytes``, after one of the
+    same size was allocated, written and freed."""
+    np.ones(nbytes // 8)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.ones(nbytes // 8)
+    f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    del a
+    return f1 - f0
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+@glibc_only
+def test_freed_large_blocks_are_reused_inside_and_returned_after():
+    n = 64 << 20      # above glibc's largest mmap threshold: mapped afresh outside the block
+    outside = _faults_of_fresh_block(n)
+    with _heap.retained_heap():
+        inside = _faults_of_fresh_block(n)
+        big = np.ones((256 << 20) // 8)
+        del big
+        held = _rss()
+    after = _rss()
+    # outside: at least one fault per 2 MiB (huge) page of the fresh mapping; inside: none
+    assert inside <= 2 and outside >= 32, (inside, outside)
+    # the 256 MiB block freed inside stays with the process until the block ends
+    assert held - after > (128 << 20), (held, after)
+
+
+@glibc_only
+def test_nested_and_concurrent_blocks_share_one_setting():
+    errors = []
+
+    def work():
+        try:
+            with _heap.retained_heap():
+                with _heap.retained_heap():
+                    np.ones((48 << 20) // 8).sum()
+        except Exception as e:     # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _heap._state["depth"] == 0
+    # left: a freed large block goes back to the system at once again
+    big = np.ones((256 << 20) // 8)
+    held = _rss()
+    del big
+    assert held - _rss() > (128 << 20)
+
+
+def test_a_no_op_without_glibc(monkeypatch):
+    monkeypatch.setattr(_heap, "glibc", lambda: None)
+    with _heap.retained_heap():
+        x = np.ones(1000)
+    assert x.sum() == 1000 and _heap._state["depth"] == 0
