@@ -36,6 +36,8 @@ def test_freed_large_blocks_are_reused_inside_and_returned_after():
     n = 64 << 20      # above glibc's largest mmap threshold: mapped afresh outside the block
     outside = _faults_of_fresh_block(n)
     with _heap.retained_heap():
+        if not _heap._state["raised"]:
+            pytest.skip("this glibc refuses an mmap threshold above 32 MiB")
         inside = _faults_of_fresh_block(n)
         big = np.ones((256 << 20) // 8)
         del big
@@ -77,3 +79,44 @@ def test_a_no_op_without_glibc(monkeypatch):
     with _heap.retained_heap():
         x = np.ones(1000)
     assert x.sum() == 1000 and _heap._state["depth"] == 0
+
+
+class _FakeLibc:
+    """mallopt and malloc_trim recorded; mallopt of the mmap threshold answers ``accept``."""
+
+    def __init__(self, accept: bool):
+        self.accept, self.calls = accept, []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return int(self.accept or param != _heap._M_MMAP_THRESHOLD)
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_thresholds_set_back_and_heap_trimmed_after_an_exception(monkeypatch):
+    libc = _FakeLibc(accept=True)
+    monkeypatch.setattr(_heap, "glibc", lambda: libc)
+    with pytest.raises(KeyboardInterrupt):
+        with _heap.retained_heap():
+            with _heap.retained_heap():
+                raise KeyboardInterrupt
+    M, T = _heap._M_MMAP_THRESHOLD, _heap._M_TRIM_THRESHOLD
+    assert libc.calls == [("mallopt", M, _heap.RETAINED_BLOCK),
+                          ("mallopt", T, _heap.RETAINED_TRIM),
+                          ("mallopt", M, _heap.MMAP_CEILING), ("mallopt", T, _heap.TRIM_CEILING),
+                          ("malloc_trim", 0)]
+    # every value fits mallopt's int
+    assert all(-2 ** 31 <= c[2] < 2 ** 31 for c in libc.calls if c[0] == "mallopt")
+    assert _heap._state["depth"] == 0 and not _heap._state["raised"]
+
+
+def test_a_refused_threshold_changes_nothing(monkeypatch):
+    libc = _FakeLibc(accept=False)
+    monkeypatch.setattr(_heap, "glibc", lambda: libc)
+    with _heap.retained_heap():
+        pass
+    assert libc.calls == [("mallopt", _heap._M_MMAP_THRESHOLD, _heap.RETAINED_BLOCK)]
+    assert _heap._state["depth"] == 0 and not _heap._state["raised"]

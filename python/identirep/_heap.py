@@ -6,9 +6,13 @@ After the pass, the measures of one pair allocate and free hundreds of M x M flo
 kernel zeroes and faults in page by page: at N=4096, V=32000, M=2048 that was about 190,000
 page faults and 0.7 s of a 16-s ``compare`` on a 2-core VM. Inside ``retained_heap`` such
 blocks come from the heap and freed ones are reused; on leaving, the thresholds are set to
-the values glibc's own dynamic thresholds reach in a process that has freed a block of
-32 MiB or more (32 MiB and 64 MiB) and the freed memory is returned to the system
-(``malloc_trim``). Elsewhere (macOS, musl, Windows) it does nothing.
+the highest values glibc's own dynamic thresholds can reach (32 MiB and 64 MiB, after a
+freed mapped block of 32 MiB) and the freed memory is returned to the system
+(``malloc_trim``). They stay fixed there for the rest of the process: setting a threshold
+turns glibc's dynamic adjustment off, and a threshold set before (``mallopt``,
+``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``) is not restored. A glibc that refuses an mmap
+threshold above 32 MiB (older releases) is left as it is, as is every other C library
+(macOS, musl, Windows).
 """
 from __future__ import annotations
 
@@ -23,11 +27,15 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 #: and twice it), set on leaving ``retained_heap``
 MMAP_CEILING, TRIM_CEILING = 32 << 20, 64 << 20
 #: inside ``retained_heap``, blocks up to this size come from the heap and stay there when
-#: freed (up to twice it at the heap's top)
+#: freed (up to RETAINED_TRIM at the heap's top)
 RETAINED_BLOCK = 1 << 30
+#: the trim threshold inside ``retained_heap``: about twice RETAINED_BLOCK, the largest value
+#: mallopt's int takes
+RETAINED_TRIM = (1 << 31) - 1
 
 _lock = threading.Lock()
-_state = {"depth": 0, "libc": None, "probed": False}
+#: raised: whether the block in progress raised the thresholds (glibc accepted them)
+_state = {"depth": 0, "libc": None, "probed": False, "raised": False}
 
 
 def glibc():
@@ -53,22 +61,24 @@ def glibc():
 def retained_heap():
     """Inside the block, freed large blocks stay in the heap for the next allocation (see the
     module's docstring). Nested and concurrent blocks share one setting: the first to enter
-    sets it, the last to leave restores the thresholds and trims the heap."""
+    sets it, the last to leave sets glibc's ceilings and trims the heap."""
     libc = glibc()
     if libc is None:
         yield
         return
     with _lock:
-        if _state["depth"] == 0:
-            libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK)
-            libc.mallopt(_M_TRIM_THRESHOLD, 2 * RETAINED_BLOCK)
+        if _state["depth"] == 0:   # a refused threshold (older glibc) changes nothing
+            _state["raised"] = bool(libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK))
+            if _state["raised"]:
+                libc.mallopt(_M_TRIM_THRESHOLD, RETAINED_TRIM)
         _state["depth"] += 1
     try:
         yield
     finally:
         with _lock:
             _state["depth"] -= 1
-            if _state["depth"] == 0:
+            if _state["depth"] == 0 and _state["raised"]:
                 libc.mallopt(_M_MMAP_THRESHOLD, MMAP_CEILING)
                 libc.mallopt(_M_TRIM_THRESHOLD, TRIM_CEILING)
                 libc.malloc_trim(0)
+                _state["raised"] = False
