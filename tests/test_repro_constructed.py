@@ -153,3 +153,9 @@ def test_command_line(tmp_path, capsys):
     assert main(["repro", "table1", "--rhos", "-1"]) == 2
     assert main(["repro", "bound", "--width-results", str(tmp_path)]) == 2
     assert "has no width_results.json" in capsys.readouterr().err
+
+
+def test_a_rho_the_measures_refuse_exits_2_naming_it(capsys):
+    assert main(["repro", "table1", "--rhos", "3,1e-300", "--inputs-per-class", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "rho=1e-300: " in err and "give other rhos" in err

@@ -131,7 +131,11 @@ def run_table1(rhos: Sequence[float] = DEFAULT_RHOS, inputs_per_class: int = INP
     rows = []
     for rho in rhos:
         a, b = C.table1_pair(rho, inputs_per_class=inputs_per_class, seed=seed)
-        r = compare(a, b, seed=seed, **MEASURE_OPTIONS)
+        try:
+            r = compare(a, b, seed=seed, **MEASURE_OPTIONS)
+        except IdentirepError as e:   # which rho, and what to give instead
+            raise IdentirepError(f"rho={rho:g}: {e.reason}",
+                                 fix="give other rhos (the paper's are 1 to 20)") from None
         failed = {k: v for k, v in r.failures.items() if k in ("kl", "d_llv", "d_svd", "mcca_f",
                                                                "mcca_g")}
         if failed:
