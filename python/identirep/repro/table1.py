@@ -212,8 +212,8 @@ def render_table1(res: Table1Result, console=None) -> None:
         console.print(f"  {head}: {COLUMNS[k]}", highlight=False)
     s = res.summary()
     console.print(
-        f"KL(1||2) falls from {fmt(s['kl12_first'], 3)} (rho={s['rho_first']:g}) to "
-        f"{fmt(s['kl12_last'], 3)} (rho={s['rho_last']:g}) nats, while d_LLV stays within "
+        f"KL(1||2) is {fmt(s['kl12_first'], 3)} nats at rho={s['rho_first']:g} and "
+        f"{fmt(s['kl12_last'], 3)} at rho={s['rho_last']:g}, while d_LLV stays within "
         f"[{s['d_llv_min']:.4f}, {s['d_llv_max']:.4f}], max d_SVD >= {s['max_d_svd_min']:.4f} "
         f"and mCCA of f <= {s['mcca_f_max']:.4f}: a tiny KL does not make representations "
         f"similar; d_LLV says they are not.", highlight=False)
