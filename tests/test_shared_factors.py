@@ -156,3 +156,17 @@ def test_quad_diag_from_the_factor_and_parallel_singular_values(monkeypatch):
         assert got[-1] is None
         want = [np.linalg.svd(T, compute_uv=False).mean() for T in Ts[:-1]]
         np.testing.assert_allclose(got[:-1], want, rtol=1e-7)
+
+
+@pytest.mark.parametrize("n", [1, 7, 2 * la.TRI_BLOCK + 3])
+def test_is_upper_finds_any_entry_below_the_diagonal(monkeypatch, n):
+    monkeypatch.setattr(la, "TRI_BLOCK", 4)       # several row blocks at every size
+    rng = np.random.default_rng(n)
+    W = np.triu(rng.standard_normal((n, n)))
+    assert la.is_upper(W) and la.is_upper(np.asfortranarray(W))
+    for i, j in {(n - 1, 0), (n - 1, n - 2), (1, 0), (n // 2, n // 2 - 1)}:
+        if 0 <= j < i < n:
+            V = W.copy()
+            V[i, j] = 1e-300 if (i + j) % 2 else np.nan
+            assert not la.is_upper(V), (i, j)
+    assert not la.is_upper(np.ones((n, n + 1))) and not la.is_upper(list(W))
