@@ -11,8 +11,9 @@ import pytest
 
 from identirep import _heap
 
-glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or _heap.glibc() is None,
-                                reason="glibc's allocator only")
+glibc_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or _heap.glibc() is None or _heap.user_settings(),
+    reason="glibc's allocator, with no allocator settings of the process's own")
 
 
 def _faults_of_fresh_block(nbytes: int) -> int:
@@ -120,3 +121,19 @@ def test_a_refused_threshold_changes_nothing(monkeypatch):
         pass
     assert libc.calls == [("mallopt", _heap._M_MMAP_THRESHOLD, _heap.RETAINED_BLOCK)]
     assert _heap._state["depth"] == 0 and not _heap._state["raised"]
+
+
+@pytest.mark.parametrize("var, value", [("MALLOC_TOP_PAD_", "1048576"),
+                                        ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")])
+def test_a_process_with_its_own_allocator_settings_is_left_alone(monkeypatch, var, value):
+    libc = _FakeLibc(accept=True)
+    monkeypatch.setattr(_heap, "glibc", lambda: libc)
+    monkeypatch.setenv(var, value)
+    with _heap.retained_heap():
+        pass
+    assert libc.calls == [] and _heap._state["depth"] == 0
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=512")
+    monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
+    with _heap.retained_heap():
+        pass
+    assert libc.calls[0] == ("mallopt", _heap._M_MMAP_THRESHOLD, _heap.RETAINED_BLOCK)

@@ -10,14 +10,16 @@ the highest values glibc's own dynamic thresholds can reach (32 MiB and 64 MiB, 
 freed mapped block of 32 MiB) and the freed memory is returned to the system
 (``malloc_trim``). They stay fixed there for the rest of the process: setting a threshold
 turns glibc's dynamic adjustment off, and a threshold set before (``mallopt``,
-``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``) is not restored. A glibc that refuses an mmap
-threshold above 32 MiB (older releases) is left as it is, as is every other C library
-(macOS, musl, Windows).
+``mallopt``) is not restored. A process started with its own allocator settings
+(``MALLOC_*_`` variables, ``glibc.malloc.*`` in ``GLIBC_TUNABLES``: ``USER_SETTINGS``) is
+left as it is, as is a glibc that refuses an mmap threshold above 32 MiB (older releases)
+and every other C library (macOS, musl, Windows).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 from contextlib import contextmanager
 
@@ -36,6 +38,18 @@ RETAINED_TRIM = (1 << 31) - 1
 _lock = threading.Lock()
 #: raised: whether the block in progress raised the thresholds (glibc accepted them)
 _state = {"depth": 0, "libc": None, "probed": False, "raised": False}
+
+
+#: environment variables through which a user sets glibc's allocator: where any is set,
+#: ``retained_heap`` leaves the allocator alone
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                 "MALLOC_MMAP_MAX_")
+
+
+def user_settings() -> bool:
+    """Whether this process was started with its own glibc allocator settings."""
+    return (any(k in os.environ for k in USER_SETTINGS)
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""))
 
 
 def glibc():
@@ -63,22 +77,29 @@ def retained_heap():
     module's docstring). Nested and concurrent blocks share one setting: the first to enter
     sets it, the last to leave sets glibc's ceilings and trims the heap."""
     libc = glibc()
-    if libc is None:
+    if libc is None or user_settings():
         yield
         return
-    with _lock:
-        if _state["depth"] == 0:   # a refused threshold (older glibc) changes nothing
-            _state["raised"] = bool(libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK))
-            if _state["raised"]:
-                libc.mallopt(_M_TRIM_THRESHOLD, RETAINED_TRIM)
-        _state["depth"] += 1
+    entered = False
     try:
+        with _lock:
+            if _state["depth"] == 0:   # a refused threshold (older glibc) changes nothing
+                _state["raised"] = bool(libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK))
+                if _state["raised"]:
+                    libc.mallopt(_M_TRIM_THRESHOLD, RETAINED_TRIM)
+            _state["depth"] += 1
+            entered = True
         yield
     finally:
-        with _lock:
-            _state["depth"] -= 1
-            if _state["depth"] == 0 and _state["raised"]:
-                libc.mallopt(_M_MMAP_THRESHOLD, MMAP_CEILING)
-                libc.mallopt(_M_TRIM_THRESHOLD, TRIM_CEILING)
-                libc.malloc_trim(0)
-                _state["raised"] = False
+        if entered:
+            _leave(libc)
+
+
+def _leave(libc) -> None:
+    with _lock:
+        _state["depth"] -= 1
+        if _state["depth"] == 0 and _state["raised"]:
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_CEILING)
+            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_CEILING)
+            libc.malloc_trim(0)
+            _state["raised"] = False
