@@ -113,6 +113,7 @@ def test_bound_reports_a_point_above_the_line(tmp_path, capsys):
     (table1, ["--rhos", ","], "finite numbers > 0"),
     (table1, ["--inputs-per-class", "0"], "--inputs-per-class must be an integer >= 1"),
     (table1, ["--inputs-per-class", "1.5"], "invalid int value: '1.5'"),
+    (table1, ["--inputs-per-class", "10000000000"], "--inputs-per-class must be at most"),
     (table1, ["--seed", "-1"], "--seed must be an integer >= 0"),
     (bound, ["--seed", "-2"], "--seed must be an integer >= 0"),
     (bound, ["--num-pairs", "0"], "--num-pairs must be an integer >= 1"),
@@ -130,6 +131,8 @@ def test_bad_options_exit_2(driver, argv, message, capsys, tmp_path, monkeypatch
     (json.dumps({"pairs": [{"width": 16}]}), "pairs[0] lacks seed_a"),
     (json.dumps({"pairs": [_pair(16, 1, "0.2", 0.1)]}), "d_llv must be a finite number"),
     (json.dumps({"pairs": [_pair(16, 1, 0.2, 0.1, M=0)]}), "M must be an integer >= 1"),
+    (json.dumps({"pairs": [_pair(16, None, 0.2, 0.1)]}), "seed_b must be a finite number"),
+    (json.dumps({"pairs": [_pair(16, 1.5, 0.2, 0.1)]}), "seed_b must be an integer >= 0"),
 ])
 def test_bad_width_results_exit_2(content, message, tmp_path, capsys):
     (tmp_path / "width_results.json").write_text(content)

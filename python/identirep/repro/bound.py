@@ -192,9 +192,11 @@ def read_width_results(directory) -> Dict[str, Any]:
         if missing:
             raise IdentirepError(f"{where} lacks {', '.join(missing)}", fix=fix)
         for k in WIDTH_KEYS:
-            _number(rec[k], k, where, none_ok=k not in ("width", "M"))
-        if not (isinstance(rec["M"], int) and rec["M"] >= 1):
-            raise IdentirepError(f"{where}: M must be an integer >= 1, got {rec['M']!r}", fix=fix)
+            _number(rec[k], k, where, none_ok=k not in ("width", "M", "seed_a", "seed_b"))
+        for k, low in (("M", 1), ("seed_a", 0), ("seed_b", 0)):
+            if not (isinstance(rec[k], int) and not isinstance(rec[k], bool) and rec[k] >= low):
+                raise IdentirepError(f"{where}: {k} must be an integer >= {low}, got "
+                                     f"{rec[k]!r}", fix=fix)
     return obj
 
 

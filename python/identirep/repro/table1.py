@@ -29,6 +29,8 @@ from ..results import _jsonable
 
 #: the paper's grid of label lengths rho (its code tabulates every one of 1, ..., 20)
 DEFAULT_RHOS = tuple(float(r) for r in range(1, 21))
+#: the most inputs per class ``table1`` takes (7 classes: N = 7,000,000, f 112 MB)
+MAX_INPUTS_PER_CLASS = 1_000_000
 #: the paper's inputs per class (7 classes: N = 3500)
 INPUTS_PER_CLASS = 500
 #: d_LLV as the paper's Table 1 computes it: 100 candidate input sets
@@ -119,13 +121,21 @@ def check_rhos(rhos, shown=None) -> List[float]:
     return sorted(out)
 
 
+def _check_inputs_per_class(name: str, n) -> None:
+    rules.check_count(name, n)
+    if n > MAX_INPUTS_PER_CLASS:
+        raise IdentirepError(f"{name} must be at most {MAX_INPUTS_PER_CLASS:,}, got {n:,}",
+                             fix="the measures are exact at the paper's 500 per class; "
+                                 "more inputs only cost memory")
+
+
 def run_table1(rhos: Sequence[float] = DEFAULT_RHOS, inputs_per_class: int = INPUTS_PER_CLASS,
                seed: int = 0) -> Table1Result:
     """Table 1: ``compare`` of ``table1_pair(rho)`` for each rho (ascending).
 
     ``seed`` draws the inputs' angles and lengths and seeds every measure's search."""
     rhos = check_rhos(rhos)
-    rules.check_count("inputs_per_class", inputs_per_class)
+    _check_inputs_per_class("inputs_per_class", inputs_per_class)
     rules.check_count("seed", seed, 0)
     t0 = time.perf_counter()
     rows = []
@@ -302,4 +312,4 @@ def drive(args: argparse.Namespace, stem: str, run, figure, render, checks=()) -
 def main(args: argparse.Namespace) -> int:
     return drive(args, "table1", lambda: run_table1(args.rhos, args.inputs_per_class, args.seed),
                  table1_figure, render_table1,
-                 [lambda: rules.check_count("--inputs-per-class", args.inputs_per_class)])
+                 [lambda: _check_inputs_per_class("--inputs-per-class", args.inputs_per_class)])
