@@ -48,7 +48,7 @@ def _add_width_arguments(p) -> None:
                            f"{QUICK_SEEDS} seeds, {QUICK_STEPS} steps: minutes on a CPU")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help=f"the paper's settings: widths {','.join(map(str, PAPER_WIDTHS))}, "
-                           f"{PAPER_SEEDS} seeds, {PAPER_STEPS} steps (hours on a CPU)")
+                           f"{PAPER_SEEDS} seeds, {PAPER_STEPS} steps (about 16 CPU-minutes)")
     p.set_defaults(mode="quick")
     p.add_argument("--classes", type=int, default=4,
                    help="number of angle classes C (default 4; the paper also uses 6, 10, 18)")
