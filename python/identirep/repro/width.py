@@ -100,9 +100,10 @@ class Plan:
         if self.widths != PAPER_WIDTHS:
             out.append(f"widths {list(self.widths)} instead of {list(PAPER_WIDTHS)}")
         if self.seeds != PAPER_SEEDS:
+            pairs = self.seeds * (self.seeds - 1) // 2
             out.append(f"{self.seeds} seeds per width (0..{self.seeds - 1}) instead of "
-                       f"{PAPER_SEEDS}, so {self.seeds * (self.seeds - 1) // 2} pairs per "
-                       f"width at most instead of {PAPER_SEEDS * (PAPER_SEEDS - 1) // 2}")
+                       f"{PAPER_SEEDS}, so at most {pairs} pair{'s' * (pairs != 1)} per width "
+                       f"instead of {PAPER_SEEDS * (PAPER_SEEDS - 1) // 2}")
         if self.steps != PAPER_STEPS:
             out.append(f"{self.steps} training steps instead of {PAPER_STEPS}")
         if self.classes != PAPER_CLASSES:
