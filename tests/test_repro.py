@@ -273,3 +273,13 @@ def test_quick_experiment_wider_is_closer(tmp_path, capsys):
     assert wide["d_llv"]["mean"] < narrow["d_llv"]["mean"]
     assert wide["d_svd_max"]["mean"] < narrow["d_svd_max"]["mean"]
     assert got["finding"]["holds"] is True
+
+
+@pytest.mark.requires("torch", "matplotlib")
+def test_checkpoints_that_cannot_be_written_exit_2_before_training(tmp_path, capsys):
+    (tmp_path / "checkpoints").write_text("")
+    argv = ["repro", "width", "--widths", "4", "--seeds", "2", "--steps", "5", "--jobs", "1",
+            "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "checkpoints is a file, not a directory" in err and "training" not in err

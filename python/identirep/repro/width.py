@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import IdentirepError
+from ..io import check_output
 from ..measures import compare
 from ..results import _jsonable
 from .data import N_TEST, N_TRAIN
@@ -261,6 +262,10 @@ def run(plan: Plan, out, device: str = "cpu", jobs: int = 1,
     out = Path(out)
     root = out / "checkpoints"
     todo = missing(root, plan)
+    settings = plan.train_settings()
+    for w, seeds in todo.items():      # a checkpoint that cannot be written fails now, not
+        for s in seeds:                # after the training
+            check_output(checkpoint_path(root, settings, w, s))
     reused = sum(plan.seeds - len(todo.get(w, ())) for w in plan.widths)
     if reused:
         say(f"reusing {reused} finished checkpoint(s) under {root}")
