@@ -283,3 +283,14 @@ def test_checkpoints_that_cannot_be_written_exit_2_before_training(tmp_path, cap
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "checkpoints is a file, not a directory" in err and "training" not in err
+
+
+def test_finding_skips_widths_without_measured_means():
+    from identirep.repro.width import finding
+
+    def width(w, llv, svd):
+        return {"width": w, "enough_seeds": True, "d_llv": {"mean": llv},
+                "d_svd_max": {"mean": svd}}
+    assert finding([width(16, 0.5, 0.2), width(64, None, None)])["compared"] is None
+    got = finding([width(16, 0.5, 0.2), width(32, 0.3, 0.1), width(64, None, 0.05)])
+    assert got["compared"] == [16, 32] and got["holds"] is True

@@ -207,11 +207,13 @@ def _train_seconds(models: List[dict]) -> float:
 
 def finding(widths: List[dict]) -> dict:
     """Mean d_LLV and mean max d_SVD at the widest width against the narrowest, over the
-    widths with enough admissible seeds."""
-    ok = [w for w in widths if w["enough_seeds"]]
+    widths with enough admissible seeds (and both means measured)."""
+    ok = [w for w in widths if w["enough_seeds"]
+          and w["d_llv"]["mean"] is not None and w["d_svd_max"]["mean"] is not None]
     if len(ok) < 2:
         return {"compared": None, "holds": None,
-                "why": f"fewer than 2 widths with at least {MIN_SEEDS} admissible seeds"}
+                "why": f"fewer than 2 widths with at least {MIN_SEEDS} admissible seeds "
+                       "and pairs measured in d_LLV and max d_SVD"}
     lo, hi = ok[0], ok[-1]
     out = {"compared": [lo["width"], hi["width"]]}
     for key in ("d_llv", "d_svd_max"):
