@@ -294,3 +294,9 @@ def test_finding_skips_widths_without_measured_means():
     assert finding([width(16, 0.5, 0.2), width(64, None, None)])["compared"] is None
     got = finding([width(16, 0.5, 0.2), width(32, 0.3, 0.1), width(64, None, 0.05)])
     assert got["compared"] == [16, 32] and got["holds"] is True
+
+
+def test_trained_seeds_are_named_as_they_are():
+    from identirep.repro.jobs import seed_list
+    assert seed_list([0, 1, 2]) == "0..2" and seed_list([0, 2]) == "0, 2"
+    assert seed_list([7]) == "7"

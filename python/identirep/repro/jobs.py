@@ -30,6 +30,13 @@ def split(todo: Dict[int, List[int]], jobs: int) -> List[Tuple[int, List[int]]]:
     return sorted(tasks, key=lambda t: -len(t[1]) * (t[0] ** 2 + 256))
 
 
+def seed_list(seeds: List[int]) -> str:
+    """"0..4" for a contiguous run of seeds, "0, 2, 7" otherwise (a resumed run's)."""
+    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 1:
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def _task(root, settings: TrainSettings, width: int, seeds: List[int], device: str,
           threads: int, report=None) -> dict:
     """Train one task (in this process or a worker); ``report(models x steps done)``."""
@@ -73,7 +80,7 @@ def train_all(root, plan, todo: Dict[int, List[int]], device: str = "cpu", jobs:
                     bar(base + n)
                 _task(root, settings, w, seeds, device, 1, report)
                 done += len(seeds) * settings.steps
-                say(f"width {w}: trained seeds {seeds[0]}..{seeds[-1]} "
+                say(f"width {w}: trained seeds {seed_list(seeds)} "
                     f"({time.perf_counter() - t0:.0f} s so far)")
         else:
             _in_processes(root, settings, tasks, device, jobs, bar, say, t0)
@@ -103,7 +110,7 @@ def _in_processes(root, settings, tasks, device, jobs, bar, say, t0) -> None:
                 for f in finished:
                     f.result()     # a worker's error is raised here
                     w, seeds = futures[f]
-                    say(f"width {w}: trained seeds {seeds[0]}..{seeds[-1]} "
+                    say(f"width {w}: trained seeds {seed_list(seeds)} "
                         f"({time.perf_counter() - t0:.0f} s so far)")
         except BaseException:
             for f in pending:
