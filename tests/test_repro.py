@@ -199,8 +199,8 @@ def test_width_driver_end_to_end_and_reuse(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--classes", "3"], "--classes must be at least 4"),
     (["--seeds", "1"], "--seeds must be at least 2"),
-    (["--steps", "0"], "--steps must be an integer >= 1"),
-    (["--jobs", "0"], "--jobs must be an integer >= 1"),
+    (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
+    (["--jobs", "0"], "--jobs must be an integer >= 1, got 0"),
     (["--seed", "-1"], "--seed must be an integer >= 0"),
     (["--widths", "16,0"], "widths must be distinct integers >= 1"),
     (["--widths", "16,x"], "expected comma-separated integers"),

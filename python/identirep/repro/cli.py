@@ -141,7 +141,8 @@ def check_width_options(args) -> None:
     rules.check_count("--classes", args.classes, 4)
     rules.check_count("--seed", args.seed, 0)
     for name in ("jobs", "seeds", "steps"):
-        rules.check_count(f"--{name}", getattr(args, name), 1, none_ok=True)
+        if getattr(args, name) is not None:      # None: the option was not given
+            rules.check_count(f"--{name}", getattr(args, name), 1)
     if args.seeds is not None and args.seeds < 2:
         raise IdentirepError("--seeds must be at least 2: the experiment compares pairs of "
                              "seeds")
