@@ -32,6 +32,35 @@ def test_mcca_of_data_with_a_duplicated_column_is_on_its_column_space(backend):
     assert ir.mcca(X, X, n_components=5, backend=backend).n_components == 4
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mcca_counts_the_correlations_that_the_sample_count_forces_to_one(backend):
+    rng = np.random.default_rng(2)
+    # 4 samples of unrelated 2-d data: centred, they span 3 dimensions, so two 2-d column
+    # spaces share at least one direction whatever the data
+    x, y = rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
+    r = ir.mcca(x, y, backend=backend)
+    assert r.trivially_one == 1 and r.correlations[0] == pytest.approx(1.0, abs=1e-12)
+    assert ir.mcca(rng.standard_normal((5, 2)), rng.standard_normal((5, 2)),
+                   backend=backend).trivially_one == 0
+    assert ir.mcca(x, y, n_components=1, backend=backend).trivially_one == 1
+
+
+def test_compare_says_when_mcca_of_g_is_one_by_the_label_count():
+    # a 4-class classifier with 2-d representations, as in the width experiment: mCCA of g
+    # over 4 labels has one correlation of 1 whatever the models
+    rng = np.random.default_rng(3)
+    a = ir.Model(rng.standard_normal((300, 2)), rng.standard_normal((4, 2)))
+    b = ir.Model(rng.standard_normal((300, 2)), rng.standard_normal((4, 2)))
+    for be in ("cpu", "reference"):
+        r = ir.compare(a, b, backend=be)
+        assert (r.mcca_g.trivially_one, r.mcca_f.trivially_one) == (1, 0), be
+    from identirep.report import report_rows
+    detail = {name: text for name, _, text in report_rows(r)}
+    assert "1 of them 1 by the sample count alone (4 samples" in detail["mCCA g"]
+    assert "sample count" not in detail["mCCA f"]
+    assert json.loads(json.dumps(r.to_dict()))["mcca_g"]["trivially_one"] == 1
+
+
 def test_mcca_rank_rule_follows_the_stated_tolerance():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((300, 4))

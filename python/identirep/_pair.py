@@ -244,7 +244,8 @@ class PairEngine:
         return mcca_from_scatter(scatter[self.sF1, self.sF2], n_components,
                                  self.c1.whitening(which, which + "1"),
                                  self.c2.whitening(which, which + "2"),
-                                 self.cdt == np.float64, self.c1.rank_rtol)
+                                 self.cdt == np.float64, self.c1.rank_rtol,
+                                 n=self.N if which == "f" else self.V)
 
     @on_models_stream
     def d_rep(self, sets=None, num_pivots: Optional[int] = None,
@@ -481,7 +482,7 @@ def _mean_norm(F1, F2, A, c, chunk: int = 8192) -> float:
 
 
 def mcca_from_scatter(S12, n_components, W1, W2, precise=True,
-                      rtol=rules.MCCA_RANK_RTOL["float64"]) -> MCCAResult:
+                      rtol=rules.MCCA_RANK_RTOL["float64"], n: Optional[int] = None) -> MCCAResult:
     """mCCA from the cross scatter (host) and the whitenings of both sides' column spaces
     (W' S W = I_r, ``_linalg.whiten``), on the whitenings' device: the mean of the first
     min(``n_components``, r1, r2) canonical correlations (default: all min(r1, r2))."""
@@ -491,7 +492,8 @@ def mcca_from_scatter(S12, n_components, W1, W2, precise=True,
         T = W1.T @ array_module(W1).asarray(S12) @ W2
     r1, r2 = W1.shape[1], W2.shape[1]
     rho = np.clip(singular_values(T, precise), 0.0, 1.0)
-    n = min(n_components or min(r1, r2), r1, r2)
-    corr = [float(v) for v in rho[:n]]
-    return MCCAResult(value=float(np.mean(corr)), correlations=corr, n_components=n,
-                      rank1=r1, rank2=r2, rank_rtol=rtol)
+    k = min(n_components or min(r1, r2), r1, r2)
+    corr = [float(v) for v in rho[:k]]
+    return MCCAResult(value=float(np.mean(corr)), correlations=corr, n_components=k,
+                      rank1=r1, rank2=r2, rank_rtol=rtol,
+                      trivially_one=0 if n is None else min(k, rules.trivially_one(n, r1, r2)))

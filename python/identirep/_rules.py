@@ -62,6 +62,13 @@ CONSTANT_COLUMN_RTOL = 1e-12
 MCCA_RANK_RTOL = {"float64": 1e-12, "float32": 1e-6}
 
 
+def trivially_one(n: int, r1: int, r2: int) -> int:
+    """How many leading canonical correlations equal 1 whatever the data: centred, n samples
+    span at most n - 1 dimensions, so column spaces of ranks r1 and r2 share at least
+    r1 + r2 - (n - 1) of them."""
+    return max(0, int(r1) + int(r2) - (int(n) - 1))
+
+
 def no_varying_column_message(what: str) -> str:
     return (f"{what} has no column that varies across samples: canonical correlations are "
             "undefined")

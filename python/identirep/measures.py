@@ -235,7 +235,7 @@ def mcca(x, y, n_components: Optional[int] = None, backend: str = "auto") -> MCC
     n, mu = len(x), mom.mean
     return mcca_from_scatter(S[:d, d:], n_components,
                              whiten(S[:d, :d], "x", n=n, mean=mu[:d]),
-                             whiten(S[d:, d:], "y", n=n, mean=mu[d:]))
+                             whiten(S[d:, d:], "y", n=n, mean=mu[d:]), n=n)
 
 
 def _within_square_range(x: np.ndarray) -> np.ndarray:

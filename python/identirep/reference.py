@@ -262,7 +262,8 @@ def mcca_reference(x, y, n_components=None, rtol=rules.MCCA_RANK_RTOL["float64"]
     n = min(n_components or min(r1, r2), r1, r2)
     corr = [float(v) for v in rho[:n]]
     return MCCAResult(value=float(np.mean(corr)), correlations=corr, n_components=n,
-                      rank1=r1, rank2=r2, rank_rtol=rtol)
+                      rank1=r1, rank2=r2, rank_rtol=rtol,
+                      trivially_one=min(n, rules.trivially_one(len(x), r1, r2)))
 
 
 # ----------------------------------------------------------------------------------- d_logit

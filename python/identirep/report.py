@@ -44,9 +44,12 @@ def report_rows(r: Report) -> List[Tuple[str, str, str]]:
     for name, label in (("mcca_f", "mCCA f"), ("mcca_g", "mCCA g")):
         m = getattr(r, name)
         if m is not None:
+            trivial = (f"; {m.trivially_one} of them 1 by the sample count alone "
+                       f"({r.N if name == 'mcca_f' else r.V} samples <= ranks + 1)"
+                       if m.trivially_one else "")
             rows.append((label, fmt(m.value), f"similarity (1 = same up to affine maps); mean "
                                               f"of {m.n_components} canonical correlations, "
-                                              f"ranks {m.rank1}/{m.rank2}"))
+                                              f"ranks {m.rank1}/{m.rank2}{trivial}"))
     if r.d_svd is not None:
         s = r.d_svd
         rows.append(("max d_SVD", fmt(s.max_d_svd), f"distance in [0, 1]; f: max over "

@@ -166,6 +166,9 @@ class MCCAResult(_Result):
     rank1: int = 0
     rank2: int = 0
     rank_rtol: float = 0.0
+    #: leading correlations that are 1 by the sample count alone (n <= rank1 + rank2:
+    #: ``_rules.trivially_one``), counted in ``value``; they say nothing about the data
+    trivially_one: int = 0
 
 
 @dataclass
