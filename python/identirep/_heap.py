@@ -4,7 +4,7 @@ After the pass, the measures of one pair allocate and free hundreds of M x M flo
 (32 MiB at M = 2048) and LAPACK work copies. glibc serves blocks above its mmap threshold
 (at most 32 MiB, even with its dynamic threshold) with a fresh mapping each time, which the
 kernel zeroes and faults in page by page: at N=4096, V=32000, M=2048 that was about 190,000
-page faults and 0.7 s of a 16-s ``compare`` on a 2-core VM. Inside ``retained_heap`` such
+page faults and 0.4-0.7 s of a 16-s ``compare`` on a 2-core VM. Inside ``retained_heap`` such
 blocks come from the heap and freed ones are reused; on leaving, the thresholds are set to
 the highest values glibc's own dynamic thresholds can reach (32 MiB and 64 MiB, after a
 freed mapped block of 32 MiB) and the freed memory is returned to the system
