@@ -300,3 +300,18 @@ def test_trained_seeds_are_named_as_they_are():
     from identirep.repro.jobs import seed_list
     assert seed_list([0, 1, 2]) == "0..2" and seed_list([0, 2]) == "0, 2"
     assert seed_list([7]) == "7"
+
+
+@pytest.mark.requires("matplotlib")
+def test_kl_figure_plots_the_pairs_its_correlation_is_over():
+    from identirep.repro.figures import kl_figure
+    pairs = [{"width": w, "kl_sym": 0.01 * (i + 1), "d_llv": 0.1 * (i + 1)}
+             for w in (16, 32) for i in range(6)]
+    payload = {"widths": [{"width": 16, "enough_seeds": True},
+                          {"width": 32, "enough_seeds": False}],
+               "pairs": pairs, "kl_vs_d_llv": {"all": {"spearman": 1.0}}}
+    fig = kl_figure(payload)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["width 16 (6 pairs)"]
+    import matplotlib.pyplot as plt
+    plt.close(fig)

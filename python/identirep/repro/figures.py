@@ -60,10 +60,14 @@ def width_figure(payload: dict):
 
 
 def kl_figure(payload: dict):
-    """Symmetrised KL against d_LLV, one point per pair, coloured by width (not saved)."""
+    """Symmetrised KL against d_LLV, one point per pair, coloured by width (not saved): the
+    pairs of the widths with enough seeds, those the Spearman correlation in the title is
+    over."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, w in enumerate(payload["widths"]):
+        if not w["enough_seeds"]:
+            continue
         pts = [(p["kl_sym"], p["d_llv"]) for p in payload["pairs"]
                if p["width"] == w["width"] and p["kl_sym"] is not None
                and p["d_llv"] is not None]
