@@ -379,7 +379,7 @@ def _scaled_cross(L1, L2, C11, C22, C12, R=(None, None), dtype=np.float64):
     float32 engine, whose scatter matrices carry float32 sums: the mean singular value moves
     by ~1e-9 at M = 2048)."""
     def c(x):
-        return None if x is None else x.astype(dtype, copy=False)
+        return _in(dtype, x)
     L1, L2 = c(L1), c(L2)
     K11d = quad_diag(L1, c(C11), c(R[0])).astype(np.float64)
     K22d = quad_diag(L2, c(C22), c(R[1])).astype(np.float64)
@@ -416,7 +416,7 @@ def _batched_d_svd(L1, L2, C11, C22, C12, dtype=np.float64) -> np.ndarray:
     constant transformed feature): ``_scaled_cross`` and ``singular_values`` for all sets at
     once (products in ``dtype``)."""
     def c(x):
-        return x.astype(dtype, copy=False)
+        return _in(dtype, x)
     L1, L2 = c(L1), c(L2)
     K11d = quad_diag(L1, c(C11)).astype(np.float64)
     K22d = quad_diag(L2, c(C22)).astype(np.float64)
