@@ -315,3 +315,22 @@ def test_kl_figure_plots_the_pairs_its_correlation_is_over():
     assert labels == ["width 16 (6 pairs)"]
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_a_checkpoint_trained_on_another_device_type_is_not_reused(tmp_path):
+    """CUDA and CPU training give other floats, so a checkpoint's identity holds the device
+    type: a CPU run neither finds nor overwrites a CUDA run's checkpoint (and the reverse)."""
+    from identirep.repro.train import checkpoint_path, finished
+    from identirep.repro.width import make_plan, missing
+    plan = make_plan("quick", widths=[8], seeds=2, steps=10)
+    cpu, cuda = plan.train_settings("cpu"), plan.train_settings("cuda:1")
+    assert cuda.device == "cuda" and cpu.device == "cpu"
+    p_cpu, p_cuda = checkpoint_path(tmp_path, cpu, 8, 0), checkpoint_path(tmp_path, cuda, 8, 0)
+    assert p_cpu != p_cuda
+    from identirep.repro.train import Trained, save_trained
+    t = Trained(0, np.ones((3, 2)), np.eye(2)[[0, 1, 0, 1]] + 0.1 * np.arange(4)[:, None], 1.0,
+                0.1)
+    save_trained(t, p_cuda, 8, cuda, {"device": "cuda:1"})
+    assert finished(p_cuda, 8, 0, cuda) and not finished(p_cuda, 8, 0, cpu)
+    assert missing(tmp_path, plan, "cpu") == {8: [0, 1]}
+    assert missing(tmp_path, plan, "cuda") == {8: [1]}

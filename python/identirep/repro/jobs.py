@@ -62,7 +62,7 @@ def _worker(args) -> dict:
 def train_all(root, plan, todo: Dict[int, List[int]], device: str = "cpu", jobs: int = 1,
               say: Callable[[str], None] = lambda s: None) -> float:
     """Train and checkpoint the seeds ``todo[width]`` of ``plan``; returns the wall time."""
-    settings = plan.train_settings()
+    settings = plan.train_settings(device)
     jobs = 1 if device != "cpu" else jobs
     tasks = split(todo, jobs)
     total = sum(len(s) for _, s in tasks) * settings.steps

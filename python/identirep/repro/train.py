@@ -49,6 +49,7 @@ class TrainSettings:
     fixed_length: str = "none"
     data_seed: int = 0
     base_seed: int = 0
+    device: str = "cpu"     # the torch device type trained on: CPU and CUDA give other floats
 
     def to_dict(self) -> dict:
         return {**asdict(self), "optimizer": "Adam", "betas": list(BETAS), "eps": EPS,
@@ -56,6 +57,12 @@ class TrainSettings:
                 "hidden_layers": 3, "activation": "leaky ReLU (slope 0.01)",
                 "init": "torch.nn.Linear's: uniform in +-1/sqrt(fan_in)",
                 "batch_order": "a fresh permutation of the training set per epoch"}
+
+
+def device_type(device) -> str:
+    """The type of a torch device given as text ("cuda:1" -> "cuda"): checkpoints trained on
+    another type differ in their last bits, so the type is part of their identity."""
+    return str(device).split(":", 1)[0]
 
 
 def stream_seed(base_seed: int, seed: int, stream: int) -> int:
@@ -181,6 +188,8 @@ def checkpoint_dir(root, settings: TrainSettings) -> Path:
         name += f"-lr{s.lr:g}-batch{s.batch}"
     if s.fixed_length != "none":
         name += f"-fixed_{s.fixed_length}"
+    if s.device != "cpu":
+        name += f"-{s.device}"
     return Path(root) / name
 
 

@@ -30,7 +30,7 @@ from ..io import check_output
 from ..measures import compare
 from ..results import _jsonable
 from .data import N_TEST, N_TRAIN
-from .train import TrainSettings, checkpoint_path, finished, load_checkpoint
+from .train import TrainSettings, checkpoint_path, device_type, finished, load_checkpoint
 
 #: the paper's settings
 PAPER_WIDTHS = (16, 32, 64, 128, 256)
@@ -90,10 +90,12 @@ class Plan:
     seed: int = 0
     fixed_length: str = "none"
 
-    def train_settings(self) -> TrainSettings:
+    def train_settings(self, device: str = "cpu") -> TrainSettings:
+        """The training settings of this plan on a torch ``device`` ("cpu", "cuda", "cuda:1":
+        its type is part of a checkpoint's identity)."""
         return TrainSettings(classes=self.classes, steps=self.steps,
                              fixed_length=self.fixed_length, data_seed=self.seed,
-                             base_seed=self.seed)
+                             base_seed=self.seed, device=device_type(device))
 
     def differences(self) -> List[str]:
         """How this run differs from the paper's experiment (none in full mode)."""
@@ -168,10 +170,12 @@ def _stats(values) -> dict:
             "q75": float(q75), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
 
 
-def measure_width(root, plan: Plan, width: int) -> Tuple[dict, List[dict], List[dict]]:
-    """(summary, pair records, model records) of one width from its checkpoints."""
+def measure_width(root, plan: Plan, width: int,
+                  device: str = "cpu") -> Tuple[dict, List[dict], List[dict]]:
+    """(summary, pair records, model records) of one width from its checkpoints trained on
+    ``device``."""
     t0 = time.perf_counter()
-    settings = plan.train_settings()
+    settings = plan.train_settings(device)
     loaded, models = [], []
     for s in range(plan.seeds):
         m, meta = load_checkpoint(root, settings, width, s)
@@ -244,9 +248,9 @@ def kl_vs_d_llv(pairs: List[dict], widths: List[dict]) -> dict:
 
 # ------------------------------------------------------------------------------ the run
 
-def missing(root, plan: Plan) -> Dict[int, List[int]]:
-    """The seeds per width without a finished checkpoint."""
-    settings = plan.train_settings()
+def missing(root, plan: Plan, device: str = "cpu") -> Dict[int, List[int]]:
+    """The seeds per width without a finished checkpoint trained on ``device``."""
+    settings = plan.train_settings(device)
     out = {}
     for w in plan.widths:
         todo = [s for s in range(plan.seeds)
@@ -263,8 +267,8 @@ def run(plan: Plan, out, device: str = "cpu", jobs: int = 1,
     t0 = time.perf_counter()
     out = Path(out)
     root = out / "checkpoints"
-    todo = missing(root, plan)
-    settings = plan.train_settings()
+    todo = missing(root, plan, device)
+    settings = plan.train_settings(device)
     for w, seeds in todo.items():      # a checkpoint that cannot be written fails now, not
         for s in seeds:                # after the training
             check_output(checkpoint_path(root, settings, w, s))
@@ -275,7 +279,7 @@ def run(plan: Plan, out, device: str = "cpu", jobs: int = 1,
     t1 = time.perf_counter()
     widths, pairs, models = [], [], []
     for w in plan.widths:
-        summary, p, m = measure_width(root, plan, w)
+        summary, p, m = measure_width(root, plan, w, device)
         say(f"width {w}: {len(p)} pairs measured in {summary['measure_seconds']:.1f} s")
         widths.append(summary)
         pairs += p
@@ -288,7 +292,7 @@ def run(plan: Plan, out, device: str = "cpu", jobs: int = 1,
         "paper": {"widths": list(PAPER_WIDTHS), "seeds": PAPER_SEEDS, "steps": PAPER_STEPS,
                   "classes": PAPER_CLASSES},
         "differences_from_paper": plan.differences(),
-        "settings": {"train": plan.train_settings().to_dict(), "n_train": N_TRAIN,
+        "settings": {"train": settings.to_dict(), "n_train": N_TRAIN,
                      "n_test": N_TEST, "min_accuracy": MIN_ACCURACY, "min_seeds": MIN_SEEDS,
                      "measures": {**MEASURE_OPTIONS, "seed": plan.seed,
                                   "inputs": f"f on the {N_TEST} held-out test inputs",
