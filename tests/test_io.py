@@ -294,3 +294,124 @@ def test_masked_labels_dropped_from_every_model_compared(tmp_path):
     # what was dropped is stored with the model
     again = load_model(save_model(ma, tmp_path / "kept.safetensors"))
     assert again.V == 8 and again.metadata["masked_labels_dropped"]["ids"] == [1, 4, 9]
+
+
+# ------------------------------------------------ per-input arrays: tokens, targets, documents
+
+def _texted(N=7, V=11, seed=0, **kw):
+    """A model whose 7 inputs are two texts: tokens, the next token as target (-1 at each
+    text's end), the text index."""
+    m = _model(N=N, V=V, seed=seed, **kw)
+    tokens = np.array([3, 5, 2, 8, 1, 9, 4])[:N]
+    documents = np.array([0, 0, 0, 2, 2, 2, 2])[:N]
+    targets = np.array([5, 2, -1, 1, 9, 4, -1])[:N]
+    return Model(m.f, m.g, m.bias, name=m.name, labels=m.labels, metadata=m.metadata,
+                 tokens=tokens.astype(np.int32), targets=targets, documents=documents)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_text_arrays_round_trip(tmp_path, fmt):
+    m = _texted()
+    assert all(getattr(m, k).dtype == np.int64 for k in ("tokens", "targets", "documents"))
+    assert repr(m) == "Model(toy: N=7, V=11, M=5, bias)"
+    back = load_model(save_model(m, tmp_path / FORMATS[fmt]))
+    for k in ("tokens", "targets", "documents"):
+        got = getattr(back, k)
+        assert got.dtype == np.int64 and np.array_equal(got, getattr(m, k)), k
+    # a model without them loads without them, and leaves no stale .npy behind
+    plain = load_model(save_model(_model(), tmp_path / FORMATS[fmt]))
+    assert plain.tokens is None and plain.targets is None and plain.documents is None
+    if fmt == "dir":
+        assert not any((tmp_path / "m" / f"{k}.npy").exists()
+                       for k in ("tokens", "targets", "documents"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("key, value, message", [
+    ("tokens", np.arange(6), r"tokens has shape \(6,\), but the model has N = 7 inputs"),
+    ("targets", np.full(7, 11), r"targets\[0\] is 11, outside \[-1, 11\)"),
+    ("targets", np.full(7, -2), r"targets\[0\] is -2, outside \[-1, 11\)"),
+    ("tokens", np.zeros(7, np.float32), r"tokens has dtype float32; it must hold integers"),
+    ("tokens", np.zeros(7, bool), r"tokens has dtype bool; it must hold integers"),
+    ("documents", np.array([0, 0, 1, 1, 0, 2, 2]), r"documents decreases at position 4"),
+    ("documents", np.zeros((7, 1), np.int64), r"documents has shape \(7, 1\)"),
+    ("tokens", np.full(7, 2**64 - 1, np.uint64), r"tokens\[0\] is 18446744073709551615"),
+])
+def test_hostile_text_arrays_are_refused(tmp_path, fmt, key, value, message):
+    m = _model(N=7, V=11)
+    arrays = {"f": m.f, "g": m.g, key: value}
+    with pytest.raises(IdentirepError, match=message) as e:
+        load_model(_write_raw(tmp_path, fmt, arrays))
+    assert "raw" in str(e.value) and e.value.fix
+
+
+def test_text_array_sizes_are_checked_before_reading(tmp_path):
+    m = _model(N=7, V=11)
+    p = _write_raw(tmp_path, "dir", {"f": m.f, "g": m.g, "tokens": np.arange(7)})
+    data = (p / "tokens.npy").read_bytes()
+    (p / "tokens.npy").write_bytes(data[:-8])           # one entry short
+    with pytest.raises(IdentirepError, match=r"tokens.npy: unreadable array 'tokens': its "
+                                             r"header declares int64 \(7,\) .* truncated"):
+        load_model(p)
+
+
+def test_dropped_labels_renumber_tokens_and_targets(tmp_path):
+    a, b = _texted(seed=1), _texted(seed=2)
+    ba, bb = np.array(a.bias), np.array(b.bias)
+    ba[[1, 4]] = -np.inf
+    bb[[9]] = -np.inf
+    paths = [_write_raw(tmp_path, fmt, {"f": m.f, "g": m.g, "b": bias, "tokens": m.tokens,
+                                        "targets": m.targets, "documents": m.documents}, name)
+             for m, bias, fmt, name in ((a, ba, "safetensors", "a"), (b, bb, "npz", "b"))]
+    ma, mb = iio.load_models(paths, drop_masked_labels=True)
+    for m, src in ((ma, a), (mb, b)):
+        assert m.V == 8 and m.dropped_labels.tolist() == [1, 4, 9]
+        labels = [f"tok{i}" for i in range(11) if i not in (1, 4, 9)]
+        for k in ("tokens", "targets"):
+            old, new = getattr(src, k), getattr(m, k)
+            # a kept label keeps its name; a dropped one (or none) becomes -1
+            for o, n in zip(old.tolist(), new.tolist()):
+                if o < 0 or o in (1, 4, 9):
+                    assert n == -1
+                else:
+                    assert labels[n] == src.labels[o]
+        record = m.metadata["masked_labels_dropped"]
+        assert record["tokens_lost"] == 3 and record["targets_lost"] == 3   # ids 1, 4, 9
+        assert np.array_equal(m.documents, src.documents)
+    # the renumbered arrays are stored and read back as they are
+    again = load_model(save_model(ma, tmp_path / "kept"))
+    assert np.array_equal(again.tokens, ma.tokens) and again.V == 8
+
+
+def test_models_on_different_texts_or_tokenizers_are_refused():
+    import identirep as ir
+    from identirep.model import check_pair, check_same_tokenizer
+    a = _texted(seed=1)
+    tokens = a.tokens.copy()
+    tokens[4] = 7
+    other = Model(_texted(seed=2).f, a.g, a.bias, labels=a.labels, tokens=tokens)
+    for call in (lambda: ir.compare(a, other), lambda: ir.matrix([a, a, other]),
+                 lambda: ir.kl(a, other)):
+        with pytest.raises(IdentirepError, match=r"extracted on different texts: their input "
+                                                 r"tokens first differ at position 4, text 2: "
+                                                 r"token 1 'tok1' in the first and 7 'tok7'"):
+            call()
+    docs = Model(other.f, a.g, a.bias, documents=[0, 0, 1, 1, 1, 1, 1])
+    with pytest.raises(IdentirepError, match="text boundaries first differ at position 2"):
+        check_pair(a, docs)
+    check_pair(a, Model(other.f, a.g, a.bias))          # nothing to compare: accepted
+    # tokenizer fingerprints: equal, absent on one side, different
+    tok = {"sha256": "ab" * 32, "size": 11}
+    fa = Model(a.f, a.g, labels=a.labels, metadata={"tokenizer": tok})
+    labels = list(a.labels)
+    labels[6] = "other"
+    fb = Model(a.f, a.g, labels=labels, metadata={"tokenizer": dict(tok, sha256="cd" * 32)})
+    check_same_tokenizer(fa, Model(a.f, a.g, labels=a.labels, metadata={"tokenizer": tok}))
+    check_same_tokenizer(fa, Model(a.f, a.g, labels=labels))
+    with pytest.raises(IdentirepError, match=r"tokenizers differ .*: token id 6 is 'tok6' in "
+                                             r"the first and 'other' in the second"):
+        ir.compare(fa, fb)
+    fc = Model(a.f, a.g, labels=a.labels, metadata={"tokenizer": dict(tok, sha256="cd" * 32)})
+    with pytest.raises(IdentirepError, match=r"though their 11 token strings are equal: the "
+                                             r"tokenizers' settings differ"):
+        check_pair(fa, fc)

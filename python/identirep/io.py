@@ -12,13 +12,19 @@ a directory
     ``f.npy``, ``g.npy``, optional ``b.npy``, optional ``labels.json`` (a JSON list of strings),
     ``meta.json``.
 
+Each layout may also hold the per-input integer arrays ``tokens``, ``targets`` and
+``documents`` (int64, length N; ``tokens.npy`` etc. in a directory), written by
+``identirep extract`` and read into :class:`~identirep.Model` fields of those names, which
+check their dtype (integers), length and range (label ids, -1 for none).
+
 On load, ``bias`` is accepted as an alias of ``b``. Arrays load in the dtype they were stored in.
 NumPy has no bfloat16 of its own: with ``ml_dtypes`` installed, bfloat16 arrays load as
 ``ml_dtypes.bfloat16``; without it they are widened to float32 (exactly) and
 ``model.metadata["converted"]`` says so. ``.npz`` and ``.npy`` cannot hold bfloat16, so such
 arrays are stored there as their uint16 bit patterns, listed under ``meta["storage"]``.
 
-Loading reads only what a model uses (``f``, ``g``, ``b``/``bias``, labels, metadata); other
+Loading reads only what a model uses (``f``, ``g``, ``b``/``bias``, ``tokens``, ``targets``,
+``documents``, labels, metadata); other
 arrays or members are left unread. Before anything is allocated, each array's declared size
 (shape x item size, from its header) is checked against the bytes that hold it and against
 :data:`MAX_ARRAY_BYTES`; stored JSON is held to :data:`MAX_JSON_BYTES` and
@@ -59,7 +65,9 @@ _META_KEY = "identirep.metadata"
 _STORAGE = "storage"          # reserved metadata key describing on-disk encodings
 _BF16_BITS = "bfloat16_as_uint16"
 _ROLES = {"f": "the embeddings, N x M", "g": "the unembeddings, V x M"}
-_ARRAY_KEYS = ("f", "g", "b", "bias")   # the arrays a model uses; others are left unread
+#: the per-input integer arrays a model may carry (``Model.tokens`` etc.), stored as int64
+_TEXT_KEYS = ("tokens", "targets", "documents")
+_ARRAY_KEYS = ("f", "g", "b", "bias") + _TEXT_KEYS   # what a model uses; others are left unread
 
 #: Largest array a model file may declare (shape x item size), checked before anything is
 #: allocated; every array must also fit in the file that holds it.
@@ -166,7 +174,8 @@ def _replace_atomically(path: Path, write) -> None:
 # ----------------------------------------------------------------------------- save
 
 def save_model(model: Model, path, metadata: Optional[dict] = None) -> Path:
-    """Write ``model`` (f, g, bias, labels, metadata) to ``path``.
+    """Write ``model`` (f, g, bias, labels, metadata; tokens, targets and documents when it
+    carries them) to ``path``.
 
     Parameters
     ----------
@@ -197,6 +206,7 @@ def save_model(model: Model, path, metadata: Optional[dict] = None) -> Path:
     arrays = {"f": model.f, "g": model.g}
     if model.bias is not None:
         arrays["b"] = model.bias
+    arrays.update({k: getattr(model, k) for k in _TEXT_KEYS if getattr(model, k) is not None})
     host, bits = {}, []
     for k, a in arrays.items():
         host[k], is_bits = _to_host(a, k)
@@ -227,7 +237,7 @@ def save_model(model: Model, path, metadata: Optional[dict] = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     for k, a in host.items():
         np.save(path / f"{k}.npy", a, allow_pickle=False)
-    stale = ["bias.npy"] + ([] if "b" in host else ["b.npy"])
+    stale = ["bias.npy"] + [f"{k}.npy" for k in ("b",) + _TEXT_KEYS if k not in host]
     stale += [] if labels is not None else ["labels.json"]
     for name in stale:
         if (path / name).exists():
@@ -299,8 +309,8 @@ def load_model(path, name: Optional[str] = None,
     -------
     Model
 
-    Only the arrays a model uses (``f``, ``g``, ``b`` or ``bias``), ``labels`` and ``meta``
-    are read; other members are left unread. A damaged, truncated or foreign file, or one
+    Only the arrays a model uses (``f``, ``g``, ``b`` or ``bias``, and ``tokens``,
+    ``targets``, ``documents`` when present), ``labels`` and ``meta`` are read; other members are left unread. A damaged, truncated or foreign file, or one
     over the limits (:data:`MAX_ARRAY_BYTES`, :data:`MAX_JSON_BYTES`,
     :data:`MAX_JSON_DEPTH`), raises :class:`~identirep.errors.IdentirepError` before
     anything large is allocated.
@@ -361,9 +371,10 @@ def _model_from(raw, name, drop_masked_labels) -> Model:
                                  fix="store the name as a JSON string, or pass name=")
     try:
         return Model(arrays["f"], arrays["g"], bias, name=name, labels=labels, metadata=meta,
-                     drop_masked_labels=drop_masked_labels)
+                     drop_masked_labels=drop_masked_labels,
+                     **{k: arrays.get(k) for k in _TEXT_KEYS})
     except IdentirepError as e:
-        raise IdentirepError(f"{path}: {e}") from None
+        raise IdentirepError(f"{path}: {e.reason}", fix=e.fix) from None
 
 
 def load_metadata(path) -> dict:

@@ -138,6 +138,51 @@ def _all_finite(a) -> bool:
     return bool(np.isfinite(np.asarray(a, dtype=np.float64)).all())
 
 
+#: what each per-input array holds, for messages
+_PER_INPUT = {
+    "tokens": "the input token (a label id) at each position, -1 for none",
+    "targets": "the observed label (next token) of each input, -1 for none",
+    "documents": "the index of the text each position belongs to, non-decreasing",
+}
+
+
+def per_input(a, name: str, N: int, V: Optional[int], low: int) -> Optional[np.ndarray]:
+    """A per-input integer array (``tokens``, ``targets``, ``documents``) as int64 of length
+    ``N`` with values in [low, V) (no upper bound when ``V`` is None), None for None; any
+    array library or a list. ``documents`` must be non-decreasing."""
+    if a is None:
+        return None
+    what = _PER_INPUT[name]
+    fix = f"give {name} as N = {N} integers: {what}"
+    if isinstance(a, (list, tuple)):
+        a = _from_list(a, name, f"{N} integers")
+    if getattr(a, "shape", None) is None or isinstance(a, (str, bytes)):
+        raise IdentirepError(f"{name} must be an array of integers, got {type(a).__name__}",
+                             fix=fix)
+    x = to_numpy(a)
+    if x.ndim != 1 or x.shape[0] != N:
+        raise IdentirepError(f"{name} has shape {x.shape}, but the model has N = {N} inputs "
+                             f"(rows of f)", fix=fix)
+    if x.dtype.kind not in "iu":
+        raise IdentirepError(f"{name} has dtype {x.dtype}; it must hold integers (label or "
+                             "text ids)", fix=fix + " (an integer dtype, e.g. int64)")
+    if N:
+        lo, hi = int(x.min()), int(x.max())      # Python ints: no uint64/int64 wrap-around
+        top = V if V is not None else np.iinfo(np.int64).max
+        if lo < low or hi >= top:
+            bad = int(np.flatnonzero((x < low) | (x >= top))[0])
+            allowed = f"[{low}, {V})" if V is not None else f"[{low}, 2^63 - 1)"
+            raise IdentirepError(f"{name}[{bad}] is {int(x[bad])}, outside {allowed}",
+                                 fix=fix)
+    x = x.astype(np.int64)
+    if name == "documents" and N > 1 and (np.diff(x) < 0).any():
+        bad = int(np.flatnonzero(np.diff(x) < 0)[0]) + 1
+        raise IdentirepError(f"documents decreases at position {bad} ({int(x[bad - 1])} then "
+                             f"{int(x[bad])}); positions must come text by text, in order",
+                             fix=fix)
+    return x
+
+
 @dataclass(eq=False)
 class Model:
     """A softmax-family model evaluated on a shared set of inputs and labels.
@@ -154,6 +199,17 @@ class Model:
     set of a model compared with this one: :func:`identirep.io.load_models` does this).
     ``dropped_labels`` holds the original ids of the dropped labels, and
     ``metadata["masked_labels_dropped"]`` records them.
+
+    Three optional per-input arrays (keyword arguments; int64 of length N once validated)
+    tie the inputs to a text: ``tokens``, the input token (a label id) at each position;
+    ``targets``, the observed label of each input (for a language model the next token of
+    the same text, for a classifier the true class), -1 where there is none (a text's last
+    position); ``documents``, the text each position belongs to, non-decreasing. Dropping
+    labels renumbers ``tokens`` and ``targets``; a token or target whose label is dropped
+    becomes -1, and ``metadata["masked_labels_dropped"]`` counts them (``tokens_lost``,
+    ``targets_lost``). ``metadata["tokenizer"]`` (``{"sha256": ..., "size": ...}``), when
+    present, identifies the tokenizer: :func:`check_pair` refuses two models whose
+    tokenizers or texts differ.
     """
 
     f: object
@@ -163,6 +219,9 @@ class Model:
     labels: Optional[Sequence[str]] = field(default=None, repr=False)
     metadata: dict = field(default_factory=dict, repr=False)
     drop_masked_labels: InitVar[Union[bool, Sequence[int]]] = False
+    tokens: Optional[np.ndarray] = field(default=None, repr=False)
+    targets: Optional[np.ndarray] = field(default=None, repr=False)
+    documents: Optional[np.ndarray] = field(default=None, repr=False)
     dropped_labels: np.ndarray = field(init=False, repr=False,
                                        default_factory=lambda: np.empty(0, np.int64))
 
@@ -194,6 +253,10 @@ class Model:
         if not isinstance(self.metadata, dict):
             raise IdentirepError(
                 f"metadata must be a dict, got {type(self.metadata).__name__}")
+        V = self.V
+        self.tokens = per_input(self.tokens, "tokens", self.N, V, -1)
+        self.targets = per_input(self.targets, "targets", self.N, V, -1)
+        self.documents = per_input(self.documents, "documents", self.N, None, 0)
         self._drop_masked(drop_masked_labels)
         if self.V < 2:
             raise IdentirepError("a model needs at least 2 labels")
@@ -239,9 +302,17 @@ class Model:
             self.labels = [self.labels[i] for i in keep.tolist()]
         self.dropped_labels = ids
         self.metadata = dict(self.metadata)
-        self.metadata["masked_labels_dropped"] = {
+        record = {
             "count": len(ids), "V_before": V, "ids": ids.tolist(),
             "why": "bias -inf (masked or padded) here or in a model compared with this one"}
+        new_id = np.full(V + 1, -1, np.int64)    # new_id[-1] = -1: "none" stays "none"
+        new_id[keep] = np.arange(len(keep))
+        for k in ("tokens", "targets"):
+            old = getattr(self, k)
+            if old is not None:
+                setattr(self, k, new_id[old])
+                record[f"{k}_lost"] = int(((old >= 0) & (new_id[old] < 0)).sum())
+        self.metadata["masked_labels_dropped"] = record
 
     @property
     def N(self) -> int:
@@ -400,14 +471,102 @@ def to_numpy(a, dtype=None) -> np.ndarray:
     return a
 
 
+def tokenizer_fingerprint(m: Model) -> Optional[str]:
+    """``m.metadata["tokenizer"]["sha256"]`` when it is there (a string), else None."""
+    tok = m.metadata.get("tokenizer") if isinstance(m.metadata, dict) else None
+    sha = tok.get("sha256") if isinstance(tok, dict) else None
+    return sha if isinstance(sha, str) and sha else None
+
+
+def _token(labels, i: int) -> str:
+    return repr(labels[i]) if labels is not None and 0 <= i < len(labels) else "(none)"
+
+
+def check_same_tokenizer(a: Model, b: Model) -> None:
+    """Refuse two models whose tokenizers differ: both carry a tokenizer fingerprint
+    (``metadata["tokenizer"]["sha256"]``, written by ``identirep extract``) and the two
+    differ. The message names the first token id whose string (``labels``) differs, or, when
+    the vocabularies are equal, says that the tokenizers' settings differ (special tokens,
+    normalisation, pre-tokenisation, merges). Models without a fingerprint pass.
+
+    Parameters
+    ----------
+    a, b : Model
+
+    Raises
+    ------
+    IdentirepError
+        When the fingerprints differ.
+    """
+    fa, fb = tokenizer_fingerprint(a), tokenizer_fingerprint(b)
+    if fa is None or fb is None or fa == fb:
+        return
+    ta, tb = a.metadata["tokenizer"], b.metadata["tokenizer"]
+    sizes = (f"{ta.get('size', '?')} and {tb.get('size', '?')} tokens"
+             if ta.get("size") != tb.get("size") else f"{ta.get('size', '?')} tokens each")
+    head = (f"the models' tokenizers differ (fingerprints {fa[:12]}... and {fb[:12]}..., "
+            f"{sizes})")
+    fix = ("extract both models with the same tokenizer (identirep extract reads it from each "
+           "model directory: copy one tokenizer's files over the other's), or compare models "
+           "that share a tokenizer")
+    la, lb = a.labels, b.labels
+    if la is not None and lb is not None and list(la) != list(lb):
+        i = next((i for i, (x, y) in enumerate(zip(la, lb)) if x != y), min(len(la), len(lb)))
+        raise IdentirepError(
+            f"{head}: token id {i} is {_token(la, i)} in the first and {_token(lb, i)} in "
+            "the second (the first token that differs)", fix=fix)
+    if la is None or lb is None:
+        raise IdentirepError(f"{head}; the token strings are not stored with "
+                             f"{'both models' if la is None and lb is None else 'one model'}, "
+                             "so the first differing token cannot be named", fix=fix)
+    parts = [k for k in ("vocabulary", "special_tokens", "pipeline")
+             if isinstance(ta.get("parts"), dict) and isinstance(tb.get("parts"), dict)
+             and ta["parts"].get(k) != tb["parts"].get(k)]
+    which = (f" ({', '.join(p.replace('_', ' ') for p in parts)} differ)" if parts else "")
+    raise IdentirepError(
+        f"{head}, though their {len(la)} token strings are equal: the tokenizers' settings "
+        f"differ{which} (special tokens, normalisation, pre-tokenisation or merges), so the "
+        "same text may tokenize differently", fix=fix)
+
+
+def check_same_texts(a: Model, b: Model) -> None:
+    """Refuse two models (of equal N) extracted on different texts: both carry ``tokens``
+    (or ``documents``) and they differ; the message names the first position that differs."""
+    for key, what in (("tokens", "input tokens"), ("documents", "text boundaries")):
+        x, y = getattr(a, key), getattr(b, key)
+        if x is None or y is None or np.array_equal(x, y):
+            continue
+        i = int(np.flatnonzero(x != y)[0])
+        where = ("" if a.documents is None else f", text {int(a.documents[i])}")
+        if key == "tokens":
+            shown = (f"token {int(x[i])} {_token(a.labels, int(x[i]))} in the first and "
+                     f"{int(y[i])} {_token(b.labels, int(y[i]))} in the second")
+        else:
+            shown = f"text {int(x[i])} in the first and text {int(y[i])} in the second"
+        raise IdentirepError(
+            f"the models were extracted on different texts: their {what} first differ at "
+            f"position {i}{where}: {shown}",
+            fix="extract both models from the same text file with the same options "
+                "(--max-length, the same tokenizer)")
+
+
 def check_pair(a: Model, b: Model, same_dim: bool = False, what: str = "") -> None:
-    """Two models must share the inputs and the labels (and M when ``same_dim``)."""
+    """Two models must share the inputs and the labels (and M when ``same_dim``): the same
+    tokenizer where both name one (:func:`check_same_tokenizer`) and the same texts where both
+    carry them (:func:`check_same_texts`)."""
     for m, nm in ((a, "first"), (b, "second")):
         if not isinstance(m, Model):
             raise IdentirepError(f"the {nm} argument must be an identirep.Model, got {type(m).__name__}")
+    check_same_tokenizer(a, b)
     if a.N != b.N:
+        texts = ""
+        if a.tokens is not None and b.tokens is not None:
+            n = min(a.N, b.N)
+            diff = np.flatnonzero(a.tokens[:n] != b.tokens[:n])
+            texts = (f" (their input tokens first differ at position {int(diff[0])})"
+                     if len(diff) else f" (the first {n} input tokens agree)")
         raise IdentirepError(
-            f"the models were evaluated on different inputs: N={a.N} vs N={b.N}; "
+            f"the models were evaluated on different inputs: N={a.N} vs N={b.N}{texts}; "
             "both f arrays must have one row per shared input, in the same order")
     if a.V != b.V:
         raise IdentirepError(
@@ -418,6 +577,7 @@ def check_pair(a: Model, b: Model, same_dim: bool = False, what: str = "") -> No
         raise IdentirepError(
             f"label order differs at index {bad}: {a.labels[bad]!r} vs {b.labels[bad]!r}; "
             "reorder one model's g rows so the labels match")
+    check_same_texts(a, b)
     if same_dim and a.M != b.M:
         raise IdentirepError(
             f"{what or 'this measure'} needs models of equal representation dimension, "

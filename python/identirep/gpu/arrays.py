@@ -112,7 +112,8 @@ def on_device(model):
         return cp.asarray(host)
 
     return Model(*(move(x) for x in arrays), name=model.name, labels=model.labels,
-                 metadata=model.metadata)
+                 metadata=model.metadata, tokens=model.tokens, targets=model.targets,
+                 documents=model.documents)
 
 
 def _bfloat16_on_device(cp, bits):
