@@ -87,20 +87,16 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     once per model (``ModelCache``) and shared by all of its pairs; each pair adds only its
     cross products and the quantities that depend on its pass."""
     from ._model_cache import ModelCache
-    from .measures import _report_from_engine, check_compare_options, check_progress, engine
+    from .measures import check_compare_options, check_progress, engine
     t0 = time.perf_counter()
     check_compare_options(**opts)
     check_progress(progress)
     models = _model_list(models)
     for m in models[1:]:
         check_pair(models[0], m)
-    names = [m.name or f"model {i}" for i, m in enumerate(models)]
-    if len(set(names)) != len(names):
-        names = [f"{n} [{i}]" for i, n in enumerate(names)]
+    names = unique_names([m.name for m in models])
     K = len(models)
-    values = {k: np.full((K, K), np.nan) for k in MEASURES}
-    for k, (diag, _) in MEASURES.items():
-        np.fill_diagonal(values[k], diag)
+    values = empty_values(K)
     pairs = list(itertools.combinations(range(K), 2))
     out_pairs, failures = [], []
     cache = {}
@@ -121,23 +117,64 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
                       None if call else progress) as update:
         for done, (i, j) in enumerate(pairs):
             e = engine(models[i], models[j], backend, caches=caches(i, j))
-            for (p, q), eng in (((i, j), e), ((j, i), e.swapped())):
-                r = _report_from_engine(eng, backend=e.stats.backend, **opts)
-                for k, (_, read) in MEASURES.items():
-                    fail = r.failures.get(SOURCE[k])
-                    if fail is None:
-                        values[k][p, q] = read(r)
-                    else:
-                        failures.append({"i": p, "j": q, "measure": k, "reason": fail.reason,
-                                         "fix": fail.fix})
-                d = r.d_llv       # None: d_LLV failed, and its choices with it
-                out_pairs.append({"i": p, "j": q, "pivot": None if d is None else d.pivot,
-                                  "leave_out": None if d is None else d.leave_out,
-                                  "input_set": None if d is None else d.input_set})
+            add_cells(values, out_pairs, failures, pair_cells(e, i, j, opts))
             update(done + 1)
             if call is not None:
                 call((done + 1) / len(pairs))
-    if len(failures) == len(MEASURES) * len(pairs) * 2:
+    return finish(names, values, out_pairs, failures, len(pairs), t0)
+
+
+def unique_names(names: Sequence[Optional[str]]) -> List[str]:
+    """The matrix's row names: each model's name ("model i" when it has none), each with its
+    index when two coincide."""
+    names = [n or f"model {i}" for i, n in enumerate(names)]
+    if len(set(names)) != len(names):
+        names = [f"{n} [{i}]" for i, n in enumerate(names)]
+    return names
+
+
+def empty_values(K: int) -> Dict[str, np.ndarray]:
+    """K x K NaN matrices of every measure, with each measure's value on the diagonal."""
+    values = {k: np.full((K, K), np.nan) for k in MEASURES}
+    for k, (diag, _) in MEASURES.items():
+        np.fill_diagonal(values[k], diag)
+    return values
+
+
+def pair_cells(e, i: int, j: int, opts: dict) -> tuple:
+    """The cells of models i and j, both directions, from their ``PairEngine`` ``e``:
+    (values as (measure, row, column, value), failures, the choices of each direction), small
+    enough to send between processes."""
+    from .measures import _report_from_engine
+    cells, failures, choices = [], [], []
+    for (p, q), eng in (((i, j), e), ((j, i), e.swapped())):
+        r = _report_from_engine(eng, backend=e.stats.backend, **opts)
+        for k, (_, read) in MEASURES.items():
+            fail = r.failures.get(SOURCE[k])
+            if fail is None:
+                cells.append((k, p, q, read(r)))
+            else:
+                failures.append({"i": p, "j": q, "measure": k, "reason": fail.reason,
+                                 "fix": fail.fix})
+        d = r.d_llv       # None: d_LLV failed, and its choices with it
+        choices.append({"i": p, "j": q, "pivot": None if d is None else d.pivot,
+                        "leave_out": None if d is None else d.leave_out,
+                        "input_set": None if d is None else d.input_set})
+    return cells, failures, choices
+
+
+def add_cells(values, out_pairs: list, failures: list, cells: tuple) -> None:
+    """Write one pair's ``pair_cells`` into the matrices and lists (pairs in their order)."""
+    found, failed, choices = cells
+    for k, p, q, v in found:
+        values[k][p, q] = v
+    failures.extend(failed)
+    out_pairs.extend(choices)
+
+
+def finish(names, values, out_pairs, failures, n_pairs: int, t0: float) -> MatrixResult:
+    """The MatrixResult, or the IdentirepError of a matrix none of whose values was computed."""
+    if len(failures) == len(MEASURES) * n_pairs * 2:
         raise _nothing_computed(names, failures)
     return MatrixResult(names=names, values=values, seconds=time.perf_counter() - t0,
                         pairs=out_pairs, failures=failures)
