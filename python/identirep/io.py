@@ -329,14 +329,26 @@ def load_models(paths, drop_masked_labels: bool = False) -> List[Model]:
     if not drop_masked_labels:
         return [_model_from(r, None, False) for r in raw]
     masked = np.empty(0, np.int64)
-    for path, arrays, *_ in raw:
-        bias = arrays.get("b", arrays.get("bias"))
-        if bias is not None and getattr(bias, "ndim", 0) == 1:
-            try:
-                masked = np.union1d(masked, masked_labels(bias))
-            except (TypeError, ValueError) as e:
-                raise IdentirepError(f"{path}: unreadable bias ({e})") from None
+    for r in raw:
+        masked = np.union1d(masked, _masked_in(r))
     return [_model_from(r, None, masked) for r in raw]
+
+
+def masked_in_file(path) -> np.ndarray:
+    """The ids of the labels whose bias is -inf in the model file ``path`` (masked or padded;
+    none without a bias): :func:`load_models` drops the union over its files."""
+    return _masked_in(_read(path))
+
+
+def _masked_in(raw) -> np.ndarray:
+    path, arrays = raw[0], raw[1]
+    bias = arrays.get("b", arrays.get("bias"))
+    if bias is None or getattr(bias, "ndim", 0) != 1:
+        return np.empty(0, np.int64)
+    try:
+        return masked_labels(bias)
+    except (TypeError, ValueError) as e:
+        raise IdentirepError(f"{path}: unreadable bias ({e})") from None
 
 
 def _read(path):
