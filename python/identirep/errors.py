@@ -9,6 +9,11 @@ class IdentirepError(ValueError):
         self.reason, self.fix = message, fix
         super().__init__(message if fix is None else f"{message}; fix: {fix}")
 
+    def __reduce__(self):
+        # pickled with reason and fix apart (a Dask worker's or another rank's error arrives
+        # as it was raised)
+        return type(self), (self.reason, self.fix)
+
 
 #: what to install for the GPU backends
 CUPY_INSTALL = ("pip install 'cupy-cuda13x[ctk]' (CUDA 13 drivers) or 'cupy-cuda12x[ctk]' "
