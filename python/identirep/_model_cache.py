@@ -43,6 +43,30 @@ class ModelCache:
             self._cache[key] = make()
         return self._cache[key]
 
+    def small_statistics(self) -> dict:
+        """Every statistic of O(M^2) size (moments of f and g, their correlation factors,
+        whitenings and scatter roots, the input-side root), computed now where it can be: for
+        another process's cache of the same model (``adopt``), which then makes only the
+        N x M input factor. One that fails is left out: the pair that needs it raises, with
+        its own names for the models, as it would here."""
+        steps = [lambda: self.f_moments, lambda: self.g_moments]
+        for w in ("f", "g"):
+            steps += [lambda w=w: self.correlation(w, w), lambda w=w: self.whitening(w, w),
+                      lambda w=w: self.scatter_factor(w)]
+        steps.append(lambda: self.input_root)
+        for step in steps:
+            try:
+                step()
+            except (IdentirepError, ArithmeticError, np.linalg.LinAlgError):
+                pass
+        return {k: v for k, v in self._cache.items() if k != "H"}
+
+    def adopt(self, statistics: dict) -> None:
+        """Take the statistics another cache of the same model at the same compute dtype
+        computed (``small_statistics``) instead of computing them again."""
+        for k, v in statistics.items():
+            self._cache.setdefault(k, v)
+
     @property
     def f_moments(self):
         """(mean, scatter) of f over inputs."""
@@ -85,9 +109,9 @@ class ModelCache:
                                                      parts=self.correlation(which, what)))
 
     @property
-    def input_factor(self):
-        """(H, |H|^2 per row), H = f R with R R' the label covariance of g: squared distances
-        between rows of H are the input-side D(x, x0) (docs/design.md)."""
+    def input_root(self):
+        """(R, lower): R R' = the label covariance of g (M x M; ``lower``: R is
+        lower-triangular), the root of ``input_factor``."""
         def make():
             S = self.g_moments[1]
             c = 1.0 / (self.model.V - 1)
@@ -95,7 +119,15 @@ class ModelCache:
                 parts = self.correlation("g", "g")
             except IdentirepError:   # g constant: the plain factor (zeros), as before
                 parts = {"L": None, "idx": (), "d": np.diag(S)}
-            R, lower = sqrt_factor_from(parts, S, c, self.xp)
+            return sqrt_factor_from(parts, S, c, self.xp)
+        return self._get("HR", make)
+
+    @property
+    def input_factor(self):
+        """(H, |H|^2 per row), H = f R with R R' the label covariance of g: squared distances
+        between rows of H are the input-side D(x, x0) (docs/design.md)."""
+        def make():
+            R, lower = self.input_root
             H = times_lower(self.F, R) if lower else self.F @ R
             return H, (H * H).sum(1)
         return self._get("H", make)
