@@ -24,7 +24,7 @@ LAYERS = [
     ["passes", "_cpu_pass", "gpu"],
     ["_linalg"],
     ["_model_cache", "_label_side", "_input_side", "_pair"],
-    ["_backends", "measures", "_matrix"],
+    ["_backends", "measures", "_matrix", "tokens"],
     ["io", "extract", "_hf", "constructions", "baselines", "bench", "report", "plots", "demo",
      "cli", "repro"],
     [""],

@@ -216,6 +216,162 @@ class DRepResult(_Result):
 
 
 @dataclass
+class TokenShown:
+    """One token with its probability under a model: ``id``, its text ``token`` (see
+    ``TokenReport``: byte-level vocabularies decoded) and ``p``."""
+    id: int
+    token: str
+    p: float
+
+
+@dataclass
+class TopPosition:
+    """A position (input) with one of the largest KL(p1||p2): where it is, the text before it
+    and what each model predicts there.
+
+    ``context`` is the text of the input tokens of the last positions of its document up to
+    and including this one (``context_tokens`` one string per token; empty without
+    ``tokens``); ``target`` the observed next token (-1: none) with ``p1_target`` and
+    ``p2_target``; ``top1`` (``top2``) the first model's (second model's) most likely
+    tokens with their probability under that model."""
+    position: int
+    document: Optional[int]
+    kl12: float
+    kl21: float
+    jsd: Optional[float]
+    context: str
+    context_tokens: List[str]
+    target: int
+    target_token: Optional[str]
+    p1_target: Optional[float]
+    p2_target: Optional[float]
+    top1: List[TokenShown]
+    top2: List[TokenShown]
+
+
+@dataclass
+class TopTarget:
+    """A target token (label id) with its KL(p1||p2) over the positions that predict it:
+    ``count`` positions, their ``sum_kl12`` and ``mean_kl12``."""
+    id: int
+    token: str
+    count: int
+    sum_kl12: float
+    mean_kl12: float
+
+
+@dataclass
+class TokenReport(_Result):
+    """Per-position (per-token) closeness of two models, summarised: what the quantisation
+    tools report (mean KL with an interval, KL quantiles, perplexities, the change in the
+    target's probability, top-k agreement), with the positions and target tokens where the
+    models differ most, as text. Headline (``float()``): ``kl12_mean`` = mean over positions
+    of KL(p1(.|x) || p2(.|x)) in nats. ``definitions`` (also in the JSON) says what every
+    field is; per-position arrays are in ``arrays`` (not in the JSON: ``identirep compare
+    --per-token FILE`` writes them)."""
+    meaning: ClassVar[Meaning] = Meaning(
+        "distance", False, "none beyond the distributions (any models with equal p agree)",
+        "nats; not symmetric (kl12 vs kl21)")
+    definitions: ClassVar[Dict[str, str]] = {
+        "positions": "inputs (token positions) summarised; every statistic is over them "
+                     "unless it says 'with a target'",
+        "positions_with_target": "positions whose observed next token (target) is known to "
+                                 "both models; perplexities and delta p are over these",
+        "documents": "texts the positions come from (None: not given)",
+        "kl12_mean": "mean over positions of KL(p1||p2) in nats (the headline)",
+        "kl12_ci": "95% interval of kl12_mean (see ci_method)",
+        "kl21_mean": "mean over positions of KL(p2||p1) in nats",
+        "kl21_ci": "95% interval of kl21_mean (see ci_method)",
+        "ci_method": "how the intervals were computed",
+        "kl12_quantiles": "quantiles of KL(p1||p2) over positions (q50 = median ... q99.9), "
+                          "NumPy's linear interpolation between order statistics",
+        "kl12_max": "largest KL(p1||p2) over positions",
+        "kl21_quantiles": "the same for KL(p2||p1)",
+        "kl21_max": "largest KL(p2||p1) over positions",
+        "jsd_mean": "mean over positions of the Jensen-Shannon divergence 0.5 KL(p1||m) + "
+                    "0.5 KL(p2||m), m = (p1 + p2) / 2, in nats (<= log 2); None: not asked for",
+        "jsd_quantiles": "quantiles of the JSD over positions, as kl12_quantiles",
+        "jsd_max": "largest JSD over positions",
+        "jsd_seconds": "what the JSD cost: the seconds of its second pass over the logits "
+                       "(None: not computed, or computed with the rest by the reference)",
+        "ppl1": "perplexity of model 1: exp(-mean log p1(target)) over the positions with a "
+                "target",
+        "ppl2": "perplexity of model 2, over the same positions",
+        "ppl_ratio": "ppl2 / ppl1 (1 = the same perplexity; > 1: model 2 predicts the text "
+                     "worse)",
+        "dp_mean": "mean over the positions with a target of p2(target) - p1(target)",
+        "dp_rms": "root mean square of p2(target) - p1(target) over the same positions",
+        "top_k": "the most likely tokens per position each model's top list holds (k)",
+        "agreement": "top-k agreement for k = 1, 5, 10 (up to top_k): mean over positions of "
+                     "|T1_k & T2_k| / k, T_k a model's k most likely tokens (ties to the lower "
+                     "id); top1 is the fraction of positions whose most likely tokens coincide",
+        "p2_of_top1_mean": "mean over positions of p2(model 1's most likely token)",
+        "p1_of_top2_mean": "mean over positions of p1(model 2's most likely token)",
+        "top_positions": "the positions with the largest KL(p1||p2), largest first (ties to "
+                         "the lower position), with their text and each model's top tokens",
+        "top_targets": "the target tokens with the largest KL(p1||p2) summed over the "
+                       "positions that predict them, largest sum first (ties to the lower id)",
+        "notes": "what the statistics could not include, and why",
+        "token_text": "how token strings are shown: 'byte-level decoded' (GPT-2 style labels "
+                      "such as 'Ġthe' shown as ' the'), 'as given' or 'ids' (no labels)",
+    }
+    positions: int
+    positions_with_target: int
+    documents: Optional[int]
+    kl12_mean: float
+    kl12_ci: List[float]
+    kl21_mean: float
+    kl21_ci: List[float]
+    ci_method: str
+    kl12_quantiles: Dict[str, float]
+    kl12_max: float
+    kl21_quantiles: Dict[str, float]
+    kl21_max: float
+    ppl1: Optional[float]
+    ppl2: Optional[float]
+    ppl_ratio: Optional[float]
+    dp_mean: Optional[float]
+    dp_rms: Optional[float]
+    top_k: int
+    agreement: Dict[str, float]
+    p2_of_top1_mean: float
+    p1_of_top2_mean: float
+    top_positions: List[TopPosition]
+    top_targets: List[TopTarget]
+    token_text: str
+    jsd_mean: Optional[float] = None
+    jsd_quantiles: Optional[Dict[str, float]] = None
+    jsd_max: Optional[float] = None
+    jsd_seconds: Optional[float] = None
+    #: what the statistics could not include, and why (no targets, one document)
+    notes: List[str] = field(default_factory=list)
+    #: the per-position arrays the statistics come from (keys as
+    #: ``identirep.reference.per_token_reference``, plus ``targets``, ``tokens``,
+    #: ``documents`` where the models carry them)
+    arrays: Optional[Dict[str, np.ndarray]] = _internal()
+
+    @property
+    def value(self) -> float:
+        return self.kl12_mean
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = super().to_dict()
+        d["definitions"] = dict(self.definitions)
+        return d
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The JSON form, as ``to_dict`` (the name the other results use)."""
+        return self.to_dict()
+
+    def __repr__(self) -> str:
+        ci = "[" + ", ".join(f"{x:.3g}" for x in self.kl12_ci) + "]"
+        ppl = (f", PPL {self.ppl1:.4g}/{self.ppl2:.4g}" if self.ppl1 is not None
+               and self.ppl2 is not None else "")
+        return (f"TokenReport(KL12 {self.kl12_mean:.3g} {ci}, top-1 "
+                f"{self.agreement.get('top1', float('nan')):.3f}{ppl}, N={self.positions})")
+
+
+@dataclass
 class Failure:
     """A measure that could not be computed for a pair: why, and how to fix it."""
     reason: str
@@ -243,3 +399,6 @@ class Report(_Result):
     notes: List[str] = field(default_factory=list)
     #: the measures that could not be computed, by name: why and how to fix it
     failures: Dict[str, Failure] = field(default_factory=dict)
+    #: the per-token report (None when it was not computed: ``notes`` says why)
+    tokens: Optional[TokenReport] = None
+
