@@ -13,7 +13,8 @@ from .model import to_numpy
 
 class InputSide:
     """The input-side search of a pair: ``c1``, ``c2`` the models' ``ModelCache``, ``stats``
-    the pair's pass, ``tol`` the degenerate-pair tolerance."""
+    the pair's pass (its per-input arrays: of the caches' rows of F), ``tol`` the
+    degenerate-pair tolerance."""
 
     def __init__(self, c1, c2, stats, tol):
         self.c1, self.c2, self.stats, self.tol = c1, c2, stats, tol
@@ -26,8 +27,13 @@ class InputSide:
         """(the chosen input set, t2, t4, how the candidates were drawn, their number, how many
         were rejected)."""
         a, b = self.c1.model, self.c2.model
+        # the distinct inputs: found in f, or the rows kept (distinct) of a model known by its
+        # statistics; the candidates are input indices, ``local`` their rows of H and stats
+        pool = ((lambda: distinct_inputs(a.f, b.f)) if self.c1.rows is None
+                else (lambda: self.c1.rows))
         cands, how = rules.candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat,
-                                                sets_per_pivot, lambda: distinct_inputs(a.f, b.f))
+                                                sets_per_pivot, pool, self.c1.n_inputs)
+        local = self.c1.local(cands)
         s, V = self.stats, a.V
         a1, a2 = s.row_m2_11 / (V - 1), s.row_m2_22 / (V - 1)
         c12 = s.row_m2_12 / (V - 1)
@@ -45,10 +51,10 @@ class InputSide:
                 piv = np.sqrt(np.clip(a1[x0] / D1 + a2[x0] / D2 - c12[x0] * cross, 0, None))
             return rest, piv, np.abs(q1 - q2), deg
 
-        crits = self.criteria(cands, a1, a2, c12)
+        crits = self.criteria(local, a1, a2, c12)
         k, rejected = rules.choose_input_set(crits, paper_compat and input_set is None)
-        rest, piv, t4, _ = terms(cands[k, 0])
-        rows = cands[k, 1:]
+        rest, piv, t4, _ = terms(local[k, 0])
+        rows = local[k, 1:]
         t2 = float(max(rest[rows].max(), piv[rows].max()))
         t4v = float(t4[rows].max() if term == "max" else t4[rows].mean())
         return [int(i) for i in cands[k]], t2, t4v, how, len(cands), rejected

@@ -67,7 +67,7 @@ class LabelSide:
         self.c1, self.c2 = c1, c2
         self.G1, self.G2 = c1.G, c2.G
         self.cdt, self.tol, self.gpu_backend = c1.cdt, tol, gpu_backend
-        self.N, self.V = c1.model.N, c1.model.V
+        self.N, self.V = c1.n_inputs, c1.model.V
         self.M1, self.M2 = M1, M2 = c1.model.M, c2.model.M
         self.sF1, self.sF2 = slice(0, M1), slice(M1, M1 + M2)
         iL1, iL2 = M1 + M2, M1 + M2 + 1
@@ -295,15 +295,12 @@ class LabelSide:
     def label_coords(self, rng) -> np.ndarray:
         """Host (V, 2 BOUND_DIM) coordinates whose distances approximate the pair distances:
         S_k(y, y0) = |Fc_k (g_k(y) - g_k(y0))|^2 (Fc_k: centred f_k), so a Gaussian
-        projection z_k = g_k Fc_k' P_k / sqrt(dim) keeps them on average; each model is scaled
-        by its mean n_k so that both count."""
+        projection z_k = g_k Fc_k' P_k / sqrt(dim) keeps them on average
+        (``ModelCache.input_projection``); each model is scaled by its mean n_k so that both
+        count."""
         parts = []
         for c, G, n in ((self.c1, self.G1, self.n1), (self.c2, self.G2, self.n2)):
-            xp = c.xp
-            P = xp.asarray(rng.standard_normal((self.N, BOUND_DIM)) / math.sqrt(BOUND_DIM),
-                           dtype=self.cdt)
-            mean_f = xp.asarray(c.f_moments[0], dtype=self.cdt)
-            T = c.F.T.astype(self.cdt, copy=False) @ P - mean_f[:, None] * P.sum(0)[None, :]
+            T = c.input_projection(rng, BOUND_DIM)
             Z = to_numpy(G.astype(self.cdt, copy=False) @ T).astype(np.float64)
             parts.append(Z / math.sqrt(max(float(np.mean(n)), np.finfo(float).tiny)))
         return np.hstack(parts)

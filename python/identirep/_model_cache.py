@@ -3,11 +3,13 @@ the input-side factor), computed once and shared by every pair the model is part
 pair moments built from them (only the pair's cross blocks are new products)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._arrays import array_module, is_gpu_array
-from ._linalg import (correlation_factor, host_native, scatter_blocks, sqrt_factor_from,
-                      times_lower, whiten)
+from ._linalg import (correlation_factor, host_native, scatter_blocks, sqrt_factor,
+                      sqrt_factor_from, times_lower, whiten)
 from ._rules import MCCA_RANK_RTOL
 from .errors import IdentirepError
 from .model import Model, to_numpy
@@ -17,10 +19,15 @@ from .moments import Moments
 class ModelCache:
     """Statistics of one model alone, computed once and shared by every pair it is part of
     (``matrix``): moments of f and of g, their whitenings and the input-side factor.
-    ``cdt`` is the compute dtype of the BLAS products (the pair pass's)."""
+    ``cdt`` is the compute dtype of the BLAS products (the pair pass's).
+
+    ``F`` holds the rows of f the engine reads one by one (the input side, d_SVD's input
+    set): every input here; ``from_statistics`` makes a cache of some rows (``rows``, their
+    input indices) and f's moments over all ``n_inputs`` inputs."""
 
     def __init__(self, model: Model, cdt=np.float64):
         self.model, self.cdt = model, np.dtype(cdt).type
+        self.n_inputs, self.rows, self.f_max_abs = model.N, None, None
         # f and g stay where they live, in their float32/float64 storage (half types widened to
         # float32; no V x M float64 copies); rows that enter small dense algebra are converted
         # when taken
@@ -37,6 +44,56 @@ class ModelCache:
         self.xp = array_module(self.F)
         self.bias = None if model.bias is None else to_numpy(model.bias, np.float64)
         self._cache = {}
+
+    @classmethod
+    def from_statistics(cls, model: Model, n_inputs: int, rows, mean, scatter, f_max_abs,
+                        cdt=np.float64) -> "ModelCache":
+        """The cache of a model known by its statistics: ``model.f`` holds only the rows
+        ``rows`` (sorted input indices, distinct inputs) of f, ``mean`` and ``scatter`` are
+        f's moments over all ``n_inputs`` inputs and ``f_max_abs`` its largest magnitude."""
+        c = cls(model, cdt)
+        c.n_inputs, c.rows, c.f_max_abs = int(n_inputs), np.asarray(rows, np.int64), f_max_abs
+        c._cache["f"] = (np.asarray(mean, np.float64), np.asarray(scatter, np.float64))
+        return c
+
+    def local(self, idx) -> np.ndarray:
+        """Rows of ``F`` of the inputs ``idx`` (input indices; the same indices when F holds
+        every input)."""
+        idx = np.asarray(idx, np.int64)
+        if self.rows is None:
+            return idx
+        pos = np.minimum(np.searchsorted(self.rows, idx), max(len(self.rows) - 1, 0))
+        missing = idx[self.rows[pos] != idx] if len(self.rows) else idx
+        if missing.size:
+            raise IdentirepError(
+                f"input {int(missing.flat[0])} is not among the {len(self.rows)} input rows "
+                f"kept of the {self.n_inputs} inputs", fix="choose inputs among the kept rows, "
+                "or keep every distinct input (a larger reservoir)")
+        return pos
+
+    def f_constant(self) -> bool:
+        """Whether f does not vary across inputs (``_pair.constant_features``'s rule), from
+        the moments of a cache made ``from_statistics``."""
+        mean, S = self.f_moments
+        sd = np.sqrt(np.maximum(np.diag(S), 0.0) / self.n_inputs)
+        return float(sd.max()) <= 1e-12 * float(self.f_max_abs)
+
+    def input_projection(self, rng, dim: int):
+        """M x ``dim`` T with g T coordinates whose squared distances approximate the label
+        side's S(y, y0) (``LabelSide.label_coords``): Fc' P for Gaussian P (N x dim) / sqrt(dim)
+        over every input, or, from statistics, R P with R R' = f's scatter and P Gaussian
+        (M x dim) / sqrt(dim)."""
+        xp = self.xp
+        if self.rows is None:
+            P = xp.asarray(rng.standard_normal((self.n_inputs, dim)) / math.sqrt(dim),
+                           dtype=self.cdt)
+            mean_f = xp.asarray(self.f_moments[0], dtype=self.cdt)
+            return self.F.T.astype(self.cdt, copy=False) @ P - mean_f[:, None] * P.sum(0)[None, :]
+        R = self.scatter_factor("f")
+        if R is None:
+            R = sqrt_factor(self.f_moments[1], xp)
+        P = rng.standard_normal((R.shape[1], dim)) / math.sqrt(dim)
+        return xp.asarray(R @ P, dtype=self.cdt)
 
     def _get(self, key, make):
         if key not in self._cache:
@@ -86,7 +143,7 @@ class ModelCache:
         """``_linalg.correlation_factor`` of f's or g's scatter: the Cholesky factor of the
         correlation matrix, shared by the whitening and (g) the input-side factor."""
         mean, S = self.f_moments if which == "f" else self.g_moments
-        n = len(self.F if which == "f" else self.G)
+        n = self.n_inputs if which == "f" else len(self.G)
         return self._get("R" + which, lambda: correlation_factor(S, what, self.xp, n, mean))
 
     def scatter_factor(self, which: str):

@@ -55,6 +55,7 @@ class PairEngine:
         if any(c.cdt != self.cdt for c in caches):
             raise IdentirepError("model caches were made for another compute dtype")
         self.c1, self.c2 = caches
+        self.N = self.c1.n_inputs     # the caches' F may hold some rows only (from_statistics)
         self.F1, self.G1, self.b1 = self.c1.F, self.c1.G, self.c1.bias
         self.F2, self.G2, self.b2 = self.c2.F, self.c2.G, self.c2.bias
         self.mom, self._label_mom = _moments if _moments is not None else (
@@ -67,6 +68,16 @@ class PairEngine:
         self.labels = LabelSide(self.c1, self.c2, stats, self.mom.scatter, self.tol,
                                 self.gpu_backend)
         self.inputs = InputSide(self.c1, self.c2, stats, self.tol)
+
+    @classmethod
+    def from_statistics(cls, a: Model, b: Model, stats: PassStats, moments: Moments,
+                        caches) -> "PairEngine":
+        """The engine of a pair known by its sufficient statistics (``identirep.Accumulator``):
+        ``a.f``, ``b.f`` hold some rows of f (the caches' ``rows``, made by
+        ``ModelCache.from_statistics``), ``stats`` the pass's per-input arrays of those rows,
+        its per-label arrays and ``stats.sums`` over every input, ``moments`` those of
+        [f1, f2, L1, L2] over every input."""
+        return cls(a, b, stats, caches=caches, _moments=(moments, None))
 
     # ------------------------------------------------------------------ shared statistics
     @property
@@ -97,6 +108,10 @@ class PairEngine:
     @on_models_stream
     def kl(self) -> KLResult:
         s = self.stats
+        if s.sums is not None:   # sums over inputs of which s holds some (no per-input arrays)
+            t = s.sums
+            return KLResult(kl12=t.kl12 / t.n, kl21=t.kl21 / t.n, top1_agreement=t.agree / t.n,
+                            entropy1=t.H1 / t.n, entropy2=t.H2 / t.n)
         # KL >= 0; clip the roundoff of (near-)identical distributions
         kl12, kl21 = np.maximum(s.kl12, 0.0), np.maximum(s.kl21, 0.0)
         return KLResult(kl12=float(kl12.mean()), kl21=float(kl21.mean()),
@@ -106,7 +121,8 @@ class PairEngine:
 
     @on_models_stream
     def d_logit(self) -> DLogitResult:
-        sq = float(self.stats.row_m2_dd.mean())
+        s = self.stats
+        sq = float(s.row_m2_dd.mean()) if s.sums is None else s.sums.row_m2_dd / s.sums.n
         return DLogitResult(value=math.sqrt(max(sq, 0.0)), value_sq=sq)
 
     # ------------------------------------------------------------------ d_LLV
@@ -146,7 +162,7 @@ class PairEngine:
         rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
         rules.check_callable("progress", progress)
         rules.check_llv_args(self.a, self.b, combine, term, pivot, leave_out, lam,
-                             constant_features)
+                             self._constant_features)
         rules.check_num_pivots(num_pivots)
         y0, l, t1, t3, how, deg = self.label_side(term, pivot, leave_out, num_pivots, seed, progress,
                                                   pivot_budget)
@@ -161,6 +177,13 @@ class PairEngine:
             lam=lam, combine=combine, term=term, pivot=y0, leave_out=l, input_set=iset,
             pivot_search=how, input_search=ihow, num_input_candidates=ncand,
             degenerate_pairs=len(deg), degenerate_labels=deg, rejected_input_sets=rejected)
+
+    def _constant_features(self, f) -> bool:
+        """``constant_features`` of f, or from the moments of a cache made from statistics."""
+        for c in (self.c1, self.c2):
+            if c.rows is not None and f is c.model.f:
+                return c.f_constant()
+        return constant_features(f)
 
     # ------------------------------------------------------------------ d_SVD
     @on_models_stream
@@ -190,7 +213,8 @@ class PairEngine:
                 L1 = _row_differences(self.G1, sets[i], pivot, self.cdt)
                 L2 = _row_differences(self.G2, sets[i], pivot, self.cdt)
                 return _scaled_cross(L1, L2, C11, C22, C12, Rf, self.cdt)
-            F1s, F2s = rows64(self.F1, iset), rows64(self.F2, iset)
+            rows = self.c1.local(iset)
+            F1s, F2s = rows64(self.F1, rows), rows64(self.F2, rows)
             N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
             S = self.label_moments.scatter
             S11, S22, S12 = (xp.asarray(x).astype(self.cdt, copy=False)
@@ -259,6 +283,9 @@ class PairEngine:
         rules.check_label_sets("sets_per_pivot", sets_per_pivot, none_ok=True)
         rules.check_max_cond(max_cond)
         rules.check_flag("unsquared", unsquared)
+        if unsquared and self.c1.rows is not None:
+            raise IdentirepError("unsquared d_rep is a mean over every input's f, and only "
+                                 "their statistics are kept here", fix="leave unsquared out")
         sets, num_pivots, sets_per_pivot = rules.rep_sets(sets, self.V, self.M1, num_pivots,
                                                          sets_per_pivot, seed)
         xp = self.c1.xp
@@ -277,7 +304,7 @@ class PairEngine:
             self._rep_sets(sets, step, vals, cond, norms, C11, C22, C12, mu1, mu2, trC11)
         overflow = np.isfinite(cond) & ~np.isfinite(vals)
         if overflow.any():
-            raise rep_overflow_error(self.a, int(overflow.sum()), len(sets))
+            raise rep_overflow_error(self.a, int(overflow.sum()), len(sets), self.c1.f_max_abs)
         vals = np.maximum(vals, 0.0)    # the closed form's roundoff for (near-)equal models
         used, thr = rules.rep_used_sets(cond, max_cond)
         fields = _rep_summary(vals, used, thr, max_cond, num_pivots, sets_per_pivot, norms)
@@ -333,10 +360,11 @@ def _check_term(term) -> None:
 
 
 
-def rep_overflow_error(a: Model, bad: int, total: int) -> IdentirepError:
-    """``rules.rep_overflow`` with the first model's scales (read on the error path only)."""
+def rep_overflow_error(a: Model, bad: int, total: int, f1_max=None) -> IdentirepError:
+    """``rules.rep_overflow`` with the first model's scales (read on the error path only;
+    ``f1_max``: max |f1| when known)."""
     from .model import max_abs
-    return rules.rep_overflow(bad, total, max_abs(a.f),
+    return rules.rep_overflow(bad, total, max_abs(a.f) if f1_max is None else f1_max,
                               np.abs(to_numpy(a.g, np.float64)).max(1))
 
 

@@ -228,11 +228,13 @@ def check_input_set(input_set, n_inputs, set_size) -> np.ndarray:
 
 
 def candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat, sets_per_pivot,
-                         distinct):
+                         distinct, n_inputs=None):
     """The input diversity sets every side evaluates, (K, M + 1), and how they were drawn: the
     given set, or seeded candidates from the distinct inputs (all inputs for
     ``paper_compat``). ``distinct()`` gives the sorted first occurrences of the distinct
-    inputs (each side finds them its own way); it is called only when needed."""
+    inputs (each side finds them its own way); it is called only when needed. ``n_inputs``:
+    the number of inputs (default ``a.N``; a model known by its statistics holds fewer rows)."""
+    n_inputs = a.N if n_inputs is None else int(n_inputs)
     # max(M1, M2) + 1 inputs, so that either model's M differences can span its space; the
     # paper's code takes M1 + 1 (the first model's dimension), and paper_compat follows it
     set_size = (a.M if paper_compat else max(a.M, b.M)) + 1
@@ -245,9 +247,9 @@ def candidate_input_sets(a, b, input_set, num_samples, seed, paper_compat, sets_
             "(each set costs O(M) time; a million take about 10 s on a CPU core); lower "
             "num_samples")
     if input_set is not None:
-        return check_input_set(input_set, a.N, set_size)[None, :], "given"
+        return check_input_set(input_set, n_inputs, set_size)[None, :], "given"
     pool = None if paper_compat else distinct()
-    cands, how = sampling.input_candidates(a.N, set_size, num_samples, seed, paper_compat,
+    cands, how = sampling.input_candidates(n_inputs, set_size, num_samples, seed, paper_compat,
                                            sets_per_pivot, pool)
     return cands, f"min over {len(cands)} {how} candidates"
 

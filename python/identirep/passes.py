@@ -13,12 +13,39 @@ chunked NumPy pass that the compiled passes are tested against.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy.special import logsumexp
 
 from .errors import IdentirepError
 from .moments import merge_stats
+
+
+@dataclass
+class PassSums:
+    """Sums over ``n`` inputs of the pass's per-input values: KL both ways (each clipped at 0),
+    entropies, top-1 agreements and the label-centred sums of squares of l1 - l2 (d_logit).
+    Sums of shards add up to the sums of their union."""
+    n: int
+    kl12: float
+    kl21: float
+    H1: float
+    H2: float
+    agree: float
+    row_m2_dd: float
+
+    @classmethod
+    def of(cls, stats: "PassStats") -> "PassSums":
+        """The sums of a pass's per-input arrays."""
+        return cls(n=len(stats.kl12), kl12=float(np.maximum(stats.kl12, 0.0).sum()),
+                   kl21=float(np.maximum(stats.kl21, 0.0).sum()), H1=float(stats.H1.sum()),
+                   H2=float(stats.H2.sum()), agree=float(stats.agree.sum()),
+                   row_m2_dd=float(stats.row_m2_dd.sum()))
+
+    def swapped(self) -> "PassSums":
+        return PassSums(self.n, self.kl21, self.kl12, self.H2, self.H1, self.agree,
+                        self.row_m2_dd)
 
 
 @dataclass
@@ -42,6 +69,9 @@ class PassStats:
     col_m2_12: np.ndarray
     backend: str = "numpy"
     dtype: str = "float64"      # the dtype the logits were computed in
+    #: for statistics gathered in shards (``identirep.Accumulator``): the per-input arrays
+    #: hold only some inputs (the engine's rows of f) and these are the sums over all of them
+    sums: Optional[PassSums] = None
 
     def swapped(self) -> "PassStats":
         """The same pass with the roles of the two models exchanged."""
@@ -51,7 +81,7 @@ class PassStats:
             row_m2_11=self.row_m2_22, row_m2_22=self.row_m2_11, row_m2_dd=self.row_m2_dd,
             col_mean1=self.col_mean2, col_mean2=self.col_mean1, col_m2_11=self.col_m2_22,
             col_m2_22=self.col_m2_11, col_m2_12=self.col_m2_12, backend=self.backend,
-            dtype=self.dtype)
+            dtype=self.dtype, sums=None if self.sums is None else self.sums.swapped())
 
     @property
     def row_m2_12(self) -> np.ndarray:
