@@ -298,13 +298,28 @@ def cmd_matrix(args) -> int:
         check_out_dir(args.out, "--out")
         if not args.no_plots:
             check_plotting("--out (its heatmaps)", "pass --no-plots")
-    models = load_models(args.models, args.drop_masked_labels)
-    if len({m.N for m in models}) == 1:   # else matrix says the inputs differ
-        check_input_sets(args, _pairs_of(models))
+    seen = []
+
+    def prepare(models):   # before the pairs run: the sets' limits, what was dropped
+        if len({m.N for m in models}) == 1:   # else matrix says the inputs differ
+            check_input_sets(args, _pairs_of(models))
+        dropped = _dropped_note(models, "any model")
+        if dropped:
+            print(f"identirep: {dropped}", file=sys.stderr)
+        seen.extend(models)
+    if args.scheduler is None:
+        models = load_models(args.models, args.drop_masked_labels)
+        prepare(models)
+        res = matrix(models, **_measure_kwargs(args))
+    else:   # the workers read the files; here only their shapes and the results arrive
+        from . import dask as on_dask
+        on_dask.distributed()   # the extra is installed, before any work
+        on_dask.check_backend(args.backend)
+        with on_dask.client_for(args.scheduler) as client:
+            res = on_dask.matrix(args.models, client, drop_masked_labels=args.drop_masked_labels,
+                                 check=prepare, **_measure_kwargs(args))
+        models = seen
     dropped = _dropped_note(models, "any model")
-    if dropped:
-        print(f"identirep: {dropped}", file=sys.stderr)
-    res = matrix(models, **_measure_kwargs(args))
     payload = res.to_dict()
     if dropped:
         payload["dropped_labels"] = models[0].dropped_labels.tolist()
@@ -352,6 +367,15 @@ def cmd_matrix(args) -> int:
             f"wrote CSV, JSON{'' if args.no_plots else ' and PNG heatmaps'} to ",
             literal(args.out)))
     return 0
+
+
+def _scheduler(text: str):
+    """An argparse ``type``: --scheduler local:N or ADDRESS (``dask.parse_scheduler``)."""
+    from .dask import parse_scheduler
+    try:
+        return parse_scheduler(text)
+    except IdentirepError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_bench(args) -> int:
@@ -430,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", help="directory for <measure>.csv, matrix.json and heatmap PNGs")
     m.add_argument("--json", action="store_true", help="print JSON instead of tables")
     m.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    m.add_argument("--scheduler", type=_scheduler, default=None, metavar="local:N|ADDRESS",
+                   help="run the pairs on Dask (identirep[dask]): local:N starts N worker "
+                        "processes here, ADDRESS ([tcp://]host:port) is a running scheduler "
+                        "whose workers read the model files at these paths")
     m.set_defaults(func=cmd_matrix)
     bn = sub.add_parser("bench", help="run the benchmark suite here; ratios to the GEMM floor")
     bn.add_argument("--quick", action="store_true", help="smaller paper-port case, fewer rows")

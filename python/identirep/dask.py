@@ -1,0 +1,369 @@
+"""identirep on Dask (the optional extra ``identirep[dask]``): ``matrix`` over model files with
+the per-model statistics computed once and the pairs run across workers, which read the files
+themselves; ``compare`` on Dask arrays of f chunked over inputs.
+
+What crosses the network: paths, per-model statistics of O(M^2) each (moments, whitenings,
+factors) and the results (a few numbers per pair). Never f or g: each worker reads the model
+files it needs from the paths, which must name the same files on every worker (a shared file
+system)."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from types import SimpleNamespace
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import IdentirepError
+
+#: how to install what this module needs
+INSTALL = 'pip install "identirep[dask]"'
+#: seconds to wait for a scheduler at an address (``client_for``)
+CONNECT_TIMEOUT = 10
+#: the models a worker keeps loaded between tasks (most recently used first out last)
+KEEP_MODELS = 2
+
+
+def distributed():
+    """The ``distributed`` module, or an IdentirepError naming the extra that brings it."""
+    try:
+        import distributed as dist
+    except ImportError as e:
+        raise IdentirepError(f"identirep.dask needs dask.distributed, which is not installed "
+                             f"({e})", fix=INSTALL) from None
+    return dist
+
+
+# ------------------------------------------------------------------- scheduler specification
+
+_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d+)/?$")
+
+
+def parse_scheduler(text: str):
+    """``local:N`` (a LocalCluster of N worker processes) as ("local", N), or a scheduler's
+    address ``[protocol://]host:port`` as ("address", text); anything else an IdentirepError
+    with an example."""
+    hint = ("give local:N (N worker processes on this machine, e.g. local:2) or a running "
+            "scheduler's address, e.g. tcp://10.0.0.5:8786")
+    if not isinstance(text, str) or not text.strip():
+        raise IdentirepError(f"the scheduler must not be empty; {hint}")
+    if text == "local" or text.startswith("local:"):
+        n = text[len("local:"):]
+        if not n.isdigit() or int(n) < 1:
+            raise IdentirepError(f"scheduler {text!r}: the number of workers after 'local:' "
+                                 f"must be an integer >= 1; {hint}")
+        return "local", int(n)
+    m = _ADDRESS.match(text)
+    if m is None or not 1 <= int(m.group(2)) <= 65535:
+        raise IdentirepError(f"scheduler {text!r} is neither local:N nor an address "
+                             f"[protocol://]host:port with a port 1-65535; {hint}")
+    return "address", text
+
+
+@contextlib.contextmanager
+def client_for(spec):
+    """A ``distributed.Client`` for ``parse_scheduler``'s result, closed (with its
+    LocalCluster) on leaving: ``local:N`` starts N worker processes of one thread each here;
+    an address connects to the scheduler there (an IdentirepError when none answers within
+    ``CONNECT_TIMEOUT`` seconds)."""
+    dist = distributed()
+    kind, where = parse_scheduler(spec) if isinstance(spec, str) else spec
+    if kind == "local":
+        import logging
+        with dist.LocalCluster(n_workers=where, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                dist.Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = dist.Client(where, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as e:
+        raise IdentirepError(
+            f"no Dask scheduler answered at {where} within {CONNECT_TIMEOUT} s ({e})",
+            fix="start one there (dask scheduler, then dask worker ADDRESS on each machine) "
+                "or give local:N") from None
+    with client:
+        yield client
+
+
+def _client(client):
+    dist = distributed()
+    if client is None:
+        try:
+            return dist.default_client()
+        except ValueError:
+            raise IdentirepError("identirep.dask found no Dask client",
+                                 fix="pass client=distributed.Client(...) or create one "
+                                     "first (Client() starts a cluster on this machine)") from None
+    if not isinstance(client, dist.Client):
+        raise IdentirepError(f"client must be a distributed.Client, got "
+                             f"{type(client).__name__} {client!r:.60}",
+                             fix="pass client=distributed.Client(address) or leave it out")
+    return client
+
+
+def check_backend(backend) -> None:
+    """identirep.dask runs the CPU engine: "auto" (unless IDENTIREP_BACKEND names a GPU
+    backend) or "cpu"; any other an IdentirepError."""
+    be = backend if backend not in (None, "auto") else os.environ.get("IDENTIREP_BACKEND")
+    if be not in (None, "", "auto", "cpu"):
+        where = f"backend={backend!r}" if backend not in (None, "auto") else \
+            f"IDENTIREP_BACKEND={be!r}"
+        raise IdentirepError(f"identirep.dask runs on the CPU backend ({where})",
+                             fix="leave backend out or pass backend='cpu' (and unset "
+                                 "IDENTIREP_BACKEND); each worker then runs the CPU engine")
+
+
+# ------------------------------------------------------------------------ worker-side tasks
+
+_LOADED: "OrderedDict[tuple, SimpleNamespace]" = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _signature(path: str) -> tuple:
+    """What says a model file is the one described: size and modification time of the file,
+    or of each file in a directory of .npy files."""
+    if os.path.isdir(path):
+        names = sorted(os.listdir(path))
+        return tuple((n, *_stamp(os.path.join(path, n))) for n in names)
+    return _stamp(path)
+
+
+def _stamp(path: str) -> tuple:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _loaded(token: str, k: int, path: str, masked, signature=None) -> SimpleNamespace:
+    """Model k of the run ``token``, read on this worker or kept from an earlier task of that
+    run (the ``KEEP_MODELS`` most recent), with its caches per compute dtype."""
+    from .io import load_model
+    key = (token, k)
+    with _LOCK:
+        entry = _LOADED.get(key)
+        if entry is not None:
+            _LOADED.move_to_end(key)
+            return entry
+    if signature is not None and _signature(path) != signature:
+        raise IdentirepError(f"{path} changed while the matrix was computed (its size or "
+                             "modification time differs from when it was first read)",
+                             fix="leave the model files unchanged until the matrix is done")
+    before = _signature(path)
+    model = load_model(path, drop_masked_labels=masked)
+    entry = SimpleNamespace(model=model, caches={}, signature=before)
+    with _LOCK:
+        _LOADED[key] = entry
+        while len(_LOADED) > KEEP_MODELS:
+            _LOADED.popitem(last=False)
+    return entry
+
+
+def _masked_task(path: str) -> np.ndarray:
+    from .io import masked_in_file
+    return masked_in_file(path)
+
+
+def _describe_task(token: str, k: int, path: str, masked) -> dict:
+    """What the client needs of model k: its name, shape, labels' digest, the dtype its pass
+    runs in, the file's signature; nothing of N or V size."""
+    import hashlib
+    e = _loaded(token, k, path, masked)
+    m = e.model
+    labels = None if m.labels is None else hashlib.sha256(
+        repr(list(m.labels)).encode()).hexdigest()
+    float64 = all(x.dtype == np.float64 for x in m.augmented(None))
+    return dict(name=m.name, N=m.N, V=m.V, M=m.M, labels=labels, float64=float64,
+                dropped_labels=np.asarray(m.dropped_labels), signature=e.signature)
+
+
+def _check_pair_task(token: str, p0: str, pk: str, masked, k: int) -> None:
+    from .model import check_pair
+    check_pair(_loaded(token, 0, p0, masked).model, _loaded(token, k, pk, masked).model)
+
+
+def _cache_of(entry: SimpleNamespace, cdt):
+    from ._model_cache import ModelCache
+    cdt = np.dtype(cdt).type
+    if cdt not in entry.caches:
+        entry.caches[cdt] = ModelCache(entry.model, cdt)
+    return entry.caches[cdt]
+
+
+def _statistics_task(token: str, k: int, path: str, signature, masked, cdt) -> dict:
+    """Model k's O(M^2) statistics at compute dtype ``cdt`` (``ModelCache.small_statistics``)."""
+    return _cache_of(_loaded(token, k, path, masked, signature), cdt).small_statistics()
+
+
+def _pair_task(token: str, i: int, j: int, files, masked, statistics, opts: dict) -> tuple:
+    """Both directions of pair (i, j): ``_matrix.pair_cells`` of the pair's pass, on this
+    worker, with the models read here and their statistics taken from ``statistics`` (a dict
+    compute dtype -> (statistics of i, of j))."""
+    from ._matrix import pair_cells
+    from .measures import engine
+    from .progress import silenced
+    entries = [_loaded(token, k, path, masked, sig) for k, (path, sig) in zip((i, j), files)]
+
+    def caches(cdt):
+        out = []
+        for entry, shared in zip(entries, statistics.get(np.dtype(cdt).name, (None, None))):
+            c = _cache_of(entry, cdt)
+            if shared is not None:
+                c.adopt(shared)
+            out.append(c)
+        return tuple(out)
+    with silenced():
+        e = engine(entries[0].model, entries[1].model, "cpu", caches=caches)
+        return pair_cells(e, i, j, opts)
+
+
+# ----------------------------------------------------------------------------------- matrix
+
+def _path_list(paths) -> List[str]:
+    if isinstance(paths, (str, bytes, os.PathLike)) or not hasattr(paths, "__iter__"):
+        raise IdentirepError(f"identirep.dask.matrix takes a list of at least two model file "
+                             f"paths, got {type(paths).__name__} {paths!r:.60}",
+                             fix="pass e.g. ['a.safetensors', 'b.safetensors']")
+    out = []
+    for i, p in enumerate(paths):
+        if not isinstance(p, (str, os.PathLike)):
+            raise IdentirepError(f"paths[{i}] is {type(p).__name__} {p!r:.60}, not a path",
+                                 fix="pass the model files' paths (str or pathlib.Path); the "
+                                     "workers read them")
+        out.append(os.path.abspath(os.fspath(p)))
+    if len(out) < 2:
+        raise IdentirepError(f"matrix needs at least two models, got {len(out)}",
+                             fix="pass two or more paths; compare one pair with compare")
+    return out
+
+
+def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
+           backend: str = "auto", progress=None,
+           check: Optional[Callable[[list], None]] = None, **opts):
+    """``identirep.matrix`` of the model files ``paths``, computed on a Dask cluster.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        At least two model files (``load_model``'s formats). The workers read them: a path
+        must name the same file on every worker (relative paths are taken from this
+        process's working directory).
+    client : distributed.Client, optional
+        Default: the current client (``distributed.default_client()``).
+    drop_masked_labels : bool
+        As ``load_models``: drop the labels whose bias is -inf in any model from every model.
+    backend : {"auto", "cpu"}
+        The workers run the CPU engine.
+    progress : bool or callable, optional
+        A bar over the pairs on stderr (None: when stderr is a terminal), or a callable
+        ``progress(fraction)`` called after each pair.
+    check : callable, optional
+        ``check(models)`` with one description per model (``name``, ``N``, ``V``, ``M``,
+        ``dropped_labels``) once the files are read and before any pair runs; it may raise
+        IdentirepError to stop.
+    **opts
+        ``compare``'s options, as ``identirep.matrix``.
+
+    Returns
+    -------
+    MatrixResult
+        The same values, choices and failures as ``identirep.matrix`` of
+        ``load_models(paths, drop_masked_labels)`` (``seconds`` aside); the same errors.
+
+    Each model is read and its statistics of O(M^2) size (moments of f and g, whitenings,
+    factors) computed once, by one task; each of the K (K - 1) / 2 pairs is a task that reads
+    its two files on its worker (a worker keeps the ``KEEP_MODELS`` most recent), takes the
+    two models' statistics from the workers that hold them and returns its cells. A worker
+    lost mid-run costs only a re-run of its tasks (Dask's own recovery)."""
+    from ._matrix import add_cells, empty_values, finish, unique_names
+    from ._rules import check_callable
+    from .measures import check_compare_options, check_progress
+    from .progress import progress_bar
+    t0 = time.perf_counter()
+    check_compare_options(**opts)
+    check_progress(progress)
+    check_callable("check", check)
+    from ._rules import check_flag
+    check_flag("drop_masked_labels", drop_masked_labels)
+    check_backend(backend)
+    paths = _path_list(paths)
+    client = _client(client)
+    token = uuid.uuid4().hex
+    K = len(paths)
+
+    def run(fn, *args, name):
+        return client.submit(fn, *args, key=f"identirep-{name}-{token}", pure=False)
+
+    masked = False
+    if drop_masked_labels:
+        found = client.gather([run(_masked_task, p, name=f"masked-{k}")
+                               for k, p in enumerate(paths)])
+        masked = np.empty(0, np.int64)
+        for ids in found:
+            masked = np.union1d(masked, ids)
+    desc = client.gather([run(_describe_task, token, k, p, masked, name=f"read-{k}")
+                          for k, p in enumerate(paths)])
+    for k in range(1, K):
+        if any(desc[k][x] != desc[0][x] for x in ("N", "V", "labels")):
+            run(_check_pair_task, token, paths[0], paths[k], masked, k,
+                name=f"check-{k}").result()   # raises check_pair's error
+    if check is not None:
+        check([SimpleNamespace(**{x: d[x] for x in ("name", "N", "V", "M", "dropped_labels")})
+               for d in desc])
+    names = unique_names([d["name"] for d in desc])
+    pairs = list(itertools.combinations(range(K), 2))
+    # the pass of a pair runs in float64 when both models' arrays are float64, else float32;
+    # each model's statistics at each compute dtype one of its pairs needs, once
+    cdt = {(i, j): "float64" if desc[i]["float64"] and desc[j]["float64"] else "float32"
+           for i, j in pairs}
+    stats = {}
+    for (i, j), dt in cdt.items():
+        for k in (i, j):
+            if (k, dt) not in stats:
+                stats[k, dt] = run(_statistics_task, token, k, paths[k], desc[k]["signature"],
+                                   masked, dt, name=f"statistics-{k}-{dt}")
+    futures = {}
+    for i, j in pairs:
+        files = [(paths[k], desc[k]["signature"]) for k in (i, j)]
+        shared = {cdt[i, j]: (stats[i, cdt[i, j]], stats[j, cdt[i, j]])}
+        futures[run(_pair_task, token, i, j, files, masked, shared, dict(opts),
+                    name=f"pair-{i}-{j}")] = (i, j)
+    cells = _gather_in_order(client, futures, pairs, progress, progress_bar)
+    values, out_pairs, failures = empty_values(K), [], []
+    for ij in pairs:
+        add_cells(values, out_pairs, failures, cells[ij])
+    return finish(names, values, out_pairs, failures, len(pairs), t0)
+
+
+def _gather_in_order(client, futures: dict, pairs, progress, progress_bar) -> dict:
+    """Each pair's result as it completes (a bar or ``progress(fraction)``); when tasks
+    fail, the error of the first failing pair in pair order, as ``matrix`` would raise it
+    (the later pairs are cancelled)."""
+    dist = distributed()
+    order = {ij: n for n, ij in enumerate(pairs)}
+    results, first_error = {}, None
+    call = progress if callable(progress) else None
+    with progress_bar(f"{len(pairs)} model pairs on Dask", len(pairs),
+                      None if call else progress) as update:
+        done = dist.as_completed(list(futures))
+        for fut in done:
+            ij = futures[fut]
+            if fut.status == "error":
+                if first_error is None or order[ij] < order[futures[first_error]]:
+                    first_error = fut
+            else:
+                results[ij] = fut.result()
+            update(len(results))
+            if call is not None:
+                call(len(results) / len(pairs))
+            if first_error is not None and all(
+                    p in results for p in pairs[:order[futures[first_error]]]):
+                client.cancel([f for f in futures if not f.done()])
+                first_error.result()   # raises the worker's exception
+    return results

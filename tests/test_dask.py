@@ -1,0 +1,227 @@
+"""identirep.dask on a LocalCluster of two worker processes: matrix over model files equals
+the single-process matrix to the last bit (the same code computes each number: the per-model
+statistics and each pair's cells; on this BLAS the products do not depend on the number of
+threads), also when a worker is killed mid-run; the CLI's --scheduler."""
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import identirep as ir
+import identirep.dask as idk
+from identirep import constructions as C
+from identirep.cli import main
+
+OPTS = dict(num_samples=20, seed=3, max_label_sets=30, rep_sets=40)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed",
+                                      reason="dask.distributed is not installed (identirep[dask])")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=":0", silence_logs=logging.ERROR) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    import distributed
+    with distributed.Client(cluster) as c:
+        yield c
+
+
+def _model(N, V, M, seed, dtype=np.float64, name=None):
+    m = C.random_model(N=N, V=V, M=M, seed=seed, bias=True, name=name)
+    return ir.Model(*(np.asarray(x, dtype) for x in (m.f, m.g, m.bias)), name=name)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Four models on N = 900 inputs and V = 40 labels: two float64 of M = 4 (one a noisy copy
+    of the other), a float32 one (its pairs run in float32), one of M = 5 (no d_SVD with
+    it: failures in the matrix)."""
+    d = tmp_path_factory.mktemp("models")
+    base = _model(900, 40, 4, 0, name="base")
+    models = [base, C.perturbed_copy(base, 0.3, seed=1),
+              _model(900, 40, 4, 2, np.float32, name="f32"), _model(900, 40, 5, 3, name="m5")]
+    return [str(ir.save_model(m, d / f"{k}.safetensors")) for k, m in enumerate(models)]
+
+
+def assert_same(got, want):
+    assert got.names == want.names
+    for k in want.values:
+        assert np.array_equal(got.values[k], want.values[k], equal_nan=True), k
+    assert got.pairs == want.pairs and got.failures == want.failures
+
+
+def test_matrix_equals_the_single_process_matrix(client, files):
+    got = idk.matrix(files, client, **OPTS)
+    want = ir.matrix(ir.io.load_models(files), **OPTS)
+    assert_same(got, want)
+    assert any(f["measure"] == "max_d_svd" for f in got.failures)    # M = 4 vs 5
+    assert np.isfinite(got.values["d_llv"]).all()
+
+
+def test_statistics_once_per_model_and_no_arrays_in_results(client, files):
+    """f's and g's moments are computed once per model and compute dtype, by the statistics
+    tasks; the pair tasks take them. No task returns anything near f's size."""
+    client.run(_count_moments)
+    idk.matrix(files[:3], client, **OPTS)
+    counts = client.run(_moment_count)
+    # float64, float64, float32: the first pair runs in float64, the two with the float32
+    # model in float32; 5 (model, dtype), f and g each
+    assert sum(counts.values()) == 2 * 5, counts
+    per_task = client.run_on_scheduler(_result_bytes)
+    f_bytes = 900 * 4 * 8
+    assert set(per_task) >= {"identirep-pair", "identirep-statistics"}
+    assert max(per_task.values()) < f_bytes / 4, per_task
+
+
+def _count_moments():
+    import identirep._model_cache as mc
+    orig = getattr(mc, "_original_single_moments", mc._single_moments)
+    mc._original_single_moments = orig
+    mc._moment_calls = 0
+
+    def counting(*a, **kw):
+        mc._moment_calls += 1
+        return orig(*a, **kw)
+    mc._single_moments = counting
+
+
+def _moment_count():
+    import identirep._model_cache as mc
+    mc._single_moments = mc._original_single_moments
+    return mc._moment_calls
+
+
+def _result_bytes(dask_scheduler):
+    """The mean size of the results of identirep's tasks, per kind of task (as the scheduler
+    counts them: dask.sizeof)."""
+    return {name: tp.nbytes_total / tp.state_counts["memory"]
+            for name, tp in dask_scheduler.task_prefixes.items()
+            if name.startswith("identirep") and tp.state_counts["memory"]}
+
+
+def test_a_worker_killed_mid_run_gives_the_same_result(client, files, tmp_path):
+    """The worker process that starts the first pair task dies then (os._exit), with the
+    statistics it held; Dask runs its tasks again on the other worker and on the one its
+    nanny starts in its place, and the matrix is the same."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+    flag = str(tmp_path / "killed")
+
+    class KillOnce(WorkerPlugin):
+        def __init__(self, flag):
+            self.flag = flag
+
+        def transition(self, key, start, finish, **kw):
+            if finish != "executing" or "identirep-pair" not in str(key):
+                return
+            try:   # one kill in all: the first worker to start a pair
+                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os._exit(1)
+
+    before = set(client.scheduler_info()["workers"])
+    client.register_plugin(KillOnce(flag), name="kill-once")
+    try:
+        got = idk.matrix(files, client, **OPTS)
+    finally:
+        client.unregister_worker_plugin("kill-once")
+    assert os.path.exists(flag)
+    client.wait_for_workers(2, timeout=30)
+    assert set(client.scheduler_info()["workers"]) != before      # one was replaced
+    assert_same(got, ir.matrix(ir.io.load_models(files), **OPTS))
+
+
+def test_drop_masked_labels_as_load_models(client, tmp_path):
+    paths = []
+    for seed, masked in ((0, [3]), (1, [7, 11]), (2, [])):
+        m = _model(300, 12, 2, seed)
+        b = np.array(m.bias)
+        b[masked] = -np.inf
+        paths.append(str(tmp_path / f"{seed}.npz"))
+        np.savez(paths[-1], f=m.f, g=m.g, b=b)
+    seen = []
+    got = idk.matrix(paths, client, drop_masked_labels=True, check=seen.extend, **OPTS)
+    want = ir.matrix(ir.io.load_models(paths, True), **OPTS)
+    assert_same(got, want)
+    assert [m.V for m in seen] == [9] * 3 and list(seen[0].dropped_labels) == [3, 7, 11]
+
+
+def test_errors_are_matrix_errors(client, files, tmp_path):
+    other = str(ir.save_model(_model(800, 40, 4, 9), tmp_path / "n800.npz"))
+    with pytest.raises(ir.IdentirepError) as want:
+        ir.matrix(ir.io.load_models([files[0], other]))
+    with pytest.raises(ir.IdentirepError) as got:
+        idk.matrix([files[0], other], client)
+    assert str(got.value) == str(want.value) and "different inputs" in str(got.value)
+    with pytest.raises(FileNotFoundError):
+        idk.matrix([files[0], str(tmp_path / "missing.npz")], client)
+    for bad, match in (([files[0]], "at least two"), (files[0], "list of at least two"),
+                       ([files[0], 3], r"paths\[1\] is int")):
+        with pytest.raises(ir.IdentirepError, match=match):
+            idk.matrix(bad, client)
+    with pytest.raises(ir.IdentirepError, match="CPU backend"):
+        idk.matrix(files, client, backend="cuda")
+    with pytest.raises(ir.IdentirepError, match="unknown option"):
+        idk.matrix(files, client, lamda=1)
+    with pytest.raises(ir.IdentirepError, match="distributed.Client"):
+        idk.matrix(files, client="tcp://x:1")
+
+    def stop(models):
+        raise ir.IdentirepError(f"stopped at {len(models)} models")
+    with pytest.raises(ir.IdentirepError, match="stopped at 4 models"):
+        idk.matrix(files, client, check=stop)
+
+
+def test_parse_scheduler():
+    assert idk.parse_scheduler("local:3") == ("local", 3)
+    for ok in ("tcp://10.0.0.5:8786", "127.0.0.1:8786", "tls://sched.example.org:8786",
+               "tcp://[::1]:8786"):
+        assert idk.parse_scheduler(ok) == ("address", ok)
+    for bad in ("local", "local:0", "local:x", "", "sched", "tcp://h:0", "h:70000", "a b:1"):
+        with pytest.raises(ir.IdentirepError, match="local:N"):
+            idk.parse_scheduler(bad)
+
+
+def _json_matrix(capsys, *args):
+    assert main(["matrix", *args, "--json", "--num-samples", "20", "--seed", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    out.pop("seconds")
+    return out
+
+
+def test_cli_scheduler_local_and_address(cluster, files, capsys):
+    want = _json_matrix(capsys, *files)
+    assert _json_matrix(capsys, *files, "--scheduler", "local:2") == want
+    assert _json_matrix(capsys, *files, "--scheduler", cluster.scheduler_address) == want
+
+
+@pytest.mark.parametrize("value, says", [("local:0", "integer >= 1"), ("local", "local:N"),
+                                         ("nohost", "neither local:N"), ("h:99999", "port")])
+def test_cli_bad_scheduler_exits_2(files, capsys, value, says):
+    assert main(["matrix", *files, "--scheduler", value]) == 2
+    err = capsys.readouterr().err
+    assert "--scheduler" in err and says in err
+
+
+def test_cli_without_dask_names_the_extra(files, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)     # import distributed fails
+    assert main(["matrix", *files, "--scheduler", "local:2"]) == 2
+    assert 'identirep[dask]' in capsys.readouterr().err
+    with pytest.raises(ir.IdentirepError, match=r"identirep\[dask\]"):
+        idk.matrix(files)
+    assert main(["matrix", *files[:2], "--num-samples", "5", "--json"]) == 0   # without it
+
+
+def test_cli_no_scheduler_at_address(files, capsys, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(idk, "CONNECT_TIMEOUT", 1)
+    assert main(["matrix", *files, "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert "no Dask scheduler answered at tcp://127.0.0.1:9" in capsys.readouterr().err
