@@ -7,6 +7,7 @@ is the function that returns a ``PairEngine``; the float64 oracle is the module
 from . import constructions, reference
 from ._build import build_info
 from ._matrix import MatrixResult, matrix
+from .accumulate import Accumulator
 from ._pair import PairEngine
 from .errors import IdentirepError
 from .io import load_metadata, load_model, save_model
@@ -20,7 +21,7 @@ __all__ = [
     "Model", "IdentirepError", "kl", "d_llv", "d_svd", "mcca", "d_logit", "d_rep", "compare",
     "engine", "PairEngine", "Moments", "constructions", "reference", "Report", "KLResult",
     "DLLVResult", "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult", "load_model",
-    "save_model", "load_metadata", "matrix", "MatrixResult", "build_info",
+    "save_model", "load_metadata", "matrix", "MatrixResult", "build_info", "Accumulator",
 ]
 
 

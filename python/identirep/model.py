@@ -387,7 +387,7 @@ def max_abs(a) -> float:
     return float("nan")
 
 
-def check_logit_scale(a: "Model", b: "Model") -> None:
+def check_logit_scale(a: "Model", b: "Model", large_only: bool = False) -> None:
     """Refuse models whose logits, f or g are too large or too small to be squared and summed
     in the dtype they are computed in, naming the scale: an f entry of 1e200, or a float32 g
     entry of 1e20 next to a tiny f, would overflow into inf and NaN terms; logits that vary
@@ -395,7 +395,9 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
     bound must stay within LOGIT_LIMIT, their input-dependent part sqrt(M) max |f| x sqrt(M)
     max |g| above MIN_LOGIT_SPREAD, and sqrt(M) max |f|, sqrt(M) max |g| each within
     [1 / LOGIT_LIMIT, LOGIT_LIMIT] of the dtype (a zero array aside: that is a constant,
-    refused by the measures that need variation). A fix is offered only where it works."""
+    refused by the measures that need variation). A fix is offered only where it works.
+    ``large_only``: only the limits that more data can never lift (too large: a stream's
+    batch, checked with the largest magnitudes seen so far)."""
     with np.errstate(over="ignore", invalid="ignore"):
         for m, nm in ((a, "first"), (b, "second")):
             fs, gs = (max_abs(x) * np.sqrt(x.shape[1]) for x in (m.f, m.g))
@@ -422,7 +424,7 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
                     "and g to their trained scale (the measures are not invariant to the "
                     f"logits' scale){cast}, or check the data for corrupted values")
             # logits too small to resolve: neither balancing nor (below 1e-6) float64 helps
-            if 0 < spread < MIN_LOGIT_SPREAD[kind]:
+            if not large_only and 0 < spread < MIN_LOGIT_SPREAD[kind]:
                 raise IdentirepError(
                     f"the {nm} model's logits vary with the input by at most about "
                     f"{spread:.3g} (sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}), "
@@ -437,7 +439,7 @@ def check_logit_scale(a: "Model", b: "Model") -> None:
             # a factor too large first (its squares overflow), then one too small
             for what, scale, other in sorted((("f", fs, gs), ("g", gs, fs)),
                                              key=lambda x: x[1] <= limit):
-                if scale <= limit and not 0 < scale < 1 / limit:
+                if scale <= limit and (large_only or not 0 < scale < 1 / limit):
                     continue
                 # the logits are within the limits: so are f c and g / c with c = sqrt(gs /
                 # fs), both sqrt(fs gs), unless a bias makes the logits

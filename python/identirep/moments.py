@@ -42,6 +42,16 @@ class Moments:
         scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
         return Moments(n, mean, scatter)
 
+    def merge_in_place(self, other: "Moments") -> "Moments":
+        """``merge`` into this object's arrays (the same arithmetic, no new d x d sum)."""
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * (other.n / n)
+        self.scatter += other.scatter
+        self.scatter += np.outer(delta, delta) * (self.n * other.n / n)
+        self.n = n
+        return self
+
     @property
     def cov(self) -> np.ndarray:
         return self.scatter / (self.n - 1)

@@ -1,0 +1,282 @@
+"""The Accumulator: compute() equals compare of the concatenated inputs; merges, batchings and
+saved states give the same statistics; the reservoir's sample is seeded; bad input is refused."""
+import numpy as np
+import pytest
+
+import identirep as ir
+from identirep.accumulate import Accumulator
+
+
+def _pair(n, v, m1, m2, dtype=np.float64, bias=False, seed=0):
+    r = np.random.default_rng(seed)
+    f1 = r.standard_normal((n, m1))
+    f2 = f1 @ r.standard_normal((m1, m2)) + 0.3 * r.standard_normal((n, m2))
+    g1, g2 = r.standard_normal((v, m1)), r.standard_normal((v, m2))
+    b1, b2 = (r.standard_normal(v), r.standard_normal(v)) if bias else (None, None)
+    return [None if x is None else x.astype(dtype) for x in (f1, g1, b1, f2, g2, b2)]
+
+
+def _leaves(d, path=""):
+    """(path, value) of every number, string and flag of a report's JSON dict."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k not in ("seconds", "notes"):
+                yield from _leaves(v, f"{path}.{k}")
+    elif isinstance(d, list):
+        yield path + ".len", len(d)
+        for i, v in enumerate(d):
+            yield from _leaves(v, f"{path}[{i}]")
+    else:
+        yield path, d
+
+
+def assert_reports_match(got, want, rtol):
+    a, b = dict(_leaves(got.to_dict())), dict(_leaves(want.to_dict()))
+    assert a.keys() == b.keys()
+    for k, w in b.items():
+        g = a[k]
+        if isinstance(w, float) and isinstance(g, float):
+            assert g == pytest.approx(w, rel=rtol, abs=rtol * 1e-3), k
+        else:
+            assert g == w, k
+
+
+def _accumulate(f1, g1, b1, f2, g2, b2, batch, **kw):
+    acc = Accumulator(g1, g2, b1, b2, **kw)
+    for i in range(0, len(f1), batch):
+        acc.update(f1[i:i + batch], f2[i:i + batch])
+    return acc
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_compute_equals_compare_of_the_concatenated_inputs(dtype, rtol, bias):
+    f1, g1, b1, f2, g2, b2 = _pair(300, 40, 6, 6, dtype, bias, seed=1)
+    want = ir.compare(ir.Model(f1, g1, b1), ir.Model(f2, g2, b2), seed=3)
+    got = _accumulate(f1, g1, b1, f2, g2, b2, 64).compute(seed=3)
+    assert got.N == 300 and got.kl.per_input_kl12 is None
+    assert_reports_match(got, want, rtol)
+    assert any("holds every one" in n for n in got.notes)
+
+
+def _with_repeats(f1, f2, seed=0):
+    """The inputs with a fifth of them repeated (a language model's repeated contexts)."""
+    r = np.random.default_rng(seed)
+    idx = np.concatenate([np.arange(len(f1)), r.choice(len(f1), len(f1) // 5)])
+    r.shuffle(idx)
+    return f1[idx], f2[idx]
+
+
+def test_repeated_inputs_and_different_dimensions_with_biases():
+    f1, g1, b1, f2, g2, b2 = _pair(250, 30, 5, 8, np.float64, True, seed=2)
+    f1, f2 = _with_repeats(f1, f2)
+    want = ir.compare(ir.Model(f1, g1, b1), ir.Model(f2, g2, b2), seed=1, num_samples=50)
+    acc = _accumulate(f1, g1, b1, f2, g2, b2, 37)
+    got = acc.compute(seed=1, num_samples=50)
+    assert acc.complete and acc.kept == 250 < acc.n == 300
+    assert "d_svd" in got.failures and got.d_rep is not None
+    assert_reports_match(got, want, 1e-10)
+
+
+def _state_close(a, b, rtol=1e-12):
+    sa, sb = a.state_dict(model=False), b.state_dict(model=False)
+    assert sa.keys() == sb.keys()
+    for k, v in sa.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            np.testing.assert_allclose(v, sb[k], rtol=rtol, atol=rtol * np.abs(v).max(), err_msg=k)
+        elif isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(v, sb[k], err_msg=k)
+        else:
+            assert v == sb[k], k
+
+
+@pytest.mark.parametrize("reservoir", [4096, 40])
+def test_batchings_and_merge_trees_give_the_same_statistics(reservoir):
+    f1, g1, b1, f2, g2, b2 = _pair(240, 30, 4, 4, np.float64, True, seed=3)
+    f1, f2 = _with_repeats(f1, f2, seed=1)
+    one = _accumulate(f1, g1, b1, f2, g2, b2, len(f1), reservoir=reservoir, seed=5)
+    for batch in (1, 13, 100):
+        _state_close(_accumulate(f1, g1, b1, f2, g2, b2, batch, reservoir=reservoir, seed=5),
+                     one)
+    shards = [(f1[i:i + 50], f2[i:i + 50]) for i in range(0, len(f1), 50)]
+
+    def acc(i):
+        return Accumulator(g1, g2, b1, b2, reservoir=reservoir, seed=5).update(*shards[i])
+    left = acc(0).merge(acc(1)).merge(acc(2)).merge(acc(3)).merge(acc(4)).merge(acc(5))
+    tree = acc(0).merge(acc(1)).merge(acc(2).merge(acc(3)).merge(acc(4).merge(acc(5))))
+    empty = Accumulator(g1, g2, b1, b2, reservoir=reservoir, seed=5)
+    for merged in (left, tree, empty.merge(tree)):
+        _state_close(merged, one)
+    assert one.complete == (reservoir > 240)
+    r1, r2 = one.compute(seed=2, num_samples=20), tree.compute(seed=2, num_samples=20)
+    assert_reports_match(r1, r2, 1e-10)
+    assert r1.d_llv.input_set == r2.d_llv.input_set
+
+
+def test_merge_order_is_concatenation_order():
+    f1, g1, _, f2, g2, _ = _pair(120, 20, 3, 3, seed=4)
+    a = Accumulator(g1, g2).update(f1[:60], f2[:60])
+    b = Accumulator(g1, g2).update(f1[60:], f2[60:])
+    ba = Accumulator(g1, g2).update(f1[60:], f2[60:]).merge(
+        Accumulator(g1, g2).update(f1[:60], f2[:60]))
+    whole = Accumulator(g1, g2).update(f1, f2)
+    _state_close(a.merge(b), whole)
+    # the other order: the same moments, the rows numbered as the other concatenation
+    np.testing.assert_array_equal(np.sort(ba.res_index), np.arange(120))
+    np.testing.assert_array_equal(ba.res_f1[:60], f1[60:])
+
+
+def _jsonable(state):
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+def test_state_dict_round_trips_and_resumes():
+    import json
+    f1, g1, b1, f2, g2, b2 = _pair(200, 25, 4, 4, np.float32, True, seed=5)
+    whole = _accumulate(f1, g1, b1, f2, g2, b2, 50, reservoir=64, seed=9)
+    want = whole.compute(seed=4, num_samples=20)
+    half = _accumulate(f1[:100], g1, b1, f2[:100], g2, b2, 50, reservoir=64, seed=9)
+    state = json.loads(json.dumps(_jsonable(half.state_dict())))
+    resumed = Accumulator.from_state_dict(state)
+    for i in (100, 150):
+        resumed.update(f1[i:i + 50], f2[i:i + 50])
+    _state_close(resumed, whole, rtol=0)
+    got = resumed.compute(seed=4, num_samples=20)
+    assert got.to_dict() | {"seconds": 0} == want.to_dict() | {"seconds": 0}
+    # without the models: loads into an accumulator of the same models only
+    light = whole.state_dict(model=False)
+    assert "g1" not in light
+    again = Accumulator.from_state_dict(light, g1, g2, b1, b2)
+    _state_close(again, whole, rtol=0)
+    other = Accumulator(g1, g2, None, b2, reservoir=64, seed=9)
+    with pytest.raises(ir.IdentirepError, match="other g or biases"):
+        other.load_state_dict(light)
+
+
+def test_state_dict_through_torch_save(tmp_path):
+    torch = pytest.importorskip("torch")
+    f1, g1, _, f2, g2, _ = _pair(80, 20, 3, 3, seed=6)
+    acc = _accumulate(f1, g1, None, f2, g2, None, 30)
+    state = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+             for k, v in acc.state_dict().items()}
+    torch.save(state, tmp_path / "acc.pt")
+    back = Accumulator.from_state_dict(torch.load(tmp_path / "acc.pt", weights_only=True))
+    _state_close(back, acc, rtol=0)
+    # torch CPU tensors as batches
+    t = Accumulator(torch.from_numpy(g1), torch.from_numpy(g2)).update(
+        torch.from_numpy(f1), torch.from_numpy(f2))
+    _state_close(t, Accumulator(g1, g2).update(f1, f2), rtol=0)
+
+
+def test_a_small_reservoir_samples_the_inputs_by_seed_and_says_so():
+    f1, g1, _, f2, g2, _ = _pair(600, 30, 4, 4, seed=7)
+    f1, f2 = _with_repeats(f1, f2, seed=2)
+    want = ir.compare(ir.Model(f1, g1), ir.Model(f2, g2), seed=0, num_samples=10)
+    accs = [_accumulate(f1, g1, None, f2, g2, None, 97, reservoir=100, seed=s)
+            for s in (0, 0, 1)]
+    assert not accs[0].complete and accs[0].kept == 100
+    np.testing.assert_array_equal(accs[0].res_index, accs[1].res_index)
+    assert set(accs[0].res_index) != set(accs[2].res_index)
+    # a uniform sample of the 600 distinct inputs: spread over the stream, about 600 found
+    assert 150 < accs[0].res_index.mean() < 550
+    assert 300 < accs[0].distinct_estimate() < 1200
+    got = [a.compute(seed=0, num_samples=10) for a in accs[:2]]
+    assert got[0].to_dict() | {"seconds": 0} == got[1].to_dict() | {"seconds": 0}
+    assert any("input side estimated" in n and "100 of about" in n for n in got[0].notes)
+    assert set(got[0].d_llv.input_set) <= set(accs[0].res_index.tolist())
+    # everything but the input side is exact
+    for k in ("pivot", "leave_out", "t1", "t3"):
+        assert getattr(got[0].d_llv, k) == pytest.approx(getattr(want.d_llv, k), rel=1e-10)
+    for k in ("kl", "d_logit", "mcca_f", "mcca_g", "d_rep"):
+        assert float(getattr(got[0], k)) == pytest.approx(float(getattr(want, k)), rel=1e-10)
+    assert got[0].d_svd.max_d_svd_f == pytest.approx(want.d_svd.max_d_svd_f, rel=1e-10)
+
+
+def test_state_size_does_not_grow_with_the_inputs():
+    f1, g1, _, f2, g2, _ = _pair(2000, 20, 3, 3, seed=8)
+    acc = Accumulator(g1, g2, reservoir=50)
+
+    def size():
+        return sum(v.nbytes for v in acc.state_dict(model=False).values()
+                   if isinstance(v, np.ndarray))
+    sizes = []
+    for i in range(0, 2000, 100):
+        acc.update(f1[i:i + 100], f2[i:i + 100])
+        sizes.append(size())
+    assert acc.n == 2000 and len(set(sizes)) == 1
+
+
+def test_hash_collisions_keep_distinct_rows(monkeypatch):
+    import identirep.accumulate as am
+    f1, g1, _, f2, g2, _ = _pair(150, 20, 3, 3, seed=9)
+    f1, f2 = _with_repeats(f1, f2, seed=3)
+    monkeypatch.setattr(am, "_mix64", lambda h: h % np.uint64(7))   # 7 priorities in all
+    acc = _accumulate(f1, g1, None, f2, g2, None, 16, reservoir=1000)
+    assert acc.complete and acc.kept == 150
+    from identirep._input_side import distinct_inputs
+    np.testing.assert_array_equal(acc.res_index, distinct_inputs(f1, f2))
+
+
+def test_bad_input_is_refused():
+    f1, g1, _, f2, g2, _ = _pair(60, 20, 3, 4, seed=10)
+    E = ir.IdentirepError
+    acc = Accumulator(g1, g2)
+    with pytest.raises(E, match="seen no input"):
+        acc.engine()
+    with pytest.raises(E, match="at least 2"):
+        acc.compute()
+    with pytest.raises(E, match="f1 has 4 dimensions"):
+        acc.update(f2, f2)
+    with pytest.raises(E, match="one row per input"):
+        acc.update(f1[:5], f2[:6])
+    bad = f1.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(E, match="NaN"):
+        acc.update(bad, f2)
+    with pytest.raises(E, match="targets"):
+        acc.update(f1, f2, targets=np.zeros(60, np.int64))
+    acc.update(f1[:1], f2[:1])
+    with pytest.raises(E, match="at least 2"):
+        acc.compute()
+    with pytest.raises(E, match="dtype float32"):
+        acc.update(f1.astype(np.float32), f2)
+    with pytest.raises(E, match="logits reach"):
+        acc.update(f1 * 1e200, f2)
+    assert acc.n == 1     # a refused batch leaves the state as it was
+    acc.update(f1[1:], f2[1:])
+    with pytest.raises(E, match="unknown option"):
+        acc.compute(backend="cpu")
+    with pytest.raises(E, match="reservoir"):
+        Accumulator(g1, g2, reservoir=0)
+    with pytest.raises(E, match="different label sets"):
+        Accumulator(g1, g2[:10])
+    with pytest.raises(E, match="differ in reservoir"):
+        acc.merge(Accumulator(g1, g2, reservoir=7).update(f1, f2))
+    with pytest.raises(E, match="different g"):
+        acc.merge(Accumulator(g1 + 1, g2).update(f1, f2))
+    small = Accumulator(g1, g2, reservoir=10).update(f1, f2)
+    with pytest.raises(E, match="paper_compat"):
+        small.compute(paper_compat=True)
+    state = acc.state_dict()
+    for change, match in (({"version": 2}, "version 2"), ({"format": "x"}, "not an accumulator"),
+                          ({"u_mean": state["u_mean"][:-1]}, "u_mean has shape"),
+                          ({"n": 3.5}, "n must be int"), ({"M1": 5}, "M1 is 5"),
+                          ({"sums": state["sums"] * np.nan}, "NaN")):
+        with pytest.raises(E, match=match):
+            Accumulator.from_state_dict({**state, **change})
+    with pytest.raises(E, match="no 'res_f1'"):
+        Accumulator.from_state_dict({k: v for k, v in state.items() if k != "res_f1"})
+    with pytest.raises(E, match="no g1, g2"):
+        Accumulator.from_state_dict(acc.state_dict(model=False))
+
+
+def test_bounded_pivot_search_makes_compares_choice():
+    # beyond 4096 labels the exact pivot search is a branch and bound whose bounds project f;
+    # from statistics they project f's scatter: the same choice, other pivots evaluated
+    f1, g1, _, f2, g2, _ = _pair(500, 4200, 6, 6, np.float32, seed=11)
+    want = ir.compare(ir.Model(f1, g1), ir.Model(f2, g2), seed=0, num_samples=20)
+    got = _accumulate(f1, g1, None, f2, g2, None, 128).compute(seed=0, num_samples=20)
+    assert "bounded search" in got.d_llv.pivot_search
+    assert any("bounded pivot search" in n for n in got.notes)
+    got.d_llv.pivot_search = want.d_llv.pivot_search
+    assert_reports_match(got, want, 1e-5)
