@@ -24,7 +24,7 @@ LAYERS = [
     ["passes", "_cpu_pass", "gpu"],
     ["_linalg"],
     ["_model_cache", "_label_side", "_input_side", "_pair"],
-    ["_backends", "measures", "_matrix", "tokens"],
+    ["_backends", "measures", "_matrix", "tokens", "accumulate"],
     ["io", "extract", "_hf", "constructions", "baselines", "bench", "report", "plots", "demo",
      "dask", "cli", "repro"],
     [""],
