@@ -17,7 +17,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("lse_kl_update", &identirep::lse_kl_update, py::arg("l1"), py::arg("l2"),
         py::arg("state"), py::arg("args"), py::arg("col0"), py::arg("threads") = 0,
         py::arg("row_moments") = py::none(), py::arg("col_moments") = py::none(),
-        py::arg("row0") = 0,
+        py::arg("row0") = 0, py::arg("topk_values") = py::none(),
+        py::arg("topk_ids") = py::none(),
         R"doc(Fold one pair of logit tiles into the running log-sum-exp / KL state.
 
 l1, l2: (n, v) float32 or float64 arrays (same dtype and shape, contiguous rows, any row
@@ -32,7 +33,21 @@ increasing col0 order. Releases the GIL.
 row_moments: optional (5, n) float64, rows [mean l1, mean l2, ssq l1, ssq l2, ssq (l1 - l2)]
 over the labels seen (count col0); col_moments: optional (5, V) float64, rows [mean l1,
 mean l2, ssq l1, ssq l2, cross] over the inputs seen (count row0) for labels col0 .. col0+v-1;
-centred sums of squares, Chan-merged (layout in csrc/kernels/lse_kl.h).)doc");
+centred sums of squares, Chan-merged (layout in csrc/kernels/lse_kl.h).
+topk_values (2, n, k) float64 and topk_ids (2, n, k) int64, optional, together: each model's
+k largest logits of each row and their global label ids, decreasing, ties to the lower id, NaN
+never entering; initialise with -inf and -1 (id -1: an empty slot). Each model's (n, k) block
+C-contiguous (a view [:, r0:r1] of a C-contiguous (2, N, k) array serves).)doc");
+
+  m.def("jsd_update", &identirep::jsd_update, py::arg("l1"), py::arg("l2"), py::arg("L1"),
+        py::arg("L2"), py::arg("out"), py::arg("threads") = 0,
+        R"doc(Add each row's Jensen-Shannon divergence over one pair of logit tiles to out.
+
+l1, l2: (n, v) float32 or float64 tiles as in lse_kl_update; L1, L2: (n,) float64, each
+model's log-normaliser of the rows (from the first pass); out: (n,) float64, contiguous,
+updated in place: out[i] += sum over the tile's labels of 0.5 p1 log(p1/m) + 0.5 p2 log(p2/m),
+p_k = exp(l_k - L_k), m = (p1 + p2)/2, in nats (a term with p = 0 counts 0; formula in
+csrc/kernels/jsd.h). threads as in lse_kl_update. Releases the GIL.)doc");
 
   m.def("pivot_criteria", &identirep::pivot_criteria, py::arg("X1"), py::arg("X2"), py::arg("n1"),
         py::arg("n2"), py::arg("A1"), py::arg("A2"), py::arg("B12"), py::arg("pivots"),

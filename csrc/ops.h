@@ -12,7 +12,12 @@ namespace identirep {
 // CPU fused epilogue (csrc/lse_kl.cpp); state layout in csrc/kernels/lse_kl.h.
 void lse_kl_update(pybind11::handle l1, pybind11::handle l2, pybind11::handle state,
                    pybind11::handle args, int64_t col0, int threads,
-                   pybind11::handle row_moments, pybind11::handle col_moments, int64_t row0);
+                   pybind11::handle row_moments, pybind11::handle col_moments, int64_t row0,
+                   pybind11::handle topk_values, pybind11::handle topk_ids);
+
+// CPU Jensen-Shannon epilogue of the second pass (csrc/lse_kl.cpp, kernels/jsd.h).
+void jsd_update(pybind11::handle l1, pybind11::handle l2, pybind11::handle L1,
+                pybind11::handle L2, pybind11::handle out, int threads);
 
 // Label-side pivot search epilogue (csrc/pivot_terms.cpp, kernels/pivot_terms.h).
 pybind11::array_t<double> pivot_criteria(pybind11::handle X1, pybind11::handle X2,

@@ -25,6 +25,15 @@
 // arguments below -87.5 flush to 0) and float32 partial sums over chunks of kChunk labels, added
 // into float64 per chunk.
 // Rows run in parallel (OpenMP); each row is read twice (max pass, then sums pass) while in cache.
+//
+// Optional per-row top-k (TopK, below), folded in from the same tiles: each model's k largest
+// logits of each row with their global label ids, in decreasing order, ties to the lower label
+// id, NaN never entering. Kept sorted in caller-owned state: values (float64, initial -inf) and
+// ids (int64, initial -1; a slot with id -1 is empty, and the filled slots come first). A row's
+// tile is scanned in blocks of 64 labels against its current k-th value (a vectorised compare:
+// a block without a larger logit costs one read of it, from cache); the rare larger logits are
+// inserted one by one. An equal logit never enters, which keeps the lower id because a row's
+// tiles arrive in increasing col0 order (as for args).
 #pragma once
 
 #include <cmath>
@@ -55,6 +64,15 @@ struct LogitMoments {
   double* col;
   int64_t col_ld;
   int64_t row0;
+};
+
+// Per-row top-k state of both models: model r (0, 1), row i, slot q (0 .. k-1) at
+// values[r*model_ld + i*k + q] and ids[r*model_ld + i*k + q] (one layout for both arrays).
+struct TopK {
+  double* values;
+  int64_t* ids;
+  int64_t k;          // >= 1
+  int64_t model_ld;   // elements between the two models' blocks, |model_ld| >= n*k
 };
 
 struct LseKlState {
@@ -116,9 +134,10 @@ inline float ExpNonPositiveF32(float x) {
   return x < -87.5f ? 0.0f : er * scale;
 }
 
-// exp(x) for float64 x <= 0, the same scheme: fdlibm's two-part ln 2 and the degree-13 Taylor
-// polynomial of e^r on |r| <= ln(2)/2 (truncation < 1e-17), ~1 ulp. x < -708 returns 0.
-inline double ExpNonPositiveF64(double x) {
+// The reduction of the float64 exps (ExpNonPositiveF64, and ExpM1NonPositiveF64 in jsd.h):
+// x = n ln 2 + r with fdlibm's two-part ln 2, |r| <= ln(2)/2; returns e^r - 1 = p r^2 + r by
+// the degree-13 Taylor polynomial (truncation < 1e-17) and sets *scale = 2^n (n >= -1023).
+inline double ExpReducedF64(double x, double* scale) {
   const double shifter = 6755399441055744.0;  // 1.5 * 2^52
   const double t = x * 1.4426950408889634 + shifter;
   const int64_t n = DoubleToBits(t) - DoubleToBits(shifter);
@@ -137,9 +156,15 @@ inline double ExpNonPositiveF64(double x) {
   p = p * r + 1.0 / 24.0;
   p = p * r + 1.0 / 6.0;
   p = p * r + 0.5;
-  const double er = p * r * r + r + 1.0;
-  const double scale =
-      BitsToDouble(static_cast<int64_t>(static_cast<uint64_t>(n + 1023) << 52));
+  *scale = BitsToDouble(static_cast<int64_t>(static_cast<uint64_t>(n + 1023) << 52));
+  return p * r * r + r;
+}
+
+// exp(x) for float64 x <= 0, the same scheme as the float32 one (ExpReducedF64), ~1 ulp.
+// x < -708 returns 0.
+inline double ExpNonPositiveF64(double x) {
+  double scale;
+  const double er = ExpReducedF64(x, &scale) + 1.0;
   return x < -708.0 ? 0.0 : er * scale;
 }
 
@@ -271,6 +296,64 @@ inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t
   *s2 += sums[3]; *a21 += sums[4]; *e2 += sums[5];
 }
 
+// Insert logit x of label id into the decreasing list val/ids of *count <= k entries, after
+// every entry >= x (the entries hold lower ids); dropped when it would land past slot k-1.
+inline void TopKInsert(double x, int64_t id, double* val, int64_t* ids, int64_t k,
+                       int64_t* count) {
+  const int64_t c = *count;
+  int64_t p = c;
+  while (p > 0 && val[p - 1] < x) --p;
+  if (p >= k) return;
+  for (int64_t q = (c < k ? c : k - 1); q > p; --q) {
+    val[q] = val[q - 1];
+    ids[q] = ids[q - 1];
+  }
+  val[p] = x;
+  ids[p] = id;
+  if (c < k) *count = c + 1;
+}
+
+// The largest T not above the double d (d is a logit of this tile's dtype, so usually exact;
+// NaN stays NaN, and no value out of T's range is converted).
+template <typename T>
+inline T NotAbove(double d) {
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  constexpr double kHi = static_cast<double>(std::numeric_limits<T>::max());
+  if (std::isnan(d)) return std::numeric_limits<T>::quiet_NaN();
+  if (d > kHi) return d == std::numeric_limits<double>::infinity() ? kInf
+                                                                   : std::numeric_limits<T>::max();
+  if (d < -kHi) return -kInf;
+  T t = static_cast<T>(d);
+  if (static_cast<double>(t) > d) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
+  return t;
+}
+
+// Fold one tile row x[0..v) (labels col0 ..) into a row's top-k list (val, ids, k slots).
+template <typename T>
+inline void TopKRow(const T* x, int64_t v, int64_t col0, double* val, int64_t* ids,
+                    int64_t k) {
+  int64_t count = 0;
+  while (count < k && ids[count] >= 0) ++count;
+  int64_t j = 0;
+  for (; j < v && count < k; ++j)  // filling the empty slots: every label but NaN enters
+    if (!std::isnan(x[j])) TopKInsert(static_cast<double>(x[j]), col0 + j, val, ids, k, &count);
+  constexpr int64_t kBlock = 64;
+  T thr = NotAbove<T>(val[k - 1]);
+  for (; j < v; j += kBlock) {
+    const int64_t e = j + kBlock < v ? j + kBlock : v;
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t q = j; q < e; ++q) hit |= (x[q] > thr);
+    if (!hit) continue;
+    for (int64_t q = j; q < e; ++q) {
+      if (x[q] > thr) {
+        TopKInsert(static_cast<double>(x[q]), col0 + q, val, ids, k, &count);
+        thr = NotAbove<T>(val[k - 1]);
+      }
+    }
+  }
+}
+
 // Chan's update of (count na, mean a, sum sq) with a batch (nb, mean b, sum sq).
 inline void ChanMerge(double na, double nb, double mb, double qb, double* ma, double* qa) {
   const double n = na + nb;
@@ -376,6 +459,25 @@ inline void ColMerge(const double* acc, const T* k1, const T* k2, int64_t n, int
   }
 }
 
+// Threads for an n x v tile: `threads` caps the OpenMP default (0: the default), and no more
+// threads than rows (a count beyond them would only have the runtime allocate, or fail to
+// start, idle threads); one for a tile of fewer than kParallelWork elements or without OpenMP.
+inline int TileThreads(int threads, int64_t n, int64_t v) {
+#ifdef _OPENMP
+  const int most = omp_get_max_threads();
+  int nt = threads > 0 && threads < most ? threads : most;
+  if (nt > n) nt = static_cast<int>(n);
+  // n * v < kParallelWork, without forming n * v
+  if (n < 2 || v <= (kParallelWork - 1) / n) nt = 1;
+  return nt;
+#else
+  (void)threads;
+  (void)n;
+  (void)v;
+  return 1;
+#endif
+}
+
 }  // namespace detail
 
 // Update the state with one pair of logit tiles (n x v, row strides ld1, ld2). Host code,
@@ -383,26 +485,18 @@ inline void ColMerge(const double* acc, const T* k1, const T* k2, int64_t n, int
 // OpenMP default and n), 0 takes the OpenMP default; small tiles run on the calling thread.
 // The caller checks the ranges (csrc/lse_kl.cpp): col0 + v fits in int64 (args get col0 + j),
 // and with column moments, labels col0 .. col0+v-1 lie inside their col_ld-wide rows.
+// `topk` (optional): each model's per-row top-k, for rows 0 .. n-1 of its state.
 template <typename T>
 void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, int64_t v,
                  int64_t col0, LseKlState st, int threads = 0,
-                 const LogitMoments* mom = nullptr) {
+                 const LogitMoments* mom = nullptr, const TopK* topk = nullptr) {
   if (n <= 0 || v <= 0) return;
   const bool rows = mom != nullptr && mom->row != nullptr;
   const bool cols = mom != nullptr && mom->col != nullptr;
   std::vector<double> total(cols ? 5 * v : 0, 0.0);
-  int nt = 1;
+  const int nt = detail::TileThreads(threads, n, v);
 #ifdef _OPENMP
-  // `threads` caps the OpenMP default, and no more threads than rows: a count beyond them
-  // would only have the runtime allocate (or fail to start) idle threads.
-  const int most = omp_get_max_threads();
-  nt = threads > 0 && threads < most ? threads : most;
-  if (nt > n) nt = static_cast<int>(n);
-  // n * v < kParallelWork, without forming n * v
-  if (n < 2 || v <= (detail::kParallelWork - 1) / n) nt = 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
-#else
-  (void)threads;
 #endif
   {
     std::vector<double> acc(cols && nt > 1 ? 5 * v : 0, 0.0);
@@ -422,6 +516,12 @@ void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, 
         const T* x2 = l2 + i * ld2;
         detail::UpdateRow(x1, x2, v, col0, i, st);
         if (rows) detail::RowMomentsUpdate(x1, x2, v, col0, i, *mom);
+        if (topk != nullptr) {
+          const int64_t o = i * topk->k;
+          detail::TopKRow(x1, v, col0, topk->values + o, topk->ids + o, topk->k);
+          const int64_t o2 = o + topk->model_ld;
+          detail::TopKRow(x2, v, col0, topk->values + o2, topk->ids + o2, topk->k);
+        }
       }
       if (cols) detail::ColAccumulateRows(l1, ld1, l2, ld2, r0, r1, v, a);
     }
