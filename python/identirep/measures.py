@@ -23,7 +23,8 @@ from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, Failure,
 
 
 @on_caller_stream
-def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None) -> PairEngine:
+def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None,
+           topk: int = 0) -> PairEngine:
     """Run the streaming pass for a pair once; every measure can then be read off it.
 
     Parameters
@@ -37,6 +38,10 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
     caches : callable, optional
         ``caches(compute_dtype)`` returns the two models' ``ModelCache`` objects (``matrix``
         shares them between pairs).
+    topk : int
+        > 0: the pass also keeps each model's ``topk`` most likely labels per input
+        (``stats.topk1``, ``topk2``, (N, min(topk, V)) int64, ties to the lower label id);
+        CPU backend only.
 
     Returns
     -------
@@ -47,9 +52,14 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
     for name, fn in (("progress", progress), ("caches", caches)):
         rules.check_callable(name, fn)
     check_logit_scale(a, b)
+    rules.check_count("topk", topk, minimum=0)
     backend = resolve(backend, a, b)
     if backend == "reference":
         raise IdentirepError("the reference backend has no engine; call the measures directly")
+    if topk and backend in ("cuda", "cupy"):
+        raise IdentirepError(
+            f"per-input top-k (topk={topk}) runs on the CPU backend, not backend={backend!r}",
+            fix="pass backend='cpu' (models on the GPU are copied to the host), or topk=0")
     if backend in ("cuda", "cupy"):
         # models on the host go to the device once; the pass and every product run there
         from .gpu.arrays import device_augmented, on_device
@@ -63,7 +73,7 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
     else:
         f1, g1 = a.augmented(None)
         f2, g2 = b.augmented(None)
-        stats = cpu_pass(f1, g1, f2, g2, progress=progress)
+        stats = cpu_pass(f1, g1, f2, g2, progress=progress, topk=topk)
     cdt = np.float32 if stats.dtype == "float32" else np.float64
     return PairEngine(a, b, stats, caches=None if caches is None else caches(cdt))
 

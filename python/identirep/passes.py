@@ -69,6 +69,10 @@ class PassStats:
     col_m2_12: np.ndarray
     backend: str = "numpy"
     dtype: str = "float64"      # the dtype the logits were computed in
+    #: (N, k) int64: each model's k most likely labels per input, largest logit first, ties to
+    #: the lower label id (the pass's ``topk``; None when not asked for)
+    topk1: Optional[np.ndarray] = None
+    topk2: Optional[np.ndarray] = None
     #: for statistics gathered in shards (``identirep.Accumulator``): the per-input arrays
     #: hold only some inputs (the engine's rows of f) and these are the sums over all of them
     sums: Optional[PassSums] = None
@@ -81,6 +85,7 @@ class PassStats:
             row_m2_11=self.row_m2_22, row_m2_22=self.row_m2_11, row_m2_dd=self.row_m2_dd,
             col_mean1=self.col_mean2, col_mean2=self.col_mean1, col_m2_11=self.col_m2_22,
             col_m2_22=self.col_m2_11, col_m2_12=self.col_m2_12, backend=self.backend,
+            topk1=self.topk2, topk2=self.topk1,
             dtype=self.dtype, sums=None if self.sums is None else self.sums.swapped())
 
     @property
@@ -88,10 +93,13 @@ class PassStats:
         return 0.5 * (self.row_m2_11 + self.row_m2_22 - self.row_m2_dd)
 
 
-def numpy_pass(f1, g1, f2, g2, rows: int = 256, progress=None) -> PassStats:
+def numpy_pass(f1, g1, f2, g2, rows: int = 256, progress=None, topk: int = 0) -> PassStats:
     """Chunked float64 NumPy pass (materialises ``rows`` x V at a time). Bias is absorbed in
-    f/g by the caller."""
+    f/g by the caller. ``topk`` > 0: ``topk1``, ``topk2`` as the compiled pass gives them
+    (a stable sort of each chunk's logits)."""
     N, V = f1.shape[0], g1.shape[0]
+    ntop = min(int(topk), V)
+    tops = (np.empty((N, ntop), np.int64), np.empty((N, ntop), np.int64)) if ntop else None
     out = {k: np.empty(N) for k in ("L1", "L2", "kl12", "kl21", "H1", "H2", "row_mean1",
                                     "row_mean2", "row_m2_11", "row_m2_22", "row_m2_dd")}
     agree = np.empty(N, bool)
@@ -111,6 +119,9 @@ def numpy_pass(f1, g1, f2, g2, rows: int = 256, progress=None) -> PassStats:
         out["H1"][sl] = L1 - (p1 * l1).sum(1)
         out["H2"][sl] = L2 - (p2 * l2).sum(1)
         agree[sl] = l1.argmax(1) == l2.argmax(1)
+        for t, x in zip(tops or (), (l1, l2)):
+            order = np.argsort(-x, axis=1, kind="stable")[:, :ntop]
+            t[sl] = np.where(np.isnan(np.take_along_axis(x, order, 1)), -1, order)
         for k, x in (("1", l1), ("2", l2)):
             out["row_mean" + k][sl] = x.mean(1)
         out["row_m2_11"][sl] = ((l1 - l1.mean(1, keepdims=True)) ** 2).sum(1)
@@ -126,7 +137,8 @@ def numpy_pass(f1, g1, f2, g2, rows: int = 256, progress=None) -> PassStats:
             progress(sl.stop / N)
     return PassStats(agree=agree, col_mean1=cmeans[0], col_mean2=cmeans[1],
                      col_m2_11=cm2[(0, 0)], col_m2_22=cm2[(1, 1)], col_m2_12=cm2[(0, 1)],
-                     backend="numpy", **out)
+                     backend="numpy", topk1=tops[0] if ntop else None,
+                     topk2=tops[1] if ntop else None, **out)
 
 
 # Rows of the (8, n) float64 state; args is (2, n) int64 [arg1, arg2].

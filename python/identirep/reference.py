@@ -335,3 +335,67 @@ def d_rep_reference(a: Model, b: Model, sets=None, num_pivots=None, sets_per_piv
         singular_sets=len(per_set) - len(fine), max_cond=max_cond, cond_threshold=thr,
         num_pivots=num_pivots, sets_per_pivot=sets_per_pivot)
     return DRepResult(**fields, sets=sets.tolist(), per_set=per_set, cond_per_set=cond)
+
+
+# ----------------------------------------------------------------------------------- per token
+def _target_log_p(model: Model, lp: np.ndarray) -> np.ndarray:
+    """log p(target(x) | x) from the full N x V log-probabilities; NaN where the target is < 0
+    or the model carries no targets."""
+    out = np.full(lp.shape[0], np.nan)
+    t = getattr(model, "targets", None)
+    if t is None:
+        return out
+    t = np.asarray(t, dtype=np.int64)
+    for i in range(lp.shape[0]):
+        if t[i] >= 0:
+            out[i] = lp[i, t[i]]
+    return out
+
+
+def per_token_reference(a: Model, b: Model, k: int = 10, jsd: bool = True) -> dict:
+    """Every per-input quantity of the per-token report, brute force on the N x V float64
+    logits (small inputs only).
+
+    Parameters
+    ----------
+    a, b : Model
+        Models on the same inputs and labels; ``targets`` (per input, -1 where none) where
+        they carry them.
+    k : int
+        How many of each model's most likely labels per input (at most V are given).
+    jsd : bool
+        Also the Jensen-Shannon divergence.
+
+    Returns
+    -------
+    dict
+        (N,) float64 ``L1``, ``L2`` (log-normalisers), ``kl12``, ``kl21`` (KL(p1||p2),
+        KL(p2||p1) per input, clipped at 0); (N, min(k, V)) int64 ``top1``, ``top2`` (labels
+        by decreasing logit, a stable sort: ties to the lower label id); ``logp1``, ``logp2``
+        (log p_k(target(x) | x) with model k's own targets, NaN where the target is < 0 or the
+        model has none); ``p2_of_top1`` = p2(top1[:, 0] | x), ``p1_of_top2`` =
+        p1(top2[:, 0] | x); with ``jsd``, ``jsd`` = 0.5 KL(p1||m) + 0.5 KL(p2||m),
+        m = (p1 + p2)/2, in nats (scipy's ``rel_entr``: 0 where p = 0).
+    """
+    from scipy.special import rel_entr
+    check_pair(a, b)
+    rules.check_count("k", k)
+    rules.check_flag("jsd", jsd)
+    l1, l2 = logits(a), logits(b)
+    L1, L2 = logsumexp(l1, axis=1), logsumexp(l2, axis=1)
+    lp1, lp2 = l1 - L1[:, None], l2 - L2[:, None]
+    p1, p2 = np.exp(lp1), np.exp(lp2)
+    kk = min(int(k), l1.shape[1])
+    top1 = np.argsort(-l1, axis=1, kind="stable")[:, :kk].astype(np.int64)
+    top2 = np.argsort(-l2, axis=1, kind="stable")[:, :kk].astype(np.int64)
+    rows = np.arange(l1.shape[0])
+    out = {"L1": L1, "L2": L2,
+           "kl12": np.maximum((p1 * (lp1 - lp2)).sum(1), 0.0),
+           "kl21": np.maximum((p2 * (lp2 - lp1)).sum(1), 0.0),
+           "top1": top1, "top2": top2,
+           "logp1": _target_log_p(a, lp1), "logp2": _target_log_p(b, lp2),
+           "p2_of_top1": p2[rows, top1[:, 0]], "p1_of_top2": p1[rows, top2[:, 0]]}
+    if jsd:
+        m = 0.5 * (p1 + p2)
+        out["jsd"] = 0.5 * (rel_entr(p1, m).sum(1) + rel_entr(p2, m).sum(1))
+    return out
