@@ -5,8 +5,11 @@ below 1e-4 in float32) against logits recomputed here, text by text, independent
 extraction's built-in check.
 """
 import argparse
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -403,3 +406,232 @@ def test_size_note_says_which_measures_a_small_extraction_misses():
     assert "N >= M + 2 = 770" in note and "KL, d_logit, mCCA" in note
     note = size_note(1000, 500, 768)
     assert "V >= M + 2 = 770" in note and "d_rep's V >= M + 1 = 769" in note
+
+
+# ----------------------------------------------------------------------------- the text
+
+def _by_hand(texts):
+    """(tokens, targets, documents) of ``texts`` tokenized here, without the tokenizer: [BOS]
+    (id 2), then w<i> -> 4 + i, anything else [UNK] (1); the target is the next token of the
+    same text, -1 after its last."""
+    tokens, targets, documents = [], [], []
+    for j, t in enumerate(texts):
+        ids = [2] + [4 + int(w[1:]) if re.fullmatch(r"w\d+", w) and int(w[1:]) < WORDS else 1
+                     for w in t.split()]
+        tokens += ids
+        targets += ids[1:] + [-1]
+        documents += [j] * len(ids)
+    return tuple(np.array(x, np.int64) for x in (tokens, targets, documents))
+
+
+def test_tokens_targets_documents_and_fingerprint(gpt2_pair, tokenizer):
+    e = _extract(gpt2_pair[0])
+    m = e.to_model()
+    tokens, targets, documents = _by_hand(TEXTS)
+    assert np.array_equal(m.tokens, tokens) and np.array_equal(m.targets, targets)
+    assert np.array_equal(m.documents, documents)
+    assert (m.targets == -1).sum() == len(TEXTS) and m.labels[m.targets[1]] == TEXTS[0].split()[1]
+    tok = e.metadata["tokenizer"]
+    assert re.fullmatch(r"[0-9a-f]{64}", tok["sha256"]) and tok["size"] == V_TOK
+    assert tok["fast"] is True and tok["model"] == "WordLevel"
+    assert tok["pre_tokenizer"] == "WhitespaceSplit" and set(tok["parts"]) == {
+        "vocabulary", "special_tokens", "pipeline"}
+    assert tok == _hf.tokenizer_identity(tokenizer, _hf.token_strings(tokenizer, V_TOK))
+    # truncated texts end where they were cut: the target after the cut is unknown (-1)
+    cut = _extract(gpt2_pair[0], max_length=4, check_positions=3).to_model()
+    keep = np.concatenate([np.flatnonzero(documents == j)[:4] for j in range(len(TEXTS))])
+    ends = np.r_[cut.documents[1:] != cut.documents[:-1], True]
+    assert np.array_equal(cut.tokens, tokens[keep])
+    assert np.array_equal(cut.targets, np.where(ends, -1, tokens[np.minimum(keep + 1, len(tokens) - 1)]))
+    assert cut.metadata["tokenizer"] == tok        # tokenizing does not change the fingerprint
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ""])
+def test_text_arrays_are_stored_in_every_format(gpt2_pair, tmp_path, suffix):
+    e = _extract(gpt2_pair[0], out=tmp_path / f"m{suffix}")
+    m = load_model(tmp_path / f"m{suffix}")
+    want = e.to_model()
+    for k in ("tokens", "targets", "documents"):
+        assert np.array_equal(getattr(m, k), getattr(want, k)), k
+    assert m.metadata["tokenizer"] == e.metadata["tokenizer"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("targets", lambda m: m.targets[:-1], r"targets has shape \(\d+,\), but the model has N"),
+    ("targets", lambda m: np.where(m.targets < 0, V_TOK, m.targets), r"outside \[-1, 120\)"),
+    ("tokens", lambda m: m.tokens.astype(np.float64), r"tokens has dtype float64"),
+])
+def test_hostile_text_arrays_in_an_extracted_file(gpt2_pair, tmp_path, key, value, message):
+    _extract(gpt2_pair[0], out=tmp_path / "m.npz")
+    m = load_model(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[key] = value(m)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(IdentirepError, match=message):
+        load_model(tmp_path / "bad.npz")
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+def _tokenizer(transformers, rename=None, lowercase=False, eos="[EOS]"):
+    """The test tokenizer, with word ``rename = (old, new)`` renamed, a lowercasing
+    normalizer, or another end-of-text token."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    words = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"] + [f"w{i}" for i in range(WORDS)]
+    if rename:
+        words[words.index(rename[0])] = rename[1]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A",
+                                                       special_tokens=[("[BOS]", 2)])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
+        eos_token=eos)
+
+
+def _with_tokenizer(src, tok, d):
+    """A copy of model directory ``src`` with tokenizer ``tok``."""
+    d.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(src / name, d / name)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_same_tokenizer_twice_one_fingerprint_any_change_another(gpt2_pair, transformers):
+    def identity(tok):
+        return _hf.tokenizer_identity(tok, _hf.token_strings(tok, len(tok)))
+    loaded = [identity(transformers.AutoTokenizer.from_pretrained(d)) for d in gpt2_pair]
+    assert loaded[0] == loaded[1]                       # two directories, one tokenizer
+    base = identity(_tokenizer(transformers))
+    assert base["sha256"] == loaded[0]["sha256"]
+    changed = {"renamed": identity(_tokenizer(transformers, rename=("w50", "x50"))),
+               "lowercase": identity(_tokenizer(transformers, lowercase=True)),
+               "eos": identity(_tokenizer(transformers, eos="[PAD]"))}
+    parts = {k: {p for p in base["parts"] if base["parts"][p] != v["parts"][p]}
+             for k, v in changed.items()}
+    assert parts == {"renamed": {"vocabulary", "pipeline"}, "lowercase": {"pipeline"},
+                     "eos": {"special_tokens"}}
+    assert all(v["sha256"] != base["sha256"] for v in changed.values())
+
+
+def test_differing_tokenizers_are_refused_naming_the_token(gpt2_pair, transformers, tmp_path,
+                                                           capsys):
+    import identirep as ir
+    from identirep.cli import main
+    other = _with_tokenizer(gpt2_pair[1], _tokenizer(transformers, rename=("w50", "x50")),
+                            tmp_path / "renamed")
+    lower = _with_tokenizer(gpt2_pair[1], _tokenizer(transformers, lowercase=True),
+                            tmp_path / "lower")
+    paths = [tmp_path / f"{n}.safetensors" for n in ("a", "renamed", "lower")]
+    for d, p in zip((gpt2_pair[0], other, lower), paths):
+        _extract(d, out=p, check_positions=4)
+    a, b, c = (load_model(p) for p in paths)
+    named = r"tokenizers differ .*: token id 54 is 'w50' in the first and 'x50' in the second"
+    for call in (lambda: ir.compare(a, b), lambda: ir.matrix([a, b]), lambda: ir.kl(a, b)):
+        with pytest.raises(IdentirepError, match=named):
+            call()
+    with pytest.raises(IdentirepError, match=r"their 120 token strings are equal: the "
+                                             r"tokenizers' settings differ .what differs: pipeline"):
+        ir.compare(a, c)
+    for argv in (["compare", str(paths[0]), str(paths[1])],
+                 ["matrix", str(paths[0]), str(paths[1]), "--no-plots"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "token id 54 is 'w50' in the first and 'x50' in the second" in err, err
+    # the same tokenizer in two directories: accepted
+    ir.kl(a, _extract(gpt2_pair[1], check_positions=4).to_model())
+
+
+# ----------------------------------------------------------------------------- revisions
+
+def _copy_model(src, d):
+    d.mkdir(parents=True, exist_ok=True)
+    for p in src.iterdir():
+        shutil.copy(p, d / p.name)
+    return d
+
+
+def test_revision_in_a_hugging_face_cache_folder(gpt2_pair, tmp_path):
+    repo = tmp_path / "models--org--tiny"
+    commits = ["a1" * 20, "b2" * 20]
+    for commit, src in zip(commits, gpt2_pair):
+        snap = repo / "snapshots" / commit
+        snap.mkdir(parents=True)
+        for p in src.iterdir():              # as the hub client lays it out: links to blobs
+            blob = repo / "blobs" / f"{commit[:4]}-{p.name}"
+            blob.parent.mkdir(exist_ok=True)
+            shutil.copy(p, blob)
+            (snap / p.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commits[1])
+    (repo / "refs" / "v1").write_text(commits[0])
+    old, new = (_extract(d, check_positions=4) for d in gpt2_pair)
+    assert not np.allclose(old.f, new.f, atol=1e-3)
+    for revision, want, commit in (("v1", old, commits[0]), ("b2b2b2", new, commits[1]),
+                                   (None, new, commits[1])):
+        e = _extract(repo, revision=revision, check_positions=4)
+        np.testing.assert_allclose(e.f, want.f, rtol=0, atol=1e-6)
+        rev = e.metadata["revision"]
+        assert rev == {"requested": revision or "main", "commit": commit,
+                       "source": "huggingface cache", "repository": str(repo.resolve())}
+        assert e.metadata["name"] == f"org/tiny@{revision or 'main'}"
+        assert e.metadata["model_dir"] == str(repo.resolve())
+    with pytest.raises(IdentirepError, match=r"has no revision 'v2': .*refs: main, v1"):
+        _extract(repo, revision="v2")
+    with pytest.raises(IdentirepError, match=r"no branch, tag or commit is named so"):
+        _extract(repo, revision="--help")
+    # a plain directory has no revisions
+    with pytest.raises(IdentirepError, match=r"is neither a Hugging Face cache repository "
+                                             r"folder .* nor inside a git repository"):
+        _extract(gpt2_pair[0], revision="v1")
+
+
+def _git(repo, *args):
+    out = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_revision_in_a_git_repository(gpt2_pair, tmp_path, capsys):
+    from identirep.cli import main
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "trunk")
+    model = repo / "ckpt"                          # the model in a folder of the repository
+    for tag, src in (("v1", gpt2_pair[0]), ("v2", gpt2_pair[1])):
+        _copy_model(src, model)
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", tag)
+        _git(repo, "tag", tag)
+    old, new = (_extract(d, check_positions=4) for d in gpt2_pair)
+    e = _extract(model, revision="v1", check_positions=4)
+    np.testing.assert_allclose(e.f, old.f, rtol=0, atol=1e-6)
+    assert not np.allclose(e.f, new.f, atol=1e-3)
+    assert e.metadata["revision"] == {"requested": "v1", "commit": _git(repo, "rev-parse", "v1"),
+                                      "source": "git", "repository": str(repo.resolve()),
+                                      "path": "ckpt"}
+    assert e.metadata["name"] == "ckpt@v1"
+    np.testing.assert_allclose(_extract(model, revision="trunk", check_positions=4).f, new.f, rtol=0, atol=1e-6)
+    txt = tmp_path / "t.txt"
+    txt.write_text("\n".join(TEXTS))
+    out = tmp_path / "m.safetensors"
+    assert main(["extract", str(model), "--texts", str(txt), "-o", str(out),
+                 "--revision", _git(repo, "rev-parse", "--short", "v1")]) == 0
+    assert "= commit " + _git(repo, "rev-parse", "v1")[:12] in capsys.readouterr().out
+    np.testing.assert_allclose(load_model(out).f, old.f, rtol=0, atol=1e-6)
+    with pytest.raises(IdentirepError, match=r"has no commit 'v9' \(branches and tags: "):
+        _extract(model, revision="v9")
+    # a revision whose weights are a Git LFS pointer
+    (model / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 9\n")
+    _git(repo, "commit", "-q", "-am", "lfs")
+    with pytest.raises(IdentirepError, match=r"model.safetensors is a Git LFS pointer, not the "
+                                             r"file itself.*git lfs pull"):
+        _extract(model, revision="trunk")

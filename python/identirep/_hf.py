@@ -1,11 +1,22 @@
-"""Running a local Hugging Face causal LM for ``identirep.extract``: the architectures' logit
-scalings, the forward pre-hook that captures the lm_head input, tensor conversion, and the
-check of f . g + b against the model's own logits. torch and transformers are imported only
-when an extraction runs."""
+"""Running a local Hugging Face causal LM for ``identirep.extract``: finding the checkpoint (a
+revision in a local Hugging Face cache or git repository), the tokenizer's fingerprint, the
+architectures' logit scalings, the forward pre-hook that captures the lm_head input, tensor
+conversion, and the check of f . g + b against the model's own logits. torch and
+transformers are imported only when an extraction runs."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -141,6 +152,230 @@ def check_tokenizer(tok, model_dir) -> None:
         "model's tokenizer next to it: AutoTokenizer.from_pretrained(SOURCE)"
         f".save_pretrained('{model_dir}'), SOURCE being where the model came from "
         "(identirep reads local files only)")
+
+
+def token_strings(tok, n: int) -> list:
+    """The strings of token ids 0..n-1 (``"<id i>"`` where the tokenizer has none)."""
+    return [t if t is not None else f"<id {i}>"
+            for i, t in enumerate(tok.convert_ids_to_tokens(list(range(n))))]
+
+
+def _sha256(obj) -> str:
+    """sha256 of the canonical JSON of ``obj`` (keys sorted, no spaces, UTF-8)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: keys of a tokenizer.json that hold no tokenization setting: the format version, and the
+#: truncation and padding that transformers sets on the backend while it tokenizes
+_NOT_SETTINGS = ("version", "truncation", "padding", "added_tokens")
+
+
+def tokenizer_identity(tok, strings: list) -> dict:
+    """``metadata["tokenizer"]``: the tokenizer's fingerprint and facts. ``strings`` are the
+    strings of all ``len(tok)`` token ids (:func:`token_strings`).
+
+    ``sha256`` is the sha256 of the canonical JSON (keys sorted) of three parts' sha256
+    (``parts``): ``vocabulary``, the ordered token strings of ids 0..size-1; ``special_tokens``,
+    the special-token map, the special ids and every added token with its flags;
+    ``pipeline``, the backend tokenizer's definition (tokenizer.json: normalizer,
+    pre-tokenizer, model with its vocabulary and merges, post-processor, decoder; not its
+    truncation or padding state), or for a tokenizer without a backend its class, its
+    SentencePiece model's sha256 and its boolean settings. File locations enter none of them:
+    the same tokenizer saved in two directories has one fingerprint."""
+    added = getattr(tok, "added_tokens_decoder", None) or {}
+    special = {
+        "map": {k: v for k, v in sorted((getattr(tok, "special_tokens_map", None) or {}).items())},
+        "ids": sorted(int(i) for i in (getattr(tok, "all_special_ids", None) or [])),
+        "added": [[int(i), str(t), *(bool(getattr(t, a, False)) for a in
+                                      ("special", "normalized", "lstrip", "rstrip", "single_word"))]
+                  for i, t in sorted(added.items())],
+    }
+    backend = getattr(tok, "backend_tokenizer", None)
+    facts = {"class": type(tok).__name__, "fast": backend is not None}
+    if backend is not None:
+        pipeline = json.loads(backend.to_str())
+        for k in _NOT_SETTINGS:
+            pipeline.pop(k, None)
+        model = pipeline.get("model")
+        if isinstance(model, dict) and model.get("type"):
+            facts["model"] = str(model["type"])
+        for part in ("normalizer", "pre_tokenizer"):
+            if isinstance(pipeline.get(part), dict) and pipeline[part].get("type"):
+                facts[part] = str(pipeline[part]["type"])
+    else:
+        sp = getattr(tok, "sp_model", None)
+        proto = getattr(sp, "serialized_model_proto", None)
+        pipeline = {"class": type(tok).__name__,
+                    "sentencepiece": hashlib.sha256(proto()).hexdigest() if callable(proto) else None,
+                    "settings": {k: v for k, v in sorted((getattr(tok, "init_kwargs", None) or {}).items())
+                                 if isinstance(v, bool)}}
+    parts = {"vocabulary": _sha256(strings), "special_tokens": _sha256(special),
+             "pipeline": _sha256(pipeline)}
+    return {"sha256": _sha256(parts), "size": len(strings), **facts, "parts": parts}
+
+
+# --------------------------------------------------------------- checkpoint revisions
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+@dataclass
+class Checkpoint:
+    """Where a model's files are (``directory``), and for a revision what it resolved to
+    (``revision``: requested, commit, source, repository) and the model's default name."""
+
+    directory: Path
+    revision: Optional[dict] = None
+    name: Optional[str] = None
+
+
+def _hf_cache_repo(d: Path) -> bool:
+    """A Hugging Face cache repository folder (``models--ORG--NAME``): ``snapshots/`` beside
+    ``refs/`` or ``blobs/``."""
+    return (d / "snapshots").is_dir() and ((d / "refs").is_dir() or (d / "blobs").is_dir())
+
+
+def _check_revision(revision) -> str:
+    if not isinstance(revision, str) or not revision.strip() or "\0" in revision:
+        raise IdentirepError(f"revision must be a branch, tag or commit name, got "
+                             f"{revision!r:.60}", fix="e.g. revision='main' or a commit hash")
+    if revision.startswith("-"):
+        raise IdentirepError(f"revision {revision!r} starts with '-'; no branch, tag or commit "
+                             "is named so", fix="give a branch, tag or commit hash")
+    return revision
+
+
+@contextlib.contextmanager
+def local_checkpoint(model_dir: Path, revision: Optional[str]) -> Iterator[Checkpoint]:
+    """The directory to load a model from: ``model_dir`` itself, or with ``revision`` the
+    revision's files, from a Hugging Face cache repository folder (a branch or tag under
+    ``refs/``, or a commit hash or its prefix under ``snapshots/``) or from a git repository
+    (the commit's tree, written by ``git archive`` into a temporary directory removed on
+    exit). A cache repository folder without ``revision`` reads ``refs/main``. Nothing is
+    downloaded."""
+    if revision is None and not _hf_cache_repo(model_dir):
+        yield Checkpoint(model_dir)
+        return
+    if revision is None:
+        revision = "main"
+    else:
+        revision = _check_revision(revision)
+    repo = model_dir
+    if not _hf_cache_repo(repo) and repo.parent.name == "snapshots" \
+            and _hf_cache_repo(repo.parent.parent):
+        repo = repo.parent.parent        # a snapshot folder: its repository's revision
+    if _hf_cache_repo(repo):
+        yield _hf_cache_revision(repo, revision)
+        return
+    with _git_revision(model_dir, revision) as ckpt:
+        yield ckpt
+
+
+def _hf_cache_revision(repo: Path, revision: str) -> Checkpoint:
+    refs, snaps = repo / "refs", repo / "snapshots"
+    ref = refs / revision
+    inside = refs.resolve() in ref.resolve().parents
+    snapshots = sorted(p.name for p in snaps.iterdir() if p.is_dir())
+    if inside and ref.is_file():
+        commit = ref.read_text(encoding="utf-8", errors="replace").strip()
+        how = f"refs/{revision}"
+    else:
+        found = [c for c in snapshots if c.startswith(revision)] \
+            if re.fullmatch(r"[0-9a-fA-F]{4,64}", revision) else []
+        if len(found) > 1:
+            raise IdentirepError(f"revision {revision!r} is ambiguous in {repo}: it begins the "
+                                 f"snapshots {', '.join(found[:5])}",
+                                 fix="give more digits of the commit hash")
+        if not found:
+            names = sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file()) \
+                if refs.is_dir() else []
+            raise IdentirepError(
+                f"{repo} has no revision {revision!r}: no refs/{revision} and no snapshot "
+                f"whose commit begins so (refs: {', '.join(names) or 'none'}; snapshots: "
+                f"{', '.join(c[:12] for c in snapshots[:8]) or 'none'})",
+                fix="give one of these refs or commits (identirep reads local files only; "
+                    "a revision not in the cache must be downloaded first)")
+        commit, how = found[0], "snapshots/"
+    snap = snaps / commit
+    if not snap.is_dir():
+        raise IdentirepError(f"{repo}: {how} names commit {commit[:40]!r}, which has no "
+                             "snapshot folder in the cache (not downloaded)",
+                             fix="download that revision first (identirep reads local files only)")
+    stem = repo.name
+    for prefix in ("models--", "datasets--", "spaces--"):
+        if stem.startswith(prefix):
+            stem = stem[len(prefix):].replace("--", "/")
+    facts = {"requested": revision, "commit": commit, "source": "huggingface cache",
+             "repository": str(repo.resolve())}
+    return Checkpoint(snap, facts, f"{stem}@{revision}")
+
+
+def _git(args, cwd: Path, what: str, stdout=subprocess.PIPE):
+    git = shutil.which("git")
+    if git is None:
+        raise IdentirepError(f"{what}: git is not installed", fix="install git, or give the "
+                             "checkpoint's own directory without --revision")
+    return subprocess.run([git, "-c", "core.quotepath=off", *args], cwd=cwd, stdout=stdout,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def _git_revision(model_dir: Path, revision: str) -> Iterator[Checkpoint]:
+    where = f"revision {revision!r} of {model_dir}"
+    top = _git(["rev-parse", "--show-toplevel"], model_dir, where) if model_dir.is_dir() else None
+    if top is None or top.returncode != 0:
+        said = (top.stderr.decode(errors="replace").strip().splitlines() or [""])[0] \
+            if top is not None else "not a directory"
+        raise IdentirepError(
+            f"{model_dir} is neither a Hugging Face cache repository folder (models--ORG--NAME "
+            f"with refs/ and snapshots/) nor inside a git repository ({said}), so --revision "
+            f"{revision!r} names nothing there",
+            fix="give the checkpoint's own directory without --revision, or the cache or git "
+                "repository that holds the revision")
+    top_dir = Path(top.stdout.decode().strip())
+    prefix = _git(["rev-parse", "--show-prefix"], model_dir, where).stdout.decode().strip()
+    got = _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"],
+               model_dir, where)
+    if got.returncode != 0:
+        names = _git(["for-each-ref", "--count=12", "--format=%(refname:short)",
+                      "refs/heads", "refs/tags"], model_dir, where).stdout.decode().split()
+        raise IdentirepError(f"the git repository {top_dir} has no commit {revision!r} "
+                             f"(branches and tags: {', '.join(names) or 'none'})",
+                             fix="give a branch, tag or commit hash of that repository")
+    commit = got.stdout.decode().strip()
+    tree = f"{commit}:{prefix.rstrip('/')}" if prefix else commit
+    with tempfile.TemporaryDirectory(prefix="identirep-revision-") as tmp:
+        out = Path(tmp)
+        with tempfile.TemporaryFile() as tar:
+            made = _git(["archive", "--format=tar", tree], top_dir, where, stdout=tar)
+            if made.returncode != 0:
+                said = made.stderr.decode(errors="replace").strip()
+                raise IdentirepError(f"git archive of {where} failed: {said[:300]}",
+                                     fix=f"check that {prefix or 'the directory'} exists at "
+                                         f"commit {commit[:12]}")
+            tar.seek(0)
+            with tarfile.open(fileobj=tar, mode="r:") as tf:
+                tf.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter")
+                                      else {}))
+        pointers = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                          if p.is_file() and p.stat().st_size < 1024
+                          and p.read_bytes().startswith(_LFS_POINTER))
+        if pointers:
+            raise IdentirepError(
+                f"{where} (commit {commit[:12]}): {', '.join(pointers[:5])} "
+                f"{'is a Git LFS pointer' if len(pointers) == 1 else 'are Git LFS pointers'}, "
+                "not the file itself: git keeps that content in LFS storage, which git archive "
+                "does not expand",
+                fix=f"check the revision out with its LFS files (git worktree add DIR {commit[:12]}"
+                    "; cd DIR; git lfs pull) and give that directory without --revision "
+                    "(identirep reads local files only)")
+        facts = {"requested": revision, "commit": commit, "source": "git",
+                 "repository": str(top_dir)}
+        if prefix:
+            facts["path"] = prefix.rstrip("/")
+        yield Checkpoint(out, facts, f"{model_dir.resolve().name}@{revision}")
 
 
 def load_or_explain(fn, message):

@@ -37,7 +37,8 @@ import numpy as np
 from . import _rules as rules
 from ._hf import (CHECK_TOLERANCE, ExtractionCheck, as_numpy, check_extraction,
                   check_tokenizer, config_facts, dtype_kwarg, fill_f, load_or_explain,
-                  logit_scale, numpy_dtype, pre_head_scaling, require_hf, scaled)
+                  local_checkpoint, logit_scale, numpy_dtype, pre_head_scaling, require_hf,
+                  scaled, token_strings, tokenizer_identity)
 from .errors import IdentirepError
 from .model import Model
 
@@ -50,7 +51,8 @@ class Extraction:
 
     ``f`` (N x M) has one row per non-padding token position, texts in the order given,
     positions in order; ``token_ids`` (N) are the tokens at those positions and ``positions``
-    (N x 2) their (text index, position in text). ``g`` (V x M) and ``b`` (V or None) have one
+    (N x 2) their (text index, position in text); ``targets`` (N) the next token of the same
+    text, -1 at each text's last position. ``g`` (V x M) and ``b`` (V or None) have one
     row per label; ``label_ids`` (V) are the token ids of those rows and ``labels`` their
     token strings.
     """
@@ -77,9 +79,21 @@ class Extraction:
     def M(self) -> int:
         return int(self.f.shape[1])
 
+    @property
+    def targets(self) -> np.ndarray:
+        """The next token id of each position in the same text, -1 at a text's last position
+        (the text's end, or where it was truncated)."""
+        out = np.full(self.N, -1, np.int64)
+        same = self.positions[1:, 0] == self.positions[:-1, 0]
+        out[:-1][same] = self.token_ids[1:][same]
+        return out
+
     def to_model(self, name: Optional[str] = None) -> Model:
+        """The factors as a :class:`~identirep.Model`, with ``tokens`` (the input tokens),
+        ``targets`` and ``documents`` (the text index of each position)."""
         return Model(self.f, self.g, self.b, name=name or self.metadata.get("name"),
-                     labels=self.labels, metadata=dict(self.metadata))
+                     labels=self.labels, metadata=dict(self.metadata), tokens=self.token_ids,
+                     targets=self.targets, documents=self.positions[:, 0])
 
     def __repr__(self) -> str:
         b = ", bias" if self.b is not None else ""
@@ -108,7 +122,7 @@ def _read_texts(texts) -> list:
 def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: int = 8,
             dtype: str = "float32", check_positions: int = 64, allow_softcap: bool = False,
             seed: int = 0, progress: Union[None, bool, Callable[[int, int], None]] = None,
-            device: str = "cpu") -> Extraction:
+            device: str = "cpu", revision: Optional[str] = None) -> Extraction:
     """Extract f (every non-padding position), g and b from a local causal LM directory.
 
     ``texts``: a list of strings, or the path of a .txt file with one text per non-empty line.
@@ -121,7 +135,16 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
     positions, ``True`` for a progress bar on stderr, ``False`` for none, or ``None`` for a
     bar when stderr is a terminal.
     ``device`` is the torch device the model runs on ("cpu", "cuda", "cuda:1", ...).
-    With ``out``, the result is also written there by :func:`identirep.save_model`.
+    ``revision`` picks a checkpoint revision when ``model_dir`` is a local Hugging Face
+    cache repository folder (``models--ORG--NAME``: a branch or tag under ``refs/``, a commit
+    hash or prefix under ``snapshots/``; ``refs/main`` when not given) or lies in a git
+    repository (any branch, tag or commit; its files are written by ``git archive`` to a
+    temporary directory; Git LFS pointer files are refused); ``metadata["revision"]`` records
+    it and the commit it resolved to. Nothing is downloaded.
+    With ``out``, the result is also written there by :func:`identirep.save_model`; the
+    model file carries ``tokens``, ``targets`` (the next token, -1 at a text's end) and
+    ``documents`` (the text index), and ``metadata["tokenizer"]`` the tokenizer's
+    fingerprint (:func:`identirep._hf.tokenizer_identity`).
     """
     check_extract_options(dtype, max_length, batch_size, check_positions, allow_softcap, seed,
                           progress, device)
@@ -136,12 +159,28 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         raise IdentirepError(f"model_dir must be a str or os.PathLike, got "
                              f"{type(model_dir).__name__} {model_dir!r:.60}",
                              fix="give the directory written by save_pretrained")
-    model_dir = Path(model_dir)
+    texts = _read_texts(texts)
+    with local_checkpoint(Path(model_dir), revision) as ckpt:
+        ext = _extract_local(ckpt.directory, texts, max_length=max_length,
+                             batch_size=batch_size, dtype=dtype,
+                             check_positions=check_positions, allow_softcap=allow_softcap,
+                             seed=seed, progress=progress, device=device)
+    if ckpt.revision is not None:
+        ext.metadata.update(name=ckpt.name, model_dir=str(Path(model_dir).resolve()),
+                            revision=ckpt.revision)
+    if out is not None:
+        from .io import save_model
+        save_model(ext.to_model(), out)
+    return ext
+
+
+def _extract_local(model_dir: Path, texts: list, *, max_length, batch_size, dtype,
+                   check_positions, allow_softcap, seed, progress, device) -> Extraction:
+    """:func:`extract` from the local model directory ``model_dir`` (options checked)."""
     if not (model_dir / "config.json").is_file():
         raise IdentirepError(
             f"{model_dir} is not a local model directory (no config.json); give the directory "
             "written by save_pretrained — identirep never downloads models")
-    texts = _read_texts(texts)
     torch, transformers = require_hf()
     try:
         device = torch.device(device)
@@ -167,6 +206,8 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         f"could not load a tokenizer from {model_dir} (it needs its tokenizer files, "
         "e.g. tokenizer.json and tokenizer_config.json)")
     check_tokenizer(tok, model_dir)   # before the model: its weights take the time
+    strings = token_strings(tok, len(tok))
+    tokenizer = tokenizer_identity(tok, strings)   # before tokenizing: that sets truncation
     torch_dtype = getattr(torch, dtype)
     model = load_or_explain(lambda: transformers.AutoModelForCausalLM.from_pretrained(
         model_dir, local_files_only=True, **{dtype_kwarg(transformers): torch_dtype}),
@@ -224,8 +265,7 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
                              check_positions,
                              f"{model_dir} ({model_type}, logit scale folded: {scale:g})")
     label_ids = np.arange(V, dtype=np.int64)
-    labels = [t if t is not None else f"<id {i}>"
-              for i, t in enumerate(tok.convert_ids_to_tokens(label_ids.tolist()))]
+    labels = strings[:V]
     digest = hashlib.sha256(token_ids.tobytes() + lengths.tobytes()).hexdigest()
     meta = {
         "name": model_dir.resolve().name,
@@ -247,6 +287,8 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         "padding_positions_skipped": pad_positions,
         "inputs_sha256": digest,
         "tokenizer_size": len(tok),
+        "tokenizer": tokenizer,
+        "targets": "the next token of the same text; -1 at each text's last position",
         "lm_head_rows": int(rows),
         "vocab_padding_rows_dropped": int(rows - V),
         "bias": b is not None,
@@ -267,11 +309,7 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
         meta["final_logit_softcapping"] = float(cap)
         meta["softcap_ignored"] = (
             "f.g + b are the pre-cap logits; comparisons of this model ignore the tanh cap")
-    ext = Extraction(f_out, g, b, token_ids, label_ids, positions, labels, check, meta)
-    if out is not None:
-        from .io import save_model
-        save_model(ext.to_model(), out)
-    return ext
+    return Extraction(f_out, g, b, token_ids, label_ids, positions, labels, check, meta)
 
 
 def check_extract_options(dtype="float32", max_length=512, batch_size=8, check_positions=64,
@@ -325,6 +363,10 @@ def add_extract_parser(subparsers):
                    help="extract soft-capped models' pre-cap logits (the cap is ignored)")
     p.add_argument("--seed", type=int, default=0, help="seed of the checked positions")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--revision", metavar="REV",
+                   help="checkpoint revision: a branch, tag or commit of the local Hugging Face "
+                        "cache repository folder (models--ORG--NAME) or git repository "
+                        "MODEL_DIR (nothing is downloaded)")
     p.set_defaults(func=_run_extract)
     return p
 
@@ -334,7 +376,7 @@ def _run_extract(args) -> int:
         ext = extract(args.model_dir, args.texts, args.out, max_length=args.max_length,
                       batch_size=args.batch_size, dtype=args.dtype,
                       check_positions=args.check_positions, allow_softcap=args.allow_softcap,
-                      seed=args.seed, device=args.device)
+                      seed=args.seed, device=args.device, revision=args.revision)
     except IdentirepError as e:
         print(f"identirep extract: error: {e}", file=sys.stderr)
         return 2
@@ -343,6 +385,10 @@ def _run_extract(args) -> int:
           f"{', with bias' if ext.b is not None else ''}")
     print(f"check over {c.positions} positions: max abs error {c.max_abs_error:.3g}, "
           f"max rel error {c.max_rel_error:.3g} (tolerance {c.tolerance:g})")
+    rev = ext.metadata.get("revision")
+    if rev:
+        print(f"revision {rev['requested']} = commit {rev['commit'][:12]} ({rev['source']} "
+              f"{rev['repository']})")
     print(f"wrote {args.out}")
     short = size_note(ext.N, ext.V, ext.M)
     if short:

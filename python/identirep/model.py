@@ -524,7 +524,8 @@ def check_same_tokenizer(a: Model, b: Model) -> None:
     parts = [k for k in ("vocabulary", "special_tokens", "pipeline")
              if isinstance(ta.get("parts"), dict) and isinstance(tb.get("parts"), dict)
              and ta["parts"].get(k) != tb["parts"].get(k)]
-    which = (f" ({', '.join(p.replace('_', ' ') for p in parts)} differ)" if parts else "")
+    which = (f" (what differs: {', '.join(p.replace('_', ' ') for p in parts)})" if parts
+             else "")
     raise IdentirepError(
         f"{head}, though their {len(la)} token strings are equal: the tokenizers' settings "
         f"differ{which} (special tokens, normalisation, pre-tokenisation or merges), so the "
