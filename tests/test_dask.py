@@ -15,6 +15,8 @@ import identirep.dask as idk
 from identirep import constructions as C
 from identirep.cli import main
 
+from test_accumulate import _pair, assert_reports_match
+
 OPTS = dict(num_samples=20, seed=3, max_label_sets=30, rep_sets=40)
 
 
@@ -180,6 +182,32 @@ def test_errors_are_matrix_errors(client, files, tmp_path):
         idk.matrix(files, client, check=stop)
 
 
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_compare_on_dask_arrays_equals_compare(client, dtype, rtol):
+    """Chunks of 130 rows (f2: 90 rows, 2 columns; rechunked to f1's rows), merged 3 at a
+    time in a tree: compare's report within the Accumulator's guarantee."""
+    import dask.array as da
+    f1, g1, b1, f2, g2, b2 = _pair(1000, 30, 4, 5, dtype, bias=True, seed=2)
+    got = idk.compare(da.from_array(f1, chunks=(130, -1)), g1, da.from_array(f2, chunks=(90, 2)),
+                      g2, b1, b2, client=client, split_every=3, seed=3, num_samples=30)
+    want = ir.compare(ir.Model(f1, g1, b1), ir.Model(f2, g2, b2), seed=3, num_samples=30)
+    assert got.N == 1000 and any("holds every one" in n for n in got.notes)
+    assert_reports_match(got, want, rtol)
+
+
+def test_compare_refuses_what_is_not_chunked_f(client):
+    import dask.array as da
+    f1, g1, _, f2, g2, _ = _pair(100, 10, 2, 2)
+    with pytest.raises(ir.IdentirepError, match="2-d dask array"):
+        idk.compare(f1, g1, da.from_array(f2), g2, client=client)
+    with pytest.raises(ir.IdentirepError, match="one row per input"):
+        idk.compare(da.from_array(f1), g1, da.from_array(f2[:90]), g2, client=client)
+    with pytest.raises(ir.IdentirepError, match="split_every must be at least 2"):
+        idk.compare(da.from_array(f1), g1, da.from_array(f2), g2, client=client, split_every=1)
+    with pytest.raises(ir.IdentirepError, match="dimensions"):     # the Accumulator's check
+        idk.compare(da.from_array(f1), g1, da.from_array(f2), g1[:, :1], client=client)
+
+
 def test_parse_scheduler():
     assert idk.parse_scheduler("local:3") == ("local", 3)
     for ok in ("tcp://10.0.0.5:8786", "127.0.0.1:8786", "tls://sched.example.org:8786",
@@ -197,10 +225,17 @@ def _json_matrix(capsys, *args):
     return out
 
 
-def test_cli_scheduler_local_and_address(cluster, files, capsys):
+def test_cli_scheduler_address(cluster, files, capsys):
+    want = _json_matrix(capsys, *files)
+    assert _json_matrix(capsys, *files, "--scheduler", cluster.scheduler_address) == want
+
+
+@pytest.mark.slow
+def test_cli_scheduler_local(files, capsys):
+    """--scheduler local:2 starts (and stops) a LocalCluster of its own: 2-6 s."""
+    pytest.importorskip("distributed")
     want = _json_matrix(capsys, *files)
     assert _json_matrix(capsys, *files, "--scheduler", "local:2") == want
-    assert _json_matrix(capsys, *files, "--scheduler", cluster.scheduler_address) == want
 
 
 @pytest.mark.parametrize("value, says", [("local:0", "integer >= 1"), ("local", "local:N"),
@@ -222,6 +257,6 @@ def test_cli_without_dask_names_the_extra(files, capsys, monkeypatch):
 
 def test_cli_no_scheduler_at_address(files, capsys, monkeypatch):
     pytest.importorskip("distributed")
-    monkeypatch.setattr(idk, "CONNECT_TIMEOUT", 1)
+    monkeypatch.setattr(idk, "CONNECT_TIMEOUT", 0.5)
     assert main(["matrix", *files, "--scheduler", "tcp://127.0.0.1:9"]) == 2
     assert "no Dask scheduler answered at tcp://127.0.0.1:9" in capsys.readouterr().err

@@ -367,3 +367,129 @@ def _gather_in_order(client, futures: dict, pairs, progress, progress_bar) -> di
                 client.cancel([f for f in futures if not f.done()])
                 first_error.result()   # raises the worker's exception
     return results
+
+
+# ---------------------------------------------------------------------------------- compare
+
+def _accumulator(g, cfg: dict):
+    from .accumulate import Accumulator
+    return Accumulator(*g, **cfg)
+
+
+def _chunk_state_task(g, cfg: dict, f1, f2) -> dict:
+    """The statistics of one chunk of inputs (``Accumulator.state_dict`` without g)."""
+    return _accumulator(g, cfg).update(f1, f2).state_dict(model=False)
+
+
+def _merge_states_task(g, cfg: dict, *states) -> dict:
+    """Consecutive chunks' statistics merged in their order (the first chunk's inputs
+    first)."""
+    acc = _accumulator(g, cfg).load_state_dict(states[0])
+    for s in states[1:]:
+        acc.merge(_accumulator(g, cfg).load_state_dict(s))
+    return acc.state_dict(model=False)
+
+
+def _compute_task(g, cfg: dict, state: dict, opts: dict):
+    with _silenced():
+        return _accumulator(g, cfg).load_state_dict(state).compute(**opts)
+
+
+def _silenced():
+    from .progress import silenced
+    return silenced()
+
+
+def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: int = 4096,
+            reservoir_seed: int = 0, labels=None, names=(None, None), split_every: int = 8,
+            progress=None, **opts):
+    """``identirep.compare`` of two models whose f are Dask arrays chunked over inputs.
+
+    Parameters
+    ----------
+    f1, f2 : dask.array.Array (N x M1), (N x M2)
+        The models' representations, one row per input, chunked over rows (f2 is rechunked
+        to f1's row chunks; the columns are taken whole).
+    g1, g2, bias1, bias2 : array
+        The label vectors and biases (NumPy or torch CPU), as ``Accumulator`` takes them.
+    client : distributed.Client, optional
+        Default: the current client.
+    reservoir, reservoir_seed
+        ``Accumulator``'s ``reservoir`` and ``seed``: input rows kept for the input side.
+    labels, names
+        As ``Accumulator``.
+    split_every : int
+        How many consecutive chunks' statistics one merge task takes (>= 2).
+    progress : bool or callable, optional
+        A bar over the tasks on stderr (None: when stderr is a terminal), or a callable
+        ``progress(fraction)``.
+    **opts
+        ``compare``'s options (lam, combine, term, num_samples, seed, ...).
+
+    Returns
+    -------
+    Report
+        ``Accumulator.compute`` of the chunks' statistics: each chunk is one task
+        (``Accumulator.update``), consecutive chunks merge in a tree in their order
+        (``Accumulator.merge``), and one task computes the report. Equal to ``compare`` of
+        the whole arrays within the Accumulator's guarantee (float64: 1e-10 relative,
+        float32: 1e-5) when the reservoir holds every distinct input; otherwise the input
+        side is estimated from the reservoir's sample, and the report's notes say so.
+    """
+    from ._rules import check_count
+    from .measures import check_compare_options, check_progress
+    from .progress import progress_bar
+    check_compare_options(**opts)
+    check_progress(progress)
+    check_count("split_every", split_every)
+    if split_every < 2:
+        raise IdentirepError(f"split_every must be at least 2, got {split_every}",
+                             fix="merge 2 or more chunks' statistics per task, e.g. 8")
+    client = _client(client)
+    import dask
+    import dask.array as da
+    for f, nm in ((f1, "f1"), (f2, "f2")):
+        if not isinstance(f, da.Array) or f.ndim != 2:
+            raise IdentirepError(f"{nm} must be a 2-d dask array (inputs x dimensions), got "
+                                 f"{type(f).__name__} of shape {getattr(f, 'shape', None)}",
+                                 fix="wrap it, e.g. dask.array.from_array(f, chunks=(100_000, "
+                                     "-1)), or use identirep.compare on arrays in memory")
+    if f1.shape[0] != f2.shape[0] or any(np.isnan(s) for s in f1.shape + f2.shape):
+        raise IdentirepError(f"f1 and f2 must have one row per input, known in advance: "
+                             f"shapes {f1.shape} and {f2.shape}",
+                             fix="give both the same inputs in the same order (compute "
+                                 "unknown chunk sizes first: f.compute_chunk_sizes())")
+    cfg = dict(reservoir=reservoir, seed=reservoir_seed, labels=labels, names=names)
+    g = (g1, g2, bias1, bias2)
+    _accumulator(g, cfg)           # g, biases, labels and names checked here, before any task
+    f1 = f1.rechunk({1: -1})
+    f2 = f2.rechunk({0: f1.chunks[0], 1: -1})
+    blocks = [(b1, b2) for b1, b2, rows in zip(f1.to_delayed().ravel(), f2.to_delayed().ravel(),
+                                               f1.chunks[0]) if rows > 0]
+    if len(blocks) == 0 or f1.shape[0] < 2:
+        raise IdentirepError(f"compare needs at least 2 inputs, got {f1.shape[0]}")
+    gf = client.scatter([g], hash=False)[0]     # once: the tasks take it from there
+    chunk = dask.delayed(_chunk_state_task, pure=False)
+    level = client.compute([chunk(gf, cfg, b1, b2) for b1, b2 in blocks])
+    tasks = [level]
+    while len(level) > 1:
+        level = [client.submit(_merge_states_task, gf, cfg, *level[i:i + split_every],
+                               pure=False)
+                 for i in range(0, len(level), split_every)]
+        tasks.append(level)
+    final = client.submit(_compute_task, gf, cfg, level[0], dict(opts), pure=False)
+    total = sum(len(lv) for lv in tasks) + 1
+    # only as_completed holds the partial results' futures: each is let go once done
+    pending = distributed().as_completed([f for lv in tasks for f in lv] + [final])
+    del level, tasks
+    call = progress if callable(progress) else None
+    with progress_bar(f"{len(blocks)} chunks on Dask", total,
+                      None if call else progress) as update:
+        for done, fut in enumerate(pending, 1):
+            if fut.status == "error":
+                fut.result()          # raises the task's exception
+            del fut
+            update(done)
+            if call is not None:
+                call(done / total)
+    return final.result()
