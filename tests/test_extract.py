@@ -635,3 +635,25 @@ def test_revision_in_a_git_repository(gpt2_pair, tmp_path, capsys):
     with pytest.raises(IdentirepError, match=r"model.safetensors is a Git LFS pointer, not the "
                                              r"file itself.*git lfs pull"):
         _extract(model, revision="trunk")
+
+
+def test_fingerprint_of_a_tokenizer_without_backend():
+    """A slow (Python) tokenizer has no tokenizer.json: its class, SentencePiece model and
+    boolean settings make the pipeline part; its location does not enter."""
+    class Slow:
+        all_special_ids = [0]
+        special_tokens_map = {"unk_token": "<unk>"}
+
+        def __init__(self, proto=b"model", lower=False, path="/a"):
+            self.sp_model = type("SP", (), {"serialized_model_proto": lambda s: proto})()
+            self.init_kwargs = {"do_lower_case": lower, "vocab_file": path}
+
+    def sha(tok, strings=("<unk>", "a", "b")):
+        return _hf.tokenizer_identity(tok, list(strings))
+    base = sha(Slow())
+    assert base["fast"] is False and base["class"] == "Slow" and base["size"] == 3
+    assert sha(Slow(path="/elsewhere")) == base
+    for other in (sha(Slow(proto=b"other")), sha(Slow(lower=True))):
+        assert other["parts"]["pipeline"] != base["parts"]["pipeline"]
+        assert other["sha256"] != base["sha256"]
+    assert sha(Slow(), ("<unk>", "a", "c"))["parts"]["vocabulary"] != base["parts"]["vocabulary"]
