@@ -26,7 +26,7 @@ LAYERS = [
     ["_model_cache", "_label_side", "_input_side", "_pair"],
     ["_backends", "measures", "_matrix", "tokens", "accumulate"],
     ["io", "extract", "_hf", "constructions", "baselines", "bench", "report", "plots", "demo",
-     "dask", "cli", "repro"],
+     "dask", "metrics", "cli", "repro"],
     [""],
 ]
 

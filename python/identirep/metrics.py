@@ -1,0 +1,169 @@
+"""identirep as a torchmetrics ``Metric`` (the optional extra ``identirep[torchmetrics]``):
+``IdentirepMetric`` wraps an ``Accumulator``; across ``torch.distributed`` ranks its state is
+gathered and merged exactly (``Accumulator.merge``, in rank order), so that rank r's inputs
+count as coming after those of ranks 0..r-1.
+
+``identirep.metrics.IdentirepMetric`` is made on first use: without torch and torchmetrics,
+this module imports and naming the class raises IdentirepError with what to install."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .errors import IdentirepError
+
+#: how to install what this module needs
+INSTALL = 'pip install "identirep[torchmetrics]"'
+#: the packed state's leading bytes (``pack_state``)
+_MAGIC = b"IDRPSTATE1"
+
+
+def pack_state(state: dict) -> np.ndarray:
+    """An ``Accumulator.state_dict()`` (NumPy arrays and Python scalars) as one uint8 array:
+    a JSON header of the keys, scalars, dtypes and shapes, then the arrays' bytes. Exact
+    (no value is converted), and nothing in it is executed when unpacked (no pickle)."""
+    header, blobs, offset = [], [], 0
+    for key, v in state.items():
+        if isinstance(v, np.ndarray):
+            a = np.ascontiguousarray(v)
+            if a.dtype.hasobject:
+                raise IdentirepError(f"state entry {key!r} holds Python objects")
+            header.append({"k": key, "dtype": a.dtype.str, "shape": list(a.shape),
+                           "at": offset, "nbytes": a.nbytes})
+            blobs.append(a.reshape(-1).view(np.uint8))
+            offset += a.nbytes
+        else:
+            if isinstance(v, np.generic):
+                v = v.item()
+            if not (v is None or isinstance(v, (bool, int, float, str))):
+                raise IdentirepError(f"state entry {key!r} is a {type(v).__name__}, not an "
+                                     "array or a number or string")
+            header.append({"k": key, "v": v})
+    text = json.dumps(header).encode()
+    head = np.frombuffer(_MAGIC + len(text).to_bytes(8, "little") + text, np.uint8)
+    return np.concatenate([head] + blobs) if blobs else head.copy()
+
+
+def unpack_state(buf) -> dict:
+    """The state ``pack_state`` packed (``buf``: its uint8 array, or a CPU tensor of it)."""
+    buf = np.asarray(buf, np.uint8).reshape(-1)
+    n = len(_MAGIC)
+    if buf[:n].tobytes() != _MAGIC or len(buf) < n + 8:
+        raise IdentirepError("not a packed identirep state (its leading bytes differ)")
+    size = int.from_bytes(buf[n:n + 8].tobytes(), "little")
+    start = n + 8 + size
+    header = json.loads(buf[n + 8:start].tobytes())
+    out = {}
+    for e in header:
+        if "v" in e:
+            out[e["k"]] = e["v"]
+            continue
+        raw = buf[start + e["at"]:start + e["at"] + e["nbytes"]]
+        out[e["k"]] = raw.view(np.dtype(e["dtype"])).reshape(e["shape"]).copy()
+    return out
+
+
+def _host(x):
+    """A torch tensor detached from autograd (the Accumulator reads its values); anything
+    else as it is."""
+    detach = getattr(x, "detach", None)
+    return detach() if callable(detach) else x
+
+
+def _metric_class():
+    try:
+        import torch
+        from torchmetrics import Metric
+    except ImportError as e:
+        raise IdentirepError(f"identirep.metrics needs torch and torchmetrics, which are not "
+                             f"installed ({e})", fix=INSTALL) from None
+    from .accumulate import Accumulator
+    from .measures import check_compare_options
+
+    class IdentirepMetric(Metric):
+        """Every measure of ``compare`` for a pair of models, over the batches of a data
+        loader and across ``torch.distributed`` ranks.
+
+        Parameters
+        ----------
+        g1, g2 : tensor or array (V x M1), (V x M2)
+            The models' label vectors (CPU), fixed: e.g. the LM heads' weights.
+        bias1, bias2 : tensor or array (V), optional
+        reservoir, seed, dtype, labels, names
+            As ``Accumulator``.
+        compare_options : dict, optional
+            ``compare``'s options for ``compute`` (num_samples, seed, lam, ...).
+        **kwargs
+            torchmetrics' Metric options (process_group, dist_sync_fn, sync_on_compute, ...).
+
+        ``update(f1, f2)`` folds a batch (rows: inputs; CPU tensors or arrays; a tensor that
+        requires grad is read detached); ``compute()`` returns the ``Report``, from the
+        statistics of every rank merged in rank order when torch.distributed is running;
+        ``reset()`` forgets every input. Calling the metric (``forward``) only updates it
+        and returns None: the measures are not computed per batch. ``accumulator`` is this
+        rank's ``Accumulator`` (its ``state_dict`` saves a run to resume).
+        """
+        full_state_update = False
+        is_differentiable = False
+        higher_is_better = None
+
+        def __init__(self, g1, g2, bias1=None, bias2=None, *, reservoir: int = 4096,
+                     seed: int = 0, dtype=None, labels=None, names=(None, None),
+                     compare_options=None, **kwargs):
+            super().__init__(**kwargs)
+            if compare_options is not None and not isinstance(compare_options, dict):
+                raise IdentirepError(f"compare_options must be a dict of compare's options, "
+                                     f"got {type(compare_options).__name__}")
+            self.compare_options = dict(compare_options or {})
+            check_compare_options(**self.compare_options)
+            self._g = tuple(None if x is None else _host(x) for x in (g1, g2, bias1, bias2))
+            self._cfg = dict(reservoir=reservoir, seed=seed, dtype=dtype, labels=labels,
+                             names=names)
+            self.accumulator = Accumulator(*self._g, **self._cfg)
+            # at sync: one packed state per rank, in rank order; merged by compute
+            self.add_state("packed", default=[], dist_reduce_fx=None)
+
+        def update(self, f1, f2, targets=None) -> None:
+            self.accumulator.update(_host(f1), _host(f2), targets)
+
+        def forward(self, *args, **kwargs) -> None:
+            self.update(*args, **kwargs)
+
+        def sync(self, *args, **kwargs) -> None:
+            state = pack_state(self.accumulator.state_dict(model=False))
+            self.packed = [torch.from_numpy(state).to(self.device)]
+            super().sync(*args, **kwargs)
+
+        def compute(self):
+            acc = None
+            parts = self.packed or [pack_state(self.accumulator.state_dict(model=False))]
+            for part in parts:
+                if isinstance(part, torch.Tensor):
+                    part = part.detach().cpu().numpy()
+                one = Accumulator(*self._g, **self._cfg).load_state_dict(unpack_state(part))
+                acc = one if acc is None else acc.merge(one)
+            return acc.compute(**self.compare_options)
+
+        def reset(self) -> None:
+            super().reset()
+            self.accumulator = Accumulator(*self._g, **self._cfg)
+
+        def merge_state(self, incoming_state) -> None:
+            """Fold another IdentirepMetric of the same models in (its inputs after
+            these)."""
+            if not isinstance(incoming_state, IdentirepMetric):
+                raise IdentirepError("IdentirepMetric merges the state of another "
+                                     f"IdentirepMetric, got {type(incoming_state).__name__}")
+            self._computed = None
+            self.accumulator.merge(incoming_state.accumulator)
+
+    IdentirepMetric.__module__ = __name__
+    return IdentirepMetric
+
+
+def __getattr__(name):
+    if name == "IdentirepMetric":
+        cls = globals()["IdentirepMetric"] = _metric_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

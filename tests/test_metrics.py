@@ -1,0 +1,136 @@
+"""identirep.metrics.IdentirepMetric (torchmetrics): compute() equals compare of every input
+seen, on one process and on two gloo ranks that each see half of the inputs (their states
+merged in rank order); reset() forgets; without torchmetrics the class names the extra."""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import identirep as ir
+import identirep.metrics as im
+
+from test_accumulate import assert_reports_match
+
+OPTS = {"seed": 3, "num_samples": 30}
+
+
+def _data(n=400, v=30, m=4):
+    r = np.random.default_rng(0)
+    f1 = r.standard_normal((n, m))
+    f2 = f1 @ r.standard_normal((m, m)) + 0.3 * r.standard_normal((n, m))
+    return f1, r.standard_normal((v, m)), r.standard_normal(v), f2, r.standard_normal((v, m))
+
+
+def _want():
+    f1, g1, b1, f2, g2 = _data()
+    return ir.compare(ir.Model(f1, g1, b1), ir.Model(f2, g2), **OPTS)
+
+
+def _feed(metric, f1, f2, batch=64):
+    import torch
+    for i in range(0, len(f1), batch):
+        metric.update(torch.from_numpy(f1[i:i + batch]), torch.from_numpy(f2[i:i + batch]))
+
+
+@pytest.fixture(scope="module")
+def torch():
+    pytest.importorskip("torchmetrics", reason="torchmetrics is not installed "
+                                               "(identirep[torchmetrics])")
+    import torch
+    return torch
+
+
+def test_one_process_compute_reset_and_forward(torch):
+    f1, g1, b1, f2, g2 = _data()
+    m = im.IdentirepMetric(torch.from_numpy(g1), torch.from_numpy(g2), torch.from_numpy(b1),
+                           compare_options=OPTS)
+    _feed(m, f1, f2)
+    want = _want()
+    assert_reports_match(m.compute(), want, 1e-10)
+    m.reset()
+    assert m.accumulator.n == 0
+    with pytest.warns(UserWarning, match="before the ``update``"), \
+            pytest.raises(ir.IdentirepError, match="seen 0 inputs"):
+        m.compute()
+    assert m(torch.from_numpy(f1), torch.from_numpy(f2).requires_grad_()) is None   # forward
+    assert_reports_match(m.compute(), want, 1e-10)
+    other = im.IdentirepMetric(g1, g2, b1, compare_options=OPTS)
+    first = im.IdentirepMetric(g1, g2, b1, compare_options=OPTS)
+    _feed(first, f1[:150], f2[:150])
+    _feed(other, f1[150:], f2[150:])
+    first.merge_state(other)
+    assert_reports_match(first.compute(), want, 1e-10)
+
+
+def test_packed_state_round_trips_exactly():
+    f1, g1, b1, f2, g2 = _data(n=50)
+    from identirep.accumulate import Accumulator
+    state = Accumulator(g1, g2, b1).update(f1, f2).state_dict(model=False)
+    back = im.unpack_state(im.pack_state(state))
+    assert back.keys() == state.keys()
+    for k, v in state.items():
+        if isinstance(v, np.ndarray):
+            assert back[k].dtype == v.dtype and np.array_equal(back[k], v, equal_nan=True), k
+        else:
+            assert back[k] == v and type(back[k]) is type(v), k
+    with pytest.raises(ir.IdentirepError, match="not a packed identirep state"):
+        im.unpack_state(np.zeros(40, np.uint8))
+
+
+def test_sync_merges_the_ranks_states_in_rank_order(torch):
+    """torchmetrics' own sync path, in one process: the gather returns rank 0's and rank 1's
+    packed states (what all_gather returns on rank 0)."""
+    f1, g1, b1, f2, g2 = _data()
+    ranks = [im.IdentirepMetric(g1, g2, b1, compare_options=OPTS) for _ in range(2)]
+    _feed(ranks[1], f1[200:], f2[200:])
+    second = torch.from_numpy(im.pack_state(ranks[1].accumulator.state_dict(model=False)))
+    m = im.IdentirepMetric(g1, g2, b1, compare_options=OPTS,
+                           dist_sync_fn=lambda t, group=None: [t, second],
+                           distributed_available_fn=lambda: True)
+    _feed(m, f1[:200], f2[:200])
+    assert_reports_match(m.compute(), _want(), 1e-10)
+    assert m.accumulator.n == 200 and len(m.packed) == 1     # unsynced: this rank's again
+
+
+def _rank(rank, world, init, out, data):
+    """One rank: half of the inputs, in batches; compute() on every rank (it gathers)."""
+    import torch
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        f1, g1, b1, f2, g2 = data
+        m = im.IdentirepMetric(torch.from_numpy(g1), torch.from_numpy(g2),
+                               torch.from_numpy(b1), compare_options=OPTS)
+        rows = slice(rank * len(f1) // world, (rank + 1) * len(f1) // world)
+        _feed(m, f1[rows], f2[rows], batch=48)
+        report = m.compute()
+        assert m.accumulator.n == rows.stop - rows.start     # its own state again after
+        with open(f"{out}.{rank}", "w") as fh:
+            json.dump(report.to_dict(), fh)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_equal_one_process(torch, tmp_path):
+    """Two processes (spawned: each imports torch and torchmetrics, 5-15 s), gloo on the
+    CPU, each rank half of the inputs; every rank's compute() is the one-process result."""
+    import torch.multiprocessing as mp
+    mp.spawn(_rank, args=(2, f"file://{tmp_path / 'init'}", str(tmp_path / "report"),
+                          _data()), nprocs=2)
+    want = _want()
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"report.{rank}").read_text())
+        assert got["N"] == want.N
+        assert_reports_match(types.SimpleNamespace(to_dict=lambda: got), want, 1e-10)
+
+
+def test_without_torchmetrics_the_class_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)
+    monkeypatch.delitem(im.__dict__, "IdentirepMetric", raising=False)
+    with pytest.raises(ir.IdentirepError, match=r"identirep\[torchmetrics\]"):
+        im.IdentirepMetric
+    with pytest.raises(AttributeError):
+        im.NoSuchThing
