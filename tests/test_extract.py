@@ -604,6 +604,8 @@ def test_revision_in_a_git_repository(gpt2_pair, tmp_path, capsys):
     repo = tmp_path / "repo"
     repo.mkdir()
     _git(repo, "init", "-q", "-b", "trunk")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "empty")
+    _git(repo, "tag", "v0")
     model = repo / "ckpt"                          # the model in a folder of the repository
     for tag, src in (("v1", gpt2_pair[0]), ("v2", gpt2_pair[1])):
         _copy_model(src, model)
@@ -628,6 +630,9 @@ def test_revision_in_a_git_repository(gpt2_pair, tmp_path, capsys):
     np.testing.assert_allclose(load_model(out).f, old.f, rtol=0, atol=1e-6)
     with pytest.raises(IdentirepError, match=r"has no commit 'v9' \(branches and tags: "):
         _extract(model, revision="v9")
+    with pytest.raises(IdentirepError, match=r"git archive of revision 'v0' .* failed: .*; "
+                                             r"fix: check that ckpt/ exists at commit"):
+        _extract(model, revision="v0")
     # a revision whose weights are a Git LFS pointer
     (model / "model.safetensors").write_text(
         "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 9\n")

@@ -312,13 +312,37 @@ def _hf_cache_revision(repo: Path, revision: str) -> Checkpoint:
     return Checkpoint(snap, facts, f"{stem}@{revision}")
 
 
-def _git(args, cwd: Path, what: str, stdout=subprocess.PIPE):
+def _git_command(args, what: str) -> list:
     git = shutil.which("git")
     if git is None:
         raise IdentirepError(f"{what}: git is not installed", fix="install git, or give the "
                              "checkpoint's own directory without --revision")
-    return subprocess.run([git, "-c", "core.quotepath=off", *args], cwd=cwd, stdout=stdout,
+    return [git, "-c", "core.quotepath=off", *args]
+
+
+def _git(args, cwd: Path, what: str):
+    return subprocess.run(_git_command(args, what), cwd=cwd, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def _git_archive(tree: str, top_dir: Path, out: Path, what: str) -> str:
+    """Write git's tree ``tree`` into ``out``, streamed from ``git archive`` (no copy of the
+    archive on disk); '' when done, else what went wrong."""
+    proc = subprocess.Popen(_git_command(["archive", "--format=tar", tree], what), cwd=top_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    failed = ""
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+            tf.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except (tarfile.TarError, OSError) as e:
+        failed = str(e)
+    finally:
+        proc.stdout.close()
+        said = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        proc.wait()
+    return said or failed if proc.returncode != 0 or failed else ""
 
 
 @contextlib.contextmanager
@@ -348,17 +372,11 @@ def _git_revision(model_dir: Path, revision: str) -> Iterator[Checkpoint]:
     tree = f"{commit}:{prefix.rstrip('/')}" if prefix else commit
     with tempfile.TemporaryDirectory(prefix="identirep-revision-") as tmp:
         out = Path(tmp)
-        with tempfile.TemporaryFile() as tar:
-            made = _git(["archive", "--format=tar", tree], top_dir, where, stdout=tar)
-            if made.returncode != 0:
-                said = made.stderr.decode(errors="replace").strip()
-                raise IdentirepError(f"git archive of {where} failed: {said[:300]}",
-                                     fix=f"check that {prefix or 'the directory'} exists at "
-                                         f"commit {commit[:12]}")
-            tar.seek(0)
-            with tarfile.open(fileobj=tar, mode="r:") as tf:
-                tf.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter")
-                                      else {}))
+        said = _git_archive(tree, top_dir, out, where)
+        if said:
+            raise IdentirepError(f"git archive of {where} failed: {said[:300]}",
+                                 fix=f"check that {prefix or 'the directory'} exists at "
+                                     f"commit {commit[:12]}")
         pointers = sorted(str(p.relative_to(out)) for p in out.rglob("*")
                           if p.is_file() and p.stat().st_size < 1024
                           and p.read_bytes().startswith(_LFS_POINTER))
