@@ -75,6 +75,31 @@ def test_topk_state_equals_a_stable_sort_under_any_tiling(n, v, k, data, tied, d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["random", "tied", "nan and -inf blocks"])
+@pytest.mark.parametrize("k", [1, 10, 70])
+def test_topk_state_over_wide_tiles(dtype, kind, k):
+    # tile rows of many blocks and chunks, where the block maxima bound the candidates
+    n, v = 6, 40000
+    if kind == "tied":
+        l1, l2 = tied_logits(k, n, v, dtype, levels=3)
+    else:
+        rng = np.random.default_rng(k)
+        l1 = (3 * rng.standard_normal((n, v))).astype(dtype)
+        l2 = (l1 + rng.standard_normal((n, v))).astype(dtype)
+    if kind == "nan and -inf blocks":
+        l1[:, :300] = np.nan
+        l1[0, 300:] = -np.inf
+        l1[1, ::2] = np.nan
+        l2[:, 5000:9000] = -np.inf
+        l2[2] = np.nan
+        l2[3, :39990] = np.nan
+    for cuts in ([0, v], [0, 1, 257, 16384, 16385, 33000, v]):
+        vals, ids, _, _ = fold_topk(l1, l2, cuts, k)
+        check_state(l1, vals[0], ids[0], k)
+        check_state(l2, vals[1], ids[1], k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_exact_ties_across_tile_boundaries_keep_the_lower_labels(dtype):
     # row 0: 5.0 at labels 3, 7, 10, 11 (tiles [0, 5), [5, 8), [8, 12)); k = 3 keeps 3, 7, 10
     # row 1: every label equal: the first k labels

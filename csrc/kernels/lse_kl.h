@@ -29,13 +29,17 @@
 // Optional per-row top-k (TopK, below), folded in from the same tiles: each model's k largest
 // logits of each row with their global label ids, in decreasing order, ties to the lower label
 // id, NaN never entering. Kept sorted in caller-owned state: values (float64, initial -inf) and
-// ids (int64, initial -1; a slot with id -1 is empty, and the filled slots come first). A row's
-// tile is scanned in blocks of 64 labels against its current k-th value (a vectorised compare:
-// a block without a larger logit costs one read of it, from cache); the rare larger logits are
-// inserted one by one. An equal logit never enters, which keeps the lower id because a row's
-// tiles arrive in increasing col0 order (as for args).
+// ids (int64, initial -1; a slot with id -1 is empty, and the filled slots come first). A row
+// whose tile maximum is not above its current k-th value is skipped; otherwise the maxima of
+// its blocks of 256 labels are taken (vectorised, from cache), and only the blocks, then
+// sub-blocks of 16, whose maximum can enter are read label by label; where more than k blocks
+// could, the k-th largest block maximum (of up to 64 blocks) bounds the candidates from below
+// (k labels of those blocks are at least that). The rare logits that enter are inserted one by
+// one. An equal logit never enters, which keeps the lower id because a row's tiles arrive in
+// increasing col0 order (as for args).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -257,9 +261,10 @@ inline void Rescale(double m, double m_new, double* s, double* a, double* e) {
   *a *= c;
 }
 
+// Fold one row of both tiles into the state; *t1, *t2 get the row's tile maxima (NaN ignored).
 template <typename T>
 inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t i,
-                      const LseKlState& st) {
+                      const LseKlState& st, T* t1, T* t2) {
   double* m1 = st.state + 0 * st.state_ld + i;
   double* s1 = st.state + 1 * st.state_ld + i;
   double* a12 = st.state + 2 * st.state_ld + i;
@@ -269,20 +274,19 @@ inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t
   double* a21 = st.state + 6 * st.state_ld + i;
   double* e2 = st.state + 7 * st.state_ld + i;
 
-  T t1, t2;
-  TileMax(x1, x2, v, &t1, &t2);
-  const double n1 = std::fmax(*m1, static_cast<double>(t1));
-  const double n2 = std::fmax(*m2, static_cast<double>(t2));
+  TileMax(x1, x2, v, t1, t2);
+  const double n1 = std::fmax(*m1, static_cast<double>(*t1));
+  const double n2 = std::fmax(*m2, static_cast<double>(*t2));
   // A row of -inf logits (or NaN) cannot be normalised; leave its state untouched.
   if (!(n1 > -std::numeric_limits<double>::infinity()) ||
       !(n2 > -std::numeric_limits<double>::infinity()))
     return;
-  if (static_cast<double>(t1) > *m1) {
-    const int64_t j = FindFirst(x1, v, t1);
+  if (static_cast<double>(*t1) > *m1) {
+    const int64_t j = FindFirst(x1, v, *t1);
     if (j >= 0) st.args[i] = col0 + j;
   }
-  if (static_cast<double>(t2) > *m2) {
-    const int64_t j = FindFirst(x2, v, t2);
+  if (static_cast<double>(*t2) > *m2) {
+    const int64_t j = FindFirst(x2, v, *t2);
     if (j >= 0) st.args[st.args_ld + i] = col0 + j;
   }
   Rescale(*m1, n1, s1, a12, e1);
@@ -328,27 +332,65 @@ inline T NotAbove(double d) {
   return t;
 }
 
-// Fold one tile row x[0..v) (labels col0 ..) into a row's top-k list (val, ids, k slots).
+// The largest of x[0..n) (NaN ignored; -inf for none).
+template <typename T>
+inline T BlockMax(const T* x, int64_t n) {
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t q = 0; q < n; ++q) mx = x[q] > mx ? x[q] : mx;
+  return mx;
+}
+
+constexpr int64_t kTopKBlock = 256;  // labels per vectorised threshold test
+constexpr int64_t kTopKSub = 16;     // and per sub-block of a block that passes it
+constexpr int64_t kTopKChunk = 64;   // blocks whose maxima bound the candidates together
+
+// Fold one tile row x[0..v) (labels col0 ..), whose largest value is tmax, into a row's top-k
+// list (val, ids, k slots).
+// Per chunk of up to kTopKChunk blocks: the block maxima (vectorised); where more than k
+// blocks could hold a candidate, the k-th largest of their maxima, lo, bounds the candidates
+// from below (k labels of the chunk are >= lo, so a label below it cannot be among the k
+// largest); then the blocks, their sub-blocks and labels that can enter, in label order.
 template <typename T>
 inline void TopKRow(const T* x, int64_t v, int64_t col0, double* val, int64_t* ids,
-                    int64_t k) {
+                    int64_t k, T tmax) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   int64_t count = 0;
   while (count < k && ids[count] >= 0) ++count;
-  int64_t j = 0;
-  for (; j < v && count < k; ++j)  // filling the empty slots: every label but NaN enters
-    if (!std::isnan(x[j])) TopKInsert(static_cast<double>(x[j]), col0 + j, val, ids, k, &count);
-  constexpr int64_t kBlock = 64;
-  T thr = NotAbove<T>(val[k - 1]);
-  for (; j < v; j += kBlock) {
-    const int64_t e = j + kBlock < v ? j + kBlock : v;
-    int hit = 0;
-#pragma omp simd reduction(| : hit)
-    for (int64_t q = j; q < e; ++q) hit |= (x[q] > thr);
-    if (!hit) continue;
-    for (int64_t q = j; q < e; ++q) {
-      if (x[q] > thr) {
-        TopKInsert(static_cast<double>(x[q]), col0 + q, val, ids, k, &count);
-        thr = NotAbove<T>(val[k - 1]);
+  T thr = count < k ? kNegInf : NotAbove<T>(val[k - 1]);
+  if (count == k && !(tmax > thr)) return;  // nothing in this tile row can enter
+  T bm[kTopKChunk];
+  T open[kTopKChunk];
+  for (int64_t c0 = 0; c0 < v; c0 += kTopKChunk * kTopKBlock) {
+    const int64_t c1 = c0 + kTopKChunk * kTopKBlock < v ? c0 + kTopKChunk * kTopKBlock : v;
+    const int64_t nb = (c1 - c0 + kTopKBlock - 1) / kTopKBlock;
+    int64_t n_open = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t j = c0 + b * kTopKBlock;
+      bm[b] = BlockMax(x + j, (j + kTopKBlock < c1 ? j + kTopKBlock : c1) - j);
+      if (count < k || bm[b] > thr) open[n_open++] = bm[b];
+    }
+    T lo = kNegInf;
+    if (n_open > k) {
+      std::nth_element(open, open + (k - 1), open + n_open, [](T a, T b) { return a > b; });
+      lo = open[k - 1];
+    }
+    // a value that can enter: >= lo, and above the k-th value once the list is full (NaN
+    // never: it fails x >= lo)
+    auto enters = [&](T y) { return y >= lo && (count < k || y > thr); };
+    for (int64_t b = 0; b < nb; ++b) {
+      if (!enters(bm[b])) continue;
+      const int64_t j = c0 + b * kTopKBlock;
+      const int64_t e = j + kTopKBlock < c1 ? j + kTopKBlock : c1;
+      for (int64_t s0 = j; s0 < e; s0 += kTopKSub) {
+        const int64_t s1 = s0 + kTopKSub < e ? s0 + kTopKSub : e;
+        if (!enters(BlockMax(x + s0, s1 - s0))) continue;
+        for (int64_t q = s0; q < s1; ++q) {
+          if (enters(x[q])) {
+            TopKInsert(static_cast<double>(x[q]), col0 + q, val, ids, k, &count);
+            if (count == k) thr = NotAbove<T>(val[k - 1]);
+          }
+        }
       }
     }
   }
@@ -514,13 +556,14 @@ void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, 
       for (int64_t i = r0; i < r1; ++i) {
         const T* x1 = l1 + i * ld1;
         const T* x2 = l2 + i * ld2;
-        detail::UpdateRow(x1, x2, v, col0, i, st);
+        T t1, t2;
+        detail::UpdateRow(x1, x2, v, col0, i, st, &t1, &t2);
         if (rows) detail::RowMomentsUpdate(x1, x2, v, col0, i, *mom);
         if (topk != nullptr) {
           const int64_t o = i * topk->k;
-          detail::TopKRow(x1, v, col0, topk->values + o, topk->ids + o, topk->k);
+          detail::TopKRow(x1, v, col0, topk->values + o, topk->ids + o, topk->k, t1);
           const int64_t o2 = o + topk->model_ld;
-          detail::TopKRow(x2, v, col0, topk->values + o2, topk->ids + o2, topk->k);
+          detail::TopKRow(x2, v, col0, topk->values + o2, topk->ids + o2, topk->k, t2);
         }
       }
       if (cols) detail::ColAccumulateRows(l1, ld1, l2, ld2, r0, r1, v, a);
