@@ -61,6 +61,15 @@ def non_negative_float(hint: str):
                     lambda text, v: f"must be a finite number >= 0, got {text!r}", hint)
 
 
+def top_k(text: str) -> int:
+    """compare's --top-k (an argparse ``type``): an integer from 1 to tokens.MAX_TOP_K."""
+    from .tokens import MAX_TOP_K
+    return _checked(int, lambda v: 1 <= v <= MAX_TOP_K, f"an integer from 1 to {MAX_TOP_K}",
+                    lambda text, v: f"must be from 1 to {MAX_TOP_K}, got {v}",
+                    "the most likely tokens per position kept for the top-k agreement, e.g. "
+                    "the default 10")(text)
+
+
 #: the --seed of every command
 SEED = int_at_least(0, "the seed of NumPy's random generator is a non-negative integer, "
                        "e.g. --seed 0")
@@ -254,7 +263,7 @@ def cmd_demo(args) -> int:
 
 def cmd_compare(args) -> int:
     from .io import load_models
-    from .measures import _report_from_engine, compare, engine
+    from .measures import _report_from_engine, compare, engine, with_tokens
     from .report import render_report
     check_input_sets(args, [])
     if args.out:
@@ -262,6 +271,7 @@ def cmd_compare(args) -> int:
     if args.plot:
         check_out_file(args.plot, "--plot")
         check_plotting("--plot")
+    per_token = _per_token_option(args)
     a, b = load_models([args.model_a, args.model_b], args.drop_masked_labels)
     if a.N == b.N:   # else compare says the inputs differ; --paper-compat sets hold M1 + 1
         check_input_sets(args, [(a.N, a.M if args.paper_compat else max(a.M, b.M))])
@@ -269,11 +279,21 @@ def cmd_compare(args) -> int:
     if dropped:
         print(f"identirep: {dropped}", file=sys.stderr)
     kw = _measure_kwargs(args)
+    tok = dict(per_token=per_token, top_k=args.top_k, jsd=args.jsd)
     if args.plot:
+        import time
+
+        from .model import check_pair
         from .plots import label_terms
+        from .tokens import engine_token_report, per_token_choice
+        from ._backends import resolve
+        t0 = time.perf_counter()
         backend = kw.pop("backend")
-        e = engine(a, b, backend)
-        r = _report_from_engine(e, backend=e.stats.backend, **kw)
+        check_pair(a, b)
+        on, note = per_token_choice(a, b, resolve(backend, a, b), **tok)
+        e = engine(a, b, backend, topk=args.top_k if on else 0)
+        r = _report_from_engine(e, t0=t0, backend=e.stats.backend, **kw)
+        r = with_tokens(r, t0, lambda: engine_token_report(e, args.jsd) if on else None, note)
         if r.d_llv is not None:
             labels = a.labels if a.labels is not None else b.labels
             label_terms(e, r.d_llv, args.plot, tokens=labels)
@@ -281,11 +301,33 @@ def cmd_compare(args) -> int:
             r.notes.append(f"--plot: no plot, d_LLV could not be computed "
                            f"({r.failures['d_llv'].reason})")
     else:
-        r = compare(a, b, **kw)
+        r = compare(a, b, **kw, **tok)
     if dropped:
         r.notes.append(dropped)
+    if args.per_token:
+        from .tokens import save_per_token
+        save_per_token(args.per_token, r.tokens, a.labels if a.labels is not None else b.labels)
+        print(f"identirep: wrote the per-position arrays of {r.tokens.positions} positions to "
+              f"{args.per_token}", file=sys.stderr)
     _emit(r.to_dict(), args, lambda: render_report(r))
     return 0
+
+
+def _per_token_option(args):
+    """compare's per_token from --per-token FILE (on), --no-per-token (off) or neither
+    (None: on for models that carry their text), with the file's path checked first."""
+    if args.per_token and args.no_per_token:
+        raise IdentirepError("--per-token FILE writes the per-token arrays and --no-per-token "
+                             "turns the per-token report off; give one of them")
+    if args.jsd and args.no_per_token:
+        raise IdentirepError("--jsd adds the per-token Jensen-Shannon divergence and "
+                             "--no-per-token turns the per-token report off; give one of them")
+    if args.per_token:
+        from .tokens import check_per_token_path
+        check_per_token_path(args.per_token)
+        check_out_file(args.per_token, "--per-token")
+        return True
+    return False if args.no_per_token else None
 
 
 def cmd_matrix(args) -> int:
@@ -447,6 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     c.add_argument("--out", help="also write the JSON report to this file")
     c.add_argument("--plot", help="also save the per-label term plot (PNG) here")
+    c.add_argument("--per-token", metavar="FILE",
+                   help="also write the per-position arrays here: FILE.npz (NumPy arrays) or "
+                        "FILE.csv (one row per position); turns the per-token report on")
+    c.add_argument("--jsd", action="store_true",
+                   help="per-token Jensen-Shannon divergence too (a second pass over the "
+                        "logits; the report says what it cost)")
+    c.add_argument("--top-k", type=top_k, default=10, metavar="K",
+                   help="each model's K most likely tokens per position for the top-k "
+                        "agreement (default 10)")
+    c.add_argument("--no-per-token", action="store_true",
+                   help="no per-token report (on by default when both models carry their "
+                        "text: tokens or targets)")
     c.set_defaults(func=cmd_compare)
     m = sub.add_parser("matrix", help="K x K matrices of every measure (CSV, JSON, heatmaps)")
     m.add_argument("models", nargs="+")

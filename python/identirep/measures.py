@@ -20,6 +20,7 @@ from .moments import Moments
 from .progress import progress_bar
 from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, Failure, KLResult,
                       MCCAResult, Report)
+from .tokens import engine_token_report, per_token_choice, reference_token_report
 
 
 @on_caller_stream
@@ -343,7 +344,8 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
             num_samples: int = 200, seed: int = 0, *, num_pivots: Optional[int] = None,
             sets_per_pivot: int = 1, paper_compat: bool = False, max_label_sets: Optional[int] = None,
             rep_sets: Optional[int] = None, pivot_budget: Optional[int] = None,
-            backend: str = "auto", progress=None) -> Report:
+            backend: str = "auto", progress=None, per_token: Optional[bool] = None,
+            top_k: int = 10, jsd: bool = False) -> Report:
     """Every measure for one pair, from a single streaming pass.
 
     Parameters
@@ -362,6 +364,17 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     backend : {"auto", "cpu", "cuda", "cupy", "reference"}
     progress : callable, optional
         ``progress(fraction)`` during the streaming pass (bars appear on a terminal anyway).
+    per_token : bool, optional
+        The per-token report (``report.tokens``, ``identirep.tokens``): None (default) = on
+        when both models carry ``tokens`` or ``targets`` (a language model's extraction) on
+        the CPU or reference backend, off on a GPU backend (with a note); True on a GPU
+        backend is an error (it runs on the CPU backend).
+    top_k : int
+        Each model's most likely tokens per position kept by the pass for the per-token
+        report (top-1/5/10 agreement; at most 100).
+    jsd : bool
+        Also the per-position Jensen-Shannon divergence (a second pass; the report says what
+        it cost); asks for the per-token report.
 
     Returns
     -------
@@ -378,6 +391,7 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     check_compare_options(num_pivots=num_pivots, max_label_sets=max_label_sets,
                           rep_sets=rep_sets, pivot_budget=pivot_budget, **llv)
     check_progress(progress)
+    on, note = per_token_choice(a, b, be, per_token, top_k, jsd)
     if be == "reference":
         check_logit_scale(a, b)
         cands = None
@@ -401,17 +415,30 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
             "d_rep": lambda d: _d_rep_reference(a, b, sets=None, num_pivots=rp[0],
                                                 sets_per_pivot=rp[1], seed=seed),
         }
-        return _run_steps(a, b, be, steps, t0, progress=None)
+        r = _run_steps(a, b, be, steps, t0, progress=None)
+        return with_tokens(r, t0, lambda: reference_token_report(a, b, top_k, jsd) if on
+                           else None, note)
     call = progress if callable(progress) else None
     with progress_bar("streaming pass", 1.0, None if call else progress) as bar:
         def update(fraction):
             bar(fraction)
             if call is not None:
                 call(fraction)
-        e = engine(a, b, be, progress=update)
-    return _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
-                               max_label_sets=max_label_sets, rep_sets=rep_sets,
-                               pivot_budget=pivot_budget, **llv)
+        e = engine(a, b, be, progress=update, topk=top_k if on else 0)
+    r = _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
+                            max_label_sets=max_label_sets, rep_sets=rep_sets,
+                            pivot_budget=pivot_budget, **llv)
+    return with_tokens(r, t0, lambda: engine_token_report(e, jsd) if on else None, note)
+
+
+def with_tokens(r: Report, t0: float, make, note: Optional[str] = None) -> Report:
+    """``r`` with its per-token report (``make()``: a TokenReport or None) and the seconds
+    since ``t0``; ``note`` (why it is off) among the notes."""
+    r.tokens = make()
+    if note:
+        r.notes.append(note)
+    r.seconds = time.perf_counter() - t0
+    return r
 
 
 #: compare's options after the models (``matrix`` passes them on)

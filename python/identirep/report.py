@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, List, Tuple
 
-from .results import Report
+from .results import Report, TokenReport
 
 
 def fmt(v, digits: int = 4) -> str:
@@ -69,7 +69,81 @@ def report_rows(r: Report) -> List[Tuple[str, str, str]]:
                      f"{fmt(p.followup, 3)}"))
     for name, fail in r.failures.items():
         rows.append((name, "not computed", f"{fail.reason} -- fix: {fail.fix}"))
+    if r.tokens is not None:
+        rows += token_rows(r.tokens)
     return rows
+
+
+def token_rows(t: TokenReport) -> List[Tuple[str, str, str]]:
+    """(measure, value, detail) rows of the per-token report's statistics."""
+    docs = "" if t.documents is None else f" in {t.documents} documents"
+    rows = [("per-token", f"{t.positions} positions{docs}",
+             f"each position's distributions; 95% intervals: {t.ci_method}")]
+    for name, mean, ci, q, mx in (("KL(1||2)", t.kl12_mean, t.kl12_ci, t.kl12_quantiles,
+                                   t.kl12_max),
+                                  ("KL(2||1)", t.kl21_mean, t.kl21_ci, t.kl21_quantiles,
+                                   t.kl21_max)):
+        rows.append((f"  {name} mean", fmt(mean, 3),
+                     f"95% [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]; {_quantiles(q, mx)}"))
+    if t.jsd_mean is not None:
+        cost = ("" if t.jsd_seconds is None else
+                f"; its second pass took {t.jsd_seconds:.2f} s")
+        rows.append(("  JSD mean", fmt(t.jsd_mean, 3),
+                     f"nats (<= log 2); {_quantiles(t.jsd_quantiles, t.jsd_max)}{cost}"))
+    if t.ppl1 is not None:
+        rows.append(("  perplexity 1 / 2", f"{fmt(t.ppl1, 4)} / {fmt(t.ppl2, 4)}",
+                     f"ratio ppl2/ppl1 {fmt(t.ppl_ratio, 4)}; exp(-mean log p(target)) over "
+                     f"{t.positions_with_target} positions with a target"))
+        rows.append(("  delta p(target)", fmt(t.dp_mean, 3),
+                     f"mean of p2(target) - p1(target); RMS {fmt(t.dp_rms, 3)}"))
+    agree = ", ".join(f"top-{k[3:]} {fmt(v, 3)}" for k, v in t.agreement.items())
+    rows.append(("  top-k agreement", fmt(t.agreement["top1"], 4),
+                 f"similarity (1 = same): {agree}; mean |T1_k & T2_k| / k"))
+    rows.append(("  p2(top-1 of 1)", fmt(t.p2_of_top1_mean, 3),
+                 f"mean p2 of model 1's most likely token; p1(top-1 of 2) "
+                 f"{fmt(t.p1_of_top2_mean, 3)}"))
+    for n in t.notes:
+        rows.append(("  note", "", n))
+    return rows
+
+
+def _quantiles(q, mx) -> str:
+    return ("median " + fmt(q["q50"], 3) + ", " + ", ".join(
+        f"{k[1:]}% {fmt(v, 3)}" for k, v in q.items() if k != "q50") + f", max {fmt(mx, 3)}")
+
+
+def _tok(s) -> str:
+    """A token string shown quoted, so that spaces and line breaks are visible."""
+    return "-" if s is None else repr(s)
+
+
+def render_tokens(t: TokenReport, console) -> None:
+    """The per-token report's positions and target tokens with the largest KL, as text."""
+    from rich.table import Table
+    if t.top_positions:
+        tab = Table(title=f"positions with the largest KL(1||2) (of {t.positions})")
+        for col, just in (("pos", "right"), ("KL(1||2)", "right"), ("text before", "right"),
+                          ("target", "left"), ("model 1 predicts", "left"),
+                          ("model 2 predicts", "left")):
+            tab.add_column(col, justify=just, overflow="fold")
+        for p in t.top_positions:
+            target = (_tok(p.target_token) + (f" p {fmt(p.p1_target, 2)}/{fmt(p.p2_target, 2)}"
+                                               if p.p1_target is not None else ""))
+            tab.add_row(*(literal(c) for c in (
+                str(p.position) + ("" if p.document is None else f" (text {p.document})"),
+                fmt(p.kl12, 3), p.context, target,
+                " ".join(f"{_tok(s.token)} {fmt(s.p, 2)}" for s in p.top1),
+                " ".join(f"{_tok(s.token)} {fmt(s.p, 2)}" for s in p.top2))))
+        console.print(tab)
+        console.print("target p shown as p1/p2; the predictions with each model's own p")
+    if t.top_targets:
+        tab = Table(title="target tokens with the largest summed KL(1||2)")
+        for col in ("token", "id", "positions", "mean KL", "sum KL"):
+            tab.add_column(col, justify="left" if col == "token" else "right")
+        for x in t.top_targets:
+            tab.add_row(literal(_tok(x.token)), str(x.id), str(x.count), fmt(x.mean_kl12, 3),
+                        fmt(x.sum_kl12, 3))
+        console.print(tab)
 
 
 def _short(xs: Iterable, n: int = 6) -> str:
@@ -103,5 +177,7 @@ def render_report(r: Report, console=None) -> None:
     for row in report_rows(r):
         t.add_row(*(literal(c) for c in row))
     console.print(t)
+    if r.tokens is not None:
+        render_tokens(r.tokens, console)
     for n in r.notes:
         console.print(Text.assemble("note: ", literal(n)))

@@ -399,6 +399,7 @@ class Report(_Result):
     notes: List[str] = field(default_factory=list)
     #: the measures that could not be computed, by name: why and how to fix it
     failures: Dict[str, Failure] = field(default_factory=dict)
-    #: the per-token report (None when it was not computed: ``notes`` says why)
+    #: the per-token report; None when off: models without their text (tokens, targets),
+    #: ``per_token=False``, or a GPU backend (a note says so)
     tokens: Optional[TokenReport] = None
 
