@@ -15,7 +15,7 @@ from .measures import compare, d_llv, d_logit, d_rep, d_svd, engine, kl, mcca
 from .model import Model
 from .moments import Moments
 from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult,
-                      Report)
+                      Report, TokenReport)
 
 __all__ = [
     "Model", "IdentirepError", "kl", "d_llv", "d_svd", "mcca", "d_logit", "d_rep", "compare",
