@@ -87,15 +87,15 @@ def token_rows(t: TokenReport) -> List[Tuple[str, str, str]]:
                      f"95% [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]; {_quantiles(q, mx)}"))
     if t.jsd_mean is not None:
         cost = ("" if t.jsd_seconds is None else
-                f"; its second pass took {t.jsd_seconds:.2f} s")
+                f"; its second pass took {t.jsd_seconds:.3g} s")
         rows.append(("  JSD mean", fmt(t.jsd_mean, 3),
                      f"nats (<= log 2); {_quantiles(t.jsd_quantiles, t.jsd_max)}{cost}"))
     if t.ppl1 is not None:
-        rows.append(("  perplexity 1 / 2", f"{fmt(t.ppl1, 4)} / {fmt(t.ppl2, 4)}",
-                     f"ratio ppl2/ppl1 {fmt(t.ppl_ratio, 4)}; exp(-mean log p(target)) over "
+        rows.append(("  perplexity 1 / 2", f"{_sig(t.ppl1, 5)} / {_sig(t.ppl2, 5)}",
+                     f"ratio ppl2/ppl1 {_sig(t.ppl_ratio, 5)}; exp(-mean log p(target)) over "
                      f"{t.positions_with_target} positions with a target"))
-        rows.append(("  delta p(target)", fmt(t.dp_mean, 3),
-                     f"mean of p2(target) - p1(target); RMS {fmt(t.dp_rms, 3)}"))
+        rows.append(("  delta p(target)", _sig(t.dp_mean, 3),
+                     f"mean of p2(target) - p1(target); RMS {_sig(t.dp_rms, 3)}"))
     agree = ", ".join(f"top-{k[3:]} {fmt(v, 3)}" for k, v in t.agreement.items())
     rows.append(("  top-k agreement", fmt(t.agreement["top1"], 4),
                  f"similarity (1 = same): {agree}; mean |T1_k & T2_k| / k"))
@@ -110,6 +110,11 @@ def token_rows(t: TokenReport) -> List[Tuple[str, str, str]]:
 def _quantiles(q, mx) -> str:
     return ("median " + fmt(q["q50"], 3) + ", " + ", ".join(
         f"{k[1:]}% {fmt(v, 3)}" for k, v in q.items() if k != "q50") + f", max {fmt(mx, 3)}")
+
+
+def _sig(v, digits: int = 2) -> str:
+    """A number with ``digits`` significant digits (probabilities, perplexities)."""
+    return "-" if v is None else f"{v:.{digits}g}"
 
 
 def _tok(s) -> str:
@@ -127,13 +132,13 @@ def render_tokens(t: TokenReport, console) -> None:
                           ("model 2 predicts", "left")):
             tab.add_column(col, justify=just, overflow="fold")
         for p in t.top_positions:
-            target = (_tok(p.target_token) + (f" p {fmt(p.p1_target, 2)}/{fmt(p.p2_target, 2)}"
+            target = (_tok(p.target_token) + (f" p {_sig(p.p1_target)}/{_sig(p.p2_target)}"
                                                if p.p1_target is not None else ""))
             tab.add_row(*(literal(c) for c in (
                 str(p.position) + ("" if p.document is None else f" (text {p.document})"),
                 fmt(p.kl12, 3), p.context, target,
-                " ".join(f"{_tok(s.token)} {fmt(s.p, 2)}" for s in p.top1),
-                " ".join(f"{_tok(s.token)} {fmt(s.p, 2)}" for s in p.top2))))
+                " ".join(f"{_tok(s.token)} {_sig(s.p)}" for s in p.top1),
+                " ".join(f"{_tok(s.token)} {_sig(s.p)}" for s in p.top2))))
         console.print(tab)
         console.print("target p shown as p1/p2; the predictions with each model's own p")
     if t.top_targets:
