@@ -21,6 +21,7 @@ from . import _rules as rules
 from .errors import IdentirepError
 from .model import Model, to_numpy
 from .passes import PassStats
+from .progress import progress_bar
 from .results import TokenReport, TokenShown, TopPosition, TopTarget
 
 #: the quantiles of the per-position KL and JSD, and their keys
@@ -180,7 +181,8 @@ def engine_token_report(e, jsd: bool = False, **report_options) -> TokenReport:
         t0 = time.perf_counter()
         f1, g1 = a.augmented(None)
         f2, g2 = b.augmented(None)
-        values = jsd_pass(f1, g1, f2, g2, s.L1, s.L2)
+        with progress_bar("JSD pass", 1.0) as update:
+            values = jsd_pass(f1, g1, f2, g2, s.L1, s.L2, progress=update)
         seconds = time.perf_counter() - t0
     return token_report(a, b, per_token_arrays(a, b, s, values), jsd_seconds=seconds,
                         **report_options)
