@@ -49,10 +49,16 @@ VARIANTS = [pytest.param(False, id="default"),
 def _model(seed, dtype):
     rng = np.random.default_rng(seed)
     N, V, M = 16, 10, 2
+    tokens = np.random.default_rng(0).integers(0, V, N)   # one text for every model
+    documents = np.repeat([0, 1], N // 2)
+    targets = np.where(np.r_[documents[1:] == documents[:-1], False], np.roll(tokens, -1), -1)
     return ir.Model(rng.standard_normal((N, M)).astype(dtype),
                     rng.standard_normal((V, M)).astype(dtype),
                     rng.standard_normal(V).astype(dtype), name=f"m{seed}",
-                    labels=[f"tok{i}" for i in range(V)], metadata={"source": "fuzz", "k": [1, 2]})
+                    labels=[f"tok{i}" for i in range(V)],
+                    metadata={"source": "fuzz", "k": [1, 2],
+                              "tokenizer": {"sha256": "ab" * 32, "size": V}},
+                    tokens=tokens, targets=targets, documents=documents)
 
 
 @pytest.fixture(scope="module")
