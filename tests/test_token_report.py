@@ -78,6 +78,20 @@ def test_per_token_arrays_equal_the_reference(dtype):
     assert np.isfinite(got["logp1"][a.targets >= 0]).all()
 
 
+def test_per_token_arrays_of_bfloat16_and_torch_models_equal_the_reference(bfloat16, torch):
+    # bfloat16 values are exact in float64 (the reference) and run in float32 (the pass):
+    # the float32 tolerance; torch tensors are read as NumPy arrays
+    a, b = lm_pair(dtype=bfloat16)
+    want = reference.per_token_reference(a, b, k=10, jsd=False)
+    ta, tb = (ir.Model(*(torch.from_numpy(x.astype(np.float64)) for x in (m.f, m.g, m.bias)),
+                       targets=m.targets) for m in (a, b))
+    for x, y in ((a, b), (ta, tb)):
+        got = fast_arrays(x, y, jsd=False)
+        for key in ("kl12", "logp1", "logp2", "p2_of_top1", "p1_of_top2"):
+            assert_close(got[key], want[key], rtol=1e-5, scale=1.0, what=key)
+        np.testing.assert_array_equal(got["top1"], want["top1"])
+
+
 def test_per_token_arrays_of_models_without_targets_have_no_log_probabilities():
     a, b = lm_pair(text=False)
     got = fast_arrays(a, b, jsd=False)
