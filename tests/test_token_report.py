@@ -344,6 +344,16 @@ def test_gpu_backends_leave_the_per_token_report_off_or_refuse_it():
     assert tokens.per_token_choice(*plain, "cuda", None, 10, False) == (False, None)
 
 
+def test_top_k_agreement_leaves_out_lists_of_every_label():
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 4, 300)
+    a, b = (ir.Model(rng.standard_normal((300, 2)), rng.standard_normal((4, 2)), targets=t)
+            for _ in range(2))
+    r = ir.compare(a, b, num_samples=20).tokens
+    assert r.top_k == 4 and set(r.agreement) == {"top1"}
+    assert set(ir.compare(a, b, num_samples=20, top_k=3).tokens.agreement) == {"top1", "top3"}
+
+
 def test_models_with_different_targets_are_refused():
     a, b = lm_pair()
     t = a.targets.copy()

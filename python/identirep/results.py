@@ -302,7 +302,8 @@ class TokenReport(_Result):
         "dp_mean": "mean over the positions with a target of p2(target) - p1(target)",
         "dp_rms": "root mean square of p2(target) - p1(target) over the same positions",
         "top_k": "the most likely tokens per position each model's top list holds (k)",
-        "agreement": "top-k agreement for k = 1, 5, 10 (up to top_k): mean over positions of "
+        "agreement": "top-k agreement for k = 1, 5, 10 and top_k (up to top_k, and below V: "
+                     "lists of all V labels agree trivially): mean over positions of "
                      "|T1_k & T2_k| / k, T_k a model's k most likely tokens (ties to the lower "
                      "id); top1 is the fraction of positions whose most likely tokens coincide",
         "p2_of_top1_mean": "mean over positions of p2(model 1's most likely token)",

@@ -297,7 +297,8 @@ def token_report(a: Model, b: Model, arrays: Dict[str, np.ndarray], k: int = 10,
     elif targets is not None:
         notes.append("no position has a target known to both models: no perplexity, no "
                      "delta p")
-    ks = sorted({kk for kk in AGREEMENT_KS + (K,) if kk <= K})
+    # k = V labels agree trivially (each list holds every label)
+    ks = sorted({kk for kk in AGREEMENT_KS + (K,) if kk <= K and (kk == 1 or kk < a.V)})
     agreement = {f"top{kk}": topk_agreement(top1, top2, kk) for kk in ks}
     jsd = arrays.get("jsd")
     full = dict(arrays)
