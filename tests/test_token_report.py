@@ -326,9 +326,22 @@ def test_per_token_is_on_by_the_stated_rules():
                 dict(jsd=1)):
         with pytest.raises(IdentirepError):
             ir.compare(a, b, **bad)
-    # matrix runs no per-token pass and is not affected by the models' text
+
+
+def test_matrix_runs_no_per_token_pass(monkeypatch):
+    from identirep import measures
+    a, b = lm_pair()
+    asked = []
+    real = measures.engine
+
+    def engine(*args, **kw):
+        asked.append(kw.get("topk", 0))
+        return real(*args, **kw)
+    monkeypatch.setattr(measures, "engine", engine)
     m = ir.matrix([a, b, a], num_samples=20)
-    assert np.isfinite(m.values["kl"]).all()
+    assert asked == [0, 0, 0] and np.isfinite(m.values["kl"]).all()
+    ir.compare(a, b, num_samples=20)
+    assert asked[-1] == 10
 
 
 def test_gpu_backends_leave_the_per_token_report_off_or_refuse_it():
