@@ -18,7 +18,8 @@ GPU_MAY_IMPORT = {"identirep.errors", "identirep._arrays", "identirep._bf16",
 #: for every module of identirep.repro)
 LAYERS = [
     ["_core"],
-    ["errors", "model", "results", "moments", "_arrays", "_bf16", "_build", "progress", "_heap"],
+    ["errors", "model", "results", "moments", "_arrays", "_bf16", "_build", "progress", "_heap",
+     "_token_text"],
     ["sampling", "_rules"],
     ["reference"],
     ["passes", "_cpu_pass", "gpu"],
