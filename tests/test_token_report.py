@@ -320,6 +320,8 @@ def test_per_token_is_on_by_the_stated_rules():
     only = ir.Model(a.f, a.g, a.bias, targets=a.targets)               # targets alone
     assert ir.compare(only, only, **run).tokens.ppl_ratio == pytest.approx(1.0, abs=1e-12)
     assert ir.compare(only, plain_b, **run).tokens is None             # one model lacks it
+    toks = ir.Model(a.f, a.g, a.bias, tokens=a.tokens)                 # tokens alone
+    assert ir.compare(toks, toks, **run).tokens.ppl1 is None
     with pytest.raises(IdentirepError, match="per_token=False"):
         ir.compare(a, b, per_token=False, jsd=True)
     for bad in (dict(top_k=0), dict(top_k=101), dict(top_k=2.0), dict(per_token="yes"),

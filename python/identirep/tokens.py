@@ -45,8 +45,8 @@ def gathered_logits(m: Model, rows: np.ndarray, labels: np.ndarray) -> np.ndarra
     step = max(1, _CHUNK_BYTES // (16 * max(1, m.M)))
     for i0 in range(0, len(rows), step):
         r, y = rows[i0:i0 + step], labels[i0:i0 + step]
-        out[i0:i0 + step] = np.einsum("ij,ij->i", f[r].astype(np.float64),
-                                      g[y].astype(np.float64))
+        out[i0:i0 + step] = np.einsum("ij,ij->i", f[r].astype(np.float64, copy=False),
+                                      g[y].astype(np.float64, copy=False))
         if b is not None:
             out[i0:i0 + step] += b[y]
     return out
