@@ -640,6 +640,13 @@ def test_revision_in_a_git_repository(gpt2_pair, tmp_path, capsys):
     with pytest.raises(IdentirepError, match=r"model.safetensors is a Git LFS pointer, not the "
                                              r"file itself.*git lfs pull"):
         _extract(model, revision="trunk")
+    # an error in the revision's files says which revision it is
+    (model / "config.json").unlink()
+    shutil.copy(gpt2_pair[1] / "model.safetensors", model)
+    _git(repo, "commit", "-q", "-am", "no config")
+    with pytest.raises(IdentirepError, match=r"^revision 'trunk' of .*ckpt \(commit [0-9a-f]{12}\):"
+                                             r" .* is not a local model directory"):
+        _extract(model, revision="trunk")
 
 
 def test_fingerprint_of_a_tokenizer_without_backend():

@@ -161,10 +161,17 @@ def extract(model_dir, texts, out=None, *, max_length: int = 512, batch_size: in
                              fix="give the directory written by save_pretrained")
     texts = _read_texts(texts)
     with local_checkpoint(Path(model_dir), revision) as ckpt:
-        ext = _extract_local(ckpt.directory, texts, max_length=max_length,
-                             batch_size=batch_size, dtype=dtype,
-                             check_positions=check_positions, allow_softcap=allow_softcap,
-                             seed=seed, progress=progress, device=device)
+        try:
+            ext = _extract_local(ckpt.directory, texts, max_length=max_length,
+                                 batch_size=batch_size, dtype=dtype,
+                                 check_positions=check_positions, allow_softcap=allow_softcap,
+                                 seed=seed, progress=progress, device=device)
+        except IdentirepError as e:
+            if ckpt.revision is None:
+                raise
+            rev = ckpt.revision      # the files may be in a temporary directory: say whose
+            raise IdentirepError(f"revision {rev['requested']!r} of {model_dir} (commit "
+                                 f"{rev['commit'][:12]}): {e.reason}", fix=e.fix) from None
     if ckpt.revision is not None:
         ext.metadata.update(name=ckpt.name, model_dir=str(Path(model_dir).resolve()),
                             revision=ckpt.revision)
