@@ -20,6 +20,8 @@ from .baselines import naive_kl, paper_d_llv, paper_input_side
 from .model import Model
 
 GPT2 = (2048, 50304, 768)
+#: the per-token pass at GPT-2's own vocabulary
+GPT2_TOKENS = (2048, 50257, 768)
 LLAMA = (1024, 32000, 2048)
 #: input side: N >= 200 (M + 1) so that the paper's 200 disjoint sets fit; V of a Llama-2 vocabulary
 INPUT = (16384, 32000, 64)
@@ -98,6 +100,39 @@ def bench_stream(n, v, m, repeats=3, naive=True) -> List[dict]:
         fns["naive chunked log_softmax"] = lambda: naive_kl(f1, g1, f2, g2)
     times = interleaved_times(fns, 1, repeats, sparse=("naive chunked log_softmax",))
     return _rows("stream", f"N={n} V={v} M={m} f32", times)
+
+
+def bench_token_pass(n, v, m, repeats=3, k=10) -> List[dict]:
+    """The pass with each model's top-k labels per input (``topk=k``, what the per-token report
+    asks of it) and without, as the engine runs it (+ logit moments) and alone (KL + L), and
+    the Jensen-Shannon second pass (``jsd_pass``), against the bare GEMMs of the same shapes
+    in the same rounds."""
+    from ._cpu_pass import jsd_pass, stream_pass
+    f1, g1, f2, g2 = _pair(n, v, m)
+    out1, out2 = np.empty((n, v), np.float32), np.empty((n, v), np.float32)
+    first = stream_pass(f1, g1, f2, g2)
+
+    def floor():
+        np.matmul(f1, g1.T, out=out1)
+        np.matmul(f2, g2.T, out=out2)
+
+    top = f"engine pass (+moments), topk={k}"
+    fns = {"floor": floor,
+           "engine pass (+moments), topk=0": lambda: stream_pass(f1, g1, f2, g2, moments=True),
+           top: lambda: stream_pass(f1, g1, f2, g2, moments=True, topk=k),
+           "KL + L pass, topk=0": lambda: stream_pass(f1, g1, f2, g2),
+           f"KL + L pass, topk={k}": lambda: stream_pass(f1, g1, f2, g2, topk=k),
+           "JSD second pass": lambda: jsd_pass(f1, g1, f2, g2, first["L1"], first["L2"])}
+    times = interleaved_times(fns, 1, repeats)
+
+    def extra(name, base):   # median over rounds of time / time without top-k, minus 1
+        r = statistics.median(t / b for t, b in zip(times[name], times[base]))
+        return f"{100 * (r - 1):+.1f}% over topk=0 (same rounds)"
+
+    notes = {top: f"target <= 1.3x; {extra(top, 'engine pass (+moments), topk=0')}",
+             f"KL + L pass, topk={k}": extra(f"KL + L pass, topk={k}", "KL + L pass, topk=0"),
+             "JSD second pass": "given L1, L2 from the first pass; the cost of --jsd"}
+    return _rows("per-token pass", f"N={n} V={v} M={m} f32", times, notes=notes)
 
 
 def bench_compare(n, v, m, repeats=3, num_pivots=256) -> List[dict]:
@@ -303,6 +338,7 @@ def run_suite(quick: bool = False, progress: Callable[[str], None] = None, repea
     r = repeats
     steps = [("stream GPT-2", lambda: bench_stream(*GPT2, repeats=r)),
              ("stream N=1024 V=32000 M=2048", lambda: bench_stream(*LLAMA, repeats=r, naive=not quick)),
+             ("per-token pass GPT-2", lambda: bench_token_pass(*GPT2_TOKENS, repeats=r)),
              ("compare GPT-2", lambda: bench_compare(*GPT2, repeats=r)),
              ("compare vs KL pass", lambda: bench_compare_kl(*(COMPARE_KL_QUICK if quick else COMPARE_KL),
                                                              repeats=r)),
