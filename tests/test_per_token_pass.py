@@ -487,3 +487,14 @@ def test_reference_argument_errors(kw, match):
     a, b = random_pair(N=10, V=6, M=2)
     with pytest.raises(IdentirepError, match=match):
         per_token_reference(a, b, **kw)
+
+
+# ------------------------------------------------------------------ the benchmark's row
+def test_bench_rows_of_the_per_token_pass():
+    from identirep.bench import bench_token_pass
+    rows = bench_token_pass(40, 300, 8, repeats=1, k=3)
+    names = [r["variant"] for r in rows]
+    assert names == ["engine pass (+moments), topk=0", "engine pass (+moments), topk=3",
+                     "KL + L pass, topk=0", "KL + L pass, topk=3", "JSD second pass"]
+    assert all(r["seconds"] > 0 and r["ratio"] > 0 for r in rows)
+    assert "over topk=0 (same rounds)" in rows[1]["notes"]
