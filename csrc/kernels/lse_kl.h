@@ -37,6 +37,9 @@
 // (k labels of those blocks are at least that). The rare logits that enter are inserted one by
 // one. An equal logit never enters, which keeps the lower id because a row's tiles arrive in
 // increasing col0 order (as for args).
+//
+// The Jensen-Shannon divergence needs both log-normalisers before its first term: it is a
+// second pass over the same tiles, with its own epilogue (kernels/jsd.h).
 #pragma once
 
 #include <algorithm>
