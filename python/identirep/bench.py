@@ -183,6 +183,40 @@ def bench_compare_kl(n, v, m, repeats=3) -> List[dict]:
                  notes={"compare": note})
 
 
+#: the Accumulator against compare on the same data: batches of ACC_BATCH inputs
+ACCUMULATOR = (16384, 32000, 256)
+ACCUMULATOR_QUICK = (4096, 8000, 128)
+ACC_BATCH = 1024
+
+
+def bench_accumulator(n, v, m, repeats=3, batch=ACC_BATCH) -> List[dict]:
+    """``Accumulator`` (updates with batches of ``batch`` inputs, then ``compute``) against
+    ``compare`` of the whole arrays, both with their defaults, interleaved; the ratio is the
+    median over rounds of accumulator time / compare time of the same round."""
+    from .accumulate import Accumulator
+    from .measures import compare
+    f1, g1, f2, g2 = _pair(n, v, m)
+    a, b = Model(f1, g1), Model(f2, g2)
+    phases = {"updates": [], "compute": []}
+
+    def accumulate():
+        t0 = time.perf_counter()
+        acc = Accumulator(g1, g2)
+        for i in range(0, n, batch):
+            acc.update(f1[i:i + batch], f2[i:i + batch])
+        t1 = time.perf_counter()
+        acc.compute()
+        phases["updates"].append(t1 - t0)
+        phases["compute"].append(time.perf_counter() - t1)
+
+    name = f"Accumulator, batches of {batch}"
+    times = interleaved_times({"compare": lambda: compare(a, b), name: accumulate}, 0, repeats)
+    note = (f"floor = compare of the whole arrays; updates {statistics.median(phases['updates']):.2f} s, "
+            f"compute {statistics.median(phases['compute']):.2f} s")
+    return _rows("accumulator vs compare", f"N={n} V={v} M={m} f32", times, floor_key="compare",
+                 notes={name: note})
+
+
 def bench_pivots(v, m, n=1024, repeats=3) -> List[dict]:
     """Exact all-pivot search (4 V^2 M flops) against the bare V x V x M GEMMs of both models."""
     from .measures import engine
@@ -342,6 +376,8 @@ def run_suite(quick: bool = False, progress: Callable[[str], None] = None, repea
              ("compare GPT-2", lambda: bench_compare(*GPT2, repeats=r)),
              ("compare vs KL pass", lambda: bench_compare_kl(*(COMPARE_KL_QUICK if quick else COMPARE_KL),
                                                              repeats=r)),
+             ("accumulator vs compare", lambda: bench_accumulator(
+                 *(ACCUMULATOR_QUICK if quick else ACCUMULATOR), repeats=r)),
              ("pivots", lambda: bench_pivots(2048, 768, repeats=r)
               + ([] if quick else bench_pivots(4096, 768, repeats=r))),
              ("bounded pivot search", lambda: bench_bounded_pivots(8192, 128, repeats=r) if quick
