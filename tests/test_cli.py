@@ -80,6 +80,8 @@ def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
     monkeypatch.setattr(bench, "LLAMA", (32, 300, 24))
     monkeypatch.setattr(bench, "INPUT_QUICK", (1024, 64, 4))
     monkeypatch.setattr(bench, "COMPARE_KL_QUICK", (256, 600, 16))
+    monkeypatch.setattr(bench, "GPT2_TOKENS", (64, 500, 16))
+    monkeypatch.setattr(bench, "PER_TOKEN_QUICK", ((256, 600, 16),))
     paper = bench.bench_paper
     monkeypatch.setattr(bench, "bench_paper", lambda v=300, n=1000, m=32: paper(v=60, n=300, m=8))
     orig = bench.bench_pivots
@@ -87,7 +89,7 @@ def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
     assert main(["bench", "--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     for s in ("KL + L pass", "compare", "exact pivot search", "paper port", "same choices: True",
-              "input_side (20000 sets)", "same choice: True", "compare vs KL"):
+              "input_side (20000 sets)", "same choice: True", "compare vs KL", "| per-token |"):
         assert s in out
 
 

@@ -117,3 +117,64 @@ def followup_d_rep(f1, f2, g1, g2, num_pivots=100, num_combinations=200, seed=0)
             r = f1 - f2 @ A.T
             vals.append((r ** 2).sum(1).sum() / (N * num_pivots * num_combinations))
     return float(np.mean(vals))
+
+
+def stored_logits_write(f, g, path, *, rows: int = 512, dtype: str = "float32") -> tuple:
+    """The first half of the materialising approach (llama.cpp's ``llama-perplexity
+    --kl-divergence-base``): the reference model's log-probabilities at every input, computed
+    ``rows`` inputs at a time (torch, float32) and appended to the file ``path`` as ``dtype``
+    (float32 or float16; llama.cpp stores them as 16-bit integers with a scale per input).
+    The file holds N x V values. Returns (N, V); needs torch."""
+    import torch
+    gt = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
+    out_dtype = np.dtype(dtype)
+    with open(path, "wb") as fh, torch.inference_mode():
+        for r0 in range(0, f.shape[0], rows):
+            z = torch.from_numpy(np.ascontiguousarray(f[r0:r0 + rows], dtype=np.float32)) @ gt.T
+            fh.write(torch.log_softmax(z, dim=1).numpy().astype(out_dtype, copy=False).tobytes())
+    return f.shape[0], g.shape[0]
+
+
+def stored_logits_compare(f, g, path, targets, *, rows: int = 512, dtype: str = "float32",
+                          k: int = 10, jsd: bool = False) -> dict:
+    """The second half (llama.cpp's ``--kl-divergence``): the compared model's logits,
+    ``rows`` inputs at a time (torch, float32), against the reference's log-probabilities read
+    back from ``path`` (written by :func:`stored_logits_write` in ``dtype``): per input
+    KL(p1||p2) and KL(p2||p1), log p of the target under each (NaN where ``targets`` < 0),
+    each model's ``k`` top labels, the probability of each model's top label under the other,
+    and the Jensen-Shannon divergence when ``jsd``. Float64 arrays of length N (top-k: N x k
+    int64). Needs torch."""
+    import torch
+    n, v = f.shape[0], g.shape[0]
+    gt = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
+    t_all = np.asarray(targets, dtype=np.int64)
+    keys = ("kl12", "kl21", "logp1", "logp2", "p2_of_top1", "p1_of_top2") + (("jsd",) if jsd else ())
+    out = {key: np.empty(n) for key in keys}
+    out["top1"], out["top2"] = np.empty((n, k), np.int64), np.empty((n, k), np.int64)
+    item = np.dtype(dtype).itemsize
+    with open(path, "rb") as fh, torch.inference_mode():
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            fh.seek(r0 * v * item)
+            lp1 = torch.from_numpy(np.fromfile(fh, dtype=dtype, count=(r1 - r0) * v)
+                                   .reshape(r1 - r0, v).astype(np.float32, copy=False))
+            z = torch.from_numpy(np.ascontiguousarray(f[r0:r1], dtype=np.float32)) @ gt.T
+            lp2 = torch.log_softmax(z, dim=1)
+            p1, p2 = lp1.exp(), lp2.exp()
+            d = lp1 - lp2
+            out["kl12"][r0:r1] = (p1 * d).sum(1).clamp(min=0).numpy()
+            out["kl21"][r0:r1] = (-(p2 * d).sum(1)).clamp(min=0).numpy()
+            if jsd:
+                log_m = torch.logaddexp(lp1, lp2) - float(np.log(2.0))
+                out["jsd"][r0:r1] = (0.5 * (p1 * (lp1 - log_m)).sum(1)
+                                     + 0.5 * (p2 * (lp2 - log_m)).sum(1)).numpy()
+            t = torch.from_numpy(t_all[r0:r1])
+            has = (t >= 0).numpy()
+            idx = t.clamp(min=0)[:, None]
+            for key, lp in (("logp1", lp1), ("logp2", lp2)):
+                out[key][r0:r1] = np.where(has, lp.gather(1, idx)[:, 0].numpy(), np.nan)
+            top1, top2 = torch.topk(lp1, k, dim=1).indices, torch.topk(lp2, k, dim=1).indices
+            out["top1"][r0:r1], out["top2"][r0:r1] = top1.numpy(), top2.numpy()
+            out["p2_of_top1"][r0:r1] = p2.gather(1, top1[:, :1])[:, 0].numpy()
+            out["p1_of_top2"][r0:r1] = p1.gather(1, top2[:, :1])[:, 0].numpy()
+    return out

@@ -383,7 +383,10 @@ def run_suite(quick: bool = False, progress: Callable[[str], None] = None, repea
              ("bounded pivot search", lambda: bench_bounded_pivots(8192, 128, repeats=r) if quick
               else bench_bounded_pivots(16384, 256, repeats=r)),
              ("paper port", lambda: bench_paper() if not quick else bench_paper(v=300, n=1000, m=32)),
-             ("input side", lambda: bench_input(*(INPUT_QUICK if quick else INPUT), repeats=r))]
+             ("input side", lambda: bench_input(*(INPUT_QUICK if quick else INPUT), repeats=r)),
+             ("per-token report vs stored logits", lambda: [
+                 row for shape in (PER_TOKEN_QUICK if quick else PER_TOKEN)
+                 for row in bench_per_token(*shape, repeats=r, memory=not quick)])]
     for name, fn in steps:
         say(name)
         rows += fn()
@@ -401,3 +404,181 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['benchmark']} | {r['variant']} | {r['shape']} | {r['seconds']:.3f} | "
                      f"{fl} | {ra} | {r['notes']} |")
     return "\n".join(lines)
+
+
+#: the per-token report against stored logits: 4096 positions (8 texts of 512 tokens) at the
+#: GPT-2 and Llama-3 vocabularies; quick mode one smaller case
+PER_TOKEN = ((4096, 50304, 768), (4096, 128256, 2048))
+PER_TOKEN_QUICK = ((1024, 50304, 768),)
+#: rows of logits per chunk in the stored-logits approach and in its floor
+PER_TOKEN_ROWS = 512
+
+
+def _lm_pair(n, v, m, seed=0, context=512):
+    """Two random float32 models carrying a text: texts of ``context`` positions, random
+    targets (-1 at each text's last position), tokens the previous targets."""
+    from .model import Model
+    f1, g1, f2, g2 = _pair(n, v, m, seed)
+    rng = np.random.default_rng(seed + 1)
+    targets = rng.integers(0, v, n)
+    targets[context - 1::context] = -1
+    tokens = np.roll(targets, 1)
+    tokens[::context] = rng.integers(0, v, len(tokens[::context]))
+    docs = np.arange(n) // context
+    text = dict(tokens=tokens, targets=targets, documents=docs)
+    return Model(f1, g1, name="reference", **text), Model(f2, g2, name="compared", **text)
+
+
+def _per_token_variants(a, b, path, logits_dtype, jsd):
+    """name -> callable of the per-token variants (the identirep report and the stored-logits
+    approach's two halves), for timing and for the memory children."""
+    from .baselines import stored_logits_compare, stored_logits_write
+    from .measures import engine
+    from .tokens import engine_token_report
+    out = {}
+    rows = PER_TOKEN_ROWS
+
+    def ours(with_jsd):
+        return lambda: out.__setitem__("report", engine_token_report(
+            engine(a, b, "cpu", topk=10), with_jsd))
+
+    def stored_compare(with_jsd):
+        return lambda: out.__setitem__("stored", stored_logits_compare(
+            b.f, b.g, path, b.targets, rows=rows, dtype=logits_dtype, jsd=with_jsd))
+
+    fns = {"identirep per-token report": ours(False),
+           "stored logits: write reference": lambda: stored_logits_write(
+               a.f, a.g, path, rows=rows, dtype=logits_dtype),
+           "stored logits: compare against them": stored_compare(False)}
+    if jsd:
+        fns["identirep per-token report + JSD"] = ours(True)
+        fns["stored logits: compare + JSD"] = stored_compare(True)
+    return fns, out
+
+
+def _process_memory():
+    """(VmRSS, VmHWM) of this process in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            d = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in fh
+                 if l.startswith(("VmRSS:", "VmHWM:"))}
+        return d["VmRSS"], d["VmHWM"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def per_token_memory_child(variant, n, v, m, path, logits_dtype, jsd) -> dict:
+    """Run one per-token variant once in this (fresh) process and measure its memory: the
+    peak resident set while it runs, over the resident set before it (inputs built, torch
+    and the compiled core loaded). The peak is reset first (/proc/self/clear_refs), so it is
+    the variant's own."""
+    import torch  # noqa: F401 - loaded before the measurement, as the variants use it
+    a, b = _lm_pair(n, v, m)
+    fns, _ = _per_token_variants(a, b, path, logits_dtype, jsd)
+    before = _process_memory()
+    reset = False
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        reset = True
+    except OSError:
+        pass
+    fns[variant]()
+    after = _process_memory()
+    if before is None or after is None:
+        return {"variant": variant, "peak_bytes": None, "extra_bytes": None}
+    return {"variant": variant, "rss_before": before[0], "peak_bytes": after[1],
+            "extra_bytes": after[1] - before[0] if reset else None, "peak_reset": reset}
+
+
+def _memory_in_subprocess(variant, n, v, m, path, logits_dtype, jsd) -> dict:
+    import json
+    import subprocess
+    import sys
+    code = ("import json, sys; from identirep.bench import per_token_memory_child as c; "
+            "print(json.dumps(c(*json.loads(sys.argv[1]))))")
+    args = json.dumps([variant, n, v, m, str(path), logits_dtype, jsd])
+    r = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"variant": variant, "error": r.stderr.strip().splitlines()[-1:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_per_token(n, v, m, repeats=3, logits_dtype="float32", jsd=True, memory=True,
+                    tmpdir=None) -> List[dict]:
+    """identirep's per-token report (the pass with top-10 ids and the report:
+    ``engine(a, b, topk=10)`` + ``tokens.engine_token_report``; with ``jsd`` also its second
+    pass) against the materialising approach of llama.cpp's ``--kl-divergence``: the
+    reference model's log-probabilities computed and written to a file (N x V ``logits_dtype``,
+    float32 or float16), then the compared model's logits, chunk by chunk, with KL both ways,
+    log p of the targets, top-10 ids and the top tokens' probabilities read against the
+    stored ones (torch, float32, ``PER_TOKEN_ROWS`` positions per chunk). Timed in interleaved
+    rounds with the floor: both models' logit GEMMs (``PER_TOKEN_ROWS`` rows at a time into
+    one buffer). With ``memory``, each variant also runs once alone in a fresh process for its
+    peak resident memory over the process's before it. The notes give the file sizes: the
+    two identirep model files (safetensors, f and g float32, the text's int64 arrays) against
+    the stored log-probabilities."""
+    import tempfile
+
+    from .io import save_model
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return [{"benchmark": "per-token", "variant": "skipped", "shape": f"N={n} V={v} M={m}",
+                 "seconds": float("nan"), "floor_seconds": float("nan"), "ratio": float("nan"),
+                 "notes": "the stored-logits baseline needs torch (pip install 'identirep[hf]')"}]
+    a, b = _lm_pair(n, v, m)
+    rows = PER_TOKEN_ROWS
+    buf = np.empty((rows, v), np.float32)
+
+    def floor():
+        for f, g in ((a.f, a.g), (b.f, b.g)):
+            for r0 in range(0, n, rows):
+                np.matmul(f[r0:r0 + rows], g.T, out=buf[:min(rows, n - r0)])
+
+    with tempfile.TemporaryDirectory(dir=tmpdir) as d:
+        path = os.path.join(d, "reference.logprobs")
+        fns, out = _per_token_variants(a, b, path, logits_dtype, jsd)
+        write = fns["stored logits: write reference"]
+        write()    # the compare variants read the file: it exists before the first round
+        times = interleaved_times({"floor": floor, **fns}, 0, repeats)
+        logits_bytes = os.path.getsize(path)
+        model_bytes = 0
+        for mod, name in ((a, "a.safetensors"), (b, "b.safetensors")):
+            save_model(mod, os.path.join(d, name))
+            model_bytes += os.path.getsize(os.path.join(d, name))
+        mem = ({name: _memory_in_subprocess(name, n, v, m, path, logits_dtype, jsd)
+                for name in fns} if memory else {})
+    write_t = times["stored logits: write reference"]
+    both = {False: [w + c for w, c in zip(write_t, times["stored logits: compare against them"])]}
+    times["stored logits: both halves"] = both[False]
+    if jsd:
+        both[True] = [w + c for w, c in zip(write_t, times["stored logits: compare + JSD"])]
+        times["stored logits: both halves + JSD"] = both[True]
+    rep, st = out["report"], out["stored"]
+    agree = abs(rep.kl12_mean - float(np.mean(st["kl12"]))) / rep.kl12_mean
+    files = (f"files: identirep's two model files {model_bytes / 2**20:.0f} MiB, stored "
+             f"{logits_dtype} log-probabilities {logits_bytes / 2**20:.0f} MiB "
+             f"({logits_bytes / model_bytes:.0f}x)")
+    notes = {}
+    for name in times:
+        parts = []
+        info = mem.get(name)
+        if info and info.get("extra_bytes") is not None:
+            parts.append(f"peak RSS {info['extra_bytes'] / 2**20:.0f} MiB over the process's "
+                         f"{info['rss_before'] / 2**20:.0f} MiB before it")
+        elif info and "error" in info:
+            parts.append(f"memory not measured: {info['error']}")
+        if name.startswith("identirep"):
+            with_jsd = name.endswith("JSD")
+            ratio = statistics.median(t / o for t, o in zip(times[name], both[with_jsd]))
+            parts.append(f"{ratio:.2f}x the stored-logits approach's both halves"
+                         + (" + JSD" if with_jsd else "") + " in the same rounds")
+        elif name.startswith("stored logits: both"):
+            parts.append("write + compare" + (" + JSD" if name.endswith("JSD") else "")
+                         + ", summed per round")
+        notes[name] = "; ".join(parts)
+    notes["identirep per-token report"] += (
+        f"; {files}; mean KL12 {rep.kl12_mean:.6g} (stored logits: rel. diff {agree:.1e})")
+    shape = f"N={n} V={v} M={m} f32, logits stored as {logits_dtype}"
+    return _rows("per-token", shape, times, notes=notes)
