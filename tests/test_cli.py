@@ -80,6 +80,7 @@ def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
     monkeypatch.setattr(bench, "LLAMA", (32, 300, 24))
     monkeypatch.setattr(bench, "INPUT_QUICK", (1024, 64, 4))
     monkeypatch.setattr(bench, "COMPARE_KL_QUICK", (256, 600, 16))
+    monkeypatch.setattr(bench, "ACCUMULATOR_QUICK", (256, 600, 16))
     monkeypatch.setattr(bench, "GPT2_TOKENS", (64, 500, 16))
     monkeypatch.setattr(bench, "PER_TOKEN_QUICK", ((256, 600, 16),))
     paper = bench.bench_paper
@@ -88,7 +89,8 @@ def test_bench_suite_runs_quickly_on_small_shapes(monkeypatch, capsys):
     monkeypatch.setattr(bench, "bench_pivots", lambda v, m, repeats=3: orig(v // 16, 16, n=64, repeats=repeats))
     assert main(["bench", "--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    for s in ("KL + L pass", "compare", "exact pivot search", "paper port", "same choices: True",
+    for s in ("KL + L pass", "compare", "accumulator vs compare", "exact pivot search",
+              "paper port", "same choices: True",
               "input_side (20000 sets)", "same choice: True", "compare vs KL", "| per-token |"):
         assert s in out
 
