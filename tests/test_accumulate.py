@@ -280,3 +280,22 @@ def test_bounded_pivot_search_makes_compares_choice():
     assert any("bounded pivot search" in n for n in got.notes)
     got.d_llv.pivot_search = want.d_llv.pivot_search
     assert_reports_match(got, want, 1e-5)
+
+
+def test_empty_batches_states_and_device_arrays():
+    f1, g1, _, f2, g2, _ = _pair(50, 20, 3, 3, seed=12)
+    acc = Accumulator(g1, g2)
+    with pytest.raises(ir.IdentirepError, match="empty"):
+        acc.update(f1[:0], f2[:0])
+    fresh = Accumulator.from_state_dict(acc.state_dict())    # the state of no input
+    assert fresh.n == 0
+    fresh.update(f1, f2)
+    _state_close(fresh, Accumulator(g1, g2).update(f1, f2), rtol=0)
+
+    class OnDevice:   # what identirep takes for a GPU array
+        __cuda_array_interface__ = {}
+        shape, ndim = f1.shape, 2
+    with pytest.raises(ir.IdentirepError, match="runs on the CPU backend"):
+        acc.update(OnDevice(), f2)
+    with pytest.raises(ir.IdentirepError, match="runs on the CPU backend"):
+        Accumulator(OnDevice(), g2)
