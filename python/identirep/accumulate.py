@@ -209,14 +209,7 @@ class Accumulator:
         t = PassSums.of(stats)
         for k in SUM_KEYS:
             self.sums[k] += getattr(t, k)
-        c = self.cols
-        _, means, m2 = merge_stats(
-            self.n, (c["col_mean1"], c["col_mean2"]),
-            {(0, 0): c["col_m2_11"], (1, 1): c["col_m2_22"], (0, 1): c["col_m2_12"]},
-            B, (stats.col_mean1, stats.col_mean2),
-            {(0, 0): stats.col_m2_11, (1, 1): stats.col_m2_22, (0, 1): stats.col_m2_12})
-        self.cols = {"col_mean1": means[0], "col_mean2": means[1], "col_m2_11": m2[(0, 0)],
-                     "col_m2_22": m2[(1, 1)], "col_m2_12": m2[(0, 1)]}
+        self.cols = _merged_cols(self.n, self.cols, B, {k: getattr(stats, k) for k in COL_KEYS})
         cdt = np.float32 if stats.dtype == "float32" else np.float64
         n, mu, S = scatter_blocks([native[0], native[1], stats.L1[:, None], stats.L2[:, None]],
                                   dtype=cdt)
@@ -320,14 +313,7 @@ class Accumulator:
                                  f"{other.f_dtypes}", fix="feed both the same dtypes")
         for k in SUM_KEYS:
             self.sums[k] += other.sums[k]
-        c, o = self.cols, other.cols
-        _, means, m2 = merge_stats(
-            self.n, (c["col_mean1"], c["col_mean2"]),
-            {(0, 0): c["col_m2_11"], (1, 1): c["col_m2_22"], (0, 1): c["col_m2_12"]},
-            other.n, (o["col_mean1"], o["col_mean2"]),
-            {(0, 0): o["col_m2_11"], (1, 1): o["col_m2_22"], (0, 1): o["col_m2_12"]})
-        self.cols = {"col_mean1": means[0], "col_mean2": means[1], "col_m2_11": m2[(0, 0)],
-                     "col_m2_22": m2[(1, 1)], "col_m2_12": m2[(0, 1)]}
+        self.cols = _merged_cols(self.n, self.cols, other.n, other.cols)
         self.moments.merge_in_place(other.moments)
         self.complete = self.complete and other.complete
         self._keep(other.res_priority, other.res_index + self.n, other.res_f1, other.res_f2,
@@ -601,6 +587,17 @@ class Accumulator:
 
 #: the ModelCache entries that depend on g alone (kept between computes)
 _G_KEYS = ("g", "Rg", "Cg", "Wg", "HR")
+
+
+def _merged_cols(nA: int, a: dict, nB: int, b: dict) -> dict:
+    """Chan's update of the label moments (``COL_KEYS``) of two shards, ``a`` first."""
+    pairs = {(0, 0): "col_m2_11", (1, 1): "col_m2_22", (0, 1): "col_m2_12"}
+    _, means, m2 = merge_stats(nA, (a["col_mean1"], a["col_mean2"]),
+                               {p: a[k] for p, k in pairs.items()},
+                               nB, (b["col_mean1"], b["col_mean2"]),
+                               {p: b[k] for p, k in pairs.items()})
+    return {"col_mean1": means[0], "col_mean2": means[1],
+            **{k: m2[p] for p, k in pairs.items()}}
 
 
 def _check_host(x, name: str) -> None:
