@@ -264,10 +264,10 @@ inline void Rescale(double m, double m_new, double* s, double* a, double* e) {
   *a *= c;
 }
 
-// Fold one row of both tiles into the state; *t1, *t2 get the row's tile maxima (NaN ignored).
+// Fold one row of both tiles, whose maxima (NaN ignored) are t1, t2, into the state.
 template <typename T>
 inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t i,
-                      const LseKlState& st, T* t1, T* t2) {
+                      const LseKlState& st, T t1, T t2) {
   double* m1 = st.state + 0 * st.state_ld + i;
   double* s1 = st.state + 1 * st.state_ld + i;
   double* a12 = st.state + 2 * st.state_ld + i;
@@ -277,19 +277,18 @@ inline void UpdateRow(const T* x1, const T* x2, int64_t v, int64_t col0, int64_t
   double* a21 = st.state + 6 * st.state_ld + i;
   double* e2 = st.state + 7 * st.state_ld + i;
 
-  TileMax(x1, x2, v, t1, t2);
-  const double n1 = std::fmax(*m1, static_cast<double>(*t1));
-  const double n2 = std::fmax(*m2, static_cast<double>(*t2));
+  const double n1 = std::fmax(*m1, static_cast<double>(t1));
+  const double n2 = std::fmax(*m2, static_cast<double>(t2));
   // A row of -inf logits (or NaN) cannot be normalised; leave its state untouched.
   if (!(n1 > -std::numeric_limits<double>::infinity()) ||
       !(n2 > -std::numeric_limits<double>::infinity()))
     return;
-  if (static_cast<double>(*t1) > *m1) {
-    const int64_t j = FindFirst(x1, v, *t1);
+  if (static_cast<double>(t1) > *m1) {
+    const int64_t j = FindFirst(x1, v, t1);
     if (j >= 0) st.args[i] = col0 + j;
   }
-  if (static_cast<double>(*t2) > *m2) {
-    const int64_t j = FindFirst(x2, v, *t2);
+  if (static_cast<double>(t2) > *m2) {
+    const int64_t j = FindFirst(x2, v, t2);
     if (j >= 0) st.args[st.args_ld + i] = col0 + j;
   }
   Rescale(*m1, n1, s1, a12, e1);
@@ -348,31 +347,51 @@ constexpr int64_t kTopKBlock = 256;  // labels per vectorised threshold test
 constexpr int64_t kTopKSub = 16;     // and per sub-block of a block that passes it
 constexpr int64_t kTopKChunk = 64;   // blocks whose maxima bound the candidates together
 
-// Fold one tile row x[0..v) (labels col0 ..), whose largest value is tmax, into a row's top-k
-// list (val, ids, k slots).
-// Per chunk of up to kTopKChunk blocks: the block maxima (vectorised); where more than k
-// blocks could hold a candidate, the k-th largest of their maxima, lo, bounds the candidates
-// from below (k labels of the chunk are >= lo, so a label below it cannot be among the k
-// largest); then the blocks, their sub-blocks and labels that can enter, in label order.
+// The maxima of both tile rows' blocks of kTopKBlock labels (bm1, bm2: ceil(v / kTopKBlock)
+// each), read once for both; *t1, *t2 get the rows' maxima (NaN ignored, as TileMax's).
+template <typename T>
+inline void TileBlockMax(const T* x1, const T* x2, int64_t v, T* bm1, T* bm2, T* t1, T* t2) {
+  T a = -std::numeric_limits<T>::infinity();
+  T b = a;
+  for (int64_t j = 0, q = 0; j < v; j += kTopKBlock, ++q) {
+    const int64_t w = j + kTopKBlock < v ? kTopKBlock : v - j;
+    T m1 = -std::numeric_limits<T>::infinity();
+    T m2 = m1;
+#pragma omp simd reduction(max : m1, m2)
+    for (int64_t r = 0; r < w; ++r) {
+      m1 = x1[j + r] > m1 ? x1[j + r] : m1;
+      m2 = x2[j + r] > m2 ? x2[j + r] : m2;
+    }
+    bm1[q] = m1;
+    bm2[q] = m2;
+    a = m1 > a ? m1 : a;
+    b = m2 > b ? m2 : b;
+  }
+  *t1 = a;
+  *t2 = b;
+}
+
+// Fold one tile row x[0..v) (labels col0 ..), whose largest value is tmax and whose blocks of
+// kTopKBlock labels have the maxima bm, into a row's top-k list (val, ids, k slots).
+// Per chunk of up to kTopKChunk blocks: where more than k blocks could hold a candidate, the
+// k-th largest of their maxima, lo, bounds the candidates from below (k labels of the chunk
+// are >= lo, so a label below it cannot be among the k largest); then the blocks, their
+// sub-blocks and labels that can enter, in label order.
 template <typename T>
 inline void TopKRow(const T* x, int64_t v, int64_t col0, double* val, int64_t* ids,
-                    int64_t k, T tmax) {
+                    int64_t k, T tmax, const T* bm) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   int64_t count = 0;
   while (count < k && ids[count] >= 0) ++count;
   T thr = count < k ? kNegInf : NotAbove<T>(val[k - 1]);
   if (count == k && !(tmax > thr)) return;  // nothing in this tile row can enter
-  T bm[kTopKChunk];
   T open[kTopKChunk];
-  for (int64_t c0 = 0; c0 < v; c0 += kTopKChunk * kTopKBlock) {
+  for (int64_t c0 = 0, b0 = 0; c0 < v; c0 += kTopKChunk * kTopKBlock, b0 += kTopKChunk) {
     const int64_t c1 = c0 + kTopKChunk * kTopKBlock < v ? c0 + kTopKChunk * kTopKBlock : v;
     const int64_t nb = (c1 - c0 + kTopKBlock - 1) / kTopKBlock;
     int64_t n_open = 0;
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t j = c0 + b * kTopKBlock;
-      bm[b] = BlockMax(x + j, (j + kTopKBlock < c1 ? j + kTopKBlock : c1) - j);
-      if (count < k || bm[b] > thr) open[n_open++] = bm[b];
-    }
+    for (int64_t b = 0; b < nb; ++b)
+      if (count < k || bm[b0 + b] > thr) open[n_open++] = bm[b0 + b];
     T lo = kNegInf;
     if (n_open > k) {
       std::nth_element(open, open + (k - 1), open + n_open, [](T a, T b) { return a > b; });
@@ -382,7 +401,7 @@ inline void TopKRow(const T* x, int64_t v, int64_t col0, double* val, int64_t* i
     // never: it fails x >= lo)
     auto enters = [&](T y) { return y >= lo && (count < k || y > thr); };
     for (int64_t b = 0; b < nb; ++b) {
-      if (!enters(bm[b])) continue;
+      if (!enters(bm[b0 + b])) continue;
       const int64_t j = c0 + b * kTopKBlock;
       const int64_t e = j + kTopKBlock < c1 ? j + kTopKBlock : c1;
       for (int64_t s0 = j; s0 < e; s0 += kTopKSub) {
@@ -545,6 +564,8 @@ void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, 
 #endif
   {
     std::vector<double> acc(cols && nt > 1 ? 5 * v : 0, 0.0);
+    const int64_t nb = (v + detail::kTopKBlock - 1) / detail::kTopKBlock;
+    std::vector<T> bm(topk != nullptr ? 2 * nb : 0);  // both rows' block maxima (top-k)
     double* a = cols ? (nt > 1 ? acc.data() : total.data()) : nullptr;
     int64_t tid = 0, nth = 1;
 #ifdef _OPENMP
@@ -560,13 +581,19 @@ void LseKlUpdate(const T* l1, int64_t ld1, const T* l2, int64_t ld2, int64_t n, 
         const T* x1 = l1 + i * ld1;
         const T* x2 = l2 + i * ld2;
         T t1, t2;
-        detail::UpdateRow(x1, x2, v, col0, i, st, &t1, &t2);
+        if (topk != nullptr)  // the row maxima from the block maxima, in the same read
+          detail::TileBlockMax(x1, x2, v, bm.data(), bm.data() + nb, &t1, &t2);
+        else
+          detail::TileMax(x1, x2, v, &t1, &t2);
+        detail::UpdateRow(x1, x2, v, col0, i, st, t1, t2);
         if (rows) detail::RowMomentsUpdate(x1, x2, v, col0, i, *mom);
         if (topk != nullptr) {
           const int64_t o = i * topk->k;
-          detail::TopKRow(x1, v, col0, topk->values + o, topk->ids + o, topk->k, t1);
+          detail::TopKRow(x1, v, col0, topk->values + o, topk->ids + o, topk->k, t1,
+                          bm.data());
           const int64_t o2 = o + topk->model_ld;
-          detail::TopKRow(x2, v, col0, topk->values + o2, topk->ids + o2, topk->k, t2);
+          detail::TopKRow(x2, v, col0, topk->values + o2, topk->ids + o2, topk->k, t2,
+                          bm.data() + nb);
         }
       }
       if (cols) detail::ColAccumulateRows(l1, ld1, l2, ld2, r0, r1, v, a);
