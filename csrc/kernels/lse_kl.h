@@ -29,14 +29,14 @@
 // Optional per-row top-k (TopK, below), folded in from the same tiles: each model's k largest
 // logits of each row with their global label ids, in decreasing order, ties to the lower label
 // id, NaN never entering. Kept sorted in caller-owned state: values (float64, initial -inf) and
-// ids (int64, initial -1; a slot with id -1 is empty, and the filled slots come first). A row
-// whose tile maximum is not above its current k-th value is skipped; otherwise the maxima of
-// its blocks of 256 labels are taken (vectorised, from cache), and only the blocks, then
-// sub-blocks of 16, whose maximum can enter are read label by label; where more than k blocks
-// could, the k-th largest block maximum (of up to 64 blocks) bounds the candidates from below
-// (k labels of those blocks are at least that). The rare logits that enter are inserted one by
-// one. An equal logit never enters, which keeps the lower id because a row's tiles arrive in
-// increasing col0 order (as for args).
+// ids (int64, initial -1; a slot with id -1 is empty, and the filled slots come first). The
+// maxima of a row's blocks of 256 labels come from the read that finds its maximum (for the
+// log-sum-exp). A row whose tile maximum is not above its current k-th value is skipped;
+// otherwise only the blocks, then sub-blocks of 16, whose maximum can enter are read label by
+// label; where more than k blocks could, the k-th largest block maximum (of up to 64 blocks)
+// bounds the candidates from below (k labels of those blocks are at least that). The rare
+// logits that enter are inserted one by one. An equal logit never enters, which keeps the
+// lower id because a row's tiles arrive in increasing col0 order (as for args).
 //
 // The Jensen-Shannon divergence needs both log-normalisers before its first term: it is a
 // second pass over the same tiles, with its own epilogue (kernels/jsd.h).
