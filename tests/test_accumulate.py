@@ -248,6 +248,8 @@ def test_bad_input_is_refused():
         acc.compute(backend="cpu")
     with pytest.raises(E, match="reservoir"):
         Accumulator(g1, g2, reservoir=0)
+    with pytest.raises(E, match="max.M1, M2. \\+ 1 = 5"):
+        Accumulator(g1, g2, reservoir=4)
     with pytest.raises(E, match="different label sets"):
         Accumulator(g1, g2[:10])
     with pytest.raises(E, match="differ in reservoir"):

@@ -102,6 +102,13 @@ class Accumulator:
         check_pair(*self._models)
         a, b = self._models
         self.V, self.M1, self.M2 = a.V, a.M, b.M
+        need = max(a.M, b.M) + 1
+        if self.reservoir < need:
+            raise IdentirepError(
+                f"reservoir={reservoir} keeps fewer inputs than one input diversity set of "
+                f"d_LLV needs (max(M1, M2) + 1 = {need})",
+                fix=f"keep at least {need} (the default 4096; each kept input costs M1 + M2 "
+                    "+ 14 numbers)")
         self._fingerprint = None
         self._g_aug = [None, None]
         self._g_cache = {}
