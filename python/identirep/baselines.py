@@ -1,6 +1,7 @@
-"""Baselines a user would otherwise run: a faithful NumPy port of the paper's d_LLV algorithm
-and the naive chunked log-softmax KL. Used by the benchmarks and the tests, never by the
-engines.
+"""Baselines a user would otherwise run: a faithful NumPy port of the paper's d_LLV algorithm,
+the naive chunked log-softmax KL, and the per-token statistics from stored full logits as
+llama.cpp's ``--kl-divergence`` computes them (``stored_logits_write``,
+``stored_logits_compare``; torch). Used by the benchmarks and the tests, never by the engines.
 
 The port:
 
