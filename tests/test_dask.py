@@ -77,6 +77,7 @@ def test_statistics_once_per_model_and_no_arrays_in_results(client, files):
     # float64, float64, float32: the first pair runs in float64, the two with the float32
     # model in float32; 5 (model, dtype), f and g each
     assert sum(counts.values()) == 2 * 5, counts
+    assert not any(client.run(_kept_models).values())    # the workers let go of the models
     per_task = client.run_on_scheduler(_result_bytes)
     f_bytes = 900 * 4 * 8
     assert set(per_task) >= {"identirep-pair", "identirep-statistics"}
@@ -99,6 +100,10 @@ def _moment_count():
     import identirep._model_cache as mc
     mc._single_moments = mc._original_single_moments
     return mc._moment_calls
+
+
+def _kept_models():
+    return len(idk._LOADED)
 
 
 def _result_bytes(dask_scheduler):

@@ -165,6 +165,13 @@ def _loaded(token: str, k: int, path: str, masked, signature=None) -> SimpleName
     return entry
 
 
+def _forget(token: str) -> None:
+    """Let go of the models this worker keeps for the run ``token``."""
+    with _LOCK:
+        for key in [key for key in _LOADED if key[0] == token]:
+            del _LOADED[key]
+
+
 def _masked_task(path: str) -> np.ndarray:
     from .io import masked_in_file
     return masked_in_file(path)
@@ -281,20 +288,25 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
     its two files on its worker (a worker keeps the ``KEEP_MODELS`` most recent), takes the
     two models' statistics from the workers that hold them and returns its cells. A worker
     lost mid-run costs only a re-run of its tasks (Dask's own recovery)."""
-    from ._matrix import add_cells, empty_values, finish, unique_names
-    from ._rules import check_callable
+    from ._rules import check_callable, check_flag
     from .measures import check_compare_options, check_progress
-    from .progress import progress_bar
     t0 = time.perf_counter()
     check_compare_options(**opts)
     check_progress(progress)
     check_callable("check", check)
-    from ._rules import check_flag
     check_flag("drop_masked_labels", drop_masked_labels)
     check_backend(backend)
     paths = _path_list(paths)
     client = _client(client)
     token = uuid.uuid4().hex
+    try:
+        return _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0)
+    finally:   # the workers let go of the models they keep for this run
+        client.run(_forget, token, on_error="ignore")
+
+
+def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0):
+    from ._matrix import add_cells, empty_values, finish, unique_names
     K = len(paths)
 
     def run(fn, *args, name):
@@ -334,17 +346,18 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
         shared = {cdt[i, j]: (stats[i, cdt[i, j]], stats[j, cdt[i, j]])}
         futures[run(_pair_task, token, i, j, files, masked, shared, dict(opts),
                     name=f"pair-{i}-{j}")] = (i, j)
-    cells = _gather_in_order(client, futures, pairs, progress, progress_bar)
+    cells = _gather_in_order(client, futures, pairs, progress)
     values, out_pairs, failures = empty_values(K), [], []
     for ij in pairs:
         add_cells(values, out_pairs, failures, cells[ij])
     return finish(names, values, out_pairs, failures, len(pairs), t0)
 
 
-def _gather_in_order(client, futures: dict, pairs, progress, progress_bar) -> dict:
+def _gather_in_order(client, futures: dict, pairs, progress) -> dict:
     """Each pair's result as it completes (a bar or ``progress(fraction)``); when tasks
     fail, the error of the first failing pair in pair order, as ``matrix`` would raise it
     (the later pairs are cancelled)."""
+    from .progress import progress_bar
     dist = distributed()
     order = {ij: n for n, ij in enumerate(pairs)}
     results, first_error = {}, None
