@@ -12,7 +12,7 @@ from scipy.special import logsumexp
 
 import identirep as ir
 from identirep import _core, measures
-from identirep._cpu_pass import cpu_pass, jsd_pass, stream_pass
+from identirep._cpu_pass import MAX_TOPK, cpu_pass, jsd_pass, stream_pass
 from identirep.errors import IdentirepError
 from identirep.passes import init_state, numpy_pass
 from identirep.reference import per_token_reference
@@ -246,6 +246,14 @@ def test_topk_zero_is_bitwise_the_pass_without_it():
 def test_stream_pass_refuses_a_bad_topk(bad):
     with pytest.raises(IdentirepError, match="topk must be an integer >= 0"):
         stream_pass(*_operands(4, n=5, v=8), topk=bad)
+
+
+def test_stream_pass_bounds_topk():
+    ops = _operands(4, n=5, v=8)
+    assert stream_pass(*ops, topk=MAX_TOPK)["topk1"].shape == (5, 8)
+    with pytest.raises(IdentirepError, match=f"at most the {MAX_TOPK} largest") as err:
+        stream_pass(*ops, topk=MAX_TOPK + 1)
+    assert "topk <=" in err.value.fix
 
 
 def test_pass_stats_carry_topk_and_swap_it():

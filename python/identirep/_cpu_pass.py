@@ -21,6 +21,9 @@ from .passes import PassStats, check_pass_shapes, finalize, init_state
 # every GEMM call re-packs its label tile, so input tiles take as many rows as the workspace
 # allows (all N when they fit) and label tiles a few thousand columns.
 DEFAULT_TILE_COLS = 4096
+#: the most labels per input the pass's top-k keeps (its state holds N x k values and ids per
+#: model: a bound, so that no top-k becomes the N x V ranking of a large vocabulary)
+MAX_TOPK = 1024
 
 
 def default_epilogue_threads() -> int:
@@ -165,6 +168,10 @@ def stream_pass(f1, g1, f2, g2, *, tile_rows: Optional[int] = None,
     check_pass_shapes(f1, g1, f2, g2)
     rules.check_count("topk", topk, minimum=0)
     topk = int(topk)
+    if topk > MAX_TOPK:
+        raise IdentirepError(f"topk={topk}: the pass keeps at most the {MAX_TOPK} largest "
+                             "logits per input (N x k values and ids per model)",
+                             fix=f"pass topk <= {MAX_TOPK} (the per-token report uses 10)")
 
     dt = _compute_dtype((f1, g1, f2, g2), dtype)
     threads = _threads(epilogue_threads)
