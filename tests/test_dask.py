@@ -265,3 +265,15 @@ def test_cli_no_scheduler_at_address(files, capsys, monkeypatch):
     monkeypatch.setattr(idk, "CONNECT_TIMEOUT", 0.5)
     assert main(["matrix", *files, "--scheduler", "tcp://127.0.0.1:9"]) == 2
     assert "no Dask scheduler answered at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_dask_script_runs(capsys, monkeypatch):
+    """benchmarks/bench_dask.py at a tiny size: its table row, results checked equal."""
+    pytest.importorskip("distributed")
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_dask
+    bench_dask.main(["--k", "3", "--n", "300", "--v", "20", "--m", "3", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| 3 | 3 | 300 |" in out and "x |" in out
