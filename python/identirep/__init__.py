@@ -2,7 +2,10 @@
 
 The public API is re-exported here once; no submodule's name is rebound (``identirep.engine``
 is the function that returns a ``PairEngine``; the float64 oracle is the module
-``identirep.reference``). Extraction from Hugging Face models is ``identirep.extract.extract``.
+``identirep.reference``). Extraction from Hugging Face models is ``identirep.extract.extract``;
+``matrix`` and ``compare`` on a Dask cluster are ``identirep.dask.matrix`` and
+``identirep.dask.compare`` (``identirep[dask]``); the torchmetrics Metric is
+``identirep.metrics.IdentirepMetric`` (``identirep[torchmetrics]``).
 """
 from . import constructions, reference
 from ._build import build_info
