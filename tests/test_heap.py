@@ -2,7 +2,9 @@
 inside it, and the memory goes back to the system when it ends."""
 from __future__ import annotations
 
+import os
 import resource
+import subprocess
 import sys
 import threading
 
@@ -128,12 +130,30 @@ def test_a_refused_threshold_changes_nothing(monkeypatch):
 def test_a_process_with_its_own_allocator_settings_is_left_alone(monkeypatch, var, value):
     libc = _FakeLibc(accept=True)
     monkeypatch.setattr(_heap, "glibc", lambda: libc)
-    monkeypatch.setenv(var, value)
+    monkeypatch.setattr(_heap, "startup_environ", lambda: {var: value})
     with _heap.retained_heap():
         pass
     assert libc.calls == [] and _heap._state["depth"] == 0
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=512")
-    monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
+    monkeypatch.setattr(_heap, "startup_environ",
+                        lambda: {"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=512"})
     with _heap.retained_heap():
         pass
     assert libc.calls[0] == ("mallopt", _heap._M_MMAP_THRESHOLD, _heap.RETAINED_BLOCK)
+
+
+def test_settings_are_those_the_process_started_with(monkeypatch):
+    """glibc reads its settings when the process starts: a variable put into os.environ later
+    (a Dask LocalCluster sets MALLOC_TRIM_THRESHOLD_ for its workers) does not count, and one
+    the process started with does (a subprocess started with it)."""
+    libc = _FakeLibc(accept=True)
+    monkeypatch.setattr(_heap, "glibc", lambda: libc)
+    for k in _heap.USER_SETTINGS:
+        monkeypatch.delenv(k, raising=False)
+    started_with = _heap.user_settings()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert _heap.user_settings() == started_with
+    code = "from identirep import _heap; print(_heap.user_settings())"
+    env = {**os.environ, "MALLOC_TOP_PAD_": "1048576"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "True"

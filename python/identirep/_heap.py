@@ -12,7 +12,9 @@ freed mapped block of 32 MiB) and the freed memory is returned to the system
 turns glibc's dynamic adjustment off, and a threshold set before (``mallopt``,
 ``mallopt``) is not restored. A process started with its own allocator settings
 (``MALLOC_*_`` variables, ``glibc.malloc.*`` in ``GLIBC_TUNABLES``: ``USER_SETTINGS``) is
-left as it is, as is a glibc that refuses an mmap threshold above 32 MiB (older releases)
+left as it is (its environment as the process started, which is what glibc read: a variable set
+later in ``os.environ``, as a Dask LocalCluster sets MALLOC_TRIM_THRESHOLD_ for its workers,
+does not count), as is a glibc that refuses an mmap threshold above 32 MiB (older releases)
 and every other C library (macOS, musl, Windows).
 """
 from __future__ import annotations
@@ -46,10 +48,35 @@ USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP
                  "MALLOC_MMAP_MAX_")
 
 
+def _read_startup_environ() -> dict:
+    """The environment this process started with (/proc/self/environ on Linux: what glibc
+    read at start-up), else ``os.environ`` as this module found it."""
+    try:
+        with open("/proc/self/environ", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return dict(os.environ)
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
+
+
+_STARTUP_ENVIRON = _read_startup_environ()
+
+
+def startup_environ() -> dict:
+    """The environment glibc's allocator was configured from (read once, at import)."""
+    return _STARTUP_ENVIRON
+
+
 def user_settings() -> bool:
     """Whether this process was started with its own glibc allocator settings."""
-    return (any(k in os.environ for k in USER_SETTINGS)
-            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""))
+    env = startup_environ()
+    return (any(k in env for k in USER_SETTINGS)
+            or "glibc.malloc." in env.get("GLIBC_TUNABLES", ""))
 
 
 def glibc():
