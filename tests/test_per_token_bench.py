@@ -12,16 +12,19 @@ from identirep.baselines import stored_logits_compare, stored_logits_write
 from identirep.reference import per_token_reference
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-4), ("float16", 2e-2)])
-def test_stored_logits_baseline_equals_the_oracle(torch, tmp_path, dtype, rtol):
+@pytest.mark.parametrize("dtype, rtol, gemm", [("float32", 1e-4, "numpy"),
+                                               ("float16", 2e-2, "numpy"),
+                                               ("float32", 1e-4, "torch")])
+def test_stored_logits_baseline_equals_the_oracle(torch, tmp_path, dtype, rtol, gemm):
     """Written and read back in chunks that do not divide N, the baseline's per-position
     statistics equal the float64 oracle's to the storage precision: float32 log-probabilities
     to 1e-4, float16 ones (3 decimal digits) to 2e-2 of the typical value."""
     a, b = bench._lm_pair(700, 300, 16, context=128)
     path = tmp_path / "reference.logprobs"
-    assert stored_logits_write(a.f, a.g, path, rows=96, dtype=dtype) == (700, 300)
+    assert stored_logits_write(a.f, a.g, path, rows=96, dtype=dtype, gemm=gemm) == (700, 300)
     assert path.stat().st_size == 700 * 300 * np.dtype(dtype).itemsize
-    got = stored_logits_compare(b.f, b.g, path, b.targets, rows=96, dtype=dtype, jsd=True)
+    got = stored_logits_compare(b.f, b.g, path, b.targets, rows=96, dtype=dtype, jsd=True,
+                                gemm=gemm)
     want = per_token_reference(a, b, k=10, jsd=True)
     for key in ("kl12", "kl21", "jsd", "logp1", "logp2", "p2_of_top1", "p1_of_top2"):
         w = want[key]
@@ -46,7 +49,8 @@ def test_bench_rows_and_notes(torch, tmp_path):
                        "stored logits: both halves + JSD"}
     for r in rows:
         assert r["seconds"] > 0 and r["floor_seconds"] > 0 and r["ratio"] > 0
-        assert r["shape"] == "N=600 V=500 M=8 f32, logits stored as float32"
+        assert r["shape"] == ("N=600 V=500 M=8 f32, logits stored as float32, stored-logits "
+                              "GEMMs by numpy")
     note = by["identirep per-token report"]["notes"]
     assert "x the stored-logits approach's both halves in the same rounds" in note
     assert "stored float32 log-probabilities 1 MiB" in note           # 600 x 500 x 4 bytes

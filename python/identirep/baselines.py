@@ -120,26 +120,45 @@ def followup_d_rep(f1, f2, g1, g2, num_pivots=100, num_combinations=200, seed=0)
     return float(np.mean(vals))
 
 
-def stored_logits_write(f, g, path, *, rows: int = 512, dtype: str = "float32") -> tuple:
+def _chunk_logits(f, g, gemm: str):
+    """A function r0, r1 -> the float32 logits f[r0:r1] g^T as a torch tensor, computed by
+    NumPy's BLAS (``gemm="numpy"``: the library identirep's pass and the benchmarks' floors
+    use) or torch's (``"torch"``: MKL in the PyPI wheels)."""
+    import torch
+    if gemm not in ("numpy", "torch"):
+        raise ValueError(f"gemm must be 'numpy' or 'torch', got {gemm!r}")
+    gc = np.ascontiguousarray(g, dtype=np.float32)
+    if gemm == "numpy":
+        return lambda r0, r1: torch.from_numpy(
+            np.asarray(f[r0:r1], dtype=np.float32) @ gc.T)
+    gt = torch.from_numpy(gc)
+    return lambda r0, r1: torch.from_numpy(
+        np.ascontiguousarray(f[r0:r1], dtype=np.float32)) @ gt.T
+
+
+def stored_logits_write(f, g, path, *, rows: int = 512, dtype: str = "float32",
+                        gemm: str = "numpy") -> tuple:
     """The first half of the materialising approach (llama.cpp's ``llama-perplexity
     --kl-divergence-base``): the reference model's log-probabilities at every input, computed
-    ``rows`` inputs at a time (torch, float32) and appended to the file ``path`` as ``dtype``
-    (float32 or float16; llama.cpp stores them as 16-bit integers with a scale per input).
-    The file holds N x V values. Returns (N, V); needs torch."""
+    ``rows`` inputs at a time (float32; the GEMM by ``gemm``'s BLAS, the rest by torch) and
+    appended to the file ``path`` as ``dtype`` (float32 or float16; llama.cpp stores them as
+    16-bit integers with a scale per input). The file holds N x V values. Returns (N, V);
+    needs torch."""
     import torch
-    gt = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
+    logits = _chunk_logits(f, g, gemm)
     out_dtype = np.dtype(dtype)
     with open(path, "wb") as fh, torch.inference_mode():
         for r0 in range(0, f.shape[0], rows):
-            z = torch.from_numpy(np.ascontiguousarray(f[r0:r0 + rows], dtype=np.float32)) @ gt.T
+            z = logits(r0, min(f.shape[0], r0 + rows))
             fh.write(torch.log_softmax(z, dim=1).numpy().astype(out_dtype, copy=False).tobytes())
     return f.shape[0], g.shape[0]
 
 
 def stored_logits_compare(f, g, path, targets, *, rows: int = 512, dtype: str = "float32",
-                          k: int = 10, jsd: bool = False) -> dict:
+                          k: int = 10, jsd: bool = False, gemm: str = "numpy") -> dict:
     """The second half (llama.cpp's ``--kl-divergence``): the compared model's logits,
-    ``rows`` inputs at a time (torch, float32), against the reference's log-probabilities read
+    ``rows`` inputs at a time (float32, as in the first half), against the reference's
+    log-probabilities read
     back from ``path`` (written by :func:`stored_logits_write` in ``dtype``): per input
     KL(p1||p2) and KL(p2||p1), log p of the target under each (NaN where ``targets`` < 0),
     each model's ``k`` top labels, the probability of each model's top label under the other,
@@ -147,7 +166,7 @@ def stored_logits_compare(f, g, path, targets, *, rows: int = 512, dtype: str = 
     int64). Needs torch."""
     import torch
     n, v = f.shape[0], g.shape[0]
-    gt = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
+    logits = _chunk_logits(f, g, gemm)
     t_all = np.asarray(targets, dtype=np.int64)
     keys = ("kl12", "kl21", "logp1", "logp2", "p2_of_top1", "p1_of_top2") + (("jsd",) if jsd else ())
     out = {key: np.empty(n) for key in keys}
@@ -159,8 +178,7 @@ def stored_logits_compare(f, g, path, targets, *, rows: int = 512, dtype: str = 
             fh.seek(r0 * v * item)
             lp1 = torch.from_numpy(np.fromfile(fh, dtype=dtype, count=(r1 - r0) * v)
                                    .reshape(r1 - r0, v).astype(np.float32, copy=False))
-            z = torch.from_numpy(np.ascontiguousarray(f[r0:r1], dtype=np.float32)) @ gt.T
-            lp2 = torch.log_softmax(z, dim=1)
+            lp2 = torch.log_softmax(logits(r0, r1), dim=1)
             p1, p2 = lp1.exp(), lp2.exp()
             d = lp1 - lp2
             out["kl12"][r0:r1] = (p1 * d).sum(1).clamp(min=0).numpy()

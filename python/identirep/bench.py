@@ -429,7 +429,7 @@ def _lm_pair(n, v, m, seed=0, context=512):
     return Model(f1, g1, name="reference", **text), Model(f2, g2, name="compared", **text)
 
 
-def _per_token_variants(a, b, path, logits_dtype, jsd):
+def _per_token_variants(a, b, path, logits_dtype, jsd, gemm="numpy"):
     """name -> callable of the per-token variants (the identirep report and the stored-logits
     approach's two halves), for timing and for the memory children."""
     from .baselines import stored_logits_compare, stored_logits_write
@@ -444,11 +444,11 @@ def _per_token_variants(a, b, path, logits_dtype, jsd):
 
     def stored_compare(with_jsd):
         return lambda: out.__setitem__("stored", stored_logits_compare(
-            b.f, b.g, path, b.targets, rows=rows, dtype=logits_dtype, jsd=with_jsd))
+            b.f, b.g, path, b.targets, rows=rows, dtype=logits_dtype, jsd=with_jsd, gemm=gemm))
 
     fns = {"identirep per-token report": ours(False),
            "stored logits: write reference": lambda: stored_logits_write(
-               a.f, a.g, path, rows=rows, dtype=logits_dtype),
+               a.f, a.g, path, rows=rows, dtype=logits_dtype, gemm=gemm),
            "stored logits: compare against them": stored_compare(False)}
     if jsd:
         fns["identirep per-token report + JSD"] = ours(True)
@@ -467,14 +467,14 @@ def _process_memory():
         return None
 
 
-def per_token_memory_child(variant, n, v, m, path, logits_dtype, jsd) -> dict:
+def per_token_memory_child(variant, n, v, m, path, logits_dtype, jsd, gemm="numpy") -> dict:
     """Run one per-token variant once in this (fresh) process and measure its memory: the
     peak resident set while it runs, over the resident set before it (inputs built, torch
     and the compiled core loaded). The peak is reset first (/proc/self/clear_refs), so it is
     the variant's own."""
     import torch  # noqa: F401 - loaded before the measurement, as the variants use it
     a, b = _lm_pair(n, v, m)
-    fns, _ = _per_token_variants(a, b, path, logits_dtype, jsd)
+    fns, _ = _per_token_variants(a, b, path, logits_dtype, jsd, gemm)
     before = _process_memory()
     reset = False
     try:
@@ -491,13 +491,13 @@ def per_token_memory_child(variant, n, v, m, path, logits_dtype, jsd) -> dict:
             "extra_bytes": after[1] - before[0] if reset else None, "peak_reset": reset}
 
 
-def _memory_in_subprocess(variant, n, v, m, path, logits_dtype, jsd) -> dict:
+def _memory_in_subprocess(variant, n, v, m, path, logits_dtype, jsd, gemm="numpy") -> dict:
     import json
     import subprocess
     import sys
     code = ("import json, sys; from identirep.bench import per_token_memory_child as c; "
             "print(json.dumps(c(*json.loads(sys.argv[1]))))")
-    args = json.dumps([variant, n, v, m, str(path), logits_dtype, jsd])
+    args = json.dumps([variant, n, v, m, str(path), logits_dtype, jsd, gemm])
     r = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     if r.returncode != 0:
         return {"variant": variant, "error": r.stderr.strip().splitlines()[-1:]}
@@ -505,14 +505,16 @@ def _memory_in_subprocess(variant, n, v, m, path, logits_dtype, jsd) -> dict:
 
 
 def bench_per_token(n, v, m, repeats=3, logits_dtype="float32", jsd=True, memory=True,
-                    tmpdir=None) -> List[dict]:
+                    tmpdir=None, gemm="numpy") -> List[dict]:
     """identirep's per-token report (the pass with top-10 ids and the report:
     ``engine(a, b, topk=10)`` + ``tokens.engine_token_report``; with ``jsd`` also its second
     pass) against the materialising approach of llama.cpp's ``--kl-divergence``: the
     reference model's log-probabilities computed and written to a file (N x V ``logits_dtype``,
     float32 or float16), then the compared model's logits, chunk by chunk, with KL both ways,
     log p of the targets, top-10 ids and the top tokens' probabilities read against the
-    stored ones (torch, float32, ``PER_TOKEN_ROWS`` positions per chunk). Timed in interleaved
+    stored ones (float32, ``PER_TOKEN_ROWS`` positions per chunk; the GEMMs by ``gemm``'s BLAS:
+    "numpy", the library of identirep's pass and of the floor, or "torch"; the rest by
+    torch). Timed in interleaved
     rounds with the floor: both models' logit GEMMs (``PER_TOKEN_ROWS`` rows at a time into
     one buffer). With ``memory``, each variant also runs once alone in a fresh process for its
     peak resident memory over the process's before it. The notes give the file sizes: the
@@ -538,7 +540,7 @@ def bench_per_token(n, v, m, repeats=3, logits_dtype="float32", jsd=True, memory
 
     with tempfile.TemporaryDirectory(dir=tmpdir) as d:
         path = os.path.join(d, "reference.logprobs")
-        fns, out = _per_token_variants(a, b, path, logits_dtype, jsd)
+        fns, out = _per_token_variants(a, b, path, logits_dtype, jsd, gemm)
         write = fns["stored logits: write reference"]
         write()    # the compare variants read the file: it exists before the first round
         times = interleaved_times({"floor": floor, **fns}, 0, repeats)
@@ -547,7 +549,7 @@ def bench_per_token(n, v, m, repeats=3, logits_dtype="float32", jsd=True, memory
         for mod, name in ((a, "a.safetensors"), (b, "b.safetensors")):
             save_model(mod, os.path.join(d, name))
             model_bytes += os.path.getsize(os.path.join(d, name))
-        mem = ({name: _memory_in_subprocess(name, n, v, m, path, logits_dtype, jsd)
+        mem = ({name: _memory_in_subprocess(name, n, v, m, path, logits_dtype, jsd, gemm)
                 for name in fns} if memory else {})
     write_t = times["stored logits: write reference"]
     both = {False: [w + c for w, c in zip(write_t, times["stored logits: compare against them"])]}
@@ -580,5 +582,6 @@ def bench_per_token(n, v, m, repeats=3, logits_dtype="float32", jsd=True, memory
         notes[name] = "; ".join(parts)
     notes["identirep per-token report"] += (
         f"; {files}; mean KL12 {rep.kl12_mean:.6g} (stored logits: rel. diff {agree:.1e})")
-    shape = f"N={n} V={v} M={m} f32, logits stored as {logits_dtype}"
+    shape = (f"N={n} V={v} M={m} f32, logits stored as {logits_dtype}, stored-logits GEMMs "
+             f"by {gemm}")
     return _rows("per-token", shape, times, notes=notes)
