@@ -162,7 +162,7 @@ class PairEngine:
         rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
         rules.check_callable("progress", progress)
         rules.check_llv_args(self.a, self.b, combine, term, pivot, leave_out, lam,
-                             self._constant_features)
+                             self._constant_features, self.N)
         rules.check_num_pivots(num_pivots)
         y0, l, t1, t3, how, deg = self.label_side(term, pivot, leave_out, num_pivots, seed, progress,
                                                   pivot_budget)

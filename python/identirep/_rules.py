@@ -190,18 +190,21 @@ def first_within(values: np.ndarray):
 
 
 def check_llv_args(a, b, combine, term, pivot, leave_out, lam,
-                   is_constant: Callable[[object], bool]) -> None:
+                   is_constant: Callable[[object], bool], n_inputs=None) -> None:
     """The arguments of d_LLV, in the order the errors are reported. ``is_constant(f)`` says
-    whether an f does not vary across inputs (each side computes it its own way)."""
+    whether an f does not vary across inputs (each side computes it its own way);
+    ``n_inputs``: the number of inputs (default ``a.N``; a model known by its statistics
+    holds fewer rows, and the distinct rows are counted by ``candidate_input_sets``)."""
     check_llv_options(lam, combine, term)
     if a.V < 3:
         raise IdentirepError(f"d_LLV needs at least 3 labels (pivot, leave-out, one more); V={a.V}",
                              fix="compare models with at least 3 labels")
     need = max(a.M, b.M) + 2
-    if a.N < need:
+    N = a.N if n_inputs is None else int(n_inputs)
+    if N < need:
         raise IdentirepError(
             f"d_LLV needs N >= M + 2 inputs (a diversity set of M + 1 plus variance); "
-            f"N={a.N}, M={max(a.M, b.M)}",
+            f"N={N}, M={max(a.M, b.M)}",
             fix=f"evaluate the models on at least {need} distinct inputs (more or longer texts)")
     for m in (a, b):
         if is_constant(m.f):
