@@ -81,13 +81,17 @@ class ModelCache:
     def input_projection(self, rng, dim: int):
         """M x ``dim`` T with g T coordinates whose squared distances approximate the label
         side's S(y, y0) (``LabelSide.label_coords``): Fc' P for Gaussian P (N x dim) / sqrt(dim)
-        over every input, or, from statistics, R P with R R' = f's scatter and P Gaussian
-        (M x dim) / sqrt(dim)."""
+        over every input (also from statistics that kept every input's row), or, from
+        statistics of some rows, R P with R R' = f's scatter and P Gaussian (M x dim) /
+        sqrt(dim): the same distribution, another draw."""
         xp = self.xp
-        if self.rows is None:
+        if self.rows is None or len(self.rows) == self.n_inputs:
+            # every input's row (from statistics: every input kept, in input order), so the
+            # same P and product as for the model itself; the mean as f_moments takes it
             P = xp.asarray(rng.standard_normal((self.n_inputs, dim)) / math.sqrt(dim),
                            dtype=self.cdt)
-            mean_f = xp.asarray(self.f_moments[0], dtype=self.cdt)
+            mean_f = xp.asarray(self.f_moments[0] if self.rows is None else
+                                to_numpy(self.F.mean(0, dtype=np.float64)), dtype=self.cdt)
             return self.F.T.astype(self.cdt, copy=False) @ P - mean_f[:, None] * P.sum(0)[None, :]
         R = self.scatter_factor("f")
         if R is None:
