@@ -163,11 +163,20 @@ def test_drop_masked_labels_as_load_models(client, tmp_path):
 
 def test_errors_are_matrix_errors(client, files, tmp_path):
     other = str(ir.save_model(_model(800, 40, 4, 9), tmp_path / "n800.npz"))
-    with pytest.raises(ir.IdentirepError) as want:
-        ir.matrix(ir.io.load_models([files[0], other]))
-    with pytest.raises(ir.IdentirepError) as got:
-        idk.matrix([files[0], other], client)
-    assert str(got.value) == str(want.value) and "different inputs" in str(got.value)
+    m = _model(900, 40, 4, 9)
+    texts = []
+    for k in range(3):      # the same inputs but for the text of model 2 (check_pair's check)
+        tokens = np.arange(900) % 40
+        tokens[5] += k == 2
+        texts.append(str(ir.save_model(ir.Model(m.f, m.g, m.bias, tokens=tokens),
+                                       tmp_path / f"text{k}.npz")))
+    for paths, says in (([files[0], other], "different inputs"), (texts, "different texts")):
+        with pytest.raises(ir.IdentirepError) as want:
+            ir.matrix(ir.io.load_models(paths))
+        with pytest.raises(ir.IdentirepError) as got:
+            idk.matrix(paths, client)
+        assert str(got.value) == str(want.value) and says in str(got.value)
+        assert (got.value.reason, got.value.fix) == (want.value.reason, want.value.fix)
     with pytest.raises(FileNotFoundError):
         idk.matrix([files[0], str(tmp_path / "missing.npz")], client)
     for bad, match in (([files[0]], "at least two"), (files[0], "list of at least two"),

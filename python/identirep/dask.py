@@ -177,22 +177,23 @@ def _masked_task(path: str) -> np.ndarray:
     return masked_in_file(path)
 
 
-def _describe_task(token: str, k: int, path: str, masked) -> dict:
-    """What the client needs of model k: its name, shape, labels' digest, the dtype its pass
-    runs in, the file's signature; nothing of N or V size."""
-    import hashlib
+def _describe_task(token: str, k: int, path: str, masked, first: str) -> dict:
+    """What the client needs of model k: its name, shape, the dtype its pass runs in, the
+    file's signature, and for k > 0 the IdentirepError of ``check_pair`` (model 0, model k)
+    or None (``matrix`` checks every model against the first before any pair); nothing of
+    N or V size."""
+    from .model import check_pair
     e = _loaded(token, k, path, masked)
     m = e.model
-    labels = None if m.labels is None else hashlib.sha256(
-        repr(list(m.labels)).encode()).hexdigest()
+    problem = None
+    if k > 0:
+        try:
+            check_pair(_loaded(token, 0, first, masked).model, m)
+        except IdentirepError as err:
+            problem = err
     float64 = all(x.dtype == np.float64 for x in m.augmented(None))
-    return dict(name=m.name, N=m.N, V=m.V, M=m.M, labels=labels, float64=float64,
+    return dict(name=m.name, N=m.N, V=m.V, M=m.M, float64=float64, problem=problem,
                 dropped_labels=np.asarray(m.dropped_labels), signature=e.signature)
-
-
-def _check_pair_task(token: str, p0: str, pk: str, masked, k: int) -> None:
-    from .model import check_pair
-    check_pair(_loaded(token, 0, p0, masked).model, _loaded(token, k, pk, masked).model)
 
 
 def _cache_of(entry: SimpleNamespace, cdt):
@@ -319,12 +320,11 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
         masked = np.empty(0, np.int64)
         for ids in found:
             masked = np.union1d(masked, ids)
-    desc = client.gather([run(_describe_task, token, k, p, masked, name=f"read-{k}")
+    desc = client.gather([run(_describe_task, token, k, p, masked, paths[0], name=f"read-{k}")
                           for k, p in enumerate(paths)])
-    for k in range(1, K):
-        if any(desc[k][x] != desc[0][x] for x in ("N", "V", "labels")):
-            run(_check_pair_task, token, paths[0], paths[k], masked, k,
-                name=f"check-{k}").result()   # raises check_pair's error
+    for d in desc:
+        if d["problem"] is not None:
+            raise d["problem"]
     if check is not None:
         check([SimpleNamespace(**{x: d[x] for x in ("name", "N", "V", "M", "dropped_labels")})
                for d in desc])
