@@ -207,10 +207,10 @@ def test_state_size_does_not_grow_with_the_inputs():
 
 
 def test_hash_collisions_keep_distinct_rows(monkeypatch):
-    import identirep.accumulate as am
+    import identirep._reservoir as rm
     f1, g1, _, f2, g2, _ = _pair(150, 20, 3, 3, seed=9)
     f1, f2 = _with_repeats(f1, f2, seed=3)
-    monkeypatch.setattr(am, "_mix64", lambda h: h % np.uint64(7))   # 7 priorities in all
+    monkeypatch.setattr(rm, "_mix64", lambda h: h % np.uint64(7))   # 7 priorities in all
     acc = _accumulate(f1, g1, None, f2, g2, None, 16, reservoir=1000)
     assert acc.complete and acc.kept == 150
     from identirep._input_side import distinct_inputs
@@ -260,7 +260,7 @@ def test_bad_input_is_refused():
     with pytest.raises(E, match="paper_compat"):
         small.compute(paper_compat=True)
     state = acc.state_dict()
-    for change, match in (({"version": 2}, "version 2"), ({"format": "x"}, "not an accumulator"),
+    for change, match in (({"version": 1}, "version 1"), ({"format": "x"}, "not an accumulator"),
                           ({"u_mean": state["u_mean"][:-1]}, "u_mean has shape"),
                           ({"n": 3.5}, "n must be int"), ({"M1": 5}, "M1 is 5"),
                           ({"sums": state["sums"] * np.nan}, "NaN")):
@@ -272,16 +272,45 @@ def test_bad_input_is_refused():
         Accumulator.from_state_dict(acc.state_dict(model=False))
 
 
-def test_bounded_pivot_search_makes_compares_choice():
-    # beyond 4096 labels the exact pivot search is a branch and bound whose bounds project f;
-    # from statistics they project f's scatter: the same choice, other pivots evaluated
+@pytest.fixture(scope="module")
+def wide():
+    """4200 labels (beyond the plain pivot search: the bounded one), float32; accumulators
+    of every input and of a 200-row sample."""
     f1, g1, _, f2, g2, _ = _pair(500, 4200, 6, 6, np.float32, seed=11)
-    want = ir.compare(ir.Model(f1, g1), ir.Model(f2, g2), seed=0, num_samples=20)
-    got = _accumulate(f1, g1, None, f2, g2, None, 128).compute(seed=0, num_samples=20)
+    return {"models": (ir.Model(f1, g1), ir.Model(f2, g2)),
+            "every": _accumulate(f1, g1, None, f2, g2, None, 128),
+            "sample": _accumulate(f1, g1, None, f2, g2, None, 128, reservoir=200)}
+
+
+def test_bounded_pivot_search_makes_compares_choice(wide):
+    # beyond 4096 labels the exact pivot search is a branch and bound whose bounds project f;
+    # from a sample of the rows they project f's scatter: the same choice, other pivots
+    # evaluated; with every input kept, f itself: the same pivots evaluated
+    want = ir.compare(*wide["models"], seed=0, num_samples=20)
+    got = wide["every"].compute(seed=0, num_samples=20)
     assert "bounded search" in got.d_llv.pivot_search
-    assert any("bounded pivot search" in n for n in got.notes)
-    got.d_llv.pivot_search = want.d_llv.pivot_search
     assert_reports_match(got, want, 1e-5)
+    sample = wide["sample"].compute(seed=0, num_samples=20)
+    assert any("bounded pivot search" in n for n in sample.notes)
+    assert not any("label side may differ" in n for n in sample.notes)
+    for k in ("pivot", "leave_out", "t1", "t3"):
+        assert getattr(sample.d_llv, k) == pytest.approx(getattr(want.d_llv, k), rel=1e-5)
+
+
+@pytest.mark.parametrize("budget", [66, 100])
+def test_a_small_pivot_budget_makes_compares_choice_when_every_input_is_kept(wide, budget):
+    # the bounded search stops at the budget before proving its minimum: its choice follows the
+    # order of evaluation, from a projection of f; with every input kept it projects f itself
+    want = ir.compare(*wide["models"], seed=0, num_samples=20, pivot_budget=budget)
+    assert "not proven exact" in want.d_llv.pivot_search
+    got = wide["every"].compute(seed=0, num_samples=20, pivot_budget=budget)
+    assert got.d_llv.pivot_search == want.d_llv.pivot_search
+    assert_reports_match(got, want, 1e-5)
+    assert not any("may differ" in n for n in got.notes)
+    # from a sample the order differs, and the report says the label side may differ
+    sample = wide["sample"].compute(seed=0, num_samples=20, pivot_budget=budget)
+    assert "not proven exact" in sample.d_llv.pivot_search
+    assert any("label side may differ from compare" in n for n in sample.notes)
 
 
 def test_empty_batches_states_and_device_arrays():
@@ -301,3 +330,211 @@ def test_empty_batches_states_and_device_arrays():
         acc.update(OnDevice(), f2)
     with pytest.raises(ir.IdentirepError, match="runs on the CPU backend"):
         Accumulator(OnDevice(), g2)
+
+
+def test_d_llv_counts_every_input_not_the_kept_rows():
+    # 7 distinct inputs (= max(M) + 1) among 10: compare computes d_LLV, so must the stream
+    f1, g1, _, f2, g2, _ = _pair(7, 20, 6, 6, seed=13)
+    idx = np.array([0, 1, 2, 3, 4, 5, 6, 2, 4, 0])
+    f1, f2 = f1[idx], f2[idx]
+    want = ir.compare(ir.Model(f1, g1), ir.Model(f2, g2), seed=0, num_samples=5)
+    got = _accumulate(f1, g1, None, f2, g2, None, 4).compute(seed=0, num_samples=5)
+    assert want.d_llv is not None and got.d_llv is not None
+    for k, w in want.d_llv.to_dict().items():
+        if k != "seconds":
+            assert got.d_llv.to_dict()[k] == (pytest.approx(w, rel=1e-10)
+                                              if isinstance(w, float) else w), k
+    # a reservoir of max(M) + 1 rows of 100 distinct inputs: d_LLV from the sample
+    f1, g1, _, f2, g2, _ = _pair(100, 20, 4, 4, seed=14)
+    small = _accumulate(f1, g1, None, f2, g2, None, 30, reservoir=5).compute(num_samples=5)
+    assert small.d_llv is not None, small.failures
+
+
+def test_a_refused_load_or_batch_leaves_the_state_as_it_was(monkeypatch):
+    f1, g1, _, f2, g2, _ = _pair(100, 20, 3, 3, seed=15)
+    acc = _accumulate(f1, g1, None, f2, g2, None, 50)
+    before = acc.state_dict(model=False)
+    other = _accumulate(f1[:40], g1, None, f2[:40], g2, None, 40).state_dict(model=False)
+    with pytest.raises(ir.IdentirepError, match="complete"):
+        acc.load_state_dict({**other, "complete": "maybe"})
+    _state_close(acc, Accumulator.from_state_dict(before, g1, g2), rtol=0)
+    import identirep.accumulate as am
+
+    def boom(*a, **k):
+        raise ir.IdentirepError("refused")
+    monkeypatch.setattr(am, "scatter_blocks", boom)
+    with pytest.raises(ir.IdentirepError, match="refused"):
+        acc.update(f1[:10], f2[:10])
+    _state_close(acc, Accumulator.from_state_dict(before, g1, g2), rtol=0)
+
+
+def test_bfloat16_and_float16_models_round_trip_and_match_compare():
+    torch = pytest.importorskip("torch")
+    f1, g1, b1, f2, g2, b2 = _pair(200, 30, 4, 4, np.float32, True, seed=16)
+    bf = [torch.from_numpy(x).to(torch.bfloat16) for x in (f1, g1, b1, f2, g2, b2)]
+    acc = _accumulate(*bf, 64)
+    back = Accumulator.from_state_dict(acc.state_dict())
+    assert back.fingerprint() == acc.fingerprint()
+    _state_close(back, acc, rtol=0)
+    want = ir.compare(ir.Model(bf[0], bf[1], bf[2]), ir.Model(bf[3], bf[4], bf[5]), seed=1,
+                      num_samples=20)
+    assert_reports_match(acc.compute(seed=1, num_samples=20), want, 1e-5)
+    h = [x.astype(np.float16) for x in (f1, g1, b1, f2, g2, b2)]
+    acc16 = _accumulate(*h, 64)
+    back = Accumulator.from_state_dict(acc16.state_dict())
+    _state_close(back, acc16, rtol=0)
+    want = ir.compare(ir.Model(h[0], h[1], h[2]), ir.Model(h[3], h[4], h[5]), seed=1,
+                      num_samples=20)
+    assert_reports_match(acc16.compute(seed=1, num_samples=20), want, 1e-5)
+
+
+def test_g_is_widened_once_not_per_batch(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import identirep.accumulate as am
+    f1, g1, _, f2, g2, _ = _pair(64, 20, 3, 3, np.float32, seed=17)
+    g1t, g2t = (torch.from_numpy(g).to(torch.bfloat16) for g in (g1, g2))
+    acc = Accumulator(g1t, g2t)
+    seen = []
+    real = am.to_numpy
+    monkeypatch.setattr(am, "to_numpy", lambda x, *a: seen.append(x) or real(x, *a))
+    for i in range(0, 64, 8):
+        acc.update(f1[i:i + 8], f2[i:i + 8])
+    assert not any(x is g1t or x is g2t for x in seen)
+
+
+def test_the_fingerprint_reads_every_row_of_g():
+    f1, g1, _, f2, g2, _ = _pair(40, 600, 3, 3, seed=18)
+    light = _accumulate(f1, g1, None, f2, g2, None, 20).state_dict(model=False)
+    for row in range(600):
+        g = g1.copy()
+        g[row, 0] += 1e-3
+        with pytest.raises(ir.IdentirepError, match="other g or biases"):
+            Accumulator(g, g2).load_state_dict(light)
+        if row == 3:
+            break
+    g = g1.copy()
+    g[1, 2] = np.nextafter(g[1, 2], 9)   # not one of 256 evenly spaced rows of 600
+    with pytest.raises(ir.IdentirepError, match="other g or biases"):
+        Accumulator(g, g2).load_state_dict(light)
+    with pytest.raises(ir.IdentirepError, match="different g"):
+        Accumulator(g, g2).update(f1, f2).merge(Accumulator(g1, g2).update(f1, f2))
+
+
+def _hostile(state, **change):
+    return {**state, **{k: (v(state[k]) if callable(v) else v) for k, v in change.items()}}
+
+
+def test_hostile_states_are_refused():
+    f1, g1, _, f2, g2, _ = _pair(100, 20, 3, 3, seed=19)
+    acc = _accumulate(f1, g1, None, f2, g2, None, 50, reservoir=20)
+    s = acc.state_dict()
+    E = ir.IdentirepError
+    D = acc.M1 + acc.M2 + 2
+
+    def asym(S):
+        S = S.copy()
+        S[0, 1] += 0.5 * np.sqrt(S[0, 0] * S[1, 1])
+        return S
+
+    def neg_diag(S):
+        S = S.copy()
+        S[2, 2] = -1.0
+        return S
+
+    def swap(p):
+        p = p.copy()
+        p[[0, 1]] = p[[1, 0]]
+        return p
+
+    def tweak_row(F):
+        F = F.copy()
+        F[0, 0] += 1.0
+        return F
+    cases = [({"sums": lambda x: x * np.r_[-1, 1, 1, 1, 1, 1]}, "sums"),
+             ({"sums": lambda x: x * np.r_[1, 1, 1, 1, 1e6, 1]}, "agree"),
+             ({"u_scatter": asym}, "symmetric"), ({"u_scatter": neg_diag}, "u_scatter"),
+             ({"u_scatter": lambda S: S * np.where(np.eye(D) > 0, 1, 3)}, "u_scatter"),
+             ({"col_m2_11": lambda x: -x}, "col_m2_11"),
+             ({"col_m2_12": lambda x: 3 * x + np.sqrt(s["col_m2_11"] * s["col_m2_22"])},
+              "col_m2_12"),
+             ({"f_max_abs": np.zeros(2)}, "f_max_abs"), ({"f_max_abs": -np.ones(2)}, "f_max_abs"),
+             ({"res_priority": swap}, "priorit"), ({"res_f1": tweak_row}, "priorit"),
+             ]
+    for change, match in cases:
+        with pytest.raises(E, match=match):
+            Accumulator.from_state_dict(_hostile(s, **change))
+    Accumulator.from_state_dict(s)   # the state itself loads
+    # a reservoir that is not full has dropped no input
+    full = _accumulate(f1, g1, None, f2, g2, None, 50).state_dict()
+    with pytest.raises(E, match="not complete but keeps 100 rows"):
+        Accumulator.from_state_dict({**full, "complete": False})
+
+
+def test_the_empty_state_survives_json():
+    import json
+    _, g1, _, _, g2, _ = _pair(10, 20, 3, 4, seed=20)
+    state = json.loads(json.dumps(_jsonable(Accumulator(g1, g2).state_dict())))
+    back = Accumulator.from_state_dict(state)
+    assert back.n == 0 and back.res_f1.shape == (0, 3) and back.res_f2.shape == (0, 4)
+
+
+def test_merge_checks_dtype_labels_and_names_and_from_state_dict_its_arguments():
+    f1, g1, _, f2, g2, _ = _pair(30, 20, 3, 3, seed=21)
+    E = ir.IdentirepError
+    with pytest.raises(E, match="dtypes .'float32', 'float32'. and .'float64'"):
+        Accumulator(g1, g2, dtype="float32").merge(Accumulator(g1, g2).update(f1, f2))
+    labels = [f"t{i}" for i in range(20)]
+    with pytest.raises(E, match="labels"):
+        Accumulator(g1, g2, labels=labels).merge(Accumulator(g1, g2).update(f1, f2))
+    with pytest.raises(E, match="names"):
+        Accumulator(g1, g2, names=("a", "b")).merge(Accumulator(g1, g2).update(f1, f2))
+    state = Accumulator(g1, g2).update(f1, f2).state_dict()
+    with pytest.raises(E, match="g1 and g2"):
+        Accumulator.from_state_dict(state, g1)
+    with pytest.raises(E, match="g1 and g2"):
+        Accumulator.from_state_dict(state, bias1=np.zeros(20))
+
+
+def test_many_repeats_fold_as_fast_as_distinct_inputs():
+    # the reservoir's duplicate check is vectorised: 60000 inputs, 50 distinct, in one batch,
+    # take about what 60000 distinct inputs take (a Python loop per repeat: 6x more)
+    import time
+    f1, g1, _, f2, g2, _ = _pair(60000, 20, 3, 3, seed=22)
+    idx = np.random.default_rng(0).integers(0, 50, 60000)
+    times = {}
+    for what, rows in (("distinct", slice(None)), ("repeats", idx)):
+        best = np.inf
+        for _ in range(3):
+            acc = Accumulator(g1, g2)
+            t0 = time.perf_counter()
+            acc.update(f1[rows], f2[rows])
+            best = min(best, time.perf_counter() - t0)
+        times[what] = best
+    assert acc.kept == 50 and acc.complete
+    assert times["repeats"] < 2.5 * times["distinct"], times
+
+
+def test_float32_different_dimensions_and_merge_trees_match_compare():
+    f1, g1, b1, f2, g2, b2 = _pair(300, 40, 5, 7, np.float32, True, seed=23)
+    want = ir.compare(ir.Model(f1, g1, b1), ir.Model(f2, g2, b2), seed=2, num_samples=30)
+    parts = [_accumulate(f1[i:i + 60], g1, b1, f2[i:i + 60], g2, b2, 25)
+             for i in range(0, 300, 60)]
+    tree = parts[0].merge(parts[1]).merge(parts[2].merge(parts[3].merge(parts[4])))
+    assert_reports_match(tree.compute(seed=2, num_samples=30), want, 1e-5)
+
+
+def test_float32_agrees_with_float64_as_well_as_compare_does():
+    # float32: the stream's error against float64 is bounded by compare's own float32 error
+    f1, g1, b1, f2, g2, b2 = _pair(3000, 50, 8, 8, np.float64, True, seed=24)
+    exact = ir.compare(ir.Model(f1, g1, b1), ir.Model(f2, g2, b2), seed=0, num_samples=20)
+    s = [x.astype(np.float32) for x in (f1, g1, b1, f2, g2, b2)]
+    c32 = ir.compare(ir.Model(s[0], s[1], s[2]), ir.Model(s[3], s[4], s[5]), seed=0,
+                     num_samples=20)
+    a32 = _accumulate(*s, 500).compute(seed=0, num_samples=20)
+    for k in ("kl", "d_logit", "d_llv", "mcca_f", "mcca_g", "d_rep", "d_svd"):
+        w, c, a = (float(getattr(r, k)) for r in (exact, c32, a32))
+        assert abs(a - w) <= 2 * abs(c - w) + 1e-5 * abs(w), k
+    np.testing.assert_allclose(a32.mcca_f.correlations, exact.mcca_f.correlations,
+                               rtol=0, atol=2 * np.abs(np.subtract(
+                                   c32.mcca_f.correlations, exact.mcca_f.correlations)).max()
+                               + 1e-5)

@@ -25,7 +25,7 @@ LAYERS = [
     ["passes", "_cpu_pass", "gpu"],
     ["_linalg"],
     ["_model_cache", "_label_side", "_input_side", "_pair"],
-    ["_backends", "measures", "_matrix", "tokens", "accumulate"],
+    ["_backends", "measures", "_matrix", "tokens", "accumulate", "_reservoir", "_acc_state"],
     ["io", "extract", "_hf", "constructions", "baselines", "bench", "report", "plots", "demo",
      "dask", "metrics", "cli", "repro"],
     [""],
