@@ -388,18 +388,25 @@ def test_bfloat16_and_float16_models_round_trip_and_match_compare():
     assert_reports_match(acc16.compute(seed=1, num_samples=20), want, 1e-5)
 
 
-def test_g_is_widened_once_not_per_batch(monkeypatch):
+def test_g_is_read_once_not_per_batch_or_compute(monkeypatch):
+    # g is widened, augmented and measured (its largest magnitude) once, at construction;
+    # neither a batch nor compute converts, scans or re-validates it
     torch = pytest.importorskip("torch")
     import identirep.accumulate as am
-    f1, g1, _, f2, g2, _ = _pair(64, 20, 3, 3, np.float32, seed=17)
+    import identirep.model as mm
+    f1, g1, b1, f2, g2, b2 = _pair(64, 20, 3, 3, np.float32, True, seed=17)
     g1t, g2t = (torch.from_numpy(g).to(torch.bfloat16) for g in (g1, g2))
-    acc = Accumulator(g1t, g2t)
+    acc = Accumulator(g1t, g2t, b1, b2)
+    gs = [g1t, g2t, b1, b2] + [x for pair in acc._host for x in pair]
     seen = []
-    real = am.to_numpy
-    monkeypatch.setattr(am, "to_numpy", lambda x, *a: seen.append(x) or real(x, *a))
+    for mod, name in ((am, "to_numpy"), (am, "max_abs"), (mm, "check_array")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda x, *a, real=real, **k: seen.append(x) or
+                            real(x, *a, **k))
     for i in range(0, 64, 8):
         acc.update(f1[i:i + 8], f2[i:i + 8])
-    assert not any(x is g1t or x is g2t for x in seen)
+    acc.compute(num_samples=5)
+    assert seen and not any(x is y for x in seen for y in gs)
 
 
 def test_the_fingerprint_reads_every_row_of_g():

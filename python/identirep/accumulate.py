@@ -18,8 +18,10 @@ checks on loading are in ``_acc_state``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -109,6 +111,12 @@ class Accumulator:
         self._host = [(to_numpy(m.g), None if m.bias is None else to_numpy(m.bias))
                       for m in self._models]
         self._g_aug = {}
+        # the logit-scale check's stand-ins: g and the bias by their largest magnitudes
+        # (read once), f by the largest seen (``_check_scale``)
+        self._scale = [SimpleNamespace(
+            M=m.M, f=None, bias=None if b is None else np.array([max_abs(b)]),
+            g=np.full((1, m.M), max_abs(g), np.float64 if g.dtype == np.float64 else np.float32))
+            for m, (g, b) in zip(self._models, self._host)]
         self._fingerprint = None
         self._g_cache = {}
         self._reset()
@@ -194,10 +202,10 @@ class Accumulator:
 
     def _check_scale(self, fmax, large_only=False, kinds=None) -> None:
         """``check_logit_scale`` of the models with f's largest magnitudes ``fmax``."""
-        for m, v, k in zip(self._models, fmax, kinds or self.f_dtypes):
+        for m, v, k in zip(self._scale, fmax, kinds or self.f_dtypes):
             m.f = np.zeros((1, m.M), np.float64 if k == "float64" else np.float32)
             m.f[0, 0] = v
-        check_logit_scale(*self._models, large_only=large_only)
+        check_logit_scale(*self._scale, large_only=large_only)
 
     def _augment(self, k: int, f: np.ndarray):
         """(f, g) of model k with the bias absorbed, as ``Model.augmented(None)``; [g, b] is
@@ -368,7 +376,8 @@ class Accumulator:
         caches = []
         for k, (m, F, sl) in enumerate(((self._models[0], self.res_f1, slice(0, M1)),
                                         (self._models[1], self.res_f2, slice(M1, M1 + M2)))):
-            rows = Model(F, m.g, m.bias, name=m.name, labels=m.labels)
+            rows = copy.copy(m)    # the checked model, with the kept rows (checked) as f
+            rows.f = F
             c = ModelCache.from_statistics(rows, self.n, self.res_index, mom.mean[sl],
                                            mom.scatter[sl, sl], self.f_max_abs[k], cdt)
             if self._g_cache.get("dtype") == self.pass_dtype:
