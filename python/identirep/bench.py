@@ -187,34 +187,44 @@ def bench_compare_kl(n, v, m, repeats=3) -> List[dict]:
 ACCUMULATOR = (16384, 32000, 256)
 ACCUMULATOR_QUICK = (4096, 8000, 128)
 ACC_BATCH = 1024
+#: the Accumulator's default reservoir
+ACC_DEFAULT_RESERVOIR = 4096
 
 
 def bench_accumulator(n, v, m, repeats=3, batch=ACC_BATCH) -> List[dict]:
     """``Accumulator`` (updates with batches of ``batch`` inputs, then ``compute``) against
     ``compare`` of the whole arrays, both with their defaults, interleaved; the ratio is the
-    median over rounds of accumulator time / compare time of the same round."""
+    median over rounds of accumulator time / compare time of the same round. Like for like:
+    a reservoir of every input (``reservoir=n``: the same input side as compare); where n
+    exceeds the default reservoir (4096), the default too (an estimated input side)."""
     from .accumulate import Accumulator
     from .measures import compare
     f1, g1, f2, g2 = _pair(n, v, m)
     a, b = Model(f1, g1), Model(f2, g2)
-    phases = {"updates": [], "compute": []}
+    sizes = sorted({n, min(n, ACC_DEFAULT_RESERVOIR)}, reverse=True)
+    phases = {k: {"updates": [], "compute": []} for k in sizes}
 
-    def accumulate():
+    def accumulate(k):
         t0 = time.perf_counter()
-        acc = Accumulator(g1, g2)
+        acc = Accumulator(g1, g2, reservoir=k)
         for i in range(0, n, batch):
             acc.update(f1[i:i + batch], f2[i:i + batch])
         t1 = time.perf_counter()
         acc.compute()
-        phases["updates"].append(t1 - t0)
-        phases["compute"].append(time.perf_counter() - t1)
+        phases[k]["updates"].append(t1 - t0)
+        phases[k]["compute"].append(time.perf_counter() - t1)
 
-    name = f"Accumulator, batches of {batch}"
-    times = interleaved_times({"compare": lambda: compare(a, b), name: accumulate}, 0, repeats)
-    note = (f"floor = compare of the whole arrays; updates {statistics.median(phases['updates']):.2f} s, "
-            f"compute {statistics.median(phases['compute']):.2f} s")
+    def name(k):
+        return (f"Accumulator, batches of {batch}, reservoir {k}"
+                + (" (every input: like for like)" if k >= n else " (input side sampled)"))
+    fns = {"compare": lambda: compare(a, b)}
+    fns.update({name(k): (lambda k=k: accumulate(k)) for k in sizes})
+    times = interleaved_times(fns, 0, repeats)
+    notes = {name(k): f"floor = compare of the whole arrays; updates "
+                      f"{statistics.median(phases[k]['updates']):.2f} s, compute "
+                      f"{statistics.median(phases[k]['compute']):.2f} s" for k in sizes}
     return _rows("accumulator vs compare", f"N={n} V={v} M={m} f32", times, floor_key="compare",
-                 notes={name: note})
+                 notes=notes)
 
 
 def bench_pivots(v, m, n=1024, repeats=3) -> List[dict]:
