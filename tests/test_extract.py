@@ -474,9 +474,9 @@ def test_hostile_text_arrays_in_an_extracted_file(gpt2_pair, tmp_path, key, valu
 
 # ----------------------------------------------------------------------------- tokenizers
 
-def _tokenizer(transformers, rename=None, lowercase=False, eos="[EOS]"):
+def _tokenizer(transformers, rename=None, lowercase=False, eos="[EOS]", pad="[PAD]"):
     """The test tokenizer, with word ``rename = (old, new)`` renamed, a lowercasing
-    normalizer, or another end-of-text token."""
+    normalizer, another end-of-text token, or another padding token (None: none)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     words = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"] + [f"w{i}" for i in range(WORDS)]
     if rename:
@@ -488,8 +488,8 @@ def _tokenizer(transformers, rename=None, lowercase=False, eos="[EOS]"):
     tok.post_processor = processors.TemplateProcessing(single="[BOS] $A",
                                                        special_tokens=[("[BOS]", 2)])
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
-        eos_token=eos)
+        tokenizer_object=tok, unk_token="[UNK]", bos_token="[BOS]", eos_token=eos,
+        **({} if pad is None else {"pad_token": pad}))
 
 
 def _with_tokenizer(src, tok, d):
@@ -532,11 +532,9 @@ def test_differing_tokenizers_are_refused_naming_the_token(gpt2_pair, transforme
     a, b, c = (load_model(p) for p in paths)
     named = r"tokenizers differ .*: token id 54 is 'w50' in the first and 'x50' in the second"
     for call in (lambda: ir.compare(a, b), lambda: ir.matrix([a, b]), lambda: ir.kl(a, b)):
-        with pytest.raises(IdentirepError, match=named):
+        with pytest.raises(IdentirepError, match=named) as err:
             call()
-    with pytest.raises(IdentirepError, match=r"their 120 token strings are equal: the "
-                                             r"tokenizers' settings differ .what differs: pipeline"):
-        ir.compare(a, c)
+        assert "--allow-tokenizer-mismatch" in err.value.fix
     for argv in (["compare", str(paths[0]), str(paths[1])],
                  ["matrix", str(paths[0]), str(paths[1]), "--no-plots"]):
         capsys.readouterr()
@@ -545,6 +543,78 @@ def test_differing_tokenizers_are_refused_naming_the_token(gpt2_pair, transforme
         assert "token id 54 is 'w50' in the first and 'x50' in the second" in err, err
     # the same tokenizer in two directories: accepted
     ir.kl(a, _extract(gpt2_pair[1], check_positions=4).to_model())
+    # the same strings, other settings: compared, with a note saying what differs
+    said = (r"their 120 token strings are equal: their settings differ \(pipeline\).*input "
+            r"tokens are equal \(checked\)")
+    assert any(re.search(said, n) for n in ir.compare(a, c, num_samples=20).notes)
+    assert any(re.search(said, n) for n in ir.matrix([a, c], num_samples=20).notes)
+
+
+def test_differing_vocabularies_are_compared_when_asked(gpt2_pair, transformers, tmp_path,
+                                                        capsys):
+    import json
+
+    import identirep as ir
+    from identirep.cli import main
+    other = _with_tokenizer(gpt2_pair[1], _tokenizer(transformers, rename=("w50", "x50")),
+                            tmp_path / "renamed")
+    paths = [tmp_path / f"{n}.safetensors" for n in ("a", "renamed")]
+    for d, p in zip((gpt2_pair[0], other), paths):
+        _extract(d, out=p, check_positions=4)
+    a, b = (load_model(p) for p in paths)
+    said = "token id 54 is 'w50' in the first and 'x50' in the second"
+    r = ir.compare(a, b, num_samples=20, check_tokenizer=False)
+    assert any(said in n and "compared by token id" in n for n in r.notes), r.notes
+    assert r.tokens is not None and r.kl.kl12 > 0
+    assert any(said in n for n in ir.matrix([a, b], num_samples=20,
+                                            check_tokenizer=False).notes)
+    with ir.allow_tokenizer_mismatch():
+        assert ir.kl(a, b).kl12 == pytest.approx(r.kl.kl12, rel=1e-12)
+    with pytest.raises(IdentirepError, match=said):       # the check is back on after it
+        ir.kl(a, b)
+    with pytest.raises(IdentirepError, match="check_tokenizer must be True or False"):
+        ir.compare(a, b, check_tokenizer="no")
+    capsys.readouterr()
+    assert main(["compare", *map(str, paths), "--num-samples", "20", "--json",
+                 "--allow-tokenizer-mismatch"]) == 0
+    assert any(said in n for n in json.loads(capsys.readouterr().out)["notes"])
+    assert main(["matrix", *map(str, paths), "--num-samples", "20", "--json",
+                 "--allow-tokenizer-mismatch"]) == 0
+    assert any(said in n for n in json.loads(capsys.readouterr().out)["notes"])
+    # Dask workers check each pair themselves: the option is refused there
+    from identirep.cli import _measure_kwargs, build_parser
+    args = build_parser().parse_args(["matrix", *map(str, paths), "--scheduler", "local:1",
+                                      "--allow-tokenizer-mismatch"])
+    with pytest.raises(IdentirepError, match="without --scheduler"):
+        _measure_kwargs(args)
+    # texts that differ are refused all the same
+    moved = ir.Model(b.f, b.g, b.bias, labels=b.labels, tokens=np.roll(b.tokens, 1),
+                     metadata=b.metadata)
+    with pytest.raises(IdentirepError, match="extracted on different texts"):
+        ir.compare(a, moved, check_tokenizer=False)
+
+
+@pytest.mark.parametrize("pad", ["[PAD]", None])
+def test_a_padding_token_set_to_eos_is_the_same_tokenizer(gpt2_pair, transformers, tmp_path,
+                                                           pad):
+    """The usual fine-tuning recipe (pad_token = eos_token) leaves the fingerprint as it is:
+    padding never reaches an extracted input."""
+    import identirep as ir
+
+    def identity(tok):
+        return _hf.tokenizer_identity(tok, _hf.token_strings(tok, len(tok)))
+    base, tuned = _tokenizer(transformers, pad=pad), _tokenizer(transformers, pad=pad)
+    tuned.pad_token = tuned.eos_token
+    assert tuned.pad_token_id == 3
+    assert identity(tuned) == identity(base)
+    if pad is None:
+        return
+    d = _with_tokenizer(gpt2_pair[1], tuned, tmp_path / "tuned")
+    a = _extract(gpt2_pair[0], check_positions=4).to_model()
+    b = _extract(d, check_positions=4).to_model()
+    r = ir.compare(a, b, num_samples=20)
+    assert r.tokens is not None and not any("tokenizer" in n for n in r.notes)
+    ir.matrix([a, b], num_samples=20)
 
 
 # ----------------------------------------------------------------------------- revisions

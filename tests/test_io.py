@@ -1,5 +1,6 @@
 """Model files: round trips in the three layouts, bfloat16 handling, and every error message."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -385,7 +386,7 @@ def test_dropped_labels_renumber_tokens_and_targets(tmp_path):
 
 def test_models_on_different_texts_or_tokenizers_are_refused():
     import identirep as ir
-    from identirep.model import check_pair, check_same_tokenizer
+    from identirep.model import check_pair, check_same_tokenizer, tokenizer_note
     a = _texted(seed=1)
     tokens = a.tokens.copy()
     tokens[4] = 7
@@ -411,7 +412,17 @@ def test_models_on_different_texts_or_tokenizers_are_refused():
     with pytest.raises(IdentirepError, match=r"tokenizers differ .*: token id 6 is 'tok6' in "
                                              r"the first and 'other' in the second"):
         ir.compare(fa, fb)
+    # the same strings, other settings: accepted, with a note for the report
     fc = Model(a.f, a.g, labels=a.labels, metadata={"tokenizer": dict(tok, sha256="cd" * 32)})
-    with pytest.raises(IdentirepError, match=r"though their 11 token strings are equal: the "
-                                             r"tokenizers' settings differ"):
-        check_pair(fa, fc)
+    check_pair(fa, fc)
+    assert re.search(r"though their 11 token strings are equal: their settings differ.*not both "
+                     r"carry their input tokens", tokenizer_note(fa, fc))
+    assert tokenizer_note(fa, fa) is None
+    # neither the strings nor the fingerprints' parts: whether the vocabularies differ is
+    # unknown, and refused
+    bare = [Model(a.f, a.g, metadata={"tokenizer": dict(tok, sha256=h * 32)}) for h in "ab"]
+    with pytest.raises(IdentirepError, match="whether the vocabularies differ cannot be told"):
+        check_pair(*bare)
+    with ir.allow_tokenizer_mismatch():
+        check_pair(*bare)
+        check_pair(fa, fb)

@@ -15,7 +15,7 @@ from ._pair import PairEngine
 from .errors import IdentirepError
 from .io import load_metadata, load_model, save_model
 from .measures import compare, d_llv, d_logit, d_rep, d_svd, engine, kl, mcca
-from .model import Model
+from .model import Model, allow_tokenizer_mismatch
 from .moments import Moments
 from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult,
                       Report, TokenReport)
@@ -25,6 +25,7 @@ __all__ = [
     "engine", "PairEngine", "Moments", "constructions", "reference", "Report", "KLResult",
     "DLLVResult", "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult", "load_model",
     "save_model", "load_metadata", "matrix", "MatrixResult", "build_info", "Accumulator",
+    "allow_tokenizer_mismatch",
 ]
 
 

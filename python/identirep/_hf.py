@@ -172,22 +172,41 @@ def _sha256(obj) -> str:
 _NOT_SETTINGS = ("version", "truncation", "padding", "added_tokens")
 
 
+def _strings(smap: dict) -> set:
+    """The token strings of a special-token map (values: a string or a list of them)."""
+    out = set()
+    for v in smap.values():
+        out.update(str(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+    return out
+
+
 def tokenizer_identity(tok, strings: list) -> dict:
     """``metadata["tokenizer"]``: the tokenizer's fingerprint and facts. ``strings`` are the
     strings of all ``len(tok)`` token ids (:func:`token_strings`).
 
     ``sha256`` is the sha256 of the canonical JSON (keys sorted) of three parts' sha256
     (``parts``): ``vocabulary``, the ordered token strings of ids 0..size-1; ``special_tokens``,
-    the special-token map, the special ids and every added token with its flags;
+    the special-token map and the special ids, both but the padding token (which no extracted
+    input holds; ``pad_token = eos_token`` leaves the fingerprint as it is), and every added
+    token with its flags;
     ``pipeline``, the backend tokenizer's definition (tokenizer.json: normalizer,
     pre-tokenizer, model with its vocabulary and merges, post-processor, decoder; not its
     truncation or padding state), or for a tokenizer without a backend its class, its
     SentencePiece model's sha256 and its boolean settings. File locations enter none of them:
     the same tokenizer saved in two directories has one fingerprint."""
     added = getattr(tok, "added_tokens_decoder", None) or {}
+    # the padding token only fills batches (padded positions are skipped), and fine-tuning
+    # recipes set pad_token = eos_token: that must not make the same tokenizer another
+    full = getattr(tok, "special_tokens_map", None) or {}
+    smap = {k: v for k, v in sorted(full.items()) if k != "pad_token"}
+    ids = {int(i) for i in (getattr(tok, "all_special_ids", None) or [])}
+    if full.get("pad_token") is not None and str(full["pad_token"]) not in _strings(smap):
+        pad = getattr(tok, "pad_token_id", None)
+        if isinstance(pad, int):
+            ids.discard(pad)
     special = {
-        "map": {k: v for k, v in sorted((getattr(tok, "special_tokens_map", None) or {}).items())},
-        "ids": sorted(int(i) for i in (getattr(tok, "all_special_ids", None) or [])),
+        "map": smap,
+        "ids": sorted(ids),
         "added": [[int(i), str(t), *(bool(getattr(t, a, False)) for a in
                                       ("special", "normalized", "lstrip", "rstrip", "single_word"))]
                   for i, t in sorted(added.items())],

@@ -12,7 +12,7 @@ import numpy as np
 from ._backends import resolve
 from .errors import IdentirepError
 from .gpu.streams import on_caller_stream
-from .model import Model, check_pair
+from .model import Model, check_pair, tokenizer_note, tokenizer_option
 from .progress import progress_bar
 from .results import _Result
 
@@ -42,6 +42,8 @@ class MatrixResult(_Result):
     seconds: float = 0.0
     pairs: List[dict] = field(default_factory=list)
     failures: List[dict] = field(default_factory=list)
+    #: what the values could not include or hold despite a difference (tokenizers)
+    notes: List[str] = field(default_factory=list)
 
     def failure(self, measure: str, i: int, j: int) -> Optional[dict]:
         """Why ``values[measure][i][j]`` could not be computed (``{i, j, measure, reason,
@@ -57,7 +59,9 @@ class MatrixResult(_Result):
 
 
 @on_caller_stream
-def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **opts) -> MatrixResult:
+@tokenizer_option
+def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None,
+           check_tokenizer: bool = True, **opts) -> MatrixResult:
     """Compare every pair of ``models``: one pass per unordered pair gives both directions.
 
     Parameters
@@ -68,6 +72,9 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     progress : bool or callable, optional
         A bar over the pairs on stderr (None: when stderr is a terminal), or a callable
         ``progress(fraction)`` called after each pair.
+    check_tokenizer : bool
+        As ``compare``'s: False compares models whose tokenizers' vocabularies differ, by
+        token id; ``notes`` say what differs.
     **opts
         ``compare``'s options (lam, combine, term, num_samples, seed, num_pivots, ...),
         checked before the first pair.
@@ -95,6 +102,8 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
     for m in models[1:]:
         check_pair(models[0], m)
     names = unique_names([m.name for m in models])
+    notes = [f"{names[0]} vs {names[k]}: {n}" for k, n in
+             enumerate((tokenizer_note(models[0], m) for m in models[1:]), 1) if n]
     K = len(models)
     values = empty_values(K)
     pairs = list(itertools.combinations(range(K), 2))
@@ -121,7 +130,7 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None, **o
             update(done + 1)
             if call is not None:
                 call((done + 1) / len(pairs))
-    return finish(names, values, out_pairs, failures, len(pairs), t0)
+    return finish(names, values, out_pairs, failures, len(pairs), t0, notes)
 
 
 def unique_names(names: Sequence[Optional[str]]) -> List[str]:
@@ -172,12 +181,13 @@ def add_cells(values, out_pairs: list, failures: list, cells: tuple) -> None:
     out_pairs.extend(choices)
 
 
-def finish(names, values, out_pairs, failures, n_pairs: int, t0: float) -> MatrixResult:
+def finish(names, values, out_pairs, failures, n_pairs: int, t0: float,
+           notes: Optional[List[str]] = None) -> MatrixResult:
     """The MatrixResult, or the IdentirepError of a matrix none of whose values was computed."""
     if len(failures) == len(MEASURES) * n_pairs * 2:
         raise _nothing_computed(names, failures)
     return MatrixResult(names=names, values=values, seconds=time.perf_counter() - t0,
-                        pairs=out_pairs, failures=failures)
+                        pairs=out_pairs, failures=failures, notes=list(notes or []))
 
 
 def _model_list(models) -> List[Model]:

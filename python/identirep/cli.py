@@ -100,6 +100,9 @@ def _add_measure_options(p):
     p.add_argument("--drop-masked-labels", action="store_true",
                    help="drop the labels whose bias is -inf (masked or padded) in any model "
                         "from every model; the output lists them")
+    p.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                   help="compare models whose tokenizers' vocabularies differ, by token id (a "
+                        "note says what differs; not with matrix --scheduler)")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "cupy", "reference"),
                    help="auto: where the arrays live (the CPU for model files); cuda, cupy: the "
                         "models are copied to the GPU and every measure runs there")
@@ -232,6 +235,11 @@ def _dropped_note(models, which: str):
 
 
 def _measure_kwargs(args):
+    if getattr(args, "scheduler", None) is not None and args.allow_tokenizer_mismatch:
+        raise IdentirepError("--allow-tokenizer-mismatch holds in this process, and with "
+                             "--scheduler the workers check each pair",
+                             fix="run matrix without --scheduler, or extract the models with "
+                                 "one tokenizer")
     return dict(lam=args.lam, combine=args.combine, term=args.term, num_samples=args.num_samples,
                 seed=args.seed, num_pivots=args.num_pivots, sets_per_pivot=args.sets_per_pivot,
                 paper_compat=args.paper_compat, pivot_budget=args.pivot_budget,
@@ -283,7 +291,7 @@ def cmd_compare(args) -> int:
     if args.plot:
         import time
 
-        from .model import check_pair
+        from .model import check_pair, tokenizer_note
         from .plots import label_terms
         from .tokens import engine_token_report, per_token_choice
         from ._backends import resolve
@@ -293,7 +301,8 @@ def cmd_compare(args) -> int:
         on, note = per_token_choice(a, b, resolve(backend, a, b), **tok)
         e = engine(a, b, backend, topk=args.top_k if on else 0)
         r = _report_from_engine(e, t0=t0, backend=e.stats.backend, **kw)
-        r = with_tokens(r, t0, lambda: engine_token_report(e, args.jsd) if on else None, note)
+        r = with_tokens(r, t0, lambda: engine_token_report(e, args.jsd) if on else None,
+                        tokenizer_note(a, b), note)
         if r.d_llv is not None:
             labels = a.labels if a.labels is not None else b.labels
             label_terms(e, r.d_llv, args.plot, tokens=labels)
@@ -539,6 +548,10 @@ def main(argv=None) -> int:
     except SystemExit as e:   # --help, --version (0); a bad option (2, with its message)
         return e.code if isinstance(e.code, int) else 2
     try:
+        if getattr(args, "allow_tokenizer_mismatch", False):   # compare, matrix
+            from .model import allow_tokenizer_mismatch
+            with allow_tokenizer_mismatch():
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except IdentirepError as e:
         print(f"identirep: error: {e}", file=sys.stderr)

@@ -15,7 +15,8 @@ from ._linalg import whiten
 from ._pair import PairEngine, mcca_from_scatter, rep_overflow_error
 from .errors import IdentirepError, why
 from .gpu.streams import on_caller_stream
-from .model import Model, check_logit_scale, check_pair, to_numpy
+from .model import (Model, check_logit_scale, check_pair, to_numpy, tokenizer_note,
+                    tokenizer_option)
 from .moments import Moments
 from .progress import progress_bar
 from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, Failure, KLResult,
@@ -340,12 +341,13 @@ FIX_IN_REASON = "see the reason, which says what the models or options must sati
 
 
 @on_caller_stream
+@tokenizer_option
 def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str = "max",
             num_samples: int = 200, seed: int = 0, *, num_pivots: Optional[int] = None,
             sets_per_pivot: int = 1, paper_compat: bool = False, max_label_sets: Optional[int] = None,
             rep_sets: Optional[int] = None, pivot_budget: Optional[int] = None,
             backend: str = "auto", progress=None, per_token: Optional[bool] = None,
-            top_k: int = 10, jsd: bool = False) -> Report:
+            top_k: int = 10, jsd: bool = False, check_tokenizer: bool = True) -> Report:
     """Every measure for one pair, from a single streaming pass.
 
     Parameters
@@ -375,6 +377,10 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     jsd : bool
         Also the per-position Jensen-Shannon divergence (a second pass; the report says what
         it cost); asks for the per-token report.
+    check_tokenizer : bool
+        False compares models whose tokenizers' vocabularies (or label names) differ, by
+        token id (``model.allow_tokenizer_mismatch``); the report's notes say what differs.
+        Tokenizers that differ only in their settings pass either way, with a note.
 
     Returns
     -------
@@ -417,7 +423,7 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
         }
         r = _run_steps(a, b, be, steps, t0, progress=None)
         return with_tokens(r, t0, lambda: reference_token_report(a, b, top_k, jsd) if on
-                           else None, note)
+                           else None, tokenizer_note(a, b), note)
     call = progress if callable(progress) else None
     with progress_bar("streaming pass", 1.0, None if call else progress) as bar:
         def update(fraction):
@@ -428,15 +434,16 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     r = _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
                             max_label_sets=max_label_sets, rep_sets=rep_sets,
                             pivot_budget=pivot_budget, **llv)
-    return with_tokens(r, t0, lambda: engine_token_report(e, jsd) if on else None, note)
+    return with_tokens(r, t0, lambda: engine_token_report(e, jsd) if on else None,
+                       tokenizer_note(a, b), note)
 
 
-def with_tokens(r: Report, t0: float, make, note: Optional[str] = None) -> Report:
+def with_tokens(r: Report, t0: float, make, *notes: Optional[str]) -> Report:
     """``r`` with its per-token report (``make()``: a TokenReport or None) and the seconds
-    since ``t0``; ``note`` (why it is off) among the notes."""
+    since ``t0``; the ``notes`` that are not None (why it is off, what differs between the
+    tokenizers) among its notes."""
     r.tokens = make()
-    if note:
-        r.notes.append(note)
+    r.notes.extend(n for n in notes if n)
     r.seconds = time.perf_counter() - t0
     return r
 

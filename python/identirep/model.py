@@ -1,8 +1,11 @@
 """The model type: embeddings f (N x M), unembeddings g (V x M), optional bias b (V)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 from dataclasses import InitVar, dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -484,12 +487,100 @@ def _token(labels, i: int) -> str:
     return repr(labels[i]) if labels is not None and 0 <= i < len(labels) else "(none)"
 
 
+#: False inside ``allow_tokenizer_mismatch()``: check_pair then compares label ids as they are
+_TOKENIZER_CHECK: contextvars.ContextVar = contextvars.ContextVar("identirep_tokenizer_check",
+                                                                  default=True)
+#: how to compare models whose tokenizers differ anyway (the fixes and notes name it)
+MISMATCH_OVERRIDE = ("check_tokenizer=False (compare, matrix), "
+                     "identirep.allow_tokenizer_mismatch() (any measure), "
+                     "--allow-tokenizer-mismatch (identirep compare, matrix without --scheduler)")
+
+
+@contextlib.contextmanager
+def allow_tokenizer_mismatch(allow: bool = True) -> Iterator[None]:
+    """Within the block, pairs whose tokenizers' vocabularies or label names differ are
+    compared by label id as they are (``check_pair`` refuses them otherwise); the per-input
+    ``tokens`` must still be equal, and N and V too. For a measure called on its own
+    (``kl``, ``d_llv``, ``engine``, ``Accumulator`` ...); ``compare`` and ``matrix`` take
+    ``check_tokenizer=False``. It holds for this thread (a context variable): not in a Dask
+    worker.
+
+    Parameters
+    ----------
+    allow : bool
+        False leaves the check on (a flag passed through)."""
+    if not isinstance(allow, bool):
+        raise IdentirepError(f"allow must be True or False, got {allow!r:.60}")
+    token = _TOKENIZER_CHECK.set(not allow and _TOKENIZER_CHECK.get())
+    try:
+        yield
+    finally:
+        _TOKENIZER_CHECK.reset(token)
+
+
+def tokenizer_option(fn):
+    """Decorator of ``compare`` and ``matrix``: their keyword ``check_tokenizer`` (default
+    True; False runs the call within :func:`allow_tokenizer_mismatch`)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        check = kwargs.get("check_tokenizer", True)
+        if not isinstance(check, bool):
+            raise IdentirepError(f"check_tokenizer must be True or False, got {check!r:.60}",
+                                 fix="check_tokenizer=False compares models whose tokenizers "
+                                     "differ by token id")
+        with allow_tokenizer_mismatch(not check):
+            return fn(*args, **kwargs)
+    return call
+
+
+def tokenizer_checked() -> bool:
+    """Whether ``check_pair`` refuses pairs whose tokenizers' vocabularies (or label names)
+    differ: True but within :func:`allow_tokenizer_mismatch`."""
+    return _TOKENIZER_CHECK.get()
+
+
+def _vocabulary(a: Model, b: Model) -> Tuple[str, str]:
+    """Whether two models' vocabularies (ordered token strings) are "equal", "differ" or
+    are "unknown" (neither the labels nor the fingerprints' vocabulary parts of both), and
+    where they first differ."""
+    la, lb = a.labels, b.labels
+    if la is not None and lb is not None:
+        if list(la) == list(lb):
+            return "equal", ""
+        i = next((i for i, (x, y) in enumerate(zip(la, lb)) if x != y), min(len(la), len(lb)))
+        return "differ", (f"token id {i} is {_token(la, i)} in the first and {_token(lb, i)} "
+                          "in the second (the first token that differs)")
+    ta, tb = (m.metadata.get("tokenizer") for m in (a, b))
+    va, vb = ((t.get("parts") or {}).get("vocabulary") if isinstance(t, dict) else None
+              for t in (ta, tb))
+    which = "both models" if la is None and lb is None else "one model"
+    if va is not None and vb is not None and va == vb:
+        return "equal", ""
+    if (va is not None and vb is not None) or a.V != b.V:
+        return "differ", (f"the token strings are not stored with {which}, so the first "
+                          "differing token cannot be named")
+    return "unknown", (f"the token strings are not stored with {which}, so whether the "
+                       "vocabularies differ cannot be told")
+
+
+def _tokenizer_head(a: Model, b: Model) -> str:
+    ta, tb = a.metadata["tokenizer"], b.metadata["tokenizer"]
+    sizes = (f"{ta.get('size', '?')} and {tb.get('size', '?')} tokens"
+             if ta.get("size") != tb.get("size") else f"{ta.get('size', '?')} tokens each")
+    return (f"the models' tokenizers differ (fingerprints {tokenizer_fingerprint(a)[:12]}... "
+            f"and {tokenizer_fingerprint(b)[:12]}..., {sizes})")
+
+
 def check_same_tokenizer(a: Model, b: Model) -> None:
-    """Refuse two models whose tokenizers differ: both carry a tokenizer fingerprint
-    (``metadata["tokenizer"]["sha256"]``, written by ``identirep extract``) and the two
-    differ. The message names the first token id whose string (``labels``) differs, or, when
-    the vocabularies are equal, says that the tokenizers' settings differ (special tokens,
-    normalisation, pre-tokenisation, merges). Models without a fingerprint pass.
+    """Refuse two models whose tokenizers' vocabularies differ: both carry a tokenizer
+    fingerprint (``metadata["tokenizer"]["sha256"]``, written by ``identirep extract``), the
+    two differ, and so do the ordered token strings (``labels``, else the fingerprints'
+    ``vocabulary`` parts); the message names the first token id whose string differs.
+    Tokenizers with the same strings whose settings differ (special tokens, normalisation,
+    pre-tokenisation, merges, or the tokenizers library's serialisation of them) pass: the
+    texts are compared by their ``tokens`` (:func:`check_same_texts`), and
+    :func:`tokenizer_note` says what differs. Models without a fingerprint pass, and so does
+    every pair within :func:`allow_tokenizer_mismatch`.
 
     Parameters
     ----------
@@ -498,38 +589,49 @@ def check_same_tokenizer(a: Model, b: Model) -> None:
     Raises
     ------
     IdentirepError
-        When the fingerprints differ.
+        When the vocabularies differ, or cannot be compared (no strings, no parts).
     """
     fa, fb = tokenizer_fingerprint(a), tokenizer_fingerprint(b)
-    if fa is None or fb is None or fa == fb:
+    if fa is None or fb is None or fa == fb or not tokenizer_checked():
         return
-    ta, tb = a.metadata["tokenizer"], b.metadata["tokenizer"]
-    sizes = (f"{ta.get('size', '?')} and {tb.get('size', '?')} tokens"
-             if ta.get("size") != tb.get("size") else f"{ta.get('size', '?')} tokens each")
-    head = (f"the models' tokenizers differ (fingerprints {fa[:12]}... and {fb[:12]}..., "
-            f"{sizes})")
-    fix = ("extract both models with the same tokenizer (identirep extract reads it from each "
-           "model directory: copy one tokenizer's files over the other's), or compare models "
-           "that share a tokenizer")
+    state, detail = _vocabulary(a, b)
+    if state == "equal":
+        return
+    raise IdentirepError(
+        f"{_tokenizer_head(a, b)}: {detail}",
+        fix="extract both models with the same tokenizer (identirep extract reads it from each "
+            "model directory: copy one tokenizer's files over the other's), or, to compare "
+            f"them by token id all the same: {MISMATCH_OVERRIDE}")
+
+
+def tokenizer_note(a: Model, b: Model) -> Optional[str]:
+    """A note for the report of a pair that ``check_pair`` let through though its tokenizers
+    differ (None when they do not): settings that differ with equal token strings, or,
+    within :func:`allow_tokenizer_mismatch`, vocabularies or label names that differ."""
+    fa, fb = tokenizer_fingerprint(a), tokenizer_fingerprint(b)
+    if fa is not None and fb is not None and fa != fb:
+        state, detail = _vocabulary(a, b)
+        if state != "equal":
+            return (f"{_tokenizer_head(a, b)}: {detail}; compared by token id all the same, "
+                    "as asked")
+        ta, tb = a.metadata["tokenizer"], b.metadata["tokenizer"]
+        parts = [k.replace("_", " ") for k in ("special_tokens", "pipeline")
+                 if isinstance(ta.get("parts"), dict) and isinstance(tb.get("parts"), dict)
+                 and ta["parts"].get(k) != tb["parts"].get(k)]
+        what = (f" ({', '.join(parts)})" if parts else "")
+        texts = ("both models' input tokens are equal (checked), so the texts tokenized "
+                 "alike" if a.tokens is not None and b.tokens is not None else
+                 "the models do not both carry their input tokens, so whether the texts "
+                 "tokenized alike is not checked")
+        return (f"{_tokenizer_head(a, b)}, though their {a.V} token strings are equal: their "
+                f"settings differ{what} (special tokens, normalisation, pre-tokenisation or "
+                f"merges, or how the tokenizers library wrote them); {texts}")
     la, lb = a.labels, b.labels
     if la is not None and lb is not None and list(la) != list(lb):
-        i = next((i for i, (x, y) in enumerate(zip(la, lb)) if x != y), min(len(la), len(lb)))
-        raise IdentirepError(
-            f"{head}: token id {i} is {_token(la, i)} in the first and {_token(lb, i)} in "
-            "the second (the first token that differs)", fix=fix)
-    if la is None or lb is None:
-        raise IdentirepError(f"{head}; the token strings are not stored with "
-                             f"{'both models' if la is None and lb is None else 'one model'}, "
-                             "so the first differing token cannot be named", fix=fix)
-    parts = [k for k in ("vocabulary", "special_tokens", "pipeline")
-             if isinstance(ta.get("parts"), dict) and isinstance(tb.get("parts"), dict)
-             and ta["parts"].get(k) != tb["parts"].get(k)]
-    which = (f" (what differs: {', '.join(p.replace('_', ' ') for p in parts)})" if parts
-             else "")
-    raise IdentirepError(
-        f"{head}, though their {len(la)} token strings are equal: the tokenizers' settings "
-        f"differ{which} (special tokens, normalisation, pre-tokenisation or merges), so the "
-        "same text may tokenize differently", fix=fix)
+        i = next(i for i, (x, y) in enumerate(zip(la, lb)) if x != y)
+        return (f"the label names differ (label {i} is {la[i]!r} in the first and {lb[i]!r} "
+                "in the second); compared by label id all the same, as asked")
+    return None
 
 
 def check_same_texts(a: Model, b: Model) -> None:
@@ -555,8 +657,10 @@ def check_same_texts(a: Model, b: Model) -> None:
 
 def check_pair(a: Model, b: Model, same_dim: bool = False, what: str = "") -> None:
     """Two models must share the inputs and the labels (and M when ``same_dim``): the same
-    tokenizer where both name one (:func:`check_same_tokenizer`) and the same texts where both
-    carry them (:func:`check_same_texts`)."""
+    tokenizer vocabulary where both name one (:func:`check_same_tokenizer`), the same label
+    names where both carry them, and the same texts where both carry them
+    (:func:`check_same_texts`). Within :func:`allow_tokenizer_mismatch` vocabularies and
+    label names may differ (N, V and the texts may not)."""
     for m, nm in ((a, "first"), (b, "second")):
         if not isinstance(m, Model):
             raise IdentirepError(f"the {nm} argument must be an identirep.Model, got {type(m).__name__}")
@@ -575,11 +679,13 @@ def check_pair(a: Model, b: Model, same_dim: bool = False, what: str = "") -> No
         raise IdentirepError(
             f"the models have different label sets: V={a.V} vs V={b.V}; "
             "they must share the labels (tokenizer), in the same order")
-    if a.labels is not None and b.labels is not None and list(a.labels) != list(b.labels):
+    if (a.labels is not None and b.labels is not None and list(a.labels) != list(b.labels)
+            and tokenizer_checked()):
         bad = next(i for i, (x, y) in enumerate(zip(a.labels, b.labels)) if x != y)
         raise IdentirepError(
-            f"label order differs at index {bad}: {a.labels[bad]!r} vs {b.labels[bad]!r}; "
-            "reorder one model's g rows so the labels match")
+            f"label order differs at index {bad}: {a.labels[bad]!r} vs {b.labels[bad]!r}",
+            fix="reorder one model's g rows so the labels match, or, to compare the models by "
+                f"label id all the same: {MISMATCH_OVERRIDE}")
     check_same_texts(a, b)
     if same_dim and a.M != b.M:
         raise IdentirepError(
