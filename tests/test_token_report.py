@@ -457,3 +457,40 @@ def test_cli_plot_path_has_the_same_per_token_report(model_files, tmp_path, caps
     for d in (plain, plotted):
         d.pop("jsd_seconds")
     assert plotted == plain
+
+
+# ------------------------------------------------------------------ float32 rounding
+def close_float32_pair(seed=0, N=400, V=1200, M=32, noise=3e-3, shift=2.0, offset=-30.0):
+    """A close float32 pair (an int8-like perturbation) with logits of a trained LM's size,
+    the second model's bias shifted (L1 != L2) and both offset (|L| ~ 30)."""
+    rng = np.random.default_rng(seed)
+    f1 = rng.standard_normal((N, M))
+    g1 = rng.standard_normal((V, M)) * 4 / np.sqrt(M)
+    b1 = rng.standard_normal(V) + offset
+    t = np.r_[rng.integers(0, V, N - 1), -1]
+    f2 = f1 + noise * rng.standard_normal((N, M))
+    g2 = g1 + noise * rng.standard_normal((V, M)) * 4 / np.sqrt(M)
+    a, b = (ir.Model(f.astype(np.float32), g.astype(np.float32), bias.astype(np.float32),
+                     targets=t) for f, g, bias in ((f1, g1, b1), (f2, g2, b1 + shift)))
+    return a, b
+
+
+def test_float32_probabilities_are_at_most_one():
+    # one label dominates (p ~ 1): the float32 pass's L rounds below its float64 logit
+    bias = np.zeros(64, np.float32)
+    bias[0] = 40.0
+    t = np.r_[np.zeros(399, np.int64), -1]
+    a, b = (ir.Model(m.f, m.g, bias, targets=t) for m in close_float32_pair(V=64))
+    got = fast_arrays(a, b, jsd=False)
+    raw = tokens.gathered_logits(a, np.arange(a.N - 1), np.zeros(a.N - 1, np.int64))
+    assert (raw - got["L1"][:-1]).max() > 0               # what the clipping is for
+    for key in ("logp1", "logp2"):
+        x = got[key][:-1]
+        assert (x <= 0).all() and x.min() > -1e-5
+    for key in ("p2_of_top1", "p1_of_top2"):
+        assert (got[key] <= 1).all()
+    r = tokens.token_report(a, b, got)
+    assert r.dp_rms < 1e-5 and r.ppl1 >= 1 and r.ppl2 >= 1
+    for p in r.top_positions:
+        assert all(s.p <= 1 for s in p.top1 + p.top2)
+        assert p.p1_target <= 1 and p.p2_target <= 1

@@ -53,10 +53,12 @@ def gathered_logits(m: Model, rows: np.ndarray, labels: np.ndarray) -> np.ndarra
 
 
 def _log_p(m: Model, L: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """log p(labels[x] | x) for every input x (NaN where the label is < 0)."""
+    """log p(labels[x] | x) for every input x (NaN where the label is < 0), at most 0: the
+    logit is gathered in float64 and L comes from the pass, which in float32 may fall below
+    the largest logit by its rounding (log p = +4e-6, p = 1.000004); it is clipped to 0."""
     out = np.full(len(labels), np.nan)
     rows = np.flatnonzero(labels >= 0)
-    out[rows] = gathered_logits(m, rows, labels[rows]) - L[rows]
+    out[rows] = np.minimum(gathered_logits(m, rows, labels[rows]) - L[rows], 0.0)
     return out
 
 
@@ -80,7 +82,8 @@ def per_token_arrays(a: Model, b: Model, stats: PassStats,
         (clipped at 0), ``top1``, ``top2`` (N, k), ``logp1``, ``logp2`` (log p_k(target | x),
         NaN where the target is < 0 or the model has no targets), ``p2_of_top1``,
         ``p1_of_top2``, and ``jsd`` when given. The logits of the targets and top tokens are
-        f.g + b in float64 minus the pass's log-normalisers."""
+        f.g + b in float64 minus the pass's log-normalisers, clipped to log p <= 0 (p <= 1:
+        a float32 pass's L may round below the largest logit)."""
     if getattr(stats, "topk1", None) is None or getattr(stats, "topk2", None) is None:
         raise IdentirepError("the pass ran without top-k token ids, which the per-token "
                              "arrays need", fix="run it with topk > 0: engine(a, b, topk=10)")
@@ -337,7 +340,7 @@ def _position(a, b, arrays, i, text, tokens, targets, docs, context, shown) -> T
 
     def top(m, which, L):
         ids_k = arrays[which][i, :shown]
-        p = np.exp(gathered_logits(m, np.full(len(ids_k), i), ids_k) - L[i])
+        p = np.exp(np.minimum(gathered_logits(m, np.full(len(ids_k), i), ids_k) - L[i], 0.0))
         return [TokenShown(int(y), text.token(int(y)), float(q)) for y, q in zip(ids_k, p)]
     return TopPosition(
         position=i, document=None if docs is None else int(docs[i]),
