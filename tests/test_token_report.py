@@ -475,6 +475,26 @@ def close_float32_pair(seed=0, N=400, V=1200, M=32, noise=3e-3, shift=2.0, offse
     return a, b
 
 
+def test_float32_per_token_kl_is_within_the_stated_rounding_bound():
+    a, b = close_float32_pair()
+    got = fast_arrays(a, b, jsd=False)
+    want = reference.per_token_reference(a, b, k=10, jsd=False)
+    assert np.median(want["kl12"]) < 1e-3                  # close: the floor matters
+    for key in ("kl12", "kl21"):
+        err = np.abs(got[key] - want[key])
+        bound = tokens.float32_kl_bound(got, key)
+        assert (err <= bound).all(), f"{key}: {(err / bound).max():.2f} x the bound"
+        assert err.max() > 1e-7                   # float32 rounding is there
+    # the report says so for a float32 pass, and not for a float64 one
+    r = ir.compare(a, b, num_samples=20).tokens
+    note = [n for n in r.notes if n.startswith("float32 pass")]
+    assert len(note) == 1 and "extract and compare in float64" in note[0]
+    assert f"{tokens.FLOAT32_KL_ERROR:.1e}" in note[0]
+    a64, b64 = (ir.Model(m.f.astype(np.float64), m.g.astype(np.float64),
+                         m.bias.astype(np.float64), targets=m.targets) for m in (a, b))
+    assert not any("float32" in n for n in ir.compare(a64, b64, num_samples=20).tokens.notes)
+
+
 def test_float32_probabilities_are_at_most_one():
     # one label dominates (p ~ 1): the float32 pass's L rounds below its float64 logit
     bias = np.zeros(64, np.float32)

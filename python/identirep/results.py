@@ -312,7 +312,9 @@ class TokenReport(_Result):
                          "the lower position), with their text and each model's top tokens",
         "top_targets": "the target tokens with the largest KL(p1||p2) summed over the "
                        "positions that predict them, largest sum first (ties to the lower id)",
-        "notes": "what the statistics could not include, and why",
+        "notes": "what the statistics could not include, and why; after a float32 pass, the "
+                 "bound on each position's KL rounding (tokens.float32_kl_bound: per-position "
+                 "KL below ~1e-5 nats is then mostly noise; extract in float64 for it)",
         "token_text": "how token strings are shown: 'byte-level decoded' (GPT-2 style labels "
                       "such as 'Ġthe' shown as ' the'), 'as given' or 'ids' (no labels)",
     }

@@ -33,6 +33,10 @@ AGREEMENT_KS = (1, 5, 10)
 MAX_TOP_K = 100
 #: bytes of float64 rows gathered at a time
 _CHUNK_BYTES = 16 << 20
+#: a float32 pass's per-position KL is within FLOAT32_KL_ERROR x (1 + |L1 - L2| + (|L1| +
+#: |L2|) sqrt(KL) + KL) nats of the exact value (``float32_kl_bound``): 64 float32 epsilons,
+#: twice the largest ratio measured on random, shifted and offset pairs (|logits| to ~100)
+FLOAT32_KL_ERROR = 64 * float(np.finfo(np.float32).eps)
 
 
 # ------------------------------------------------------------------------- the arrays
@@ -189,7 +193,7 @@ def engine_token_report(e, jsd: bool = False, **report_options) -> TokenReport:
             values = jsd_pass(f1, g1, f2, g2, s.L1, s.L2, progress=update)
         seconds = time.perf_counter() - t0
     return token_report(a, b, per_token_arrays(a, b, s, values), jsd_seconds=seconds,
-                        **report_options)
+                        pass_dtype=s.dtype, **report_options)
 
 
 def reference_token_report(a: Model, b: Model, top_k: int = 10, jsd: bool = False,
@@ -250,9 +254,35 @@ def topk_agreement(top1: np.ndarray, top2: np.ndarray, k: int) -> float:
     return total / (len(top1) * k)
 
 
+def float32_kl_bound(arrays: Dict[str, np.ndarray], key: str = "kl12") -> np.ndarray:
+    """The bound on each position's rounding error of a float32 pass's ``key`` (``kl12`` or
+    ``kl21``): FLOAT32_KL_ERROR x (1 + |L1 - L2| + (|L1| + |L2|) sqrt(KL) + KL) nats.
+
+    The float32 GEMM tiles round each logit by ~1e-7 of its size (|L| stands for it), which
+    enters the KL weighted by p2 - p1 (so by sqrt(KL), Pinsker); the epilogue's float32 exp
+    and partial sums over 512 labels round the means of l1 - l2 (|L1 - L2| + KL) and the
+    normalisers (the 1)."""
+    L1, L2, kl = arrays["L1"], arrays["L2"], arrays[key]
+    return FLOAT32_KL_ERROR * (1 + np.abs(L1 - L2) + (np.abs(L1) + np.abs(L2)) * np.sqrt(kl)
+                               + kl)
+
+
+def float32_note(arrays: Dict[str, np.ndarray]) -> str:
+    """The report's note on a float32 pass's per-position rounding."""
+    bound = float32_kl_bound(arrays)
+    return (f"float32 pass: each position's KL carries rounding (float32 GEMM tiles, the "
+            f"epilogue's float32 exp and partial sums) within {FLOAT32_KL_ERROR:.1e} x (1 + "
+            f"|L1 - L2| + (|L1| + |L2|) sqrt(KL) + KL) nats, here {np.median(bound):.1e} "
+            f"(median) to {bound.max():.1e} (max); per-position KL below ~1e-5 nats is mostly "
+            "noise (measured: ~1e-7 median, ~1e-6 max on close pairs), and log p(target) is "
+            "good to ~1e-6 of |L|: extract and compare in float64 (identirep extract "
+            "--dtype float64) for such values")
+
+
 def token_report(a: Model, b: Model, arrays: Dict[str, np.ndarray], k: int = 10, *,
                  context: int = 12, shown: int = 3,
-                 jsd_seconds: Optional[float] = None) -> TokenReport:
+                 jsd_seconds: Optional[float] = None,
+                 pass_dtype: str = "float64") -> TokenReport:
     """Summarise per-position arrays (``per_token_arrays`` or the reference's).
 
     Parameters
@@ -269,6 +299,9 @@ def token_report(a: Model, b: Model, arrays: Dict[str, np.ndarray], k: int = 10,
         Each model's most likely tokens shown at a listed position.
     jsd_seconds : float, optional
         What the JSD cost, for the report.
+    pass_dtype : {"float64", "float32"}
+        The dtype of the pass the arrays come from: "float32" adds a note with the rounding
+        bound of the per-position KL (``float32_kl_bound``).
 
     Returns
     -------
@@ -301,6 +334,8 @@ def token_report(a: Model, b: Model, arrays: Dict[str, np.ndarray], k: int = 10,
     elif targets is not None:
         notes.append("no position has a target known to both models: no perplexity, no "
                      "delta p")
+    if pass_dtype == "float32":
+        notes.append(float32_note(arrays))
     # k = V labels agree trivially (each list holds every label)
     ks = sorted({kk for kk in AGREEMENT_KS + (K,) if kk <= K and (kk == 1 or kk < a.V)})
     agreement = {f"top{kk}": topk_agreement(top1, top2, kk) for kk in ks}
