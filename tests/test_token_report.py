@@ -514,3 +514,21 @@ def test_float32_probabilities_are_at_most_one():
     for p in r.top_positions:
         assert all(s.p <= 1 for s in p.top1 + p.top2)
         assert p.p1_target <= 1 and p.p2_target <= 1
+
+
+# ------------------------------------------------------------------ lost targets
+def test_targets_lost_to_dropped_labels_are_named_in_the_notes():
+    a, b = lm_pair()
+    gone = int(a.targets[0])
+    for m in (a, b):
+        m.bias[gone] = -np.inf
+    a2, b2 = (ir.Model(m.f, m.g, m.bias, labels=m.labels, tokens=m.tokens, targets=m.targets,
+                       documents=m.documents, drop_masked_labels=True) for m in (a, b))
+    lost = int((a.targets == gone).sum())
+    assert a2.metadata["masked_labels_dropped"]["targets_lost"] == lost > 0
+    r = ir.compare(a2, b2, num_samples=20).tokens
+    assert r.positions_with_target == (a.targets >= 0).sum() - lost
+    assert any(f"{lost} position(s) lost their target to drop_masked_labels" in n
+               and "left out of the perplexities and delta p" in n for n in r.notes), r.notes
+    assert not any("lost their target" in n
+                   for n in ir.compare(*lm_pair(), num_samples=20).tokens.notes)

@@ -279,6 +279,17 @@ def float32_note(arrays: Dict[str, np.ndarray]) -> str:
             "--dtype float64) for such values")
 
 
+def lost_targets_note(a: Model, b: Model) -> Optional[str]:
+    """A note on the targets ``drop_masked_labels`` turned into -1 (None: none)."""
+    lost = max(int(((m.metadata or {}).get("masked_labels_dropped") or {}).get(
+        "targets_lost", 0) or 0) for m in (a, b))
+    if not lost:
+        return None
+    return (f"{lost} position(s) lost their target to drop_masked_labels (the target's label "
+            "was dropped as masked): they are left out of the perplexities and delta p, which "
+            "are over the remaining positions with a target")
+
+
 def token_report(a: Model, b: Model, arrays: Dict[str, np.ndarray], k: int = 10, *,
                  context: int = 12, shown: int = 3,
                  jsd_seconds: Optional[float] = None,
@@ -334,6 +345,9 @@ def token_report(a: Model, b: Model, arrays: Dict[str, np.ndarray], k: int = 10,
     elif targets is not None:
         notes.append("no position has a target known to both models: no perplexity, no "
                      "delta p")
+    lost = lost_targets_note(a, b)
+    if lost:
+        notes.append(lost)
     if pass_dtype == "float32":
         notes.append(float32_note(arrays))
     # k = V labels agree trivially (each list holds every label)
