@@ -532,3 +532,25 @@ def test_targets_lost_to_dropped_labels_are_named_in_the_notes():
                and "left out of the perplexities and delta p" in n for n in r.notes), r.notes
     assert not any("lost their target" in n
                    for n in ir.compare(*lm_pair(), num_samples=20).tokens.notes)
+
+
+def test_cli_top_k_without_a_per_token_report_is_refused_or_noted(model_files, tmp_path,
+                                                                    capsys):
+    _, _, pa, pb = model_files
+    assert main(["compare", pa, pb, "--num-samples", "20", "--top-k", "5",
+                 "--no-per-token"]) == 2
+    assert "--top-k" in capsys.readouterr().err
+    plain = [str(tmp_path / f"plain_{n}.npz") for n in "ab"]
+    for m, p in zip(lm_pair(text=False), plain):
+        ir.save_model(m, p)
+    assert main(["compare", *plain, "--num-samples", "20", "--json", "--top-k", "5"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["tokens"] is None
+    assert any(n.startswith("--top-k 5 had no effect") and "do not both carry their text" in n
+               for n in d["notes"]), d["notes"]
+    assert main(["compare", *plain, "--num-samples", "20", "--json"]) == 0   # not asked: no note
+    assert not any("--top-k" in n for n in json.loads(capsys.readouterr().out)["notes"])
+    # --jsd turns the report on for any models: --top-k then takes effect
+    assert main(["compare", *plain, "--num-samples", "20", "--json", "--top-k", "5",
+                 "--jsd"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"]["top_k"] == 5

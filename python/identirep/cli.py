@@ -287,7 +287,8 @@ def cmd_compare(args) -> int:
     if dropped:
         print(f"identirep: {dropped}", file=sys.stderr)
     kw = _measure_kwargs(args)
-    tok = dict(per_token=per_token, top_k=args.top_k, jsd=args.jsd)
+    k_top = 10 if args.top_k is None else args.top_k
+    tok = dict(per_token=per_token, top_k=k_top, jsd=args.jsd)
     if args.plot:
         import time
 
@@ -299,7 +300,7 @@ def cmd_compare(args) -> int:
         backend = kw.pop("backend")
         check_pair(a, b)
         on, note = per_token_choice(a, b, resolve(backend, a, b), **tok)
-        e = engine(a, b, backend, topk=args.top_k if on else 0)
+        e = engine(a, b, backend, topk=k_top if on else 0)
         r = _report_from_engine(e, t0=t0, backend=e.stats.backend, **kw)
         r = with_tokens(r, t0, lambda: engine_token_report(e, args.jsd) if on else None,
                         tokenizer_note(a, b), note)
@@ -313,6 +314,13 @@ def cmd_compare(args) -> int:
         r = compare(a, b, **kw, **tok)
     if dropped:
         r.notes.append(dropped)
+    if r.tokens is None and args.top_k is not None:
+        from .tokens import carries_text
+        why = ("the models do not both carry their text (tokens or targets: identirep extract "
+               "stores them)" if not (carries_text(a) and carries_text(b)) else
+               f"it runs on the CPU backend, not {r.backend}")
+        r.notes.append(f"--top-k {args.top_k} had no effect: the per-token report is off, as "
+                       f"{why}; --per-token FILE or --jsd turn it on for any models")
     if args.per_token:
         from .tokens import save_per_token
         save_per_token(args.per_token, r.tokens, a.labels if a.labels is not None else b.labels)
@@ -330,6 +338,9 @@ def _per_token_option(args):
                              "turns the per-token report off; give one of them")
     if args.jsd and args.no_per_token:
         raise IdentirepError("--jsd adds the per-token Jensen-Shannon divergence and "
+                             "--no-per-token turns the per-token report off; give one of them")
+    if args.top_k is not None and args.no_per_token:
+        raise IdentirepError("--top-k sets the per-token report's top-k agreement and "
                              "--no-per-token turns the per-token report off; give one of them")
     if args.per_token:
         from .tokens import check_per_token_path
@@ -504,9 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jsd", action="store_true",
                    help="per-token Jensen-Shannon divergence too (a second pass over the "
                         "logits; the report says what it cost)")
-    c.add_argument("--top-k", type=top_k, default=10, metavar="K",
+    c.add_argument("--top-k", type=top_k, default=None, metavar="K",
                    help="each model's K most likely tokens per position for the top-k "
-                        "agreement (default 10)")
+                        "agreement (default 10); with models that carry no text, a note says "
+                        "it had no effect")
     c.add_argument("--no-per-token", action="store_true",
                    help="no per-token report (on by default when both models carry their "
                         "text: tokens or targets)")
