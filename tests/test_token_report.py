@@ -554,3 +554,18 @@ def test_cli_top_k_without_a_per_token_report_is_refused_or_noted(model_files, t
     assert main(["compare", *plain, "--num-samples", "20", "--json", "--top-k", "5",
                  "--jsd"]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"]["top_k"] == 5
+
+
+# ------------------------------------------------------------------ what the docs say
+def _docs():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    return {n: " ".join((root / n).read_text(encoding="utf-8").split())
+            for n in ("README.md", "NOTES.md", "docs/design.md")}
+
+
+def test_the_docs_say_which_positions_are_scored():
+    from identirep.results import TokenReport
+    rule = "identirep scores every position that has a target"
+    assert rule in TokenReport.definitions["ppl1"] and rule in _docs()["README.md"]
+    assert "llama.cpp" in TokenReport.definitions["ppl1"]

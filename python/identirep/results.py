@@ -295,7 +295,9 @@ class TokenReport(_Result):
         "jsd_seconds": "what the JSD cost: the seconds of its second pass over the logits "
                        "(None: not computed, or computed with the rest by the reference)",
         "ppl1": "perplexity of model 1: exp(-mean log p1(target)) over the positions with a "
-                "target",
+                "target; identirep scores every position that has a target (a text's first "
+                "tokens too), while llama.cpp's perplexity tool scores only the second half of "
+                "each context window, so the two tools' perplexities and KL are not comparable",
         "ppl2": "perplexity of model 2, over the same positions",
         "ppl_ratio": "ppl2 / ppl1 (1 = the same perplexity; > 1: model 2 predicts the text "
                      "worse)",
