@@ -569,3 +569,21 @@ def test_the_docs_say_which_positions_are_scored():
     rule = "identirep scores every position that has a target"
     assert rule in TokenReport.definitions["ppl1"] and rule in _docs()["README.md"]
     assert "llama.cpp" in TokenReport.definitions["ppl1"]
+
+
+def test_the_docs_say_what_the_report_keeps():
+    from identirep import _cpu_pass
+    from identirep.results import TokenReport
+    docs = _docs()
+    # intervals: KL has them, the JSD has none, and the notes say so
+    fields = set(TokenReport.__dataclass_fields__)
+    assert {f for f in fields if f.endswith("_ci")} == {"kl12_ci", "kl21_ci"}
+    assert "(and JSD)" not in docs["NOTES.md"] and "no interval" in docs["NOTES.md"]
+    # as_dict is TokenReport's other name for to_dict, which every result has
+    assert not hasattr(ir.Report, "as_dict") and "to_dict" in TokenReport.as_dict.__doc__
+    assert "the name the other results use" not in TokenReport.as_dict.__doc__
+    # the two top-k caps, and where each applies; what the pass keeps
+    assert tokens.MAX_TOP_K <= _cpu_pass.MAX_TOPK
+    for name in ("NOTES.md", "docs/design.md"):
+        assert "`_cpu_pass.MAX_TOPK` = 1024" in docs[name] and "MAX_TOP_K` = 100" in docs[name]
+    assert "values (float64) per model" in docs["docs/design.md"]

@@ -43,7 +43,7 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
     topk : int
         > 0: the pass also keeps each model's ``topk`` most likely labels per input
         (``stats.topk1``, ``topk2``, (N, min(topk, V)) int64, ties to the lower label id);
-        CPU backend only.
+        CPU backend only; at most ``_cpu_pass.MAX_TOPK`` = 1024.
 
     Returns
     -------
@@ -373,7 +373,8 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
         backend is an error (it runs on the CPU backend).
     top_k : int
         Each model's most likely tokens per position kept by the pass for the per-token
-        report (top-1/5/10 agreement; at most 100).
+        report (top-1/5/10 agreement; at most ``tokens.MAX_TOP_K`` = 100, while ``engine``'s
+        ``topk`` takes up to ``_cpu_pass.MAX_TOPK`` = 1024).
     jsd : bool
         Also the per-position Jensen-Shannon divergence (a second pass; the report says what
         it cost); asks for the per-token report.

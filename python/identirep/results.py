@@ -365,7 +365,7 @@ class TokenReport(_Result):
         return d
 
     def as_dict(self) -> Dict[str, Any]:
-        """The JSON form, as ``to_dict`` (the name the other results use)."""
+        """The JSON form: ``to_dict`` (which every result has) under another name."""
         return self.to_dict()
 
     def __repr__(self) -> str:

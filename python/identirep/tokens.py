@@ -29,7 +29,9 @@ from .results import TokenReport, TokenShown, TopPosition, TopTarget
 QUANTILES = (("q50", 0.5), ("q90", 0.9), ("q95", 0.95), ("q99", 0.99), ("q99.9", 0.999))
 #: the k of the top-k agreement reported (those up to the top-k the pass computed)
 AGREEMENT_KS = (1, 5, 10)
-#: the largest top-k asked of the pass: it keeps N x k ids per model
+#: the largest top-k the report asks of the pass (compare's top_k, --top-k): the pass keeps
+#: N x k ids and N x k float64 values per model; the pass itself takes up to
+#: ``_cpu_pass.MAX_TOPK`` (1024)
 MAX_TOP_K = 100
 #: bytes of float64 rows gathered at a time
 _CHUNK_BYTES = 16 << 20
@@ -144,8 +146,8 @@ def per_token_choice(a: Model, b: Model, backend: str, per_token, top_k, jsd
     rules.check_count("top_k", top_k)
     if top_k > MAX_TOP_K:
         raise IdentirepError(f"top_k={top_k}: the per-token report keeps at most the "
-                             f"{MAX_TOP_K} most likely tokens per position (N x k ids per "
-                             "model)", fix=f"give top_k={MAX_TOP_K} or less (default 10)")
+                             f"{MAX_TOP_K} most likely tokens per position (N x k ids and "
+                             "values per model)", fix=f"give top_k={MAX_TOP_K} or less (default 10)")
     if jsd and per_token is False:
         raise IdentirepError("jsd=True asks for the per-token Jensen-Shannon divergence, and "
                              "per_token=False turns the per-token report off",
