@@ -23,9 +23,9 @@ from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult
 __all__ = [
     "Model", "IdentirepError", "kl", "d_llv", "d_svd", "mcca", "d_logit", "d_rep", "compare",
     "engine", "PairEngine", "Moments", "constructions", "reference", "Report", "KLResult",
-    "DLLVResult", "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult", "load_model",
-    "save_model", "load_metadata", "matrix", "MatrixResult", "build_info", "Accumulator",
-    "allow_tokenizer_mismatch",
+    "DLLVResult", "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult", "TokenReport",
+    "load_model", "save_model", "load_metadata", "matrix", "MatrixResult", "build_info",
+    "Accumulator", "allow_tokenizer_mismatch",
 ]
 
 
