@@ -58,6 +58,7 @@ def assert_same(got, want):
     for k in want.values:
         assert np.array_equal(got.values[k], want.values[k], equal_nan=True), k
     assert got.pairs == want.pairs and got.failures == want.failures
+    assert got.notes == want.notes
 
 
 def test_matrix_equals_the_single_process_matrix(client, files):
@@ -286,3 +287,32 @@ def test_bench_dask_script_runs(capsys, monkeypatch):
     bench_dask.main(["--k", "3", "--n", "300", "--v", "20", "--m", "3", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "| 3 | 3 | 300 |" in out and "x |" in out
+
+
+def test_tokenizers_as_matrix(client, tmp_path):
+    """Tokenizers whose settings differ: the note of matrix; whose strings differ: its error,
+    or with check_tokenizer=False (or allow_tokenizer_mismatch() here) its values and notes."""
+    base = _model(300, 12, 2, 0)
+    labels = [f"tok{i}" for i in range(12)]
+    other = labels[:6] + ["other"] + labels[7:]
+    paths = []
+    for k, (names, sha) in enumerate(((labels, "ab"), (labels, "cd"), (other, "ef"))):
+        m = ir.Model(base.f, base.g, base.bias, labels=names,
+                     metadata={"tokenizer": {"sha256": sha * 32, "size": 12}})
+        paths.append(str(ir.save_model(m, tmp_path / f"tok{k}.safetensors")))
+    got, want = idk.matrix(paths[:2], client, **OPTS), ir.matrix(ir.io.load_models(paths[:2]), **OPTS)
+    assert_same(got, want)
+    assert "settings differ" in got.notes[0]
+    with pytest.raises(ir.IdentirepError) as refused:
+        idk.matrix(paths, client, **OPTS)
+    assert "token id 6 is 'tok6'" in str(refused.value)
+    want = ir.matrix(ir.io.load_models(paths), check_tokenizer=False, **OPTS)
+    for got in (idk.matrix(paths, client, check_tokenizer=False, **OPTS),
+                _allowing(lambda: idk.matrix(paths, client, **OPTS))):
+        assert_same(got, want)
+        assert len(got.notes) == 2
+
+
+def _allowing(call):
+    with ir.allow_tokenizer_mismatch():
+        return call()

@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from .errors import IdentirepError
+from .model import tokenizer_checked, tokenizer_option
 
 #: how to install what this module needs
 INSTALL = 'pip install "identirep[dask]"'
@@ -177,23 +178,28 @@ def _masked_task(path: str) -> np.ndarray:
     return masked_in_file(path)
 
 
-def _describe_task(token: str, k: int, path: str, masked, first: str) -> dict:
+def _describe_task(token: str, k: int, path: str, masked, first: str, checked: bool) -> dict:
     """What the client needs of model k: its name, shape, the dtype its pass runs in, the
     file's signature, and for k > 0 the IdentirepError of ``check_pair`` (model 0, model k)
-    or None (``matrix`` checks every model against the first before any pair); nothing of
-    N or V size."""
-    from .model import check_pair
+    or None (``matrix`` checks every model against the first before any pair) and the
+    pair's ``tokenizer_note``; nothing of N or V size. ``checked``: the tokenizer check is
+    on (``allow_tokenizer_mismatch`` holds in the caller's thread, not here)."""
+    from .model import allow_tokenizer_mismatch, check_pair, tokenizer_note
     e = _loaded(token, k, path, masked)
     m = e.model
-    problem = None
+    problem = note = None
     if k > 0:
-        try:
-            check_pair(_loaded(token, 0, first, masked).model, m)
-        except IdentirepError as err:
-            problem = err
+        m0 = _loaded(token, 0, first, masked).model
+        with allow_tokenizer_mismatch(not checked):
+            try:
+                check_pair(m0, m)
+                note = tokenizer_note(m0, m)
+            except IdentirepError as err:
+                problem = err
     float64 = all(x.dtype == np.float64 for x in m.augmented(None))
     return dict(name=m.name, N=m.N, V=m.V, M=m.M, float64=float64, problem=problem,
-                dropped_labels=np.asarray(m.dropped_labels), signature=e.signature)
+                note=note, dropped_labels=np.asarray(m.dropped_labels),
+                signature=e.signature)
 
 
 def _cache_of(entry: SimpleNamespace, cdt):
@@ -209,12 +215,14 @@ def _statistics_task(token: str, k: int, path: str, signature, masked, cdt) -> d
     return _cache_of(_loaded(token, k, path, masked, signature), cdt).small_statistics()
 
 
-def _pair_task(token: str, i: int, j: int, files, masked, statistics, opts: dict) -> tuple:
+def _pair_task(token: str, i: int, j: int, files, masked, statistics, opts: dict,
+               checked: bool) -> tuple:
     """Both directions of pair (i, j): ``_matrix.pair_cells`` of the pair's pass, on this
     worker, with the models read here and their statistics taken from ``statistics`` (a dict
     compute dtype -> (statistics of i, of j))."""
     from ._matrix import pair_cells
     from .measures import engine
+    from .model import allow_tokenizer_mismatch
     from .progress import silenced
     entries = [_loaded(token, k, path, masked, sig) for k, (path, sig) in zip((i, j), files)]
 
@@ -226,7 +234,7 @@ def _pair_task(token: str, i: int, j: int, files, masked, statistics, opts: dict
                 c.adopt(shared)
             out.append(c)
         return tuple(out)
-    with silenced():
+    with silenced(), allow_tokenizer_mismatch(not checked):
         e = engine(entries[0].model, entries[1].model, "cpu", caches=caches)
         return pair_cells(e, i, j, opts)
 
@@ -251,8 +259,9 @@ def _path_list(paths) -> List[str]:
     return out
 
 
+@tokenizer_option
 def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
-           backend: str = "auto", progress=None,
+           backend: str = "auto", progress=None, check_tokenizer: bool = True,
            check: Optional[Callable[[list], None]] = None, **opts):
     """``identirep.matrix`` of the model files ``paths``, computed on a Dask cluster.
 
@@ -271,6 +280,9 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
     progress : bool or callable, optional
         A bar over the pairs on stderr (None: when stderr is a terminal), or a callable
         ``progress(fraction)`` called after each pair.
+    check_tokenizer : bool
+        As ``identirep.matrix``'s (``allow_tokenizer_mismatch()`` around this call counts
+        too: the workers are told).
     check : callable, optional
         ``check(models)`` with one description per model (``name``, ``N``, ``V``, ``M``,
         ``dropped_labels``) once the files are read and before any pair runs; it may raise
@@ -301,12 +313,13 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
     client = _client(client)
     token = uuid.uuid4().hex
     try:
-        return _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0)
+        return _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0,
+                           tokenizer_checked())
     finally:   # the workers let go of the models they keep for this run
         client.run(_forget, token, on_error="ignore")
 
 
-def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0):
+def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0, checked):
     from ._matrix import add_cells, empty_values, finish, unique_names
     K = len(paths)
 
@@ -320,8 +333,8 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
         masked = np.empty(0, np.int64)
         for ids in found:
             masked = np.union1d(masked, ids)
-    desc = client.gather([run(_describe_task, token, k, p, masked, paths[0], name=f"read-{k}")
-                          for k, p in enumerate(paths)])
+    desc = client.gather([run(_describe_task, token, k, p, masked, paths[0], checked,
+                              name=f"read-{k}") for k, p in enumerate(paths)])
     for d in desc:
         if d["problem"] is not None:
             raise d["problem"]
@@ -329,6 +342,7 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
         check([SimpleNamespace(**{x: d[x] for x in ("name", "N", "V", "M", "dropped_labels")})
                for d in desc])
     names = unique_names([d["name"] for d in desc])
+    notes = [f"{names[0]} vs {names[k]}: {d['note']}" for k, d in enumerate(desc) if d["note"]]
     pairs = list(itertools.combinations(range(K), 2))
     # the pass of a pair runs in float64 when both models' arrays are float64, else float32;
     # each model's statistics at each compute dtype one of its pairs needs, once
@@ -344,13 +358,13 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
     for i, j in pairs:
         files = [(paths[k], desc[k]["signature"]) for k in (i, j)]
         shared = {cdt[i, j]: (stats[i, cdt[i, j]], stats[j, cdt[i, j]])}
-        futures[run(_pair_task, token, i, j, files, masked, shared, dict(opts),
+        futures[run(_pair_task, token, i, j, files, masked, shared, dict(opts), checked,
                     name=f"pair-{i}-{j}")] = (i, j)
     cells = _gather_in_order(client, futures, pairs, progress)
     values, out_pairs, failures = empty_values(K), [], []
     for ij in pairs:
         add_cells(values, out_pairs, failures, cells[ij])
-    return finish(names, values, out_pairs, failures, len(pairs), t0)
+    return finish(names, values, out_pairs, failures, len(pairs), t0, notes)
 
 
 def _gather_in_order(client, futures: dict, pairs, progress) -> dict:
