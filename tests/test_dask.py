@@ -24,8 +24,10 @@ OPTS = dict(num_samples=20, seed=3, max_label_sets=30, rep_sets=40)
 def cluster():
     distributed = pytest.importorskip("distributed",
                                       reason="dask.distributed is not installed (identirep[dask])")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=":0", silence_logs=logging.ERROR) as c:
+    from identirep.dask import kept_environ
+    with kept_environ(), distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
+            silence_logs=logging.ERROR) as c:
         yield c
 
 
@@ -247,10 +249,13 @@ def test_cli_scheduler_address(cluster, files, capsys):
 
 @pytest.mark.slow
 def test_cli_scheduler_local(files, capsys):
-    """--scheduler local:2 starts (and stops) a LocalCluster of its own: 2-6 s."""
+    """--scheduler local:2 starts (and stops) a LocalCluster of its own: 2-6 s. The
+    environment its nannies write into (OPENBLAS_NUM_THREADS=1, ...) is put back."""
     pytest.importorskip("distributed")
     want = _json_matrix(capsys, *files)
+    before = dict(os.environ)
     assert _json_matrix(capsys, *files, "--scheduler", "local:2") == want
+    assert dict(os.environ) == before
 
 
 @pytest.mark.parametrize("value, says", [("local:0", "integer >= 1"), ("local", "local:N"),

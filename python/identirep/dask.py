@@ -69,6 +69,20 @@ def parse_scheduler(text: str):
 
 
 @contextlib.contextmanager
+def kept_environ():
+    """``os.environ`` as it was, back on leaving: a LocalCluster's nannies write their workers'
+    settings (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_,
+    PYTHONHASHSEED) into this process's environment, where every later subprocess would
+    inherit them."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
 def client_for(spec):
     """A ``distributed.Client`` for ``parse_scheduler``'s result, closed (with its
     LocalCluster) on leaving: ``local:N`` starts N worker processes of one thread each here;
@@ -78,7 +92,7 @@ def client_for(spec):
     kind, where = parse_scheduler(spec) if isinstance(spec, str) else spec
     if kind == "local":
         import logging
-        with dist.LocalCluster(n_workers=where, threads_per_worker=1, processes=True,
+        with kept_environ(), dist.LocalCluster(n_workers=where, threads_per_worker=1, processes=True,
                                dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
                 dist.Client(cluster) as client:
             yield client
