@@ -581,12 +581,6 @@ def test_differing_vocabularies_are_compared_when_asked(gpt2_pair, transformers,
     assert main(["matrix", *map(str, paths), "--num-samples", "20", "--json",
                  "--allow-tokenizer-mismatch"]) == 0
     assert any(said in n for n in json.loads(capsys.readouterr().out)["notes"])
-    # Dask workers check each pair themselves: the option is refused there
-    from identirep.cli import _measure_kwargs, build_parser
-    args = build_parser().parse_args(["matrix", *map(str, paths), "--scheduler", "local:1",
-                                      "--allow-tokenizer-mismatch"])
-    with pytest.raises(IdentirepError, match="without --scheduler"):
-        _measure_kwargs(args)
     # texts that differ are refused all the same
     moved = ir.Model(b.f, b.g, b.bias, labels=b.labels, tokens=np.roll(b.tokens, 1),
                      metadata=b.metadata)

@@ -102,7 +102,7 @@ def _add_measure_options(p):
                         "from every model; the output lists them")
     p.add_argument("--allow-tokenizer-mismatch", action="store_true",
                    help="compare models whose tokenizers' vocabularies differ, by token id (a "
-                        "note says what differs; not with matrix --scheduler)")
+                        "note says what differs)")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "cupy", "reference"),
                    help="auto: where the arrays live (the CPU for model files); cuda, cupy: the "
                         "models are copied to the GPU and every measure runs there")
@@ -235,11 +235,6 @@ def _dropped_note(models, which: str):
 
 
 def _measure_kwargs(args):
-    if getattr(args, "scheduler", None) is not None and args.allow_tokenizer_mismatch:
-        raise IdentirepError("--allow-tokenizer-mismatch holds in this process, and with "
-                             "--scheduler the workers check each pair",
-                             fix="run matrix without --scheduler, or extract the models with "
-                                 "one tokenizer")
     return dict(lam=args.lam, combine=args.combine, term=args.term, num_samples=args.num_samples,
                 seed=args.seed, num_pivots=args.num_pivots, sets_per_pivot=args.sets_per_pivot,
                 paper_compat=args.paper_compat, pivot_budget=args.pivot_budget,

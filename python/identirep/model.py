@@ -493,7 +493,7 @@ _TOKENIZER_CHECK: contextvars.ContextVar = contextvars.ContextVar("identirep_tok
 #: how to compare models whose tokenizers differ anyway (the fixes and notes name it)
 MISMATCH_OVERRIDE = ("check_tokenizer=False (compare, matrix), "
                      "identirep.allow_tokenizer_mismatch() (any measure), "
-                     "--allow-tokenizer-mismatch (identirep compare, matrix without --scheduler)")
+                     "--allow-tokenizer-mismatch (identirep compare, matrix)")
 
 
 @contextlib.contextmanager
@@ -502,8 +502,8 @@ def allow_tokenizer_mismatch(allow: bool = True) -> Iterator[None]:
     compared by label id as they are (``check_pair`` refuses them otherwise); the per-input
     ``tokens`` must still be equal, and N and V too. For a measure called on its own
     (``kl``, ``d_llv``, ``engine``, ``Accumulator`` ...); ``compare`` and ``matrix`` take
-    ``check_tokenizer=False``. It holds for this thread (a context variable): not in a Dask
-    worker.
+    ``check_tokenizer=False``. It holds for this thread (a context variable);
+    ``identirep.dask.matrix`` passes it on to its workers.
 
     Parameters
     ----------
