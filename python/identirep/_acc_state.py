@@ -4,6 +4,7 @@ symmetry and Cauchy-Schwarz bounds, the reservoir's priorities against its rows)
 anything is assigned, so that a refused state leaves the accumulator as it was."""
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -140,6 +141,53 @@ def _check_values(a: dict, n: int, V: int, M1: int) -> None:
     if not np.isin(v["agree"], (0.0, 1.0)).all() or any(
             (v[k] < 0).any() for k in ("row_m2_11", "row_m2_22", "row_m2_dd")):
         raise IdentirepError("the state's res_values hold impossible per-input values")
+
+
+def state_of(acc) -> dict:
+    """``acc.state_dict(model=False)``: the statistics as a flat dict (copies)."""
+    r = acc._res
+    d = {"format": STATE_FORMAT, "version": STATE_VERSION, "V": acc.V, "M1": acc.M1,
+         "M2": acc.M2, "reservoir": acc.reservoir, "seed": acc.seed, "n": acc.n,
+         "complete": bool(r.complete), "f1_dtype": acc.f_dtypes[0] or "",
+         "f2_dtype": acc.f_dtypes[1] or "", "pass_dtype": acc.pass_dtype or "",
+         "fingerprint": acc.fingerprint(),
+         "sums": np.array([acc.sums[k] for k in SUM_KEYS]),
+         "f_max_abs": np.array(acc.f_max_abs, np.float64),
+         "u_mean": acc.moments.mean.copy(), "u_scatter": acc.moments.scatter.copy(),
+         "res_index": r.index.copy(), "res_priority": r.priority.view(np.int64).copy(),
+         "res_f1": r.f1.copy(), "res_f2": r.f2.copy(), "res_values": r.values.copy()}
+    d.update({k: v.copy() for k, v in acc.cols.items()})
+    return d
+
+
+def fingerprint_of(host) -> str:
+    """blake2b of the models' g and biases (``host``: pairs of NumPy arrays or None), all of
+    their values with their NumPy dtypes and shapes."""
+    h = hashlib.blake2b(digest_size=16)
+    for pair in host:
+        for x in pair:
+            if x is None:
+                h.update(b"none")
+                continue
+            h.update(f"{x.dtype.name}{tuple(x.shape)}".encode())
+            h.update(np.ascontiguousarray(x).view(np.uint8).reshape(-1).data)
+    return h.hexdigest()
+
+
+def restore(x: np.ndarray, label) -> object:
+    """A stored g or bias in its dtype as given (``label``): float16 back from its NumPy
+    array, bfloat16 from its exact float32 widening as a torch tensor (kept in float32
+    without torch: the values and the fingerprint are the same)."""
+    label = None if label is None else str(label)
+    if label == "bfloat16":
+        try:
+            import torch
+        except ImportError:
+            return x
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16)
+    if label in _FLOAT_KINDS:
+        return x.astype(label, copy=False)
+    return x
 
 
 def scalar(state: dict, key: str, kind):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 from types import SimpleNamespace
 from typing import Optional, Sequence
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from . import _rules as rules
 from ._acc_state import (COL_KEYS, ROW_KEYS, STATE_FORMAT, STATE_VERSION, SUM_KEYS, array,
-                         parse_state, scalar)
+                         fingerprint_of, parse_state, restore, scalar, state_of)
 from ._arrays import is_gpu_array
 from ._cpu_pass import cpu_pass
 from ._linalg import host_native, scatter_blocks
@@ -310,15 +309,7 @@ class Accumulator:
         values as NumPy holds them (bfloat16 widened to float32, exactly), so a bfloat16 g
         and its float32 widening hash alike."""
         if self._fingerprint is None:
-            h = hashlib.blake2b(digest_size=16)
-            for pair in self._host:
-                for x in pair:
-                    if x is None:
-                        h.update(b"none")
-                        continue
-                    h.update(f"{x.dtype.name}{tuple(x.shape)}".encode())
-                    h.update(np.ascontiguousarray(x).view(np.uint8).reshape(-1).data)
-            self._fingerprint = h.hexdigest()
+            self._fingerprint = fingerprint_of(self._host)
         return self._fingerprint
 
     # ------------------------------------------------------------------ compute
@@ -451,19 +442,7 @@ class Accumulator:
         return d
 
     def _state(self) -> dict:
-        r = self._res
-        d = {"format": STATE_FORMAT, "version": STATE_VERSION, "V": self.V, "M1": self.M1,
-             "M2": self.M2, "reservoir": self.reservoir, "seed": self.seed, "n": self.n,
-             "complete": bool(r.complete), "f1_dtype": self.f_dtypes[0] or "",
-             "f2_dtype": self.f_dtypes[1] or "", "pass_dtype": self.pass_dtype or "",
-             "fingerprint": self.fingerprint(),
-             "sums": np.array([self.sums[k] for k in SUM_KEYS]),
-             "f_max_abs": np.array(self.f_max_abs, np.float64),
-             "u_mean": self.moments.mean.copy(), "u_scatter": self.moments.scatter.copy(),
-             "res_index": r.index.copy(), "res_priority": r.priority.view(np.int64).copy(),
-             "res_f1": r.f1.copy(), "res_f2": r.f2.copy(), "res_values": r.values.copy()}
-        d.update({k: v.copy() for k, v in self.cols.items()})
-        return d
+        return state_of(self)
 
     def load_state_dict(self, state: dict) -> "Accumulator":
         """Replace the statistics by a ``state_dict()`` of an accumulator of the same models.
@@ -506,7 +485,7 @@ class Accumulator:
             if "g1" not in state or "g2" not in state:
                 raise IdentirepError("this state holds no g1, g2 (state_dict(model=False))",
                                      fix="pass g1, g2 (and the biases) of its models")
-            g1, g2, bias1, bias2 = (_restore(array(state.get(k), k), state.get(k + "_dtype"))
+            g1, g2, bias1, bias2 = (restore(array(state.get(k), k), state.get(k + "_dtype"))
                                     if k in state else None
                                     for k in ("g1", "g2", "bias1", "bias2"))
         names = tuple(str(state.get(k, "")) or None for k in ("name1", "name2"))
@@ -549,19 +528,3 @@ def _dtype_label(x) -> str:
     if name not in _FLOAT_KINDS:
         raise IdentirepError(f"dtype must be one of {', '.join(_FLOAT_KINDS)}, got {name}")
     return name
-
-
-def _restore(x: np.ndarray, label) -> object:
-    """A stored g or bias in its dtype as given (``label``): float16 back from its NumPy
-    array, bfloat16 from its exact float32 widening as a torch tensor (kept in float32
-    without torch: the values and the fingerprint are the same)."""
-    label = None if label is None else str(label)
-    if label == "bfloat16":
-        try:
-            import torch
-        except ImportError:
-            return x
-        return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16)
-    if label in _FLOAT_KINDS:
-        return x.astype(label, copy=False)
-    return x
