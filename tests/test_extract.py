@@ -581,6 +581,9 @@ def test_differing_vocabularies_are_compared_when_asked(gpt2_pair, transformers,
     assert main(["matrix", *map(str, paths), "--num-samples", "20", "--json",
                  "--allow-tokenizer-mismatch"]) == 0
     assert any(said in n for n in json.loads(capsys.readouterr().out)["notes"])
+    assert main(["matrix", *map(str, paths), "--num-samples", "20",     # the table says it too
+                 "--allow-tokenizer-mismatch"]) == 0
+    assert "note: " in (out := capsys.readouterr().out) and "'x50'" in out, out
     # texts that differ are refused all the same
     moved = ir.Model(b.f, b.g, b.bias, labels=b.labels, tokens=np.roll(b.tokens, 1),
                      metadata=b.metadata)

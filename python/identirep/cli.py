@@ -380,7 +380,7 @@ def cmd_matrix(args) -> int:
     payload = res.to_dict()
     if dropped:
         payload["dropped_labels"] = models[0].dropped_labels.tolist()
-        payload["notes"] = [dropped]
+        payload["notes"] = [dropped] + list(payload.get("notes") or [])
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         for m in res.values:
@@ -419,6 +419,8 @@ def cmd_matrix(args) -> int:
         shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
         console.print(Text.assemble("not computed (", literal(shown), "): ", literal(reason),
                                     *((("; fix: ", literal(fix)) if fix else ()))))
+    for note in res.notes:   # the dropped labels' note went to stderr before the pairs ran
+        console.print(Text.assemble("note: ", literal(note)))
     if args.out:
         console.print(Text.assemble(
             f"wrote CSV, JSON{'' if args.no_plots else ' and PNG heatmaps'} to ",
