@@ -321,3 +321,41 @@ def test_tokenizers_as_matrix(client, tmp_path):
 def _allowing(call):
     with ir.allow_tokenizer_mismatch():
         return call()
+
+
+def test_compare_with_a_worker_killed_mid_run(client, tmp_path):
+    """The first worker to start a chunk task while holding g dies then (os._exit): g is on
+    every worker (scattered data cannot be recomputed), and the report is the same."""
+    import dask.array as da
+    from distributed.diagnostics.plugin import WorkerPlugin
+    flag = str(tmp_path / "killed")
+
+    class KillOnce(WorkerPlugin):
+        def __init__(self, flag):
+            self.flag = flag
+
+        def setup(self, worker):
+            self.worker = worker
+
+        def transition(self, key, start, finish, **kw):
+            if finish != "executing" or "_chunk_state_task" not in str(key) or \
+                    not any("identirep-g-" in str(k) for k in self.worker.data):
+                return
+            try:
+                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os._exit(1)
+
+    f1, g1, b1, f2, g2, b2 = _pair(600, 20, 3, 3, np.float64, bias=True, seed=4)
+    client.wait_for_workers(2, timeout=30)
+    client.register_plugin(KillOnce(flag), name="kill-compare")
+    try:
+        got = idk.compare(da.from_array(f1, chunks=(100, -1)), g1, da.from_array(f2, chunks=(100, -1)),
+                          g2, b1, b2, client=client, split_every=2, seed=3, num_samples=20)
+    finally:
+        client.unregister_worker_plugin("kill-compare")
+    assert os.path.exists(flag)
+    client.wait_for_workers(2, timeout=30)
+    want = ir.compare(ir.Model(f1, g1, b1), ir.Model(f2, g2, b2), seed=3, num_samples=20)
+    assert_reports_match(got, want, 1e-10)

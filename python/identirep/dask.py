@@ -509,7 +509,10 @@ def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: i
                                                f1.chunks[0]) if rows > 0]
     if len(blocks) == 0 or f1.shape[0] < 2:
         raise IdentirepError(f"compare needs at least 2 inputs, got {f1.shape[0]}")
-    gf = client.scatter([g], hash=False)[0]     # once: the tasks take it from there
+    # once, to every worker: scattered data cannot be recomputed, so a worker lost with the
+    # only copy would fail the run
+    key = f"identirep-g-{uuid.uuid4().hex}"
+    gf = client.scatter({key: g}, broadcast=True)[key]
     chunk = dask.delayed(_chunk_state_task, pure=False)
     level = client.compute([chunk(gf, cfg, b1, b2) for b1, b2 in blocks])
     tasks = [level]
