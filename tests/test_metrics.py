@@ -94,6 +94,23 @@ def test_sync_merges_the_ranks_states_in_rank_order(torch):
     assert m.accumulator.n == 200 and len(m.packed) == 1     # unsynced: this rank's again
 
 
+def test_a_sync_by_hand_is_kept_until_compute(torch):
+    """sync_on_compute=False, then metric.sync() by hand: compute() merges the gathered
+    states (every rank's inputs), and unsync() goes back to this rank's own."""
+    f1, g1, b1, f2, g2 = _data()
+    other = im.IdentirepMetric(g1, g2, b1, compare_options=OPTS)
+    _feed(other, f1[200:], f2[200:])
+    second = torch.from_numpy(im.pack_state(other.accumulator.state_dict(model=False)))
+    m = im.IdentirepMetric(g1, g2, b1, compare_options=OPTS, sync_on_compute=False,
+                           distributed_available_fn=lambda: True)
+    _feed(m, f1[:200], f2[:200])
+    m.sync(dist_sync_fn=lambda t, group=None: [t, second])
+    got = m.compute()
+    assert got.N == 400
+    assert_reports_match(got, _want(), 1e-10)
+    assert not m._is_synced and m.accumulator.n == 200 and len(m.packed) == 1   # unsynced
+
+
 def _rank(rank, world, init, out, data):
     """One rank: half of the inputs, in batches; compute() on every rank (it gathers)."""
     import torch

@@ -131,13 +131,15 @@ def _metric_class():
             self.update(*args, **kwargs)
 
         def sync(self, *args, **kwargs) -> None:
-            state = pack_state(self.accumulator.state_dict(model=False))
-            self.packed = [torch.from_numpy(state).to(self.device)]
+            if not self._is_synced:   # else the gathered states stay (a sync made by hand)
+                state = pack_state(self.accumulator.state_dict(model=False))
+                self.packed = [torch.from_numpy(state).to(self.device)]
             super().sync(*args, **kwargs)
 
         def compute(self):
             acc = None
-            parts = self.packed or [pack_state(self.accumulator.state_dict(model=False))]
+            parts = self.packed if self._is_synced and self.packed else \
+                [pack_state(self.accumulator.state_dict(model=False))]
             for part in parts:
                 if isinstance(part, torch.Tensor):
                     part = part.detach().cpu().numpy()
