@@ -64,6 +64,21 @@ def test_one_process_compute_reset_and_forward(torch):
     assert_reports_match(first.compute(), want, 1e-10)
 
 
+def test_set_heads_takes_new_heads_and_forgets(torch):
+    """Heads that train: set_heads gives the metric the heads of now; what was seen with the
+    old heads is forgotten, and compute equals compare with the new ones."""
+    f1, g1, b1, f2, g2 = _data()
+    m = im.IdentirepMetric(torch.from_numpy(-g1), torch.from_numpy(g2), compare_options=OPTS)
+    _feed(m, f1[:100], f2[:100])
+    m.set_heads(torch.from_numpy(g1), torch.from_numpy(g2), torch.from_numpy(b1))
+    assert m.accumulator.n == 0
+    _feed(m, f1, f2)
+    assert_reports_match(m.compute(), _want(), 1e-10)
+    with pytest.raises(ir.IdentirepError, match="heads changed"):
+        m.set_heads(g1[:, :3], g2)
+    assert m.accumulator.n == 400            # a refused call changes nothing
+
+
 def test_packed_state_round_trips_exactly():
     f1, g1, b1, f2, g2 = _data(n=50)
     from identirep.accumulate import Accumulator

@@ -88,7 +88,9 @@ def _metric_class():
         Parameters
         ----------
         g1, g2 : tensor or array (V x M1), (V x M2)
-            The models' label vectors (CPU), fixed: e.g. the LM heads' weights.
+            The models' label vectors (CPU), e.g. copies of the LM heads' weights. They
+            are read as they are when used: for heads that train, pass copies and give
+            each evaluation its heads with ``set_heads``.
         bias1, bias2 : tensor or array (V), optional
         reservoir, seed, dtype, labels, names
             As ``Accumulator``.
@@ -100,7 +102,8 @@ def _metric_class():
         ``update(f1, f2)`` folds a batch (rows: inputs; CPU tensors or arrays; a tensor that
         requires grad is read detached); ``compute()`` returns the ``Report``, from the
         statistics of every rank merged in rank order when torch.distributed is running;
-        ``reset()`` forgets every input. Calling the metric (``forward``) only updates it
+        ``reset()`` forgets every input; ``set_heads(g1, g2, bias1, bias2)`` takes new label
+        vectors (and forgets every input: statistics of other heads do not merge). Calling the metric (``forward``) only updates it
         and returns None: the measures are not computed per batch. ``accumulator`` is this
         rank's ``Accumulator`` (its ``state_dict`` saves a run to resume).
         """
@@ -150,6 +153,29 @@ def _metric_class():
         def reset(self) -> None:
             super().reset()
             self.accumulator = Accumulator(*self._g, **self._cfg)
+
+        def set_heads(self, g1, g2, bias1=None, bias2=None) -> None:
+            """New label vectors and biases (e.g. the LM heads now, at the start of a
+            validation epoch), as the constructor takes them; every input is forgotten.
+
+            Parameters
+            ----------
+            g1, g2 : tensor or array (V x M1), (V x M2)
+                Of the same shapes as before; CPU (``.detach().cpu().clone()`` of a head:
+                a copy, which later training steps leave as it is).
+            bias1, bias2 : tensor or array (V), optional
+                None: no bias.
+            """
+            g = tuple(None if x is None else _host(x) for x in (g1, g2, bias1, bias2))
+            acc = Accumulator(*g, **self._cfg)      # checked before anything changes
+            if (acc.V, acc.M1, acc.M2) != (self.accumulator.V, self.accumulator.M1,
+                                           self.accumulator.M2):
+                raise IdentirepError(
+                    f"set_heads: V x M of the heads changed from {self.accumulator.V} x "
+                    f"({self.accumulator.M1}, {self.accumulator.M2}) to {acc.V} x "
+                    f"({acc.M1}, {acc.M2})", fix="make a new IdentirepMetric for other models")
+            super().reset()
+            self._g, self.accumulator = g, acc
 
         def merge_state(self, incoming_state) -> None:
             """Fold another IdentirepMetric of the same models in (its inputs after
