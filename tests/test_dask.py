@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -359,3 +360,27 @@ def test_compare_with_a_worker_killed_mid_run(client, tmp_path):
     client.wait_for_workers(2, timeout=30)
     want = ir.compare(ir.Model(f1, g1, b1), ir.Model(f2, g2, b2), seed=3, num_samples=20)
     assert_reports_match(got, want, 1e-10)
+
+
+@pytest.mark.parametrize("error", ["KilledWorker", "CommClosedError", "FutureCancelledError"])
+def test_cluster_failures_are_identirep_errors(client, cluster, files, capsys, monkeypatch, error):
+    """A task whose workers keep dying, a lost scheduler, cancelled tasks: IdentirepError
+    (the CLI exits 2 with what to look at), for matrix and compare."""
+    import dask.array as da
+    import distributed
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+    make = {"KilledWorker": lambda: distributed.KilledWorker(
+        "identirep-pair-0-1", types.SimpleNamespace(address="tcp://10.0.0.7:4000"), 3),
+            "CommClosedError": lambda: CommClosedError("in <TCP ...>: Stream is closed"),
+            "FutureCancelledError": lambda: FutureCancelledError("identirep-pair-0-1", "lost")}
+
+    def failing(*a, **kw):
+        raise make[error]()
+    monkeypatch.setattr(distributed, "as_completed", failing)
+    assert main(["matrix", *files, "--scheduler", cluster.scheduler_address]) == 2
+    err = capsys.readouterr().err
+    assert "identirep.dask.matrix" in err and "logs" in err and "internal error" not in err
+    f1, g1, _, f2, g2, _ = _pair(100, 10, 2, 2)
+    with pytest.raises(ir.IdentirepError, match="identirep.dask.compare"):
+        idk.compare(da.from_array(f1), g1, da.from_array(f2), g2, client=client)

@@ -124,6 +124,29 @@ def _client(client):
     return client
 
 
+@contextlib.contextmanager
+def cluster_errors(what: str):
+    """The cluster's failures as IdentirepError: a task whose workers kept dying
+    (``KilledWorker``), a lost connection to the scheduler, cancelled tasks. A task's own
+    exception passes as it is."""
+    import asyncio
+    import concurrent.futures
+    dist = distributed()
+    from distributed.comm.core import CommClosedError
+    logs = ("the workers' and the scheduler's logs say why; a worker that runs out of memory "
+            "dies: give each worker more memory (or fewer threads)")
+    try:
+        yield
+    except dist.KilledWorker as e:
+        raise IdentirepError(f"{what}: Dask gave up on a task after the workers running it "
+                             f"died ({e})", fix=logs) from None
+    except (CommClosedError, asyncio.CancelledError, concurrent.futures.CancelledError) as e:
+        raise IdentirepError(f"{what}: the Dask cluster was lost or cancelled the run's tasks "
+                             f"({type(e).__name__}: {e})",
+                             fix=f"check that the scheduler and workers are running; {logs}") \
+            from None
+
+
 def check_backend(backend) -> None:
     """identirep.dask runs the CPU engine: "auto" (unless IDENTIREP_BACKEND names a GPU
     backend) or "cpu"; any other an IdentirepError."""
@@ -327,8 +350,9 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
     client = _client(client)
     token = uuid.uuid4().hex
     try:
-        return _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0,
-                           tokenizer_checked())
+        with cluster_errors("identirep.dask.matrix"):
+            return _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
+                               t0, tokenizer_checked())
     finally:   # the workers let go of the models they keep for this run
         client.run(_forget, token, on_error="ignore")
 
@@ -479,7 +503,6 @@ def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: i
     """
     from ._rules import check_count
     from .measures import check_compare_options, check_progress
-    from .progress import progress_bar
     check_compare_options(**opts)
     check_progress(progress)
     check_count("split_every", split_every)
@@ -487,7 +510,6 @@ def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: i
         raise IdentirepError(f"split_every must be at least 2, got {split_every}",
                              fix="merge 2 or more chunks' statistics per task, e.g. 8")
     client = _client(client)
-    import dask
     import dask.array as da
     for f, nm in ((f1, "f1"), (f2, "f2")):
         if not isinstance(f, da.Array) or f.ndim != 2:
@@ -509,6 +531,14 @@ def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: i
                                                f1.chunks[0]) if rows > 0]
     if len(blocks) == 0 or f1.shape[0] < 2:
         raise IdentirepError(f"compare needs at least 2 inputs, got {f1.shape[0]}")
+    with cluster_errors("identirep.dask.compare"):
+        return _run_tree(client, g, cfg, blocks, split_every, dict(opts), progress)
+
+
+def _run_tree(client, g, cfg, blocks, split_every, opts, progress):
+    """The chunk tasks, their merge tree and the compute task; the report."""
+    import dask
+    from .progress import progress_bar
     # once, to every worker: scattered data cannot be recomputed, so a worker lost with the
     # only copy would fail the run
     key = f"identirep-g-{uuid.uuid4().hex}"
@@ -521,7 +551,7 @@ def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: i
                                pure=False)
                  for i in range(0, len(level), split_every)]
         tasks.append(level)
-    final = client.submit(_compute_task, gf, cfg, level[0], dict(opts), pure=False)
+    final = client.submit(_compute_task, gf, cfg, level[0], opts, pure=False)
     total = sum(len(lv) for lv in tasks) + 1
     # only as_completed holds the partial results' futures: each is let go once done
     pending = distributed().as_completed([f for lv in tasks for f in lv] + [final])
