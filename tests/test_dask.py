@@ -384,3 +384,34 @@ def test_cluster_failures_are_identirep_errors(client, cluster, files, capsys, m
     f1, g1, _, f2, g2, _ = _pair(100, 10, 2, 2)
     with pytest.raises(ir.IdentirepError, match="identirep.dask.compare"):
         idk.compare(da.from_array(f1), g1, da.from_array(f2), g2, client=client)
+
+
+def test_compare_sends_the_labels_once(client):
+    """Labels (O(V)) travel with g, scattered once: no task's spec holds them."""
+    import dask.array as da
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class SpecSizes(SchedulerPlugin):
+        name = "spec-sizes"
+
+        async def start(self, scheduler):
+            self.scheduler, scheduler.identirep_spec_sizes = scheduler, {}
+
+        def transition(self, key, start, finish, *a, **kw):
+            ts = self.scheduler.tasks.get(key)
+            if finish == "processing" and ts is not None and ts.run_spec is not None:
+                import pickle
+                self.scheduler.identirep_spec_sizes[str(key)] = len(pickle.dumps(ts.run_spec))
+
+    f1, g1, b1, f2, g2, b2 = _pair(400, 300, 3, 3, np.float64, bias=True, seed=5)
+    labels = [f"label {i} " + "x" * 200 for i in range(300)]       # 60 KB in all
+    client.register_plugin(SpecSizes())
+    try:
+        got = idk.compare(da.from_array(f1, chunks=(100, -1)), g1, da.from_array(f2, chunks=(100, -1)),
+                          g2, b1, b2, client=client, labels=labels, num_samples=10)
+        sizes = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.identirep_spec_sizes)
+    finally:
+        client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.remove_plugin("spec-sizes"))
+    assert got.N == 400
+    tasks = {k: v for k, v in sizes.items() if "task" in k}
+    assert len(tasks) >= 6 and max(tasks.values()) < 20_000, tasks

@@ -436,28 +436,30 @@ def _gather_in_order(client, futures: dict, pairs, progress) -> dict:
 
 # ---------------------------------------------------------------------------------- compare
 
-def _accumulator(g, cfg: dict):
+def _accumulator(model: tuple):
+    """An empty Accumulator of ``model`` = ((g1, g2, bias1, bias2), its options)."""
     from .accumulate import Accumulator
+    g, cfg = model
     return Accumulator(*g, **cfg)
 
 
-def _chunk_state_task(g, cfg: dict, f1, f2) -> dict:
+def _chunk_state_task(model: tuple, f1, f2) -> dict:
     """The statistics of one chunk of inputs (``Accumulator.state_dict`` without g)."""
-    return _accumulator(g, cfg).update(f1, f2).state_dict(model=False)
+    return _accumulator(model).update(f1, f2).state_dict(model=False)
 
 
-def _merge_states_task(g, cfg: dict, *states) -> dict:
+def _merge_states_task(model: tuple, *states) -> dict:
     """Consecutive chunks' statistics merged in their order (the first chunk's inputs
     first)."""
-    acc = _accumulator(g, cfg).load_state_dict(states[0])
+    acc = _accumulator(model).load_state_dict(states[0])
     for s in states[1:]:
-        acc.merge(_accumulator(g, cfg).load_state_dict(s))
+        acc.merge(_accumulator(model).load_state_dict(s))
     return acc.state_dict(model=False)
 
 
-def _compute_task(g, cfg: dict, state: dict, opts: dict):
+def _compute_task(model: tuple, state: dict, opts: dict):
     with _silenced():
-        return _accumulator(g, cfg).load_state_dict(state).compute(**opts)
+        return _accumulator(model).load_state_dict(state).compute(**opts)
 
 
 def _silenced():
@@ -524,7 +526,7 @@ def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: i
                                  "unknown chunk sizes first: f.compute_chunk_sizes())")
     cfg = dict(reservoir=reservoir, seed=reservoir_seed, labels=labels, names=names)
     g = (g1, g2, bias1, bias2)
-    _accumulator(g, cfg)           # g, biases, labels and names checked here, before any task
+    _accumulator((g, cfg))     # g, biases, labels and names checked here, before any task
     f1 = f1.rechunk({1: -1})
     f2 = f2.rechunk({0: f1.chunks[0], 1: -1})
     blocks = [(b1, b2) for b1, b2, rows in zip(f1.to_delayed().ravel(), f2.to_delayed().ravel(),
@@ -539,19 +541,20 @@ def _run_tree(client, g, cfg, blocks, split_every, opts, progress):
     """The chunk tasks, their merge tree and the compute task; the report."""
     import dask
     from .progress import progress_bar
-    # once, to every worker: scattered data cannot be recomputed, so a worker lost with the
-    # only copy would fail the run
+    # g with the options (labels, names: O(V)) once, to every worker, not in each task's
+    # spec: scattered data cannot be recomputed, so a worker lost with the only copy would
+    # fail the run
     key = f"identirep-g-{uuid.uuid4().hex}"
-    gf = client.scatter({key: g}, broadcast=True)[key]
+    model = client.scatter({key: (g, cfg)}, broadcast=True)[key]
     chunk = dask.delayed(_chunk_state_task, pure=False)
-    level = client.compute([chunk(gf, cfg, b1, b2) for b1, b2 in blocks])
+    level = client.compute([chunk(model, b1, b2) for b1, b2 in blocks])
     tasks = [level]
     while len(level) > 1:
-        level = [client.submit(_merge_states_task, gf, cfg, *level[i:i + split_every],
+        level = [client.submit(_merge_states_task, model, *level[i:i + split_every],
                                pure=False)
                  for i in range(0, len(level), split_every)]
         tasks.append(level)
-    final = client.submit(_compute_task, gf, cfg, level[0], opts, pure=False)
+    final = client.submit(_compute_task, model, level[0], opts, pure=False)
     total = sum(len(lv) for lv in tasks) + 1
     # only as_completed holds the partial results' futures: each is let go once done
     pending = distributed().as_completed([f for lv in tasks for f in lv] + [final])
