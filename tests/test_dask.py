@@ -75,9 +75,9 @@ def test_matrix_equals_the_single_process_matrix(client, files):
 def test_statistics_once_per_model_and_no_arrays_in_results(client, files):
     """f's and g's moments are computed once per model and compute dtype, by the statistics
     tasks; the pair tasks take them. No task returns anything near f's size."""
-    client.run(_count_moments)
+    client.run(_count_calls, "identirep._model_cache", "_single_moments")
     idk.matrix(files[:3], client, **OPTS)
-    counts = client.run(_moment_count)
+    counts = client.run(_calls_counted, "identirep._model_cache", "_single_moments")
     # float64, float64, float32: the first pair runs in float64, the two with the float32
     # model in float32; 5 (model, dtype), f and g each
     assert sum(counts.values()) == 2 * 5, counts
@@ -88,22 +88,24 @@ def test_statistics_once_per_model_and_no_arrays_in_results(client, files):
     assert max(per_task.values()) < f_bytes / 4, per_task
 
 
-def _count_moments():
-    import identirep._model_cache as mc
-    orig = getattr(mc, "_original_single_moments", mc._single_moments)
-    mc._original_single_moments = orig
-    mc._moment_calls = 0
+def _count_calls(module: str, name: str):
+    """On a worker: count the calls of module.name (``_calls_counted`` puts it back)."""
+    import importlib
+    mod = importlib.import_module(module)
+    orig = mod.__dict__.setdefault(f"_original_{name}", getattr(mod, name))
+    setattr(mod, f"_calls_{name}", 0)
 
     def counting(*a, **kw):
-        mc._moment_calls += 1
+        setattr(mod, f"_calls_{name}", getattr(mod, f"_calls_{name}") + 1)
         return orig(*a, **kw)
-    mc._single_moments = counting
+    setattr(mod, name, counting)
 
 
-def _moment_count():
-    import identirep._model_cache as mc
-    mc._single_moments = mc._original_single_moments
-    return mc._moment_calls
+def _calls_counted(module: str, name: str) -> int:
+    import importlib
+    mod = importlib.import_module(module)
+    setattr(mod, name, mod.__dict__.pop(f"_original_{name}"))
+    return getattr(mod, f"_calls_{name}")
 
 
 def _kept_models():
@@ -415,3 +417,28 @@ def test_compare_sends_the_labels_once(client):
     assert got.N == 400
     tasks = {k: v for k, v in sizes.items() if "task" in k}
     assert len(tasks) >= 6 and max(tasks.values()) < 20_000, tasks
+
+
+def test_compare_hashes_g_once_per_worker(client):
+    """Each worker makes one Accumulator of g per run and copies it for every task: g is
+    hashed (and widened) once per worker, not once per chunk or merged state."""
+    import dask.array as da
+    f1, g1, b1, f2, g2, b2 = _pair(600, 20, 3, 3, np.float64, bias=True, seed=6)
+    client.run(_count_calls, "identirep.accumulate", "fingerprint_of")
+    got = idk.compare(da.from_array(f1, chunks=(50, -1)), g1, da.from_array(f2, chunks=(50, -1)),
+                      g2, b1, b2, client=client, split_every=3, num_samples=10)
+    counts = client.run(_calls_counted, "identirep.accumulate", "fingerprint_of")
+    assert got.N == 600 and 1 <= sum(counts.values()) <= len(counts), counts
+    assert not any(client.run(lambda: len(idk._PROTOTYPES)).values())
+
+
+def test_a_task_after_its_run_is_over_keeps_nothing(files):
+    """A run that fails lets go of its models while some of its tasks still run: what they
+    read then is not kept (the models, the Accumulator prototypes)."""
+    idk._forget("over")
+    entry = idk._loaded("over", 0, files[0], False)
+    assert entry.model.N == 900 and ("over", 0) not in idk._LOADED
+    idk._forget_prototype("g-over")
+    g = _pair(10, 5, 2, 2)
+    assert idk._accumulator(("g-over", (g[1], g[4], None, None), {})).n == 0
+    assert "g-over" not in idk._PROTOTYPES

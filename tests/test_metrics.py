@@ -79,6 +79,45 @@ def test_set_heads_takes_new_heads_and_forgets(torch):
     assert m.accumulator.n == 400            # a refused call changes nothing
 
 
+def test_compute_hashes_g_once(torch, monkeypatch):
+    """The ranks' states load into copies of one Accumulator made with the metric: g is
+    hashed once, not once per rank's state (nor again at reset)."""
+    import identirep.accumulate as acc
+    calls = []
+    orig = acc.fingerprint_of
+    monkeypatch.setattr(acc, "fingerprint_of", lambda *a: calls.append(1) or orig(*a))
+    f1, g1, b1, f2, g2 = _data()
+    ranks = [im.IdentirepMetric(g1, g2, b1, compare_options=OPTS) for _ in range(2)]
+    _feed(ranks[1], f1[200:], f2[200:])
+    second = torch.from_numpy(im.pack_state(ranks[1].accumulator.state_dict(model=False)))
+    calls.clear()
+    m = im.IdentirepMetric(g1, g2, b1, compare_options=OPTS,
+                           dist_sync_fn=lambda t, group=None: [t, second],
+                           distributed_available_fn=lambda: True)
+    _feed(m, f1[:200], f2[:200])
+    assert_reports_match(m.compute(), _want(), 1e-10)
+    m.reset()
+    _feed(m, f1, f2)
+    assert m.accumulator.n == 400 and len(calls) == 1
+
+
+def test_empty_like_is_a_fresh_accumulator():
+    from identirep.accumulate import Accumulator
+    f1, g1, b1, f2, g2 = _data(n=120)
+    proto = Accumulator(g1, g2, b1, reservoir=50, seed=2)
+    a, b = proto.empty_like().update(f1, f2), Accumulator(g1, g2, b1, reservoir=50, seed=2)
+    b.update(f1, f2)
+    assert proto.n == 0 and a.n == 120 and repr(a) == repr(b)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if isinstance(sa[k], np.ndarray):
+            assert np.array_equal(sa[k], sb[k], equal_nan=sa[k].dtype.kind == "f"), k
+        else:
+            assert sa[k] == sb[k], k
+    assert proto.empty_like().n == 0 and proto.state_dict()["n"] == 0
+
+
 def test_packed_state_round_trips_exactly():
     f1, g1, b1, f2, g2 = _data(n=50)
     from identirep.accumulate import Accumulator

@@ -132,6 +132,21 @@ class Accumulator:
         self.f_max_abs = [0.0, 0.0]
         self._res = Reservoir.empty(self.M1, self.M2, len(ROW_KEYS))
 
+    def empty_like(self) -> "Accumulator":
+        """An empty accumulator of the same models and settings, as the constructor would
+        make it, that shares this one's g, its host copies, its fingerprint (computed here
+        once) and what ``compute`` keeps of g: nothing is checked, widened or hashed again.
+
+        Returns
+        -------
+        Accumulator
+        """
+        self.fingerprint()
+        new = copy.copy(self)
+        new._scale = [SimpleNamespace(**vars(s)) for s in self._scale]
+        new._reset()
+        return new
+
     def __repr__(self) -> str:
         return (f"Accumulator(n={self.n}, V={self.V}, M1={self.M1}, M2={self.M2}, "
                 f"reservoir {self.kept}/{self.reservoir}"

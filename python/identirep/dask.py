@@ -163,6 +163,17 @@ def check_backend(backend) -> None:
 
 _LOADED: "OrderedDict[tuple, SimpleNamespace]" = OrderedDict()
 _LOCK = threading.Lock()
+#: the runs this worker was told are over (the most recent ``_FINISHED_KEPT``): a task of
+#: theirs that still runs keeps nothing for later
+_FINISHED: "OrderedDict[str, None]" = OrderedDict()
+_FINISHED_KEPT = 1024
+
+
+def _finish(token: str) -> None:
+    """Under ``_LOCK``: mark the run ``token`` over."""
+    _FINISHED[token] = None
+    while len(_FINISHED) > _FINISHED_KEPT:
+        _FINISHED.popitem(last=False)
 
 
 def _signature(path: str) -> tuple:
@@ -195,17 +206,25 @@ def _loaded(token: str, k: int, path: str, masked, signature=None) -> SimpleName
                              fix="leave the model files unchanged until the matrix is done")
     before = _signature(path)
     model = load_model(path, drop_masked_labels=masked)
-    entry = SimpleNamespace(model=model, caches={}, signature=before)
+    return _keep(_LOADED, key, token, SimpleNamespace(model=model, caches={}, signature=before))
+
+
+def _keep(cache: OrderedDict, key, run: str, value):
+    """``value``, kept in ``cache`` (the ``KEEP_MODELS`` most recent) unless the run ``run``
+    is over (it failed while this task ran: nothing would let go of it)."""
     with _LOCK:
-        _LOADED[key] = entry
-        while len(_LOADED) > KEEP_MODELS:
-            _LOADED.popitem(last=False)
-    return entry
+        if run not in _FINISHED:
+            cache[key] = value
+            while len(cache) > KEEP_MODELS:
+                cache.popitem(last=False)
+    return value
 
 
 def _forget(token: str) -> None:
-    """Let go of the models this worker keeps for the run ``token``."""
+    """Let go of the models this worker keeps for the run ``token``, and keep none that a
+    task of that run, still running, reads later."""
     with _LOCK:
+        _finish(token)
         for key in [key for key in _LOADED if key[0] == token]:
             del _LOADED[key]
 
@@ -436,11 +455,20 @@ def _gather_in_order(client, futures: dict, pairs, progress) -> dict:
 
 # ---------------------------------------------------------------------------------- compare
 
+_PROTOTYPES: "OrderedDict[str, object]" = OrderedDict()
+
+
 def _accumulator(model: tuple):
-    """An empty Accumulator of ``model`` = ((g1, g2, bias1, bias2), its options)."""
+    """An empty Accumulator of ``model`` = (its key, (g1, g2, bias1, bias2), its options):
+    made from this process's prototype of that key (g checked, widened and hashed once per
+    worker, not once per task)."""
     from .accumulate import Accumulator
-    g, cfg = model
-    return Accumulator(*g, **cfg)
+    key, g, cfg = model
+    with _LOCK:
+        proto = _PROTOTYPES.get(key)
+    if proto is None:
+        proto = _keep(_PROTOTYPES, key, key, Accumulator(*g, **cfg))
+    return proto.empty_like()
 
 
 def _chunk_state_task(model: tuple, f1, f2) -> dict:
@@ -526,7 +554,8 @@ def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: i
                                  "unknown chunk sizes first: f.compute_chunk_sizes())")
     cfg = dict(reservoir=reservoir, seed=reservoir_seed, labels=labels, names=names)
     g = (g1, g2, bias1, bias2)
-    _accumulator((g, cfg))     # g, biases, labels and names checked here, before any task
+    from .accumulate import Accumulator
+    Accumulator(*g, **cfg)     # g, biases, labels and names checked here, before any task
     f1 = f1.rechunk({1: -1})
     f2 = f2.rechunk({0: f1.chunks[0], 1: -1})
     blocks = [(b1, b2) for b1, b2, rows in zip(f1.to_delayed().ravel(), f2.to_delayed().ravel(),
@@ -539,13 +568,26 @@ def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: i
 
 def _run_tree(client, g, cfg, blocks, split_every, opts, progress):
     """The chunk tasks, their merge tree and the compute task; the report."""
-    import dask
-    from .progress import progress_bar
     # g with the options (labels, names: O(V)) once, to every worker, not in each task's
     # spec: scattered data cannot be recomputed, so a worker lost with the only copy would
     # fail the run
     key = f"identirep-g-{uuid.uuid4().hex}"
-    model = client.scatter({key: (g, cfg)}, broadcast=True)[key]
+    try:
+        return _tree(client, client.scatter({key: (key, g, cfg)}, broadcast=True)[key],
+                     blocks, split_every, opts, progress)
+    finally:   # the workers let go of their prototypes of this run
+        client.run(_forget_prototype, key, on_error="ignore")
+
+
+def _forget_prototype(key: str) -> None:
+    with _LOCK:
+        _finish(key)
+        _PROTOTYPES.pop(key, None)
+
+
+def _tree(client, model, blocks, split_every, opts, progress):
+    import dask
+    from .progress import progress_bar
     chunk = dask.delayed(_chunk_state_task, pure=False)
     level = client.compute([chunk(model, b1, b2) for b1, b2 in blocks])
     tasks = [level]

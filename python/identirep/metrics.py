@@ -123,7 +123,10 @@ def _metric_class():
             self._g = tuple(None if x is None else _host(x) for x in (g1, g2, bias1, bias2))
             self._cfg = dict(reservoir=reservoir, seed=seed, dtype=dtype, labels=labels,
                              names=names)
-            self.accumulator = Accumulator(*self._g, **self._cfg)
+            # made once: each rank's state at compute, and reset, start from an empty copy
+            # of it (g checked, widened and hashed once)
+            self._proto = Accumulator(*self._g, **self._cfg)
+            self.accumulator = self._proto.empty_like()
             # at sync: one packed state per rank, in rank order; merged by compute
             self.add_state("packed", default=[], dist_reduce_fx=None)
 
@@ -146,13 +149,13 @@ def _metric_class():
             for part in parts:
                 if isinstance(part, torch.Tensor):
                     part = part.detach().cpu().numpy()
-                one = Accumulator(*self._g, **self._cfg).load_state_dict(unpack_state(part))
+                one = self._proto.empty_like().load_state_dict(unpack_state(part))
                 acc = one if acc is None else acc.merge(one)
             return acc.compute(**self.compare_options)
 
         def reset(self) -> None:
             super().reset()
-            self.accumulator = Accumulator(*self._g, **self._cfg)
+            self.accumulator = self._proto.empty_like()
 
         def set_heads(self, g1, g2, bias1=None, bias2=None) -> None:
             """New label vectors and biases (e.g. the LM heads now, at the start of a
@@ -175,7 +178,7 @@ def _metric_class():
                     f"({self.accumulator.M1}, {self.accumulator.M2}) to {acc.V} x "
                     f"({acc.M1}, {acc.M2})", fix="make a new IdentirepMetric for other models")
             super().reset()
-            self._g, self.accumulator = g, acc
+            self._g, self._proto, self.accumulator = g, acc, acc.empty_like()
 
         def merge_state(self, incoming_state) -> None:
             """Fold another IdentirepMetric of the same models in (its inputs after
