@@ -236,6 +236,11 @@ def test_parse_scheduler():
     for bad in ("local", "local:0", "local:x", "", "sched", "tcp://h:0", "h:70000", "a b:1"):
         with pytest.raises(ir.IdentirepError, match="local:N"):
             idk.parse_scheduler(bad)
+    cores = os.cpu_count()
+    assert idk.parse_scheduler(f"local:{2 * cores}") == ("local", 2 * cores)
+    with pytest.raises(ir.IdentirepError, match=f"{2 * cores + 1} worker processes") as e:
+        idk.parse_scheduler(f"local:{2 * cores + 1}")
+    assert f"N <= {cores}" in e.value.fix
 
 
 def _json_matrix(capsys, *args):
@@ -262,7 +267,8 @@ def test_cli_scheduler_local(files, capsys):
 
 
 @pytest.mark.parametrize("value, says", [("local:0", "integer >= 1"), ("local", "local:N"),
-                                         ("nohost", "neither local:N"), ("h:99999", "port")])
+                                         ("nohost", "neither local:N"), ("h:99999", "port"),
+                                         ("local:8786", "cores")])
 def test_cli_bad_scheduler_exits_2(files, capsys, value, says):
     assert main(["matrix", *files, "--scheduler", value]) == 2
     err = capsys.readouterr().err

@@ -60,6 +60,13 @@ def parse_scheduler(text: str):
         if not n.isdigit() or int(n) < 1:
             raise IdentirepError(f"scheduler {text!r}: the number of workers after 'local:' "
                                  f"must be an integer >= 1; {hint}")
+        cores = os.cpu_count() or 1
+        if int(n) > 2 * cores:
+            raise IdentirepError(
+                f"scheduler {text!r}: {n} worker processes on this machine of {cores} cores "
+                f"(at most 2 per core: {2 * cores})",
+                fix=f"give local:N with N <= {cores} (one process of one thread per core), "
+                    "or a scheduler's address host:port for a cluster")
         return "local", int(n)
     m = _ADDRESS.match(text)
     if m is None or not 1 <= int(m.group(2)) <= 65535:
