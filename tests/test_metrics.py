@@ -131,6 +131,24 @@ def test_packed_state_round_trips_exactly():
             assert back[k] == v and type(back[k]) is type(v), k
     with pytest.raises(ir.IdentirepError, match="not a packed identirep state"):
         im.unpack_state(np.zeros(40, np.uint8))
+    packed = im.pack_state(state)
+    for cut in (5, 12, 20, 200, len(packed) - 1):      # truncated: in the magic, header, arrays
+        with pytest.raises(ir.IdentirepError, match="packed identirep state"):
+            im.unpack_state(packed[:cut])
+    head = len(im._MAGIC) + 8
+    size = int.from_bytes(packed[len(im._MAGIC):head].tobytes(), "little")
+    header = json.loads(packed[head:head + size].tobytes())
+    for change in ({"at": -8}, {"nbytes": 1 << 40}, {"shape": [-1]}, {"dtype": "O"},
+                   {"dtype": "no such"}):
+        bad = [dict(e, **change) if "dtype" in e else e for e in header]
+        text = json.dumps(bad).encode()
+        altered = np.concatenate([np.frombuffer(im._MAGIC + len(text).to_bytes(8, "little")
+                                                + text, np.uint8), packed[head + size:]])
+        with pytest.raises(ir.IdentirepError, match="damaged"):
+            im.unpack_state(altered)
+    with pytest.raises(ir.IdentirepError, match="not JSON"):
+        im.unpack_state(np.concatenate([packed[:head], np.full(size, 0xFF, np.uint8),
+                                        packed[head + size:]]))
 
 
 def test_sync_merges_the_ranks_states_in_rank_order(torch):

@@ -46,22 +46,48 @@ def pack_state(state: dict) -> np.ndarray:
 
 
 def unpack_state(buf) -> dict:
-    """The state ``pack_state`` packed (``buf``: its uint8 array, or a CPU tensor of it)."""
+    """The state ``pack_state`` packed (``buf``: its uint8 array, or a CPU tensor of it); a
+    truncated or altered buffer is an IdentirepError."""
     buf = np.asarray(buf, np.uint8).reshape(-1)
     n = len(_MAGIC)
-    if buf[:n].tobytes() != _MAGIC or len(buf) < n + 8:
+    if len(buf) < n + 8 or buf[:n].tobytes() != _MAGIC:
         raise IdentirepError("not a packed identirep state (its leading bytes differ)")
     size = int.from_bytes(buf[n:n + 8].tobytes(), "little")
     start = n + 8 + size
-    header = json.loads(buf[n + 8:start].tobytes())
+    if start > len(buf):
+        raise _damaged(f"its header of {size} bytes runs past its end ({len(buf)} bytes)")
+    try:
+        header = json.loads(buf[n + 8:start].tobytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(f"its header is not JSON ({e})") from None
+    if not isinstance(header, list):
+        raise _damaged("its header is not a list of entries")
     out = {}
     for e in header:
+        if not isinstance(e, dict) or not isinstance(e.get("k"), str):
+            raise _damaged(f"header entry {e!r:.60} names no key")
         if "v" in e:
             out[e["k"]] = e["v"]
             continue
-        raw = buf[start + e["at"]:start + e["at"] + e["nbytes"]]
-        out[e["k"]] = raw.view(np.dtype(e["dtype"])).reshape(e["shape"]).copy()
+        try:
+            dtype, shape = np.dtype(e["dtype"]), tuple(int(x) for x in e["shape"])
+            at, nbytes = int(e["at"]), int(e["nbytes"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _damaged(f"entry {e['k']!r} has no valid dtype, shape and offset "
+                           f"({err})") from None
+        if dtype.hasobject or min(shape, default=0) < 0 or at < 0 or \
+                nbytes != dtype.itemsize * int(np.prod(shape)) or start + at + nbytes > len(buf):
+            raise _damaged(f"entry {e['k']!r} ({dtype}, shape {shape}, {nbytes} bytes at "
+                           f"{at}) does not fit its {len(buf) - start} bytes of arrays")
+        raw = buf[start + at:start + at + nbytes]
+        out[e["k"]] = raw.view(dtype).reshape(shape).copy()
     return out
+
+
+def _damaged(why: str) -> IdentirepError:
+    return IdentirepError(f"a packed identirep state is damaged: {why}",
+                          fix="pack it again with pack_state (a state cut short in transit or "
+                              "written by another version does not load)")
 
 
 def _host(x):
