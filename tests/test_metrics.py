@@ -62,6 +62,9 @@ def test_one_process_compute_reset_and_forward(torch):
     _feed(other, f1[150:], f2[150:])
     first.merge_state(other)
     assert_reports_match(first.compute(), want, 1e-10)
+    with pytest.raises(ir.IdentirepError, match="got dict") as e:
+        first.merge_state({"packed": []})
+    assert "load_state_dict" in e.value.fix
 
 
 def test_set_heads_takes_new_heads_and_forgets(torch):

@@ -208,10 +208,15 @@ def _metric_class():
 
         def merge_state(self, incoming_state) -> None:
             """Fold another IdentirepMetric of the same models in (its inputs after
-            these)."""
+            these). torchmetrics' dict of states is refused: a packed state means nothing
+            without its metric's heads."""
             if not isinstance(incoming_state, IdentirepMetric):
-                raise IdentirepError("IdentirepMetric merges the state of another "
-                                     f"IdentirepMetric, got {type(incoming_state).__name__}")
+                raise IdentirepError(
+                    "IdentirepMetric merges the state of another IdentirepMetric, got "
+                    f"{type(incoming_state).__name__}",
+                    fix="pass the other metric itself; for a saved state, load it into an "
+                        "IdentirepMetric of the same heads (metric.accumulator."
+                        "load_state_dict) and merge that")
             self._computed = None
             self.accumulator.merge(incoming_state.accumulator)
 
