@@ -448,3 +448,18 @@ def test_a_task_after_its_run_is_over_keeps_nothing(files):
     g = _pair(10, 5, 2, 2)
     assert idk._accumulator(("g-over", (g[1], g[4], None, None), {})).n == 0
     assert "g-over" not in idk._PROTOTYPES
+
+
+@pytest.mark.parametrize("dtypes", [("float64", "float64", None), ("float64", "float32", None),
+                                    ("float64", "float64", "float32"),
+                                    ("float32", "float32", "float64"),
+                                    ("float32", "float32", "float32")])
+def test_the_pass_dtype_without_copying_f(dtypes, monkeypatch):
+    """A model's pass dtype is read from one row: as Model.augmented(None) makes it."""
+    r = np.random.default_rng(0)
+    f, g, b = (r.standard_normal(s).astype(d) if d else None
+               for s, d in zip(((20, 3), (7, 3), (7,)), dtypes))
+    m = ir.Model(f, g, b)
+    want = all(x.dtype == np.float64 for x in m.augmented(None))
+    monkeypatch.setattr(ir.Model, "augmented", None)
+    assert idk._in_float64(m) == want

@@ -259,10 +259,20 @@ def _describe_task(token: str, k: int, path: str, masked, first: str, checked: b
                 note = tokenizer_note(m0, m)
             except IdentirepError as err:
                 problem = err
-    float64 = all(x.dtype == np.float64 for x in m.augmented(None))
-    return dict(name=m.name, N=m.N, V=m.V, M=m.M, float64=float64, problem=problem,
+    return dict(name=m.name, N=m.N, V=m.V, M=m.M, float64=_in_float64(m), problem=problem,
                 note=note, dropped_labels=np.asarray(m.dropped_labels),
                 signature=e.signature)
+
+
+def _in_float64(m) -> bool:
+    """Whether ``m.augmented(None)`` is float64, from the dtypes of one row of f, g and the
+    bias (no copy of f or g)."""
+    from .model import common_kind, to_numpy
+    parts = [m.f[:1], m.g[:1]] + ([] if m.bias is None else [m.bias[:1]])
+    kinds = [to_numpy(x, None).dtype.name for x in parts]
+    if m.bias is None:
+        return kinds == ["float64", "float64"]
+    return (kinds[0] if len(set(kinds)) == 1 else common_kind(*kinds)) == "float64"
 
 
 def _cache_of(entry: SimpleNamespace, cdt):
