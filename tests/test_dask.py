@@ -463,3 +463,31 @@ def test_the_pass_dtype_without_copying_f(dtypes, monkeypatch):
     want = all(x.dtype == np.float64 for x in m.augmented(None))
     monkeypatch.setattr(ir.Model, "augmented", None)
     assert idk._in_float64(m) == want
+
+
+def test_a_worker_s_threads_read_a_model_once(files, monkeypatch):
+    """Several threads of one worker asking for the same model: one reads it, the others
+    wait and take it."""
+    import threading
+    import time
+    import identirep.io as io
+    reads, orig = [], io.load_model
+
+    def slow_load(*a, **kw):
+        reads.append(1)
+        time.sleep(0.2)
+        return orig(*a, **kw)
+    monkeypatch.setattr(io, "load_model", slow_load)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(idk._loaded("threads", 1, files[1],
+                                                                      False)))
+               for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        idk._forget("threads")
+    assert len(reads) == 1 and len(got) == 4 and all(e is got[0] for e in got)
+    assert idk._cache_of(got[0], np.float64) is idk._cache_of(got[0], "float64")

@@ -170,6 +170,8 @@ def check_backend(backend) -> None:
 
 _LOADED: "OrderedDict[tuple, SimpleNamespace]" = OrderedDict()
 _LOCK = threading.Lock()
+#: a lock per model being read (a worker's threads read each model once)
+_READING: "dict[tuple, threading.Lock]" = {}
 #: the runs this worker was told are over (the most recent ``_FINISHED_KEPT``): a task of
 #: theirs that still runs keeps nothing for later
 _FINISHED: "OrderedDict[str, None]" = OrderedDict()
@@ -200,20 +202,34 @@ def _stamp(path: str) -> tuple:
 def _loaded(token: str, k: int, path: str, masked, signature=None) -> SimpleNamespace:
     """Model k of the run ``token``, read on this worker or kept from an earlier task of that
     run (the ``KEEP_MODELS`` most recent), with its caches per compute dtype."""
-    from .io import load_model
     key = (token, k)
     with _LOCK:
         entry = _LOADED.get(key)
         if entry is not None:
             _LOADED.move_to_end(key)
             return entry
+        reading = _READING.setdefault(key, threading.Lock())
+    with reading:     # one read of a model at a time: a worker's other threads wait for it
+        with _LOCK:
+            entry = _LOADED.get(key)
+        try:
+            return entry if entry is not None else _read_model(token, key, path, masked,
+                                                               signature)
+        finally:
+            with _LOCK:
+                _READING.pop(key, None)
+
+
+def _read_model(token: str, key: tuple, path: str, masked, signature) -> SimpleNamespace:
+    from .io import load_model
     if signature is not None and _signature(path) != signature:
         raise IdentirepError(f"{path} changed while the matrix was computed (its size or "
                              "modification time differs from when it was first read)",
                              fix="leave the model files unchanged until the matrix is done")
     before = _signature(path)
     model = load_model(path, drop_masked_labels=masked)
-    return _keep(_LOADED, key, token, SimpleNamespace(model=model, caches={}, signature=before))
+    return _keep(_LOADED, key, token, SimpleNamespace(model=model, caches={}, signature=before,
+                                                      lock=threading.Lock()))
 
 
 def _keep(cache: OrderedDict, key, run: str, value):
@@ -278,9 +294,10 @@ def _in_float64(m) -> bool:
 def _cache_of(entry: SimpleNamespace, cdt):
     from ._model_cache import ModelCache
     cdt = np.dtype(cdt).type
-    if cdt not in entry.caches:
-        entry.caches[cdt] = ModelCache(entry.model, cdt)
-    return entry.caches[cdt]
+    with entry.lock:
+        if cdt not in entry.caches:
+            entry.caches[cdt] = ModelCache(entry.model, cdt)
+        return entry.caches[cdt]
 
 
 def _statistics_task(token: str, k: int, path: str, signature, masked, cdt) -> dict:
