@@ -2,6 +2,7 @@
 the single-process matrix to the last bit (the same code computes each number: the per-model
 statistics and each pair's cells; on this BLAS the products do not depend on the number of
 threads), also when a worker is killed mid-run; the CLI's --scheduler."""
+import contextlib
 import json
 import logging
 import os
@@ -74,18 +75,20 @@ def test_matrix_equals_the_single_process_matrix(client, files):
 
 def test_statistics_once_per_model_and_no_arrays_in_results(client, files):
     """f's and g's moments are computed once per model and compute dtype, by the statistics
-    tasks; the pair tasks take them. No task returns anything near f's size."""
+    tasks; the pair tasks take them. No task returns as much as one column of f (each
+    result as the scheduler sizes it, not a mean)."""
     client.run(_count_calls, "identirep._model_cache", "_single_moments")
-    idk.matrix(files[:3], client, **OPTS)
+    with _task_sizes(client) as sizes:
+        idk.matrix(files[:3], client, **OPTS)
     counts = client.run(_calls_counted, "identirep._model_cache", "_single_moments")
     # float64, float64, float32: the first pair runs in float64, the two with the float32
     # model in float32; 5 (model, dtype), f and g each
     assert sum(counts.values()) == 2 * 5, counts
     assert not any(client.run(_kept_models).values())    # the workers let go of the models
-    per_task = client.run_on_scheduler(_result_bytes)
-    f_bytes = 900 * 4 * 8
-    assert set(per_task) >= {"identirep-pair", "identirep-statistics"}
-    assert max(per_task.values()) < f_bytes / 4, per_task
+    column = 900 * 8           # one float64 column of f: N = 900 >> M^2 = 16
+    results = {k: v for k, v in sizes["result"].items() if k.startswith("identirep")}
+    assert {k.split("-")[1] for k in results} >= {"pair", "statistics", "read"}
+    assert max(results.values()) < column, results      # each task's result, not a mean
 
 
 def _count_calls(module: str, name: str):
@@ -112,12 +115,37 @@ def _kept_models():
     return len(idk._LOADED)
 
 
-def _result_bytes(dask_scheduler):
-    """The mean size of the results of identirep's tasks, per kind of task (as the scheduler
-    counts them: dask.sizeof)."""
-    return {name: tp.nbytes_total / tp.state_counts["memory"]
-            for name, tp in dask_scheduler.task_prefixes.items()
-            if name.startswith("identirep") and tp.state_counts["memory"]}
+@contextlib.contextmanager
+def _task_sizes(client):
+    """{"spec": bytes of each task's pickled spec, "result": the largest size (dask.sizeof)
+    of each task's result}, per task key, as the scheduler sees them while in the block."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class TaskSizes(SchedulerPlugin):
+        name = "identirep-task-sizes"
+
+        async def start(self, scheduler):
+            self.scheduler = scheduler
+            scheduler.identirep_task_sizes = {"spec": {}, "result": {}}
+
+        def transition(self, key, start, finish, *a, **kw):
+            import pickle
+            ts, sizes = self.scheduler.tasks.get(key), self.scheduler.identirep_task_sizes
+            if ts is None:
+                return
+            if finish == "processing" and ts.run_spec is not None:
+                sizes["spec"][str(key)] = len(pickle.dumps(ts.run_spec))
+            if finish == "memory":
+                sizes["result"][str(key)] = max(ts.nbytes, sizes["result"].get(str(key), 0))
+    out = {}
+    client.register_plugin(TaskSizes())
+    try:
+        yield out
+        out.update(client.run_on_scheduler(lambda dask_scheduler:
+                                           dask_scheduler.identirep_task_sizes))
+    finally:
+        client.run_on_scheduler(lambda dask_scheduler:
+                                dask_scheduler.remove_plugin("identirep-task-sizes"))
 
 
 def test_a_worker_killed_mid_run_gives_the_same_result(client, files, tmp_path):
@@ -397,31 +425,13 @@ def test_cluster_failures_are_identirep_errors(client, cluster, files, capsys, m
 def test_compare_sends_the_labels_once(client):
     """Labels (O(V)) travel with g, scattered once: no task's spec holds them."""
     import dask.array as da
-    from distributed.diagnostics.plugin import SchedulerPlugin
-
-    class SpecSizes(SchedulerPlugin):
-        name = "spec-sizes"
-
-        async def start(self, scheduler):
-            self.scheduler, scheduler.identirep_spec_sizes = scheduler, {}
-
-        def transition(self, key, start, finish, *a, **kw):
-            ts = self.scheduler.tasks.get(key)
-            if finish == "processing" and ts is not None and ts.run_spec is not None:
-                import pickle
-                self.scheduler.identirep_spec_sizes[str(key)] = len(pickle.dumps(ts.run_spec))
-
     f1, g1, b1, f2, g2, b2 = _pair(400, 300, 3, 3, np.float64, bias=True, seed=5)
     labels = [f"label {i} " + "x" * 200 for i in range(300)]       # 60 KB in all
-    client.register_plugin(SpecSizes())
-    try:
+    with _task_sizes(client) as sizes:
         got = idk.compare(da.from_array(f1, chunks=(100, -1)), g1, da.from_array(f2, chunks=(100, -1)),
                           g2, b1, b2, client=client, labels=labels, num_samples=10)
-        sizes = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.identirep_spec_sizes)
-    finally:
-        client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.remove_plugin("spec-sizes"))
     assert got.N == 400
-    tasks = {k: v for k, v in sizes.items() if "task" in k}
+    tasks = {k: v for k, v in sizes["spec"].items() if "task" in k}
     assert len(tasks) >= 6 and max(tasks.values()) < 20_000, tasks
 
 
