@@ -4,6 +4,7 @@ merged in rank order); reset() forgets; without torchmetrics the class names the
 import json
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -186,21 +187,29 @@ def test_a_sync_by_hand_is_kept_until_compute(torch):
     assert not m._is_synced and m.accumulator.n == 200 and len(m.packed) == 1   # unsynced
 
 
+#: the rows of each rank, per run: even, uneven, rank 1 empty, rank 0 empty
+SPLITS = [((0, 200), (200, 400)), ((0, 150), (150, 400)), ((0, 400), (400, 400)),
+          ((0, 0), (0, 400))]
+
+
 def _rank(rank, world, init, out, data):
-    """One rank: half of the inputs, in batches; compute() on every rank (it gathers)."""
+    """One rank: its rows of each split, in batches; compute() on every rank (it gathers)."""
     import torch
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         f1, g1, b1, f2, g2 = data
-        m = im.IdentirepMetric(torch.from_numpy(g1), torch.from_numpy(g2),
-                               torch.from_numpy(b1), compare_options=OPTS)
-        rows = slice(rank * len(f1) // world, (rank + 1) * len(f1) // world)
-        _feed(m, f1[rows], f2[rows], batch=48)
-        report = m.compute()
-        assert m.accumulator.n == rows.stop - rows.start     # its own state again after
-        with open(f"{out}.{rank}", "w") as fh:
-            json.dump(report.to_dict(), fh)
+        for run, split in enumerate(SPLITS):
+            m = im.IdentirepMetric(torch.from_numpy(g1), torch.from_numpy(g2),
+                                   torch.from_numpy(b1), compare_options=OPTS)
+            rows = slice(*split[rank])
+            _feed(m, f1[rows], f2[rows], batch=48)
+            with warnings.catch_warnings():    # an empty rank: compute before update
+                warnings.simplefilter("ignore", UserWarning)
+                report = m.compute()
+            assert m.accumulator.n == rows.stop - rows.start    # its own state again after
+            with open(f"{out}.{run}.{rank}", "w") as fh:
+                json.dump(report.to_dict(), fh)
     finally:
         dist.destroy_process_group()
 
@@ -208,15 +217,17 @@ def _rank(rank, world, init, out, data):
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(torch, tmp_path):
     """Two processes (spawned: each imports torch and torchmetrics, 5-15 s), gloo on the
-    CPU, each rank half of the inputs; every rank's compute() is the one-process result."""
+    CPU, the inputs split evenly, unevenly and all on one rank (the other empty); every
+    rank's compute() is the one-process result."""
     import torch.multiprocessing as mp
     mp.spawn(_rank, args=(2, f"file://{tmp_path / 'init'}", str(tmp_path / "report"),
                           _data()), nprocs=2)
     want = _want()
-    for rank in (0, 1):
-        got = json.loads((tmp_path / f"report.{rank}").read_text())
-        assert got["N"] == want.N
-        assert_reports_match(types.SimpleNamespace(to_dict=lambda: got), want, 1e-10)
+    for run in range(len(SPLITS)):
+        for rank in (0, 1):
+            got = json.loads((tmp_path / f"report.{run}.{rank}").read_text())
+            assert got["N"] == want.N
+            assert_reports_match(types.SimpleNamespace(to_dict=lambda: got), want, 1e-10)
 
 
 def test_without_torchmetrics_the_class_names_the_extra(monkeypatch):
