@@ -5,9 +5,10 @@ For each (K, N) prints:
   one process   load_models + identirep.matrix in a fresh process (spawned, so that its peak
                 RSS is its own): seconds and peak RSS (VmHWM);
   dask          identirep.dask.matrix(paths) on a LocalCluster of --workers processes of one
-                thread each, restarted before each run (not timed): seconds, the ratio to
-                the one-process run of the same round, and the peak RSS of each worker
-                process (VmHWM), with an idle worker's in parentheses.
+                thread each, restarted and warmed (identirep imported) before each run (not
+                timed): seconds, the ratio to the one-process run of the same round, and
+                the peak RSS of each worker process (VmHWM), with an idle worker's in
+                parentheses.
 Times are medians over --repeats interleaved rounds (each round runs both once); the ratio is
 the median over rounds of dask / one process. The results are checked equal.
 
@@ -81,15 +82,40 @@ def one_process(paths):
     return seconds, rss, values
 
 
+def _warm() -> None:
+    """Import on a worker what a matrix runs (the one-process run imports before its timer)."""
+    import identirep._matrix  # noqa: F401
+    import identirep._model_cache  # noqa: F401
+    import identirep.dask  # noqa: F401
+    import identirep.io  # noqa: F401
+    import identirep.measures  # noqa: F401
+
+
 def on_dask(client, paths):
-    """(seconds, worker peak RSS in MiB, idle worker RSS in MiB, values)."""
+    """(seconds, worker peak RSS in MiB, idle worker RSS in MiB, values): restarted workers,
+    warmed (identirep imported) before the timer starts."""
     client.restart()
+    client.run(_warm)
     idle = max(client.run(_peak_rss_mib).values())
     t0 = time.perf_counter()
     res = idk.matrix(paths, client, **OPTS)
     seconds = time.perf_counter() - t0
     peaks = sorted(client.run(_peak_rss_mib).values())
     return seconds, peaks, idle, {k: v.tolist() for k, v in res.values.items()}
+
+
+def _commit() -> str:
+    """The checkout's commit (with "+changes" when its files differ), or "unknown"."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def main(argv=None):
@@ -103,7 +129,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     import distributed
 
-    print(f"# {machine()}; load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"# {machine()}; load average {os.getloadavg()[0]:.1f} at the start; "
+          f"code {_commit()}")
     print(f"# V={a.v} M={a.m} float32, compare options {OPTS}, {a.workers} workers x 1 "
           f"thread; medians of {a.repeats} interleaved rounds")
     print("\n| K | pairs | N | one process | dask | dask / one process | one process peak RSS "
