@@ -14,6 +14,7 @@ import pytest
 
 import identirep as ir
 import identirep.dask as idk
+from identirep import _dask_worker as W
 from identirep import constructions as C
 from identirep.cli import main
 
@@ -112,7 +113,7 @@ def _calls_counted(module: str, name: str) -> int:
 
 
 def _kept_models():
-    return len(idk._LOADED)
+    return len(W._LOADED)
 
 
 @contextlib.contextmanager
@@ -445,19 +446,19 @@ def test_compare_hashes_g_once_per_worker(client):
                       g2, b1, b2, client=client, split_every=3, num_samples=10)
     counts = client.run(_calls_counted, "identirep.accumulate", "fingerprint_of")
     assert got.N == 600 and 1 <= sum(counts.values()) <= len(counts), counts
-    assert not any(client.run(lambda: len(idk._PROTOTYPES)).values())
+    assert not any(client.run(lambda: len(W._PROTOTYPES)).values())
 
 
 def test_a_task_after_its_run_is_over_keeps_nothing(files):
     """A run that fails lets go of its models while some of its tasks still run: what they
     read then is not kept (the models, the Accumulator prototypes)."""
-    idk._forget("over")
-    entry = idk._loaded("over", 0, files[0], False)
-    assert entry.model.N == 900 and ("over", 0) not in idk._LOADED
-    idk._forget_prototype("g-over")
+    W._forget("over")
+    entry = W._loaded("over", 0, files[0], False)
+    assert entry.model.N == 900 and ("over", 0) not in W._LOADED
+    W._forget_prototype("g-over")
     g = _pair(10, 5, 2, 2)
-    assert idk._accumulator(("g-over", (g[1], g[4], None, None), {})).n == 0
-    assert "g-over" not in idk._PROTOTYPES
+    assert W._accumulator(("g-over", (g[1], g[4], None, None), {})).n == 0
+    assert "g-over" not in W._PROTOTYPES
 
 
 @pytest.mark.parametrize("dtypes", [("float64", "float64", None), ("float64", "float32", None),
@@ -472,7 +473,7 @@ def test_the_pass_dtype_without_copying_f(dtypes, monkeypatch):
     m = ir.Model(f, g, b)
     want = all(x.dtype == np.float64 for x in m.augmented(None))
     monkeypatch.setattr(ir.Model, "augmented", None)
-    assert idk._in_float64(m) == want
+    assert W._in_float64(m) == want
 
 
 def test_a_worker_s_threads_read_a_model_once(files, monkeypatch):
@@ -489,7 +490,7 @@ def test_a_worker_s_threads_read_a_model_once(files, monkeypatch):
         return orig(*a, **kw)
     monkeypatch.setattr(io, "load_model", slow_load)
     got = []
-    threads = [threading.Thread(target=lambda: got.append(idk._loaded("threads", 1, files[1],
+    threads = [threading.Thread(target=lambda: got.append(W._loaded("threads", 1, files[1],
                                                                       False)))
                for _ in range(4)]
     try:
@@ -498,6 +499,6 @@ def test_a_worker_s_threads_read_a_model_once(files, monkeypatch):
         for t in threads:
             t.join()
     finally:
-        idk._forget("threads")
+        W._forget("threads")
     assert len(reads) == 1 and len(got) == 4 and all(e is got[0] for e in got)
-    assert idk._cache_of(got[0], np.float64) is idk._cache_of(got[0], "float64")
+    assert W._cache_of(got[0], np.float64) is W._cache_of(got[0], "float64")

@@ -27,7 +27,7 @@ LAYERS = [
     ["_model_cache", "_label_side", "_input_side", "_pair"],
     ["_backends", "measures", "_matrix", "tokens", "accumulate", "_reservoir", "_acc_state"],
     ["io", "extract", "_hf", "constructions", "baselines", "bench", "report", "plots", "demo",
-     "dask", "metrics", "cli", "repro"],
+     "dask", "_dask_worker", "metrics", "cli", "repro"],
     [""],
 ]
 

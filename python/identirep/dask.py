@@ -12,15 +12,17 @@ import contextlib
 import itertools
 import os
 import re
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from ._dask_worker import KEEP_MODELS  # noqa: F401 - documented here, used there
+from ._dask_worker import (_chunk_state_task, _compute_task, _describe_task, _forget,
+                           _forget_prototype, _masked_task, _merge_states_task, _pair_task,
+                           _statistics_task)
 from .errors import IdentirepError
 from .model import tokenizer_checked, tokenizer_option
 
@@ -28,8 +30,6 @@ from .model import tokenizer_checked, tokenizer_option
 INSTALL = 'pip install "identirep[dask]"'
 #: seconds to wait for a scheduler at an address (``client_for``)
 CONNECT_TIMEOUT = 10
-#: the models a worker keeps loaded between tasks (most recently used first out last)
-KEEP_MODELS = 2
 
 
 def distributed():
@@ -164,169 +164,6 @@ def check_backend(backend) -> None:
         raise IdentirepError(f"identirep.dask runs on the CPU backend ({where})",
                              fix="leave backend out or pass backend='cpu' (and unset "
                                  "IDENTIREP_BACKEND); each worker then runs the CPU engine")
-
-
-# ------------------------------------------------------------------------ worker-side tasks
-
-_LOADED: "OrderedDict[tuple, SimpleNamespace]" = OrderedDict()
-_LOCK = threading.Lock()
-#: a lock per model being read (a worker's threads read each model once)
-_READING: "dict[tuple, threading.Lock]" = {}
-#: the runs this worker was told are over (the most recent ``_FINISHED_KEPT``): a task of
-#: theirs that still runs keeps nothing for later
-_FINISHED: "OrderedDict[str, None]" = OrderedDict()
-_FINISHED_KEPT = 1024
-
-
-def _finish(token: str) -> None:
-    """Under ``_LOCK``: mark the run ``token`` over."""
-    _FINISHED[token] = None
-    while len(_FINISHED) > _FINISHED_KEPT:
-        _FINISHED.popitem(last=False)
-
-
-def _signature(path: str) -> tuple:
-    """What says a model file is the one described: size and modification time of the file,
-    or of each file in a directory of .npy files."""
-    if os.path.isdir(path):
-        names = sorted(os.listdir(path))
-        return tuple((n, *_stamp(os.path.join(path, n))) for n in names)
-    return _stamp(path)
-
-
-def _stamp(path: str) -> tuple:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
-def _loaded(token: str, k: int, path: str, masked, signature=None) -> SimpleNamespace:
-    """Model k of the run ``token``, read on this worker or kept from an earlier task of that
-    run (the ``KEEP_MODELS`` most recent), with its caches per compute dtype."""
-    key = (token, k)
-    with _LOCK:
-        entry = _LOADED.get(key)
-        if entry is not None:
-            _LOADED.move_to_end(key)
-            return entry
-        reading = _READING.setdefault(key, threading.Lock())
-    with reading:     # one read of a model at a time: a worker's other threads wait for it
-        with _LOCK:
-            entry = _LOADED.get(key)
-        try:
-            return entry if entry is not None else _read_model(token, key, path, masked,
-                                                               signature)
-        finally:
-            with _LOCK:
-                _READING.pop(key, None)
-
-
-def _read_model(token: str, key: tuple, path: str, masked, signature) -> SimpleNamespace:
-    from .io import load_model
-    if signature is not None and _signature(path) != signature:
-        raise IdentirepError(f"{path} changed while the matrix was computed (its size or "
-                             "modification time differs from when it was first read)",
-                             fix="leave the model files unchanged until the matrix is done")
-    before = _signature(path)
-    model = load_model(path, drop_masked_labels=masked)
-    return _keep(_LOADED, key, token, SimpleNamespace(model=model, caches={}, signature=before,
-                                                      lock=threading.Lock()))
-
-
-def _keep(cache: OrderedDict, key, run: str, value):
-    """``value``, kept in ``cache`` (the ``KEEP_MODELS`` most recent) unless the run ``run``
-    is over (it failed while this task ran: nothing would let go of it)."""
-    with _LOCK:
-        if run not in _FINISHED:
-            cache[key] = value
-            while len(cache) > KEEP_MODELS:
-                cache.popitem(last=False)
-    return value
-
-
-def _forget(token: str) -> None:
-    """Let go of the models this worker keeps for the run ``token``, and keep none that a
-    task of that run, still running, reads later."""
-    with _LOCK:
-        _finish(token)
-        for key in [key for key in _LOADED if key[0] == token]:
-            del _LOADED[key]
-
-
-def _masked_task(path: str) -> np.ndarray:
-    from .io import masked_in_file
-    return masked_in_file(path)
-
-
-def _describe_task(token: str, k: int, path: str, masked, first: str, checked: bool) -> dict:
-    """What the client needs of model k: its name, shape, the dtype its pass runs in, the
-    file's signature, and for k > 0 the IdentirepError of ``check_pair`` (model 0, model k)
-    or None (``matrix`` checks every model against the first before any pair) and the
-    pair's ``tokenizer_note``; nothing of N or V size. ``checked``: the tokenizer check is
-    on (``allow_tokenizer_mismatch`` holds in the caller's thread, not here)."""
-    from .model import allow_tokenizer_mismatch, check_pair, tokenizer_note
-    e = _loaded(token, k, path, masked)
-    m = e.model
-    problem = note = None
-    if k > 0:
-        m0 = _loaded(token, 0, first, masked).model
-        with allow_tokenizer_mismatch(not checked):
-            try:
-                check_pair(m0, m)
-                note = tokenizer_note(m0, m)
-            except IdentirepError as err:
-                problem = err
-    return dict(name=m.name, N=m.N, V=m.V, M=m.M, float64=_in_float64(m), problem=problem,
-                note=note, dropped_labels=np.asarray(m.dropped_labels),
-                signature=e.signature)
-
-
-def _in_float64(m) -> bool:
-    """Whether ``m.augmented(None)`` is float64, from the dtypes of one row of f, g and the
-    bias (no copy of f or g)."""
-    from .model import common_kind, to_numpy
-    parts = [m.f[:1], m.g[:1]] + ([] if m.bias is None else [m.bias[:1]])
-    kinds = [to_numpy(x, None).dtype.name for x in parts]
-    if m.bias is None:
-        return kinds == ["float64", "float64"]
-    return (kinds[0] if len(set(kinds)) == 1 else common_kind(*kinds)) == "float64"
-
-
-def _cache_of(entry: SimpleNamespace, cdt):
-    from ._model_cache import ModelCache
-    cdt = np.dtype(cdt).type
-    with entry.lock:
-        if cdt not in entry.caches:
-            entry.caches[cdt] = ModelCache(entry.model, cdt)
-        return entry.caches[cdt]
-
-
-def _statistics_task(token: str, k: int, path: str, signature, masked, cdt) -> dict:
-    """Model k's O(M^2) statistics at compute dtype ``cdt`` (``ModelCache.small_statistics``)."""
-    return _cache_of(_loaded(token, k, path, masked, signature), cdt).small_statistics()
-
-
-def _pair_task(token: str, i: int, j: int, files, masked, statistics, opts: dict,
-               checked: bool) -> tuple:
-    """Both directions of pair (i, j): ``_matrix.pair_cells`` of the pair's pass, on this
-    worker, with the models read here and their statistics taken from ``statistics`` (a dict
-    compute dtype -> (statistics of i, of j))."""
-    from ._matrix import pair_cells
-    from .measures import engine
-    from .model import allow_tokenizer_mismatch
-    from .progress import silenced
-    entries = [_loaded(token, k, path, masked, sig) for k, (path, sig) in zip((i, j), files)]
-
-    def caches(cdt):
-        out = []
-        for entry, shared in zip(entries, statistics.get(np.dtype(cdt).name, (None, None))):
-            c = _cache_of(entry, cdt)
-            if shared is not None:
-                c.adopt(shared)
-            out.append(c)
-        return tuple(out)
-    with silenced(), allow_tokenizer_mismatch(not checked):
-        e = engine(entries[0].model, entries[1].model, "cpu", caches=caches)
-        return pair_cells(e, i, j, opts)
 
 
 # ----------------------------------------------------------------------------------- matrix
@@ -489,46 +326,6 @@ def _gather_in_order(client, futures: dict, pairs, progress) -> dict:
 
 # ---------------------------------------------------------------------------------- compare
 
-_PROTOTYPES: "OrderedDict[str, object]" = OrderedDict()
-
-
-def _accumulator(model: tuple):
-    """An empty Accumulator of ``model`` = (its key, (g1, g2, bias1, bias2), its options):
-    made from this process's prototype of that key (g checked, widened and hashed once per
-    worker, not once per task)."""
-    from .accumulate import Accumulator
-    key, g, cfg = model
-    with _LOCK:
-        proto = _PROTOTYPES.get(key)
-    if proto is None:
-        proto = _keep(_PROTOTYPES, key, key, Accumulator(*g, **cfg))
-    return proto.empty_like()
-
-
-def _chunk_state_task(model: tuple, f1, f2) -> dict:
-    """The statistics of one chunk of inputs (``Accumulator.state_dict`` without g)."""
-    return _accumulator(model).update(f1, f2).state_dict(model=False)
-
-
-def _merge_states_task(model: tuple, *states) -> dict:
-    """Consecutive chunks' statistics merged in their order (the first chunk's inputs
-    first)."""
-    acc = _accumulator(model).load_state_dict(states[0])
-    for s in states[1:]:
-        acc.merge(_accumulator(model).load_state_dict(s))
-    return acc.state_dict(model=False)
-
-
-def _compute_task(model: tuple, state: dict, opts: dict):
-    with _silenced():
-        return _accumulator(model).load_state_dict(state).compute(**opts)
-
-
-def _silenced():
-    from .progress import silenced
-    return silenced()
-
-
 def compare(f1, g1, f2, g2, bias1=None, bias2=None, *, client=None, reservoir: int = 4096,
             reservoir_seed: int = 0, labels=None, names=(None, None), split_every: int = 8,
             progress=None, **opts):
@@ -611,12 +408,6 @@ def _run_tree(client, g, cfg, blocks, split_every, opts, progress):
                      blocks, split_every, opts, progress)
     finally:   # the workers let go of their prototypes of this run
         client.run(_forget_prototype, key, on_error="ignore")
-
-
-def _forget_prototype(key: str) -> None:
-    with _LOCK:
-        _finish(key)
-        _PROTOTYPES.pop(key, None)
 
 
 def _tree(client, model, blocks, split_every, opts, progress):
