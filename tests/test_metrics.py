@@ -1,6 +1,7 @@
 """identirep.metrics.IdentirepMetric (torchmetrics): compute() equals compare of every input
-seen, on one process and on two gloo ranks that each see half of the inputs (their states
-merged in rank order); reset() forgets; without torchmetrics the class names the extra."""
+seen, on one process and on two gloo ranks whatever the split of the inputs (their states
+merged in rank order); a sync by hand holds until compute; set_heads and reset forget; a
+packed state is checked; without torchmetrics the class names the extra."""
 import json
 import sys
 import types
