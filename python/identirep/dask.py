@@ -239,12 +239,12 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
     paths = _path_list(paths)
     client = _client(client)
     token = uuid.uuid4().hex
-    try:
-        with cluster_errors("identirep.dask.matrix"):
-            return _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
-                               t0, tokenizer_checked())
-    finally:   # the workers let go of the models they keep for this run
-        client.run(_forget, token, on_error="ignore")
+    with cluster_errors("identirep.dask.matrix"):   # also when the clean-up finds no cluster
+        try:
+            return _matrix_run(client, token, paths, drop_masked_labels, progress, check,
+                               opts, t0, tokenizer_checked())
+        finally:   # the workers let go of the models they keep for this run
+            client.run(_forget, token, on_error="ignore")
 
 
 def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0, checked):
