@@ -504,3 +504,48 @@ def test_a_worker_s_threads_read_a_model_once(files, monkeypatch):
         W._forget("threads")
     assert len(reads) == 1 and len(got) == 4 and all(e is got[0] for e in got)
     assert W._cache_of(got[0], np.float64) is W._cache_of(got[0], "float64")
+
+
+@pytest.mark.parametrize("per_task", [2, 3])
+def test_pairs_in_blocks_equal_the_single_process_matrix(client, files, per_task):
+    """Pairs in tasks of blocks of models: the same matrix."""
+    got = idk.matrix(files, client, models_per_task=per_task, **OPTS)
+    assert_same(got, ir.matrix(ir.io.load_models(files), **OPTS))
+    assert [len(b) for b in idk.pair_blocks(4, per_task)] == {2: [1, 4, 1], 3: [3, 3]}[per_task]
+    with pytest.raises(ir.IdentirepError, match="models_per_task must be an integer >= 1"):
+        idk.matrix(files, client, models_per_task=0)
+
+
+def test_the_first_failing_pair_in_pair_order_is_raised(client):
+    """A task of two pairs whose second fails, a task of a later pair that fails itself:
+    the error of the earlier pair is raised, as matrix raises it."""
+    pairs = [(0, 1), (0, 2), (1, 2)]
+
+    def first_two():
+        return {(0, 1): "cells"}, ((0, 2), ir.IdentirepError("pair (0, 2) failed"))
+
+    def last():
+        raise ValueError("pair (1, 2) failed")
+    futures = {client.submit(first_two, pure=False): pairs[:2],
+               client.submit(last, pure=False): pairs[2:]}
+    with pytest.raises(ir.IdentirepError, match=r"pair \(0, 2\) failed"):
+        idk._gather_in_order(client, futures, pairs, False)
+    futures = {client.submit(lambda: ({(0, 1): 1, (0, 2): 2}, None), pure=False): pairs[:2],
+               client.submit(last, pure=False): pairs[2:]}
+    with pytest.raises(ValueError, match=r"pair \(1, 2\) failed"):
+        idk._gather_in_order(client, futures, pairs, False)
+
+
+def test_a_task_of_pairs_reads_each_model_once(files, monkeypatch):
+    """The six pairs of four models in one task: four reads, not one or two per pair."""
+    import identirep.io as io
+    reads, orig = [], io.load_model
+    monkeypatch.setattr(io, "load_model", lambda *a, **kw: reads.append(a[0]) or orig(*a, **kw))
+    pairs = idk.pair_blocks(4, 4)[0]
+    sig = {k: W._signature(p) for k, p in enumerate(files)}
+    try:
+        cells, failure = W._pairs_task("block", pairs, {k: (p, sig[k]) for k, p in enumerate(files)},
+                                       False, {ij: {} for ij in pairs}, dict(OPTS), True)
+    finally:
+        W._forget("block")
+    assert failure is None and sorted(cells) == pairs and sorted(reads) == sorted(files)

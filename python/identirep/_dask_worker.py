@@ -152,16 +152,31 @@ def _statistics_task(token: str, k: int, path: str, signature, masked, cdt) -> d
     return _cache_of(_loaded(token, k, path, masked, signature), cdt).small_statistics()
 
 
-def _pair_task(token: str, i: int, j: int, files, masked, statistics, opts: dict,
-               checked: bool) -> tuple:
-    """Both directions of pair (i, j): ``_matrix.pair_cells`` of the pair's pass, on this
-    worker, with the models read here and their statistics taken from ``statistics`` (a dict
-    compute dtype -> (statistics of i, of j))."""
+def _pairs_task(token: str, pairs, files: dict, masked, statistics: dict, opts: dict,
+                checked: bool) -> tuple:
+    """Both directions of each pair (i, j) of ``pairs`` (in pair order): ``_matrix.
+    pair_cells`` of the pair's pass, on this worker, each model read once for all of them
+    (``files``: k -> (path, signature)), their statistics taken from ``statistics`` ((i, j)
+    -> {compute dtype: (statistics of i, of j)}). Returns ({pair: cells}, None), or at the
+    first pair that raises, (the cells before it, (that pair, its exception))."""
+    entries, cells = {}, {}
+    for ij in pairs:
+        try:
+            for k in ij:
+                if k not in entries:
+                    path, sig = files[k]
+                    entries[k] = _loaded(token, k, path, masked, sig)
+            cells[ij] = _pair_cells([entries[k] for k in ij], ij, statistics[ij], opts, checked)
+        except Exception as e:  # noqa: BLE001 - raised by the client, in pair order
+            return cells, (ij, e)
+    return cells, None
+
+
+def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool) -> list:
     from ._matrix import pair_cells
     from .measures import engine
     from .model import allow_tokenizer_mismatch
     from .progress import silenced
-    entries = [_loaded(token, k, path, masked, sig) for k, (path, sig) in zip((i, j), files)]
 
     def caches(cdt):
         out = []
@@ -173,7 +188,7 @@ def _pair_task(token: str, i: int, j: int, files, masked, statistics, opts: dict
         return tuple(out)
     with silenced(), allow_tokenizer_mismatch(not checked):
         e = engine(entries[0].model, entries[1].model, "cpu", caches=caches)
-        return pair_cells(e, i, j, opts)
+        return pair_cells(e, *ij, opts)
 
 
 # ----------------------------------------------------------------------------- compare

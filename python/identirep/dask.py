@@ -21,7 +21,7 @@ import numpy as np
 
 from ._dask_worker import KEEP_MODELS  # noqa: F401 - documented here, used there
 from ._dask_worker import (_chunk_state_task, _compute_task, _describe_task, _forget,
-                           _forget_prototype, _masked_task, _merge_states_task, _pair_task,
+                           _forget_prototype, _masked_task, _merge_states_task, _pairs_task,
                            _statistics_task)
 from .errors import IdentirepError
 from .model import tokenizer_checked, tokenizer_option
@@ -189,7 +189,8 @@ def _path_list(paths) -> List[str]:
 @tokenizer_option
 def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
            backend: str = "auto", progress=None, check_tokenizer: bool = True,
-           check: Optional[Callable[[list], None]] = None, **opts):
+           check: Optional[Callable[[list], None]] = None, models_per_task: int = 1,
+           **opts):
     """``identirep.matrix`` of the model files ``paths``, computed on a Dask cluster.
 
     Parameters
@@ -214,6 +215,11 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
         ``check(models)`` with one description per model (``name``, ``N``, ``V``, ``M``,
         ``dropped_labels``) once the files are read and before any pair runs; it may raise
         IdentirepError to stop.
+    models_per_task : int
+        The pairs run in tasks of two blocks of this many models (one block: the pairs
+        within it): a task reads each of its models once, so the files are read about
+        K^2 / models_per_task times in all, and a worker holds up to 2 x models_per_task
+        models at once. 1: one task per pair, a worker holds about two models.
     **opts
         ``compare``'s options, as ``identirep.matrix``.
 
@@ -224,11 +230,11 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
         ``load_models(paths, drop_masked_labels)`` (``seconds`` aside); the same errors.
 
     Each model is read and its statistics of O(M^2) size (moments of f and g, whitenings,
-    factors) computed once, by one task; each of the K (K - 1) / 2 pairs is a task that reads
-    its two files on its worker (a worker keeps the ``KEEP_MODELS`` most recent), takes the
-    two models' statistics from the workers that hold them and returns its cells. A worker
-    lost mid-run costs only a re-run of its tasks (Dask's own recovery)."""
-    from ._rules import check_callable, check_flag
+    factors) computed once, by one task; the K (K - 1) / 2 pairs run in tasks that read
+    their files on their worker (a worker keeps the ``KEEP_MODELS`` most recent between
+    tasks), take the models' statistics from the workers that hold them and return the
+    cells. A worker lost mid-run costs only a re-run of its tasks (Dask's own recovery)."""
+    from ._rules import check_callable, check_count, check_flag
     from .measures import check_compare_options, check_progress
     t0 = time.perf_counter()
     check_compare_options(**opts)
@@ -236,18 +242,32 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
     check_callable("check", check)
     check_flag("drop_masked_labels", drop_masked_labels)
     check_backend(backend)
+    check_count("models_per_task", models_per_task)
     paths = _path_list(paths)
     client = _client(client)
     token = uuid.uuid4().hex
     with cluster_errors("identirep.dask.matrix"):   # also when the clean-up finds no cluster
         try:
             return _matrix_run(client, token, paths, drop_masked_labels, progress, check,
-                               opts, t0, tokenizer_checked())
+                               opts, t0, tokenizer_checked(), models_per_task)
         finally:   # the workers let go of the models they keep for this run
             client.run(_forget, token, on_error="ignore")
 
 
-def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0, checked):
+def pair_blocks(K: int, models_per_task: int) -> list:
+    """The pairs of K models in tasks: the models in blocks of ``models_per_task``, one task
+    per two blocks (or one) with the pairs between them, each task's pairs in pair order."""
+    blocks = [range(s, min(s + models_per_task, K)) for s in range(0, K, models_per_task)]
+    out = []
+    for a, b in itertools.combinations_with_replacement(range(len(blocks)), 2):
+        pairs = sorted((i, j) for i in blocks[a] for j in blocks[b] if i < j)
+        if pairs:
+            out.append(pairs)
+    return out
+
+
+def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts, t0, checked,
+                models_per_task):
     from ._matrix import add_cells, empty_values, finish, unique_names
     K = len(paths)
 
@@ -283,11 +303,15 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
                 stats[k, dt] = run(_statistics_task, token, k, paths[k], desc[k]["signature"],
                                    masked, dt, name=f"statistics-{k}-{dt}")
     futures = {}
-    for i, j in pairs:
-        files = [(paths[k], desc[k]["signature"]) for k in (i, j)]
-        shared = {cdt[i, j]: (stats[i, cdt[i, j]], stats[j, cdt[i, j]])}
-        futures[run(_pair_task, token, i, j, files, masked, shared, dict(opts), checked,
-                    name=f"pair-{i}-{j}")] = (i, j)
+    for block in pair_blocks(K, models_per_task):
+        ks = sorted({k for ij in block for k in ij})
+        files = {k: (paths[k], desc[k]["signature"]) for k in ks}
+        shared = {(i, j): {cdt[i, j]: (stats[i, cdt[i, j]], stats[j, cdt[i, j]])}
+                  for i, j in block}
+        name = "pair-" + "-".join(map(str, block[0])) + (f"-{len(block)}" if len(block) > 1
+                                                          else "")
+        futures[run(_pairs_task, token, block, files, masked, shared, dict(opts), checked,
+                    name=name)] = block
     cells = _gather_in_order(client, futures, pairs, progress)
     values, out_pairs, failures = empty_values(K), [], []
     for ij in pairs:
@@ -296,31 +320,33 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
 
 
 def _gather_in_order(client, futures: dict, pairs, progress) -> dict:
-    """Each pair's result as it completes (a bar or ``progress(fraction)``); when tasks
-    fail, the error of the first failing pair in pair order, as ``matrix`` would raise it
-    (the later pairs are cancelled)."""
+    """Each pair's result as its task completes (a bar or ``progress(fraction)``; a task:
+    the pairs ``futures`` maps it to); when pairs fail, the error of the first failing pair
+    in pair order, as ``matrix`` would raise it (the later tasks are cancelled)."""
     from .progress import progress_bar
     dist = distributed()
     order = {ij: n for n, ij in enumerate(pairs)}
-    results, first_error = {}, None
+    results, first = {}, None        # first: (its order, the failing pair's error or future)
     call = progress if callable(progress) else None
     with progress_bar(f"{len(pairs)} model pairs on Dask", len(pairs),
                       None if call else progress) as update:
-        done = dist.as_completed(list(futures))
-        for fut in done:
-            ij = futures[fut]
-            if fut.status == "error":
-                if first_error is None or order[ij] < order[futures[first_error]]:
-                    first_error = fut
+        for fut in dist.as_completed(list(futures)):
+            if fut.status == "error":     # the task itself failed: at its first pair
+                failed = (order[futures[fut][0]], fut)
             else:
-                results[ij] = fut.result()
+                cells, failure = fut.result()
+                results.update(cells)
+                failed = None if failure is None else (order[failure[0]], failure[1])
+            if failed is not None and (first is None or failed[0] < first[0]):
+                first = failed
             update(len(results))
             if call is not None:
                 call(len(results) / len(pairs))
-            if first_error is not None and all(
-                    p in results for p in pairs[:order[futures[first_error]]]):
+            if first is not None and all(p in results for p in pairs[:first[0]]):
                 client.cancel([f for f in futures if not f.done()])
-                first_error.result()   # raises the worker's exception
+                if isinstance(first[1], BaseException):
+                    raise first[1]
+                first[1].result()   # raises the worker's exception
     return results
 
 
