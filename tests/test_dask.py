@@ -149,7 +149,8 @@ def _task_sizes(client):
                                 dask_scheduler.remove_plugin("identirep-task-sizes"))
 
 
-def test_a_worker_killed_mid_run_gives_the_same_result(client, files, tmp_path):
+@pytest.mark.parametrize("per_task", [1, 2])
+def test_a_worker_killed_mid_run_gives_the_same_result(client, files, tmp_path, per_task):
     """The worker process that starts the first pair task dies then (os._exit), with the
     statistics it held; Dask runs its tasks again on the other worker and on the one its
     nanny starts in its place, and the matrix is the same."""
@@ -172,7 +173,7 @@ def test_a_worker_killed_mid_run_gives_the_same_result(client, files, tmp_path):
     before = set(client.scheduler_info()["workers"])
     client.register_plugin(KillOnce(flag), name="kill-once")
     try:
-        got = idk.matrix(files, client, **OPTS)
+        got = idk.matrix(files, client, models_per_task=per_task, **OPTS)
     finally:
         client.unregister_worker_plugin("kill-once")
     assert os.path.exists(flag)
