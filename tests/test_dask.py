@@ -283,6 +283,12 @@ def _json_matrix(capsys, *args):
 def test_cli_scheduler_address(cluster, files, capsys):
     want = _json_matrix(capsys, *files)
     assert _json_matrix(capsys, *files, "--scheduler", cluster.scheduler_address) == want
+    assert _json_matrix(capsys, *files, "--scheduler", cluster.scheduler_address,
+                        "--models-per-task", "3") == want
+    assert main(["matrix", *files, "--models-per-task", "2"]) == 2
+    assert "--scheduler" in capsys.readouterr().err
+    assert main(["matrix", *files, "--scheduler", cluster.scheduler_address,
+                 "--models-per-task", "0"]) == 2
 
 
 @pytest.mark.slow

@@ -364,6 +364,9 @@ def cmd_matrix(args) -> int:
         if dropped:
             print(f"identirep: {dropped}", file=sys.stderr)
         seen.extend(models)
+    if args.scheduler is None and args.models_per_task is not None:
+        raise IdentirepError("--models-per-task groups the pairs into Dask tasks",
+                             fix="add --scheduler local:N or ADDRESS, or leave it out")
     if args.scheduler is None:
         models = load_models(args.models, args.drop_masked_labels)
         prepare(models)
@@ -374,7 +377,8 @@ def cmd_matrix(args) -> int:
         on_dask.check_backend(args.backend)
         with on_dask.client_for(args.scheduler) as client:
             res = on_dask.matrix(args.models, client, drop_masked_labels=args.drop_masked_labels,
-                                 check=prepare, **_measure_kwargs(args))
+                                 check=prepare, models_per_task=args.models_per_task or 1,
+                                 **_measure_kwargs(args))
         models = seen
     dropped = _dropped_note(models, "any model")
     payload = res.to_dict()
@@ -530,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the pairs on Dask (identirep[dask]): local:N starts N worker "
                         "processes here, ADDRESS ([tcp://]host:port) is a running scheduler "
                         "whose workers read the model files at these paths")
+    m.add_argument("--models-per-task", type=int_at_least(1, "e.g. 4"), default=None,
+                   metavar="B", help="with --scheduler: run the pairs in tasks of two blocks "
+                   "of B models, each read once per task (fewer reads, up to 2B models per "
+                   "worker; default 1: a task per pair)")
     m.set_defaults(func=cmd_matrix)
     bn = sub.add_parser("bench", help="run the benchmark suite here; ratios to the GEMM floor")
     bn.add_argument("--quick", action="store_true", help="smaller paper-port case, fewer rows")
