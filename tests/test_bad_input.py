@@ -164,6 +164,22 @@ def test_masked_labels_are_refused_with_the_fix_or_dropped():
         ir.Model(f, g, np.r_[[0.0], np.full(7, -np.inf)], drop_masked_labels=True)
 
 
+def test_models_that_dropped_different_labels_are_refused():
+    """Label id y names another label in each model once they dropped different labels (ids
+    after the first dropped one shift), whatever their tokenizer facts say; the same drop
+    is compared."""
+    rng = np.random.default_rng(5)
+    f, g = rng.standard_normal((30, 3)), rng.standard_normal((10, 3))
+    a = ir.Model(f, g, drop_masked_labels=[3])
+    b = ir.Model(f + 0.1, g, drop_masked_labels=[7])
+    with pytest.raises(IdentirepError, match=r"dropped different labels \(ids \[3\] vs \[7\]\)"):
+        ir.compare(a, b, num_samples=10)
+    with pytest.raises(IdentirepError, match="dropped different labels"):
+        ir.kl(a, b)
+    same = ir.Model(f + 0.1, g, drop_masked_labels=[3])
+    assert ir.kl(a, same).kl12 >= 0
+
+
 def test_logits_too_small_to_resolve_are_refused():
     from identirep import constructions as C
     from identirep.model import MIN_LOGIT_SPREAD

@@ -664,6 +664,14 @@ def check_pair(a: Model, b: Model, same_dim: bool = False, what: str = "") -> No
     for m, nm in ((a, "first"), (b, "second")):
         if not isinstance(m, Model):
             raise IdentirepError(f"the {nm} argument must be an identirep.Model, got {type(m).__name__}")
+    da, db = a.dropped_labels, b.dropped_labels
+    if len(da) and len(db) and not np.array_equal(da, db):
+        # label id y means another token in each: ids after the first dropped one shifted
+        raise IdentirepError(
+            f"the models dropped different labels (ids {first_ids(da)} vs {first_ids(db)}), so "
+            "their label ids no longer name the same labels",
+            fix="drop the same labels from both: identirep.io.load_models drops the union of "
+                "every model's masked labels, or pass that union as drop_masked_labels to each")
     check_same_tokenizer(a, b)
     if a.N != b.N:
         texts = ""
