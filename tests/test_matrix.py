@@ -54,10 +54,10 @@ def test_matrix_computes_per_model_statistics_once(monkeypatch):
 def test_swapped_engine_equals_the_engine_of_the_swapped_pair():
     a, b = C.random_model(N=90, V=13, M=3, seed=4, bias=True), C.random_model(N=90, V=13, M=4, seed=5)
     e = ir.engine(a, b)
-    e.mcca_g()                       # label moments computed before the swap are permuted too
+    e.mcca_g()                       # the label cross block computed before the swap is swapped too
     s, fresh = e.swapped(), ir.engine(b, a)
     assert s.stats.dtype == fresh.stats.dtype
-    for x, y in ((s.mom.scatter, fresh.mom.scatter), (s.label_moments.scatter, fresh.label_moments.scatter),
+    for x, y in ((s.mom.scatter, fresh.mom.scatter), (s.label_cross, fresh.label_cross),
                  (s.labels.A1, fresh.labels.A1), (s.labels.B12, fresh.labels.B12)):
         assert_close(x, y, atol=1e-10)
     assert_close(s.d_llv(num_samples=10).value, fresh.d_llv(num_samples=10).value)

@@ -221,6 +221,16 @@ def pair_moments(c1: ModelCache, c2: ModelCache, extra=(), which: str = "f") -> 
     return Moments.from_parts(n, means, S)
 
 
+def label_cross(c1: ModelCache, c2: ModelCache):
+    """The cross scatter block of g1 and g2 over labels (M1 x M2, float64): the block
+    ``pair_moments(c1, c2, which="g")`` would hold, without assembling the (M1 + M2)^2 matrix
+    whose diagonal blocks the caches already hold."""
+    own1, own2 = c1.g_moments, c2.g_moments
+    _, _, S = scatter_blocks([c1.G, c2.G], [(0, 1)], c1.cdt, means=[own1[0], own2[0]],
+                             bits=[c1.g_bits, c2.g_bits])
+    return S[0, 1]
+
+
 def permuted_moments(m: Moments, order) -> Moments:
     """The moments of the same variables in the order ``order``."""
     return Moments(m.n, m.mean[order], m.scatter[np.ix_(order, order)])

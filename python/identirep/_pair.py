@@ -18,7 +18,7 @@ from ._input_side import InputSide
 from ._label_side import LabelSide
 from ._linalg import (is_upper, linalg_raises, mean_singular_values, quad_diag, rows64,
                       singular_values, times_lower, times_upper)
-from ._model_cache import ModelCache, pair_moments, permuted_moments
+from ._model_cache import ModelCache, label_cross, pair_moments, permuted_moments
 from .errors import IdentirepError
 from .gpu.streams import on_models_stream
 from .model import Model, check_pair, to_numpy
@@ -58,7 +58,7 @@ class PairEngine:
         self.N = self.c1.n_inputs     # the caches' F may hold some rows only (from_statistics)
         self.F1, self.G1, self.b1 = self.c1.F, self.c1.G, self.c1.bias
         self.F2, self.G2, self.b2 = self.c2.F, self.c2.G, self.c2.bias
-        self.mom, self._label_mom = _moments if _moments is not None else (
+        self.mom, self._label_cross = _moments if _moments is not None else (
             pair_moments(self.c1, self.c2, (stats.L1, stats.L2)), None)
         M1, M2 = self.M1, self.M2
         self.sF1, self.sF2 = slice(0, M1), slice(M1, M1 + M2)
@@ -81,11 +81,12 @@ class PairEngine:
 
     # ------------------------------------------------------------------ shared statistics
     @property
-    def label_moments(self) -> Moments:
-        """Moments over labels of [g1(y), g2(y)] (un-augmented)."""
-        if self._label_mom is None:
-            self._label_mom = pair_moments(self.c1, self.c2, which="g")
-        return self._label_mom
+    def label_cross(self) -> np.ndarray:
+        """The cross scatter block of g1 and g2 over labels (M1 x M2, float64); each model's
+        own block is its cache's ``g_moments``."""
+        if self._label_cross is None:
+            self._label_cross = label_cross(self.c1, self.c2)
+        return self._label_cross
 
     @on_models_stream
     def swapped(self) -> "PairEngine":
@@ -93,7 +94,7 @@ class PairEngine:
         M1, M2 = self.M1, self.M2
         pu = np.r_[M1:M1 + M2, 0:M1, M1 + M2 + 1, M1 + M2]
         mom = permuted_moments(self.mom, pu)
-        lab = None if self._label_mom is None else permuted_moments(self._label_mom, pu[:-2])
+        lab = None if self._label_cross is None else np.ascontiguousarray(self._label_cross.T)
         return PairEngine(self.b, self.a, self.stats.swapped(), self.tol, (self.c2, self.c1),
                           _moments=(mom, lab))
 
@@ -216,10 +217,13 @@ class PairEngine:
             rows = self.c1.local(iset)
             F1s, F2s = rows64(self.F1, rows), rows64(self.F2, rows)
             N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
-            S = self.label_moments.scatter
-            S11, S22, S12 = (xp.asarray(x).astype(self.cdt, copy=False)
-                             for x in (S[:M, :M], S[M:, M:], S[:M, M:]))
             Rg = tuple(_in(self.cdt, c.scatter_factor("g")) for c in (self.c1, self.c2))
+            # each model's own block (as the assembled pair scatter held it: transposed) is
+            # read only where its scatter factor is missing
+            S11, S22 = (None if r is not None else
+                        xp.asarray(np.ascontiguousarray(c.g_moments[1].T)).astype(self.cdt)
+                        for r, c in zip(Rg, (self.c1, self.c2)))
+            S12 = xp.asarray(self.label_cross).astype(self.cdt, copy=False)
             return _scaled_cross(N1, N2, S11, S22, S12, Rg, self.cdt)
         if xp is np and M < SVD_BATCH_MAX_M:   # small M: every label set in one batched call
             vals = _batched_d_svd(rows64(self.G1, sets.ravel()).reshape(*sets.shape, M) - G1p,
@@ -253,19 +257,20 @@ class PairEngine:
     # ------------------------------------------------------------------ mCCA, d_rep
     @on_models_stream
     def mcca_f(self, n_components=None) -> MCCAResult:
-        return self._mcca("f", self.mom.scatter, n_components)
+        return self._mcca("f", self.mom.scatter[self.sF1, self.sF2], n_components)
 
     @on_models_stream
     def mcca_g(self, n_components=None) -> MCCAResult:
-        return self._mcca("g", self.label_moments.scatter, n_components)
+        return self._mcca("g", self.label_cross, n_components)
 
-    def _mcca(self, which, scatter, n_components) -> MCCAResult:
-        """mCCA of the two models' f (over inputs) or g (over labels) from the pair's scatter."""
+    def _mcca(self, which, S12, n_components) -> MCCAResult:
+        """mCCA of the two models' f (over inputs) or g (over labels) from the pair's cross
+        scatter block ``S12``."""
         rules.check_count("n_components", n_components, none_ok=True)
         if n_components is not None and n_components > min(self.M1, self.M2):
             raise IdentirepError(f"n_components must be in [1, {min(self.M1, self.M2)}], got "
                                  f"{n_components}", fix="leave it out for every correlation")
-        return mcca_from_scatter(scatter[self.sF1, self.sF2], n_components,
+        return mcca_from_scatter(S12, n_components,
                                  self.c1.whitening(which, which + "1"),
                                  self.c2.whitening(which, which + "2"),
                                  self.cdt == np.float64, self.c1.rank_rtol,

@@ -359,7 +359,7 @@ class Accumulator:
         e = self.engine()
         report = _report_from_engine(e, backend="cpu", **options)
         # what depends on g alone, for the next compute
-        self._g_cache = {"dtype": self.pass_dtype, "label": e._label_mom,
+        self._g_cache = {"dtype": self.pass_dtype, "label": e._label_cross,
                          **{k: {x: v for x, v in c._cache.items() if x in _G_KEYS}
                             for k, c in enumerate((e.c1, e.c2))}}
         return dataclasses.replace(report, N=self.n,
@@ -395,7 +395,7 @@ class Accumulator:
                           sums=PassSums(self.n, **self.sums))
         e = PairEngine.from_statistics(caches[0].model, caches[1].model, stats, mom, caches)
         if self._g_cache.get("dtype") == self.pass_dtype:
-            e._label_mom = self._g_cache["label"]
+            e._label_cross = self._g_cache["label"]
         return e
 
     def _notes(self, options, report) -> list:
