@@ -48,11 +48,16 @@ def test_whitening_keeps_the_eigen_rank_rule(rtol):
         np.testing.assert_allclose(W.T @ S @ W, np.eye(W.shape[1]), atol=1e-6)
 
 
-def test_whitening_reuses_the_shared_factor():
+def test_whitening_reuses_the_shared_factor(monkeypatch):
     S = _scatter(np.random.default_rng(1).standard_normal((200, 15)))
     parts = la.correlation_factor(S, "x")
+    keys = set(parts)
+    calls = []
+    cholesky = np.linalg.cholesky
+    monkeypatch.setattr(np.linalg, "cholesky", lambda A: calls.append(A) or cholesky(A))
     W = la.whiten(S, "x", parts=parts)
-    assert "Li" in parts
+    assert not calls                          # the given factor, not a new one
+    assert set(parts) == keys                 # nothing M x M is added to the shared parts
     np.testing.assert_array_equal(la.whiten(S, "x", parts=parts), W)
     np.testing.assert_allclose(W, la.whiten(S, "x"), rtol=1e-12, atol=0)
 

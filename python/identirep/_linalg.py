@@ -91,8 +91,8 @@ def correlation_factor(S: np.ndarray, what: str, xp=np, n: int = None,
                        mean: np.ndarray = None) -> dict:
     """The parts of the data whose scatter is S (host) that ``whiten`` and
     ``sqrt_factor_from`` share: ``idx`` the columns of non-zero variance, ``d`` the diagonal of
-    S, ``s`` = d[idx]^-1/2, ``R`` the correlation matrix of those columns and ``L`` its
-    Cholesky factor (None when it fails), on ``xp``; ``whiten`` adds ``Li`` = L^-1. Given the
+    S, ``s`` = d[idx]^-1/2 and ``L`` the Cholesky factor of the correlation matrix of those
+    columns (``correlation_matrix``; None when it fails), on ``xp``. Given the
     data's rows ``n`` and column means, a column varies when sd = sqrt(d / n) >
     CONSTANT_COLUMN_RTOL sqrt(mean^2 + sd^2); without them, when d > 1e-24 max d."""
     d = np.diag(S).copy()
@@ -107,16 +107,22 @@ def correlation_factor(S: np.ndarray, what: str, xp=np, n: int = None,
         raise IdentirepError(no_varying_column_message(what), fix=NO_VARYING_COLUMN_FIX)
     idx = np.flatnonzero(var)
     s = 1.0 / np.sqrt(d[idx])
-    R = S[np.ix_(idx, idx)] if len(idx) < len(d) else np.array(S)
-    R *= s[:, None]     # a copy of S's block: scaled in place
-    R *= s[None, :]
-    R = xp.asarray(R)
     try:
         with linalg_raises(xp):
-            L = xp.linalg.cholesky(R)
+            L = xp.linalg.cholesky(correlation_matrix(S, idx, s, xp))
     except np.linalg.LinAlgError:
         L = None
-    return {"idx": idx, "d": d, "s": s, "R": R, "L": L}
+    return {"idx": idx, "d": d, "s": s, "L": L}
+
+
+def correlation_matrix(S: np.ndarray, idx, s, xp=np):
+    """The correlation matrix of the columns ``idx`` of the data whose scatter is S (host),
+    ``s`` their d^-1/2, on ``xp``: made again where it is needed rather than kept (one
+    M x M array less per model and side)."""
+    R = S[np.ix_(idx, idx)] if len(idx) < len(S) else np.array(S)
+    R *= s[:, None]     # a copy of S's block: scaled in place
+    R *= s[None, :]
+    return xp.asarray(R)
 
 
 def sqrt_factor_from(parts: dict, S: np.ndarray, c: float, xp=np):
@@ -184,23 +190,23 @@ def whiten(S: np.ndarray, what: str, xp=np, rtol: float = MCCA_RANK_RTOL["float6
     columns of zero variance are left out, and of the correlation matrix R the directions
     with an eigenvalue above ``rtol`` x the largest are kept (the rank rule of
     ``_rules.MCCA_RANK_RTOL``). Computed with ``xp`` and returned there. ``parts``: S's
-    ``correlation_factor``, when already made (it is completed with L^-1)."""
+    ``correlation_factor``, when already made."""
     if parts is None:
         parts = correlation_factor(S, what, xp, n, mean)
-    idx, s, R, L = parts["idx"], parts["s"], parts["R"], parts["L"]
+    idx, s, L = parts["idx"], parts["s"], parts["L"]
     d = parts["d"]
+    R = correlation_matrix(S, idx, s, xp)
     s = xp.asarray(s)
     W = None
     if L is not None:   # surely full rank: W = D^-1/2 L^-T from the Cholesky factor of R
-        if "Li" not in parts:
-            try:
-                with linalg_raises(xp):
-                    parts["Li"] = lower_inverse(L, xp)
-            except np.linalg.LinAlgError:
-                parts["Li"] = None
-        Li = parts["Li"]
+        try:
+            with linalg_raises(xp):
+                Li = lower_inverse(L, xp)
+        except np.linalg.LinAlgError:
+            Li = None
         if Li is not None and _surely_full_rank(R, Li, rtol, xp):
             W = s[:, None] * Li.T
+        del Li
     if W is None:
         w, U = xp.linalg.eigh(R)
         keep = w > rtol * w.max()
