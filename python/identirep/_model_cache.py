@@ -105,15 +105,15 @@ class ModelCache:
         return self._cache[key]
 
     def small_statistics(self) -> dict:
-        """Every statistic of O(M^2) size (moments of f and g, their correlation factors,
-        whitenings and scatter roots, the input-side root), computed now where it can be: for
-        another process's cache of the same model (``adopt``), which then makes only the
-        N x M input factor. One that fails is left out: the pair that needs it raises, with
-        its own names for the models, as it would here."""
+        """Every statistic of O(M^2) size that takes O(M^3) work or more (moments of f and g,
+        their correlation factors, whitenings, an input-side root that is not a scaled
+        Cholesky factor), computed now where it can be: for another process's cache of the
+        same model (``adopt``), which then makes only O(M^2) products of them and the N x M
+        input factor. One that fails is left out: the pair that needs it raises, with its own
+        names for the models, as it would here."""
         steps = [lambda: self.f_moments, lambda: self.g_moments]
         for w in ("f", "g"):
-            steps += [lambda w=w: self.correlation(w, w), lambda w=w: self.whitening(w, w),
-                      lambda w=w: self.scatter_factor(w)]
+            steps += [lambda w=w: self.correlation(w, w), lambda w=w: self.whitening(w, w)]
         steps.append(lambda: self.input_root)
         for step in steps:
             try:
@@ -153,16 +153,15 @@ class ModelCache:
     def scatter_factor(self, which: str):
         """Lower-triangular R with R R' = f's or g's scatter (float64, where the model lives),
         the correlation Cholesky factor scaled by the standard deviations; None when a column
-        is constant or the Cholesky factorisation failed."""
-        def make():
-            try:
-                parts = self.correlation(which, which)
-            except IdentirepError:
-                return None
-            if parts["L"] is None or len(parts["idx"]) != len(parts["d"]):
-                return None
-            return self.xp.asarray(np.sqrt(parts["d"]))[:, None] * parts["L"]
-        return self._get("C" + which, make)
+        is constant or the Cholesky factorisation failed. A new array on each call (O(M^2)
+        work), not kept: one M x M array less per model and side."""
+        try:
+            parts = self.correlation(which, which)
+        except IdentirepError:
+            return None
+        if parts["L"] is None or len(parts["idx"]) != len(parts["d"]):
+            return None
+        return self.xp.asarray(np.sqrt(parts["d"]))[:, None] * parts["L"]
 
     def whitening(self, which: str, what: str):
         S = (self.f_moments if which == "f" else self.g_moments)[1]
@@ -172,16 +171,20 @@ class ModelCache:
     @property
     def input_root(self):
         """(R, lower): R R' = the label covariance of g (M x M; ``lower``: R is
-        lower-triangular), the root of ``input_factor``."""
-        def make():
-            S = self.g_moments[1]
-            c = 1.0 / (self.model.V - 1)
-            try:
-                parts = self.correlation("g", "g")
-            except IdentirepError:   # g constant: the plain factor (zeros), as before
-                parts = {"L": None, "idx": (), "d": np.diag(S)}
-            return sqrt_factor_from(parts, S, c, self.xp)
-        return self._get("HR", make)
+        lower-triangular), the root of ``input_factor``. Kept only when it is not the scaled
+        Cholesky factor of g's correlation (an O(M^2) product, made again when needed)."""
+        if "HR" in self._cache:
+            return self._cache["HR"]
+        S = self.g_moments[1]
+        c = 1.0 / (self.model.V - 1)
+        try:
+            parts = self.correlation("g", "g")
+        except IdentirepError:   # g constant: the plain factor (zeros), as before
+            parts = {"L": None, "idx": (), "d": np.diag(S)}
+        R, lower = sqrt_factor_from(parts, S, c, self.xp)
+        if not lower:     # an eigen square root: O(M^3), kept
+            self._cache["HR"] = (R, lower)
+        return R, lower
 
     @property
     def input_factor(self):

@@ -510,7 +510,7 @@ class Accumulator:
 
 
 #: the ModelCache entries that depend on g alone (kept between computes)
-_G_KEYS = ("g", "Rg", "Cg", "Wg", "HR")
+_G_KEYS = ("g", "Rg", "Wg", "HR")
 
 
 def _merged_cols(nA: int, a: dict, nB: int, b: dict) -> dict:
