@@ -134,6 +134,32 @@ def test_factored_lower_bounds_keep_the_search_exact(monkeypatch, dtype):
         assert got[:4] == want[:4] and got[5] == want[5]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_d_svd_with_and_without_the_label_sides_factors(monkeypatch, dtype):
+    """d_SVD per set (not batched) reads diag(L C_kk L') through the label side's factors
+    where it keeps them, else through the models' scatter factors or C_kk itself: the same
+    values as the float64 reference each way, with a constant f column (no factor) too."""
+    P = importlib.import_module("identirep._pair")
+    monkeypatch.setattr(P, "SVD_BATCH_MAX_M", 1)
+    monkeypatch.setattr(la, "TRI_BLOCK", 2)
+    a, b = random_pair(N=300, V=60, M=9, seed=5, noise=0.3)
+    f1 = a.f.copy()
+    f1[:, 4] = 0.5
+    for fa in (a.f, f1):
+        A, B = (ir.Model(f.astype(dtype), m.g.astype(dtype)) for f, m in ((fa, a), (b.f, b)))
+        want = ir.d_svd(A, B, num_samples=20, max_sets=6, backend="reference")
+        for min_m in (1, 100):      # the label side's factors, then none kept there
+            monkeypatch.setattr(E, "FACTORED_BOUNDS_MIN_M", min_m)
+            e = ir.engine(A, B)
+            assert (e.labels.factors() is not None) == (min_m == 1 and fa is a.f)
+            got = e.d_svd(want.pivot, want.leave_out, want.input_set, max_sets=6)
+            assert np.isfinite(got.d_svd_f_per_set).all() and np.isfinite(got.d_svd_g)
+            tol = 1e-4 if dtype == np.float32 else 1e-9
+            np.testing.assert_allclose(got.d_svd_f_per_set, want.d_svd_f_per_set, rtol=tol,
+                                       atol=tol)
+            np.testing.assert_allclose(got.d_svd_g, want.d_svd_g, rtol=tol, atol=tol)
+
+
 def test_serial_lapack_limits_blas_to_one_thread_and_restores_it():
     from threadpoolctl import threadpool_info
 

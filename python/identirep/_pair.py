@@ -199,12 +199,16 @@ class PairEngine:
         M, xp = self.M1, self.c1.xp       # the O(M^3) work runs where the models live
         precise = self.cdt == np.float64
         C = self.mom.scatter
+        batched = xp is np and M < SVD_BATCH_MAX_M
         # the blocks and factors in the compute dtype once (not per set): the products run
-        # in it
-        C11, C22, C12 = (xp.asarray(C[i, j]).astype(self.cdt, copy=False) for i, j in
-                         ((self.sF1, self.sF1), (self.sF2, self.sF2), (self.sF1, self.sF2)))
-        # diag(L C_kk L') as row norms of L R_k, R_k R_k' = C_kk the models' shared factors
-        Rf = tuple(_in(self.cdt, c.scatter_factor("f")) for c in (self.c1, self.c2))
+        # in it. diag(L C_kk L') as row norms of L R_k, R_k R_k' = C_kk the models' shared
+        # factors (the label side's copies in the compute dtype where it keeps them); C_kk
+        # itself only where a factor is missing or every set runs in one batched call
+        Rf = self.labels.factors() or tuple(_in(self.cdt, c.scatter_factor("f"))
+                                            for c in (self.c1, self.c2))
+        C11, C22 = (xp.asarray(C[sl, sl]).astype(self.cdt, copy=False) if batched or r is None
+                    else None for r, sl in zip(Rf, (self.sF1, self.sF2)))
+        C12 = xp.asarray(C[self.sF1, self.sF2]).astype(self.cdt, copy=False)
         sets, how = sampling.label_sets(rem, M, max_sets, seed)
         vals = np.full(len(sets), np.nan)
         G1p, G2p = rows64(self.G1, [pivot])[0], rows64(self.G2, [pivot])[0]
@@ -215,8 +219,8 @@ class PairEngine:
                 L2 = _row_differences(self.G2, sets[i], pivot, self.cdt)
                 return _scaled_cross(L1, L2, C11, C22, C12, Rf, self.cdt)
             rows = self.c1.local(iset)
-            F1s, F2s = rows64(self.F1, rows), rows64(self.F2, rows)
-            N1, N2 = F1s[1:] - F1s[0], F2s[1:] - F2s[0]
+            N1 = _row_differences(self.F1, rows[1:], rows[0], self.cdt)
+            N2 = _row_differences(self.F2, rows[1:], rows[0], self.cdt)
             Rg = tuple(_in(self.cdt, c.scatter_factor("g")) for c in (self.c1, self.c2))
             # each model's own block (as the assembled pair scatter held it: transposed) is
             # read only where its scatter factor is missing
@@ -225,7 +229,7 @@ class PairEngine:
                         for r, c in zip(Rg, (self.c1, self.c2)))
             S12 = xp.asarray(self.label_cross).astype(self.cdt, copy=False)
             return _scaled_cross(N1, N2, S11, S22, S12, Rg, self.cdt)
-        if xp is np and M < SVD_BATCH_MAX_M:   # small M: every label set in one batched call
+        if batched:   # small M: every label set in one batched call
             vals = _batched_d_svd(rows64(self.G1, sets.ravel()).reshape(*sets.shape, M) - G1p,
                                   rows64(self.G2, sets.ravel()).reshape(*sets.shape, M) - G2p,
                                   C11, C22, C12, self.cdt)
