@@ -51,6 +51,33 @@ def test_matrix_computes_per_model_statistics_once(monkeypatch):
     assert np.isfinite(m.values["mcca_g"]).all() and np.isfinite(m.values["d_llv"]).all()
 
 
+def test_input_factors_released_by_compare_and_kept_by_matrix(monkeypatch):
+    """compare drops its private caches' N x M input factors once d_LLV has its input set;
+    matrix shares each model's cache between pairs and makes each model's factor once."""
+    import importlib
+    mc = importlib.import_module("identirep._model_cache")
+    made, engines = [], []
+    orig_get, orig_release = mc.ModelCache._get, ir.PairEngine.release_input_factors
+
+    def get(self, key, make):
+        if key == "H" and key not in self._cache:
+            made.append(id(self))
+        return orig_get(self, key, make)
+    monkeypatch.setattr(mc.ModelCache, "_get", get)
+    monkeypatch.setattr(ir.PairEngine, "release_input_factors",
+                        lambda self: engines.append(self) or orig_release(self))
+    base = C.random_model(N=120, V=15, M=3, seed=3)
+    models = [base] + [C.perturbed_copy(base, 0.2 * k, seed=k) for k in (1, 2)]
+    r = ir.compare(models[0], models[1], num_samples=10)
+    assert len(made) == 2 and len(engines) == 1
+    assert all("H" not in c._cache for c in (engines[0].c1, engines[0].c2))
+    assert_close(r.d_llv.value, ir.engine(models[0], models[1]).d_llv(num_samples=10).value,
+                 atol=0)
+    made.clear()
+    ir.matrix(models, num_samples=10)
+    assert len(made) == len(models)                  # once per model, not once per pair
+
+
 def test_swapped_engine_equals_the_engine_of_the_swapped_pair():
     a, b = C.random_model(N=90, V=13, M=3, seed=4, bias=True), C.random_model(N=90, V=13, M=4, seed=5)
     e = ir.engine(a, b)

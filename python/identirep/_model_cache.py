@@ -104,6 +104,10 @@ class ModelCache:
             self._cache[key] = make()
         return self._cache[key]
 
+    def release(self, key: str) -> None:
+        """Forget the statistic ``key`` (made again when next asked for)."""
+        self._cache.pop(key, None)
+
     def small_statistics(self) -> dict:
         """Every statistic of O(M^2) size that takes O(M^3) work or more (moments of f and g,
         their correlation factors, whitenings, an input-side root that is not a scaled

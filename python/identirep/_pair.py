@@ -50,6 +50,7 @@ class PairEngine:
             degenerate_rtol = DEGENERATE_RTOL[stats.dtype]
         self.tol = degenerate_rtol
         self.cdt = np.float32 if stats.dtype == "float32" else np.float64
+        self._own_caches = caches is None   # else shared with other pairs (``matrix``)
         if caches is None:
             caches = (ModelCache(a, self.cdt), ModelCache(b, self.cdt))
         if any(c.cdt != self.cdt for c in caches):
@@ -154,6 +155,14 @@ class PairEngine:
         rules.check_flag("paper_compat", paper_compat)
         return self.inputs.search(term, input_set, num_samples, seed, paper_compat,
                                   sets_per_pivot)
+
+    def release_input_factors(self) -> None:
+        """Drop the input side's N x M factors (made again if the input side runs again) where
+        this engine made its models' caches: ``compare`` calls it once d_LLV has its input
+        set, and no later measure reads them. Caches shared with other pairs keep them."""
+        if self._own_caches:
+            for c in (self.c1, self.c2):
+                c.release("H")
 
     @on_models_stream
     def d_llv(self, lam=1e-5, combine="max", term="max", pivot=None, leave_out=None,

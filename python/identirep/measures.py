@@ -490,9 +490,13 @@ def _report_from_engine(e: PairEngine, t0=None, backend="cpu", num_pivots=None,
 
     def llv(d):
         with progress_bar("pivot search", 1.0) as update:
-            return e.d_llv(lam=lam, combine=combine, term=term, num_samples=num_samples,
-                           seed=seed, paper_compat=paper_compat, sets_per_pivot=sets_per_pivot,
-                           num_pivots=num_pivots, progress=update, pivot_budget=pivot_budget)
+            try:
+                return e.d_llv(lam=lam, combine=combine, term=term, num_samples=num_samples,
+                               seed=seed, paper_compat=paper_compat,
+                               sets_per_pivot=sets_per_pivot, num_pivots=num_pivots,
+                               progress=update, pivot_budget=pivot_budget)
+            finally:   # the input side's N x M factors: no later measure reads them
+                e.release_input_factors()
     # d_SVD, d_rep, mCCA: O(M^3) each, minutes at M = 4096 on a CPU
     steps = {
         "kl": lambda d: e.kl(), "d_llv": llv, "d_logit": lambda d: e.d_logit(),
