@@ -426,3 +426,9 @@ def test_models_on_different_texts_or_tokenizers_are_refused():
     with ir.allow_tokenizer_mismatch():
         check_pair(*bare)
         check_pair(fa, fb)
+        # False passes the surrounding setting through (so compare's default
+        # check_tokenizer=True keeps the block's override): the override stays on
+        with ir.allow_tokenizer_mismatch(False):
+            check_pair(fa, fb)
+    with ir.allow_tokenizer_mismatch(False), pytest.raises(IdentirepError, match="token id 6"):
+        check_pair(fa, fb)

@@ -508,7 +508,10 @@ def allow_tokenizer_mismatch(allow: bool = True) -> Iterator[None]:
     Parameters
     ----------
     allow : bool
-        False leaves the check on (a flag passed through)."""
+        False leaves the check as it is around the block (a flag passed through): on, unless
+        an enclosing ``allow_tokenizer_mismatch()`` turned it off, which a nested False does
+        not undo (``compare(check_tokenizer=True)``, the default, inside such a block
+        compares the pair by label id)."""
     if not isinstance(allow, bool):
         raise IdentirepError(f"allow must be True or False, got {allow!r:.60}")
     token = _TOKENIZER_CHECK.set(not allow and _TOKENIZER_CHECK.get())
