@@ -144,13 +144,19 @@ def test_packed_state_round_trips_exactly():
     size = int.from_bytes(packed[len(im._MAGIC):head].tobytes(), "little")
     header = json.loads(packed[head:head + size].tobytes())
     for change in ({"at": -8}, {"nbytes": 1 << 40}, {"shape": [-1]}, {"dtype": "O"},
-                   {"dtype": "no such"}):
+                   {"dtype": "no such"}, {"shape": [1 << 40, 1 << 40]}, {"crc32": "x"},
+                   {"crc32": None}):
         bad = [dict(e, **change) if "dtype" in e else e for e in header]
         text = json.dumps(bad).encode()
         altered = np.concatenate([np.frombuffer(im._MAGIC + len(text).to_bytes(8, "little")
                                                 + text, np.uint8), packed[head + size:]])
         with pytest.raises(ir.IdentirepError, match="damaged"):
             im.unpack_state(altered)
+    for at in (head + size, len(packed) // 2, len(packed) - 1):   # one bit of an array flipped
+        flipped = packed.copy()
+        flipped[at] ^= 4
+        with pytest.raises(ir.IdentirepError, match="do not match their CRC-32"):
+            im.unpack_state(flipped)
     with pytest.raises(ir.IdentirepError, match="not JSON"):
         im.unpack_state(np.concatenate([packed[:head], np.full(size, 0xFF, np.uint8),
                                         packed[head + size:]]))

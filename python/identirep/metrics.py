@@ -8,6 +8,8 @@ this module imports and naming the class raises IdentirepError with what to inst
 from __future__ import annotations
 
 import json
+import math
+import zlib
 
 import numpy as np
 
@@ -15,23 +17,25 @@ from .errors import IdentirepError
 
 #: how to install what this module needs
 INSTALL = 'pip install "identirep[torchmetrics]"'
-#: the packed state's leading bytes (``pack_state``)
-_MAGIC = b"IDRPSTATE1"
+#: the packed state's leading bytes (``pack_state``; 2: each array with its CRC-32)
+_MAGIC = b"IDRPSTATE2"
 
 
 def pack_state(state: dict) -> np.ndarray:
     """An ``Accumulator.state_dict()`` (NumPy arrays and Python scalars) as one uint8 array:
-    a JSON header of the keys, scalars, dtypes and shapes, then the arrays' bytes. Exact
-    (no value is converted), and nothing in it is executed when unpacked (no pickle)."""
+    a JSON header of the keys, scalars, dtypes, shapes and each array's CRC-32, then the
+    arrays' bytes. Exact (no value is converted), and nothing in it is executed when unpacked
+    (no pickle)."""
     header, blobs, offset = [], [], 0
     for key, v in state.items():
         if isinstance(v, np.ndarray):
             a = np.ascontiguousarray(v)
             if a.dtype.hasobject:
                 raise IdentirepError(f"state entry {key!r} holds Python objects")
+            raw = a.reshape(-1).view(np.uint8)
             header.append({"k": key, "dtype": a.dtype.str, "shape": list(a.shape),
-                           "at": offset, "nbytes": a.nbytes})
-            blobs.append(a.reshape(-1).view(np.uint8))
+                           "at": offset, "nbytes": a.nbytes, "crc32": zlib.crc32(raw)})
+            blobs.append(raw)
             offset += a.nbytes
         else:
             if isinstance(v, np.generic):
@@ -47,7 +51,8 @@ def pack_state(state: dict) -> np.ndarray:
 
 def unpack_state(buf) -> dict:
     """The state ``pack_state`` packed (``buf``: its uint8 array, or a CPU tensor of it); a
-    truncated or altered buffer is an IdentirepError."""
+    truncated or altered buffer (its structure, or an array's bytes against its CRC-32) is an
+    IdentirepError."""
     buf = np.asarray(buf, np.uint8).reshape(-1)
     n = len(_MAGIC)
     if len(buf) < n + 8 or buf[:n].tobytes() != _MAGIC:
@@ -71,15 +76,18 @@ def unpack_state(buf) -> dict:
             continue
         try:
             dtype, shape = np.dtype(e["dtype"]), tuple(int(x) for x in e["shape"])
-            at, nbytes = int(e["at"]), int(e["nbytes"])
+            at, nbytes, crc = int(e["at"]), int(e["nbytes"]), int(e["crc32"])
         except (KeyError, TypeError, ValueError) as err:
             raise _damaged(f"entry {e['k']!r} has no valid dtype, shape and offset "
                            f"({err})") from None
         if dtype.hasobject or min(shape, default=0) < 0 or at < 0 or \
-                nbytes != dtype.itemsize * int(np.prod(shape)) or start + at + nbytes > len(buf):
+                nbytes != dtype.itemsize * math.prod(shape) or start + at + nbytes > len(buf):
             raise _damaged(f"entry {e['k']!r} ({dtype}, shape {shape}, {nbytes} bytes at "
                            f"{at}) does not fit its {len(buf) - start} bytes of arrays")
         raw = buf[start + at:start + at + nbytes]
+        if zlib.crc32(raw) != crc:
+            raise _damaged(f"the bytes of entry {e['k']!r} do not match their CRC-32 (altered "
+                           "in transit or in storage)")
         out[e["k"]] = raw.view(dtype).reshape(shape).copy()
     return out
 
