@@ -36,6 +36,29 @@ def test_matrix_needs_compatible_models():
         ir.matrix([a, C.random_model(N=40, V=9, M=2)])
 
 
+def test_matrix_checks_and_notes_every_pair_before_the_first_pass(monkeypatch):
+    """Two models that each pass against a first model naming no labels can still differ:
+    matrix refuses them before any pass (naming the pair), or with check_tokenizer=False
+    notes what differs for that pair too."""
+    base = C.random_model(N=80, V=9, M=2, seed=1)
+    labels = [f"t{k}" for k in range(9)]
+    other = list(labels)
+    other[4] = "x4"
+    models = [ir.Model(base.f, base.g, name="bare"),
+              ir.Model(base.f + 0.1, base.g, labels=labels, name="one"),
+              ir.Model(base.f - 0.1, base.g, labels=other, name="two")]
+    passes = []
+    import identirep.measures as ms
+    orig = ms.engine
+    monkeypatch.setattr(ms, "engine", lambda *a, **k: passes.append(1) or orig(*a, **k))
+    with pytest.raises(ir.IdentirepError, match=r"one vs two: label order differs at index 4"):
+        ir.matrix(models, num_samples=10)
+    assert not passes                                # refused before the first pair's pass
+    m = ir.matrix(models, num_samples=10, check_tokenizer=False)
+    assert [n.split(":")[0] for n in m.notes] == ["one vs two"], m.notes
+    assert "label 4 is 't4' in the first and 'x4' in the second" in m.notes[0], m.notes
+
+
 def test_matrix_computes_per_model_statistics_once(monkeypatch):
     """K models: moments of f and of g once per model (2K single-model products), not per pair."""
     import importlib

@@ -99,14 +99,19 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None,
     check_compare_options(**opts)
     check_progress(progress)
     models = _model_list(models)
-    for m in models[1:]:
-        check_pair(models[0], m)
-    names = unique_names([m.name for m in models])
-    notes = [f"{names[0]} vs {names[k]}: {n}" for k, n in
-             enumerate((tokenizer_note(models[0], m) for m in models[1:]), 1) if n]
     K = len(models)
-    values = empty_values(K)
     pairs = list(itertools.combinations(range(K), 2))
+    # every pair before the first pass (equal to a third model, two models can still differ
+    # where that one names no tokenizer or labels), and a note for each pair that differs
+    names = unique_names([m.name for m in models])
+    for i, j in pairs:
+        try:
+            check_pair(models[i], models[j])
+        except IdentirepError as err:
+            raise IdentirepError(f"{names[i]} vs {names[j]}: {err.reason}", fix=err.fix) from None
+    notes = [f"{names[i]} vs {names[j]}: {n}" for (i, j), n in
+             zip(pairs, (tokenizer_note(models[i], models[j]) for i, j in pairs)) if n]
+    values = empty_values(K)
     out_pairs, failures = [], []
     cache = {}
     if resolve(backend, *models) in ("cuda", "cupy"):   # each model to the device once
