@@ -360,7 +360,17 @@ def test_tokenizers_as_matrix(client, tmp_path):
     for got in (idk.matrix(paths, client, check_tokenizer=False, **OPTS),
                 _allowing(lambda: idk.matrix(paths, client, **OPTS))):
         assert_same(got, want)
-        assert len(got.notes) == 2
+        assert [n.split(":")[0] for n in got.notes] == ["tok0 vs tok1", "tok0 vs tok2",
+                                                          "tok1 vs tok2"], got.notes
+    # a first model naming no tokenizer passes against both; the pair of the other two is
+    # refused all the same, named as matrix names it
+    bare = str(ir.save_model(ir.Model(base.f, base.g, base.bias), tmp_path / "bare.safetensors"))
+    trio = [bare, paths[0], paths[2]]
+    with pytest.raises(ir.IdentirepError) as want:
+        ir.matrix(ir.io.load_models(trio), **OPTS)
+    with pytest.raises(ir.IdentirepError) as got:
+        idk.matrix(trio, client, **OPTS)
+    assert str(got.value) == str(want.value) and "tok0 vs tok2: " in str(got.value)
 
 
 def _allowing(call):
@@ -554,7 +564,8 @@ def test_a_task_of_pairs_reads_each_model_once(files, monkeypatch):
     pairs = idk.pair_blocks(4, 4)[0]
     sig = {k: W._signature(p) for k, p in enumerate(files)}
     try:
-        cells, failure = W._pairs_task("block", pairs, {k: (p, sig[k]) for k, p in enumerate(files)},
+        cells, failure = W._pairs_task("block", pairs,
+                                       {k: (p, sig[k], f"m{k}") for k, p in enumerate(files)},
                                        False, {ij: {} for ij in pairs}, dict(OPTS), True)
     finally:
         W._forget("block")

@@ -107,24 +107,23 @@ def _masked_task(path: str) -> np.ndarray:
 def _describe_task(token: str, k: int, path: str, masked, first: str, checked: bool) -> dict:
     """What the client needs of model k: its name, shape, the dtype its pass runs in, the
     file's signature, and for k > 0 the IdentirepError of ``check_pair`` (model 0, model k)
-    or None (``matrix`` checks every model against the first before any pair) and the
-    pair's ``tokenizer_note``; nothing of N or V size. ``checked``: the tokenizer check is
-    on (``allow_tokenizer_mismatch`` holds in the caller's thread, not here)."""
-    from .model import allow_tokenizer_mismatch, check_pair, tokenizer_note
+    or None (every model is checked against the first before any pair; each pair's task
+    checks its own pair and makes its note); nothing of N or V size. ``checked``: the
+    tokenizer check is on (``allow_tokenizer_mismatch`` holds in the caller's thread, not
+    here)."""
+    from .model import allow_tokenizer_mismatch, check_pair
     e = _loaded(token, k, path, masked)
     m = e.model
-    problem = note = None
+    problem = None
     if k > 0:
         m0 = _loaded(token, 0, first, masked).model
         with allow_tokenizer_mismatch(not checked):
             try:
                 check_pair(m0, m)
-                note = tokenizer_note(m0, m)
             except IdentirepError as err:
                 problem = err
     return dict(name=m.name, N=m.N, V=m.V, M=m.M, float64=_in_float64(m), problem=problem,
-                note=note, dropped_labels=np.asarray(m.dropped_labels),
-                signature=e.signature)
+                dropped_labels=np.asarray(m.dropped_labels), signature=e.signature)
 
 
 def _in_float64(m) -> bool:
@@ -156,26 +155,28 @@ def _pairs_task(token: str, pairs, files: dict, masked, statistics: dict, opts: 
                 checked: bool) -> tuple:
     """Both directions of each pair (i, j) of ``pairs`` (in pair order): ``_matrix.
     pair_cells`` of the pair's pass, on this worker, each model read once for all of them
-    (``files``: k -> (path, signature)), their statistics taken from ``statistics`` ((i, j)
-    -> {compute dtype: (statistics of i, of j)}). Returns ({pair: cells}, None), or at the
-    first pair that raises, (the cells before it, (that pair, its exception))."""
+    (``files``: k -> (path, signature, the name matrix gives it)), their statistics taken from ``statistics`` ((i, j)
+    -> {compute dtype: (statistics of i, of j)}). Returns ({pair: (cells, the pair's
+    ``tokenizer_note``)}, None), or at the first pair that raises, (the results before it,
+    (that pair, its exception))."""
     entries, cells = {}, {}
     for ij in pairs:
         try:
             for k in ij:
                 if k not in entries:
-                    path, sig = files[k]
+                    path, sig, _ = files[k]
                     entries[k] = _loaded(token, k, path, masked, sig)
-            cells[ij] = _pair_cells([entries[k] for k in ij], ij, statistics[ij], opts, checked)
+            cells[ij] = _pair_cells([entries[k] for k in ij], ij, statistics[ij], opts, checked,
+                                    [files[k][2] for k in ij])
         except Exception as e:  # noqa: BLE001 - raised by the client, in pair order
             return cells, (ij, e)
     return cells, None
 
 
-def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool) -> list:
+def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool, names) -> tuple:
     from ._matrix import pair_cells
     from .measures import engine
-    from .model import allow_tokenizer_mismatch
+    from .model import allow_tokenizer_mismatch, check_pair, tokenizer_note
     from .progress import silenced
 
     def caches(cdt):
@@ -187,8 +188,12 @@ def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool) -> lis
             out.append(c)
         return tuple(out)
     with silenced(), allow_tokenizer_mismatch(not checked):
+        try:      # named as matrix names a pair it refuses
+            check_pair(entries[0].model, entries[1].model)
+        except IdentirepError as err:
+            raise IdentirepError(f"{names[0]} vs {names[1]}: {err.reason}", fix=err.fix) from None
         e = engine(entries[0].model, entries[1].model, "cpu", caches=caches)
-        return pair_cells(e, *ij, opts)
+        return pair_cells(e, *ij, opts), tokenizer_note(entries[0].model, entries[1].model)
 
 
 # ----------------------------------------------------------------------------- compare

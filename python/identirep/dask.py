@@ -283,14 +283,14 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
             masked = np.union1d(masked, ids)
     desc = client.gather([run(_describe_task, token, k, p, masked, paths[0], checked,
                               name=f"read-{k}") for k, p in enumerate(paths)])
-    for d in desc:
-        if d["problem"] is not None:
-            raise d["problem"]
+    names = unique_names([d["name"] for d in desc])
+    for k, d in enumerate(desc):
+        if d["problem"] is not None:     # as matrix names it
+            p = d["problem"]
+            raise IdentirepError(f"{names[0]} vs {names[k]}: {p.reason}", fix=p.fix) from None
     if check is not None:
         check([SimpleNamespace(**{x: d[x] for x in ("name", "N", "V", "M", "dropped_labels")})
                for d in desc])
-    names = unique_names([d["name"] for d in desc])
-    notes = [f"{names[0]} vs {names[k]}: {d['note']}" for k, d in enumerate(desc) if d["note"]]
     pairs = list(itertools.combinations(range(K), 2))
     # the pass of a pair runs in float64 when both models' arrays are float64, else float32;
     # each model's statistics at each compute dtype one of its pairs needs, once
@@ -305,7 +305,7 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
     futures = {}
     for block in pair_blocks(K, models_per_task):
         ks = sorted({k for ij in block for k in ij})
-        files = {k: (paths[k], desc[k]["signature"]) for k in ks}
+        files = {k: (paths[k], desc[k]["signature"], names[k]) for k in ks}
         shared = {(i, j): {cdt[i, j]: (stats[i, cdt[i, j]], stats[j, cdt[i, j]])}
                   for i, j in block}
         name = "pair-" + "-".join(map(str, block[0])) + (f"-{len(block)}" if len(block) > 1
@@ -313,9 +313,12 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
         futures[run(_pairs_task, token, block, files, masked, shared, dict(opts), checked,
                     name=name)] = block
     cells = _gather_in_order(client, futures, pairs, progress)
-    values, out_pairs, failures = empty_values(K), [], []
-    for ij in pairs:
-        add_cells(values, out_pairs, failures, cells[ij])
+    values, out_pairs, failures, notes = empty_values(K), [], [], []
+    for i, j in pairs:
+        pair, note = cells[i, j]
+        add_cells(values, out_pairs, failures, pair)
+        if note:
+            notes.append(f"{names[i]} vs {names[j]}: {note}")
     return finish(names, values, out_pairs, failures, len(pairs), t0, notes)
 
 
