@@ -101,6 +101,14 @@ def test_input_factors_released_by_compare_and_kept_by_matrix(monkeypatch):
     assert len(made) == len(models)                  # once per model, not once per pair
 
 
+def test_label_moments_are_the_moments_of_both_gs_over_labels():
+    a, b = C.random_model(N=60, V=17, M=3, seed=6), C.random_model(N=60, V=17, M=4, seed=7)
+    got, want = ir.engine(a, b).label_moments, ir.Moments.from_rows(np.hstack([a.g, b.g]))
+    assert got.n == 17
+    assert_close(got.mean, want.mean, atol=1e-12)
+    assert_close(got.scatter, want.scatter, atol=1e-10)
+
+
 def test_swapped_engine_equals_the_engine_of_the_swapped_pair():
     a, b = C.random_model(N=90, V=13, M=3, seed=4, bias=True), C.random_model(N=90, V=13, M=4, seed=5)
     e = ir.engine(a, b)

@@ -89,6 +89,15 @@ class PairEngine:
             self._label_cross = label_cross(self.c1, self.c2)
         return self._label_cross
 
+    @property
+    def label_moments(self) -> Moments:
+        """Moments over labels of [g1(y), g2(y)] (un-augmented), assembled on each call from
+        each model's own block and ``label_cross`` (an (M1 + M2)^2 array; the measures read
+        the blocks, not this)."""
+        (m1, S1), (m2, S2) = self.c1.g_moments, self.c2.g_moments
+        return Moments.from_parts(self.V, [m1, m2], {(0, 0): S1, (1, 1): S2,
+                                                     (0, 1): self.label_cross})
+
     @on_models_stream
     def swapped(self) -> "PairEngine":
         """The engine of (b, a), from the same pass and the same moments (permuted)."""
