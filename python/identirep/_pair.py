@@ -341,6 +341,8 @@ class PairEngine:
         """d_rep's per-set values and condition numbers (into ``vals``, ``cond``, ``norms``)."""
         xp = self.c1.xp
         unsquared = norms is not None
+        # R2 R2' = C22, the second model's scatter factor (host models), once for every batch
+        R2 = self.c2.scatter_factor("f") if xp is np else None
         for i0 in range(0, len(sets), step):
             batch = sets[i0:i0 + step]
             sols = _rep_maps(rows64(self.G1, batch.ravel()).reshape(*batch.shape, self.M1),
@@ -353,7 +355,7 @@ class PairEngine:
             A = xp.stack([sols[k][0] for k in idx])
             c = xp.stack([sols[k][1] for k in idx])
             e = mu1 - A @ mu2 - c
-            tr = trC11 - 2 * (A * C12).sum((1, 2)) + self._quad_c22(A, C22)
+            tr = trC11 - 2 * (A * C12).sum((1, 2)) + _quad_c22(A, C22, R2)
             at = i0 + np.asarray(idx)
             vals[at] = to_numpy((e * e).sum(1) + tr / self.N)
             cond[at] = [sols[k][2] for k in idx]
@@ -362,16 +364,16 @@ class PairEngine:
                     norms[i0 + k] = _mean_norm(self.F1, self.F2, A[j], c[j])
 
 
-    def _quad_c22(self, A, C22):
-        """tr(A C22 A') per matrix of the stack A (S x M1 x M2): ||A R2||_F^2 with R2 R2' =
-        C22 the second model's shared scatter factor (a triangular product, half the flops
-        of A C22), else from C22 itself."""
-        R2 = self.c2.scatter_factor("f") if self.c1.xp is np else None
-        if R2 is None:
-            return ((A @ C22) * A).sum((1, 2))
-        AR = times_lower(A.reshape(-1, A.shape[-1]), R2).reshape(A.shape)
-        AR *= AR    # a new array: squared in place
-        return AR.sum((1, 2))
+
+def _quad_c22(A, C22, R2=None):
+    """tr(A C22 A') per matrix of the stack A (S x M1 x M2): ||A R2||_F^2 given R2 (lower
+    triangular, R2 R2' = C22; a triangular product, half the flops of A C22), else from C22
+    itself."""
+    if R2 is None:
+        return ((A @ C22) * A).sum((1, 2))
+    AR = times_lower(A.reshape(-1, A.shape[-1]), R2).reshape(A.shape)
+    AR *= AR    # a new array: squared in place
+    return AR.sum((1, 2))
 
 
 def _check_label(name: str, v, V: int) -> None:
