@@ -151,8 +151,14 @@ def test_d_svd_with_and_without_the_label_sides_factors(monkeypatch, dtype):
         for min_m in (1, 100):      # the label side's factors, then none kept there
             monkeypatch.setattr(E, "FACTORED_BOUNDS_MIN_M", min_m)
             e = ir.engine(A, B)
-            assert (e.labels.factors() is not None) == (min_m == 1 and fa is a.f)
+            kept = e.labels.factors() is not None
+            assert kept == (min_m == 1 and fa is a.f)
+            made = []
+            for c in (e.c1, e.c2):      # the f factors d_SVD makes itself (none when kept)
+                monkeypatch.setattr(c, "scatter_factor", lambda w, c=c, f=c.scatter_factor:
+                                    made.append(w) or f(w))
             got = e.d_svd(want.pivot, want.leave_out, want.input_set, max_sets=6)
+            assert made.count("f") == (0 if kept else 2)
             assert np.isfinite(got.d_svd_f_per_set).all() and np.isfinite(got.d_svd_g)
             tol = 1e-4 if dtype == np.float32 else 1e-9
             np.testing.assert_allclose(got.d_svd_f_per_set, want.d_svd_f_per_set, rtol=tol,

@@ -253,8 +253,9 @@ class LabelSide:
         return self._compiled_bounds(leaf, lab, *X)
 
     def factors(self):
-        """Per model, R_k (host, compute dtype, lower triangular) with R_k R_k' = C_kk, the
-        models' shared ``scatter_factor`` of f; None for device models, M below
+        """Per model, R_k (host, compute dtype, lower triangular) with R_k R_k' = C_kk: the
+        model's ``scatter_factor`` of f (made from its cached correlation factor), kept here
+        in the compute dtype for the pivot search and d_SVD; None for device models, M below
         FACTORED_BOUNDS_MIN_M, a constant column or a failed Cholesky factorisation."""
         if self._factors is None:
             # below FACTORED_BOUNDS_MIN_M the compiled row bounds are faster (M = 8, V = 131072:

@@ -118,6 +118,8 @@ class ModelCache:
         steps = [lambda: self.f_moments, lambda: self.g_moments]
         for w in ("f", "g"):
             steps += [lambda w=w: self.correlation(w, w), lambda w=w: self.whitening(w, w)]
+        # the input-side root: kept only where it is an eigen square root (O(M^3)); the
+        # Cholesky case is found safe here and its O(M^2) product made again where used
         steps.append(lambda: self.input_root)
         for step in steps:
             try:

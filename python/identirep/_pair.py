@@ -219,9 +219,10 @@ class PairEngine:
         C = self.mom.scatter
         batched = xp is np and M < SVD_BATCH_MAX_M
         # the blocks and factors in the compute dtype once (not per set): the products run
-        # in it. diag(L C_kk L') as row norms of L R_k, R_k R_k' = C_kk the models' shared
-        # factors (the label side's copies in the compute dtype where it keeps them); C_kk
-        # itself only where a factor is missing or every set runs in one batched call
+        # in it. diag(L C_kk L') as row norms of L R_k, R_k R_k' = C_kk the models' scatter
+        # factors (the label side's compute-dtype copies where it keeps them, else made from
+        # each model's cached correlation factor); C_kk itself only where a factor is missing
+        # or every set runs in one batched call
         Rf = self.labels.factors() or tuple(_in(self.cdt, c.scatter_factor("f"))
                                             for c in (self.c1, self.c2))
         C11, C22 = (xp.asarray(C[sl, sl]).astype(self.cdt, copy=False) if batched or r is None
@@ -243,7 +244,8 @@ class PairEngine:
             # each model's own block (as the assembled pair scatter held it: transposed) is
             # read only where its scatter factor is missing
             S11, S22 = (None if r is not None else
-                        xp.asarray(np.ascontiguousarray(c.g_moments[1].T)).astype(self.cdt)
+                        xp.asarray(np.ascontiguousarray(c.g_moments[1].T)).astype(
+                            self.cdt, copy=False)
                         for r, c in zip(Rg, (self.c1, self.c2)))
             S12 = xp.asarray(self.label_cross).astype(self.cdt, copy=False)
             return _scaled_cross(N1, N2, S11, S22, S12, Rg, self.cdt)
