@@ -144,8 +144,8 @@ def test_packed_state_round_trips_exactly():
     size = int.from_bytes(packed[len(im._MAGIC):head].tobytes(), "little")
     header = json.loads(packed[head:head + size].tobytes())
     for change in ({"at": -8}, {"nbytes": 1 << 40}, {"shape": [-1]}, {"dtype": "O"},
-                   {"dtype": "no such"}, {"shape": [1 << 40, 1 << 40]}, {"crc32": "x"},
-                   {"crc32": None}):
+                   {"dtype": "no such"}, {"shape": [1 << 32, 1 << 32], "nbytes": 0, "crc32": 0},
+                   {"crc32": "x"}, {"crc32": None}):   # a shape whose int64 product wraps to 0
         bad = [dict(e, **change) if "dtype" in e else e for e in header]
         text = json.dumps(bad).encode()
         altered = np.concatenate([np.frombuffer(im._MAGIC + len(text).to_bytes(8, "little")
@@ -157,6 +157,9 @@ def test_packed_state_round_trips_exactly():
         flipped[at] ^= 4
         with pytest.raises(ir.IdentirepError, match="do not match their CRC-32"):
             im.unpack_state(flipped)
+    with pytest.raises(ir.IdentirepError, match="packed by an older identirep"):
+        im.unpack_state(np.concatenate([np.frombuffer(b"IDRPSTATE1", np.uint8),
+                                        packed[len(im._MAGIC):]]))
     with pytest.raises(ir.IdentirepError, match="not JSON"):
         im.unpack_state(np.concatenate([packed[:head], np.full(size, 0xFF, np.uint8),
                                         packed[head + size:]]))

@@ -19,6 +19,8 @@ from .errors import IdentirepError
 INSTALL = 'pip install "identirep[torchmetrics]"'
 #: the packed state's leading bytes (``pack_state``; 2: each array with its CRC-32)
 _MAGIC = b"IDRPSTATE2"
+#: the leading bytes of earlier formats (refused, by name)
+_OLD_MAGIC = (b"IDRPSTATE1",)
 
 
 def pack_state(state: dict) -> np.ndarray:
@@ -55,6 +57,9 @@ def unpack_state(buf) -> dict:
     IdentirepError."""
     buf = np.asarray(buf, np.uint8).reshape(-1)
     n = len(_MAGIC)
+    if len(buf) >= n and buf[:n].tobytes() in _OLD_MAGIC:
+        raise IdentirepError("a state packed by an older identirep (no checksums)",
+                             fix="pack it again with this version (every rank the same version)")
     if len(buf) < n + 8 or buf[:n].tobytes() != _MAGIC:
         raise IdentirepError("not a packed identirep state (its leading bytes differ)")
     size = int.from_bytes(buf[n:n + 8].tobytes(), "little")
