@@ -226,8 +226,12 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
     Returns
     -------
     MatrixResult
-        The same values, choices and failures as ``identirep.matrix`` of
-        ``load_models(paths, drop_masked_labels)`` (``seconds`` aside); the same errors.
+        The same values, choices, failures and notes as ``identirep.matrix`` of
+        ``load_models(paths, drop_masked_labels)`` (``seconds`` aside), and its errors for
+        models that differ from the first. Other pairs are checked by their own tasks (the
+        run stops at the first refused pair in pair order), not all before the first pass
+        as ``identirep.matrix`` checks them: a pair that fails otherwise earlier in pair
+        order raises its own error first.
 
     Each model is read and its statistics of O(M^2) size (moments of f and g, whitenings,
     factors) computed once, by one task; the K (K - 1) / 2 pairs run in tasks that read
