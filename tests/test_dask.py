@@ -371,6 +371,15 @@ def test_tokenizers_as_matrix(client, tmp_path):
     with pytest.raises(ir.IdentirepError) as got:
         idk.matrix(trio, client, **OPTS)
     assert str(got.value) == str(want.value) and "tok0 vs tok2: " in str(got.value)
+    # before any pair runs: the pass of (bare, huge) would fail first in pair order
+    huge = ir.Model(base.f * 1e200, base.g, base.bias, labels=labels,
+                    metadata={"tokenizer": {"sha256": "ab" * 32, "size": 12}})
+    trio[1] = str(ir.save_model(huge, tmp_path / "huge.safetensors"))
+    with pytest.raises(ir.IdentirepError) as want:
+        ir.matrix(ir.io.load_models(trio), **OPTS)
+    with pytest.raises(ir.IdentirepError) as got:
+        idk.matrix(trio, client, **OPTS)
+    assert str(got.value) == str(want.value) and "huge vs tok2: " in str(got.value)
 
 
 def _allowing(call):

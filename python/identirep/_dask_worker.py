@@ -106,9 +106,9 @@ def _masked_task(path: str) -> np.ndarray:
 
 def _describe_task(token: str, k: int, path: str, masked, first: str, checked: bool) -> dict:
     """What the client needs of model k: its name, shape, the dtype its pass runs in, the
-    file's signature, and for k > 0 the IdentirepError of ``check_pair`` (model 0, model k)
-    or None (every model is checked against the first before any pair; each pair's task
-    checks its own pair and makes its note); nothing of N or V size. ``checked``: the
+    file's signature, its ``_check_key``, and for k > 0 the IdentirepError of ``check_pair``
+    (model 0, model k) or None (the client checks the other pairs whose keys differ by
+    ``_check_task`` before any pair runs); nothing of N or V size. ``checked``: the
     tokenizer check is on (``allow_tokenizer_mismatch`` holds in the caller's thread, not
     here)."""
     from .model import allow_tokenizer_mismatch, check_pair
@@ -123,7 +123,40 @@ def _describe_task(token: str, k: int, path: str, masked, first: str, checked: b
             except IdentirepError as err:
                 problem = err
     return dict(name=m.name, N=m.N, V=m.V, M=m.M, float64=_in_float64(m), problem=problem,
-                dropped_labels=np.asarray(m.dropped_labels), signature=e.signature)
+                dropped_labels=np.asarray(m.dropped_labels), signature=e.signature,
+                check_key=_check_key(m))
+
+
+def _check_key(m) -> tuple:
+    """What ``check_pair`` reads of a model, in digests: two models with equal keys pass
+    ``check_pair`` against each other (the client then needs no check task for their pair)."""
+    import hashlib
+    import json
+
+    def digest(x):
+        if x is None:
+            return None
+        if isinstance(x, np.ndarray):
+            return hashlib.sha256(x.dtype.str.encode() + repr(x.shape).encode()
+                                  + np.ascontiguousarray(x).tobytes()).hexdigest()
+        return hashlib.sha256("\0".join(map(str, x)).encode()).hexdigest()
+    tok = m.metadata.get("tokenizer") if isinstance(m.metadata, dict) else None
+    return (m.N, m.V, digest(None if m.labels is None else list(m.labels)),
+            digest(m.tokens), digest(m.documents), digest(np.asarray(m.dropped_labels)),
+            None if tok is None else json.dumps(tok, sort_keys=True, default=str))
+
+
+def _check_task(token: str, ij, files: dict, masked, checked: bool):
+    """``check_pair`` of models i and j (``files``: k -> (path, signature)) on this worker:
+    its IdentirepError, or None."""
+    from .model import allow_tokenizer_mismatch, check_pair
+    models = [_loaded(token, k, files[k][0], masked, files[k][1]).model for k in ij]
+    with allow_tokenizer_mismatch(not checked):
+        try:
+            check_pair(*models)
+        except IdentirepError as err:
+            return err
+    return None
 
 
 def _in_float64(m) -> bool:

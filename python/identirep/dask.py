@@ -20,9 +20,9 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from ._dask_worker import KEEP_MODELS  # noqa: F401 - documented here, used there
-from ._dask_worker import (_chunk_state_task, _compute_task, _describe_task, _forget,
-                           _forget_prototype, _masked_task, _merge_states_task, _pairs_task,
-                           _statistics_task)
+from ._dask_worker import (_check_task, _chunk_state_task, _compute_task, _describe_task,
+                           _forget, _forget_prototype, _masked_task, _merge_states_task,
+                           _pairs_task, _statistics_task)
 from .errors import IdentirepError
 from .model import tokenizer_checked, tokenizer_option
 
@@ -227,11 +227,10 @@ def matrix(paths: Sequence, client=None, *, drop_masked_labels: bool = False,
     -------
     MatrixResult
         The same values, choices, failures and notes as ``identirep.matrix`` of
-        ``load_models(paths, drop_masked_labels)`` (``seconds`` aside), and its errors for
-        models that differ from the first. Other pairs are checked by their own tasks (the
-        run stops at the first refused pair in pair order), not all before the first pass
-        as ``identirep.matrix`` checks them: a pair that fails otherwise earlier in pair
-        order raises its own error first.
+        ``load_models(paths, drop_masked_labels)`` (``seconds`` aside); the same errors.
+        Every pair is checked before any pair runs, as ``identirep.matrix`` checks them: each
+        model against the first by its describe task, and each other pair whose models
+        differ in what ``check_pair`` reads (their digests) by a task of its own.
 
     Each model is read and its statistics of O(M^2) size (moments of f and g, whitenings,
     factors) computed once, by one task; the K (K - 1) / 2 pairs run in tasks that read
@@ -292,6 +291,16 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
         if d["problem"] is not None:     # as matrix names it
             p = d["problem"]
             raise IdentirepError(f"{names[0]} vs {names[k]}: {p.reason}", fix=p.fix) from None
+    # the other pairs, before any pair runs (as matrix checks them): two models with equal
+    # check keys pass against each other; each other pair is checked on a worker
+    todo = [(i, j) for i, j in itertools.combinations(range(1, K), 2)
+            if desc[i]["check_key"] != desc[j]["check_key"]]
+    found = client.gather([run(_check_task, token, (i, j),
+                               {k: (paths[k], desc[k]["signature"]) for k in (i, j)}, masked,
+                               checked, name=f"check-{i}-{j}") for i, j in todo])
+    for (i, j), err in zip(todo, found):
+        if err is not None:
+            raise IdentirepError(f"{names[i]} vs {names[j]}: {err.reason}", fix=err.fix) from None
     if check is not None:
         check([SimpleNamespace(**{x: d[x] for x in ("name", "N", "V", "M", "dropped_labels")})
                for d in desc])
