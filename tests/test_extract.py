@@ -436,6 +436,7 @@ def test_tokens_targets_documents_and_fingerprint(gpt2_pair, tokenizer):
     assert tok["fast"] is True and tok["model"] == "WordLevel"
     assert tok["pre_tokenizer"] == "WhitespaceSplit" and set(tok["parts"]) == {
         "vocabulary", "special_tokens", "pipeline"}
+    assert tok["scheme"] == _hf.FINGERPRINT_SCHEME == 2
     assert tok == _hf.tokenizer_identity(tokenizer, _hf.token_strings(tokenizer, V_TOK))
     # truncated texts end where they were cut: the target after the cut is unknown (-1)
     cut = _extract(gpt2_pair[0], max_length=4, check_positions=3).to_model()

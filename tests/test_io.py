@@ -418,6 +418,16 @@ def test_models_on_different_texts_or_tokenizers_are_refused():
     assert re.search(r"though their 11 token strings are equal: their settings differ.*not both "
                      r"carry their input tokens", tokenizer_note(fa, fc))
     assert tokenizer_note(fa, fa) is None
+    # fingerprints of another scheme (a file extracted before the padding token left it):
+    # not said to differ in their settings
+    fd = Model(a.f, a.g, labels=a.labels,
+               metadata={"tokenizer": dict(tok, sha256="ef" * 32, scheme=2)})
+    check_pair(fa, fd)
+    assert re.search(r"token strings are equal: the fingerprints were made by different "
+                     r"schemes \(1 and 2;", tokenizer_note(fa, fd))
+    assert "settings differ" in tokenizer_note(
+        fd, Model(a.f, a.g, labels=a.labels,
+                  metadata={"tokenizer": dict(tok, sha256="cd" * 32, scheme=2)}))
     # neither the strings nor the fingerprints' parts: whether the vocabularies differ is
     # unknown, and refused
     bare = [Model(a.f, a.g, metadata={"tokenizer": dict(tok, sha256=h * 32)}) for h in "ab"]

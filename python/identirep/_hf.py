@@ -180,6 +180,11 @@ def _strings(smap: dict) -> set:
     return out
 
 
+#: the fingerprint's definition (``tokenizer_identity``), stored with it: 2 leaves the padding
+#: token out of the special tokens; files without it were written by scheme 1
+FINGERPRINT_SCHEME = 2
+
+
 def tokenizer_identity(tok, strings: list) -> dict:
     """``metadata["tokenizer"]``: the tokenizer's fingerprint and facts. ``strings`` are the
     strings of all ``len(tok)`` token ids (:func:`token_strings`).
@@ -193,7 +198,8 @@ def tokenizer_identity(tok, strings: list) -> dict:
     pre-tokenizer, model with its vocabulary and merges, post-processor, decoder; not its
     truncation or padding state), or for a tokenizer without a backend its class, its
     SentencePiece model's sha256 and its boolean settings. File locations enter none of them:
-    the same tokenizer saved in two directories has one fingerprint."""
+    the same tokenizer saved in two directories has one fingerprint. ``scheme`` is
+    ``FINGERPRINT_SCHEME``."""
     added = getattr(tok, "added_tokens_decoder", None) or {}
     # the padding token only fills batches (padded positions are skipped), and fine-tuning
     # recipes set pad_token = eos_token: that must not make the same tokenizer another
@@ -232,7 +238,8 @@ def tokenizer_identity(tok, strings: list) -> dict:
                                  if isinstance(v, bool)}}
     parts = {"vocabulary": _sha256(strings), "special_tokens": _sha256(special),
              "pipeline": _sha256(pipeline)}
-    return {"sha256": _sha256(parts), "size": len(strings), **facts, "parts": parts}
+    return {"sha256": _sha256(parts), "size": len(strings), **facts, "parts": parts,
+            "scheme": FINGERPRINT_SCHEME}
 
 
 # --------------------------------------------------------------- checkpoint revisions

@@ -618,6 +618,12 @@ def tokenizer_note(a: Model, b: Model) -> Optional[str]:
             return (f"{_tokenizer_head(a, b)}: {detail}; compared by token id all the same, "
                     "as asked")
         ta, tb = a.metadata["tokenizer"], b.metadata["tokenizer"]
+        schemes = [t.get("scheme", 1) for t in (ta, tb)]
+        if schemes[0] != schemes[1]:
+            return (f"{_tokenizer_head(a, b)}, though their {a.V} token strings are equal: "
+                    f"the fingerprints were made by different schemes ({schemes[0]} and "
+                    f"{schemes[1]}; scheme 2 leaves the padding token out), so whether the "
+                    "settings differ is not known; extract both with this version to tell")
         parts = [k.replace("_", " ") for k in ("special_tokens", "pipeline")
                  if isinstance(ta.get("parts"), dict) and isinstance(tb.get("parts"), dict)
                  and ta["parts"].get(k) != tb["parts"].get(k)]
