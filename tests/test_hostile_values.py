@@ -2,6 +2,8 @@
 user text that looks like markup. Each ends in an IdentirepError (the API) or exit code 2 with
 a one-line message (the command line): never a traceback, a leaked NumPy warning or a silent
 NaN. Tiny models (N=40, V=30, M=4) keep the file fast."""
+import re
+
 import numpy as np
 import pytest
 
@@ -276,15 +278,80 @@ EXTREME = [
 ]
 
 
+#: logits too small to resolve while f and g are within the limits: compare reports mCCA and
+#: d_rep, and the measures that read the logits fail with the reason
+SPREAD_ONLY = {"f32:f_all:1e-10", "f64:f_all:1e-90", "f64:bias_ramp_f_small:1e100"}
+
+
 @pytest.mark.parametrize("case, message", EXTREME, ids=[c for c, _ in EXTREME])
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_extreme_finite_values_are_refused_naming_their_scale(case, message, backend):
     """Finite values whose squares or products would overflow (or underflow) the dtype the
-    measures are computed in: refused before any work, by every measure."""
+    measures are computed in: refused before any work, by every measure that reads them."""
     a, b = _extreme(case)
-    for fn in (ir.compare, ir.kl, ir.d_logit):
+    for fn in (ir.kl, ir.d_logit):
         with pytest.raises(IdentirepError, match=message):
             fn(a, b, backend=backend)
+    if case not in SPREAD_ONLY:
+        with pytest.raises(IdentirepError, match=message):
+            ir.compare(a, b, backend=backend)
+        return
+    r = ir.compare(a, b, num_samples=5, backend=backend)
+    for name in ("kl", "d_llv", "d_logit"):
+        fail = r.failures[name]
+        assert re.search(message, str(IdentirepError(fail.reason, fail.fix))), name
+    assert "d_LLV could not be computed" in r.failures["d_svd"].reason
+    for name in ("mcca_f", "mcca_g", "d_rep"):
+        assert name not in r.failures and np.isfinite(float(getattr(r, name))), name
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_logits_too_small_leave_mcca_and_d_rep_computed(backend):
+    """mCCA is invariant to f's scale and d_rep is in squared units of f1: the partial report
+    of a pair whose first model's f is scaled by 1e-90 has the unscaled pair's mCCA and d_rep
+    x 1e-180 where A f2 + c scales with it (the second model's f scaled too). matrix and
+    d_rep on their own, and the per-token report's note, say the same."""
+    (f1, g1), (f2, g2) = arrays(1), arrays(2)
+    a, b = ir.Model(f1, g1), ir.Model(f2, g2)
+    s = 1e-90
+    small = (ir.Model(f1 * s, g1), ir.Model(f2 * s, g2))
+    want = ir.compare(a, b, num_samples=5, backend=backend)
+    got = ir.compare(*small, num_samples=5, backend=backend)
+    assert set(got.failures) == {"kl", "d_llv", "d_logit", "d_svd"}
+    assert got.mcca_f.value == pytest.approx(want.mcca_f.value, rel=1e-9)
+    assert got.mcca_g.value == pytest.approx(want.mcca_g.value, rel=1e-12)
+    assert got.d_rep.value == pytest.approx(want.d_rep.value * s * s, rel=1e-8)
+    assert ir.d_rep(*small, backend=backend).value == pytest.approx(got.d_rep.value, rel=1e-12)
+    if backend == "cpu":
+        m = ir.matrix([a, b, small[0]], num_samples=5)
+        assert np.isnan(m.values["kl"][0, 2]) and np.isnan(m.values["kl"][2, 0])
+        assert m.values["mcca_f"][0, 2] == pytest.approx(1.0, abs=1e-9)   # f1 against f1 s
+        said = {(f["i"], f["j"], f["measure"]): f["reason"] for f in m.failures}
+        assert "the second model's logits vary" in said[0, 2, "kl"]
+        assert "the first model's logits vary" in said[2, 0, "kl"]
+        assert np.isfinite(m.values["kl"][0, 1])
+        tok = np.arange(len(f1)) % 7
+        r = ir.compare(*(ir.Model(m_.f, m_.g, tokens=tok) for m_ in small), num_samples=5)
+        assert r.tokens is None and any(n.startswith("no per-token report: the first model's "
+                                                     "logits vary") for n in r.notes), r.notes
+
+
+def test_logits_too_small_on_the_command_line(tmp_path, capsys):
+    """The table and the JSON of such a pair: mCCA and d_rep, the other measures not
+    computed with the reason (exit 0: a report with failures)."""
+    import json
+
+    from identirep.cli import main
+    (f1, g1), (f2, g2) = arrays(1), arrays(2)
+    paths = [str(ir.save_model(m, tmp_path / f"{k}.npz")) for k, m in
+             enumerate((ir.Model(f1 * 1e-90, g1), ir.Model(f2, g2)))]
+    assert main(["compare", *paths, "--num-samples", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "mCCA f" in out and "KL(1||2)" not in out and "logits vary" in out
+    assert main(["compare", *paths, "--num-samples", "5", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["kl"] is None and "logits vary" in d["failures"]["kl"]["reason"]
+    assert np.isfinite(d["mcca_f"]["value"]) and np.isfinite(d["d_rep"]["value"])
 
 
 @pytest.mark.parametrize("case", ["f32:g_entry_f_small:1e20", "f64:g_entry_f_small:1e200",
@@ -493,7 +560,7 @@ def test_matrix_refuses_what_is_not_a_list_of_models_before_any_pass(pair, monke
 
     def no_pass(*args, **kwargs):
         raise AssertionError("a pair's pass ran before the arguments were checked")
-    monkeypatch.setattr(measures, "engine", no_pass)
+    monkeypatch.setattr(measures, "_engine", no_pass)
     if isinstance(models, list):
         models = [{"A": pair[0], "B": pair[1]}.get(m, m) for m in models]
     with pytest.raises(IdentirepError, match=message):

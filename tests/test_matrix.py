@@ -49,13 +49,14 @@ def test_matrix_checks_and_notes_every_pair_before_the_first_pass(monkeypatch):
               ir.Model(base.f - 0.1, base.g, labels=other, name="two")]
     passes = []
     import identirep.measures as ms
-    orig = ms.engine
-    monkeypatch.setattr(ms, "engine", lambda *a, **k: passes.append(1) or orig(*a, **k))
+    orig = ms._engine
+    monkeypatch.setattr(ms, "_engine", lambda *a, **k: passes.append(1) or orig(*a, **k))
     with pytest.raises(ir.IdentirepError, match=r"one vs two: label order differs at index 4"):
         ir.matrix(models, num_samples=10)
     assert not passes                                # refused before the first pair's pass
     m = ir.matrix(models, num_samples=10, check_tokenizer=False)
     assert [n.split(":")[0] for n in m.notes] == ["one vs two"], m.notes
+    assert len(passes) == 3                          # the pass tally counts
     assert "label 4 is 't4' in the first and 'x4' in the second" in m.notes[0], m.notes
 
 

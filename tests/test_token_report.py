@@ -334,12 +334,12 @@ def test_matrix_runs_no_per_token_pass(monkeypatch):
     from identirep import measures
     a, b = lm_pair()
     asked = []
-    real = measures.engine
+    real = measures._engine
 
     def engine(*args, **kw):
         asked.append(kw.get("topk", 0))
         return real(*args, **kw)
-    monkeypatch.setattr(measures, "engine", engine)
+    monkeypatch.setattr(measures, "_engine", engine)
     m = ir.matrix([a, b, a], num_samples=20)
     assert asked == [0, 0, 0] and np.isfinite(m.values["kl"]).all()
     ir.compare(a, b, num_samples=20)

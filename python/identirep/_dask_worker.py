@@ -208,8 +208,8 @@ def _pairs_task(token: str, pairs, files: dict, masked, statistics: dict, opts: 
 
 def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool, names) -> tuple:
     from ._matrix import pair_cells
-    from .measures import engine
-    from .model import allow_tokenizer_mismatch, check_pair, tokenizer_note
+    from .measures import _engine
+    from .model import allow_tokenizer_mismatch, check_pair, logit_spread_failure, tokenizer_note
     from .progress import silenced
 
     def caches(cdt):
@@ -225,7 +225,8 @@ def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool, names)
             check_pair(entries[0].model, entries[1].model)
         except IdentirepError as err:
             raise IdentirepError(f"{names[0]} vs {names[1]}: {err.reason}", fix=err.fix) from None
-        e = engine(entries[0].model, entries[1].model, "cpu", caches=caches)
+        a, b = entries[0].model, entries[1].model
+        e = _engine(a, b, "cpu", caches=caches, logit_failure=logit_spread_failure(a, b))
         return pair_cells(e, *ij, opts), tokenizer_note(entries[0].model, entries[1].model)
 
 

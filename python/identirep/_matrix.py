@@ -12,7 +12,7 @@ import numpy as np
 from ._backends import resolve
 from .errors import IdentirepError
 from .gpu.streams import on_caller_stream
-from .model import Model, check_pair, tokenizer_note, tokenizer_option
+from .model import Model, check_pair, logit_spread_failure, tokenizer_note, tokenizer_option
 from .progress import progress_bar
 from .results import _Result
 
@@ -94,7 +94,7 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None,
     once per model (``ModelCache``) and shared by all of its pairs; each pair adds only its
     cross products and the quantities that depend on its pass."""
     from ._model_cache import ModelCache
-    from .measures import check_compare_options, check_progress, engine
+    from .measures import _engine, check_compare_options, check_progress
     t0 = time.perf_counter()
     check_compare_options(**opts)
     check_progress(progress)
@@ -130,7 +130,8 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None,
     with progress_bar(f"{len(pairs)} model pairs", len(pairs),
                       None if call else progress) as update:
         for done, (i, j) in enumerate(pairs):
-            e = engine(models[i], models[j], backend, caches=caches(i, j))
+            e = _engine(models[i], models[j], backend, caches=caches(i, j),
+                        logit_failure=logit_spread_failure(models[i], models[j]))
             add_cells(values, out_pairs, failures, pair_cells(e, i, j, opts))
             update(done + 1)
             if call is not None:

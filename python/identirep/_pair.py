@@ -21,7 +21,7 @@ from ._linalg import (is_upper, linalg_raises, mean_singular_values, quad_diag, 
 from ._model_cache import ModelCache, label_cross, pair_moments, permuted_moments
 from .errors import IdentirepError
 from .gpu.streams import on_models_stream
-from .model import Model, check_pair, to_numpy
+from .model import Model, check_pair, logit_spread_failure, to_numpy
 from .moments import Moments
 from .passes import PassStats, numpy_pass
 from .results import DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult, MCCAResult
@@ -69,6 +69,14 @@ class PairEngine:
         self.labels = LabelSide(self.c1, self.c2, stats, self.mom.scatter, self.tol,
                                 self.gpu_backend)
         self.inputs = InputSide(self.c1, self.c2, stats, self.tol)
+        #: an IdentirepError when the logits vary too little to resolve (``model.
+        #: logit_spread_failure``): KL, d_logit and d_LLV raise it; mCCA, d_SVD of given
+        #: choices and d_rep read f and g only
+        self.logit_failure = None
+
+    def _logits_resolved(self) -> None:
+        if self.logit_failure is not None:
+            raise self.logit_failure
 
     @classmethod
     def from_statistics(cls, a: Model, b: Model, stats: PassStats, moments: Moments,
@@ -105,8 +113,11 @@ class PairEngine:
         pu = np.r_[M1:M1 + M2, 0:M1, M1 + M2 + 1, M1 + M2]
         mom = permuted_moments(self.mom, pu)
         lab = None if self._label_cross is None else np.ascontiguousarray(self._label_cross.T)
-        return PairEngine(self.b, self.a, self.stats.swapped(), self.tol, (self.c2, self.c1),
-                          _moments=(mom, lab))
+        s = PairEngine(self.b, self.a, self.stats.swapped(), self.tol, (self.c2, self.c1),
+                       _moments=(mom, lab))
+        if self.logit_failure is not None:   # the same objection, naming the models as swapped
+            s.logit_failure = logit_spread_failure(self.b, self.a)
+        return s
 
     @on_models_stream
     def label_terms(self, pivot: int):
@@ -118,6 +129,7 @@ class PairEngine:
     # ------------------------------------------------------------------ KL, d_logit
     @on_models_stream
     def kl(self) -> KLResult:
+        self._logits_resolved()
         s = self.stats
         if s.sums is not None:   # sums over inputs of which s holds some (no per-input arrays)
             t = s.sums
@@ -132,6 +144,7 @@ class PairEngine:
 
     @on_models_stream
     def d_logit(self) -> DLogitResult:
+        self._logits_resolved()
         s = self.stats
         sq = float(s.row_m2_dd.mean()) if s.sums is None else s.sums.row_m2_dd / s.sums.n
         return DLogitResult(value=math.sqrt(max(sq, 0.0)), value_sq=sq)
@@ -142,6 +155,7 @@ class PairEngine:
                    progress=None, bound_budget=None):
         """(pivot, leave-out, t1, t3, how the pivot was found, degenerate labels): see
         ``LabelSide.search``."""
+        self._logits_resolved()
         _check_term(term)
         for name, v in (("pivot", pivot), ("leave_out", leave_out)):
             if v is not None:
@@ -159,6 +173,7 @@ class PairEngine:
                    paper_compat=False, sets_per_pivot=1):
         """(input set, t2, t4, how the candidates were drawn, their number, how many were
         rejected): see ``InputSide.search``."""
+        self._logits_resolved()
         _check_term(term)
         rules.check_options(seed, num_samples, sets_per_pivot)
         rules.check_flag("paper_compat", paper_compat)

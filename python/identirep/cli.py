@@ -266,7 +266,7 @@ def cmd_demo(args) -> int:
 
 def cmd_compare(args) -> int:
     from .io import load_models
-    from .measures import _report_from_engine, compare, engine, with_tokens
+    from .measures import _engine, _report_from_engine, compare, report_choices, with_tokens
     from .report import render_report
     check_input_sets(args, [])
     if args.out:
@@ -289,13 +289,13 @@ def cmd_compare(args) -> int:
 
         from .model import check_pair, tokenizer_note
         from .plots import label_terms
-        from .tokens import engine_token_report, per_token_choice
+        from .tokens import engine_token_report
         from ._backends import resolve
         t0 = time.perf_counter()
         backend = kw.pop("backend")
         check_pair(a, b)
-        on, note = per_token_choice(a, b, resolve(backend, a, b), **tok)
-        e = engine(a, b, backend, topk=k_top if on else 0)
+        on, note, spread = report_choices(a, b, resolve(backend, a, b), **tok)
+        e = _engine(a, b, backend, topk=k_top if on else 0, logit_failure=spread)
         r = _report_from_engine(e, t0=t0, backend=e.stats.backend, **kw)
         r = with_tokens(r, t0, lambda: engine_token_report(e, args.jsd) if on else None,
                         tokenizer_note(a, b), note)

@@ -15,8 +15,8 @@ from ._linalg import whiten
 from ._pair import PairEngine, mcca_from_scatter, rep_overflow_error
 from .errors import IdentirepError, why
 from .gpu.streams import on_caller_stream
-from .model import (Model, check_logit_scale, check_pair, to_numpy, tokenizer_note,
-                    tokenizer_option)
+from .model import (Model, check_logit_scale, check_pair, logit_spread_failure, to_numpy,
+                    tokenizer_note, tokenizer_option)
 from .moments import Moments
 from .progress import progress_bar
 from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, Failure, KLResult,
@@ -50,10 +50,24 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
     PairEngine
         ``.kl()``, ``.d_llv()``, ``.d_svd()``, ``.mcca_f()``, ``.mcca_g()``, ``.d_logit()``,
         ``.d_rep()`` from the one pass."""
+    return _engine(a, b, backend, progress, caches, topk)
+
+
+#: ``_engine``'s default: the logits' scale is checked there, as ``engine`` checks it
+_CHECK = object()
+
+
+def _engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None,
+            topk: int = 0, logit_failure=_CHECK) -> PairEngine:
+    """``engine``; ``logit_failure``: the caller's ``logit_spread_failure(a, b)`` (None, or
+    logits too small to resolve): they do not stop the pass, and the engine carries the
+    error as ``logit_failure``, for the measures that read the logits (KL, d_logit, d_LLV)
+    to raise, while mCCA and d_rep are computed."""
     check_pair(a, b)
     for name, fn in (("progress", progress), ("caches", caches)):
         rules.check_callable(name, fn)
-    check_logit_scale(a, b)
+    if logit_failure is _CHECK:
+        logit_failure = check_logit_scale(a, b)
     rules.check_count("topk", topk, minimum=0)
     backend = resolve(backend, a, b)
     if backend == "reference":
@@ -77,7 +91,9 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
         f2, g2 = b.augmented(None)
         stats = cpu_pass(f1, g1, f2, g2, progress=progress, topk=topk)
     cdt = np.float32 if stats.dtype == "float32" else np.float64
-    return PairEngine(a, b, stats, caches=None if caches is None else caches(cdt))
+    e = PairEngine(a, b, stats, caches=None if caches is None else caches(cdt))
+    e.logit_failure = logit_failure
+    return e
 
 
 @on_caller_stream
@@ -319,10 +335,10 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
     rules.check_flag("unsquared", unsquared)
     kw = dict(sets=sets, num_pivots=num_pivots, sets_per_pivot=sets_per_pivot, seed=seed,
               max_cond=max_cond, unsquared=unsquared)
-    if resolve(backend, a, b) == "reference":
-        check_logit_scale(a, b)
+    if resolve(backend, a, b) == "reference":   # d_rep reads f and g, not the logits
+        logit_spread_failure(a, b)
         return _d_rep_reference(a, b, **kw)
-    return engine(a, b, backend).d_rep(**kw)
+    return _engine(a, b, backend, logit_failure=logit_spread_failure(a, b)).d_rep(**kw)
 
 
 def _d_rep_reference(a, b, **kw) -> DRepResult:
@@ -398,9 +414,15 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     check_compare_options(num_pivots=num_pivots, max_label_sets=max_label_sets,
                           rep_sets=rep_sets, pivot_budget=pivot_budget, **llv)
     check_progress(progress)
-    on, note = per_token_choice(a, b, be, per_token, top_k, jsd)
+    on, note, spread = report_choices(a, b, be, per_token, top_k, jsd)
     if be == "reference":
-        check_logit_scale(a, b)
+
+        def logits(fn):
+            def run(d):
+                if spread is not None:
+                    raise spread
+                return fn(d)
+            return run
         cands = None
         if num_pivots is not None:
             from .sampling import pivot_sample
@@ -413,9 +435,9 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
             return ref.d_svd_reference(a, b, d.pivot, d.leave_out, d.input_set, max_label_sets,
                                        seed)
         steps = {
-            "kl": lambda d: ref.kl_reference(a, b),
-            "d_llv": lambda d: ref.d_llv_reference(a, b, pivot_candidates=cands, **llv),
-            "d_logit": lambda d: ref.d_logit_reference(a, b),
+            "kl": logits(lambda d: ref.kl_reference(a, b)),
+            "d_llv": logits(lambda d: ref.d_llv_reference(a, b, pivot_candidates=cands, **llv)),
+            "d_logit": logits(lambda d: ref.d_logit_reference(a, b)),
             "mcca_f": lambda d: ref.mcca_reference(a.numpy()[0], b.numpy()[0]),
             "mcca_g": lambda d: ref.mcca_reference(a.numpy()[1], b.numpy()[1]),
             "d_svd": svd,
@@ -431,12 +453,23 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
             bar(fraction)
             if call is not None:
                 call(fraction)
-        e = engine(a, b, be, progress=update, topk=top_k if on else 0)
+        e = _engine(a, b, be, progress=update, topk=top_k if on else 0, logit_failure=spread)
     r = _report_from_engine(e, t0=t0, backend=be, num_pivots=num_pivots,
                             max_label_sets=max_label_sets, rep_sets=rep_sets,
                             pivot_budget=pivot_budget, **llv)
     return with_tokens(r, t0, lambda: engine_token_report(e, jsd) if on else None,
                        tokenizer_note(a, b), note)
+
+
+def report_choices(a: Model, b: Model, be: str, per_token, top_k: int, jsd: bool) -> tuple:
+    """(whether the per-token report runs, the note why not or None, ``logit_spread_failure``):
+    logits too small to resolve fail the measures that read them (and the per-token report)
+    with the reason, while mCCA and d_rep (f and g alone) are computed."""
+    on, note = per_token_choice(a, b, be, per_token, top_k, jsd)
+    spread = logit_spread_failure(a, b)
+    if spread is not None and on:
+        on, note = False, f"no per-token report: {spread.reason}"
+    return on, note, spread
 
 
 def with_tokens(r: Report, t0: float, make, *notes: Optional[str]) -> Report:

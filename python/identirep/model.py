@@ -390,7 +390,8 @@ def max_abs(a) -> float:
     return float("nan")
 
 
-def check_logit_scale(a: "Model", b: "Model", large_only: bool = False) -> None:
+def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
+                      spread: bool = True) -> None:
     """Refuse models whose logits, f or g are too large or too small to be squared and summed
     in the dtype they are computed in, naming the scale: an f entry of 1e200, or a float32 g
     entry of 1e20 next to a tiny f, would overflow into inf and NaN terms; logits that vary
@@ -400,7 +401,9 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False) -> None:
     [1 / LOGIT_LIMIT, LOGIT_LIMIT] of the dtype (a zero array aside: that is a constant,
     refused by the measures that need variation). A fix is offered only where it works.
     ``large_only``: only the limits that more data can never lift (too large: a stream's
-    batch, checked with the largest magnitudes seen so far)."""
+    batch, checked with the largest magnitudes seen so far). ``spread=False``: not the
+    logits' spread (``logit_spread_failure``)."""
+    spread_on = spread
     with np.errstate(over="ignore", invalid="ignore"):
         for m, nm in ((a, "first"), (b, "second")):
             fs, gs = (max_abs(x) * np.sqrt(x.shape[1]) for x in (m.f, m.g))
@@ -427,7 +430,7 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False) -> None:
                     "and g to their trained scale (the measures are not invariant to the "
                     f"logits' scale){cast}, or check the data for corrupted values")
             # logits too small to resolve: neither balancing nor (below 1e-6) float64 helps
-            if not large_only and 0 < spread < MIN_LOGIT_SPREAD[kind]:
+            if spread_on and not large_only and 0 < spread < MIN_LOGIT_SPREAD[kind]:
                 raise IdentirepError(
                     f"the {nm} model's logits vary with the input by at most about "
                     f"{spread:.3g} (sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}), "
@@ -458,6 +461,23 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False) -> None:
                     fix=f"balance the factors: f * c and g / c with c = {c:.3g} leave every "
                         "logit unchanged (and every measure but d_rep, which is in squared "
                         f"units of f and scales by c^2){cast}")
+
+
+def logit_spread_failure(a: "Model", b: "Model") -> Optional[IdentirepError]:
+    """``check_logit_scale``'s objection when it is only that a model's logits vary too little
+    to resolve (f and g each within the limits, so their moments, mCCA and d_rep, are exact
+    enough): returned, for the measures that read the logits to fail with; None when there is
+    none. Any other objection raises, as ``check_logit_scale`` raises it."""
+    try:
+        check_logit_scale(a, b)
+        return None
+    except IdentirepError as err:
+        first = err
+    try:
+        check_logit_scale(a, b, spread=False)
+    except IdentirepError:
+        raise first from None
+    return first
 
 
 def to_numpy(a, dtype=None) -> np.ndarray:

@@ -23,7 +23,7 @@ def report_rows(r: Report) -> List[Tuple[str, str, str]]:
     """(measure, value, detail) rows of one comparison; a measure that could not be computed
     shows its reason and fix. Distances are 0 for identical models, similarities 1."""
     k, d = r.kl, r.d_llv
-    rows = [
+    rows = [] if k is None else [
         ("KL(1||2)", fmt(k.kl12), "distance (0 = same p), nats, mean over inputs"),
         ("KL(2||1)", fmt(k.kl21), ""),
         ("top-1 agreement", fmt(k.top1_agreement),
@@ -39,8 +39,9 @@ def report_rows(r: Report) -> List[Tuple[str, str, str]]:
         ]
         if d.degenerate_pairs:
             rows.append(("  degenerate labels", str(d.degenerate_pairs), _short(d.degenerate_labels)))
-    rows.append(("d_logit", fmt(r.d_logit.value),
-                 f"distance (metric), logit units, grows with V={r.V}: sqrt E_x ||c1 - c2||^2"))
+    if r.d_logit is not None:
+        rows.append(("d_logit", fmt(r.d_logit.value), f"distance (metric), logit units, grows "
+                                                      f"with V={r.V}: sqrt E_x ||c1 - c2||^2"))
     for name, label in (("mcca_f", "mCCA f"), ("mcca_g", "mCCA g")):
         m = getattr(r, name)
         if m is not None:
