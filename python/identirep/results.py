@@ -393,9 +393,9 @@ class Report(_Result):
     M1: int
     M2: int
     backend: str
-    kl: KLResult
+    kl: Optional[KLResult]
     d_llv: Optional[DLLVResult]
-    d_logit: DLogitResult
+    d_logit: Optional[DLogitResult]
     mcca_f: Optional[MCCAResult] = None
     mcca_g: Optional[MCCAResult] = None
     d_svd: Optional[DSVDResult] = None
