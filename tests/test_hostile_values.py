@@ -1,7 +1,8 @@
 """Hostile values: finite but extreme numbers, option values of the wrong type or range, and
 user text that looks like markup. Each ends in an IdentirepError (the API) or exit code 2 with
-a one-line message (the command line): never a traceback, a leaked NumPy warning or a silent
-NaN. Tiny models (N=40, V=30, M=4) keep the file fast."""
+a one-line message (the command line), or, for logits too small to resolve, in a report whose
+measures that read them are failures with the reason: never a traceback, a leaked NumPy
+warning or a silent NaN. Tiny models (N=40, V=30, M=4) keep the file fast."""
 import re
 
 import numpy as np
@@ -334,6 +335,35 @@ def test_logits_too_small_leave_mcca_and_d_rep_computed(backend):
         r = ir.compare(*(ir.Model(m_.f, m_.g, tokens=tok) for m_ in small), num_samples=5)
         assert r.tokens is None and any(n.startswith("no per-token report: the first model's "
                                                      "logits vary") for n in r.notes), r.notes
+
+
+def test_a_mixed_pair_is_checked_in_its_compute_dtype():
+    """A float64 model next to a float32 one is computed in float32: its scale is checked
+    there (a float64 f of 1e-23 would be subnormal in float32, its mCCA wrong), and the fix
+    names the other model's cast."""
+    (f1, g1), (f2, g2) = arrays(1), arrays(2)
+    b32 = ir.Model(f2.astype(np.float32), g2.astype(np.float32))
+    tiny = ir.Model(f1 * 1e-23, g1)
+    with pytest.raises(IdentirepError, match=r"that float32 \(the pair's compute dtype: the "
+                                             r"other model is not float64\) resolves"):
+        ir.compare(tiny, b32, num_samples=5)
+    r = ir.compare(tiny, ir.Model(f2, g2), num_samples=5)      # a float64 pair: mCCA, d_rep
+    assert set(r.failures) == {"kl", "d_llv", "d_logit", "d_svd"}
+    want = ir.compare(ir.Model(f1, g1), ir.Model(f2, g2), num_samples=5)
+    assert r.mcca_f.value == pytest.approx(want.mcca_f.value, rel=1e-9)
+    # logits float64 resolves and float32 does not: the cast of the other model is the fix
+    r = ir.compare(ir.Model(f1 * 1e-4, g1), b32, num_samples=5)
+    assert "cast the other model's f and g to float64 too" in r.failures["kl"].fix
+    assert np.isfinite(r.mcca_f.value) and np.isfinite(r.d_rep.value)
+
+
+
+def test_a_blocker_of_the_other_model_comes_before_a_spread():
+    """The first model's logits too small, the second model's g beyond float64's squares (the
+    blocker, which balancing lifts): compare names the second model's objection and its fix."""
+    (f1, g1), (f2, g2) = arrays(1), arrays(2)
+    with pytest.raises(IdentirepError, match=r"the second model's g reaches .*fix: balance"):
+        ir.compare(ir.Model(f1 * 1e-90, g1), ir.Model(f2 * 1e-110, g2 * 1e110), num_samples=5)
 
 
 def test_logits_too_small_on_the_command_line(tmp_path, capsys):

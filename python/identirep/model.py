@@ -391,9 +391,10 @@ def max_abs(a) -> float:
 
 
 def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
-                      spread: bool = True) -> None:
+                      spread: bool = True, only: Optional[int] = None) -> None:
     """Refuse models whose logits, f or g are too large or too small to be squared and summed
-    in the dtype they are computed in, naming the scale: an f entry of 1e200, or a float32 g
+    in the dtype the pair is computed in (float64 when every f and g is, else float32),
+    naming the scale: an f entry of 1e200, or a float32 g
     entry of 1e20 next to a tiny f, would overflow into inf and NaN terms; logits that vary
     by less than MIN_LOGIT_SPREAD are lost in the log-normalisers' rounding. The logits'
     bound must stay within LOGIT_LIMIT, their input-dependent part sqrt(M) max |f| x sqrt(M)
@@ -402,21 +403,29 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
     refused by the measures that need variation). A fix is offered only where it works.
     ``large_only``: only the limits that more data can never lift (too large: a stream's
     batch, checked with the largest magnitudes seen so far). ``spread=False``: not the
-    logits' spread (``logit_spread_failure``)."""
+    logits' spread; ``only`` = 0 or 1: that model alone, in the pair's compute dtype
+    (``logit_spread_failure``)."""
     spread_on = spread
+    # the pair's compute dtype, as the pass takes it: float64 only when every f and g is
+    kind = ("float64" if all(_dtype_name(x).endswith("float64") for m in (a, b)
+                             for x in (m.f, m.g)) else "float32")
     with np.errstate(over="ignore", invalid="ignore"):
-        for m, nm in ((a, "first"), (b, "second")):
+        for k, (m, nm) in enumerate(((a, "first"), (b, "second"))):
+            if only is not None and k != only:
+                continue
             fs, gs = (max_abs(x) * np.sqrt(x.shape[1]) for x in (m.f, m.g))
             if not (np.isfinite(fs) and np.isfinite(gs)) and np.isnan(fs + gs):
                 continue            # an array type whose maximum is not read here
             bias = 0.0 if m.bias is None else max_abs(m.bias)
             bound = fs * gs + bias
-            kind = ("float64" if all(_dtype_name(x).endswith("float64") for x in (m.f, m.g))
-                    else "float32")
+            own = all(_dtype_name(x).endswith("float64") for x in (m.f, m.g))
+            said = (kind if own == (kind == "float64") else
+                    f"{kind} (the pair's compute dtype: the other model is not float64)")
             limit = LOGIT_LIMIT[kind]
             spread = fs * gs          # the input-dependent part of the logits
             f64 = LOGIT_LIMIT["float64"]
-            cast = (", or cast f and g to float64 (limits 1e-100 to 1e100)"
+            cast = ((", or cast the other model's f and g to float64 too" if own else
+                     ", or cast f and g to float64") + " (limits 1e-100 to 1e100)"
                     if kind == "float32" and bound <= f64
                     and MIN_LOGIT_SPREAD["float64"] <= spread else "")
             parts = f"sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}" + (
@@ -426,7 +435,7 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
                         f"1e{np.log10(fs) + np.log10(gs):.0f}")
                 raise IdentirepError(
                     f"the {nm} model's logits reach about {size} ({parts}), beyond the "
-                    f"{limit:.0e} that {kind} sums of squared log-likelihoods allow; rescale f "
+                    f"{limit:.0e} that {said} sums of squared log-likelihoods allow; rescale f "
                     "and g to their trained scale (the measures are not invariant to the "
                     f"logits' scale){cast}, or check the data for corrupted values")
             # logits too small to resolve: neither balancing nor (below 1e-6) float64 helps
@@ -434,11 +443,12 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
                 raise IdentirepError(
                     f"the {nm} model's logits vary with the input by at most about "
                     f"{spread:.3g} (sqrt(M) max |f| {fs:.3g} x sqrt(M) max |g| {gs:.3g}), "
-                    f"below the {MIN_LOGIT_SPREAD[kind]:.0e} that {kind} resolves: "
+                    f"below the {MIN_LOGIT_SPREAD[kind]:.0e} that {said} resolves: "
                     f"log-normalisers (about log V) round by ~{np.finfo(kind).eps:.0e} of "
                     "themselves, which swamps differences this small (balancing f against g "
                     "leaves them as they are)",
-                    fix=("cast f and g to float64 (limit 1e-6), or "
+                    fix=(("cast the other model's f and g to float64 too" if own else
+                          "cast f and g to float64") + " (limit 1e-6), or "
                          if kind == "float32" and spread >= MIN_LOGIT_SPREAD["float64"] else "")
                     + "rescale f and g to their trained scale (the measures are not invariant "
                       "to the logits' scale)")
@@ -450,9 +460,9 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
                 # the logits are within the limits: so are f c and g / c with c = sqrt(gs /
                 # fs), both sqrt(fs gs), unless a bias makes the logits
                 c = np.sqrt(gs) / np.sqrt(fs)
-                side = (f"beyond the {limit:.0e} that {kind} sums of its squares (its second "
+                side = (f"beyond the {limit:.0e} that {said} sums of its squares (its second "
                         "moments) allow" if scale > limit else
-                        f"below the {1 / limit:.0e} under which {kind} sums of its squares "
+                        f"below the {1 / limit:.0e} under which {said} sums of its squares "
                         "(its second moments) underflow")
                 raise IdentirepError(
                     f"the {nm} model's {what} reaches {scale / np.sqrt(m.M):.3g} (sqrt(M) max "
@@ -465,19 +475,24 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
 
 def logit_spread_failure(a: "Model", b: "Model") -> Optional[IdentirepError]:
     """``check_logit_scale``'s objection when it is only that a model's logits vary too little
-    to resolve (f and g each within the limits, so their moments, mCCA and d_rep, are exact
-    enough): returned, for the measures that read the logits to fail with; None when there is
-    none. Any other objection raises, as ``check_logit_scale`` raises it."""
-    try:
-        check_logit_scale(a, b)
-        return None
-    except IdentirepError as err:
-        first = err
-    try:
-        check_logit_scale(a, b, spread=False)
-    except IdentirepError:
-        raise first from None
-    return first
+    to resolve (f and g each within the limits of the pair's compute dtype, so their moments,
+    mCCA and d_rep, are exact enough): returned, for the measures that read the logits to fail
+    with; None when there is none. Any other objection raises, as ``check_logit_scale``
+    raises it for that model (a model with both: its spread, which balancing cannot lift),
+    before a spread objection of the other model."""
+    found = None
+    for k in (0, 1):
+        try:
+            check_logit_scale(a, b, only=k)
+            continue
+        except IdentirepError as err:
+            full = err
+        try:
+            check_logit_scale(a, b, spread=False, only=k)
+        except IdentirepError:
+            raise full from None
+        found = found or full
+    return found
 
 
 def to_numpy(a, dtype=None) -> np.ndarray:
