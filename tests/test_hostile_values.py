@@ -311,7 +311,7 @@ def test_logits_too_small_leave_mcca_and_d_rep_computed(backend):
     """mCCA is invariant to f's scale and d_rep is in squared units of f1: the partial report
     of a pair whose first model's f is scaled by 1e-90 has the unscaled pair's mCCA and d_rep
     x 1e-180 where A f2 + c scales with it (the second model's f scaled too). matrix and
-    d_rep on their own, and the per-token report's note, say the same."""
+    d_rep on their own, the Accumulator, and the per-token report's note, say the same."""
     (f1, g1), (f2, g2) = arrays(1), arrays(2)
     a, b = ir.Model(f1, g1), ir.Model(f2, g2)
     s = 1e-90
@@ -324,6 +324,11 @@ def test_logits_too_small_leave_mcca_and_d_rep_computed(backend):
     assert got.d_rep.value == pytest.approx(want.d_rep.value * s * s, rel=1e-8)
     assert ir.d_rep(*small, backend=backend).value == pytest.approx(got.d_rep.value, rel=1e-12)
     if backend == "cpu":
+        acc = ir.Accumulator(g1, g2).update(f1 * s, f2 * s).compute(num_samples=5)
+        assert set(acc.failures) == set(got.failures)
+        assert acc.failures["kl"].reason == got.failures["kl"].reason
+        assert acc.mcca_f.value == pytest.approx(got.mcca_f.value, rel=1e-10)
+        assert acc.d_rep.value == pytest.approx(got.d_rep.value, rel=1e-10)
         m = ir.matrix([a, b, small[0]], num_samples=5)
         assert np.isnan(m.values["kl"][0, 2]) and np.isnan(m.values["kl"][2, 0])
         assert m.values["mcca_f"][0, 2] == pytest.approx(1.0, abs=1e-9)   # f1 against f1 s

@@ -37,7 +37,7 @@ from ._reservoir import Reservoir, priorities
 from .errors import IdentirepError
 from .measures import _report_from_engine, check_compare_options
 from .model import (_FLOAT_KINDS, Model, _dtype_name, check_array, check_logit_scale,
-                    check_pair, common_kind, max_abs, to_numpy)
+                    check_pair, common_kind, logit_spread_failure, max_abs, to_numpy)
 from .moments import Moments, merge_stats
 from .passes import PassStats, PassSums
 from .results import Report
@@ -214,12 +214,16 @@ class Accumulator:
         self._fold(cpu_pass(a1, h1, a2, h2), native, fmax, kinds)
         return self
 
-    def _check_scale(self, fmax, large_only=False, kinds=None) -> None:
-        """``check_logit_scale`` of the models with f's largest magnitudes ``fmax``."""
+    def _check_scale(self, fmax, large_only=False, kinds=None, partial=False):
+        """``check_logit_scale`` of the models with f's largest magnitudes ``fmax``;
+        ``partial``: ``logit_spread_failure`` (returned: logits too small to resolve)."""
         for m, v, k in zip(self._scale, fmax, kinds or self.f_dtypes):
             m.f = np.zeros((1, m.M), np.float64 if k == "float64" else np.float32)
             m.f[0, 0] = v
+        if partial:
+            return logit_spread_failure(*self._scale)
         check_logit_scale(*self._scale, large_only=large_only)
+        return None
 
     def _augment(self, k: int, f: np.ndarray):
         """(f, g) of model k with the bias absorbed, as ``Model.augmented(None)``; [g, b] is
@@ -350,13 +354,15 @@ class Accumulator:
             raise IdentirepError(f"the accumulator has seen {self.n} input"
                                  f"{'' if self.n == 1 else 's'}; the measures need at least 2",
                                  fix="update it with batches of inputs first")
-        self._check_scale(self.f_max_abs)
+        # logits too small to resolve: KL, d_LLV, d_logit fail with the reason (as compare)
+        spread = self._check_scale(self.f_max_abs, partial=True)
         if options.get("paper_compat") and not self.every_input:
             raise IdentirepError(
                 f"paper_compat draws input sets from all N={self.n} inputs, repeats included, "
                 f"and the accumulator keeps {self.kept} distinct rows",
                 fix="leave paper_compat out, or keep every input (reservoir >= N, no repeats)")
         e = self.engine()
+        e.logit_failure = spread
         report = _report_from_engine(e, backend="cpu", **options)
         # what depends on g alone, for the next compute
         self._g_cache = {"dtype": self.pass_dtype, "label": e._label_cross,

@@ -405,6 +405,6 @@ class Report(_Result):
     #: the measures that could not be computed, by name: why and how to fix it
     failures: Dict[str, Failure] = field(default_factory=dict)
     #: the per-token report; None when off: models without their text (tokens, targets),
-    #: ``per_token=False``, or a GPU backend (a note says so)
+    #: ``per_token=False``, a GPU backend, or logits too small to resolve (a note says so)
     tokens: Optional[TokenReport] = None
 
