@@ -387,6 +387,20 @@ def test_logits_too_small_on_the_command_line(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["kl"] is None and "logits vary" in d["failures"]["kl"]["reason"]
     assert np.isfinite(d["mcca_f"]["value"]) and np.isfinite(d["d_rep"]["value"])
+    # with their text: the per-token report asked for is refused; --top-k says why it is off
+    tok = np.arange(len(f1)) % 7
+    paths = [str(ir.save_model(m, tmp_path / f"t{k}.npz")) for k, m in
+             enumerate((ir.Model(f1 * 1e-90, g1, tokens=tok), ir.Model(f2, g2, tokens=tok)))]
+    assert main(["compare", *paths, "--num-samples", "5", "--per-token",
+                 str(tmp_path / "pt.npz")]) == 2
+    assert "logits vary" in capsys.readouterr().err
+    assert not (tmp_path / "pt.npz").exists()
+    assert main(["compare", *paths, "--num-samples", "5", "--top-k", "3", "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert any(n.startswith("--top-k 3 had no effect") and "logits vary" in n
+               and "CPU backend" not in n for n in notes), notes
+    with pytest.raises(IdentirepError, match="logits vary"):
+        ir.compare(*(ir.io.load_model(p) for p in paths), num_samples=5, jsd=True)
 
 
 @pytest.mark.parametrize("case", ["f32:g_entry_f_small:1e20", "f64:g_entry_f_small:1e200",

@@ -311,11 +311,16 @@ def cmd_compare(args) -> int:
         r.notes.append(dropped)
     if r.tokens is None and args.top_k is not None:
         from .tokens import carries_text
-        why = ("the models do not both carry their text (tokens or targets: identirep extract "
-               "stores them)" if not (carries_text(a) and carries_text(b)) else
-               f"it runs on the CPU backend, not {r.backend}")
+        if not (carries_text(a) and carries_text(b)):
+            why = ("the models do not both carry their text (tokens or targets: identirep "
+                   "extract stores them); --per-token FILE or --jsd turn it on for any models")
+        elif "kl" in r.failures:     # the logits (too small to resolve): the failures say why
+            why = f"it reads the logits, which KL could not use either ({r.failures['kl'].reason})"
+        else:
+            why = (f"it runs on the CPU backend, not {r.backend}; --per-token FILE or --jsd "
+                   "turn it on for any models")
         r.notes.append(f"--top-k {args.top_k} had no effect: the per-token report is off, as "
-                       f"{why}; --per-token FILE or --jsd turn it on for any models")
+                       f"{why}")
     if args.per_token:
         from .tokens import save_per_token
         save_per_token(args.per_token, r.tokens, a.labels if a.labels is not None else b.labels)

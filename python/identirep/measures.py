@@ -463,11 +463,14 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
 
 def report_choices(a: Model, b: Model, be: str, per_token, top_k: int, jsd: bool) -> tuple:
     """(whether the per-token report runs, the note why not or None, ``logit_spread_failure``):
-    logits too small to resolve fail the measures that read them (and the per-token report)
-    with the reason, while mCCA and d_rep (f and g alone) are computed."""
+    logits too small to resolve fail the measures that read them with the reason, while mCCA
+    and d_rep (f and g alone) are computed; the per-token report is then off with a note, or,
+    asked for (``per_token=True``, ``jsd=True``), refused with the reason."""
     on, note = per_token_choice(a, b, be, per_token, top_k, jsd)
     spread = logit_spread_failure(a, b)
     if spread is not None and on:
+        if per_token or jsd:      # asked for: refused, as where it cannot run
+            raise spread
         on, note = False, f"no per-token report: {spread.reason}"
     return on, note, spread
 
