@@ -382,6 +382,32 @@ def test_tokenizers_as_matrix(client, tmp_path):
     assert str(got.value) == str(want.value) and "huge vs tok2: " in str(got.value)
 
 
+def test_pairs_are_checked_by_tasks_only_where_their_models_differ(client, tmp_path,
+                                                                    monkeypatch):
+    """A check task runs for a pair of models that differ in what check_pair reads (labels,
+    tokens, tokenizer, ...) and that the first model's check does not cover; none for
+    models that share it all."""
+    base = _model(300, 12, 2, 0)
+    labels = [f"tok{i}" for i in range(12)]
+    paths = [str(ir.save_model(ir.Model(base.f + 0.01 * k, base.g, base.bias, labels=lab),
+                               tmp_path / f"m{k}.npz"))
+             for k, lab in enumerate((None, labels, labels, None))]
+    keys, submit = [], client.submit
+    monkeypatch.setattr(client, "submit", lambda *a, **kw: keys.append(kw.get("key", "")) or
+                        submit(*a, **kw))
+    idk.matrix(paths, client, **OPTS)
+    # models 1 and 2 share their labels; 3 names none, as the first: no pair needs a task
+    assert not [k for k in keys if k.startswith("identirep-check-")]
+    keys.clear()
+    other = labels[:3] + ["x"] + labels[4:]
+    paths[2] = str(ir.save_model(ir.Model(base.f, base.g, base.bias, labels=other),
+                                 tmp_path / "other.npz"))
+    with pytest.raises(ir.IdentirepError, match="m1 vs other: label order differs at index 3"):
+        idk.matrix(paths, client, **OPTS)
+    # (1, 3) and (2, 3): model 3 is as the first, whose check covers them
+    assert [k.split("-")[2:4] for k in keys if k.startswith("identirep-check-")] == [["1", "2"]]
+
+
 def _allowing(call):
     with ir.allow_tokenizer_mismatch():
         return call()

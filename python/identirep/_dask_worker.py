@@ -137,13 +137,14 @@ def _check_key(m) -> tuple:
         if x is None:
             return None
         if isinstance(x, np.ndarray):
-            return hashlib.sha256(x.dtype.str.encode() + repr(x.shape).encode()
-                                  + np.ascontiguousarray(x).tobytes()).hexdigest()
-        return hashlib.sha256("\0".join(map(str, x)).encode()).hexdigest()
+            raw = (x.dtype.str + repr(x.shape)).encode() + np.ascontiguousarray(x).tobytes()
+        else:     # JSON: no two lists of labels (or metadata) share a text
+            raw = json.dumps(x, sort_keys=True, default=repr).encode()
+        return hashlib.sha256(raw).hexdigest()
     tok = m.metadata.get("tokenizer") if isinstance(m.metadata, dict) else None
     return (m.N, m.V, digest(None if m.labels is None else list(m.labels)),
             digest(m.tokens), digest(m.documents), digest(np.asarray(m.dropped_labels)),
-            None if tok is None else json.dumps(tok, sort_keys=True, default=str))
+            digest(tok))
 
 
 def _check_task(token: str, ij, files: dict, masked, checked: bool):

@@ -292,9 +292,12 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
             p = d["problem"]
             raise IdentirepError(f"{names[0]} vs {names[k]}: {p.reason}", fix=p.fix) from None
     # the other pairs, before any pair runs (as matrix checks them): two models with equal
-    # check keys pass against each other; each other pair is checked on a worker
+    # check keys pass against each other, and a model whose key is the first's passes against
+    # whatever passed against the first; each other pair is checked on a worker
+    key0 = desc[0]["check_key"]
     todo = [(i, j) for i, j in itertools.combinations(range(1, K), 2)
-            if desc[i]["check_key"] != desc[j]["check_key"]]
+            if desc[i]["check_key"] != desc[j]["check_key"]
+            and key0 not in (desc[i]["check_key"], desc[j]["check_key"])]
     found = client.gather([run(_check_task, token, (i, j),
                                {k: (paths[k], desc[k]["signature"]) for k in (i, j)}, masked,
                                checked, name=f"check-{i}-{j}") for i, j in todo])
