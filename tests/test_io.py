@@ -418,6 +418,14 @@ def test_models_on_different_texts_or_tokenizers_are_refused():
     assert re.search(r"though their 11 token strings are equal: their settings differ.*not both "
                      r"carry their input tokens", tokenizer_note(fa, fc))
     assert tokenizer_note(fa, fa) is None
+    # a measure on its own has no notes: the note comes as a warning; compare's report has it
+    with pytest.warns(ir.IdentirepWarning, match="their settings differ.*carries no notes"):
+        ir.kl(fa, fc)
+    with pytest.warns(ir.IdentirepWarning, match="their settings differ"):
+        ir.d_logit(fa, fc, backend="reference")
+    r = ir.compare(fa, fc, num_samples=5)     # no warning (filterwarnings = error): a note
+    assert any("their settings differ" in n for n in r.notes)
+    ir.kl(fa, fa)                             # nothing to say: no warning
     # fingerprints of another scheme (a file extracted before the padding token left it):
     # not said to differ in their settings
     fd = Model(a.f, a.g, labels=a.labels,

@@ -12,7 +12,7 @@ from ._build import build_info
 from ._matrix import MatrixResult, matrix
 from .accumulate import Accumulator
 from ._pair import PairEngine
-from .errors import IdentirepError
+from .errors import IdentirepError, IdentirepWarning
 from .io import load_metadata, load_model, save_model
 from .measures import compare, d_llv, d_logit, d_rep, d_svd, engine, kl, mcca
 from .model import Model, allow_tokenizer_mismatch
@@ -21,7 +21,7 @@ from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, KLResult
                       Report, TokenReport)
 
 __all__ = [
-    "Model", "IdentirepError", "kl", "d_llv", "d_svd", "mcca", "d_logit", "d_rep", "compare",
+    "Model", "IdentirepError", "IdentirepWarning", "kl", "d_llv", "d_svd", "mcca", "d_logit", "d_rep", "compare",
     "engine", "PairEngine", "Moments", "constructions", "reference", "Report", "KLResult",
     "DLLVResult", "DSVDResult", "MCCAResult", "DLogitResult", "DRepResult", "TokenReport",
     "load_model", "save_model", "load_metadata", "matrix", "MatrixResult", "build_info",

@@ -15,6 +15,11 @@ class IdentirepError(ValueError):
         return type(self), (self.reason, self.fix)
 
 
+class IdentirepWarning(UserWarning):
+    """A result computed as asked, with something its reader should know that the result has
+    no field for (a measure called on its own has no notes): the message says what."""
+
+
 #: what to install for the GPU backends
 CUPY_INSTALL = ("pip install 'cupy-cuda13x[ctk]' (CUDA 13 drivers) or 'cupy-cuda12x[ctk]' "
                 "(CUDA 12), or identirep[cupy]; [ctk] brings cuBLAS and cuSOLVER")

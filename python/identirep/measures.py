@@ -16,7 +16,7 @@ from ._pair import PairEngine, mcca_from_scatter, rep_overflow_error
 from .errors import IdentirepError, why
 from .gpu.streams import on_caller_stream
 from .model import (Model, check_logit_scale, check_pair, logit_spread_failure, to_numpy,
-                    tokenizer_note, tokenizer_option)
+                    tokenizer_note, tokenizer_option, warn_tokenizer_note)
 from .moments import Moments
 from .progress import progress_bar
 from .results import (DLLVResult, DLogitResult, DRepResult, DSVDResult, Failure, KLResult,
@@ -57,6 +57,14 @@ def engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None
 _CHECK = object()
 
 
+def _alone(a: Model, b: Model) -> None:
+    """The checks of a measure called on its own on the reference backend (``_engine``'s
+    for the others): the logits' scale, and what differs between the tokenizers as a
+    warning."""
+    check_logit_scale(a, b)
+    warn_tokenizer_note(a, b)
+
+
 def _engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=None,
             topk: int = 0, logit_failure=_CHECK) -> PairEngine:
     """``engine``; ``logit_failure``: the caller's ``logit_spread_failure(a, b)`` (None, or
@@ -66,8 +74,9 @@ def _engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=Non
     check_pair(a, b)
     for name, fn in (("progress", progress), ("caches", caches)):
         rules.check_callable(name, fn)
-    if logit_failure is _CHECK:
+    if logit_failure is _CHECK:     # engine(), for a measure on its own: no notes to say it in
         logit_failure = check_logit_scale(a, b)
+        warn_tokenizer_note(a, b)
     rules.check_count("topk", topk, minimum=0)
     backend = resolve(backend, a, b)
     if backend == "reference":
@@ -112,7 +121,7 @@ def kl(a: Model, b: Model, backend: str = "auto") -> KLResult:
         ``kl12`` = mean_x KL(p_a(.|x) || p_b(.|x)) (the headline, nats), ``kl21``, top-1
         agreement and both mean entropies."""
     if resolve(backend, a, b) == "reference":
-        check_logit_scale(a, b)
+        _alone(a, b)
         return ref.kl_reference(a, b)
     return engine(a, b, backend).kl()
 
@@ -163,7 +172,7 @@ def d_llv(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: str
     rules.check_num_pivots(num_pivots)
     rules.check_options(seed, num_samples, sets_per_pivot, pivot_budget)
     if resolve(backend, a, b) == "reference":
-        check_logit_scale(a, b)
+        _alone(a, b)
         cands = None
         if num_pivots is not None and pivot is None:
             from .sampling import pivot_sample
@@ -212,7 +221,7 @@ def d_svd(a: Model, b: Model, pivot: Optional[int] = None, leave_out: Optional[i
     check_compare_options(seed=seed, **llv)
     be = resolve(backend, a, b)
     if be == "reference":
-        check_logit_scale(a, b)
+        _alone(a, b)
     eng = None if be == "reference" else engine(a, b, be)
     if pivot is None or leave_out is None or input_set is None:
         r = (eng.d_llv(seed=seed, **llv) if eng is not None
@@ -291,7 +300,7 @@ def d_logit(a: Model, b: Model, backend: str = "auto") -> DLogitResult:
     DLogitResult
         ``value`` (a distance in logit units; it grows with V) and ``value_sq``."""
     if resolve(backend, a, b) == "reference":
-        check_logit_scale(a, b)
+        _alone(a, b)
         return ref.d_logit_reference(a, b)
     return engine(a, b, backend).d_logit()
 
@@ -335,10 +344,11 @@ def d_rep(a: Model, b: Model, sets=None, num_pivots: Optional[int] = None,
     rules.check_flag("unsquared", unsquared)
     kw = dict(sets=sets, num_pivots=num_pivots, sets_per_pivot=sets_per_pivot, seed=seed,
               max_cond=max_cond, unsquared=unsquared)
-    if resolve(backend, a, b) == "reference":   # d_rep reads f and g, not the logits
-        logit_spread_failure(a, b)
+    failure = logit_spread_failure(a, b)    # d_rep reads f and g, not the logits
+    warn_tokenizer_note(a, b)
+    if resolve(backend, a, b) == "reference":
         return _d_rep_reference(a, b, **kw)
-    return _engine(a, b, backend, logit_failure=logit_spread_failure(a, b)).d_rep(**kw)
+    return _engine(a, b, backend, logit_failure=failure).d_rep(**kw)
 
 
 def _d_rep_reference(a, b, **kw) -> DRepResult:

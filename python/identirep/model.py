@@ -4,12 +4,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import warnings
 from dataclasses import InitVar, dataclass, field
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import IdentirepError
+from .errors import IdentirepError, IdentirepWarning
 
 _FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
 
@@ -536,7 +537,8 @@ def allow_tokenizer_mismatch(allow: bool = True) -> Iterator[None]:
     """Within the block, pairs whose tokenizers' vocabularies or label names differ are
     compared by label id as they are (``check_pair`` refuses them otherwise); the per-input
     ``tokens`` must still be equal, and N and V too. For a measure called on its own
-    (``kl``, ``d_llv``, ``engine``, ``Accumulator`` ...); ``compare`` and ``matrix`` take
+    (``kl``, ``d_llv``, ``engine`` ..., which say what differs in an ``IdentirepWarning``:
+    their results have no notes) and the ``Accumulator``; ``compare`` and ``matrix`` take
     ``check_tokenizer=False``. It holds for this thread (a context variable);
     ``identirep.dask.matrix`` passes it on to its workers.
 
@@ -676,6 +678,15 @@ def tokenizer_note(a: Model, b: Model) -> Optional[str]:
         return (f"the label names differ (label {i} is {la[i]!r} in the first and {lb[i]!r} "
                 "in the second); compared by label id all the same, as asked")
     return None
+
+
+def warn_tokenizer_note(a: Model, b: Model) -> None:
+    """For a measure called on its own (its result has no notes): what ``tokenizer_note``
+    says of the pair, as an IdentirepWarning."""
+    note = tokenizer_note(a, b)
+    if note:
+        warnings.warn(f"{note} (a measure called on its own carries no notes; compare's and "
+                      "matrix's do)", IdentirepWarning, stacklevel=4)
 
 
 def check_same_texts(a: Model, b: Model) -> None:
