@@ -358,8 +358,14 @@ def test_a_mixed_pair_is_checked_in_its_compute_dtype():
     assert r.mcca_f.value == pytest.approx(want.mcca_f.value, rel=1e-9)
     # logits float64 resolves and float32 does not: the cast of the other model is the fix
     r = ir.compare(ir.Model(f1 * 1e-4, g1), b32, num_samples=5)
-    assert "cast the other model's f and g to float64 too" in r.failures["kl"].fix
+    assert "cast the other model's arrays to float64 too" in r.failures["kl"].fix
     assert np.isfinite(r.mcca_f.value) and np.isfinite(r.d_rep.value)
+    # a float64 bias makes the second model's arrays float64 (its f and g are widened): a
+    # float64 pair, whose float64 floor these logits clear
+    b64 = ir.Model(b32.f, b32.g, bias=np.zeros(len(g2)))
+    assert ir.engine(ir.Model(f1 * 1e-4, g1), b64).stats.dtype == "float64"
+    r = ir.compare(ir.Model(f1 * 1e-4, g1), b64, num_samples=5)
+    assert not r.failures and np.isfinite(ir.kl(ir.Model(f1 * 1e-4, g1), b64).kl12)
 
 
 

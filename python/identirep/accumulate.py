@@ -113,7 +113,8 @@ class Accumulator:
         # the logit-scale check's stand-ins: g and the bias by their largest magnitudes
         # (read once), f by the largest seen (``_check_scale``)
         self._scale = [SimpleNamespace(
-            M=m.M, f=None, bias=None if b is None else np.array([max_abs(b)]),
+            M=m.M, f=None, bias=None if b is None else np.array(
+                [max_abs(b)], np.float64 if b.dtype == np.float64 else np.float32),
             g=np.full((1, m.M), max_abs(g), np.float64 if g.dtype == np.float64 else np.float32))
             for m, (g, b) in zip(self._models, self._host)]
         self._fingerprint = None

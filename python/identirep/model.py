@@ -391,10 +391,18 @@ def max_abs(a) -> float:
     return float("nan")
 
 
+def _compute_kind(m) -> str:
+    """"float64" when ``m.augmented(None)`` is float64 (f and g float64; with a bias, one of
+    f, g and the bias: ``common_kind``), else "float32", from the arrays' dtype names."""
+    f64 = [_dtype_name(x).endswith("float64")
+           for x in ((m.f, m.g) if m.bias is None else (m.f, m.g, m.bias))]
+    return "float64" if (all(f64) if m.bias is None else any(f64)) else "float32"
+
+
 def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
                       spread: bool = True, only: Optional[int] = None) -> None:
     """Refuse models whose logits, f or g are too large or too small to be squared and summed
-    in the dtype the pair is computed in (float64 when every f and g is, else float32),
+    in the dtype the pair is computed in (float64 when both models' are: ``_compute_kind``),
     naming the scale: an f entry of 1e200, or a float32 g
     entry of 1e20 next to a tiny f, would overflow into inf and NaN terms; logits that vary
     by less than MIN_LOGIT_SPREAD are lost in the log-normalisers' rounding. The logits'
@@ -407,9 +415,8 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
     logits' spread; ``only`` = 0 or 1: that model alone, in the pair's compute dtype
     (``logit_spread_failure``)."""
     spread_on = spread
-    # the pair's compute dtype, as the pass takes it: float64 only when every f and g is
-    kind = ("float64" if all(_dtype_name(x).endswith("float64") for m in (a, b)
-                             for x in (m.f, m.g)) else "float32")
+    # the pair's compute dtype, as the pass takes it: float64 only when both models' are
+    kind = "float64" if all(_compute_kind(m) == "float64" for m in (a, b)) else "float32"
     with np.errstate(over="ignore", invalid="ignore"):
         for k, (m, nm) in enumerate(((a, "first"), (b, "second"))):
             if only is not None and k != only:
@@ -419,13 +426,13 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
                 continue            # an array type whose maximum is not read here
             bias = 0.0 if m.bias is None else max_abs(m.bias)
             bound = fs * gs + bias
-            own = all(_dtype_name(x).endswith("float64") for x in (m.f, m.g))
+            own = _compute_kind(m) == "float64"
             said = (kind if own == (kind == "float64") else
                     f"{kind} (the pair's compute dtype: the other model is not float64)")
             limit = LOGIT_LIMIT[kind]
             spread = fs * gs          # the input-dependent part of the logits
             f64 = LOGIT_LIMIT["float64"]
-            cast = ((", or cast the other model's f and g to float64 too" if own else
+            cast = ((", or cast the other model's arrays to float64 too" if own else
                      ", or cast f and g to float64") + " (limits 1e-100 to 1e100)"
                     if kind == "float32" and bound <= f64
                     and MIN_LOGIT_SPREAD["float64"] <= spread else "")
@@ -448,7 +455,7 @@ def check_logit_scale(a: "Model", b: "Model", large_only: bool = False,
                     f"log-normalisers (about log V) round by ~{np.finfo(kind).eps:.0e} of "
                     "themselves, which swamps differences this small (balancing f against g "
                     "leaves them as they are)",
-                    fix=(("cast the other model's f and g to float64 too" if own else
+                    fix=(("cast the other model's arrays to float64 too" if own else
                           "cast f and g to float64") + " (limit 1e-6), or "
                          if kind == "float32" and spread >= MIN_LOGIT_SPREAD["float64"] else "")
                     + "rescale f and g to their trained scale (the measures are not invariant "
