@@ -419,10 +419,14 @@ def test_models_on_different_texts_or_tokenizers_are_refused():
                      r"carry their input tokens", tokenizer_note(fa, fc))
     assert tokenizer_note(fa, fa) is None
     # a measure on its own has no notes: the note comes as a warning; compare's report has it
-    with pytest.warns(ir.IdentirepWarning, match="their settings differ.*carries no notes"):
-        ir.kl(fa, fc)
-    with pytest.warns(ir.IdentirepWarning, match="their settings differ"):
-        ir.d_logit(fa, fc, backend="reference")
+    for fn, kw in ((ir.kl, {}), (ir.d_logit, dict(backend="reference")), (ir.d_rep, {}),
+                   (ir.d_llv, dict(num_samples=5, backend="reference")), (ir.engine, {})):
+        with pytest.warns(ir.IdentirepWarning, match="their settings differ.*carries no "
+                                                     "notes") as said:
+            fn(fa, fc, **kw)
+        assert len(said) == 1 and said[0].filename == __file__, fn   # this line asked
+    with pytest.raises(IdentirepError, match="token id 6"):   # refused, and no warning first
+        ir.kl(fa, fb, backend="reference")
     r = ir.compare(fa, fc, num_samples=5)     # no warning (filterwarnings = error): a note
     assert any("their settings differ" in n for n in r.notes)
     ir.kl(fa, fa)                             # nothing to say: no warning

@@ -61,6 +61,7 @@ def _alone(a: Model, b: Model) -> None:
     """The checks of a measure called on its own on the reference backend (``_engine``'s
     for the others): the logits' scale, and what differs between the tokenizers as a
     warning."""
+    check_pair(a, b)
     check_logit_scale(a, b)
     warn_tokenizer_note(a, b)
 
@@ -74,9 +75,9 @@ def _engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=Non
     check_pair(a, b)
     for name, fn in (("progress", progress), ("caches", caches)):
         rules.check_callable(name, fn)
-    if logit_failure is _CHECK:     # engine(), for a measure on its own: no notes to say it in
+    alone = logit_failure is _CHECK    # engine(), for a measure on its own: it has no notes
+    if alone:
         logit_failure = check_logit_scale(a, b)
-        warn_tokenizer_note(a, b)
     rules.check_count("topk", topk, minimum=0)
     backend = resolve(backend, a, b)
     if backend == "reference":
@@ -102,6 +103,8 @@ def _engine(a: Model, b: Model, backend: str = "auto", progress=None, caches=Non
     cdt = np.float32 if stats.dtype == "float32" else np.float64
     e = PairEngine(a, b, stats, caches=None if caches is None else caches(cdt))
     e.logit_failure = logit_failure
+    if alone:
+        warn_tokenizer_note(a, b)
     return e
 
 

@@ -693,7 +693,19 @@ def warn_tokenizer_note(a: Model, b: Model) -> None:
     note = tokenizer_note(a, b)
     if note:
         warnings.warn(f"{note} (a measure called on its own carries no notes; compare's and "
-                      "matrix's do)", IdentirepWarning, stacklevel=4)
+                      "matrix's do)", IdentirepWarning, stacklevel=_outside_stacklevel())
+
+
+def _outside_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel, called from the function that called this, of the
+    first frame outside this package: the line of the caller's code that asked."""
+    import os
+    import sys
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_same_texts(a: Model, b: Model) -> None:
