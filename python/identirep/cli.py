@@ -311,14 +311,18 @@ def cmd_compare(args) -> int:
         r.notes.append(dropped)
     if r.tokens is None and args.top_k is not None:
         from .tokens import carries_text
+        from .model import logit_spread_failure
+        spread = logit_spread_failure(a, b)     # checked by compare: None or its failure
+        turn_on = "" if spread else "; --per-token FILE or --jsd turn it on for any models"
         if not (carries_text(a) and carries_text(b)):
             why = ("the models do not both carry their text (tokens or targets: identirep "
-                   "extract stores them); --per-token FILE or --jsd turn it on for any models")
-        elif "kl" in r.failures:     # the logits (too small to resolve): the failures say why
-            why = f"it reads the logits, which KL could not use either ({r.failures['kl'].reason})"
+                   f"extract stores them){turn_on}")
+        elif r.backend in ("cuda", "cupy"):
+            why = f"it runs on the CPU backend, not {r.backend}{turn_on}"
+        elif spread is not None:
+            why = f"it reads the logits, which vary too little ({spread.reason})"
         else:
-            why = (f"it runs on the CPU backend, not {r.backend}; --per-token FILE or --jsd "
-                   "turn it on for any models")
+            why = "--no-per-token turned it off"
         r.notes.append(f"--top-k {args.top_k} had no effect: the per-token report is off, as "
                        f"{why}")
     if args.per_token:

@@ -398,8 +398,9 @@ def compare(a: Model, b: Model, lam: float = 1e-5, combine: str = "max", term: s
     per_token : bool, optional
         The per-token report (``report.tokens``, ``identirep.tokens``): None (default) = on
         when both models carry ``tokens`` or ``targets`` (a language model's extraction) on
-        the CPU or reference backend, off on a GPU backend (with a note); True on a GPU
-        backend is an error (it runs on the CPU backend).
+        the CPU or reference backend, off on a GPU backend or for logits too small to
+        resolve (with a note); True there is an error (it runs on the CPU backend, and reads
+        the logits).
     top_k : int
         Each model's most likely tokens per position kept by the pass for the per-token
         report (top-1/5/10 agreement; at most ``tokens.MAX_TOP_K`` = 100, while ``engine``'s
@@ -483,7 +484,10 @@ def report_choices(a: Model, b: Model, be: str, per_token, top_k: int, jsd: bool
     spread = logit_spread_failure(a, b)
     if spread is not None and on:
         if per_token or jsd:      # asked for: refused, as where it cannot run
-            raise spread
+            raise IdentirepError(
+                f"the per-token report was asked for, and it reads the logits: {spread.reason}",
+                fix=f"{spread.fix}; or leave out per_token=True and jsd=True (--per-token, "
+                    "--jsd) for a report of mCCA and d_rep, the measures that read f and g")
         on, note = False, f"no per-token report: {spread.reason}"
     return on, note, spread
 
