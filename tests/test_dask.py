@@ -599,8 +599,7 @@ def test_a_task_of_pairs_reads_each_model_once(files, monkeypatch):
     pairs = idk.pair_blocks(4, 4)[0]
     sig = {k: W._signature(p) for k, p in enumerate(files)}
     try:
-        cells, failure = W._pairs_task("block", pairs,
-                                       {k: (p, sig[k], f"m{k}") for k, p in enumerate(files)},
+        cells, failure = W._pairs_task("block", pairs, {k: (p, sig[k]) for k, p in enumerate(files)},
                                        False, {ij: {} for ij in pairs}, dict(OPTS), True)
     finally:
         W._forget("block")

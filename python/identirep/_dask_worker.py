@@ -189,7 +189,7 @@ def _pairs_task(token: str, pairs, files: dict, masked, statistics: dict, opts: 
                 checked: bool) -> tuple:
     """Both directions of each pair (i, j) of ``pairs`` (in pair order): ``_matrix.
     pair_cells`` of the pair's pass, on this worker, each model read once for all of them
-    (``files``: k -> (path, signature, the name matrix gives it)), their statistics taken from ``statistics`` ((i, j)
+    (``files``: k -> (path, signature)), their statistics taken from ``statistics`` ((i, j)
     -> {compute dtype: (statistics of i, of j)}). Returns ({pair: (cells, the pair's
     ``tokenizer_note``)}, None), or at the first pair that raises, (the results before it,
     (that pair, its exception))."""
@@ -198,19 +198,20 @@ def _pairs_task(token: str, pairs, files: dict, masked, statistics: dict, opts: 
         try:
             for k in ij:
                 if k not in entries:
-                    path, sig, _ = files[k]
+                    path, sig = files[k]
                     entries[k] = _loaded(token, k, path, masked, sig)
-            cells[ij] = _pair_cells([entries[k] for k in ij], ij, statistics[ij], opts, checked,
-                                    [files[k][2] for k in ij])
+            cells[ij] = _pair_cells([entries[k] for k in ij], ij, statistics[ij], opts, checked)
         except Exception as e:  # noqa: BLE001 - raised by the client, in pair order
             return cells, (ij, e)
     return cells, None
 
 
-def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool, names) -> tuple:
+def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool) -> tuple:
+    """The pair's cells and its ``tokenizer_note`` (the client checked the pair before the
+    run: ``_describe_task``, ``_check_task``)."""
     from ._matrix import pair_cells
     from .measures import _engine
-    from .model import allow_tokenizer_mismatch, check_pair, logit_spread_failure, tokenizer_note
+    from .model import allow_tokenizer_mismatch, logit_spread_failure, tokenizer_note
     from .progress import silenced
 
     def caches(cdt):
@@ -221,14 +222,10 @@ def _pair_cells(entries, ij, statistics: dict, opts: dict, checked: bool, names)
                 c.adopt(shared)
             out.append(c)
         return tuple(out)
+    a, b = entries[0].model, entries[1].model
     with silenced(), allow_tokenizer_mismatch(not checked):
-        try:      # named as matrix names a pair it refuses
-            check_pair(entries[0].model, entries[1].model)
-        except IdentirepError as err:
-            raise IdentirepError(f"{names[0]} vs {names[1]}: {err.reason}", fix=err.fix) from None
-        a, b = entries[0].model, entries[1].model
         e = _engine(a, b, "cpu", caches=caches, logit_failure=logit_spread_failure(a, b))
-        return pair_cells(e, *ij, opts), tokenizer_note(entries[0].model, entries[1].model)
+        return pair_cells(e, *ij, opts), tokenizer_note(a, b)
 
 
 # ----------------------------------------------------------------------------- compare

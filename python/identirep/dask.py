@@ -321,7 +321,7 @@ def _matrix_run(client, token, paths, drop_masked_labels, progress, check, opts,
     futures = {}
     for block in pair_blocks(K, models_per_task):
         ks = sorted({k for ij in block for k in ij})
-        files = {k: (paths[k], desc[k]["signature"], names[k]) for k in ks}
+        files = {k: (paths[k], desc[k]["signature"]) for k in ks}
         shared = {(i, j): {cdt[i, j]: (stats[i, cdt[i, j]], stats[j, cdt[i, j]])}
                   for i, j in block}
         name = "pair-" + "-".join(map(str, block[0])) + (f"-{len(block)}" if len(block) > 1
