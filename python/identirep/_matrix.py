@@ -109,8 +109,8 @@ def matrix(models: Sequence[Model], *, backend: str = "auto", progress=None,
             check_pair(models[i], models[j])
         except IdentirepError as err:
             raise IdentirepError(f"{names[i]} vs {names[j]}: {err.reason}", fix=err.fix) from None
-    notes = [f"{names[i]} vs {names[j]}: {n}" for (i, j), n in
-             zip(pairs, (tokenizer_note(models[i], models[j]) for i, j in pairs)) if n]
+    notes = [f"{names[i]} vs {names[j]}: {n}" for i, j in pairs
+             if (n := tokenizer_note(models[i], models[j]))]
     values = empty_values(K)
     out_pairs, failures = [], []
     cache = {}
